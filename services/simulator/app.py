@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from services.simulator.replay import Pacer, Record, build_replay
+from services.simulator.replay import Pacer, Record, Replay
 from shared.data import load_dataset, time_slice
 from shared.errors import BrokerError
 from shared.kafka import check_reachable, client_config, ensure_topics
@@ -79,7 +79,7 @@ def run_simulation(
     *,
     progress: bool = True,
     stop: threading.Event | None = None,
-    records: list[Record] | None = None,
+    records: Replay | list[Record] | None = None,
 ) -> SimulationSummary:
     """Replay to Kafka; return the summary. Producer errors are counted, never ignored.
 
@@ -95,7 +95,7 @@ def run_simulation(
     ensure_topics(broker, [topics.events, topics.outcomes], topics.partitions,
                   topics.replication_factor)
     if records is None:
-        records = build_replay(
+        records = Replay(
             select_rows(settings), settings.event_schema, outcomes=sim.outcomes,
             bad_fraction=sim.bad_fraction, seed=sim.seed, huge_bytes=sim.huge_event_bytes,
         )

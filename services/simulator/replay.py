@@ -72,55 +72,84 @@ def build_replay(
     seed: int = 0,
     huge_bytes: int = 200_000,
 ) -> list[Record]:
-    """All records of a replay of ``df`` in send order.
+    """All records of a replay of ``df`` in send order (see :class:`Replay`)."""
+    return list(Replay(df, schema, outcomes=outcomes, bad_fraction=bad_fraction, seed=seed,
+                       huge_bytes=huge_bytes))
+
+
+class Replay:
+    """The records of a replay of ``df``, in send order, encoded lazily chunk by chunk.
 
     Events come in ``event_time`` order; a malformed event replaces a share ``bad_fraction`` of
-    them (chosen at random, seeded), keeping their key; outcomes (rows with a known outcome time)
-    are interleaved at their ``outcome_time``; outcomes after the last event follow at the end.
-
-    Returns
-    -------
-    list of Record
+    them (chosen at random, seeded), keeping their key; outcomes (rows with a known outcome)
+    are interleaved at their ``outcome_time`` (an outcome due at or before an event's time is
+    sent before it); outcomes after the last event follow at the end. The send order is planned
+    up front with vectorised sorts; JSON encoding happens ``chunk`` records at a time, so the
+    first record is available at once.
     """
-    tf = schema.time_field
-    df = df.sort_values(tf, kind="stable").reset_index(drop=True)
-    if len(df) == 0:
-        return []
-    t0 = df[tf].iloc[0]
-    ev_t = ((df[tf] - t0).dt.total_seconds()).to_numpy(np.float64)
-    rng = np.random.default_rng(seed)
-    pairs = encode_events(df, schema)
-    bad = rng.random(len(pairs)) < bad_fraction if bad_fraction > 0 else np.zeros(len(pairs), bool)
-    kinds = rng.integers(0, len(MALFORMED_KINDS), size=len(pairs))
-    events = []
-    for i, (k, v) in enumerate(pairs):
-        if bad[i]:
-            kind = MALFORMED_KINDS[kinds[i]]
-            k, v = malformed_event(v, k, kind, rng, schema, huge_bytes)
-            events.append(Record("events", k, v, float(ev_t[i]), "malformed:" + kind))
-        else:
-            events.append(Record("events", k, v, float(ev_t[i])))
-    if not outcomes or "outcome_time" not in df:
-        return events
-    has = df["outcome_time"].notna().to_numpy() & ~df[schema.target].isna().to_numpy()
-    odf = df.loc[has]
-    ot = pd.to_datetime(odf["outcome_time"], utc=True)
-    out_t = (ot - t0.tz_convert("UTC")).dt.total_seconds().to_numpy(np.float64)
-    order = np.argsort(out_t, kind="stable")
-    opairs = encode_outcomes(odf, schema)
-    outs = [Record("outcomes", opairs[j][0], opairs[j][1], float(out_t[j]), "outcome")
-            for j in order]
-    return list(_merge(events, outs))
 
+    def __init__(
+        self,
+        df: pd.DataFrame,
+        schema: SchemaSettings,
+        *,
+        outcomes: bool = True,
+        bad_fraction: float = 0.0,
+        seed: int = 0,
+        huge_bytes: int = 200_000,
+        chunk: int = 5000,
+    ) -> None:
+        tf = schema.time_field
+        self.df = df.sort_values(tf, kind="stable").reset_index(drop=True)
+        self.schema = schema
+        self.huge_bytes = huge_bytes
+        self.chunk = chunk
+        self.seed = seed
+        n = len(self.df)
+        t0 = self.df[tf].iloc[0] if n else None
+        ev_t = ((self.df[tf] - t0).dt.total_seconds()).to_numpy(np.float64) if n else np.empty(0)
+        rng = np.random.default_rng(seed)
+        self.bad = (rng.random(n) < bad_fraction) if bad_fraction > 0 else np.zeros(n, bool)
+        self.kinds = rng.integers(0, len(MALFORMED_KINDS), size=n)
+        rows = np.arange(n)
+        roles = np.ones(n, np.int8)  # 1 = event, 0 = outcome
+        times = ev_t
+        if outcomes and n and "outcome_time" in self.df:
+            has = (self.df["outcome_time"].notna().to_numpy()
+                   & self.df[schema.target].notna().to_numpy())
+            ot = pd.to_datetime(self.df.loc[has, "outcome_time"], utc=True)
+            out_t = (ot - t0.tz_convert("UTC")).dt.total_seconds().to_numpy(np.float64)
+            rows = np.concatenate([rows, np.flatnonzero(has)])
+            roles = np.concatenate([roles, np.zeros(len(out_t), np.int8)])
+            times = np.concatenate([ev_t, out_t])
+        # Outcomes sort before events at equal times; events keep their order (stable sort).
+        order = np.lexsort((roles, times))
+        self.plan_rows, self.plan_roles, self.plan_times = rows[order], roles[order], times[order]
 
-def _merge(events: list[Record], outs: list[Record]) -> Iterator[Record]:
-    j = 0
-    for e in events:
-        while j < len(outs) and outs[j].sim_time_s <= e.sim_time_s:
-            yield outs[j]
-            j += 1
-        yield e
-    yield from outs[j:]
+    def __len__(self) -> int:
+        return len(self.plan_rows)
+
+    def __iter__(self) -> Iterator[Record]:
+        rng = np.random.default_rng(self.seed + 1)
+        for start in range(0, len(self), self.chunk):
+            sl = slice(start, start + self.chunk)
+            rows, roles, times = self.plan_rows[sl], self.plan_roles[sl], self.plan_times[sl]
+            ev_rows = rows[roles == 1]
+            out_rows = rows[roles == 0]
+            ev = iter(encode_events(self.df.iloc[ev_rows], self.schema))
+            out = iter(encode_outcomes(self.df.iloc[out_rows], self.schema))
+            for row, role, t in zip(rows.tolist(), roles.tolist(), times.tolist(), strict=True):
+                if role == 0:
+                    k, v = next(out)
+                    yield Record("outcomes", k, v, t, "outcome")
+                    continue
+                k, v = next(ev)
+                if self.bad[row]:
+                    kind = MALFORMED_KINDS[self.kinds[row]]
+                    k, v = malformed_event(v, k, kind, rng, self.schema, self.huge_bytes)
+                    yield Record("events", k, v, t, "malformed:" + kind)
+                else:
+                    yield Record("events", k, v, t)
 
 
 class Pacer:
