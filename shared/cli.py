@@ -173,7 +173,7 @@ def _load_plugins() -> None:
     """Import the modules that register the subcommands of the other packages."""
     import importlib  # noqa: PLC0415
 
-    for mod in ("training.cli", "services.cli"):
+    for mod in ("training.cli", "services.cli", "services.worker.cli", "services.monitor.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

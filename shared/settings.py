@@ -193,6 +193,30 @@ class SimulatorSettings(_Section):
     )
 
 
+class WorkerSettings(_Section):
+    """The stream worker (``segstream worker``)."""
+
+    group_id: str = Field(default="segstream-worker", description="Consumer group id.")
+    guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once", description="Delivery guarantee for predictions and DLQ.")
+    batch_size: int = Field(default=5000, ge=1, description="Max events per micro-batch.")
+    batch_timeout_s: float = Field(
+        default=0.1, gt=0, description="Max wait for a micro-batch to fill (seconds).")
+    max_event_bytes: int = Field(
+        default=65_536, ge=64, description="Larger event values go to the DLQ (bytes).")
+    metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics.")
+    metrics_port: int = Field(
+        default=9100, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz; 0 = any.")
+    bundle_cache_dir: str = Field(
+        default=".cache/segstream/bundles", description="Local cache of fetched bundles.")
+    reload_poll_s: float = Field(
+        default=30.0, gt=0, description="Poll LATEST this often (fallback to model-updates).")
+    producer_queue_max_messages: int = Field(
+        default=200_000, ge=1000, description="Bound of the producer queue (backpressure).")
+    instance_id: str | None = Field(
+        default=None, description="Worker identity (transactional.id suffix); default host-pid.")
+
+
 class Settings(BaseSettings):
     """All of segstream's settings (one YAML file + ``SEGSTREAM_*`` environment overrides)."""
 
@@ -211,6 +235,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     store: StoreSettings = StoreSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    worker: WorkerSettings = WorkerSettings()
 
     @classmethod
     def settings_customise_sources(

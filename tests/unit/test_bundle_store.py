@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from shared.bundle import (
+    FORMAT_VERSION, MANIFEST, load_components, verify_bundle_dir, write_bundle)
+from shared.component import ExportedComponent
+from shared.errors import BundleCompatibilityError, BundleIntegrityError, StoreError
+from shared.settings import StoreSettings
+from shared.store import ArtifactStore
+
+
+def components(seed: int = 0) -> dict[str, ExportedComponent]:
+    rng = np.random.default_rng(seed)
+    return {
+        "alpha": ExportedComponent("partitioner", {"a": rng.normal(size=(5, 3)),
+                                                   "ids": np.arange(4, dtype=np.int32)},
+                                   {"features": ["x", "y"], "k": 4}),
+        "beta": ExportedComponent("profiles", {"edges": np.linspace(0, 1, 11)},
+                                  {"masses": [0.8]}, {"classifier.ubj": b"\x00\x01binary"}),
+    }
+
+
+def make(tmp_path: Path, seed: int = 0, **kw) -> Path:
+    return write_bundle(tmp_path / "local", model="m", components=components(seed),
+                        metrics={"test": {"mae": 1.5}}, **kw)
+
+
+def test_round_trip_and_content_address(tmp_path):
+    d = make(tmp_path)
+    loaded = load_components(d)
+    assert loaded.manifest.bundle_id == d.name and len(d.name) == 64
+    assert loaded.manifest.format_version == FORMAT_VERSION
+    np.testing.assert_array_equal(loaded["alpha"].arrays["a"], components()["alpha"].arrays["a"])
+    assert loaded["alpha"].arrays["ids"].dtype == np.int32
+    assert loaded["beta"].blobs["classifier.ubj"] == b"\x00\x01binary"
+    assert loaded["alpha"].meta == {"features": ["x", "y"], "k": 4}
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        ["manifest.json", "alpha.npz", "alpha.json", "beta.npz", "beta.json",
+         "beta.classifier.ubj"])
+    # same content, same id: writing again is a no-op
+    created = loaded.manifest.created_at
+    assert make(tmp_path, created_at=created) == d
+    assert make(tmp_path, seed=1, created_at=created) != d
+
+
+def _tamper_cases(d: Path):
+    for f in sorted(p.name for p in d.iterdir()):
+        yield f"flip a byte in {f}", f
+
+
+@pytest.mark.parametrize("name", ["alpha.npz", "alpha.json", "beta.npz", "beta.json",
+                                  "beta.classifier.ubj", "manifest.json"])
+def test_flipped_byte_in_any_file_is_refused(tmp_path, name):
+    d = make(tmp_path)
+    p = d / name
+    data = bytearray(p.read_bytes())
+    i = len(data) // 2
+    data[i] = (data[i] + 1) % 256
+    p.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match=name.replace(".", r"\.")):
+        load_components(d)
+
+
+def test_removed_and_extra_files_are_refused(tmp_path):
+    d = make(tmp_path)
+    (d / "beta.classifier.ubj").unlink()
+    with pytest.raises(BundleIntegrityError, match="beta.classifier.ubj: file missing"):
+        load_components(d)
+    d = make(tmp_path, seed=2)
+    (d / "evil.py").write_text("import os")
+    with pytest.raises(BundleIntegrityError, match="evil.py: file not listed"):
+        load_components(d)
+
+
+def test_edited_manifest_is_refused_even_with_valid_json(tmp_path):
+    d = make(tmp_path)
+    doc = orjson.loads((d / MANIFEST).read_bytes())
+    doc["metrics"]["test"]["mae"] = 0.1  # a flattering edit
+    (d / MANIFEST).write_bytes(orjson.dumps(doc))
+    with pytest.raises(BundleIntegrityError, match="manifest edited"):
+        load_components(d)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    d = make(tmp_path)
+    doc = orjson.loads((d / MANIFEST).read_bytes())
+    doc["format_version"] = FORMAT_VERSION + 1
+    (d / MANIFEST).write_bytes(orjson.dumps(doc))
+    with pytest.raises(BundleCompatibilityError, match="newer"):
+        load_components(d)
+
+
+def test_pickled_array_is_never_loaded(tmp_path):
+    """A bundle whose npz holds an object array (needs pickle) is refused, even when the
+    manifest was re-hashed to match: loading uses allow_pickle=False."""
+    import hashlib
+    import io
+
+    d = make(tmp_path)
+    buf = io.BytesIO()
+    np.savez(buf, a=np.array([{"x": 1}], dtype=object), ids=np.arange(4, dtype=np.int32))
+    (d / "alpha.npz").write_bytes(buf.getvalue())
+    doc = orjson.loads((d / MANIFEST).read_bytes())
+    doc["files"]["alpha.npz"] = {"sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
+                                 "bytes": len(buf.getvalue())}
+    from shared.bundle import Manifest
+
+    m = Manifest.model_validate(doc)
+    doc["bundle_id"] = m.compute_id()
+    (d / MANIFEST).write_bytes(orjson.dumps(doc))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_components(d)
+
+
+def test_object_arrays_cannot_be_exported():
+    with pytest.raises(TypeError, match="non-object"):
+        ExportedComponent("x", {"a": np.array(["a", None], dtype=object)}, {})
+
+
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(StoreSettings(url=f"file://{tmp_path}/store"))
+
+
+def test_store_publish_list_promote_and_fetch(tmp_path):
+    s = store(tmp_path)
+    assert s.latest("m") is None and s.list("m") == []
+    d1, d2 = make(tmp_path, seed=1), make(tmp_path, seed=2)
+    uri1 = s.publish(d1)
+    assert uri1.endswith(f"/bundles/m/{d1.name}") and s.latest("m") == d1.name
+    s.publish(d2)
+    assert s.latest("m") == d2.name
+    listed = s.list("m")
+    assert [b.bundle_id for b in listed] == [d1.name, d2.name]
+    assert [b.is_latest for b in listed] == [False, True]
+    assert s.promote("m", d1.name[:10]) == d1.name  # roll back by prefix
+    assert s.latest("m") == d1.name
+    assert s.publish(d2, promote=False) and s.latest("m") == d1.name  # no-op re-publish
+    got = s.fetch("m", d2.name, tmp_path / "cache")
+    assert verify_bundle_dir(got).bundle_id == d2.name
+    with pytest.raises(StoreError, match="not found"):
+        s.promote("m", "ffff")
+
+
+def test_store_refuses_tampered_bundle_on_promote(tmp_path):
+    s = store(tmp_path)
+    d1, d2 = make(tmp_path, seed=1), make(tmp_path, seed=2)
+    s.publish(d1)
+    s.publish(d2)
+    stored = tmp_path / "store" / "bundles" / "m" / d1.name / "alpha.npz"
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    with pytest.raises(BundleIntegrityError, match="alpha.npz"):
+        s.promote("m", d1.name)
+    assert s.latest("m") == d2.name
+
+
+def test_failed_publish_leaves_latest(tmp_path):
+    s = store(tmp_path)
+    d1 = make(tmp_path, seed=1)
+    s.publish(d1)
+    d2 = make(tmp_path, seed=2)
+    (d2 / "alpha.json").write_text("{}")
+    with pytest.raises(BundleIntegrityError):
+        s.publish(d2)
+    assert s.latest("m") == d1.name
+
+
+def test_read_only_store_is_store_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        import os
+
+        if os.geteuid() == 0:
+            pytest.skip("root ignores directory permissions")
+        s = ArtifactStore(StoreSettings(url=f"file://{ro}"))
+        with pytest.raises(StoreError, match=str(ro)):
+            s.publish(make(tmp_path))
+    finally:
+        ro.chmod(0o700)
+
+
+def test_unwritable_store_path_is_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    s = ArtifactStore(StoreSettings(url=f"file://{blocker}/sub"))
+    with pytest.raises(StoreError, match="cannot"):
+        s.publish(make(tmp_path))
+
+
+def test_concurrent_publish_leaves_a_valid_latest(tmp_path):
+    s1, s2 = store(tmp_path), store(tmp_path)
+    bundles = [make(tmp_path, seed=i) for i in range(6)]
+    errors: list[BaseException] = []
+
+    def pub(st, ds):
+        try:
+            for d in ds:
+                st.publish(d)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    t1 = threading.Thread(target=pub, args=(s1, bundles[:3]))
+    t2 = threading.Thread(target=pub, args=(s2, bundles[3:]))
+    t1.start(); t2.start(); t1.join(); t2.join()  # noqa: E702
+    assert not errors
+    latest = s1.latest("m")
+    assert latest in {bundles[2].name, bundles[5].name}
+    s1.verify("m", latest)
+    assert len(s1.list("m")) == 6
+    assert not list((tmp_path / "store" / "bundles" / "m").glob("LATEST.tmp*"))
