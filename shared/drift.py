@@ -1,0 +1,196 @@
+"""Frozen drift references and the count-only drift statistics (PSI, Jensen–Shannon distance).
+
+The reference is frozen at training and shipped in the bundle; everything downstream works on
+**bin counts** so that workers can send compact per-batch summaries and the monitor can add
+them up per window.
+
+Bin conventions (used by the trainer, the worker and the monitor alike):
+
+numeric feature with interior edges ``e_1 < ... < e_{k-1}``
+    bin ``i`` holds ``e_i <= x < e_{i+1}`` (left-closed, right-open; ``e_0 = -inf``,
+    ``e_k = +inf``), i.e. ``np.searchsorted(edges, x, side="right")``; ``k`` value bins plus
+    one last bin for missing values (NaN, null, ±inf).
+categorical feature with categories ``c_0..c_{m-1}``
+    bin ``j`` for ``c_j``, bin ``m`` for any other (unseen) value, bin ``m+1`` for missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+#: Added to every bin share before PSI / JS so that empty bins give finite values. With
+#: shares p, q: PSI = sum((q - p) * ln(q / p)) over bins after p, q <- (p + eps) / (1 + n*eps).
+PSI_EPSILON = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class NumericReference:
+    """Interior bin edges and the training share per bin (last bin = missing)."""
+
+    edges: np.ndarray  # float64 (k-1,)
+    expected: np.ndarray  # float64 (k+1,), sums to 1
+
+    def bin(self, x: np.ndarray) -> np.ndarray:
+        """Bin index per value, int64 (n,); missing/±inf -> the last bin."""
+        x = np.asarray(x, dtype=np.float64)
+        idx = np.searchsorted(self.edges, x, side="right")
+        idx[~np.isfinite(x)] = len(self.edges) + 1
+        return idx
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.edges) + 2
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalReference:
+    """Training categories and the training share per category (+ other, + missing)."""
+
+    categories: tuple[str, ...]
+    expected: np.ndarray  # float64 (m+2,)
+
+    def bin(self, values: np.ndarray) -> np.ndarray:
+        lookup = {c: i for i, c in enumerate(self.categories)}
+        m = len(self.categories)
+        return np.fromiter(
+            (m + 1 if (v is None or (isinstance(v, float) and v != v)) else lookup.get(str(v), m)
+             for v in values),
+            dtype=np.int64, count=len(values))
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.categories) + 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftReference:
+    """The frozen reference of one bundle: per feature, for the prediction, per segment."""
+
+    numeric: Mapping[str, NumericReference]
+    categorical: Mapping[str, CategoricalReference]
+    prediction: NumericReference | None = None
+    #: largest segments: segment id -> {feature: NumericReference/CategoricalReference}
+    segments: Mapping[int, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    # -------------------------------------------------------------- (de)serialisation
+    def to_meta(self) -> dict[str, Any]:
+        """JSON-serialisable form (stored as the bundle's ``drift_reference`` component)."""
+
+        def ref(r: Any) -> dict[str, Any]:
+            if isinstance(r, NumericReference):
+                return {"type": "numeric", "edges": r.edges.tolist(),
+                        "expected": r.expected.tolist()}
+            return {"type": "categorical", "categories": list(r.categories),
+                    "expected": r.expected.tolist()}
+
+        return {
+            "numeric": {k: ref(v) for k, v in self.numeric.items()},
+            "categorical": {k: ref(v) for k, v in self.categorical.items()},
+            "prediction": ref(self.prediction) if self.prediction is not None else None,
+            "segments": {str(s): {k: ref(v) for k, v in feats.items()}
+                         for s, feats in self.segments.items()},
+        }
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any]) -> "DriftReference":
+        def ref(d: Mapping[str, Any]) -> Any:
+            if d["type"] == "numeric":
+                return NumericReference(np.asarray(d["edges"], np.float64),
+                                        np.asarray(d["expected"], np.float64))
+            return CategoricalReference(tuple(d["categories"]),
+                                        np.asarray(d["expected"], np.float64))
+
+        return cls(
+            numeric={k: ref(v) for k, v in meta.get("numeric", {}).items()},
+            categorical={k: ref(v) for k, v in meta.get("categorical", {}).items()},
+            prediction=ref(meta["prediction"]) if meta.get("prediction") else None,
+            segments={int(s): {k: ref(v) for k, v in f.items()}
+                      for s, f in meta.get("segments", {}).items()},
+        )
+
+    # -------------------------------------------------------------- construction
+    @classmethod
+    def fit(
+        cls,
+        numeric: Mapping[str, np.ndarray],
+        categorical: Mapping[str, np.ndarray],
+        prediction: np.ndarray | None = None,
+        n_bins: int = 10,
+        max_categories: int = 50,
+    ) -> "DriftReference":
+        """Freeze a reference from training columns: quantile edges, training shares."""
+        return cls(
+            numeric={k: numeric_reference(v, n_bins) for k, v in numeric.items()},
+            categorical={k: categorical_reference(v, max_categories)
+                         for k, v in categorical.items()},
+            prediction=numeric_reference(prediction, n_bins) if prediction is not None else None,
+        )
+
+
+def numeric_reference(x: np.ndarray, n_bins: int = 10) -> NumericReference:
+    """Edges at the training quantiles (duplicates removed) and the training share per bin."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = x[np.isfinite(x)]
+    if len(finite):
+        qs = np.quantile(finite, np.linspace(0, 1, n_bins + 1)[1:-1])
+        edges = np.unique(qs)
+    else:
+        edges = np.empty(0)
+    r = NumericReference(edges, np.zeros(len(edges) + 2))
+    counts = np.bincount(r.bin(x), minlength=r.n_bins).astype(np.float64)
+    return NumericReference(edges, counts / max(1.0, counts.sum()))
+
+
+def categorical_reference(values: np.ndarray, max_categories: int = 50) -> CategoricalReference:
+    """The ``max_categories`` most frequent training categories and their shares."""
+    vals = [v for v in values if not (v is None or (isinstance(v, float) and v != v))]
+    uniq, cnt = np.unique(np.asarray([str(v) for v in vals], dtype=object), return_counts=True)
+    order = np.argsort(-cnt, kind="stable")[:max_categories]
+    cats = tuple(str(uniq[i]) for i in sorted(order, key=lambda i: str(uniq[i])))
+    r = CategoricalReference(cats, np.zeros(len(cats) + 2))
+    counts = np.bincount(r.bin(np.asarray(values, dtype=object)), minlength=r.n_bins)
+    counts = counts.astype(np.float64)
+    return CategoricalReference(cats, counts / max(1.0, counts.sum()))
+
+
+def _shares(counts: np.ndarray, eps: float) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    p = c / total if total > 0 else np.full(len(c), 1.0 / len(c))
+    return (p + eps) / (1.0 + eps * len(p))
+
+
+def psi(expected: np.ndarray, actual_counts: np.ndarray, eps: float = PSI_EPSILON) -> float:
+    """Population stability index of ``actual_counts`` against the ``expected`` shares.
+
+    ``PSI = sum_i (q_i - p_i) ln(q_i / p_i)`` with ``p`` the expected and ``q`` the actual
+    shares, each smoothed by :data:`PSI_EPSILON`. 0 = identical; 0.1 / 0.25 are the customary
+    warning / critical levels.
+
+    References
+    ----------
+    Siddiqi, N. (2006). *Credit Risk Scorecards*, Wiley (population stability index).
+    """
+    p = _shares(expected, eps)
+    q = _shares(actual_counts, eps)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def js_distance(expected: np.ndarray, actual_counts: np.ndarray,
+                eps: float = PSI_EPSILON) -> float:
+    """Jensen–Shannon distance (base 2, in [0, 1]) between expected and actual shares.
+
+    References
+    ----------
+    Endres, D. M. & Schindelin, J. E. (2003). A new metric for probability distributions.
+    IEEE Trans. Inf. Theory 49(7).
+    """
+    p = _shares(expected, eps)
+    q = _shares(actual_counts, eps)
+    m = 0.5 * (p + q)
+    js = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
+    return float(np.sqrt(max(0.0, js)))
