@@ -193,6 +193,70 @@ class SimulatorSettings(_Section):
     )
 
 
+class PartitionerSettings(_Section):
+    """How the trainer cuts the data into segments."""
+
+    kind: Literal["tree", "keys", "keys_then_tree"] = Field(
+        default="keys_then_tree", description="tree, keys, or keys then a tree inside each key.")
+    levels: tuple[str, ...] = Field(
+        default=(), description="Key columns, outermost first (kind keys / keys_then_tree).")
+    features: tuple[str, ...] = Field(
+        default=(), description="Tree features (default: all numeric features).")
+    y_columns: tuple[str, ...] = Field(
+        default=(), description="Fit-only columns that shape the tree (e.g. the target).")
+    max_leaf_nodes: int = Field(default=64, ge=2, description="Leaf budget of the tree.")
+    min_samples_leaf: int = Field(default=200, ge=1, description="Rows per leaf at least.")
+    min_key_rows: int = Field(
+        default=500, ge=1, description="Key segments with fewer rows get no tree of their own.")
+    max_bins: int = Field(default=255, ge=4, le=65535, description="Histogram bins per feature.")
+
+
+class RegressionSettings(_Section):
+    """The per-segment linear models."""
+
+    features: tuple[str, ...] = Field(
+        default=(), description="Linear predictors (default: all numeric features).")
+    method: Literal["ols", "huber", "sigma_clip"] = Field(
+        default="huber", description="Fit method of every segment model.")
+    signs: dict[str, Literal["+", "-", "free"]] = Field(
+        default_factory=dict, description="Sign constraints per predictor.")
+    shrinkage: float | Literal["auto"] = Field(
+        default="auto", description="λ toward the parent segment, or 'auto' (empirical Bayes).")
+    min_stat: int = Field(
+        default=200, ge=1, description="Rows a segment needs for a model of its own.")
+
+
+class ProfileSettings(_Section):
+    """Outcome profiles and the pattern classifier."""
+
+    keys: tuple[str, ...] = Field(
+        default=(), description="Group columns whose outcome distributions are profiled.")
+    features: tuple[str, ...] = Field(
+        default=(), description="Classifier features (default: all event features).")
+    k_min: int = Field(default=2, ge=2, description="Smallest number of patterns tried.")
+    k_max: int = Field(default=8, ge=2, description="Largest number of patterns tried.")
+    masses: tuple[float, ...] = Field(
+        default=(0.5, 0.8, 0.95), description="HDR masses reported per pattern.")
+
+
+class TrainingSettings(_Section):
+    """The batch trainer (``segstream train``)."""
+
+    train_end: dt.date | None = Field(
+        default=None, description="Last day of the training slice (inclusive).")
+    validation_end: dt.date | None = Field(
+        default=None, description="Last day of the validation slice; the rest is test.")
+    interval_mass: float = Field(
+        default=0.8, gt=0, lt=1, description="Mass of the prediction interval.")
+    partitioner: PartitionerSettings = PartitionerSettings()
+    regression: RegressionSettings = RegressionSettings()
+    profiles: ProfileSettings = ProfileSettings()
+    drift_bins: int = Field(default=10, ge=2, description="Bins per numeric drift reference.")
+    drift_top_segments: int = Field(
+        default=10, ge=0, description="Largest segments with their own drift reference.")
+    seed: int = Field(default=0, description="Random seed of every fit.")
+
+
 class WorkerSettings(_Section):
     """The stream worker (``segstream worker``)."""
 
@@ -235,6 +299,7 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     store: StoreSettings = StoreSettings()
     simulator: SimulatorSettings = SimulatorSettings()
+    training: TrainingSettings = TrainingSettings()
     worker: WorkerSettings = WorkerSettings()
 
     @classmethod
