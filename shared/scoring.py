@@ -14,12 +14,17 @@ order of ``contribution_names``; they sum to ``prediction``).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Mapping
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from shared.bundle import LoadedComponents, Manifest, load_components
 from shared.drift import DriftReference
+from shared.errors import BundleCompatibilityError, SchemaError
 from shared.settings import SchemaSettings
 
 #: Output columns of :meth:`Scorer.score` and their dtypes.
@@ -52,3 +57,158 @@ class Scorer(Protocol):
         """Score a batch; never raises on values (NaN, unseen categories), only on a missing
         column (``SchemaError``)."""
         ...
+
+
+# --------------------------------------------------------------------------- the real bundle
+#: Components a scoring bundle must have, with their kinds.
+REQUIRED_COMPONENTS = {"partitioner": "partitioner", "segment_models": "segment_models",
+                       "profiles": "profiles", "scoring": "scoring",
+                       "drift_reference": "drift_reference"}
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeTables:
+    """Per-node arrays that tie routing, segment models and intervals together.
+
+    Attributes
+    ----------
+    model_node : int32 (n_nodes,)
+        The node whose linear model serves rows that reach this node: itself when it has a
+        usable model, else its nearest ancestor with one (the fallback chain leaf → parent → …
+        → root, the root being the ``__dataset__`` model).
+    model_index : int32 (n_nodes,)
+        Row of ``model_node`` in the segment models' group table.
+    depth : int32 (n_nodes,)
+        Depth of each node (root 0).
+    segment_node : int32 (n_segments,)
+        Leaf node of each segment.
+    interval_lo, interval_hi : float64 (n_nodes,)
+        Split-conformal residual offsets of the model node (prediction + offset).
+    """
+
+    model_node: np.ndarray
+    model_index: np.ndarray
+    depth: np.ndarray
+    segment_node: np.ndarray
+    interval_lo: np.ndarray
+    interval_hi: np.ndarray
+
+
+class Bundle:
+    """A verified model bundle ready to score (implements :class:`Scorer`).
+
+    Built by :func:`load_bundle`; holds the manifest, the router, the segment models, the
+    profile scorer, the interval table and the drift reference. Nothing here imports
+    scikit-learn or unpickles anything.
+    """
+
+    def __init__(self, loaded: LoadedComponents, path: Path | None = None) -> None:
+        from shared.linear import LinearSegmentModels  # noqa: PLC0415
+        from shared.profiles import ProfileScorer  # noqa: PLC0415
+        from shared.routing import Router  # noqa: PLC0415
+        from shared.settings import SchemaSettings  # noqa: PLC0415
+
+        m = loaded.manifest
+        for name, kind in REQUIRED_COMPONENTS.items():
+            if name not in loaded or loaded[name].kind != kind:
+                raise BundleCompatibilityError(
+                    f"bundle {m.bundle_id[:12]}: component {name!r} of kind {kind!r} missing")
+        self.manifest: Manifest = m
+        self.path = path
+        self.bundle_id = m.bundle_id
+        self.model = m.model
+        self.schema = SchemaSettings.model_validate(m.schema_)
+        sc = loaded["scoring"]
+        self.interval_mass = float(sc.meta["interval_mass"])
+        self.linear_features: list[str] = list(sc.meta["linear_features"])
+        self.contribution_names = ["intercept", *self.linear_features]
+        self.key_columns: list[str] = list(sc.meta["key_columns"])
+        self._known_keys = frozenset(sc.meta["known_keys"])
+        self.nodes = NodeTables(**{f.name: np.asarray(sc.arrays[f.name])
+                                   for f in dataclasses.fields(NodeTables)})
+        self.router = Router.from_export(loaded["partitioner"])
+        self.linear = LinearSegmentModels.from_exported(loaded["segment_models"])
+        self.profiles = ProfileScorer(loaded["profiles"])
+        self.drift_reference = DriftReference.from_meta(loaded["drift_reference"].meta)
+        self.metrics: dict[str, Any] = m.metrics
+
+    def unknown_keys(self, columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
+        """``"col=value,..."`` for rows whose key combination was never seen in training."""
+        out = np.full(n, None, dtype=object)
+        if not self.key_columns:
+            return out
+        cols = [np.asarray(columns[c], dtype=object) for c in self.key_columns]
+        for i, vals in enumerate(zip(*cols, strict=True)):
+            key = ",".join(f"{c}={v}" for c, v in zip(self.key_columns, vals, strict=True))
+            if key not in self._known_keys:
+                out[i] = key
+        return out
+
+    def score(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score a batch (see the module docstring for the column contract).
+
+        Raises
+        ------
+        SchemaError
+            A feature column is absent.
+        """
+        missing = [c for c in self.required_columns if c not in columns]
+        if missing:
+            raise SchemaError(f"batch lacks column(s) {missing} needed by bundle "
+                              f"{self.bundle_id[:12]}")
+        r = self.router.route(columns)
+        n = len(r.segment)
+        t = self.nodes
+        model_node = t.model_node[r.node]
+        level = (t.depth[t.segment_node[r.segment]] - t.depth[model_node]).astype(np.int8)
+        X = np.empty((n, len(self.linear_features)), dtype=np.float64)
+        for j, f in enumerate(self.linear_features):
+            X[:, j] = _float_column(columns[f])
+        pred, contrib = self.linear.predict(t.model_index[r.node], X)
+        prof = self.profiles.score(columns)
+        return {
+            "segment": r.segment.astype(np.int32, copy=False),
+            "fallback_level": level,
+            "prediction": pred,
+            "interval_low": pred + t.interval_lo[model_node],
+            "interval_high": pred + t.interval_hi[model_node],
+            "pattern": prof.pattern,
+            "pattern_proba": prof.pattern_proba,
+            "imputed": r.imputed,
+            "unknown_key": self.unknown_keys(columns, n),
+            "contributions": contrib,
+            "model_node": model_node.astype(np.int32, copy=False),
+            "pattern_low": prof.low,
+            "pattern_high": prof.high,
+        }
+
+    @property
+    def required_columns(self) -> list[str]:
+        cols = list(self.router.required_columns) + self.linear_features
+        cols += list(self.profiles.features) + self.key_columns
+        return list(dict.fromkeys(cols))
+
+
+def _float_column(a: Any) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.dtype.kind in "fiub":
+        return arr.astype(np.float64, copy=False)
+    out = np.full(len(arr), np.nan)
+    for i, v in enumerate(arr):
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[i] = v
+    return out
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Verify and load a bundle directory into a :class:`Bundle`.
+
+    Raises
+    ------
+    BundleIntegrityError
+        A modified, missing or extra file, or an edited manifest (the message names it).
+    BundleCompatibilityError
+        Newer format version or a missing component.
+    """
+    p = Path(path)
+    return Bundle(load_components(p), p)

@@ -1,0 +1,446 @@
+"""The batch training pipeline behind ``segstream train``.
+
+load → split by time → partition → fit every node's linear model (with fallback) → outcome
+profiles and pattern classifier → conformal intervals → drift reference → evaluate against a
+global linear model and a global XGBoost regressor → bundle → store → model-update event →
+HTML report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from shared.bundle import Manifest, load_components, write_bundle
+from shared.component import ExportedComponent
+from shared.data import load_dataset, load_file
+from shared.drift import DriftReference, categorical_reference, numeric_reference
+from shared.errors import DataError, SchemaError
+from shared.settings import SchemaSettings, Settings
+from training.evaluation import (
+    conformal_offsets, fallback_shares, interval_metrics, per_segment_mae, point_metrics)
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("load", "split", "partition", "segment_models", "profiles", "intervals",
+         "drift_reference", "baselines", "evaluate", "bundle", "publish", "report")
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    bundle_dir: Path
+    manifest: Manifest
+    uri: str | None = None
+    report_path: Path | None = None
+    update_sent: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class _Steps:
+    """Times each step and shows progress (tqdm on stderr)."""
+
+    def __init__(self, progress: bool) -> None:
+        self.timings: dict[str, float] = {}
+        self.bar = tqdm(total=len(STEPS), desc="train", unit="step", file=sys.stderr,
+                        disable=not progress, leave=False)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        self.bar.update(1)
+        logger.info("step %s done in %.2f s", name, self.timings[name])
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------- splitting
+def split_by_time(df: pd.DataFrame, schema: SchemaSettings, train_end: dt.date | None,
+                  validation_end: dt.date | None) -> tuple[pd.DataFrame, ...]:
+    """Train (≤ train_end), validation (≤ validation_end), test (the rest), by event time.
+
+    Without dates: 70 % / 15 % / 15 % of the rows in time order.
+
+    Raises
+    ------
+    DataError
+        A slice is empty.
+    """
+    t = df[schema.time_field]
+    if train_end is None or validation_end is None:
+        n = len(df)
+        a, b = int(n * 0.70), int(n * 0.85)
+        parts = (df.iloc[:a], df.iloc[a:b], df.iloc[b:])
+    else:
+        tz = t.dt.tz
+        te = pd.Timestamp(train_end).tz_localize(tz) + pd.Timedelta(days=1)
+        ve = pd.Timestamp(validation_end).tz_localize(tz) + pd.Timedelta(days=1)
+        parts = (df[t < te], df[(t >= te) & (t < ve)], df[t >= ve])
+    for name, p in zip(("train", "validation", "test"), parts, strict=True):
+        if p[schema.target].notna().sum() == 0:
+            raise DataError(f"the {name} slice has no rows with a finite target "
+                            f"'{schema.target}' (check training.train_end/validation_end)")
+    return tuple(p.reset_index(drop=True) for p in parts)
+
+
+def fingerprint(df: pd.DataFrame, schema: SchemaSettings) -> str:
+    """SHA-256 over the ids, times and target of the data (detects a changed data set)."""
+    h = hashlib.sha256()
+    h.update(pd.util.hash_pandas_object(
+        df[[schema.id_field, schema.time_field, schema.target]], index=False).to_numpy()
+        .tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- components
+def build_partitioner(settings: Settings) -> Any:
+    """The configured partitioner (unfitted) and the columns it needs."""
+    from training.partitioner import (  # noqa: PLC0415
+        CompositePartitioner, KeyPartitioner, TreePartitioner)
+
+    ps = settings.training.partitioner
+    schema = settings.event_schema
+    feats = list(ps.features) or schema.numeric_features
+    cats = [f for f in feats if f in schema.categorical_features]
+    common = dict(min_samples_leaf=ps.min_samples_leaf, categorical_features=cats or None,
+                  y_columns=list(ps.y_columns) or None, max_bins=min(255, ps.max_bins),
+                  random_state=settings.training.seed)
+    if ps.kind == "keys":
+        if not ps.levels:
+            raise SchemaError("training.partitioner.levels is required for kind 'keys'")
+        return KeyPartitioner(levels=list(ps.levels)), list(ps.levels)
+    if ps.kind == "tree":
+        return TreePartitioner(ps.max_leaf_nodes, **common), feats + list(ps.y_columns)
+    if not ps.levels:
+        raise SchemaError("training.partitioner.levels is required for kind 'keys_then_tree'")
+    return (CompositePartitioner(list(ps.levels), ps.max_leaf_nodes, **common),
+            list(ps.levels) + feats + list(ps.y_columns))
+
+
+def _check_columns(df: pd.DataFrame, cols: list[str], where: str) -> None:
+    missing = [c for c in dict.fromkeys(cols) if c not in df.columns]
+    if missing:
+        raise SchemaError(f"{where} names column(s) {missing} that the data does not have")
+
+
+def node_rows(ancestors: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expand rows to (row index, node id) for every node on each row's path (leaf…root)."""
+    paths = ancestors[segments]  # (n, depth+1), -1 padded
+    rows = np.repeat(np.arange(len(segments)), paths.shape[1])
+    nodes = paths.reshape(-1)
+    keep = nodes >= 0
+    return rows[keep], nodes[keep].astype(np.int64)
+
+
+def model_nodes(parent: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """Nearest ancestor-or-self of every node with a usable model (root must be usable)."""
+    out = np.empty(len(parent), np.int32)
+    for node in range(len(parent)):  # pre-order: parents come first
+        p = parent[node]
+        out[node] = node if usable[node] or p < 0 else out[p]
+    return out
+
+
+def train(
+    settings: Settings,
+    *,
+    data_path: str | None = None,
+    publish: bool = True,
+    report_dir: str | None = None,
+    progress: bool = True,
+    work_dir: str | None = None,
+) -> TrainResult:
+    """Run the whole pipeline; return where the bundle (and report) went.
+
+    Raises
+    ------
+    DataError, SchemaError
+        Data problems, naming the column or file.
+    StoreError
+        The store cannot be written (``LATEST`` is left where it was).
+    """
+    from training.distributions import OutcomeProfiles, evaluate as evaluate_profiles  # noqa
+    from training.groupby_regression import fit_groups  # noqa: PLC0415
+
+    tr = settings.training
+    schema = settings.event_schema
+    steps = _Steps(progress)
+    target = schema.target
+    try:
+        with steps("load"):
+            if data_path:
+                df = load_file(data_path, schema, settings.dataset.timezone)
+            else:
+                df = load_dataset(settings)
+        with steps("split"):
+            train_df, val_df, test_df = split_by_time(df, schema, tr.train_end, tr.validation_end)
+            fit_df = train_df[train_df[target].notna()].reset_index(drop=True)
+            val_fit = val_df[val_df[target].notna()].reset_index(drop=True)
+            test_fit = test_df[test_df[target].notna()].reset_index(drop=True)
+        lin_feats = list(tr.regression.features) or schema.numeric_features
+        _check_columns(df, lin_feats, "training.regression.features")
+
+        with steps("partition"):
+            part, part_cols = build_partitioner(settings)
+            _check_columns(df, part_cols, "training.partitioner")
+            part.fit(fit_df[part_cols])
+            seg = part.segments_
+
+        with steps("segment_models"):
+            rows, nodes = node_rows(part.ancestors_, seg)
+            X = fit_df[lin_feats].to_numpy(np.float64)
+            y = fit_df[target].to_numpy(np.float64)
+            rp = tr.regression
+            n_nodes = len(part.node_parent_)
+            models = fit_groups(
+                nodes, X[rows], y[rows], method=rp.method, min_rows=rp.min_stat,
+                min_stat=rp.min_stat, sign=dict(rp.signs) or None,
+                parent=part.node_parent_, shrinkage=rp.shrinkage,
+                feature_names=lin_feats, target_names=[target])
+            gid = np.asarray(models.groups, np.int64)
+            usable_set = set(gid[(np.asarray(models.status)[:, 0] == 0)
+                                 & np.all(np.isfinite(models.coef[:, 0, :1]), axis=1)].tolist())
+            usable = np.array([i in usable_set for i in range(n_nodes)])
+            if not usable[0]:
+                raise DataError("the root (__dataset__) model could not be fitted: "
+                                "too few rows with a finite target")
+            mnode = model_nodes(part.node_parent_, usable)
+            index_of = {int(g): i for i, g in enumerate(gid)}
+            model_index = np.array([index_of[int(m)] for m in mnode], np.int32)
+            global_models = fit_groups(np.zeros(len(y), np.int64), X, y, method=rp.method,
+                                       sign=dict(rp.signs) or None, feature_names=lin_feats,
+                                       target_names=[target])
+
+        def predict_partitioned(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+            r = part.route(frame[part_cols])
+            mn = mnode[r.node]
+            Xf = frame[lin_feats].to_numpy(np.float64)
+            from shared.linear import LinearSegmentModels  # noqa: PLC0415
+
+            pred = models.predict(mn, Xf)
+            lvl = part.node_depth_[part.segment_node_[r.segment]] - part.node_depth_[mn]
+            return {"prediction": pred, "node": r.node, "model_node": mn,
+                    "segment": r.segment, "level": lvl}
+
+        with steps("profiles"):
+            pp = tr.profiles
+            keys = list(pp.keys) or schema.categorical_features
+            pfeats = list(pp.features) or schema.features
+            _check_columns(df, keys + pfeats, "training.profiles")
+            profiles = OutcomeProfiles(
+                profile_keys=tuple(keys), features=tuple(pfeats),
+                categorical_features=tuple(f for f in pfeats
+                                           if f in schema.categorical_features) or None,
+                target=target, k_range=(pp.k_min, pp.k_max), hdr_masses=tuple(pp.masses),
+                interval_mass=tr.interval_mass, time_column=schema.time_field,
+                random_state=tr.seed)
+            profiles.fit(fit_df, fit_df[target].to_numpy(),
+                         eval_set=(val_fit, val_fit[target].to_numpy()))
+
+        with steps("intervals"):
+            pv = predict_partitioned(val_fit)
+            resid = val_fit[target].to_numpy(np.float64) - pv["prediction"]
+            # calibrate per model node: a row counts for the node that served it
+            lo, hi, _src = conformal_offsets(resid, pv["model_node"], part.node_parent_,
+                                             tr.interval_mass, min_rows=100)
+
+        with steps("drift_reference"):
+            p_train = predict_partitioned(fit_df)["prediction"]
+            ref = DriftReference.fit(
+                {f: train_df[f].to_numpy(np.float64) for f in schema.numeric_features},
+                {f: train_df[f].to_numpy(object) for f in schema.categorical_features},
+                prediction=p_train, n_bins=tr.drift_bins)
+            sizes = np.bincount(seg, minlength=part.n_segments_)
+            top = np.argsort(-sizes, kind="stable")[: tr.drift_top_segments]
+            seg_refs = {}
+            for s in top.tolist():
+                m = seg == s
+                seg_refs[int(s)] = {
+                    **{f: numeric_reference(fit_df.loc[m, f].to_numpy(np.float64), tr.drift_bins)
+                       for f in schema.numeric_features},
+                    "prediction": numeric_reference(p_train[m], tr.drift_bins)}
+            ref = DriftReference(ref.numeric, ref.categorical, ref.prediction, seg_refs)
+
+        with steps("baselines"):
+            xgb_model = _fit_xgb_baseline(fit_df, val_fit, schema, tr.seed)
+
+        with steps("evaluate"):
+            metrics = _evaluate(settings, part, part_cols, predict_partitioned, lo, hi, mnode,
+                                global_models, lin_feats, xgb_model, profiles,
+                                evaluate_profiles, test_df, test_fit, seg)
+
+        with steps("bundle"):
+            components = _components(settings, part, models, profiles, ref, mnode,
+                                     model_index, lo, hi, lin_feats, keys, fit_df)
+            data_info = {
+                "rows": int(len(df)), "rows_train": int(len(train_df)),
+                "rows_validation": int(len(val_df)), "rows_test": int(len(test_df)),
+                "rows_without_outcome": int(df[target].isna().sum()),
+                "time_range": [str(df[schema.time_field].min()),
+                               str(df[schema.time_field].max())],
+                "train_range": [str(train_df[schema.time_field].min()),
+                                str(train_df[schema.time_field].max())],
+                "fingerprint": fingerprint(df, schema),
+            }
+            staging = Path(work_dir or tempfile.mkdtemp(prefix="segstream-bundle-"))
+            bundle_dir = write_bundle(
+                staging, model=settings.model, components=components,
+                config=settings.model_dump(mode="json", by_alias=True,
+                                           exclude={"store": {"s3_key", "s3_secret"}}),
+                schema=schema.model_dump(mode="json"), data=data_info, metrics=metrics,
+                timings=dict(steps.timings))
+            manifest = load_components(bundle_dir).manifest
+
+        result = TrainResult(bundle_dir, manifest, timings=steps.timings)
+        with steps("publish"):
+            if publish:
+                from shared.store import ArtifactStore  # noqa: PLC0415
+
+                result.uri = ArtifactStore(settings.store).publish(bundle_dir)
+                result.update_sent = _send_model_update(settings, manifest, result.uri)
+        with steps("report"):
+            from training.report import write_report  # noqa: PLC0415
+
+            out = Path(report_dir) if report_dir else bundle_dir.parent / "reports"
+            result.report_path = write_report(
+                out, manifest, part=part, fit_df=fit_df, part_cols=part_cols, models=models,
+                profiles=profiles, ref=ref, settings=settings)
+    finally:
+        steps.close()
+    return result
+
+
+def _fit_xgb_baseline(fit_df: pd.DataFrame, val_fit: pd.DataFrame, schema: SchemaSettings,
+                      seed: int) -> Any:
+    """Global XGBoost regressor on all features, early-stopped on the validation slice."""
+    import xgboost as xgb  # noqa: PLC0415
+
+    Xt, Xv = _xgb_frame(fit_df, schema), _xgb_frame(val_fit, schema, like=fit_df)
+    model = xgb.XGBRegressor(n_estimators=400, max_depth=6, learning_rate=0.1,
+                             tree_method="hist", enable_categorical=True, nthread=2,
+                             early_stopping_rounds=20, random_state=seed)
+    model.fit(Xt, fit_df[schema.target], eval_set=[(Xv, val_fit[schema.target])],
+              verbose=False)
+    return model
+
+
+def _xgb_frame(df: pd.DataFrame, schema: SchemaSettings,
+               like: pd.DataFrame | None = None) -> pd.DataFrame:
+    out = df[schema.features].copy()
+    for c in schema.categorical_features:
+        cats = sorted(pd.unique((like if like is not None else df)[c].dropna().astype(str)))
+        out[c] = pd.Categorical(out[c].astype(object), categories=cats)
+    return out
+
+
+def _evaluate(settings, part, part_cols, predict_partitioned, lo, hi, mnode, global_models,
+              lin_feats, xgb_model, profiles, evaluate_profiles, test_df, test_fit,
+              seg) -> dict[str, Any]:
+    schema = settings.event_schema
+    target = schema.target
+    y = test_fit[target].to_numpy(np.float64)
+    p = predict_partitioned(test_fit)
+    Xt = test_fit[lin_feats].to_numpy(np.float64)
+    g_pred = global_models.predict(np.zeros(len(Xt), np.int64), Xt)
+    x_pred = xgb_model.predict(_xgb_frame(test_fit, schema, like=test_fit))
+    low = p["prediction"] + lo[p["model_node"]]
+    high = p["prediction"] + hi[p["model_node"]]
+    prof_eval = evaluate_profiles(profiles, test_fit, y,
+                                  masses=tuple(settings.training.profiles.masses))
+    all_route = part.route(test_df[part_cols])
+    all_levels = (part.node_depth_[part.segment_node_[all_route.segment]]
+                  - part.node_depth_[mnode[all_route.node]])
+    test = {
+        "partitioned": point_metrics(y, p["prediction"]),
+        "global_linear": point_metrics(y, g_pred),
+        "global_xgboost": point_metrics(y, x_pred),
+        "interval": {"mass": settings.training.interval_mass,
+                     **interval_metrics(y, low, high)},
+        "pattern_interval": prof_eval["intervals"],
+        "classifier": prof_eval["classifier"],
+        "fallback_share": fallback_shares(all_levels),
+        "imputed_share": float(all_route.imputed.mean()),
+        "unknown_share": float(all_route.unknown.mean()),
+        "segment_mae": per_segment_mae(y, p["prediction"], p["segment"], top=10),
+        "rows": int(len(test_df)), "rows_with_outcome": int(len(test_fit)),
+    }
+    pm, gm, xm = (test[k]["mae"] for k in ("partitioned", "global_linear", "global_xgboost"))
+    test["mae_gain_vs_global_linear"] = float(1 - pm / gm)
+    test["mae_gain_vs_global_xgboost"] = float(1 - pm / xm)
+    return {"test": test, "segments": int(part.n_segments_),
+            "nodes": int(len(part.node_parent_)),
+            "patterns": int(profiles.n_patterns_) if hasattr(profiles, "n_patterns_") else None,
+            "reliability": prof_eval.get("reliability")}
+
+
+def _components(settings, part, models, profiles, ref, mnode, model_index, lo, hi, lin_feats,
+                keys, fit_df) -> dict[str, ExportedComponent]:
+    known = sorted(set(
+        ",".join(f"{c}={v}" for c, v in zip(keys, vals, strict=True))
+        for vals in fit_df[keys].astype(str).itertuples(index=False, name=None)))
+    scoring = ExportedComponent(
+        "scoring",
+        arrays={"model_node": mnode.astype(np.int32), "model_index": model_index,
+                "depth": np.asarray(part.node_depth_, np.int32),
+                "segment_node": np.asarray(part.segment_node_, np.int32),
+                "interval_lo": lo.astype(np.float64), "interval_hi": hi.astype(np.float64)},
+        meta={"interval_mass": settings.training.interval_mass,
+              "linear_features": list(lin_feats), "key_columns": list(keys),
+              "known_keys": known})
+    return {
+        "partitioner": part.export(),
+        "segment_models": models.export(),
+        "profiles": profiles.export(),
+        "scoring": scoring,
+        "drift_reference": ExportedComponent("drift_reference", {}, ref.to_meta()),
+    }
+
+
+def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool:
+    """Produce ``{model, bundle_id, uri, created_at}`` to the model-updates topic.
+
+    Returns False (and logs) when no broker answers; a broker that answers but does not
+    confirm delivery raises :class:`~shared.errors.BrokerError`.
+    """
+    import orjson  # noqa: PLC0415
+    from confluent_kafka import Producer  # noqa: PLC0415
+
+    from shared.errors import BrokerError  # noqa: PLC0415
+    from shared.kafka import check_reachable, client_config, ensure_topics  # noqa: PLC0415
+
+    b = settings.broker.model_copy(update={"connect_attempts": 1, "connect_timeout_s": 2.0})
+    try:
+        check_reachable(b)
+    except BrokerError:
+        logger.warning("no broker at %s: model-update event not sent", b.bootstrap)
+        return False
+    t = settings.topics
+    ensure_topics(b, [t.model_updates], 1, t.replication_factor)
+    errors: list[str] = []
+    p = Producer(client_config(b, acks="all"))
+    p.produce(t.model_updates, orjson.dumps({
+        "model": manifest.model, "bundle_id": manifest.bundle_id, "uri": uri,
+        "created_at": manifest.created_at.isoformat()}), manifest.model.encode(),
+        on_delivery=lambda err, msg: errors.append(str(err)) if err else None)
+    if p.flush(10.0) or errors:
+        raise BrokerError(f"model-update event not confirmed by {b.bootstrap}: "
+                          f"{errors[0] if errors else 'timeout'}")
+    return True

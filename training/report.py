@@ -1,0 +1,258 @@
+"""The self-contained HTML training report (jinja2 template, PNG figures embedded as base64)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from shared.bundle import Manifest
+
+logger = logging.getLogger(__name__)
+
+
+def _plt() -> Any:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _file_png(path: Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def segment_path(part: Any, segment: int) -> str:
+    """Human-readable path of a segment: its key values and tree splits, root first."""
+    meta = part.export().meta if not hasattr(part, "_report_meta") else part._report_meta
+    node = int(part.segment_node_[segment])
+    chain = []
+    while node >= 0:
+        chain.append(node)
+        node = int(part.node_parent_[node])
+    return f"segment {segment} (depth {len(chain) - 1})" if not meta else \
+        " > ".join(_node_label(part, n) for n in reversed(chain[:-1])) or "root"
+
+
+def _node_label(part: Any, node: int) -> str:
+    describe = getattr(part, "describe_node", None)
+    if describe is not None:
+        try:
+            return str(describe(node))
+        except Exception:  # noqa: BLE001 - labels are decoration
+            pass
+    return f"n{node}"
+
+
+def comparison_figure(test: dict[str, Any]) -> str:
+    plt = _plt()
+    names = ["partitioned", "global_linear", "global_xgboost"]
+    mae = [test[n]["mae"] for n in names]
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    bars = ax.barh(names, mae, color=["#2b6cb0", "#a0aec0", "#ed8936"])
+    ax.bar_label(bars, fmt="%.2f")
+    ax.set_xlabel("test MAE (target units)")
+    ax.invert_yaxis()
+    return _png(fig)
+
+
+def coefficient_heatmap(coef: np.ndarray, features: list[str], labels: list[str]) -> str:
+    """Standardised coefficients (segments × features), diverging colours."""
+    plt = _plt()
+    scale = np.nanmax(np.abs(coef), axis=0)
+    scale[~np.isfinite(scale) | (scale == 0)] = 1.0
+    z = coef / scale
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(features), 0.8 + 0.28 * len(labels)))
+    im = ax.imshow(np.nan_to_num(z), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(features)), features, rotation=40, ha="right")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_title("coefficient / max |coefficient| per feature")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    return _png(fig)
+
+
+def drift_reference_figure(ref: Any, max_features: int = 12) -> str:
+    plt = _plt()
+    items = list(ref.numeric.items())[:max_features]
+    if ref.prediction is not None:
+        items.append(("prediction", ref.prediction))
+    cols = 4
+    rows = max(1, int(np.ceil(len(items) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.3 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, items, strict=False):
+        labels = ([f"<{r.edges[0]:.3g}"] if len(r.edges) else []) + \
+            [f"≥{e:.3g}" for e in r.edges] + ["NA"]
+        if not len(r.edges):
+            labels = ["all", "NA"]
+        ax.bar(range(len(r.expected)), r.expected, color="#4a5568")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=6)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def write_report(out_dir: str | Path, manifest: Manifest, *, part: Any, fit_df: pd.DataFrame,
+                 part_cols: list[str], models: Any, profiles: Any, ref: Any,
+                 settings: Any) -> Path:
+    """Render ``report-<bundle id prefix>.html`` into ``out_dir``; return its path."""
+    from training.distributions import (  # noqa: PLC0415
+        plot_pattern_sizes, plot_patterns, plot_reliability)
+    from training.partitioner import plot_partition_report  # noqa: PLC0415
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = manifest.metrics
+    test = m["test"]
+    schema = settings.event_schema
+    figures: dict[str, str] = {"comparison": comparison_figure(test),
+                               "drift_reference": drift_reference_figure(ref)}
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        try:
+            feats = [c for c in part_cols if c in schema.numeric_features]
+            paths = plot_partition_report(fit_df[feats], part.segments_, t / "partition")
+            paths = list(paths.values()) if isinstance(paths, dict) else list(paths)
+            for i, p in enumerate(sorted(paths)):
+                figures["segment_sizes" if i == 0 else "partition_violin"] = _file_png(p)
+        except Exception as exc:  # noqa: BLE001 - a figure must not sink the report
+            logger.warning("partition figures skipped: %s", exc)
+        pattern_keys = []
+        for name, fn in (("patterns", plot_patterns), ("pattern_sizes", plot_pattern_sizes)):
+            try:
+                figures[name] = _file_png(fn(profiles, t / f"{name}.png"))
+                pattern_keys.append(name)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("%s figure skipped: %s", name, exc)
+        if m.get("reliability"):
+            try:
+                figures["reliability"] = _file_png(
+                    plot_reliability({"reliability": m["reliability"]}, t / "rel.png"))
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("reliability figure skipped: %s", exc)
+
+    # coefficient table for the largest segments
+    seg_sizes = np.bincount(part.segments_, minlength=part.n_segments_)
+    top = np.argsort(-seg_sizes, kind="stable")[:15]
+    lin_feats = list(models.feature_names)
+    gid = list(np.asarray(models.groups).tolist())
+    coef_rows, coef_mat, labels = [], [], []
+    for s in top.tolist():
+        node = int(part.segment_node_[s])
+        if node not in gid:
+            continue
+        i = gid.index(node)
+        c = np.asarray(models.coef)[i, 0]
+        coef_rows.append({"segment": s, "n": int(seg_sizes[s]), "coef": c[1:].tolist(),
+                          "intercept": float(c[0])})
+        coef_mat.append(c[1:])
+        labels.append(f"seg {s}")
+    if coef_mat:
+        figures["coef_heatmap"] = coefficient_heatmap(np.array(coef_mat), lin_feats, labels)
+
+    comp = [("partitioned (segment models)", test["partitioned"]),
+            ("global linear (__dataset__)", test["global_linear"]),
+            ("global XGBoost", test["global_xgboost"])]
+    pm, gm, xm = (test[k]["mae"] for k in ("partitioned", "global_linear", "global_xgboost"))
+    cmp_sentence = (
+        f"The partitioned model's test MAE is {pm:.2f}: "
+        f"{abs(1 - pm / gm):.1%} {'lower' if pm < gm else 'higher'} than the global linear "
+        f"model ({gm:.2f}) and {abs(1 - pm / xm):.1%} {'lower' if pm < xm else 'higher'} than "
+        f"the global XGBoost regressor ({xm:.2f})."
+        + (" XGBoost wins on accuracy; the partitioned model keeps one explainable linear "
+           "model per segment." if xm < pm else ""))
+    iv = test["interval"]
+    cl = test["classifier"]
+    intervals = [{"name": "segment model + split-conformal offsets", "mass": iv["mass"],
+                  "coverage": iv["coverage"], "mean_width": iv["mean_width"]}]
+    pi = test.get("pattern_interval") or {}
+    for mass_key, v in sorted(pi.items()):
+        if isinstance(v, dict) and "coverage" in v:
+            intervals.append({"name": f"pattern mixture ({mass_key})", "mass": mass_key,
+                              "coverage": v["coverage"], "mean_width": v["mean_width"]})
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    classifier_rows = [
+        ("accuracy", fmt(cl.get("accuracy")), fmt(cl.get("baseline_accuracy"))),
+        ("weighted one-vs-rest AUROC", fmt(cl.get("auroc_weighted_ovr")), "0.500"),
+        ("log-loss", fmt(cl.get("log_loss")), fmt(cl.get("baseline_log_loss"))),
+    ]
+    seg_err = [{**s, "path": segment_path(part, s["segment"])} for s in test["segment_mae"]]
+    ctx = {
+        "model": manifest.model, "bundle_id": manifest.bundle_id,
+        "created_at": manifest.created_at.isoformat(timespec="seconds"),
+        "summary_sentence": cmp_sentence, "target": schema.target,
+        "fingerprint": manifest.data.get("fingerprint", ""),
+        "slices": _slices(manifest),
+        "comparison": comp, "comparison_sentence": cmp_sentence,
+        "segments_sentence": (
+            f"{m['segments']} segments ({m['nodes']} nodes with their ancestors). A segment "
+            f"with fewer than {settings.training.regression.min_stat} training rows is served "
+            "by its nearest ancestor's model (fallback)."),
+        "fallback_shares": sorted(test["fallback_share"].items()),
+        "segment_errors": seg_err,
+        "regression_method": settings.training.regression.method,
+        "signs": dict(settings.training.regression.signs),
+        "coef_features": lin_feats, "coef_rows": coef_rows,
+        "patterns_sentence": (
+            f"{m.get('patterns')} recurring outcome patterns were found by clustering the "
+            "normalised outcome distributions of the profile groups; an XGBoost classifier "
+            "predicts an event's pattern from what is known when it happens."),
+        "classifier_rows": classifier_rows, "pattern_figures": pattern_keys,
+        "interval_sentence": (
+            f"Nominal mass {iv['mass']}: the segment-model interval covers "
+            f"{iv['coverage']:.1%} of test outcomes (mean width {iv['mean_width']:.1f})."),
+        "interval_rows": intervals,
+        "timings": sorted(manifest.timings.items()),
+        "figures": _Default(figures),
+    }
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("training", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+    html = env.get_template("report.html.j2").render(**ctx)
+    path = out / f"report-{manifest.model}-{manifest.bundle_id[:12]}.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+class _Default(dict):  # type: ignore[type-arg]
+    """Missing figures render as empty (the template tests truthiness)."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+    def __getattr__(self, key: str) -> str:
+        return self[key]
+
+
+def _slices(manifest: Manifest) -> list[dict[str, Any]]:
+    d = manifest.data
+    return [
+        {"name": "all", "rows": d.get("rows", 0),
+         "with_outcome": d.get("rows", 0) - d.get("rows_without_outcome", 0),
+         "start": d.get("time_range", ["", ""])[0], "end": d.get("time_range", ["", ""])[1]},
+        {"name": "train", "rows": d.get("rows_train", 0), "with_outcome": d.get("rows_train", 0),
+         "start": d.get("train_range", ["", ""])[0], "end": d.get("train_range", ["", ""])[1]},
+        {"name": "validation", "rows": d.get("rows_validation", 0),
+         "with_outcome": d.get("rows_validation", 0), "start": "", "end": ""},
+        {"name": "test", "rows": d.get("rows_test", 0),
+         "with_outcome": manifest.metrics.get("test", {}).get("rows_with_outcome", 0),
+         "start": "", "end": ""},
+    ]
