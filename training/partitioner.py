@@ -116,13 +116,29 @@ def _best_split(hist, nbins, miss_bin, min_leaf, tot, cum):
 
 
 @njit(cache=True, nogil=True)
+def _clear_hist(bins, rows, start, end, hist):
+    """Zero ``hist`` after it held rows[start:end]: by re-scan when that is cheaper."""
+    F = bins.shape[1]
+    if (end - start) < hist.shape[1]:
+        for p in range(start, end):
+            r = rows[p]
+            for f in range(F):
+                hist[f, bins[r, f], :] = 0.0
+    else:
+        hist[:, :, :] = 0.0
+
+
+@njit(cache=True, nogil=True)
 def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain, sse_tol,
-          pool, n_feat, n_bin, n_missleft, n_left, n_right, n_count, n_start, n_end):
+          retain_min, pool, n_feat, n_bin, n_missleft, n_left, n_right, n_count, n_start,
+          n_end):
     """Best-first growth of one tree on rows[:] (partitioned in place).
 
     Node arrays (length 2 * max_leaves - 1) are filled in creation order; node 0 is the root.
-    ``pool`` (S, F, n_bins + 1, T + 1) holds histograms; slots 0 and 1 are scratch. Returns
-    the number of nodes.
+    ``pool`` (S, F, n_bins + 1, T + 1) holds histograms. Slots 0 and 1 are scratch (kept
+    all-zero while free); a node with at least ``retain_min`` rows keeps its histogram in a
+    pool slot while it waits to be split, so that its larger child is obtained by subtraction.
+    Returns the number of nodes.
     """
     F = bins.shape[1]
     T = Y.shape[1]
@@ -132,13 +148,15 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
     cand = np.zeros(max_nodes, dtype=np.bool_)
     slot = np.full(max_nodes, -1, dtype=np.int64)
     sumsq = np.zeros(max_nodes)
-    tot = np.zeros((max_nodes, T + 1))
+    tot = np.zeros(T + 1)
     cum = np.zeros(T + 1)
     free = np.empty(S, dtype=np.int64)
     n_free = 0
     for s in range(S - 1, 1, -1):
         free[n_free] = s
         n_free += 1
+    pool[0, :, :, :] = 0.0
+    pool[1, :, :, :] = 0.0
 
     for i in range(max_nodes):
         n_feat[i] = -1
@@ -151,23 +169,19 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
     if rows.shape[0] == 0 or F == 0:
         return n_nodes
 
-    # root histogram
-    if n_free > 0:
-        n_free -= 1
-        s0 = free[n_free]
-    else:
-        s0 = 0
-    pool[s0, :, :, :] = 0.0
-    _hist_rows(bins, Y, rows, 0, rows.shape[0], pool[s0])
-    slot[0] = s0 if s0 > 1 else -1
     acc = 0.0
     for p in range(rows.shape[0]):
         acc += rowsq[rows[p]]
     sumsq[0] = acc
-
-    # evaluate nodes: list of (node, slot) to evaluate after each split
     ev_nodes = np.empty(2, dtype=np.int64)
     ev_slots = np.empty(2, dtype=np.int64)
+    if rows.shape[0] >= retain_min and n_free > 0:
+        n_free -= 1
+        s0 = free[n_free]
+        pool[s0, :, :, :] = 0.0
+    else:
+        s0 = 0
+    _hist_rows(bins, Y, rows, 0, rows.shape[0], pool[s0])
     ev_nodes[0] = 0
     ev_slots[0] = s0
     n_ev = 1
@@ -181,25 +195,27 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
                 acc = 0.0
                 for b in range(h.shape[1]):
                     acc += h[0, b, t]
-                tot[nd, t] = acc
-            N = tot[nd, T]
+                tot[t] = acc
+            N = tot[T]
             parent = 0.0
             for t in range(T):
-                parent += tot[nd, t] * tot[nd, t] / N
+                parent += tot[t] * tot[t] / N
             sse = sumsq[nd] - parent
-            ok = N >= 2 * min_leaf and sse > sse_tol * N
-            if ok:
-                g, bf, bb, bml = _best_split(h, nbins, miss_bin, min_leaf, tot[nd], cum)
+            if N >= 2 * min_leaf and sse > sse_tol * N:
+                g, bf, bb, bml = _best_split(h, nbins, miss_bin, min_leaf, tot, cum)
                 if bf >= 0 and g >= min_gain:
                     cand[nd] = True
                     gain[nd] = g
                     n_feat[nd] = bf
                     n_bin[nd] = bb
                     n_missleft[nd] = bml
-            if not cand[nd] and slot[nd] >= 0:
-                free[n_free] = slot[nd]
+            if s <= 1:
+                _clear_hist(bins, rows, n_start[nd], n_end[nd], h)
+            elif cand[nd]:
+                slot[nd] = s
+            else:
+                free[n_free] = s
                 n_free += 1
-                slot[nd] = -1
         if n_leaves >= max_leaves:
             break
         # pick the open leaf with the largest gain
@@ -239,40 +255,75 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
         n_end[R] = n_end[nd]
         n_count[L] = n_end[L] - n_start[L]
         n_count[R] = n_end[R] - n_start[R]
-        small, large = (L, R) if n_count[L] <= n_count[R] else (R, L)
-        if n_free > 0:
+        if n_count[L] <= n_count[R]:
+            small = L
+            large = R
+        else:
+            small = R
+            large = L
+        # smaller child: scanned
+        if n_count[small] >= retain_min and n_free > 0:
             n_free -= 1
             ss = free[n_free]
+            pool[ss, :, :, :] = 0.0
         else:
             ss = 0
-        pool[ss, :, :, :] = 0.0
         _hist_rows(bins, Y, rows, n_start[small], n_end[small], pool[ss])
         acc = 0.0
         for p in range(n_start[small], n_end[small]):
             acc += rowsq[rows[p]]
         sumsq[small] = acc
         sumsq[large] = sumsq[nd] - acc
+        # larger child: parent minus smaller when the parent kept its histogram
         if slot[nd] >= 0:
             sl = slot[nd]
-            pool[sl] -= pool[ss]
             slot[nd] = -1
+            pl = pool[sl]
+            ps = pool[ss]
+            for ff in range(F):
+                for bb2 in range(pl.shape[1]):
+                    if ps[ff, bb2, T] != 0.0:
+                        for t in range(T + 1):
+                            pl[ff, bb2, t] -= ps[ff, bb2, t]
         else:
-            if n_free > 0:
+            if n_count[large] >= retain_min and n_free > 0:
                 n_free -= 1
                 sl = free[n_free]
+                pool[sl, :, :, :] = 0.0
             else:
                 sl = 1
-            pool[sl, :, :, :] = 0.0
             _hist_rows(bins, Y, rows, n_start[large], n_end[large], pool[sl])
-        slot[small] = ss if ss > 1 else -1
-        slot[large] = sl if sl > 1 else -1
         ev_nodes[0] = small
         ev_slots[0] = ss
         ev_nodes[1] = large
         ev_slots[1] = sl
         n_ev = 2
         n_leaves += 1
+    # return pool slots (not needed by the caller, but keeps the pool reusable)
     return n_nodes
+
+
+@njit(cache=True, nogil=True)
+def _assign_bins(Zs, edges, nbins, miss_bin, out):
+    """out[i, f] = number of edges of feature f below Zs[f, i] (NaN -> miss_bin)."""
+    F, n = Zs.shape
+    for f in range(F):
+        m = nbins[f] - 1
+        e = edges[f]
+        for i in range(n):
+            x = Zs[f, i]
+            if x != x:
+                out[i, f] = miss_bin
+                continue
+            lo = 0
+            hi = m
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if e[mid] < x:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            out[i, f] = lo
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,28 +492,38 @@ def _category_table(name: str, values: Any, allow_missing: bool) -> pd.Index:
 
 def _quantile_bins(Zs: np.ndarray, max_bins: int, rng: np.random.Generator,
                    sample: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bin each row of Zs (F, n): uint8 codes (n, F) with NaN -> ``max_bins``, thresholds."""
+    """Bin each row of Zs (F, n): uint8 codes (n, F) with NaN -> ``max_bins``.
+
+    Edges come from the distinct values (midpoints) when a seeded sample of up to ``sample``
+    finite values has at most ``max_bins`` of them, else from its quantiles. Code ``b`` means
+    ``edges[b-1] < x <= edges[b]``, so ``code <= b`` iff ``x <= edges[b]`` (the routed test).
+    """
     F, n = Zs.shape
-    bins = np.empty((n, F), dtype=np.uint8)
-    edges = np.full((F, max(max_bins - 1, 1)), np.nan)
-    nbins = np.zeros(F, dtype=np.int32)
+    edges = np.full((F, max(max_bins - 1, 1)), np.inf)
+    nbins = np.ones(F, dtype=np.int64)
     for f in range(F):
         x = Zs[f]
-        fin = x[np.isfinite(x)]
-        if fin.size > sample:
-            fin = fin[rng.choice(fin.size, sample, replace=False)]
-        u = np.unique(fin)
+        if n > sample:
+            x = x[rng.choice(n, sample, replace=False)]
+        fin = np.sort(x[np.isfinite(x)])
+        if fin.size == 0:
+            continue
+        u = fin[np.concatenate([[True], fin[1:] != fin[:-1]])]
         if u.size <= max_bins:
             th = u[:-1] + (u[1:] - u[:-1]) / 2.0
-            bad = th >= u[1:]  # adjacent floats: midpoint rounds up
+            bad = th >= u[1:]  # adjacent floats: the midpoint rounds up
             th[bad] = u[:-1][bad]
         else:
-            th = np.unique(np.quantile(fin, np.linspace(0.0, 1.0, max_bins + 1)[1:-1]))
-        codes = np.searchsorted(th, x, side="left")
-        codes[np.isnan(x)] = max_bins
-        bins[:, f] = codes
+            pos = np.linspace(0.0, fin.size - 1.0, max_bins + 1)[1:-1]
+            lo = np.floor(pos).astype(np.int64)
+            w = pos - lo
+            hi = np.minimum(lo + 1, fin.size - 1)
+            th = np.unique(fin[lo] * (1.0 - w) + fin[hi] * w)
+            th = th[th < u[-1]]  # an edge at the maximum separates nothing
         edges[f, :th.size] = th
         nbins[f] = th.size + 1
+    bins = np.empty((n, F), dtype=np.uint8)
+    _assign_bins(np.ascontiguousarray(Zs), edges, nbins, max_bins, bins)
     return bins, edges, nbins
 
 
@@ -762,6 +823,8 @@ class _BasePartitioner(BaseEstimator):
         n_slots = int(max(3, min(2 * budget + 2, mem // slot_bytes)))
         pool = np.empty((n_slots, max(F, 1), mb + 1, T + 1))
         max_nodes = 2 * budget - 1
+        # below this many rows a histogram costs more to keep than to rebuild by a scan
+        retain_min = 2 * (mb + 1)
         sse_tol = 1e-12 * max(T, 1)
         for leaf_id, rows in key_leaves:
             rows = np.ascontiguousarray(rows, dtype=np.int64)
@@ -773,8 +836,8 @@ class _BasePartitioner(BaseEstimator):
             ncnt = np.zeros(max_nodes, dtype=np.int64)
             nst = np.zeros(max_nodes, dtype=np.int64)
             nen = np.zeros(max_nodes, dtype=np.int64)
-            m = _grow(bins, Y, rowsq, rows, nbins, mb, budget, msl, min_gain, sse_tol, pool,
-                      nf, nb, nml, nl, nr, ncnt, nst, nen)
+            m = _grow(bins, Y, rowsq, rows, nbins, mb, budget, msl, min_gain, sse_tol,
+                      retain_min, pool, nf, nb, nml, nl, nr, ncnt, nst, nen)
             ids = np.empty(m, dtype=np.int64)
             ids[0] = leaf_id
             for i in range(1, m):
