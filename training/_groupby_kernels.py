@@ -263,11 +263,26 @@ def _cond1_sub(R, idx, m, Minv):
     return n1 * n2
 
 
+@njit(cache=True)
+def _xvx_lower(L, m, idx, xs, v):
+    """``||L^-1 xs[idx]||^2`` by forward substitution (``L`` lower, m x m): ``x' (L L')^-1 x``
+    without forming the inverse (keeps the intercept variance accurate when predictors are
+    nearly collinear)."""
+    acc = 0.0
+    for i in range(m):
+        t = xs[idx[i]]
+        for k in range(i):
+            t -= L[i, k] * v[k]
+        v[i] = t / L[i, i]
+        acc += v[i] * v[i]
+    return acc
+
+
 # --------------------------------------------------------------------------- solvers
 
 
 @njit(cache=True)
-def _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, beta, Minv, work, sing_rtol):
+def _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, beta, Minv, work, sing_rtol, xs):
     """Householder QR of the scaled, centred, sqrt(w)-weighted rows: the ill-conditioned fallback.
 
     Returns True on success (``beta[:q]`` scaled-space solution, ``Minv[:q,:q]`` = inverse of
@@ -296,7 +311,7 @@ def _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, beta, Minv, work, s
             nrm += M[i, j] * M[i, j]
         nrm = math.sqrt(nrm)
         if not (nrm > 0.0):
-            return False
+            return False, np.nan
         alpha = -nrm if M[j, j] >= 0.0 else nrm
         for i in range(j, m):
             hv[i] = M[i, j]
@@ -320,14 +335,22 @@ def _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, beta, Minv, work, s
                 v[i] -= d * hv[i]
     for j in range(q):
         if not (abs(M[j, j]) > sing_rtol):
-            return False
+            return False, np.nan
     for i in range(q - 1, -1, -1):
         acc = v[i]
         for k in range(i + 1, q):
             acc -= M[i, k] * beta[k]
         beta[i] = acc / M[i, i]
     _tri_inv_gram(M, q, True, Minv, work)
-    return True
+    # x' (T'T)^-1 x = ||T'^-1 x||^2 by forward substitution with T' (lower)
+    xvx = 0.0
+    for i in range(q):
+        acc = xs[i]
+        for k in range(i):
+            acc -= M[k, i] * hv[k]
+        hv[i] = acc / M[i, i]
+        xvx += hv[i] * hv[i]
+    return True, xvx
 
 
 @njit(cache=True)
@@ -427,22 +450,26 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
         d2 = A[a, a]
         # a constant (within rounding of its magnitude) predictor is collinear with the intercept
         if not (d2 > 0.0) or not (math.sqrt(d2 / W) > xspread_tol[a]):
-            return SINGULAR, np.inf, 0
+            return SINGULAR, np.inf, 0, np.nan
         D[a] = math.sqrt(d2)
     for a in range(q):
         rr[a] = rhs[a] / D[a]
         for b in range(q):
             R[a, b] = A[a, b] / (D[a] * D[b])
         if not math.isfinite(rr[a]):
-            return SINGULAR, np.inf, 0
+            return SINGULAR, np.inf, 0, np.nan
+    for a in range(q):
+        grad[a] = xbar[a] / D[a]  # scaled means (grad is free until the NNLS below)
     if not constrained:
         for a in range(q):
             idx[a] = a
             passive[a] = True
         use_qr = False
         cond = np.inf
+        xvx = 0.0
         if _chol_sub(R, idx, q, L, piv_tol):
             _chol_solve(L, q, rr, z)
+            xvx = _xvx_lower(L, q, idx, grad, u)
             _tri_inv_gram(L, q, False, Minv, work)
             cond = _cond1_sub(R, idx, q, Minv)
             if not (cond <= fp[FP_COND_FALLBACK]):
@@ -450,15 +477,16 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
         else:
             use_qr = True
         if use_qr:
-            if not _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, z, Minv, work,
-                             fp[FP_SINGULAR_RTOL]):
-                return SINGULAR, np.inf, 0
+            okq, xvx = _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, z, Minv, work,
+                                 fp[FP_SINGULAR_RTOL], grad)
+            if not okq:
+                return SINGULAR, np.inf, 0, np.nan
             cond = _cond1_sub(R, idx, q, Minv)
         for a in range(q):
             beta[a] = z[a] / D[a]
             for b in range(q):
                 Minv[a, b] = Minv[a, b] / (D[a] * D[b])
-        return OK, cond, q
+        return OK, cond, q, xvx
     # sign-constrained: flip so that every constrained variable is >= 0
     for a in range(q):
         fa = -1.0 if sign_k[a] < 0 else 1.0
@@ -469,16 +497,21 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
     tol = 1e-12 * max(1.0, np.max(np.abs(rr[:q])))
     code = _nnls_gram(R, rr, q, sign_k, passive, u, z, L, idx, grad, piv_tol, tol)
     if code == 1:
-        return SINGULAR, np.inf, 0
+        return SINGULAR, np.inf, 0, np.nan
     m = 0
     for a in range(q):
         if passive[a]:
             idx[m] = a
             m += 1
     cond = 1.0
+    xvx = 0.0
+    for a in range(q):
+        fa = -1.0 if sign_k[a] < 0 else 1.0
+        grad[a] = fa * xbar[a] / D[a]
     if m > 0:
         if not _chol_sub(R, idx, m, L, piv_tol):
-            return SINGULAR, np.inf, 0
+            return SINGULAR, np.inf, 0, np.nan
+        xvx = _xvx_lower(L, m, idx, grad, rr)
         _tri_inv_gram(L, m, False, work, Minv)  # inverse into `work` (scratch roles swapped)
         cond = _cond1_sub(R, idx, m, work)
     # un-flip and unscale; Minv in full q x q layout (zeros for pinned)
@@ -495,7 +528,7 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
             fb = -1.0 if sign_k[b] < 0 else 1.0
             Minv[a, b] = fa * fb * work[k, kk] / (D[a] * D[b])
     status = OK if code == 0 else NOT_CONVERGED
-    return status, cond, m
+    return status, cond, m, xvx
 
 
 # --------------------------------------------------------------------------- one group, one target
@@ -573,7 +606,7 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
         return
     # ---- initial (weighted least-squares) fit
     n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
-    st, cnd, m_est = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W,
+    st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W,
                                   xspread, D, R, rr, L, z, u, idx, passive, grad, Minv, work,
                                   beta, fp)
     if st == SINGULAR:
@@ -618,7 +651,7 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
                 xb0 += beta[a] * xbar[a]
             icpt_old = ybar - xb0
             n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
-            st, cnd, m_est = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
+            st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
                                           rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
                                           Minv, work, beta, fp)
             iters = it + 1
@@ -684,7 +717,7 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
                     inside = abs(res[i]) <= max(thr, rfloor * math.sqrt(Wg[i]))
                     weff[i] = Wg[i] if inside else 0.0
             n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
-            st, cnd, m_est = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
+            st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
                                           rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
                                           Minv, work, beta, fp)
             iters = it + 1
@@ -729,10 +762,7 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
     dof = nfit - k_est
     sig2 = swe_r2 / dof if dof > 0 else np.nan
     coef[g, t, 0] = icpt
-    vc = 1.0 / W
-    for a in range(q):
-        for b in range(q):
-            vc += xbar[a] * Minv[a, b] * xbar[b]
+    vc = 1.0 / W + xvx
     se[g, t, 0] = math.sqrt(sig2 * vc) if dof > 0 else np.nan
     for a in range(q):
         j = kidx[a]

@@ -422,8 +422,9 @@ def fit_groups(
         strength in *pseudo-rows*: ``Lambda_c = lambda``, ``Lambda_bj = lambda * var_w(x_j)``
         (overall weighted variance of predictor j), i.e. the parent counts as ``lambda``
         extra rows. ``"eb"`` chooses it per coefficient by closed-form empirical Bayes:
-        ``Lambda_j = sigma_g^2 / tau_j^2`` with ``tau_j^2 = max(0, mean(d_j^2) - mean(V_j))``
-        (method of moments, Morris 1983 / DerSimonian-Laird), ``d_j`` the difference
+        ``Lambda_j = sigma_g^2 / tau_j^2`` with ``tau_j^2 = max(0, (sum d_j^2/V_j - K) /
+        sum 1/V_j)`` (DerSimonian-Laird moment estimator around a known centre; Morris
+        1983 parametric empirical Bayes), ``d_j`` the difference
         between a node's independent estimate and its parent's and ``V_j`` its sampling
         variance, over all node/parent pairs that both fitted ``ok``. Nodes too thin to
         fit on their own (n < parameters, or singular) get a shrunk fit when ``Lambda > 0``
@@ -662,8 +663,12 @@ def _eb_precision(coef, se, status, pidx, st_W, st_ybar, st_xbar, st_sig2):
                 prec[t, j] = 0.0
                 tau2_out[t, j] = np.inf
                 continue
-            mv = float(np.mean(vj[ok]))
-            tau2 = max(float(np.mean(dj[ok] ** 2)) - mv, 1e-12 * mv + 1e-300)
+            # DerSimonian-Laird moment estimator around a known centre (E d = 0):
+            # E[sum d^2 / V] = K + tau^2 sum 1/V
+            vv = np.maximum(vj[ok], 1e-300)
+            K = vv.size
+            Q = float(np.sum(dj[ok] ** 2 / vv))
+            tau2 = max((Q - K) / float(np.sum(1.0 / vv)), 1e-12 * float(np.median(vv)) + 1e-300)
             tau2_out[t, j] = tau2
             prec[t, j] = 1.0 / tau2
     return prec, tau2_out
