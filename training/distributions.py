@@ -893,7 +893,8 @@ class OutcomeProfiles(BaseEstimator):
         q25, q50, q75 = np.quantile(yf, [0.25, 0.5, 0.75])
         scale = (q75 - q25) if q75 > q25 else 1.0
         df = pd.DataFrame({"g": codes, "y": yf})
-        qs = df.groupby("g")["y"].quantile(list(levels)).unstack().to_numpy()
+        qs = (df.groupby("g")["y"].quantile(list(levels)).unstack()
+              .reindex(range(kept.size)).to_numpy())
         kept_q = qs[kept]
         out = [kept_q]
         if pooled.any():

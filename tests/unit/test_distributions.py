@@ -220,6 +220,16 @@ def test_k_selection_recovers_known_number_of_shapes():
         assert set(sel.silhouette) == set(range(2, 9))
 
 
+def test_profile_quantiles_option_with_an_all_nan_group(synth):
+    df = synth.copy()
+    y = df["y"].to_numpy().copy()
+    y[(df["dest"] == "D00").to_numpy()] = np.nan          # a group without any outcome
+    m = small_model(profile_quantiles=True, n_estimators=5).fit(df, y)
+    assert m.n_patterns_ == 3
+    g = m.groups_.set_index("dest")
+    assert g.loc["D00", "n_events"] == 0 and g.loc["D00", "pattern"] == m.other_pattern_
+
+
 def test_fit_finds_three_patterns_ordered_by_median(fitted):
     assert fitted.n_patterns_ == 3
     med = fitted.pattern_quantiles_[:, list(fitted.quantile_levels_).index(0.5)]
