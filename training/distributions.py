@@ -550,6 +550,8 @@ class OutcomeProfiles(BaseEstimator):
         Classifier inputs, their types ("q"/"c") and category tables.
     calibration_ : tuple of two ndarrays
         ``(nominal, adjusted)`` level map.
+    naive_calibration_ : tuple of two ndarrays
+        The same PIT map fitted for ``global_pmf_`` (for a fair naive baseline).
     global_pmf_ : ndarray of shape (B,)
         Distribution of all training outcomes (the naive baseline).
     n_outcome_missing_ : int
