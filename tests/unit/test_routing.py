@@ -1,0 +1,304 @@
+"""Routing from exported arrays (shared.routing) against references and invariants."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from shared.component import ExportedComponent
+from shared.errors import BundleCompatibilityError, SchemaError
+from shared.routing import KEY, LEAF, NUMERIC, Router, encode_categories
+from training.partitioner import CompositePartitioner, KeyPartitioner, TreePartitioner
+
+
+def _blobs(n: int, p: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=5.0, size=(12, p))
+    return centers[rng.integers(0, 12, n)] + rng.normal(size=(n, p))
+
+
+def _cols(X: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"x{j}": X[:, j] for j in range(X.shape[1])}
+
+
+def _sklearn_leaf_rank(tree) -> np.ndarray:
+    """Independent mapping: sklearn node id -> rank of the leaf in depth-first (left first)
+    order, which is how segment ids are numbered."""
+    left, right = tree.children_left, tree.children_right
+    rank = np.full(tree.node_count, -1)
+    stack, k = [0], 0
+    while stack:
+        nd = stack.pop()
+        if left[nd] < 0:
+            rank[nd] = k
+            k += 1
+        else:
+            stack.extend([right[nd], left[nd]])
+    return rank
+
+
+def _brute_route(router: Router, z: np.ndarray) -> tuple[int, bool]:
+    """Reference for one row of the design matrix: recursive, all-children on missing."""
+    a = router.arrays
+
+    def leaves(nd: int) -> list[int]:
+        k = a["node_kind"][nd]
+        if k == LEAF:
+            return [nd]
+        v = z[a["node_feature"][nd]]
+        if k == NUMERIC:
+            if np.isnan(v):
+                return leaves(nd + 1) + leaves(int(a["node_right"][nd]))
+            return leaves(nd + 1) if v <= a["node_threshold"][nd] else leaves(
+                int(a["node_right"][nd]))
+        lo, hi = a["child_ptr"][nd], a["child_ptr"][nd + 1]
+        codes = list(a["child_code"][lo:hi])
+        if not np.isnan(v) and v >= 0 and int(v) in codes:
+            return leaves(int(a["child_node"][lo + codes.index(int(v))]))
+        return [x for c in a["child_node"][lo:hi] for x in leaves(int(c))]
+
+    cands = leaves(0)
+    best = max(cands, key=lambda nd: (a["node_weight"][nd], -a["node_segment"][nd]))
+    return int(a["node_segment"][best]), len(cands) > 1 or False
+
+
+@pytest.fixture(scope="module")
+def hist_tree():
+    X = _blobs(4000, 5, 0)
+    return TreePartitioner(max_leaf_nodes=40, random_state=0).fit(X), X
+
+
+def test_exact_routing_equals_sklearn_apply_on_1e5_rows():
+    X = _blobs(3000, 6, 1)
+    tp = TreePartitioner(max_leaf_nodes=60, algorithm="exact", random_state=0).fit(X)
+    rng = np.random.default_rng(2)
+    # float32-representable values: sklearn compares float32, the router float64
+    Xr = (rng.normal(scale=6.0, size=(100_000, 6))).astype(np.float32).astype(np.float64)
+    expected = _sklearn_leaf_rank(tp.estimator_.tree_)[tp.estimator_.apply(Xr.astype(np.float32))]
+    got = tp.router_.route(_cols(Xr)).segment
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)
+    # and on the training rows
+    np.testing.assert_array_equal(
+        tp.segments_, _sklearn_leaf_rank(tp.estimator_.tree_)[tp.estimator_.apply(
+            X.astype(np.float32))])
+
+
+def test_hist_routing_equals_growth_assignment():
+    X = _blobs(5000, 4, 3)
+    X[::7, 2] = np.nan  # rows with a missing value are re-assigned by the routing rule
+    tp = TreePartitioner(max_leaf_nodes=50, random_state=0).fit(X)
+    complete = ~np.isnan(X).any(axis=1)
+    np.testing.assert_array_equal(tp.segments_[complete], tp.fit_segments_[complete])
+    np.testing.assert_array_equal(tp.partition(X), tp.segments_)
+    r = tp.route(X)
+    assert not r.imputed[complete].any()
+    assert r.imputed[~complete].mean() > 0.2  # x2 is a split feature of many paths
+
+
+def test_missing_value_lookahead_matches_brute_force(hist_tree):
+    tp, X = hist_tree
+    rng = np.random.default_rng(5)
+    Xr = X[:300].copy()
+    Xr[rng.random(Xr.shape) < 0.3] = np.nan
+    router = tp.router_
+    Z = router.design(_cols(Xr))
+    res = router.route_design(Z)
+    for i in range(Xr.shape[0]):
+        seg, _ = _brute_route(router, Z[:, i])
+        assert res.segment[i] == seg, i
+    assert (res.imputed == np.isnan(Xr).any(axis=1)).sum() >= 250
+    # the imputed node is an ancestor of the chosen leaf
+    anc = router.ancestors[res.segment]
+    assert all(res.node[i] in anc[i] for i in range(len(res)))
+
+
+def test_roundtrip_through_npz_and_json(hist_tree):
+    tp, X = hist_tree
+    comp = tp.export()
+    buf = io.BytesIO()
+    np.savez(buf, **comp.arrays)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(json.dumps(comp.meta))
+    r2 = Router.from_export(ExportedComponent("partitioner", arrays, meta))
+    np.testing.assert_array_equal(r2.route(_cols(X)).segment, tp.segments_)
+    assert r2.n_segments == 40 and r2.kind == "tree"
+
+
+finite_or_not = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                          st.sampled_from([np.nan, np.inf, -np.inf, 1e308, -1e308, 0.0]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=arrays(np.float64, st.tuples(st.integers(1, 40), st.just(5)), elements=finite_or_not))
+def test_routing_total_and_deterministic_numeric(hist_tree, data):
+    tp, _ = hist_tree
+    r1 = tp.route(data)
+    r2 = tp.route(data.copy())
+    assert ((r1.segment >= 0) & (r1.segment < tp.n_segments_)).all()
+    np.testing.assert_array_equal(r1.segment, r2.segment)
+    np.testing.assert_array_equal(r1.imputed, r2.imputed)
+    np.testing.assert_array_equal(r1.depth, tp.node_depth_[tp.segment_node_[r1.segment]])
+    assert not r1.imputed[~np.isnan(data).any(axis=1)].any()
+
+
+@pytest.fixture(scope="module")
+def cat_tree():
+    rng = np.random.default_rng(7)
+    n = 3000
+    city = rng.choice(["a", "b", "c", "d"], n)
+    x = rng.normal(size=n) + (city == "b") * 4 + (city == "d") * 8
+    df = pd.DataFrame({"x": x, "z": rng.normal(size=n), "city": city})
+    fitted = {enc: TreePartitioner(max_leaf_nodes=12, categorical_features=["city"],
+                                   category_encoding=enc, random_state=0).fit(df)
+              for enc in ("onehot", "target")}
+    return fitted, df
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(x=st.lists(finite_or_not, min_size=1, max_size=20),
+       city=st.lists(st.one_of(st.sampled_from(["a", "b", "c", "d", None]),
+                               st.text(max_size=4), st.integers(), st.just(float("nan"))),
+                     min_size=20, max_size=20))
+def test_routing_total_with_unseen_categories(cat_tree, x, city):
+    fitted, _ = cat_tree
+    n = len(x)
+    cols = {"x": np.asarray(x), "z": np.zeros(n), "city": np.asarray(city[:n], dtype=object)}
+    for tp in fitted.values():
+        r = tp.route(cols)
+        assert ((r.segment >= 0) & (r.segment < tp.n_segments_)).all()
+        np.testing.assert_array_equal(r.segment, tp.route(cols).segment)
+        seen = np.array([c in ("a", "b", "c", "d") for c in cols["city"]])
+        missing = pd.isna(cols["city"])
+        np.testing.assert_array_equal(r.unknown, ~seen & ~missing)
+
+
+def test_unknown_category_routes_like_missing(cat_tree):
+    fitted, df = cat_tree
+    for tp in fitted.values():
+        cols_new = {"x": df["x"].to_numpy(), "z": df["z"].to_numpy(),
+                    "city": np.full(len(df), "zz", dtype=object)}
+        cols_nan = dict(cols_new, city=np.full(len(df), None, dtype=object))
+        a, b = tp.route(cols_new), tp.route(cols_nan)
+        np.testing.assert_array_equal(a.segment, b.segment)
+        assert a.unknown.all() and not b.unknown.any()
+
+
+def test_y_columns_not_needed_at_routing():
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=2000), "delay": rng.normal(size=2000)})
+    tp = TreePartitioner(max_leaf_nodes=8, y_columns=["delay"], random_state=0).fit(df)
+    assert tp.router_.required_columns == ("x",)
+    np.testing.assert_array_equal(tp.partition(df[["x"]]), tp.segments_)
+
+
+def test_schema_errors_name_the_column(hist_tree):
+    tp, X = hist_tree
+    cols = _cols(X[:10])
+    del cols["x3"]
+    with pytest.raises(SchemaError, match="'x3'"):
+        tp.router_.route(cols)
+    cols = _cols(X[:10])
+    cols["x1"] = np.array(["a"] * 10, dtype=object)
+    with pytest.raises(SchemaError, match="'x1'"):
+        tp.router_.route(cols)
+    cols = _cols(X[:10])
+    cols["x4"] = cols["x4"][:5]
+    with pytest.raises(SchemaError, match="'x4'"):
+        tp.router_.route(cols)
+    # object arrays of numbers and None are fine (decoded JSON events)
+    cols = _cols(X[:3])
+    cols["x0"] = np.array([1.0, None, 2], dtype=object)
+    assert tp.router_.route(cols).imputed[1]
+
+
+def test_bad_export_rejected(hist_tree):
+    tp, _ = hist_tree
+    comp = tp.export()
+    with pytest.raises(BundleCompatibilityError, match="kind"):
+        Router.from_export(ExportedComponent("profiles", comp.arrays, comp.meta))
+    with pytest.raises(BundleCompatibilityError, match="format_version"):
+        Router.from_arrays(comp.arrays, dict(comp.meta, format_version=99))
+    arrays = dict(comp.arrays)
+    del arrays["node_right"]
+    with pytest.raises(BundleCompatibilityError, match="node_right"):
+        Router.from_arrays(arrays, comp.meta)
+
+
+@pytest.fixture(scope="module")
+def flights_like():
+    rng = np.random.default_rng(11)
+    n = 4000
+    origin = rng.choice(["EWR", "JFK", "LGA"], n)
+    carrier = rng.choice(["AA", "B6", "DL", "UA"], n)
+    keep = ~((origin == "LGA") & (carrier == "B6"))  # a combination never seen in training
+    df = pd.DataFrame({"origin": origin, "carrier": carrier,
+                       "distance": rng.gamma(2.0, 500.0, n), "hour": rng.uniform(5, 23, n)})
+    return df[keep].reset_index(drop=True)
+
+
+def test_key_partitioner_unseen_combination_goes_to_prefix(flights_like):
+    df = flights_like
+    kp = KeyPartitioner(levels=["origin", "carrier"]).fit(df)
+    assert kp.n_segments_ == 11
+    r = kp.route({"origin": ["LGA", "XXX", "JFK", None], "carrier": ["B6", "AA", "ZZ", "AA"]})
+    router = kp.router_
+    lga = int(router.ancestors[kp.partition(df[df.origin == "LGA"].head(1))[0], 1])
+    assert router.arrays["node_kind"][lga] == KEY and r.node[0] == lga
+    assert r.unknown.tolist() == [True, True, True, False]
+    assert r.unknown_key.tolist() == [1, 0, 1, -1]
+    assert r.imputed.all()
+    assert r.node[1] == 0  # unknown origin: only the root is known
+    # segment = the prefix's largest training leaf
+    lga_leaves = [s for s in range(kp.n_segments_) if router.ancestors[s, 1] == lga]
+    sizes = kp.segment_sizes_
+    assert r.segment[0] == max(lga_leaves, key=lambda s: (sizes[s], -s))
+    # unknown origin, known carrier: every origin is followed, the carrier still filters
+    keys = df.groupby(["origin", "carrier"]).size().index
+    aa = [s for s, (_, c) in enumerate(keys) if c == "AA"]
+    assert r.segment[1] == max(aa, key=lambda s: (sizes[s], -s))
+    # the hierarchy: segments ordered by sorted key strings
+    seg_keys = df.groupby(["origin", "carrier"]).size()
+    np.testing.assert_array_equal(sizes, seg_keys.to_numpy())
+
+
+def test_composite_exports_same_router(flights_like):
+    df = flights_like
+    cp = CompositePartitioner(levels=["origin", "carrier"], max_leaf_nodes=5,
+                              random_state=0).fit(df)
+    assert cp.n_segments_ == 11 * 5
+    router = Router.from_export(cp.export())
+    assert router.kind == "composite"
+    np.testing.assert_array_equal(router.route(df).segment, cp.segments_)
+    # every segment lies under exactly one key combination, at depth >= 2
+    assert (router.node_depth[router.segment_node] >= 3).all()
+    per_key = df.assign(s=cp.segments_).groupby(["origin", "carrier"])["s"].nunique()
+    assert (per_key == 5).all()
+    r = router.route({"origin": ["LGA"], "carrier": ["B6"], "distance": [100.0],
+                      "hour": [np.nan]})
+    assert r.unknown[0] and r.unknown_key[0] == 1
+
+
+def test_encode_categories_codes():
+    table = pd.Index(["a", "b", "c"], dtype=object)
+    codes = encode_categories(np.array(["c", None, "x", "a", np.nan], dtype=object), table)
+    assert codes.tolist() == [2, -2, -1, 0, -2]
+
+
+def test_node_at_depth(hist_tree):
+    tp, _ = hist_tree
+    r = tp.router_
+    seg = np.arange(r.n_segments)
+    np.testing.assert_array_equal(r.node_at_depth(seg, 0), np.zeros(r.n_segments))
+    d1 = r.node_at_depth(seg, 1)
+    assert set(d1.tolist()) == {1, int(r.arrays["node_right"][0])}
+    np.testing.assert_array_equal(r.node_at_depth(seg, 99), r.segment_node)

@@ -1,0 +1,995 @@
+"""numba kernels of the group-by regression engine (private; plain arrays in, plain arrays out).
+
+Everything here assumes validated input (see :mod:`training.groupby_regression`): float64
+C-contiguous data, rows already laid out group by group (counting sort), weights finite and
+> 0. Bad *values* (NaN, inf, collinear columns, overflow) never raise here: they end as a
+per-group status code.
+
+Layout conventions
+------------------
+``Xg (n, p)``, ``Yg (n, T)``, ``Wg (n,)`` are the selected rows in group order; rows of group
+``g`` are ``offsets[g]:offsets[g + 1]``. Coefficients are stored as ``[intercept, slope_0, ...,
+slope_{p-1}]``. Internally every fit is solved in the *centred* parametrisation (weighted means
+removed, corrected two-pass sums) and on the Jacobi-scaled cross-product matrix, which makes the
+solve independent of offsets (1e12) and units (1e-12).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# status codes (mirrored in groupby_regression.STATUS_CODES)
+OK = 0
+TOO_FEW_ROWS = 1
+SINGULAR = 2
+NOT_CONVERGED = 3
+
+METHOD_OLS = 0
+METHOD_HUBER = 1
+METHOD_SIGMA_CLIP = 2
+
+# 1 / Phi^-1(3/4): MAD -> sigma for Gaussian data (statsmodels' ``mad`` uses the same constant)
+MAD_TO_SIGMA = 1.482602218505602
+EPS = 2.220446049250313e-16
+
+# indices into the float parameter vector
+FP_HUBER_C = 0
+FP_SIGMA_CUT = 1
+FP_TOL = 2
+FP_COND_FALLBACK = 3
+FP_PIVOT_TOL = 4
+FP_SINGULAR_RTOL = 5
+# indices into the int parameter vector
+IP_METHOD = 0
+IP_MAX_ITER = 1
+IP_MIN_ROWS = 2
+IP_STORE = 3
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@njit(cache=True)
+def _layout(codes, keep, n_groups):
+    """Stable counting sort of the kept rows by group code: (offsets (G+1,), rows (m,))."""
+    counts = np.zeros(n_groups + 1, dtype=np.int64)
+    n = codes.shape[0]
+    for i in range(n):
+        if keep[i]:
+            counts[codes[i] + 1] += 1
+    for g in range(n_groups):
+        counts[g + 1] += counts[g]
+    offsets = counts.copy()
+    pos = counts[:-1].copy()
+    rows = np.empty(offsets[n_groups], dtype=np.int64)
+    for i in range(n):
+        if keep[i]:
+            c = codes[i]
+            rows[pos[c]] = i
+            pos[c] += 1
+    return offsets, rows
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+@njit(cache=True)
+def _median_inplace(a, s, m):
+    """Median of ``a[s:s+m]`` by quickselect; reorders that slice. ``m >= 1``."""
+    k = m // 2
+    lo = s
+    hi = s + m - 1
+    target = s + k
+    while lo < hi:
+        pivot = a[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                tmp = a[i]
+                a[i] = a[j]
+                a[j] = tmp
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            break
+    upper = a[target]
+    if m % 2 == 1:
+        return upper
+    lower = a[s]
+    for i in range(s + 1, target):
+        if a[i] > lower:
+            lower = a[i]
+    return 0.5 * (lower + upper)
+
+
+@njit(cache=True)
+def _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, sdx):
+    """Weighted centred sufficient statistics of the rows with ``weff > 0``.
+
+    Corrected two-pass algorithm (Chan, Golub & LeVeque 1983): means, then centred sums with
+    the first-order correction. Fills ``xbar[:q]``, ``A[:q, :q]`` (= sum w dx dx'),
+    ``rhs[:q]`` (= sum w dx dy). Returns ``(n, W, ybar, syy)``.
+    """
+    n = 0
+    W = 0.0
+    ybar = 0.0
+    for a in range(q):
+        xbar[a] = 0.0
+    for i in range(s, e):
+        w = weff[i]
+        if w > 0.0:
+            n += 1
+            W += w
+            ybar += w * Yg[i, t]
+            for a in range(q):
+                xbar[a] += w * Xg[i, kidx[a]]
+    for a in range(q):
+        rhs[a] = 0.0
+        for b in range(q):
+            A[a, b] = 0.0
+    if n == 0 or not (W > 0.0):
+        return 0, 0.0, 0.0, 0.0
+    ybar /= W
+    for a in range(q):
+        xbar[a] /= W
+    sdy = 0.0
+    syy = 0.0
+    for a in range(q):
+        sdx[a] = 0.0
+    for i in range(s, e):
+        w = weff[i]
+        if w > 0.0:
+            dy = Yg[i, t] - ybar
+            sdy += w * dy
+            syy += w * dy * dy
+            for a in range(q):
+                dx[a] = Xg[i, kidx[a]] - xbar[a]
+            for a in range(q):
+                wa = w * dx[a]
+                sdx[a] += wa
+                rhs[a] += wa * dy
+                for b in range(a + 1):
+                    A[a, b] += wa * dx[b]
+    for a in range(q):
+        rhs[a] -= sdx[a] * sdy / W
+        for b in range(a + 1):
+            A[a, b] -= sdx[a] * sdx[b] / W
+            A[b, a] = A[a, b]
+    syy -= sdy * sdy / W
+    ybar += sdy / W
+    for a in range(q):
+        xbar[a] += sdx[a] / W
+    return n, W, ybar, syy
+
+
+@njit(cache=True)
+def _chol_sub(R, idx, m, L, piv_tol):
+    """Cholesky of ``R[idx[:m]][:, idx[:m]]`` into ``L[:m, :m]``; False if not positive definite."""
+    for j in range(m):
+        d = R[idx[j], idx[j]]
+        for k in range(j):
+            d -= L[j, k] * L[j, k]
+        if not (d > piv_tol):
+            return False
+        ljj = math.sqrt(d)
+        L[j, j] = ljj
+        for i in range(j + 1, m):
+            v = R[idx[i], idx[j]]
+            for k in range(j):
+                v -= L[i, k] * L[j, k]
+            L[i, j] = v / ljj
+    return True
+
+
+@njit(cache=True)
+def _chol_solve(L, m, b, z):
+    """Solve ``L L' z = b`` (both length m)."""
+    for i in range(m):
+        v = b[i]
+        for k in range(i):
+            v -= L[i, k] * z[k]
+        z[i] = v / L[i, i]
+    for i in range(m - 1, -1, -1):
+        v = z[i]
+        for k in range(i + 1, m):
+            v -= L[k, i] * z[k]
+        z[i] = v / L[i, i]
+
+
+@njit(cache=True)
+def _tri_inv_gram(T, m, upper, Minv, work):
+    """``Minv[:m,:m] = (T' T)^-1`` for triangular ``T`` (``upper``) or ``(T T')^-1`` (lower)."""
+    # work = inverse of the triangular factor
+    for i in range(m):
+        for j in range(m):
+            work[i, j] = 0.0
+    if upper:
+        for j in range(m):
+            work[j, j] = 1.0 / T[j, j]
+            for i in range(j - 1, -1, -1):
+                v = 0.0
+                for k in range(i + 1, j + 1):
+                    v += T[i, k] * work[k, j]
+                work[i, j] = -v / T[i, i]
+        # (T'T)^-1 = Tinv Tinv'
+        for i in range(m):
+            for j in range(m):
+                v = 0.0
+                for k in range(m):
+                    v += work[i, k] * work[j, k]
+                Minv[i, j] = v
+    else:
+        for j in range(m):
+            work[j, j] = 1.0 / T[j, j]
+            for i in range(j + 1, m):
+                v = 0.0
+                for k in range(j, i):
+                    v += T[i, k] * work[k, j]
+                work[i, j] = -v / T[i, i]
+        # (L L')^-1 = Linv' Linv
+        for i in range(m):
+            for j in range(m):
+                v = 0.0
+                for k in range(m):
+                    v += work[k, i] * work[k, j]
+                Minv[i, j] = v
+
+
+@njit(cache=True)
+def _cond1_sub(R, idx, m, Minv):
+    """1-norm condition number of ``R[idx][:, idx]`` given its inverse ``Minv[:m,:m]``."""
+    n1 = 0.0
+    n2 = 0.0
+    for j in range(m):
+        c1 = 0.0
+        c2 = 0.0
+        for i in range(m):
+            c1 += abs(R[idx[i], idx[j]])
+            c2 += abs(Minv[i, j])
+        n1 = max(n1, c1)
+        n2 = max(n2, c2)
+    return n1 * n2
+
+
+@njit(cache=True)
+def _xvx_lower(L, m, idx, xs, v):
+    """``||L^-1 xs[idx]||^2`` by forward substitution (``L`` lower, m x m): ``x' (L L')^-1 x``
+    without forming the inverse (keeps the intercept variance accurate when predictors are
+    nearly collinear)."""
+    acc = 0.0
+    for i in range(m):
+        t = xs[idx[i]]
+        for k in range(i):
+            t -= L[i, k] * v[k]
+        v[i] = t / L[i, i]
+        acc += v[i] * v[i]
+    return acc
+
+
+# --------------------------------------------------------------------------- solvers
+
+
+@njit(cache=True)
+def _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, beta, Minv, work, sing_rtol, xs):
+    """Householder QR of the scaled, centred, sqrt(w)-weighted rows: the ill-conditioned fallback.
+
+    Returns True on success (``beta[:q]`` scaled-space solution, ``Minv[:q,:q]`` = inverse of
+    the scaled cross-product matrix) or False when the columns are numerically dependent
+    (``min |R_jj| < sing_rtol`` on unit-norm columns).
+    """
+    m = 0
+    for i in range(s, e):
+        if weff[i] > 0.0:
+            m += 1
+    M = np.empty((m, q))
+    v = np.empty(m)
+    r = 0
+    for i in range(s, e):
+        w = weff[i]
+        if w > 0.0:
+            sw = math.sqrt(w)
+            for a in range(q):
+                M[r, a] = sw * (Xg[i, kidx[a]] - xbar[a]) / D[a]
+            v[r] = sw * (Yg[i, t] - ybar)
+            r += 1
+    hv = np.empty(m)
+    for j in range(q):
+        nrm = 0.0
+        for i in range(j, m):
+            nrm += M[i, j] * M[i, j]
+        nrm = math.sqrt(nrm)
+        if not (nrm > 0.0):
+            return False, np.nan
+        alpha = -nrm if M[j, j] >= 0.0 else nrm
+        for i in range(j, m):
+            hv[i] = M[i, j]
+        hv[j] -= alpha
+        hn = 0.0
+        for i in range(j, m):
+            hn += hv[i] * hv[i]
+        if hn > 0.0:
+            for c in range(j, q):
+                d = 0.0
+                for i in range(j, m):
+                    d += hv[i] * M[i, c]
+                d = 2.0 * d / hn
+                for i in range(j, m):
+                    M[i, c] -= d * hv[i]
+            d = 0.0
+            for i in range(j, m):
+                d += hv[i] * v[i]
+            d = 2.0 * d / hn
+            for i in range(j, m):
+                v[i] -= d * hv[i]
+    for j in range(q):
+        if not (abs(M[j, j]) > sing_rtol):
+            return False, np.nan
+    for i in range(q - 1, -1, -1):
+        acc = v[i]
+        for k in range(i + 1, q):
+            acc -= M[i, k] * beta[k]
+        beta[i] = acc / M[i, i]
+    _tri_inv_gram(M, q, True, Minv, work)
+    # x' (T'T)^-1 x = ||T'^-1 x||^2 by forward substitution with T' (lower)
+    xvx = 0.0
+    for i in range(q):
+        acc = xs[i]
+        for k in range(i):
+            acc -= M[k, i] * hv[k]
+        hv[i] = acc / M[i, i]
+        xvx += hv[i] * hv[i]
+    return True, xvx
+
+
+@njit(cache=True)
+def _nnls_gram(R, rr, q, sign, passive, u, z, L, idx, grad, piv_tol, tol):
+    """Active-set least squares with sign constraints from the Gram form (Lawson & Hanson 1974;
+    Bro & de Jong 1997), variables already sign-flipped so every constrained one must be >= 0.
+
+    ``sign[a] != 0`` marks a constrained variable; free variables are always passive.
+    Returns 0 (ok), 1 (singular passive set) or 2 (iteration limit).
+    """
+    for a in range(q):
+        passive[a] = sign[a] == 0
+        u[a] = 0.0
+    # solve on the free set
+    m = 0
+    for a in range(q):
+        if passive[a]:
+            idx[m] = a
+            m += 1
+    if m > 0:
+        if not _chol_sub(R, idx, m, L, piv_tol):
+            return 1
+        for k in range(m):
+            grad[k] = rr[idx[k]]
+        _chol_solve(L, m, grad, z)
+        for k in range(m):
+            u[idx[k]] = z[k]
+    for _outer in range(3 * q + 10):
+        best = -1
+        gmax = tol
+        for a in range(q):
+            if not passive[a]:
+                g = rr[a]
+                for b in range(q):
+                    g -= R[a, b] * u[b]
+                if g > gmax:
+                    gmax = g
+                    best = a
+        if best < 0:
+            return 0
+        passive[best] = True
+        feasible = False
+        for _inner in range(3 * q + 10):
+            m = 0
+            for a in range(q):
+                if passive[a]:
+                    idx[m] = a
+                    m += 1
+            if not _chol_sub(R, idx, m, L, piv_tol):
+                return 1
+            for k in range(m):
+                grad[k] = rr[idx[k]]
+            _chol_solve(L, m, grad, z)
+            # z is in compact order; check feasibility of constrained passive variables
+            alpha = 2.0
+            for k in range(m):
+                a = idx[k]
+                if sign[a] != 0 and z[k] <= 0.0:
+                    den = u[a] - z[k]
+                    r = u[a] / den if den > 0.0 else 0.0
+                    if r < alpha:
+                        alpha = r
+            if alpha > 1.0:
+                for a in range(q):
+                    u[a] = 0.0
+                for k in range(m):
+                    u[idx[k]] = z[k]
+                feasible = True
+                break
+            for k in range(m):
+                a = idx[k]
+                u[a] = u[a] + alpha * (z[k] - u[a])
+            for a in range(q):
+                if passive[a] and sign[a] != 0 and u[a] <= tol * 1e-3:
+                    passive[a] = False
+                    u[a] = 0.0
+        if not feasible:
+            return 2
+    return 2
+
+
+@njit(cache=True)
+def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, xspread_tol,
+                 D, R, rr, L, z, u, idx, passive, grad, Minv, work, beta, fp):
+    """Solve one weighted least-squares problem from centred statistics.
+
+    On success ``beta[:q]`` holds the slopes (original units), ``Minv[:q,:q]`` the inverse of
+    ``A`` restricted to the estimated (passive) coefficients, ``passive[:q]`` which slopes are
+    estimated (False = pinned to 0 by a sign constraint). Returns ``(status, cond, n_est)``.
+    """
+    piv_tol = fp[FP_PIVOT_TOL]
+    constrained = False
+    for a in range(q):
+        if sign_k[a] != 0:
+            constrained = True
+    for a in range(q):
+        d2 = A[a, a]
+        # a constant (within rounding of its magnitude) predictor is collinear with the intercept
+        if not (d2 > 0.0) or not (math.sqrt(d2 / W) > xspread_tol[a]):
+            return SINGULAR, np.inf, 0, np.nan
+        D[a] = math.sqrt(d2)
+    for a in range(q):
+        rr[a] = rhs[a] / D[a]
+        for b in range(q):
+            R[a, b] = A[a, b] / (D[a] * D[b])
+        if not math.isfinite(rr[a]):
+            return SINGULAR, np.inf, 0, np.nan
+    for a in range(q):
+        grad[a] = xbar[a] / D[a]  # scaled means (grad is free until the NNLS below)
+    if not constrained:
+        for a in range(q):
+            idx[a] = a
+            passive[a] = True
+        use_qr = False
+        cond = np.inf
+        xvx = 0.0
+        if _chol_sub(R, idx, q, L, piv_tol):
+            _chol_solve(L, q, rr, z)
+            xvx = _xvx_lower(L, q, idx, grad, u)
+            _tri_inv_gram(L, q, False, Minv, work)
+            cond = _cond1_sub(R, idx, q, Minv)
+            if not (cond <= fp[FP_COND_FALLBACK]):
+                use_qr = True
+        else:
+            use_qr = True
+        if use_qr:
+            okq, xvx = _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, z, Minv, work,
+                                 fp[FP_SINGULAR_RTOL], grad)
+            if not okq:
+                return SINGULAR, np.inf, 0, np.nan
+            cond = _cond1_sub(R, idx, q, Minv)
+        for a in range(q):
+            beta[a] = z[a] / D[a]
+            for b in range(q):
+                Minv[a, b] = Minv[a, b] / (D[a] * D[b])
+        return OK, cond, q, xvx
+    # sign-constrained: flip so that every constrained variable is >= 0
+    for a in range(q):
+        fa = -1.0 if sign_k[a] < 0 else 1.0
+        rr[a] *= fa
+        for b in range(q):
+            fb = -1.0 if sign_k[b] < 0 else 1.0
+            R[a, b] *= fa * fb
+    tol = 1e-12 * max(1.0, np.max(np.abs(rr[:q])))
+    code = _nnls_gram(R, rr, q, sign_k, passive, u, z, L, idx, grad, piv_tol, tol)
+    if code == 1:
+        return SINGULAR, np.inf, 0, np.nan
+    m = 0
+    for a in range(q):
+        if passive[a]:
+            idx[m] = a
+            m += 1
+    cond = 1.0
+    xvx = 0.0
+    for a in range(q):
+        fa = -1.0 if sign_k[a] < 0 else 1.0
+        grad[a] = fa * xbar[a] / D[a]
+    if m > 0:
+        if not _chol_sub(R, idx, m, L, piv_tol):
+            return SINGULAR, np.inf, 0, np.nan
+        xvx = _xvx_lower(L, m, idx, grad, rr)
+        _tri_inv_gram(L, m, False, work, Minv)  # inverse into `work` (scratch roles swapped)
+        cond = _cond1_sub(R, idx, m, work)
+    # un-flip and unscale; Minv in full q x q layout (zeros for pinned)
+    for a in range(q):
+        fa = -1.0 if sign_k[a] < 0 else 1.0
+        beta[a] = fa * u[a] / D[a] if passive[a] else 0.0
+        for b in range(q):
+            Minv[a, b] = 0.0
+    for k in range(m):
+        a = idx[k]
+        fa = -1.0 if sign_k[a] < 0 else 1.0
+        for kk in range(m):
+            b = idx[kk]
+            fb = -1.0 if sign_k[b] < 0 else 1.0
+            Minv[a, b] = fa * fb * work[k, kk] / (D[a] * D[b])
+    status = OK if code == 0 else NOT_CONVERGED
+    return status, cond, m, xvx
+
+
+# --------------------------------------------------------------------------- one group, one target
+
+
+@njit(cache=True)
+def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, scratch,
+             cnt, kidx, sign_k, xbar, xspread, A, rhs, dx, D, R, rr, L, z, u, idx, passive,
+             grad, Minv, work, beta, beta_old,
+             coef, se, rms, mad, cond_out, n_used, n_rej, n_iter, status,
+             st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept):
+    p = Xg.shape[1]
+    method = ip[IP_METHOD]
+    max_iter = ip[IP_MAX_ITER]
+    # ---- per-predictor availability (min_stat) among rows with a finite target
+    for j in range(p):
+        cnt[j] = 0
+    for i in range(s, e):
+        if math.isfinite(Yg[i, t]):
+            for j in range(p):
+                if math.isfinite(Xg[i, j]):
+                    cnt[j] += 1
+    q = 0
+    for j in range(p):
+        if cnt[j] >= min_stat[j]:
+            kidx[q] = j
+            sign_k[q] = sign[j]
+            q += 1
+    if ip[IP_STORE]:
+        for j in range(p):
+            st_kept[g, t, j] = 0
+        for a in range(q):
+            st_kept[g, t, kidx[a]] = 1
+    # ---- rows usable for this fit
+    nv = 0
+    ymax = 0.0
+    for a in range(q):
+        xspread[a] = 0.0
+    for i in range(s, e):
+        y = Yg[i, t]
+        ok = math.isfinite(y)
+        if ok:
+            for a in range(q):
+                if not math.isfinite(Xg[i, kidx[a]]):
+                    ok = False
+                    break
+        valid[i] = ok
+        if ok:
+            weff[i] = Wg[i]
+            nv += 1
+            ymax = max(ymax, abs(y))
+            for a in range(q):
+                xspread[a] = max(xspread[a], abs(Xg[i, kidx[a]]))
+        else:
+            weff[i] = 0.0
+    for a in range(q):
+        xspread[a] = 64.0 * EPS * xspread[a]
+    k = q + 1
+    n_used[g, t] = nv
+    n_rej[g, t] = 0
+    n_iter[g, t] = 0
+    for c in range(p + 1):
+        coef[g, t, c] = np.nan
+        se[g, t, c] = np.nan
+    rms[g, t] = np.nan
+    mad[g, t] = np.nan
+    cond_out[g, t] = np.nan
+    need = max(k, ip[IP_MIN_ROWS])
+    if (p > 0 and q == 0) or nv < need or nv == 0:
+        status[g, t] = TOO_FEW_ROWS
+        if ip[IP_STORE]:
+            n0, W0, yb0, syy0 = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+            _store(g, t, q, kidx, W0, yb0, xbar, A, rhs, syy0, np.nan,
+                   st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2)
+        return
+    # ---- initial (weighted least-squares) fit
+    n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+    st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W,
+                                  xspread, D, R, rr, L, z, u, idx, passive, grad, Minv, work,
+                                  beta, fp)
+    if st == SINGULAR:
+        status[g, t] = SINGULAR
+        cond_out[g, t] = np.inf
+        if ip[IP_STORE]:
+            _store(g, t, q, kidx, W, ybar, xbar, A, rhs, syy, np.nan,
+                   st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2)
+        return
+    final_status = st
+    # floor under which residuals are rounding noise of the data's magnitude
+    rfloor = 1e3 * EPS * ymax
+    iters = 0
+    if method == METHOD_HUBER:
+        c_h = fp[FP_HUBER_C]
+        tol = fp[FP_TOL]
+        converged = False
+        for it in range(max_iter):
+            # residuals at the current fit and MAD scale of standardised residuals (centre 0)
+            m = 0
+            for i in range(s, e):
+                if valid[i]:
+                    r = Yg[i, t] - ybar
+                    for a in range(q):
+                        r -= beta[a] * (Xg[i, kidx[a]] - xbar[a])
+                    res[i] = r * math.sqrt(Wg[i])
+                    scratch[s + m] = abs(res[i])
+                    m += 1
+            scale = _median_inplace(scratch, s, m) * MAD_TO_SIGMA
+            if not (scale > rfloor):
+                converged = True  # (near-)perfect fit of at least half the rows
+                break
+            for i in range(s, e):
+                if valid[i]:
+                    a_r = abs(res[i]) / scale
+                    h = 1.0 if a_r <= c_h else c_h / a_r
+                    weff[i] = Wg[i] * h
+            for a in range(q):
+                beta_old[a] = beta[a]
+            xb0 = 0.0
+            for a in range(q):
+                xb0 += beta[a] * xbar[a]
+            icpt_old = ybar - xb0
+            n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+            st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
+                                          rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
+                                          Minv, work, beta, fp)
+            iters = it + 1
+            if st == SINGULAR:
+                break
+            final_status = st
+            xb0 = 0.0
+            for a in range(q):
+                xb0 += beta[a] * xbar[a]
+            icpt = ybar - xb0
+            dmax = abs(icpt - icpt_old)
+            bmax = abs(icpt)
+            for a in range(q):
+                dmax = max(dmax, abs(beta[a] - beta_old[a]))
+                bmax = max(bmax, abs(beta[a]))
+            if dmax <= tol * max(bmax, 1e-300):
+                converged = True
+                break
+        if st == SINGULAR:
+            status[g, t] = SINGULAR
+            cond_out[g, t] = np.inf
+            return
+        if not converged:
+            final_status = NOT_CONVERGED
+        nr = 0
+        for i in range(s, e):
+            if valid[i] and weff[i] < Wg[i]:
+                nr += 1
+        n_rej[g, t] = nr
+    elif method == METHOD_SIGMA_CLIP:
+        cut = fp[FP_SIGMA_CUT]
+        converged = False
+        for it in range(max_iter):
+            m = 0
+            for i in range(s, e):
+                if valid[i]:
+                    r = Yg[i, t] - ybar
+                    for a in range(q):
+                        r -= beta[a] * (Xg[i, kidx[a]] - xbar[a])
+                    res[i] = r * math.sqrt(Wg[i])
+                    if weff[i] > 0.0:
+                        scratch[s + m] = abs(res[i])
+                        m += 1
+            scale = _median_inplace(scratch, s, m) * MAD_TO_SIGMA
+            thr = cut * scale
+            changed = 0
+            n_in = 0
+            for i in range(s, e):
+                if valid[i]:
+                    inside = abs(res[i]) <= max(thr, rfloor * math.sqrt(Wg[i]))
+                    if inside != (weff[i] > 0.0):
+                        changed += 1
+                    if inside:
+                        n_in += 1
+            if changed == 0:
+                converged = True
+                break
+            if n_in < need:
+                converged = True  # clipping would leave too few rows: keep the current fit
+                break
+            for i in range(s, e):
+                if valid[i]:
+                    inside = abs(res[i]) <= max(thr, rfloor * math.sqrt(Wg[i]))
+                    weff[i] = Wg[i] if inside else 0.0
+            n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+            st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
+                                          rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
+                                          Minv, work, beta, fp)
+            iters = it + 1
+            if st == SINGULAR:
+                break
+            final_status = st
+        if st == SINGULAR:
+            status[g, t] = SINGULAR
+            cond_out[g, t] = np.inf
+            return
+        if not converged:
+            final_status = NOT_CONVERGED
+        nr = 0
+        for i in range(s, e):
+            if valid[i] and not (weff[i] > 0.0):
+                nr += 1
+        n_rej[g, t] = nr
+    n_iter[g, t] = iters
+    # ---- final residual statistics over the rows used in the final fit
+    xb0 = 0.0
+    for a in range(q):
+        xb0 += beta[a] * xbar[a]
+    icpt = ybar - xb0
+    sw = 0.0
+    swr2 = 0.0
+    swe_r2 = 0.0
+    m = 0
+    nfit = 0
+    for i in range(s, e):
+        if valid[i] and weff[i] > 0.0:
+            r = Yg[i, t] - ybar
+            for a in range(q):
+                r -= beta[a] * (Xg[i, kidx[a]] - xbar[a])
+            sw += Wg[i]
+            swr2 += Wg[i] * r * r
+            swe_r2 += weff[i] * r * r
+            scratch[s + m] = abs(r)
+            m += 1
+            nfit += 1
+    n_used[g, t] = nfit
+    k_est = 1 + m_est
+    dof = nfit - k_est
+    sig2 = swe_r2 / dof if dof > 0 else np.nan
+    coef[g, t, 0] = icpt
+    vc = 1.0 / W + xvx
+    se[g, t, 0] = math.sqrt(sig2 * vc) if dof > 0 else np.nan
+    for a in range(q):
+        j = kidx[a]
+        coef[g, t, 1 + j] = beta[a]
+        if passive[a]:
+            se[g, t, 1 + j] = math.sqrt(sig2 * Minv[a, a]) if dof > 0 else np.nan
+    rms[g, t] = math.sqrt(swr2 / sw)
+    mad[g, t] = _median_inplace(scratch, s, m) * MAD_TO_SIGMA
+    cond_out[g, t] = cnd
+    status[g, t] = final_status
+    if ip[IP_STORE]:
+        _store(g, t, q, kidx, W, ybar, xbar, A, rhs, syy, sig2,
+               st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2)
+
+
+@njit(cache=True)
+def _store(g, t, q, kidx, W, ybar, xbar, A, rhs, syy, sig2,
+           st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2):
+    p = st_xbar.shape[2]
+    st_W[g, t] = W
+    st_ybar[g, t] = ybar
+    st_syy[g, t] = syy
+    st_sig2[g, t] = sig2
+    for j in range(p):
+        st_xbar[g, t, j] = np.nan
+        st_rhs[g, t, j] = 0.0
+        for jj in range(p):
+            st_A[g, t, j, jj] = 0.0
+    for a in range(q):
+        st_xbar[g, t, kidx[a]] = xbar[a]
+        st_rhs[g, t, kidx[a]] = rhs[a]
+        for b in range(q):
+            st_A[g, t, kidx[a], kidx[b]] = A[a, b]
+
+
+@njit(cache=True, parallel=True)
+def _fit_all(Xg, Yg, Wg, offsets, min_stat, sign, ip, fp, n_chunks,
+             coef, se, rms, mad, cond_out, n_used, n_rej, n_iter, status,
+             st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept):
+    """Fit every group and target. Groups are split into ``n_chunks`` contiguous chunks run in
+    parallel, each with its own small workspace (no allocation per group)."""
+    G = offsets.shape[0] - 1
+    T = Yg.shape[1]
+    p = Xg.shape[1]
+    n = Xg.shape[0]
+    weff = np.empty(n)
+    valid = np.zeros(n, dtype=np.bool_)
+    res = np.empty(n)
+    scratch = np.empty(n)
+    qq = max(p, 1)
+    for c in prange(n_chunks):
+        g0 = c * G // n_chunks
+        g1 = (c + 1) * G // n_chunks
+        cnt = np.zeros(qq, dtype=np.int64)
+        kidx = np.zeros(qq, dtype=np.int64)
+        sign_k = np.zeros(qq, dtype=np.int64)
+        xbar = np.zeros(qq)
+        xspread = np.zeros(qq)
+        A = np.zeros((qq, qq))
+        rhs = np.zeros(qq)
+        dx = np.zeros(qq)
+        D = np.zeros(qq)
+        R = np.zeros((qq, qq))
+        rr = np.zeros(qq)
+        L = np.zeros((qq, qq))
+        z = np.zeros(qq)
+        u = np.zeros(qq)
+        idx = np.zeros(qq, dtype=np.int64)
+        passive = np.zeros(qq, dtype=np.bool_)
+        grad = np.zeros(qq)
+        Minv = np.zeros((qq, qq))
+        work = np.zeros((qq, qq))
+        beta = np.zeros(qq)
+        beta_old = np.zeros(qq)
+        for g in range(g0, g1):
+            s = offsets[g]
+            e = offsets[g + 1]
+            for t in range(T):
+                _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res,
+                         scratch, cnt, kidx, sign_k, xbar, xspread, A, rhs, dx, D, R, rr, L, z,
+                         u, idx, passive, grad, Minv, work, beta, beta_old,
+                         coef, se, rms, mad, cond_out, n_used, n_rej, n_iter, status,
+                         st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept)
+
+
+# --------------------------------------------------------------------------- shrinkage
+
+
+@njit(cache=True)
+def _shrink_topdown(order, pidx, prec, by_sigma2, coef, se, status, st_W, st_ybar, st_xbar,
+                    st_A, st_rhs, st_sig2, st_kept, piv_tol):
+    """Shrink every group toward its (already shrunk) parent, in ``order`` (parents first).
+
+    In the centred parametrisation ``theta = (c, b)`` with ``c`` the prediction at the group's
+    weighted mean, minimise ``sum w r^2 + sum_j Lambda_j (theta_j - theta_parent_j)^2``; the
+    normal equations separate into ``c = (W ybar + L_c c_P) / (W + L_c)`` and
+    ``(A + diag L_b) b = rhs + L_b b_P``. ``Lambda = prec[t] * (sigma2 if by_sigma2 else 1)``.
+    Returns a boolean mask of the (group, target) pairs that were refitted.
+    """
+    G, T, k = coef.shape
+    p = k - 1
+    done = np.zeros((G, T), dtype=np.bool_)
+    sig_used = st_sig2.copy()
+    M = np.zeros((max(p, 1), max(p, 1)))
+    L = np.zeros((max(p, 1), max(p, 1)))
+    Minv = np.zeros((max(p, 1), max(p, 1)))
+    work = np.zeros((max(p, 1), max(p, 1)))
+    idx = np.zeros(max(p, 1), dtype=np.int64)
+    b = np.zeros(max(p, 1))
+    z = np.zeros(max(p, 1))
+    lam = np.zeros(k)
+    for oi in range(order.shape[0]):
+        g = order[oi]
+        P = pidx[g]
+        if P < 0:
+            continue
+        for t in range(T):
+            W = st_W[g, t]
+            if not (W > 0.0) or not math.isfinite(coef[P, t, 0]):
+                continue
+            sig2 = st_sig2[g, t]
+            if not math.isfinite(sig2):
+                sig2 = sig_used[P, t]
+            sig_used[g, t] = sig2
+            if by_sigma2 and not math.isfinite(sig2):
+                continue
+            q = 0
+            for j in range(p):
+                if st_kept[g, t, j]:
+                    idx[q] = j
+                    q += 1
+            for c in range(k):
+                lam[c] = prec[t, c] * (sig2 if by_sigma2 else 1.0)
+            cP = coef[P, t, 0]
+            for a in range(q):
+                bp = coef[P, t, 1 + idx[a]]
+                if math.isfinite(bp):
+                    cP += bp * st_xbar[g, t, idx[a]]
+            c_hat = (W * st_ybar[g, t] + lam[0] * cP) / (W + lam[0])
+            for a in range(q):
+                j = idx[a]
+                bp = coef[P, t, 1 + j]
+                lj = lam[1 + j] if math.isfinite(bp) else 0.0
+                if not math.isfinite(bp):
+                    bp = 0.0
+                z[a] = st_rhs[g, t, j] + lj * bp
+                for bb in range(q):
+                    M[a, bb] = st_A[g, t, j, idx[bb]]
+                M[a, a] += lj
+            if q > 0:
+                pd_diag = True
+                for a in range(q):
+                    if not (M[a, a] > 0.0):
+                        pd_diag = False
+                if not pd_diag:
+                    continue
+                # Jacobi scaling for a stable Cholesky
+                for a in range(q):
+                    for bb in range(q):
+                        work[a, bb] = M[a, bb] / math.sqrt(M[a, a] * M[bb, bb])
+                pos = np.arange(q)
+                if not _chol_sub(work, pos, q, L, piv_tol):
+                    continue
+                for a in range(q):
+                    z[a] = z[a] / math.sqrt(M[a, a])
+                _chol_solve(L, q, z, b)
+                _tri_inv_gram(L, q, False, Minv, work)
+                for a in range(q):
+                    b[a] = b[a] / math.sqrt(M[a, a])
+                for a in range(q):
+                    for bb in range(q):
+                        Minv[a, bb] = Minv[a, bb] / math.sqrt(M[a, a] * M[bb, bb])
+            icpt = c_hat
+            for a in range(q):
+                icpt -= b[a] * st_xbar[g, t, idx[a]]
+            coef[g, t, 0] = icpt
+            vc = sig2 / (W + lam[0])
+            for a in range(q):
+                for bb in range(q):
+                    vc += sig2 * st_xbar[g, t, idx[a]] * Minv[a, bb] * st_xbar[g, t, idx[bb]]
+            se[g, t, 0] = math.sqrt(vc) if math.isfinite(sig2) else np.nan
+            for a in range(q):
+                j = idx[a]
+                coef[g, t, 1 + j] = b[a]
+                se[g, t, 1 + j] = math.sqrt(sig2 * Minv[a, a]) if math.isfinite(sig2) else np.nan
+            status[g, t] = OK
+            done[g, t] = True
+    return done
+
+
+@njit(cache=True)
+def _residual_stats(Xg, Yg, Wg, offsets, coef, mask, rms, mad, n_used):
+    """Weighted RMS and scaled MAD of the residuals of ``coef`` over all usable rows, for the
+    (group, target) pairs in ``mask`` (used after shrinkage changed the coefficients)."""
+    G = offsets.shape[0] - 1
+    T = Yg.shape[1]
+    p = Xg.shape[1]
+    scratch = np.empty(Xg.shape[0])
+    for g in range(G):
+        s = offsets[g]
+        e = offsets[g + 1]
+        for t in range(T):
+            if not mask[g, t]:
+                continue
+            sw = 0.0
+            swr2 = 0.0
+            m = 0
+            for i in range(s, e):
+                r = Yg[i, t] - coef[g, t, 0]
+                ok = math.isfinite(r)
+                for j in range(p):
+                    c = coef[g, t, 1 + j]
+                    if math.isfinite(c):
+                        x = Xg[i, j]
+                        if not math.isfinite(x):
+                            ok = False
+                            break
+                        r -= c * x
+                if ok:
+                    sw += Wg[i]
+                    swr2 += Wg[i] * r * r
+                    scratch[s + m] = abs(r)
+                    m += 1
+            n_used[g, t] = m
+            if m > 0:
+                rms[g, t] = math.sqrt(swr2 / sw)
+                mad[g, t] = _median_inplace(scratch, s, m) * MAD_TO_SIGMA
+            else:
+                rms[g, t] = np.nan
+                mad[g, t] = np.nan
