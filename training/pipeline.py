@@ -213,7 +213,8 @@ def train(
             models = fit_groups(
                 nodes, X[rows], y[rows], method=rp.method, min_rows=rp.min_stat,
                 min_stat=rp.min_stat, sign=dict(rp.signs) or None,
-                parent=part.node_parent_, shrinkage=rp.shrinkage,
+                parent=part.node_parent_,
+                shrinkage="eb" if rp.shrinkage == "auto" else rp.shrinkage,
                 feature_names=lin_feats, target_names=[target])
             gid = np.asarray(models.groups, np.int64)
             usable_set = set(gid[(np.asarray(models.status)[:, 0] == 0)
