@@ -1359,8 +1359,8 @@ def plot_patterns(model: OutcomeProfiles, path: str | Path, mass: float | None =
     if mass not in model.hdr_[0]:
         raise ValueError(f"no HDR at mass {mass}; available {list(model.hdr_[0])}")
     e = model.bin_edges_
-    # show the central 99% of the global distribution; the tails are long
-    xlo, xhi = sp.quantiles(model.global_pmf_, e, np.array([0.0, 0.99]))[0]
+    # the last quantile bin holds the long tail up to the training maximum: show up to its start
+    xlo, xhi = e[0], (e[-2] if e.size > 2 and e[-2] > e[0] else e[-1])
     ncol = min(k, 3)
     nrow = math.ceil(k / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.8 * nrow), squeeze=False)
