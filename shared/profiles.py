@@ -181,11 +181,14 @@ def quantiles(pmf: np.ndarray, edges: np.ndarray, levels: np.ndarray) -> np.ndar
         raise ValueError("quantiles: levels must lie in [0, 1]")
     cum = np.cumsum(p, axis=1)
     cum[:, -1] = 1.0
-    # Batched searchsorted: shift each row's CDF by 2*row so the rows are one sorted array.
     # j = number of cumulative values strictly below the level -> the level's bin.
-    shift = 2.0 * np.arange(n)[:, None]
-    j = np.searchsorted((cum + shift).ravel(), (lv + shift).ravel(), side="left")
-    j = j.reshape(lv.shape) - np.arange(n)[:, None] * n_bins
+    if lv.shape[1] <= 8:
+        j = np.stack([(cum < lv[:, i:i + 1]).sum(axis=1) for i in range(lv.shape[1])], axis=1)
+    else:
+        # Batched searchsorted: shift each row's CDF by 2*row so the rows are one sorted array.
+        shift = 2.0 * np.arange(n)[:, None]
+        j = np.searchsorted((cum + shift).ravel(), (lv + shift).ravel(), side="left")
+        j = j.reshape(lv.shape) - np.arange(n)[:, None] * n_bins
     # Level 0 belongs to the first bin with mass (not to an empty leading bin).
     first = np.argmax(p > 0, axis=1)[:, None]
     j = np.where(lv <= 0.0, first, np.clip(j, 0, n_bins - 1))
@@ -279,16 +282,19 @@ def interval(
 
 
 # --------------------------------------------------------------------------- features
-def encode_categorical(values: np.ndarray | Sequence[Any], table: Sequence[str]) -> np.ndarray:
+def encode_categorical(
+    values: np.ndarray | Sequence[Any], table: Sequence[str] | Mapping[str, int]
+) -> np.ndarray:
     """Codes of categorical values in a sorted category table; unknown and missing -> NaN.
 
     Parameters
     ----------
     values : array-like of shape (n,)
-        Category values (str; anything else is compared by ``str(value)``). None and NaN are
-        missing.
-    table : sequence of str, sorted
-        The categories seen at fit time; code ``i`` is ``table[i]``.
+        Category values (str; anything else but None/NaN is compared by ``str(value)``).
+        None and NaN are missing.
+    table : sequence of str, sorted, or mapping of str to int
+        The categories seen at fit time (code ``i`` is ``table[i]``), or a prebuilt
+        category -> code mapping (see :func:`category_index`).
 
     Returns
     -------
@@ -301,18 +307,20 @@ def encode_categorical(values: np.ndarray | Sequence[Any], table: Sequence[str])
     >>> encode_categorical(["b", "a", "zz", None], ["a", "b"])
     array([ 1.,  0., nan, nan], dtype=float32)
     """
-    tab = np.asarray(list(table), dtype=str)
-    v = np.asarray(values, dtype=object)
-    missing = np.fromiter((x is None or (isinstance(x, float) and x != x) for x in v),
-                          dtype=bool, count=v.size) if v.dtype == object else np.zeros(v.size, bool)
-    s = v.astype(str)
-    out = np.full(s.size, np.nan, dtype=np.float32)
-    if tab.size:
-        pos = np.searchsorted(tab, s)
-        pos_c = np.clip(pos, 0, tab.size - 1)
-        hit = (tab[pos_c] == s) & ~missing
-        out[hit] = pos_c[hit]
-    return out
+    index = table if isinstance(table, Mapping) else category_index(table)
+    nan = float("nan")
+    get = index.get
+    seq = values.tolist() if isinstance(values, np.ndarray) else values
+    return np.fromiter(
+        (get(v, nan) if type(v) is str
+         else (nan if v is None or (isinstance(v, float) and v != v) else get(str(v), nan))
+         for v in seq),
+        dtype=np.float32, count=len(seq))
+
+
+def category_index(table: Sequence[str]) -> dict[str, int]:
+    """Category -> code mapping of a category table (code = position)."""
+    return {str(c): i for i, c in enumerate(table)}
 
 
 def feature_matrix(
@@ -332,8 +340,8 @@ def feature_matrix(
     feature_types : sequence of {"q", "c"}
         ``"q"`` numeric (float; None/NaN/unparsable -> NaN), ``"c"`` categorical (see
         :func:`encode_categorical`).
-    categories : mapping of str to sequence of str
-        Category table per categorical feature.
+    categories : mapping of str to (sequence of str or mapping of str to int)
+        Category table (or prebuilt :func:`category_index`) per categorical feature.
 
     Returns
     -------
@@ -477,6 +485,7 @@ class ProfileScorer:
         self.features: list[str] = list(meta["features"])
         self.feature_types: list[str] = list(meta["feature_types"])
         self.categories: dict[str, list[str]] = {k: list(v) for k, v in meta["categories"].items()}
+        self._index = {k: category_index(v) for k, v in self.categories.items()}
         self.interval_mass = float(meta["interval_mass"])
         self.interval_method = str(meta["interval_method"])
         nominal = np.asarray(exported.arrays["calibration_nominal"], dtype=np.float64)
@@ -494,7 +503,7 @@ class ProfileScorer:
 
     def predict_proba(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Pattern probabilities, shape (n, K), rows summing to 1 (see :func:`feature_matrix`)."""
-        x = feature_matrix(columns, self.features, self.feature_types, self.categories)
+        x = feature_matrix(columns, self.features, self.feature_types, self._index)
         return predict_pattern_proba(self.booster, x, self.n_patterns)
 
     def score(

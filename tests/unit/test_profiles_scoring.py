@@ -169,3 +169,16 @@ def test_encode_categorical_unknown_and_missing_are_nan():
     assert out[[0, 1, 5]].tolist() == [1.0, 0.0, 0.0]
     assert np.isnan(out[[2, 3, 4]]).all()
     assert np.isnan(sp.encode_categorical(["x"], [])).all()
+
+
+def test_native_categorical_encoding_scores_identically():
+    df = synth(seed=3, n_per_group=120)
+    m = OutcomeProfiles(profile_keys=("carrier", "dest"), features=("carrier", "dest", "hour"),
+                        target="y", min_group_size=10, n_bins=20, n_estimators=8, max_depth=3,
+                        nthread=1, categorical_encoding="native",
+                        validation_fraction=0.0).fit(df, df["y"])
+    assert m.booster_.feature_types == ["c", "c", "q"]
+    cols = batch(200)
+    s = sp.ProfileScorer(m.export()).score(cols)
+    np.testing.assert_allclose(s.proba, m.predict_proba(pd.DataFrame(cols)), atol=1e-12)
+    assert np.all(np.isfinite(s.proba))
