@@ -204,11 +204,11 @@ class PartitionerSettings(_Section):
         default=(), description="Tree features (default: all numeric features).")
     y_columns: tuple[str, ...] = Field(
         default=(), description="Fit-only columns that shape the tree (e.g. the target).")
-    max_leaf_nodes: int = Field(default=64, ge=2, description="Leaf budget of the tree.")
+    max_leaf_nodes: int = Field(
+        default=64, ge=2,
+        description="Leaf budget of the tree (per key segment for keys_then_tree).")
     min_samples_leaf: int = Field(default=200, ge=1, description="Rows per leaf at least.")
-    min_key_rows: int = Field(
-        default=500, ge=1, description="Key segments with fewer rows get no tree of their own.")
-    max_bins: int = Field(default=255, ge=4, le=65535, description="Histogram bins per feature.")
+    max_bins: int = Field(default=255, ge=4, le=255, description="Histogram bins per feature.")
 
 
 class RegressionSettings(_Section):
@@ -237,6 +237,9 @@ class ProfileSettings(_Section):
     k_max: int = Field(default=8, ge=2, description="Largest number of patterns tried.")
     masses: tuple[float, ...] = Field(
         default=(0.5, 0.8, 0.95), description="HDR masses reported per pattern.")
+    max_classifier_rows: int | None = Field(
+        default=100_000, ge=1000,
+        description="Train the pattern classifier on a seeded subset of at most this many rows.")
 
 
 class TrainingSettings(_Section):
