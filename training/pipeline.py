@@ -49,6 +49,10 @@ class TrainResult:
     report_path: Path | None = None
     update_sent: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    #: in-process predictions on the test rows with an outcome, from the training objects
+    #: (``event_id``, ``prediction``, ``interval_low``, ``interval_high``): a loaded bundle
+    #: must reproduce them.
+    test_scores: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _Steps:
@@ -318,7 +322,13 @@ def train(
                 timings=dict(steps.timings))
             manifest = load_components(bundle_dir).manifest
 
-        result = TrainResult(bundle_dir, manifest, timings=steps.timings)
+        pt_test = predict_partitioned(test_fit)
+        result = TrainResult(bundle_dir, manifest, timings=steps.timings, test_scores={
+            "event_id": test_fit[schema.id_field].to_numpy(object),
+            "prediction": pt_test["prediction"],
+            "interval_low": pt_test["prediction"] + lo[pt_test["model_node"]],
+            "interval_high": pt_test["prediction"] + hi[pt_test["model_node"]],
+        })
         with steps("publish"):
             if publish:
                 from shared.store import ArtifactStore  # noqa: PLC0415
