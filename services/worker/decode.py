@@ -286,7 +286,11 @@ def _pandas_times(strings: list[str]) -> np.ndarray:
                              errors="coerce")
     except (ValueError, TypeError, OverflowError):
         idx = pd.DatetimeIndex([_one_time(v) for v in strings], tz="UTC")
-    return idx.tz_convert(None).to_numpy(dtype="datetime64[ns]")
+    us = idx.tz_convert(None).to_numpy(dtype="datetime64[us]").copy()
+    # pandas may hold times outside the datetime64[ns] range (e.g. year 9999): NaT for those.
+    out_of_range = (us < _NS_MIN) | (us > _NS_MAX)
+    us[out_of_range] = np.datetime64("NaT", "us")
+    return us.astype("datetime64[ns]")
 
 
 def _one_time(v: Any) -> Any:
@@ -300,6 +304,8 @@ _DIGITS = {19: [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]}
 _DIGITS[20] = _DIGITS[19]
 _DIGITS[25] = _DIGITS[19] + [20, 21, 23, 24]
 _NAT = np.datetime64("NaT", "ns")
+_NS_MIN = np.datetime64("1677-09-22T00:00:00", "us")
+_NS_MAX = np.datetime64("2262-04-11T00:00:00", "us")
 
 
 def _fast_iso(strings: list[str]) -> np.ndarray | None:
