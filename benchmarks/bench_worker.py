@@ -354,7 +354,7 @@ def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | 
     log = open(tmp / "faust.log", "ab")  # noqa: SIM115
     t0 = time.time()
     p = subprocess.Popen([sys.executable, str(app_py), "worker", "-l", "warning",
-                          "--datadir", str(tmp / f"faust-{s.topics.events}")], cwd=tmp,
+                          ], cwd=tmp,
                          stdout=log, stderr=subprocess.STDOUT, env=env)
     n = len(records)
     deadline = time.monotonic() + timeout_s
