@@ -282,6 +282,35 @@ class WorkerSettings(_Section):
         default=200_000, ge=1000, description="Bound of the producer queue (backpressure).")
     instance_id: str | None = Field(
         default=None, description="Worker identity (transactional.id suffix); default host-pid.")
+    include_contributions: bool = Field(
+        default=False,
+        description="Add per-feature `contributions` to each prediction record (slower).")
+    producer_linger_ms: float = Field(
+        default=20.0, ge=0, description="linger.ms of the predictions producer (batching).")
+    queue_high_fraction: float = Field(
+        default=0.8, gt=0, le=1,
+        description="Pause fetching when the producer queue holds this share of its bound.")
+    max_batches_in_flight: int = Field(
+        default=4, ge=1,
+        description="at_least_once: batches produced but not yet delivered before waiting.")
+    transaction_timeout_s: float = Field(
+        default=30.0, gt=0, description="exactly_once: timeout of one batch's transaction.")
+    statistics_interval_ms: int = Field(
+        default=1000, ge=0,
+        description="librdkafka statistics interval (consumer lag metric); 0 = off.")
+    stats_enabled: bool = Field(
+        default=True, description="Produce one compact stats record per batch to topics.stats.")
+    max_unknown_keys: int = Field(
+        default=100, ge=0,
+        description="Most unknown key combinations named per stats record (rest counted).")
+    dlq_max_value_bytes: int = Field(
+        default=900_000, ge=1024,
+        description="DLQ copies of larger values are truncated to this size (header says so).")
+    max_scoring_retries: int = Field(
+        default=3, ge=0,
+        description="A batch whose scoring fails is rewound and retried this often, then exit.")
+    alerts_enabled: bool = Field(
+        default=True, description="Produce `bundle_rejected` alerts to topics.alerts.")
 
 
 class Settings(BaseSettings):

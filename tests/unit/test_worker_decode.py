@@ -1,0 +1,189 @@
+"""Decoding and validation of event values (no broker)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.simulator.replay import MALFORMED_KINDS, malformed_event
+from services.worker.decode import DLQ_REASONS, EventDecoder, _parse_times
+from services.worker.records import encode_predictions
+from shared.settings import load_settings
+from tests.conftest import FLIGHTS_CONFIG
+from tests.fakes import load_fake_bundle, write_fake_bundle
+
+SCHEMA = load_settings(FLIGHTS_CONFIG).event_schema
+GOOD = {
+    "event_id": "20130901-UA1-EWR-0600", "event_time": "2013-09-01T06:00:00-04:00",
+    "carrier": "UA", "origin": "EWR", "dest": "IAH", "distance": 1400.0,
+    "sched_dep_hour": 6.0, "day_of_week": 6, "dep_delay": None, "temp": 60.1, "dewp": 50.0,
+    "humid": 70.0, "wind_speed": 10.0, "precip": 0.0, "pressure": 1012.0, "visib": 10.0,
+}
+
+
+def _event(**changes: object) -> bytes:
+    d = dict(GOOD)
+    for k, v in changes.items():
+        if v is KeyError:
+            d.pop(k)
+        else:
+            d[k] = v
+    return orjson.dumps(d)
+
+
+@pytest.fixture(scope="module")
+def decoder() -> EventDecoder:
+    return EventDecoder(SCHEMA, max_event_bytes=4096)
+
+
+def _check_total(out, n: int) -> None:
+    """Every input is exactly one of: a valid row, a DLQ reason."""
+    rejected = [i for i, _, _ in out.rejected]
+    assert sorted(rejected + out.valid.tolist()) == list(range(n))
+    assert all(r in DLQ_REASONS for _, r, _ in out.rejected)
+    for col in out.columns.values():
+        assert len(col) == out.n_valid
+    assert len(out.event_time_text) == out.n_valid
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=300)), max_size=20))
+def test_arbitrary_bytes_never_raise(decoder: EventDecoder, values: list) -> None:
+    out = decoder.decode(values)
+    _check_total(out, len(values))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8),
+                                                                      children, max_size=4),
+    max_leaves=4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.fixed_dictionaries(
+    {}, optional={k: json_values for k in GOOD}), max_size=6), st.data())
+def test_arbitrary_objects_never_raise(decoder: EventDecoder, docs: list, data) -> None:
+    merged = []
+    for d in docs:
+        base = dict(GOOD) if data.draw(st.booleans()) else {}
+        base.update(d)
+        try:
+            merged.append(orjson.dumps(base))
+        except (TypeError, orjson.JSONEncodeError):
+            merged.append(b"{}")
+    out = decoder.decode(merged)
+    _check_total(out, len(merged))
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (b"", "empty"),
+    (None, "empty"),
+    (b"x" * 5000, "too_large"),
+    (b'{"event_id": "a", ', "invalid_json"),
+    (b"\xff\xfe garbage \x00", "invalid_json"),
+    (b'{"distance": NaN}', "invalid_json"),
+    (b'{"distance": Infinity}', "invalid_json"),
+    (b"[" * 2000, "invalid_json"),
+    (b"[1, 2]", "not_object"),
+    (b'"just a string"', "not_object"),
+    (b"42", "not_object"),
+    (b"null", "not_object"),
+    (_event(carrier=KeyError), "missing_field"),
+    (_event(event_id=None), "missing_field"),
+    (_event(distance="NaN"), "wrong_type"),
+    (_event(distance="inf"), "wrong_type"),
+    (_event(distance=True), "wrong_type"),
+    (_event(distance={"not": "a number"}), "wrong_type"),
+    (_event(carrier=7), "wrong_type"),
+    (_event(event_time=1378000000), "wrong_type"),
+    (_event(event_time="yesterday"), "bad_time"),
+    (_event(event_time="2013-02-30T00:00:00+00:00"), "bad_time"),
+    (_event(event_time="9999-01-01T00:00:00+00:00"), "bad_time"),
+])
+def test_bad_inputs_get_their_reason(decoder: EventDecoder, value: bytes | None,
+                                     reason: str) -> None:
+    out = decoder.decode([_event(), value, _event(event_id="other")])
+    assert out.n_valid == 2
+    assert [(i, r) for i, r, _ in out.rejected] == [(1, reason)]
+    assert out.columns["event_id"].tolist() == [GOOD["event_id"], "other"]
+
+
+def test_simulator_malformed_kinds_all_go_to_the_dlq(decoder: EventDecoder) -> None:
+    rng = np.random.default_rng(0)
+    good = _event()
+    expected = {"invalid_json": "invalid_json", "wrong_type": "wrong_type",
+                "missing_field": "missing_field", "huge_payload": "too_large",
+                "not_object": "not_object", "empty": "empty", "garbage": "invalid_json"}
+    for kind in MALFORMED_KINDS:
+        _, v = malformed_event(good, b"k", kind, rng, SCHEMA, huge_bytes=10_000)
+        out = decoder.decode([v])
+        assert [r for _, r, _ in out.rejected] == [expected[kind]], kind
+
+
+def test_valid_columns_have_the_scorer_dtypes(decoder: EventDecoder) -> None:
+    out = decoder.decode([_event(), _event(temp=None, dep_delay=KeyError, extra="ignored"),
+                          _event(event_time="2013-09-01T10:00:00Z")])
+    assert out.rejected == []
+    assert out.columns["distance"].dtype == np.float64
+    assert out.columns["carrier"].dtype == object
+    assert out.columns["event_time"].dtype == np.dtype("datetime64[ns]")
+    assert np.isnan(out.columns["temp"][1]) and np.isnan(out.columns["dep_delay"][1])
+    assert (out.columns["event_time"] == np.datetime64("2013-09-01T10:00:00", "ns")).all()
+    assert out.event_time_text[0] == GOOD["event_time"]
+
+
+def test_duplicated_event_ids_are_each_scored(decoder: EventDecoder) -> None:
+    out = decoder.decode([_event(), _event()])
+    assert out.n_valid == 2 and out.rejected == []
+
+
+def test_10mb_value_is_rejected_without_parsing(decoder: EventDecoder) -> None:
+    out = decoder.decode([b"{" * 10_000_000])
+    assert [r for _, r, _ in out.rejected] == ["too_large"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.datetimes(min_value=__import__("datetime").datetime(1700, 1, 1),
+                    max_value=__import__("datetime").datetime(2200, 1, 1)),
+       st.integers(-14 * 60, 14 * 60))
+def test_fast_time_parser_matches_pandas(t, offset_min: int) -> None:
+    import datetime as dt
+
+    import pandas as pd
+
+    tz = dt.timezone(dt.timedelta(minutes=offset_min))
+    s = t.replace(microsecond=0, tzinfo=tz).isoformat()
+    got = _parse_times([s, s[:19], s[:19] + "Z"])
+    want = pd.to_datetime([s, s[:19], s[:19] + "Z"], utc=True, format="ISO8601")
+    assert got.tolist() == want.tz_convert(None).as_unit("ns").to_numpy().tolist()
+
+
+def test_scoring_the_decoded_batch_equals_the_scorers_score(tmp_path, decoder) -> None:
+    scorer = load_fake_bundle(write_fake_bundle(tmp_path, SCHEMA))
+    values = [_event(event_id=f"e{i}", distance=100.0 + i, carrier=c)
+              for i, c in enumerate(["UA", "AA", "ZZ", "DL"])]
+    out = decoder.decode(values)
+    got = scorer.score(out.columns)
+    direct = scorer.score({
+        "distance": np.array([100.0, 101.0, 102.0, 103.0]),
+        "sched_dep_hour": np.full(4, 6.0),
+        "carrier": np.array(["UA", "AA", "ZZ", "DL"], dtype=object),
+        "origin": np.array(["EWR"] * 4, dtype=object),
+        "dest": np.array(["IAH"] * 4, dtype=object)})
+    for k in ("prediction", "segment", "fallback_level", "interval_low"):
+        np.testing.assert_array_equal(got[k], direct[k])
+    recs = [orjson.loads(b) for b in encode_predictions(
+        out.columns["event_id"].tolist(), got, out.event_time_text, model="flights",
+        bundle_id=scorer.bundle_id, interval_mass=0.8, scored_at="2024-01-01T00:00:00Z",
+        contribution_names=scorer.contribution_names)]
+    assert [r["event_id"] for r in recs] == ["e0", "e1", "e2", "e3"]
+    assert [r["prediction"] for r in recs] == got["prediction"].tolist()
+    assert recs[2]["fallback_level"] == 1
+    assert set(recs[0]) == {"event_id", "model", "bundle_id", "segment", "fallback_level",
+                            "prediction", "interval", "interval_mass", "pattern",
+                            "pattern_proba", "event_time", "scored_at", "contributions"}
+    assert sum(recs[0]["contributions"].values()) == pytest.approx(recs[0]["prediction"])
