@@ -17,10 +17,14 @@ categorical feature with categories ``c_0..c_{m-1}``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from shared.routing import MISSING_CODE, encode_categories
 
 #: Added to every bin share before PSI / JS so that empty bins give finite values. With
 #: shares p, q: PSI = sum((q - p) * ln(q / p)) over bins after p, q <- (p + eps) / (1 + n*eps).
@@ -53,13 +57,18 @@ class CategoricalReference:
     categories: tuple[str, ...]
     expected: np.ndarray  # float64 (m+2,)
 
+    @functools.cached_property
+    def _index(self) -> pd.Index:
+        return pd.Index(list(self.categories), dtype=object)
+
     def bin(self, values: np.ndarray) -> np.ndarray:
-        lookup = {c: i for i, c in enumerate(self.categories)}
+        """Bin index per value, int64 (n,): category position, then other, then missing."""
+        codes = encode_categories(values, self._index).astype(np.int64)
         m = len(self.categories)
-        return np.fromiter(
-            (m + 1 if (v is None or (isinstance(v, float) and v != v)) else lookup.get(str(v), m)
-             for v in values),
-            dtype=np.int64, count=len(values))
+        missing = codes == MISSING_CODE
+        codes[codes < 0] = m
+        codes[missing] = m + 1
+        return codes
 
     @property
     def n_bins(self) -> int:

@@ -29,14 +29,17 @@ al. 2018), so that the nominal mass is met on that slice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from shared.component import ExportedComponent
 from shared.errors import BundleCompatibilityError, SchemaError
+from shared.routing import encode_categories
 
 logger = logging.getLogger(__name__)
 
@@ -307,15 +310,15 @@ def encode_categorical(
     >>> encode_categorical(["b", "a", "zz", None], ["a", "b"])
     array([ 1.,  0., nan, nan], dtype=float32)
     """
-    index = table if isinstance(table, Mapping) else category_index(table)
-    nan = float("nan")
-    get = index.get
-    seq = values.tolist() if isinstance(values, np.ndarray) else values
-    return np.fromiter(
-        (get(v, nan) if type(v) is str
-         else (nan if v is None or (isinstance(v, float) and v != v) else get(str(v), nan))
-         for v in seq),
-        dtype=np.float32, count=len(seq))
+    keys = list(table) if not isinstance(table, Mapping) else sorted(table, key=table.get)
+    codes = encode_categories(values, _table_index(tuple(keys))).astype(np.float32)
+    codes[codes < 0] = np.nan
+    return codes
+
+
+@functools.lru_cache(maxsize=256)
+def _table_index(table: tuple[str, ...]) -> pd.Index:
+    return pd.Index(list(table), dtype=object)
 
 
 def category_index(table: Sequence[str]) -> dict[str, int]:

@@ -24,7 +24,9 @@ Nothing here imports scikit-learn or unpickles anything.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,8 +89,11 @@ def category_strings(values: Any) -> tuple[np.ndarray, np.ndarray]:
     present = ~missing
     if present.any():
         sub = arr[present]
-        # str(s) is s for str; vectorised via pandas for speed on large batches
-        strings[present] = pd.Series(sub, dtype=object).astype(str).to_numpy(dtype=object)
+        # Decoded events and loaded frames already hold str: no conversion (and no pandas
+        # string array, which costs ~15 us per value to build) in that case.
+        if not all(type(v) is str for v in sub):
+            sub = np.array([v if type(v) is str else str(v) for v in sub], dtype=object)
+        strings[present] = sub
     return strings, missing
 
 
@@ -107,11 +112,50 @@ def encode_categories(values: Any, categories: pd.Index) -> np.ndarray:
     numpy.ndarray of shape (n,), dtype int32
         Code in ``0..len(categories)-1``, :data:`UNKNOWN_CODE` (-1) for a present value not in
         the table, :data:`MISSING_CODE` (-2) for a missing value.
+
+    Notes
+    -----
+    The hot path is one C-level ``map(dict.get, ...)`` over the values (~0.07 us per value,
+    8x faster than ``Index.get_indexer`` on object strings); only values that miss the table
+    are looked at again (missing, or not ``str``).
     """
-    strings, missing = category_strings(values)
-    codes = np.asarray(categories.get_indexer(strings), dtype=np.int32)
-    codes[missing] = MISSING_CODE
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise SchemaError(f"categorical values must be 1-d, got shape {values.shape}")
+        seq = values.tolist()
+    else:
+        seq = list(values)
+    lookup = _category_lookup(categories)
+    codes = np.fromiter(map(lookup.get, seq, itertools.repeat(UNKNOWN_CODE)), dtype=np.int32,
+                        count=len(seq))
+    for i in np.flatnonzero(codes == UNKNOWN_CODE).tolist():
+        v = seq[i]
+        if type(v) is str:
+            continue
+        if v is None or (not isinstance(v, (list, dict, tuple)) and pd.isna(v)):
+            codes[i] = MISSING_CODE
+        else:
+            codes[i] = lookup.get(str(v), UNKNOWN_CODE)
     return codes
+
+
+_LOOKUPS: dict[int, tuple[Any, dict[str, int]]] = {}
+
+
+def _category_lookup(categories: pd.Index) -> dict[str, int]:
+    """``{category: code}`` of a table, cached per Index object (kept while it lives)."""
+    key = id(categories)
+    hit = _LOOKUPS.get(key)
+    if hit is not None and hit[0]() is categories:
+        return hit[1]
+    lookup = {str(c): i for i, c in enumerate(categories.tolist())}
+    try:
+        ref = weakref.ref(categories)
+    except TypeError:  # not weak-referenceable: do not cache
+        return lookup
+    _LOOKUPS[key] = (ref, lookup)
+    weakref.finalize(categories, _LOOKUPS.pop, key, None)
+    return lookup
 
 
 def numeric_column(name: str, values: Any, n: int | None = None) -> np.ndarray:

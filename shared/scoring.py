@@ -124,6 +124,7 @@ class Bundle:
         self.contribution_names = ["intercept", *self.linear_features]
         self.key_columns: list[str] = list(sc.meta["key_columns"])
         self._known_keys = frozenset(sc.meta["known_keys"])
+        self._keys: tuple[list[Any], np.ndarray, np.ndarray] | None = None
         self.nodes = NodeTables(**{f.name: np.asarray(sc.arrays[f.name])
                                    for f in dataclasses.fields(NodeTables)})
         self.router = Router.from_export(loaded["partitioner"])
@@ -132,16 +133,45 @@ class Bundle:
         self.drift_reference = DriftReference.from_meta(loaded["drift_reference"].meta)
         self.metrics: dict[str, Any] = m.metrics
 
+    def _key_tables(self) -> tuple[list[Any], np.ndarray, np.ndarray]:
+        """Per key column its category index; the mixed-radix codes of the known keys."""
+        import pandas as pd  # noqa: PLC0415
+
+        parts = [k.split(",") for k in self._known_keys]
+        values = [sorted({p[i].split("=", 1)[1] for p in parts})
+                  for i in range(len(self.key_columns))]
+        indexes = [pd.Index(v, dtype=object) for v in values]
+        radix = np.cumprod([1] + [len(v) for v in values[:-1]]).astype(np.int64)
+        known = np.zeros(len(parts), np.int64)
+        for i, idx in enumerate(indexes):
+            known += idx.get_indexer([p[i].split("=", 1)[1] for p in parts]) * radix[i]
+        return indexes, radix, np.sort(known)
+
     def unknown_keys(self, columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:
-        """``"col=value,..."`` for rows whose key combination was never seen in training."""
+        """``"col=value,..."`` for rows whose key combination was never seen in training
+        (None elsewhere); vectorised: category codes per column, one mixed-radix code per row.
+        """
+        from shared.routing import encode_categories  # noqa: PLC0415
+
         out = np.full(n, None, dtype=object)
         if not self.key_columns:
             return out
-        cols = [np.asarray(columns[c], dtype=object) for c in self.key_columns]
-        for i, vals in enumerate(zip(*cols, strict=True)):
-            key = ",".join(f"{c}={v}" for c, v in zip(self.key_columns, vals, strict=True))
-            if key not in self._known_keys:
-                out[i] = key
+        if self._keys is None:
+            self._keys = self._key_tables()
+        indexes, radix, known = self._keys
+        code = np.zeros(n, np.int64)
+        bad = np.zeros(n, bool)
+        for i, (c, idx) in enumerate(zip(self.key_columns, indexes, strict=True)):
+            k = encode_categories(columns[c], idx)
+            bad |= k < 0
+            code += np.maximum(k, 0).astype(np.int64) * radix[i]
+        if len(known):
+            pos = np.minimum(np.searchsorted(known, code), len(known) - 1)
+            bad |= known[pos] != code
+        else:
+            bad[:] = True
+        for i in np.flatnonzero(bad):
+            out[i] = ",".join(f"{c}={columns[c][i]}" for c in self.key_columns)
         return out
 
     def score(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
