@@ -22,6 +22,8 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from shared.broker import EmbeddedBroker
 from shared.kafka import FAST_GROUP_CONFIG, ensure_topics
 from shared.settings import Settings
@@ -77,7 +79,8 @@ class ChildProcesses:
 class TopicCounter(threading.Thread):
     """Counts records per topic (and DLQ records per reason header) in a background thread."""
 
-    def __init__(self, bootstrap: str, topics: list[str], dlq_topic: str | None = None) -> None:
+    def __init__(self, bootstrap: str, topics: list[str], dlq_topic: str | None = None,
+                 alert_topic: str | None = None) -> None:
         super().__init__(daemon=True, name="demo-counter")
         self.bootstrap = bootstrap
         self.topics = topics
@@ -85,6 +88,9 @@ class TopicCounter(threading.Thread):
         self.counts: Counter[str] = Counter()
         self.dlq_reasons: Counter[str] = Counter()
         self.samples: dict[str, bytes] = {}
+        self.alert_topic = alert_topic
+        self.alert_types: Counter[str] = Counter()
+        self.alert_examples: dict[str, Any] = {}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -104,8 +110,16 @@ class TopicCounter(threading.Thread):
                     self.counts[t] += 1
                     self.samples.setdefault(t, m.value() or b"")
                     if t == self.dlq_topic:
-                        reason = dict(m.headers() or []).get("segstream.reason", b"?")
+                        headers = dict(m.headers() or [])
+                        reason = headers.get("segstream.dlq.reason",
+                                             headers.get("segstream.reason", b"?"))
                         self.dlq_reasons[reason.decode(errors="replace")] += 1
+                    elif t == self.alert_topic:
+                        with contextlib.suppress(ValueError):
+                            alert = orjson.loads(m.value() or b"{}")
+                            kind = str(alert.get("type", "?"))
+                            self.alert_types[kind] += 1
+                            self.alert_examples.setdefault(kind, alert)
         finally:
             c.close()
 
@@ -114,9 +128,81 @@ class TopicCounter(threading.Thread):
         self.join(10)
 
 
+def scrape(port: int, timeout_s: float = 1.0) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples of a /metrics endpoint: name -> [(labels, value)]; empty when unreachable."""
+    import urllib.request  # noqa: PLC0415
+
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            out.setdefault(smp.name, []).append((dict(smp.labels), float(smp.value)))
+    return out
+
+
+def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Quantile from cumulative ``(upper bound, count)`` buckets (Prometheus' interpolation)."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] <= 0:
+        return float("nan")
+    rank = q * buckets[-1][1]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / max(c - prev_c, 1e-12))
+        prev_le, prev_c = le, c
+    return buckets[-1][0]
+
+
+def worker_view(ports: list[int]) -> dict[str, Any]:
+    """Sum the workers' counters; merge their latency histograms."""
+    lag = 0.0
+    buckets: dict[float, float] = {}
+    for port in ports:
+        m = scrape(port)
+        lag += sum(v for _, v in m.get("segstream_worker_consumer_lag_messages", []))
+        for labels, v in m.get("segstream_worker_end_to_end_latency_seconds_bucket", []):
+            le = float(labels["le"])
+            buckets[le] = buckets.get(le, 0.0) + v
+    b = list(buckets.items())
+    return {"lag": lag, "p50": histogram_quantile(b, 0.5), "p99": histogram_quantile(b, 0.99)}
+
+
+def _wait_ready(port: int, child: Child, timeout_s: float) -> bool:
+    import urllib.request  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and child.proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_running: bool,
-             out_dir: Path, config_path: str) -> dict[str, Any]:
-    """Run the demo; return the summary dict (also printed by the CLI)."""
+             out_dir: Path, config_path: str, workers: int = 2) -> dict[str, Any]:
+    """Run the demo; return the summary dict (also printed by the CLI).
+
+    Steps: embedded broker → topics → train and publish a bundle when the store has none →
+    ``workers`` workers (one consumer group) and, when installed, the monitor → the simulator
+    (September-December replay with outcomes and 1 % malformed events) → live status line →
+    summary. Every child is stopped on exit, Ctrl-C or a broker failure.
+    """
+    from shared.broker import free_port  # noqa: PLC0415
+    from shared.store import ArtifactStore  # noqa: PLC0415
+
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
 
@@ -126,6 +212,7 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
+    notes: list[str] = []
     with EmbeddedBroker(log_path=out_dir / "broker.log") as broker:
         print(f"demo: embedded broker at {broker.bootstrap}; logs in {out_dir}", flush=True)
         env = dict(os.environ, SEGSTREAM_BROKER__BOOTSTRAP=broker.bootstrap,
@@ -134,47 +221,109 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
         b = settings.broker.model_copy(update={"bootstrap": broker.bootstrap})
         ensure_topics(b, [t.events, t.outcomes, t.predictions, t.dlq, t.alerts, t.stats,
                           t.model_updates], t.partitions, t.replication_factor)
-        counter = TopicCounter(broker.bootstrap, [t.events, t.outcomes, t.predictions, t.dlq,
-                                                  t.alerts], dlq_topic=t.dlq)
-        counter.start()
         children = ChildProcesses(out_dir, env)
+        counter = TopicCounter(broker.bootstrap, [t.events, t.outcomes, t.predictions, t.dlq,
+                                                  t.alerts], dlq_topic=t.dlq,
+                               alert_topic=t.alerts)
+        counter.start()
+        ports: list[int] = []
+        sim: Child | None = None
+        replay_s = 0.0
         try:
+            store = ArtifactStore(settings.store)
+            bundle_id = store.latest(settings.model)
+            if bundle_id is None:
+                print(f"demo: no bundle of {settings.model!r} in {store.url}: training one "
+                      "(about a minute; log in train.log)", flush=True)
+                tr = children.start("train", "train", "--config", config_path, "--quiet",
+                                    "--report-dir", str(out_dir / "report"))
+                while tr.proc.poll() is None and not stop.is_set():
+                    time.sleep(0.5)
+                if tr.proc.returncode != 0:
+                    raise RuntimeError(f"training failed; see {tr.log_path}")
+                bundle_id = store.latest(settings.model)
+                notes.append(f"trained bundle {bundle_id}; report in {out_dir / 'report'}")
+            print(f"demo: serving bundle {bundle_id[:12] if bundle_id else '?'}", flush=True)
+            for i in range(workers):
+                port = free_port()
+                ports.append(port)
+                w = children.start(f"worker-{i + 1}", "worker", "--config", config_path,
+                                   "--metrics-port", str(port))
+                if not _wait_ready(port, w, 60.0):
+                    raise RuntimeError(f"worker-{i + 1} did not become ready; see {w.log_path}")
+            monitor_port = None
+            if _has_module("services.monitor.cli"):
+                monitor_port = free_port()
+                children.start("monitor", "monitor", "--config", config_path,
+                               "--metrics-port", str(monitor_port))
+            else:
+                notes.append("monitor not installed in this build: no alerts")
             sim_args = ["simulate", "--config", config_path, "--quiet",
                         "--bad-fraction", str(settings.simulator.bad_fraction or 0.01)]
             if rate is not None:
                 sim_args += ["--rate", str(rate)]
             sim = children.start("simulator", *sim_args)
-            deadline = None if keep_running else started + seconds
+            replay_started = time.monotonic()
+            deadline = None if keep_running else replay_started + seconds
+            view: dict[str, Any] = {}
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 time.sleep(1.0)
+                if not broker.is_running():
+                    notes.append("the broker went away: stopping")
+                    print("\ndemo: error: the embedded broker exited; stopping", file=sys.stderr)
+                    break
+                view = worker_view(ports)
                 c = counter.counts
-                line = (f"\rdemo: {time.monotonic() - started:5.0f} s  events={c[t.events]:,} "
-                        f"outcomes={c[t.outcomes]:,} predictions={c[t.predictions]:,} "
-                        f"dlq={c[t.dlq]:,} alerts={c[t.alerts]:,}")
+                line = (f"\rdemo: {time.monotonic() - replay_started:5.0f} s  "
+                        f"events={c[t.events]:,} predictions={c[t.predictions]:,} "
+                        f"dlq={c[t.dlq]:,} alerts={c[t.alerts]:,} lag={view['lag']:,.0f} "
+                        f"p99={view['p99'] * 1000:,.0f} ms   ")
                 print(line, end="", file=sys.stderr, flush=True)
                 if sim.proc.poll() is not None and not keep_running:
-                    time.sleep(2.0)  # let the last records be counted
-                    break
+                    if c[t.predictions] + c[t.dlq] >= c[t.events] or \
+                            time.monotonic() > (deadline or 0):
+                        break
             print(file=sys.stderr)
+            replay_s = time.monotonic() - replay_started
+            view = worker_view(ports) or view
         finally:
             children.stop_all()
             counter.stop()
-        sim_summary = ""
-        with contextlib.suppress(OSError):
-            lines = sim.log_path.read_text(errors="replace").splitlines()
-            sim_summary = next((ln for ln in reversed(lines) if ln.startswith("simulate:")), "")
         elapsed = time.monotonic() - started
         c = counter.counts
+        sim_summary = ""
+        if sim is not None:
+            with contextlib.suppress(OSError):
+                lines = sim.log_path.read_text(errors="replace").splitlines()
+                sim_summary = next((ln for ln in reversed(lines) if ln.startswith("simulate:")),
+                                   "")
         return {
             "seconds": round(elapsed, 1),
+            "bundle_id": bundle_id,
             "events": c[t.events],
-            "outcomes": c[t.outcomes],
             "predictions": c[t.predictions],
             "dlq": c[t.dlq],
             "dlq_by_reason": dict(counter.dlq_reasons),
+            "outcomes": c[t.outcomes],
             "alerts": c[t.alerts],
-            "events_per_s": round(c[t.events] / elapsed, 1) if elapsed else 0.0,
+            "alerts_by_type": dict(counter.alert_types),
+            "alert_examples": counter.alert_examples,
+            "consistent": c[t.predictions] + c[t.dlq] == c[t.events],
+            "replay_seconds": round(replay_s, 1),
+            "predictions_per_s": round(c[t.predictions] / replay_s, 1) if replay_s else 0.0,
+            "latency_p50_s": view.get("p50"),
+            "latency_p99_s": view.get("p99"),
             "simulator": sim_summary,
+            "notes": notes,
             "logs": str(out_dir),
             "children_left": [ch.name for ch in children.children if ch.proc.poll() is None],
         }
+
+
+def _has_module(name: str) -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
