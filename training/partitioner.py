@@ -151,6 +151,7 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
     tot = np.zeros(T + 1)
     cum = np.zeros(T + 1)
     free = np.empty(S, dtype=np.int64)
+    tmp = np.empty(rows.shape[0], dtype=rows.dtype)
     n_free = 0
     for s in range(S - 1, 1, -1):
         free[n_free] = s
@@ -232,18 +233,22 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
         f = n_feat[nd]
         b = n_bin[nd]
         ml = n_missleft[nd]
+        # stable partition: row ids stay ascending inside every node, so the scans below
+        # walk memory forwards (prefetch-friendly)
         lo = n_start[nd]
-        hi = n_end[nd] - 1
-        while lo <= hi:
-            r = rows[lo]
+        n_r = 0
+        for p in range(n_start[nd], n_end[nd]):
+            r = rows[p]
             v = bins[r, f]
             go_left = ml if v == miss_bin else v <= b
             if go_left:
+                rows[lo] = r
                 lo += 1
             else:
-                rows[lo] = rows[hi]
-                rows[hi] = r
-                hi -= 1
+                tmp[n_r] = r
+                n_r += 1
+        for p in range(n_r):
+            rows[lo + p] = tmp[p]
         L = n_nodes
         R = n_nodes + 1
         n_nodes += 2
@@ -304,26 +309,24 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
 
 
 @njit(cache=True, nogil=True)
-def _assign_bins(Zs, edges, nbins, miss_bin, out):
-    """out[i, f] = number of edges of feature f below Zs[f, i] (NaN -> miss_bin)."""
+def _assign_bins(Zs, edges, miss_bin, out):
+    """out[i, f] = number of edges of feature f below Zs[f, i] (NaN -> miss_bin).
+
+    ``edges`` rows are sorted and padded with +inf to a power-of-two width; the search is
+    branch-free.
+    """
     F, n = Zs.shape
+    W = edges.shape[1]
     for f in range(F):
-        m = nbins[f] - 1
         e = edges[f]
         for i in range(n):
             x = Zs[f, i]
-            if x != x:
-                out[i, f] = miss_bin
-                continue
             lo = 0
-            hi = m
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if e[mid] < x:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            out[i, f] = lo
+            step = W >> 1
+            while step > 0:
+                lo = lo + step if e[lo + step - 1] < x else lo
+                step >>= 1
+            out[i, f] = miss_bin if x != x else lo
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,7 +526,10 @@ def _quantile_bins(Zs: np.ndarray, max_bins: int, rng: np.random.Generator,
         edges[f, :th.size] = th
         nbins[f] = th.size + 1
     bins = np.empty((n, F), dtype=np.uint8)
-    _assign_bins(np.ascontiguousarray(Zs), edges, nbins, max_bins, bins)
+    width = 1 << max(int(max_bins - 1).bit_length(), 1)
+    padded = np.full((F, width), np.inf)
+    padded[:, : edges.shape[1]] = edges
+    _assign_bins(np.ascontiguousarray(Zs), padded, max_bins, bins)
     return bins, edges, nbins
 
 
@@ -816,7 +822,10 @@ class _BasePartitioner(BaseEstimator):
         mb = int(self.max_bins)
         rng = np.random.default_rng(self.random_state)
         bins, edges, nbins = _quantile_bins(Z[split_rows], mb, rng)
-        rowsq = np.einsum("ij,ij->i", Y, Y)
+        Y = np.ascontiguousarray(Y, dtype=np.float32)  # halves the bytes per scanned row
+        Y64 = Y.astype(np.float64)
+        rowsq = np.einsum("ij,ij->i", Y64, Y64)
+        del Y64
         F = split_rows.size
         slot_bytes = max(F, 1) * (mb + 1) * (T + 1) * 8
         mem = float(self.histogram_memory_mb) * 2**20
