@@ -317,16 +317,59 @@ def _assign_bins(Zs, edges, miss_bin, out):
     """
     F, n = Zs.shape
     W = edges.shape[1]
-    for f in range(F):
-        e = edges[f]
-        for i in range(n):
+    for i in range(n):
+        for f in range(F):
             x = Zs[f, i]
+            e = edges[f]
             lo = 0
             step = W >> 1
             while step > 0:
                 lo = lo + step if e[lo + step - 1] < x else lo
                 step >>= 1
             out[i, f] = miss_bin if x != x else lo
+
+
+@njit(cache=True, nogil=True)
+def _finite_stats(x):
+    """(count, min, max, mean, std) of the finite values of x (two passes, ddof 0)."""
+    cnt = 0
+    lo = np.inf
+    hi = -np.inf
+    s = 0.0
+    for v in x:
+        if np.isfinite(v):
+            cnt += 1
+            s += v
+            lo = min(lo, v)
+            hi = max(hi, v)
+    if cnt == 0:
+        return 0, np.nan, np.nan, np.nan, np.nan
+    m = s / cnt
+    ss = 0.0
+    for v in x:
+        if np.isfinite(v):
+            ss += (v - m) * (v - m)
+    return cnt, lo, hi, m, np.sqrt(ss / cnt)
+
+
+@njit(cache=True, nogil=True)
+def _zscore_into(x, center, scale, out, j):
+    """out[:, j] = (x - center) / scale as float32; non-finite -> 0."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        out[i, j] = (v - center) / scale if np.isfinite(v) else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _row_sumsq(Y):
+    out = np.empty(Y.shape[0])
+    for i in range(Y.shape[0]):
+        acc = 0.0
+        for t in range(Y.shape[1]):
+            v = np.float64(Y[i, t])
+            acc += v * v
+        out[i] = acc
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,7 +652,7 @@ class _BasePartitioner(BaseEstimator):
         cat: list[str] = []
         ycols: list[str] = []
         numeric: list[str] = []
-        Y = np.zeros((n, 0))
+        Y = np.zeros((n, 0), dtype=np.float32)
         target_names: list[str] = []
         encoding = "onehot"
         if has_tree:
@@ -648,14 +691,14 @@ class _BasePartitioner(BaseEstimator):
                 except SchemaError as exc:
                     raise SchemaError(f"{exc}; list it in categorical_features"
                                       + (" or levels" if levels else "")) from None
-                if np.isnan(raw[c]).all():
-                    raise DataError(f"column {c!r}: all values are missing")
-                fin = raw[c][np.isfinite(raw[c])]
-                if fin.size and fin.min() == fin.max():
+                cnt, lo, hi, _, _ = _finite_stats(raw[c])
+                if cnt == 0:
+                    raise DataError(f"column {c!r}: all values are missing (or infinite)")
+                if lo == hi:
                     warnings.warn(f"column {c!r} is constant; it cannot split and only adds a "
                                   "zero-variance target", UserWarning, stacklevel=3)
             for k, v in _extra_targets(y, n, set(names)).items():
-                if np.isnan(v).all():
+                if _finite_stats(v)[0] == 0:
                     raise DataError(f"target {k!r} (y): all values are missing")
                 raw[k] = v
                 ycols = ycols + [k]
@@ -684,7 +727,7 @@ class _BasePartitioner(BaseEstimator):
         if encoding == "target" and cat:
             schema0 = FeatureSchema(tuple(design), categories, {}, tuple(levels))
             codes = schema0.codes(cols, n)
-            ybar = Y.mean(axis=1)
+            ybar = Y.mean(axis=1, dtype=np.float64)
             m = float(self.target_smoothing)
             if m < 0:
                 raise ValueError(f"target_smoothing must be >= 0, got {m}")
@@ -748,32 +791,37 @@ class _BasePartitioner(BaseEstimator):
         self.segment_sizes_ = arrays["node_count"][arrays["segment_node"]]
 
     def _scaled_targets(self, raw: dict[str, np.ndarray], names: list[str], n: int) -> np.ndarray:
-        T = np.column_stack([raw[c] for c in names]).astype(np.float64)
-        T[~np.isfinite(T)] = np.nan
+        """Scaled, weighted targets as float32 (n, T); missing/infinite -> 0 (the mean)."""
         scaler = self._tree_param("scaler")
+        Y = np.empty((n, len(names)), dtype=np.float32)
         if scaler is None:
-            center = np.nanmean(T, axis=0)
-            scale = np.nanstd(T, axis=0)
+            center = np.empty(len(names))
+            scale = np.empty(len(names))
+            for j, c in enumerate(names):
+                _, _, _, center[j], scale[j] = _finite_stats(raw[c])
             scale[~(scale > 0)] = 1.0
-            Y = (T - center) / scale
+            for j, c in enumerate(names):
+                _zscore_into(raw[c], center[j], scale[j], Y, j)
             self.scaler_ = None
             self._scaler_params = (center, scale)
         else:
+            T = np.column_stack([raw[c] for c in names]).astype(np.float64)
+            T[~np.isfinite(T)] = np.nan
             self.scaler_ = clone(scaler)
-            Y = np.asarray(self.scaler_.fit_transform(T), dtype=np.float64)
-            if Y.shape != T.shape:
-                raise ValueError(f"scaler must keep the shape {T.shape}, returned {Y.shape}")
+            S = np.asarray(self.scaler_.fit_transform(T), dtype=np.float64)
+            if S.shape != T.shape:
+                raise ValueError(f"scaler must keep the shape {T.shape}, returned {S.shape}")
+            Y[:] = np.where(np.isfinite(S), S, 0.0)
             center = getattr(self.scaler_, "mean_", getattr(self.scaler_, "center_", None))
-            scale = getattr(self.scaler_, "scale_", None)
-            self._scaler_params = None if center is None or scale is None else (
-                np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64))
-        Y = np.where(np.isfinite(Y), Y, 0.0)  # missing -> the (scaled) mean
+            sc = getattr(self.scaler_, "scale_", None)
+            self._scaler_params = None if center is None or sc is None else (
+                np.asarray(center, dtype=np.float64), np.asarray(sc, dtype=np.float64))
         weights = self._tree_param("weights") or {}
         for k, w in weights.items():
             if k not in names:
                 raise SchemaError(f"weights: {k!r} is not a target column (targets: {names})")
-            Y[:, names.index(k)] *= float(w)
-        return np.ascontiguousarray(Y)
+            Y[:, names.index(k)] *= np.float32(w)
+        return Y
 
     def _scaler_arrays(self) -> dict[str, np.ndarray]:
         p = getattr(self, "_scaler_params", None)
@@ -822,10 +870,7 @@ class _BasePartitioner(BaseEstimator):
         mb = int(self.max_bins)
         rng = np.random.default_rng(self.random_state)
         bins, edges, nbins = _quantile_bins(Z[split_rows], mb, rng)
-        Y = np.ascontiguousarray(Y, dtype=np.float32)  # halves the bytes per scanned row
-        Y64 = Y.astype(np.float64)
-        rowsq = np.einsum("ij,ij->i", Y64, Y64)
-        del Y64
+        rowsq = _row_sumsq(Y)
         F = split_rows.size
         slot_bytes = max(F, 1) * (mb + 1) * (T + 1) * 8
         mem = float(self.histogram_memory_mb) * 2**20
