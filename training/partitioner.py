@@ -312,20 +312,17 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
 def _assign_bins(Zs, edges, miss_bin, out):
     """out[i, f] = number of edges of feature f below Zs[f, i] (NaN -> miss_bin).
 
-    ``edges`` rows are sorted and padded with +inf to a power-of-two width; the search is
-    branch-free.
+    ``edges`` rows are sorted and padded with +inf to width 256 (``max_bins <= 255``); the
+    search is branch-free and unrolled.
     """
     F, n = Zs.shape
-    W = edges.shape[1]
-    for i in range(n):
-        for f in range(F):
+    for f in range(F):
+        e = edges[f]
+        for i in range(n):
             x = Zs[f, i]
-            e = edges[f]
             lo = 0
-            step = W >> 1
-            while step > 0:
-                lo = lo + step if e[lo + step - 1] < x else lo
-                step >>= 1
+            for step in (128, 64, 32, 16, 8, 4, 2, 1):  # unrolled: W = 256
+                lo += step * np.int64(e[lo + step - 1] < x)
             out[i, f] = miss_bin if x != x else lo
 
 
@@ -569,8 +566,7 @@ def _quantile_bins(Zs: np.ndarray, max_bins: int, rng: np.random.Generator,
         edges[f, :th.size] = th
         nbins[f] = th.size + 1
     bins = np.empty((n, F), dtype=np.uint8)
-    width = 1 << max(int(max_bins - 1).bit_length(), 1)
-    padded = np.full((F, width), np.inf)
+    padded = np.full((F, 256), np.inf)
     padded[:, : edges.shape[1]] = edges
     _assign_bins(np.ascontiguousarray(Zs), padded, max_bins, bins)
     return bins, edges, nbins
