@@ -760,6 +760,8 @@ class _BasePartitioner(BaseEstimator):
             "y_columns": ycols,
             "target_columns": target_names,
             "algorithm": self._tree_param("algorithm") if has_tree else None,
+            "scaler": (None if not has_tree else "zscore" if self._tree_param("scaler") is None
+                       else type(self._tree_param("scaler")).__name__),
             **meta_schema,
         }
         arrays.update(schema_arrays)
