@@ -24,6 +24,7 @@ Nothing here imports scikit-learn or unpickles anything.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import weakref
@@ -48,6 +49,9 @@ LEAF, NUMERIC, KEY = 0, 1, 2
 #: Category codes produced by :func:`encode_categories` for values not in the table.
 UNKNOWN_CODE = -1
 MISSING_CODE = -2
+
+#: Design-matrix cells per routing chunk (128k float64 = 1 MiB, cache resident).
+_ROUTE_CHUNK_CELLS = 1 << 17
 
 #: Arrays every partitioner export carries (see :class:`Router`).
 NODE_ARRAYS = ("node_kind", "node_feature", "node_threshold", "node_right", "node_parent",
@@ -301,31 +305,42 @@ class FeatureSchema:
             A required column is absent, has the wrong length or a non-numeric value in a
             numeric column; the message names the column.
         """
+        n, rows, codes = self.design_rows(columns)
+        Z = np.empty((len(rows), n), dtype=np.float64)
+        for r, x in enumerate(rows):
+            Z[r] = x
+        return Z, codes
+
+    def design_rows(self, columns: Mapping[str, Any]
+                    ) -> tuple[int, list[np.ndarray], dict[str, np.ndarray]]:
+        """Like :meth:`design` but one float64 array of shape (n,) per design row, without
+        stacking (numeric columns are not copied). Returns ``(n, rows, codes)``."""
         n = _batch_length(columns, self.required_columns)
         codes = self.codes(columns, n)
-        Z = np.empty((len(self.columns), n), dtype=np.float64)
+        rows: list[np.ndarray] = []
         numeric_cache: dict[str, np.ndarray] = {}
-        for r, c in enumerate(self.columns):
+        for c in self.columns:
             if c.kind == "numeric":
                 if c.source not in numeric_cache:
                     numeric_cache[c.source] = numeric_column(
                         c.source, _get_column(columns, c.source), n)
-                Z[r] = numeric_cache[c.source]
+                rows.append(numeric_cache[c.source])
                 continue
             code = codes[c.source]
             if c.kind == "key":
-                Z[r] = code
-                Z[r, code == MISSING_CODE] = np.nan
+                z = code.astype(np.float64)
+                z[code == MISSING_CODE] = np.nan
             elif c.kind == "onehot":
-                Z[r] = code == c.code
-                Z[r, code < 0] = np.nan
+                z = (code == c.code).astype(np.float64)
+                z[code < 0] = np.nan
             elif c.kind == "target":
                 # codes -1/-2 index the two NaNs appended at the end
                 table = np.concatenate([self.target_encoding[c.source], [np.nan, np.nan]])
-                Z[r] = table[code]
+                z = table[code]
             else:  # pragma: no cover - guarded by from_meta
                 raise BundleCompatibilityError(f"unknown design column kind {c.kind!r}")
-        return Z, codes
+            rows.append(z)
+        return n, rows, codes
 
     def to_meta(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """JSON part and numeric arrays of the schema (target encodings as ``target_encoding__<col>``)."""
@@ -447,52 +462,116 @@ def _best_reachable_leaf(Z, i, start, kind, feature, threshold, right, child_ptr
 
 
 @njit(cache=True, nogil=True)
+def _route_row(Z, i, kind, feature, threshold, right, child_ptr, child_code, child_node,
+               node_segment, node_weight, stack):
+    """One row: (leaf, deepest node followed, imputed, design row of an unknown key or -1)."""
+    nd = 0
+    imputed = False
+    unknown = -1
+    while True:
+        f = feature[nd]
+        if f < 0:  # leaf
+            break
+        v = Z[f, i]
+        if kind[nd] == 1:
+            if v != v:
+                imputed = True
+                break
+            nd = nd + 1 if v <= threshold[nd] else right[nd]
+        else:  # key node
+            if v != v:
+                imputed = True
+                break
+            child = -1
+            if v >= 0:
+                child = _find_child(child_ptr, child_code, child_node, nd, np.int32(v))
+            if child < 0:
+                imputed = True
+                unknown = f
+                break
+            nd = child
+    leaf = nd
+    if imputed:
+        leaf = _best_reachable_leaf(Z, i, nd, kind, feature, threshold, right, child_ptr,
+                                    child_code, child_node, node_segment, node_weight, stack)
+    return leaf, nd, imputed, unknown
+
+
+@njit(cache=True, nogil=True)
 def _route_kernel(Z, kind, feature, threshold, right, child_ptr, child_code, child_node,
                   node_segment, node_weight, node_depth, out_segment, out_node, out_depth,
                   out_imputed, out_unknown_feature):
+    """General routing (numeric and key nodes), one row at a time."""
     n = Z.shape[1]
     stack = np.empty(kind.shape[0] + 1, dtype=np.int32)
     for i in range(n):
-        nd = 0
-        imputed = False
-        unknown = -1
-        while True:
-            k = kind[nd]
-            if k == 1:
-                v = Z[feature[nd], i]
-                t = threshold[nd]
-                if v <= t:
-                    nd = nd + 1
-                elif v > t:
-                    nd = right[nd]
-                else:
-                    imputed = True
-                    break
-            elif k == 2:
-                v = Z[feature[nd], i]
-                if v != v:
-                    imputed = True
-                    break
-                child = -1
-                if v >= 0:
-                    child = _find_child(child_ptr, child_code, child_node, nd, np.int32(v))
-                if child < 0:
-                    imputed = True
-                    unknown = feature[nd]
-                    break
-                nd = child
-            else:
-                break
+        leaf, nd, imputed, unknown = _route_row(Z, i, kind, feature, threshold, right,
+                                                child_ptr, child_code, child_node,
+                                                node_segment, node_weight, stack)
         out_node[i] = nd
-        leaf = nd
-        if imputed:
-            leaf = _best_reachable_leaf(Z, i, nd, kind, feature, threshold, right, child_ptr,
-                                        child_code, child_node, node_segment, node_weight,
-                                        stack)
         out_segment[i] = node_segment[leaf]
         out_depth[i] = node_depth[leaf]
         out_imputed[i] = imputed
         out_unknown_feature[i] = unknown
+
+
+@njit(cache=True, nogil=True)
+def _route_kernel_numeric(Z, fl, fr, ff, ft, is_leaf, kind, feature, threshold, right,
+                          child_ptr, child_code, child_node, node_segment, node_weight,
+                          node_depth, out_segment, out_node, out_depth, out_imputed,
+                          out_unknown_feature):
+    """Routing for trees without key nodes: four rows walked in lock-step, branch-free.
+
+    Leaves loop onto themselves (``fl = fr = self``, ``ft = +inf``, ``ff = 0``), so a row that
+    reached its leaf stays there while the other three walk on. A NaN comparison marks the row,
+    which is then routed again by the general per-row code (missing-value look-ahead); that
+    includes the rare complete row whose design row 0 is NaN while it sits on a leaf.
+    """
+    n = Z.shape[1]
+    stack = np.empty(kind.shape[0] + 1, dtype=np.int32)
+    n4 = n - n % 4
+    for i in range(0, n4, 4):
+        a = 0
+        b = 0
+        c = 0
+        d = 0
+        bad_a = False
+        bad_b = False
+        bad_c = False
+        bad_d = False
+        while not (is_leaf[a] and is_leaf[b] and is_leaf[c] and is_leaf[d]):
+            va = Z[ff[a], i]
+            vb = Z[ff[b], i + 1]
+            vc = Z[ff[c], i + 2]
+            vd = Z[ff[d], i + 3]
+            bad_a |= va != va
+            bad_b |= vb != vb
+            bad_c |= vc != vc
+            bad_d |= vd != vd
+            a = fl[a] if va <= ft[a] else fr[a]
+            b = fl[b] if vb <= ft[b] else fr[b]
+            c = fl[c] if vc <= ft[c] else fr[c]
+            d = fl[d] if vd <= ft[d] else fr[d]
+        out_node[i] = a
+        out_node[i + 1] = b
+        out_node[i + 2] = c
+        out_node[i + 3] = d
+        out_imputed[i] = bad_a
+        out_imputed[i + 1] = bad_b
+        out_imputed[i + 2] = bad_c
+        out_imputed[i + 3] = bad_d
+    for i in range(n):
+        if i >= n4 or out_imputed[i]:
+            leaf, nd, imputed, unknown = _route_row(Z, i, kind, feature, threshold, right,
+                                                    child_ptr, child_code, child_node,
+                                                    node_segment, node_weight, stack)
+            out_node[i] = nd
+            out_imputed[i] = imputed
+        else:
+            leaf = out_node[i]
+        out_segment[i] = node_segment[leaf]
+        out_depth[i] = node_depth[leaf]
+        out_unknown_feature[i] = -1
 
 
 # --------------------------------------------------------------------------------------------
@@ -730,13 +809,22 @@ class Router:
             A required column is absent, of the wrong length, or not numeric where it must be;
             the message names the column.
         """
-        Z, codes = self.schema.design(columns)
-        res = self.route_design(Z)
+        n, rows, codes = self.schema.design_rows(columns)
+        out = self._alloc(n)
+        # encode and route in cache-sized chunks: the design matrix never leaves L2
+        chunk = max(1, min(n, _ROUTE_CHUNK_CELLS // max(len(rows), 1)))
+        Zc = np.empty((len(rows), chunk), dtype=np.float64)
+        for s0 in range(0, n, chunk):
+            s1 = min(n, s0 + chunk)
+            Zv = Zc[:, : s1 - s0]
+            for r, x in enumerate(rows):
+                Zv[r] = x[s0:s1]
+            self._kernel(Zv, *(o[s0:s1] for o in out))
+        res = self._result(*out)
         if self.schema.categorical_columns:
-            unknown = res.unknown.copy()
+            unknown = res.unknown
             for name in self.schema.categorical_columns:
                 unknown |= codes[name] == UNKNOWN_CODE
-            res = dataclasses.replace(res, unknown=unknown)
         return res
 
     def route_design(self, Z: np.ndarray) -> RouteResult:
@@ -749,22 +837,58 @@ class Router:
         if Z.ndim != 2 or Z.shape[0] != len(self.schema.columns):
             raise SchemaError(f"design matrix must have shape ({len(self.schema.columns)}, n), "
                               f"got {Z.shape}")
-        n = Z.shape[1]
+        out = self._alloc(Z.shape[1])
+        self._kernel(Z, *out)
+        return self._result(*out)
+
+    @staticmethod
+    def _alloc(n: int) -> tuple[np.ndarray, ...]:
+        return (np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32),
+                np.empty(n, dtype=np.int32), np.empty(n, dtype=np.bool_),
+                np.empty(n, dtype=np.int32))
+
+    def _kernel(self, Z: np.ndarray, seg: np.ndarray, node: np.ndarray, depth: np.ndarray,
+                imputed: np.ndarray, unk_feat: np.ndarray) -> None:
         a = self.arrays
-        seg = np.empty(n, dtype=np.int32)
-        node = np.empty(n, dtype=np.int32)
-        depth = np.empty(n, dtype=np.int32)
-        imputed = np.empty(n, dtype=np.bool_)
-        unk_feat = np.empty(n, dtype=np.int32)
-        _route_kernel(Z, a["node_kind"], a["node_feature"], a["node_threshold"],
-                      a["node_right"], a["child_ptr"], a["child_code"], a["child_node"],
-                      a["node_segment"], a["node_weight"], a["node_depth"], seg, node, depth,
-                      imputed, unk_feat)
-        level_of = np.full(len(self.schema.columns) + 1, -1, dtype=np.int32)
-        for r, c in enumerate(self.schema.columns):
-            if c.kind == "key":
-                level_of[r] = self.schema.key_columns.index(c.source)
-        unknown_key = level_of[unk_feat]  # -1 indexes the trailing -1
+        fast = self._fast
+        if fast is None:
+            _route_kernel(Z, a["node_kind"], a["node_feature"], a["node_threshold"],
+                          a["node_right"], a["child_ptr"], a["child_code"], a["child_node"],
+                          a["node_segment"], a["node_weight"], a["node_depth"], seg, node,
+                          depth, imputed, unk_feat)
+        else:
+            _route_kernel_numeric(Z, *fast, a["node_kind"], a["node_feature"],
+                                  a["node_threshold"], a["node_right"], a["child_ptr"],
+                                  a["child_code"], a["child_node"], a["node_segment"],
+                                  a["node_weight"], a["node_depth"], seg, node, depth, imputed,
+                                  unk_feat)
+
+    @functools.cached_property
+    def _fast(self) -> tuple[np.ndarray, ...] | None:
+        """Self-looping leaf arrays for :func:`_route_kernel_numeric` (None with key nodes)."""
+        a = self.arrays
+        kind = a["node_kind"]
+        if np.any(kind == KEY):
+            return None
+        m = kind.shape[0]
+        ids = np.arange(m, dtype=np.int32)
+        leaf = kind == LEAF
+        fl = np.where(leaf, ids, ids + 1).astype(np.int32)
+        fr = np.where(leaf, ids, a["node_right"]).astype(np.int32)
+        ff = np.where(leaf, 0, a["node_feature"]).astype(np.int32)
+        ft = np.where(leaf, np.inf, a["node_threshold"]).astype(np.float64)
+        return fl, fr, ff, ft, leaf.copy()
+
+    def _result(self, seg: np.ndarray, node: np.ndarray, depth: np.ndarray,
+                imputed: np.ndarray, unk_feat: np.ndarray) -> RouteResult:
+        if self.schema.key_columns:
+            level_of = np.full(len(self.schema.columns) + 1, -1, dtype=np.int32)
+            for r, c in enumerate(self.schema.columns):
+                if c.kind == "key":
+                    level_of[r] = self.schema.key_columns.index(c.source)
+            unknown_key = level_of[unk_feat]  # -1 indexes the trailing -1
+        else:
+            unknown_key = unk_feat  # all -1: only key nodes report unknown values
         return RouteResult(seg, node, depth, imputed, unknown_key >= 0, unknown_key)
 
 
@@ -809,6 +933,8 @@ def _check_consistency(a: Mapping[str, np.ndarray], n_design: int) -> None:
     feat = a["node_feature"]
     if np.any(inner & ((feat < 0) | (feat >= n_design))):
         raise BundleCompatibilityError("node_feature out of range of the design columns")
+    if np.any((kind == LEAF) & (feat >= 0)):
+        raise BundleCompatibilityError("leaves must have node_feature -1")
     num = kind == NUMERIC
     if np.any(num & ((a["node_right"] <= np.arange(n_nodes)) | (a["node_right"] >= n_nodes))):
         raise BundleCompatibilityError("node_right must point forward inside the tree")

@@ -151,6 +151,7 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
     tot = np.zeros(T + 1)
     cum = np.zeros(T + 1)
     free = np.empty(S, dtype=np.int64)
+    tmp = np.empty(rows.shape[0], dtype=rows.dtype)
     n_free = 0
     for s in range(S - 1, 1, -1):
         free[n_free] = s
@@ -232,18 +233,22 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
         f = n_feat[nd]
         b = n_bin[nd]
         ml = n_missleft[nd]
+        # stable partition: row ids stay ascending inside every node, so the scans below
+        # walk memory forwards (prefetch-friendly)
         lo = n_start[nd]
-        hi = n_end[nd] - 1
-        while lo <= hi:
-            r = rows[lo]
+        n_r = 0
+        for p in range(n_start[nd], n_end[nd]):
+            r = rows[p]
             v = bins[r, f]
             go_left = ml if v == miss_bin else v <= b
             if go_left:
+                rows[lo] = r
                 lo += 1
             else:
-                rows[lo] = rows[hi]
-                rows[hi] = r
-                hi -= 1
+                tmp[n_r] = r
+                n_r += 1
+        for p in range(n_r):
+            rows[lo + p] = tmp[p]
         L = n_nodes
         R = n_nodes + 1
         n_nodes += 2
@@ -304,26 +309,64 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
 
 
 @njit(cache=True, nogil=True)
-def _assign_bins(Zs, edges, nbins, miss_bin, out):
-    """out[i, f] = number of edges of feature f below Zs[f, i] (NaN -> miss_bin)."""
+def _assign_bins(Zs, edges, miss_bin, out):
+    """out[i, f] = number of edges of feature f below Zs[f, i] (NaN -> miss_bin).
+
+    ``edges`` rows are sorted and padded with +inf to width 256 (``max_bins <= 255``); the
+    search is branch-free and unrolled.
+    """
     F, n = Zs.shape
     for f in range(F):
-        m = nbins[f] - 1
         e = edges[f]
         for i in range(n):
             x = Zs[f, i]
-            if x != x:
-                out[i, f] = miss_bin
-                continue
             lo = 0
-            hi = m
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if e[mid] < x:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            out[i, f] = lo
+            for step in (128, 64, 32, 16, 8, 4, 2, 1):  # unrolled: W = 256
+                lo += step * np.int64(e[lo + step - 1] < x)
+            out[i, f] = miss_bin if x != x else lo
+
+
+@njit(cache=True, nogil=True)
+def _finite_stats(x):
+    """(count, min, max, mean, std) of the finite values of x (two passes, ddof 0)."""
+    cnt = 0
+    lo = np.inf
+    hi = -np.inf
+    s = 0.0
+    for v in x:
+        if np.isfinite(v):
+            cnt += 1
+            s += v
+            lo = min(lo, v)
+            hi = max(hi, v)
+    if cnt == 0:
+        return 0, np.nan, np.nan, np.nan, np.nan
+    m = s / cnt
+    ss = 0.0
+    for v in x:
+        if np.isfinite(v):
+            ss += (v - m) * (v - m)
+    return cnt, lo, hi, m, np.sqrt(ss / cnt)
+
+
+@njit(cache=True, nogil=True)
+def _zscore_into(x, center, scale, out, j):
+    """out[:, j] = (x - center) / scale as float32; non-finite -> 0."""
+    for i in range(x.shape[0]):
+        v = x[i]
+        out[i, j] = (v - center) / scale if np.isfinite(v) else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _row_sumsq(Y):
+    out = np.empty(Y.shape[0])
+    for i in range(Y.shape[0]):
+        acc = 0.0
+        for t in range(Y.shape[1]):
+            v = np.float64(Y[i, t])
+            acc += v * v
+        out[i] = acc
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -523,7 +566,9 @@ def _quantile_bins(Zs: np.ndarray, max_bins: int, rng: np.random.Generator,
         edges[f, :th.size] = th
         nbins[f] = th.size + 1
     bins = np.empty((n, F), dtype=np.uint8)
-    _assign_bins(np.ascontiguousarray(Zs), edges, nbins, max_bins, bins)
+    padded = np.full((F, 256), np.inf)
+    padded[:, : edges.shape[1]] = edges
+    _assign_bins(np.ascontiguousarray(Zs), padded, max_bins, bins)
     return bins, edges, nbins
 
 
@@ -603,7 +648,7 @@ class _BasePartitioner(BaseEstimator):
         cat: list[str] = []
         ycols: list[str] = []
         numeric: list[str] = []
-        Y = np.zeros((n, 0))
+        Y = np.zeros((n, 0), dtype=np.float32)
         target_names: list[str] = []
         encoding = "onehot"
         if has_tree:
@@ -642,14 +687,14 @@ class _BasePartitioner(BaseEstimator):
                 except SchemaError as exc:
                     raise SchemaError(f"{exc}; list it in categorical_features"
                                       + (" or levels" if levels else "")) from None
-                if np.isnan(raw[c]).all():
-                    raise DataError(f"column {c!r}: all values are missing")
-                fin = raw[c][np.isfinite(raw[c])]
-                if fin.size and fin.min() == fin.max():
+                cnt, lo, hi, _, _ = _finite_stats(raw[c])
+                if cnt == 0:
+                    raise DataError(f"column {c!r}: all values are missing (or infinite)")
+                if lo == hi:
                     warnings.warn(f"column {c!r} is constant; it cannot split and only adds a "
                                   "zero-variance target", UserWarning, stacklevel=3)
             for k, v in _extra_targets(y, n, set(names)).items():
-                if np.isnan(v).all():
+                if _finite_stats(v)[0] == 0:
                     raise DataError(f"target {k!r} (y): all values are missing")
                 raw[k] = v
                 ycols = ycols + [k]
@@ -678,7 +723,7 @@ class _BasePartitioner(BaseEstimator):
         if encoding == "target" and cat:
             schema0 = FeatureSchema(tuple(design), categories, {}, tuple(levels))
             codes = schema0.codes(cols, n)
-            ybar = Y.mean(axis=1)
+            ybar = Y.mean(axis=1, dtype=np.float64)
             m = float(self.target_smoothing)
             if m < 0:
                 raise ValueError(f"target_smoothing must be >= 0, got {m}")
@@ -715,6 +760,8 @@ class _BasePartitioner(BaseEstimator):
             "y_columns": ycols,
             "target_columns": target_names,
             "algorithm": self._tree_param("algorithm") if has_tree else None,
+            "scaler": (None if not has_tree else "zscore" if self._tree_param("scaler") is None
+                       else type(self._tree_param("scaler")).__name__),
             **meta_schema,
         }
         arrays.update(schema_arrays)
@@ -742,32 +789,37 @@ class _BasePartitioner(BaseEstimator):
         self.segment_sizes_ = arrays["node_count"][arrays["segment_node"]]
 
     def _scaled_targets(self, raw: dict[str, np.ndarray], names: list[str], n: int) -> np.ndarray:
-        T = np.column_stack([raw[c] for c in names]).astype(np.float64)
-        T[~np.isfinite(T)] = np.nan
+        """Scaled, weighted targets as float32 (n, T); missing/infinite -> 0 (the mean)."""
         scaler = self._tree_param("scaler")
+        Y = np.empty((n, len(names)), dtype=np.float32)
         if scaler is None:
-            center = np.nanmean(T, axis=0)
-            scale = np.nanstd(T, axis=0)
+            center = np.empty(len(names))
+            scale = np.empty(len(names))
+            for j, c in enumerate(names):
+                _, _, _, center[j], scale[j] = _finite_stats(raw[c])
             scale[~(scale > 0)] = 1.0
-            Y = (T - center) / scale
+            for j, c in enumerate(names):
+                _zscore_into(raw[c], center[j], scale[j], Y, j)
             self.scaler_ = None
             self._scaler_params = (center, scale)
         else:
+            T = np.column_stack([raw[c] for c in names]).astype(np.float64)
+            T[~np.isfinite(T)] = np.nan
             self.scaler_ = clone(scaler)
-            Y = np.asarray(self.scaler_.fit_transform(T), dtype=np.float64)
-            if Y.shape != T.shape:
-                raise ValueError(f"scaler must keep the shape {T.shape}, returned {Y.shape}")
+            S = np.asarray(self.scaler_.fit_transform(T), dtype=np.float64)
+            if S.shape != T.shape:
+                raise ValueError(f"scaler must keep the shape {T.shape}, returned {S.shape}")
+            Y[:] = np.where(np.isfinite(S), S, 0.0)
             center = getattr(self.scaler_, "mean_", getattr(self.scaler_, "center_", None))
-            scale = getattr(self.scaler_, "scale_", None)
-            self._scaler_params = None if center is None or scale is None else (
-                np.asarray(center, dtype=np.float64), np.asarray(scale, dtype=np.float64))
-        Y = np.where(np.isfinite(Y), Y, 0.0)  # missing -> the (scaled) mean
+            sc = getattr(self.scaler_, "scale_", None)
+            self._scaler_params = None if center is None or sc is None else (
+                np.asarray(center, dtype=np.float64), np.asarray(sc, dtype=np.float64))
         weights = self._tree_param("weights") or {}
         for k, w in weights.items():
             if k not in names:
                 raise SchemaError(f"weights: {k!r} is not a target column (targets: {names})")
-            Y[:, names.index(k)] *= float(w)
-        return np.ascontiguousarray(Y)
+            Y[:, names.index(k)] *= np.float32(w)
+        return Y
 
     def _scaler_arrays(self) -> dict[str, np.ndarray]:
         p = getattr(self, "_scaler_params", None)
@@ -816,7 +868,7 @@ class _BasePartitioner(BaseEstimator):
         mb = int(self.max_bins)
         rng = np.random.default_rng(self.random_state)
         bins, edges, nbins = _quantile_bins(Z[split_rows], mb, rng)
-        rowsq = np.einsum("ij,ij->i", Y, Y)
+        rowsq = _row_sumsq(Y)
         F = split_rows.size
         slot_bytes = max(F, 1) * (mb + 1) * (T + 1) * 8
         mem = float(self.histogram_memory_mb) * 2**20
