@@ -393,6 +393,10 @@ def _evaluate(settings, part, part_cols, predict_partitioned, lo, hi, mnode, glo
         "global_xgboost": point_metrics(y, x_pred),
         "interval": {"mass": settings.training.interval_mass,
                      **interval_metrics(y, low, high)},
+        "interval_by_month": {
+            str(month): interval_metrics(y[sel], low[sel], high[sel])["coverage"]
+            for month in sorted(set(test_fit[schema.time_field].dt.strftime("%Y-%m")))
+            for sel in [(test_fit[schema.time_field].dt.strftime("%Y-%m") == month).to_numpy()]},
         "pattern_interval": prof_eval["intervals"],
         "classifier": prof_eval["classifier"],
         "fallback_share": fallback_shares(all_levels),
