@@ -73,6 +73,44 @@ def _layout(codes, keep, n_groups):
     return offsets, rows
 
 
+@njit(cache=True, parallel=True)
+def _gather(rows, X, Y, W, offsets, n_chunks):
+    """Copy the kept rows into group order and compute each group's weighted mean of every
+    predictor over its finite values: (Xg, Yg, Wg, x_mean (G, p))."""
+    m = rows.shape[0]
+    p = X.shape[1]
+    T = Y.shape[1]
+    G = offsets.shape[0] - 1
+    Xg = np.empty((m, p))
+    Yg = np.empty((m, T))
+    Wg = np.empty(m)
+    x_mean = np.empty((G, p))
+    for c in prange(n_chunks):
+        g0 = c * G // n_chunks
+        g1 = (c + 1) * G // n_chunks
+        sw = np.zeros(max(p, 1))
+        swx = np.zeros(max(p, 1))
+        for g in range(g0, g1):
+            for j in range(p):
+                sw[j] = 0.0
+                swx[j] = 0.0
+            for i in range(offsets[g], offsets[g + 1]):
+                r = rows[i]
+                w = W[r]
+                Wg[i] = w
+                for t in range(T):
+                    Yg[i, t] = Y[r, t]
+                for j in range(p):
+                    x = X[r, j]
+                    Xg[i, j] = x
+                    if math.isfinite(x):
+                        sw[j] += w
+                        swx[j] += w * x
+            for j in range(p):
+                x_mean[g, j] = swx[j] / sw[j] if sw[j] > 0.0 else np.nan
+    return Xg, Yg, Wg, x_mean
+
+
 # --------------------------------------------------------------------------- small helpers
 
 
@@ -543,14 +581,31 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
     p = Xg.shape[1]
     method = ip[IP_METHOD]
     max_iter = ip[IP_MAX_ITER]
-    # ---- per-predictor availability (min_stat) among rows with a finite target
+    # ---- per-predictor availability (min_stat) among rows with a finite target; in the same
+    # pass the rows usable when every predictor is kept (the common case)
     for j in range(p):
         cnt[j] = 0
+        xspread[j] = 0.0
+    nv = 0
+    ymax = 0.0
     for i in range(s, e):
-        if math.isfinite(Yg[i, t]):
+        y = Yg[i, t]
+        ok = math.isfinite(y)
+        if ok:
             for j in range(p):
                 if math.isfinite(Xg[i, j]):
                     cnt[j] += 1
+                else:
+                    ok = False
+        valid[i] = ok
+        if ok:
+            weff[i] = Wg[i]
+            nv += 1
+            ymax = max(ymax, abs(y))
+            for j in range(p):
+                xspread[j] = max(xspread[j], abs(Xg[i, j]))
+        else:
+            weff[i] = 0.0
     q = 0
     for j in range(p):
         if cnt[j] >= min_stat[j]:
@@ -562,28 +617,29 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
             st_kept[g, t, j] = 0
         for a in range(q):
             st_kept[g, t, kidx[a]] = 1
-    # ---- rows usable for this fit
-    nv = 0
-    ymax = 0.0
-    for a in range(q):
-        xspread[a] = 0.0
-    for i in range(s, e):
-        y = Yg[i, t]
-        ok = math.isfinite(y)
-        if ok:
-            for a in range(q):
-                if not math.isfinite(Xg[i, kidx[a]]):
-                    ok = False
-                    break
-        valid[i] = ok
-        if ok:
-            weff[i] = Wg[i]
-            nv += 1
-            ymax = max(ymax, abs(y))
-            for a in range(q):
-                xspread[a] = max(xspread[a], abs(Xg[i, kidx[a]]))
-        else:
-            weff[i] = 0.0
+    if q < p:
+        # some predictor dropped: rows are usable when the target and the *kept* ones are finite
+        nv = 0
+        ymax = 0.0
+        for a in range(q):
+            xspread[a] = 0.0
+        for i in range(s, e):
+            y = Yg[i, t]
+            ok = math.isfinite(y)
+            if ok:
+                for a in range(q):
+                    if not math.isfinite(Xg[i, kidx[a]]):
+                        ok = False
+                        break
+            valid[i] = ok
+            if ok:
+                weff[i] = Wg[i]
+                nv += 1
+                ymax = max(ymax, abs(y))
+                for a in range(q):
+                    xspread[a] = max(xspread[a], abs(Xg[i, kidx[a]]))
+            else:
+                weff[i] = 0.0
     for a in range(q):
         xspread[a] = 64.0 * EPS * xspread[a]
     k = q + 1

@@ -525,21 +525,9 @@ def fit_groups(
     n_rows = np.bincount(codes[sel], minlength=G).astype(np.int64) if n else np.zeros(0, np.int64)
     keep = sel & (w > 0)
     offsets, order = _k._layout(codes, keep, G)
-    Xg = np.ascontiguousarray(Xa[order])
-    Yg = np.ascontiguousarray(ya[order])
-    Wg = np.ascontiguousarray(w[order])
-
-    # weighted mean of each predictor (finite values only) per group
-    x_mean = np.full((G, p), np.nan)
-    cg = codes[keep]
-    wk = w[keep]
-    for j in range(p):
-        xj = Xa[keep, j]
-        fin = np.isfinite(xj)
-        sw = np.bincount(cg[fin], weights=wk[fin], minlength=G)
-        swx = np.bincount(cg[fin], weights=wk[fin] * xj[fin], minlength=G)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            x_mean[:, j] = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), np.nan)
+    n_chunks = int(max(1, min(G, 64)))
+    # rows in group order + weighted mean of each predictor (finite values only) per group
+    Xg, Yg, Wg, x_mean = _k._gather(order, Xa, ya, w, offsets, n_chunks)
 
     coef = np.empty((G, T, p + 1))
     se = np.empty((G, T, p + 1))
@@ -564,7 +552,6 @@ def fit_groups(
     st_kept = np.zeros((sG, T, sp), np.uint8)
     ip = np.array([METHODS[method], int(max_iter), int(min_rows), int(do_shrink)], dtype=np.int64)
     fp = np.array([huber_c, sigma_cut, tol, cond_fallback, 1e-14, 1e-10], dtype=np.float64)
-    n_chunks = int(max(1, min(G, 64)))
     if G:
         _k._fit_all(Xg, Yg, Wg, offsets, ms, sgn, ip, fp, n_chunks, coef, se, rms, mad, cond,
                     n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy,
