@@ -1049,3 +1049,213 @@ def _residual_stats(Xg, Yg, Wg, offsets, coef, mask, rms, mad, n_used):
             else:
                 rms[g, t] = np.nan
                 mad[g, t] = np.nan
+
+
+# --------------------------------------------------------------------------- OLS fast path
+#
+# For plain weighted least squares on finite data the rows need not be laid out by group:
+# one sequential pass scatters *shifted* sufficient statistics into per-group accumulators
+# (shift = the group's first row, the "shifted data" algorithm, so 1e12 offsets cancel
+# exactly), every group is solved from them, and a second sequential pass scatters the
+# residuals (weighted RSS, and |r| into a per-group slice for the MAD). Groups that are
+# singular or worse conditioned than ``cond_fallback`` are refitted by the row-layout path
+# (QR on their rows) by the caller.
+
+
+@njit(cache=True)
+def _accumulate(codes, keep, X, Y, W, G):
+    n_rows = X.shape[0]
+    p = X.shape[1]
+    T = Y.shape[1]
+    cnt = np.zeros(G, dtype=np.int64)
+    Ws = np.zeros(G)
+    shx = np.zeros((G, p))
+    shy = np.zeros((G, T))
+    Sx = np.zeros((G, p))
+    Sy = np.zeros((G, T))
+    Sxx = np.zeros((G, p, p))
+    Sxy = np.zeros((G, T, p))
+    Syy = np.zeros((G, T))
+    xmax = np.zeros((G, p))
+    ymax = np.zeros((G, T))
+    dx = np.empty(max(p, 1))
+    finite = True
+    for i in range(n_rows):
+        if not keep[i]:
+            continue
+        c = codes[i]
+        w = W[i]
+        if cnt[c] == 0:
+            for j in range(p):
+                shx[c, j] = X[i, j]
+            for t in range(T):
+                shy[c, t] = Y[i, t]
+        cnt[c] += 1
+        Ws[c] += w
+        for j in range(p):
+            x = X[i, j]
+            if not math.isfinite(x):
+                finite = False
+            xmax[c, j] = max(xmax[c, j], abs(x))
+            dx[j] = x - shx[c, j]
+            Sx[c, j] += w * dx[j]
+            for jj in range(j + 1):
+                Sxx[c, j, jj] += w * dx[j] * dx[jj]
+        for t in range(T):
+            y = Y[i, t]
+            if not math.isfinite(y):
+                finite = False
+            ymax[c, t] = max(ymax[c, t], abs(y))
+            dy = y - shy[c, t]
+            Sy[c, t] += w * dy
+            Syy[c, t] += w * dy * dy
+            for j in range(p):
+                Sxy[c, t, j] += w * dx[j] * dy
+    return finite, cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, Syy, xmax, ymax
+
+
+@njit(cache=True, parallel=True)
+def _solve_from_stats(cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, xmax, min_stat, sign, ip, fp,
+                      n_chunks, coef, vdiag, m_est_out, cond_out, status, redo, xbar_out,
+                      ybar_out):
+    G = cnt.shape[0]
+    p = shx.shape[1]
+    T = shy.shape[1]
+    qq = max(p, 1)
+    dummy2 = np.zeros((1, qq))
+    dummyY = np.zeros((1, 1))
+    dummyw = np.zeros(1)
+    for ch in prange(n_chunks):
+        g0 = ch * G // n_chunks
+        g1 = (ch + 1) * G // n_chunks
+        kidx = np.zeros(qq, dtype=np.int64)
+        sign_k = np.zeros(qq, dtype=np.int64)
+        xbar = np.zeros(qq)
+        xspread = np.zeros(qq)
+        A = np.zeros((qq, qq))
+        rhs = np.zeros(qq)
+        D = np.zeros(qq)
+        R = np.zeros((qq, qq))
+        rr = np.zeros(qq)
+        L = np.zeros((qq, qq))
+        z = np.zeros(qq)
+        u = np.zeros(qq)
+        idx = np.zeros(qq, dtype=np.int64)
+        passive = np.zeros(qq, dtype=np.bool_)
+        grad = np.zeros(qq)
+        Minv = np.zeros((qq, qq))
+        work = np.zeros((qq, qq))
+        beta = np.zeros(qq)
+        for g in range(g0, g1):
+            n = cnt[g]
+            W = Ws[g]
+            q = 0
+            for j in range(p):
+                if n >= min_stat[j]:
+                    kidx[q] = j
+                    sign_k[q] = sign[j]
+                    q += 1
+            for j in range(p):
+                xbar_out[g, j] = shx[g, j] + Sx[g, j] / W if W > 0.0 else np.nan
+            for a in range(q):
+                j = kidx[a]
+                xbar[a] = xbar_out[g, j]
+                xspread[a] = 64.0 * EPS * xmax[g, j]
+                for b in range(q):
+                    jj = kidx[b]
+                    sab = Sxx[g, j, jj] if j >= jj else Sxx[g, jj, j]
+                    A[a, b] = sab - Sx[g, j] * Sx[g, jj] / W
+            for t in range(T):
+                for c in range(p + 1):
+                    coef[g, t, c] = np.nan
+                    vdiag[g, t, c] = np.nan
+                cond_out[g, t] = np.nan
+                m_est_out[g, t] = 0
+                ybar = shy[g, t] + Sy[g, t] / W if W > 0.0 else np.nan
+                ybar_out[g, t] = ybar
+                need = max(q + 1, ip[IP_MIN_ROWS])
+                if (p > 0 and q == 0) or n < need or n == 0:
+                    status[g, t] = TOO_FEW_ROWS
+                    continue
+                for a in range(q):
+                    j = kidx[a]
+                    rhs[a] = Sxy[g, t, j] - Sx[g, j] * Sy[g, t] / W
+                st, cnd, m_est, xvx = _solve_group(
+                    dummy2, dummyY, 0, dummyw, 0, 0, kidx, q, sign_k, xbar, ybar, A, rhs, W,
+                    xspread, D, R, rr, L, z, u, idx, passive, grad, Minv, work, beta, fp)
+                if st == SINGULAR or not (cnd <= fp[FP_COND_FALLBACK]):
+                    redo[g] = True
+                    status[g, t] = SINGULAR
+                    continue
+                status[g, t] = st
+                cond_out[g, t] = cnd
+                m_est_out[g, t] = m_est
+                icpt = ybar
+                for a in range(q):
+                    icpt -= beta[a] * xbar[a]
+                coef[g, t, 0] = icpt
+                vdiag[g, t, 0] = 1.0 / W + xvx
+                for a in range(q):
+                    coef[g, t, 1 + kidx[a]] = beta[a]
+                    if passive[a]:
+                        vdiag[g, t, 1 + kidx[a]] = Minv[a, a]
+
+
+@njit(cache=True)
+def _residual_scatter(codes, keep, X, Y, W, coef, xbar, ybar, offsets, buf, swr2):
+    G = offsets.shape[0] - 1
+    p = X.shape[1]
+    T = Y.shape[1]
+    pos = offsets[:-1].copy()
+    for i in range(X.shape[0]):
+        if not keep[i]:
+            continue
+        c = codes[i]
+        k = pos[c]
+        pos[c] += 1
+        w = W[i]
+        for t in range(T):
+            if math.isnan(coef[c, t, 0]):
+                continue
+            r = Y[i, t] - ybar[c, t]
+            for j in range(p):
+                b = coef[c, t, 1 + j]
+                if not math.isnan(b):
+                    r -= b * (X[i, j] - xbar[c, j])
+            swr2[c, t] += w * r * r
+            buf[k, t] = abs(r)
+
+
+@njit(cache=True, parallel=True)
+def _finalize_fast(offsets, buf, swr2, Ws, cnt, coef, vdiag, m_est, n_chunks, se, rms, mad,
+                   n_used):
+    G = offsets.shape[0] - 1
+    T = coef.shape[1]
+    k = coef.shape[2]
+    for ch in prange(n_chunks):
+        g0 = ch * G // n_chunks
+        g1 = (ch + 1) * G // n_chunks
+        col = np.empty(0)
+        for g in range(g0, g1):
+            s = offsets[g]
+            m = offsets[g + 1] - s
+            for t in range(T):
+                n_used[g, t] = cnt[g]
+                for c in range(k):
+                    se[g, t, c] = np.nan
+                rms[g, t] = np.nan
+                mad[g, t] = np.nan
+                if math.isnan(coef[g, t, 0]):
+                    continue
+                if col.shape[0] < m:
+                    col = np.empty(2 * m)
+                for i in range(m):
+                    col[i] = buf[s + i, t]
+                mad[g, t] = _median_inplace(col, 0, m) * MAD_TO_SIGMA
+                rms[g, t] = math.sqrt(swr2[g, t] / Ws[g])
+                dof = cnt[g] - 1 - m_est[g, t]
+                if dof > 0:
+                    sig2 = swr2[g, t] / dof
+                    for c in range(k):
+                        if not math.isnan(vdiag[g, t, c]):
+                            se[g, t, c] = math.sqrt(sig2 * vdiag[g, t, c])
