@@ -1064,54 +1064,65 @@ def _residual_stats(Xg, Yg, Wg, offsets, coef, mask, rms, mad, n_used):
 
 @njit(cache=True)
 def _accumulate(codes, keep, X, Y, W, G):
+    """One sequential pass; every group's accumulators are one contiguous record (a single
+    cache-missing write stream per row). Record layout: see ``_acc_layout``."""
     n_rows = X.shape[0]
     p = X.shape[1]
     T = Y.shape[1]
-    cnt = np.zeros(G, dtype=np.int64)
-    Ws = np.zeros(G)
-    shx = np.zeros((G, p))
-    shy = np.zeros((G, T))
-    Sx = np.zeros((G, p))
-    Sy = np.zeros((G, T))
-    Sxx = np.zeros((G, p, p))
-    Sxy = np.zeros((G, T, p))
-    Syy = np.zeros((G, T))
-    xmax = np.zeros((G, p))
-    ymax = np.zeros((G, T))
+    o_w, o_shx, o_shy, o_sx, o_sy, o_sxx, o_sxy, o_syy, o_xmax, o_ymax, width = _acc_layout(p, T)
+    acc = np.zeros((G, width))
     dx = np.empty(max(p, 1))
     finite = True
     for i in range(n_rows):
         if not keep[i]:
             continue
-        c = codes[i]
+        a = acc[codes[i]]
         w = W[i]
-        if cnt[c] == 0:
+        if a[0] == 0.0:
             for j in range(p):
-                shx[c, j] = X[i, j]
+                a[o_shx + j] = X[i, j]
             for t in range(T):
-                shy[c, t] = Y[i, t]
-        cnt[c] += 1
-        Ws[c] += w
+                a[o_shy + t] = Y[i, t]
+        a[0] += 1.0
+        a[o_w] += w
         for j in range(p):
             x = X[i, j]
             if not math.isfinite(x):
                 finite = False
-            xmax[c, j] = max(xmax[c, j], abs(x))
-            dx[j] = x - shx[c, j]
-            Sx[c, j] += w * dx[j]
+            if abs(x) > a[o_xmax + j]:
+                a[o_xmax + j] = abs(x)
+            dx[j] = x - a[o_shx + j]
+            a[o_sx + j] += w * dx[j]
             for jj in range(j + 1):
-                Sxx[c, j, jj] += w * dx[j] * dx[jj]
+                a[o_sxx + j * p + jj] += w * dx[j] * dx[jj]
         for t in range(T):
             y = Y[i, t]
             if not math.isfinite(y):
                 finite = False
-            ymax[c, t] = max(ymax[c, t], abs(y))
-            dy = y - shy[c, t]
-            Sy[c, t] += w * dy
-            Syy[c, t] += w * dy * dy
+            if abs(y) > a[o_ymax + t]:
+                a[o_ymax + t] = abs(y)
+            dy = y - a[o_shy + t]
+            a[o_sy + t] += w * dy
+            a[o_syy + t] += w * dy * dy
             for j in range(p):
-                Sxy[c, t, j] += w * dx[j] * dy
-    return finite, cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, Syy, xmax, ymax
+                a[o_sxy + t * p + j] += w * dx[j] * dy
+    return finite, acc
+
+
+@njit(cache=True)
+def _acc_layout(p, T):
+    o_w = 1
+    o_shx = 2
+    o_shy = o_shx + p
+    o_sx = o_shy + T
+    o_sy = o_sx + p
+    o_sxx = o_sy + T
+    o_sxy = o_sxx + p * p
+    o_syy = o_sxy + T * p
+    o_xmax = o_syy + T
+    o_ymax = o_xmax + p
+    width = o_ymax + T
+    return o_w, o_shx, o_shy, o_sx, o_sy, o_sxx, o_sxy, o_syy, o_xmax, o_ymax, width
 
 
 @njit(cache=True, parallel=True)
@@ -1202,28 +1213,32 @@ def _solve_from_stats(cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, xmax, min_stat, sign,
 
 
 @njit(cache=True)
-def _residual_scatter(codes, keep, X, Y, W, coef, xbar, ybar, offsets, buf, swr2):
-    G = offsets.shape[0] - 1
+def _residual_scatter(codes, keep, X, Y, W, rec, offsets, buf, swr2):
+    """``rec (G, T + p + T*(p+1))`` = [ybar (T), xbar (p), coef (T, p+1)] per group, packed so
+    that a row touches one record; NaN slopes (dropped predictors) are skipped."""
     p = X.shape[1]
     T = Y.shape[1]
+    k = p + 1
     pos = offsets[:-1].copy()
     for i in range(X.shape[0]):
         if not keep[i]:
             continue
         c = codes[i]
-        k = pos[c]
+        r_ = rec[c]
+        kk = pos[c]
         pos[c] += 1
         w = W[i]
         for t in range(T):
-            if math.isnan(coef[c, t, 0]):
+            base = T + p + t * k
+            if math.isnan(r_[base]):
                 continue
-            r = Y[i, t] - ybar[c, t]
+            r = Y[i, t] - r_[t]
             for j in range(p):
-                b = coef[c, t, 1 + j]
+                b = r_[base + 1 + j]
                 if not math.isnan(b):
-                    r -= b * (X[i, j] - xbar[c, j])
+                    r -= b * (X[i, j] - r_[T + j])
             swr2[c, t] += w * r * r
-            buf[k, t] = abs(r)
+            buf[kk, t] = abs(r)
 
 
 @njit(cache=True, parallel=True)

@@ -628,10 +628,20 @@ def _fit_fast(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks):
     """
     p = Xa.shape[1]
     T = ya.shape[1]
-    finite, cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, Syy, xmax, ymax = _k._accumulate(
-        codes, keep, Xa, ya, w, G)
+    finite, acc = _k._accumulate(codes, keep, Xa, ya, w, G)
     if not finite:
         return None
+    o_w, o_shx, o_shy, o_sx, o_sy, o_sxx, o_sxy, o_syy, o_xmax, o_ymax, width = _k._acc_layout(p, T)
+    cnt = np.ascontiguousarray(acc[:, 0]).astype(np.int64)
+    Ws = np.ascontiguousarray(acc[:, o_w])
+    shx = np.ascontiguousarray(acc[:, o_shx:o_shx + p])
+    shy = np.ascontiguousarray(acc[:, o_shy:o_shy + T])
+    Sx = np.ascontiguousarray(acc[:, o_sx:o_sx + p])
+    Sy = np.ascontiguousarray(acc[:, o_sy:o_sy + T])
+    Sxx = np.ascontiguousarray(acc[:, o_sxx:o_sxx + p * p]).reshape(G, p, p)
+    Sxy = np.ascontiguousarray(acc[:, o_sxy:o_sxy + T * p]).reshape(G, T, p)
+    xmax = np.ascontiguousarray(acc[:, o_xmax:o_xmax + p])
+    del acc
     coef = np.empty((G, T, p + 1))
     vdiag = np.empty((G, T, p + 1))
     m_est = np.zeros((G, T), np.int64)
@@ -646,7 +656,8 @@ def _fit_fast(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks):
     np.cumsum(cnt, out=offsets[1:])
     buf = np.empty((int(offsets[-1]), T))
     swr2 = np.zeros((G, T))
-    _k._residual_scatter(codes, keep, Xa, ya, w, coef, xbar, ybar, offsets, buf, swr2)
+    rec = np.concatenate([ybar, xbar, coef.reshape(G, -1)], axis=1)
+    _k._residual_scatter(codes, keep, Xa, ya, w, rec, offsets, buf, swr2)
     se = np.empty((G, T, p + 1))
     rms = np.empty((G, T))
     mad = np.empty((G, T))
