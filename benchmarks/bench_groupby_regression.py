@@ -128,7 +128,7 @@ def rlm_loop(g, X, y, groups):
     return np.array(out)
 
 
-def polars_ols(g, X, y, w):
+def polars_ols_runner(g, X, y, w):
     import polars as pl
     import polars_ols  # noqa: F401  (registers the namespace)
 
@@ -250,7 +250,7 @@ def run(quick: bool, full: bool, repeats: int, pandas_max_groups: int, sm_groups
         sc["max_abs_coef_diff_ols_vs_statsmodels"] = float(np.max(np.abs(res_ols.coef[:ns, 0, :] - csm)))
         # polars-ols
         if have_polars_ols:
-            fn = polars_ols(g, X, y, w)
+            fn = polars_ols_runner(g, X, y, w)
             fn()  # warm-up
             tpo, _ = timeit(fn, max(1, repeats // 2))
             cpo = fn()
