@@ -73,6 +73,44 @@ def _layout(codes, keep, n_groups):
     return offsets, rows
 
 
+@njit(cache=True, parallel=True)
+def _gather(rows, X, Y, W, offsets, n_chunks):
+    """Copy the kept rows into group order and compute each group's weighted mean of every
+    predictor over its finite values: (Xg, Yg, Wg, x_mean (G, p))."""
+    m = rows.shape[0]
+    p = X.shape[1]
+    T = Y.shape[1]
+    G = offsets.shape[0] - 1
+    Xg = np.empty((m, p))
+    Yg = np.empty((m, T))
+    Wg = np.empty(m)
+    x_mean = np.empty((G, p))
+    for c in prange(n_chunks):
+        g0 = c * G // n_chunks
+        g1 = (c + 1) * G // n_chunks
+        sw = np.zeros(max(p, 1))
+        swx = np.zeros(max(p, 1))
+        for g in range(g0, g1):
+            for j in range(p):
+                sw[j] = 0.0
+                swx[j] = 0.0
+            for i in range(offsets[g], offsets[g + 1]):
+                r = rows[i]
+                w = W[r]
+                Wg[i] = w
+                for t in range(T):
+                    Yg[i, t] = Y[r, t]
+                for j in range(p):
+                    x = X[r, j]
+                    Xg[i, j] = x
+                    if math.isfinite(x):
+                        sw[j] += w
+                        swx[j] += w * x
+            for j in range(p):
+                x_mean[g, j] = swx[j] / sw[j] if sw[j] > 0.0 else np.nan
+    return Xg, Yg, Wg, x_mean
+
+
 # --------------------------------------------------------------------------- small helpers
 
 
@@ -543,14 +581,31 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
     p = Xg.shape[1]
     method = ip[IP_METHOD]
     max_iter = ip[IP_MAX_ITER]
-    # ---- per-predictor availability (min_stat) among rows with a finite target
+    # ---- per-predictor availability (min_stat) among rows with a finite target; in the same
+    # pass the rows usable when every predictor is kept (the common case)
     for j in range(p):
         cnt[j] = 0
+        xspread[j] = 0.0
+    nv = 0
+    ymax = 0.0
     for i in range(s, e):
-        if math.isfinite(Yg[i, t]):
+        y = Yg[i, t]
+        ok = math.isfinite(y)
+        if ok:
             for j in range(p):
                 if math.isfinite(Xg[i, j]):
                     cnt[j] += 1
+                else:
+                    ok = False
+        valid[i] = ok
+        if ok:
+            weff[i] = Wg[i]
+            nv += 1
+            ymax = max(ymax, abs(y))
+            for j in range(p):
+                xspread[j] = max(xspread[j], abs(Xg[i, j]))
+        else:
+            weff[i] = 0.0
     q = 0
     for j in range(p):
         if cnt[j] >= min_stat[j]:
@@ -562,28 +617,29 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
             st_kept[g, t, j] = 0
         for a in range(q):
             st_kept[g, t, kidx[a]] = 1
-    # ---- rows usable for this fit
-    nv = 0
-    ymax = 0.0
-    for a in range(q):
-        xspread[a] = 0.0
-    for i in range(s, e):
-        y = Yg[i, t]
-        ok = math.isfinite(y)
-        if ok:
-            for a in range(q):
-                if not math.isfinite(Xg[i, kidx[a]]):
-                    ok = False
-                    break
-        valid[i] = ok
-        if ok:
-            weff[i] = Wg[i]
-            nv += 1
-            ymax = max(ymax, abs(y))
-            for a in range(q):
-                xspread[a] = max(xspread[a], abs(Xg[i, kidx[a]]))
-        else:
-            weff[i] = 0.0
+    if q < p:
+        # some predictor dropped: rows are usable when the target and the *kept* ones are finite
+        nv = 0
+        ymax = 0.0
+        for a in range(q):
+            xspread[a] = 0.0
+        for i in range(s, e):
+            y = Yg[i, t]
+            ok = math.isfinite(y)
+            if ok:
+                for a in range(q):
+                    if not math.isfinite(Xg[i, kidx[a]]):
+                        ok = False
+                        break
+            valid[i] = ok
+            if ok:
+                weff[i] = Wg[i]
+                nv += 1
+                ymax = max(ymax, abs(y))
+                for a in range(q):
+                    xspread[a] = max(xspread[a], abs(Xg[i, kidx[a]]))
+            else:
+                weff[i] = 0.0
     for a in range(q):
         xspread[a] = 64.0 * EPS * xspread[a]
     k = q + 1
@@ -993,3 +1049,228 @@ def _residual_stats(Xg, Yg, Wg, offsets, coef, mask, rms, mad, n_used):
             else:
                 rms[g, t] = np.nan
                 mad[g, t] = np.nan
+
+
+# --------------------------------------------------------------------------- OLS fast path
+#
+# For plain weighted least squares on finite data the rows need not be laid out by group:
+# one sequential pass scatters *shifted* sufficient statistics into per-group accumulators
+# (shift = the group's first row, the "shifted data" algorithm, so 1e12 offsets cancel
+# exactly), every group is solved from them, and a second sequential pass scatters the
+# residuals (weighted RSS, and |r| into a per-group slice for the MAD). Groups that are
+# singular or worse conditioned than ``cond_fallback`` are refitted by the row-layout path
+# (QR on their rows) by the caller.
+
+
+@njit(cache=True)
+def _accumulate(codes, keep, X, Y, W, G):
+    """One sequential pass; every group's accumulators are one contiguous record (a single
+    cache-missing write stream per row). Record layout: see ``_acc_layout``."""
+    n_rows = X.shape[0]
+    p = X.shape[1]
+    T = Y.shape[1]
+    o_w, o_shx, o_shy, o_sx, o_sy, o_sxx, o_sxy, o_syy, o_xmax, o_ymax, width = _acc_layout(p, T)
+    acc = np.zeros((G, width))
+    dx = np.empty(max(p, 1))
+    finite = True
+    for i in range(n_rows):
+        if not keep[i]:
+            continue
+        a = acc[codes[i]]
+        w = W[i]
+        if a[0] == 0.0:
+            for j in range(p):
+                a[o_shx + j] = X[i, j]
+            for t in range(T):
+                a[o_shy + t] = Y[i, t]
+        a[0] += 1.0
+        a[o_w] += w
+        for j in range(p):
+            x = X[i, j]
+            if not math.isfinite(x):
+                finite = False
+            if abs(x) > a[o_xmax + j]:
+                a[o_xmax + j] = abs(x)
+            dx[j] = x - a[o_shx + j]
+            a[o_sx + j] += w * dx[j]
+            for jj in range(j + 1):
+                a[o_sxx + j * p + jj] += w * dx[j] * dx[jj]
+        for t in range(T):
+            y = Y[i, t]
+            if not math.isfinite(y):
+                finite = False
+            if abs(y) > a[o_ymax + t]:
+                a[o_ymax + t] = abs(y)
+            dy = y - a[o_shy + t]
+            a[o_sy + t] += w * dy
+            a[o_syy + t] += w * dy * dy
+            for j in range(p):
+                a[o_sxy + t * p + j] += w * dx[j] * dy
+    return finite, acc
+
+
+@njit(cache=True)
+def _acc_layout(p, T):
+    o_w = 1
+    o_shx = 2
+    o_shy = o_shx + p
+    o_sx = o_shy + T
+    o_sy = o_sx + p
+    o_sxx = o_sy + T
+    o_sxy = o_sxx + p * p
+    o_syy = o_sxy + T * p
+    o_xmax = o_syy + T
+    o_ymax = o_xmax + p
+    width = o_ymax + T
+    return o_w, o_shx, o_shy, o_sx, o_sy, o_sxx, o_sxy, o_syy, o_xmax, o_ymax, width
+
+
+@njit(cache=True, parallel=True)
+def _solve_from_stats(cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, xmax, min_stat, sign, ip, fp,
+                      n_chunks, coef, vdiag, m_est_out, cond_out, status, redo, xbar_out,
+                      ybar_out):
+    G = cnt.shape[0]
+    p = shx.shape[1]
+    T = shy.shape[1]
+    qq = max(p, 1)
+    dummy2 = np.zeros((1, qq))
+    dummyY = np.zeros((1, 1))
+    dummyw = np.zeros(1)
+    for ch in prange(n_chunks):
+        g0 = ch * G // n_chunks
+        g1 = (ch + 1) * G // n_chunks
+        kidx = np.zeros(qq, dtype=np.int64)
+        sign_k = np.zeros(qq, dtype=np.int64)
+        xbar = np.zeros(qq)
+        xspread = np.zeros(qq)
+        A = np.zeros((qq, qq))
+        rhs = np.zeros(qq)
+        D = np.zeros(qq)
+        R = np.zeros((qq, qq))
+        rr = np.zeros(qq)
+        L = np.zeros((qq, qq))
+        z = np.zeros(qq)
+        u = np.zeros(qq)
+        idx = np.zeros(qq, dtype=np.int64)
+        passive = np.zeros(qq, dtype=np.bool_)
+        grad = np.zeros(qq)
+        Minv = np.zeros((qq, qq))
+        work = np.zeros((qq, qq))
+        beta = np.zeros(qq)
+        for g in range(g0, g1):
+            n = cnt[g]
+            W = Ws[g]
+            q = 0
+            for j in range(p):
+                if n >= min_stat[j]:
+                    kidx[q] = j
+                    sign_k[q] = sign[j]
+                    q += 1
+            for j in range(p):
+                xbar_out[g, j] = shx[g, j] + Sx[g, j] / W if W > 0.0 else np.nan
+            for a in range(q):
+                j = kidx[a]
+                xbar[a] = xbar_out[g, j]
+                xspread[a] = 64.0 * EPS * xmax[g, j]
+                for b in range(q):
+                    jj = kidx[b]
+                    sab = Sxx[g, j, jj] if j >= jj else Sxx[g, jj, j]
+                    A[a, b] = sab - Sx[g, j] * Sx[g, jj] / W
+            for t in range(T):
+                for c in range(p + 1):
+                    coef[g, t, c] = np.nan
+                    vdiag[g, t, c] = np.nan
+                cond_out[g, t] = np.nan
+                m_est_out[g, t] = 0
+                ybar = shy[g, t] + Sy[g, t] / W if W > 0.0 else np.nan
+                ybar_out[g, t] = ybar
+                need = max(q + 1, ip[IP_MIN_ROWS])
+                if (p > 0 and q == 0) or n < need or n == 0:
+                    status[g, t] = TOO_FEW_ROWS
+                    continue
+                for a in range(q):
+                    j = kidx[a]
+                    rhs[a] = Sxy[g, t, j] - Sx[g, j] * Sy[g, t] / W
+                st, cnd, m_est, xvx = _solve_group(
+                    dummy2, dummyY, 0, dummyw, 0, 0, kidx, q, sign_k, xbar, ybar, A, rhs, W,
+                    xspread, D, R, rr, L, z, u, idx, passive, grad, Minv, work, beta, fp)
+                if st == SINGULAR or not (cnd <= fp[FP_COND_FALLBACK]):
+                    redo[g] = True
+                    status[g, t] = SINGULAR
+                    continue
+                status[g, t] = st
+                cond_out[g, t] = cnd
+                m_est_out[g, t] = m_est
+                icpt = ybar
+                for a in range(q):
+                    icpt -= beta[a] * xbar[a]
+                coef[g, t, 0] = icpt
+                vdiag[g, t, 0] = 1.0 / W + xvx
+                for a in range(q):
+                    coef[g, t, 1 + kidx[a]] = beta[a]
+                    if passive[a]:
+                        vdiag[g, t, 1 + kidx[a]] = Minv[a, a]
+
+
+@njit(cache=True)
+def _residual_scatter(codes, keep, X, Y, W, rec, offsets, buf, swr2):
+    """``rec (G, T + p + T*(p+1))`` = [ybar (T), xbar (p), coef (T, p+1)] per group, packed so
+    that a row touches one record; NaN slopes (dropped predictors) are skipped."""
+    p = X.shape[1]
+    T = Y.shape[1]
+    k = p + 1
+    pos = offsets[:-1].copy()
+    for i in range(X.shape[0]):
+        if not keep[i]:
+            continue
+        c = codes[i]
+        r_ = rec[c]
+        kk = pos[c]
+        pos[c] += 1
+        w = W[i]
+        for t in range(T):
+            base = T + p + t * k
+            if math.isnan(r_[base]):
+                continue
+            r = Y[i, t] - r_[t]
+            for j in range(p):
+                b = r_[base + 1 + j]
+                if not math.isnan(b):
+                    r -= b * (X[i, j] - r_[T + j])
+            swr2[c, t] += w * r * r
+            buf[kk, t] = abs(r)
+
+
+@njit(cache=True, parallel=True)
+def _finalize_fast(offsets, buf, swr2, Ws, cnt, coef, vdiag, m_est, n_chunks, se, rms, mad,
+                   n_used):
+    G = offsets.shape[0] - 1
+    T = coef.shape[1]
+    k = coef.shape[2]
+    for ch in prange(n_chunks):
+        g0 = ch * G // n_chunks
+        g1 = (ch + 1) * G // n_chunks
+        col = np.empty(0)
+        for g in range(g0, g1):
+            s = offsets[g]
+            m = offsets[g + 1] - s
+            for t in range(T):
+                n_used[g, t] = cnt[g]
+                for c in range(k):
+                    se[g, t, c] = np.nan
+                rms[g, t] = np.nan
+                mad[g, t] = np.nan
+                if math.isnan(coef[g, t, 0]):
+                    continue
+                if col.shape[0] < m:
+                    col = np.empty(2 * m)
+                for i in range(m):
+                    col[i] = buf[s + i, t]
+                mad[g, t] = _median_inplace(col, 0, m) * MAD_TO_SIGMA
+                rms[g, t] = math.sqrt(swr2[g, t] / Ws[g])
+                dof = cnt[g] - 1 - m_est[g, t]
+                if dof > 0:
+                    sig2 = swr2[g, t] / dof
+                    for c in range(k):
+                        if not math.isnan(vdiag[g, t, c]):
+                            se[g, t, c] = math.sqrt(sig2 * vdiag[g, t, c])

@@ -524,51 +524,15 @@ def fit_groups(
     G = labels.shape[0]
     n_rows = np.bincount(codes[sel], minlength=G).astype(np.int64) if n else np.zeros(0, np.int64)
     keep = sel & (w > 0)
-    offsets, order = _k._layout(codes, keep, G)
-    Xg = np.ascontiguousarray(Xa[order])
-    Yg = np.ascontiguousarray(ya[order])
-    Wg = np.ascontiguousarray(w[order])
-
-    # weighted mean of each predictor (finite values only) per group
-    x_mean = np.full((G, p), np.nan)
-    cg = codes[keep]
-    wk = w[keep]
-    for j in range(p):
-        xj = Xa[keep, j]
-        fin = np.isfinite(xj)
-        sw = np.bincount(cg[fin], weights=wk[fin], minlength=G)
-        swx = np.bincount(cg[fin], weights=wk[fin] * xj[fin], minlength=G)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            x_mean[:, j] = np.where(sw > 0, swx / np.where(sw > 0, sw, 1.0), np.nan)
-
-    coef = np.empty((G, T, p + 1))
-    se = np.empty((G, T, p + 1))
-    rms = np.empty((G, T))
-    mad = np.empty((G, T))
-    cond = np.empty((G, T))
-    n_used = np.zeros((G, T), np.int64)
-    n_rej = np.zeros((G, T), np.int64)
-    n_iter = np.zeros((G, T), np.int64)
-    status = np.zeros((G, T), np.int8)
-    if do_shrink:
-        sG, sp = G, p
-    else:
-        sG, sp = 1, max(p, 1)
-    st_W = np.zeros((sG, T))
-    st_ybar = np.zeros((sG, T))
-    st_xbar = np.zeros((sG, T, sp))
-    st_A = np.zeros((sG, T, sp, sp))
-    st_rhs = np.zeros((sG, T, sp))
-    st_syy = np.zeros((sG, T))
-    st_sig2 = np.zeros((sG, T))
-    st_kept = np.zeros((sG, T, sp), np.uint8)
     ip = np.array([METHODS[method], int(max_iter), int(min_rows), int(do_shrink)], dtype=np.int64)
     fp = np.array([huber_c, sigma_cut, tol, cond_fallback, 1e-14, 1e-10], dtype=np.float64)
     n_chunks = int(max(1, min(G, 64)))
-    if G:
-        _k._fit_all(Xg, Yg, Wg, offsets, ms, sgn, ip, fp, n_chunks, coef, se, rms, mad, cond,
-                    n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy,
-                    st_sig2, st_kept)
+    out = None
+    if method == "ols" and not do_shrink and G:
+        out = _fit_fast(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
+    if out is None:
+        out = _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, do_shrink)
+    (coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats) = out
 
     pidx = np.full(G, -1, dtype=np.int64)
     if tree_parent is not None and G:
@@ -591,7 +555,8 @@ def fit_groups(
     }
     if do_shrink and G:
         if shrink_eb:
-            prec, tau2 = _eb_precision(coef, se, status, pidx, st_W, st_ybar, st_xbar, st_sig2)
+            prec, tau2 = _eb_precision(coef, se, status, pidx, stats[4], stats[5], stats[6],
+                                       stats[10])
             params["eb_tau2"] = tau2.tolist()
         else:
             lam = float(shrinkage)
@@ -606,6 +571,8 @@ def fit_groups(
                     var[j] = np.average((xj[fin] - mu) ** 2, weights=ww)
             prec = np.tile(np.concatenate([[lam], lam * var]), (T, 1))
         order_td = np.argsort(depth[labels], kind="stable").astype(np.int64)
+        (Xg, Yg, Wg, offsets, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2,
+         st_kept) = stats
         done = _k._shrink_topdown(order_td, pidx, prec, bool(shrink_eb), coef, se, status, st_W,
                                   st_ybar, st_xbar, st_A, st_rhs, st_sig2, st_kept, 1e-14)
         _k._residual_stats(Xg, Yg, Wg, offsets, coef, done, rms, mad, n_used)
@@ -618,6 +585,95 @@ def fit_groups(
         n_rows=n_rows, parent=pidx, feature_names=feature_names, target_names=target_names,
         method=method, params=params,
     )
+
+
+def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
+    """Row-layout path (every method): counting sort, then every group on its own rows."""
+    p = Xa.shape[1]
+    T = ya.shape[1]
+    offsets, order = _k._layout(codes, keep, G)
+    # rows in group order + weighted mean of each predictor (finite values only) per group
+    Xg, Yg, Wg, x_mean = _k._gather(order, Xa, ya, w, offsets, n_chunks)
+    coef = np.empty((G, T, p + 1))
+    se = np.empty((G, T, p + 1))
+    rms = np.empty((G, T))
+    mad = np.empty((G, T))
+    cond = np.empty((G, T))
+    n_used = np.zeros((G, T), np.int64)
+    n_rej = np.zeros((G, T), np.int64)
+    n_iter = np.zeros((G, T), np.int64)
+    status = np.zeros((G, T), np.int8)
+    sG, sp = (G, p) if store else (1, max(p, 1))
+    st_W = np.zeros((sG, T))
+    st_ybar = np.zeros((sG, T))
+    st_xbar = np.zeros((sG, T, sp))
+    st_A = np.zeros((sG, T, sp, sp))
+    st_rhs = np.zeros((sG, T, sp))
+    st_syy = np.zeros((sG, T))
+    st_sig2 = np.zeros((sG, T))
+    st_kept = np.zeros((sG, T, sp), np.uint8)
+    if G:
+        _k._fit_all(Xg, Yg, Wg, offsets, ms, sgn, ip, fp, n_chunks, coef, se, rms, mad, cond,
+                    n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy,
+                    st_sig2, st_kept)
+    stats = (Xg, Yg, Wg, offsets, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept)
+    return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats
+
+
+def _fit_fast(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks):
+    """OLS on finite data without laying rows out by group (see ``_groupby_kernels``).
+
+    Returns None when the data contain NaN/inf (the row-layout path handles per-fit row
+    exclusion). Singular or ill-conditioned groups are refitted by the row-layout path.
+    """
+    p = Xa.shape[1]
+    T = ya.shape[1]
+    finite, acc = _k._accumulate(codes, keep, Xa, ya, w, G)
+    if not finite:
+        return None
+    o_w, o_shx, o_shy, o_sx, o_sy, o_sxx, o_sxy, o_syy, o_xmax, o_ymax, width = _k._acc_layout(p, T)
+    cnt = np.ascontiguousarray(acc[:, 0]).astype(np.int64)
+    Ws = np.ascontiguousarray(acc[:, o_w])
+    shx = np.ascontiguousarray(acc[:, o_shx:o_shx + p])
+    shy = np.ascontiguousarray(acc[:, o_shy:o_shy + T])
+    Sx = np.ascontiguousarray(acc[:, o_sx:o_sx + p])
+    Sy = np.ascontiguousarray(acc[:, o_sy:o_sy + T])
+    Sxx = np.ascontiguousarray(acc[:, o_sxx:o_sxx + p * p]).reshape(G, p, p)
+    Sxy = np.ascontiguousarray(acc[:, o_sxy:o_sxy + T * p]).reshape(G, T, p)
+    xmax = np.ascontiguousarray(acc[:, o_xmax:o_xmax + p])
+    del acc
+    coef = np.empty((G, T, p + 1))
+    vdiag = np.empty((G, T, p + 1))
+    m_est = np.zeros((G, T), np.int64)
+    cond = np.empty((G, T))
+    status = np.zeros((G, T), np.int8)
+    redo = np.zeros(G, dtype=bool)
+    xbar = np.empty((G, p))
+    ybar = np.empty((G, T))
+    _k._solve_from_stats(cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, xmax, ms, sgn, ip, fp, n_chunks,
+                         coef, vdiag, m_est, cond, status, redo, xbar, ybar)
+    offsets = np.zeros(G + 1, dtype=np.int64)
+    np.cumsum(cnt, out=offsets[1:])
+    buf = np.empty((int(offsets[-1]), T))
+    swr2 = np.zeros((G, T))
+    rec = np.concatenate([ybar, xbar, coef.reshape(G, -1)], axis=1)
+    _k._residual_scatter(codes, keep, Xa, ya, w, rec, offsets, buf, swr2)
+    se = np.empty((G, T, p + 1))
+    rms = np.empty((G, T))
+    mad = np.empty((G, T))
+    n_used = np.zeros((G, T), np.int64)
+    _k._finalize_fast(offsets, buf, swr2, Ws, cnt, coef, vdiag, m_est, n_chunks, se, rms, mad,
+                      n_used)
+    n_rej = np.zeros((G, T), np.int64)
+    n_iter = np.zeros((G, T), np.int64)
+    x_mean = xbar
+    if redo.any():
+        keep2 = keep & redo[codes]
+        slow = _fit_rows(codes, keep2, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, False)
+        for full, part in zip((coef, se, rms, mad, cond, n_used, n_rej, n_iter, status),
+                              slow[:9]):
+            full[redo] = part[redo]
+    return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, None
 
 
 def _tree_depth(parent: np.ndarray) -> np.ndarray:

@@ -577,3 +577,21 @@ def test_o2dpg_bad_columns():
         make_parallel_fit(df, ["g"], ["y"], ["nope"], [], "w", "", np.ones(2, bool))
     with pytest.raises(ValueError, match="fitter"):
         make_parallel_fit(df, ["g"], ["y"], ["y"], [], "w", "", np.ones(2, bool), fitter=object)
+
+
+def test_fast_ols_path_equals_row_layout_path():
+    # finite data take the scatter (fast) path; one NaN forces the row-layout path for all
+    rng = np.random.default_rng(16)
+    sizes = [2, 3, 4, 5, 30, 200]
+    g, X, y, w = _random_groups(rng, sizes)
+    X[g == 5, 2] = 1e12 + X[g == 5, 2]
+    fast = fit_groups(g, X, y, w, min_stat=[1, 1, 25])
+    g2 = np.r_[g, 99]
+    X2 = np.r_[X, [[np.nan, 0, 0]]]
+    slow = fit_groups(g2, X2, np.r_[y, 1.0], np.r_[w, 1.0], min_stat=[1, 1, 25])
+    for name in ("coef", "stderr", "rms", "mad", "cond", "x_mean"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name)[:-1], rtol=1e-9, atol=1e-11,
+                                   equal_nan=True, err_msg=name)
+    for name in ("status", "n_used"):
+        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name)[:-1], err_msg=name)
+    assert np.isnan(fast.coef[:4, 0, 3]).all() and np.isfinite(fast.coef[4:, 0, 3]).all()
