@@ -75,8 +75,9 @@ def comparison_figure(test: dict[str, Any]) -> str:
 def coefficient_heatmap(coef: np.ndarray, features: list[str], labels: list[str]) -> str:
     """Standardised coefficients (segments × features), diverging colours."""
     plt = _plt()
-    scale = np.nanmax(np.abs(coef), axis=0)
-    scale[~np.isfinite(scale) | (scale == 0)] = 1.0
+    finite = np.isfinite(coef)
+    scale = np.max(np.where(finite, np.abs(coef), 0.0), axis=0)
+    scale[scale == 0] = 1.0
     z = coef / scale
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(features), 0.8 + 0.28 * len(labels)))
     im = ax.imshow(np.nan_to_num(z), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
