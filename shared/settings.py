@@ -237,6 +237,9 @@ class ProfileSettings(_Section):
     k_max: int = Field(default=8, ge=2, description="Largest number of patterns tried.")
     masses: tuple[float, ...] = Field(
         default=(0.5, 0.8, 0.95), description="HDR masses reported per pattern.")
+    n_estimators: int = Field(
+        default=100, ge=1, description="Max boosting rounds of the pattern classifier.")
+    max_depth: int = Field(default=4, ge=1, le=12, description="Depth of its trees.")
     max_classifier_rows: int | None = Field(
         default=100_000, ge=1000,
         description="Train the pattern classifier on a seeded subset of at most this many rows.")

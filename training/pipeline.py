@@ -259,6 +259,7 @@ def train(
                                            if f in schema.categorical_features) or None,
                 target=target, k_range=(pp.k_min, pp.k_max), hdr_masses=tuple(pp.masses),
                 interval_mass=tr.interval_mass, time_column=schema.time_field,
+                n_estimators=pp.n_estimators, max_depth=pp.max_depth,
                 max_classifier_rows=pp.max_classifier_rows, random_state=tr.seed)
             profiles.fit(fit_df, fit_df[target].to_numpy(),
                          eval_set=(val_fit, val_fit[target].to_numpy()))
