@@ -879,6 +879,36 @@ class Router:
         ft = np.where(leaf, np.inf, a["node_threshold"]).astype(np.float64)
         return fl, fr, ff, ft, leaf.copy()
 
+    def describe_node(self, node: int) -> str:
+        """The rule that leads from a node's parent to it, for people.
+
+        ``"origin=EWR"`` below a key node, ``"sched_dep_hour <= 12.5"`` / ``"... > 12.5"``
+        below a numeric split, ``"carrier = UA"`` / ``"carrier != UA"`` below a one-hot split,
+        ``"target_enc(dest) <= 0.31"`` below a target-encoded split; ``"all"`` for the root.
+        """
+        a = self.arrays
+        parent = int(a["node_parent"][node])
+        if parent < 0:
+            return "all"
+        col = self.schema.columns[int(a["node_feature"][parent])]
+        if int(a["node_kind"][parent]) == KEY:
+            lo, hi = int(a["child_ptr"][parent]), int(a["child_ptr"][parent + 1])
+            pos = lo + int(np.flatnonzero(a["child_node"][lo:hi] == node)[0])
+            code = int(a["child_code"][pos])
+            return f"{col.source}={self.schema.categories[col.source][code]}"
+        left = node == parent + 1
+        t = float(a["node_threshold"][parent])
+        if col.kind == "onehot":
+            value = self.schema.categories[col.source][col.code]
+            return f"{col.source} {'!=' if left else '='} {value}"
+        name = col.source if col.kind == "numeric" else f"target_enc({col.source})"
+        return f"{name} {'<=' if left else '>'} {t:.4g}"
+
+    def describe_path(self, segment: int) -> str:
+        """The rules from the root to a segment's leaf, joined by `` / ``."""
+        chain = [int(n) for n in self.arrays["ancestors"][segment] if n >= 0][::-1]
+        return " / ".join(self.describe_node(n) for n in chain[1:]) or "all"
+
     def _result(self, seg: np.ndarray, node: np.ndarray, depth: np.ndarray,
                 imputed: np.ndarray, unk_feat: np.ndarray) -> RouteResult:
         if self.schema.key_columns:

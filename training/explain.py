@@ -19,6 +19,7 @@ class Explanation:
     event_id: str
     segment: int
     path: list[int]  # node ids, root first, ending at the segment's leaf
+    rules: str  # the same path as rules ("origin=JFK / carrier=VX / ...")
     model_node: int
     fallback_level: int
     contributions: dict[str, float]
@@ -31,7 +32,7 @@ class Explanation:
 
     def lines(self) -> list[str]:
         out = [f"event {self.event_id}",
-               f"segment {self.segment}: path {' > '.join(map(str, self.path))}"
+               f"segment {self.segment}: {self.rules} (nodes {' > '.join(map(str, self.path))})"
                f"{' (routed by look-ahead: a value was missing/unknown)' if self.imputed else ''}",
                f"model of node {self.model_node}, fallback level {self.fallback_level}"
                f"{' (own segment model)' if self.fallback_level == 0 else ''}"]
@@ -85,7 +86,8 @@ def explain_event(bundle: Any, event: dict[str, Any]) -> Explanation:
     names = bundle.contribution_names
     return Explanation(
         event_id=str(event.get(bundle.schema.id_field, "?")),
-        segment=seg, path=anc[::-1], model_node=int(s["model_node"][0]),
+        segment=seg, path=anc[::-1], rules=bundle.router.describe_path(seg),
+        model_node=int(s["model_node"][0]),
         fallback_level=int(s["fallback_level"][0]),
         contributions={n: float(c) for n, c in zip(names, contrib, strict=True)},
         prediction=float(s["prediction"][0]),

@@ -304,14 +304,18 @@ def train(
         with steps("bundle"):
             components = _components(settings, part, models, profiles, ref, mnode,
                                      model_index, lo, hi, lin_feats, keys, fit_df)
+            tf = schema.time_field
             data_info = {
                 "rows": int(len(df)), "rows_train": int(len(train_df)),
                 "rows_validation": int(len(val_df)), "rows_test": int(len(test_df)),
                 "rows_without_outcome": int(df[target].isna().sum()),
-                "time_range": [str(df[schema.time_field].min()),
-                               str(df[schema.time_field].max())],
-                "train_range": [str(train_df[schema.time_field].min()),
-                                str(train_df[schema.time_field].max())],
+                "time_range": [str(df[tf].min()), str(df[tf].max())],
+                "train_range": [str(train_df[tf].min()), str(train_df[tf].max())],
+                "slices": {
+                    name: {"rows": int(len(d)), "with_outcome": int(d[target].notna().sum()),
+                           "start": str(d[tf].min()), "end": str(d[tf].max())}
+                    for name, d in (("all", df), ("train", train_df),
+                                    ("validation", val_df), ("test", test_df))},
                 "fingerprint": fingerprint(df, schema),
             }
             staging = Path(work_dir or tempfile.mkdtemp(prefix="segstream-bundle-"))

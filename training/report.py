@@ -40,24 +40,7 @@ def _file_png(path: Path) -> str:
 
 def segment_path(part: Any, segment: int) -> str:
     """Human-readable path of a segment: its key values and tree splits, root first."""
-    meta = part.export().meta if not hasattr(part, "_report_meta") else part._report_meta
-    node = int(part.segment_node_[segment])
-    chain = []
-    while node >= 0:
-        chain.append(node)
-        node = int(part.node_parent_[node])
-    return f"segment {segment} (depth {len(chain) - 1})" if not meta else \
-        " > ".join(_node_label(part, n) for n in reversed(chain[:-1])) or "root"
-
-
-def _node_label(part: Any, node: int) -> str:
-    describe = getattr(part, "describe_node", None)
-    if describe is not None:
-        try:
-            return str(describe(node))
-        except Exception:  # noqa: BLE001 - labels are decoration
-            pass
-    return f"n{node}"
+    return part.router_.describe_path(segment)
 
 
 def comparison_figure(test: dict[str, Any]) -> str:
@@ -244,16 +227,4 @@ class _Default(dict):  # type: ignore[type-arg]
 
 
 def _slices(manifest: Manifest) -> list[dict[str, Any]]:
-    d = manifest.data
-    return [
-        {"name": "all", "rows": d.get("rows", 0),
-         "with_outcome": d.get("rows", 0) - d.get("rows_without_outcome", 0),
-         "start": d.get("time_range", ["", ""])[0], "end": d.get("time_range", ["", ""])[1]},
-        {"name": "train", "rows": d.get("rows_train", 0), "with_outcome": d.get("rows_train", 0),
-         "start": d.get("train_range", ["", ""])[0], "end": d.get("train_range", ["", ""])[1]},
-        {"name": "validation", "rows": d.get("rows_validation", 0),
-         "with_outcome": d.get("rows_validation", 0), "start": "", "end": ""},
-        {"name": "test", "rows": d.get("rows_test", 0),
-         "with_outcome": manifest.metrics.get("test", {}).get("rows_with_outcome", 0),
-         "start": "", "end": ""},
-    ]
+    return [{"name": name, **v} for name, v in manifest.data.get("slices", {}).items()]

@@ -302,3 +302,30 @@ def test_node_at_depth(hist_tree):
     d1 = r.node_at_depth(seg, 1)
     assert set(d1.tolist()) == {1, int(r.arrays["node_right"][0])}
     np.testing.assert_array_equal(r.node_at_depth(seg, 99), r.segment_node)
+
+
+def test_describe_path_names_keys_and_splits():
+    import pandas as pd
+
+    from training.partitioner import CompositePartitioner
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    X = pd.DataFrame({"origin": rng.choice(["EWR", "JFK"], n),
+                      "hour": rng.uniform(5, 23, n)})
+    part = CompositePartitioner(["origin"], 2, min_samples_leaf=100, random_state=0).fit(X)
+    router = part.router_
+    paths = {router.describe_path(s) for s in range(part.n_segments_)}
+    assert len(paths) == part.n_segments_ == 4
+    for p in paths:
+        key, split = p.split(" / ")
+        assert key in ("origin=EWR", "origin=JFK")
+        assert split.startswith("hour <= ") or split.startswith("hour > ")
+    # the rule agrees with routing: a row routed to a segment satisfies its split
+    seg = part.partition(X)
+    for s in range(part.n_segments_):
+        _, split = router.describe_path(s).split(" / ")
+        op, t = split.split()[1], float(split.split()[2])
+        h = X["hour"].to_numpy()[seg == s]
+        assert (h <= t + 1e-3).all() if op == "<=" else (h > t - 1e-3).all()
+    assert router.describe_node(0) == "all"
