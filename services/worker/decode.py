@@ -4,10 +4,12 @@ Pure logic (no Kafka). Every input value ends up either as one row of the decode
 with exactly one DLQ reason from :data:`DLQ_REASONS`; :meth:`EventDecoder.decode` never raises
 on values.
 
-The hot path is column-wise: one ``orjson.loads`` per value (in a list comprehension), then per
-schema field one pass to pick the value out of every object, one ``set(map(type, ...))`` to
-check the types of the whole column at once and one numpy/pandas conversion. Per-element Python
-work beyond that happens only for columns that actually contain a bad value.
+The hot path decodes each value with a msgspec decoder typed by the schema (a ``Struct`` per
+event: parsing and type validation in C, unknown fields skipped), picks the columns out of the
+structs with one ``attrgetter`` pass and converts each column once. Only the values that
+msgspec refuses (or that are empty or too large) take the slow path: ``orjson.loads`` into
+dicts and a per-column type check that names the DLQ reason. msgspec accepts a subset of what
+the slow path accepts, with the same values, so the fast path changes speed, never outcomes.
 
 Handling of odd inputs
 ----------------------
@@ -35,9 +37,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 import pandas as pd
@@ -121,6 +125,8 @@ class EventDecoder:
         self.max_event_bytes = max_event_bytes
         self.fields: list[FieldSpec] = list(schema.event_fields)
         self.time_field = schema.time_field
+        self._struct_decoder = msgspec.json.Decoder(_event_struct(self.fields))
+        self._getter = operator.attrgetter(*[f"f{i}" for i in range(len(self.fields))])
 
     # ------------------------------------------------------------------ parsing
     def _parse(self, values: Sequence[bytes | None], reasons: list[Any]) -> list[Any]:
@@ -150,6 +156,71 @@ class EventDecoder:
     # ------------------------------------------------------------------ API
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode ``values``; never raises on their content.
+
+        Parameters
+        ----------
+        values : sequence of bytes or None
+            Kafka message values of one micro-batch.
+
+        Returns
+        -------
+        DecodedBatch
+        """
+        n = len(values)
+        limit = self.max_event_bytes
+        decode_one = self._struct_decoder.decode
+        structs: list[Any] = []
+        fast_idx: list[int] = []
+        slow_idx: list[int] = []
+        for i, v in enumerate(values):
+            if v is None or not 0 < len(v) <= limit:
+                slow_idx.append(i)
+                continue
+            try:
+                structs.append(decode_one(v))
+                fast_idx.append(i)
+            except (msgspec.DecodeError, ValueError, TypeError):
+                slow_idx.append(i)
+        if not fast_idx:
+            return self._decode_slow(values)
+        fast = self._from_structs(structs)
+        if not slow_idx:
+            return fast
+        slow = self._decode_slow([values[i] for i in slow_idx])
+        return _merge(n, fast, np.asarray(fast_idx, np.int64), slow,
+                      np.asarray(slow_idx, np.int64))
+
+    def _from_structs(self, structs: list[Any]) -> DecodedBatch:
+        """Columns of msgspec-validated events (types already right; only times can fail)."""
+        m = len(structs)
+        rows = list(map(self._getter, structs))
+        table = list(zip(*rows, strict=True)) if len(self.fields) > 1 else [
+            tuple(rows)]
+        raw = {f.name: list(col) for f, col in zip(self.fields, table, strict=True)}
+        times = raw[self.time_field]
+        parsed_time = _parse_times(times)
+        bad = np.flatnonzero(np.isnat(parsed_time)
+                             & np.fromiter((v is not None for v in times), bool, count=m))
+        rejected = [(int(i), "bad_time", f"{self.time_field}: {str(times[i])[:40]!r}")
+                    for i in bad.tolist()]
+        keep = np.ones(m, dtype=bool)
+        keep[bad] = False
+        valid = np.flatnonzero(keep).astype(np.int64)
+        all_valid = len(valid) == m
+        columns: dict[str, np.ndarray] = {}
+        for f in self.fields:
+            if f.name == self.time_field:
+                arr = parsed_time
+            elif f.type in ("float", "int", "bool"):
+                arr = _to_float(raw[f.name])
+            else:
+                arr = _to_object(raw[f.name])
+            columns[f.name] = arr if all_valid else arr[valid]
+        time_text = times if all_valid else [times[i] for i in valid.tolist()]
+        return DecodedBatch(columns, valid, rejected, time_text)
+
+    def _decode_slow(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        """Decode ``values`` through orjson dicts, naming a DLQ reason for every bad one.
 
         Parameters
         ----------
@@ -230,6 +301,40 @@ class EventDecoder:
             columns[f.name] = arr if all_valid else arr[valid]
         time_text = times if all_valid else [times[i] for i in valid.tolist()]
         return DecodedBatch(columns, valid.astype(np.int64, copy=False), rejected, time_text)
+
+
+#: msgspec type per schema type on the fast path: every JSON number in float/int fields (as the
+#: slow path), strict bool, strings for strings and times.
+_STRUCT_TYPES: dict[str, type] = {"float": float, "int": float, "bool": bool, "string": str,
+                                  "datetime": str}
+
+
+def _event_struct(fields: Sequence[FieldSpec]) -> type:
+    """A msgspec Struct for the schema: required fields without default (absent or null fails
+    validation and goes to the slow path), optional ones ``T | None = None``. Attributes are
+    ``f0..fk`` renamed to the field names, so any field name works."""
+    spec: list[Any] = []
+    for i, f in enumerate(fields):
+        t = _STRUCT_TYPES[f.type]
+        spec.append((f"f{i}", t) if f.required else (f"f{i}", t | None, None))
+    required = [x for x in spec if len(x) == 2]
+    optional = [x for x in spec if len(x) == 3]
+    return msgspec.defstruct("Event", required + optional, kw_only=True,
+                             rename={f"f{i}": f.name for i, f in enumerate(fields)})
+
+
+def _merge(n: int, fast: DecodedBatch, fast_idx: np.ndarray, slow: DecodedBatch,
+           slow_idx: np.ndarray) -> DecodedBatch:
+    """One batch (input order) from the fast-path rows and the slow-path rows."""
+    valid = np.concatenate([fast_idx[fast.valid], slow_idx[slow.valid]])
+    order = np.argsort(valid, kind="stable")
+    columns = {k: np.concatenate([fast.columns[k], slow.columns[k]])[order]
+               for k in fast.columns}
+    text = fast.event_time_text + slow.event_time_text
+    rejected = sorted([(int(fast_idx[i]), r, d) for i, r, d in fast.rejected]
+                      + [(int(slow_idx[i]), r, d) for i, r, d in slow.rejected])
+    return DecodedBatch(columns, valid[order], rejected,
+                        [text[i] for i in order.tolist()])
 
 
 def _columns(docs: list[dict[str, Any]], names: list[str]) -> list[list[Any]]:

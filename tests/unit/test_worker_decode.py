@@ -187,3 +187,45 @@ def test_scoring_the_decoded_batch_equals_the_scorers_score(tmp_path, decoder) -
                             "prediction", "interval", "interval_mass", "pattern",
                             "pattern_proba", "event_time", "scored_at", "contributions"}
     assert sum(recs[0]["contributions"].values()) == pytest.approx(recs[0]["prediction"])
+
+
+def _dump(d: dict) -> bytes:
+    try:
+        return orjson.dumps(d)
+    except (TypeError, orjson.JSONEncodeError):
+        return b"{}"
+
+
+def _same(a, b) -> None:
+    assert a.valid.tolist() == b.valid.tolist()
+    assert a.rejected == b.rejected
+    assert a.event_time_text == b.event_time_text
+    for k in a.columns:
+        x, y = a.columns[k], b.columns[k]
+        assert x.dtype == y.dtype, k
+        if x.dtype.kind in "fM":
+            np.testing.assert_array_equal(x, y)
+        else:
+            assert x.tolist() == y.tolist(), k
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(
+    st.just(_event()),
+    st.fixed_dictionaries({}, optional={k: json_values for k in GOOD}).map(
+        lambda d: _dump({**GOOD, **d})),
+    st.binary(max_size=60), st.none()), max_size=12))
+def test_fast_path_equals_slow_path(decoder: EventDecoder, values: list) -> None:
+    """The msgspec fast path changes speed, never outcomes: same rows, reasons, values."""
+    _same(decoder.decode(values), decoder._decode_slow(values))
+
+
+def test_fast_path_mixed_batch_keeps_input_order(decoder: EventDecoder) -> None:
+    values = [_event(event_id="a"), b"[1]", _event(event_id="b", distance="far"),
+              _event(event_id="c"), None, _event(event_id="d", event_time="yesterday")]
+    out = decoder.decode(values)
+    assert out.columns["event_id"].tolist() == ["a", "c"]
+    assert out.valid.tolist() == [0, 3]
+    assert [(i, r) for i, r, _ in out.rejected] == [
+        (1, "not_object"), (2, "wrong_type"), (4, "empty"), (5, "bad_time")]
+    _same(out, decoder._decode_slow(values))
