@@ -61,6 +61,17 @@ class ChildProcesses:
         logger.info("started %s (pid %d), log %s", name, proc.pid, log_path)
         return child
 
+    def stop(self, child: Child, timeout_s: float = 15.0) -> None:
+        """SIGTERM one child and wait for it (SIGKILL after ``timeout_s``)."""
+        if child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+            try:
+                child.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait(5)
+
     def stop_all(self, timeout_s: float = 15.0) -> None:
         for c in self.children:
             if c.proc.poll() is None:
@@ -176,6 +187,11 @@ def worker_view(ports: list[int]) -> dict[str, Any]:
     return {"lag": lag, "p50": histogram_quantile(b, 0.5), "p99": histogram_quantile(b, 0.99)}
 
 
+def view_settled(ports: list[int]) -> bool:
+    """True when every worker reports zero consumer lag."""
+    return worker_view(ports)["lag"] == 0
+
+
 def _wait_ready(port: int, child: Child, timeout_s: float) -> bool:
     import urllib.request  # noqa: PLC0415
 
@@ -285,6 +301,16 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
                         break
             print(file=sys.stderr)
             replay_s = time.monotonic() - replay_started
+            # Stop the input first, then let the workers drain what is in the topic (bounded),
+            # so that the summary's counts can add up: events = predictions + DLQ.
+            children.stop(sim)
+            drain_until = time.monotonic() + 30.0
+            while time.monotonic() < drain_until and not stop.is_set():
+                c = counter.counts
+                if c[t.predictions] + c[t.dlq] >= c[t.events] and view_settled(ports):
+                    break
+                time.sleep(0.5)
+            time.sleep(1.0)  # the counter's last fetch
             view = worker_view(ports) or view
         finally:
             children.stop_all()

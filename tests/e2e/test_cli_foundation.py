@@ -94,14 +94,3 @@ def test_simulate_against_broker_prints_summary(kafka, topic_prefix):
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith("simulate: sent=300 events") and "failed=0" in line
-
-
-def test_demo_runs_broker_and_simulator_and_leaves_no_child(tmp_path):
-    r = segstream("demo", "--seconds", "12", "--rate", "2000", "--out", str(tmp_path / "d"),
-                  timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    import json
-
-    summary = json.loads(r.stdout.split("demo summary:", 1)[1])
-    assert summary["events"] > 0 and summary["children_left"] == []
-    assert (tmp_path / "d" / "simulator.log").exists()
