@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -67,7 +68,6 @@ def encode_predictions(
     -------
     list of bytes, length n
     """
-    dumps = orjson.dumps
     cols = (
         event_ids,
         scores["segment"].tolist(),
@@ -79,24 +79,34 @@ def encode_predictions(
         scores["pattern_proba"].tolist(),
         event_time_text,
     )
+    # msgspec Structs encode the same bytes as orjson on dicts (field order, NaN -> null),
+    # about 4x faster.
+    encode = _ENCODER.encode
     if contribution_names is None:
         return [
-            dumps({"event_id": e, "model": model, "bundle_id": bundle_id, "segment": s,
-                   "fallback_level": f, "prediction": p, "interval": [lo, hi],
-                   "interval_mass": interval_mass, "pattern": pt, "pattern_proba": pp,
-                   "event_time": et, "scored_at": scored_at})
+            encode(_Prediction(e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp,
+                               et, scored_at))
             for e, s, f, p, lo, hi, pt, pp, et in zip(*cols, strict=True)
         ]
     names = list(contribution_names)
     contrib = np.asarray(scores["contributions"], dtype=np.float64).tolist()
     return [
-        dumps({"event_id": e, "model": model, "bundle_id": bundle_id, "segment": s,
-               "fallback_level": f, "prediction": p, "interval": [lo, hi],
-               "interval_mass": interval_mass, "pattern": pt, "pattern_proba": pp,
-               "event_time": et, "scored_at": scored_at,
-               "contributions": dict(zip(names, c, strict=True))})
+        encode(_PredictionWithContributions(
+            e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et, scored_at,
+            dict(zip(names, c, strict=True))))
         for e, s, f, p, lo, hi, pt, pp, et, c in zip(*cols, contrib, strict=True)
     ]
+
+
+_PREDICTION_FIELDS: list[tuple[str, Any]] = [
+    ("event_id", Any), ("model", str), ("bundle_id", str), ("segment", int),
+    ("fallback_level", int), ("prediction", float), ("interval", tuple),
+    ("interval_mass", float), ("pattern", int), ("pattern_proba", float),
+    ("event_time", Any), ("scored_at", str)]
+_Prediction = msgspec.defstruct("Prediction", _PREDICTION_FIELDS)
+_PredictionWithContributions = msgspec.defstruct(
+    "PredictionWithContributions", [*_PREDICTION_FIELDS, ("contributions", dict)])
+_ENCODER = msgspec.json.Encoder()
 
 
 def dlq_value_and_headers(
