@@ -1,0 +1,40 @@
+# The segstream application image: one image for train, worker, monitor and simulate.
+#   docker build -t segstream .
+#   docker run --rm segstream --help
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# libgomp1: OpenMP runtime of the xgboost wheel (not in the slim base).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin segstream
+
+WORKDIR /app
+
+# Dependencies in their own layer: it is rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The source, then the package itself (no dependency resolution: they are installed above).
+COPY README.md ./
+COPY shared ./shared
+COPY training ./training
+COPY services ./services
+COPY config ./config
+RUN pip install --no-deps . \
+    && mkdir -p /app/artifacts /app/.cache \
+    && chown segstream:segstream /app/artifacts /app/.cache
+
+USER segstream
+# Relative paths of the default settings (config/flights.yaml, .cache/, artifacts/) resolve here.
+ENV SEGSTREAM_CONFIG=/app/config/flights.yaml
+ENTRYPOINT ["segstream"]
+CMD ["--help"]
