@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from services.worker.health import HealthServer
 from services.worker.kafka_io import (
@@ -101,7 +101,10 @@ def run_worker(
     w = settings.worker
     worker_id = worker_identity(settings)
     set_log_context(worker=worker_id, topic=settings.topics.events)
-    registry = registry or CollectorRegistry()
+    if registry is None:
+        # A process of its own: export its CPU and memory (process_* metrics) too.
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
     metrics = WorkerMetrics.create(registry)
     state: dict[str, object] = {"loop": None}
 
