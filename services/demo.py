@@ -245,6 +245,7 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
         ports: list[int] = []
         sim: Child | None = None
         replay_s = 0.0
+        prometheus_url: str | None = None
         try:
             store = ArtifactStore(settings.store)
             bundle_id = store.latest(settings.model)
@@ -274,6 +275,8 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
                                "--metrics-port", str(monitor_port))
             else:
                 notes.append("monitor not installed in this build: no alerts")
+            prometheus_url = _start_prometheus(children, out_dir, config_path, ports,
+                                               monitor_port, notes)
             sim_args = ["simulate", "--config", config_path, "--quiet",
                         "--bad-fraction", str(settings.simulator.bad_fraction or 0.01)]
             if rate is not None:
@@ -340,10 +343,42 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
             "latency_p50_s": view.get("p50"),
             "latency_p99_s": view.get("p99"),
             "simulator": sim_summary,
+            "prometheus": prometheus_url,
             "notes": notes,
             "logs": str(out_dir),
             "children_left": [ch.name for ch in children.children if ch.proc.poll() is None],
         }
+
+
+def _start_prometheus(children: ChildProcesses, out_dir: Path, config_path: str,
+                      worker_ports: list[int], monitor_port: int | None,
+                      notes: list[str]) -> str | None:
+    """Start Prometheus with the repository's rules scraping the demo's services, when a
+    ``prometheus`` binary is on the PATH; say so either way."""
+    from services.prometheus import find_prometheus, prometheus_command, render_config  # noqa
+    from shared.broker import free_port  # noqa: PLC0415
+
+    binary = find_prometheus()
+    config_file = Path(config_path).parent / "prometheus" / "prometheus.yml"
+    if binary is None or not config_file.is_file():
+        notes.append("prometheus not on the PATH: running without it (apt-get install "
+                     "prometheus to get one)" if binary is None else
+                     f"no Prometheus config at {config_file}: running without Prometheus")
+        return None
+    port = free_port()
+    cfg = render_config(config_file, {
+        "segstream-worker": [f"127.0.0.1:{p}" for p in worker_ports],
+        "segstream-monitor": [f"127.0.0.1:{monitor_port}"] if monitor_port else None,
+        "prometheus": [f"127.0.0.1:{port}"]}, out_dir / "prometheus.yml", interval="2s")
+    log_path = out_dir / "prometheus.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - closed by stop_all
+    proc = subprocess.Popen(prometheus_command(binary, cfg, port, out_dir / "tsdb"),  # noqa
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    children.children.append(Child("prometheus", proc, log_path, log))
+    url = f"http://127.0.0.1:{port}"
+    notes.append(f"Prometheus at {url} (scraping the workers and the monitor, with the "
+                 "repository's alert rules)")
+    return url
 
 
 def _has_module(name: str) -> bool:

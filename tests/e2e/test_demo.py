@@ -43,3 +43,11 @@ def test_demo_end_to_end_counts_consistent_and_no_child_left(flights_df, tmp_pat
     assert left == []
     for name in ("broker.log", "worker-1.log", "worker-2.log", "simulator.log"):
         assert (tmp_path / "demo" / name).exists()
+    import shutil
+
+    if shutil.which("prometheus"):
+        assert summary["prometheus"].startswith("http://127.0.0.1:")
+        assert (tmp_path / "demo" / "prometheus.yml").exists()
+    else:
+        assert summary["prometheus"] is None
+        assert any("prometheus not on the PATH" in n for n in summary["notes"])

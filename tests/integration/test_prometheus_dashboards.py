@@ -135,27 +135,10 @@ class Processes:
 
 
 def render_prometheus_config(targets: dict[str, list[str] | None], dest: Path) -> Path:
-    """The repository's scrape config with service discovery replaced by static targets.
+    """The repository's scrape config with static loopback targets (services.prometheus)."""
+    from services.prometheus import render_config
 
-    ``targets`` maps every job of the config to its ``host:port`` list (``None`` drops the
-    job); rule files become absolute paths; the intervals become 1 s.
-    """
-    cfg = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-    cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    cfg["rule_files"] = [str(PROMETHEUS_DIR / f) for f in cfg.get("rule_files", [])]
-    jobs = []
-    for job in cfg["scrape_configs"]:
-        name = job["job_name"]
-        if name not in targets:
-            raise KeyError(f"scrape job {name!r} has no test target: add it to the test")
-        if targets[name] is None:
-            continue
-        job = {k: v for k, v in job.items() if not k.endswith("_sd_configs")}
-        job["static_configs"] = [{"targets": targets[name]}]
-        jobs.append(job)
-    cfg["scrape_configs"] = jobs
-    dest.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return dest
+    return render_config(PROMETHEUS_CONFIG, targets, dest)
 
 
 @dataclasses.dataclass
@@ -239,9 +222,10 @@ def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
             "segstream-monitor": [f"127.0.0.1:{monitor_port}"] if monitor_port else None,
             "prometheus": [f"127.0.0.1:{prom_port}"],
         }, tmp / "prometheus.yml")
-        procs.start("prometheus", [
-            prometheus, f"--config.file={prom_cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"])
+        from services.prometheus import prometheus_command
+
+        procs.start("prometheus", prometheus_command(prometheus, prom_cfg, prom_port,
+                                                     tmp / "tsdb"))
         base = f"http://127.0.0.1:{prom_port}"
         _wait(lambda: _get(f"{base}/-/ready")[0] == 200, 30, "Prometheus /-/ready", procs)
 
