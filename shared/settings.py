@@ -335,6 +335,10 @@ class MonitorSettings(_Section):
         description="Close every open window after this long without input (wall clock; "
         "end of a replay); null = never.")
     tick_s: float = Field(default=1.0, gt=0, description="Timer period (seconds).")
+    session_timeout_s: float = Field(
+        default=6.0, gt=0,
+        description="faust consumer-group session timeout (s); heartbeat = 1/10 of it. 2 joins "
+        "fast on Tansu; Apache Kafka's minimum is 6 by default.")
     drift_warning: float = Field(default=0.1, gt=0, description="Default PSI warning level.")
     drift_critical: float = Field(default=0.25, gt=0, description="Default PSI critical level.")
     drift_thresholds: dict[str, tuple[float, float]] = Field(

@@ -56,21 +56,28 @@ ReferenceLookup = Callable[[str], "tuple[DriftReference, perf_mod.Baseline] | No
 
 
 class Counters:
-    """Counts the core reports to metrics (the service maps them to Prometheus)."""
+    """Counts of what the core did (tests read them); forwarded to ``sink`` (metrics)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Any = None) -> None:
+        self.sink = sink
         self.records: dict[tuple[str, str], int] = {}
         self.join: dict[str, int] = {}
         self.windows_closed: dict[str, int] = {}
 
     def record(self, source: str, result: str, n: int = 1) -> None:
         self.records[(source, result)] = self.records.get((source, result), 0) + n
+        if self.sink is not None:
+            self.sink.record(source, result, n)
 
     def joined(self, result: str, n: int = 1) -> None:
         self.join[result] = self.join.get(result, 0) + n
+        if self.sink is not None:
+            self.sink.joined(result, n)
 
     def closed(self, kind: str) -> None:
         self.windows_closed[kind] = self.windows_closed.get(kind, 0) + 1
+        if self.sink is not None:
+            self.sink.closed(kind)
 
 
 class MonitorCore:
@@ -88,8 +95,9 @@ class MonitorCore:
     tables : dict of str to mutable mapping
         ``drift``, ``newkeys``, ``pending_p``, ``pending_o``, ``perf``, ``meta``.
     observer : object, optional
-        Receives ``on_drift(findings, window_start_ms)``, ``on_performance(findings)``,
-        ``on_alert(alert)`` (metrics); may be None.
+        Metrics sink: ``on_drift(findings, window_start_ms)``,
+        ``on_performance(findings, state, window_start_ms)``, ``on_alert(alert)``,
+        ``record(source, result, n)``, ``joined(result, n)``, ``closed(kind)``.
     """
 
     def __init__(self, settings: MonitorSettings, *, model: str, id_field: str,
@@ -101,7 +109,7 @@ class MonitorCore:
         self.reference_for = reference_for
         self.t = tables
         self.observer = observer
-        self.counters = Counters()
+        self.counters = Counters(observer)
         self.win_ms = settings.window_s * S
         self.nk_ms = (settings.new_segment_window_s or settings.window_s) * S
         self.late_ms = settings.lateness_s * S
@@ -273,6 +281,13 @@ class MonitorCore:
     def _perf_closed(self) -> int | None:
         return self._meta("perf_closed")
 
+    def _tracked(self, bundle: Any, segment: Any) -> bool:
+        """Whether ``segment`` of ``bundle`` has a test MAE (only those are tracked)."""
+        if segment is None or bundle is None:
+            return False
+        ref = self.reference_for(str(bundle))
+        return ref is not None and str(segment) in ref[1].segment_mae
+
     def _join(self, event_id: str, pred: list[Any], out: list[Any], partition: int,
               source: str, offset: int) -> None:
         w = window_start(pred[1], self.win_ms)
@@ -286,7 +301,7 @@ class MonitorCore:
                 self.counters.joined("duplicate")
             else:
                 st = cur or {**perf_mod.empty_state(), "applied": {}}
-                new = perf_mod.add_pair(st, pred, out)
+                new = perf_mod.add_pair(st, pred, out, self._tracked(pred[6], pred[5]))
                 new["applied"] = {**st["applied"], source: offset}
                 self.t["perf"][key] = new  # before the deletes: a replay finds `applied`
                 self.counters.joined("joined_nan" if out[2] is None else "joined")

@@ -83,8 +83,13 @@ def empty_state() -> dict[str, Any]:
             "mass_sum": 0.0, "bundles": {}, "segments": {}}
 
 
-def add_pair(state: Mapping[str, Any], pred: list[Any], out: list[Any]) -> dict[str, Any]:
-    """Add one joined (prediction, outcome) pair to a window's performance state."""
+def add_pair(state: Mapping[str, Any], pred: list[Any], out: list[Any],
+             track_segment: bool = True) -> dict[str, Any]:
+    """Add one joined (prediction, outcome) pair to a window's performance state.
+
+    ``track_segment`` False leaves the per-segment sums alone (only the bundle's large
+    segments, which have a test MAE to compare with, are tracked: the state stays small).
+    """
     s = dict(state)
     y = out[2]
     if y is None:
@@ -102,7 +107,7 @@ def add_pair(state: Mapping[str, Any], pred: list[Any], out: list[Any]) -> dict[
     b[str(bid)] = b.get(str(bid), 0) + 1
     s["bundles"] = b
     segs = dict(state["segments"])
-    if seg is not None:
+    if seg is not None and track_segment:
         n0, e0 = segs.get(str(seg), (0, 0.0))
         segs[str(seg)] = [n0 + 1, e0 + err]
     s["segments"] = segs

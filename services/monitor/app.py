@@ -1,0 +1,230 @@
+"""The monitor service: a faust-streaming app around :class:`~services.monitor.core.MonitorCore`.
+
+Agents (one per source topic, events processed one at a time so that every table change goes
+to the changelog partition of the record that caused it):
+
+* ``stats``: the workers' stats records → drift and new-key windows (+ new-segment alerts, and
+  drift alerts for windows the watermark advance closes);
+* ``predictions`` and ``outcomes`` (co-partitioned, keyed by ``event_id``) → the join tables and
+  the per-partition performance windows;
+* ``ticks``: an internal topic with one small record per partition per ``tick_s`` from a
+  timer, so that window closing, join expiry and the idle close run *inside* an event of the
+  right partition (faust tables can only be changed from a stream event).
+
+Alerts go to ``topics.alerts`` keyed by subject. State lives in faust tables (memory store,
+changelog topics ``<app_id>-<table>-changelog``) and is recovered on start; see
+:mod:`services.monitor.faust_ext` for the Tansu watermark correction.
+
+Run one monitor instance per model: performance windows are summed over every partition's
+table entries in the process that owns partition 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from services.monitor.core import MonitorCore
+from services.monitor.metrics import MonitorMetrics
+from services.monitor.references import ReferenceCache
+from shared.alerts import alert_key
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta")
+
+
+class MonitorService:
+    """Build the faust app of the monitor (nothing connects before :meth:`run`).
+
+    Parameters
+    ----------
+    settings : Settings
+    registry : CollectorRegistry
+    reference_for : callable, optional
+        ``bundle_id -> (DriftReference, Baseline)``; default: a :class:`ReferenceCache` over
+        the artifact store.
+    """
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry,
+                 reference_for: Any = None) -> None:
+        import faust  # noqa: PLC0415
+
+        self.settings = settings
+        m = settings.monitor
+        t = settings.topics
+        schema = settings.event_schema
+        self.partitions = t.partitions
+        self.metrics = MonitorMetrics.create(registry, schema.features)
+        if reference_for is None:
+            from shared.store import ArtifactStore  # noqa: PLC0415
+
+            reference_for = ReferenceCache(ArtifactStore(settings.store), settings.model,
+                                           m.bundle_cache_dir)
+        self.reference_for = reference_for
+        brokers = [f"kafka://{h.strip()}" for h in settings.broker.bootstrap.split(",")]
+        extra: dict[str, Any] = {}
+        if m.recovery_probe:
+            extra["TableManager"] = "services.monitor.faust_ext:ProbingTableManager"
+        app = faust.App(
+            m.app_id, broker=brokers, store="memory://", topic_partitions=t.partitions,
+            topic_replication_factor=t.replication_factor, web_enabled=False,
+            broker_session_timeout=m.session_timeout_s,
+            broker_heartbeat_interval=m.session_timeout_s / 10,
+            broker_rebalance_timeout=m.session_timeout_s,
+            consumer_auto_offset_reset="earliest", autodiscover=False,
+            table_standby_replicas=0, producer_linger=0.005,
+            producer_max_batch_size=512 * 1024, **extra)
+        self.app = app
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+               "value_serializer": "raw"}
+        self.stats_topic = app.topic(t.stats, **raw)
+        self.pred_topic = app.topic(t.predictions, **raw)
+        self.out_topic = app.topic(t.outcomes, **raw)
+        self.alerts_topic = app.topic(t.alerts, **raw)
+        self.ticks_topic = app.topic(f"{m.app_id}-ticks", partitions=t.partitions,
+                                     internal=True, **raw)
+        schema_json = faust.Schema(key_serializer="json", value_serializer="json")
+        self.tables = {name: app.Table(name, default=None, partitions=t.partitions,
+                                       schema=schema_json) for name in TABLES}
+        self.core = MonitorCore(m, model=settings.model, id_field=schema.id_field,
+                                time_field=schema.time_field, target=schema.target,
+                                reference_for=reference_for, tables=self.tables,
+                                observer=self.metrics)
+        self.started = False
+        self.events_processed = 0
+        # Table changes wait in faust's producer buffer; its default bound (100 messages) makes
+        # every agent stall on each flush. A larger bound lets aiokafka batch them.
+        app.producer.buffer.max_messages = 5000
+        self._register()
+
+    # ------------------------------------------------------------------ agents
+    async def _send(self, alerts: list[dict[str, Any]]) -> None:
+        for a in alerts:
+            logger.info("alert %s %s %s=%s window %s", a["type"], a["severity"],
+                        a["statistic"], a["value"], a["window_start"])
+            await self.alerts_topic.send(key=alert_key(a), value=orjson.dumps(a))
+
+    @staticmethod
+    def _decode(value: Any) -> Any:
+        try:
+            return orjson.loads(value)
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+
+    def _register(self) -> None:
+        app, core = self.app, self.core
+
+        async def stats_agent(stream: Any) -> None:
+            async for event in stream.events():
+                msg = event.message
+                alerts = core.on_stats(self._decode(event.value), msg.partition, msg.offset,
+                                       time.time())
+                self.events_processed += 1
+                if alerts:
+                    await self._send(alerts)
+
+        async def predictions_agent(stream: Any) -> None:
+            async for event in stream.events():
+                msg = event.message
+                core.on_prediction(self._decode(event.value), msg.partition, msg.offset,
+                                   time.time())
+                self.events_processed += 1
+
+        async def outcomes_agent(stream: Any) -> None:
+            async for event in stream.events():
+                msg = event.message
+                core.on_outcome(self._decode(event.value), msg.partition, msg.offset,
+                                time.time())
+                self.events_processed += 1
+
+        async def ticks_agent(stream: Any) -> None:
+            async for event in stream.events():
+                alerts = core.on_tick(event.message.partition, time.time())
+                if alerts:
+                    await self._send(alerts)
+
+        async def tick_timer() -> None:
+            if not self.started:
+                return
+            for p in range(self.partitions):
+                await self.ticks_topic.send(value=b"t", partition=p)
+            self._gauges()
+
+        app.agent(self.stats_topic, name="monitor-stats")(stats_agent)
+        app.agent(self.pred_topic, name="monitor-predictions")(predictions_agent)
+        app.agent(self.out_topic, name="monitor-outcomes")(outcomes_agent)
+        app.agent(self.ticks_topic, name="monitor-ticks")(ticks_agent)
+        app.timer(interval=self.settings.monitor.tick_s, name="monitor-tick-timer")(tick_timer)
+
+        @app.on_rebalance_complete.connect
+        async def _ready(app_: Any, **kw: Any) -> None:  # noqa: ARG001
+            self.started = True
+
+    def _gauges(self) -> None:
+        m, core = self.metrics, self.core
+        m.pending.labels(kind="predictions").set(len(self.tables["pending_p"]))
+        m.pending.labels(kind="outcomes").set(len(self.tables["pending_o"]))
+        wm = core.watermark.value(time.time())
+        for name, v in (("drift", wm), ("predictions", core.pred_clock),
+                        ("outcomes", core.out_clock)):
+            if v is not None:
+                m.watermark.labels(clock=name).set(v / 1000.0)
+
+    def ready(self) -> tuple[bool, str]:
+        """``/readyz``: true once tables are recovered and partitions assigned."""
+        if not self.started:
+            return False, "recovering tables / joining the group"
+        return True, "ok"
+
+
+def run_monitor(settings: Settings, *, log_level: str = "INFO") -> int:
+    """Run the monitor until SIGINT/SIGTERM; returns the exit code.
+
+    Creates missing topics (stats, predictions, outcomes, alerts) with
+    ``topics.partitions`` partitions and checks that the three inputs are co-partitioned.
+
+    Raises
+    ------
+    ConfigError
+        The input topics have different partition counts than ``topics.partitions``.
+    """
+    import faust  # noqa: PLC0415
+
+    from services.worker.health import HealthServer  # noqa: PLC0415
+    from shared.errors import ConfigError  # noqa: PLC0415
+    from shared.kafka import check_reachable, ensure_topics, topic_partitions  # noqa: PLC0415
+
+    t = settings.topics
+    check_reachable(settings.broker)
+    ensure_topics(settings.broker, [t.stats, t.predictions, t.outcomes, t.alerts], t.partitions,
+                  t.replication_factor)
+    counts = {name: topic_partitions(settings.broker, name)
+              for name in (t.stats, t.predictions, t.outcomes)}
+    bad = {k: v for k, v in counts.items() if v != t.partitions}
+    if bad:
+        raise ConfigError(f"topics.partitions is {t.partitions} but {bad} have other partition "
+                          "counts; the monitor's tables need them all equal")
+    registry = CollectorRegistry()
+    service = MonitorService(settings, registry)
+    m = settings.monitor
+    health = HealthServer(registry, m.metrics_host, m.metrics_port, service.ready).start()
+    logger.info("monitor /metrics on port %d", health.port)
+    print(f"metrics_port={health.port}", flush=True)
+    try:
+        worker = faust.Worker(service.app, loglevel=log_level, override_logging=False,
+                              quiet=True)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    finally:
+        health.stop()
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    return 0
