@@ -344,6 +344,9 @@ class MonitorSettings(_Section):
     drift_thresholds: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="Per-feature PSI [warning, critical] levels (JSON "
         "object); key 'prediction' for the prediction.")
+    drift_exclude: tuple[str, ...] = Field(
+        default=(), description="Features whose drift is not judged (e.g. day_of_week, "
+        "constant within a one-day window).")
     drift_min_count: int = Field(
         default=300, ge=1,
         description="Events a window (or segment) needs before its PSI is judged.")

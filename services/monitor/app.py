@@ -96,7 +96,7 @@ class MonitorService:
         self.core = MonitorCore(m, model=settings.model, id_field=schema.id_field,
                                 time_field=schema.time_field, target=schema.target,
                                 reference_for=reference_for, tables=self.tables,
-                                observer=self.metrics)
+                                partitions=t.partitions, observer=self.metrics)
         self.started = False
         self.events_processed = 0
         # Table changes wait in faust's producer buffer; its default bound (100 messages) makes
@@ -171,9 +171,10 @@ class MonitorService:
         m, core = self.metrics, self.core
         m.pending.labels(kind="predictions").set(len(self.tables["pending_p"]))
         m.pending.labels(kind="outcomes").set(len(self.tables["pending_o"]))
-        wm = core.watermark.value(time.time())
-        for name, v in (("drift", wm), ("predictions", core.pred_clock),
-                        ("outcomes", core.out_clock)):
+        now = time.time()
+        for name, v in (("drift", core.watermark.value(now)),
+                        ("predictions", core.pred_clocks.value(now)),
+                        ("outcomes", core.out_clocks.value(now))):
             if v is not None:
                 m.watermark.labels(clock=name).set(v / 1000.0)
 

@@ -17,14 +17,16 @@ changelog partition of the current event:
 ``meta``       ``"drift_closed|<p>"``, ``"newkeys_closed|<p>"`` (window starts below this are
                closed), ``"perf_closed"`` (written from partition 0 only)
 
-Clocks (event time, epoch ms; in memory, re-learned after a restart from new records):
-the **drift watermark** is :class:`.windows.Watermark` over the stats records' workers; the
-**prediction clock** and **outcome clock** are the largest event time of a prediction and the
-largest ``outcome_time`` of an outcome seen. Rules:
+Clocks (event time, epoch ms; in memory, re-learned after a restart from new records), each a
+:class:`.windows.Watermark` over partitions: the **drift watermark** over the events
+partitions named in stats records (``partition_time_max``); the **prediction clock** over the
+predictions partitions (event time) and the **outcome clock** over the outcomes partitions
+(``outcome_time``). Rules:
 
 * a drift / new-key window closes when the drift watermark passes ``end + lateness``;
-* a pending prediction expires when the outcome clock passes its event time + ``join_expiry``;
-  a pending outcome is *unmatched* when the prediction clock passes the same;
+* a pending prediction of partition ``p`` expires when partition ``p``'s outcome clock passes
+  its event time + ``join_expiry``; a pending outcome is *unmatched* when partition ``p``'s
+  prediction clock passes the same;
 * a performance window closes (on partition 0's tick, summing every partition's state) when
   the outcome clock passes ``end + join_expiry`` and the prediction clock ``end + lateness``;
 * without any input for ``idle_close_s`` (wall clock) every open window closes.
@@ -92,6 +94,9 @@ class MonitorCore:
         Field names of the outcome records (the schema's).
     reference_for : callable
         ``bundle_id -> (DriftReference, Baseline)`` or None when the bundle is unavailable.
+    partitions : int
+        Partitions of the events, predictions and outcomes topics (the watermarks wait for
+        all of them, see :class:`.windows.Watermark`).
     tables : dict of str to mutable mapping
         ``drift``, ``newkeys``, ``pending_p``, ``pending_o``, ``perf``, ``meta``.
     observer : object, optional
@@ -102,7 +107,8 @@ class MonitorCore:
 
     def __init__(self, settings: MonitorSettings, *, model: str, id_field: str,
                  time_field: str, target: str, reference_for: ReferenceLookup,
-                 tables: dict[str, Table], observer: Any = None) -> None:
+                 tables: dict[str, Table], partitions: int = 1,
+                 observer: Any = None) -> None:
         self.s = settings
         self.model = model
         self.id_field, self.time_field, self.target = id_field, time_field, target
@@ -114,9 +120,9 @@ class MonitorCore:
         self.nk_ms = (settings.new_segment_window_s or settings.window_s) * S
         self.late_ms = settings.lateness_s * S
         self.expiry_ms = settings.join_expiry_s * S
-        self.watermark = Watermark(settings.source_idle_s)
-        self.pred_clock: int | None = None
-        self.out_clock: int | None = None
+        self.watermark = Watermark(settings.source_idle_s, partitions)
+        self.pred_clocks = Watermark(settings.source_idle_s, partitions)
+        self.out_clocks = Watermark(settings.source_idle_s, partitions)
         self.last_input_s: float | None = None
         self.flushed = False
 
@@ -160,7 +166,12 @@ class MonitorCore:
         t_min = parse_time_ms(rec.get("event_time_min"))
         t_max = parse_time_ms(rec.get("event_time_max"))
         anchor = parse_time_ms(rec.get("slice_start")) or t_min
-        self.watermark.observe(str(rec.get("worker")), t_max, now_s)
+        parts = rec.get("partition_time_max")
+        if isinstance(parts, dict) and parts:  # per source partition (in order within each)
+            for p, t in parts.items():
+                self.watermark.observe(f"p{p}", parse_time_ms(t), now_s)
+        else:  # older stats records: per worker
+            self.watermark.observe(f"w{rec.get('worker')}", t_max, now_s)
         alerts: list[dict[str, Any]] = []
         if anchor is None:  # no valid event time (a batch of DLQ records only)
             self.counters.record("stats", "untimed")
@@ -262,7 +273,8 @@ class MonitorCore:
             return []
         findings = drift_mod.drift_findings(state, ref[0], self.s.threshold,
                                             min_count=self.s.drift_min_count,
-                                            segments=self.s.drift_segments)
+                                            segments=self.s.drift_segments,
+                                            exclude=frozenset(self.s.drift_exclude))
         if self.observer is not None:
             self.observer.on_drift(findings, w)
         ws, we = iso_window(w, self.win_ms)
@@ -322,7 +334,7 @@ class MonitorCore:
             self.counters.record("predictions", "foreign")
             return
         self.counters.record("predictions", "ok")
-        self.pred_clock = entry[1] if self.pred_clock is None else max(self.pred_clock, entry[1])
+        self.pred_clocks.observe(partition, entry[1], now_s)
         out = self.t["pending_o"].get(eid)
         if out is not None:
             self._join(eid, entry, out, partition, "predictions", offset)
@@ -341,7 +353,7 @@ class MonitorCore:
             self.counters.record("outcomes", "malformed")
             return
         self.counters.record("outcomes", "ok")
-        self.out_clock = entry[3] if self.out_clock is None else max(self.out_clock, entry[3])
+        self.out_clocks.observe(partition, entry[3], now_s)
         pred = self.t["pending_p"].get(eid)
         if pred is not None:
             self._join(eid, pred, entry, partition, "outcomes", offset)
@@ -359,16 +371,18 @@ class MonitorCore:
         return alerts
 
     def _expire(self, partition: int) -> None:
-        if self.out_clock is not None:
-            limit = self.out_clock - self.expiry_ms
+        out_clock = self.out_clocks.source_max(partition)
+        pred_clock = self.pred_clocks.source_max(partition)
+        if out_clock is not None:
+            limit = out_clock - self.expiry_ms
             gone = [k for k, v in self.t["pending_p"].items() if v[0] == partition
                     and v[1] < limit]
             for k in gone:
                 del self.t["pending_p"][k]
             if gone:
                 self.counters.joined("expired_prediction", len(gone))
-        if self.pred_clock is not None:
-            limit = self.pred_clock - self.expiry_ms
+        if pred_clock is not None:
+            limit = pred_clock - self.expiry_ms
             gone = [k for k, v in self.t["pending_o"].items() if v[0] == partition
                     and v[1] < limit]
             for k in gone:
@@ -378,6 +392,7 @@ class MonitorCore:
 
     def _close_performance(self, now_s: float) -> list[dict[str, Any]]:
         idle = self._idle(now_s)
+        out_clock, pred_clock = self.out_clocks.value(now_s), self.pred_clocks.value(now_s)
         by_window: dict[int, list[dict[str, Any]]] = {}
         for k, v in self.t["perf"].items():
             by_window.setdefault(int(k.split("|", 1)[0]), []).append(v)
@@ -388,8 +403,8 @@ class MonitorCore:
                 continue
             end = w + self.win_ms
             ready = idle or (
-                self.out_clock is not None and self.out_clock >= end + self.expiry_ms
-                and self.pred_clock is not None and self.pred_clock >= end + self.late_ms)
+                out_clock is not None and out_clock >= end + self.expiry_ms
+                and pred_clock is not None and pred_clock >= end + self.late_ms)
             if not ready:
                 break  # windows close in order
             alerts += self._judge_performance(perf_mod.merge(by_window[w]), w)

@@ -160,7 +160,8 @@ def _judge(feature: str, segment: int | None, expected: np.ndarray, counts: list
 
 def drift_findings(state: Mapping[str, Any], reference: DriftReference,
                    levels: Callable[[str], tuple[float, float]], *, min_count: int,
-                   segments: bool = True) -> list[DriftFinding]:
+                   segments: bool = True, exclude: frozenset[str] = frozenset()
+                   ) -> list[DriftFinding]:
     """Every feature's (and the prediction's) PSI and JS distance for a closed window.
 
     Parameters
@@ -176,6 +177,8 @@ def drift_findings(state: Mapping[str, Any], reference: DriftReference,
         about ``(bins - 1) / n`` without any drift).
     segments : bool
         Also judge the large segments that have their own reference.
+    exclude : set of str
+        Features not judged.
 
     Returns
     -------
@@ -186,7 +189,7 @@ def drift_findings(state: Mapping[str, Any], reference: DriftReference,
     for sec, refs in (("numeric", reference.numeric), ("categorical", reference.categorical)):
         for name, counts in state[sec].items():
             ref = refs.get(name)
-            if ref is None:
+            if ref is None or name in exclude:
                 continue
             f = _judge(name, None, ref.expected, counts, levels(name), min_count)
             if f is not None:
@@ -203,7 +206,7 @@ def drift_findings(state: Mapping[str, Any], reference: DriftReference,
                 continue
             for name, counts in feats.items():
                 ref = seg_refs.get(name)
-                if ref is None:
+                if ref is None or name in exclude:
                     continue
                 f = _judge(name, int(s), ref.expected, counts, levels(name), min_count)
                 if f is not None:

@@ -5,10 +5,12 @@ starts at ``floor(t / L) * L`` for window length ``L``. A window ``[start, end)`
 when the watermark reaches ``end + lateness``; a record for a window that has closed is
 *late*: it is dropped and counted, never applied to a closed (already alerted) window.
 
-The drift watermark is the minimum, over the workers that sent stats within the last
-``source_idle_s`` seconds of wall-clock time, of the largest event time each has reported
-(like Flink's per-input watermark): one worker that lags behind holds windows open instead of
-making its records late; a worker that stopped no longer does after ``source_idle_s``.
+The drift watermark is the minimum, over the *source partitions* of the events topic reported
+in stats records within the last ``source_idle_s`` seconds of wall-clock time, of the largest
+event time seen from each (like Flink's per-partition watermarks): a partition (or a worker)
+that lags behind holds windows open instead of making its records late, and only disorder
+*within* a partition needs the lateness allowance; a partition no longer reported (idle, or
+its worker stopped) stops holding windows back after ``source_idle_s``.
 """
 
 from __future__ import annotations
@@ -68,21 +70,36 @@ class Watermark:
     ----------
     idle_s : float
         A source not heard from for this long (wall clock) is ignored.
+    expected : int
+        Number of sources (partitions) expected: until that many have reported, and for at
+        most ``idle_s`` after the first report, there is no watermark (a partition that has
+        not been read yet must not find its first records late).
     """
 
-    def __init__(self, idle_s: float) -> None:
+    def __init__(self, idle_s: float, expected: int = 1) -> None:
         self.idle_s = idle_s
+        self.expected = expected
         self._max: dict[Hashable, int] = {}
         self._seen: dict[Hashable, float] = {}
+        self._first_s: float | None = None
 
     def observe(self, source: Hashable, event_time_ms: int | None, now_s: float) -> None:
         """Record that ``source`` sent an event time (None: alive, no time) at ``now_s``."""
         self._seen[source] = now_s
+        if self._first_s is None:
+            self._first_s = now_s
         if event_time_ms is not None:
             self._max[source] = max(self._max.get(source, event_time_ms), event_time_ms)
 
+    def source_max(self, source: Hashable) -> int | None:
+        """Largest event time reported by ``source``."""
+        return self._max.get(source)
+
     def value(self, now_s: float) -> int | None:
         """The watermark, or None before any active source reported an event time."""
+        if (len(self._max) < self.expected and self._first_s is not None
+                and now_s - self._first_s < self.idle_s):
+            return None
         active = [self._max[s] for s, seen in self._seen.items()
                   if s in self._max and now_s - seen <= self.idle_s]
         if not active:

@@ -221,7 +221,9 @@ class StreamWorker:
                     model=scorer.model, bundle_id=scorer.bundle_id,
                     worker=self.worker_id, batch=self.seq, n_events=len(msgs),
                     dlq_counts=dlq_counts, created_at=utc_now_iso(),
-                    max_unknown_keys=self.w.max_unknown_keys)]
+                    max_unknown_keys=self.w.max_unknown_keys,
+                    partitions=np.fromiter((x.partition() for x in msgs), np.int32,
+                                           len(msgs))[decoded.valid])]
         except Exception:  # noqa: BLE001 - a scoring bug: never commit this batch
             logger.exception("batch %d failed in decode/score (%d events); rewinding",
                              self.seq, len(msgs))

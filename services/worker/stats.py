@@ -14,6 +14,7 @@ one partition and a monitor can add them up per window), JSON::
      "fallback_levels": {"0": count, "1": count, ...},
      "unknown_keys": {"origin|dest value": count, ...}, "unknown_keys_other": count,
      "segments": {segment id: {feature or "prediction": [count per bin]}},  # large segments
+     "partition_time_max": {source partition: ISO 8601 UTC},   # largest event time per partition
      "imputed": count, "created_at",
      "slice_start": ISO 8601 UTC or null, "slice_s": slice length in seconds or null}
 
@@ -57,6 +58,7 @@ def batch_stats(
     dlq_counts: Mapping[str, int],
     created_at: str,
     max_unknown_keys: int = 100,
+    partitions: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The stats record of one batch.
 
@@ -80,6 +82,9 @@ def batch_stats(
     max_unknown_keys : int
         At most this many unknown keys are named (the most frequent); the count of the others
         goes to ``unknown_keys_other``.
+    partitions : numpy.ndarray, optional
+        Source partition of each valid row; gives ``partition_time_max`` = {partition: the
+        largest event time of its rows} (the monitor's per-partition watermark).
 
     Returns
     -------
@@ -113,6 +118,14 @@ def batch_stats(
         if len(valid):
             tmin, tmax = _iso(valid.min()), _iso(valid.max())
     imputed = int(np.count_nonzero(scores["imputed"])) if m and "imputed" in scores else 0
+    part_max: dict[str, str | None] = {}
+    if partitions is not None and times is not None and len(times) and len(partitions):
+        ns = np.asarray(times).astype("datetime64[ns]")
+        ok = ~np.isnat(ns)
+        parts = np.asarray(partitions)[ok]
+        vals = ns[ok]
+        for p in np.unique(parts).tolist():
+            part_max[str(p)] = _iso(vals[parts == p].max())
     segments: dict[str, dict[str, list[int]]] = {}
     seg_col = scores.get("segment")
     if reference.segments and seg_col is not None and m:
@@ -146,6 +159,7 @@ def batch_stats(
         "unknown_keys": named,
         "unknown_keys_other": int(other),
         "segments": segments,
+        "partition_time_max": part_max,
         "imputed": imputed,
         "created_at": created_at,
         "slice_start": None,
@@ -167,6 +181,7 @@ def batch_stats_slices(
     slice_s: int | None,
     n_events: int,
     dlq_counts: Mapping[str, int],
+    partitions: np.ndarray | None = None,
     **kw: Any,
 ) -> list[dict[str, Any]]:
     """The stats records of one batch, one per event-time slice of ``slice_s`` seconds.
@@ -185,7 +200,7 @@ def batch_stats_slices(
     m = len(scores["prediction"]) if "prediction" in scores else 0
     if not slice_s or times is None or m == 0:
         rec = batch_stats(columns, scores, reference, time_field=time_field, n_events=n_events,
-                          dlq_counts=dlq_counts, **kw)
+                          dlq_counts=dlq_counts, partitions=partitions, **kw)
         return [rec]
     ns = np.asarray(times).astype("datetime64[ns]").astype(np.int64)
     nat = np.isnat(np.asarray(times).astype("datetime64[ns]"))
@@ -200,7 +215,9 @@ def batch_stats_slices(
         rec = batch_stats(_take(columns, rows), _take(scores, rows), reference,
                           time_field=time_field,
                           n_events=int(rows.sum()) + (n_dlq if first else 0),
-                          dlq_counts=dlq_counts if first else {}, **kw)
+                          dlq_counts=dlq_counts if first else {},
+                          partitions=None if partitions is None else np.asarray(partitions)[rows],
+                          **kw)
         if k != np.iinfo(np.int64).min:
             rec["slice_start"] = _iso(np.datetime64(k * step, "ns"))
             rec["slice_s"] = int(slice_s)
