@@ -163,6 +163,15 @@ class MonitorCore:
         if rec["model"] != self.model:
             self.counters.record("stats", "foreign")
             return []
+        ref = self.reference_for(rec["bundle_id"])
+        if ref is not None:
+            try:
+                drift_mod.check_bins(rec, ref[0])
+            except MalformedRecord as exc:
+                logger.warning("stats record at partition %d offset %d does not match bundle "
+                               "%s: %s", partition, offset, rec["bundle_id"][:12], exc)
+                self.counters.record("stats", "malformed")
+                return []
         t_min = parse_time_ms(rec.get("event_time_min"))
         t_max = parse_time_ms(rec.get("event_time_max"))
         anchor = parse_time_ms(rec.get("slice_start")) or t_min
@@ -197,12 +206,14 @@ class MonitorCore:
                 new["applied"] = offset
                 self.t["drift"][key] = new
                 self.counters.record("stats", "ok")
-            alerts += self._new_keys(rec, w, anchor, partition, offset)
+            alerts += self._new_keys(rec, w, t_min if t_min is not None else anchor,
+                                     partition, offset)
         alerts += self._close_drift(partition, now_s)
         return alerts
 
-    def _new_keys(self, rec: dict[str, Any], w: int, anchor: int, partition: int,
+    def _new_keys(self, rec: dict[str, Any], w: int, seen_ms: int, partition: int,
                   offset: int) -> list[dict[str, Any]]:
+        """Count unknown keys; ``seen_ms`` = earliest event time of the record (first-seen)."""
         uk = rec.get("unknown_keys") or {}
         other = int(rec.get("unknown_keys_other") or 0)
         if not uk and not other:
@@ -221,9 +232,9 @@ class MonitorCore:
         alerts: list[dict[str, Any]] = []
         ws, we = iso_window(nw, self.nk_ms)
         for k, c in uk.items():
-            n0, first = keys.get(k, (0, anchor))
+            n0, first = keys.get(k, (0, seen_ms))
             n1 = n0 + int(c)
-            keys[k] = [n1, min(first, anchor)]
+            keys[k] = [n1, min(first, seen_ms)]
             if n1 >= self.s.new_segment_threshold and k not in alerted:
                 alerted.append(k)
                 self._emit(alerts, alert_record(

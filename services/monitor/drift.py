@@ -89,6 +89,40 @@ def validate_stats(rec: Any) -> dict[str, Any]:
     return rec
 
 
+def check_bins(rec: Mapping[str, Any], reference: DriftReference) -> None:
+    """Check a stats record's bin counts against its bundle's reference.
+
+    Raises
+    ------
+    MalformedRecord
+        A feature the reference does not know, or a count list of the wrong length.
+    """
+    for sec, refs in (("numeric", reference.numeric), ("categorical", reference.categorical)):
+        for name, counts in (rec.get(sec) or {}).items():
+            r = refs.get(name)
+            if r is None:
+                raise MalformedRecord(f"{sec}.{name}: not in the bundle's drift reference")
+            if len(counts) != r.n_bins:
+                raise MalformedRecord(f"{sec}.{name}: {len(counts)} bins, the reference has "
+                                      f"{r.n_bins}")
+    pred = rec.get("prediction")
+    if pred is not None and reference.prediction is not None \
+            and len(pred) != reference.prediction.n_bins:
+        raise MalformedRecord(f"prediction: {len(pred)} bins, the reference has "
+                              f"{reference.prediction.n_bins}")
+    for sid, feats in (rec.get("segments") or {}).items():
+        try:
+            seg_refs = reference.segments.get(int(sid))
+        except ValueError:
+            raise MalformedRecord(f"segments.{sid}: not a segment id") from None
+        if seg_refs is None:
+            raise MalformedRecord(f"segments.{sid}: no reference for this segment")
+        for name, counts in feats.items():
+            r = seg_refs.get(name)
+            if r is None or len(counts) != r.n_bins:
+                raise MalformedRecord(f"segments.{sid}.{name}: does not match the reference")
+
+
 def add_stats(state: dict[str, Any], rec: Mapping[str, Any], t_min: int | None,
               t_max: int | None) -> dict[str, Any]:
     """Add one (validated) stats record to a window state; returns a new state.
