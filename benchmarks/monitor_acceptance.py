@@ -115,6 +115,33 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+def wait_until_done(port: int, events: int, outcomes: int, quiet_s: float,
+                    timeout_s: float = 3600) -> None:
+    """Until the monitor has read every prediction and outcome and closed no further window
+    for ``quiet_s`` seconds (the idle close included)."""
+    deadline = time.monotonic() + timeout_s
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            m = scrape(port)
+        except OSError:
+            time.sleep(2)
+            continue
+        done = sum(v for k, v in m.items() if k.startswith("segstream_monitor_records_total")
+                   and 'source="predictions"' in k)
+        done_o = sum(v for k, v in m.items() if k.startswith("segstream_monitor_records_total")
+                     and 'source="outcomes"' in k)
+        closed = tuple(v for k, v in sorted(m.items())
+                       if k.startswith("segstream_monitor_windows_closed_total"))
+        if closed != last:
+            last, since = closed, time.monotonic()
+        print(f"monitor: predictions {done:.0f}/{events} outcomes {done_o:.0f}/{outcomes} "
+              f"windows closed {closed}", flush=True)
+        if done >= events and done_o >= outcomes and time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(5)
+
+
 def summarise(alerts: list[dict[str, Any]]) -> dict[str, Any]:
     by_type = collections.Counter((a["type"], a["severity"]) for a in alerts)
     ids = collections.Counter(a["alert_id"] for a in alerts)
@@ -228,14 +255,19 @@ def main(argv: list[str] | None = None) -> int:
                                  timeout=1800)
             sim_s = time.monotonic() - t0
             print(sim.stdout.strip(), sim.stderr.strip()[-500:], flush=True)
-            # Wait until the monitor is idle (all windows closed) and alerts stop.
-            alerts = read_all(bootstrap, t.alerts, idle_s=90, timeout_s=3600)
+            port = None
+            deadline = time.monotonic() + 60
+            while port is None and time.monotonic() < deadline:
+                for line in (tmp / "monitor.log").read_text().splitlines():
+                    if line.startswith("metrics_port="):
+                        port = int(line.split("=", 1)[1])
+                time.sleep(0.5)
+            sent = {k: int(v) for k, v in (kv.split("=") for kv in sim.stdout.split()
+                                           if kv.startswith(("sent=", "outcomes=")))}
+            wait_until_done(port, sent["sent"], sent["outcomes"], quiet_s=60)
+            alerts = read_all(bootstrap, t.alerts, idle_s=15, timeout_s=600)
             total_s = time.monotonic() - t0
             stats = read_all(bootstrap, t.stats, idle_s=10, timeout_s=600)
-            port = None
-            for line in (tmp / "monitor.log").read_text().splitlines():
-                if line.startswith("metrics_port="):
-                    port = int(line.split("=", 1)[1])
             metrics = scrape(port) if port else {}
         finally:
             for p in (wrk, mon):
