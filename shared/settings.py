@@ -335,6 +335,10 @@ class MonitorSettings(_Section):
         description="Close every open window after this long without input (wall clock; "
         "end of a replay); null = never.")
     tick_s: float = Field(default=1.0, gt=0, description="Timer period (seconds).")
+    batch_max: int = Field(
+        default=1000, ge=1,
+        description="Records an agent takes at once; table changes are written to the "
+        "changelog once per key per batch.")
     session_timeout_s: float = Field(
         default=6.0, gt=0,
         description="faust consumer-group session timeout (s); heartbeat = 1/10 of it. 2 joins "

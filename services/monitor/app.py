@@ -1,7 +1,8 @@
 """The monitor service: a faust-streaming app around :class:`~services.monitor.core.MonitorCore`.
 
-Agents (one per source topic, events processed one at a time so that every table change goes
-to the changelog partition of the record that caused it):
+Agents (one per source topic; each takes up to ``monitor.batch_max`` records at once, applies
+them one by one and then writes every changed table key once to the changelog partition of
+the record that owns it, see :class:`BufferedTable`):
 
 * ``stats``: the workers' stats records → drift and new-key windows (+ new-segment alerts, and
   drift alerts for windows the watermark advance closes);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -38,6 +40,58 @@ from shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta")
+
+
+class BufferedTable(MutableMapping):  # type: ignore[type-arg]
+    """A faust table seen as a plain mapping whose changes reach the changelog in batches.
+
+    Reads and writes go to the table's local store at once; each changed key is remembered
+    with the partition that owns it (:attr:`partition`, set before each record) and
+    :meth:`flush` sends its final value (or a tombstone) once to that changelog partition.
+    faust flushes its producer before committing the source offsets, so a batch's changelog
+    records are written before the batch counts as processed (at-least-once).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.partition: int | None = None
+        self._dirty: dict[Any, int | None] = {}
+
+    @property
+    def data(self) -> Any:  # what MonitorCore scans
+        return self.table.data
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.table.data[key]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.table.data.get(key, default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.table.data[key] = value
+        self._dirty[key] = self.partition
+
+    def __delitem__(self, key: Any) -> None:
+        del self.table.data[key]
+        self._dirty[key] = self.partition
+
+    def __iter__(self) -> Any:
+        return iter(self.table.data)
+
+    def __len__(self) -> int:
+        return len(self.table.data)
+
+    def flush(self) -> int:
+        """Send every changed key once; returns how many changelog records were sent."""
+        data, send = self.table.data, self.table.send_changelog
+        for key, partition in self._dirty.items():
+            if key in data:
+                send(partition, key, data[key])
+            else:
+                send(partition, key, None, value_serializer="raw")
+        n = len(self._dirty)
+        self._dirty.clear()
+        return n
 
 
 class MonitorService:
@@ -91,8 +145,9 @@ class MonitorService:
         self.ticks_topic = app.topic(f"{m.app_id}-ticks", partitions=t.partitions,
                                      internal=True, **raw)
         schema_json = faust.Schema(key_serializer="json", value_serializer="json")
-        self.tables = {name: app.Table(name, default=None, partitions=t.partitions,
-                                       schema=schema_json) for name in TABLES}
+        self.faust_tables = {name: app.Table(name, default=None, partitions=t.partitions,
+                                             schema=schema_json) for name in TABLES}
+        self.tables = {name: BufferedTable(tbl) for name, tbl in self.faust_tables.items()}
         self.core = MonitorCore(m, model=settings.model, id_field=schema.id_field,
                                 time_field=schema.time_field, target=schema.target,
                                 reference_for=reference_for, tables=self.tables,
@@ -121,34 +176,58 @@ class MonitorService:
     def _register(self) -> None:
         app, core = self.app, self.core
 
+        batch, within = self.settings.monitor.batch_max, 0.2
+
+        def at(partition: int) -> None:
+            for tbl in self.tables.values():
+                tbl.partition = partition
+
+        def flush() -> None:
+            for tbl in self.tables.values():
+                tbl.flush()
+
         async def stats_agent(stream: Any) -> None:
-            async for event in stream.events():
-                msg = event.message
-                alerts = core.on_stats(self._decode(event.value), msg.partition, msg.offset,
-                                       time.time())
-                self.events_processed += 1
-                if alerts:
-                    await self._send(alerts)
+            async for events in stream.take_events(batch, within):
+                alerts: list[dict[str, Any]] = []
+                for event in events:
+                    msg = event.message
+                    at(msg.partition)
+                    alerts += core.on_stats(self._decode(event.value), msg.partition,
+                                            msg.offset, time.time())
+                flush()
+                self.events_processed += len(events)
+                await self._send(alerts)
 
         async def predictions_agent(stream: Any) -> None:
-            async for event in stream.events():
-                msg = event.message
-                core.on_prediction(self._decode(event.value), msg.partition, msg.offset,
-                                   time.time())
-                self.events_processed += 1
+            async for events in stream.take_events(batch, within):
+                now = time.time()
+                for event in events:
+                    msg = event.message
+                    at(msg.partition)
+                    core.on_prediction(self._decode(event.value), msg.partition, msg.offset,
+                                       now)
+                flush()
+                self.events_processed += len(events)
 
         async def outcomes_agent(stream: Any) -> None:
-            async for event in stream.events():
-                msg = event.message
-                core.on_outcome(self._decode(event.value), msg.partition, msg.offset,
-                                time.time())
-                self.events_processed += 1
+            async for events in stream.take_events(batch, within):
+                now = time.time()
+                for event in events:
+                    msg = event.message
+                    at(msg.partition)
+                    core.on_outcome(self._decode(event.value), msg.partition, msg.offset,
+                                    now)
+                flush()
+                self.events_processed += len(events)
 
         async def ticks_agent(stream: Any) -> None:
-            async for event in stream.events():
-                alerts = core.on_tick(event.message.partition, time.time())
-                if alerts:
-                    await self._send(alerts)
+            async for events in stream.take_events(batch, within):
+                alerts: list[dict[str, Any]] = []
+                for event in events:
+                    at(event.message.partition)
+                    alerts += core.on_tick(event.message.partition, time.time())
+                flush()
+                await self._send(alerts)
 
         async def tick_timer() -> None:
             if not self.started:
@@ -169,7 +248,7 @@ class MonitorService:
 
     def _gauges(self) -> None:
         m, core = self.metrics, self.core
-        m.pending.labels(kind="predictions").set(len(self.tables["pending_p"]))
+        m.pending.labels(kind="predictions").set(len(self.tables["pending_p"]))  # noqa: E501
         m.pending.labels(kind="outcomes").set(len(self.tables["pending_o"]))
         now = time.time()
         for name, v in (("drift", core.watermark.value(now)),

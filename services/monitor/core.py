@@ -52,6 +52,8 @@ from shared.settings import MonitorSettings
 logger = logging.getLogger(__name__)
 
 S = 1000
+#: Pending entries of a partition are scanned for expiry at most this often (wall seconds).
+EXPIRE_EVERY_S = 5.0
 Table = MutableMapping[str, Any]
 #: ``reference_for(bundle_id) -> (DriftReference, Baseline) or None`` (cached by the caller).
 ReferenceLookup = Callable[[str], "tuple[DriftReference, perf_mod.Baseline] | None"]
@@ -124,6 +126,7 @@ class MonitorCore:
         self.pred_clocks = Watermark(settings.source_idle_s, partitions)
         self.out_clocks = Watermark(settings.source_idle_s, partitions)
         self.last_input_s: float | None = None
+        self._expired_at: dict[int, float] = {}
         self.flushed = False
 
     # ------------------------------------------------------------------ helpers
@@ -251,7 +254,7 @@ class MonitorCore:
         wm = self.watermark.value(now_s)
         idle = self._idle(now_s)
         alerts: list[dict[str, Any]] = []
-        due = sorted(k for k, v in self.t["drift"].items() if v["p"] == partition and (
+        due = sorted(k for k, v in self._scan("drift") if v["p"] == partition and (
             idle or (wm is not None and wm >= int(k.split("|", 1)[0]) + self.win_ms
                      + self.late_ms)))
         for key in due:
@@ -264,7 +267,7 @@ class MonitorCore:
             cur = self._meta(f"drift_closed|{partition}")
             if cur is None or w + self.win_ms > cur:
                 self.t["meta"][f"drift_closed|{partition}"] = w + self.win_ms
-        for key in sorted(k for k, v in self.t["newkeys"].items() if v["p"] == partition and (
+        for key in sorted(k for k, v in self._scan("newkeys") if v["p"] == partition and (
                 idle or (wm is not None and wm >= int(k) + self.nk_ms + self.late_ms))):
             del self.t["newkeys"][key]
             self.counters.closed("new_segment")
@@ -375,18 +378,28 @@ class MonitorCore:
     def on_tick(self, partition: int, now_s: float) -> list[dict[str, Any]]:
         """Timer work for ``partition``: close due windows, expire pending entries."""
         alerts = self._close_drift(partition, now_s)
-        self._expire(partition)
+        self._expire(partition, now_s)
         if partition == 0:
             alerts += self._close_performance(now_s)
         self._gc_perf(partition)
         return alerts
 
-    def _expire(self, partition: int) -> None:
+    def _scan(self, name: str) -> Any:
+        """Items of a table for reading: a faust table's store directly (its ``items()`` goes
+        through ``__getitem__`` per key, far slower on tables of many thousand entries)."""
+        tbl = self.t[name]
+        return getattr(tbl, "data", tbl).items()
+
+    def _expire(self, partition: int, now_s: float) -> None:
+        last = self._expired_at.get(partition)
+        if last is not None and now_s - last < EXPIRE_EVERY_S:
+            return
+        self._expired_at[partition] = now_s
         out_clock = self.out_clocks.source_max(partition)
         pred_clock = self.pred_clocks.source_max(partition)
         if out_clock is not None:
             limit = out_clock - self.expiry_ms
-            gone = [k for k, v in self.t["pending_p"].items() if v[0] == partition
+            gone = [k for k, v in self._scan("pending_p") if v[0] == partition
                     and v[1] < limit]
             for k in gone:
                 del self.t["pending_p"][k]
@@ -394,7 +407,7 @@ class MonitorCore:
                 self.counters.joined("expired_prediction", len(gone))
         if pred_clock is not None:
             limit = pred_clock - self.expiry_ms
-            gone = [k for k, v in self.t["pending_o"].items() if v[0] == partition
+            gone = [k for k, v in self._scan("pending_o") if v[0] == partition
                     and v[1] < limit]
             for k in gone:
                 del self.t["pending_o"][k]
@@ -405,7 +418,7 @@ class MonitorCore:
         idle = self._idle(now_s)
         out_clock, pred_clock = self.out_clocks.value(now_s), self.pred_clocks.value(now_s)
         by_window: dict[int, list[dict[str, Any]]] = {}
-        for k, v in self.t["perf"].items():
+        for k, v in self._scan("perf"):
             by_window.setdefault(int(k.split("|", 1)[0]), []).append(v)
         closed = self._perf_closed()
         alerts: list[dict[str, Any]] = []
@@ -428,7 +441,7 @@ class MonitorCore:
         closed = self._perf_closed()
         if closed is None:
             return
-        for k in [k for k in self.t["perf"]
+        for k in [k for k, _ in self._scan("perf")
                   if int(k.split("|")[1]) == partition and int(k.split("|")[0]) < closed]:
             del self.t["perf"][k]
 

@@ -85,6 +85,8 @@ def test_missing_outcomes_expire_and_unknown_outcomes_are_unmatched() -> None:
     c.on_prediction(pred("later", t + DAY + 1, 1.0), 0, 1, 2.0)
     c.on_outcome(outcome("later2", t + DAY, 1.0, after_ms=2), 0, 1, 2.0)
     c.on_tick(0, 3.0)
+    assert "lonely" in c.t["pending_p"]  # scanned at most every 5 s
+    c.on_tick(0, 7.0)
     assert "lonely" not in c.t["pending_p"] and "ghost" not in c.t["pending_o"]
     assert c.counters.join["expired_prediction"] == 1
     assert c.counters.join["unmatched_outcome"] == 1
