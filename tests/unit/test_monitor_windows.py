@@ -55,7 +55,9 @@ def test_alert_ids_are_deterministic_per_type_subject_window() -> None:
     rec = alert_record(type_="drift", severity="warning", model="m", bundle_id="b",
                        feature="temp", segment=3, statistic="psi", value=0.2, threshold=0.1,
                        window_start="s", window_end="e", count=9)
-    assert rec["alert_id"] == alert_id("drift", "m", "b", "feature=temp;segment=3", "s", "e")
+    assert rec["alert_id"] == alert_id("drift", "m", "b", "feature=temp;segment=3", "s", "e",
+                                       "psi")
+    assert a != alert_id("drift", subject="feature=temp", statistic="other", **kw)
     assert alert_key(rec) == b"feature=temp;segment=3"
     assert set(rec) >= {"alert_id", "type", "severity", "model", "bundle_id", "feature",
                         "segment", "statistic", "value", "threshold", "window_start",
