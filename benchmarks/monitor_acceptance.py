@@ -249,6 +249,28 @@ def offline_psi(store_url: str) -> dict[str, Any]:
     return out
 
 
+KEEP = ("type", "severity", "feature", "segment", "statistic", "value", "threshold",
+        "count", "js_distance", "mae", "baseline_mae", "first_seen", "alert_id")
+
+
+def compact(res: dict[str, Any]) -> dict[str, Any]:
+    """The stored result: alerts trimmed to their telling fields (window as its start date),
+    one line each; metrics without their ``_created`` timestamps."""
+    res["alerts"] = [{"window": a["window_start"][:10], **{k: a[k] for k in KEEP if k in a}}
+                     if "window_start" in a else a for a in res["alerts"]]
+    res["run"]["metrics"] = {k: v for k, v in res["run"]["metrics"].items()
+                             if "_created" not in k}
+    return res
+
+
+def dump(res: dict[str, Any]) -> bytes:
+    alerts = res.pop("alerts")
+    body = orjson.dumps(res, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+    lines = ",\n".join("    " + orjson.dumps(a).decode() for a in alerts)
+    res["alerts"] = alerts
+    return (body[:-2] + ',\n  "alerts": [\n' + lines + "\n  ]\n}\n").encode()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--store", default="file:///tmp/mon/store",
@@ -265,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline_only:
         res = orjson.loads(Path(args.out).read_bytes())
         res["offline_psi"] = offline_psi(args.store)
-        Path(args.out).write_bytes(orjson.dumps(
-            res, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+        Path(args.out).write_bytes(dump(compact(res)))
         print(orjson.dumps(res["offline_psi"], option=orjson.OPT_INDENT_2 |
                            orjson.OPT_NON_STR_KEYS).decode())
         return 0
@@ -349,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
            "offline_psi": offline_psi(args.store),
            "alerts": res["alerts"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    Path(args.out).write_bytes(dump(compact(out)))
     print(orjson.dumps(out["summary"], option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()[:6000])
     print(f"written {args.out}; logs in {tmp}")
     return 0
