@@ -316,6 +316,90 @@ class WorkerSettings(_Section):
         default=True, description="Produce `bundle_rejected` alerts to topics.alerts.")
 
 
+class MonitorSettings(_Section):
+    """The monitor (``segstream monitor``): windows, thresholds, join, recovery."""
+
+    app_id: str = Field(
+        default="segstream-monitor",
+        description="faust app id: consumer group and prefix of its changelog topics.")
+    window_s: int = Field(
+        default=86_400, ge=1,
+        description="Tumbling event-time window (seconds, epoch-aligned); also the worker's "
+        "stats slice.")
+    lateness_s: int = Field(
+        default=3_600, ge=0,
+        description="Allowed lateness: a window closes when the watermark passes its end "
+        "plus this; later records are dropped and counted.")
+    source_idle_s: float = Field(
+        default=30.0, gt=0,
+        description="A worker silent this long (wall clock) no longer holds the watermark back.")
+    idle_close_s: float | None = Field(
+        default=None, gt=0,
+        description="Close every open window after this long without input (wall clock; "
+        "end of a replay); null = never.")
+    tick_s: float = Field(default=1.0, gt=0, description="Timer period (seconds).")
+    batch_max: int = Field(
+        default=1000, ge=1,
+        description="Records an agent takes at once; table changes are written to the "
+        "changelog once per key per batch.")
+    session_timeout_s: float = Field(
+        default=6.0, gt=0,
+        description="faust consumer-group session timeout (s); heartbeat = 1/10 of it. 2 joins "
+        "fast on Tansu; Apache Kafka's minimum is 6 by default.")
+    drift_warning: float = Field(default=0.1, gt=0, description="Default PSI warning level.")
+    drift_critical: float = Field(default=0.25, gt=0, description="Default PSI critical level.")
+    drift_thresholds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Per-feature PSI [warning, critical] levels (JSON "
+        "object); key 'prediction' for the prediction.")
+    drift_exclude: tuple[str, ...] = Field(
+        default=(), description="Features whose drift is not judged (e.g. day_of_week, "
+        "constant within a one-day window).")
+    drift_min_count: int = Field(
+        default=300, ge=1,
+        description="Events a window (or segment) needs before its PSI is judged.")
+    drift_segments: bool = Field(
+        default=True, description="Also judge drift per large segment (bundle references).")
+    new_segment_threshold: int = Field(
+        default=50, ge=1, description="Events of an unknown key in one window to alert.")
+    new_segment_window_s: int | None = Field(
+        default=None, ge=1,
+        description="Window of the new-segment counts (multiple of window_s); null = window_s.")
+    join_expiry_s: int = Field(
+        default=172_800, ge=1,
+        description="A prediction (outcome) waits this long in event time for its outcome "
+        "(prediction), then counts as expired (unmatched).")
+    mae_ratio_warning: float = Field(
+        default=1.5, gt=0, description="Window MAE / test MAE at or above: performance warning.")
+    mae_ratio_critical: float = Field(
+        default=2.0, gt=0, description="Window MAE / test MAE at or above: critical.")
+    performance_min_count: int = Field(
+        default=200, ge=1, description="Outcomes a window (segment) needs to be judged.")
+    coverage_band: float = Field(
+        default=0.1, ge=0, le=1,
+        description="Alert when interval coverage leaves interval mass ± this.")
+    recovery_probe: bool = Field(
+        default=True,
+        description="Correct the changelog high watermarks by a fetch before table recovery "
+        "(Tansu lists them too low).")
+    metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics.")
+    metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="Port of /metrics and /healthz; 0 = any.")
+    bundle_cache_dir: str = Field(
+        default=".cache/segstream/monitor-bundles",
+        description="Local cache of bundles fetched for their drift reference.")
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> "MonitorSettings":
+        if self.new_segment_window_s is not None and self.new_segment_window_s % self.window_s:
+            raise ValueError("new_segment_window_s must be a multiple of window_s")
+        return self
+
+    def threshold(self, feature: str) -> tuple[float, float]:
+        """(warning, critical) PSI levels of ``feature``."""
+        t = self.drift_thresholds.get(feature)
+        return (float(t[0]), float(t[1])) if t else (self.drift_warning, self.drift_critical)
+
+
 class Settings(BaseSettings):
     """All of segstream's settings (one YAML file + ``SEGSTREAM_*`` environment overrides)."""
 
@@ -336,6 +420,7 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = SimulatorSettings()
     training: TrainingSettings = TrainingSettings()
     worker: WorkerSettings = WorkerSettings()
+    monitor: MonitorSettings = MonitorSettings()
 
     @classmethod
     def settings_customise_sources(

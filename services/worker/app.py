@@ -19,7 +19,7 @@ from services.worker.kafka_io import (
 )
 from services.worker.loop import EXIT_OK, StreamWorker
 from services.worker.metrics import WorkerMetrics
-from services.worker.records import bundle_rejected_alert
+from shared.alerts import bundle_rejected_alert
 from services.worker.reload import BundleSource, BundleWatcher, Loader
 from shared.errors import BundleCompatibilityError, BundleIntegrityError, StoreError
 from shared.kafka import check_reachable, ensure_topics

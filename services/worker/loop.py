@@ -36,7 +36,7 @@ import orjson
 from services.worker.decode import DLQ_REASONS, EventDecoder
 from services.worker.metrics import WorkerMetrics
 from services.worker.records import dlq_value_and_headers, encode_predictions, utc_now_iso
-from services.worker.stats import batch_stats
+from services.worker.stats import batch_stats_slices
 from shared.scoring import Scorer
 from shared.settings import Settings
 
@@ -212,14 +212,18 @@ class StreamWorker:
             else:
                 scores, ids, preds = {}, [], []
             dlq_counts = collections.Counter(r for _, r, _ in decoded.rejected)
-            stats = None
+            stats: list[bytes] = []
             if self.w.stats_enabled:
-                stats = orjson.dumps(batch_stats(
+                # One record per monitor window (event time) so none straddles a boundary.
+                stats = [orjson.dumps(r) for r in batch_stats_slices(
                     decoded.columns, scores, scorer.drift_reference,
-                    time_field=self.time_field, model=scorer.model, bundle_id=scorer.bundle_id,
+                    time_field=self.time_field, slice_s=self.settings.monitor.window_s,
+                    model=scorer.model, bundle_id=scorer.bundle_id,
                     worker=self.worker_id, batch=self.seq, n_events=len(msgs),
                     dlq_counts=dlq_counts, created_at=utc_now_iso(),
-                    max_unknown_keys=self.w.max_unknown_keys))
+                    max_unknown_keys=self.w.max_unknown_keys,
+                    partitions=np.fromiter((x.partition() for x in msgs), np.int32,
+                                           len(msgs))[decoded.valid])]
         except Exception:  # noqa: BLE001 - a scoring bug: never commit this batch
             logger.exception("batch %d failed in decode/score (%d events); rewinding",
                              self.seq, len(msgs))
@@ -253,7 +257,7 @@ class StreamWorker:
         m.batch_seconds.observe(time.perf_counter() - t0)
 
     def _produce_all(self, msgs: list[Any], decoded: Any, ids: list[Any], preds: list[bytes],
-                     stats: bytes | None, on_delivery: Callable[..., None] | None) -> int:
+                     stats: list[bytes], on_delivery: Callable[..., None] | None) -> int:
         """Produce every output record of a batch; returns how many were produced."""
         p = self.producer.client
         produce = p.produce
@@ -283,8 +287,8 @@ class StreamWorker:
                 max_value_bytes=self.w.dlq_max_value_bytes)
             self._produce_one(self.topics.dlq, value, msg.key(), headers, kw)
             count += 1
-        if stats is not None:
-            self._produce_one(self.topics.stats, stats, self.scorer.model, None, kw)
+        for rec in stats:
+            self._produce_one(self.topics.stats, rec, self.scorer.model, None, kw)
             count += 1
         return count
 
@@ -303,11 +307,11 @@ class StreamWorker:
 
     # ------------------------------------------------------------------ at-least-once
     def _produce_at_least_once(self, msgs: list[Any], decoded: Any, ids: list[Any],
-                               preds: list[bytes], stats: bytes | None,
+                               preds: list[bytes], stats: list[bytes],
                                first: dict[int, int], nxt: dict[int, int]) -> None:
         batch = _InFlight(self.seq, first, nxt)
         batch.n_predictions = len(preds)
-        n = len(preds) + len(decoded.rejected) + (stats is not None)
+        n = len(preds) + len(decoded.rejected) + len(stats)
         batch.pending = n  # before producing: callbacks may fire during poll() below
         self.inflight.append(batch)
         self._produce_all(msgs, decoded, ids, preds, stats, batch.on_delivery)
@@ -374,7 +378,7 @@ class StreamWorker:
 
     # ------------------------------------------------------------------ exactly-once
     def _produce_transaction(self, msgs: list[Any], decoded: Any, ids: list[Any],
-                             preds: list[bytes], stats: bytes | None,
+                             preds: list[bytes], stats: list[bytes],
                              first: dict[int, int], nxt: dict[int, int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415
 

@@ -1,4 +1,6 @@
-"""Output records of the worker (pure; no Kafka): predictions, DLQ headers, alerts.
+"""Output records of the worker (pure; no Kafka): predictions and DLQ headers.
+
+Alert records are built by :mod:`shared.alerts` (re-exported here for the worker).
 
 Prediction record (DESIGN.md contract), JSON, keyed by ``event_id``::
 
@@ -13,13 +15,14 @@ batch. Non-finite floats are written as ``null`` (orjson's behaviour).
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
 import numpy as np
 import orjson
+
+from shared.alerts import bundle_rejected_alert  # noqa: F401 - the alert contract lives there
 
 #: Headers added to every DLQ record (the original headers are kept before them).
 DLQ_HEADER_REASON = "segstream.dlq.reason"
@@ -136,27 +139,3 @@ def dlq_value_and_headers(
         out_headers.append((DLQ_HEADER_TRUNCATED, str(len(value)).encode()))
         value = value[:max_value_bytes]
     return value, out_headers
-
-
-def bundle_rejected_alert(*, model: str, bundle_id: str, current_bundle_id: str | None,
-                          reason: str, severity: str = "critical") -> dict[str, Any]:
-    """A ``bundle_rejected`` alert record (DESIGN.md alert contract)."""
-    now = utc_now_iso()
-    return {
-        "alert_id": uuid.uuid4().hex,
-        "type": "bundle_rejected",
-        "severity": severity,
-        "model": model,
-        "bundle_id": bundle_id,
-        "feature": None,
-        "segment": None,
-        "statistic": "bundle_verification",
-        "value": None,
-        "threshold": None,
-        "window_start": now,
-        "window_end": now,
-        "count": 1,
-        "detected_at": now,
-        "reason": reason,
-        "current_bundle_id": current_bundle_id,
-    }

@@ -1,6 +1,8 @@
 """Compact per-batch statistics for the monitor (pure; no Kafka).
 
-One stats record per micro-batch, keyed by the model name (so every record of a model lands in
+One stats record per micro-batch **and event-time slice** (:func:`batch_stats_slices`: a batch
+that straddles a slice boundary, e.g. midnight with one-day monitor windows, gives one record
+per slice, so that every record falls into exactly one monitor window), keyed by the model name (so every record of a model lands in
 one partition and a monitor can add them up per window), JSON::
 
     {"model", "bundle_id", "worker", "batch", "n_events", "n_scored", "n_dlq",
@@ -11,7 +13,14 @@ one partition and a monitor can add them up per window), JSON::
      "prediction": [count per prediction bin] or null,
      "fallback_levels": {"0": count, "1": count, ...},
      "unknown_keys": {"origin|dest value": count, ...}, "unknown_keys_other": count,
-     "imputed": count, "created_at"}
+     "segments": {segment id: {feature or "prediction": [count per bin]}},  # large segments
+     "partition_time_max": {source partition: ISO 8601 UTC},   # largest event time per partition
+     "imputed": count, "created_at",
+     "slice_start": ISO 8601 UTC or null, "slice_s": slice length in seconds or null}
+
+With slicing, the batch's DLQ counts (``dlq``, ``n_dlq``) go to its first record only and
+``n_events`` is ``n_scored`` plus those; rows without a valid event time get their own record
+with ``slice_start`` null.
 
 Bins follow :mod:`shared.drift` exactly (``NumericReference.bin``,
 ``CategoricalReference.bin``), so counts add up across batches and workers and compare directly
@@ -49,6 +58,7 @@ def batch_stats(
     dlq_counts: Mapping[str, int],
     created_at: str,
     max_unknown_keys: int = 100,
+    partitions: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The stats record of one batch.
 
@@ -72,6 +82,9 @@ def batch_stats(
     max_unknown_keys : int
         At most this many unknown keys are named (the most frequent); the count of the others
         goes to ``unknown_keys_other``.
+    partitions : numpy.ndarray, optional
+        Source partition of each valid row; gives ``partition_time_max`` = {partition: the
+        largest event time of its rows} (the monitor's per-partition watermark).
 
     Returns
     -------
@@ -105,6 +118,29 @@ def batch_stats(
         if len(valid):
             tmin, tmax = _iso(valid.min()), _iso(valid.max())
     imputed = int(np.count_nonzero(scores["imputed"])) if m and "imputed" in scores else 0
+    part_max: dict[str, str | None] = {}
+    if partitions is not None and times is not None and len(times) and len(partitions):
+        ns = np.asarray(times).astype("datetime64[ns]")
+        ok = ~np.isnat(ns)
+        parts = np.asarray(partitions)[ok]
+        vals = ns[ok]
+        for p in np.unique(parts).tolist():
+            part_max[str(p)] = _iso(vals[parts == p].max())
+    segments: dict[str, dict[str, list[int]]] = {}
+    seg_col = scores.get("segment")
+    if reference.segments and seg_col is not None and m:
+        seg_col = np.asarray(seg_col)
+        for sid, feats in reference.segments.items():
+            rows = seg_col == sid
+            if not rows.any():
+                continue
+            out: dict[str, list[int]] = {}
+            for name, ref in feats.items():
+                vals = scores["prediction"][rows] if name == "prediction" else (
+                    columns[name][rows] if name in columns else None)
+                if vals is not None:
+                    out[name] = np.bincount(ref.bin(vals), minlength=ref.n_bins).tolist()
+            segments[str(sid)] = out
     return {
         "model": model,
         "bundle_id": bundle_id,
@@ -122,6 +158,68 @@ def batch_stats(
         "fallback_levels": fallback,
         "unknown_keys": named,
         "unknown_keys_other": int(other),
+        "segments": segments,
+        "partition_time_max": part_max,
         "imputed": imputed,
         "created_at": created_at,
+        "slice_start": None,
+        "slice_s": None,
     }
+
+
+def _take(d: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: (v[rows] if isinstance(v, np.ndarray) and v.ndim >= 1 and len(v) == len(rows)
+                else v) for k, v in d.items()}
+
+
+def batch_stats_slices(
+    columns: Mapping[str, np.ndarray],
+    scores: Mapping[str, np.ndarray],
+    reference: DriftReference,
+    *,
+    time_field: str,
+    slice_s: int | None,
+    n_events: int,
+    dlq_counts: Mapping[str, int],
+    partitions: np.ndarray | None = None,
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    """The stats records of one batch, one per event-time slice of ``slice_s`` seconds.
+
+    Slices are aligned to the Unix epoch (``floor(t / slice_s) * slice_s``, UTC), like the
+    monitor's tumbling windows. ``slice_s=None`` gives one record for the whole batch.
+    Other keyword arguments are those of :func:`batch_stats`.
+
+    Returns
+    -------
+    list of dict
+        At least one record (a batch without valid events gives one record with its DLQ
+        counts).
+    """
+    times = columns.get(time_field)
+    m = len(scores["prediction"]) if "prediction" in scores else 0
+    if not slice_s or times is None or m == 0:
+        rec = batch_stats(columns, scores, reference, time_field=time_field, n_events=n_events,
+                          dlq_counts=dlq_counts, partitions=partitions, **kw)
+        return [rec]
+    ns = np.asarray(times).astype("datetime64[ns]").astype(np.int64)
+    nat = np.isnat(np.asarray(times).astype("datetime64[ns]"))
+    step = int(slice_s) * 1_000_000_000
+    slot = np.where(nat, np.iinfo(np.int64).min, ns // step)
+    keys = np.unique(slot)
+    out: list[dict[str, Any]] = []
+    n_dlq = int(sum(dlq_counts.values()))
+    for i, k in enumerate(keys.tolist()):
+        rows = slot == k
+        first = i == 0
+        rec = batch_stats(_take(columns, rows), _take(scores, rows), reference,
+                          time_field=time_field,
+                          n_events=int(rows.sum()) + (n_dlq if first else 0),
+                          dlq_counts=dlq_counts if first else {},
+                          partitions=None if partitions is None else np.asarray(partitions)[rows],
+                          **kw)
+        if k != np.iinfo(np.int64).min:
+            rec["slice_start"] = _iso(np.datetime64(k * step, "ns"))
+            rec["slice_s"] = int(slice_s)
+        out.append(rec)
+    return out

@@ -75,3 +75,48 @@ def test_batch_without_valid_events() -> None:
     assert rec["numeric"]["x"] == [0, 0, 0, 0]
     assert rec["prediction"] == [0, 0, 0]
     assert rec["event_time_min"] is None
+
+
+def _day_batch():
+    t = np.array(["2013-09-01T23:00", "2013-09-01T23:59:59", "2013-09-02T00:00",
+                  "2013-09-02T05:00"], dtype="datetime64[ns]")
+    cols = {"x": np.array([1.0, 2.0, 20.0, 30.0]), "c": np.array(["a", "b", "a", "a"],
+                                                                  dtype=object), "t": t}
+    scores = {"prediction": np.array([1.0, 6.0, 7.0, 8.0]),
+              "fallback_level": np.zeros(4, np.int8),
+              "unknown_key": np.array(["k", None, "k", "k"], dtype=object),
+              "imputed": np.zeros(4, bool), "segment": np.array([7, 7, 8, 7], np.int32)}
+    return cols, scores
+
+
+def test_batch_straddling_a_slice_boundary_gives_one_record_per_slice() -> None:
+    from services.worker.stats import batch_stats_slices
+
+    cols, scores = _day_batch()
+    ref = _ref()
+    ref = DriftReference(ref.numeric, ref.categorical, ref.prediction,
+                         segments={7: {"x": numeric_ref([10.0]), "prediction": numeric_ref([5.0])}})
+    recs = batch_stats_slices(cols, scores, ref, time_field="t", slice_s=86_400, model="m",
+                              bundle_id="b1", worker="w1", batch=3, n_events=6,
+                              dlq_counts={"empty": 2}, created_at="now",
+                              partitions=np.array([0, 1, 1, 2]))
+    assert [r["slice_start"] for r in recs] == ["2013-09-01T00:00:00.000Z",
+                                                "2013-09-02T00:00:00.000Z"]
+    a, b = recs
+    assert a["n_scored"] == 2 and b["n_scored"] == 2
+    assert a["n_dlq"] == 2 and b["n_dlq"] == 0  # the batch's DLQ counts go to the first
+    assert a["n_events"] == 4 and b["n_events"] == 2
+    assert a["numeric"]["x"] == [0, 2, 0, 0] and b["numeric"]["x"] == [0, 0, 2, 0]
+    assert a["unknown_keys"] == {"k": 1} and b["unknown_keys"] == {"k": 2}
+    assert a["partition_time_max"] == {"0": "2013-09-01T23:00:00.000Z",
+                                       "1": "2013-09-01T23:59:59.000Z"}
+    assert b["partition_time_max"] == {"1": "2013-09-02T00:00:00.000Z",
+                                       "2": "2013-09-02T05:00:00.000Z"}
+    # per large segment: segment 7 only (8 has no reference); bins of the segment reference
+    assert a["segments"] == {"7": {"x": [2, 0, 0], "prediction": [1, 1, 0]}}
+    assert b["segments"] == {"7": {"x": [0, 1, 0], "prediction": [0, 1, 0]}}
+    assert a["slice_s"] == 86_400
+    one = batch_stats_slices(cols, scores, ref, time_field="t", slice_s=None, model="m",
+                             bundle_id="b1", worker="w1", batch=3, n_events=6,
+                             dlq_counts={}, created_at="now")
+    assert len(one) == 1 and one[0]["n_scored"] == 4 and one[0]["slice_start"] is None

@@ -1,0 +1,310 @@
+"""The monitor service: a faust-streaming app around :class:`~services.monitor.core.MonitorCore`.
+
+Agents (one per source topic; each takes up to ``monitor.batch_max`` records at once, applies
+them one by one and then writes every changed table key once to the changelog partition of
+the record that owns it, see :class:`BufferedTable`):
+
+* ``stats``: the workers' stats records → drift and new-key windows (+ new-segment alerts, and
+  drift alerts for windows the watermark advance closes);
+* ``predictions`` and ``outcomes`` (co-partitioned, keyed by ``event_id``) → the join tables and
+  the per-partition performance windows;
+* ``ticks``: an internal topic with one small record per partition per ``tick_s`` from a
+  timer, so that window closing, join expiry and the idle close run *inside* an event of the
+  right partition (faust tables can only be changed from a stream event).
+
+Alerts go to ``topics.alerts`` keyed by subject. State lives in faust tables (memory store,
+changelog topics ``<app_id>-<table>-changelog``) and is recovered on start; see
+:mod:`services.monitor.faust_ext` for the Tansu watermark correction.
+
+Run one monitor instance per model: performance windows are summed over every partition's
+table entries in the process that owns partition 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import MutableMapping
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+
+from services.monitor.core import MonitorCore
+from services.monitor.metrics import MonitorMetrics
+from services.monitor.references import ReferenceCache
+from shared.alerts import alert_key
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta")
+
+
+class BufferedTable(MutableMapping):  # type: ignore[type-arg]
+    """A faust table seen as a plain mapping whose changes reach the changelog in batches.
+
+    Reads and writes go to the table's local store at once; each changed key is remembered
+    with the partition that owns it (:attr:`partition`, set before each record) and
+    :meth:`flush` sends its final value (or a tombstone) once to that changelog partition.
+    faust flushes its producer before committing the source offsets, so a batch's changelog
+    records are written before the batch counts as processed (at-least-once).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.partition: int | None = None
+        self._dirty: dict[Any, int | None] = {}
+
+    @property
+    def data(self) -> Any:  # what MonitorCore scans
+        return self.table.data
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.table.data[key]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.table.data.get(key, default)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.table.data[key] = value
+        self._dirty[key] = self.partition
+
+    def __delitem__(self, key: Any) -> None:
+        del self.table.data[key]
+        self._dirty[key] = self.partition
+
+    def __iter__(self) -> Any:
+        return iter(self.table.data)
+
+    def __len__(self) -> int:
+        return len(self.table.data)
+
+    def flush(self) -> int:
+        """Send every changed key once; returns how many changelog records were sent."""
+        data, send = self.table.data, self.table.send_changelog
+        for key, partition in self._dirty.items():
+            if key in data:
+                send(partition, key, data[key])
+            else:
+                send(partition, key, None, value_serializer="raw")
+        n = len(self._dirty)
+        self._dirty.clear()
+        return n
+
+
+class MonitorService:
+    """Build the faust app of the monitor (nothing connects before :meth:`run`).
+
+    Parameters
+    ----------
+    settings : Settings
+    registry : CollectorRegistry
+    reference_for : callable, optional
+        ``bundle_id -> (DriftReference, Baseline)``; default: a :class:`ReferenceCache` over
+        the artifact store.
+    """
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry,
+                 reference_for: Any = None) -> None:
+        import faust  # noqa: PLC0415
+
+        self.settings = settings
+        m = settings.monitor
+        t = settings.topics
+        schema = settings.event_schema
+        self.partitions = t.partitions
+        self.metrics = MonitorMetrics.create(registry, schema.features)
+        if reference_for is None:
+            from shared.store import ArtifactStore  # noqa: PLC0415
+
+            reference_for = ReferenceCache(ArtifactStore(settings.store), settings.model,
+                                           m.bundle_cache_dir)
+        self.reference_for = reference_for
+        brokers = [f"kafka://{h.strip()}" for h in settings.broker.bootstrap.split(",")]
+        extra: dict[str, Any] = {}
+        if m.recovery_probe:
+            extra["TableManager"] = "services.monitor.faust_ext:ProbingTableManager"
+        app = faust.App(
+            m.app_id, broker=brokers, store="memory://", topic_partitions=t.partitions,
+            topic_replication_factor=t.replication_factor, web_enabled=False,
+            broker_session_timeout=m.session_timeout_s,
+            broker_heartbeat_interval=m.session_timeout_s / 10,
+            broker_rebalance_timeout=m.session_timeout_s,
+            consumer_auto_offset_reset="earliest", autodiscover=False,
+            table_standby_replicas=0, producer_linger=0.005,
+            producer_max_batch_size=512 * 1024, **extra)
+        self.app = app
+        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+               "value_serializer": "raw"}
+        self.stats_topic = app.topic(t.stats, **raw)
+        self.pred_topic = app.topic(t.predictions, **raw)
+        self.out_topic = app.topic(t.outcomes, **raw)
+        self.alerts_topic = app.topic(t.alerts, **raw)
+        self.ticks_topic = app.topic(f"{m.app_id}-ticks", partitions=t.partitions,
+                                     internal=True, **raw)
+        schema_json = faust.Schema(key_serializer="json", value_serializer="json")
+        self.faust_tables = {name: app.Table(name, default=None, partitions=t.partitions,
+                                             schema=schema_json) for name in TABLES}
+        self.tables = {name: BufferedTable(tbl) for name, tbl in self.faust_tables.items()}
+        self.core = MonitorCore(m, model=settings.model, id_field=schema.id_field,
+                                time_field=schema.time_field, target=schema.target,
+                                reference_for=reference_for, tables=self.tables,
+                                partitions=t.partitions, observer=self.metrics)
+        self.started = False
+        self.events_processed = 0
+        # Table changes wait in faust's producer buffer; its default bound (100 messages) makes
+        # every agent stall on each flush. A larger bound lets aiokafka batch them.
+        app.producer.buffer.max_messages = 5000
+        self._register()
+
+    # ------------------------------------------------------------------ agents
+    async def _send(self, alerts: list[dict[str, Any]]) -> None:
+        for a in alerts:
+            logger.info("alert %s %s %s=%s window %s", a["type"], a["severity"],
+                        a["statistic"], a["value"], a["window_start"])
+            await self.alerts_topic.send(key=alert_key(a), value=orjson.dumps(a))
+
+    @staticmethod
+    def _decode(value: Any) -> Any:
+        try:
+            return orjson.loads(value)
+        except (orjson.JSONDecodeError, TypeError):
+            return None
+
+    def _register(self) -> None:
+        app, core = self.app, self.core
+
+        batch, within = self.settings.monitor.batch_max, 0.2
+
+        def at(partition: int) -> None:
+            for tbl in self.tables.values():
+                tbl.partition = partition
+
+        def flush() -> None:
+            for tbl in self.tables.values():
+                tbl.flush()
+
+        async def stats_agent(stream: Any) -> None:
+            async for events in stream.take_events(batch, within):
+                alerts: list[dict[str, Any]] = []
+                for event in events:
+                    msg = event.message
+                    at(msg.partition)
+                    alerts += core.on_stats(self._decode(event.value), msg.partition,
+                                            msg.offset, time.time())
+                flush()
+                self.events_processed += len(events)
+                await self._send(alerts)
+
+        async def predictions_agent(stream: Any) -> None:
+            async for events in stream.take_events(batch, within):
+                now = time.time()
+                for event in events:
+                    msg = event.message
+                    at(msg.partition)
+                    core.on_prediction(self._decode(event.value), msg.partition, msg.offset,
+                                       now)
+                flush()
+                self.events_processed += len(events)
+
+        async def outcomes_agent(stream: Any) -> None:
+            async for events in stream.take_events(batch, within):
+                now = time.time()
+                for event in events:
+                    msg = event.message
+                    at(msg.partition)
+                    core.on_outcome(self._decode(event.value), msg.partition, msg.offset,
+                                    now)
+                flush()
+                self.events_processed += len(events)
+
+        async def ticks_agent(stream: Any) -> None:
+            async for events in stream.take_events(batch, within):
+                alerts: list[dict[str, Any]] = []
+                for event in events:
+                    at(event.message.partition)
+                    alerts += core.on_tick(event.message.partition, time.time())
+                flush()
+                await self._send(alerts)
+
+        async def tick_timer() -> None:
+            if not self.started:
+                return
+            for p in range(self.partitions):
+                await self.ticks_topic.send(value=b"t", partition=p)
+            self._gauges()
+
+        app.agent(self.stats_topic, name="monitor-stats")(stats_agent)
+        app.agent(self.pred_topic, name="monitor-predictions")(predictions_agent)
+        app.agent(self.out_topic, name="monitor-outcomes")(outcomes_agent)
+        app.agent(self.ticks_topic, name="monitor-ticks")(ticks_agent)
+        app.timer(interval=self.settings.monitor.tick_s, name="monitor-tick-timer")(tick_timer)
+
+        @app.on_rebalance_complete.connect
+        async def _ready(app_: Any, **kw: Any) -> None:  # noqa: ARG001
+            self.started = True
+
+    def _gauges(self) -> None:
+        m, core = self.metrics, self.core
+        m.pending.labels(kind="predictions").set(len(self.tables["pending_p"]))  # noqa: E501
+        m.pending.labels(kind="outcomes").set(len(self.tables["pending_o"]))
+        now = time.time()
+        for name, v in (("drift", core.watermark.value(now)),
+                        ("predictions", core.pred_clocks.value(now)),
+                        ("outcomes", core.out_clocks.value(now))):
+            if v is not None:
+                m.watermark.labels(clock=name).set(v / 1000.0)
+
+    def ready(self) -> tuple[bool, str]:
+        """``/readyz``: true once tables are recovered and partitions assigned."""
+        if not self.started:
+            return False, "recovering tables / joining the group"
+        return True, "ok"
+
+
+def run_monitor(settings: Settings, *, log_level: str = "INFO") -> int:
+    """Run the monitor until SIGINT/SIGTERM; returns the exit code.
+
+    Creates missing topics (stats, predictions, outcomes, alerts) with
+    ``topics.partitions`` partitions and checks that the three inputs are co-partitioned.
+
+    Raises
+    ------
+    ConfigError
+        The input topics have different partition counts than ``topics.partitions``.
+    """
+    import faust  # noqa: PLC0415
+
+    from services.worker.health import HealthServer  # noqa: PLC0415
+    from shared.errors import ConfigError  # noqa: PLC0415
+    from shared.kafka import check_reachable, ensure_topics, topic_partitions  # noqa: PLC0415
+
+    t = settings.topics
+    check_reachable(settings.broker)
+    ensure_topics(settings.broker, [t.stats, t.predictions, t.outcomes, t.alerts], t.partitions,
+                  t.replication_factor)
+    counts = {name: topic_partitions(settings.broker, name)
+              for name in (t.stats, t.predictions, t.outcomes)}
+    bad = {k: v for k, v in counts.items() if v != t.partitions}
+    if bad:
+        raise ConfigError(f"topics.partitions is {t.partitions} but {bad} have other partition "
+                          "counts; the monitor's tables need them all equal")
+    registry = CollectorRegistry()
+    service = MonitorService(settings, registry)
+    m = settings.monitor
+    health = HealthServer(registry, m.metrics_host, m.metrics_port, service.ready).start()
+    logger.info("monitor /metrics on port %d", health.port)
+    print(f"metrics_port={health.port}", flush=True)
+    try:
+        worker = faust.Worker(service.app, loglevel=log_level, override_logging=False,
+                              quiet=True)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    finally:
+        health.stop()
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    return 0

@@ -1,0 +1,33 @@
+"""``segstream monitor``: the monitor subcommand."""
+
+from __future__ import annotations
+
+import argparse
+
+from shared.cli import _add_bootstrap, _add_config, subcommand
+
+
+@subcommand
+def _monitor_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "monitor", help="windowed drift, new-segment and performance alerts (faust app)",
+        description="Aggregate the workers' stats records and join outcomes to predictions in "
+        "tumbling event-time windows; produce drift, new_segment and performance alerts to "
+        "the alerts topic; serve /metrics, /healthz and /readyz. State is kept in faust "
+        "tables backed by changelog topics and recovered on restart. SIGTERM stops cleanly.")
+    _add_config(p)
+    _add_bootstrap(p)
+    p.add_argument("--metrics-port", type=int, help="port of /metrics (0 = any free port)")
+    p.add_argument("--app-id", help="faust app id / consumer group (overrides monitor.app_id)")
+    p.set_defaults(func=_cmd_monitor)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from services.monitor.app import run_monitor  # noqa: PLC0415
+    from shared.settings import load_settings  # noqa: PLC0415
+
+    settings = load_settings(args.config, {
+        "broker": {"bootstrap": args.bootstrap},
+        "monitor": {"metrics_port": args.metrics_port, "app_id": args.app_id},
+    })
+    return run_monitor(settings, log_level=args.log_level)

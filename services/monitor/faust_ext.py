@@ -1,0 +1,109 @@
+"""faust extension: table recovery that reads changelogs to their *fetched* high watermark.
+
+faust recovers a table by reading its changelog partitions up to the high watermark it
+*lists* (``ListOffsets``) when the partitions are assigned. The embedded Tansu broker lists
+a watermark that is too low: measured, it is the first offset of the partition's last record
+batch + 1, so recovery stops after the first record of the last batch and the rest of that
+batch (often many changelog records, since the producer batches them) is lost. A *fetch*
+response carries the right watermark. :class:`ProbingRecovery` therefore corrects each listed
+watermark by fetching from just before it with a short-lived confluent-kafka consumer and
+reading the watermark of that fetch response (one small fetch per changelog partition per
+rebalance; on Apache Kafka the two agree and nothing changes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
+from faust.types import TP
+
+logger = logging.getLogger(__name__)
+
+
+def fetched_high_watermarks(bootstrap: str, listed: Mapping[Any, int | None],
+                            timeout_s: float = 5.0,
+                            client: Mapping[str, Any] | None = None) -> dict[Any, int | None]:
+    """High watermarks of ``(topic, partition)`` pairs as carried by fetch responses.
+
+    Parameters
+    ----------
+    bootstrap : str
+    listed : mapping of (topic, partition)-like to int or None
+        The listed watermarks (the fetch starts one record before them).
+    timeout_s : float
+        Deadline for all partitions together; on timeout the listed value is kept.
+
+    Returns
+    -------
+    dict
+        Same keys; ``max(listed, fetched)``.
+    """
+    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
+
+    out: dict[Any, int | None] = dict(listed)
+    todo = {k: v for k, v in listed.items() if v}  # empty partitions need no probe
+    if not todo:
+        return out
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "segstream-monitor-probe",
+                  "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0,
+                  **dict(client or {})})
+    try:
+        tps = {(k[0], k[1]): k for k in todo}
+        c.assign([TopicPartition(t, p, max(0, todo[k] - 1)) for (t, p), k in tps.items()])
+        pending = set(tps)
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for m in c.consume(500, 0.2):
+                key = (m.topic(), m.partition())
+                if key in pending:
+                    pending.discard(key)
+            for t, p in list(tps):
+                _lo, hi = c.get_watermark_offsets(TopicPartition(t, p), cached=True)
+                k = tps[(t, p)]
+                if hi is not None and hi >= 0:
+                    out[k] = max(out[k] or 0, hi)
+        if pending:
+            logger.warning("watermark probe timed out for %s; keeping listed values",
+                           sorted(pending))
+    finally:
+        c.close()
+    return out
+
+
+class ProbingRecovery(Recovery):
+    """faust :class:`~faust.tables.recovery.Recovery` with probed changelog highwaters."""
+
+    async def _build_highwaters(self, consumer: Any, tps: Any, destination: Any,
+                                title: str) -> None:
+        await super()._build_highwaters(consumer, tps, destination, title)
+        listed = {tp: (v + 1 if v is not None and v >= 0 else None)
+                  for tp, v in destination.items()}
+        bootstrap = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker)
+        loop = asyncio.get_running_loop()
+        fetched = await loop.run_in_executor(None, fetched_high_watermarks, bootstrap, listed)
+        changed = {tp: (listed[tp], v) for tp, v in fetched.items()
+                   if v is not None and v != listed[tp]}
+        if changed:
+            logger.info("%s changelog highwaters corrected by fetch (listed -> fetched): %s",
+                        title, {f"{tp.topic}[{tp.partition}]": c for tp, c in changed.items()})
+        for tp, v in fetched.items():
+            destination[tp] = v - 1 if v is not None else -1
+
+
+class ProbingTableManager(TableManager):
+    """faust TableManager whose recovery uses :class:`ProbingRecovery`."""
+
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = ProbingRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery
+
+
+__all__ = ["TP", "ProbingRecovery", "ProbingTableManager", "fetched_high_watermarks"]

@@ -1,0 +1,127 @@
+"""The monitor's Prometheus metrics as one typed bundle, built from a registry passed in.
+
+Label sets are small and fixed: ``feature`` takes the schema's feature names plus
+``prediction``; ``type`` and ``severity`` the alert types and severities; ``source`` / ``result``
+the fixed record outcomes below. Segment ids and keys never become labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from shared.alerts import SEVERITIES
+
+RECORD_SOURCES = ("stats", "predictions", "outcomes")
+RECORD_RESULTS = ("ok", "malformed", "late", "duplicate", "foreign", "untimed", "no_reference")
+JOIN_RESULTS = ("joined", "joined_nan", "expired_prediction", "unmatched_outcome", "late",
+                "duplicate")
+WINDOW_KINDS = ("drift", "new_segment", "performance")
+MONITOR_ALERT_TYPES = ("drift", "new_segment", "performance")
+
+
+@dataclasses.dataclass
+class MonitorMetrics:
+    """Every metric of the monitor. Build with :meth:`create`; it is the core's observer."""
+
+    psi: Gauge
+    js_distance: Gauge
+    alerts: Counter
+    windows_closed: Counter
+    records: Counter
+    join: Counter
+    window_mae: Gauge
+    window_mae_ratio: Gauge
+    window_coverage: Gauge
+    window_outcomes: Gauge
+    pending: Gauge
+    watermark: Gauge
+    features: frozenset[str]
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, features: Sequence[str],
+               namespace: str = "segstream") -> "MonitorMetrics":
+        """Register the monitor's metrics in ``registry`` (tests pass a fresh one).
+
+        Parameters
+        ----------
+        features : sequence of str
+            The schema's feature names: the only values of the ``feature`` label (plus
+            ``prediction``).
+        """
+        ns = namespace + "_monitor"
+        m = cls(
+            psi=Gauge(f"{ns}_psi", "PSI of the last closed window, whole model, per feature.",
+                      ["feature"], registry=registry),
+            js_distance=Gauge(f"{ns}_js_distance", "Jensen-Shannon distance (base 2) of the "
+                              "last closed window, whole model, per feature.", ["feature"],
+                              registry=registry),
+            alerts=Counter(f"{ns}_alerts", "Alerts produced, by type and severity.",
+                           ["type", "severity"], registry=registry),
+            windows_closed=Counter(f"{ns}_windows_closed", "Windows closed, by kind.",
+                                   ["kind"], registry=registry),
+            records=Counter(f"{ns}_records", "Input records by source topic and result.",
+                            ["source", "result"], registry=registry),
+            join=Counter(f"{ns}_outcome_join", "Outcome/prediction join results: joined, "
+                         "joined_nan (null outcome), expired_prediction (no outcome in time), "
+                         "unmatched_outcome (no prediction), late, duplicate.", ["result"],
+                         registry=registry),
+            window_mae=Gauge(f"{ns}_window_mae", "MAE of the last closed performance window, "
+                             "whole model (target units).", registry=registry),
+            window_mae_ratio=Gauge(f"{ns}_window_mae_ratio", "Window MAE / the bundle's test "
+                                   "MAE, last closed window.", registry=registry),
+            window_coverage=Gauge(f"{ns}_window_interval_coverage", "Share of outcomes inside "
+                                  "the prediction interval, last closed window.",
+                                  registry=registry),
+            window_outcomes=Gauge(f"{ns}_window_outcomes", "Outcomes with a value in the last "
+                                  "closed performance window.", registry=registry),
+            pending=Gauge(f"{ns}_pending_entries", "Entries waiting for the join, by kind.",
+                          ["kind"], registry=registry),
+            watermark=Gauge(f"{ns}_watermark_seconds", "Event-time clocks (Unix seconds).",
+                            ["clock"], registry=registry),
+            features=frozenset([*features, "prediction"]),
+        )
+        for t in MONITOR_ALERT_TYPES:
+            for s in SEVERITIES:
+                m.alerts.labels(type=t, severity=s)
+        for k in WINDOW_KINDS:
+            m.windows_closed.labels(kind=k)
+        for src in RECORD_SOURCES:
+            for r in RECORD_RESULTS:
+                m.records.labels(source=src, result=r)
+        for r in JOIN_RESULTS:
+            m.join.labels(result=r)
+        return m
+
+    # ------------------------------------------------------------- observer API of the core
+    def on_alert(self, alert: dict[str, Any]) -> None:
+        self.alerts.labels(type=alert["type"], severity=alert["severity"]).inc()
+
+    def on_drift(self, findings: Sequence[Any], window_start_ms: int) -> None:
+        for f in findings:
+            if f.segment is None and f.feature in self.features:
+                self.psi.labels(feature=f.feature).set(f.psi)
+                self.js_distance.labels(feature=f.feature).set(f.js_distance)
+
+    def on_performance(self, findings: Sequence[Any], state: dict[str, Any],
+                       window_start_ms: int) -> None:
+        if state["n"]:
+            self.window_mae.set(state["sum_abs"] / state["n"])
+        self.window_outcomes.set(state["n"])
+        for f in findings:
+            if f.segment is None and f.statistic == "mae_ratio":
+                self.window_mae_ratio.set(f.value)
+            elif f.statistic == "interval_coverage":
+                self.window_coverage.set(f.value)
+
+    def record(self, source: str, result: str, n: int = 1) -> None:
+        self.records.labels(source=source, result=result).inc(n)
+
+    def joined(self, result: str, n: int = 1) -> None:
+        self.join.labels(result=result).inc(n)
+
+    def closed(self, kind: str) -> None:
+        self.windows_closed.labels(kind=kind).inc()

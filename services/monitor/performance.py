@@ -1,0 +1,231 @@
+"""Outcome ↔ prediction join and per-window performance (pure; no Kafka).
+
+Predictions and outcomes are keyed by ``event_id`` on co-partitioned topics; whichever of the
+two arrives first waits in a table of pending entries (compact lists, see
+:func:`pending_prediction` and :func:`pending_outcome`). When the other arrives the pair is
+joined into the performance state of the window of the event's time::
+
+    {"n": outcomes with a value, "n_nan": outcomes without one (cancelled / diverted),
+     "sum_abs": sum of |y - prediction|, "covered": outcomes inside the interval,
+     "mass_sum": sum of the interval masses, "bundles": {bundle_id: n},
+     "segments": {segment: [n, sum_abs]}}
+
+States of different partitions add up (:func:`merge`). A closed window is compared with the
+test-time figures of the bundles that scored it (:func:`performance_findings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from services.monitor.drift import MalformedRecord
+from services.monitor.windows import parse_time_ms
+
+# pending prediction: [partition, event_time_ms, prediction, low, high, segment, bundle_id, mass]
+# pending outcome:    [partition, event_time_ms, y or None, outcome_time_ms]
+
+
+def _num(v: Any) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    raise MalformedRecord(f"not a number: {v!r:.40}")
+
+
+def pending_prediction(rec: Any, partition: int) -> tuple[str, list[Any]]:
+    """``(event_id, compact entry)`` of a prediction record.
+
+    Raises
+    ------
+    MalformedRecord
+    """
+    if not isinstance(rec, dict) or not isinstance(rec.get("event_id"), str):
+        raise MalformedRecord("prediction: missing event_id")
+    t = parse_time_ms(rec.get("event_time"))
+    if t is None:
+        raise MalformedRecord("prediction: event_time missing or not ISO 8601")
+    pred = _num(rec.get("prediction"))
+    if pred is None:
+        raise MalformedRecord("prediction: prediction missing or not finite")
+    iv = rec.get("interval") or [None, None]
+    if not isinstance(iv, list) or len(iv) != 2:
+        raise MalformedRecord("prediction: interval must be [low, high]")
+    return rec["event_id"], [partition, t, pred, _num(iv[0]), _num(iv[1]), rec.get("segment"),
+                             rec.get("bundle_id"), _num(rec.get("interval_mass"))]
+
+
+def pending_outcome(rec: Any, partition: int, id_field: str, target: str,
+                    time_field: str) -> tuple[str, list[Any]]:
+    """``(event_id, compact entry)`` of an outcome record; a null target is kept as None.
+
+    Raises
+    ------
+    MalformedRecord
+    """
+    if not isinstance(rec, dict) or not isinstance(rec.get(id_field), str):
+        raise MalformedRecord(f"outcome: missing {id_field}")
+    t = parse_time_ms(rec.get(time_field))
+    if t is None:
+        raise MalformedRecord(f"outcome: {time_field} missing or not ISO 8601")
+    if target not in rec:
+        raise MalformedRecord(f"outcome: missing {target}")
+    ot = parse_time_ms(rec.get("outcome_time"))
+    return rec[id_field], [partition, t, _num(rec[target]), ot if ot is not None else t]
+
+
+def empty_state() -> dict[str, Any]:
+    return {"n": 0, "n_nan": 0, "sum_abs": 0.0, "covered": 0, "n_interval": 0,
+            "mass_sum": 0.0, "bundles": {}, "segments": {}}
+
+
+def add_pair(state: Mapping[str, Any], pred: list[Any], out: list[Any],
+             track_segment: bool = True) -> dict[str, Any]:
+    """Add one joined (prediction, outcome) pair to a window's performance state.
+
+    ``track_segment`` False leaves the per-segment sums alone (only the bundle's large
+    segments, which have a test MAE to compare with, are tracked: the state stays small).
+    """
+    s = dict(state)
+    y = out[2]
+    if y is None:
+        s["n_nan"] = state["n_nan"] + 1
+        return s
+    p, lo, hi, seg, bid, mass = pred[2], pred[3], pred[4], pred[5], pred[6], pred[7]
+    err = abs(y - p)
+    s["n"] = state["n"] + 1
+    s["sum_abs"] = state["sum_abs"] + err
+    if lo is not None and hi is not None:
+        s["n_interval"] = state["n_interval"] + 1
+        s["covered"] = state["covered"] + int(lo <= y <= hi)
+        s["mass_sum"] = state["mass_sum"] + (mass if mass is not None else 0.0)
+    b = dict(state["bundles"])
+    b[str(bid)] = b.get(str(bid), 0) + 1
+    s["bundles"] = b
+    segs = dict(state["segments"])
+    if seg is not None and track_segment:
+        n0, e0 = segs.get(str(seg), (0, 0.0))
+        segs[str(seg)] = [n0 + 1, e0 + err]
+    s["segments"] = segs
+    return s
+
+
+def merge(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sum of several performance states (e.g. one per partition)."""
+    out = empty_state()
+    for st in states:
+        for k in ("n", "n_nan", "sum_abs", "covered", "n_interval", "mass_sum"):
+            out[k] += st[k]
+        for b, c in st["bundles"].items():
+            out["bundles"][b] = out["bundles"].get(b, 0) + c
+        for s, (n, e) in st["segments"].items():
+            n0, e0 = out["segments"].get(s, (0, 0.0))
+            out["segments"][s] = [n0 + n, e0 + e]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """Test-time figures of one bundle (``manifest.metrics["test"]``)."""
+
+    mae: float | None
+    coverage: float | None
+    mass: float | None
+    segment_mae: Mapping[str, float]
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> "Baseline":
+        test = (metrics or {}).get("test", {}) or {}
+        mae = (test.get("partitioned") or {}).get("mae")
+        iv = test.get("interval") or {}
+        seg = test.get("segment_mae") or {}
+        if isinstance(seg, list):  # [{segment, mae, ...}] or [[segment, mae], ...]
+            items = {}
+            for row in seg:
+                if isinstance(row, dict) and "segment" in row and "mae" in row:
+                    items[str(row["segment"])] = float(row["mae"])
+                elif isinstance(row, (list, tuple)) and len(row) >= 2:
+                    items[str(row[0])] = float(row[1])
+            seg = items
+        elif isinstance(seg, dict):
+            seg = {str(k): float(v["mae"] if isinstance(v, dict) else v)
+                   for k, v in seg.items()
+                   if v is not None and (not isinstance(v, dict) or v.get("mae") is not None)}
+        return cls(float(mae) if mae is not None else None,
+                   float(iv["coverage"]) if iv.get("coverage") is not None else None,
+                   float(iv["mass"]) if iv.get("mass") is not None else None, seg)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerformanceFinding:
+    """One performance check of a closed window (whole model when ``segment`` is None)."""
+
+    statistic: str  # "mae_ratio" or "interval_coverage"
+    segment: str | None
+    value: float
+    count: int
+    severity: str | None
+    threshold: float | None
+    mae: float | None = None
+    baseline_mae: float | None = None
+    band: tuple[float, float] | None = None
+
+
+def performance_findings(state: Mapping[str, Any], baselines: Mapping[str, Baseline], *,
+                         ratio_warning: float, ratio_critical: float, min_count: int,
+                         coverage_band: float) -> list[PerformanceFinding]:
+    """MAE ratio and interval coverage of a closed window against the bundles' test figures.
+
+    The baseline MAE of a window scored by several bundles is their test MAEs weighted by the
+    window's outcomes per bundle; bundles without figures are left out of the weights. The
+    coverage band is the nominal interval mass ± ``coverage_band``.
+
+    Returns
+    -------
+    list of PerformanceFinding
+        Whole-model MAE ratio and coverage (when the window has ``min_count`` outcomes and a
+        baseline exists), then per-segment MAE ratios for segments with a test MAE.
+    """
+    out: list[PerformanceFinding] = []
+    n = state["n"]
+    if n < min_count or n == 0:
+        return out
+    w_sum, w_mae = 0, 0.0
+    for b, c in state["bundles"].items():
+        base = baselines.get(b)
+        if base is not None and base.mae:
+            w_sum += c
+            w_mae += c * base.mae
+    mae = state["sum_abs"] / n
+
+    def ratio_finding(seg: str | None, m: float, base_mae: float, count: int) -> None:
+        r = m / base_mae
+        sev, thr = None, None
+        if r >= ratio_critical:
+            sev, thr = "critical", ratio_critical
+        elif r >= ratio_warning:
+            sev, thr = "warning", ratio_warning
+        out.append(PerformanceFinding("mae_ratio", seg, r, count, sev, thr, m, base_mae))
+
+    if w_sum:
+        ratio_finding(None, mae, w_mae / w_sum, n)
+    if state["n_interval"] >= min_count:
+        cov = state["covered"] / state["n_interval"]
+        mass = state["mass_sum"] / state["n_interval"]
+        lo, hi = max(0.0, mass - coverage_band), min(1.0, mass + coverage_band)
+        sev = "warning" if not lo <= cov <= hi else None
+        thr = (lo if cov < lo else hi) if sev else None
+        out.append(PerformanceFinding("interval_coverage", None, cov, state["n_interval"], sev,
+                                      thr, band=(lo, hi)))
+    if len(state["bundles"]) == 1:  # segment ids are per bundle
+        base = baselines.get(next(iter(state["bundles"])))
+        if base is not None:
+            for seg, (cnt, err) in sorted(state["segments"].items()):
+                bm = base.segment_mae.get(seg)
+                if bm and cnt >= min_count:
+                    ratio_finding(seg, err / cnt, bm, cnt)
+    return out

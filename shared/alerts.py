@@ -1,0 +1,146 @@
+"""The alert record (DESIGN.md contract), built in one place for the worker and the monitor.
+
+Alert record, JSON, keyed by its subject (``feature``, ``segment`` or the key, see
+:func:`alert_key`)::
+
+    {"alert_id", "type", "severity", "model", "bundle_id", "feature", "segment",
+     "statistic", "value", "threshold", "window_start", "window_end", "count",
+     "detected_at", ...extra fields}
+
+``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected``. Monitor alerts
+have a **deterministic** ``alert_id`` (:func:`alert_id`) computed from the type, model, bundle,
+subject, statistic and window, so a duplicate (e.g. re-sent after a restart) carries the same id and is
+recognisable downstream. ``bundle_rejected`` alerts are one-off events with a random id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import uuid
+from typing import Any
+
+ALERT_TYPES = ("drift", "new_segment", "performance", "bundle_rejected")
+SEVERITIES = ("warning", "critical")
+
+
+def utc_now_iso() -> str:
+    """The current time as ISO 8601 UTC with milliseconds (``...Z``)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_ms(t_ms: int | float | None) -> str | None:
+    """Epoch milliseconds as ISO 8601 UTC (``...Z``); None stays None."""
+    if t_ms is None:
+        return None
+    t = dt.datetime.fromtimestamp(t_ms / 1000.0, dt.UTC)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alert_id(type_: str, model: str, bundle_id: str | None, subject: str,
+             window_start: str | None, window_end: str | None, statistic: str = "") -> str:
+    """Deterministic id (32 hex chars) of an alert from its type, subject, statistic and window.
+
+    The statistic is part of the id because one subject can break two checks in one window
+    (a performance window's MAE ratio and its interval coverage).
+
+    Examples
+    --------
+    >>> a = alert_id("drift", "flights", "b1", "feature=temp", "2013-12-01T00:00:00.000Z",
+    ...              "2013-12-02T00:00:00.000Z")
+    >>> a == alert_id("drift", "flights", "b1", "feature=temp", "2013-12-01T00:00:00.000Z",
+    ...               "2013-12-02T00:00:00.000Z")
+    True
+    >>> len(a)
+    32
+    """
+    text = "\x1f".join([type_, model, bundle_id or "", subject, window_start or "",
+                        window_end or "", statistic])
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def subject_of(feature: str | None, segment: Any) -> str:
+    """The subject string of an alert: ``feature=F``, ``segment=S`` or both (``;``)."""
+    parts = []
+    if feature is not None:
+        parts.append(f"feature={feature}")
+    if segment is not None:
+        parts.append(f"segment={segment}")
+    return ";".join(parts) or "model"
+
+
+def alert_record(*, type_: str, severity: str, model: str, bundle_id: str | None,
+                 feature: str | None, segment: Any, statistic: str, value: float | None,
+                 threshold: float | None, window_start: str | None, window_end: str | None,
+                 count: int, detected_at: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A monitor alert with its deterministic ``alert_id`` (see the module docstring).
+
+    Parameters
+    ----------
+    type_ : {"drift", "new_segment", "performance"}
+    severity : {"warning", "critical"}
+    model, bundle_id : str
+    feature : str or None
+        Feature name (``"prediction"`` for the prediction's own distribution).
+    segment : int, str or None
+        Segment id, or the unknown key of a ``new_segment`` alert.
+    statistic : str
+        ``psi``, ``count``, ``mae_ratio``, ``interval_coverage``.
+    value, threshold : float
+    window_start, window_end : str
+        ISO 8601 UTC bounds of the event-time window.
+    count : int
+        Events behind the value.
+    extra
+        Further fields (``js_distance``, ``first_seen``, ``mae``, ``baseline_mae`` ...).
+    """
+    if type_ not in ALERT_TYPES:
+        raise ValueError(f"unknown alert type {type_!r}")
+    subject = subject_of(feature, segment)
+    return {
+        "alert_id": alert_id(type_, model, bundle_id, subject, window_start, window_end,
+                             statistic),
+        "type": type_,
+        "severity": severity,
+        "model": model,
+        "bundle_id": bundle_id,
+        "feature": feature,
+        "segment": segment,
+        "statistic": statistic,
+        "value": value,
+        "threshold": threshold,
+        "window_start": window_start,
+        "window_end": window_end,
+        "count": int(count),
+        "detected_at": detected_at or utc_now_iso(),
+        **extra,
+    }
+
+
+def alert_key(alert: dict[str, Any]) -> bytes:
+    """The Kafka key of an alert: its subject (``feature=...;segment=...``)."""
+    return subject_of(alert.get("feature"), alert.get("segment")).encode()
+
+
+def bundle_rejected_alert(*, model: str, bundle_id: str, current_bundle_id: str | None,
+                          reason: str, severity: str = "critical") -> dict[str, Any]:
+    """A ``bundle_rejected`` alert record (one-off event: random ``alert_id``)."""
+    now = utc_now_iso()
+    return {
+        "alert_id": uuid.uuid4().hex,
+        "type": "bundle_rejected",
+        "severity": severity,
+        "model": model,
+        "bundle_id": bundle_id,
+        "feature": None,
+        "segment": None,
+        "statistic": "bundle_verification",
+        "value": None,
+        "threshold": None,
+        "window_start": now,
+        "window_end": now,
+        "count": 1,
+        "detected_at": now,
+        "reason": reason,
+        "current_bundle_id": current_bundle_id,
+    }

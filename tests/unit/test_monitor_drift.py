@@ -1,0 +1,120 @@
+"""PSI and Jensen–Shannon distance against hand-computed values; drift aggregation (no broker)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import jensenshannon
+
+from services.monitor.drift import (
+    MalformedRecord,
+    add_stats,
+    drift_findings,
+    empty_state,
+    validate_stats,
+)
+from shared.drift import PSI_EPSILON, CategoricalReference, DriftReference, js_distance, psi
+from tests.fakes import numeric_ref
+
+
+def test_psi_hand_computed() -> None:
+    # p = (0.5, 0.5), q = (0.75, 0.25): PSI = 0.25 ln 1.5 + 0.25 ln 2 = 0.274653 (no smoothing)
+    assert psi(np.array([0.5, 0.5]), np.array([3, 1]), eps=0.0) == pytest.approx(
+        0.25 * math.log(1.5) + 0.25 * math.log(2.0), abs=1e-12)
+    assert psi(np.array([0.5, 0.5]), np.array([3, 1]), eps=0.0) == pytest.approx(0.274653,
+                                                                                   abs=1e-6)
+    # with the documented epsilon the shares become (s + eps) / (1 + 2 eps)
+    e = PSI_EPSILON
+    p = (0.5 + e) / (1 + 2 * e)
+    q1, q2 = (0.75 + e) / (1 + 2 * e), (0.25 + e) / (1 + 2 * e)
+    want = (q1 - p) * math.log(q1 / p) + (q2 - p) * math.log(q2 / p)
+    assert psi(np.array([0.5, 0.5]), np.array([3, 1])) == pytest.approx(want, rel=1e-12)
+    # identical distributions: 0; counts scale-free
+    assert psi(np.array([0.2, 0.3, 0.5]), np.array([20, 30, 50])) == pytest.approx(0, abs=1e-15)
+    assert psi(np.array([0.5, 0.5]), np.array([300, 100])) == psi(np.array([0.5, 0.5]),
+                                                                  np.array([3, 1]))
+
+
+def test_psi_empty_bins_stay_finite() -> None:
+    # all mass moves to a bin that was empty in training: finite thanks to epsilon
+    e = PSI_EPSILON
+    hi, lo = (1 + e) / (1 + 2 * e), e / (1 + 2 * e)
+    want = 2 * (hi - lo) * math.log(hi / lo)
+    got = psi(np.array([1.0, 0.0]), np.array([0, 5]))
+    assert math.isfinite(got) and got == pytest.approx(want, rel=1e-12)
+    assert got == pytest.approx(18.41, abs=0.01)
+
+
+def test_js_distance_hand_computed_and_against_scipy() -> None:
+    # p = (0.5, 0.5), q = (0.75, 0.25), m = (0.625, 0.375):
+    # KL(p||m) = 0.5 log2(0.8) + 0.5 log2(4/3) = 0.0465550; KL(q||m) = 0.75 log2(1.2)
+    # + 0.25 log2(2/3) = 0.0510349; JS = 0.0487949; distance = sqrt = 0.2208957
+    got = js_distance(np.array([0.5, 0.5]), np.array([3, 1]), eps=0.0)
+    assert got == pytest.approx(0.2208957, abs=1e-6)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        k = int(rng.integers(2, 12))
+        p = rng.dirichlet(np.ones(k))
+        c = rng.integers(1, 50, k)  # eps=0 needs non-empty bins (0 log 0)
+        assert js_distance(p, c, eps=0.0) == pytest.approx(
+            jensenshannon(p, c / c.sum(), base=2), abs=1e-9)
+    assert 0.0 <= js_distance(np.array([1.0, 0.0]), np.array([0, 9])) <= 1.0
+
+
+def _ref() -> DriftReference:
+    return DriftReference(
+        numeric={"x": numeric_ref([0.0, 10.0])},  # 4 bins, expected 0.25 each
+        categorical={"c": CategoricalReference(("a", "b"), np.array([0.5, 0.5, 0.0, 0.0]))},
+        prediction=numeric_ref([5.0]),
+        segments={3: {"x": numeric_ref([0.0, 10.0])}},
+    )
+
+
+def _levels(feature: str) -> tuple[float, float]:
+    return (0.1, 0.25)
+
+
+def test_add_stats_sums_counts_and_findings_match_psi() -> None:
+    st = empty_state()
+    rec = {"model": "m", "bundle_id": "b", "n_scored": 400,
+           "numeric": {"x": [100, 100, 100, 100]}, "categorical": {"c": [300, 100, 0, 0]},
+           "prediction": [200, 200, 0], "segments": {"3": {"x": [0, 0, 400, 0]}}}
+    st = add_stats(st, validate_stats(rec), 1000, 2000)
+    st = add_stats(st, validate_stats(rec), 500, 2500)
+    assert st["n"] == 800 and st["numeric"]["x"] == [200, 200, 200, 200]
+    assert st["event_time_min"] == 500 and st["event_time_max"] == 2500
+    found = {(f.feature, f.segment): f for f in
+             drift_findings(st, _ref(), _levels, min_count=100)}
+    assert found[("x", None)].psi == pytest.approx(0.0, abs=1e-12)
+    assert found[("x", None)].severity is None
+    c = found[("c", None)]
+    assert c.psi == pytest.approx(psi(np.array([0.5, 0.5, 0, 0]), np.array([600, 200, 0, 0])))
+    assert c.severity == "critical" if c.psi >= 0.25 else "warning"
+    assert found[("x", 3)].severity == "critical" and found[("x", 3)].count == 800
+    assert found[("prediction", None)].count == 800
+    # below the minimum count nothing is judged; excluded features are skipped
+    assert drift_findings(st, _ref(), _levels, min_count=10_000) == []
+    assert all(f.feature != "c" for f in
+               drift_findings(st, _ref(), _levels, min_count=1, exclude=frozenset({"c"})))
+
+
+@pytest.mark.parametrize("bad", [
+    None, [], "x", {"bundle_id": "b"}, {"model": "m"},
+    {"model": "m", "bundle_id": "b", "numeric": {"x": [1, -1, 0, 0]}},
+    {"model": "m", "bundle_id": "b", "numeric": {"x": "1,2"}},
+    {"model": "m", "bundle_id": "b", "numeric": []},
+    {"model": "m", "bundle_id": "b", "prediction": [1.5]},
+    {"model": "m", "bundle_id": "b", "segments": {"1": [1]}},
+    {"model": "m", "bundle_id": "b", "unknown_keys": {"k": "many"}},
+])
+def test_malformed_stats_records_are_rejected(bad) -> None:
+    with pytest.raises(MalformedRecord):
+        validate_stats(bad)
+
+
+def test_bin_count_mismatch_is_malformed() -> None:
+    st = add_stats(empty_state(), {"numeric": {"x": [1, 2, 3, 4]}}, None, None)
+    with pytest.raises(MalformedRecord, match="bins"):
+        add_stats(st, {"numeric": {"x": [1, 2, 3]}}, None, None)
