@@ -29,7 +29,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from services.monitor.core import MonitorCore
 from services.monitor.metrics import MonitorMetrics
@@ -292,6 +292,7 @@ def run_monitor(settings: Settings, *, log_level: str = "INFO") -> int:
         raise ConfigError(f"topics.partitions is {t.partitions} but {bad} have other partition "
                           "counts; the monitor's tables need them all equal")
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)  # the monitor's CPU and memory (process_* metrics)
     service = MonitorService(settings, registry)
     m = settings.monitor
     health = HealthServer(registry, m.metrics_host, m.metrics_port, service.ready).start()
