@@ -84,6 +84,20 @@ class DriftReference:
     prediction: NumericReference | None = None
     #: largest segments: segment id -> {feature: NumericReference/CategoricalReference}
     segments: Mapping[int, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    #: feature (or "prediction") -> (p95, p99) of its PSI over the training windows of
+    #: ``window_s`` seconds: how different a training window already is from the reference
+    window_psi: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    window_s: int | None = None
+
+    def calibrated_levels(self, feature: str, warning: float, critical: float
+                          ) -> tuple[float, float]:
+        """``(warning, critical)`` raised to the PSI that 5 % / 1 % of the training windows
+        exceed, so that a window is flagged only when it is more unusual than the training
+        windows themselves were (cf. NannyML's thresholds from reference chunks)."""
+        cal = self.window_psi.get(feature)
+        if cal is None:
+            return warning, critical
+        return max(warning, float(cal[0])), max(critical, float(cal[1]))
 
     # -------------------------------------------------------------- (de)serialisation
     def to_meta(self) -> dict[str, Any]:
@@ -102,6 +116,8 @@ class DriftReference:
             "prediction": ref(self.prediction) if self.prediction is not None else None,
             "segments": {str(s): {k: ref(v) for k, v in feats.items()}
                          for s, feats in self.segments.items()},
+            "window_psi": {k: [float(a), float(b)] for k, (a, b) in self.window_psi.items()},
+            "window_s": self.window_s,
         }
 
     @classmethod
@@ -119,6 +135,9 @@ class DriftReference:
             prediction=ref(meta["prediction"]) if meta.get("prediction") else None,
             segments={int(s): {k: ref(v) for k, v in f.items()}
                       for s, f in meta.get("segments", {}).items()},
+            window_psi={k: (float(v[0]), float(v[1]))
+                        for k, v in meta.get("window_psi", {}).items()},
+            window_s=meta.get("window_s"),
         )
 
     # -------------------------------------------------------------- construction
@@ -164,6 +183,56 @@ def categorical_reference(values: np.ndarray, max_categories: int = 50) -> Categ
     counts = np.bincount(r.bin(np.asarray(values, dtype=object)), minlength=r.n_bins)
     counts = counts.astype(np.float64)
     return CategoricalReference(cats, counts / max(1.0, counts.sum()))
+
+
+def window_psi_levels(
+    reference: DriftReference,
+    numeric: Mapping[str, np.ndarray],
+    categorical: Mapping[str, np.ndarray],
+    prediction: np.ndarray | None,
+    window: np.ndarray,
+    min_count: int,
+) -> dict[str, tuple[float, float]]:
+    """Per feature, the 95th and 99th percentile of its PSI over the training windows.
+
+    Parameters
+    ----------
+    reference : DriftReference
+        The reference the monitor will compare live windows with.
+    numeric, categorical : mapping of str to ndarray (n,)
+        The training columns the reference was built from.
+    prediction : ndarray (n,) or None
+    window : int64 ndarray (n,)
+        Window index of each row (event time // window length, as the monitor cuts them).
+    min_count : int
+        Windows with fewer rows are skipped (the monitor does not judge them either).
+
+    Returns
+    -------
+    dict of str to (float, float)
+        Empty when fewer than 10 windows can be judged.
+    """
+    window = np.asarray(window)
+    uniq, inv = np.unique(window, return_inverse=True)
+    sizes = np.bincount(inv, minlength=len(uniq))
+    judged = np.flatnonzero(sizes >= min_count)
+    out: dict[str, tuple[float, float]] = {}
+    if len(judged) < 10:
+        return out
+    items: list[tuple[str, Any, np.ndarray]] = [
+        (k, reference.numeric[k], v) for k, v in numeric.items() if k in reference.numeric]
+    items += [(k, reference.categorical[k], v) for k, v in categorical.items()
+              if k in reference.categorical]
+    if prediction is not None and reference.prediction is not None:
+        items.append(("prediction", reference.prediction, prediction))
+    for name, ref, values in items:
+        bins = ref.bin(np.asarray(values))
+        counts = np.zeros((len(uniq), ref.n_bins))
+        np.add.at(counts, (inv, bins), 1.0)
+        values_psi = [psi(ref.expected, counts[w]) for w in judged.tolist()]
+        p95, p99 = np.quantile(values_psi, [0.95, 0.99])
+        out[name] = (float(p95), float(p99))
+    return out
 
 
 def _shares(counts: np.ndarray, eps: float) -> np.ndarray:

@@ -351,6 +351,10 @@ class MonitorSettings(_Section):
     drift_thresholds: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="Per-feature PSI [warning, critical] levels (JSON "
         "object); key 'prediction' for the prediction.")
+    drift_calibrated: bool = Field(
+        default=True,
+        description="Raise a feature's default levels to the PSI that 5 % / 1 % of the "
+        "training windows exceed (from the bundle); explicit drift_thresholds win.")
     drift_exclude: tuple[str, ...] = Field(
         default=(), description="Features whose drift is not judged (e.g. day_of_week, "
         "constant within a one-day window).")
@@ -394,10 +398,18 @@ class MonitorSettings(_Section):
             raise ValueError("new_segment_window_s must be a multiple of window_s")
         return self
 
-    def threshold(self, feature: str) -> tuple[float, float]:
-        """(warning, critical) PSI levels of ``feature``."""
+    def threshold(self, feature: str, reference: Any = None) -> tuple[float, float]:
+        """(warning, critical) PSI levels of ``feature``: the explicit ``drift_thresholds``
+        entry, else the defaults, raised to the bundle's training-window levels when
+        ``drift_calibrated`` and a ``reference`` (:class:`shared.drift.DriftReference`) is
+        given."""
         t = self.drift_thresholds.get(feature)
-        return (float(t[0]), float(t[1])) if t else (self.drift_warning, self.drift_critical)
+        if t:
+            return float(t[0]), float(t[1])
+        if self.drift_calibrated and reference is not None:
+            return reference.calibrated_levels(feature, self.drift_warning,
+                                               self.drift_critical)
+        return self.drift_warning, self.drift_critical
 
 
 class Settings(BaseSettings):

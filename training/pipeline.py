@@ -27,7 +27,7 @@ from tqdm import tqdm
 from shared.bundle import Manifest, load_components, write_bundle
 from shared.component import ExportedComponent
 from shared.data import load_dataset, load_file
-from shared.drift import DriftReference, categorical_reference, numeric_reference
+from shared.drift import DriftReference, numeric_reference, window_psi_levels
 from shared.errors import DataError, SchemaError
 from shared.settings import SchemaSettings, Settings
 from training.evaluation import (
@@ -291,7 +291,22 @@ def train(
                     **{f: numeric_reference(fit_df.loc[m, f].to_numpy(np.float64), tr.drift_bins)
                        for f in schema.numeric_features},
                     "prediction": numeric_reference(p_train[m], tr.drift_bins)}
-            ref = DriftReference(ref.numeric, ref.categorical, ref.prediction, seg_refs)
+            # How far a training window of the monitor's length already is from the reference:
+            # the monitor raises each feature's levels to these (see DriftReference).
+            mon = settings.monitor
+
+            def windows(frame: pd.DataFrame) -> np.ndarray:
+                t_ns = frame[schema.time_field].dt.tz_convert("UTC").astype("int64")
+                return t_ns.to_numpy() // (mon.window_s * 1_000_000_000)
+
+            window_psi = window_psi_levels(
+                ref, {f: train_df[f].to_numpy(np.float64) for f in schema.numeric_features},
+                {f: train_df[f].to_numpy(object) for f in schema.categorical_features},
+                None, windows(train_df), mon.drift_min_count)
+            window_psi.update(window_psi_levels(ref, {}, {}, p_train, windows(fit_df),
+                                                mon.drift_min_count))
+            ref = DriftReference(ref.numeric, ref.categorical, ref.prediction, seg_refs,
+                                 window_psi, mon.window_s)
 
         with steps("baselines"):
             xgb_model = _fit_xgb_baseline(fit_df, val_fit, schema, tr.seed)

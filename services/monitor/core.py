@@ -285,7 +285,8 @@ class MonitorCore:
                          bundle[:12], iso_ms(w))
             self.counters.record("stats", "no_reference", state["records"])
             return []
-        findings = drift_mod.drift_findings(state, ref[0], self.s.threshold,
+        findings = drift_mod.drift_findings(state, ref[0],
+                                            lambda f: self.s.threshold(f, ref[0]),
                                             min_count=self.s.drift_min_count,
                                             segments=self.s.drift_segments,
                                             exclude=frozenset(self.s.drift_exclude))

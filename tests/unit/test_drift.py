@@ -66,3 +66,46 @@ def test_reference_meta_round_trip():
     assert back.categorical["c"].categories == ("u", "v")
     assert isinstance(back.prediction, NumericReference)
     assert isinstance(back.categorical["c"], CategoricalReference)
+
+
+def test_window_psi_levels_separate_autocorrelated_from_iid_features():
+    """A feature that is narrow within each window (like one day's temperature) already has a
+    large PSI in training windows; an iid feature does not."""
+    from shared.drift import window_psi_levels
+
+    rng = np.random.default_rng(0)
+    n_win, per = 60, 500
+    window = np.repeat(np.arange(n_win), per)
+    seasonal = np.repeat(rng.normal(0, 10, n_win), per) + rng.normal(0, 1, n_win * per)
+    iid = rng.normal(0, 1, n_win * per)
+    ref = DriftReference.fit({"seasonal": seasonal, "iid": iid}, {})
+    levels = window_psi_levels(ref, {"seasonal": seasonal, "iid": iid}, {}, None, window,
+                               min_count=300)
+    assert levels["seasonal"][0] > 2.0  # days are far from the whole-period reference
+    assert levels["iid"][1] < 0.1  # ~ (bins - 1) / n of sampling noise
+    assert levels["iid"][0] <= levels["iid"][1]
+    # too few judged windows: no calibration
+    assert window_psi_levels(ref, {"iid": iid}, {}, None, window, min_count=10_000) == {}
+
+
+def test_calibrated_levels_only_raise_and_round_trip():
+    ref = DriftReference({}, {}, window_psi={"temp": (3.0, 5.0), "x": (0.01, 0.02)},
+                         window_s=86400)
+    assert ref.calibrated_levels("temp", 0.1, 0.25) == (3.0, 5.0)
+    assert ref.calibrated_levels("x", 0.1, 0.25) == (0.1, 0.25)
+    assert ref.calibrated_levels("other", 0.1, 0.25) == (0.1, 0.25)
+    back = DriftReference.from_meta(ref.to_meta())
+    assert back.window_psi == {"temp": (3.0, 5.0), "x": (0.01, 0.02)}
+    assert back.window_s == 86400
+
+
+def test_monitor_threshold_precedence():
+    from shared.settings import MonitorSettings
+
+    ref = DriftReference({}, {}, window_psi={"temp": (3.0, 5.0)})
+    s = MonitorSettings(drift_thresholds={"humid": (0.5, 1.0)})
+    assert s.threshold("temp", ref) == (3.0, 5.0)  # calibrated
+    assert s.threshold("humid", ref) == (0.5, 1.0)  # explicit wins
+    assert s.threshold("temp") == (0.1, 0.25)  # no reference: defaults
+    off = MonitorSettings(drift_calibrated=False)
+    assert off.threshold("temp", ref) == (0.1, 0.25)
