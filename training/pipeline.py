@@ -296,8 +296,9 @@ def train(
             mon = settings.monitor
 
             def windows(frame: pd.DataFrame) -> np.ndarray:
-                t_ns = frame[schema.time_field].dt.tz_convert("UTC").astype("int64")
-                return t_ns.to_numpy() // (mon.window_s * 1_000_000_000)
+                t_ns = (frame[schema.time_field].dt.tz_convert("UTC").dt.tz_localize(None)
+                        .to_numpy("datetime64[ns]").astype(np.int64))
+                return t_ns // (mon.window_s * 1_000_000_000)
 
             window_psi = window_psi_levels(
                 ref, {f: train_df[f].to_numpy(np.float64) for f in schema.numeric_features},
