@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import orjson
 
-from shared.broker import EmbeddedBroker
+from shared.broker import EmbeddedBroker, die_with_parent
 from shared.kafka import FAST_GROUP_CONFIG, ensure_topics
 from shared.settings import Settings
 
@@ -55,6 +55,7 @@ class ChildProcesses:
         cmd = [sys.executable, "-m", "shared.cli", *args]
         proc = subprocess.Popen(  # noqa: S603 - our own CLI
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - no orphans if the demo is killed
         )
         child = Child(name, proc, log_path, log)
         self.children.append(child)
@@ -373,7 +374,8 @@ def _start_prometheus(children: ChildProcesses, out_dir: Path, config_path: str,
     log_path = out_dir / "prometheus.log"
     log = open(log_path, "ab")  # noqa: SIM115 - closed by stop_all
     proc = subprocess.Popen(prometheus_command(binary, cfg, port, out_dir / "tsdb"),  # noqa
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            preexec_fn=die_with_parent)  # noqa: PLW1509
     children.children.append(Child("prometheus", proc, log_path, log))
     url = f"http://127.0.0.1:{port}"
     notes.append(f"Prometheus at {url} (scraping the workers and the monitor, with the "

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import IO
@@ -23,6 +24,21 @@ from shared.errors import BrokerError
 logger = logging.getLogger(__name__)
 
 BROKER_BIN_ENV = "SEGSTREAM_BROKER_BIN"
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: on Linux, have the kernel send SIGTERM to the child
+    when the process that started it dies, even by SIGKILL (``PR_SET_PDEATHSIG``), so that a
+    killed demo or test never leaves a broker or worker behind. A no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes  # noqa: PLC0415
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def find_broker_binary() -> Path:
@@ -165,7 +181,7 @@ class EmbeddedBroker:
         logger.info("starting embedded broker %s on %s", binary, url)
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv
             cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         try:
             deadline = time.monotonic() + self.startup_timeout_s

@@ -101,3 +101,35 @@ def test_ensure_topics_is_idempotent(kafka, topic_prefix):
     names = [f"{topic_prefix}.a", f"{topic_prefix}.b"]
     assert sorted(ensure_topics(b, names, 2)) == names
     assert ensure_topics(b, names, 2) == []
+
+
+def test_broker_dies_with_a_killed_parent(tmp_path):
+    """A process that started the embedded broker is SIGKILLed: the broker goes too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("from shared.broker import EmbeddedBroker; import time\n"
+              "b = EmbeddedBroker().start(); print(b.pid, b.port, flush=True); time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    pid, port = (int(x) for x in parent.stdout.readline().split())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    import os
+
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap if it became our zombie; otherwise it belongs to init
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the broker outlived its SIGKILLed parent")
