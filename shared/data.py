@@ -193,15 +193,19 @@ def load_dataset(settings: Settings) -> pd.DataFrame:
 def time_slice(
     df: pd.DataFrame, time_field: str, start: object | None = None, end: object | None = None
 ) -> pd.DataFrame:
-    """Rows with ``start <= time < end + 1 day`` when dates are given (``end`` inclusive)."""
+    """Rows with ``start <= time < end + 1 day`` when dates are given (``end`` inclusive).
+
+    Naive ``start``/``end`` are taken in the time column's zone.
+    """
     t = df[time_field]
+
+    def at(v: object) -> pd.Timestamp:
+        ts = pd.Timestamp(v)
+        return ts.tz_localize(t.dt.tz) if ts.tzinfo is None else ts
+
     mask = np.ones(len(df), dtype=bool)
-    tz = t.dt.tz
     if start is not None:
-        mask &= (t >= pd.Timestamp(start).tz_localize(tz) if pd.Timestamp(start).tzinfo is None
-                 else t >= pd.Timestamp(start)).to_numpy()
+        mask &= (t >= at(start)).to_numpy()
     if end is not None:
-        e = pd.Timestamp(end)
-        e = (e.tz_localize(tz) if e.tzinfo is None else e) + pd.Timedelta(days=1)
-        mask &= (t < e).to_numpy()
+        mask &= (t < at(end) + pd.Timedelta(days=1)).to_numpy()
     return df.loc[mask].reset_index(drop=True)

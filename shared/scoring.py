@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from shared.bundle import LoadedComponents, Manifest, load_components
 from shared.drift import DriftReference
@@ -123,7 +124,7 @@ class Bundle:
         self.linear_features: list[str] = list(sc.meta["linear_features"])
         self.contribution_names = ["intercept", *self.linear_features]
         self.key_columns: list[str] = list(sc.meta["key_columns"])
-        self._known_keys = frozenset(sc.meta["known_keys"])
+        self._known_keys: list[list[str]] = [list(map(str, k)) for k in sc.meta["known_keys"]]
         self._keys: tuple[list[Any], np.ndarray, np.ndarray] | None = None
         self.nodes = NodeTables(**{f.name: np.asarray(sc.arrays[f.name])
                                    for f in dataclasses.fields(NodeTables)})
@@ -135,16 +136,14 @@ class Bundle:
 
     def _key_tables(self) -> tuple[list[Any], np.ndarray, np.ndarray]:
         """Per key column its category index; the mixed-radix codes of the known keys."""
-        import pandas as pd  # noqa: PLC0415
-
-        parts = [k.split(",") for k in self._known_keys]
-        values = [sorted({p[i].split("=", 1)[1] for p in parts})
-                  for i in range(len(self.key_columns))]
+        cols = list(zip(*self._known_keys, strict=True)) if self._known_keys else \
+            [()] * len(self.key_columns)
+        values = [sorted(set(c)) for c in cols]
         indexes = [pd.Index(v, dtype=object) for v in values]
         radix = np.cumprod([1] + [len(v) for v in values[:-1]]).astype(np.int64)
-        known = np.zeros(len(parts), np.int64)
+        known = np.zeros(len(self._known_keys), np.int64)
         for i, idx in enumerate(indexes):
-            known += idx.get_indexer([p[i].split("=", 1)[1] for p in parts]) * radix[i]
+            known += idx.get_indexer(list(cols[i])) * radix[i]
         return indexes, radix, np.sort(known)
 
     def unknown_keys(self, columns: Mapping[str, np.ndarray], n: int) -> np.ndarray:

@@ -52,6 +52,7 @@ from sklearn.base import BaseEstimator
 from shared import profiles as sp
 from shared.component import ExportedComponent
 from shared.errors import ConfigError, DataError, NotFittedError, SchemaError
+from training.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -1324,13 +1325,8 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- plots
-def _plt():
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
+def _plt() -> Any:
+    return pyplot()
 
 
 def plot_patterns(model: OutcomeProfiles, path: str | Path, mass: float | None = None,

@@ -101,11 +101,9 @@ def explain_event(bundle: Any, event: dict[str, Any]) -> Explanation:
 def plot_event(bundle: Any, ex: Explanation, path: str | Path, top: int = 3) -> Path:
     """The event's predicted outcome distribution (pattern mixture) against its top patterns
     (the DistETA streaming plot, on demand)."""
-    import matplotlib  # noqa: PLC0415
+    from training.plotting import pyplot  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
+    plt = pyplot()
     prof = bundle.profiles
     edges = prof.edges
     finite = np.isfinite(edges)

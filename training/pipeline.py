@@ -313,7 +313,8 @@ def train(
             xgb_model = _fit_xgb_baseline(fit_df, val_fit, schema, tr.seed)
 
         with steps("evaluate"):
-            metrics = _evaluate(settings, part, part_cols, predict_partitioned, lo, hi, mnode,
+            pt_test = predict_partitioned(test_fit)
+            metrics = _evaluate(settings, part, part_cols, pt_test, lo, hi, mnode,
                                 global_models, lin_feats, xgb_model, profiles,
                                 evaluate_profiles, test_df, test_fit, seg)
 
@@ -343,7 +344,6 @@ def train(
                 timings=dict(steps.timings))
             manifest = load_components(bundle_dir).manifest
 
-        pt_test = predict_partitioned(test_fit)
         result = TrainResult(bundle_dir, manifest, timings=steps.timings, test_scores={
             "event_id": test_fit[schema.id_field].to_numpy(object),
             "prediction": pt_test["prediction"],
@@ -391,13 +391,12 @@ def _xgb_frame(df: pd.DataFrame, schema: SchemaSettings,
     return out
 
 
-def _evaluate(settings, part, part_cols, predict_partitioned, lo, hi, mnode, global_models,
+def _evaluate(settings, part, part_cols, p, lo, hi, mnode, global_models,
               lin_feats, xgb_model, profiles, evaluate_profiles, test_df, test_fit,
               seg) -> dict[str, Any]:
     schema = settings.event_schema
     target = schema.target
     y = test_fit[target].to_numpy(np.float64)
-    p = predict_partitioned(test_fit)
     Xt = test_fit[lin_feats].to_numpy(np.float64)
     g_pred = global_models.predict(np.zeros(len(Xt), np.int64), Xt)
     x_pred = xgb_model.predict(_xgb_frame(test_fit, schema, like=test_fit))
@@ -437,9 +436,8 @@ def _evaluate(settings, part, part_cols, predict_partitioned, lo, hi, mnode, glo
 
 def _components(settings, part, models, profiles, ref, mnode, model_index, lo, hi, lin_feats,
                 keys, fit_df) -> dict[str, ExportedComponent]:
-    known = sorted(set(
-        ",".join(f"{c}={v}" for c, v in zip(keys, vals, strict=True))
-        for vals in fit_df[keys].astype(str).itertuples(index=False, name=None)))
+    known = sorted({tuple(vals) for vals in
+                    fit_df[keys].astype(str).itertuples(index=False, name=None)})
     scoring = ExportedComponent(
         "scoring",
         arrays={"model_node": mnode.astype(np.int32), "model_index": model_index,
@@ -448,7 +446,7 @@ def _components(settings, part, models, profiles, ref, mnode, model_index, lo, h
                 "interval_lo": lo.astype(np.float64), "interval_hi": hi.astype(np.float64)},
         meta={"interval_mass": settings.training.interval_mass,
               "linear_features": list(lin_feats), "key_columns": list(keys),
-              "known_keys": known})
+              "known_keys": [list(k) for k in known]})
     return {
         "partitioner": part.export(),
         "segment_models": models.export(),

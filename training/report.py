@@ -14,17 +14,13 @@ import numpy as np
 import pandas as pd
 
 from shared.bundle import Manifest
+from training.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 
 
 def _plt() -> Any:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
+    return pyplot()
 
 
 def _png(fig: Any) -> str:

@@ -99,6 +99,14 @@ def test_bundle_round_trip_scores_identical(trained, flights_df):
     np.testing.assert_allclose(out["contributions"].sum(axis=1), out["prediction"],
                                rtol=1e-9, atol=1e-9)
     assert out["pattern_proba"].min() > 0 and out["pattern_proba"].max() <= 1
+    # unknown key combinations are named; trained ones are not
+    one = {k: v[:2].copy() for k, v in cols.items()}
+    one["dest"][1] = "ZZZ"
+    keys = b.unknown_keys(one, 2)
+    train_combo = set(map(tuple, b._known_keys))
+    first = tuple(str(one[c][0]) for c in b.key_columns)
+    assert (keys[0] is None) == (first in train_combo)
+    assert keys[1] == ",".join(f"{c}={one[c][1]}" for c in b.key_columns)
 
 
 def test_manifest_metrics_and_components(trained):
