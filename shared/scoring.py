@@ -14,6 +14,7 @@ order of ``contribution_names``; they sum to ``prediction``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -173,8 +174,18 @@ class Bundle:
             out[i] = ",".join(f"{c}={columns[c][i]}" for c in self.key_columns)
         return out
 
-    def score(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def score(self, columns: Mapping[str, np.ndarray], *,
+              executor: concurrent.futures.Executor | None = None) -> dict[str, np.ndarray]:
         """Score a batch (see the module docstring for the column contract).
+
+        Parameters
+        ----------
+        columns : mapping of str to numpy.ndarray
+            The batch, one array of length n per event field.
+        executor : concurrent.futures.Executor, optional
+            When given, the outcome-profile part (the XGBoost pattern classifier and the
+            mixture intervals, which run without the GIL) is computed there while this thread
+            routes and applies the segment models; the result is the same.
 
         Raises
         ------
@@ -185,6 +196,8 @@ class Bundle:
         if missing:
             raise SchemaError(f"batch lacks column(s) {missing} needed by bundle "
                               f"{self.bundle_id[:12]}")
+        pending = executor.submit(self.profiles.score, columns) if executor is not None \
+            else None
         r = self.router.route(columns)
         n = len(r.segment)
         t = self.nodes
@@ -194,7 +207,8 @@ class Bundle:
         for j, f in enumerate(self.linear_features):
             X[:, j] = _float_column(columns[f])
         pred, contrib = self.linear.predict(t.model_index[r.node], X)
-        prof = self.profiles.score(columns)
+        unknown = self.unknown_keys(columns, n)
+        prof = pending.result() if pending is not None else self.profiles.score(columns)
         return {
             "segment": r.segment.astype(np.int32, copy=False),
             "fallback_level": level,
@@ -204,7 +218,7 @@ class Bundle:
             "pattern": prof.pattern,
             "pattern_proba": prof.pattern_proba,
             "imputed": r.imputed,
-            "unknown_key": self.unknown_keys(columns, n),
+            "unknown_key": unknown,
             "contributions": contrib,
             "model_node": model_node.astype(np.int32, copy=False),
             "pattern_low": prof.low,

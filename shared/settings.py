@@ -293,6 +293,14 @@ class WorkerSettings(_Section):
     queue_high_fraction: float = Field(
         default=0.8, gt=0, le=1,
         description="Pause fetching when the producer queue holds this share of its bound.")
+    score_threads: int = Field(
+        default=1, ge=0, le=8,
+        description="Threads that compute the outcome profiles (XGBoost, intervals) while the "
+                    "loop routes the same batch; 0 = all in the loop's thread.")
+    gc_gen0_threshold: int = Field(
+        default=50_000, ge=0,
+        description="Python GC generation-0 threshold set after start-up (with gc.freeze()); "
+                    "0 keeps the interpreter's default.")
     max_batches_in_flight: int = Field(
         default=4, ge=1,
         description="at_least_once: batches produced but not yet delivered before waiting.")

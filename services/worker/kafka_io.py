@@ -53,6 +53,9 @@ def producer_config(settings: Settings, *, transactional_id: str | None,
         "acks": "all",
         "enable.idempotence": True,
         "message.max.bytes": max(1_000_000, w.dlq_max_value_bytes + 64_000),
+        # Delivery reports for failed records only: the at-least-once loop commits when the
+        # producer has nothing outstanding (see services.worker.loop).
+        "delivery.report.only.error": True,
     }
     if transactional_id:
         conf["transactional.id"] = transactional_id

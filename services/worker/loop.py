@@ -3,11 +3,15 @@
 Delivery guarantees
 -------------------
 ``at_least_once``
-    Predictions, DLQ and stats records of a batch are produced with a delivery callback; the
-    batch's offsets are committed once every record of it *and of every earlier batch* is
-    delivered. Up to ``max_batches_in_flight`` batches are pipelined (the next batch is decoded
-    while the previous one is being delivered). A delivery failure rewinds the consumer to the
-    first offset of the failed batch (later batches in flight are not committed either).
+    Predictions, DLQ and stats records of a batch are produced with a delivery callback that
+    librdkafka calls for failed records only (``delivery.report.only.error``: a Python callback
+    per delivered record would cost more than scoring it). A batch's offsets are committed once
+    the producer has nothing outstanding (``len(producer) == 0``: every record produced so far
+    is acknowledged and no failure was reported), which is checked before each new batch is
+    produced, so the previous batch, delivered while this one was being scored, is committed
+    without waiting. Up to ``max_batches_in_flight`` batches are pipelined; beyond that the loop
+    waits for the producer to drain. A delivery failure rewinds the consumer to the first
+    offset of the oldest batch in flight (no batch in flight is committed).
 ``exactly_once``
     One transaction per batch holds its predictions, DLQ and stats records and its consumed
     offsets (``send_offsets_to_transaction`` with the consumer group's metadata). Any error
@@ -24,7 +28,10 @@ exactly-once has no open transaction at that point.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
+import functools
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -32,12 +39,13 @@ from typing import Any
 
 import numpy as np
 import orjson
+from confluent_kafka import Message
 
 from services.worker.decode import DLQ_REASONS, EventDecoder
 from services.worker.metrics import WorkerMetrics
 from services.worker.records import dlq_value_and_headers, encode_predictions, utc_now_iso
 from services.worker.stats import batch_stats_slices
-from shared.scoring import Scorer
+from shared.scoring import Bundle, Scorer
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,21 +54,34 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-class _InFlight:
-    """One at-least-once batch whose records are not all delivered yet."""
+_SECOND = operator.itemgetter(1)
 
-    __slots__ = ("seq", "first", "next", "pending", "failed", "n_predictions")
+
+def _offset_range(parts: np.ndarray, offs: np.ndarray) -> tuple[dict[int, int], dict[int, int]]:
+    """Per partition of a batch, its first offset and the offset after its last one."""
+    first: dict[int, int] = {}
+    nxt: dict[int, int] = {}
+    for p in np.unique(parts).tolist():
+        o = offs[parts == p]
+        first[p] = int(o.min())
+        nxt[p] = int(o.max()) + 1
+    return first, nxt
+
+
+class _InFlight:
+    """One at-least-once batch whose records may not all be delivered yet."""
+
+    __slots__ = ("seq", "first", "next", "failed", "n_predictions")
 
     def __init__(self, seq: int, first: dict[int, int], nxt: dict[int, int]) -> None:
         self.seq = seq
         self.first = first
         self.next = nxt
-        self.pending = 0
         self.failed: str | None = None
         self.n_predictions = 0
 
     def on_delivery(self, err: Any, msg: Any) -> None:
-        self.pending -= 1
+        """librdkafka's delivery report; called for failed records only."""
         if err is not None and self.failed is None:
             self.failed = str(err)
 
@@ -104,11 +125,18 @@ class StreamWorker:
         self.failures = 0
         self.fatal: str | None = None
         self.ready = threading.Event()
+        self._pool = (concurrent.futures.ThreadPoolExecutor(
+            self.w.score_threads, thread_name_prefix="score") if self.w.score_threads else None)
         self._install(scorer)
 
     # ------------------------------------------------------------------ bundle
     def _install(self, scorer: Scorer) -> None:
         self.scorer = scorer
+        # A bundle that can overlap its profile part with routing gets the pool (the tests'
+        # fake scorers cannot).
+        self._score = (functools.partial(scorer.score, executor=self._pool)
+                       if self._pool is not None and isinstance(scorer, Bundle)
+                       else scorer.score)
         self.decoder = EventDecoder(scorer.schema, self.w.max_event_bytes)
         self.id_field = scorer.schema.id_field
         self.time_field = scorer.schema.time_field
@@ -173,6 +201,8 @@ class StreamWorker:
                 self.metrics.producer_queue.set(len(self.producer.client))
         finally:
             self.ready.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
         if self.fatal == "fenced":
             logger.warning("producer fenced by a newer instance: exiting without committing")
             return EXIT_OK
@@ -188,22 +218,26 @@ class StreamWorker:
 
     # ------------------------------------------------------------------ one batch
     def _process(self, msgs: list[Any]) -> None:
-        if any(m.error() is not None for m in msgs):
-            for m in msgs:
-                if m.error() is not None:
-                    logger.warning("consume error: %s", m.error())
-            msgs = [m for m in msgs if m.error() is None]
+        errors = list(map(Message.error, msgs))
+        if errors.count(None) != len(errors):
+            for e in errors:
+                if e is not None:
+                    logger.warning("consume error: %s", e)
+            msgs = [m for m, e in zip(msgs, errors, strict=True) if e is None]
             if not msgs:
                 return
-        first: dict[int, int] = {m.partition(): m.offset() for m in reversed(msgs)}
-        nxt: dict[int, int] = {m.partition(): m.offset() + 1 for m in msgs}
+        # One C-level pass per attribute (no per-message Python frames).
+        n_msgs = len(msgs)
+        parts = np.fromiter(map(Message.partition, msgs), np.int32, n_msgs)
+        offs = np.fromiter(map(Message.offset, msgs), np.int64, n_msgs)
+        first, nxt = _offset_range(parts, offs)
         t0 = time.perf_counter()
         try:
-            values = [m.value() for m in msgs]
+            values = list(map(Message.value, msgs))
             decoded = self.decoder.decode(values)
             scorer = self.scorer
             if decoded.n_valid:
-                scores = scorer.score(decoded.columns)
+                scores = self._score(decoded.columns)
                 ids = decoded.columns[self.id_field].tolist()
                 preds = encode_predictions(
                     ids, scores, decoded.event_time_text, model=scorer.model,
@@ -222,8 +256,7 @@ class StreamWorker:
                     worker=self.worker_id, batch=self.seq, n_events=len(msgs),
                     dlq_counts=dlq_counts, created_at=utc_now_iso(),
                     max_unknown_keys=self.w.max_unknown_keys,
-                    partitions=np.fromiter((x.partition() for x in msgs), np.int32,
-                                           len(msgs))[decoded.valid])]
+                    partitions=parts[decoded.valid])]
         except Exception:  # noqa: BLE001 - a scoring bug: never commit this batch
             logger.exception("batch %d failed in decode/score (%d events); rewinding",
                              self.seq, len(msgs))
@@ -250,7 +283,8 @@ class StreamWorker:
         for reason, count in dlq_counts.items():
             m.dlq_records.labels(reason=reason).inc(count)
         now_ms = time.time() * 1000.0
-        ts = np.fromiter((x.timestamp()[1] for x in msgs), dtype=np.float64, count=len(msgs))
+        ts = np.fromiter(map(_SECOND, map(Message.timestamp, msgs)), dtype=np.float64,
+                         count=n_msgs)
         lat = (now_ms - ts[ts > 0]) / 1000.0
         m.end_to_end_latency.observe_many(lat)
         m.batches.inc()
@@ -309,35 +343,49 @@ class StreamWorker:
     def _produce_at_least_once(self, msgs: list[Any], decoded: Any, ids: list[Any],
                                preds: list[bytes], stats: list[bytes],
                                first: dict[int, int], nxt: dict[int, int]) -> None:
+        # The previous batches were being delivered while this one was scored: commit them
+        # first (usually without waiting), then produce this one. If one of them failed, the
+        # rewind covers this batch too: it is not produced and will be consumed again.
+        if not self._settle(current_first=first):
+            return
         batch = _InFlight(self.seq, first, nxt)
         batch.n_predictions = len(preds)
-        n = len(preds) + len(decoded.rejected) + len(stats)
-        batch.pending = n  # before producing: callbacks may fire during poll() below
         self.inflight.append(batch)
         self._produce_all(msgs, decoded, ids, preds, stats, batch.on_delivery)
 
-    def _settle(self, commit_sync: bool = False) -> None:
-        """Serve delivery callbacks; commit the batches at the head that are delivered."""
-        self.producer.client.poll(0)
+    def _settle(self, commit_sync: bool = False,
+                current_first: dict[int, int] | None = None) -> bool:
+        """Serve delivery reports; when the producer has nothing outstanding and no record
+        failed, commit every batch in flight. Returns False when a failure rewound the
+        consumer (to the first offsets of the batches in flight and of ``current_first``, the
+        batch in hand that is not produced yet)."""
+        p = self.producer.client
+        p.poll(0)
+        if not self.inflight:
+            return True
+        for b in self.inflight:
+            if b.failed is not None:
+                self._delivery_failed(b, current_first)
+                return False
+        if len(p):
+            return True
         done: dict[int, int] = {}
         n_pred = 0
-        while self.inflight and self.inflight[0].pending <= 0:
-            b = self.inflight[0]
-            if b.failed is not None:
-                self._delivery_failed(b)
-                break
-            self.inflight.popleft()
+        for b in self.inflight:
             done.update(b.next)
             n_pred += b.n_predictions
+        self.inflight.clear()
         if n_pred:
             self.metrics.predictions_produced.inc(n_pred)
-        if done:
-            self._commit(done, sync=commit_sync)
+        self._commit(done, sync=commit_sync)
+        return True
 
     def _wait_head(self, stop: threading.Event) -> None:
+        """Wait until the producer has delivered everything in flight (or a record failed)."""
         deadline = time.monotonic() + self.w.transaction_timeout_s * 4
-        while self.inflight and self.inflight[0].pending > 0:
-            self.producer.client.poll(0.05)
+        p = self.producer.client
+        while self.inflight and len(p) and not any(b.failed for b in self.inflight):
+            p.poll(0.01)
             if time.monotonic() > deadline:
                 self.fatal = "deliveries did not complete in time"
                 return
@@ -364,14 +412,16 @@ class StreamWorker:
         except KafkaException as exc:
             logger.warning("commit failed (events will be redelivered): %s", exc)
 
-    def _delivery_failed(self, failed: _InFlight) -> None:
+    def _delivery_failed(self, failed: _InFlight,
+                         current_first: dict[int, int] | None = None) -> None:
         logger.error("batch %d: delivery failed (%s); rewinding without commit", failed.seq,
                      failed.failed)
         self.metrics.batch_failures.labels(stage="deliver").inc()
         self.producer.client.flush(self.w.transaction_timeout_s)
         rewind: dict[int, int] = {}
-        for b in self.inflight:  # the failed batch and every later one
-            for p, o in b.first.items():
+        firsts = [b.first for b in self.inflight] + [current_first or {}]
+        for first in firsts:  # every batch in flight (none is committed) and the one in hand
+            for p, o in first.items():
                 rewind[p] = min(o, rewind.get(p, o))
         self.inflight.clear()
         self._seek(rewind)

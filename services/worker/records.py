@@ -106,7 +106,7 @@ _PREDICTION_FIELDS: list[tuple[str, Any]] = [
     ("fallback_level", int), ("prediction", float), ("interval", tuple),
     ("interval_mass", float), ("pattern", int), ("pattern_proba", float),
     ("event_time", Any), ("scored_at", str)]
-_Prediction = msgspec.defstruct("Prediction", _PREDICTION_FIELDS)
+_Prediction = msgspec.defstruct("Prediction", _PREDICTION_FIELDS, gc=False)  # scalars only
 _PredictionWithContributions = msgspec.defstruct(
     "PredictionWithContributions", [*_PREDICTION_FIELDS, ("contributions", dict)])
 _ENCODER = msgspec.json.Encoder()

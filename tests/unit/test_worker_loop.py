@@ -1,0 +1,139 @@
+"""The worker loop's at-least-once bookkeeping with fake Kafka clients (no broker).
+
+Delivery reports come for failed records only (``delivery.report.only.error``), so the loop
+commits when the producer has nothing outstanding; these tests pin what that means: a batch is
+committed once delivered (before the next one is produced), a failed record rewinds every
+batch in flight and commits none of them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, Message
+from prometheus_client import CollectorRegistry
+
+from services.worker.loop import StreamWorker
+from services.worker.metrics import WorkerMetrics
+from shared.events import encode_events
+from tests.fakes import load_fake_bundle, write_fake_bundle
+from tests.integration.worker_helpers import worker_settings
+
+
+class FakeConsumer:
+    def __init__(self, batches: list[list[Message]]) -> None:
+        self.batches = list(batches)
+        self.commits: list[dict[int, int]] = []
+        self.seeks: list[tuple[int, int]] = []
+        self.log: list[str] = []
+
+    def consume(self, n: int, timeout: float) -> list[Message]:
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, offsets: Any, asynchronous: bool) -> None:
+        self.commits.append({tp.partition: tp.offset for tp in offsets})
+        self.log.append("commit")
+
+    def seek(self, tp: Any) -> None:
+        self.seeks.append((tp.partition, tp.offset))
+        self.log.append("seek")
+
+    def assignment(self) -> list[Any]:
+        return []
+
+
+class FakeProducer:
+    """A record is delivered (or fails, if its value contains one of ``fail_values``) at the
+    second ``poll`` after it was produced: one poll to send it, one to get the answer."""
+
+    def __init__(self, fail_values: set[bytes] = frozenset(), log: list[str] | None = None):
+        self.queued: list[tuple[bytes, Any]] = []
+        self.sent: list[tuple[bytes, Any]] = []
+        self.delivered: list[bytes] = []
+        self.fail_values = set(fail_values)
+        self.log = log if log is not None else []
+
+    def produce(self, topic: str, value: bytes, key: Any = None, headers: Any = None,
+                on_delivery: Any = None) -> None:
+        self.queued.append((value, on_delivery))
+        self.log.append("produce")
+
+    def poll(self, timeout: float = 0) -> int:
+        done, self.sent, self.queued = self.sent, self.queued, []
+        for value, cb in done:
+            if any(f in value for f in self.fail_values):
+                cb(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+            else:
+                self.delivered.append(value)
+        return len(done)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll()
+        self.poll()
+        return 0
+
+    def __len__(self) -> int:
+        return len(self.queued) + len(self.sent)
+
+
+class _Client:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+
+def _messages(settings: Any, rows: Any, partition: int, start: int) -> list[Message]:
+    out = []
+    for i, (k, v) in enumerate(encode_events(rows, settings.event_schema)):
+        out.append(Message(topic=settings.topics.events, partition=partition,
+                           offset=start + i, key=k, value=v, timestamp=(1, 1_000)))
+    return out
+
+
+@pytest.fixture()
+def setup(tmp_path, flights_df):
+    sept_flights = flights_df[flights_df["event_time"].dt.month == 9].reset_index(drop=True)
+    s = worker_settings("127.0.0.1:1", "t", tmp_path, stats_enabled=False, score_threads=0)
+    scorer = load_fake_bundle(write_fake_bundle(tmp_path / "b", s.event_schema))
+    a = _messages(s, sept_flights.iloc[:5], 0, 100)
+    b = _messages(s, sept_flights.iloc[5:8], 1, 40) + _messages(s, sept_flights.iloc[8:10], 0,
+                                                                   105)
+    return s, scorer, a, b
+
+
+def _run(s, scorer, consumer, producer) -> StreamWorker:
+    loop = StreamWorker(s, _Client(consumer), _Client(producer), scorer,
+                        WorkerMetrics.create(CollectorRegistry()), "w1")
+    loop.assigned = {0, 1}
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    assert loop.run(stop) == 0
+    return loop
+
+
+def test_each_delivered_batch_is_committed_before_the_next_is_produced(setup) -> None:
+    s, scorer, a, b = setup
+    consumer = FakeConsumer([a, b])
+    producer = FakeProducer(log=consumer.log)
+    _run(s, scorer, consumer, producer)
+    assert len(producer.delivered) == 10
+    assert consumer.commits[0] == {0: 105}  # batch a, once delivered
+    # batch a's commit comes before any record of batch b is produced
+    assert consumer.log.index("commit") == 5
+    assert {0: 107, 1: 43}.items() <= {k: v for c in consumer.commits
+                                       for k, v in c.items()}.items()
+    assert consumer.seeks == []
+
+
+def test_a_failed_record_rewinds_every_batch_in_flight_without_commit(setup) -> None:
+    s, scorer, a, b = setup
+    bad_id = a[2].key()  # one prediction of batch a fails
+    consumer = FakeConsumer([a, b])
+    producer = FakeProducer(fail_values={b'"event_id":"' + bad_id + b'"'})
+    loop = _run(s, scorer, consumer, producer)
+    # The failure shows before batch b is produced: a and b are rewound, nothing committed.
+    assert consumer.commits == []
+    assert sorted(consumer.seeks) == [(0, 100), (1, 40)]
+    assert not loop.inflight
+    assert len(producer.delivered) == 4  # a's other records; b was never produced
