@@ -387,7 +387,8 @@ def _to_float(a: np.ndarray) -> np.ndarray:
 
 
 def predict_pattern_proba(booster: Any, x: np.ndarray, n_patterns: int) -> np.ndarray:
-    """Pattern probabilities from the XGBoost ``multi:softprob`` classifier.
+    """Pattern probabilities from the XGBoost classifier (``multi:softprob``, or
+    ``binary:logistic`` giving the probability of pattern 1 when there are two patterns).
 
     Parameters
     ----------
@@ -408,7 +409,10 @@ def predict_pattern_proba(booster: Any, x: np.ndarray, n_patterns: int) -> np.nd
         return np.ones((n, 1), dtype=np.float64)
     if n == 0:
         return np.zeros((0, n_patterns), dtype=np.float64)
-    p = np.asarray(booster.inplace_predict(x), dtype=np.float64).reshape(n, n_patterns)
+    p = np.asarray(booster.inplace_predict(x), dtype=np.float64)
+    if p.ndim == 1 and n_patterns == 2:  # binary:logistic: P(pattern 1)
+        return np.column_stack([1.0 - p, p])
+    p = p.reshape(n, n_patterns)
     return p / p.sum(axis=1, keepdims=True)
 
 

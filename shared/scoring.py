@@ -17,7 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -183,9 +183,34 @@ class Bundle:
         columns : mapping of str to numpy.ndarray
             The batch, one array of length n per event field.
         executor : concurrent.futures.Executor, optional
-            When given, the outcome-profile part (the XGBoost pattern classifier and the
-            mixture intervals, which run without the GIL) is computed there while this thread
-            routes and applies the segment models; the result is the same.
+            Compute the outcome-profile part there (see :meth:`score_parts`); same result.
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            The arrays of :data:`SCORE_COLUMNS`, each of length n.
+
+        Raises
+        ------
+        SchemaError
+            A feature column is absent.
+        """
+        _, finish = self.score_parts(columns, executor=executor)
+        return finish()
+
+    def score_parts(
+        self, columns: Mapping[str, np.ndarray], *,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> tuple[dict[str, np.ndarray], Callable[[], dict[str, np.ndarray]]]:
+        """Score a batch in two parts: ``(partial, finish)``.
+
+        ``partial`` holds everything but the outcome-profile fields (``segment``,
+        ``fallback_level``, ``prediction``, ``interval_low/high``, ``imputed``,
+        ``unknown_key``, ``contributions``, ``model_node``); ``finish()`` returns the full
+        :meth:`score` dict. With an ``executor`` the profile part (the XGBoost pattern
+        classifier and the mixture intervals, which run without the GIL) is computed there
+        from the start, so the caller can use ``partial`` (e.g. count drift statistics)
+        before calling ``finish()``.
 
         Raises
         ------
@@ -207,23 +232,24 @@ class Bundle:
         for j, f in enumerate(self.linear_features):
             X[:, j] = _float_column(columns[f])
         pred, contrib = self.linear.predict(t.model_index[r.node], X)
-        unknown = self.unknown_keys(columns, n)
-        prof = pending.result() if pending is not None else self.profiles.score(columns)
-        return {
+        partial = {
             "segment": r.segment.astype(np.int32, copy=False),
             "fallback_level": level,
             "prediction": pred,
             "interval_low": pred + t.interval_lo[model_node],
             "interval_high": pred + t.interval_hi[model_node],
-            "pattern": prof.pattern,
-            "pattern_proba": prof.pattern_proba,
             "imputed": r.imputed,
-            "unknown_key": unknown,
+            "unknown_key": self.unknown_keys(columns, n),
             "contributions": contrib,
             "model_node": model_node.astype(np.int32, copy=False),
-            "pattern_low": prof.low,
-            "pattern_high": prof.high,
         }
+
+        def finish() -> dict[str, np.ndarray]:
+            prof = pending.result() if pending is not None else self.profiles.score(columns)
+            return {**partial, "pattern": prof.pattern, "pattern_proba": prof.pattern_proba,
+                    "pattern_low": prof.low, "pattern_high": prof.high}
+
+        return partial, finish
 
     @property
     def required_columns(self) -> list[str]:

@@ -28,8 +28,9 @@ Pipeline of :meth:`OutcomeProfiles.fit`
 5. K-Means for each K in ``k_range``; K chosen by silhouette with the drop rule of
    :func:`select_n_patterns`; patterns are renumbered by increasing median outcome.
 6. Per pattern: pooled distribution, quantiles, mean, HDRs (:func:`highest_density_region`).
-7. XGBoost ``multi:softprob`` classifier of the event's group pattern from the configured
-   features, early-stopped on a later validation slice.
+7. XGBoost classifier (``binary:logistic`` for two patterns, else ``multi:softprob``) of the
+   event's group pattern from the configured features, early-stopped on a later validation
+   slice.
 8. Optional PIT recalibration of interval levels on the same validation slice.
 """
 
@@ -949,10 +950,14 @@ class OutcomeProfiles(BaseEstimator):
         dtrain = xgb.DMatrix(x, label=labels[idx], feature_names=self.features_,
                              feature_types=xgb_types, enable_categorical=True,
                              nthread=self.nthread)
+        # Two patterns: one logistic tree per round instead of one softmax tree per class and
+        # round (the same probabilities model, half the trees to evaluate when scoring).
+        objective = {"objective": "binary:logistic", "eval_metric": "logloss"} if k == 2 else \
+            {"objective": "multi:softprob", "num_class": k, "eval_metric": "mlogloss"}
         params = {
-            "objective": "multi:softprob", "num_class": k, "max_depth": int(self.max_depth),
+            **objective, "max_depth": int(self.max_depth),
             "eta": float(self.learning_rate), "tree_method": "hist", "nthread": int(self.nthread),
-            "seed": int(self.random_state), "eval_metric": "mlogloss", "verbosity": 0,
+            "seed": int(self.random_state), "verbosity": 0,
         }
         evals = []
         n_val = 0
@@ -980,7 +985,8 @@ class OutcomeProfiles(BaseEstimator):
         self.booster_ = booster
         rounds = booster.num_boosted_rounds()
         self.classifier_info_.update({
-            "n_rounds": int(rounds), "n_trees": int(rounds * k),
+            "n_rounds": int(rounds), "n_trees": int(rounds * (1 if k == 2 else k)),
+            "objective": params["objective"],
             "best_iteration": None if best is None else int(best),
             "n_train_rows": int(idx.size), "n_validation_rows": n_val,
         })

@@ -76,7 +76,7 @@ class DecodedBatch:
     columns : dict of str to numpy.ndarray
         One array per event field of the schema, valid rows only, in input order (the
         :class:`~shared.scoring.Scorer` input contract: float64 with NaN, object arrays of
-        ``str``/None, ``datetime64[ns]`` UTC with NaT).
+        ``str``/None, ``datetime64[ns]`` UTC with NaT). The object arrays are read-only.
     valid : numpy.ndarray
         int64 ``(m,)``: input index of each valid row.
     rejected : list of (int, str, str)
@@ -182,13 +182,13 @@ class EventDecoder:
             except (msgspec.DecodeError, ValueError, TypeError):
                 slow_idx.append(i)
         if not fast_idx:
-            return self._decode_slow(values)
+            return _frozen(self._decode_slow(values))
         fast = self._from_structs(structs)
         if not slow_idx:
-            return fast
+            return _frozen(fast)
         slow = self._decode_slow([values[i] for i in slow_idx])
-        return _merge(n, fast, np.asarray(fast_idx, np.int64), slow,
-                      np.asarray(slow_idx, np.int64))
+        return _frozen(_merge(n, fast, np.asarray(fast_idx, np.int64), slow,
+                              np.asarray(slow_idx, np.int64)))
 
     def _from_structs(self, structs: list[Any]) -> DecodedBatch:
         """Columns of msgspec-validated events (types already right; only times can fail)."""
@@ -196,11 +196,12 @@ class EventDecoder:
         rows = list(map(self._getter, structs))
         table = list(zip(*rows, strict=True)) if len(self.fields) > 1 else [
             tuple(rows)]
-        raw = {f.name: list(col) for f, col in zip(self.fields, table, strict=True)}
-        times = raw[self.time_field]
+        raw = dict(zip((f.name for f in self.fields), table, strict=True))  # name -> tuple
+        times = list(raw[self.time_field])
         parsed_time = _parse_times(times)
-        bad = np.flatnonzero(np.isnat(parsed_time)
-                             & np.fromiter((v is not None for v in times), bool, count=m))
+        nat = np.isnat(parsed_time)
+        bad = np.flatnonzero(nat & np.fromiter((v is not None for v in times), bool, count=m)) \
+            if nat.any() else np.zeros(0, np.int64)
         rejected = [(int(i), "bad_time", f"{self.time_field}: {str(times[i])[:40]!r}")
                     for i in bad.tolist()]
         keep = np.ones(m, dtype=bool)
@@ -370,7 +371,7 @@ def _json_kind(d: Any) -> str:
     return "JSON number"
 
 
-def _to_float(col: list[Any]) -> np.ndarray:
+def _to_float(col: Sequence[Any]) -> np.ndarray:
     try:
         return np.array(col, dtype=np.float64)  # None -> NaN
     except (TypeError, ValueError, OverflowError):
@@ -384,10 +385,20 @@ def _float_or_nan(v: Any) -> float:
         return float("nan")
 
 
-def _to_object(col: list[Any]) -> np.ndarray:
+def _to_object(col: Sequence[Any]) -> np.ndarray:
     arr = np.empty(len(col), dtype=object)
     arr[:] = col
     return arr
+
+
+def _frozen(batch: DecodedBatch) -> DecodedBatch:
+    """Make the object (string) columns read-only: :func:`shared.routing.encode_categories`
+    factorises a read-only column once and reuses that for every category table (router,
+    key tables, drift reference), instead of hashing every value once per table."""
+    for arr in batch.columns.values():
+        if arr.dtype == object:
+            arr.flags.writeable = False
+    return batch
 
 
 def _parse_times(col: list[Any]) -> np.ndarray:

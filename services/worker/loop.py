@@ -57,6 +57,14 @@ EXIT_FAILED = 1
 _SECOND = operator.itemgetter(1)
 
 
+def _at_once(score: Callable[[Any], dict[str, np.ndarray]]) -> Callable[..., Any]:
+    """``score_parts`` for a scorer without it: everything now, ``finish`` returns it."""
+    def parts(columns: Any) -> tuple[dict[str, np.ndarray], Callable[[], Any]]:
+        out = score(columns)
+        return out, lambda: out
+    return parts
+
+
 def _offset_range(parts: np.ndarray, offs: np.ndarray) -> tuple[dict[int, int], dict[int, int]]:
     """Per partition of a batch, its first offset and the offset after its last one."""
     first: dict[int, int] = {}
@@ -134,9 +142,10 @@ class StreamWorker:
         self.scorer = scorer
         # A bundle that can overlap its profile part with routing gets the pool (the tests'
         # fake scorers cannot).
-        self._score = (functools.partial(scorer.score, executor=self._pool)
-                       if self._pool is not None and isinstance(scorer, Bundle)
-                       else scorer.score)
+        if self._pool is not None and isinstance(scorer, Bundle):
+            self._score_parts = functools.partial(scorer.score_parts, executor=self._pool)
+        else:
+            self._score_parts = _at_once(scorer.score)
         self.decoder = EventDecoder(scorer.schema, self.w.max_event_bytes)
         self.id_field = scorer.schema.id_field
         self.time_field = scorer.schema.time_field
@@ -236,27 +245,31 @@ class StreamWorker:
             values = list(map(Message.value, msgs))
             decoded = self.decoder.decode(values)
             scorer = self.scorer
-            if decoded.n_valid:
-                scores = self._score(decoded.columns)
-                ids = decoded.columns[self.id_field].tolist()
-                preds = encode_predictions(
-                    ids, scores, decoded.event_time_text, model=scorer.model,
-                    bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
-                    scored_at=utc_now_iso(), contribution_names=self.contribution_names)
-            else:
-                scores, ids, preds = {}, [], []
+            # Route and apply the segment models now; the outcome profiles (XGBoost) run in the
+            # pool meanwhile, and the stats, which do not need them, are counted in between.
+            partial, finish = self._score_parts(decoded.columns) if decoded.n_valid else (
+                {}, dict)
             dlq_counts = collections.Counter(r for _, r, _ in decoded.rejected)
             stats: list[bytes] = []
             if self.w.stats_enabled:
                 # One record per monitor window (event time) so none straddles a boundary.
                 stats = [orjson.dumps(r) for r in batch_stats_slices(
-                    decoded.columns, scores, scorer.drift_reference,
+                    decoded.columns, partial, scorer.drift_reference,
                     time_field=self.time_field, slice_s=self.settings.monitor.window_s,
                     model=scorer.model, bundle_id=scorer.bundle_id,
                     worker=self.worker_id, batch=self.seq, n_events=len(msgs),
                     dlq_counts=dlq_counts, created_at=utc_now_iso(),
                     max_unknown_keys=self.w.max_unknown_keys,
                     partitions=parts[decoded.valid])]
+            scores = finish()
+            if decoded.n_valid:
+                ids = decoded.columns[self.id_field].tolist()
+                preds = encode_predictions(
+                    ids, scores, decoded.event_time_text, model=scorer.model,
+                    bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
+                    scored_at=utc_now_iso(), contribution_names=self.contribution_names)
+            else:
+                ids, preds = [], []
         except Exception:  # noqa: BLE001 - a scoring bug: never commit this batch
             logger.exception("batch %d failed in decode/score (%d events); rewinding",
                              self.seq, len(msgs))

@@ -182,3 +182,27 @@ def test_native_categorical_encoding_scores_identically():
     s = sp.ProfileScorer(m.export()).score(cols)
     np.testing.assert_allclose(s.proba, m.predict_proba(pd.DataFrame(cols)), atol=1e-12)
     assert np.all(np.isfinite(s.proba))
+
+
+def test_pattern_proba_from_logistic_and_softmax_boosters_agree() -> None:
+    """Two patterns are trained as ``binary:logistic`` (half the trees of a two-class softmax);
+    both kinds of booster give (n, 2) probabilities with rows summing to 1, and on separable
+    data the same pattern."""
+    import xgboost as xgb
+
+    from shared.profiles import predict_pattern_proba
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3)).astype(np.float32)
+    y = (x[:, 0] + 0.1 * rng.normal(size=500) > 0).astype(int)
+    x[::17, 1] = np.nan
+    d = xgb.DMatrix(x, label=y)
+    logistic = xgb.train({"objective": "binary:logistic", "max_depth": 3}, d, 20)
+    softmax = xgb.train({"objective": "multi:softprob", "num_class": 2, "max_depth": 3}, d, 20)
+    p_l = predict_pattern_proba(logistic, x, 2)
+    p_s = predict_pattern_proba(softmax, x, 2)
+    assert p_l.shape == p_s.shape == (500, 2)
+    np.testing.assert_allclose(p_l.sum(axis=1), 1.0)
+    np.testing.assert_allclose(p_l[:, 1], logistic.inplace_predict(x), rtol=1e-6)
+    assert (p_l.argmax(axis=1) == p_s.argmax(axis=1)).mean() > 0.98
+    assert (p_l.argmax(axis=1) == y).mean() > 0.9

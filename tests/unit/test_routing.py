@@ -329,3 +329,25 @@ def test_describe_path_names_keys_and_splits():
         h = X["hour"].to_numpy()[seg == s]
         assert (h <= t + 1e-3).all() if op == "<=" else (h > t - 1e-3).all()
     assert router.describe_node(0) == "all"
+
+
+def test_read_only_columns_take_the_factorised_path_with_identical_codes() -> None:
+    """A read-only object column is factorised once and reused across tables; the codes equal
+    the per-value path's, including missing values, unseen values and non-str values (which
+    fall back, since factorize would merge 1, 1.0 and True)."""
+    import pandas as pd
+
+    from shared.routing import MISSING_CODE, UNKNOWN_CODE, _FACTORIZED, encode_categories
+
+    rng = np.random.default_rng(3)
+    pool = np.array(["JFK", "LGA", "EWR", "XXX", None, np.nan, ""], dtype=object)
+    for extra in ([], [1, 1.0, True]):
+        vals = rng.choice(np.concatenate([pool, np.array(extra, dtype=object)]), 2000)
+        tables = [pd.Index(["EWR", "JFK", "LGA"]), pd.Index(["JFK", "", "1", "1.0", "True"])]
+        want = [encode_categories(vals.copy(), t) for t in tables]  # writeable: per-value path
+        vals.flags.writeable = False
+        got = [encode_categories(vals, t) for t in tables]
+        for w, g in zip(want, got, strict=True):
+            np.testing.assert_array_equal(w, g)
+        assert (want[0] == MISSING_CODE).any() and (want[0] == UNKNOWN_CODE).any()
+        assert (id(vals) in _FACTORIZED) == (not extra)
