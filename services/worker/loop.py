@@ -14,15 +14,18 @@ Delivery guarantees
     offset of the oldest batch in flight (no batch in flight is committed).
 ``exactly_once``
     One transaction per batch holds its predictions, DLQ and stats records and its consumed
-    offsets (``send_offsets_to_transaction`` with the consumer group's metadata). Any error
-    aborts the transaction and rewinds the consumer to the batch's first offsets; a fenced or
+    offsets (``send_offsets_to_transaction`` with the consumer group's metadata). The offsets
+    and the commit (broker round trips) run in a transaction thread while the loop decodes and
+    scores the next batch, which is produced in its own transaction once the previous one has
+    committed. Any error aborts the transaction and rewinds the consumer to the batch's first
+    offsets (and those of the batch in hand, which is then not produced); a fenced or
     otherwise fatal producer ends the loop cleanly without committing.
 
 A batch whose decoding/scoring raises (a bug, not bad input: bad input goes to the DLQ) is
 never committed: the consumer is rewound and the batch retried ``max_scoring_retries`` times,
 after which the worker exits non-zero. Partition revocation happens inside ``consume()``, i.e.
 between batches: at-least-once waits for the batches in flight and commits them first;
-exactly-once has no open transaction at that point.
+exactly-once waits for the transaction being committed (no transaction is open then).
 """
 
 from __future__ import annotations
@@ -74,6 +77,19 @@ def _offset_range(parts: np.ndarray, offs: np.ndarray) -> tuple[dict[int, int], 
         first[p] = int(o.min())
         nxt[p] = int(o.max()) + 1
     return first, nxt
+
+
+class _Transaction:
+    """An exactly-once batch whose transaction is being committed in the background."""
+
+    __slots__ = ("future", "first", "n_predictions", "seq")
+
+    def __init__(self, future: concurrent.futures.Future[None], first: dict[int, int],
+                 n_predictions: int, seq: int) -> None:
+        self.future = future
+        self.first = first
+        self.n_predictions = n_predictions
+        self.seq = seq
 
 
 class _InFlight:
@@ -135,6 +151,9 @@ class StreamWorker:
         self.ready = threading.Event()
         self._pool = (concurrent.futures.ThreadPoolExecutor(
             self.w.score_threads, thread_name_prefix="score") if self.w.score_threads else None)
+        self._txn: _Transaction | None = None
+        self._txn_pool = (concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="transaction") if self.exactly_once else None)
         self._install(scorer)
 
     # ------------------------------------------------------------------ bundle
@@ -170,7 +189,9 @@ class StreamWorker:
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self.metrics.rebalances.labels(kind="revoke").inc()
-        if not self.exactly_once:
+        if self.exactly_once:
+            self._finish_transaction()  # commit (or abort) before giving partitions up
+        else:
             self._drain(commit_sync=True)
         gone = {p.partition for p in partitions}
         self.assigned -= gone
@@ -181,7 +202,10 @@ class StreamWorker:
     def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         self.metrics.rebalances.labels(kind="lost").inc()
         gone = {p.partition for p in partitions}
-        # Offsets of lost partitions must not be committed: drop the batches in flight.
+        # Offsets of lost partitions must not be committed: drop the batches in flight (a
+        # transaction already committing is waited for; its stale generation fails it).
+        if self.exactly_once:
+            self._finish_transaction()
         self.producer.client.flush(self.w.transaction_timeout_s)
         self.inflight.clear()
         self.assigned -= gone
@@ -207,11 +231,18 @@ class StreamWorker:
                     self._settle()
                     if len(self.inflight) >= self.w.max_batches_in_flight:
                         self._wait_head(stop)
+                elif self._txn is not None and self._txn.future.done():
+                    self._finish_transaction()  # account for it without waiting for a batch
                 self.metrics.producer_queue.set(len(self.producer.client))
+            if self.exactly_once:
+                self._finish_transaction()
         finally:
             self.ready.clear()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
+            if self._txn_pool is not None:
+                self._finish_transaction()
+                self._txn_pool.shutdown(wait=True)
         if self.fatal == "fenced":
             logger.warning("producer fenced by a newer instance: exiting without committing")
             return EXIT_OK
@@ -443,25 +474,57 @@ class StreamWorker:
     def _produce_transaction(self, msgs: list[Any], decoded: Any, ids: list[Any],
                              preds: list[bytes], stats: list[bytes],
                              first: dict[int, int], nxt: dict[int, int]) -> None:
+        """Open this batch's transaction, produce into it, and hand the offsets and the commit
+        to the transaction thread; the loop goes on with the next batch meanwhile (it is
+        decoded and scored while this one commits, and produced after it committed)."""
         from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415
 
+        if not self._finish_transaction(current_first=first):
+            return  # the previous transaction failed: rewound, this batch included
         p = self.producer.client
         c = self.consumer.client
-        timeout = self.w.transaction_timeout_s
         try:
             p.begin_transaction()
             self._produce_all(msgs, decoded, ids, preds, stats, None)
             offsets = [TopicPartition(self.topics.events, part, o) for part, o in nxt.items()]
-            p.send_offsets_to_transaction(offsets, c.consumer_group_metadata(), timeout)
-            p.commit_transaction(timeout)
+            group = c.consumer_group_metadata()
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            self._transaction_failed(err, exc, first)
+            self._transaction_failed(err, exc, first, self.seq)
             return
-        self.metrics.transactions.labels(result="committed").inc()
-        self.metrics.predictions_produced.inc(len(preds))
+        self._txn = _Transaction(
+            self._txn_pool.submit(self._commit_transaction, offsets, group),  # type: ignore[union-attr]
+            first, len(preds), self.seq)
 
-    def _transaction_failed(self, err: Any, exc: Exception, first: dict[int, int]) -> None:
+    def _commit_transaction(self, offsets: list[Any], group: Any) -> None:
+        """In the transaction thread: add the consumed offsets, commit."""
+        p = self.producer.client
+        timeout = self.w.transaction_timeout_s
+        p.send_offsets_to_transaction(offsets, group, timeout)
+        p.commit_transaction(timeout)
+
+    def _finish_transaction(self, current_first: dict[int, int] | None = None) -> bool:
+        """Wait for the transaction being committed, if any. Returns False when it failed
+        (aborted and rewound to its first offsets and those of ``current_first``, the batch
+        in hand, which must then not be produced; or fatal)."""
+        txn, self._txn = self._txn, None
+        if txn is None:
+            return True
+        try:
+            txn.future.result()
+        except Exception as exc:  # noqa: BLE001 - KafkaException or anything else: abort
+            err = exc.args[0] if exc.args and hasattr(exc.args[0], "code") else None
+            rewind = dict(txn.first)
+            for part, o in (current_first or {}).items():
+                rewind[part] = min(o, rewind.get(part, o))
+            self._transaction_failed(err, exc, rewind, txn.seq)
+            return False
+        self.metrics.transactions.labels(result="committed").inc()
+        self.metrics.predictions_produced.inc(txn.n_predictions)
+        return True
+
+    def _transaction_failed(self, err: Any, exc: Exception, first: dict[int, int],
+                            seq: int) -> None:
         from confluent_kafka import KafkaError  # noqa: PLC0415
 
         p = self.producer.client
@@ -475,8 +538,7 @@ class StreamWorker:
                 KafkaError.INVALID_PRODUCER_EPOCH) else f"fatal producer error: {err}"
             logger.error("transaction failed fatally: %s", exc)
             return
-        logger.warning("batch %d: transaction failed (%s); aborting and rewinding", self.seq,
-                       exc)
+        logger.warning("batch %d: transaction failed (%s); aborting and rewinding", seq, exc)
         self.metrics.transactions.labels(result="aborted").inc()
         self.metrics.batch_failures.labels(stage="transaction").inc()
         try:
@@ -490,7 +552,9 @@ class StreamWorker:
     # ------------------------------------------------------------------ failures
     def _scoring_failed(self, first: dict[int, int]) -> None:
         self.failures += 1
-        if not self.exactly_once:
+        if self.exactly_once:
+            self._finish_transaction(current_first=first)  # earlier batches: commit them
+        else:
             self._drain(commit_sync=False)  # earlier batches are fine: commit them
         if self.failures > self.w.max_scoring_retries:
             self.fatal = f"scoring failed {self.failures} times in a row"
