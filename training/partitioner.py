@@ -49,7 +49,7 @@ __all__ = ["TreePartitioner", "KeyPartitioner", "CompositePartitioner", "Partiti
 _SCAN_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 #: Nodes with at least this many rows are histogrammed and scanned by all numba threads.
-_PAR_MIN_ROWS = 20_000
+_PAR_MIN_ROWS = 10_000
 
 
 @njit(cache=True, nogil=True)
@@ -494,22 +494,45 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
     return n_nodes
 
 
-@njit(cache=True, nogil=True)
-def _assign_bins(Zs, edges, miss_bin, out):
-    """out[i, f] = number of edges of feature f below Zs[f, i] (NaN -> miss_bin).
+@njit(cache=True, nogil=True, parallel=True)
+def _assign_bins(Zs, feats, edges, miss_bin, out):
+    """out[i, j] = number of edges of feature j below Zs[feats[j], i] (NaN -> miss_bin).
 
     ``edges`` rows are sorted and padded with +inf to width 256 (``max_bins <= 255``); the
-    search is branch-free and unrolled.
+    search is branch-free and unrolled. Rows are shared out between threads in blocks.
     """
-    F, n = Zs.shape
-    for f in range(F):
-        e = edges[f]
-        for i in range(n):
-            x = Zs[f, i]
-            lo = 0
-            for step in (128, 64, 32, 16, 8, 4, 2, 1):  # unrolled: W = 256
-                lo += step * np.int64(e[lo + step - 1] < x)
-            out[i, f] = miss_bin if x != x else lo
+    F = feats.shape[0]
+    n = Zs.shape[1]
+    block = 4096
+    for k in prange((n + block - 1) // block):
+        for i in range(k * block, min(n, (k + 1) * block)):
+            for j in range(F):
+                x = Zs[feats[j], i]
+                e = edges[j]
+                lo = 0
+                for step in (128, 64, 32, 16, 8, 4, 2, 1):  # unrolled: W = 256
+                    lo += step * np.int64(e[lo + step - 1] < x)
+                out[i, j] = miss_bin if x != x else lo
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _sorted_finite_rows(Zs, feats, idx):
+    """Per feature j: the finite values of Zs[feats[j], idx], sorted, and their count."""
+    F = feats.shape[0]
+    m = idx.shape[0]
+    out = np.empty((F, m))
+    cnt = np.zeros(F, dtype=np.int64)
+    for j in prange(F):
+        buf = np.empty(m)
+        c = 0
+        for i in range(m):
+            v = Zs[feats[j], idx[i]]
+            if np.isfinite(v):
+                buf[c] = v
+                c += 1
+        out[j, :c] = np.sort(buf[:c])
+        cnt[j] = c
+    return out, cnt
 
 
 @njit(cache=True, nogil=True)
@@ -535,12 +558,26 @@ def _finite_stats(x):
     return cnt, lo, hi, m, np.sqrt(ss / cnt)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _zscore_into(x, center, scale, out, j):
     """out[:, j] = (x - center) / scale as float32; non-finite -> 0."""
-    for i in range(x.shape[0]):
-        v = x[i]
-        out[i, j] = (v - center) / scale if np.isfinite(v) else 0.0
+    n = x.shape[0]
+    block = 16384
+    for k in prange((n + block - 1) // block):
+        for i in range(k * block, min(n, (k + 1) * block)):
+            v = x[i]
+            out[i, j] = (v - center) / scale if np.isfinite(v) else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _rows_with_nan(Z):
+    """Columns of Z (p, n) holding a NaN, as a bool mask of shape (n,)."""
+    out = np.zeros(Z.shape[1], dtype=np.bool_)
+    for r in range(Z.shape[0]):
+        for i in range(Z.shape[1]):
+            if Z[r, i] != Z[r, i]:
+                out[i] = True
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -719,22 +756,24 @@ def _category_table(name: str, values: Any, allow_missing: bool) -> pd.Index:
     return pd.Index(np.unique(strings[~missing].astype(str)).astype(object), dtype=object)
 
 
-def _quantile_bins(Zs: np.ndarray, max_bins: int, rng: np.random.Generator,
+def _quantile_bins(Z: np.ndarray, feats: np.ndarray, max_bins: int, rng: np.random.Generator,
                    sample: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bin each row of Zs (F, n): uint8 codes (n, F) with NaN -> ``max_bins``.
+    """Bin rows ``feats`` of Z (p, n): uint8 codes (n, len(feats)) with NaN -> ``max_bins``.
 
     Edges come from the distinct values (midpoints) when a seeded sample of up to ``sample``
-    finite values has at most ``max_bins`` of them, else from its quantiles. Code ``b`` means
-    ``edges[b-1] < x <= edges[b]``, so ``code <= b`` iff ``x <= edges[b]`` (the routed test).
+    rows (one sample shared by all features) has at most ``max_bins`` distinct finite values,
+    else from their quantiles. Code ``b`` means ``edges[b-1] < x <= edges[b]``, so
+    ``code <= b`` iff ``x <= edges[b]`` (the routed test).
     """
-    F, n = Zs.shape
+    n = Z.shape[1]
+    F = feats.shape[0]
     edges = np.full((F, max(max_bins - 1, 1)), np.inf)
     nbins = np.ones(F, dtype=np.int64)
+    idx = (np.sort(rng.choice(n, sample, replace=False)) if n > sample
+           else np.arange(n)).astype(np.int64)
+    srt, cnt = _sorted_finite_rows(Z, feats, idx)
     for f in range(F):
-        x = Zs[f]
-        if n > sample:
-            x = x[rng.choice(n, sample, replace=False)]
-        fin = np.sort(x[np.isfinite(x)])
+        fin = srt[f, :cnt[f]]
         if fin.size == 0:
             continue
         u = fin[np.concatenate([[True], fin[1:] != fin[:-1]])]
@@ -754,7 +793,7 @@ def _quantile_bins(Zs: np.ndarray, max_bins: int, rng: np.random.Generator,
     bins = np.empty((n, F), dtype=np.uint8)
     padded = np.full((F, 256), np.inf)
     padded[:, : edges.shape[1]] = edges
-    _assign_bins(np.ascontiguousarray(Zs), padded, max_bins, bins)
+    _assign_bins(Z, feats, padded, max_bins, bins)
     return bins, edges, nbins
 
 
@@ -867,13 +906,15 @@ class _BasePartitioner(BaseEstimator):
             skip = set(levels) | set(cat) | set(ycols)
             numeric = [c for c in names if c not in skip]
             raw: dict[str, np.ndarray] = {}
+            stats: dict[str, tuple] = {}
             for c in numeric + ycols:
                 try:
                     raw[c] = numeric_column(c, cols[c], n)
                 except SchemaError as exc:
                     raise SchemaError(f"{exc}; list it in categorical_features"
                                       + (" or levels" if levels else "")) from None
-                cnt, lo, hi, _, _ = _finite_stats(raw[c])
+                stats[c] = _finite_stats(raw[c])
+                cnt, lo, hi, _, _ = stats[c]
                 if cnt == 0:
                     raise DataError(f"column {c!r}: all values are missing (or infinite)")
                 if lo == hi:
@@ -888,7 +929,7 @@ class _BasePartitioner(BaseEstimator):
             if not target_names:
                 raise DataError("no numeric column to build the variance target from; add "
                                 "numeric features or y_columns")
-            Y = self._scaled_targets(raw, target_names, n)
+            Y = self._scaled_targets(raw, target_names, n, stats)
         # category tables (shared encoding code with the router)
         categories: dict[str, pd.Index] = {}
         for c in cat:
@@ -953,7 +994,16 @@ class _BasePartitioner(BaseEstimator):
         arrays.update(schema_arrays)
         arrays.update(self._scaler_arrays())
         router = Router.from_arrays(arrays, meta)
-        segments = router.route_design(Z).segment
+        if has_tree and self._tree_param("algorithm") == "hist":
+            # a complete row routes where it grew (code <= b iff x <= edges[b], the routed
+            # test on the same float64 design values); only rows with a missing split value
+            # are re-routed by the look-ahead rule
+            segments = fit_segments.astype(np.int32)
+            miss = _rows_with_nan(Z)
+            if miss.any():
+                segments[miss] = router.route_design(Z[:, miss]).segment
+        else:
+            segments = router.route_design(Z).segment
         arrays["node_count"] = _subtree_counts(arrays["node_parent"], arrays["segment_node"],
                                                segments)
         self._arrays = arrays
@@ -974,15 +1024,20 @@ class _BasePartitioner(BaseEstimator):
         self.segment_node_ = arrays["segment_node"]
         self.segment_sizes_ = arrays["node_count"][arrays["segment_node"]]
 
-    def _scaled_targets(self, raw: dict[str, np.ndarray], names: list[str], n: int) -> np.ndarray:
-        """Scaled, weighted targets as float32 (n, T); missing/infinite -> 0 (the mean)."""
+    def _scaled_targets(self, raw: dict[str, np.ndarray], names: list[str], n: int,
+                        stats: dict[str, tuple]) -> np.ndarray:
+        """Scaled, weighted targets as float32 (n, T); missing/infinite -> 0 (the mean).
+
+        ``stats`` holds :func:`_finite_stats` of columns already scanned (others are scanned).
+        """
         scaler = self._tree_param("scaler")
         Y = np.empty((n, len(names)), dtype=np.float32)
         if scaler is None:
             center = np.empty(len(names))
             scale = np.empty(len(names))
             for j, c in enumerate(names):
-                _, _, _, center[j], scale[j] = _finite_stats(raw[c])
+                st = stats[c] if c in stats else _finite_stats(raw[c])
+                _, _, _, center[j], scale[j] = st
             scale[~(scale > 0)] = 1.0
             for j, c in enumerate(names):
                 _zscore_into(raw[c], center[j], scale[j], Y, j)
@@ -1053,7 +1108,7 @@ class _BasePartitioner(BaseEstimator):
             return
         mb = int(self.max_bins)
         rng = np.random.default_rng(self.random_state)
-        bins, edges, nbins = _quantile_bins(Z[split_rows], mb, rng)
+        bins, edges, nbins = _quantile_bins(Z, split_rows, mb, rng)
         rowsq = _row_sumsq(Y)
         F = split_rows.size
         slot_bytes = max(F, 1) * (mb + 1) * (T + 1) * 8
