@@ -1302,9 +1302,14 @@ class TreePartitioner(_BasePartitioner):
     weights : dict of str to float, optional
         Multiplier of each scaled target column (by name).
     max_bins : int, default=255
-        Histogram bins per feature (2..255), from quantiles of up to 200,000 sampled values.
+        Histogram bins per feature (2..255), from quantiles of up to 200,000 sampled rows
+        (one seeded sample shared by all features).
     algorithm : {"hist", "exact"}, default="hist"
-        ``hist``: numba histogram growth. ``exact``: scikit-learn's
+        ``hist``: numba histogram growth; each node's rows are kept contiguous (bin codes and
+        targets are reordered in place), only the smaller child is histogrammed, and nodes of
+        at least 10,000 rows are histogrammed and scanned with all numba threads (same tree
+        as one thread; on a shared machine set ``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP
+        workers sleep instead of spinning). ``exact``: scikit-learn's
         ``DecisionTreeRegressor(max_leaf_nodes=K)`` (reference; it compares float32 features,
         so a routed value within a float32 rounding of a threshold may go the other way).
     random_state : int, numpy Generator or None, default=None
@@ -1316,7 +1321,9 @@ class TreePartitioner(_BasePartitioner):
     Attributes
     ----------
     segments_ : numpy.ndarray of shape (n,), int32
-        Segment of each training row, as :meth:`partition` routes it.
+        Segment of each training row, as :meth:`partition` routes it (with ``hist``, complete
+        rows keep the leaf they grew in, which is where they route; only rows with a missing
+        split value are routed again).
     fit_segments_ : numpy.ndarray of shape (n,), int32
         Segment in which each row sat while the tree grew. Equal to ``segments_`` for rows
         without missing values; rows with missing split values are re-assigned by the routing
