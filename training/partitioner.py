@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from numba import njit
+import numba
+from numba import njit, prange
 from sklearn.base import BaseEstimator, clone
 
 from shared.component import ExportedComponent
@@ -43,13 +44,20 @@ __all__ = ["TreePartitioner", "KeyPartitioner", "CompositePartitioner", "Partiti
 # numba: histogram best-first growth
 # --------------------------------------------------------------------------------------------
 
+#: LLVM fast-math flags of the split scan: reassociation lets the per-bin sums over the outputs
+#: vectorise. No NaN/Inf assumptions (``nnan``/``ninf`` are off): histograms are finite.
+_SCAN_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+#: Nodes with at least this many rows are histogrammed and scanned by all numba threads.
+_PAR_MIN_ROWS = 10_000
+
+
 @njit(cache=True, nogil=True)
-def _hist_rows(bins, Y, rows, start, end, hist):
-    """Add rows[start:end] to ``hist`` (F, n_bins + 1, T + 1): sums of Y and counts per bin."""
+def _hist_rows(bins, Y, start, end, hist):
+    """Add rows start:end to ``hist`` (F, n_bins + 1, T + 1): sums of Y and counts per bin."""
     F = bins.shape[1]
     T = Y.shape[1]
-    for p in range(start, end):
-        r = rows[p]
+    for r in range(start, end):
         for f in range(F):
             b = bins[r, f]
             for t in range(T):
@@ -57,71 +65,166 @@ def _hist_rows(bins, Y, rows, start, end, hist):
             hist[f, b, T] += 1.0
 
 
-@njit(cache=True, nogil=True)
-def _best_split(hist, nbins, miss_bin, min_leaf, tot, cum):
-    """Best split of a node from its histogram.
+@njit(cache=True, nogil=True, parallel=True)
+def _hist_rows_par(bins, Y, start, end, hist):
+    """:func:`_hist_rows` with the features shared out between threads (large nodes)."""
+    F = bins.shape[1]
+    T = Y.shape[1]
+    for f in prange(F):
+        hf = hist[f]
+        for r in range(start, end):
+            b = bins[r, f]
+            for t in range(T):
+                hf[b, t] += Y[r, t]
+            hf[b, T] += 1.0
 
-    Returns (gain, feature, bin, missing_left). Gain is SSE(parent) - SSE(left) - SSE(right)
-    summed over outputs; the sum of squares cancels, so only sums per bin are needed. Missing
-    values go with the child holding more non-missing rows. gain < 0 means no valid split.
+
+@njit(cache=True, nogil=True, fastmath=_SCAN_FASTMATH)
+def _scan_feature(hf, nb, miss_bin, min_leaf, tot, N, parent, cum):
+    """Best split of one feature from its histogram ``hf`` (n_bins + 1, T + 1).
+
+    Returns (gain, bin, missing_left); gain < 0 when no split is valid. Gain is
+    SSE(parent) - SSE(left) - SSE(right) summed over outputs: the sums of squares cancel, so
+    only the per-bin sums and counts are used, and per candidate bin the work is T
+    multiply-adds and two divisions. ``parent`` is sum_t tot[t]^2 / N. Missing values go with
+    the child holding more non-missing rows.
     """
-    F = hist.shape[0]
-    T = hist.shape[2] - 1
+    T = hf.shape[1] - 1
+    best_g = -1.0
+    best_b = -1
+    best_ml = False
+    if nb < 2:
+        return best_g, best_b, best_ml
+    mcnt = hf[miss_bin, T]
+    nn = N - mcnt
+    for t in range(T + 1):
+        cum[t] = 0.0
+    if mcnt == 0.0:
+        for b in range(nb - 1):
+            if hf[b, T] == 0.0:
+                continue
+            for t in range(T + 1):
+                cum[t] += hf[b, t]
+            nl = cum[T]
+            nr = N - nl
+            if nr <= 0.0:
+                break
+            if nl < min_leaf or nr < min_leaf:
+                continue
+            a = 0.0
+            c = 0.0
+            for t in range(T):
+                lt = cum[t]
+                rt = tot[t] - lt
+                a += lt * lt
+                c += rt * rt
+            g = a / nl + c / nr - parent
+            if g < 0.0:
+                g = 0.0  # rounding; a valid split never increases the SSE
+            if g > best_g:
+                best_g = g
+                best_b = b
+                best_ml = nl >= nr
+        return best_g, best_b, best_ml
+    for b in range(nb - 1):
+        if hf[b, T] == 0.0:
+            continue
+        for t in range(T + 1):
+            cum[t] += hf[b, t]
+        nl = cum[T]
+        nr = nn - nl
+        if nr <= 0.0:
+            break
+        ml = nl >= nr
+        nL = nl + mcnt if ml else nl
+        nR = N - nL
+        if nL < min_leaf or nR < min_leaf:
+            continue
+        a = 0.0
+        c = 0.0
+        for t in range(T):
+            lt = cum[t] + hf[miss_bin, t] if ml else cum[t]
+            rt = tot[t] - lt
+            a += lt * lt
+            c += rt * rt
+        g = a / nL + c / nR - parent
+        if g < 0.0:
+            g = 0.0
+        if g > best_g:
+            best_g = g
+            best_b = b
+            best_ml = ml
+    return best_g, best_b, best_ml
+
+
+@njit(cache=True, nogil=True)
+def _parent_term(tot):
+    T = tot.shape[0] - 1
     N = tot[T]
     parent = 0.0
     for t in range(T):
         parent += tot[t] * tot[t] / N
+    return parent
+
+
+@njit(cache=True, nogil=True)
+def _best_split(hist, nbins, miss_bin, min_leaf, tot, cum):
+    """Best split of a node from its histogram: (gain, feature, bin, missing_left).
+
+    Features in order; ties keep the first (lowest feature, then lowest bin). gain < 0 means
+    no valid split. See :func:`_scan_feature`.
+    """
+    N = tot[tot.shape[0] - 1]
+    parent = _parent_term(tot)
+    best_gain = -1.0
+    best_f = -1
+    best_b = -1
+    best_ml = False
+    for f in range(hist.shape[0]):
+        g, b, ml = _scan_feature(hist[f], nbins[f], miss_bin, min_leaf, tot, N, parent, cum)
+        if g > best_gain:
+            best_gain = g
+            best_f = f
+            best_b = b
+            best_ml = ml
+    return best_gain, best_f, best_b, best_ml
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _best_split_par(hist, nbins, miss_bin, min_leaf, tot):
+    """:func:`_best_split` with the features shared out between threads; same result."""
+    F = hist.shape[0]
+    T = hist.shape[2] - 1
+    N = tot[T]
+    parent = _parent_term(tot)
+    gains = np.empty(F)
+    bs = np.empty(F, dtype=np.int64)
+    mls = np.empty(F, dtype=np.bool_)
+    for f in prange(F):
+        cum = np.empty(T + 1)
+        g, b, ml = _scan_feature(hist[f], nbins[f], miss_bin, min_leaf, tot, N, parent, cum)
+        gains[f] = g
+        bs[f] = b
+        mls[f] = ml
     best_gain = -1.0
     best_f = -1
     best_b = -1
     best_ml = False
     for f in range(F):
-        nb = nbins[f]
-        if nb < 2:
-            continue
-        mcnt = hist[f, miss_bin, T]
-        nn = N - mcnt
-        for t in range(T + 1):
-            cum[t] = 0.0
-        for b in range(nb - 1):
-            if hist[f, b, T] == 0.0:
-                continue
-            for t in range(T + 1):
-                cum[t] += hist[f, b, t]
-            nl = cum[T]
-            nr = nn - nl
-            if nr <= 0.0:
-                break
-            ml = nl >= nr
-            nL = nl + mcnt if ml else nl
-            nR = N - nL
-            if nL < min_leaf or nR < min_leaf:
-                continue
-            s = 0.0
-            for t in range(T):
-                lt = cum[t]
-                if ml:
-                    lt += hist[f, miss_bin, t]
-                rt = tot[t] - lt
-                s += lt * lt / nL + rt * rt / nR
-            g = s - parent
-            if g < 0.0:
-                g = 0.0  # rounding; a valid split never increases the SSE
-            if g > best_gain:
-                best_gain = g
-                best_f = f
-                best_b = b
-                best_ml = ml
+        if gains[f] > best_gain:
+            best_gain = gains[f]
+            best_f = f
+            best_b = bs[f]
+            best_ml = mls[f]
     return best_gain, best_f, best_b, best_ml
 
 
 @njit(cache=True, nogil=True)
-def _clear_hist(bins, rows, start, end, hist):
-    """Zero ``hist`` after it held rows[start:end]: by re-scan when that is cheaper."""
+def _clear_hist(bins, start, end, hist):
+    """Zero ``hist`` after it held rows start:end: by re-scan when that is cheaper."""
     F = bins.shape[1]
     if (end - start) < hist.shape[1]:
-        for p in range(start, end):
-            r = rows[p]
+        for r in range(start, end):
             for f in range(F):
                 hist[f, bins[r, f], :] = 0.0
     else:
@@ -129,29 +232,121 @@ def _clear_hist(bins, rows, start, end, hist):
 
 
 @njit(cache=True, nogil=True)
-def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain, sse_tol,
-          retain_min, pool, n_feat, n_bin, n_missleft, n_left, n_right, n_count, n_start,
-          n_end):
-    """Best-first growth of one tree on rows[:] (partitioned in place).
+def _heap_before(hg, hn, i, j):
+    """Heap order: larger gain first; equal gains by smaller node id (creation order)."""
+    return hg[i] > hg[j] or (hg[i] == hg[j] and hn[i] < hn[j])
 
-    Node arrays (length 2 * max_leaves - 1) are filled in creation order; node 0 is the root.
-    ``pool`` (S, F, n_bins + 1, T + 1) holds histograms. Slots 0 and 1 are scratch (kept
-    all-zero while free); a node with at least ``retain_min`` rows keeps its histogram in a
-    pool slot while it waits to be split, so that its larger child is obtained by subtraction.
-    Returns the number of nodes.
+
+@njit(cache=True, nogil=True)
+def _heap_push(hg, hn, size, g, nd):
+    i = size
+    hg[i] = g
+    hn[i] = nd
+    while i > 0:
+        p = (i - 1) >> 1
+        if not _heap_before(hg, hn, i, p):
+            break
+        hg[i], hg[p] = hg[p], hg[i]
+        hn[i], hn[p] = hn[p], hn[i]
+        i = p
+    return size + 1
+
+
+@njit(cache=True, nogil=True)
+def _heap_pop(hg, hn, size):
+    """Remove the top; returns (node, new size)."""
+    top = hn[0]
+    size -= 1
+    hg[0] = hg[size]
+    hn[0] = hn[size]
+    i = 0
+    while True:
+        lft = 2 * i + 1
+        if lft >= size:
+            break
+        c = lft
+        if lft + 1 < size and _heap_before(hg, hn, lft + 1, lft):
+            c = lft + 1
+        if not _heap_before(hg, hn, c, i):
+            break
+        hg[i], hg[c] = hg[c], hg[i]
+        hn[i], hn[c] = hn[c], hn[i]
+        i = c
+    return top, size
+
+
+@njit(cache=True, nogil=True)
+def _partition_rows(bins, Y, rowsq, rows, start, end, f, b, ml, miss_bin, tb, tY, tq, tr):
+    """Stable in-place partition of positions start:end on ``bins[:, f] <= b`` (missing:
+    ``ml``). Moves the bin codes, targets, squared norms and row ids together, so that every
+    node's rows stay contiguous and in ascending row order. Returns the first right position.
+    """
+    F = bins.shape[1]
+    T = Y.shape[1]
+    lo = start
+    n_r = 0
+    for p in range(start, end):
+        v = bins[p, f]
+        go_left = ml if v == miss_bin else v <= b
+        if go_left:
+            if lo != p:
+                for j in range(F):
+                    bins[lo, j] = bins[p, j]
+                for t in range(T):
+                    Y[lo, t] = Y[p, t]
+                rowsq[lo] = rowsq[p]
+                rows[lo] = rows[p]
+            lo += 1
+        else:
+            for j in range(F):
+                tb[n_r, j] = bins[p, j]
+            for t in range(T):
+                tY[n_r, t] = Y[p, t]
+            tq[n_r] = rowsq[p]
+            tr[n_r] = rows[p]
+            n_r += 1
+    for q in range(n_r):
+        p = lo + q
+        for j in range(F):
+            bins[p, j] = tb[q, j]
+        for t in range(T):
+            Y[p, t] = tY[q, t]
+        rowsq[p] = tq[q]
+        rows[p] = tr[q]
+    return lo
+
+
+@njit(cache=True, nogil=True)
+def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain, sse_tol,
+          retain_min, par_min, pool, n_feat, n_bin, n_missleft, n_left, n_right, n_count,
+          n_start, n_end):
+    """Best-first growth of one tree on the rows held by ``bins``, ``Y``, ``rowsq``, ``rows``.
+
+    The four arrays (bin codes (m, F) uint8, targets (m, T) float32, squared row norms (m,),
+    row ids (m,)) are private copies in position order; they are partitioned in place so that
+    node ``i`` holds positions ``n_start[i]:n_end[i]`` (contiguous, row ids ascending): every
+    histogram scan streams through memory. Node arrays (length 2 * max_leaves - 1) are filled
+    in creation order; node 0 is the root. ``pool`` (S, F, n_bins + 1, T + 1) holds
+    histograms. Slots 0 and 1 are scratch (kept all-zero while free); a node with at least
+    ``retain_min`` rows keeps its histogram in a pool slot while it waits to be split, so that
+    its larger child is obtained by subtraction (only the smaller child is scanned). Nodes
+    with at least ``par_min`` rows are histogrammed and scanned with the features shared out
+    between threads (same result). Open leaves wait in a max-heap keyed by gain (ties:
+    creation order). Returns the number of nodes.
     """
     F = bins.shape[1]
     T = Y.shape[1]
     S = pool.shape[0]
+    m_rows = bins.shape[0]
     max_nodes = n_feat.shape[0]
-    gain = np.full(max_nodes, -1.0)
-    cand = np.zeros(max_nodes, dtype=np.bool_)
+    heap_g = np.empty(max_nodes)
+    heap_n = np.empty(max_nodes, dtype=np.int64)
+    n_heap = 0
     slot = np.full(max_nodes, -1, dtype=np.int64)
     sumsq = np.zeros(max_nodes)
     tot = np.zeros(T + 1)
     cum = np.zeros(T + 1)
     free = np.empty(S, dtype=np.int64)
-    tmp = np.empty(rows.shape[0], dtype=rows.dtype)
     n_free = 0
     for s in range(S - 1, 1, -1):
         free[n_free] = s
@@ -165,24 +360,32 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
         n_right[i] = -1
     n_nodes = 1
     n_start[0] = 0
-    n_end[0] = rows.shape[0]
-    n_count[0] = rows.shape[0]
-    if rows.shape[0] == 0 or F == 0:
+    n_end[0] = m_rows
+    n_count[0] = m_rows
+    if m_rows == 0 or F == 0:
         return n_nodes
+    # right-hand rows of a partition wait here (at most half the parent: no, any share)
+    tb = np.empty((m_rows, F), dtype=bins.dtype)
+    tY = np.empty((m_rows, T), dtype=Y.dtype)
+    tq = np.empty(m_rows, dtype=rowsq.dtype)
+    tr = np.empty(m_rows, dtype=rows.dtype)
 
     acc = 0.0
-    for p in range(rows.shape[0]):
-        acc += rowsq[rows[p]]
+    for p in range(m_rows):
+        acc += rowsq[p]
     sumsq[0] = acc
     ev_nodes = np.empty(2, dtype=np.int64)
     ev_slots = np.empty(2, dtype=np.int64)
-    if rows.shape[0] >= retain_min and n_free > 0:
+    if m_rows >= retain_min and n_free > 0:
         n_free -= 1
         s0 = free[n_free]
         pool[s0, :, :, :] = 0.0
     else:
         s0 = 0
-    _hist_rows(bins, Y, rows, 0, rows.shape[0], pool[s0])
+    if m_rows >= par_min:
+        _hist_rows_par(bins, Y, 0, m_rows, pool[s0])
+    else:
+        _hist_rows(bins, Y, 0, m_rows, pool[s0])
     ev_nodes[0] = 0
     ev_slots[0] = s0
     n_ev = 1
@@ -202,53 +405,31 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
             for t in range(T):
                 parent += tot[t] * tot[t] / N
             sse = sumsq[nd] - parent
+            is_cand = False
             if N >= 2 * min_leaf and sse > sse_tol * N:
-                g, bf, bb, bml = _best_split(h, nbins, miss_bin, min_leaf, tot, cum)
+                if n_count[nd] >= par_min:
+                    g, bf, bb, bml = _best_split_par(h, nbins, miss_bin, min_leaf, tot)
+                else:
+                    g, bf, bb, bml = _best_split(h, nbins, miss_bin, min_leaf, tot, cum)
                 if bf >= 0 and g >= min_gain:
-                    cand[nd] = True
-                    gain[nd] = g
+                    is_cand = True
+                    n_heap = _heap_push(heap_g, heap_n, n_heap, g, nd)
                     n_feat[nd] = bf
                     n_bin[nd] = bb
                     n_missleft[nd] = bml
             if s <= 1:
-                _clear_hist(bins, rows, n_start[nd], n_end[nd], h)
-            elif cand[nd]:
+                _clear_hist(bins, n_start[nd], n_end[nd], h)
+            elif is_cand:
                 slot[nd] = s
             else:
                 free[n_free] = s
                 n_free += 1
-        if n_leaves >= max_leaves:
+        if n_leaves >= max_leaves or n_heap == 0:
             break
-        # pick the open leaf with the largest gain
-        best = -1
-        best_g = -1.0
-        for i in range(n_nodes):
-            if cand[i] and gain[i] > best_g:
-                best = i
-                best_g = gain[i]
-        if best < 0:
-            break
-        nd = best
-        cand[nd] = False
-        f = n_feat[nd]
-        b = n_bin[nd]
-        ml = n_missleft[nd]
-        # stable partition: row ids stay ascending inside every node, so the scans below
-        # walk memory forwards (prefetch-friendly)
-        lo = n_start[nd]
-        n_r = 0
-        for p in range(n_start[nd], n_end[nd]):
-            r = rows[p]
-            v = bins[r, f]
-            go_left = ml if v == miss_bin else v <= b
-            if go_left:
-                rows[lo] = r
-                lo += 1
-            else:
-                tmp[n_r] = r
-                n_r += 1
-        for p in range(n_r):
-            rows[lo + p] = tmp[p]
+        # split the open leaf with the largest gain
+        nd, n_heap = _heap_pop(heap_g, heap_n, n_heap)
+        lo = _partition_rows(bins, Y, rowsq, rows, n_start[nd], n_end[nd], n_feat[nd],
+                             n_bin[nd], n_missleft[nd], miss_bin, tb, tY, tq, tr)
         L = n_nodes
         R = n_nodes + 1
         n_nodes += 2
@@ -273,10 +454,13 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
             pool[ss, :, :, :] = 0.0
         else:
             ss = 0
-        _hist_rows(bins, Y, rows, n_start[small], n_end[small], pool[ss])
+        if n_count[small] >= par_min:
+            _hist_rows_par(bins, Y, n_start[small], n_end[small], pool[ss])
+        else:
+            _hist_rows(bins, Y, n_start[small], n_end[small], pool[ss])
         acc = 0.0
         for p in range(n_start[small], n_end[small]):
-            acc += rowsq[rows[p]]
+            acc += rowsq[p]
         sumsq[small] = acc
         sumsq[large] = sumsq[nd] - acc
         # larger child: parent minus smaller when the parent kept its histogram
@@ -297,33 +481,58 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
                 pool[sl, :, :, :] = 0.0
             else:
                 sl = 1
-            _hist_rows(bins, Y, rows, n_start[large], n_end[large], pool[sl])
+            if n_count[large] >= par_min:
+                _hist_rows_par(bins, Y, n_start[large], n_end[large], pool[sl])
+            else:
+                _hist_rows(bins, Y, n_start[large], n_end[large], pool[sl])
         ev_nodes[0] = small
         ev_slots[0] = ss
         ev_nodes[1] = large
         ev_slots[1] = sl
         n_ev = 2
         n_leaves += 1
-    # return pool slots (not needed by the caller, but keeps the pool reusable)
     return n_nodes
 
 
-@njit(cache=True, nogil=True)
-def _assign_bins(Zs, edges, miss_bin, out):
-    """out[i, f] = number of edges of feature f below Zs[f, i] (NaN -> miss_bin).
+@njit(cache=True, nogil=True, parallel=True)
+def _assign_bins(Zs, feats, edges, miss_bin, out):
+    """out[i, j] = number of edges of feature j below Zs[feats[j], i] (NaN -> miss_bin).
 
     ``edges`` rows are sorted and padded with +inf to width 256 (``max_bins <= 255``); the
-    search is branch-free and unrolled.
+    search is branch-free and unrolled. Rows are shared out between threads in blocks.
     """
-    F, n = Zs.shape
-    for f in range(F):
-        e = edges[f]
-        for i in range(n):
-            x = Zs[f, i]
-            lo = 0
-            for step in (128, 64, 32, 16, 8, 4, 2, 1):  # unrolled: W = 256
-                lo += step * np.int64(e[lo + step - 1] < x)
-            out[i, f] = miss_bin if x != x else lo
+    F = feats.shape[0]
+    n = Zs.shape[1]
+    block = 4096
+    for k in prange((n + block - 1) // block):
+        for i in range(k * block, min(n, (k + 1) * block)):
+            for j in range(F):
+                x = Zs[feats[j], i]
+                e = edges[j]
+                lo = 0
+                for step in (128, 64, 32, 16, 8, 4, 2, 1):  # unrolled: W = 256
+                    lo += step * np.int64(e[lo + step - 1] < x)
+                out[i, j] = miss_bin if x != x else lo
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _sorted_finite_rows(Zs, feats, idx):
+    """Per feature j: the finite values of Zs[feats[j], idx], sorted, and their count."""
+    F = feats.shape[0]
+    m = idx.shape[0]
+    out = np.empty((F, m))
+    cnt = np.zeros(F, dtype=np.int64)
+    for j in prange(F):
+        buf = np.empty(m)
+        c = 0
+        for i in range(m):
+            v = Zs[feats[j], idx[i]]
+            if np.isfinite(v):
+                buf[c] = v
+                c += 1
+        out[j, :c] = np.sort(buf[:c])
+        cnt[j] = c
+    return out, cnt
 
 
 @njit(cache=True, nogil=True)
@@ -349,12 +558,26 @@ def _finite_stats(x):
     return cnt, lo, hi, m, np.sqrt(ss / cnt)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _zscore_into(x, center, scale, out, j):
     """out[:, j] = (x - center) / scale as float32; non-finite -> 0."""
-    for i in range(x.shape[0]):
-        v = x[i]
-        out[i, j] = (v - center) / scale if np.isfinite(v) else 0.0
+    n = x.shape[0]
+    block = 16384
+    for k in prange((n + block - 1) // block):
+        for i in range(k * block, min(n, (k + 1) * block)):
+            v = x[i]
+            out[i, j] = (v - center) / scale if np.isfinite(v) else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _rows_with_nan(Z):
+    """Columns of Z (p, n) holding a NaN, as a bool mask of shape (n,)."""
+    out = np.zeros(Z.shape[1], dtype=np.bool_)
+    for r in range(Z.shape[0]):
+        for i in range(Z.shape[1]):
+            if Z[r, i] != Z[r, i]:
+                out[i] = True
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -533,22 +756,24 @@ def _category_table(name: str, values: Any, allow_missing: bool) -> pd.Index:
     return pd.Index(np.unique(strings[~missing].astype(str)).astype(object), dtype=object)
 
 
-def _quantile_bins(Zs: np.ndarray, max_bins: int, rng: np.random.Generator,
+def _quantile_bins(Z: np.ndarray, feats: np.ndarray, max_bins: int, rng: np.random.Generator,
                    sample: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bin each row of Zs (F, n): uint8 codes (n, F) with NaN -> ``max_bins``.
+    """Bin rows ``feats`` of Z (p, n): uint8 codes (n, len(feats)) with NaN -> ``max_bins``.
 
     Edges come from the distinct values (midpoints) when a seeded sample of up to ``sample``
-    finite values has at most ``max_bins`` of them, else from its quantiles. Code ``b`` means
-    ``edges[b-1] < x <= edges[b]``, so ``code <= b`` iff ``x <= edges[b]`` (the routed test).
+    rows (one sample shared by all features) has at most ``max_bins`` distinct finite values,
+    else from their quantiles. Code ``b`` means ``edges[b-1] < x <= edges[b]``, so
+    ``code <= b`` iff ``x <= edges[b]`` (the routed test).
     """
-    F, n = Zs.shape
+    n = Z.shape[1]
+    F = feats.shape[0]
     edges = np.full((F, max(max_bins - 1, 1)), np.inf)
     nbins = np.ones(F, dtype=np.int64)
+    idx = (np.sort(rng.choice(n, sample, replace=False)) if n > sample
+           else np.arange(n)).astype(np.int64)
+    srt, cnt = _sorted_finite_rows(Z, feats, idx)
     for f in range(F):
-        x = Zs[f]
-        if n > sample:
-            x = x[rng.choice(n, sample, replace=False)]
-        fin = np.sort(x[np.isfinite(x)])
+        fin = srt[f, :cnt[f]]
         if fin.size == 0:
             continue
         u = fin[np.concatenate([[True], fin[1:] != fin[:-1]])]
@@ -568,7 +793,7 @@ def _quantile_bins(Zs: np.ndarray, max_bins: int, rng: np.random.Generator,
     bins = np.empty((n, F), dtype=np.uint8)
     padded = np.full((F, 256), np.inf)
     padded[:, : edges.shape[1]] = edges
-    _assign_bins(np.ascontiguousarray(Zs), padded, max_bins, bins)
+    _assign_bins(Z, feats, padded, max_bins, bins)
     return bins, edges, nbins
 
 
@@ -681,13 +906,15 @@ class _BasePartitioner(BaseEstimator):
             skip = set(levels) | set(cat) | set(ycols)
             numeric = [c for c in names if c not in skip]
             raw: dict[str, np.ndarray] = {}
+            stats: dict[str, tuple] = {}
             for c in numeric + ycols:
                 try:
                     raw[c] = numeric_column(c, cols[c], n)
                 except SchemaError as exc:
                     raise SchemaError(f"{exc}; list it in categorical_features"
                                       + (" or levels" if levels else "")) from None
-                cnt, lo, hi, _, _ = _finite_stats(raw[c])
+                stats[c] = _finite_stats(raw[c])
+                cnt, lo, hi, _, _ = stats[c]
                 if cnt == 0:
                     raise DataError(f"column {c!r}: all values are missing (or infinite)")
                 if lo == hi:
@@ -702,7 +929,7 @@ class _BasePartitioner(BaseEstimator):
             if not target_names:
                 raise DataError("no numeric column to build the variance target from; add "
                                 "numeric features or y_columns")
-            Y = self._scaled_targets(raw, target_names, n)
+            Y = self._scaled_targets(raw, target_names, n, stats)
         # category tables (shared encoding code with the router)
         categories: dict[str, pd.Index] = {}
         for c in cat:
@@ -767,7 +994,16 @@ class _BasePartitioner(BaseEstimator):
         arrays.update(schema_arrays)
         arrays.update(self._scaler_arrays())
         router = Router.from_arrays(arrays, meta)
-        segments = router.route_design(Z).segment
+        if has_tree and self._tree_param("algorithm") == "hist":
+            # a complete row routes where it grew (code <= b iff x <= edges[b], the routed
+            # test on the same float64 design values); only rows with a missing split value
+            # are re-routed by the look-ahead rule
+            segments = fit_segments.astype(np.int32)
+            miss = _rows_with_nan(Z)
+            if miss.any():
+                segments[miss] = router.route_design(Z[:, miss]).segment
+        else:
+            segments = router.route_design(Z).segment
         arrays["node_count"] = _subtree_counts(arrays["node_parent"], arrays["segment_node"],
                                                segments)
         self._arrays = arrays
@@ -788,15 +1024,20 @@ class _BasePartitioner(BaseEstimator):
         self.segment_node_ = arrays["segment_node"]
         self.segment_sizes_ = arrays["node_count"][arrays["segment_node"]]
 
-    def _scaled_targets(self, raw: dict[str, np.ndarray], names: list[str], n: int) -> np.ndarray:
-        """Scaled, weighted targets as float32 (n, T); missing/infinite -> 0 (the mean)."""
+    def _scaled_targets(self, raw: dict[str, np.ndarray], names: list[str], n: int,
+                        stats: dict[str, tuple]) -> np.ndarray:
+        """Scaled, weighted targets as float32 (n, T); missing/infinite -> 0 (the mean).
+
+        ``stats`` holds :func:`_finite_stats` of columns already scanned (others are scanned).
+        """
         scaler = self._tree_param("scaler")
         Y = np.empty((n, len(names)), dtype=np.float32)
         if scaler is None:
             center = np.empty(len(names))
             scale = np.empty(len(names))
             for j, c in enumerate(names):
-                _, _, _, center[j], scale[j] = _finite_stats(raw[c])
+                st = stats[c] if c in stats else _finite_stats(raw[c])
+                _, _, _, center[j], scale[j] = st
             scale[~(scale > 0)] = 1.0
             for j, c in enumerate(names):
                 _zscore_into(raw[c], center[j], scale[j], Y, j)
@@ -867,7 +1108,7 @@ class _BasePartitioner(BaseEstimator):
             return
         mb = int(self.max_bins)
         rng = np.random.default_rng(self.random_state)
-        bins, edges, nbins = _quantile_bins(Z[split_rows], mb, rng)
+        bins, edges, nbins = _quantile_bins(Z, split_rows, mb, rng)
         rowsq = _row_sumsq(Y)
         F = split_rows.size
         slot_bytes = max(F, 1) * (mb + 1) * (T + 1) * 8
@@ -877,9 +1118,14 @@ class _BasePartitioner(BaseEstimator):
         max_nodes = 2 * budget - 1
         # below this many rows a histogram costs more to keep than to rebuild by a scan
         retain_min = 2 * (mb + 1)
+        par_min = self._par_min(F, mb, T)
         sse_tol = 1e-12 * max(T, 1)
         for leaf_id, rows in key_leaves:
             rows = np.ascontiguousarray(rows, dtype=np.int64)
+            if rows.shape[0] == n:  # one tree over all rows: reorder the fit's own arrays
+                kb, kY, kq = bins, Y, rowsq
+            else:
+                kb, kY, kq = bins[rows], Y[rows], rowsq[rows]
             nf = np.empty(max_nodes, dtype=np.int64)
             nb = np.zeros(max_nodes, dtype=np.int64)
             nml = np.zeros(max_nodes, dtype=np.bool_)
@@ -888,8 +1134,8 @@ class _BasePartitioner(BaseEstimator):
             ncnt = np.zeros(max_nodes, dtype=np.int64)
             nst = np.zeros(max_nodes, dtype=np.int64)
             nen = np.zeros(max_nodes, dtype=np.int64)
-            m = _grow(bins, Y, rowsq, rows, nbins, mb, budget, msl, min_gain, sse_tol,
-                      retain_min, pool, nf, nb, nml, nl, nr, ncnt, nst, nen)
+            m = _grow(kb, kY, kq, rows, nbins, mb, budget, msl, min_gain, sse_tol,
+                      retain_min, par_min, pool, nf, nb, nml, nl, nr, ncnt, nst, nen)
             ids = np.empty(m, dtype=np.int64)
             ids[0] = leaf_id
             for i in range(1, m):
@@ -901,6 +1147,13 @@ class _BasePartitioner(BaseEstimator):
                                       int(ids[nr[i]]))
                 else:
                     row_leaf[rows[nst[i]:nen[i]]] = ids[i]
+
+    @staticmethod
+    def _par_min(F: int, max_bins: int, T: int) -> int:
+        """Rows from which a node's histogram and split scan use all numba threads."""
+        if numba.get_num_threads() < 2 or F < 2:
+            return np.iinfo(np.int64).max
+        return _PAR_MIN_ROWS
 
     def _grow_exact(self, table: _NodeTable, Z: np.ndarray, Y: np.ndarray, split_rows: np.ndarray,
                     key_leaves: list[tuple[int, np.ndarray]], row_leaf: np.ndarray, budget: int,
@@ -1049,9 +1302,14 @@ class TreePartitioner(_BasePartitioner):
     weights : dict of str to float, optional
         Multiplier of each scaled target column (by name).
     max_bins : int, default=255
-        Histogram bins per feature (2..255), from quantiles of up to 200,000 sampled values.
+        Histogram bins per feature (2..255), from quantiles of up to 200,000 sampled rows
+        (one seeded sample shared by all features).
     algorithm : {"hist", "exact"}, default="hist"
-        ``hist``: numba histogram growth. ``exact``: scikit-learn's
+        ``hist``: numba histogram growth; each node's rows are kept contiguous (bin codes and
+        targets are reordered in place), only the smaller child is histogrammed, and nodes of
+        at least 10,000 rows are histogrammed and scanned with all numba threads (same tree
+        as one thread; on a shared machine set ``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP
+        workers sleep instead of spinning). ``exact``: scikit-learn's
         ``DecisionTreeRegressor(max_leaf_nodes=K)`` (reference; it compares float32 features,
         so a routed value within a float32 rounding of a threshold may go the other way).
     random_state : int, numpy Generator or None, default=None
@@ -1063,7 +1321,9 @@ class TreePartitioner(_BasePartitioner):
     Attributes
     ----------
     segments_ : numpy.ndarray of shape (n,), int32
-        Segment of each training row, as :meth:`partition` routes it.
+        Segment of each training row, as :meth:`partition` routes it (with ``hist``, complete
+        rows keep the leaf they grew in, which is where they route; only rows with a missing
+        split value are routed again).
     fit_segments_ : numpy.ndarray of shape (n,), int32
         Segment in which each row sat while the tree grew. Equal to ``segments_`` for rows
         without missing values; rows with missing split values are re-assigned by the routing
