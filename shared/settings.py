@@ -271,7 +271,11 @@ class WorkerSettings(_Section):
         default="at_least_once", description="Delivery guarantee for predictions and DLQ.")
     batch_size: int = Field(default=5000, ge=1, description="Max events per micro-batch.")
     batch_timeout_s: float = Field(
-        default=0.1, gt=0, description="Max wait for a micro-batch to fill (seconds).")
+        default=0.05, gt=0, description="Max wait for a micro-batch to fill (seconds).")
+    fetch_wait_max_ms: int = Field(
+        default=10, ge=0, le=1000,
+        description="fetch.wait.max.ms of the events consumer: how long the broker may hold "
+                    "a fetch for data (latency when idle vs fetch requests per second).")
     max_event_bytes: int = Field(
         default=65_536, ge=64, description="Larger event values go to the DLQ (bytes).")
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics.")

@@ -30,7 +30,9 @@ def consumer_config(settings: Settings, *, stats_cb: Callable[[str], None] | Non
         "isolation.level": "read_committed",
         # Bounded prefetch: at most ~32 MB per worker waits in librdkafka's queue.
         "queued.max.messages.kbytes": 32_768,
-        "fetch.wait.max.ms": 100,
+        # The embedded broker holds a fetch for its whole max wait when no data is ready:
+        # a short wait keeps the consume-side latency near the batch timeout.
+        "fetch.wait.max.ms": w.fetch_wait_max_ms,
         "statistics.interval.ms": w.statistics_interval_ms,
     })
     conf.update(client_config(settings.broker))  # operator's client settings win
