@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test unit integration e2e demo bench lint clean
+.PHONY: test unit integration e2e demo bench bench-quix-venv lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,5 +31,14 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	for b in benchmarks/bench_*.py; do $(PY) $$b --quick --out benchmarks/results/$$(basename $$b .py).json || exit 1; done
 
+# Quix Streams pins confluent-kafka < 2.13: its baseline runs from its own venv, which sees
+# this project's venv for everything else (numba, xgboost, ...) through a .pth file.
+QUIX_VENV ?= .venv-quix
+bench-quix-venv: $(STAMP)
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/python -m pip install --quiet quixstreams
+	$(PY) -c "import site; print(site.getsitepackages()[0])" > $$($(QUIX_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/zz_segstream.pth
+	@echo "quix baseline: python benchmarks/bench_worker.py --quick --quix-python $(QUIX_VENV)/bin/python"
+
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) $(QUIX_VENV) artifacts .pytest_cache

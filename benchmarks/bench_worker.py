@@ -11,7 +11,10 @@ Measures, in one run:
 * in-process throughput of decode + score + encode without Kafka;
 * baselines on the same bundle and events: a faust-streaming agent (``stream.take`` batches,
   the same decoder/scorer/encoder, ``await topic.send`` per record) and the per-row routing
-  loop (``score(X.iloc[[i]])`` per event). Quix Streams is measured if importable.
+  loop (``score(X.iloc[[i]])`` per event); a Quix Streams application (per-record
+  ``StreamingDataFrame.apply``) when ``--quix-python`` names an interpreter that has
+  quixstreams (it pins confluent-kafka < 2.13, so it lives in its own venv:
+  ``make bench-quix-venv``).
 
 Usage::
 
@@ -254,33 +257,46 @@ def latency_at_rate(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | N
 
 
 def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> dict[str, Any]:
+    """Decode + score + encode without Kafka, as the worker's loop does it (GC tuned, the
+    profile part of a real bundle in a pool thread); medians of 5 passes."""
+    import concurrent.futures
+
+    from services.worker.app import tune_gc
     from services.worker.decode import EventDecoder
     from services.worker.records import encode_predictions
+    from shared.scoring import Bundle
 
+    tune_gc(50_000)
+    pool = concurrent.futures.ThreadPoolExecutor(1) if isinstance(scorer, Bundle) else None
+    score = (lambda cols: scorer.score(cols, executor=pool)) if pool else scorer.score
     dec = EventDecoder(scorer.schema, 65_536)
     values = [v for _, v in records]
 
-    def run(vals: list[bytes]) -> None:
+    def run(vals: list[bytes], encode: bool = True) -> None:
         for i in range(0, len(vals), batch):
             d = dec.decode(vals[i:i + batch])
-            sc = scorer.score(d.columns)
-            encode_predictions(d.columns[scorer.schema.id_field].tolist(), sc,
-                               d.event_time_text, model=scorer.model,
-                               bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
-                               scored_at="x")
+            sc = score(d.columns)
+            if encode:
+                encode_predictions(d.columns[scorer.schema.id_field].tolist(), sc,
+                                   d.event_time_text, model=scorer.model,
+                                   bundle_id=scorer.bundle_id,
+                                   interval_mass=scorer.interval_mass, scored_at="x")
 
     run(values[:batch])  # warm-up (JIT, caches)
-    t = time.perf_counter()
-    run(values)
-    total = time.perf_counter() - t
-    t = time.perf_counter()
-    for i in range(0, len(values), batch):
-        d = dec.decode(values[i:i + batch])
-        scorer.score(d.columns)
-    score_only = time.perf_counter() - t
-    return {"events": len(values), "batch_size": batch,
-            "events_per_s_decode_score_encode": len(values) / total,
-            "events_per_s_decode_score": len(values) / score_only}
+    totals, score_only = [], []
+    for _ in range(5):
+        t = time.perf_counter()
+        run(values)
+        totals.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        run(values, encode=False)
+        score_only.append(time.perf_counter() - t)
+    if pool is not None:
+        pool.shutdown()
+    return {"events": len(values), "batch_size": batch, "passes": 5,
+            "profile_part_in_pool_thread": pool is not None,
+            "events_per_s_decode_score_encode": len(values) / float(np.median(totals)),
+            "events_per_s_decode_score": len(values) / float(np.median(score_only))}
 
 
 def per_row(scorer: Any, records: list[tuple[bytes, bytes]], n: int) -> dict[str, Any]:
@@ -381,6 +397,108 @@ def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | 
                      "await topic.send per record"}
 
 
+QUIX_APP = textwrap.dedent('''
+    import os, sys, time
+    sys.path.insert(0, os.environ["REPO"])
+    from quixstreams import Application
+    from services.worker.decode import EventDecoder
+    from services.worker.records import encode_predictions
+    from {loader_mod} import {loader_fn} as load
+
+    scorer = load(os.environ["BUNDLE"])
+    dec = EventDecoder(scorer.schema, 65536)
+    app = Application(
+        broker_address=os.environ["BS"], consumer_group="bench-quix-" + os.environ["PREFIX"],
+        auto_offset_reset="earliest", processing_guarantee="at-least-once",
+        use_changelog_topics=False, state_dir=os.environ["STATE"],
+        consumer_extra_config={{"session.timeout.ms": 3000, "heartbeat.interval.ms": 300}},
+        producer_extra_config={{"linger.ms": 20}})
+    events = app.topic(os.environ["EVENTS"], key_deserializer="bytes",
+                       value_deserializer="bytes")
+    out = app.topic(os.environ["PREDS"], key_serializer="bytes", value_serializer="bytes")
+    progress = os.environ["PROGRESS"]
+    done = 0
+
+    first = None
+
+    def score_one(value):
+        # Quix Streams processes one record at a time: the same decoder, scorer and encoder
+        # on a batch of one.
+        global done, first
+        if first is None:
+            first = time.time()
+        d = dec.decode([value])
+        sc = scorer.score(d.columns)
+        ids = d.columns[scorer.schema.id_field].tolist()
+        preds = encode_predictions(ids, sc, d.event_time_text, model=scorer.model,
+                                   bundle_id=scorer.bundle_id,
+                                   interval_mass=scorer.interval_mass, scored_at="x")
+        done += 1
+        if done % 200 == 0 or done >= int(os.environ["N"]):
+            with open(progress, "w") as f:
+                f.write(f"{{done}} {{first}} {{time.time()}}")
+        return preds[0]
+
+    sdf = app.dataframe(events)
+    sdf = sdf.apply(score_one)
+    sdf.to_topic(out)
+
+    if __name__ == "__main__":
+        app.run()
+''')
+
+
+def quix_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
+                    records: list[tuple[bytes, bytes]], timeout_s: float,
+                    python: str) -> dict[str, Any]:
+    """The Quix Streams baseline, run by ``python`` (an interpreter where quixstreams imports:
+    it pins confluent-kafka < 2.13, so it lives in its own venv; see ``make bench-quix-venv``)."""
+    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
+    produce_all(bootstrap, s.topics.events, records)
+    mod, fn = (loader or "shared.scoring:load_bundle").split(":")
+    app_py = tmp / f"quix_{s.topics.events}.py"
+    app_py.write_text(QUIX_APP.format(loader_mod=mod, loader_fn=fn))
+    progress = tmp / f"{s.topics.events}.quix.progress"
+    n = len(records)
+    env = {**os.environ, "REPO": str(REPO), "BUNDLE": str(bundle_dir), "BS": bootstrap,
+           "PREFIX": s.topics.events, "EVENTS": s.topics.events, "PREDS": s.topics.predictions,
+           "PROGRESS": str(progress), "PYTHONPATH": str(REPO), "N": str(n),
+           "STATE": str(tmp / "quix-state")}
+    log = open(tmp / "quix.log", "ab")  # noqa: SIM115
+    t0 = time.time()
+    p = subprocess.Popen([python, str(app_py)], cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                         env=env)
+    deadline = time.monotonic() + timeout_s
+    state = ["0", "nan", "nan"]
+    try:
+        while time.monotonic() < deadline:
+            try:
+                state = progress.read_text().split()
+                if int(state[0]) >= n:
+                    break
+            except (FileNotFoundError, ValueError, IndexError):
+                pass
+            if p.poll() is not None:
+                raise RuntimeError(f"quix app exited with {p.returncode} (see {tmp}/quix.log)")
+            time.sleep(0.25)
+        wall = time.time() - t0
+        version = subprocess.run([python, "-c", "import quixstreams; print(quixstreams.__version__)"],
+                                 capture_output=True, text=True, env=env).stdout.strip()
+    finally:
+        stop(p)
+    preds = read_topic(bootstrap, s.topics.predictions, n, 120)
+    # Quix gives an output record its input's timestamp, so the span is timed in the app:
+    # from the first record's processing to the last one's.
+    span = float(state[2]) - float(state[1])
+    return {"events": n, "predictions": len(preds),
+            "seconds_first_to_last_scored_in_app": span,
+            "events_per_s": len(preds) / span if span > 0 else None,
+            "wall_seconds_including_startup": wall, "quixstreams": version,
+            "python": python,
+            "app": "Application + StreamingDataFrame.apply(score one record) + to_topic; "
+                   "same decoder/scorer/encoder on batches of one (Quix processes per record)"}
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -389,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="full run")
     ap.add_argument("--bundle", type=Path, help="bundle directory (default: the fake scorer)")
     ap.add_argument("--out", type=Path, help="write the JSON result here")
+    ap.add_argument("--quix-python", help="interpreter with quixstreams for the Quix baseline "
+                                          "(default $SEGSTREAM_QUIX_PYTHON; skipped if unset)")
     args = ap.parse_args(argv)
     full = bool(args.full)
     n = 300_000 if full else 60_000
@@ -443,16 +563,22 @@ def main(argv: list[str] | None = None) -> int:
                                                         records[: n // 2], 300)
         except Exception as exc:  # noqa: BLE001 - a baseline failing is a result too
             result["faust_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
-    try:
-        import quixstreams  # noqa: F401
-
-        result["quix_baseline"] = {"error": "installed but not wired in this version"}
-    except ImportError:
-        result["quix_baseline"] = {
-            "skipped": "quixstreams not installed: installing it would downgrade "
-                       "confluent-kafka (2.16 -> 2.12) and pydantic in the shared venv"}
+        quix_py = args.quix_python or os.environ.get("SEGSTREAM_QUIX_PYTHON")
+        if quix_py:
+            print("quix baseline ...", file=sys.stderr)
+            try:
+                result["quix_baseline"] = quix_throughput(
+                    bs, tmp, bundle_dir, loader, records[: 4000 if full else 2000], 600,
+                    quix_py)
+            except Exception as exc:  # noqa: BLE001 - a baseline failing is a result too
+                result["quix_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
+        else:
+            result["quix_baseline"] = {
+                "skipped": "no --quix-python: quixstreams pins confluent-kafka < 2.13, so it "
+                           "runs from its own venv (make bench-quix-venv)"}
     eo = result["worker_exactly_once"]["events_per_s"]
     fa = result["faust_baseline"].get("events_per_s")
+    qx = result["quix_baseline"].get("events_per_s")
     result["summary"] = {
         "events_per_s_at_least_once": alo,
         "events_per_s_exactly_once": eo,
@@ -462,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_faust": alo / fa if fa else None,
         "speedup_vs_per_row": result["in_process"]["events_per_s_decode_score_encode"]
         / result["per_row_baseline"]["events_per_s"],
-        "speedup_vs_quix": None,
+        "speedup_vs_quix": alo / qx if qx else None,
         "targets": {"events_per_s_at_least_once": 100_000, "events_per_s_exactly_once": 50_000,
                     "p99_latency_s_at_half_load": 0.25},
     }
