@@ -420,6 +420,26 @@ def _get_column(columns: Mapping[str, Any], name: str) -> Any:
                           "batch") from None
 
 
+def _design_view(rows: list[np.ndarray], n: int) -> np.ndarray | None:
+    """The design rows as one read-only (len(rows), n) float64 view, without a copy, when
+    their memory is evenly spaced: the same element stride ``s`` and a start address of
+    ``p0 + r * d`` for row ``r`` (the columns of a row-major or column-major matrix, or a
+    single column). Element ``(r, i)`` of the view is then exactly ``rows[r][i]``, whatever
+    lies between the columns. None otherwise (the caller copies)."""
+    if not rows or n == 0:
+        return None
+    first = rows[0]
+    step = first.strides[0]
+    p0 = first.__array_interface__["data"][0]
+    d = rows[1].__array_interface__["data"][0] - p0 if len(rows) > 1 else 0
+    for r, x in enumerate(rows):
+        if (type(x) is not np.ndarray or x.dtype != np.float64 or x.shape != (n,)
+                or x.strides[0] != step or x.__array_interface__["data"][0] != p0 + r * d):
+            return None
+    return np.lib.stride_tricks.as_strided(first, shape=(len(rows), n), strides=(d, step),
+                                           writeable=False)
+
+
 def _batch_length(columns: Mapping[str, Any], required: tuple[str, ...]) -> int:
     n = None
     for name in required:
@@ -556,6 +576,14 @@ def _route_kernel(Z, kind, feature, threshold, right, child_ptr, child_code, chi
 
 
 @njit(cache=True, nogil=True)
+def _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i, nd):
+    """Outputs of row ``i`` that reached leaf ``nd`` (breadth-first number)."""
+    out_segment[i] = leaf_segment[nd]
+    out_node[i] = node_orig[nd]
+    out_depth[i] = leaf_depth[nd]
+
+
+@njit(cache=True, nogil=True)
 def _route_kernel_numeric(Z, node_rec, node_thr, leaf_segment, leaf_depth, node_orig, kind,
                           feature, threshold, right, child_ptr, child_code, child_node,
                           node_segment, node_weight, node_depth, out_segment, out_node,
@@ -575,8 +603,6 @@ def _route_kernel_numeric(Z, node_rec, node_thr, leaf_segment, leaf_depth, node_
     """
     n = Z.shape[1]
     stack = np.empty(kind.shape[0] + 1, dtype=np.int32)
-    lanes = np.empty(8, dtype=np.int64)
-    flags = np.empty(8, dtype=np.bool_)
     lo32 = np.int64(0xFFFFFFFF)
     hi31 = np.int64(0x7FFFFFFF)
     n8 = n - n % 8
@@ -632,38 +658,29 @@ def _route_kernel_numeric(Z, node_rec, node_thr, leaf_segment, leaf_depth, node_
             a5 = (r5 & lo32) + (v5 > node_thr[a5])
             a6 = (r6 & lo32) + (v6 > node_thr[a6])
             a7 = (r7 & lo32) + (v7 > node_thr[a7])
-        lanes[0] = a0
-        lanes[1] = a1
-        lanes[2] = a2
-        lanes[3] = a3
-        lanes[4] = a4
-        lanes[5] = a5
-        lanes[6] = a6
-        lanes[7] = a7
-        flags[0] = b0
-        flags[1] = b1
-        flags[2] = b2
-        flags[3] = b3
-        flags[4] = b4
-        flags[5] = b5
-        flags[6] = b6
-        flags[7] = b7
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i, a0)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 1, a1)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 2, a2)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 3, a3)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 4, a4)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 5, a5)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 6, a6)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 7, a7)
         for j in range(8):
-            if flags[j]:
-                leaf, nd, imputed, _ = _route_row(Z, i + j, kind, feature, threshold, right,
-                                                  child_ptr, child_code, child_node,
-                                                  node_segment, node_weight, stack)
-                out_segment[i + j] = node_segment[leaf]
-                out_node[i + j] = nd
-                out_depth[i + j] = node_depth[leaf]
-                out_imputed[i + j] = imputed
-            else:
-                a = lanes[j]
-                out_segment[i + j] = leaf_segment[a]
-                out_node[i + j] = node_orig[a]
-                out_depth[i + j] = leaf_depth[a]
-                out_imputed[i + j] = False
+            out_imputed[i + j] = False
             out_unknown_feature[i + j] = -1
+        if b0 | b1 | b2 | b3 | b4 | b5 | b6 | b7:  # a NaN on some walk: look-ahead per row
+            bad = (b0 | (b1 << 1) | (b2 << 2) | (b3 << 3) | (b4 << 4) | (b5 << 5) | (b6 << 6)
+                   | (b7 << 7))
+            for j in range(8):
+                if (bad >> j) & 1:
+                    leaf, nd, imputed, _ = _route_row(Z, i + j, kind, feature, threshold,
+                                                      right, child_ptr, child_code, child_node,
+                                                      node_segment, node_weight, stack)
+                    out_segment[i + j] = node_segment[leaf]
+                    out_node[i + j] = nd
+                    out_depth[i + j] = node_depth[leaf]
+                    out_imputed[i + j] = imputed
     for i in range(n8, n):
         leaf, nd, imputed, _ = _route_row(Z, i, kind, feature, threshold, right, child_ptr,
                                           child_code, child_node, node_segment, node_weight,
@@ -912,15 +929,19 @@ class Router:
         """
         n, rows, codes = self.schema.design_rows(columns)
         out = self._alloc(n)
-        # encode and route in cache-sized chunks: the design matrix never leaves L2
-        chunk = max(1, min(n, _ROUTE_CHUNK_CELLS // max(len(rows), 1)))
-        Zc = np.empty((len(rows), chunk), dtype=np.float64)
-        for s0 in range(0, n, chunk):
-            s1 = min(n, s0 + chunk)
-            Zv = Zc[:, : s1 - s0]
-            for r, x in enumerate(rows):
-                Zv[r] = x[s0:s1]
-            self._kernel(Zv, *(o[s0:s1] for o in out))
+        Z = _design_view(rows, n)
+        if Z is not None:  # the columns are evenly spaced in memory: no copy at all
+            self._kernel(Z, *out)
+        else:
+            # copy and route in cache-sized chunks: the design matrix never leaves L2
+            chunk = max(1, min(n, _ROUTE_CHUNK_CELLS // max(len(rows), 1)))
+            Zc = np.empty((len(rows), chunk), dtype=np.float64)
+            for s0 in range(0, n, chunk):
+                s1 = min(n, s0 + chunk)
+                Zv = Zc[:, : s1 - s0]
+                for r, x in enumerate(rows):
+                    Zv[r] = x[s0:s1]
+                self._kernel(Zv, *(o[s0:s1] for o in out))
         res = self._result(*out)
         if self.schema.categorical_columns:
             unknown = res.unknown
