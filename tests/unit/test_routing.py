@@ -183,7 +183,8 @@ def test_route_reads_any_column_layout(hist_tree):
     tp, X = hist_tree
     router = tp.router_
     rng = np.random.default_rng(12)
-    Xr = X[rng.integers(0, X.shape[0], 60_003)] + rng.normal(scale=0.5, size=(60_003, X.shape[1]))
+    n = 60_003  # several copy chunks
+    Xr = X[rng.integers(0, X.shape[0], n)] + rng.normal(scale=0.5, size=(n, X.shape[1]))
     Xr[rng.random(Xr.shape) < 0.01] = np.nan
     expected = router.route_design(np.ascontiguousarray(Xr.T))
     names = [f"x{j}" for j in range(Xr.shape[1])]
