@@ -10,7 +10,10 @@ Seeded gaussian blobs (10 features). For each K it measures, in this one process
   extrapolation to all rows, both labelled in the JSON);
 * the total within-segment variance of the scaled features, as a ratio to the exact tree's;
 * routing throughput: the numba router (end to end from a dict of columns, and the bare
-  kernel on the encoded matrix) vs ``tree.apply`` vs ``MiniBatchKMeans.predict``.
+  kernel on the encoded matrix; wall clock and per CPU second, medians of
+  ``numba_route_repeats`` interleaved runs) vs ``tree.apply`` vs ``MiniBatchKMeans.predict``.
+  ``--route-only`` fits only the histogram tree and measures only the numba router (seconds
+  instead of minutes).
 
 JIT compilation is warmed up before any timing. Times are medians of ``repeats`` runs.
 ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` in this process (numba's OpenMP workers sleep
@@ -21,6 +24,7 @@ Usage::
 
     python benchmarks/bench_partitioner.py --quick --out benchmarks/results/bench_partitioner_quick.json
     python benchmarks/bench_partitioner.py --full  --out benchmarks/results/bench_partitioner_full.json
+    python benchmarks/bench_partitioner.py --quick --route-only --ks 1000 --out /tmp/route.json
 """
 
 from __future__ import annotations
@@ -42,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PROFILES = {
     "quick": {"n_rows": 200_000, "ks": [200, 1000, 5000], "fit_repeats": 3,
-              "route_rows": 1_000_000, "route_repeats": 5,
+              "route_rows": 1_000_000, "route_repeats": 5, "numba_route_repeats": 21,
               "kmeans_rows": 20_000, "kmeans_max_k": 1000},
     "full": {"n_rows": 1_000_000, "ks": [200, 1000, 5000], "fit_repeats": 3,
-             "route_rows": 1_000_000, "route_repeats": 5,
+             "route_rows": 1_000_000, "route_repeats": 5, "numba_route_repeats": 21,
              "kmeans_rows": 20_000, "kmeans_max_k": 1000},
 }
 
@@ -78,6 +82,34 @@ def timed(fn, repeats: int) -> tuple[float, list[float], object]:
     return statistics.median(times), times, out
 
 
+def measure_numba_routing(router, cols, repeats: int) -> dict:
+    """Rows per second of ``router.route(cols)`` (end to end) and of the bare kernel on the
+    encoded matrix, wall clock and per CPU second of this process; the two are run
+    alternately ``repeats`` times and the medians are reported."""
+    Zd = router.design(cols)
+    n = Zd.shape[1]
+    router.route(cols)
+    router.route_design(Zd)
+    variants = {"end_to_end": lambda: router.route(cols),
+                "kernel": lambda: router.route_design(Zd)}
+    wall: dict = {k: [] for k in variants}
+    cpu: dict = {k: [] for k in variants}
+    res = {}
+    for _ in range(repeats):
+        for k, fn in variants.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            res[k] = fn()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    assert np.array_equal(res["end_to_end"].segment, res["kernel"].segment)
+    out: dict = {"rows": n, "repeats": repeats}
+    for k in variants:
+        out[f"numba_{k}_rows_per_s"] = n / statistics.median(wall[k])
+        out[f"numba_{k}_rows_per_cpu_s"] = n / statistics.median(cpu[k])
+        out[f"numba_{k}_rows_per_s_best"] = n / min(wall[k])
+    return out
+
+
 def environment() -> dict:
     import numba
     import pandas
@@ -100,6 +132,46 @@ def environment() -> dict:
     }
 
 
+ROUTE_NOTE = ("numba router: single thread; end_to_end = dict of float64 columns (the columns "
+              "of one row-major matrix) -> RouteResult (includes building the design matrix); "
+              "kernel = route_design on the encoded (n_features, n) matrix; medians of "
+              "interleaved runs, wall clock and per CPU second of this process")
+
+
+def route_only(args, prof: dict, env: dict, X: np.ndarray, cols_r: dict) -> int:
+    """``--route-only``: histogram tree per K, then the numba routing measurement only."""
+    from training.partitioner import TreePartitioner
+
+    results = {"profile": ("quick" if args.quick else "full") + " --route-only",
+               "n_rows": X.shape[0], "n_features": X.shape[1],
+               "data": "gaussian blobs, 100 centres ~ N(0, 25 I), unit-variance clusters, seed 0; "
+                       "routed rows: seed 1",
+               "params": prof, "environment": env, "by_k": {}}
+    for k in prof["ks"]:
+        tp = TreePartitioner(max_leaf_nodes=k, random_state=0).fit(X)
+        r = measure_numba_routing(tp.router_, cols_r, prof["numba_route_repeats"])
+        r["note"] = ROUTE_NOTE
+        r["segments"] = tp.n_segments_
+        results["by_k"][str(k)] = {"route": r}
+        print(f"K={k}", json.dumps(r), flush=True)
+    by = results["by_k"]
+    route_k = "1000" if "1000" in by else list(by)[0]
+    rk = by[route_k]["route"]
+    results["summary"] = {
+        "route_rows_per_s": rk["numba_end_to_end_rows_per_s"],
+        "route_kernel_rows_per_s": rk["numba_kernel_rows_per_s"],
+        "route_rows_per_cpu_s": rk["numba_end_to_end_rows_per_cpu_s"],
+        "route_kernel_rows_per_cpu_s": rk["numba_kernel_rows_per_cpu_s"],
+        "route_k": int(route_k),
+        "targets": {"route_rows_per_s": ">= 1e7 (K = 1000, one core)"},
+    }
+    env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results["summary"], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
@@ -107,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="1e6 rows")
     ap.add_argument("--out", type=Path, required=True, help="JSON result file")
     ap.add_argument("--ks", type=str, default=None, help="comma-separated K values")
+    ap.add_argument("--route-only", action="store_true",
+                    help="fit only the histogram tree and measure only the numba router")
     args = ap.parse_args(argv)
     prof = dict(PROFILES["quick" if args.quick else "full"])
     if args.ks:
@@ -121,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     n = prof["n_rows"]
     X = make_blobs(n)
-    cols = {f"x{j}": X[:, j] for j in range(X.shape[1])}
-    Z = (X - X.mean(0)) / X.std(0)  # the scaled features: target of every tree
     Xr = make_blobs(prof["route_rows"], seed=1)
     cols_r = {f"x{j}": Xr[:, j] for j in range(Xr.shape[1])}
+    if args.route_only:
+        return route_only(args, prof, env, X, cols_r)
+    Z = (X - X.mean(0)) / X.std(0)  # the scaled features: target of every tree
     Xr32 = Xr.astype(np.float32)
 
     # JIT warm-up (compilation is cached on disk, but loading it is also excluded)
@@ -183,27 +258,15 @@ def main(argv: list[str] | None = None) -> int:
             r["fit_speedup_vs_kmeans_on_subsample"] = r["kmeans_fit_s"] / r["hist_fit_s"]
         # routing
         nr = Xr.shape[0]
-        router = tp.router_
-        Zd = router.design(cols_r)
-        c0 = time.process_time()
-        t_e2e, _, res = timed(lambda: router.route(cols_r), prof["route_repeats"])
-        cpu_e2e = (time.process_time() - c0) / prof["route_repeats"]
-        t_k, _, res_k = timed(lambda: router.route_design(Zd), prof["route_repeats"])
+        r["route"] = measure_numba_routing(tp.router_, cols_r, prof["numba_route_repeats"])
         t_apply, _, _ = timed(lambda: tree.apply(Xr32), prof["route_repeats"])
         t_pred, _, _ = timed(lambda: mbk.predict(Xr), prof["route_repeats"])
-        assert np.array_equal(res.segment, res_k.segment)
-        r["route"] = {
-            "rows": nr,
-            "numba_end_to_end_rows_per_s": nr / t_e2e,
-            "numba_kernel_rows_per_s": nr / t_k,
-            "numba_end_to_end_rows_per_cpu_s": nr / cpu_e2e,
+        r["route"].update({
             "sklearn_tree_apply_rows_per_s": nr / t_apply,
             "minibatch_kmeans_predict_rows_per_s": nr / t_pred,
-            "note": "numba router: single thread; end_to_end = dict of float64 columns -> segments "
-                    "(includes building the design matrix); kernel = encoded matrix -> "
-                    "segments; tree.apply on a prepared float32 array; KMeans.predict uses "
-                    "sklearn's own threads",
-        }
+            "note": ROUTE_NOTE + "; tree.apply on a prepared float32 array; KMeans.predict "
+                    "uses sklearn's own threads",
+        })
         results["by_k"][str(k)] = r
         print(json.dumps({kk: vv for kk, vv in r.items() if not isinstance(vv, dict)}),
               flush=True)
@@ -219,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "route_rows_per_s": by[route_k]["route"]["numba_end_to_end_rows_per_s"],
         "route_kernel_rows_per_s": by[route_k]["route"]["numba_kernel_rows_per_s"],
         "route_rows_per_cpu_s": by[route_k]["route"]["numba_end_to_end_rows_per_cpu_s"],
+        "route_kernel_rows_per_cpu_s": by[route_k]["route"]["numba_kernel_rows_per_cpu_s"],
         "route_k": int(route_k),
         "note": "speedups: worst (min) over K of in-process wall-clock ratios; variance ratio: "
                 "worst (max) over K; routing at route_k, end to end from a dict of columns, "

@@ -420,6 +420,26 @@ def _get_column(columns: Mapping[str, Any], name: str) -> Any:
                           "batch") from None
 
 
+def _design_view(rows: list[np.ndarray], n: int) -> np.ndarray | None:
+    """The design rows as one read-only (len(rows), n) float64 view, without a copy, when
+    their memory is evenly spaced: the same element stride ``s`` and a start address of
+    ``p0 + r * d`` for row ``r`` (the columns of a row-major or column-major matrix, or a
+    single column). Element ``(r, i)`` of the view is then exactly ``rows[r][i]``, whatever
+    lies between the columns. None otherwise (the caller copies)."""
+    if not rows or n == 0:
+        return None
+    first = rows[0]
+    step = first.strides[0]
+    p0 = first.__array_interface__["data"][0]
+    d = rows[1].__array_interface__["data"][0] - p0 if len(rows) > 1 else 0
+    for r, x in enumerate(rows):
+        if (type(x) is not np.ndarray or x.dtype != np.float64 or x.shape != (n,)
+                or x.strides[0] != step or x.__array_interface__["data"][0] != p0 + r * d):
+            return None
+    return np.lib.stride_tricks.as_strided(first, shape=(len(rows), n), strides=(d, step),
+                                           writeable=False)
+
+
 def _batch_length(columns: Mapping[str, Any], required: tuple[str, ...]) -> int:
     n = None
     for name in required:
@@ -556,61 +576,119 @@ def _route_kernel(Z, kind, feature, threshold, right, child_ptr, child_code, chi
 
 
 @njit(cache=True, nogil=True)
-def _route_kernel_numeric(Z, fl, fr, ff, ft, is_leaf, kind, feature, threshold, right,
-                          child_ptr, child_code, child_node, node_segment, node_weight,
-                          node_depth, out_segment, out_node, out_depth, out_imputed,
-                          out_unknown_feature):
-    """Routing for trees without key nodes: four rows walked in lock-step, branch-free.
+def _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i, nd):
+    """Outputs of row ``i`` that reached leaf ``nd`` (breadth-first number)."""
+    out_segment[i] = leaf_segment[nd]
+    out_node[i] = node_orig[nd]
+    out_depth[i] = leaf_depth[nd]
 
-    Leaves loop onto themselves (``fl = fr = self``, ``ft = +inf``, ``ff = 0``), so a row that
-    reached its leaf stays there while the other three walk on. A NaN comparison marks the row,
-    which is then routed again by the general per-row code (missing-value look-ahead); that
-    includes the rare complete row whose design row 0 is NaN while it sits on a leaf.
+
+@njit(cache=True, nogil=True)
+def _route_kernel_numeric(Z, node_rec, node_thr, leaf_segment, leaf_depth, node_orig, kind,
+                          feature, threshold, right, child_ptr, child_code, child_node,
+                          node_segment, node_weight, node_depth, out_segment, out_node,
+                          out_depth, out_imputed, out_unknown_feature):
+    """Routing for trees without key nodes: eight rows walked in lock-step, branch-free.
+
+    The tree is renumbered breadth-first so that the two children of a split are adjacent
+    (``left``, ``left + 1``) and described by one int64 per node, ``node_rec`` = ``left | feature
+    << 32``, with the sign bit set on leaves, plus ``node_thr`` (``+inf`` on leaves). One step
+    of a row is ``nd = left + (v > threshold)``: one load for the structure, one for the
+    threshold, one for the value. Leaves loop onto themselves (``left = self``), so a row that
+    reached its leaf stays there while the other seven walk on; the walk stops when all eight
+    records have the sign bit. ``leaf_segment``, ``leaf_depth`` and ``node_orig`` map the new
+    numbering back. A NaN seen on a row's walk sends that row through the general per-row
+    code (missing-value look-ahead) instead, in the same pass; that includes the rare complete
+    row whose design row 0 is NaN while it sits on a leaf (leaves read design row 0).
     """
     n = Z.shape[1]
     stack = np.empty(kind.shape[0] + 1, dtype=np.int32)
-    n4 = n - n % 4
-    for i in range(0, n4, 4):
-        a = 0
-        b = 0
-        c = 0
-        d = 0
-        bad_a = False
-        bad_b = False
-        bad_c = False
-        bad_d = False
-        while not (is_leaf[a] and is_leaf[b] and is_leaf[c] and is_leaf[d]):
-            va = Z[ff[a], i]
-            vb = Z[ff[b], i + 1]
-            vc = Z[ff[c], i + 2]
-            vd = Z[ff[d], i + 3]
-            bad_a |= va != va
-            bad_b |= vb != vb
-            bad_c |= vc != vc
-            bad_d |= vd != vd
-            a = fl[a] if va <= ft[a] else fr[a]
-            b = fl[b] if vb <= ft[b] else fr[b]
-            c = fl[c] if vc <= ft[c] else fr[c]
-            d = fl[d] if vd <= ft[d] else fr[d]
-        out_node[i] = a
-        out_node[i + 1] = b
-        out_node[i + 2] = c
-        out_node[i + 3] = d
-        out_imputed[i] = bad_a
-        out_imputed[i + 1] = bad_b
-        out_imputed[i + 2] = bad_c
-        out_imputed[i + 3] = bad_d
-    for i in range(n):
-        if i >= n4 or out_imputed[i]:
-            leaf, nd, imputed, unknown = _route_row(Z, i, kind, feature, threshold, right,
-                                                    child_ptr, child_code, child_node,
-                                                    node_segment, node_weight, stack)
-            out_node[i] = nd
-            out_imputed[i] = imputed
-        else:
-            leaf = out_node[i]
+    lo32 = np.int64(0xFFFFFFFF)
+    hi31 = np.int64(0x7FFFFFFF)
+    n8 = n - n % 8
+    for i in range(0, n8, 8):
+        a0 = 0
+        a1 = 0
+        a2 = 0
+        a3 = 0
+        a4 = 0
+        a5 = 0
+        a6 = 0
+        a7 = 0
+        b0 = False
+        b1 = False
+        b2 = False
+        b3 = False
+        b4 = False
+        b5 = False
+        b6 = False
+        b7 = False
+        while True:
+            r0 = node_rec[a0]
+            r1 = node_rec[a1]
+            r2 = node_rec[a2]
+            r3 = node_rec[a3]
+            r4 = node_rec[a4]
+            r5 = node_rec[a5]
+            r6 = node_rec[a6]
+            r7 = node_rec[a7]
+            if (r0 & r1 & r2 & r3 & r4 & r5 & r6 & r7) < 0:  # all eight on leaves
+                break
+            v0 = Z[(r0 >> 32) & hi31, i]
+            v1 = Z[(r1 >> 32) & hi31, i + 1]
+            v2 = Z[(r2 >> 32) & hi31, i + 2]
+            v3 = Z[(r3 >> 32) & hi31, i + 3]
+            v4 = Z[(r4 >> 32) & hi31, i + 4]
+            v5 = Z[(r5 >> 32) & hi31, i + 5]
+            v6 = Z[(r6 >> 32) & hi31, i + 6]
+            v7 = Z[(r7 >> 32) & hi31, i + 7]
+            b0 |= v0 != v0
+            b1 |= v1 != v1
+            b2 |= v2 != v2
+            b3 |= v3 != v3
+            b4 |= v4 != v4
+            b5 |= v5 != v5
+            b6 |= v6 != v6
+            b7 |= v7 != v7
+            a0 = (r0 & lo32) + (v0 > node_thr[a0])
+            a1 = (r1 & lo32) + (v1 > node_thr[a1])
+            a2 = (r2 & lo32) + (v2 > node_thr[a2])
+            a3 = (r3 & lo32) + (v3 > node_thr[a3])
+            a4 = (r4 & lo32) + (v4 > node_thr[a4])
+            a5 = (r5 & lo32) + (v5 > node_thr[a5])
+            a6 = (r6 & lo32) + (v6 > node_thr[a6])
+            a7 = (r7 & lo32) + (v7 > node_thr[a7])
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i, a0)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 1, a1)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 2, a2)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 3, a3)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 4, a4)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 5, a5)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 6, a6)
+        _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig, i + 7, a7)
+        for j in range(8):
+            out_imputed[i + j] = False
+            out_unknown_feature[i + j] = -1
+        if b0 | b1 | b2 | b3 | b4 | b5 | b6 | b7:  # a NaN on some walk: look-ahead per row
+            bad = (b0 | (b1 << 1) | (b2 << 2) | (b3 << 3) | (b4 << 4) | (b5 << 5) | (b6 << 6)
+                   | (b7 << 7))
+            for j in range(8):
+                if (bad >> j) & 1:
+                    leaf, nd, imputed, _ = _route_row(Z, i + j, kind, feature, threshold,
+                                                      right, child_ptr, child_code, child_node,
+                                                      node_segment, node_weight, stack)
+                    out_segment[i + j] = node_segment[leaf]
+                    out_node[i + j] = nd
+                    out_depth[i + j] = node_depth[leaf]
+                    out_imputed[i + j] = imputed
+    for i in range(n8, n):
+        leaf, nd, imputed, _ = _route_row(Z, i, kind, feature, threshold, right, child_ptr,
+                                          child_code, child_node, node_segment, node_weight,
+                                          stack)
         out_segment[i] = node_segment[leaf]
+        out_node[i] = nd
         out_depth[i] = node_depth[leaf]
+        out_imputed[i] = imputed
         out_unknown_feature[i] = -1
 
 
@@ -851,15 +929,19 @@ class Router:
         """
         n, rows, codes = self.schema.design_rows(columns)
         out = self._alloc(n)
-        # encode and route in cache-sized chunks: the design matrix never leaves L2
-        chunk = max(1, min(n, _ROUTE_CHUNK_CELLS // max(len(rows), 1)))
-        Zc = np.empty((len(rows), chunk), dtype=np.float64)
-        for s0 in range(0, n, chunk):
-            s1 = min(n, s0 + chunk)
-            Zv = Zc[:, : s1 - s0]
-            for r, x in enumerate(rows):
-                Zv[r] = x[s0:s1]
-            self._kernel(Zv, *(o[s0:s1] for o in out))
+        Z = _design_view(rows, n)
+        if Z is not None:  # the columns are evenly spaced in memory: no copy at all
+            self._kernel(Z, *out)
+        else:
+            # copy and route in cache-sized chunks: the design matrix never leaves L2
+            chunk = max(1, min(n, _ROUTE_CHUNK_CELLS // max(len(rows), 1)))
+            Zc = np.empty((len(rows), chunk), dtype=np.float64)
+            for s0 in range(0, n, chunk):
+                s1 = min(n, s0 + chunk)
+                Zv = Zc[:, : s1 - s0]
+                for r, x in enumerate(rows):
+                    Zv[r] = x[s0:s1]
+                self._kernel(Zv, *(o[s0:s1] for o in out))
         res = self._result(*out)
         if self.schema.categorical_columns:
             unknown = res.unknown
@@ -905,19 +987,33 @@ class Router:
 
     @functools.cached_property
     def _fast(self) -> tuple[np.ndarray, ...] | None:
-        """Self-looping leaf arrays for :func:`_route_kernel_numeric` (None with key nodes)."""
+        """Breadth-first tables for :func:`_route_kernel_numeric` (None with key nodes):
+        ``(node_rec, node_thr, leaf_segment, leaf_depth, node_orig)`` indexed by the new
+        node number, children of a split adjacent."""
         a = self.arrays
         kind = a["node_kind"]
         if np.any(kind == KEY):
             return None
         m = kind.shape[0]
-        ids = np.arange(m, dtype=np.int32)
-        leaf = kind == LEAF
-        fl = np.where(leaf, ids, ids + 1).astype(np.int32)
-        fr = np.where(leaf, ids, a["node_right"]).astype(np.int32)
-        ff = np.where(leaf, 0, a["node_feature"]).astype(np.int32)
-        ft = np.where(leaf, np.inf, a["node_threshold"]).astype(np.float64)
-        return fl, fr, ff, ft, leaf.copy()
+        right = a["node_right"].tolist()
+        inner = (kind != LEAF).tolist()
+        order = [0]  # new number -> old number
+        for old in order:  # grows while iterated: breadth-first
+            if inner[old]:
+                order.append(old + 1)
+                order.append(right[old])
+        orig = np.asarray(order, dtype=np.int32)
+        new_of = np.empty(m, dtype=np.int64)
+        new_of[orig] = np.arange(m)
+        leaf = kind[orig] == LEAF
+        ids = np.arange(m, dtype=np.int64)
+        left = np.where(leaf, ids, new_of[orig + 1 - leaf])  # a leaf's left child is itself
+        feat = np.where(leaf, 0, a["node_feature"][orig]).astype(np.int64)
+        rec = left | (feat << 32) | np.where(leaf, np.int64(-1) << 63, np.int64(0))
+        thr = np.where(leaf, np.inf, a["node_threshold"][orig]).astype(np.float64)
+        seg = np.where(leaf, a["node_segment"][orig], -1).astype(np.int32)
+        depth = a["node_depth"][orig].astype(np.int32)
+        return rec, thr, seg, depth, orig
 
     def describe_node(self, node: int) -> str:
         """The rule that leads from a node's parent to it, for people.

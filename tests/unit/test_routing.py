@@ -14,7 +14,8 @@ from hypothesis.extra.numpy import arrays
 
 from shared.component import ExportedComponent
 from shared.errors import BundleCompatibilityError, SchemaError
-from shared.routing import KEY, LEAF, NUMERIC, Router, encode_categories
+from shared.routing import (KEY, LEAF, NUMERIC, Router, _design_view, _route_kernel,
+                            encode_categories)
 from training.partitioner import CompositePartitioner, KeyPartitioner, TreePartitioner
 
 
@@ -149,6 +150,70 @@ def test_routing_total_and_deterministic_numeric(hist_tree, data):
     np.testing.assert_array_equal(r1.imputed, r2.imputed)
     np.testing.assert_array_equal(r1.depth, tp.node_depth_[tp.segment_node_[r1.segment]])
     assert not r1.imputed[~np.isnan(data).any(axis=1)].any()
+
+
+def test_lockstep_kernel_equals_per_row_kernel(hist_tree):
+    """The eight-row numeric kernel against the general per-row kernel on adversarial values
+    (NaN, +-inf, +-1e308, -0.0, subnormals), with a row count that is not a multiple of 8."""
+    tp, X = hist_tree
+    router = tp.router_
+    rng = np.random.default_rng(11)
+    Xr = np.concatenate([X[:1000], rng.normal(scale=8.0, size=(1003, X.shape[1]))])
+    special = np.array([np.nan, np.inf, -np.inf, 1e308, -1e308, 0.0, -0.0, 5e-324])
+    mask = rng.random(Xr.shape) < 0.05
+    Xr[mask] = rng.choice(special, int(mask.sum()))
+    Z = router.design(_cols(Xr))
+    got = router.route_design(Z)
+    a = router.arrays
+    n = Z.shape[1]
+    ref = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int32),
+           np.empty(n, np.bool_), np.empty(n, np.int32))
+    _route_kernel(Z, a["node_kind"], a["node_feature"], a["node_threshold"], a["node_right"],
+                  a["child_ptr"], a["child_code"], a["child_node"], a["node_segment"],
+                  a["node_weight"], a["node_depth"], *ref)
+    for name, expected in zip(("segment", "node", "depth", "imputed"), ref):
+        np.testing.assert_array_equal(getattr(got, name), expected, err_msg=name)
+    assert got.imputed.any() and not got.imputed.all()
+    assert not got.unknown.any()
+
+
+def test_route_reads_any_column_layout(hist_tree):
+    """Zero-copy (evenly spaced columns) and copying (anything else, several chunks) give
+    the same result."""
+    tp, X = hist_tree
+    router = tp.router_
+    rng = np.random.default_rng(12)
+    n = 60_003  # several copy chunks
+    Xr = X[rng.integers(0, X.shape[0], n)] + rng.normal(scale=0.5, size=(n, X.shape[1]))
+    Xr[rng.random(Xr.shape) < 0.01] = np.nan
+    expected = router.route_design(np.ascontiguousarray(Xr.T))
+    names = [f"x{j}" for j in range(Xr.shape[1])]
+    layouts = {
+        "row-major matrix": (_cols(np.ascontiguousarray(Xr)), True),
+        "column-major matrix": (_cols(np.asfortranarray(Xr)), True),
+        "reversed column order": (dict(zip(names[::-1], np.ascontiguousarray(Xr[:, ::-1]).T)),
+                                  True),
+        "every other row": (_cols(np.repeat(Xr, 2, axis=0)[::2]), True),
+        "separate arrays": ({k: v.copy() for k, v in _cols(Xr).items()}, None),
+        "dataframe": (pd.DataFrame(Xr, columns=names), None),
+        "lists": ({k: v.tolist() for k, v in _cols(Xr).items()}, None),
+    }
+    for label, (cols, zero_copy) in layouts.items():
+        if zero_copy:
+            n, rows, _ = router.schema.design_rows(cols)
+            view = _design_view(rows, n)
+            assert view is not None, label
+            np.testing.assert_array_equal(view, Xr.T[[int(c.source[1:]) for c in
+                                                      router.schema.columns]], err_msg=label)
+        got = router.route(cols)
+        for name in ("segment", "node", "depth", "imputed", "unknown"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name),
+                                          err_msg=f"{label}: {name}")
+    # columns of different strides or unevenly spaced: no view
+    a = np.zeros(20)
+    assert _design_view([a[:10], a[::2]], 10) is None
+    assert _design_view([a[0:5], a[5:10], a[15:20]], 5) is None
+    assert _design_view([a[0:5], a[5:10], a[10:15].astype(np.float32)], 5) is None
 
 
 @pytest.fixture(scope="module")
