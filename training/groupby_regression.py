@@ -49,6 +49,7 @@ import dataclasses
 import logging
 from typing import Any, Sequence
 
+import numba
 import numpy as np
 
 from shared.component import ExportedComponent
@@ -527,11 +528,7 @@ def fit_groups(
     ip = np.array([METHODS[method], int(max_iter), int(min_rows), int(do_shrink)], dtype=np.int64)
     fp = np.array([huber_c, sigma_cut, tol, cond_fallback, 1e-14, 1e-10], dtype=np.float64)
     n_chunks = int(max(1, min(G, 64)))
-    out = None
-    if method == "ols" and not do_shrink and G:
-        out = _fit_fast(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
-    if out is None:
-        out = _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, do_shrink)
+    out = _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, do_shrink)
     (coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats) = out
 
     pidx = np.full(G, -1, dtype=np.int64)
@@ -587,13 +584,39 @@ def fit_groups(
     )
 
 
+def _group_rows(codes, keep, G, Xa, ya, w):
+    """Kept rows laid out group by group: ``(offsets (G+1,), Xg, Yg, Wg)``.
+
+    Rows that already arrive grouped (every row kept, codes non-decreasing) are used in place;
+    otherwise a stable counting sort (O(n), one parallel scatter pass) copies them into arrays
+    allocated here with numpy.
+    """
+    offsets = np.empty(G + 1, dtype=np.int64)
+    if _k._is_grouped(codes, keep):
+        _k._grouped_offsets(codes, G, offsets)
+        return offsets, Xa, ya, w
+    n_parts = numba.get_num_threads() if codes.shape[0] >= 100_000 else 1
+    start = np.zeros((n_parts, G), dtype=np.int64)
+    _k._part_counts(codes, keep, start)
+    _k._part_offsets(start, offsets)
+    m = int(offsets[-1])
+    Xg = np.empty((m, Xa.shape[1]))
+    Yg = np.empty((m, ya.shape[1]))
+    Wg = np.empty(m)
+    _k._scatter_rows(codes, keep, Xa, ya, w, start, Xg, Yg, Wg)
+    return offsets, Xg, Yg, Wg
+
+
 def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
-    """Row-layout path (every method): counting sort, then every group on its own rows."""
+    """Every method: rows laid out by group (counting sort), then every group on its own
+    contiguous rows in one parallel pass. Plain OLS takes the inline fast kernel; groups it
+    declines (non-finite values, dropped predictors, too few rows, ill-conditioned) and every
+    other case go through the general per-group fit."""
     p = Xa.shape[1]
     T = ya.shape[1]
-    offsets, order = _k._layout(codes, keep, G)
-    # rows in group order + weighted mean of each predictor (finite values only) per group
-    Xg, Yg, Wg, x_mean = _k._gather(order, Xa, ya, w, offsets, n_chunks)
+    offsets, Xg, Yg, Wg = _group_rows(codes, keep, G, Xa, ya, w)
+    m = Xg.shape[0]
+    x_mean = np.empty((G, p))
     coef = np.empty((G, T, p + 1))
     se = np.empty((G, T, p + 1))
     rms = np.empty((G, T))
@@ -612,68 +635,18 @@ def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
     st_syy = np.zeros((sG, T))
     st_sig2 = np.zeros((sG, T))
     st_kept = np.zeros((sG, T, sp), np.uint8)
-    if G:
-        _k._fit_all(Xg, Yg, Wg, offsets, ms, sgn, ip, fp, n_chunks, coef, se, rms, mad, cond,
-                    n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy,
-                    st_sig2, st_kept)
+    todo = np.ones(G, dtype=np.uint8)
+    if G and ip[_k.IP_METHOD] == _k.METHOD_OLS and not store and not sgn.any():
+        _k._fit_ols_fast(Xg, Yg, Wg, offsets, ms, ip, fp, n_chunks, coef, se, rms, mad, cond,
+                         n_used, status, x_mean, todo)
+    if G and todo.any():
+        _k._x_mean(Xg, Wg, offsets, n_chunks, todo, x_mean)
+        _k._fit_all(Xg, Yg, Wg, offsets, ms, sgn, ip, fp, n_chunks, todo, np.empty(m),
+                    np.empty(m, dtype=np.bool_), np.empty(m), np.empty(m), coef, se, rms, mad,
+                    cond, n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs,
+                    st_syy, st_sig2, st_kept)
     stats = (Xg, Yg, Wg, offsets, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept)
     return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats
-
-
-def _fit_fast(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks):
-    """OLS on finite data without laying rows out by group (see ``_groupby_kernels``).
-
-    Returns None when the data contain NaN/inf (the row-layout path handles per-fit row
-    exclusion). Singular or ill-conditioned groups are refitted by the row-layout path.
-    """
-    p = Xa.shape[1]
-    T = ya.shape[1]
-    finite, acc = _k._accumulate(codes, keep, Xa, ya, w, G)
-    if not finite:
-        return None
-    o_w, o_shx, o_shy, o_sx, o_sy, o_sxx, o_sxy, o_syy, o_xmax, o_ymax, width = _k._acc_layout(p, T)
-    cnt = np.ascontiguousarray(acc[:, 0]).astype(np.int64)
-    Ws = np.ascontiguousarray(acc[:, o_w])
-    shx = np.ascontiguousarray(acc[:, o_shx:o_shx + p])
-    shy = np.ascontiguousarray(acc[:, o_shy:o_shy + T])
-    Sx = np.ascontiguousarray(acc[:, o_sx:o_sx + p])
-    Sy = np.ascontiguousarray(acc[:, o_sy:o_sy + T])
-    Sxx = np.ascontiguousarray(acc[:, o_sxx:o_sxx + p * p]).reshape(G, p, p)
-    Sxy = np.ascontiguousarray(acc[:, o_sxy:o_sxy + T * p]).reshape(G, T, p)
-    xmax = np.ascontiguousarray(acc[:, o_xmax:o_xmax + p])
-    del acc
-    coef = np.empty((G, T, p + 1))
-    vdiag = np.empty((G, T, p + 1))
-    m_est = np.zeros((G, T), np.int64)
-    cond = np.empty((G, T))
-    status = np.zeros((G, T), np.int8)
-    redo = np.zeros(G, dtype=bool)
-    xbar = np.empty((G, p))
-    ybar = np.empty((G, T))
-    _k._solve_from_stats(cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, xmax, ms, sgn, ip, fp, n_chunks,
-                         coef, vdiag, m_est, cond, status, redo, xbar, ybar)
-    offsets = np.zeros(G + 1, dtype=np.int64)
-    np.cumsum(cnt, out=offsets[1:])
-    buf = np.empty((int(offsets[-1]), T))
-    swr2 = np.zeros((G, T))
-    rec = np.concatenate([ybar, xbar, coef.reshape(G, -1)], axis=1)
-    _k._residual_scatter(codes, keep, Xa, ya, w, rec, offsets, buf, swr2)
-    se = np.empty((G, T, p + 1))
-    rms = np.empty((G, T))
-    mad = np.empty((G, T))
-    n_used = np.zeros((G, T), np.int64)
-    _k._finalize_fast(offsets, buf, swr2, Ws, cnt, coef, vdiag, m_est, n_chunks, se, rms, mad,
-                      n_used)
-    n_rej = np.zeros((G, T), np.int64)
-    n_iter = np.zeros((G, T), np.int64)
-    x_mean = xbar
-    if redo.any():
-        keep2 = keep & redo[codes]
-        slow = _fit_rows(codes, keep2, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, False)
-        for full, part in zip((coef, se, rms, mad, cond, n_used, n_rej, n_iter, status),
-                              slow[:9]):
-            full[redo] = part[redo]
-    return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, None
 
 
 def _tree_depth(parent: np.ndarray) -> np.ndarray:
