@@ -216,7 +216,7 @@ def run(quick: bool, full: bool, repeats: int, pandas_max_groups: int, sm_groups
             res = holder["res"]
             if method == "ols":
                 res_ols = res
-            st = np.bincount(res.status[:, 0].astype(np.int64), minlength=4)
+            st = np.bincount(res.status[:, 0].astype(np.int64), minlength=5)
             engines[method] = {"seconds": med, "seconds_all": times,
                                "seconds_per_1000_groups": med / G * 1000, "rows_per_s": G * r / med,
                                "status_counts": {"ok": int(st[0]), "too_few_rows": int(st[1]),

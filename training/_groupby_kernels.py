@@ -26,6 +26,9 @@ OK = 0
 TOO_FEW_ROWS = 1
 SINGULAR = 2
 NOT_CONVERGED = 3
+# too thin to fit on its own (would be TOO_FEW_ROWS or SINGULAR); coefficients are the
+# partial-pooling (shrinkage) estimate, i.e. mostly the parent's
+POOLED = 4
 
 METHOD_OLS = 0
 METHOD_HUBER = 1
@@ -569,8 +572,12 @@ def _nnls_gram(R, rr, q, sign, passive, u, z, L, idx, grad, piv_tol, tol):
 
 @njit(cache=True)
 def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, xspread_tol,
-                 D, R, rr, L, z, u, idx, passive, grad, Minv, work, beta, fp):
+                 D, R, rr, L, z, u, idx, passive, grad, Minv, work, beta, fp, beta_only=False):
     """Solve one weighted least-squares problem from centred statistics.
+
+    ``beta_only`` (robust iterations): when the unconstrained Cholesky succeeds, only ``beta``
+    is computed (no inverse, condition number or QR check; returns ``cond`` NaN) -- the caller
+    re-solves in full once the iteration has stopped.
 
     On success ``beta[:q]`` holds the slopes (original units), ``Minv[:q,:q]`` the inverse of
     ``A`` restricted to the estimated (passive) coefficients, ``passive[:q]`` which slopes are
@@ -604,6 +611,10 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
         xvx = 0.0
         if _chol_sub(R, idx, q, L, piv_tol):
             _chol_solve(L, q, rr, z)
+            if beta_only:
+                for a in range(q):
+                    beta[a] = z[a] / D[a]
+                return OK, np.nan, q, 0.0
             xvx = _xvx_lower(L, q, idx, grad, u)
             _tri_inv_gram(L, q, False, Minv, work)
             cond = _cond1_sub(R, idx, q, Minv)
@@ -770,6 +781,7 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
                    st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2)
         return
     final_status = st
+    partial = False
     # floor under which residuals are rounding noise of the data's magnitude
     rfloor = 1e3 * EPS * ymax
     iters = 0
@@ -806,10 +818,11 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
             n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
             st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
                                           rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
-                                          Minv, work, beta, fp)
+                                          Minv, work, beta, fp, True)
             iters = it + 1
             if st == SINGULAR:
                 break
+            partial = math.isnan(cnd)
             final_status = st
             xb0 = 0.0
             for a in range(q):
@@ -872,10 +885,11 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
             n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
             st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
                                           rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
-                                          Minv, work, beta, fp)
+                                          Minv, work, beta, fp, True)
             iters = it + 1
             if st == SINGULAR:
                 break
+            partial = math.isnan(cnd)
             final_status = st
         if st == SINGULAR:
             status[g, t] = SINGULAR
@@ -889,6 +903,18 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
                 nr += 1
         n_rej[g, t] = nr
     n_iter[g, t] = iters
+    if partial:
+        # the last robust iteration solved for beta only: full solve (inverse, condition
+        # number, QR fallback) at the final weights
+        st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
+                                          rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
+                                          Minv, work, beta, fp)
+        if st == SINGULAR:
+            status[g, t] = SINGULAR
+            cond_out[g, t] = np.inf
+            return
+        if final_status == OK:
+            final_status = st
     # ---- final residual statistics over the rows used in the final fit
     xb0 = 0.0
     for a in range(q):
@@ -1012,7 +1038,8 @@ def _shrink_topdown(order, pidx, prec, by_sigma2, coef, se, status, st_W, st_yba
     weighted mean, minimise ``sum w r^2 + sum_j Lambda_j (theta_j - theta_parent_j)^2``; the
     normal equations separate into ``c = (W ybar + L_c c_P) / (W + L_c)`` and
     ``(A + diag L_b) b = rhs + L_b b_P``. ``Lambda = prec[t] * (sigma2 if by_sigma2 else 1)``.
-    Returns a boolean mask of the (group, target) pairs that were refitted.
+    A node whose own fit was ``TOO_FEW_ROWS`` or ``SINGULAR`` becomes ``POOLED``; other
+    statuses are kept. Returns a boolean mask of the (group, target) pairs that were refitted.
     """
     G, T, k = coef.shape
     p = k - 1
@@ -1100,7 +1127,10 @@ def _shrink_topdown(order, pidx, prec, by_sigma2, coef, se, status, st_W, st_yba
                 j = idx[a]
                 coef[g, t, 1 + j] = b[a]
                 se[g, t, 1 + j] = math.sqrt(sig2 * Minv[a, a]) if math.isfinite(sig2) else np.nan
-            status[g, t] = OK
+            # a node that could not be fitted on its own only has a borrowed estimate; one that
+            # could keeps its own status (ok / not_converged)
+            if status[g, t] == TOO_FEW_ROWS or status[g, t] == SINGULAR:
+                status[g, t] = POOLED
             done[g, t] = True
     return done
 

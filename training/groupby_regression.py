@@ -24,8 +24,12 @@ How a group is fitted
 Statuses (``STATUS_CODES``): ``ok`` (0), ``too_few_rows`` (1: fewer usable rows than
 parameters or ``min_rows``, or every predictor dropped by ``min_stat``), ``singular`` (2:
 collinear or constant predictors, overflow), ``not_converged`` (3: the robust iteration or the
-active-set solver hit its limit; the last iterate is reported). Coefficients of ``too_few_rows``
-and ``singular`` fits are NaN, never 0.
+active-set solver hit its limit; the last iterate is reported), ``pooled`` (4: with
+``shrinkage``, a node that is ``too_few_rows`` or ``singular`` on its own but has a partial-pooling
+estimate borrowed from its parent; finite coefficients that are mostly the parent's, not a fit
+of the node's data). Coefficients of ``too_few_rows`` and ``singular`` fits are NaN, never 0.
+A shrunk node that could be fitted on its own keeps its own status (``ok`` or
+``not_converged``).
 
 References
 ----------
@@ -71,6 +75,7 @@ STATUS_CODES: dict[str, int] = {
     "too_few_rows": _k.TOO_FEW_ROWS,
     "singular": _k.SINGULAR,
     "not_converged": _k.NOT_CONVERGED,
+    "pooled": _k.POOLED,
 }
 METHODS: dict[str, int] = {
     "ols": _k.METHOD_OLS,
@@ -428,9 +433,11 @@ def fit_groups(
         1983 parametric empirical Bayes), ``d_j`` the difference
         between a node's independent estimate and its parent's and ``V_j`` its sampling
         variance, over all node/parent pairs that both fitted ``ok``. Nodes too thin to
-        fit on their own (n < parameters, or singular) get a shrunk fit when ``Lambda > 0``
-        (borrowing ``sigma^2`` from the parent). ``rms``/``mad``/``n_used`` of shrunk nodes
-        are recomputed over all their usable rows.
+        fit on their own (n < parameters or ``min_rows``, or singular) get a shrunk fit when
+        ``Lambda > 0`` (borrowing ``sigma^2`` from the parent) and status ``pooled`` -- not
+        ``ok``: callers that need an estimate backed by the node's own rows select
+        ``status == ok``. Shrunk nodes that could be fitted on their own keep their status.
+        ``rms``/``mad``/``n_used`` of shrunk nodes are recomputed over all their usable rows.
     feature_names, target_names : sequence of str, optional
         Names for export; default ``x0..``, ``y0..``.
 
