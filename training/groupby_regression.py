@@ -396,7 +396,10 @@ def fit_groups(
         then repeatedly refit on the rows with ``|r sqrt(w)| <= sigma_cut * s`` (``s`` the
         scaled MAD of the current inliers; rejected rows may come back) until the inlier set
         no longer changes or ``max_iter`` refits (then ``not_converged``); a clip that would
-        leave fewer than the required rows is not applied.
+        leave fewer than the required rows is not applied. With fewer than ``2 * (p + 1)``
+        rows the Huber/MAD estimate need not be unique: an exact fit through ``p + 1`` rows
+        can make the median residual 0, and the iteration stops (converged) at such a fit;
+        which subset it lands on depends on the path (statsmodels' RLM lands on another one).
     min_stat : int or sequence of int (p,), optional
         Per predictor: minimum number of rows of the group with that predictor and the target
         finite; below it the predictor is dropped from the group's fit (slope NaN). Default 1
