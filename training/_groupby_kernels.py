@@ -79,6 +79,28 @@ def _layout(codes, keep, n_groups):
 
 
 @njit(cache=True)
+def _dense_codes(ids, lo, remap, codes):
+    """Dense codes (rank among the distinct ids) of integer ids in ``[lo, lo + len(remap))``
+    into ``codes (n,)``; ``remap`` is zeroed scratch. Returns the sorted distinct ids."""
+    n = ids.shape[0]
+    span = remap.shape[0]
+    for i in range(n):
+        remap[ids[i] - lo] = 1
+    G = 0
+    for v in range(span):
+        if remap[v]:
+            G += 1
+            remap[v] = G
+    labels = np.empty(G, dtype=np.int64)
+    for v in range(span):
+        if remap[v]:
+            labels[remap[v] - 1] = v + lo
+    for i in range(n):
+        codes[i] = remap[ids[i] - lo] - 1
+    return labels
+
+
+@njit(cache=True)
 def _is_grouped(codes, keep):
     """True when every row is kept and the codes never decrease (rows already grouped)."""
     n = codes.shape[0]

@@ -271,10 +271,8 @@ def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hi = int(ids.max())
     span = hi - lo + 1
     if span <= 4 * n + 1024:
-        present = np.bincount(ids - lo, minlength=span) > 0
-        remap = np.cumsum(present) - 1
-        codes = remap[ids - lo].astype(np.int64)
-        labels = (np.flatnonzero(present) + lo).astype(np.int64)
+        codes = np.empty(n, dtype=np.int64)
+        labels = _k._dense_codes(ids, lo, np.zeros(span, dtype=np.int64), codes)
         return codes, labels
     labels, codes = np.unique(ids, return_inverse=True)
     return codes.astype(np.int64).reshape(-1), labels.astype(np.int64)
