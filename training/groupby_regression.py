@@ -24,8 +24,12 @@ How a group is fitted
 Statuses (``STATUS_CODES``): ``ok`` (0), ``too_few_rows`` (1: fewer usable rows than
 parameters or ``min_rows``, or every predictor dropped by ``min_stat``), ``singular`` (2:
 collinear or constant predictors, overflow), ``not_converged`` (3: the robust iteration or the
-active-set solver hit its limit; the last iterate is reported). Coefficients of ``too_few_rows``
-and ``singular`` fits are NaN, never 0.
+active-set solver hit its limit; the last iterate is reported), ``pooled`` (4: with
+``shrinkage``, a node that is ``too_few_rows`` or ``singular`` on its own but has a partial-pooling
+estimate borrowed from its parent; finite coefficients that are mostly the parent's, not a fit
+of the node's data). Coefficients of ``too_few_rows`` and ``singular`` fits are NaN, never 0.
+A shrunk node that could be fitted on its own keeps its own status (``ok`` or
+``not_converged``).
 
 References
 ----------
@@ -49,6 +53,7 @@ import dataclasses
 import logging
 from typing import Any, Sequence
 
+import numba
 import numpy as np
 
 from shared.component import ExportedComponent
@@ -70,6 +75,7 @@ STATUS_CODES: dict[str, int] = {
     "too_few_rows": _k.TOO_FEW_ROWS,
     "singular": _k.SINGULAR,
     "not_converged": _k.NOT_CONVERGED,
+    "pooled": _k.POOLED,
 }
 METHODS: dict[str, int] = {
     "ols": _k.METHOD_OLS,
@@ -265,10 +271,8 @@ def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hi = int(ids.max())
     span = hi - lo + 1
     if span <= 4 * n + 1024:
-        present = np.bincount(ids - lo, minlength=span) > 0
-        remap = np.cumsum(present) - 1
-        codes = remap[ids - lo].astype(np.int64)
-        labels = (np.flatnonzero(present) + lo).astype(np.int64)
+        codes = np.empty(n, dtype=np.int64)
+        labels = _k._dense_codes(ids, lo, np.zeros(span, dtype=np.int64), codes)
         return codes, labels
     labels, codes = np.unique(ids, return_inverse=True)
     return codes.astype(np.int64).reshape(-1), labels.astype(np.int64)
@@ -390,7 +394,10 @@ def fit_groups(
         then repeatedly refit on the rows with ``|r sqrt(w)| <= sigma_cut * s`` (``s`` the
         scaled MAD of the current inliers; rejected rows may come back) until the inlier set
         no longer changes or ``max_iter`` refits (then ``not_converged``); a clip that would
-        leave fewer than the required rows is not applied.
+        leave fewer than the required rows is not applied. With fewer than ``2 * (p + 1)``
+        rows the Huber/MAD estimate need not be unique: an exact fit through ``p + 1`` rows
+        can make the median residual 0, and the iteration stops (converged) at such a fit;
+        which subset it lands on depends on the path (statsmodels' RLM lands on another one).
     min_stat : int or sequence of int (p,), optional
         Per predictor: minimum number of rows of the group with that predictor and the target
         finite; below it the predictor is dropped from the group's fit (slope NaN). Default 1
@@ -427,9 +434,11 @@ def fit_groups(
         1983 parametric empirical Bayes), ``d_j`` the difference
         between a node's independent estimate and its parent's and ``V_j`` its sampling
         variance, over all node/parent pairs that both fitted ``ok``. Nodes too thin to
-        fit on their own (n < parameters, or singular) get a shrunk fit when ``Lambda > 0``
-        (borrowing ``sigma^2`` from the parent). ``rms``/``mad``/``n_used`` of shrunk nodes
-        are recomputed over all their usable rows.
+        fit on their own (n < parameters or ``min_rows``, or singular) get a shrunk fit when
+        ``Lambda > 0`` (borrowing ``sigma^2`` from the parent) and status ``pooled`` -- not
+        ``ok``: callers that need an estimate backed by the node's own rows select
+        ``status == ok``. Shrunk nodes that could be fitted on their own keep their status.
+        ``rms``/``mad``/``n_used`` of shrunk nodes are recomputed over all their usable rows.
     feature_names, target_names : sequence of str, optional
         Names for export; default ``x0..``, ``y0..``.
 
@@ -527,11 +536,7 @@ def fit_groups(
     ip = np.array([METHODS[method], int(max_iter), int(min_rows), int(do_shrink)], dtype=np.int64)
     fp = np.array([huber_c, sigma_cut, tol, cond_fallback, 1e-14, 1e-10], dtype=np.float64)
     n_chunks = int(max(1, min(G, 64)))
-    out = None
-    if method == "ols" and not do_shrink and G:
-        out = _fit_fast(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
-    if out is None:
-        out = _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, do_shrink)
+    out = _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, do_shrink)
     (coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats) = out
 
     pidx = np.full(G, -1, dtype=np.int64)
@@ -587,13 +592,39 @@ def fit_groups(
     )
 
 
+def _group_rows(codes, keep, G, Xa, ya, w):
+    """Kept rows laid out group by group: ``(offsets (G+1,), Xg, Yg, Wg)``.
+
+    Rows that already arrive grouped (every row kept, codes non-decreasing) are used in place;
+    otherwise a stable counting sort (O(n), one parallel scatter pass) copies them into arrays
+    allocated here with numpy.
+    """
+    offsets = np.empty(G + 1, dtype=np.int64)
+    if _k._is_grouped(codes, keep):
+        _k._grouped_offsets(codes, G, offsets)
+        return offsets, Xa, ya, w
+    n_parts = numba.get_num_threads() if codes.shape[0] >= 100_000 else 1
+    start = np.zeros((n_parts, G), dtype=np.int64)
+    _k._part_counts(codes, keep, start)
+    _k._part_offsets(start, offsets)
+    m = int(offsets[-1])
+    Xg = np.empty((m, Xa.shape[1]))
+    Yg = np.empty((m, ya.shape[1]))
+    Wg = np.empty(m)
+    _k._scatter_rows(codes, keep, Xa, ya, w, start, Xg, Yg, Wg)
+    return offsets, Xg, Yg, Wg
+
+
 def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
-    """Row-layout path (every method): counting sort, then every group on its own rows."""
+    """Every method: rows laid out by group (counting sort), then every group on its own
+    contiguous rows in one parallel pass. Plain OLS takes the inline fast kernel; groups it
+    declines (non-finite values, dropped predictors, too few rows, ill-conditioned) and every
+    other case go through the general per-group fit."""
     p = Xa.shape[1]
     T = ya.shape[1]
-    offsets, order = _k._layout(codes, keep, G)
-    # rows in group order + weighted mean of each predictor (finite values only) per group
-    Xg, Yg, Wg, x_mean = _k._gather(order, Xa, ya, w, offsets, n_chunks)
+    offsets, Xg, Yg, Wg = _group_rows(codes, keep, G, Xa, ya, w)
+    m = Xg.shape[0]
+    x_mean = np.empty((G, p))
     coef = np.empty((G, T, p + 1))
     se = np.empty((G, T, p + 1))
     rms = np.empty((G, T))
@@ -612,68 +643,18 @@ def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
     st_syy = np.zeros((sG, T))
     st_sig2 = np.zeros((sG, T))
     st_kept = np.zeros((sG, T, sp), np.uint8)
-    if G:
-        _k._fit_all(Xg, Yg, Wg, offsets, ms, sgn, ip, fp, n_chunks, coef, se, rms, mad, cond,
-                    n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy,
-                    st_sig2, st_kept)
+    todo = np.ones(G, dtype=np.uint8)
+    if G and ip[_k.IP_METHOD] == _k.METHOD_OLS and not store and not sgn.any():
+        _k._fit_ols_fast(Xg, Yg, Wg, offsets, ms, ip, fp, n_chunks, coef, se, rms, mad, cond,
+                         n_used, status, x_mean, todo)
+    if G and todo.any():
+        _k._x_mean(Xg, Wg, offsets, n_chunks, todo, x_mean)
+        _k._fit_all(Xg, Yg, Wg, offsets, ms, sgn, ip, fp, n_chunks, todo, np.empty(m),
+                    np.empty(m, dtype=np.bool_), np.empty(m), np.empty(m), coef, se, rms, mad,
+                    cond, n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs,
+                    st_syy, st_sig2, st_kept)
     stats = (Xg, Yg, Wg, offsets, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept)
     return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats
-
-
-def _fit_fast(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks):
-    """OLS on finite data without laying rows out by group (see ``_groupby_kernels``).
-
-    Returns None when the data contain NaN/inf (the row-layout path handles per-fit row
-    exclusion). Singular or ill-conditioned groups are refitted by the row-layout path.
-    """
-    p = Xa.shape[1]
-    T = ya.shape[1]
-    finite, acc = _k._accumulate(codes, keep, Xa, ya, w, G)
-    if not finite:
-        return None
-    o_w, o_shx, o_shy, o_sx, o_sy, o_sxx, o_sxy, o_syy, o_xmax, o_ymax, width = _k._acc_layout(p, T)
-    cnt = np.ascontiguousarray(acc[:, 0]).astype(np.int64)
-    Ws = np.ascontiguousarray(acc[:, o_w])
-    shx = np.ascontiguousarray(acc[:, o_shx:o_shx + p])
-    shy = np.ascontiguousarray(acc[:, o_shy:o_shy + T])
-    Sx = np.ascontiguousarray(acc[:, o_sx:o_sx + p])
-    Sy = np.ascontiguousarray(acc[:, o_sy:o_sy + T])
-    Sxx = np.ascontiguousarray(acc[:, o_sxx:o_sxx + p * p]).reshape(G, p, p)
-    Sxy = np.ascontiguousarray(acc[:, o_sxy:o_sxy + T * p]).reshape(G, T, p)
-    xmax = np.ascontiguousarray(acc[:, o_xmax:o_xmax + p])
-    del acc
-    coef = np.empty((G, T, p + 1))
-    vdiag = np.empty((G, T, p + 1))
-    m_est = np.zeros((G, T), np.int64)
-    cond = np.empty((G, T))
-    status = np.zeros((G, T), np.int8)
-    redo = np.zeros(G, dtype=bool)
-    xbar = np.empty((G, p))
-    ybar = np.empty((G, T))
-    _k._solve_from_stats(cnt, Ws, shx, shy, Sx, Sy, Sxx, Sxy, xmax, ms, sgn, ip, fp, n_chunks,
-                         coef, vdiag, m_est, cond, status, redo, xbar, ybar)
-    offsets = np.zeros(G + 1, dtype=np.int64)
-    np.cumsum(cnt, out=offsets[1:])
-    buf = np.empty((int(offsets[-1]), T))
-    swr2 = np.zeros((G, T))
-    rec = np.concatenate([ybar, xbar, coef.reshape(G, -1)], axis=1)
-    _k._residual_scatter(codes, keep, Xa, ya, w, rec, offsets, buf, swr2)
-    se = np.empty((G, T, p + 1))
-    rms = np.empty((G, T))
-    mad = np.empty((G, T))
-    n_used = np.zeros((G, T), np.int64)
-    _k._finalize_fast(offsets, buf, swr2, Ws, cnt, coef, vdiag, m_est, n_chunks, se, rms, mad,
-                      n_used)
-    n_rej = np.zeros((G, T), np.int64)
-    n_iter = np.zeros((G, T), np.int64)
-    x_mean = xbar
-    if redo.any():
-        keep2 = keep & redo[codes]
-        slow = _fit_rows(codes, keep2, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, False)
-        for full, part in zip((coef, se, rms, mad, cond, n_used, n_rej, n_iter, status),
-                              slow[:9]):
-            full[redo] = part[redo]
-    return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, None
 
 
 def _tree_depth(parent: np.ndarray) -> np.ndarray:

@@ -221,8 +221,9 @@ def train(
                 shrinkage="eb" if rp.shrinkage == "auto" else rp.shrinkage,
                 feature_names=lin_feats, target_names=[target])
             gid = np.asarray(models.groups, np.int64)
-            # A node serves predictions only with a converged fit on at least min_stat rows;
-            # thinner nodes fall back to their nearest such ancestor (the root last).
+            # A node serves predictions only with a converged fit of its own on at least min_stat
+            # rows (status "ok"; a thin node's shrunk estimate is "pooled", i.e. mostly its
+            # parent's); thinner nodes fall back to their nearest such ancestor (the root last).
             good = ((np.asarray(models.status)[:, 0] == 0)
                     & (np.asarray(models.n_rows) >= rp.min_stat)
                     & np.all(np.isfinite(models.coef[:, 0, :1]), axis=1))

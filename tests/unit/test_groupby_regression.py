@@ -19,7 +19,13 @@ from scipy.optimize import lsq_linear
 
 from shared.errors import DataError, SchemaError
 from training import _groupby_kernels as K
-from training.groupby_regression import STATUS_CODES, fit_groups, make_parallel_fit
+from training.groupby_regression import (
+    STATUS_CODES,
+    _factorize,
+    _group_rows,
+    fit_groups,
+    make_parallel_fit,
+)
 
 OK = STATUS_CODES["ok"]
 TOO_FEW = STATUS_CODES["too_few_rows"]
@@ -579,19 +585,138 @@ def test_o2dpg_bad_columns():
         make_parallel_fit(df, ["g"], ["y"], ["y"], [], "w", "", np.ones(2, bool), fitter=object)
 
 
-def test_fast_ols_path_equals_row_layout_path():
-    # finite data take the scatter (fast) path; one NaN forces the row-layout path for all
+def _kernel_outputs(G, T, p):
+    return dict(coef=np.full((G, T, p + 1), -1.0), se=np.full((G, T, p + 1), -1.0),
+                rms=np.full((G, T), -1.0), mad=np.full((G, T), -1.0),
+                cond=np.full((G, T), -1.0), n_used=np.zeros((G, T), np.int64),
+                status=np.full((G, T), 9, np.int8), x_mean=np.full((G, p), -1.0))
+
+
+def test_fast_ols_kernel_equals_general_per_group_fit():
+    # the inline OLS kernel and the general per-group fit (_fit_one) on the same layout
     rng = np.random.default_rng(16)
-    sizes = [2, 3, 4, 5, 30, 200]
+    sizes = [2, 3, 4, 5, 30, 200, 40, 25]
     g, X, y, w = _random_groups(rng, sizes)
-    X[g == 5, 2] = 1e12 + X[g == 5, 2]
-    fast = fit_groups(g, X, y, w, min_stat=[1, 1, 25])
-    g2 = np.r_[g, 99]
-    X2 = np.r_[X, [[np.nan, 0, 0]]]
-    slow = fit_groups(g2, X2, np.r_[y, 1.0], np.r_[w, 1.0], min_stat=[1, 1, 25])
-    for name in ("coef", "stderr", "rms", "mad", "cond", "x_mean"):
-        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name)[:-1], rtol=1e-9, atol=1e-11,
-                                   equal_nan=True, err_msg=name)
+    X[g == 5, 2] = 1e12 + X[g == 5, 2]  # offsets cancel in the centred sums
+    X[g == 6, 1] = np.nan  # non-finite: declined by the fast kernel
+    X[g == 7, 2] = X[g == 7, 0] * 2 + 1e-9 * rng.normal(size=(g == 7).sum())  # cond > 1e6
+    G, p = len(sizes), 3
+    Y = np.c_[y, 2 * y - 1]
+    keep = np.ones(len(g), bool)
+    offsets, Xg, Yg, Wg = _group_rows(g.astype(np.int64), keep, G, X, Y, w)
+    ms = np.array([1, 1, 25])
+    ip = np.array([K.METHOD_OLS, 50, 0, 0])
+    fp = np.array([1.345, 4.0, 1e-8, 1e6, 1e-14, 1e-10])
+    fast = _kernel_outputs(G, 2, p)
+    redo = np.ones(G, np.uint8)
+    K._fit_ols_fast(Xg, Yg, Wg, offsets, ms, ip, fp, 3, fast["coef"], fast["se"], fast["rms"],
+                    fast["mad"], fast["cond"], fast["n_used"], fast["status"], fast["x_mean"],
+                    redo)
+    # declined: too few rows for min_stat=25 (sizes 2..5 and 25 is fine), NaN, ill-conditioned
+    assert redo.tolist() == [1, 1, 1, 1, 0, 0, 1, 1]
+    slow = _kernel_outputs(G, 2, p)
+    m = len(Wg)
+    st = [np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2, p)), np.zeros((1, 2, p, p)),
+          np.zeros((1, 2, p)), np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2, p), np.uint8)]
+    K._fit_all(Xg, Yg, Wg, offsets, ms, np.zeros(p, np.int64), ip, fp, 3, np.ones(G, np.uint8),
+               np.empty(m), np.empty(m, np.bool_), np.empty(m), np.empty(m), slow["coef"],
+               slow["se"], slow["rms"], slow["mad"], slow["cond"], slow["n_used"],
+               np.zeros((G, 2), np.int64), np.zeros((G, 2), np.int64), slow["status"], *st)
+    K._x_mean(Xg, Wg, offsets, 3, np.ones(G, np.uint8), slow["x_mean"])
+    done = redo == 0
+    for name in ("coef", "se", "rms", "mad", "cond", "x_mean"):
+        np.testing.assert_allclose(fast[name][done], slow[name][done], rtol=1e-10, atol=0,
+                                   err_msg=name)
     for name in ("status", "n_used"):
-        np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name)[:-1], err_msg=name)
-    assert np.isnan(fast.coef[:4, 0, 3]).all() and np.isfinite(fast.coef[4:, 0, 3]).all()
+        np.testing.assert_array_equal(fast[name][done], slow[name][done], err_msg=name)
+    # end to end: the public API gives the general fit's answer for every group
+    res = fit_groups(g, X, Y, w, min_stat=[1, 1, 25])
+    np.testing.assert_allclose(res.coef, slow["coef"], rtol=1e-10, equal_nan=True)
+    np.testing.assert_array_equal(res.status, slow["status"])
+
+
+@pytest.mark.parametrize("ids", ["shuffled", "negative_sparse", "grouped", "grouped_with_gaps"])
+def test_counting_sort_layout_any_ids(ids):
+    rng = np.random.default_rng(17)
+    sizes = rng.integers(1, 30, 40)
+    g, X, y, w = _random_groups(rng, sizes)
+    if ids == "negative_sparse":
+        g = np.asarray(rng.choice(np.arange(-10**6, 10**6), 40, replace=False))[g]
+    elif ids == "grouped":
+        o = np.argsort(g, kind="stable")
+        g, X, y, w = g[o], X[o], y[o], w[o]
+    elif ids == "grouped_with_gaps":
+        o = np.argsort(g, kind="stable")
+        g, X, y, w = g[o] * 7 - 100, X[o], y[o], w[o]
+    codes, labels = _factorize(g)
+    keep = rng.random(len(g)) > 0.1
+    keep[:] = True if ids.startswith("grouped") else keep
+    G = labels.size
+    offsets, Xg, Yg, Wg = _group_rows(codes, keep, G, X, y.reshape(-1, 1), w)
+    ref_off, rows = K._layout(codes, keep, G)  # stable reference order
+    np.testing.assert_array_equal(offsets, ref_off)
+    np.testing.assert_array_equal(Xg, X[rows])
+    np.testing.assert_array_equal(Yg[:, 0], y[rows])
+    np.testing.assert_array_equal(Wg, w[rows])
+    if ids.startswith("grouped"):
+        assert Xg is X  # already grouped: used in place, no copy
+    # and the fit does not depend on the row order
+    perm = rng.permutation(len(g))
+    a = fit_groups(g, X, y, w, method="huber")
+    b = fit_groups(g[perm], X[perm], y[perm], w[perm], method="huber")
+    np.testing.assert_array_equal(a.groups, b.groups)
+    np.testing.assert_allclose(a.coef, b.coef, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+def test_parallel_scatter_is_stable_across_threads():
+    # several slices of rows (one per thread) must keep the original order within a group
+    rng = np.random.default_rng(18)
+    n, G = 1000, 37
+    codes = rng.integers(0, G, n).astype(np.int64)
+    keep = rng.random(n) > 0.2
+    X = np.arange(n, dtype=np.float64).reshape(-1, 1)
+    for n_parts in (1, 2, 3, 7):
+        start = np.zeros((n_parts, G), np.int64)
+        offsets = np.empty(G + 1, np.int64)
+        K._part_counts(codes, keep, start)
+        K._part_offsets(start, offsets)
+        Xg = np.empty((offsets[-1], 1))
+        K._scatter_rows(codes, keep, X, X, X[:, 0].copy(), start, Xg, np.empty((offsets[-1], 1)),
+                        np.empty(offsets[-1]))
+        ref_off, rows = K._layout(codes, keep, G)
+        np.testing.assert_array_equal(offsets, ref_off)
+        np.testing.assert_array_equal(Xg[:, 0], rows)
+
+
+def test_eb_thin_node_is_pooled_not_ok():
+    # a leaf with fewer rows than parameters cannot be fitted on its own: with shrinkage it
+    # gets the parent-derived estimate and says so
+    rng = np.random.default_rng(19)
+    g, X, y, parent = _tree_data(rng, n_leaf_rows=(200, 150, 100, 2))
+    thin = 6
+    for shrink in ("eb", 5.0):
+        res = fit_groups(g, X, y, parent=parent, shrinkage=shrink)
+        i = res.group_index([thin])[0]
+        assert res.status_names()[i, 0] == "pooled"
+        assert res.status[i, 0] == STATUS_CODES["pooled"]
+        assert np.isfinite(res.coef[i, 0]).all()
+        others = np.arange(len(res.groups)) != i
+        assert (res.status[others, 0] == OK).all()
+    alone = fit_groups(g, X, y, parent=parent)  # no shrinkage: honest too_few_rows, NaN
+    i = alone.group_index([thin])[0]
+    assert alone.status[i, 0] == TOO_FEW and np.isnan(alone.coef[i, 0]).all()
+    # min_rows gates like too few parameters
+    res = fit_groups(g, X, y, parent=parent, shrinkage="eb", min_rows=120)
+    st = dict(zip(res.groups.tolist(), res.status_names()[:, 0].tolist()))
+    assert st[3] == "ok" and st[4] == "ok" and st[5] == "pooled" and st[6] == "pooled"
+
+
+def test_shrinkage_keeps_not_converged_status():
+    rng = np.random.default_rng(20)
+    g, X, y, parent = _tree_data(rng, n_leaf_rows=(200, 150, 100, 60))
+    y = y + (rng.random(len(y)) < 0.2) * 40
+    res = fit_groups(g, X, y, parent=parent, shrinkage="eb", method="huber", max_iter=1,
+                     tol=1e-14)
+    indep = fit_groups(g, X, y, parent=parent, method="huber", max_iter=1, tol=1e-14)
+    np.testing.assert_array_equal(res.status, indep.status)
+    assert (res.status[:, 0] == STATUS_CODES["not_converged"]).any()
