@@ -555,8 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         alo = result["worker_at_least_once"]["events_per_s"] or 1000.0
         rate = alo / 2
         print(f"latency at {rate:,.0f} events/s ...", file=sys.stderr)
-        result["latency_at_half_load"] = latency_at_rate(bs, tmp, bundle_dir, loader, records,
-                                                         rate, lat_seconds)
+        need = int(rate * lat_seconds)  # the whole duration at the rate, not a 2 s burst
+        lat_records = records if len(records) >= need else event_values(need)
+        result["latency_at_half_load"] = latency_at_rate(bs, tmp, bundle_dir, loader,
+                                                         lat_records, rate, lat_seconds)
         print("faust baseline ...", file=sys.stderr)
         try:
             result["faust_baseline"] = faust_throughput(bs, tmp, bundle_dir, loader,
@@ -565,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
             result["faust_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
         quix_py = args.quix_python or os.environ.get("SEGSTREAM_QUIX_PYTHON")
         if quix_py:
+            quix_py = os.path.abspath(quix_py)  # the app runs in a temporary directory
             print("quix baseline ...", file=sys.stderr)
             try:
                 result["quix_baseline"] = quix_throughput(
