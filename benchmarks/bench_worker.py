@@ -267,6 +267,7 @@ def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> d
     from shared.scoring import Bundle
 
     tune_gc(50_000)
+    sys.setswitchinterval(0.0005)  # as the worker (worker.gil_switch_interval_ms)
     pool = concurrent.futures.ThreadPoolExecutor(1) if isinstance(scorer, Bundle) else None
     score = (lambda cols: scorer.score(cols, executor=pool)) if pool else scorer.score
     dec = EventDecoder(scorer.schema, 65_536)

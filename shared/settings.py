@@ -305,6 +305,10 @@ class WorkerSettings(_Section):
         default=50_000, ge=0,
         description="Python GC generation-0 threshold set after start-up (with gc.freeze()); "
                     "0 keeps the interpreter's default.")
+    gil_switch_interval_ms: float = Field(
+        default=0.5, gt=0, le=100,
+        description="sys.setswitchinterval of the worker: how long a thread may hold the GIL "
+                    "while another waits (the score pool thread hands work back and forth).")
     max_batches_in_flight: int = Field(
         default=4, ge=1,
         description="at_least_once: batches produced but not yet delivered before waiting.")

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import socket
+import sys
 import threading
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -183,6 +184,9 @@ def run_worker(
     consumer.start()
     watcher.start()
     tune_gc(w.gc_gen0_threshold)
+    # The loop and the score pool thread hand the GIL back and forth several times a batch;
+    # with the default 5 ms interval each hand-over can wait that long.
+    sys.setswitchinterval(w.gil_switch_interval_ms / 1000.0)
     logger.info("worker %s started (%s, group %s)", worker_id, w.guarantee, w.group_id)
     code = EXIT_OK
     try:
