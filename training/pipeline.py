@@ -221,10 +221,15 @@ def train(
                 shrinkage="eb" if rp.shrinkage == "auto" else rp.shrinkage,
                 feature_names=lin_feats, target_names=[target])
             gid = np.asarray(models.groups, np.int64)
-            # A node serves predictions only with a converged fit of its own on at least min_stat
-            # rows (status "ok"; a thin node's shrunk estimate is "pooled", i.e. mostly its
-            # parent's); thinner nodes fall back to their nearest such ancestor (the root last).
-            good = ((np.asarray(models.status)[:, 0] == 0)
+            # A node serves predictions with a converged fit on at least min_stat usable rows of
+            # its own: status "ok", or "pooled" with that many rows, i.e. a predictor direction
+            # the node cannot identify (e.g. distance, constant within a route) is taken from the
+            # parent by the shrinkage while the rest is fitted on the node's rows. Thinner
+            # nodes fall back to their nearest such ancestor (the root last).
+            st0 = np.asarray(models.status)[:, 0]
+            n_used = np.asarray(models.n_used)
+            n_used = n_used[:, 0] if n_used.ndim > 1 else n_used
+            good = (((st0 == 0) | ((st0 == 4) & (n_used >= rp.min_stat)))
                     & (np.asarray(models.n_rows) >= rp.min_stat)
                     & np.all(np.isfinite(models.coef[:, 0, :1]), axis=1))
             usable = np.zeros(n_nodes, bool)
