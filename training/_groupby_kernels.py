@@ -1542,6 +1542,103 @@ def _ols_suffstats(codes, keep, X, Y, W, n_parts, tab):
 
 
 @njit(cache=True, parallel=True)
+def _ols_suffstats_small(codes, keep, X, Y, W, n_parts, tab):
+    """:func:`_ols_suffstats` for ``p <= 4`` predictors, unrolled (the predictors of a row stay
+    in registers; the ``p > j`` branches are the same for every row): about 1.5x faster."""
+    p = X.shape[1]
+    n = codes.shape[0]
+    G = tab.shape[0]
+    o_su = 3
+    o_suv = 3 + p
+    o_suu = 3 + 2 * p
+    o_xm = o_suu + p * (p + 1) // 2
+    o_sh = o_xm + p
+    o_pc = o_sh + p + 1
+    width = tab.shape[1]
+    flat = tab.reshape(-1)
+    for k in prange(n_parts):
+        c0 = k * G // n_parts
+        c1 = (k + 1) * G // n_parts
+        part = 0
+        part_end = n // n_parts
+        for i in range(n):
+            if i == part_end:
+                part += 1
+                part_end = (part + 1) * n // n_parts
+            if i + PREFETCH_AHEAD < n:
+                cf = codes[i + PREFETCH_AHEAD]
+                if cf >= c0 and cf < c1:
+                    bf = cf * width
+                    for l in range(0, width, 8):
+                        _prefetch(flat, bf + l)
+            c = codes[i]
+            if c < c0 or c >= c1 or not keep[i]:
+                continue
+            b = c * width
+            y = Y[i, 0]
+            w = W[i]
+            x0 = X[i, 0] if p > 0 else 0.0
+            x1 = X[i, 1] if p > 1 else 0.0
+            x2 = X[i, 2] if p > 2 else 0.0
+            x3 = X[i, 3] if p > 3 else 0.0
+            sh = b + o_sh
+            if flat[b] == 0.0:
+                flat[sh + p] = y
+                if p > 0:
+                    flat[sh] = x0
+                if p > 1:
+                    flat[sh + 1] = x1
+                if p > 2:
+                    flat[sh + 2] = x2
+                if p > 3:
+                    flat[sh + 3] = x3
+            v = y - flat[sh + p]
+            flat[b] += 1.0
+            if part < n_parts - 1:
+                flat[b + o_pc + part] += 1.0
+            flat[b + 1] += w
+            flat[b + 2] += w * v
+            su = b + o_su
+            suv = b + o_suv
+            t = b + o_suu
+            xm = b + o_xm
+            if p > 0:
+                u0 = x0 - flat[sh]
+                w0 = w * u0
+                flat[su] += w0
+                flat[suv] += w0 * v
+                flat[t] += w0 * u0
+                flat[xm] = max(flat[xm], abs(x0))
+            if p > 1:
+                u1 = x1 - flat[sh + 1]
+                w1 = w * u1
+                flat[su + 1] += w1
+                flat[suv + 1] += w1 * v
+                flat[t + 1] += w1 * u0
+                flat[t + 2] += w1 * u1
+                flat[xm + 1] = max(flat[xm + 1], abs(x1))
+            if p > 2:
+                u2 = x2 - flat[sh + 2]
+                w2 = w * u2
+                flat[su + 2] += w2
+                flat[suv + 2] += w2 * v
+                flat[t + 3] += w2 * u0
+                flat[t + 4] += w2 * u1
+                flat[t + 5] += w2 * u2
+                flat[xm + 2] = max(flat[xm + 2], abs(x2))
+            if p > 3:
+                u3 = x3 - flat[sh + 3]
+                w3 = w * u3
+                flat[su + 3] += w3
+                flat[suv + 3] += w3 * v
+                flat[t + 6] += w3 * u0
+                flat[t + 7] += w3 * u1
+                flat[t + 8] += w3 * u2
+                flat[t + 9] += w3 * u3
+                flat[xm + 3] = max(flat[xm + 3], abs(x3))
+
+
+@njit(cache=True, parallel=True)
 def _ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, cond_out, n_used,
                      status, x_mean, redo):
     """Solve every group from ``tab``; ``rec (G, 2p+1)`` gets ``ybar, xbar (p), b (p)``

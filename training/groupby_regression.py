@@ -531,7 +531,10 @@ def fit_groups(
 
     codes, labels = _factorize(gid)
     G = labels.shape[0]
-    n_rows = np.bincount(codes[sel], minlength=G).astype(np.int64) if n else np.zeros(0, np.int64)
+    if not n:
+        n_rows = np.zeros(0, np.int64)
+    else:
+        n_rows = np.bincount(codes if sel.all() else codes[sel], minlength=G).astype(np.int64)
     keep = sel & (w > 0)
     ip = np.array([METHODS[method], int(max_iter), int(min_rows), int(do_shrink)], dtype=np.int64)
     fp = np.array([huber_c, sigma_cut, tol, cond_fallback, 1e-14, 1e-10], dtype=np.float64)
@@ -670,7 +673,10 @@ def _fit_rows_ols_unsorted(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
     p = Xa.shape[1]
     n_parts = numba.get_num_threads() if codes.shape[0] >= 100_000 else 1
     tab = np.zeros((G, _k.ols_table_width(p, n_parts)))
-    _k._ols_suffstats(codes, keep, Xa, ya, w, n_parts, tab)
+    if p <= 4:
+        _k._ols_suffstats_small(codes, keep, Xa, ya, w, n_parts, tab)
+    else:
+        _k._ols_suffstats(codes, keep, Xa, ya, w, n_parts, tab)
     x_mean = np.empty((G, p))
     coef = np.empty((G, 1, p + 1))
     se = np.empty((G, 1, p + 1))

@@ -672,6 +672,30 @@ def test_unsorted_ols_path_equals_general_fit(n_groups):
     np.testing.assert_array_equal(res.n_rows, ref.n_rows)
 
 
+@pytest.mark.parametrize("p", [1, 2, 4, 5])
+def test_unsorted_ols_path_any_number_of_predictors(p):
+    # p <= 4 takes the unrolled accumulation kernel, p > 4 the generic one
+    rng = np.random.default_rng(29)
+    sizes = rng.integers(1, 40, size=300)
+    g = np.repeat(np.arange(sizes.size), sizes)
+    n = g.size
+    X = rng.normal(size=(n, p)) * rng.uniform(0.1, 10, size=p) + rng.uniform(-100, 100, size=p)
+    y = X @ rng.normal(size=p) + 3.0 + rng.normal(size=n)
+    w = rng.uniform(0.5, 2.0, size=n)
+    perm = rng.permutation(n)
+    g, X, y, w = g[perm], X[perm], y[perm], w[perm]
+    res = fit_groups(g, X, y, w)
+    ref = fit_groups(g, X, np.c_[y, y], w)
+    np.testing.assert_array_equal(res.status[:, 0], ref.status[:, 0])
+    for name in ("coef", "stderr", "rms", "mad", "cond"):
+        a = getattr(res, name)[:, 0]
+        b = getattr(ref, name)[:, 0]
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        # exact fits (n = p + 1) have residuals at rounding level: absolute tolerance there
+        atol = 1e-9 * np.abs(y).max() if name in ("rms", "mad") else 0.0
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=atol, err_msg=name)
+
+
 @pytest.mark.parametrize("ids", ["shuffled", "negative_sparse", "grouped", "grouped_with_gaps"])
 def test_counting_sort_layout_any_ids(ids):
     rng = np.random.default_rng(17)
