@@ -19,7 +19,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # status codes (mirrored in groupby_regression.STATUS_CODES)
 OK = 0
@@ -1419,3 +1422,426 @@ def _fit_ols_fast(Xg, Yg, Wg, offsets, min_stat, ip, fp, n_chunks, coef, se, rms
             if redo[g] == 0:
                 for a in range(p):
                     x_mean[g, a] = xbar[a]
+
+
+# --------------------------------------------------------------------------- OLS, unsorted rows
+#
+# Plain OLS of rows that arrive in random group order, without moving whole rows:
+#   1. ``_ols_suffstats``: one pass over the rows scatter-accumulates every group's weighted
+#      sufficient statistics around a per-group shift (the group's first row), so that the sums
+#      stay small even for 1e12 offsets; row counts and max |x| too.
+#   2. ``_ols_solve_table``: per group, centred cross-products from the shifted sums, the same
+#      Jacobi-scaled Cholesky, condition number and fallback tests as ``_fit_ols_fast``.
+#   3. ``_ols_residuals``: second pass over the rows: residual of each row written to its
+#      group-ordered slot (counting-sort positions, 8 bytes per row) and ``sum w r^2``.
+#   4. ``_ols_finish``: per group, standard errors, RMS and MAD (quickselect on the contiguous
+#      residuals).
+# Every pass splits the *groups* between threads (each thread reads all rows, handles its own
+# groups), so the sums are accumulated in row order whatever the number of threads. A group
+# the fast path declines (non-finite value, too few rows, shift too far from the mean,
+# ill-conditioned) gets ``redo[g] = 1`` and is fitted by the general path.
+
+
+PREFETCH_AHEAD = 16
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Software prefetch (``llvm.prefetch``, write intent) of ``arr[idx]`` of a 1-D array: the
+    scatter passes know the group of the row ``PREFETCH_AHEAD`` rows ahead, so its table
+    entry's cache lines are requested while the current row is processed."""
+    if not isinstance(arr, types.Array) or arr.ndim != 1:
+        return None
+    sig = types.void(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = ir.PointerType(ir.IntType(8))
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def ols_table_part_col(p):
+    """Column of the sufficient-statistics table holding the rows of row slice 0."""
+    return 3 + 2 * p + p * (p + 1) // 2 + p + (p + 1)
+
+
+def ols_table_width(p, n_parts):
+    """Doubles per group in the sufficient-statistics table (padded to whole cache lines)."""
+    w = ols_table_part_col(p) + (n_parts - 1)
+    return (w + 7) // 8 * 8
+
+
+@njit(cache=True, parallel=True)
+def _ols_suffstats(codes, keep, X, Y, W, n_parts, tab):
+    """Scatter-accumulate shifted weighted sums per group into ``tab (G, width)`` (zeroed).
+
+    Layout of a row of ``tab``: ``n, sum w, sum w v, sum w u (p), sum w u v (p),
+    sum w u u' (packed lower triangle), max |x| (p), shift x (p), shift y, rows in row slice
+    k (n_parts - 1)`` with ``u = x - shift_x``, ``v = y - shift_y``; the threads split the
+    groups, the row slices are those of the row-split residual pass."""
+    n = codes.shape[0]
+    p = X.shape[1]
+    G = tab.shape[0]
+    o_su = 3
+    o_suv = 3 + p
+    o_suu = 3 + 2 * p
+    o_xm = o_suu + p * (p + 1) // 2
+    o_sh = o_xm + p
+    width = tab.shape[1]
+    flat = tab.reshape(-1)
+    for k in prange(n_parts):
+        c0 = k * G // n_parts
+        c1 = (k + 1) * G // n_parts
+        u = np.empty(max(p, 1))
+        part = 0
+        part_end = n // n_parts
+        for i in range(n):
+            if i == part_end:
+                part += 1
+                part_end = (part + 1) * n // n_parts
+            if i + PREFETCH_AHEAD < n:
+                cf = codes[i + PREFETCH_AHEAD]
+                if cf >= c0 and cf < c1:
+                    for b in range(0, width, 8):
+                        _prefetch(flat, cf * width + b)
+            c = codes[i]
+            if c < c0 or c >= c1 or not keep[i]:
+                continue
+            if tab[c, 0] == 0.0:
+                for a in range(p):
+                    tab[c, o_sh + a] = X[i, a]
+                tab[c, o_sh + p] = Y[i, 0]
+            w = W[i]
+            v = Y[i, 0] - tab[c, o_sh + p]
+            tab[c, 0] += 1.0
+            if part < n_parts - 1:
+                tab[c, o_sh + p + 1 + part] += 1.0
+            tab[c, 1] += w
+            tab[c, 2] += w * v
+            kk = o_suu
+            for a in range(p):
+                x = X[i, a]
+                ax = abs(x)
+                if not (ax <= tab[c, o_xm + a]):
+                    tab[c, o_xm + a] = ax
+                ua = x - tab[c, o_sh + a]
+                u[a] = ua
+                wu = w * ua
+                tab[c, o_su + a] += wu
+                tab[c, o_suv + a] += wu * v
+                for b in range(a + 1):
+                    tab[c, kk] += wu * u[b]
+                    kk += 1
+
+
+@njit(cache=True, parallel=True)
+def _ols_suffstats_small(codes, keep, X, Y, W, n_parts, tab):
+    """:func:`_ols_suffstats` for ``p <= 4`` predictors, unrolled (the predictors of a row stay
+    in registers; the ``p > j`` branches are the same for every row): about 1.5x faster."""
+    p = X.shape[1]
+    n = codes.shape[0]
+    G = tab.shape[0]
+    o_su = 3
+    o_suv = 3 + p
+    o_suu = 3 + 2 * p
+    o_xm = o_suu + p * (p + 1) // 2
+    o_sh = o_xm + p
+    o_pc = o_sh + p + 1
+    width = tab.shape[1]
+    flat = tab.reshape(-1)
+    for k in prange(n_parts):
+        c0 = k * G // n_parts
+        c1 = (k + 1) * G // n_parts
+        part = 0
+        part_end = n // n_parts
+        for i in range(n):
+            if i == part_end:
+                part += 1
+                part_end = (part + 1) * n // n_parts
+            if i + PREFETCH_AHEAD < n:
+                cf = codes[i + PREFETCH_AHEAD]
+                if cf >= c0 and cf < c1:
+                    bf = cf * width
+                    for l in range(0, width, 8):
+                        _prefetch(flat, bf + l)
+            c = codes[i]
+            if c < c0 or c >= c1 or not keep[i]:
+                continue
+            b = c * width
+            y = Y[i, 0]
+            w = W[i]
+            x0 = X[i, 0] if p > 0 else 0.0
+            x1 = X[i, 1] if p > 1 else 0.0
+            x2 = X[i, 2] if p > 2 else 0.0
+            x3 = X[i, 3] if p > 3 else 0.0
+            sh = b + o_sh
+            if flat[b] == 0.0:
+                flat[sh + p] = y
+                if p > 0:
+                    flat[sh] = x0
+                if p > 1:
+                    flat[sh + 1] = x1
+                if p > 2:
+                    flat[sh + 2] = x2
+                if p > 3:
+                    flat[sh + 3] = x3
+            v = y - flat[sh + p]
+            flat[b] += 1.0
+            if part < n_parts - 1:
+                flat[b + o_pc + part] += 1.0
+            flat[b + 1] += w
+            flat[b + 2] += w * v
+            su = b + o_su
+            suv = b + o_suv
+            t = b + o_suu
+            xm = b + o_xm
+            if p > 0:
+                u0 = x0 - flat[sh]
+                w0 = w * u0
+                flat[su] += w0
+                flat[suv] += w0 * v
+                flat[t] += w0 * u0
+                flat[xm] = max(flat[xm], abs(x0))
+            if p > 1:
+                u1 = x1 - flat[sh + 1]
+                w1 = w * u1
+                flat[su + 1] += w1
+                flat[suv + 1] += w1 * v
+                flat[t + 1] += w1 * u0
+                flat[t + 2] += w1 * u1
+                flat[xm + 1] = max(flat[xm + 1], abs(x1))
+            if p > 2:
+                u2 = x2 - flat[sh + 2]
+                w2 = w * u2
+                flat[su + 2] += w2
+                flat[suv + 2] += w2 * v
+                flat[t + 3] += w2 * u0
+                flat[t + 4] += w2 * u1
+                flat[t + 5] += w2 * u2
+                flat[xm + 2] = max(flat[xm + 2], abs(x2))
+            if p > 3:
+                u3 = x3 - flat[sh + 3]
+                w3 = w * u3
+                flat[su + 3] += w3
+                flat[suv + 3] += w3 * v
+                flat[t + 6] += w3 * u0
+                flat[t + 7] += w3 * u1
+                flat[t + 8] += w3 * u2
+                flat[t + 9] += w3 * u3
+                flat[xm + 3] = max(flat[xm + 3], abs(x3))
+
+
+@njit(cache=True, parallel=True)
+def _ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, cond_out, n_used,
+                     status, x_mean, redo):
+    """Solve every group from ``tab``; ``rec (G, 2p+1)`` gets ``ybar, xbar (p), b (p)``
+    (b NaN for declined groups) for the residual pass, ``se[g, 0, :]`` the variance factors
+    (``1/W + xbar' M^-1 xbar``, ``M^-1_aa``) that ``_ols_finish`` multiplies by sigma^2.
+    ``offsets (G+1,)`` gets the group offsets of the rows (from the counts)."""
+    G = tab.shape[0]
+    q = p
+    qq = max(p, 1)
+    piv_tol = fp[FP_PIVOT_TOL]
+    cond_max = fp[FP_COND_FALLBACK]
+    o_su = 3
+    o_suv = 3 + p
+    o_suu = 3 + 2 * p
+    o_xm = o_suu + p * (p + 1) // 2
+    o_sh = o_xm + p
+    offsets[0] = 0
+    for g in range(G):
+        offsets[g + 1] = offsets[g] + np.int64(tab[g, 0])
+    for ch in prange(n_chunks):
+        g0 = ch * G // n_chunks
+        g1 = (ch + 1) * G // n_chunks
+        du = np.zeros(qq)
+        A = np.zeros((qq, qq))
+        S2 = np.zeros(qq)
+        rhs = np.zeros(qq)
+        D = np.zeros(qq)
+        iD = np.zeros(qq)
+        R = np.zeros((qq, qq))
+        L = np.zeros((qq, qq))
+        iL = np.zeros(qq)
+        Li = np.zeros((qq, qq))
+        Minv = np.zeros((qq, qq))
+        z = np.zeros(qq)
+        v = np.zeros(qq)
+        xbar = np.zeros(qq)
+        for g in range(g0, g1):
+            nrow = np.int64(tab[g, 0])
+            Wt = tab[g, 1]
+            redo[g] = 1
+            for a in range(2 * p + 1):
+                rec[g, a] = np.nan
+            if nrow < need or not (Wt > 0.0):
+                continue
+            iW = 1.0 / Wt
+            dv = tab[g, 2] * iW
+            ok = math.isfinite(dv)
+            kk = o_suu
+            for a in range(q):
+                du[a] = tab[g, o_su + a] * iW
+                rhs[a] = tab[g, o_suv + a] - tab[g, o_su + a] * tab[g, 2] * iW
+                for b in range(a + 1):
+                    A[a, b] = tab[g, kk] - tab[g, o_su + a] * tab[g, o_su + b] * iW
+                    kk += 1
+                S2[a] = tab[g, kk - 1]
+                ok = ok and math.isfinite(rhs[a]) and math.isfinite(S2[a])
+                xbar[a] = tab[g, o_sh + a] + du[a]
+            if not ok:
+                continue
+            ybar = tab[g, o_sh + p] + dv
+            # the centred diagonal must not be a small difference of the shifted sums (shift
+            # far from the mean), and the spread must not be rounding noise of the magnitude
+            for a in range(q):
+                d2 = A[a, a]
+                if (not (d2 > 1e-3 * S2[a]) or not (math.sqrt(d2 * iW) > 64.0 * EPS * tab[g, o_xm + a])):
+                    ok = False
+                    break
+                D[a] = math.sqrt(d2)
+                iD[a] = 1.0 / D[a]
+            if not ok:
+                continue
+            for a in range(q):
+                for b in range(a):
+                    R[a, b] = A[a, b] * iD[a] * iD[b]
+                R[a, a] = 1.0
+            for j in range(q):
+                d = R[j, j]
+                for k in range(j):
+                    d -= L[j, k] * L[j, k]
+                if not (d > piv_tol):
+                    ok = False
+                    break
+                ljj = math.sqrt(d)
+                L[j, j] = ljj
+                iL[j] = 1.0 / ljj
+                for i2 in range(j + 1, q):
+                    val = R[i2, j]
+                    for k in range(j):
+                        val -= L[i2, k] * L[j, k]
+                    L[i2, j] = val * iL[j]
+            if not ok:
+                continue
+            for j in range(q):
+                for i2 in range(j):
+                    Li[i2, j] = 0.0
+                Li[j, j] = iL[j]
+                for i2 in range(j + 1, q):
+                    val = 0.0
+                    for k in range(j, i2):
+                        val += L[i2, k] * Li[k, j]
+                    Li[i2, j] = -val * iL[i2]
+            n1 = 0.0
+            n2 = 0.0
+            for j in range(q):
+                c1 = 0.0
+                c2 = 0.0
+                for i2 in range(q):
+                    val = 0.0
+                    for k in range(max(i2, j), q):
+                        val += Li[k, i2] * Li[k, j]
+                    Minv[i2, j] = val
+                    c2 += abs(val)
+                    c1 += abs(R[i2, j] if i2 >= j else R[j, i2])
+                n1 = max(n1, c1)
+                n2 = max(n2, c2)
+            cnd = n1 * n2
+            if not (cnd <= cond_max):
+                continue
+            xvx = 0.0
+            for i2 in range(q):
+                val = rhs[i2] * iD[i2]
+                xv = xbar[i2] * iD[i2]
+                for k in range(i2):
+                    val -= L[i2, k] * z[k]
+                    xv -= L[i2, k] * v[k]
+                z[i2] = val * iL[i2]
+                v[i2] = xv * iL[i2]
+                xvx += v[i2] * v[i2]
+            for i2 in range(q - 1, -1, -1):
+                val = z[i2]
+                for k in range(i2 + 1, q):
+                    val -= L[k, i2] * z[k]
+                z[i2] = val * iL[i2]
+            icpt = ybar
+            rec[g, 0] = ybar
+            for a in range(q):
+                b = z[a] * iD[a]
+                icpt -= b * xbar[a]
+                rec[g, 1 + a] = xbar[a]
+                rec[g, 1 + p + a] = b
+                coef[g, 0, 1 + a] = b
+                se[g, 0, 1 + a] = Minv[a, a] * iD[a] * iD[a]
+                x_mean[g, a] = xbar[a]
+            coef[g, 0, 0] = icpt
+            se[g, 0, 0] = iW + xvx
+            cond_out[g, 0] = cnd
+            n_used[g, 0] = nrow
+            status[g, 0] = OK
+            redo[g] = 0
+
+
+@njit(cache=True, parallel=True)
+def _ols_residuals(codes, keep, X, Y, W, rec, pos, swr2, resid):
+    """Residual of every kept row into its group-ordered slot ``resid[pos[k, g]++]`` and
+    ``swr2[k, g] += w r^2``; thread k takes the k-th contiguous slice of the rows, ``pos[k]``
+    starts at the first slot of that slice's rows of each group."""
+    n = codes.shape[0]
+    p = X.shape[1]
+    n_parts = pos.shape[0]
+    width = rec.shape[1]
+    flat = rec.reshape(-1)
+    for k in prange(n_parts):
+        i0 = k * n // n_parts
+        i1 = (k + 1) * n // n_parts
+        pk = pos[k]
+        sk = swr2[k]
+        for i in range(i0, i1):
+            if i + PREFETCH_AHEAD < i1:
+                cf = codes[i + PREFETCH_AHEAD]
+                _prefetch(flat, cf * width)
+                _prefetch(flat, cf * width + width - 1)
+                _prefetch(pk, cf)
+                _prefetch(sk, cf)
+            if not keep[i]:
+                continue
+            c = codes[i]
+            r = Y[i, 0] - rec[c, 0]
+            for a in range(p):
+                r -= rec[c, 1 + p + a] * (X[i, a] - rec[c, 1 + a])
+            sk[c] += W[i] * r * r
+            s = pk[c]
+            resid[s] = abs(r)
+            pk[c] = s + 1
+
+
+@njit(cache=True, parallel=True)
+def _ols_finish(tab, swr2_parts, offsets, resid, p, n_chunks, se, rms, mad, redo):
+    """Standard errors, weighted RMS and scaled MAD of the groups the fast path solved."""
+    G = tab.shape[0]
+    for ch in prange(n_chunks):
+        g0 = ch * G // n_chunks
+        g1 = (ch + 1) * G // n_chunks
+        for g in range(g0, g1):
+            if redo[g]:
+                continue
+            s = offsets[g]
+            m = offsets[g + 1] - s
+            swr2 = 0.0
+            for k in range(swr2_parts.shape[0]):
+                swr2 += swr2_parts[k, g]
+            dof = m - 1 - p
+            sig2 = swr2 / dof if dof > 0 else np.nan
+            for a in range(p + 1):
+                se[g, 0, a] = math.sqrt(sig2 * se[g, 0, a]) if dof > 0 else np.nan
+            rms[g, 0] = math.sqrt(swr2 / tab[g, 1])
+            mad[g, 0] = _median_inplace(resid, s, m) * MAD_TO_SIGMA

@@ -531,7 +531,10 @@ def fit_groups(
 
     codes, labels = _factorize(gid)
     G = labels.shape[0]
-    n_rows = np.bincount(codes[sel], minlength=G).astype(np.int64) if n else np.zeros(0, np.int64)
+    if not n:
+        n_rows = np.zeros(0, np.int64)
+    else:
+        n_rows = np.bincount(codes if sel.all() else codes[sel], minlength=G).astype(np.int64)
     keep = sel & (w > 0)
     ip = np.array([METHODS[method], int(max_iter), int(min_rows), int(do_shrink)], dtype=np.int64)
     fp = np.array([huber_c, sigma_cut, tol, cond_fallback, 1e-14, 1e-10], dtype=np.float64)
@@ -622,6 +625,9 @@ def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
     other case go through the general per-group fit."""
     p = Xa.shape[1]
     T = ya.shape[1]
+    if (G and T == 1 and ip[_k.IP_METHOD] == _k.METHOD_OLS and not store and not sgn.any()
+            and not _k._is_grouped(codes, keep)):
+        return _fit_rows_ols_unsorted(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
     offsets, Xg, Yg, Wg = _group_rows(codes, keep, G, Xa, ya, w)
     m = Xg.shape[0]
     x_mean = np.empty((G, p))
@@ -654,6 +660,62 @@ def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
                     cond, n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs,
                     st_syy, st_sig2, st_kept)
     stats = (Xg, Yg, Wg, offsets, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept)
+    return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats
+
+
+def _fit_rows_ols_unsorted(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks):
+    """Plain OLS of one target on rows in random group order, without moving whole rows.
+
+    Sufficient statistics are scatter-accumulated per group in one pass over the rows, every
+    group is solved from them, and a second pass writes only the residuals (8 bytes a row) to
+    group-ordered slots for the MAD (see ``_groupby_kernels``, "OLS, unsorted rows"). Groups
+    the fast path declines are refitted by the general path on their own rows only."""
+    p = Xa.shape[1]
+    n_parts = numba.get_num_threads() if codes.shape[0] >= 100_000 else 1
+    tab = np.zeros((G, _k.ols_table_width(p, n_parts)))
+    if p <= 4:
+        _k._ols_suffstats_small(codes, keep, Xa, ya, w, n_parts, tab)
+    else:
+        _k._ols_suffstats(codes, keep, Xa, ya, w, n_parts, tab)
+    x_mean = np.empty((G, p))
+    coef = np.empty((G, 1, p + 1))
+    se = np.empty((G, 1, p + 1))
+    rms = np.empty((G, 1))
+    mad = np.empty((G, 1))
+    cond = np.empty((G, 1))
+    n_used = np.zeros((G, 1), np.int64)
+    n_rej = np.zeros((G, 1), np.int64)
+    n_iter = np.zeros((G, 1), np.int64)
+    status = np.zeros((G, 1), np.int8)
+    todo = np.empty(G, dtype=np.uint8)
+    rec = np.empty((G, 2 * p + 1))
+    offsets = np.empty(G + 1, dtype=np.int64)
+    need = max(p + 1, int(ip[_k.IP_MIN_ROWS]), int(ms.max()) if p else 1)
+    _k._ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, cond, n_used,
+                        status, x_mean, todo)
+    # first slot of row slice k's rows of each group: offsets + rows of the earlier slices
+    o_cnt = _k.ols_table_part_col(p)
+    pos = np.empty((n_parts, G), dtype=np.int64)
+    pos[0] = offsets[:-1]
+    for k in range(1, n_parts):
+        pos[k] = pos[k - 1] + tab[:, o_cnt + k - 1].astype(np.int64)
+    swr2 = np.zeros((n_parts, G))
+    resid = np.empty(int(offsets[-1]))
+    _k._ols_residuals(codes, keep, Xa, ya, w, rec, pos, swr2, resid)
+    _k._ols_finish(tab, swr2, offsets, resid, p, n_chunks, se, rms, mad, todo)
+    if todo.any():
+        keep_redo = keep & (todo[codes] != 0)
+        r_off, Xg, Yg, Wg = _group_rows(codes, keep_redo, G, Xa, ya, w)
+        m = Xg.shape[0]
+        sp = max(p, 1)
+        st = [np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1, sp)), np.zeros((1, 1, sp, sp)),
+              np.zeros((1, 1, sp)), np.zeros((1, 1)), np.zeros((1, 1)),
+              np.zeros((1, 1, sp), np.uint8)]
+        _k._x_mean(Xg, Wg, r_off, n_chunks, todo, x_mean)
+        _k._fit_all(Xg, Yg, Wg, r_off, ms, sgn, ip, fp, n_chunks, todo, np.empty(m),
+                    np.empty(m, dtype=np.bool_), np.empty(m), np.empty(m), coef, se, rms, mad,
+                    cond, n_used, n_rej, n_iter, status, *st)
+    stats = (None,) * 12
     return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats
 
 

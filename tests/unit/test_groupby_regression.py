@@ -635,6 +635,67 @@ def test_fast_ols_kernel_equals_general_per_group_fit():
     np.testing.assert_array_equal(res.status, slow["status"])
 
 
+@pytest.mark.parametrize("n_groups", [40, 6000])
+def test_unsorted_ols_path_equals_general_fit(n_groups):
+    # one target, rows in random group order: sufficient statistics accumulated in one pass
+    # over the unsorted rows (no row reordering). Reference: the same data with a second,
+    # identical target, which takes the grouped-rows path (fast kernel + general fit).
+    # 6000 groups x ~20 rows is above the size where the passes are split between threads.
+    rng = np.random.default_rng(23)
+    sizes = np.r_[[1, 2, 3, 4, 5, 30, 30, 30, 30, 30, 30, 30, 30],
+                  rng.integers(4, 37, size=n_groups - 13)]
+    g, X, y, w = _random_groups(rng, sizes)
+    X[g == 5, 2] = 1e12 + X[g == 5, 2]  # offsets cancel around the per-group shift
+    X[g == 6, 1] = np.nan  # non-finite: declined, general path
+    X[g == 7, 2] = X[g == 7, 0] * 2 + 1e-9 * rng.normal(size=(g == 7).sum())  # cond > 1e6
+    X[g == 8] = X[g == 8] * 1e-12  # tiny units
+    first8 = np.flatnonzero(g == 9)[0]
+    X[first8, 0] = 1e6  # the shift (first row) far from the group mean: declined
+    X[g == 10, 1] = 3.0  # constant predictor: singular
+    w[np.flatnonzero(g == 11)[:3]] = 0.0  # zero weights are not rows of the fit
+    y[np.flatnonzero(g == 12)[:2]] = np.inf  # non-finite target
+    sel = rng.random(len(g)) > 0.05
+    ms = [1, 1, 25]
+    res = fit_groups(g, X, y, w, selection=sel, min_stat=ms)
+    ref = fit_groups(g, X, np.c_[y, y], w, selection=sel, min_stat=ms)
+    assert (res.status[:, 0] == OK).sum() > 0.5 * n_groups
+    assert res.status[10, 0] == SINGULAR
+    np.testing.assert_array_equal(res.status[:, 0], ref.status[:, 0])
+    np.testing.assert_array_equal(res.n_used[:, 0], ref.n_used[:, 0])
+    for name in ("coef", "stderr", "rms", "cond"):
+        a = getattr(res, name)[:, 0]
+        b = getattr(ref, name)[:, 0]
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=0, err_msg=name)
+    np.testing.assert_allclose(res.mad[:, 0], ref.mad[:, 0], rtol=1e-8, atol=0)
+    np.testing.assert_allclose(res.x_mean, ref.x_mean, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(res.n_rows, ref.n_rows)
+
+
+@pytest.mark.parametrize("p", [1, 2, 4, 5])
+def test_unsorted_ols_path_any_number_of_predictors(p):
+    # p <= 4 takes the unrolled accumulation kernel, p > 4 the generic one
+    rng = np.random.default_rng(29)
+    sizes = rng.integers(1, 40, size=300)
+    g = np.repeat(np.arange(sizes.size), sizes)
+    n = g.size
+    X = rng.normal(size=(n, p)) * rng.uniform(0.1, 10, size=p) + rng.uniform(-100, 100, size=p)
+    y = X @ rng.normal(size=p) + 3.0 + rng.normal(size=n)
+    w = rng.uniform(0.5, 2.0, size=n)
+    perm = rng.permutation(n)
+    g, X, y, w = g[perm], X[perm], y[perm], w[perm]
+    res = fit_groups(g, X, y, w)
+    ref = fit_groups(g, X, np.c_[y, y], w)
+    np.testing.assert_array_equal(res.status[:, 0], ref.status[:, 0])
+    for name in ("coef", "stderr", "rms", "mad", "cond"):
+        a = getattr(res, name)[:, 0]
+        b = getattr(ref, name)[:, 0]
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        # exact fits (n = p + 1) have residuals at rounding level: absolute tolerance there
+        atol = 1e-9 * np.abs(y).max() if name in ("rms", "mad") else 0.0
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=atol, err_msg=name)
+
+
 @pytest.mark.parametrize("ids", ["shuffled", "negative_sparse", "grouped", "grouped_with_gaps"])
 def test_counting_sort_layout_any_ids(ids):
     rng = np.random.default_rng(17)
