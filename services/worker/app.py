@@ -175,7 +175,8 @@ def run_worker(
     )
     producer = OutputProducer(
         settings, transactional_id=transactional_id(settings, worker_id)
-        if w.guarantee == "exactly_once" else None)
+        if w.guarantee == "exactly_once" else None,
+        on_delivery=lambda err, msg: holder["loop"].on_delivery(err, msg))
     producer.start()
     loop = StreamWorker(settings, consumer, producer, scorer, metrics, worker_id,
                         take_new_scorer=watcher.take_pending)

@@ -44,7 +44,8 @@ def consumer_config(settings: Settings, *, stats_cb: Callable[[str], None] | Non
 
 
 def producer_config(settings: Settings, *, transactional_id: str | None,
-                    error_cb: Callable[[Any], None] | None = None) -> dict[str, Any]:
+                    error_cb: Callable[[Any], None] | None = None,
+                    on_delivery: Callable[[Any, Any], None] | None = None) -> dict[str, Any]:
     """librdkafka config of the output producer (large batches, bounded queue)."""
     w = settings.worker
     conf: dict[str, Any] = {
@@ -65,6 +66,8 @@ def producer_config(settings: Settings, *, transactional_id: str | None,
     conf.update(client_config(settings.broker))
     if error_cb is not None:
         conf["error_cb"] = error_cb
+    if on_delivery is not None:  # one producer-wide callback, not a Python object per record
+        conf["on_delivery"] = on_delivery
     return conf
 
 
@@ -99,10 +102,11 @@ class EventConsumer:
 class OutputProducer:
     """The producer of predictions, DLQ and stats records (transactional for exactly-once)."""
 
-    def __init__(self, settings: Settings, *, transactional_id: str | None) -> None:
+    def __init__(self, settings: Settings, *, transactional_id: str | None,
+                 on_delivery: Callable[[Any, Any], None] | None = None) -> None:
         self.transactional_id = transactional_id
         self.conf = producer_config(settings, transactional_id=transactional_id,
-                                    error_cb=_log_error)
+                                    error_cb=_log_error, on_delivery=on_delivery)
         self.init_timeout_s = settings.worker.transaction_timeout_s
         self.client: Any = None
 

@@ -3,9 +3,10 @@
 Delivery guarantees
 -------------------
 ``at_least_once``
-    Predictions, DLQ and stats records of a batch are produced with a delivery callback that
-    librdkafka calls for failed records only (``delivery.report.only.error``: a Python callback
-    per delivered record would cost more than scoring it). A batch's offsets are committed once
+    Predictions, DLQ and stats records of a batch are produced without a per-record callback;
+    the producer's one delivery callback (:meth:`StreamWorker.on_delivery`) is called by
+    librdkafka for failed records only (``delivery.report.only.error``: a Python callback per
+    delivered record would cost more than scoring it). A batch's offsets are committed once
     the producer has nothing outstanding (``len(producer) == 0``: every record produced so far
     is acknowledged and no failure was reported), which is checked before each new batch is
     produced, so the previous batch, delivered while this one was being scored, is committed
@@ -95,19 +96,13 @@ class _Transaction:
 class _InFlight:
     """One at-least-once batch whose records may not all be delivered yet."""
 
-    __slots__ = ("seq", "first", "next", "failed", "n_predictions")
+    __slots__ = ("seq", "first", "next", "n_predictions")
 
     def __init__(self, seq: int, first: dict[int, int], nxt: dict[int, int]) -> None:
         self.seq = seq
         self.first = first
         self.next = nxt
-        self.failed: str | None = None
         self.n_predictions = 0
-
-    def on_delivery(self, err: Any, msg: Any) -> None:
-        """librdkafka's delivery report; called for failed records only."""
-        if err is not None and self.failed is None:
-            self.failed = str(err)
 
 
 class StreamWorker:
@@ -149,6 +144,7 @@ class StreamWorker:
         self.failures = 0
         self.fatal: str | None = None
         self.ready = threading.Event()
+        self._delivery_error: str | None = None
         self._pool = (concurrent.futures.ThreadPoolExecutor(
             self.w.score_threads, thread_name_prefix="score") if self.w.score_threads else None)
         self._txn: _Transaction | None = None
@@ -179,6 +175,13 @@ class StreamWorker:
             old = self.scorer.bundle_id
             self._install(new)
             logger.info("hot reload: bundle %s -> %s", old[:12], new.bundle_id[:12])
+
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        """The producer's delivery report (``on_delivery`` in its config), called by librdkafka
+        for failed records only (``delivery.report.only.error``); any failure rewinds every
+        uncommitted batch, so which record failed does not matter."""
+        if err is not None and self._delivery_error is None:
+            self._delivery_error = str(err)
 
     # ------------------------------------------------------------------ rebalance callbacks
     def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -224,7 +227,10 @@ class StreamWorker:
             while not stop.is_set() and self.fatal is None:
                 self._maybe_swap()
                 self._backpressure(stop)
-                msgs = c.consume(n, timeout)
+                # What is already fetched is processed at once; only an empty queue waits for a
+                # batch to fill (up to batch_timeout_s). Waiting for a full batch while
+                # messages are queued would add the whole timeout to every event's latency.
+                msgs = c.consume(n, 0) or c.consume(n, timeout)
                 if msgs:
                     self._process(msgs)
                 if not self.exactly_once:
@@ -395,7 +401,7 @@ class StreamWorker:
         batch = _InFlight(self.seq, first, nxt)
         batch.n_predictions = len(preds)
         self.inflight.append(batch)
-        self._produce_all(msgs, decoded, ids, preds, stats, batch.on_delivery)
+        self._produce_all(msgs, decoded, ids, preds, stats, None)
 
     def _settle(self, commit_sync: bool = False,
                 current_first: dict[int, int] | None = None) -> bool:
@@ -407,10 +413,9 @@ class StreamWorker:
         p.poll(0)
         if not self.inflight:
             return True
-        for b in self.inflight:
-            if b.failed is not None:
-                self._delivery_failed(b, current_first)
-                return False
+        if self._delivery_error is not None:
+            self._delivery_failed(current_first)
+            return False
         if len(p):
             return True
         done: dict[int, int] = {}
@@ -428,7 +433,7 @@ class StreamWorker:
         """Wait until the producer has delivered everything in flight (or a record failed)."""
         deadline = time.monotonic() + self.w.transaction_timeout_s * 4
         p = self.producer.client
-        while self.inflight and len(p) and not any(b.failed for b in self.inflight):
+        while self.inflight and len(p) and self._delivery_error is None:
             p.poll(0.01)
             if time.monotonic() > deadline:
                 self.fatal = "deliveries did not complete in time"
@@ -456,12 +461,13 @@ class StreamWorker:
         except KafkaException as exc:
             logger.warning("commit failed (events will be redelivered): %s", exc)
 
-    def _delivery_failed(self, failed: _InFlight,
-                         current_first: dict[int, int] | None = None) -> None:
-        logger.error("batch %d: delivery failed (%s); rewinding without commit", failed.seq,
-                     failed.failed)
+    def _delivery_failed(self, current_first: dict[int, int] | None = None) -> None:
+        logger.error("delivery failed (%s); rewinding %d uncommitted batch(es) (from batch %s) "
+                     "without commit", self._delivery_error, len(self.inflight),
+                     self.inflight[0].seq if self.inflight else "-")
         self.metrics.batch_failures.labels(stage="deliver").inc()
         self.producer.client.flush(self.w.transaction_timeout_s)
+        self._delivery_error = None  # everything in flight is rewound below
         rewind: dict[int, int] = {}
         firsts = [b.first for b in self.inflight] + [current_first or {}]
         for first in firsts:  # every batch in flight (none is committed) and the one in hand

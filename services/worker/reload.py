@@ -274,18 +274,20 @@ def parse_update(value: bytes | None) -> dict[str, Any] | None:
 
 
 def warm_up(scorer: Scorer) -> None:
-    """Score a two-row batch (one row all missing, one of zeros and empty strings) so that
-    numba's compiled kernels and XGBoost's predictor are loaded here, off the hot path,
-    instead of in the first real batch (hundreds of milliseconds of latency otherwise).
+    """Score a two-row batch so that numba's compiled kernels and XGBoost's predictor are
+    loaded here, off the hot path, instead of in the first real batch (hundreds of
+    milliseconds of latency otherwise). Row 0 has every optional field missing, row 1 holds
+    zeros and empty strings; required fields are present in both, as the decoder guarantees.
 
     Raises whatever the scorer raises: a bundle that cannot score this cannot score events.
     """
     columns: dict[str, np.ndarray] = {}
     for f in scorer.schema.event_fields:
         if f.type in ("float", "int", "bool"):
-            columns[f.name] = np.array([np.nan, 0.0])
+            columns[f.name] = np.array([0.0 if f.required else np.nan, 0.0])
         elif f.type == "datetime":
-            columns[f.name] = np.array(["NaT", "2020-01-01T00:00:00"], dtype="datetime64[ns]")
+            t0 = "2020-01-01T00:00:00" if f.required else "NaT"
+            columns[f.name] = np.array([t0, "2020-01-01T00:00:00"], dtype="datetime64[ns]")
         else:
-            columns[f.name] = np.array([None, ""], dtype=object)
+            columns[f.name] = np.array(["" if f.required else None, ""], dtype=object)
     scorer.score(columns)

@@ -54,6 +54,7 @@ class FakeProducer:
         self.delivered: list[bytes] = []
         self.fail_values = set(fail_values)
         self.log = log if log is not None else []
+        self.on_delivery: Any = None  # the producer-wide callback (set to the loop's)
 
     def produce(self, topic: str, value: bytes, key: Any = None, headers: Any = None,
                 on_delivery: Any = None) -> None:
@@ -62,9 +63,9 @@ class FakeProducer:
 
     def poll(self, timeout: float = 0) -> int:
         done, self.sent, self.queued = self.sent, self.queued, []
-        for value, cb in done:
+        for value, _ in done:
             if any(f in value for f in self.fail_values):
-                cb(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+                self.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
             else:
                 self.delivered.append(value)
         return len(done)
@@ -105,6 +106,7 @@ def setup(tmp_path, flights_df):
 def _run(s, scorer, consumer, producer) -> StreamWorker:
     loop = StreamWorker(s, _Client(consumer), _Client(producer), scorer,
                         WorkerMetrics.create(CollectorRegistry()), "w1")
+    producer.on_delivery = loop.on_delivery
     loop.assigned = {0, 1}
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
