@@ -1202,6 +1202,79 @@ def _residual_stats(Xg, Yg, Wg, offsets, coef, mask, rms, mad, n_used):
                 mad[g, t] = np.nan
 
 
+@njit(cache=True, inline="always")
+def _scaled_chol_inv(A, iD, q, piv_tol, R, L, iL, Li, Minv):
+    """Jacobi-scaled Cholesky of the centred Gram ``A`` (``R = D^-1 A D^-1``, lower triangle
+    used; ``iD = 1 / sqrt(diag A)``): ``L``, ``iL = 1 / diag L``, ``Minv = R^-1`` and the return
+    value, the 1-norm condition number of ``R`` (NaN when ``R`` is not positive definite
+    above ``piv_tol``)."""
+    for a in range(q):
+        for b in range(a):
+            R[a, b] = A[a, b] * iD[a] * iD[b]
+        R[a, a] = 1.0
+    for j in range(q):
+        d = R[j, j]
+        for k in range(j):
+            d -= L[j, k] * L[j, k]
+        if not (d > piv_tol):
+            return np.nan  # fails every ``cnd <= limit`` test, whatever the limit
+        ljj = math.sqrt(d)
+        L[j, j] = ljj
+        iL[j] = 1.0 / ljj
+        for i2 in range(j + 1, q):
+            val = R[i2, j]
+            for k in range(j):
+                val -= L[i2, k] * L[j, k]
+            L[i2, j] = val * iL[j]
+    # inverse of L, Minv = (L L')^-1 = Li' Li, 1-norm condition number of R
+    for j in range(q):
+        for i2 in range(j):
+            Li[i2, j] = 0.0
+        Li[j, j] = iL[j]
+        for i2 in range(j + 1, q):
+            val = 0.0
+            for k in range(j, i2):
+                val += L[i2, k] * Li[k, j]
+            Li[i2, j] = -val * iL[i2]
+    n1 = 0.0
+    n2 = 0.0
+    for j in range(q):
+        c1 = 0.0
+        c2 = 0.0
+        for i2 in range(q):
+            val = 0.0
+            for k in range(max(i2, j), q):
+                val += Li[k, i2] * Li[k, j]
+            Minv[i2, j] = val
+            c2 += abs(val)
+            c1 += abs(R[i2, j] if i2 >= j else R[j, i2])
+        n1 = max(n1, c1)
+        n2 = max(n2, c2)
+    return n1 * n2
+
+
+@njit(cache=True, inline="always")
+def _chol_solve_scaled(L, iL, iD, rhs, xbar, q, z, v):
+    """Solve ``L L' z = rhs / D`` in place in ``z``; return ``||L^-1 (xbar / D)||^2`` (the
+    intercept's variance term), ``v`` holding ``L^-1 (xbar / D)``."""
+    xvx = 0.0
+    for i2 in range(q):
+        val = rhs[i2] * iD[i2]
+        xv = xbar[i2] * iD[i2]
+        for k in range(i2):
+            val -= L[i2, k] * z[k]
+            xv -= L[i2, k] * v[k]
+        z[i2] = val * iL[i2]
+        v[i2] = xv * iL[i2]
+        xvx += v[i2] * v[i2]
+    for i2 in range(q - 1, -1, -1):
+        val = z[i2]
+        for k in range(i2 + 1, q):
+            val -= L[k, i2] * z[k]
+        z[i2] = val * iL[i2]
+    return xvx
+
+
 # --------------------------------------------------------------------------- OLS fast path
 #
 # Plain weighted least squares of a group whose rows are all finite, with every predictor kept
@@ -1326,73 +1399,14 @@ def _fit_ols_fast(Xg, Yg, Wg, offsets, min_stat, ip, fp, n_chunks, coef, se, rms
                         break
                     D[a] = math.sqrt(d2)
                     iD[a] = 1.0 / D[a]
+                cnd = np.nan
                 if ok:
-                    for a in range(q):
-                        for b in range(a):
-                            R[a, b] = A[a, b] * iD[a] * iD[b]
-                        R[a, a] = 1.0
-                    for j in range(q):
-                        d = R[j, j]
-                        for k in range(j):
-                            d -= L[j, k] * L[j, k]
-                        if not (d > piv_tol):
-                            ok = False
-                            break
-                        ljj = math.sqrt(d)
-                        L[j, j] = ljj
-                        iL[j] = 1.0 / ljj
-                        for i2 in range(j + 1, q):
-                            val = R[i2, j]
-                            for k in range(j):
-                                val -= L[i2, k] * L[j, k]
-                            L[i2, j] = val * iL[j]
+                    cnd = _scaled_chol_inv(A, iD, q, piv_tol, R, L, iL, Li, Minv)
+                    ok = cnd <= cond_max
                 if not ok:
                     redo[g] = 1
                     break
-                # inverse of L, Minv = (L L')^-1 = Li' Li, 1-norm condition number of R
-                for j in range(q):
-                    for i2 in range(j):
-                        Li[i2, j] = 0.0
-                    Li[j, j] = iL[j]
-                    for i2 in range(j + 1, q):
-                        val = 0.0
-                        for k in range(j, i2):
-                            val += L[i2, k] * Li[k, j]
-                        Li[i2, j] = -val * iL[i2]
-                n1 = 0.0
-                n2 = 0.0
-                for j in range(q):
-                    c1 = 0.0
-                    c2 = 0.0
-                    for i2 in range(q):
-                        val = 0.0
-                        for k in range(max(i2, j), q):
-                            val += Li[k, i2] * Li[k, j]
-                        Minv[i2, j] = val
-                        c2 += abs(val)
-                        c1 += abs(R[i2, j] if i2 >= j else R[j, i2])
-                    n1 = max(n1, c1)
-                    n2 = max(n2, c2)
-                cnd = n1 * n2
-                if not (cnd <= cond_max):
-                    redo[g] = 1
-                    break
-                # solve L L' z = rhs / D; xvx = ||L^-1 (xbar / D)||^2
-                xvx = 0.0
-                for i2 in range(q):
-                    val = rhs[i2] * iD[i2]
-                    xv = xbar[i2] * iD[i2]
-                    for k in range(i2):
-                        val -= L[i2, k] * z[k]
-                        xv -= L[i2, k] * v[k]
-                    z[i2] = val * iL[i2]
-                    v[i2] = xv * iL[i2]
-                    xvx += v[i2] * v[i2]
-                for i2 in range(q - 1, -1, -1):
-                    val = z[i2]
-                    for k in range(i2 + 1, q):
-                        val -= L[k, i2] * z[k]
-                    z[i2] = val * iL[i2]
+                xvx = _chol_solve_scaled(L, iL, iD, rhs, xbar, q, z, v)
                 icpt = ybar
                 for a in range(q):
                     beta[a] = z[a] * iD[a]
@@ -1710,68 +1724,10 @@ def _ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, cond_ou
                 iD[a] = 1.0 / D[a]
             if not ok:
                 continue
-            for a in range(q):
-                for b in range(a):
-                    R[a, b] = A[a, b] * iD[a] * iD[b]
-                R[a, a] = 1.0
-            for j in range(q):
-                d = R[j, j]
-                for k in range(j):
-                    d -= L[j, k] * L[j, k]
-                if not (d > piv_tol):
-                    ok = False
-                    break
-                ljj = math.sqrt(d)
-                L[j, j] = ljj
-                iL[j] = 1.0 / ljj
-                for i2 in range(j + 1, q):
-                    val = R[i2, j]
-                    for k in range(j):
-                        val -= L[i2, k] * L[j, k]
-                    L[i2, j] = val * iL[j]
-            if not ok:
-                continue
-            for j in range(q):
-                for i2 in range(j):
-                    Li[i2, j] = 0.0
-                Li[j, j] = iL[j]
-                for i2 in range(j + 1, q):
-                    val = 0.0
-                    for k in range(j, i2):
-                        val += L[i2, k] * Li[k, j]
-                    Li[i2, j] = -val * iL[i2]
-            n1 = 0.0
-            n2 = 0.0
-            for j in range(q):
-                c1 = 0.0
-                c2 = 0.0
-                for i2 in range(q):
-                    val = 0.0
-                    for k in range(max(i2, j), q):
-                        val += Li[k, i2] * Li[k, j]
-                    Minv[i2, j] = val
-                    c2 += abs(val)
-                    c1 += abs(R[i2, j] if i2 >= j else R[j, i2])
-                n1 = max(n1, c1)
-                n2 = max(n2, c2)
-            cnd = n1 * n2
+            cnd = _scaled_chol_inv(A, iD, q, piv_tol, R, L, iL, Li, Minv)
             if not (cnd <= cond_max):
                 continue
-            xvx = 0.0
-            for i2 in range(q):
-                val = rhs[i2] * iD[i2]
-                xv = xbar[i2] * iD[i2]
-                for k in range(i2):
-                    val -= L[i2, k] * z[k]
-                    xv -= L[i2, k] * v[k]
-                z[i2] = val * iL[i2]
-                v[i2] = xv * iL[i2]
-                xvx += v[i2] * v[i2]
-            for i2 in range(q - 1, -1, -1):
-                val = z[i2]
-                for k in range(i2 + 1, q):
-                    val -= L[k, i2] * z[k]
-                z[i2] = val * iL[i2]
+            xvx = _chol_solve_scaled(L, iL, iD, rhs, xbar, q, z, v)
             icpt = ybar
             rec[g, 0] = ybar
             for a in range(q):
