@@ -357,6 +357,31 @@ FAUST_APP = textwrap.dedent('''
 ''')
 
 
+def _run_app(cmd: list[str], tmp: Path, env: dict[str, str], progress: Path, n: int,
+             timeout_s: float, name: str) -> tuple[float, list[str]]:
+    """Start a baseline app, wait until its progress file (``count [...]``) reaches ``n``,
+    stop it; return the wall time and the last progress fields."""
+    log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
+    t0 = time.time()
+    p = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout_s
+    state = ["0"]
+    try:
+        while time.monotonic() < deadline:
+            try:
+                state = progress.read_text().split() or ["0"]
+                if int(state[0]) >= n:
+                    break
+            except (FileNotFoundError, ValueError):
+                pass
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with {p.returncode} (see {tmp}/{name}.log)")
+            time.sleep(0.25)
+        return time.time() - t0, state
+    finally:
+        stop(p)
+
+
 def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
                      records: list[tuple[bytes, bytes]], timeout_s: float) -> dict[str, Any]:
     s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
@@ -368,26 +393,9 @@ def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | 
     env = {**os.environ, "REPO": str(REPO), "BUNDLE": str(bundle_dir), "BS": bootstrap,
            "PREFIX": s.topics.events, "EVENTS": s.topics.events, "PREDS": s.topics.predictions,
            "PROGRESS": str(progress), "PYTHONPATH": str(REPO)}
-    log = open(tmp / "faust.log", "ab")  # noqa: SIM115
-    t0 = time.time()
-    p = subprocess.Popen([sys.executable, str(app_py), "worker", "-l", "warn",
-                          ], cwd=tmp,
-                         stdout=log, stderr=subprocess.STDOUT, env=env)
     n = len(records)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            try:
-                if int(progress.read_text() or 0) >= n:
-                    break
-            except (FileNotFoundError, ValueError):
-                pass
-            if p.poll() is not None:
-                raise RuntimeError(f"faust exited with {p.returncode}")
-            time.sleep(0.25)
-        wall = time.time() - t0
-    finally:
-        stop(p)
+    wall, _ = _run_app([sys.executable, str(app_py), "worker", "-l", "warn"], tmp, env,
+                       progress, n, timeout_s, "faust")
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
     ts = np.array([t for _, t in preds], dtype=np.float64) / 1000.0
     span = float(ts.max() - ts.min()) if len(ts) > 1 else float("nan")
@@ -465,28 +473,9 @@ def quix_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | N
            "PREFIX": s.topics.events, "EVENTS": s.topics.events, "PREDS": s.topics.predictions,
            "PROGRESS": str(progress), "PYTHONPATH": str(REPO), "N": str(n),
            "STATE": str(tmp / "quix-state")}
-    log = open(tmp / "quix.log", "ab")  # noqa: SIM115
-    t0 = time.time()
-    p = subprocess.Popen([python, str(app_py)], cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                         env=env)
-    deadline = time.monotonic() + timeout_s
-    state = ["0", "nan", "nan"]
-    try:
-        while time.monotonic() < deadline:
-            try:
-                state = progress.read_text().split()
-                if int(state[0]) >= n:
-                    break
-            except (FileNotFoundError, ValueError, IndexError):
-                pass
-            if p.poll() is not None:
-                raise RuntimeError(f"quix app exited with {p.returncode} (see {tmp}/quix.log)")
-            time.sleep(0.25)
-        wall = time.time() - t0
-        version = subprocess.run([python, "-c", "import quixstreams; print(quixstreams.__version__)"],
-                                 capture_output=True, text=True, env=env).stdout.strip()
-    finally:
-        stop(p)
+    wall, state = _run_app([python, str(app_py)], tmp, env, progress, n, timeout_s, "quix")
+    version = subprocess.run([python, "-c", "import quixstreams; print(quixstreams.__version__)"],
+                             capture_output=True, text=True, env=env).stdout.strip()
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
     # Quix gives an output record its input's timestamp, so the span is timed in the app:
     # from the first record's processing to the last one's.

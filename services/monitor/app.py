@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -198,27 +198,21 @@ class MonitorService:
                 self.events_processed += len(events)
                 await self._send(alerts)
 
-        async def predictions_agent(stream: Any) -> None:
-            async for events in stream.take_events(batch, within):
-                now = time.time()
-                for event in events:
-                    msg = event.message
-                    at(msg.partition)
-                    core.on_prediction(self._decode(event.value), msg.partition, msg.offset,
-                                       now)
-                flush()
-                self.events_processed += len(events)
+        def record_agent(handle: Callable[..., None]) -> Callable[[Any], Any]:
+            """An agent feeding each record of its topic to ``handle`` (no alerts of its own)."""
+            async def agent(stream: Any) -> None:
+                async for events in stream.take_events(batch, within):
+                    now = time.time()
+                    for event in events:
+                        msg = event.message
+                        at(msg.partition)
+                        handle(self._decode(event.value), msg.partition, msg.offset, now)
+                    flush()
+                    self.events_processed += len(events)
+            return agent
 
-        async def outcomes_agent(stream: Any) -> None:
-            async for events in stream.take_events(batch, within):
-                now = time.time()
-                for event in events:
-                    msg = event.message
-                    at(msg.partition)
-                    core.on_outcome(self._decode(event.value), msg.partition, msg.offset,
-                                    now)
-                flush()
-                self.events_processed += len(events)
+        predictions_agent = record_agent(core.on_prediction)
+        outcomes_agent = record_agent(core.on_outcome)
 
         async def ticks_agent(stream: Any) -> None:
             async for events in stream.take_events(batch, within):
