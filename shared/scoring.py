@@ -208,8 +208,7 @@ class Bundle:
         ``fallback_level``, ``prediction``, ``interval_low/high``, ``imputed``,
         ``unknown_key``, ``contributions``, ``model_node``); ``finish()`` returns the full
         :meth:`score` dict. With an ``executor`` the profile part (the XGBoost pattern
-        classifier and the mixture intervals, which run without the GIL) is computed there
-        from the start, so the caller can use ``partial`` (e.g. count drift statistics)
+        classifier, which runs without the GIL) is computed there from the start, so the caller can use ``partial`` (e.g. count drift statistics)
         before calling ``finish()``.
 
         Raises
@@ -221,7 +220,7 @@ class Bundle:
         if missing:
             raise SchemaError(f"batch lacks column(s) {missing} needed by bundle "
                               f"{self.bundle_id[:12]}")
-        pending = executor.submit(self.profiles.score, columns) if executor is not None \
+        pending = executor.submit(self.profiles.pattern, columns) if executor is not None \
             else None
         r = self.router.route(columns)
         n = len(r.segment)
@@ -245,9 +244,9 @@ class Bundle:
         }
 
         def finish() -> dict[str, np.ndarray]:
-            prof = pending.result() if pending is not None else self.profiles.score(columns)
-            return {**partial, "pattern": prof.pattern, "pattern_proba": prof.pattern_proba,
-                    "pattern_low": prof.low, "pattern_high": prof.high}
+            pattern, proba = pending.result() if pending is not None \
+                else self.profiles.pattern(columns)
+            return {**partial, "pattern": pattern, "pattern_proba": proba}
 
         return partial, finish
 

@@ -67,6 +67,11 @@ def test_scorer_gives_the_training_answers(model):
     np.testing.assert_allclose(s.proba.sum(axis=1), 1.0, atol=1e-12)
     np.testing.assert_array_equal(s.pattern_proba, s.proba.max(axis=1))
     assert np.all(np.isfinite(s.low)) and np.all(s.low <= s.high)
+    # the worker's pattern-only path gives the same pattern and probability
+    pattern, proba = scorer.pattern(cols)
+    np.testing.assert_array_equal(pattern, s.pattern)
+    np.testing.assert_array_equal(proba, s.pattern_proba)
+    assert pattern.dtype == np.int32 and proba.dtype == np.float64
     # other masses through the same path
     s95 = scorer.score(cols, mass=0.95)
     assert np.all(s95.high - s95.low >= s.high - s.low - 1e-9)
