@@ -99,6 +99,11 @@ class DriftReference:
             return warning, critical
         return max(warning, float(cal[0])), max(critical, float(cal[1]))
 
+    @functools.cached_property
+    def segment_table(self) -> "SegmentBinTable":
+        """The numeric references of :attr:`segments` as padded arrays (built once)."""
+        return SegmentBinTable.build(self.segments)
+
     # -------------------------------------------------------------- (de)serialisation
     def to_meta(self) -> dict[str, Any]:
         """JSON-serialisable form (stored as the bundle's ``drift_reference`` component)."""
@@ -157,6 +162,50 @@ class DriftReference:
                          for k, v in categorical.items()},
             prediction=numeric_reference(prediction, n_bins) if prediction is not None else None,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentBinTable:
+    """The large segments' numeric references as padded arrays, for binning every segment's
+    rows in one kernel pass (``services.worker.stats``).
+
+    Attributes
+    ----------
+    segment_ids : ndarray of shape (G,), int64
+        Segment ids, ascending.
+    features : tuple of str, length F
+        Every feature (or ``"prediction"``) that has a numeric reference in some segment.
+    edges : ndarray of shape (G, F, E), float64
+        Interior edges of segment ``g``'s reference for feature ``f`` in ``edges[g, f, :k]``
+        (``k = n_edges[g, f]``), padded with +inf.
+    n_edges : ndarray of shape (G, F), int64
+        Number of interior edges; -1 where segment ``g`` has no numeric reference for ``f``
+        (its bins are ``k + 2``: ``k + 1`` value bins and the missing bin).
+    """
+
+    segment_ids: np.ndarray
+    features: tuple[str, ...]
+    edges: np.ndarray
+    n_edges: np.ndarray
+
+    @classmethod
+    def build(cls, segments: Mapping[int, Mapping[str, Any]]) -> "SegmentBinTable":
+        ids = sorted(int(s) for s in segments)
+        names: dict[str, None] = {}
+        for feats in segments.values():
+            names.update((k, None) for k, r in feats.items() if isinstance(r, NumericReference))
+        features = tuple(names)
+        width = max([len(r.edges) for feats in segments.values() for r in feats.values()
+                     if isinstance(r, NumericReference)], default=0)
+        edges = np.full((len(ids), len(features), max(width, 1)), np.inf)
+        n_edges = np.full((len(ids), len(features)), -1, dtype=np.int64)
+        for g, sid in enumerate(ids):
+            for f, name in enumerate(features):
+                r = segments[sid].get(name)
+                if isinstance(r, NumericReference):
+                    edges[g, f, :len(r.edges)] = r.edges
+                    n_edges[g, f] = len(r.edges)
+        return cls(np.asarray(ids, dtype=np.int64), features, edges, n_edges)
 
 
 def numeric_reference(x: np.ndarray, n_bins: int = 10) -> NumericReference:

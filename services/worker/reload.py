@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from services.worker.stats import batch_stats_slices
 from shared.errors import (
     BundleCompatibilityError,
     BundleIntegrityError,
@@ -275,7 +276,7 @@ def parse_update(value: bytes | None) -> dict[str, Any] | None:
 
 def warm_up(scorer: Scorer) -> None:
     """Score a two-row batch so that numba's compiled kernels and XGBoost's predictor are
-    loaded here, off the hot path, instead of in the first real batch (hundreds of
+    loaded here (and the stats kernel run on its output), off the hot path, instead of in the first real batch (hundreds of
     milliseconds of latency otherwise). Row 0 has every optional field missing, row 1 holds
     zeros and empty strings; required fields are present in both, as the decoder guarantees.
 
@@ -290,4 +291,10 @@ def warm_up(scorer: Scorer) -> None:
             columns[f.name] = np.array([t0, "2020-01-01T00:00:00"], dtype="datetime64[ns]")
         else:
             columns[f.name] = np.array(["" if f.required else None, ""], dtype=object)
-    scorer.score(columns)
+    scores = scorer.score(columns)
+    reference = getattr(scorer, "drift_reference", None)
+    if reference is not None:  # the stats kernel (large segments) too
+        batch_stats_slices(columns, scores, reference, time_field=scorer.schema.time_field,
+                           slice_s=86_400, n_events=2, dlq_counts={}, model=scorer.model,
+                           bundle_id=scorer.bundle_id, worker="warm-up", batch=0,
+                           created_at="", max_unknown_keys=1)

@@ -34,8 +34,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from numba import njit
 
-from shared.drift import DriftReference
+from shared.drift import DriftReference, NumericReference
 
 
 def _iso(t: np.datetime64) -> str | None:
@@ -263,23 +264,49 @@ def batch_stats_slices(
                 if pm[s_i, j] != np.iinfo(np.int64).min:
                     part_max[s_i][str(p)] = _iso(np.datetime64(int(pm[s_i, j]), "ns"))
 
-    # large segments: bins of each segment's own reference, counted per slice
+    # large segments: bins of each segment's own reference, counted per slice; the numeric
+    # references of all segments in one kernel pass, any other reference by its own bin()
     segments: list[dict[str, dict[str, list[int]]]] = [{} for _ in range(S)]
     seg_col = scores.get("segment")
     if reference.segments and seg_col is not None:
-        seg_col = np.asarray(seg_col)
-        for sid, feats in reference.segments.items():
-            rows = np.flatnonzero(seg_col == sid)
-            if not len(rows):
+        seg_col = np.asarray(seg_col, dtype=np.int64)
+        table = reference.segment_table
+        ids = table.segment_ids
+        pos = np.minimum(np.searchsorted(ids, seg_col), len(ids) - 1)
+        group = np.where(ids[pos] == seg_col, pos, -1).astype(np.int64)
+        fidx = {name: f for f, name in enumerate(table.features)}
+        values = np.full((len(table.features), m), np.nan)
+        have = np.zeros(len(table.features), dtype=np.bool_)
+        for f, name in enumerate(table.features):
+            col = scores["prediction"] if name == "prediction" else columns.get(name)
+            if col is not None:
+                values[f] = col
+                have[f] = True
+        n_edges = np.where(have[None, :], table.n_edges, -1)
+        binned = np.zeros((len(ids), len(table.features), S, table.edges.shape[2] + 2),
+                          dtype=np.int64)
+        seg_rows = np.zeros((len(ids), S), dtype=np.int64)
+        _segment_bin_counts(group, slot, values, table.edges, n_edges, binned, seg_rows)
+        for g, sid in enumerate(ids.tolist()):
+            present = np.flatnonzero(seg_rows[g]).tolist()
+            if not present:
                 continue
-            present = np.bincount(slot[rows], minlength=S) > 0
+            feats = reference.segments[sid]
+            rows = None
             per_feature: dict[str, list[Any]] = {}
             for name, ref in feats.items():
+                if isinstance(ref, NumericReference):
+                    f = fidx[name]
+                    if have[f]:
+                        per_feature[name] = binned[g, f, :, :ref.n_bins].tolist()
+                    continue
+                if rows is None:
+                    rows = np.flatnonzero(group == g)
                 vals = scores["prediction"][rows] if name == "prediction" else (
                     columns[name][rows] if name in columns else None)
                 if vals is not None:
                     per_feature[name] = counts(ref.bin(vals), ref.n_bins, rows)
-            for s_i in np.flatnonzero(present).tolist():
+            for s_i in present:
                 segments[s_i][str(sid)] = {k: v[s_i] for k, v in per_feature.items()}
 
     n_dlq = int(sum(dlq_counts.values()))
@@ -319,3 +346,44 @@ def batch_stats_slices(
             rec["slice_s"] = int(slice_s)
         out.append(rec)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _segment_bin_counts(group: np.ndarray, slot: np.ndarray, values: np.ndarray,
+                        edges: np.ndarray, n_edges: np.ndarray, out: np.ndarray,
+                        rows_out: np.ndarray) -> None:  # pragma: no cover - numba
+    """Count every large-segment row into its segment's bins, all features at once.
+
+    ``group`` (n,) int64: index into the segment table or -1; ``slot`` (n,) int64: slice;
+    ``values`` (F, n) float64; ``edges`` (G, F, E) / ``n_edges`` (G, F) from
+    :class:`shared.drift.SegmentBinTable` (``n_edges < 0``: skip the feature). Adds to
+    ``out`` (G, F, S, E + 2) and ``rows_out`` (G, S). A value's bin is
+    ``searchsorted(edges, x, side="right")`` and the last bin (``k + 1``) for NaN/±inf, as
+    :meth:`shared.drift.NumericReference.bin`.
+    """
+    n = group.shape[0]
+    n_feat = values.shape[0]
+    for i in range(n):
+        g = group[i]
+        if g < 0:
+            continue
+        s = slot[i]
+        rows_out[g, s] += 1
+        for f in range(n_feat):
+            k = n_edges[g, f]
+            if k < 0:
+                continue
+            x = values[f, i]
+            if not np.isfinite(x):
+                b = k + 1
+            else:
+                lo = 0
+                hi = k
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if edges[g, f, mid] <= x:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                b = lo
+            out[g, f, s, b] += 1

@@ -139,6 +139,9 @@ def test_vectorised_slices_equal_batch_stats_per_slice() -> None:
     t[rng.random(n) < 0.02] = np.datetime64("NaT")
     x = rng.normal(5, 8, n)
     x[rng.random(n) < 0.05] = np.nan
+    x[::97] = 4.0  # exactly on an edge (bins are left-closed)
+    x[::101] = 9.0
+    x[5], x[6] = np.inf, -np.inf
     cols = {"x": x, "c": rng.choice(np.array(["a", "b", "z", None], dtype=object), n), "t": t}
     keys = np.array([None] * 6 + ["JFK|XXX", "LGA|YYY", "EWR|ZZZ"], dtype=object)
     scores = {"prediction": rng.normal(5, 3, n),
@@ -148,7 +151,8 @@ def test_vectorised_slices_equal_batch_stats_per_slice() -> None:
     base = _ref()
     ref = DriftReference(base.numeric, base.categorical, base.prediction, segments={
         1: {"x": numeric_ref([0.0, 4.0]), "prediction": numeric_ref([5.0])},
-        4: {"x": numeric_ref([9.0]), "c": CategoricalReference(("a",), np.full(3, 1 / 3))}})
+        4: {"x": numeric_ref([9.0]), "c": CategoricalReference(("a",), np.full(3, 1 / 3))},
+        5: {"prediction": numeric_ref([]), "absent_feature": numeric_ref([1.0])}})
     parts = rng.integers(0, 4, n)
     kw = dict(model="m", bundle_id="b1", worker="w1", batch=3, created_at="now",
               max_unknown_keys=2)
