@@ -82,23 +82,29 @@ def encode_predictions(
         scores["pattern_proba"].tolist(),
         event_time_text,
     )
-    # msgspec Structs encode the same bytes as orjson on dicts (field order, NaN -> null),
-    # about 4x faster.
-    encode = _ENCODER.encode
+    # msgspec Structs encode the same JSON as orjson on dicts (field order, NaN -> null),
+    # about 4x faster; all of them in one call as JSON lines (a record never holds a raw
+    # newline: JSON escapes it in strings), split into records.
     if contribution_names is None:
-        return [
-            encode(_Prediction(e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp,
-                               et, scored_at))
+        records = [
+            _Prediction(e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et,
+                        scored_at)
             for e, s, f, p, lo, hi, pt, pp, et in zip(*cols, strict=True)
         ]
-    names = list(contribution_names)
-    contrib = np.asarray(scores["contributions"], dtype=np.float64).tolist()
-    return [
-        encode(_PredictionWithContributions(
-            e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et, scored_at,
-            dict(zip(names, c, strict=True))))
-        for e, s, f, p, lo, hi, pt, pp, et, c in zip(*cols, contrib, strict=True)
-    ]
+    else:
+        names = list(contribution_names)
+        contrib = np.asarray(scores["contributions"], dtype=np.float64).tolist()
+        records = [
+            _PredictionWithContributions(
+                e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et, scored_at,
+                dict(zip(names, c, strict=True)))
+            for e, s, f, p, lo, hi, pt, pp, et, c in zip(*cols, contrib, strict=True)
+        ]
+    if not records:
+        return []
+    out = _ENCODER.encode_lines(records).split(b"\n")
+    out.pop()  # after the last newline
+    return out
 
 
 _PREDICTION_FIELDS: list[tuple[str, Any]] = [

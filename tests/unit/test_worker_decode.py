@@ -229,3 +229,36 @@ def test_fast_path_mixed_batch_keeps_input_order(decoder: EventDecoder) -> None:
     assert [(i, r) for i, r, _ in out.rejected] == [
         (1, "not_object"), (2, "wrong_type"), (4, "empty"), (5, "bad_time")]
     _same(out, decoder._decode_slow(values))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(
+    st.text(), st.one_of(st.none(), st.text(max_size=30)),
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**31 - 1)), max_size=20),
+    st.booleans())
+def test_prediction_records_equal_one_orjson_dump_each(rows, with_contributions) -> None:
+    """One JSON-lines encode split into records gives, record for record, the JSON of
+    ``orjson.dumps`` of the contract's dict (same values and field order; float spelling may
+    differ, e.g. ``1e16``): ids and times with newlines, quotes and any unicode; NaN/inf as
+    null."""
+    n = len(rows)
+    ids = [r[0] for r in rows]
+    times = [r[1] for r in rows]
+    x = np.array([r[2] for r in rows], dtype=np.float64)
+    seg = np.array([r[3] for r in rows], dtype=np.int32)
+    scores = {"segment": seg, "fallback_level": np.zeros(n, np.int8), "prediction": x,
+              "interval_low": x - 1, "interval_high": x + 1, "pattern": seg % 3,
+              "pattern_proba": np.full(n, 0.25), "contributions": np.stack([x, -x], axis=1)}
+    names = ["intercept", "distance"] if with_contributions else None
+    got = encode_predictions(ids, scores, times, model="m\n", bundle_id="b", interval_mass=0.8,
+                             scored_at="now", contribution_names=names)
+    assert len(got) == n
+    for i, rec in enumerate(got):
+        want = {"event_id": ids[i], "model": "m\n", "bundle_id": "b", "segment": int(seg[i]),
+                "fallback_level": 0, "prediction": float(x[i]),
+                "interval": [float(x[i] - 1), float(x[i] + 1)], "interval_mass": 0.8,
+                "pattern": int(seg[i] % 3), "pattern_proba": 0.25, "event_time": times[i],
+                "scored_at": "now"}
+        if names:
+            want["contributions"] = {"intercept": float(x[i]), "distance": float(-x[i])}
+        assert list(orjson.loads(rec).items()) == list(orjson.loads(orjson.dumps(want)).items())
