@@ -271,7 +271,9 @@ class WorkerSettings(_Section):
         default="at_least_once", description="Delivery guarantee for predictions and DLQ.")
     batch_size: int = Field(default=5000, ge=1, description="Max events per micro-batch.")
     batch_timeout_s: float = Field(
-        default=0.05, gt=0, description="Max wait for a micro-batch to fill (seconds).")
+        default=0.05, gt=0,
+        description="How long the worker waits for an event when none is queued (seconds); a "
+                    "micro-batch is what is queued then, up to batch_size.")
     fetch_wait_max_ms: int = Field(
         default=10, ge=0, le=1000,
         description="fetch.wait.max.ms of the events consumer: how long the broker may hold "

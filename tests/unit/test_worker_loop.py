@@ -139,3 +139,54 @@ def test_a_failed_record_rewinds_every_batch_in_flight_without_commit(setup) -> 
     assert sorted(consumer.seeks) == [(0, 100), (1, 40)]
     assert not loop.inflight
     assert len(producer.delivered) == 4  # a's other records; b was never produced
+
+
+class TimedConsumer(FakeConsumer):
+    """librdkafka's ``consume(n, timeout)``: returns when ``n`` messages are queued or the
+    timeout has passed. Messages arrive at given times after the first call."""
+
+    def __init__(self, arrivals: list[tuple[float, Message]]) -> None:
+        super().__init__([])
+        self.arrivals = sorted(arrivals, key=lambda a: a[0])
+        self.t0: float | None = None
+        self.taken: list[tuple[float, float]] = []  # (arrival, taken) per message
+
+    def consume(self, n: int, timeout: float) -> list[Message]:
+        import time
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = now
+        deadline = now + timeout
+        while True:
+            now = time.monotonic()
+            due = [a for a in self.arrivals if self.t0 + a[0] <= now]
+            if len(due) >= n or now >= deadline:
+                break
+            time.sleep(0.002)
+        out = due[:n]
+        for a in out:
+            self.arrivals.remove(a)
+            self.taken.append((a[0], now - self.t0))
+        return [m for _, m in out]
+
+
+def test_an_event_arriving_into_an_idle_worker_does_not_wait_for_the_batch_timeout(
+        setup) -> None:
+    """With a 1 s batch timeout and 1000-event batches, a single event arriving while the
+    queue is empty is taken within milliseconds (not when the timeout ends), and events
+    already queued are taken together."""
+    s, scorer, a, _ = setup
+    s = s.model_copy(update={"worker": s.worker.model_copy(
+        update={"batch_timeout_s": 1.0, "batch_size": 1000})})
+    consumer = TimedConsumer([(0.3, a[0]), (0.0, a[1]), (0.0, a[2])])
+    producer = FakeProducer()
+    loop = StreamWorker(s, _Client(consumer), _Client(producer), scorer,
+                        WorkerMetrics.create(CollectorRegistry()), "w1")
+    producer.on_delivery = loop.on_delivery
+    loop.assigned = {0, 1}
+    stop = threading.Event()
+    threading.Timer(0.8, stop.set).start()
+    assert loop.run(stop) == 0
+    waits = sorted(taken - arrived for arrived, taken in consumer.taken)
+    assert len(waits) == 3 and waits[-1] < 0.1, waits
+    assert len(producer.delivered) == 3
