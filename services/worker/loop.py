@@ -347,26 +347,26 @@ class StreamWorker:
         m.batch_seconds.observe(time.perf_counter() - t0)
 
     def _produce_all(self, msgs: list[Any], decoded: Any, ids: list[Any], preds: list[bytes],
-                     stats: list[bytes], on_delivery: Callable[..., None] | None) -> int:
-        """Produce every output record of a batch; returns how many were produced."""
+                     stats: list[bytes]) -> int:
+        """Produce every output record of a batch (delivery failures reach the producer-wide
+        :meth:`on_delivery`); returns how many were produced."""
         p = self.producer.client
         produce = p.produce
         topic = self.topics.predictions
-        kw = {"on_delivery": on_delivery} if on_delivery is not None else {}
-        count = 0
-        i = 0
-        n = len(preds)
-        # Fast path: produce until the queue is full, then poll and go on (never drop).
-        while i < n:
+        # Produce until the queue is full, then poll and retry that record (never drop).
+        records = zip(preds, ids)
+        value = key = None
+        while True:
             try:
-                for j in range(i, n):
-                    produce(topic, preds[j], ids[j], **kw)
-                i = n
+                if value is not None:
+                    produce(topic, value, key)  # the record that found the queue full
+                for value, key in records:
+                    produce(topic, value, key)
+                break
             except BufferError:
-                i = j
                 self.metrics.paused.set(1)
                 p.poll(0.05)
-        count += n
+        count = len(preds)
         self.metrics.paused.set(0)
         src = self.topics.events
         for idx, reason, detail in decoded.rejected:
@@ -375,22 +375,21 @@ class StreamWorker:
                 msg.value(), msg.headers(), reason=reason, detail=detail, topic=src,
                 partition=msg.partition(), offset=msg.offset(), worker=self.worker_id,
                 max_value_bytes=self.w.dlq_max_value_bytes)
-            self._produce_one(self.topics.dlq, value, msg.key(), headers, kw)
+            self._produce_one(self.topics.dlq, value, msg.key(), headers)
             count += 1
         for rec in stats:
-            self._produce_one(self.topics.stats, rec, self.scorer.model, None, kw)
+            self._produce_one(self.topics.stats, rec, self.scorer.model, None)
             count += 1
         return count
 
-    def _produce_one(self, topic: str, value: Any, key: Any, headers: Any,
-                     kw: dict[str, Any]) -> None:
+    def _produce_one(self, topic: str, value: Any, key: Any, headers: Any) -> None:
         p = self.producer.client
         while True:
             try:
                 if headers:
-                    p.produce(topic, value, key, headers=headers, **kw)
+                    p.produce(topic, value, key, headers=headers)
                 else:
-                    p.produce(topic, value, key, **kw)
+                    p.produce(topic, value, key)
                 return
             except BufferError:
                 p.poll(0.05)
@@ -407,7 +406,7 @@ class StreamWorker:
         batch = _InFlight(self.seq, first, nxt)
         batch.n_predictions = len(preds)
         self.inflight.append(batch)
-        self._produce_all(msgs, decoded, ids, preds, stats, None)
+        self._produce_all(msgs, decoded, ids, preds, stats)
 
     def _settle(self, commit_sync: bool = False,
                 current_first: dict[int, int] | None = None) -> bool:
@@ -497,7 +496,7 @@ class StreamWorker:
         c = self.consumer.client
         try:
             p.begin_transaction()
-            self._produce_all(msgs, decoded, ids, preds, stats, None)
+            self._produce_all(msgs, decoded, ids, preds, stats)
             offsets = [TopicPartition(self.topics.events, part, o) for part, o in nxt.items()]
             group = c.consumer_group_metadata()
         except KafkaException as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import orjson
 import pytest
 from confluent_kafka import KafkaError, Message
 from prometheus_client import CollectorRegistry
@@ -190,3 +191,32 @@ def test_an_event_arriving_into_an_idle_worker_does_not_wait_for_the_batch_timeo
     waits = sorted(taken - arrived for arrived, taken in consumer.taken)
     assert len(waits) == 3 and waits[-1] < 0.1, waits
     assert len(producer.delivered) == 3
+
+
+class BoundedProducer(FakeProducer):
+    """A producer queue of ``bound`` records: ``produce`` raises BufferError when full, as
+    librdkafka does; ``poll`` delivers what was sent."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+        self.full_hits = 0
+
+    def produce(self, topic: str, value: bytes, key: Any = None, headers: Any = None,
+                on_delivery: Any = None) -> None:
+        if len(self) >= self.bound:
+            self.full_hits += 1
+            raise BufferError("Local: Queue full")
+        super().produce(topic, value, key, headers, on_delivery)
+
+
+def test_a_full_producer_queue_is_waited_out_and_no_record_is_lost_or_doubled(setup) -> None:
+    s, scorer, a, b = setup
+    consumer = FakeConsumer([a, b])
+    producer = BoundedProducer(bound=2)
+    _run(s, scorer, consumer, producer)
+    assert producer.full_hits > 0
+    ids = [orjson.loads(v)["event_id"] for v in producer.delivered]
+    assert sorted(ids) == sorted(m.key().decode() for m in a + b)  # each once
+    assert {0: 107, 1: 43}.items() <= {k: v for c in consumer.commits
+                                       for k, v in c.items()}.items()
