@@ -283,8 +283,17 @@ def _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, sdx):
 
     Corrected two-pass algorithm (Chan, Golub & LeVeque 1983): means, then centred sums with
     the first-order correction. Fills ``xbar[:q]``, ``A[:q, :q]`` (= sum w dx dx'),
-    ``rhs[:q]`` (= sum w dx dy). Returns ``(n, W, ybar, syy)``.
+    ``rhs[:q]`` (= sum w dx dy). Returns ``(n, W, ybar, syy)``. ``q <= 4`` predictors take
+    :func:`_stats_small` (same operations in the same order, so bit-identical, about 2x faster).
     """
+    if q <= 4:
+        return _stats_small(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs)
+    return _stats_generic(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, sdx)
+
+
+@njit(cache=True)
+def _stats_generic(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, sdx):
+    """:func:`_stats` for any number of predictors (``dx``, ``sdx``: length-q scratch)."""
     n = 0
     W = 0.0
     ybar = 0.0
@@ -334,6 +343,105 @@ def _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, sdx):
     ybar += sdy / W
     for a in range(q):
         xbar[a] += sdx[a] / W
+    return n, W, ybar, syy
+
+
+@njit(cache=True)
+def _stats_small(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs):
+    """:func:`_stats` for ``q <= 4``, unrolled: the sums stay in registers instead of being
+    loaded and stored through ``A``/``rhs`` for every row (the ``q > j`` branches are the same
+    for every row)."""
+    k0 = kidx[0] if q > 0 else 0
+    k1 = kidx[1] if q > 1 else 0
+    k2 = kidx[2] if q > 2 else 0
+    k3 = kidx[3] if q > 3 else 0
+    n = 0
+    W = 0.0
+    ybar = 0.0
+    m0 = m1 = m2 = m3 = 0.0
+    for i in range(s, e):
+        w = weff[i]
+        if w > 0.0:
+            n += 1
+            W += w
+            ybar += w * Yg[i, t]
+            if q > 0:
+                m0 += w * Xg[i, k0]
+            if q > 1:
+                m1 += w * Xg[i, k1]
+            if q > 2:
+                m2 += w * Xg[i, k2]
+            if q > 3:
+                m3 += w * Xg[i, k3]
+    for a in range(q):
+        xbar[a] = 0.0
+        rhs[a] = 0.0
+        for b in range(q):
+            A[a, b] = 0.0
+    if n == 0 or not (W > 0.0):
+        return 0, 0.0, 0.0, 0.0
+    ybar /= W
+    m0 /= W
+    m1 /= W
+    m2 /= W
+    m3 /= W
+    sdy = 0.0
+    syy = 0.0
+    s0 = s1 = s2 = s3 = 0.0
+    r0 = r1 = r2 = r3 = 0.0
+    a00 = a10 = a11 = a20 = a21 = a22 = a30 = a31 = a32 = a33 = 0.0
+    d0 = d1 = d2 = 0.0
+    for i in range(s, e):
+        w = weff[i]
+        if w > 0.0:
+            dy = Yg[i, t] - ybar
+            sdy += w * dy
+            syy += w * dy * dy
+            if q > 0:
+                d0 = Xg[i, k0] - m0
+                w0 = w * d0
+                s0 += w0
+                r0 += w0 * dy
+                a00 += w0 * d0
+            if q > 1:
+                d1 = Xg[i, k1] - m1
+                w1 = w * d1
+                s1 += w1
+                r1 += w1 * dy
+                a10 += w1 * d0
+                a11 += w1 * d1
+            if q > 2:
+                d2 = Xg[i, k2] - m2
+                w2 = w * d2
+                s2 += w2
+                r2 += w2 * dy
+                a20 += w2 * d0
+                a21 += w2 * d1
+                a22 += w2 * d2
+            if q > 3:
+                d3 = Xg[i, k3] - m3
+                w3 = w * d3
+                s3 += w3
+                r3 += w3 * dy
+                a30 += w3 * d0
+                a31 += w3 * d1
+                a32 += w3 * d2
+                a33 += w3 * d3
+    # the generic version's correction loops on the register sums
+    sd = (s0, s1, s2, s3)
+    rs = (r0, r1, r2, r3)
+    ms = (m0, m1, m2, m3)
+    aa = (a00, a10, a11, a20, a21, a22, a30, a31, a32, a33)
+    kk = 0
+    for a in range(q):
+        rhs[a] = rs[a] - sd[a] * sdy / W
+        for b in range(a + 1):
+            A[a, b] = aa[kk] - sd[a] * sd[b] / W
+            A[b, a] = A[a, b]
+            kk += 1
+        xbar[a] = ms[a] + sd[a] / W
+    syy -= sdy * sdy / W
+    ybar += sdy / W
     return n, W, ybar, syy
 
 
@@ -596,13 +704,46 @@ def _nnls_gram(R, rr, q, sign, passive, u, z, L, idx, grad, piv_tol, tol):
 
 
 @njit(cache=True)
-def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, xspread_tol,
-                 D, R, rr, L, z, u, idx, passive, grad, Minv, work, beta, fp, beta_only=False):
-    """Solve one weighted least-squares problem from centred statistics.
+def _scale_gram(A, rhs, W, xspread_tol, q, D, R, rr):
+    """Jacobi scaling of the centred normal equations: ``D = sqrt(diag A)``, ``R = D^-1 A D^-1``,
+    ``rr = D^-1 rhs``. False when a predictor is constant (within rounding of its magnitude,
+    i.e. collinear with the intercept) or the right-hand side is not finite."""
+    for a in range(q):
+        d2 = A[a, a]
+        if not (d2 > 0.0) or not (math.sqrt(d2 / W) > xspread_tol[a]):
+            return False
+        D[a] = math.sqrt(d2)
+    for a in range(q):
+        rr[a] = rhs[a] / D[a]
+        for b in range(q):
+            R[a, b] = A[a, b] / (D[a] * D[b])
+        if not math.isfinite(rr[a]):
+            return False
+    return True
 
-    ``beta_only`` (robust iterations): when the unconstrained Cholesky succeeds, only ``beta``
-    is computed (no inverse, condition number or QR check; returns ``cond`` NaN) -- the caller
-    re-solves in full once the iteration has stopped.
+
+@njit(cache=True)
+def _solve_beta(A, rhs, W, xspread_tol, q, piv_tol, D, R, rr, L, idx, z, beta):
+    """Slopes only (robust iterations, no sign constraint): the Cholesky step of
+    :func:`_solve_group` without inverse, condition number or QR check. False when that
+    solve would not succeed (singular, or Cholesky fails): the caller then takes
+    :func:`_solve_group`, which decides between QR and ``SINGULAR``."""
+    if not _scale_gram(A, rhs, W, xspread_tol, q, D, R, rr):
+        return False
+    for a in range(q):
+        idx[a] = a
+    if not _chol_sub(R, idx, q, L, piv_tol):
+        return False
+    _chol_solve(L, q, rr, z)
+    for a in range(q):
+        beta[a] = z[a] / D[a]
+    return True
+
+
+@njit(cache=True)
+def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, xspread_tol,
+                 D, R, rr, L, z, u, idx, passive, grad, Minv, work, beta, fp):
+    """Solve one weighted least-squares problem from centred statistics.
 
     On success ``beta[:q]`` holds the slopes (original units), ``Minv[:q,:q]`` the inverse of
     ``A`` restricted to the estimated (passive) coefficients, ``passive[:q]`` which slopes are
@@ -613,18 +754,8 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
     for a in range(q):
         if sign_k[a] != 0:
             constrained = True
-    for a in range(q):
-        d2 = A[a, a]
-        # a constant (within rounding of its magnitude) predictor is collinear with the intercept
-        if not (d2 > 0.0) or not (math.sqrt(d2 / W) > xspread_tol[a]):
-            return SINGULAR, np.inf, 0, np.nan
-        D[a] = math.sqrt(d2)
-    for a in range(q):
-        rr[a] = rhs[a] / D[a]
-        for b in range(q):
-            R[a, b] = A[a, b] / (D[a] * D[b])
-        if not math.isfinite(rr[a]):
-            return SINGULAR, np.inf, 0, np.nan
+    if not _scale_gram(A, rhs, W, xspread_tol, q, D, R, rr):
+        return SINGULAR, np.inf, 0, np.nan
     for a in range(q):
         grad[a] = xbar[a] / D[a]  # scaled means (grad is free until the NNLS below)
     if not constrained:
@@ -636,10 +767,6 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
         xvx = 0.0
         if _chol_sub(R, idx, q, L, piv_tol):
             _chol_solve(L, q, rr, z)
-            if beta_only:
-                for a in range(q):
-                    beta[a] = z[a] / D[a]
-                return OK, np.nan, q, 0.0
             xvx = _xvx_lower(L, q, idx, grad, u)
             _tri_inv_gram(L, q, False, Minv, work)
             cond = _cond1_sub(R, idx, q, Minv)
@@ -807,6 +934,11 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
         return
     final_status = st
     partial = False
+    constrained = False
+    for a in range(q):
+        if sign_k[a] != 0:
+            constrained = True
+    piv_tol = fp[FP_PIVOT_TOL]
     # floor under which residuals are rounding noise of the data's magnitude
     rfloor = 1e3 * EPS * ymax
     iters = 0
@@ -841,9 +973,14 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
                 xb0 += beta[a] * xbar[a]
             icpt_old = ybar - xb0
             n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
-            st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
-                                          rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
-                                          Minv, work, beta, fp, True)
+            # slopes only while iterating; the full solve is redone at the final weights
+            if not constrained and _solve_beta(A, rhs, W, xspread, q, piv_tol, D, R, rr, L, idx,
+                                               z, beta):
+                st, cnd, m_est, xvx = OK, np.nan, q, 0.0
+            else:
+                st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar,
+                                                   ybar, A, rhs, W, xspread, D, R, rr, L, z, u,
+                                                   idx, passive, grad, Minv, work, beta, fp)
             iters = it + 1
             if st == SINGULAR:
                 break
@@ -908,9 +1045,14 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
                     inside = abs(res[i]) <= max(thr, rfloor * math.sqrt(Wg[i]))
                     weff[i] = Wg[i] if inside else 0.0
             n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
-            st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
-                                          rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
-                                          Minv, work, beta, fp, True)
+            # slopes only while iterating; the full solve is redone at the final weights
+            if not constrained and _solve_beta(A, rhs, W, xspread, q, piv_tol, D, R, rr, L, idx,
+                                               z, beta):
+                st, cnd, m_est, xvx = OK, np.nan, q, 0.0
+            else:
+                st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar,
+                                                   ybar, A, rhs, W, xspread, D, R, rr, L, z, u,
+                                                   idx, passive, grad, Minv, work, beta, fp)
             iters = it + 1
             if st == SINGULAR:
                 break

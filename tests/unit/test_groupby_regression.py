@@ -781,3 +781,56 @@ def test_shrinkage_keeps_not_converged_status():
     indep = fit_groups(g, X, y, parent=parent, method="huber", max_iter=1, tol=1e-14)
     np.testing.assert_array_equal(res.status, indep.status)
     assert (res.status[:, 0] == STATUS_CODES["not_converged"]).any()
+
+
+@pytest.mark.parametrize("q", [1, 2, 3, 4])
+def test_unrolled_stats_equal_generic_bitwise(q):
+    # _stats takes the unrolled kernel for q <= 4: same operations in the same order
+    rng = np.random.default_rng(31 + q)
+    for n in (1, 3, 20, 57):
+        Xg = rng.normal(size=(n, 5)) * rng.uniform(0.1, 10, 5) + rng.uniform(-1e6, 1e6, 5)
+        Yg = rng.normal(size=(n, 2)) + 1e3
+        weff = rng.uniform(0.0, 2.0, n) * (rng.random(n) > 0.2)
+        kidx = rng.permutation(5)[:q].astype(np.int64)
+        outs = []
+        for fn, extra in ((K._stats_small, ()), (K._stats_generic, (np.zeros(q), np.zeros(q)))):
+            xbar, A, rhs = np.full(q, 7.0), np.full((q, q), 7.0), np.full(q, 7.0)
+            head = fn(Xg, Yg, 1, weff, 0, n, kidx, q, xbar, A, rhs, *extra)
+            outs.append((head, xbar, A, rhs))
+        assert outs[0][0] == outs[1][0]
+        for a, b in zip(outs[0][1:], outs[1][1:]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_beta_only_solve_equals_full_solve():
+    # the robust iterations' slopes-only solve gives the full solve's slopes, and declines
+    # (False) exactly where the full solve is singular or needs the QR fallback
+    rng = np.random.default_rng(37)
+    q = 3
+    X = rng.normal(size=(30, q)) * [1.0, 10.0, 0.1] + [0.0, 1e3, 5.0]
+    y = X @ [1.0, -2.0, 3.0] + rng.normal(size=30)
+    w = rng.uniform(0.5, 2.0, 30)
+    fp = np.array([1.345, 4.0, 1e-8, 1e6, 1e-14, 1e-10])
+    kidx = np.arange(q)
+    cases = {"ok": X, "constant": np.c_[X[:, :2], np.full(30, 5.0)],
+             "collinear": np.c_[X[:, :2], 2.0 * X[:, 0] + 1.0]}
+    for name, Xc in cases.items():
+        Yc = y.reshape(-1, 1)
+        xbar, A, rhs = np.zeros(q), np.zeros((q, q)), np.zeros(q)
+        n, W, ybar, _ = K._stats(Xc, Yc, 0, w, 0, 30, kidx, q, xbar, A, rhs, np.zeros(q), np.zeros(q))
+        xs = 64.0 * K.EPS * np.abs(Xc).max(axis=0)
+        ws = [np.zeros(q), np.zeros((q, q)), np.zeros(q), np.zeros((q, q)), np.zeros(q, np.int64),
+              np.zeros(q), np.zeros(q)]
+        D, R, rr, L, idx, z, b_fast = ws
+        ok = K._solve_beta(A, rhs, W, xs, q, 1e-14, D, R, rr, L, idx, z, b_fast)
+        b_full = np.zeros(q)
+        st, cnd, m, _ = K._solve_group(
+            Xc, Yc, 0, w, 0, 30, kidx, q, np.zeros(q, np.int64), xbar, ybar, A, rhs, W, xs,
+            np.zeros(q), np.zeros((q, q)), np.zeros(q), np.zeros((q, q)), np.zeros(q),
+            np.zeros(q), np.zeros(q, np.int64), np.zeros(q, np.bool_), np.zeros(q),
+            np.zeros((q, q)), np.zeros((q, q)), b_full, fp)
+        if name == "ok":
+            assert ok and st == OK
+            np.testing.assert_array_equal(b_fast, b_full)
+        else:
+            assert not ok and st == SINGULAR, name
