@@ -314,7 +314,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     scenarios = run(quick=not full, full=full, repeats=repeats,
                     pandas_max_groups=args.pandas_max_groups, sm_groups=2_000,
-                    huber_groups=300 if not full else 1_000, rlm_groups=200)
+                    huber_groups=1_000 if not full else 3_000, rlm_groups=200)
     big = next(s for s in scenarios if s["groups"] == 100_000)
     summary = {
         "scenario": "100k groups x 20 rows (3 predictors + intercept, weights)",

@@ -259,23 +259,29 @@ def _as_numeric(a, name: str, ndim: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(codes int64 (n,), labels int64 (G,) sorted) — O(n) when the id range is compact."""
+def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes int64 (n,), labels int64 (G,) sorted, rows per label int64 (G,)) — O(n) and
+    parallel when the id range is compact."""
     n = ids.shape[0]
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     if ids.dtype.kind == "u" and ids.max() > np.iinfo(np.int64).max:
         raise DataError("group_ids: values above 2**63-1 are not supported")
     ids = ids.astype(np.int64, copy=False)
-    lo = int(ids.min())
-    hi = int(ids.max())
-    span = hi - lo + 1
+    n_parts = _n_parts(n)
+    lo, hi = _k._id_range(ids, n_parts)
+    span = int(hi) - int(lo) + 1
     if span <= 4 * n + 1024:
         codes = np.empty(n, dtype=np.int64)
-        labels = _k._dense_codes(ids, lo, np.zeros(span, dtype=np.int64), codes)
-        return codes, labels
-    labels, codes = np.unique(ids, return_inverse=True)
-    return codes.astype(np.int64).reshape(-1), labels.astype(np.int64)
+        labels, sizes = _k._dense_codes(ids, lo, np.zeros((n_parts, span), dtype=np.int64), codes)
+        return codes, labels, sizes
+    labels, codes, sizes = np.unique(ids, return_inverse=True, return_counts=True)
+    return codes.astype(np.int64).reshape(-1), labels.astype(np.int64), sizes.astype(np.int64)
+
+
+def _n_parts(n: int) -> int:
+    """Row slices for the parallel passes over the rows: one per thread from 100k rows."""
+    return numba.get_num_threads() if n >= 100_000 else 1
 
 
 def _parse_sign(sign, feature_names: Sequence[str]) -> np.ndarray:
@@ -329,19 +335,20 @@ def _prepare(group_ids, X, y, weights, selection):
             raise DataError(f"selection: has shape {sel.shape}, expected ({n},)")
     if weights is None:
         w = np.ones(n, dtype=np.float64)
+        keep = sel.copy()
     else:
         w = _as_numeric(weights, "weights", (1,))
         if w.shape[0] != n:
             raise DataError(f"weights: has {w.shape[0]} rows but group_ids has {n}")
-        ws = w[sel]
-        bad = ~np.isfinite(ws) | (ws < 0)
-        if bad.any():
-            first = int(np.flatnonzero(sel)[np.flatnonzero(bad)[0]])
+        keep = np.empty(n, dtype=bool)
+        n_bad, first = _k._check_weights(w, sel, keep, _n_parts(n))
+        if n_bad:
             raise DataError(
-                f"weights: {int(bad.sum())} selected row(s) have a negative or non-finite "
-                f"weight (first at row {first}: {w[first]!r}); weights must be finite and >= 0"
+                f"weights: {int(n_bad)} selected row(s) have a negative or non-finite "
+                f"weight (first at row {int(first)}: {w[first]!r}); weights must be finite and >= 0"
             )
-    return gid, Xa, ya, w, sel
+    # keep: selected rows with a weight > 0 (the rows of the fits)
+    return gid, Xa, ya, w, sel, keep
 
 
 # --------------------------------------------------------------------------- core
@@ -471,7 +478,7 @@ def fit_groups(
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
-    gid, Xa, ya, w, sel = _prepare(group_ids, X, y, weights, selection)
+    gid, Xa, ya, w, sel, keep = _prepare(group_ids, X, y, weights, selection)
     n, p = Xa.shape
     T = ya.shape[1]
     feature_names = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(p))
@@ -526,16 +533,12 @@ def fit_groups(
             anc = tree_parent[anc[has]]
         rows = np.concatenate(rows_list)
         gid = np.concatenate(ids_list)
-        Xa, ya, w, sel = Xa[rows], ya[rows], w[rows], sel[rows]
+        Xa, ya, w, sel, keep = Xa[rows], ya[rows], w[rows], sel[rows], keep[rows]
         n = gid.shape[0]
 
-    codes, labels = _factorize(gid)
+    codes, labels, sizes = _factorize(gid)
     G = labels.shape[0]
-    if not n:
-        n_rows = np.zeros(0, np.int64)
-    else:
-        n_rows = np.bincount(codes if sel.all() else codes[sel], minlength=G).astype(np.int64)
-    keep = sel & (w > 0)
+    n_rows = sizes if sel.all() else np.bincount(codes[sel], minlength=G).astype(np.int64)
     ip = np.array([METHODS[method], int(max_iter), int(min_rows), int(do_shrink)], dtype=np.int64)
     fp = np.array([huber_c, sigma_cut, tol, cond_fallback, 1e-14, 1e-10], dtype=np.float64)
     n_chunks = int(max(1, min(G, 64)))
@@ -606,7 +609,7 @@ def _group_rows(codes, keep, G, Xa, ya, w):
     if _k._is_grouped(codes, keep):
         _k._grouped_offsets(codes, G, offsets)
         return offsets, Xa, ya, w
-    n_parts = numba.get_num_threads() if codes.shape[0] >= 100_000 else 1
+    n_parts = _n_parts(codes.shape[0])
     start = np.zeros((n_parts, G), dtype=np.int64)
     _k._part_counts(codes, keep, start)
     _k._part_offsets(start, offsets)
@@ -671,12 +674,12 @@ def _fit_rows_ols_unsorted(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
     group-ordered slots for the MAD (see ``_groupby_kernels``, "OLS, unsorted rows"). Groups
     the fast path declines are refitted by the general path on their own rows only."""
     p = Xa.shape[1]
-    n_parts = numba.get_num_threads() if codes.shape[0] >= 100_000 else 1
-    tab = np.zeros((G, _k.ols_table_width(p, n_parts)))
+    n_parts = _n_parts(codes.shape[0])
+    tab = np.zeros((n_parts, G, _k.ols_table_width(p)))
     if p <= 4:
-        _k._ols_suffstats_small(codes, keep, Xa, ya, w, n_parts, tab)
+        _k._ols_suffstats_small(codes, keep, Xa, ya, w, tab)
     else:
-        _k._ols_suffstats(codes, keep, Xa, ya, w, n_parts, tab)
+        _k._ols_suffstats(codes, keep, Xa, ya, w, tab)
     x_mean = np.empty((G, p))
     coef = np.empty((G, 1, p + 1))
     se = np.empty((G, 1, p + 1))
@@ -691,18 +694,19 @@ def _fit_rows_ols_unsorted(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
     rec = np.empty((G, 2 * p + 1))
     offsets = np.empty(G + 1, dtype=np.int64)
     need = max(p + 1, int(ip[_k.IP_MIN_ROWS]), int(ms.max()) if p else 1)
-    _k._ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, cond, n_used,
+    _k._ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, rms, cond, n_used,
                         status, x_mean, todo)
+    offsets[0] = 0
+    np.cumsum(offsets[1:], out=offsets[1:])
     # first slot of row slice k's rows of each group: offsets + rows of the earlier slices
-    o_cnt = _k.ols_table_part_col(p)
     pos = np.empty((n_parts, G), dtype=np.int64)
     pos[0] = offsets[:-1]
     for k in range(1, n_parts):
-        pos[k] = pos[k - 1] + tab[:, o_cnt + k - 1].astype(np.int64)
+        pos[k] = pos[k - 1] + tab[k - 1, :, 0].astype(np.int64)
     swr2 = np.zeros((n_parts, G))
     resid = np.empty(int(offsets[-1]))
     _k._ols_residuals(codes, keep, Xa, ya, w, rec, pos, swr2, resid)
-    _k._ols_finish(tab, swr2, offsets, resid, p, n_chunks, se, rms, mad, todo)
+    _k._ols_finish(swr2, offsets, resid, p, n_chunks, se, rms, mad, todo)
     if todo.any():
         keep_redo = keep & (todo[codes] != 0)
         r_off, Xg, Yg, Wg = _group_rows(codes, keep_redo, G, Xa, ya, w)

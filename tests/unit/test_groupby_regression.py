@@ -709,7 +709,7 @@ def test_counting_sort_layout_any_ids(ids):
     elif ids == "grouped_with_gaps":
         o = np.argsort(g, kind="stable")
         g, X, y, w = g[o] * 7 - 100, X[o], y[o], w[o]
-    codes, labels = _factorize(g)
+    codes, labels, _ = _factorize(g)
     keep = rng.random(len(g)) > 0.1
     keep[:] = True if ids.startswith("grouped") else keep
     G = labels.size
@@ -781,3 +781,123 @@ def test_shrinkage_keeps_not_converged_status():
     indep = fit_groups(g, X, y, parent=parent, method="huber", max_iter=1, tol=1e-14)
     np.testing.assert_array_equal(res.status, indep.status)
     assert (res.status[:, 0] == STATUS_CODES["not_converged"]).any()
+
+
+@pytest.mark.parametrize("q", [1, 2, 3, 4])
+def test_unrolled_stats_equal_generic_bitwise(q):
+    # _stats takes the unrolled kernel for q <= 4: same operations in the same order
+    rng = np.random.default_rng(31 + q)
+    for n in (1, 3, 20, 57):
+        Xg = rng.normal(size=(n, 5)) * rng.uniform(0.1, 10, 5) + rng.uniform(-1e6, 1e6, 5)
+        Yg = rng.normal(size=(n, 2)) + 1e3
+        weff = rng.uniform(0.0, 2.0, n) * (rng.random(n) > 0.2)
+        kidx = rng.permutation(5)[:q].astype(np.int64)
+        outs = []
+        for fn, extra in ((K._stats_small, ()), (K._stats_generic, (np.zeros(q), np.zeros(q)))):
+            xbar, A, rhs = np.full(q, 7.0), np.full((q, q), 7.0), np.full(q, 7.0)
+            head = fn(Xg, Yg, 1, weff, 0, n, kidx, q, xbar, A, rhs, *extra)
+            outs.append((head, xbar, A, rhs))
+        assert outs[0][0] == outs[1][0]
+        for a, b in zip(outs[0][1:], outs[1][1:]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_beta_only_solve_equals_full_solve():
+    # the robust iterations' slopes-only solve gives the full solve's slopes, and declines
+    # (False) exactly where the full solve is singular or needs the QR fallback
+    rng = np.random.default_rng(37)
+    q = 3
+    X = rng.normal(size=(30, q)) * [1.0, 10.0, 0.1] + [0.0, 1e3, 5.0]
+    y = X @ [1.0, -2.0, 3.0] + rng.normal(size=30)
+    w = rng.uniform(0.5, 2.0, 30)
+    fp = np.array([1.345, 4.0, 1e-8, 1e6, 1e-14, 1e-10])
+    kidx = np.arange(q)
+    cases = {"ok": X, "constant": np.c_[X[:, :2], np.full(30, 5.0)],
+             "collinear": np.c_[X[:, :2], 2.0 * X[:, 0] + 1.0]}
+    for name, Xc in cases.items():
+        Yc = y.reshape(-1, 1)
+        xbar, A, rhs = np.zeros(q), np.zeros((q, q)), np.zeros(q)
+        n, W, ybar, _ = K._stats(Xc, Yc, 0, w, 0, 30, kidx, q, xbar, A, rhs, np.zeros(q), np.zeros(q))
+        xs = 64.0 * K.EPS * np.abs(Xc).max(axis=0)
+        ws = [np.zeros(q), np.zeros((q, q)), np.zeros(q), np.zeros((q, q)), np.zeros(q, np.int64),
+              np.zeros(q), np.zeros(q)]
+        D, R, rr, L, idx, z, b_fast = ws
+        ok = K._solve_beta(A, rhs, W, xs, q, 1e-14, D, R, rr, L, idx, z, b_fast)
+        b_full = np.zeros(q)
+        st, cnd, m, _ = K._solve_group(
+            Xc, Yc, 0, w, 0, 30, kidx, q, np.zeros(q, np.int64), xbar, ybar, A, rhs, W, xs,
+            np.zeros(q), np.zeros((q, q)), np.zeros(q), np.zeros((q, q)), np.zeros(q),
+            np.zeros(q), np.zeros(q, np.int64), np.zeros(q, np.bool_), np.zeros(q),
+            np.zeros((q, q)), np.zeros((q, q)), b_full, fp)
+        if name == "ok":
+            assert ok and st == OK
+            np.testing.assert_array_equal(b_fast, b_full)
+        else:
+            assert not ok and st == SINGULAR, name
+
+
+@pytest.mark.parametrize("p", [2, 3, 5])
+def test_row_slice_tables_merge_to_one_table(p):
+    # per-thread tables over slices of the rows, merged around one shift, equal the table of
+    # all rows in one slice (1e12 offsets included: shifts are rows of the group)
+    rng = np.random.default_rng(41 + p)
+    G, n = 50, 3000
+    codes = rng.integers(0, G, n).astype(np.int64)
+    keep = rng.random(n) > 0.1
+    X = rng.normal(size=(n, p)) * rng.uniform(0.1, 10, p) + rng.uniform(-100, 100, p)
+    X[codes == 3, 0] += 1e12
+    Y = (X @ rng.normal(size=p) + rng.normal(size=n)).reshape(-1, 1)
+    w = rng.uniform(0.5, 2.0, n)
+    width = K.ols_table_width(p)
+    kernel = K._ols_suffstats_small if p <= 4 else K._ols_suffstats
+    merged = {}
+    for n_parts in (1, 3):
+        tab = np.zeros((n_parts, G, width))
+        kernel(codes, keep, X, Y, w, tab)
+        acc = np.zeros(width)
+        out = np.zeros((G, width))
+        for g in range(G):
+            K._ols_merge_parts(tab, g, p, acc)
+            out[g] = acc
+        merged[n_parts] = out
+    one, three = merged[1], merged[3]
+    np.testing.assert_array_equal(one[:, 0], three[:, 0])  # row counts exact
+    # sums around the same shift (the group's first kept row) agree to rounding
+    scale = np.abs(one).max(axis=0) + 1e-300
+    np.testing.assert_allclose(three / scale, one / scale, rtol=0, atol=1e-12)
+    # and the fits from them agree
+    res1 = fit_groups(codes, X, Y[:, 0], w, selection=keep)
+    ref = fit_groups(codes, X, np.c_[Y, Y], w, selection=keep)
+    np.testing.assert_allclose(res1.coef[:, 0], ref.coef[:, 0], rtol=1e-9, atol=0)
+
+
+def test_parallel_input_checks_match_numpy():
+    rng = np.random.default_rng(43)
+    n = 5000
+    w = rng.uniform(0.0, 2.0, n)
+    w[[17, 400, 4999]] = [np.nan, -1.0, np.inf]
+    w[rng.random(n) < 0.1] = 0.0
+    sel = rng.random(n) > 0.05
+    sel[[17, 400, 4999]] = [False, True, True]
+    for n_parts in (1, 3):
+        keep = np.empty(n, bool)
+        n_bad, first = K._check_weights(w, sel, keep, n_parts)
+        np.testing.assert_array_equal(keep, sel & (w > 0))
+        bad = sel & (~np.isfinite(w) | (w < 0))
+        assert (n_bad, first) == (bad.sum(), np.flatnonzero(bad)[0])
+    ids = rng.integers(-50, 300, n)
+    for n_parts in (1, 3):
+        lo, hi = K._id_range(ids, n_parts)
+        assert (lo, hi) == (ids.min(), ids.max())
+        codes = np.empty(n, np.int64)
+        labels, sizes = K._dense_codes(ids, lo, np.zeros((n_parts, hi - lo + 1), np.int64), codes)
+        ref_labels, ref_codes, ref_sizes = np.unique(ids, return_inverse=True, return_counts=True)
+        np.testing.assert_array_equal(labels, ref_labels)
+        np.testing.assert_array_equal(codes, ref_codes)
+        np.testing.assert_array_equal(sizes, ref_sizes)
+    # the public error message on a large input (parallel slices)
+    g = np.zeros(200_000, np.int64)
+    ww = np.ones(200_000)
+    ww[150_001] = -2.0
+    with pytest.raises(DataError, match=r"weights: 1 selected row\(s\) .*first at row 150001"):
+        fit_groups(g, np.ones((200_000, 1)), np.zeros(200_000), ww)
