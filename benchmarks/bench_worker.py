@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from shared.broker import EmbeddedBroker, free_port  # noqa: E402
 from shared.kafka import FAST_GROUP_CONFIG, ensure_topics  # noqa: E402
+from shared.settings import WorkerSettings  # noqa: E402
 from shared.store import ArtifactStore  # noqa: E402
 from tests.integration.worker_helpers import worker_settings, write_config  # noqa: E402
 
@@ -339,7 +340,7 @@ FAUST_APP = textwrap.dedent('''
     @app.agent(events)
     async def score(stream):
         global done
-        async for batch in stream.take(5000, within=0.05):
+        async for batch in stream.take(int(os.environ["BATCH"]), within=0.05):
             d = dec.decode(batch)
             sc = scorer.score(d.columns)
             ids = d.columns[scorer.schema.id_field].tolist()
@@ -392,7 +393,8 @@ def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | 
     progress = tmp / f"{s.topics.events}.progress"
     env = {**os.environ, "REPO": str(REPO), "BUNDLE": str(bundle_dir), "BS": bootstrap,
            "PREFIX": s.topics.events, "EVENTS": s.topics.events, "PREDS": s.topics.predictions,
-           "PROGRESS": str(progress), "PYTHONPATH": str(REPO)}
+           "PROGRESS": str(progress), "PYTHONPATH": str(REPO),
+           "BATCH": str(s.worker.batch_size)}
     n = len(records)
     wall, _ = _run_app([sys.executable, str(app_py), "worker", "-l", "warn"], tmp, env,
                        progress, n, timeout_s, "faust")
@@ -402,8 +404,8 @@ def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | 
     return {"events": n, "predictions": len(preds), "seconds_first_to_last_prediction": span,
             "events_per_s": len(preds) / span if span > 0 else None,
             "wall_seconds_including_startup": wall,
-            "agent": "stream.take(5000, within=0.05) + same decoder/scorer/encoder + "
-                     "await topic.send per record"}
+            "agent": f"stream.take({s.worker.batch_size}, within=0.05) + same decoder/scorer/"
+                     "encoder + await topic.send per record"}
 
 
 QUIX_APP = textwrap.dedent('''
@@ -534,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
                               "bundle": bundle_label, "bundle_id": scorer.bundle_id,
                               "environment": environment()}
     print("in-process ...", file=sys.stderr)
-    result["in_process"] = in_process(scorer, records, 5000)
+    result["in_process"] = in_process(scorer, records, WorkerSettings().batch_size)
     result["per_row_baseline"] = per_row(scorer, records, 2000 if full else 1000)
     with EmbeddedBroker() as broker:
         bs = broker.bootstrap

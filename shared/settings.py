@@ -269,7 +269,7 @@ class WorkerSettings(_Section):
     group_id: str = Field(default="segstream-worker", description="Consumer group id.")
     guarantee: Literal["at_least_once", "exactly_once"] = Field(
         default="at_least_once", description="Delivery guarantee for predictions and DLQ.")
-    batch_size: int = Field(default=5000, ge=1, description="Max events per micro-batch.")
+    batch_size: int = Field(default=20_000, ge=1, description="Max events per micro-batch.")
     batch_timeout_s: float = Field(
         default=0.05, gt=0,
         description="How long the worker waits for an event when none is queued (seconds); a "
