@@ -437,6 +437,14 @@ def _stats_small(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs):
                 m2 += w * Xg[i, k2]
             if q > 3:
                 m3 += w * Xg[i, k3]
+    return _stats_small_pass2(Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W,
+                              ybar, m0, m1, m2, m3)
+
+
+@njit(cache=True)
+def _stats_small_pass2(Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W,
+                       ybar, m0, m1, m2, m3):
+    """Second (centred) pass of :func:`_stats_small` from the first pass's weighted sums."""
     for a in range(q):
         xbar[a] = 0.0
         rhs[a] = 0.0
@@ -507,6 +515,80 @@ def _stats_small(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs):
     syy -= sdy * sdy / W
     ybar += sdy / W
     return n, W, ybar, syy
+
+
+@njit(cache=True)
+def _resid_small(Xg, Yg, t, valid, sqw, s, e, kidx, q, ybar, xbar, beta, res, scratch):
+    """Huber residual pass for ``q <= 4``, unrolled (same operations in the same order as the
+    generic loop, so bit-identical): ``res[i] = r sqrt(w)`` of the valid rows (``sqw[i - s]``
+    holds ``sqrt(Wg[i])``), their absolute values packed into ``scratch[s:s+m]``. Returns m."""
+    k0 = kidx[0] if q > 0 else 0
+    k1 = kidx[1] if q > 1 else 0
+    k2 = kidx[2] if q > 2 else 0
+    k3 = kidx[3] if q > 3 else 0
+    b0 = beta[0] if q > 0 else 0.0
+    b1 = beta[1] if q > 1 else 0.0
+    b2 = beta[2] if q > 2 else 0.0
+    b3 = beta[3] if q > 3 else 0.0
+    m0 = xbar[0] if q > 0 else 0.0
+    m1 = xbar[1] if q > 1 else 0.0
+    m2 = xbar[2] if q > 2 else 0.0
+    m3 = xbar[3] if q > 3 else 0.0
+    m = 0
+    for i in range(s, e):
+        if valid[i]:
+            r = Yg[i, t] - ybar
+            if q > 0:
+                r -= b0 * (Xg[i, k0] - m0)
+            if q > 1:
+                r -= b1 * (Xg[i, k1] - m1)
+            if q > 2:
+                r -= b2 * (Xg[i, k2] - m2)
+            if q > 3:
+                r -= b3 * (Xg[i, k3] - m3)
+            ri = r * sqw[i - s]
+            res[i] = ri
+            scratch[s + m] = abs(ri)
+            m += 1
+    return m
+
+
+@njit(cache=True)
+def _huber_stats_small(Xg, Yg, Wg, t, weff, valid, res, scale, c_h, s, e, kidx, q, xbar, A,
+                       rhs):
+    """Huber weights ``weff[i] = Wg[i] h(|res[i]| / scale)`` of the valid rows fused into the
+    first pass of :func:`_stats_small` (same operations in the same order: bit-identical to
+    the weight loop followed by :func:`_stats_small`)."""
+    k0 = kidx[0] if q > 0 else 0
+    k1 = kidx[1] if q > 1 else 0
+    k2 = kidx[2] if q > 2 else 0
+    k3 = kidx[3] if q > 3 else 0
+    n = 0
+    W = 0.0
+    ybar = 0.0
+    m0 = m1 = m2 = m3 = 0.0
+    for i in range(s, e):
+        if valid[i]:
+            a_r = abs(res[i]) / scale
+            h = 1.0 if a_r <= c_h else c_h / a_r
+            w = Wg[i] * h
+            weff[i] = w
+        else:
+            w = weff[i]
+        if w > 0.0:
+            n += 1
+            W += w
+            ybar += w * Yg[i, t]
+            if q > 0:
+                m0 += w * Xg[i, k0]
+            if q > 1:
+                m1 += w * Xg[i, k1]
+            if q > 2:
+                m2 += w * Xg[i, k2]
+            if q > 3:
+                m3 += w * Xg[i, k3]
+    return _stats_small_pass2(Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W,
+                              ybar, m0, m1, m2, m3)
 
 
 @njit(cache=True)
@@ -897,7 +979,7 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
 
 
 @njit(cache=True)
-def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, scratch,
+def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, scratch, sqw,
              cnt, kidx, sign_k, xbar, xspread, A, rhs, dx, D, R, rr, L, z, u, idx, passive,
              grad, Minv, work, beta, beta_old,
              coef, se, rms, mad, cond_out, n_used, n_rej, n_iter, status,
@@ -1010,33 +1092,47 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
         c_h = fp[FP_HUBER_C]
         tol = fp[FP_TOL]
         converged = False
+        # per-row constants of the iterations: sqrt of the input weights
+        for i in range(s, e):
+            if valid[i]:
+                sqw[i - s] = math.sqrt(Wg[i])
+        small = q <= 4
         for it in range(max_iter):
             # residuals at the current fit and MAD scale of standardised residuals (centre 0)
-            m = 0
-            for i in range(s, e):
-                if valid[i]:
-                    r = Yg[i, t] - ybar
-                    for a in range(q):
-                        r -= beta[a] * (Xg[i, kidx[a]] - xbar[a])
-                    res[i] = r * math.sqrt(Wg[i])
-                    scratch[s + m] = abs(res[i])
-                    m += 1
+            if small:
+                m = _resid_small(Xg, Yg, t, valid, sqw, s, e, kidx, q, ybar, xbar, beta, res,
+                                 scratch)
+            else:
+                m = 0
+                for i in range(s, e):
+                    if valid[i]:
+                        r = Yg[i, t] - ybar
+                        for a in range(q):
+                            r -= beta[a] * (Xg[i, kidx[a]] - xbar[a])
+                        res[i] = r * sqw[i - s]
+                        scratch[s + m] = abs(res[i])
+                        m += 1
             scale = _median_inplace(scratch, s, m) * MAD_TO_SIGMA
             if not (scale > rfloor):
                 converged = True  # (near-)perfect fit of at least half the rows
                 break
-            for i in range(s, e):
-                if valid[i]:
-                    a_r = abs(res[i]) / scale
-                    h = 1.0 if a_r <= c_h else c_h / a_r
-                    weff[i] = Wg[i] * h
+            if not small:
+                for i in range(s, e):
+                    if valid[i]:
+                        a_r = abs(res[i]) / scale
+                        h = 1.0 if a_r <= c_h else c_h / a_r
+                        weff[i] = Wg[i] * h
             for a in range(q):
                 beta_old[a] = beta[a]
             xb0 = 0.0
             for a in range(q):
                 xb0 += beta[a] * xbar[a]
             icpt_old = ybar - xb0
-            n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+            if small:
+                n, W, ybar, syy = _huber_stats_small(Xg, Yg, Wg, t, weff, valid, res, scale, c_h,
+                                                     s, e, kidx, q, xbar, A, rhs)
+            else:
+                n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
             # slopes only while iterating; the full solve is redone at the final weights
             if not constrained and _solve_beta(A, rhs, W, xspread, q, piv_tol, D, R, rr, L, idx,
                                                z, beta):
@@ -1244,6 +1340,11 @@ def _fit_all(Xg, Yg, Wg, offsets, min_stat, sign, ip, fp, n_chunks, todo, weff, 
         work = np.zeros((qq, qq))
         beta = np.zeros(qq)
         beta_old = np.zeros(qq)
+        # chunk-local row workspace (sized for the chunk's largest group)
+        lmax = 1
+        for g in range(g0, g1):
+            lmax = max(lmax, offsets[g + 1] - offsets[g])
+        sqw = np.empty(lmax)
         for g in range(g0, g1):
             if todo[g] == 0:
                 continue
@@ -1251,7 +1352,7 @@ def _fit_all(Xg, Yg, Wg, offsets, min_stat, sign, ip, fp, n_chunks, todo, weff, 
             e = offsets[g + 1]
             for t in range(T):
                 _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res,
-                         scratch, cnt, kidx, sign_k, xbar, xspread, A, rhs, dx, D, R, rr, L, z,
+                         scratch, sqw, cnt, kidx, sign_k, xbar, xspread, A, rhs, dx, D, R, rr, L, z,
                          u, idx, passive, grad, Minv, work, beta, beta_old,
                          coef, se, rms, mad, cond_out, n_used, n_rej, n_iter, status,
                          st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept)
