@@ -374,16 +374,8 @@ def _segment_bin_counts(group: np.ndarray, slot: np.ndarray, values: np.ndarray,
             if k < 0:
                 continue
             x = values[f, i]
-            if not np.isfinite(x):
-                b = k + 1
+            if np.isfinite(x):
+                b = np.searchsorted(edges[g, f, :k], x, side="right")
             else:
-                lo = 0
-                hi = k
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if edges[g, f, mid] <= x:
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                b = lo
+                b = k + 1
             out[g, f, s, b] += 1
