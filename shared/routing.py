@@ -186,6 +186,25 @@ def _factorized(values: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
     return codes, uniq
 
 
+def remember_factorization(values: np.ndarray, codes: np.ndarray, uniques: list[str]) -> None:
+    """Give :func:`encode_categories` the factorisation of a column computed elsewhere (the
+    worker's decoder codes its string columns while parsing), so it is not hashed again.
+
+    Parameters
+    ----------
+    values : numpy.ndarray of object, shape (n,)
+        The column; it must be read-only (it is made so here) and ``values[i]`` must be
+        ``uniques[codes[i]]``, or None where ``codes[i] == -1``.
+    codes : numpy.ndarray of shape (n,), int64
+        ``pandas.factorize`` convention (-1 = missing).
+    uniques : list of str
+    """
+    values.flags.writeable = False
+    _FACTORIZED[id(values)] = (weakref.ref(values), codes, uniques)
+    while len(_FACTORIZED) > 64:
+        _FACTORIZED.popitem(last=False)
+
+
 def _category_lookup(categories: pd.Index) -> dict[str, int]:
     """``{category: code}`` of a table, cached per Index object (kept while it lives)."""
     key = id(categories)

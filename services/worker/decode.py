@@ -4,12 +4,20 @@ Pure logic (no Kafka). Every input value ends up either as one row of the decode
 with exactly one DLQ reason from :data:`DLQ_REASONS`; :meth:`EventDecoder.decode` never raises
 on values.
 
-The hot path decodes each value with a msgspec decoder typed by the schema (a ``Struct`` per
-event: parsing and type validation in C, unknown fields skipped), picks the columns out of the
-structs with one ``msgspec.structs.astuple`` pass and converts each column once. Only the values that
-msgspec refuses (or that are empty or too large) take the slow path: ``orjson.loads`` into
-dicts and a per-column type check that names the DLQ reason. msgspec accepts a subset of what
-the slow path accepts, with the same values, so the fast path changes speed, never outcomes.
+Three paths, each accepting a subset of what the next one accepts, with the same values, so the
+faster paths change speed, never outcomes:
+
+1. **Flat path** (:mod:`services.worker._decode_kernels`): the batch's values are joined into one
+   buffer and one GIL-free numba pass parses the plain form producers write (an object of
+   scalars, ASCII strings without escapes, the time field in a fixed ISO 8601 form) straight
+   into columns; string columns are cut out of the buffer in one ``split`` each. Numbers that
+   are not one correctly rounded operation away (17 significant digits...) are converted by
+   msgspec in one call for the batch.
+2. **Struct path**, for the events the flat path leaves: a msgspec decoder typed by the schema
+   (a ``Struct`` per event: parsing and type validation in C, unknown fields skipped), the
+   columns picked out with one ``msgspec.structs.astuple`` pass.
+3. **Slow path**, for the values msgspec refuses (or that are empty or too large):
+   ``orjson.loads`` into dicts and a per-column type check that names the DLQ reason.
 
 Handling of odd inputs
 ----------------------
@@ -46,6 +54,17 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from services.worker._decode_kernels import (
+    KIND_BOOL,
+    KIND_NUMBER,
+    KIND_STRING,
+    KIND_TIME,
+    code_spans,
+    join_hard,
+    join_spans,
+    parse_flat_objects,
+)
+from shared.routing import remember_factorization
 from shared.settings import FieldSpec, SchemaSettings
 
 logger = logging.getLogger(__name__)
@@ -130,6 +149,24 @@ class EventDecoder:
         # ``astuple`` gives the values in the struct's field order (required fields first).
         by_attr = {f"f{i}": f.name for i, f in enumerate(self.fields)}
         self._struct_names = [by_attr[a] for a in event.__struct_fields__]
+        self._flat = _FlatLayout(self.fields, self.time_field)
+
+    def warm_up(self) -> None:
+        """Decode a synthetic event of the schema (and one with a number msgspec converts), so
+        that the flat path's numba kernels are compiled or loaded from numba's cache now, off
+        the hot path."""
+        doc: dict[str, Any] = {}
+        for f in self.fields:
+            if f.name == self.time_field:
+                doc[f.name] = "2020-01-01T00:00:00Z"
+            elif f.type == "bool":
+                doc[f.name] = True
+            elif f.type in ("float", "int"):
+                doc[f.name] = 0.1 + 0.2  # 17 significant digits: the msgspec hand-over
+            else:
+                doc[f.name] = "x"
+        value = orjson.dumps(doc)
+        self.decode([value, value])
 
     # ------------------------------------------------------------------ parsing
     def _parse(self, values: Sequence[bytes | None], reasons: list[Any]) -> list[Any]:
@@ -171,10 +208,23 @@ class EventDecoder:
         """
         n = len(values)
         limit = self.max_event_bytes
+        if n:
+            try:
+                lengths = np.fromiter(map(len, values), np.int64, n)  # TypeError on None
+            except TypeError:
+                lengths = None
+            if lengths is not None and lengths.min() > 0 and lengths.max() <= limit:
+                return _frozen(self._decode_flat(values, lengths))
+        return _frozen(self._decode_structs(values))
+
+    def _decode_structs(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        """The struct path (and the slow path for what msgspec refuses)."""
+        n = len(values)
+        limit = self.max_event_bytes
         decode_one = self._struct_decoder.decode
         try:  # the common case, every value good: C-level loops only
             if n and 0 < min(map(len, values)) and max(map(len, values)) <= limit:
-                return _frozen(self._from_structs(list(map(decode_one, values))))
+                return self._from_structs(list(map(decode_one, values)))
         except (TypeError, msgspec.DecodeError, ValueError):
             pass  # a None value, or one msgspec refuses: sort them out one by one
         structs: list[Any] = []
@@ -190,13 +240,64 @@ class EventDecoder:
             except (msgspec.DecodeError, ValueError, TypeError):
                 slow_idx.append(i)
         if not fast_idx:
-            return _frozen(self._decode_slow(values))
+            return self._decode_slow(values)
         fast = self._from_structs(structs)
         if not slow_idx:
-            return _frozen(fast)
+            return fast
         slow = self._decode_slow([values[i] for i in slow_idx])
-        return _frozen(_merge(n, fast, np.asarray(fast_idx, np.int64), slow,
-                              np.asarray(slow_idx, np.int64)))
+        return _merge(n, fast, np.asarray(fast_idx, np.int64), slow,
+                      np.asarray(slow_idx, np.int64))
+
+    def _decode_flat(self, values: Sequence[bytes], lengths: np.ndarray) -> DecodedBatch:
+        """The flat path for non-empty values within the size limit; the events it leaves go
+        through :meth:`_decode_structs` and are merged back in input order."""
+        lay = self._flat
+        n = len(values)
+        buf = np.frombuffer(b"".join(values), np.uint8)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        num = np.full((lay.n_num, n), np.nan)
+        s_start = np.full((lay.n_str, n), -1, np.int64)
+        s_end = np.full((lay.n_str, n), -1, np.int64)
+        time_ns = np.full(n, _NAT_INT, np.int64)
+        status = np.empty(n, np.uint8)
+        if len(lay.hard) < n * lay.n_num:
+            lay.hard = np.empty((n * lay.n_num, 4), np.int64)
+        n_hard = parse_flat_objects(buf, offsets, lay.names, lay.name_off, lay.kinds, lay.slots,
+                                    lay.required, num, s_start, s_end, time_ns, lay.hard,
+                                    status)
+        if n_hard:
+            _hard_numbers(buf, lay.hard[:n_hard], num, status)
+        if status.any():
+            good = np.flatnonzero(status == 0)
+            rest = np.flatnonzero(status)
+        else:
+            good = np.arange(n, dtype=np.int64)
+            rest = None
+        columns: dict[str, np.ndarray] = {}
+        all_good = rest is None
+        time_text: list[str | None] = []
+        for f, kind, slot in zip(self.fields, lay.kinds.tolist(), lay.slots.tolist(),
+                                 strict=True):
+            if kind in (KIND_NUMBER, KIND_BOOL):
+                columns[f.name] = num[slot] if all_good else num[slot, good]
+                continue
+            if kind == KIND_TIME:
+                t = time_ns if all_good else time_ns[good]
+                columns[f.name] = t.view("datetime64[ns]")
+                time_text = _split_spans(buf, s_start[slot], s_end[slot], good)
+            elif f.role != "categorical":  # ids (distinct per event): cut out, no dictionary
+                columns[f.name] = _to_object(_split_spans(buf, s_start[slot], s_end[slot], good))
+            else:  # categories: few distinct values, coded once for routing too
+                columns[f.name] = _coded_strings(buf, s_start[slot], s_end[slot], good,
+                                                 remember=True)
+        fast = DecodedBatch(columns, np.arange(len(good), dtype=np.int64), [], time_text)
+        if rest is None:
+            return fast
+        if not len(good):
+            return self._decode_structs(values)
+        other = self._decode_structs([values[i] for i in rest.tolist()])
+        return _merge(n, fast, good, other, rest)
 
     def _from_structs(self, structs: list[Any]) -> DecodedBatch:
         """Columns of msgspec-validated events (types already right; only times can fail)."""
@@ -331,6 +432,93 @@ def _event_struct(fields: Sequence[FieldSpec]) -> type:
     # untracked structs make the thousands per batch invisible to the cyclic GC.
     return msgspec.defstruct("Event", required + optional, kw_only=True, gc=False,
                              rename={f"f{i}": f.name for i, f in enumerate(fields)})
+
+
+class _FlatLayout:
+    """The schema as the flat-path kernel reads it (see ``parse_flat_objects``)."""
+
+    def __init__(self, fields: Sequence[FieldSpec], time_field: str) -> None:
+        encoded = [f.name.encode() for f in fields]
+        self.names = np.frombuffer(b"".join(encoded) or b"\0", np.uint8)
+        self.name_off = np.zeros(len(fields) + 1, np.int64)
+        np.cumsum([len(b) for b in encoded], out=self.name_off[1:])
+        kinds, slots = [], []
+        n_num = n_str = 0
+        for f in fields:
+            if f.type in ("float", "int"):
+                kinds.append(KIND_NUMBER)
+            elif f.type == "bool":
+                kinds.append(KIND_BOOL)
+            else:  # strings, and datetimes kept as text except the time field
+                kinds.append(KIND_TIME if f.name == time_field else KIND_STRING)
+            if kinds[-1] in (KIND_NUMBER, KIND_BOOL):
+                slots.append(n_num)
+                n_num += 1
+            else:
+                slots.append(n_str)
+                n_str += 1
+        self.kinds = np.array(kinds, np.int64)
+        self.slots = np.array(slots, np.int64)
+        self.required = np.array([f.required for f in fields], np.uint8)
+        self.n_num = n_num
+        self.n_str = n_str
+        self.hard = np.empty((0, 4), np.int64)  # scratch, grown to the largest batch
+
+
+_NAT_INT = np.iinfo(np.int64).min
+_FLOAT_LIST = msgspec.json.Decoder(list[float])
+_FLOAT = msgspec.json.Decoder(float)
+
+
+def _hard_numbers(buf: np.ndarray, hard: np.ndarray, num: np.ndarray,
+                  status: np.ndarray) -> None:
+    """Convert the numbers the flat kernel left (``hard`` rows: event, slot, start, end) with
+    msgspec, the struct path's parser; an event with a number msgspec refuses goes to the
+    struct path (``status`` 1), which names its reason."""
+    try:
+        vals = np.array(_FLOAT_LIST.decode(join_hard(buf, hard, len(hard))), np.float64)
+    except (msgspec.DecodeError, ValueError):
+        raw = buf.tobytes()
+        vals = np.full(len(hard), np.nan)
+        for k, (row, _, s, e) in enumerate(hard.tolist()):
+            try:
+                vals[k] = _FLOAT.decode(raw[s:e])
+            except (msgspec.DecodeError, ValueError):
+                status[row] = 1
+    num[hard[:, 1], hard[:, 0]] = vals
+
+
+def _coded_strings(buf: np.ndarray, start: np.ndarray, end: np.ndarray, rows: np.ndarray,
+                   remember: bool = False) -> np.ndarray:
+    """The strings ``buf[start[r]:end[r]]`` for ``r`` in ``rows`` as an object array (None where
+    ``start[r] < 0``), built from their distinct values (``code_spans``): one ``str`` per
+    distinct value and one ``take``. With ``remember``, the codes are handed to
+    :func:`shared.routing.remember_factorization` and the array is read-only."""
+    codes, first_start, first_end = code_spans(buf, start, end, rows)
+    raw = buf.data
+    table = np.empty(len(first_start) + 1, dtype=object)  # the last one (code -1) is None
+    table[:-1] = [str(raw[s:e], "ascii") for s, e in zip(first_start.tolist(),
+                                                           first_end.tolist(), strict=True)]
+    out = table[codes]
+    if remember:
+        remember_factorization(out, codes, table[:-1].tolist())
+    return out
+
+
+def _split_spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
+                 rows: np.ndarray) -> list[str | None]:
+    """The strings ``buf[start[r]:end[r]]`` (ASCII without control bytes, as the flat kernel
+    guarantees) for ``r`` in ``rows``, None where ``start[r] < 0``: one join kernel, one decode
+    and one ``split`` for the whole column."""
+    if not len(rows):
+        return []
+    out: list[str | None] = join_spans(buf, start, end, rows).tobytes().decode(
+        "ascii").split("\n")
+    nulls = start[rows] < 0
+    if nulls.any():
+        for k in np.flatnonzero(nulls).tolist():
+            out[k] = None
+    return out
 
 
 def _merge(n: int, fast: DecodedBatch, fast_idx: np.ndarray, slow: DecodedBatch,

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from services.worker.decode import EventDecoder
 from services.worker.stats import batch_stats_slices
 from shared.errors import (
     BundleCompatibilityError,
@@ -298,3 +299,4 @@ def warm_up(scorer: Scorer) -> None:
                            slice_s=86_400, n_events=2, dlq_counts={}, model=scorer.model,
                            bundle_id=scorer.bundle_id, worker="warm-up", batch=0,
                            created_at="", max_unknown_keys=1)
+    EventDecoder(scorer.schema, 1 << 16).warm_up()  # the flat-path kernels

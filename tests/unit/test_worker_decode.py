@@ -262,3 +262,147 @@ def test_prediction_records_equal_one_orjson_dump_each(rows, with_contributions)
         if names:
             want["contributions"] = {"intercept": float(x[i]), "distance": float(-x[i])}
         assert list(orjson.loads(rec).items()) == list(orjson.loads(orjson.dumps(want)).items())
+
+
+# ---------------------------------------------------------------------- flat path (numba)
+def _flat_status(decoder: EventDecoder, values: list[bytes]) -> np.ndarray:
+    """Per value, 0 when the flat kernel parsed it itself, 1 when it left it to msgspec."""
+    from services.worker._decode_kernels import parse_flat_objects
+    from services.worker.decode import _NAT_INT
+
+    lay = decoder._flat
+    n = len(values)
+    buf = np.frombuffer(b"".join(values), np.uint8)
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int64)
+    status = np.empty(n, np.uint8)
+    parse_flat_objects(buf, offsets, lay.names, lay.name_off, lay.kinds, lay.slots,
+                       lay.required, np.full((lay.n_num, n), np.nan),
+                       np.full((lay.n_str, n), -1, np.int64),
+                       np.full((lay.n_str, n), -1, np.int64), np.full(n, _NAT_INT, np.int64),
+                       np.empty((n * lay.n_num, 4), np.int64), status)
+    return status
+
+
+def _same_bits(a, b) -> None:
+    _same(a, b)
+    for k in a.columns:
+        if a.columns[k].dtype.kind == "f":  # -0.0 and 0.0 are equal but not the same
+            assert np.array_equal(np.signbit(a.columns[k]), np.signbit(b.columns[k])), k
+
+
+def test_flat_path_takes_the_simulators_events(decoder: EventDecoder) -> None:
+    """Events as the simulator writes them (orjson, shortest float spellings, 17-digit
+    mantissas, nulls) are parsed by the kernel itself, not handed on."""
+    rng = np.random.default_rng(1)
+    values = [_event(event_id=f"e{i}", sched_dep_hour=float(h), temp=float(t),
+                     dep_delay=None if i % 7 == 0 else float(d), pressure=None)
+              for i, (h, t, d) in enumerate(zip(rng.uniform(0, 24, 500),
+                                                rng.normal(50, 20, 500),
+                                                rng.normal(0, 30, 500), strict=True))]
+    assert _flat_status(decoder, values).tolist() == [0] * len(values)
+    _same_bits(decoder.decode(values), decoder._decode_slow(values))
+
+
+_number_texts = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda x: orjson.dumps(x).decode()),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-2**64, 2**64).map(str),
+    st.from_regex(r"\A-?(0|[1-9][0-9]{0,25})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?\Z"),
+    st.sampled_from(["-0", "-0.0", "0e5", "1E400", "-1e-400", "9007199254740993",
+                     "9007199254740992", "4.35", "1e22", "1e23", "123456789012345678",
+                     "0.1e-22", "01", "1.", ".5", "+1", "1e", "--1", "1.5e+", "NaN"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_number_texts, min_size=1, max_size=8))
+def test_flat_path_numbers_equal_msgspecs(decoder: EventDecoder, texts: list[str]) -> None:
+    """Reference: every number the kernel converts itself (Clinger's fast path) or hands to
+    msgspec is bit-identical to the struct path; a non-number goes to the DLQ as before."""
+    values = [_event().replace(b'"distance":1400.0', f'"distance":{t}'.encode())
+              for t in texts]
+    _same_bits(decoder.decode(values), decoder._decode_structs(values))
+
+
+_ascii_text = st.text(st.characters(min_codepoint=0, max_codepoint=127), max_size=12)
+_any_text = st.text(max_size=12)
+_times = st.one_of(
+    st.datetimes(min_value=__import__("datetime").datetime(1600, 1, 1)).map(
+        lambda d: d.isoformat(timespec="seconds")),
+    st.from_regex(r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+                  r"(Z|[+-][0-9]{2}:[0-9]{2})?\Z"),
+    _any_text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries(
+    {"event_id": st.one_of(_ascii_text, _any_text), "event_time": _times,
+     "carrier": st.one_of(_ascii_text, st.none(), st.integers(0, 3)),
+     "origin": st.sampled_from(["EWR", "JFK", "LGA", 'E"W', "E\\W", "\u00e9"])},
+    optional={"dep_delay": st.one_of(st.none(), st.floats(), st.booleans()),
+              "extra": st.one_of(st.none(), st.booleans(), st.text(max_size=5),
+                                 st.lists(st.integers(), max_size=2))}),
+    max_size=10),
+    st.sampled_from(["", " ", "\n\t "]), st.booleans())
+def test_flat_path_equals_struct_path(decoder: EventDecoder, docs: list, ws: str,
+                                      shuffle: bool) -> None:
+    """Keys in any order, whitespace, escapes, non-ASCII, odd times, nulls, wrong types,
+    extra nested fields: the flat path gives what msgspec (and the slow path) give."""
+    values = []
+    for i, d in enumerate(docs):
+        full = {**GOOD, **d}
+        items = list(full.items())
+        if shuffle:
+            items = items[i % len(items):] + items[:i % len(items)]
+        body = ("," + ws).join(f"{ws}{orjson.dumps(k).decode()}{ws}:{ws}"
+                                f"{_dump_value(v)}" for k, v in items)
+        values.append(("{" + body + ws + "}" + ws).encode())
+    _same_bits(decoder.decode(values), decoder._decode_slow(values))
+
+
+def _dump_value(v) -> str:
+    try:
+        return orjson.dumps(v).decode()
+    except orjson.JSONEncodeError:
+        return "null"
+
+
+def test_flat_path_duplicated_key_and_bad_tokens_defer(decoder: EventDecoder) -> None:
+    good = _event()
+    dup = good[:-1] + b',"carrier":"AA"}'
+    values = [good, dup, good[:-1] + b"} x", b" " + good, good.replace(b"null", b"nul"),
+              good.replace(b'"UA"', b'"U\\u0041"'), good.replace(b"6.0", b"6.0e")]
+    assert _flat_status(decoder, values).tolist() == [0, 1, 1, 0, 1, 1, 1]
+    out = decoder.decode(values)
+    _same_bits(out, decoder._decode_slow(values))
+    assert out.columns["carrier"].tolist() == ["UA", "AA", "UA", "UA"]
+
+
+def test_code_spans_matches_factorize() -> None:
+    import pandas as pd
+
+    from services.worker._decode_kernels import code_spans
+
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" * (i % 4) for i in range(700)] + [""]
+    picks = rng.integers(0, len(words), 5000)
+    text = [words[i] for i in picks]
+    raw = "".join(text).encode()
+    ends = np.cumsum([len(t) for t in text]).astype(np.int64)
+    starts = ends - [len(t) for t in text]
+    starts[::11] = -1  # nulls
+    rows = np.arange(len(text), dtype=np.int64)[::-1].copy()
+    codes, fs, fe = code_spans(np.frombuffer(raw, np.uint8), starts, ends, rows)
+    expect = [None if starts[r] < 0 else text[r] for r in rows]
+    ref_codes, ref_uniques = pd.factorize(np.array(expect, dtype=object))
+    assert codes.tolist() == ref_codes.tolist()
+    assert [raw[s:e].decode() for s, e in zip(fs, fe, strict=True)] == ref_uniques.tolist()
+
+
+def test_decoded_category_columns_skip_a_second_factorisation(decoder: EventDecoder) -> None:
+    from shared.routing import _factorized
+
+    out = decoder.decode([_event(carrier=c) for c in ["UA", "AA", "UA", "DL"]])
+    col = out.columns["carrier"]
+    assert not col.flags.writeable
+    codes, uniques = _factorized(col)
+    assert uniques == ["UA", "AA", "DL"] and codes.tolist() == [0, 1, 0, 2]
