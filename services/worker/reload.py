@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 from services.worker.decode import EventDecoder
+from services.worker.records import warm_up_records
 from services.worker.stats import batch_stats_slices
 from shared.errors import (
     BundleCompatibilityError,
@@ -300,3 +301,4 @@ def warm_up(scorer: Scorer) -> None:
                            bundle_id=scorer.bundle_id, worker="warm-up", batch=0,
                            created_at="", max_unknown_keys=1)
     EventDecoder(scorer.schema, 1 << 16).warm_up()  # the flat-path kernels
+    warm_up_records()  # and the record encoder's

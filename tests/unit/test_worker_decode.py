@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import orjson
 import pytest
@@ -10,7 +11,14 @@ from hypothesis import strategies as st
 
 from services.simulator.replay import MALFORMED_KINDS, malformed_event
 from services.worker.decode import DLQ_REASONS, EventDecoder, _parse_times
-from services.worker.records import encode_predictions
+from services.worker.records import (
+    _element_seps,
+    _encode_structs,
+    _json_array_seps,
+    _write_records,
+    encode_predictions,
+    warm_up_records,
+)
 from shared.settings import load_settings
 from tests.conftest import FLIGHTS_CONFIG
 from tests.fakes import load_fake_bundle, write_fake_bundle
@@ -231,37 +239,213 @@ def test_fast_path_mixed_batch_keeps_input_order(decoder: EventDecoder) -> None:
     _same(out, decoder._decode_slow(values))
 
 
-@settings(max_examples=100, deadline=None)
+# --------------------------------------------------------------------- prediction records
+#: Strings that stress the encoders and the tokeniser: quotes, backslashes (also right before
+#: a closing quote and across 8-byte words), newlines, control characters, multi-byte UTF-8.
+NASTY_TEXT = ["", '"', "\\", '\\"', '"\\', "\\\\", "a\nb", "\r\n\t", "\x00\x01\x1f\x7f",
+              "\u2028\u2029", "é", "ü" * 9, "日本語", "\U0001F600x", "\ufeff", ',"]}[{',
+              "null", "1e16", "x" * 7 + '"', "x" * 8 + "\\", "y" * 15 + '\\"' + "z" * 9,
+              "20130901-UA1545-EWR-0516", "2013-09-01T05:16:00-04:00"]
+#: Floats whose spelling differs between encoders or that JSON cannot hold (null).
+NASTY_FLOATS = [0.0, -0.0, 1e16, -1e16, 1e22, 5e-324, -5e-324, 1.7976931348623157e308,
+                -1.7976931348623157e308, 2.2250738585072014e-308, 1e-7, 0.1, 123456.789,
+                9007199254740993.0, float("nan"), float("inf"), float("-inf")]
+texts = st.one_of(st.text(), st.sampled_from(NASTY_TEXT))
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1),
+                         st.floats(allow_nan=False, allow_infinity=False),
+                         st.sampled_from([f for f in NASTY_FLOATS if np.isfinite(f)]), texts)
+
+
+def _scores(x: np.ndarray, seg: np.ndarray) -> dict[str, np.ndarray]:
+    n = len(x)
+    return {"segment": seg, "fallback_level": (seg % 4).astype(np.int8), "prediction": x,
+            "interval_low": x - 1, "interval_high": x + 1, "pattern": seg % 3,
+            "pattern_proba": np.full(n, 0.25), "contributions": np.stack([x, -x], axis=1)}
+
+
+def _contracts(ids, scores, times, **consts) -> list[dict]:
+    """The DESIGN.md prediction records, as the dicts ``orjson.dumps`` takes."""
+    cols = {k: v.tolist() for k, v in scores.items()}
+    return [{"event_id": ids[i], "model": consts["model"], "bundle_id": consts["bundle_id"],
+             "segment": cols["segment"][i], "fallback_level": cols["fallback_level"][i],
+             "prediction": cols["prediction"][i],
+             "interval": [cols["interval_low"][i], cols["interval_high"][i]],
+             "interval_mass": consts["interval_mass"], "pattern": cols["pattern"][i],
+             "pattern_proba": cols["pattern_proba"][i], "event_time": times[i],
+             "scored_at": consts["scored_at"]} for i in range(len(ids))]
+
+
+CONSTS = {"model": "m\n\"q\"", "bundle_id": "b\\", "interval_mass": 0.8, "scored_at": "now"}
+
+
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(
-    st.text(), st.one_of(st.none(), st.text(max_size=30)),
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**31 - 1)), max_size=20),
+    texts, st.one_of(st.none(), texts),
+    st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(NASTY_FLOATS)),
+    st.integers(-2**31, 2**31 - 1)), max_size=20),
     st.booleans())
 def test_prediction_records_equal_one_orjson_dump_each(rows, with_contributions) -> None:
-    """One JSON-lines encode split into records gives, record for record, the JSON of
-    ``orjson.dumps`` of the contract's dict (same values and field order; float spelling may
-    differ, e.g. ``1e16``): ids and times with newlines, quotes and any unicode; NaN/inf as
-    null."""
+    """Record for record, the bytes of ``orjson.dumps`` of the contract's dict (field order,
+    NaN/±inf as null, float spelling): ids and times with quotes, backslashes, newlines,
+    control characters and any unicode, None times, extreme floats and ints.
+
+    With contributions (msgspec Structs, one per record) the bytes are the same except that
+    msgspec spells floats of magnitude >= 1e16 without the exponent's ``+`` (``1e16`` where
+    orjson writes ``1e+16``): there the parsed records are compared.
+    """
     n = len(rows)
     ids = [r[0] for r in rows]
     times = [r[1] for r in rows]
     x = np.array([r[2] for r in rows], dtype=np.float64)
     seg = np.array([r[3] for r in rows], dtype=np.int32)
-    scores = {"segment": seg, "fallback_level": np.zeros(n, np.int8), "prediction": x,
-              "interval_low": x - 1, "interval_high": x + 1, "pattern": seg % 3,
-              "pattern_proba": np.full(n, 0.25), "contributions": np.stack([x, -x], axis=1)}
+    scores = _scores(x, seg)
     names = ["intercept", "distance"] if with_contributions else None
-    got = encode_predictions(ids, scores, times, model="m\n", bundle_id="b", interval_mass=0.8,
-                             scored_at="now", contribution_names=names)
+    got = encode_predictions(ids, scores, times, contribution_names=names, **CONSTS)
     assert len(got) == n
-    for i, rec in enumerate(got):
-        want = {"event_id": ids[i], "model": "m\n", "bundle_id": "b", "segment": int(seg[i]),
-                "fallback_level": 0, "prediction": float(x[i]),
-                "interval": [float(x[i] - 1), float(x[i] + 1)], "interval_mass": 0.8,
-                "pattern": int(seg[i] % 3), "pattern_proba": 0.25, "event_time": times[i],
-                "scored_at": "now"}
+    for i, (rec, want) in enumerate(zip(got, _contracts(ids, scores, times, **CONSTS),
+                                        strict=True)):
         if names:
             want["contributions"] = {"intercept": float(x[i]), "distance": float(-x[i])}
-        assert list(orjson.loads(rec).items()) == list(orjson.loads(orjson.dumps(want)).items())
+            assert list(orjson.loads(rec).items()) == list(orjson.loads(orjson.dumps(want)).items())
+            assert rec.replace(b"e+", b"e") == orjson.dumps(want).replace(b"e+", b"e")
+        else:
+            assert rec == orjson.dumps(want)
+    if not names:  # the same values as the per-record (Struct) encoding used before
+        old = _encode_structs(ids, scores, times, contribution_names=None, **CONSTS)
+        assert [orjson.loads(r) for r in got] == [orjson.loads(r) for r in old]
+
+
+@pytest.mark.parametrize("n", [0, 1, 50_000])
+def test_prediction_records_batch_sizes(n: int) -> None:
+    rng = np.random.default_rng(n)
+    ids = [f"20130901-UA{i}-EWR-0516" for i in range(n)]
+    times = [None if i % 7 == 0 else "2013-09-01T05:16:00-04:00" for i in range(n)]
+    x = rng.normal(size=n) * 20
+    x[::11] = np.nan
+    scores = _scores(x, rng.integers(0, 2000, n).astype(np.int32))
+    got = encode_predictions(ids, scores, times, **CONSTS)
+    assert got == [orjson.dumps(d) for d in _contracts(ids, scores, times, **CONSTS)]
+
+
+@pytest.mark.parametrize("dtypes", [
+    (np.int32, np.int8, np.float64, np.int32, np.float64),     # Scorer.score's dtypes
+    (np.int64, np.int16, np.float32, np.uint8, np.float32),
+    (np.uint64, np.uint32, np.float16, np.bool_, np.float64),
+    (np.int8, np.bool_, np.int64, np.uint16, np.uint64),       # ints where floats belong
+    (object, np.int8, np.float64, np.int32, np.float64),       # object: per-record path
+    (np.int32, np.int8, np.complex128, np.int32, np.float64),  # complex: per-record path
+])
+def test_prediction_records_of_other_dtypes_spell_tolist(dtypes) -> None:
+    """Whatever the score dtypes, a record holds the values of ``.tolist()``: float32 as
+    its exact float64 value (not its shortest float32 spelling), extreme ints exactly."""
+    seg_t, lvl_t, pred_t, pat_t, proba_t = dtypes
+    big = {np.int64: [-2**63, 2**63 - 1], np.uint64: [0, 2**64 - 1]}
+    seg = np.array(big.get(seg_t, [1, 0]) + [7], dtype=seg_t)
+    pred = np.array([0.1, -2.5, 3], dtype=pred_t) if pred_t is not np.complex128 else \
+        np.array([0.1, -2.5, 3], dtype=np.float64)
+    low = pred.astype(np.complex128) if pred_t is np.complex128 else pred
+    scores = {"segment": seg, "fallback_level": np.array([0, 1, 1]).astype(lvl_t),
+              "prediction": pred, "interval_low": low, "interval_high": pred,
+              "pattern": np.array([2, 0, 1]).astype(pat_t),
+              "pattern_proba": np.array([1, 0, 1]).astype(proba_t)}
+    ids, times = ["a", "b", "c"], ["t", None, "t"]
+    if pred_t is np.complex128:  # not JSON: the per-record path raises as before
+        with pytest.raises(TypeError):
+            encode_predictions(ids, scores, times, **CONSTS)
+        return
+    got = encode_predictions(ids, scores, times, **CONSTS)
+    assert got == [orjson.dumps(d) for d in _contracts(ids, scores, times, **CONSTS)]
+    if pred_t is np.float32:
+        assert b'"prediction":0.10000000149011612,' in got[0]
+
+
+def test_prediction_records_contributions_path_unchanged() -> None:
+    """With contribution names each record is a msgspec Struct ending in ``contributions``
+    (the encoding used before for every record): same bytes as ``orjson.dumps``."""
+    x = np.array([1.5, -0.0, np.nan, 2e-7])
+    scores = _scores(x, np.arange(4, dtype=np.int32))
+    ids, times = ["a", 'b"\n', "c", "d"], ["t", None, "t\\", "t"]
+    got = encode_predictions(ids, scores, times, contribution_names=["intercept", "dist"],
+                             **CONSTS)
+    for i, (rec, want) in enumerate(zip(got, _contracts(ids, scores, times, **CONSTS),
+                                        strict=True)):
+        want["contributions"] = {"intercept": x.tolist()[i], "dist": (-x).tolist()[i]}
+        assert rec == orjson.dumps(want)
+    assert list(orjson.loads(got[0]))[-1] == "contributions"
+    assert encode_predictions([], _scores(np.empty(0), np.empty(0, np.int32)), [],
+                              contribution_names=["intercept", "dist"], **CONSTS) == []
+
+
+def test_prediction_records_lengths_must_match() -> None:
+    scores = _scores(np.zeros(3), np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="event_time_text"):
+        encode_predictions(["a", "b", "c"], scores, ["t", "t"], **CONSTS)
+    with pytest.raises(ValueError, match="segment"):
+        encode_predictions(["a", "b"], scores, ["t", "t"], **CONSTS)
+
+
+def test_prediction_records_accept_tuples_and_arrays_of_ids() -> None:
+    scores = _scores(np.zeros(2), np.zeros(2, np.int32))
+    ids = np.array(["a", "b"], dtype=object)
+    want = encode_predictions(["a", "b"], scores, ["t", None], **CONSTS)
+    assert encode_predictions(ids, scores, ("t", None), **CONSTS) == want
+    assert encode_predictions(np.array(["a", "b"]), scores, ["t", None], **CONSTS) == want
+
+
+def test_warm_up_records_compiles_the_signature_of_a_real_batch() -> None:
+    warm_up_records()
+    before = (len(_element_seps.signatures), len(_write_records.signatures))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=100)
+    encode_predictions([f"e{i}" for i in range(100)], _scores(x, np.zeros(100, np.int32)),
+                       ["t"] * 100, **CONSTS)
+    assert (len(_element_seps.signatures), len(_write_records.signatures)) == before
+
+
+def _spans(text: bytes, pad: bytes = b"") -> tuple[int, list[bytes]]:
+    """Run the tokeniser on ``text`` placed between junk bytes (it must stay inside)."""
+    src = np.frombuffer(pad + text + pad, dtype=np.uint8)
+    seps = np.full(len(text) + 1, -7, dtype=np.int64)
+    k = _json_array_seps(src, len(pad), len(pad) + len(text), seps)
+    return k, [bytes(src[seps[j] + 1:seps[j + 1]]) for j in range(max(k, 0))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(json_scalars, st.lists(json_scalars, max_size=3),
+                          st.dictionaries(texts, json_scalars, max_size=3)), max_size=30),
+       st.booleans(), st.sampled_from([b"", b'"\\,]', b"[1,2]" * 3]))
+def test_json_array_tokeniser_matches_orjson_loads(values, use_msgspec, pad) -> None:
+    """Reference test of the tokeniser kernel: the spans of a compact JSON array (orjson's
+    or msgspec's) are its elements, as ``orjson.loads`` of the whole array sees them."""
+    text = msgspec.json.encode(values) if use_msgspec else orjson.dumps(values)
+    k, elements = _spans(text, pad)
+    assert k == len(values)
+    assert [orjson.loads(e) for e in elements] == orjson.loads(text)
+    assert b",".join(elements) == text[1:-1]
+
+
+def test_json_array_tokeniser_escapes_at_every_word_offset() -> None:
+    """Quotes and backslashes at each position of the 8-byte words the scan reads."""
+    values = [a * i + c + a * j for i in range(20) for j in range(3)
+              for c in ['"', "\\", '\\"', '"\\', "\n", "é"] for a in ("x", "\\")]
+    text = orjson.dumps(values)
+    k, elements = _spans(text)
+    assert k == len(values)
+    assert [orjson.loads(e) for e in elements] == values
+
+
+@pytest.mark.parametrize("text", [b"", b"[", b"]", b"{}", b'["a]', b'["a\\"]', b'["a\\', b"[[1]",
+                                  b'["a"x]', b"[[1],{]"])
+def test_json_array_tokeniser_rejects_what_it_cannot_split(text: bytes) -> None:
+    assert _spans(text, b'"]')[0] == -1
+
+
+def test_json_array_tokeniser_respects_the_capacity() -> None:
+    src = np.frombuffer(b"[1,2,3]", dtype=np.uint8)
+    assert _json_array_seps(src, 0, 7, np.empty(4, np.int64)) == 3
+    assert _json_array_seps(src, 0, 7, np.empty(3, np.int64)) == -1
+    assert _json_array_seps(np.frombuffer(b"[]", dtype=np.uint8), 0, 2,
+                            np.empty(1, np.int64)) == 0
 
 
 # ---------------------------------------------------------------------- flat path (numba)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from services.worker.loop import StreamWorker
 from services.worker.metrics import WorkerMetrics
+from services.worker.records import warm_up_records
 from shared.events import encode_events
 from tests.fakes import load_fake_bundle, write_fake_bundle
 from tests.integration.worker_helpers import worker_settings
@@ -98,6 +99,9 @@ def setup(tmp_path, flights_df):
     sept_flights = flights_df[flights_df["event_time"].dt.month == 9].reset_index(drop=True)
     s = worker_settings("127.0.0.1:1", "t", tmp_path, stats_enabled=False, score_threads=0)
     scorer = load_fake_bundle(write_fake_bundle(tmp_path / "b", s.event_schema))
+    # A bundle load warms the numba kernels up (services.worker.reload.warm_up); these loops
+    # get their scorer directly, and their timers leave no room for a first-batch JIT.
+    warm_up_records()
     a = _messages(s, sept_flights.iloc[:5], 0, 100)
     b = _messages(s, sept_flights.iloc[5:8], 1, 40) + _messages(s, sept_flights.iloc[8:10], 0,
                                                                    105)
