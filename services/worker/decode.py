@@ -35,7 +35,10 @@ Handling of odd inputs
 * The time field as a string that is not ISO 8601 or is outside 1677-2262: ``bad_time``.
   Times without a UTC offset are taken as UTC.
 * Extra fields are ignored. A JSON object with a duplicated key keeps the last value
-  (orjson's behaviour).
+  (orjson's behaviour). An extra field's value is skipped, not checked: an out-of-range
+  number (``1e400``) or invalid UTF-8 inside it does not reject the event (msgspec skips it
+  so, and the flat path agrees), though the slow path, reached for another reason, would
+  call the event ``invalid_json``.
 * Duplicated event ids are not a decoding error: each copy is scored and produced (same
   key), as it would be after an at-least-once redelivery; consumers keep one per
   ``event_id``. The worker keeps no per-id state, so memory stays bounded.
