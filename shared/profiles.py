@@ -1,7 +1,7 @@
 """Scoring side of the outcome profiles: distributions, intervals and the pattern classifier.
 
-This module is imported by the worker and by :mod:`training.distributions`; it needs numpy and
-xgboost only (no scikit-learn, no pandas, no pickle). The training side computes every binned
+This module is imported by the worker and by :mod:`training.distributions`; it needs numpy,
+numba and xgboost (no scikit-learn, no pickle). The training side computes every binned
 quantity with the same functions, so the bin convention and the interval construction are
 identical at fit and at scoring time by construction.
 
@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared._forest import Forest
 from shared.component import ExportedComponent
 from shared.errors import BundleCompatibilityError, SchemaError
 from shared.routing import encode_categories
@@ -392,8 +393,11 @@ def predict_pattern_proba(booster: Any, x: np.ndarray, n_patterns: int) -> np.nd
 
     Parameters
     ----------
-    booster : xgboost.Booster or None
-        The classifier; None when there is a single pattern.
+    booster : xgboost.Booster, shared._forest.Forest or None
+        The classifier, or its compiled form (:class:`ProfileScorer` passes the
+        :class:`~shared._forest.Forest` built at load time, whose ``inplace_predict`` answers
+        bit for bit what the booster's does, without the GIL); None when there is a single
+        pattern.
     x : ndarray of shape (n, F), float32
         Output of :func:`feature_matrix`.
     n_patterns : int
@@ -450,14 +454,17 @@ class ProfileScorer:
     """Outcome-profile scoring rebuilt from an exported ``profiles`` component.
 
     Loads the classifier from its UBJSON blob with ``xgboost.Booster.load_model`` and the rest
-    from plain arrays and JSON: no scikit-learn, no pickle.
+    from plain arrays and JSON: no scikit-learn, no pickle. The booster is then converted once
+    into a :class:`~shared._forest.Forest` (:attr:`forest`), which predicts the same
+    probabilities bit for bit with a GIL-free numba kernel (about 4x faster per row than
+    ``inplace_predict`` with one thread) and keeps XGBoost for models it does not compile.
 
     Parameters
     ----------
     exported : ExportedComponent
         Output of ``training.distributions.OutcomeProfiles.export()`` (``kind="profiles"``).
     nthread : int, default 1
-        Threads XGBoost may use for prediction.
+        Threads XGBoost may use for prediction (when :attr:`forest` falls back to it).
 
     Raises
     ------
@@ -499,6 +506,9 @@ class ProfileScorer:
         adjusted = np.asarray(exported.arrays["calibration_adjusted"], dtype=np.float64)
         self.calibration = (nominal, adjusted)
         self.booster = None
+        #: The classifier compiled for prediction (None with a single pattern); its
+        #: ``fallback`` says whether XGBoost predicts instead, and why.
+        self.forest: Forest | None = None
         if self.n_patterns > 1:
             if CLASSIFIER_BLOB not in exported.blobs:
                 raise BundleCompatibilityError(f"profiles export lacks blob {CLASSIFIER_BLOB!r}")
@@ -507,11 +517,12 @@ class ProfileScorer:
             self.booster = xgboost.Booster()
             self.booster.load_model(bytearray(exported.blobs[CLASSIFIER_BLOB]))
             self.booster.set_param({"nthread": int(nthread)})
+            self.forest = Forest.from_booster(self.booster)
 
     def predict_proba(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Pattern probabilities, shape (n, K), rows summing to 1 (see :func:`feature_matrix`)."""
         x = feature_matrix(columns, self.features, self.feature_types, self._index)
-        return predict_pattern_proba(self.booster, x, self.n_patterns)
+        return predict_pattern_proba(self.forest, x, self.n_patterns)
 
     def pattern(self, columns: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The most probable pattern and its probability, without the intervals.

