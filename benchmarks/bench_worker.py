@@ -280,7 +280,9 @@ def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> d
             sc = score(d.columns)
             if encode:
                 encode_predictions(d.columns[scorer.schema.id_field].tolist(), sc,
-                                   d.event_time_text, model=scorer.model,
+                                   None if d.event_time_json is not None
+                                   else d.event_time_text,
+                                   event_time_json=d.event_time_json, model=scorer.model,
                                    bundle_id=scorer.bundle_id,
                                    interval_mass=scorer.interval_mass, scored_at="x")
 

@@ -547,3 +547,46 @@ def code_spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
                     table[sl] = c2
         codes[t] = code
     return codes, ustart[:k].copy(), uend[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def json_string_array(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
+                      rows: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+    """The strings ``buf[start[r]:end[r]]`` for ``r`` in ``rows`` as one JSON array
+    (``["a","b",null]``; null where ``start[r] < 0``). The spans must hold JSON string
+    content that needs no escaping, as :func:`parse_flat_objects` guarantees.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, the JSON text.
+    """
+    m = len(rows)
+    total = 2 + max(m - 1, 0)
+    for r in rows:
+        total += end[r] - start[r] + 2 if start[r] >= 0 else 4
+    out = np.empty(total, np.uint8)
+    out[0] = 91
+    q = 1
+    for k in range(m):
+        r = rows[k]
+        if k:
+            out[q] = 44
+            q += 1
+        s = start[r]
+        if s < 0:
+            out[q] = 110
+            out[q + 1] = 117
+            out[q + 2] = 108
+            out[q + 3] = 108
+            q += 4
+            continue
+        out[q] = 34
+        q += 1
+        for j in range(s, end[r]):
+            out[q] = buf[j]
+            q += 1
+        out[q] = 34
+        q += 1
+    out[q] = 93
+    return out

@@ -64,6 +64,7 @@ from services.worker._decode_kernels import (
     KIND_TIME,
     code_spans,
     join_hard,
+    json_string_array,
     join_spans,
     parse_flat_objects,
 )
@@ -105,17 +106,30 @@ class DecodedBatch:
         ``(input index, reason, detail)`` for every other input, reason in
         :data:`DLQ_REASONS`.
     event_time_text : list of str or None
-        The time field of each valid row as sent (echoed in prediction records).
+        The time field of each valid row as sent (echoed in prediction records). On the flat
+        path it is built on first access from ``event_time_json``.
+    event_time_json : bytes or None
+        The same as one JSON array (``["2013-09-01T05:16:00-04:00",null,...]``), when the
+        flat path made it: :func:`services.worker.records.encode_predictions` copies the
+        elements from it instead of encoding Python strings.
     """
 
     columns: dict[str, np.ndarray]
     valid: np.ndarray
     rejected: list[tuple[int, str, str]]
-    event_time_text: list[str | None]
+    _time_text: list[str | None] | None
+    event_time_json: bytes | None = None
 
     @property
     def n_valid(self) -> int:
         return len(self.valid)
+
+    @property
+    def event_time_text(self) -> list[str | None]:
+        if self._time_text is None:
+            self._time_text = (_TEXT_LIST.decode(self.event_time_json)
+                               if self.event_time_json is not None else [])
+        return self._time_text
 
 
 class EventDecoder:
@@ -279,7 +293,7 @@ class EventDecoder:
             rest = None
         columns: dict[str, np.ndarray] = {}
         all_good = rest is None
-        time_text: list[str | None] = []
+        time_json = b"[]"
         for f, kind, slot in zip(self.fields, lay.kinds.tolist(), lay.slots.tolist(),
                                  strict=True):
             if kind in (KIND_NUMBER, KIND_BOOL):
@@ -288,13 +302,13 @@ class EventDecoder:
             if kind == KIND_TIME:
                 t = time_ns if all_good else time_ns[good]
                 columns[f.name] = t.view("datetime64[ns]")
-                time_text = _split_spans(buf, s_start[slot], s_end[slot], good)
+                time_json = json_string_array(buf, s_start[slot], s_end[slot], good).tobytes()
             elif f.role != "categorical":  # ids (distinct per event): cut out, no dictionary
                 columns[f.name] = _to_object(_split_spans(buf, s_start[slot], s_end[slot], good))
             else:  # categories: few distinct values, coded once for routing too
                 columns[f.name] = _coded_strings(buf, s_start[slot], s_end[slot], good,
                                                  remember=True)
-        fast = DecodedBatch(columns, np.arange(len(good), dtype=np.int64), [], time_text)
+        fast = DecodedBatch(columns, np.arange(len(good), dtype=np.int64), [], None, time_json)
         if rest is None:
             return fast
         if not len(good):
@@ -469,6 +483,7 @@ class _FlatLayout:
 
 
 _NAT_INT = np.iinfo(np.int64).min
+_TEXT_LIST = msgspec.json.Decoder(list[str | None])
 _FLOAT_LIST = msgspec.json.Decoder(list[float])
 _FLOAT = msgspec.json.Decoder(float)
 

@@ -308,7 +308,9 @@ class StreamWorker:
             if decoded.n_valid:
                 ids = decoded.columns[self.id_field].tolist()
                 preds = encode_predictions(
-                    ids, scores, decoded.event_time_text, model=scorer.model,
+                    ids, scores, None if decoded.event_time_json is not None
+                    else decoded.event_time_text, event_time_json=decoded.event_time_json,
+                    model=scorer.model,
                     bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
                     scored_at=utc_now_iso(), contribution_names=self.contribution_names)
             else:

@@ -64,13 +64,14 @@ _NUMERIC_COLUMNS = ("segment", "fallback_level", "prediction", "interval_low", "
 def encode_predictions(
     event_ids: Sequence[Any],
     scores: Mapping[str, np.ndarray],
-    event_time_text: Sequence[Any],
+    event_time_text: Sequence[Any] | None,
     *,
     model: str,
     bundle_id: str,
     interval_mass: float,
     scored_at: str,
     contribution_names: Sequence[str] | None = None,
+    event_time_json: bytes | None = None,
 ) -> list[bytes]:
     """One JSON prediction record per scored event.
 
@@ -96,7 +97,7 @@ def encode_predictions(
         (n,) float64 in target units, ``pattern`` (n,) int32, ``pattern_proba`` (n,)
         float64. Other integer, float and bool dtypes are written as their ``.tolist()``
         values; other dtypes (object, ...) take the per-record path.
-    event_time_text : sequence of str or None, length n
+    event_time_text : sequence of str or None, length n; or None with ``event_time_json``
         The events' time field as sent.
     model, bundle_id : str
     interval_mass : float
@@ -105,6 +106,10 @@ def encode_predictions(
     contribution_names : sequence of str, optional
         When given, each record carries ``contributions`` = {name: value} from
         ``scores["contributions"]`` (n, len(names)).
+    event_time_json : bytes, optional
+        The time values as one JSON array of n strings or nulls (the decoder's
+        :attr:`~services.worker.decode.DecodedBatch.event_time_json`); used instead of
+        ``event_time_text``, its elements are copied into the records as they are.
 
     Returns
     -------
@@ -147,7 +152,11 @@ def encode_predictions(
         if all(a is not None for a in numeric):
             return _encode_columnar(event_ids, numeric, event_time_text, model=model,
                                     bundle_id=bundle_id, interval_mass=interval_mass,
-                                    scored_at=scored_at)
+                                    scored_at=scored_at, event_time_json=event_time_json)
+    if event_time_json is not None:
+        event_time_text = msgspec.json.decode(event_time_json)
+    if event_time_text is None:
+        raise TypeError("encode_predictions: event_time_text or event_time_json is needed")
     return _encode_structs(event_ids, scores, event_time_text, model=model,
                            bundle_id=bundle_id, interval_mass=interval_mass,
                            scored_at=scored_at, contribution_names=contribution_names)
@@ -199,13 +208,19 @@ def _text_list(values: Sequence[Any]) -> list[Any]:
 
 
 def _encode_columnar(
-    event_ids: Sequence[Any], numeric: list[np.ndarray], event_time_text: Sequence[Any], *,
-    model: str, bundle_id: str, interval_mass: float, scored_at: str,
+    event_ids: Sequence[Any], numeric: list[np.ndarray], event_time_text: Sequence[Any] | None,
+    *, model: str, bundle_id: str, interval_mass: float, scored_at: str,
+    event_time_json: bytes | None = None,
 ) -> list[bytes]:
-    ids, times = _text_list(event_ids), _text_list(event_time_text)
+    ids = _text_list(event_ids)
     n = len(ids)
-    for name, col in [*zip(_NUMERIC_COLUMNS, numeric, strict=True),
-                      ("event_time_text", times)]:
+    checked: list[tuple[str, Any]] = list(zip(_NUMERIC_COLUMNS, numeric, strict=True))
+    if event_time_json is None:
+        if event_time_text is None:
+            raise TypeError("encode_predictions: event_time_text or event_time_json is needed")
+        times = _text_list(event_time_text)
+        checked.append(("event_time_text", times))
+    for name, col in checked:
         if len(col) != n:
             raise ValueError(f"encode_predictions: {name} has {len(col)} values for "
                              f"{n} event ids")
@@ -215,7 +230,8 @@ def _encode_columnar(
     # by orjson, so that a record is byte for byte orjson.dumps of the contract's dict).
     arrays = [_ENCODER.encode(ids)]
     arrays += [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY) for a in numeric]
-    arrays.append(_ENCODER.encode(times))
+    # The time array's element count is checked by the kernel (ValueError below).
+    arrays.append(event_time_json if event_time_json is not None else _ENCODER.encode(times))
 
     def const(v: Any) -> bytes:
         return orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY)

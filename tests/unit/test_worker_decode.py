@@ -590,3 +590,29 @@ def test_decoded_category_columns_skip_a_second_factorisation(decoder: EventDeco
     assert not col.flags.writeable
     codes, uniques = _factorized(col)
     assert uniques == ["UA", "AA", "DL"] and codes.tolist() == [0, 1, 0, 2]
+
+
+def test_flat_path_time_json_feeds_the_records(decoder: EventDecoder) -> None:
+    """The flat path hands the record encoder the time values as one JSON array; the records
+    equal those made from the Python strings, and ``event_time_text`` is built on demand."""
+    values = [_event(event_id=f"e{i}", event_time=t) for i, t in enumerate(
+        ["2013-09-01T06:00:00-04:00", "2013-09-01 07:00:00", "2013-09-01T08:00:00Z"])]
+    out = decoder.decode(values)
+    assert out.event_time_json == (b'["2013-09-01T06:00:00-04:00","2013-09-01 07:00:00",'
+                                   b'"2013-09-01T08:00:00Z"]')
+    assert out.event_time_text == ["2013-09-01T06:00:00-04:00", "2013-09-01 07:00:00",
+                                   "2013-09-01T08:00:00Z"]
+    x = np.array([1.5, np.nan, -2.0])
+    scores = _scores(x, np.array([1, 2, 3], np.int32))
+    ids = out.columns["event_id"].tolist()
+    a = encode_predictions(ids, scores, None, event_time_json=out.event_time_json, **CONSTS)
+    b = encode_predictions(ids, scores, out.event_time_text, **CONSTS)
+    assert a == b
+    with pytest.raises(ValueError, match="does not hold"):
+        encode_predictions(ids, scores, None, event_time_json=b'["x"]', **CONSTS)
+    with_c = encode_predictions(ids, {**scores, "contributions": np.zeros((3, 1))}, None,
+                                event_time_json=out.event_time_json,
+                                contribution_names=["intercept"], **CONSTS)
+    assert [orjson.loads(r)["event_time"] for r in with_c] == out.event_time_text
+    mixed = decoder.decode([*values, b"[1]"])  # merged with the struct path: lists only
+    assert mixed.event_time_json is None and mixed.event_time_text == out.event_time_text
