@@ -42,13 +42,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import orjson
 from confluent_kafka import Message
 
 from services.worker.decode import DLQ_REASONS, EventDecoder
 from services.worker.metrics import WorkerMetrics
 from services.worker.records import dlq_value_and_headers, encode_predictions, utc_now_iso
-from services.worker.stats import batch_stats_slices
+from services.worker.stats import batch_stats_records
 from shared.scoring import Bundle, Scorer
 from shared.settings import Settings
 
@@ -296,14 +295,14 @@ class StreamWorker:
             stats: list[bytes] = []
             if self.w.stats_enabled:
                 # One record per monitor window (event time) so none straddles a boundary.
-                stats = [orjson.dumps(r) for r in batch_stats_slices(
+                stats = batch_stats_records(
                     decoded.columns, partial, scorer.drift_reference,
                     time_field=self.time_field, slice_s=self.settings.monitor.window_s,
                     model=scorer.model, bundle_id=scorer.bundle_id,
                     worker=self.worker_id, batch=self.seq, n_events=len(msgs),
                     dlq_counts=dlq_counts, created_at=utc_now_iso(),
                     max_unknown_keys=self.w.max_unknown_keys,
-                    partitions=parts[decoded.valid])]
+                    partitions=parts[decoded.valid])
             scores = finish()
             if decoded.n_valid:
                 ids = decoded.columns[self.id_field].tolist()

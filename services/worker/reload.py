@@ -24,7 +24,7 @@ import orjson
 
 from services.worker.decode import EventDecoder
 from services.worker.records import warm_up_records
-from services.worker.stats import batch_stats_slices
+from services.worker.stats import batch_stats_records
 from shared.errors import (
     BundleCompatibilityError,
     BundleIntegrityError,
@@ -296,9 +296,9 @@ def warm_up(scorer: Scorer) -> None:
     scores = scorer.score(columns)
     reference = getattr(scorer, "drift_reference", None)
     if reference is not None:  # the stats kernel (large segments) too
-        batch_stats_slices(columns, scores, reference, time_field=scorer.schema.time_field,
-                           slice_s=86_400, n_events=2, dlq_counts={}, model=scorer.model,
-                           bundle_id=scorer.bundle_id, worker="warm-up", batch=0,
-                           created_at="", max_unknown_keys=1)
+        batch_stats_records(columns, scores, reference, time_field=scorer.schema.time_field,
+                            slice_s=86_400, n_events=2, dlq_counts={}, model=scorer.model,
+                            bundle_id=scorer.bundle_id, worker="warm-up", batch=0,
+                            created_at="", max_unknown_keys=1)
     EventDecoder(scorer.schema, 1 << 16).warm_up()  # the flat-path kernels
     warm_up_records()  # and the record encoder's
