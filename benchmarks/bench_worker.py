@@ -259,7 +259,8 @@ def latency_at_rate(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | N
 
 def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> dict[str, Any]:
     """Decode + score + encode without Kafka, as the worker's loop does it (GC tuned, the
-    profile part of a real bundle in a pool thread); medians of 5 passes."""
+    pattern part in a pool thread only if ``worker.score_threads`` says so); medians of 5
+    passes."""
     import concurrent.futures
 
     from services.worker.app import tune_gc
@@ -269,7 +270,9 @@ def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> d
 
     tune_gc(50_000)
     sys.setswitchinterval(0.0005)  # as the worker (worker.gil_switch_interval_ms)
-    pool = concurrent.futures.ThreadPoolExecutor(1) if isinstance(scorer, Bundle) else None
+    threads = WorkerSettings().score_threads  # as the worker: 0 = all in the loop's thread
+    pool = (concurrent.futures.ThreadPoolExecutor(threads)
+            if threads and isinstance(scorer, Bundle) else None)
     score = (lambda cols: scorer.score(cols, executor=pool)) if pool else scorer.score
     dec = EventDecoder(scorer.schema, 65_536)
     values = [v for _, v in records]
