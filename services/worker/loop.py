@@ -287,8 +287,9 @@ class StreamWorker:
             values = list(map(Message.value, msgs))
             decoded = self.decoder.decode(values)
             scorer = self.scorer
-            # Route and apply the segment models now; the outcome profiles (XGBoost) run in the
-            # pool meanwhile, and the stats, which do not need them, are counted in between.
+            # Route and apply the segment models now; with worker.score_threads > 0 the pattern
+            # classifier runs in the pool meanwhile (default 0: in this thread, see the
+            # setting), and the stats, which do not need it, are counted in between.
             partial, finish = self._score_parts(decoded.columns) if decoded.n_valid else (
                 {}, dict)
             dlq_counts = collections.Counter(r for _, r, _ in decoded.rejected)
