@@ -176,14 +176,15 @@ def _factorized(values: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
     uniq = uniques.tolist() if hasattr(uniques, "tolist") else list(uniques)
     if not all(type(u) is str for u in uniq):
         return None
-    try:
-        ref = weakref.ref(values)
-    except TypeError:  # pragma: no cover - ndarrays are weak-referenceable
-        return codes, uniq
-    _FACTORIZED[key] = (ref, codes, uniq)
+    _remember(values, codes, uniq)
+    return codes, uniq
+
+
+def _remember(values: np.ndarray, codes: np.ndarray, uniques: list[str]) -> None:
+    """Cache ``(codes, uniques)`` of ``values`` while it lives (the 64 newest arrays)."""
+    _FACTORIZED[id(values)] = (weakref.ref(values), codes, uniques)
     while len(_FACTORIZED) > 64:
         _FACTORIZED.popitem(last=False)
-    return codes, uniq
 
 
 def remember_factorization(values: np.ndarray, codes: np.ndarray, uniques: list[str]) -> None:
@@ -200,9 +201,7 @@ def remember_factorization(values: np.ndarray, codes: np.ndarray, uniques: list[
     uniques : list of str
     """
     values.flags.writeable = False
-    _FACTORIZED[id(values)] = (weakref.ref(values), codes, uniques)
-    while len(_FACTORIZED) > 64:
-        _FACTORIZED.popitem(last=False)
+    _remember(values, codes, uniques)
 
 
 def _category_lookup(categories: pd.Index) -> dict[str, int]:

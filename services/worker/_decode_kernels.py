@@ -304,6 +304,44 @@ def _iso_ns(bp: Any, s: int, e: int) -> tuple[bool, int]:  # pragma: no cover - 
     return True, secs * 1_000_000_000
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _exponent(bp: Any, p: int, end: int) -> tuple[int, int]:  # pragma: no cover - numba
+    """The exponent of a JSON number, ``p`` just after its ``e``/``E``: ``(next p, signed
+    value)`` (magnitude capped at 100 000, far beyond any double), or ``(-p, 0)`` when no
+    digit follows."""
+    eneg = False
+    if p < end and (bp[p] == 43 or bp[p] == 45):
+        eneg = bp[p] == 45
+        p += 1
+    if p >= end or not 48 <= bp[p] <= 57:
+        return -p, 0
+    ev = 0
+    while p < end and 48 <= bp[p] <= 57:
+        if ev < 100_000:
+            ev = ev * 10 + (bp[p] - 48)
+        p += 1
+    return p, -ev if eneg else ev
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _scaled(mant: int, exp10: int, is_int: bool,
+            neg: bool) -> tuple[int, float]:  # pragma: no cover - numba
+    """``±mant * 10**exp10`` for ``0 <= mant < 2**53``: ``(0, value)`` when that is one
+    correctly rounded operation (Clinger's fast path), else ``(1, 0.0)`` (hard)."""
+    v = float(mant)
+    if mant == 0:
+        return 0, 0.0
+    if is_int and exp10 == 0:
+        return 0, -v if neg else v
+    if exp10 > 22 or exp10 < -22:
+        return 1, 0.0
+    if exp10 >= 0:
+        v = v * _POW10[exp10]
+    else:
+        v = v / _POW10[-exp10]
+    return 0, -v if neg else v
+
+
 @njit(cache=True, nogil=True)
 def _number(bp: Any, p: int, end: int) -> tuple[int, int, float]:  # pragma: no cover - numba
     """Parse a JSON number at ``p``, a byte at a time. Returns ``(state, next p, value)``:
@@ -352,33 +390,14 @@ def _number(bp: Any, p: int, end: int) -> tuple[int, int, float]:  # pragma: no 
             p += 1
     if p < end and (bp[p] == 101 or bp[p] == 69):
         is_int = False
-        p += 1
-        eneg = False
-        if p < end and (bp[p] == 43 or bp[p] == 45):
-            eneg = bp[p] == 45
-            p += 1
-        if p >= end or not 48 <= bp[p] <= 57:
-            return -1, p, 0.0
-        ev = 0
-        while p < end and 48 <= bp[p] <= 57:
-            if ev < 100_000:
-                ev = ev * 10 + (bp[p] - 48)
-            p += 1
-        exp10 += -ev if eneg else ev
+        p, ev = _exponent(bp, p + 1, end)
+        if p < 0:
+            return -1, -p, 0.0
+        exp10 += ev
     if nd > 18 or mant >= _TWO53 or (mant == 0 and neg):
         return 1, p, 0.0
-    v = float(mant)
-    if mant == 0:
-        return 0, p, 0.0
-    if is_int and exp10 == 0:
-        return 0, p, -v if neg else v
-    if exp10 > 22 or exp10 < -22:
-        return 1, p, 0.0
-    if exp10 >= 0:
-        v = v * _POW10[exp10]
-    else:
-        v = v / _POW10[-exp10]
-    return 0, p, -v if neg else v
+    state, v = _scaled(mant, exp10, is_int, neg)
+    return state, p, v
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -445,34 +464,14 @@ def _number_w(bp: Any, p: int, end: int,
         return _number(bp, s, end)
     if p < end and (bp[p] == 101 or bp[p] == 69):
         is_int = False
-        p += 1
-        eneg = False
-        if p < end and (bp[p] == 43 or bp[p] == 45):
-            eneg = bp[p] == 45
-            p += 1
-        if p >= end or not 48 <= bp[p] <= 57:
-            return -1, p, 0.0
-        ev = 0
-        while p < end and 48 <= bp[p] <= 57:
-            if ev < 100_000:
-                ev = ev * 10 + (bp[p] - 48)
-            p += 1
-        exp10 += -ev if eneg else ev
+        p, ev = _exponent(bp, p + 1, end)
+        if p < 0:
+            return -1, -p, 0.0
+        exp10 += ev
     if mant >= _TWO53_U or (mant == 0 and neg):
         return 1, p, 0.0
-    m = np.int64(mant)
-    v = float(m)
-    if m == 0:
-        return 0, p, 0.0
-    if is_int and exp10 == 0:
-        return 0, p, -v if neg else v
-    if exp10 > 22 or exp10 < -22:
-        return 1, p, 0.0
-    if exp10 >= 0:
-        v = v * _POW10[exp10]
-    else:
-        v = v / _POW10[-exp10]
-    return 0, p, -v if neg else v
+    state, v = _scaled(np.int64(mant), exp10, is_int, neg)
+    return state, p, v
 
 
 @njit(cache=True, nogil=True, inline="always")
