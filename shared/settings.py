@@ -275,9 +275,15 @@ class WorkerSettings(_Section):
         description="How long the worker waits for an event when none is queued (seconds); a "
                     "micro-batch is what is queued then, up to batch_size.")
     fetch_wait_max_ms: int = Field(
-        default=10, ge=0, le=1000,
+        default=60, ge=0, le=1000,
         description="fetch.wait.max.ms of the events consumer: how long the broker may hold "
-                    "a fetch for data (latency when idle vs fetch requests per second).")
+                    "a fetch until fetch_min_bytes are ready (added consume-side latency at "
+                    "low rates vs fetch requests per second at high rates).")
+    fetch_min_bytes: int = Field(
+        default=1_000_000, ge=1, le=100_000_000,
+        description="fetch.min.bytes of the events consumer: the broker answers a fetch when "
+                    "this many bytes are ready or fetch_wait_max_ms has passed; 1 = answer "
+                    "as soon as anything is there (a fetch per produced batch).")
     max_event_bytes: int = Field(
         default=65_536, ge=64, description="Larger event values go to the DLQ (bytes).")
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics.")

@@ -30,9 +30,11 @@ def consumer_config(settings: Settings, *, stats_cb: Callable[[str], None] | Non
         "isolation.level": "read_committed",
         # Bounded prefetch: at most ~32 MB per worker waits in librdkafka's queue.
         "queued.max.messages.kbytes": 32_768,
-        # The embedded broker holds a fetch for its whole max wait when no data is ready:
-        # a short wait keeps the consume-side latency near the batch timeout.
+        # Fetch in ~1 MB / 60 ms steps rather than once per produced batch: a broker pays
+        # per fetch (Tansu's memory storage lists every batch of the partition on each one,
+        # so a fetch per batch saturated it within seconds at 59k events/s; README, Latency).
         "fetch.wait.max.ms": w.fetch_wait_max_ms,
+        "fetch.min.bytes": w.fetch_min_bytes,
         "statistics.interval.ms": w.statistics_interval_ms,
     })
     conf.update(client_config(settings.broker))  # operator's client settings win

@@ -9,6 +9,7 @@ from shared.errors import ConfigError
 from shared.settings import load_settings, settings_rows, settings_table_markdown
 
 REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "config" / "flights.yaml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -124,3 +125,18 @@ def test_settings_rows_cover_every_section():
     assert {"broker.bootstrap", "store.url", "simulator.rate", "topics.dlq", "schema"} <= keys
     env = {r[1] for r in settings_rows()}
     assert "SEGSTREAM_BROKER__BOOTSTRAP" in env
+
+
+def test_worker_fetch_settings_reach_the_events_consumer_and_client_config_wins() -> None:
+    """fetch_min_bytes / fetch_wait_max_ms set librdkafka's fetch.min.bytes /
+    fetch.wait.max.ms; an operator's broker.client entry overrides both."""
+    from services.worker.kafka_io import consumer_config
+
+    s = load_settings(CONFIG, {"worker": {"fetch_min_bytes": 4096, "fetch_wait_max_ms": 25}})
+    conf = consumer_config(s)
+    assert (conf["fetch.min.bytes"], conf["fetch.wait.max.ms"]) == (4096, 25)
+    s = load_settings(CONFIG, {"worker": {"fetch_min_bytes": 4096},
+                               "broker": {"client": {"fetch.min.bytes": 1}}})
+    assert consumer_config(s)["fetch.min.bytes"] == 1
+    with pytest.raises(ConfigError, match=r"worker\.fetch_min_bytes"):
+        load_settings(CONFIG, {"worker": {"fetch_min_bytes": 0}})
