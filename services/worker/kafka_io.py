@@ -30,13 +30,18 @@ def consumer_config(settings: Settings, *, stats_cb: Callable[[str], None] | Non
         "isolation.level": "read_committed",
         # Bounded prefetch: at most ~32 MB per worker waits in librdkafka's queue.
         "queued.max.messages.kbytes": 32_768,
-        # Fetch in ~1 MB / 60 ms steps rather than once per produced batch: a broker pays
-        # per fetch (Tansu's memory storage lists every batch of the partition on each one,
-        # so a fetch per batch saturated it within seconds at 59k events/s; README, Latency).
+        # Paced fetches: a broker pays per fetch (Tansu's memory storage lists every stored
+        # batch of a partition on each fetch that returns data, so a fetch per produced batch
+        # saturated it within seconds at 59k events/s; README, Latency). A fetch is answered
+        # as soon as data is there (fetch.min.bytes 1: no second storage read, as a held
+        # fetch costs on Tansu), and the next one waits until the loop has taken what the
+        # last one brought and fetch_backoff_ms has passed.
         "fetch.wait.max.ms": w.fetch_wait_max_ms,
         "fetch.min.bytes": w.fetch_min_bytes,
         "statistics.interval.ms": w.statistics_interval_ms,
     })
+    if w.fetch_backoff_ms > 0:
+        conf.update({"queued.min.messages": 1, "fetch.queue.backoff.ms": w.fetch_backoff_ms})
     conf.update(client_config(settings.broker))  # operator's client settings win
     if stats_cb is not None and w.statistics_interval_ms > 0:
         conf["stats_cb"] = stats_cb
@@ -52,6 +57,7 @@ def producer_config(settings: Settings, *, transactional_id: str | None,
     w = settings.worker
     conf: dict[str, Any] = {
         "linger.ms": w.producer_linger_ms,
+        "compression.type": w.producer_compression,
         "batch.num.messages": 10_000,
         "batch.size": 4_000_000,
         "queue.buffering.max.messages": w.producer_queue_max_messages,

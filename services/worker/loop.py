@@ -9,10 +9,13 @@ Delivery guarantees
     delivered record would cost more than scoring it). A batch's offsets are committed once
     the producer has nothing outstanding (``len(producer) == 0``: every record produced so far
     is acknowledged and no failure was reported), which is checked before each new batch is
-    produced, so the previous batch, delivered while this one was being scored, is committed
-    without waiting. Up to ``max_batches_in_flight`` batches are pipelined; beyond that the loop
-    waits for the producer to drain. A delivery failure rewinds the consumer to the first
-    offset of the oldest batch in flight (no batch in flight is committed).
+    produced, so the previous batch, delivered while this one was being scored, is known
+    delivered without waiting. Delivered offsets are committed at most every
+    ``commit_interval_s`` (0: after every batch), and always before partitions are given up, on
+    shutdown, and before a rewind. Up to ``max_batches_in_flight`` batches are pipelined;
+    beyond that the loop waits for the producer to drain. A delivery failure rewinds the
+    consumer to the first offset of the oldest batch in flight (no batch in flight is
+    committed; batches delivered before it are).
 ``exactly_once``
     One transaction per batch holds its predictions, DLQ and stats records and its consumed
     offsets (``send_offsets_to_transaction`` with the consumer group's metadata). The offsets
@@ -139,6 +142,10 @@ class StreamWorker:
         self.exactly_once = self.w.guarantee == "exactly_once"
         self.assigned: set[int] = set()
         self.inflight: collections.deque[_InFlight] = collections.deque()
+        # at_least_once: next offsets of delivered batches not yet committed, and when the
+        # last commit was sent (commits are paced by worker.commit_interval_s).
+        self.delivered: dict[int, int] = {}
+        self._last_commit = time.monotonic()
         self.seq = 0
         self.failures = 0
         self.fatal: str | None = None
@@ -197,6 +204,7 @@ class StreamWorker:
             self._drain(commit_sync=True)
         gone = {p.partition for p in partitions}
         self.assigned -= gone
+        self._forget_delivered(gone)
         self.metrics.assigned_partitions.set(len(self.assigned))
         self.metrics.forget_partitions(self.topics.events, gone)
         logger.info("revoked partitions %s", sorted(gone))
@@ -211,6 +219,7 @@ class StreamWorker:
         self.producer.client.flush(self.w.transaction_timeout_s)
         self.inflight.clear()
         self.assigned -= gone
+        self._forget_delivered(gone)  # another member owns them now: never commit these
         self.metrics.assigned_partitions.set(len(self.assigned))
         self.metrics.forget_partitions(self.topics.events, gone)
         logger.warning("lost partitions %s", sorted(gone))
@@ -411,30 +420,38 @@ class StreamWorker:
         self._produce_all(msgs, decoded, ids, preds, stats)
 
     def _settle(self, commit_sync: bool = False,
-                current_first: dict[int, int] | None = None) -> bool:
+                current_first: dict[int, int] | None = None, force: bool = False) -> bool:
         """Serve delivery reports; when the producer has nothing outstanding and no record
-        failed, commit every batch in flight. Returns False when a failure rewound the
-        consumer (to the first offsets of the batches in flight and of ``current_first``, the
-        batch in hand that is not produced yet)."""
+        failed, every batch in flight is delivered: its offsets join :attr:`delivered`, which
+        is committed when ``commit_interval_s`` has passed since the last commit (or
+        ``force``). Returns False when a failure rewound the consumer (to the first offsets
+        of the batches in flight and of ``current_first``, the batch in hand that is not
+        produced yet)."""
         p = self.producer.client
         p.poll(0)
-        if not self.inflight:
-            return True
-        if self._delivery_error is not None:
-            self._delivery_failed(current_first)
-            return False
-        if len(p):
-            return True
-        done: dict[int, int] = {}
-        n_pred = 0
-        for b in self.inflight:
-            done.update(b.next)
-            n_pred += b.n_predictions
-        self.inflight.clear()
-        if n_pred:
-            self.metrics.predictions_produced.inc(n_pred)
-        self._commit(done, sync=commit_sync)
+        if self.inflight:
+            if self._delivery_error is not None:
+                self._delivery_failed(current_first)
+                return False
+            if len(p):
+                return True
+            n_pred = 0
+            for b in self.inflight:
+                self.delivered.update(b.next)
+                n_pred += b.n_predictions
+            self.inflight.clear()
+            if n_pred:
+                self.metrics.predictions_produced.inc(n_pred)
+        if self.delivered and (force or time.monotonic() - self._last_commit
+                               >= self.w.commit_interval_s):
+            self._commit(self.delivered, sync=commit_sync)
+            self.delivered = {}
+            self._last_commit = time.monotonic()
         return True
+
+    def _forget_delivered(self, partitions: set[int]) -> None:
+        for part in partitions:
+            self.delivered.pop(part, None)
 
     def _wait_head(self, stop: threading.Event) -> None:
         """Wait until the producer has delivered everything in flight (or a record failed)."""
@@ -453,7 +470,7 @@ class StreamWorker:
         if remaining:
             logger.error("%d records still undelivered; their batches are not committed",
                          remaining)
-        self._settle(commit_sync=commit_sync)
+        self._settle(commit_sync=commit_sync, force=True)
         self.inflight.clear()
 
     def _commit(self, offsets: dict[int, int], sync: bool) -> None:
@@ -475,6 +492,10 @@ class StreamWorker:
         self.metrics.batch_failures.labels(stage="deliver").inc()
         self.producer.client.flush(self.w.transaction_timeout_s)
         self._delivery_error = None  # everything in flight is rewound below
+        if self.delivered:  # batches fully delivered before the failure stay done
+            self._commit(self.delivered, sync=False)
+            self.delivered = {}
+            self._last_commit = time.monotonic()
         rewind: dict[int, int] = {}
         firsts = [b.first for b in self.inflight] + [current_first or {}]
         for first in firsts:  # every batch in flight (none is committed) and the one in hand

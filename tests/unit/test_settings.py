@@ -128,15 +128,33 @@ def test_settings_rows_cover_every_section():
 
 
 def test_worker_fetch_settings_reach_the_events_consumer_and_client_config_wins() -> None:
-    """fetch_min_bytes / fetch_wait_max_ms set librdkafka's fetch.min.bytes /
-    fetch.wait.max.ms; an operator's broker.client entry overrides both."""
+    """fetch_min_bytes / fetch_wait_max_ms / fetch_backoff_ms set librdkafka's
+    fetch.min.bytes / fetch.wait.max.ms / queued.min.messages + fetch.queue.backoff.ms (0: no
+    pacing); an operator's broker.client entry overrides them."""
     from services.worker.kafka_io import consumer_config
 
-    s = load_settings(CONFIG, {"worker": {"fetch_min_bytes": 4096, "fetch_wait_max_ms": 25}})
+    s = load_settings(CONFIG, {"worker": {"fetch_min_bytes": 4096, "fetch_wait_max_ms": 25,
+                                          "fetch_backoff_ms": 40}})
     conf = consumer_config(s)
     assert (conf["fetch.min.bytes"], conf["fetch.wait.max.ms"]) == (4096, 25)
+    assert (conf["queued.min.messages"], conf["fetch.queue.backoff.ms"]) == (1, 40)
+    conf = consumer_config(load_settings(CONFIG, {"worker": {"fetch_backoff_ms": 0}}))
+    assert "queued.min.messages" not in conf and "fetch.queue.backoff.ms" not in conf
+    s = load_settings(CONFIG, {"broker": {"client": {"fetch.queue.backoff.ms": 5}}})
+    assert consumer_config(s)["fetch.queue.backoff.ms"] == 5
     s = load_settings(CONFIG, {"worker": {"fetch_min_bytes": 4096},
                                "broker": {"client": {"fetch.min.bytes": 1}}})
     assert consumer_config(s)["fetch.min.bytes"] == 1
     with pytest.raises(ConfigError, match=r"worker\.fetch_min_bytes"):
         load_settings(CONFIG, {"worker": {"fetch_min_bytes": 0}})
+
+
+def test_worker_output_producer_compresses_as_configured() -> None:
+    from services.worker.kafka_io import producer_config
+
+    assert producer_config(load_settings(CONFIG, {}), transactional_id=None)[
+        "compression.type"] == "lz4"
+    s = load_settings(CONFIG, {"worker": {"producer_compression": "none"}})
+    assert producer_config(s, transactional_id=None)["compression.type"] == "none"
+    with pytest.raises(ConfigError, match=r"worker\.producer_compression"):
+        load_settings(CONFIG, {"worker": {"producer_compression": "brotli"}})

@@ -2,8 +2,9 @@
 
 Delivery reports come for failed records only (``delivery.report.only.error``), so the loop
 commits when the producer has nothing outstanding; these tests pin what that means: a batch is
-committed once delivered (before the next one is produced), a failed record rewinds every
-batch in flight and commits none of them.
+committed once delivered (before the next one is produced; with ``commit_interval_s`` 0), a
+failed record rewinds every batch in flight and commits none of them; with a commit interval,
+delivered batches wait for it (or for shutdown, or a rewind) and are committed together.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def _messages(settings: Any, rows: Any, partition: int, start: int) -> list[Mess
 @pytest.fixture()
 def setup(tmp_path, flights_df):
     sept_flights = flights_df[flights_df["event_time"].dt.month == 9].reset_index(drop=True)
-    s = worker_settings("127.0.0.1:1", "t", tmp_path, stats_enabled=False, score_threads=0)
+    s = worker_settings("127.0.0.1:1", "t", tmp_path, stats_enabled=False, score_threads=0,
+                        commit_interval_s=0)
     scorer = load_fake_bundle(write_fake_bundle(tmp_path / "b", s.event_schema))
     # A bundle load warms the numba kernels up (services.worker.reload.warm_up); these loops
     # get their scorer directly, and their timers leave no room for a first-batch JIT.
@@ -144,6 +146,59 @@ def test_a_failed_record_rewinds_every_batch_in_flight_without_commit(setup) -> 
     assert sorted(consumer.seeks) == [(0, 100), (1, 40)]
     assert not loop.inflight
     assert len(producer.delivered) == 4  # a's other records; b was never produced
+
+
+def _with_interval(s: Any, seconds: float) -> Any:
+    return s.model_copy(update={"worker": s.worker.model_copy(
+        update={"commit_interval_s": seconds})})
+
+
+def test_with_a_commit_interval_delivered_batches_are_committed_together_on_shutdown(
+        setup) -> None:
+    s, scorer, a, b = setup
+    consumer = FakeConsumer([a, b])
+    producer = FakeProducer(log=consumer.log)
+    _run(_with_interval(s, 3600.0), scorer, consumer, producer)
+    assert len(producer.delivered) == 10
+    # Nothing was due during the run: one commit, on shutdown, after every record.
+    assert consumer.commits == [{0: 107, 1: 43}]
+    assert consumer.log[-1] == "commit" and consumer.log.count("produce") == 10
+
+
+def test_a_commit_interval_commits_when_due_even_with_no_new_batch(setup) -> None:
+    s, scorer, a, _ = setup
+    consumer = FakeConsumer([a])
+    producer = FakeProducer()
+    loop = StreamWorker(_with_interval(s, 0.1), _Client(consumer), _Client(producer), scorer,
+                        WorkerMetrics.create(CollectorRegistry()), "w1")
+    producer.on_delivery = loop.on_delivery
+    loop.assigned = {0, 1}
+    stop = threading.Event()
+    t = threading.Thread(target=loop.run, args=(stop,))
+    t.start()
+    try:
+        import time
+        deadline = time.monotonic() + 5
+        while not consumer.commits and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert consumer.commits == [{0: 105}]  # idle loop, interval passed: committed
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_a_failure_commits_the_batches_delivered_before_it_and_rewinds_the_rest(
+        setup) -> None:
+    s, scorer, a, b = setup
+    bad_id = b[0].key()  # batch a is delivered (not yet committed), then b fails
+    consumer = FakeConsumer([a, b])
+    producer = FakeProducer(fail_values={b'"event_id":"' + bad_id + b'"'})
+    loop = _run(_with_interval(s, 3600.0), scorer, consumer, producer)
+    assert consumer.commits[0] == {0: 105}  # a: delivered before the failure
+    assert sorted(consumer.seeks) == [(0, 105), (1, 40)]  # b rewound
+    assert not loop.inflight and not loop.delivered
+    assert {0: 107, 1: 43}.items().isdisjoint(
+        {k: v for c in consumer.commits for k, v in c.items()}.items())
 
 
 class TimedConsumer(FakeConsumer):
