@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             "worker": {"group_id": f"{prefix}-w", "metrics_port": 0,
                        "bundle_cache_dir": str(tmp / "wcache")},
             "monitor": {"app_id": f"{prefix}-mon", "metrics_port": 0, "idle_close_s": 20,
-                        "session_timeout_s": 2.0, "bundle_cache_dir": str(tmp / "mcache")},
+                        "session_timeout_s": 2.0, "bundle_cache_dir": str(tmp / "mcache"),
+                        "data_dir": str(tmp / "mdata")},
             "simulator": {"rate": args.rate, "start": args.start, "end": args.end},
         })
         t = s.topics

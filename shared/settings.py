@@ -433,6 +433,10 @@ class MonitorSettings(_Section):
     bundle_cache_dir: str = Field(
         default=".cache/segstream/monitor-bundles",
         description="Local cache of bundles fetched for their drift reference.")
+    data_dir: str = Field(
+        default=".cache/segstream/monitor",
+        description="faust's data directory (<data_dir>/<app_id>-data; the tables live in "
+                    "memory and their changelog topics, so it stays empty).")
 
     @model_validator(mode="after")
     def _check_windows(self) -> "MonitorSettings":

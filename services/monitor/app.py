@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -128,6 +129,7 @@ class MonitorService:
             extra["TableManager"] = "services.monitor.faust_ext:ProbingTableManager"
         app = faust.App(
             m.app_id, broker=brokers, store="memory://", topic_partitions=t.partitions,
+            datadir=str(Path(m.data_dir) / f"{m.app_id}-data"),  # not faust's ./<id>-data
             topic_replication_factor=t.replication_factor, web_enabled=False,
             broker_session_timeout=m.session_timeout_s,
             broker_heartbeat_interval=m.session_timeout_s / 10,

@@ -41,7 +41,7 @@ def _settings(kafka, prefix: str, tmp: Path, **monitor: Any) -> Settings:
     s = worker_settings(kafka.bootstrap, prefix, tmp)
     m = {"app_id": f"{prefix}-mon", "metrics_port": 0, "idle_close_s": 6.0,
          "session_timeout_s": 2.0 if not kafka.real_kafka else 6.0, "tick_s": 0.5,
-         "bundle_cache_dir": str(tmp / "mcache"), "new_segment_threshold": 15, **monitor}
+         "bundle_cache_dir": str(tmp / "mcache"), "data_dir": str(tmp / "mdata"), "new_segment_threshold": 15, **monitor}
     s = s.model_copy(update={"monitor": s.monitor.model_copy(update=m)})
     t = s.topics
     ensure_topics(s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.outcomes,

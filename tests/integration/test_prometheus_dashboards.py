@@ -177,6 +177,7 @@ def _write_config(tmp: Path, bootstrap: str, prefix: str, worker_port: int,
 
         wanted = {"app_id": f"{prefix}-monitor", "metrics_port": monitor_port,
                   "metrics_host": "127.0.0.1", "bundle_cache_dir": str(tmp / "monitor-cache"),
+                  "data_dir": str(tmp / "monitor-data"),
                   "session_timeout_s": 2.0, "idle_close_s": 3.0, "source_idle_s": 5.0,
                   "tick_s": 0.5, "drift_min_count": 100, "performance_min_count": 50,
                   "new_segment_threshold": 5}
