@@ -433,15 +433,16 @@ class StreamWorker:
             if self._delivery_error is not None:
                 self._delivery_failed(current_first)
                 return False
-            if len(p):
-                return True
-            n_pred = 0
-            for b in self.inflight:
-                self.delivered.update(b.next)
-                n_pred += b.n_predictions
-            self.inflight.clear()
-            if n_pred:
-                self.metrics.predictions_produced.inc(n_pred)
+            if not len(p):
+                n_pred = 0
+                for b in self.inflight:
+                    self.delivered.update(b.next)
+                    n_pred += b.n_predictions
+                self.inflight.clear()
+                if n_pred:
+                    self.metrics.predictions_produced.inc(n_pred)
+        # Offsets delivered earlier precede those still in flight: committing them is right
+        # even while newer batches are outstanding.
         if self.delivered and (force or time.monotonic() - self._last_commit
                                >= self.w.commit_interval_s):
             self._commit(self.delivered, sync=commit_sync)

@@ -201,6 +201,25 @@ def test_a_failure_commits_the_batches_delivered_before_it_and_rewinds_the_rest(
         {k: v for c in consumer.commits for k, v in c.items()}.items())
 
 
+def test_a_drain_with_records_outstanding_still_commits_what_was_delivered(setup) -> None:
+    """_drain (revoke, shutdown, scoring failure) commits the batches already delivered even
+    when a later batch's records could not be delivered in time."""
+    s, scorer, a, b = setup
+    producer = FakeProducer()
+    loop = StreamWorker(_with_interval(s, 3600.0), _Client(FakeConsumer([])),
+                        _Client(producer), scorer, WorkerMetrics.create(CollectorRegistry()), "w1")
+    producer.on_delivery = loop.on_delivery
+    loop.assigned = {0, 1}
+    loop.delivered = {0: 105}  # batch a: delivered, not yet committed
+    producer.queued.append((b"stuck", None))  # a later batch's record, never delivered
+    producer.flush = lambda timeout=0: 1  # type: ignore[method-assign]
+    from services.worker.loop import _InFlight
+    loop.inflight.append(_InFlight(2, {0: 105, 1: 40}, {0: 107, 1: 43}))
+    loop._drain(commit_sync=True)
+    assert loop.consumer.client.commits == [{0: 105}]  # a only; the stuck batch is not
+    assert not loop.inflight
+
+
 class TimedConsumer(FakeConsumer):
     """librdkafka's ``consume(n, timeout)``: returns when ``n`` messages are queued or the
     timeout has passed. Messages arrive at given times after the first call."""
