@@ -124,6 +124,7 @@ class MonitorService:
                                            m.bundle_cache_dir)
         self.reference_for = reference_for
         brokers = [f"kafka://{h.strip()}" for h in settings.broker.bootstrap.split(",")]
+        Path(m.data_dir).mkdir(parents=True, exist_ok=True)  # faust makes only the last level
         extra: dict[str, Any] = {}
         if m.recovery_probe:
             extra["TableManager"] = "services.monitor.faust_ext:ProbingTableManager"

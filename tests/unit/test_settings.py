@@ -169,3 +169,4 @@ def test_monitor_faust_data_dir_is_under_monitor_data_dir(tmp_path) -> None:
     s = load_settings(CONFIG, {"monitor": {"app_id": "m1", "data_dir": str(tmp_path / "d")}})
     svc = MonitorService(s, CollectorRegistry(), reference_for=lambda bundle_id: None)
     assert svc.app.conf.datadir == tmp_path / "d" / "m1-data"
+    assert (tmp_path / "d").is_dir()  # faust itself creates only the last level
