@@ -443,12 +443,16 @@ class StreamWorker:
                     self.metrics.predictions_produced.inc(n_pred)
         # Offsets delivered earlier precede those still in flight: committing them is right
         # even while newer batches are outstanding.
-        if self.delivered and (force or time.monotonic() - self._last_commit
-                               >= self.w.commit_interval_s):
-            self._commit(self.delivered, sync=commit_sync)
+        if force or time.monotonic() - self._last_commit >= self.w.commit_interval_s:
+            self._commit_delivered(sync=commit_sync)
+        return True
+
+    def _commit_delivered(self, sync: bool) -> None:
+        """Commit :attr:`delivered` (if anything is) and restart the commit interval."""
+        if self.delivered:
+            self._commit(self.delivered, sync=sync)
             self.delivered = {}
             self._last_commit = time.monotonic()
-        return True
 
     def _forget_delivered(self, partitions: set[int]) -> None:
         for part in partitions:
@@ -493,10 +497,7 @@ class StreamWorker:
         self.metrics.batch_failures.labels(stage="deliver").inc()
         self.producer.client.flush(self.w.transaction_timeout_s)
         self._delivery_error = None  # everything in flight is rewound below
-        if self.delivered:  # batches fully delivered before the failure stay done
-            self._commit(self.delivered, sync=False)
-            self.delivered = {}
-            self._last_commit = time.monotonic()
+        self._commit_delivered(sync=False)  # batches delivered before the failure stay done
         rewind: dict[int, int] = {}
         firsts = [b.first for b in self.inflight] + [current_first or {}]
         for first in firsts:  # every batch in flight (none is committed) and the one in hand
