@@ -29,12 +29,13 @@ COPY shared ./shared
 COPY training ./training
 COPY services ./services
 COPY config ./config
+COPY segstream ./segstream
 RUN pip install --no-deps . \
     && mkdir -p /app/artifacts /app/.cache \
     && chown segstream:segstream /app/artifacts /app/.cache
 
 USER segstream
-# Relative paths of the default settings (config/flights.yaml, .cache/, artifacts/) resolve here.
-ENV SEGSTREAM_CONFIG=/app/config/flights.yaml
+# The default settings are the packaged flights example (segstream config --example flights);
+# its relative paths (.cache/, artifacts/) resolve here.
 ENTRYPOINT ["segstream"]
 CMD ["--help"]

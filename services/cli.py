@@ -1,14 +1,16 @@
-"""Subcommands of the ``services`` package: ``demo`` (worker and monitor join here later)."""
+"""Subcommands of :mod:`segstream.services`: ``simulate`` and ``demo`` (the worker and the monitor
+register theirs in their own ``cli`` modules)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from shared.cli import _add_config, subcommand
+from segstream.shared.cli import _add_bootstrap, _add_config, _date, _stop_event, subcommand
 
 
 @subcommand
@@ -27,12 +29,59 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from services.demo import run_demo  # noqa: PLC0415
-    from shared.settings import load_settings  # noqa: PLC0415
+    from segstream.services.demo import run_demo  # noqa: PLC0415
+    from segstream.shared.settings import load_settings, resolve_config  # noqa: PLC0415
 
     settings = load_settings(args.config)
     summary = run_demo(settings, seconds=args.seconds, rate=args.rate,
                        keep_running=args.keep_running, out_dir=Path(args.out),
-                       config_path=os.path.abspath(args.config))
+                       config_path=os.path.abspath(resolve_config(args.config)))
     print("demo summary: " + orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+# --------------------------------------------------------------------------- simulate
+@subcommand
+def _simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "simulate", help="replay the data set to Kafka as events (and outcomes)",
+        description="Replay rows in event-time order as JSON events keyed by event id; "
+        "outcomes go to the outcomes topic at their outcome time. Prints progress on stderr "
+        "and a summary line at the end.")
+    _add_config(p)
+    _add_bootstrap(p)
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=float, help="events per second (fixed rate)")
+    pace.add_argument("--speedup", type=float, help="real time compressed by this factor")
+    p.add_argument("--limit", type=int, help="stop after N events")
+    p.add_argument("--start", type=_date, help="first event date, YYYY-MM-DD")
+    p.add_argument("--end", type=_date, help="last event date (inclusive), YYYY-MM-DD")
+    p.add_argument("--bad-fraction", type=float, help="share of malformed events, 0..1")
+    p.add_argument("--no-outcomes", action="store_true", help="do not send outcomes")
+    p.add_argument("--seed", type=int, help="random seed for malformed events")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from segstream.services.simulator.app import run_simulation  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
+
+    sim: dict[str, Any] = {
+        "limit": args.limit, "start": args.start, "end": args.end,
+        "bad_fraction": args.bad_fraction, "seed": args.seed,
+    }
+    if args.rate is not None:
+        sim.update(rate=args.rate, speedup=None)
+    if args.speedup is not None:
+        sim["speedup"] = args.speedup
+    if args.no_outcomes:
+        sim["outcomes"] = False
+    settings = load_settings(args.config, {"broker": {"bootstrap": args.bootstrap},
+                                           "simulator": sim})
+    if args.speedup is not None:  # a speed-up replaces the configured rate
+        settings = settings.model_copy(update={
+            "simulator": settings.simulator.model_copy(update={"rate": None})})
+    summary = run_simulation(settings, progress=not args.quiet, stop=_stop_event())
+    print(summary.line(), flush=True)
+    return 1 if summary.failed else 0

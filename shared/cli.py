@@ -1,6 +1,6 @@
 """The ``segstream`` command line: one console script with a subcommand per part.
 
-Operator mistakes (:class:`~shared.errors.SegstreamError`) print one line and exit non-zero;
+Operator mistakes (:class:`~segstream.shared.errors.SegstreamError`) print one line and exit non-zero;
 subcommands import their implementation lazily so that ``segstream --help`` is fast.
 """
 
@@ -15,9 +15,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shared.errors import SegstreamError
+from segstream.shared.errors import SegstreamError
 
-DEFAULT_CONFIG = "config/flights.yaml"
 
 Handler = Callable[[argparse.Namespace], int]
 _REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
@@ -30,8 +29,9 @@ def subcommand(fn: Callable[[argparse._SubParsersAction], None]) -> Callable[...
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=os.environ.get("SEGSTREAM_CONFIG", DEFAULT_CONFIG),
-                   help=f"settings YAML (default: $SEGSTREAM_CONFIG or {DEFAULT_CONFIG})")
+    p.add_argument("--config", default=os.environ.get("SEGSTREAM_CONFIG") or None,
+                   help="settings YAML file or the name of a packaged example "
+                   "(default: $SEGSTREAM_CONFIG, else the packaged 'flights' example)")
 
 
 def _add_bootstrap(p: argparse.ArgumentParser) -> None:
@@ -73,7 +73,7 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from shared.broker import EmbeddedBroker  # noqa: PLC0415
+    from segstream.shared.broker import EmbeddedBroker  # noqa: PLC0415
 
     stop = _stop_event()
     with EmbeddedBroker(port=args.port, host=args.host, log_path=args.log) as broker:
@@ -85,53 +85,6 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- simulate
-@subcommand
-def _simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "simulate", help="replay the data set to Kafka as events (and outcomes)",
-        description="Replay rows in event-time order as JSON events keyed by event id; "
-        "outcomes go to the outcomes topic at their outcome time. Prints progress on stderr "
-        "and a summary line at the end.")
-    _add_config(p)
-    _add_bootstrap(p)
-    pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, help="events per second (fixed rate)")
-    pace.add_argument("--speedup", type=float, help="real time compressed by this factor")
-    p.add_argument("--limit", type=int, help="stop after N events")
-    p.add_argument("--start", type=_date, help="first event date, YYYY-MM-DD")
-    p.add_argument("--end", type=_date, help="last event date (inclusive), YYYY-MM-DD")
-    p.add_argument("--bad-fraction", type=float, help="share of malformed events, 0..1")
-    p.add_argument("--no-outcomes", action="store_true", help="do not send outcomes")
-    p.add_argument("--seed", type=int, help="random seed for malformed events")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_simulate)
-
-
-def _cmd_simulate(args: argparse.Namespace) -> int:
-    from services.simulator.app import run_simulation  # noqa: PLC0415
-    from shared.settings import load_settings  # noqa: PLC0415
-
-    sim: dict[str, Any] = {
-        "limit": args.limit, "start": args.start, "end": args.end,
-        "bad_fraction": args.bad_fraction, "seed": args.seed,
-    }
-    if args.rate is not None:
-        sim.update(rate=args.rate, speedup=None)
-    if args.speedup is not None:
-        sim["speedup"] = args.speedup
-    if args.no_outcomes:
-        sim["outcomes"] = False
-    settings = load_settings(args.config, {"broker": {"bootstrap": args.bootstrap},
-                                           "simulator": sim})
-    if args.speedup is not None:  # a speed-up replaces the configured rate
-        settings = settings.model_copy(update={
-            "simulator": settings.simulator.model_copy(update={"rate": None})})
-    summary = run_simulation(settings, progress=not args.quiet, stop=_stop_event())
-    print(summary.line(), flush=True)
-    return 1 if summary.failed else 0
-
-
 # --------------------------------------------------------------------------- config
 @subcommand
 def _config_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -140,13 +93,23 @@ def _config_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
                        "and print the resolved settings as JSON (secrets masked); --table prints "
                        "the table of every key and its environment variable.")
     _add_config(p)
-    p.add_argument("--table", action="store_true", help="print the configuration table")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--table", action="store_true", help="print the configuration table")
+    out.add_argument("--example", metavar="NAME",
+                     help="print the packaged example config NAME (e.g. flights) as YAML")
     p.set_defaults(func=_cmd_config)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from shared.settings import load_settings, settings_table_markdown  # noqa: PLC0415
+    from segstream.shared.settings import (  # noqa: PLC0415
+        example_text,
+        load_settings,
+        settings_table_markdown,
+    )
 
+    if args.example:
+        print(example_text(args.example), end="")
+        return 0
     if args.table:
         print(settings_table_markdown())
         return 0
@@ -169,23 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_plugins() -> None:
-    """Import the modules that register the subcommands of the other packages."""
-    import importlib  # noqa: PLC0415
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` with every registered subcommand and run it; returns the exit code.
 
-    for mod in ("training.cli", "services.cli", "services.worker.cli", "services.monitor.cli"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
+    The subcommands of the other parts are registered by importing their ``cli`` modules
+    (:func:`segstream.cli.main` does that before calling this).
+    """
+    from segstream.shared.logs import configure_logging  # noqa: PLC0415
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``segstream`` console script; returns the exit code."""
-    from shared.logs import configure_logging  # noqa: PLC0415
-
-    _load_plugins()
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
@@ -197,10 +151,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segstream: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    # Run the imported module's main, not this __main__ copy: plugins register into shared.cli.
-    from shared.cli import main as _main
-
-    sys.exit(_main())

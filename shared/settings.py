@@ -5,7 +5,7 @@ Every key of the YAML file can be overridden by an environment variable named
 ``SEGSTREAM_BROKER__BOOTSTRAP=kafka:9092`` or ``SEGSTREAM_SIMULATOR__RATE=500``. Lists and
 mappings are given as JSON. Precedence: explicit overrides (CLI flags) > environment > file.
 
-Unknown keys and wrong types are start-up errors (:class:`~shared.errors.ConfigError`) that
+Unknown keys and wrong types are start-up errors (:class:`~segstream.shared.errors.ConfigError`) that
 name the key, the file and, where it came from the environment, the variable.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import importlib.resources
 import os
 import typing
 from pathlib import Path
@@ -26,7 +27,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from shared.errors import ConfigError
+from segstream.shared.errors import ConfigError
 
 ENV_PREFIX = "SEGSTREAM_"
 ENV_DELIMITER = "__"
@@ -447,7 +448,7 @@ class MonitorSettings(_Section):
     def threshold(self, feature: str, reference: Any = None) -> tuple[float, float]:
         """(warning, critical) PSI levels of ``feature``: the explicit ``drift_thresholds``
         entry, else the defaults, raised to the bundle's training-window levels when
-        ``drift_calibrated`` and a ``reference`` (:class:`shared.drift.DriftReference`) is
+        ``drift_calibrated`` and a ``reference`` (:class:`segstream.shared.drift.DriftReference`) is
         given."""
         t = self.drift_thresholds.get(feature)
         if t:
@@ -554,15 +555,61 @@ def _env_upper() -> set[str]:
     return {k.upper() for k in os.environ}
 
 
+#: Name of the example configuration used when no ``--config`` / ``$SEGSTREAM_CONFIG`` is given.
+DEFAULT_EXAMPLE = "flights"
+
+
+def example_names() -> list[str]:
+    """Names of the example configurations shipped with the package (``flights``, ...)."""
+    root = importlib.resources.files("segstream.config")
+    return sorted(e.name[: -len(".yaml")] for e in root.iterdir() if e.name.endswith(".yaml"))
+
+
+def example_text(name: str) -> str:
+    """The YAML text of the packaged example configuration ``name``.
+
+    Raises
+    ------
+    ConfigError
+        ``name`` is not one of :func:`example_names`.
+    """
+    if name not in example_names():
+        raise ConfigError(f"no example config {name!r}; examples: {', '.join(example_names())}")
+    return (importlib.resources.files("segstream.config") / f"{name}.yaml").read_text()
+
+
+def resolve_config(path: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
+    """The file a ``--config`` value names: a path, or the name of a packaged example.
+
+    ``None`` means the packaged ``flights`` example. A value that is not an existing file but
+    is an example's name (``flights``) resolves to that example, read through
+    :mod:`importlib.resources` (the package may be installed as a wheel, without this repository).
+
+    Raises
+    ------
+    ConfigError
+        Neither a file nor an example name.
+    """
+    name = DEFAULT_EXAMPLE if path is None else str(path)
+    if path is not None and Path(path).is_file():
+        return path
+    if name in example_names():
+        # Wheels install unzipped, so the packaged resource is a real file.
+        return Path(str(importlib.resources.files("segstream.config") / f"{name}.yaml"))
+    raise ConfigError(f"config file not found: {path} (and not an example: "
+                      f"{', '.join(example_names())})")
+
+
 def load_settings(
-    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+    path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
     """Load and validate settings from ``path`` with environment and explicit overrides.
 
     Parameters
     ----------
-    path : path-like
-        YAML file (e.g. ``config/flights.yaml``).
+    path : path-like, str or None
+        YAML file, or the name of a packaged example (``"flights"``); ``None`` loads the
+        packaged ``flights`` example (see :func:`resolve_config`).
     overrides : dict, optional
         Nested values that win over the environment and the file (CLI flags).
 
@@ -576,6 +623,7 @@ def load_settings(
     ConfigError
         Missing or unparsable file, unknown key, wrong type; the message names key and file.
     """
+    path = resolve_config(path)
     data = read_yaml(path)
     token = _YAML_DATA.set(data)
     try:
