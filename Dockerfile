@@ -31,10 +31,14 @@ COPY services ./services
 COPY config ./config
 COPY segstream ./segstream
 RUN pip install --no-deps . \
-    && mkdir -p /app/artifacts /app/.cache \
-    && chown segstream:segstream /app/artifacts /app/.cache
+    && mkdir -p /app/artifacts /app/.cache/numba \
+    && chown -R segstream:segstream /app/artifacts /app/.cache
 
 USER segstream
+# numba's compiled kernels live in a directory the service user owns, filled at build time by
+# `segstream warmup` (synthetic data, no broker), so a new container does not compile them.
+ENV NUMBA_CACHE_DIR=/app/.cache/numba
+RUN segstream --log-level WARNING warmup
 # The default settings are the packaged flights example (segstream config --example flights);
 # its relative paths (.cache/, artifacts/) resolve here.
 ENTRYPOINT ["segstream"]

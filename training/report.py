@@ -204,7 +204,7 @@ def write_report(out_dir: str | Path, manifest: Manifest, *, part: Any, fit_df: 
         "figures": _Default(figures),
     }
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("training", "templates"),
+        loader=jinja2.PackageLoader("segstream.training", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     html = env.get_template("report.html.j2").render(**ctx)
     path = out / f"report-{manifest.model}-{manifest.bundle_id[:12]}.html"

@@ -162,6 +162,13 @@ def test_dockerfile_slim_non_root_dependency_layer() -> None:
     assert first_copy < dep_install < source
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", "artifacts"} <= set(ignored)
+    # The kernels are compiled at build time, as the service user, into its own cache dir.
+    user = next(i for i, ln in enumerate(lines) if ln == "USER segstream")
+    warm = next(i for i, ln in enumerate(lines) if "segstream" in ln and "warmup" in ln
+                and ln.startswith("RUN"))
+    assert user < warm
+    assert re.search(r"^ENV NUMBA_CACHE_DIR=/app/\.cache/numba$", text, re.M)
+    assert "COPY segstream ./segstream" in text
 
 
 # --------------------------------------------------------------------------- prometheus

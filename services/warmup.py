@@ -1,0 +1,127 @@
+"""``segstream warmup``: compile every numba kernel into the numba cache ahead of time.
+
+numba compiles a kernel on its first call and, with ``cache=True`` (every kernel here), stores
+the machine code under ``NUMBA_CACHE_DIR`` (default: ``__pycache__`` beside the source). A
+fresh container otherwise pays that compilation in its first seconds: the worker is not ready
+until its bundle has been warmed up. :func:`warm_up_kernels` trains a small bundle on synthetic
+events drawn from the configured schema (so every training kernel runs with the dtypes real
+data has), loads it, and runs the worker's decode, score, stats and record-encoding kernels on
+it, exactly as the worker's own warm-up does after loading a bundle. Nothing is published and
+no broker is needed; the Docker image runs it at build time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from segstream.shared.settings import SchemaSettings, Settings
+
+logger = logging.getLogger(__name__)
+
+#: Synthetic events span 90 days from this date: 45 train, 15 validation, 30 test.
+_START = dt.datetime(2020, 1, 1)
+
+
+def synthetic_events(schema: SchemaSettings, n: int = 6_000, seed: int = 0) -> pd.DataFrame:
+    """Events with every field of ``schema``, random but shaped like real data.
+
+    Parameters
+    ----------
+    schema : SchemaSettings
+        The event schema; each field gets values of its ``type``.
+    n : int
+        Number of rows.
+    seed : int
+        Seed of the random generator.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``n`` rows: unique string ids, event times spread over 90 days from 2020-01-01 (naive,
+        read in the configured time zone), numeric fields ~ N(0, 1) (ints in 0..6, bools 0/1),
+        categorical fields with four levels, and a target that depends linearly on the numeric
+        features plus noise (so every segment model has something to fit).
+    """
+    rng = np.random.default_rng(seed)
+    cols: dict[str, Any] = {}
+    numeric = np.zeros(n)
+    for f in schema.event_fields:
+        if f.name == schema.id_field:
+            cols[f.name] = np.array([f"warmup-{i}" for i in range(n)], dtype=object)
+        elif f.type == "datetime":
+            secs = np.sort(rng.uniform(0, 90 * 86_400, n))
+            cols[f.name] = pd.Timestamp(_START) + pd.to_timedelta(secs, unit="s")
+        elif f.type == "string":
+            cols[f.name] = np.array(["a", "b", "c", "d"], dtype=object)[rng.integers(0, 4, n)]
+        elif f.type == "int":
+            cols[f.name] = rng.integers(0, 7, n)
+        elif f.type == "bool":
+            cols[f.name] = rng.integers(0, 2, n).astype(bool)
+        else:
+            cols[f.name] = rng.normal(size=n)
+        if f.role == "numeric" and f.type in ("float", "int", "bool"):
+            numeric = numeric + 0.5 * np.asarray(cols[f.name], dtype=np.float64)
+    cols[schema.target] = numeric + rng.normal(size=n)
+    return pd.DataFrame(cols)
+
+
+def warm_up_kernels(settings: Settings, *, rows: int = 6_000) -> dict[str, float]:
+    """Train on synthetic events, load the bundle and run the worker's kernels once.
+
+    Parameters
+    ----------
+    settings : Settings
+        The deployment's settings: their schema and training options decide which kernels run
+        with which dtypes. The dataset, the store and the broker are not used.
+    rows : int
+        Synthetic rows to train on.
+
+    Returns
+    -------
+    dict
+        Wall seconds of ``train`` and ``score`` (the worker's warm-up on the loaded bundle).
+
+    Raises
+    ------
+    SegstreamError
+        Whatever training or loading raises for a schema or options that cannot train.
+    """
+    from segstream.services.worker.reload import warm_up  # noqa: PLC0415
+    from segstream.shared.scoring import load_bundle  # noqa: PLC0415
+    from segstream.training.pipeline import train  # noqa: PLC0415
+
+    schema = settings.event_schema
+    tr = settings.training
+    with tempfile.TemporaryDirectory(prefix="segstream-warmup-") as tmp:
+        data = Path(tmp) / "events.parquet"
+        synthetic_events(schema, rows).to_parquet(data)
+        small = settings.model_copy(update={
+            "dataset": settings.dataset.model_copy(update={"source": "file", "path": str(data)}),
+            "training": tr.model_copy(update={
+                "train_end": (_START + dt.timedelta(days=45)).date(),
+                "validation_end": (_START + dt.timedelta(days=60)).date(),
+                "partitioner": tr.partitioner.model_copy(update={
+                    "min_samples_leaf": min(tr.partitioner.min_samples_leaf, rows // 20),
+                    "max_leaf_nodes": min(tr.partitioner.max_leaf_nodes, 8)}),
+                "regression": tr.regression.model_copy(update={
+                    "min_stat": min(tr.regression.min_stat, rows // 40)}),
+                "profiles": tr.profiles.model_copy(update={
+                    "k_max": min(tr.profiles.k_max, 3), "n_estimators": 20,
+                    "max_classifier_rows": 2_000})}),
+        })
+        t0 = time.perf_counter()
+        result = train(small, data_path=str(data), publish=False, progress=False,
+                       report_dir=os.path.join(tmp, "report"), work_dir=os.path.join(tmp, "b"))
+        t1 = time.perf_counter()
+        warm_up(load_bundle(result.bundle_dir))
+        t2 = time.perf_counter()
+    return {"train": t1 - t0, "score": t2 - t1}
