@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test unit integration e2e demo bench bench-quix-venv lint clean
+.PHONY: test unit integration e2e demo bench bench-quix-venv lint docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ e2e: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/segstream demo
 
+# The mkdocs-material site (docs/, mkdocs.yml) into site/; --strict fails on any warning,
+# broken links and docstring cross-references included.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	for b in benchmarks/bench_*.py; do $(PY) $$b --quick --out benchmarks/results/$$(basename $$b .py).json || exit 1; done
@@ -41,4 +51,4 @@ bench-quix-venv: $(STAMP)
 	@echo "quix baseline: python benchmarks/bench_worker.py --quick --quix-python $(QUIX_VENV)/bin/python"
 
 clean:
-	rm -rf $(VENV) $(QUIX_VENV) artifacts .pytest_cache
+	rm -rf $(VENV) $(QUIX_VENV) artifacts .pytest_cache site build/api-src

@@ -653,7 +653,7 @@ def settings_rows(
 ) -> list[tuple[str, str, str, str]]:
     """Rows ``(key, environment variable, default, description)`` for every leaf setting.
 
-    Used to generate the README's configuration table (a test keeps them identical).
+    Generates the table of docs/configuration.md (a test keeps them identical).
     """
     rows: list[tuple[str, str, str, str]] = []
     for name, info in model.model_fields.items():
@@ -685,7 +685,7 @@ def _section_type(ann: Any) -> type[BaseModel] | None:
 
 
 def settings_table_markdown() -> str:
-    """The configuration table in Markdown (README section "Configuration")."""
+    """The configuration table in Markdown (docs/configuration.md)."""
     lines = ["| key | environment variable | default | meaning |", "|---|---|---|---|"]
     for key, env, default, desc in settings_rows():
         lines.append(f"| `{key}` | `{env}` | `{default}` | {desc} |")

@@ -1451,11 +1451,10 @@ class CompositePartitioner(TreePartitioner):
     levels : list of str
         Key columns, outermost first (not used as tree features).
     max_leaf_nodes : int, default=8
-        Leaf budget of the tree inside each key segment.
-    **other
+        Leaf budget of the tree inside each key segment. The keyword-only parameters
         ``min_samples_leaf``, ``min_impurity_decrease``, ``scaler``, ``categorical_features``,
         ``category_encoding``, ``target_smoothing``, ``y_columns``, ``weights``, ``max_bins``,
-        ``algorithm``, ``random_state``, ``histogram_memory_mb`` as in
+        ``algorithm``, ``random_state`` and ``histogram_memory_mb`` are those of
         :class:`TreePartitioner`.
 
     References

@@ -32,7 +32,7 @@ def consumer_config(settings: Settings, *, stats_cb: Callable[[str], None] | Non
         "queued.max.messages.kbytes": 32_768,
         # Paced fetches: a broker pays per fetch (Tansu's memory storage lists every stored
         # batch of a partition on each fetch that returns data, so a fetch per produced batch
-        # saturated it within seconds at 59k events/s; README, Latency). A fetch is answered
+        # saturated it within seconds at 59k events/s; docs: worker, Latency). A fetch is answered
         # as soon as data is there (fetch.min.bytes 1: no second storage read, as a held
         # fetch costs on Tansu), and the next one waits until the loop has taken what the
         # last one brought and fetch_backoff_ms has passed.

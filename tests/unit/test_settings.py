@@ -111,13 +111,13 @@ def test_schema_validation(tmp_path, fields, message):
         load_settings(p)
 
 
-def test_readme_configuration_table_matches_settings_model():
-    readme = (REPO / "README.md").read_text()
-    m = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", readme,
+def test_docs_configuration_table_matches_settings_model():
+    page = (REPO / "docs" / "configuration.md").read_text()
+    m = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", page,
                   re.S)
-    assert m, "README lacks the generated configuration table markers"
+    assert m, "docs/configuration.md lacks the generated configuration table markers"
     assert m.group(1).strip() == settings_table_markdown().strip(), (
-        "README configuration table is stale: regenerate with `segstream config --table`")
+        "docs/configuration.md table is stale: regenerate with `segstream config --table`")
 
 
 def test_settings_rows_cover_every_section():
