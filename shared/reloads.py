@@ -13,7 +13,8 @@ silently. Each failure goes through :meth:`ReloadFailures.failed`, which
   ``bundle_rejected`` for a bundle that is refused (integrity, signature, incompatible, a
   loader bug), ``bundle_reload_failed`` for the rest (store outage, malformed ``LATEST``,
   a missing bundle, an invalid model-updates record). A cause alerts again only after
-  :meth:`ReloadFailures.recovered` cleared it.
+  :meth:`ReloadFailures.recovered` cleared it (the watcher does when ``LATEST`` is readable
+  again or a bundle loads); invalid model-updates records alert once per process.
 
 :class:`Backoff` spaces the retries.
 """

@@ -352,7 +352,6 @@ class BundleWatcher(threading.Thread):
             return
         if update.model != self.source.model:
             return
-        self.failures.recovered(("invalid_update",))
         now = time.monotonic()
         due = max(now, self._last_check + self.hint_min_interval_s, self._retry_at)
         logger.info("model update for bundle %s: re-reading LATEST", update.bundle_id[:12])
