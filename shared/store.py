@@ -537,7 +537,12 @@ class ArtifactStore:
                 dest.unlink()  # a link is removed, never followed
             elif dest.exists():
                 dest.rename(old)
-            tmp.rename(dest)
+            try:
+                tmp.rename(dest)
+            except OSError:
+                if not (dest / MANIFEST).is_file():
+                    raise
+                # Another fetch installed it meanwhile; it is verified when it is loaded.
         except OSError as exc:
             raise StoreError(f"bundle cache {root}: cannot write {dest.name}: {exc}") from None
         finally:

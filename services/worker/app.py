@@ -108,12 +108,10 @@ def run_worker(
     ensure_topics(settings.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
                                     t.model_updates], t.partitions, t.replication_factor)
     alerts = AlertProducer(settings).start() if w.alerts_enabled else None
-    in_use: dict[str, str] = {}
-    failures = ReloadFailures(
+    failures = ReloadFailures(  # the watcher sets its current bundle (None at start-up)
         settings.model,
         count=lambda reason: metrics.bundle_reload_failures.labels(reason=reason).inc(),
-        alert=(lambda rec: alerts.send(settings.model, rec)) if alerts is not None else None,
-        current=lambda: in_use.get("bundle_id"))
+        alert=(lambda rec: alerts.send(settings.model, rec)) if alerts is not None else None)
 
     def count_load(result: str) -> None:
         metrics.bundle_reloads.labels(result=result).inc()
@@ -132,12 +130,10 @@ def run_worker(
             http.stop()
         return EXIT_OK
     set_log_context(bundle_id=scorer.bundle_id[:12])
-    in_use["bundle_id"] = scorer.bundle_id
 
     watcher = BundleWatcher(
         source, scorer.bundle_id, poll_s=w.reload_poll_s, feed=ModelUpdatesFeed(settings),
         failures=failures, on_loaded=count_load)
-    failures.current = lambda: watcher.current_id
 
     # The loop object exists before the consumer so that rebalance callbacks can reach it.
     holder: dict[str, StreamWorker] = {}

@@ -262,7 +262,8 @@ class BundleWatcher(threading.Thread):
     feed : UpdateFeed, optional
         Raw model-update records.
     failures : ReloadFailures, optional
-        Where failures are reported (default: logged and not counted).
+        Where failures are reported (default: logged and not counted); its ``current`` is
+        set to this watcher's current bundle.
     on_loaded : callable, optional
         ``on_loaded(result)`` with result in ``loaded``, ``rejected``, ``failed`` (metrics).
     backoff_max_s : float
@@ -280,6 +281,7 @@ class BundleWatcher(threading.Thread):
         self.poll_s = poll_s
         self.feed = feed
         self.failures = failures or ReloadFailures(source.model, count=lambda reason: None)
+        self.failures.current = lambda: self._current  # alerts name the bundle that stays
         self.on_loaded = on_loaded or (lambda result: None)
         self.hint_min_interval_s = hint_min_interval_s
         self._current = current_id
