@@ -11,7 +11,13 @@ from training.pipeline import train
 pytestmark = pytest.mark.integration
 
 
-def test_publish_sends_model_update_event(kafka, topic_prefix, flights_df, tmp_path):
+def test_publish_sends_model_update_event(kafka, topic_prefix, flights_df, tmp_path,
+                                          monkeypatch):
+    from shared.signing import generate_key_pair
+    from shared.store import ArtifactStore
+
+    generate_key_pair(tmp_path / "k.key", tmp_path / "k.pub")
+    monkeypatch.setenv("SEGSTREAM_STORE__SIGNING_KEY", (tmp_path / "k.key").read_text())
     cfg = small_config(tmp_path, tmp_path / "store",
                        broker={"bootstrap": kafka.bootstrap},
                        topics={"model_updates": f"{topic_prefix}.model-updates"})
@@ -19,6 +25,15 @@ def test_publish_sends_model_update_event(kafka, topic_prefix, flights_df, tmp_p
     r = train(s, data_path=str(january_parquet(flights_df, tmp_path)), progress=False,
               work_dir=str(tmp_path / "w"), report_dir=str(tmp_path / "r"))
     assert r.update_sent
+    # The trainer signed the bundle: a store trusting the key verifies it; the key is in
+    # no file of the bundle.
+    trusted = ArtifactStore(s.store.model_copy(update={
+        "signing_key": None, "trusted_public_keys": (str(tmp_path / "k.pub"),)}))
+    assert trusted.verify("flights", r.manifest.bundle_id).bundle_id == r.manifest.bundle_id
+    secret_line = (tmp_path / "k.key").read_text().splitlines()[1].encode()
+    bundle_dir = tmp_path / "store" / "bundles" / "flights" / r.manifest.bundle_id
+    assert (bundle_dir / "manifest.sig").is_file()
+    assert all(secret_line not in f.read_bytes() for f in bundle_dir.iterdir())
     msgs = consume_all(kafka.bootstrap, s.topics.model_updates, 1)
     assert len(msgs) == 1
     doc = orjson.loads(msgs[0].value())
