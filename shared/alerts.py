@@ -8,7 +8,7 @@ Alert record, JSON, keyed by its subject (``feature``, ``segment`` or the key, s
      "detected_at", ...extra fields}
 
 ``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected`` |
-``bundle_reload_failed`` (the store or ``LATEST`` cannot be read; :mod:`shared.reloads`).
+``bundle_reload_failed`` (the store or ``LATEST`` cannot be read; :mod:`segstream.shared.reloads`).
 Monitor alerts have a **deterministic** ``alert_id`` (:func:`alert_id`) computed from the
 type, model, bundle, subject, statistic and window, so a duplicate (e.g. re-sent after a
 restart) carries the same id and is recognisable downstream. ``bundle_rejected`` and

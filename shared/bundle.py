@@ -14,7 +14,7 @@ modified, missing or extra file, an edited manifest or a newer format version. L
 executes code: JSON, ``.npy`` arrays without pickles and XGBoost's own model format only.
 
 A bundle may carry ``manifest.sig``, an Ed25519 signature of the manifest
-(:mod:`shared.signing`); it is not part of the content address and not in the file table.
+(:mod:`segstream.shared.signing`); it is not part of the content address and not in the file table.
 
 Everything read from a bundle is bounded before it is parsed (see the ``MAX_*`` limits below):
 the manifest's size, each file's size, the bundle's total size and the decompressed size of
@@ -41,15 +41,15 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, BundleIdError, BundleIntegrityError
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, BundleIdError, BundleIntegrityError
 
 logger = logging.getLogger(__name__)
 
 #: Version of the on-disk format written by this code. Bundles with a higher version are refused.
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-#: The optional signature file beside the manifest (:mod:`shared.signing`).
+#: The optional signature file beside the manifest (:mod:`segstream.shared.signing`).
 SIGNATURE = "manifest.sig"
 
 #: Largest ``manifest.json`` read (bytes); larger ones are refused unread.

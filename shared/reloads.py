@@ -1,10 +1,10 @@
 """Bundle reload failures: logged, counted, alerted once per cause, retried with backoff.
 
-The worker's bundle watcher (:mod:`services.worker.reload`) and the monitor's reference cache
-(:mod:`services.monitor.references`) load bundles in the background; neither may die or fail
+The worker's bundle watcher (:mod:`segstream.services.worker.reload`) and the monitor's reference cache
+(:mod:`segstream.services.monitor.references`) load bundles in the background; neither may die or fail
 silently. Each failure goes through :meth:`ReloadFailures.failed`, which
 
-* classifies it (:func:`shared.store.reload_failure_reason`, a small fixed set of reasons),
+* classifies it (:func:`segstream.shared.store.reload_failure_reason`, a small fixed set of reasons),
 * counts it (``segstream_bundle_reload_failures_total{reason}``, through ``count``),
 * logs it (the first of a cause as an error; repeats at most once a minute),
 * alerts once per *cause* — a reason, plus the bundle for a refused bundle (the store holds
@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from shared.alerts import bundle_rejected_alert, bundle_reload_failed_alert
-from shared.store import reload_failure_reason
+from segstream.shared.alerts import bundle_rejected_alert, bundle_reload_failed_alert
+from segstream.shared.store import reload_failure_reason
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The manifest already pins every file of a bundle (name, size, SHA-256) and its i
 SHA-256 of its canonical JSON, so one signature over the canonical manifest covers the whole
 bundle. It is checked *before* any component is read: a worker or the monitor with
 ``store.trusted_public_keys`` configured fetches ``manifest.json`` and ``manifest.sig``
-first and refuses the bundle (:class:`~shared.errors.BundleSignatureError`) unless the
+first and refuses the bundle (:class:`~segstream.shared.errors.BundleSignatureError`) unless the
 signature verifies with one of the trusted keys.
 
 ``manifest.sig`` is a small JSON document (:class:`ManifestSignature`)::
@@ -14,7 +14,7 @@ signature verifies with one of the trusted keys.
      "bundle_id": "<the manifest's bundle_id>", "signature": "<base64, 64 bytes>"}
 
 The signed message is ``b"segstream bundle manifest v1\\n"`` followed by the canonical
-manifest JSON without ``bundle_id`` (:meth:`shared.bundle.Manifest.body_json`, whose SHA-256
+manifest JSON without ``bundle_id`` (:meth:`segstream.shared.bundle.Manifest.body_json`, whose SHA-256
 is the bundle id); the prefix keeps these signatures from being valid for anything else.
 
 Keys are PEM files in the standard formats (PKCS#8 private key, SubjectPublicKeyInfo public
@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from shared.bundle import SIGNATURE, Manifest, verify_bundle_dir
-from shared.errors import BundleSignatureError, SigningKeyError
-from shared.settings import StoreSettings
+from segstream.shared.bundle import SIGNATURE, Manifest, verify_bundle_dir
+from segstream.shared.errors import BundleSignatureError, SigningKeyError
+from segstream.shared.settings import StoreSettings
 
 SIGNATURE_FORMAT = "segstream-manifest-signature/1"
 ALGORITHM = "ed25519"

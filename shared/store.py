@@ -13,7 +13,7 @@ no-op. Secrets (S3 keys) are passed to s3fs and never logged.
 The control plane (docs/security-bundles.md): ``LATEST`` is the single source of truth of
 which bundle serves; a record on the model-updates topic (:class:`ModelUpdate`) is only a hint
 to re-read it now. Every bundle id that enters (``LATEST``, directory names, the topic, the
-command line) passes :func:`shared.bundle.check_bundle_id` before it builds a path, and the
+command line) passes :func:`segstream.shared.bundle.check_bundle_id` before it builds a path, and the
 model name is checked too. :meth:`ArtifactStore.fetch` reads the manifest first, checks its id
 and (with ``store.trusted_public_keys``) its signature, and only then reads the files it
 lists, each bounded by its declared size.
@@ -36,7 +36,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from shared.bundle import (
+from segstream.shared.bundle import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
     SIGNATURE,
@@ -49,7 +49,7 @@ from shared.bundle import (
     verify_bundle_dir,
     verify_files,
 )
-from shared.errors import (
+from segstream.shared.errors import (
     BundleCompatibilityError,
     BundleIdError,
     BundleIntegrityError,
@@ -59,7 +59,7 @@ from shared.errors import (
     ModelUpdateError,
     StoreError,
 )
-from shared.settings import StoreSettings
+from segstream.shared.settings import StoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class ArtifactStore:
         self._root = ""
         self._trusted: dict[str, Any] = {}
         if settings.trusted_public_keys:
-            from shared.signing import load_public_keys  # noqa: PLC0415 - cryptography on use
+            from segstream.shared.signing import load_public_keys  # noqa: PLC0415 - cryptography on use
 
             self._trusted = load_public_keys(settings)
 
@@ -289,7 +289,7 @@ class ArtifactStore:
         return manifest, raw
 
     def _read_signature(self, model: str, bundle_id: str) -> bytes | None:
-        from shared.signing import MAX_SIGNATURE_BYTES  # noqa: PLC0415
+        from segstream.shared.signing import MAX_SIGNATURE_BYTES  # noqa: PLC0415
 
         try:
             return self._read(self._path(model, bundle_id, SIGNATURE), MAX_SIGNATURE_BYTES)
@@ -306,7 +306,7 @@ class ArtifactStore:
         """
         if not self._trusted:
             return None
-        from shared.signing import verify_manifest_signature  # noqa: PLC0415
+        from segstream.shared.signing import verify_manifest_signature  # noqa: PLC0415
 
         return verify_manifest_signature(manifest, signature, self._trusted, where)
 
@@ -470,7 +470,7 @@ class ArtifactStore:
         """Download a bundle into ``cache_dir/<bundle_id>`` (verified) and return the path.
 
         The order makes a hostile store cheap to refuse: the id is checked; the manifest is
-        read (at most :data:`~shared.bundle.MAX_MANIFEST_BYTES`), parsed and checked to be the
+        read (at most :data:`~segstream.shared.bundle.MAX_MANIFEST_BYTES`), parsed and checked to be the
         bundle asked for; with trusted keys configured its signature is checked; only then are
         the files it lists read, each up to its declared size, and checked. A cached copy is
         used when it verifies (signature included). Nothing is written or removed outside
@@ -617,7 +617,7 @@ class ArtifactStore:
     def sign(self, model: str, ref: str, private_key: Any) -> str:
         """Verify a stored bundle and store its ``manifest.sig`` made with ``private_key``
         (an Ed25519 private key); return the bundle id."""
-        from shared.signing import sign_manifest  # noqa: PLC0415
+        from segstream.shared.signing import sign_manifest  # noqa: PLC0415
 
         bid = self.resolve(model, ref)
         manifest = self.verify(model, bid, check_signature=False)

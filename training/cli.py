@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 
-from shared.cli import _add_bootstrap, _add_config, subcommand
-from shared.errors import DataError, SchemaError
+from segstream.shared.cli import _add_bootstrap, _add_config, subcommand
+from segstream.shared.errors import DataError, SchemaError
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from shared.settings import load_settings  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
 
     store = getattr(args, "store", None)
     return load_settings(args.config, {
@@ -42,7 +42,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from training.pipeline import train  # noqa: PLC0415
+    from segstream.training.pipeline import train  # noqa: PLC0415
 
     settings = _settings(args)
     r = train(settings, data_path=args.data, publish=not args.no_publish,
@@ -93,7 +93,7 @@ def _bundle_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from shared.signing import generate_key_pair  # noqa: PLC0415
+    from segstream.shared.signing import generate_key_pair  # noqa: PLC0415
 
     priv, pub = Path(f"{args.prefix}.key"), Path(f"{args.prefix}.pub")
     kid = generate_key_pair(priv, pub)
@@ -105,8 +105,8 @@ def _signature_line(store: Any, model: str, m: Any) -> str:
     """How the bundle is signed, and whether a trusted key verifies it."""
     import msgspec  # noqa: PLC0415
 
-    from shared.errors import BundleSignatureError  # noqa: PLC0415
-    from shared.signing import ManifestSignature  # noqa: PLC0415
+    from segstream.shared.errors import BundleSignatureError  # noqa: PLC0415
+    from segstream.shared.signing import ManifestSignature  # noqa: PLC0415
 
     raw = store.read_signature(model, m.bundle_id)
     if raw is None:
@@ -126,7 +126,7 @@ def _signature_line(store: Any, model: str, m: Any) -> str:
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
-    from shared.store import ArtifactStore  # noqa: PLC0415
+    from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
     settings = _settings(args)
     model = args.model or settings.model
@@ -149,8 +149,8 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         print(f"LATEST of {model} -> {bid}")
         return 0
     if args.bundle_command == "sign":
-        from shared.errors import SigningKeyError  # noqa: PLC0415
-        from shared.signing import load_private_key  # noqa: PLC0415
+        from segstream.shared.errors import SigningKeyError  # noqa: PLC0415
+        from segstream.shared.signing import load_private_key  # noqa: PLC0415
 
         key = load_private_key(settings.store)
         if key is None:
@@ -216,7 +216,7 @@ def _explain_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from training.explain import explain_event, plot_event  # noqa: PLC0415
+    from segstream.training.explain import explain_event, plot_event  # noqa: PLC0415
 
     settings = _settings(args)
     try:
@@ -237,8 +237,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _resolve_bundle(settings: Any, ref: str) -> Any:
-    from shared.scoring import load_bundle  # noqa: PLC0415
-    from shared.store import ArtifactStore  # noqa: PLC0415
+    from segstream.shared.scoring import load_bundle  # noqa: PLC0415
+    from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
     if Path(ref).is_dir():
         return load_bundle(ref)

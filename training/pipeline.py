@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from shared.bundle import Manifest, load_components, write_bundle
-from shared.component import ExportedComponent
-from shared.data import load_dataset, load_file
-from shared.drift import DriftReference, numeric_reference, window_psi_levels
-from shared.errors import DataError, SchemaError
-from shared.settings import SchemaSettings, Settings
-from training.evaluation import (
+from segstream.shared.bundle import Manifest, load_components, write_bundle
+from segstream.shared.component import ExportedComponent
+from segstream.shared.data import load_dataset, load_file
+from segstream.shared.drift import DriftReference, numeric_reference, window_psi_levels
+from segstream.shared.errors import DataError, SchemaError
+from segstream.shared.settings import SchemaSettings, Settings
+from segstream.training.evaluation import (
     conformal_offsets, fallback_shares, interval_metrics, per_segment_mae, point_metrics)
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def fingerprint(df: pd.DataFrame, schema: SchemaSettings) -> str:
 # --------------------------------------------------------------------------- components
 def build_partitioner(settings: Settings) -> Any:
     """The configured partitioner (unfitted) and the columns it needs."""
-    from training.partitioner import (  # noqa: PLC0415
+    from segstream.training.partitioner import (  # noqa: PLC0415
         CompositePartitioner, KeyPartitioner, TreePartitioner)
 
     ps = settings.training.partitioner
@@ -184,9 +184,9 @@ def train(
         ``store.signing_key_file`` / ``store.signing_key`` is set but unusable (checked before
         training starts).
     """
-    from shared.signing import load_private_key  # noqa: PLC0415
-    from training.distributions import OutcomeProfiles, evaluate as evaluate_profiles  # noqa
-    from training.groupby_regression import fit_groups  # noqa: PLC0415
+    from segstream.shared.signing import load_private_key  # noqa: PLC0415
+    from segstream.training.distributions import OutcomeProfiles, evaluate as evaluate_profiles  # noqa
+    from segstream.training.groupby_regression import fit_groups  # noqa: PLC0415
 
     signing_key = load_private_key(settings.store)  # fail before an hour of training
     tr = settings.training
@@ -356,7 +356,7 @@ def train(
                 timings=dict(steps.timings))
             manifest = load_components(bundle_dir).manifest
             if signing_key is not None:
-                from shared.signing import sign_bundle_dir  # noqa: PLC0415
+                from segstream.shared.signing import sign_bundle_dir  # noqa: PLC0415
 
                 sign_bundle_dir(bundle_dir, signing_key)
 
@@ -368,12 +368,12 @@ def train(
         })
         with steps("publish"):
             if publish:
-                from shared.store import ArtifactStore  # noqa: PLC0415
+                from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
                 result.uri = ArtifactStore(settings.store).publish(bundle_dir)
                 result.update_sent = _send_model_update(settings, manifest, result.uri)
         with steps("report"):
-            from training.report import write_report  # noqa: PLC0415
+            from segstream.training.report import write_report  # noqa: PLC0415
 
             out = Path(report_dir) if report_dir else bundle_dir.parent / "reports"
             result.report_path = write_report(
@@ -473,17 +473,17 @@ def _components(settings, part, models, profiles, ref, mnode, model_index, lo, h
 
 
 def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool:
-    """Produce a :class:`~shared.store.ModelUpdate` to the model-updates topic: a hint for
+    """Produce a :class:`~segstream.shared.store.ModelUpdate` to the model-updates topic: a hint for
     workers to re-read ``LATEST`` now (they never load the id it names).
 
     Returns False (and logs) when no broker answers; a broker that answers but does not
-    confirm delivery raises :class:`~shared.errors.BrokerError`.
+    confirm delivery raises :class:`~segstream.shared.errors.BrokerError`.
     """
     from confluent_kafka import Producer  # noqa: PLC0415
 
-    from shared.errors import BrokerError  # noqa: PLC0415
-    from shared.kafka import check_reachable, client_config, ensure_topics  # noqa: PLC0415
-    from shared.store import ModelUpdate, encode_model_update  # noqa: PLC0415
+    from segstream.shared.errors import BrokerError  # noqa: PLC0415
+    from segstream.shared.kafka import check_reachable, client_config, ensure_topics  # noqa: PLC0415
+    from segstream.shared.store import ModelUpdate, encode_model_update  # noqa: PLC0415
 
     b = settings.broker.model_copy(update={"connect_attempts": 1, "connect_timeout_s": 2.0})
     try:

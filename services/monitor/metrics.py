@@ -13,8 +13,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from shared.alerts import SEVERITIES
-from shared.store import RELOAD_FAILURE_REASONS
+from segstream.shared.alerts import SEVERITIES
+from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 RECORD_SOURCES = ("stats", "predictions", "outcomes")
 RECORD_RESULTS = ("ok", "malformed", "late", "duplicate", "foreign", "untimed", "no_reference")

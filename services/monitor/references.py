@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.monitor.performance import Baseline
-from shared.bundle import check_bundle_id, is_bundle_id, load_components
-from shared.drift import DriftReference
-from shared.errors import BundleIdError
-from shared.reloads import Backoff, ReloadFailures
+from segstream.services.monitor.performance import Baseline
+from segstream.shared.bundle import check_bundle_id, is_bundle_id, load_components
+from segstream.shared.drift import DriftReference
+from segstream.shared.errors import BundleIdError
+from segstream.shared.reloads import Backoff, ReloadFailures
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ class ReferenceCache:
     """``cache(bundle_id) -> (DriftReference, Baseline)`` or None (bundle unavailable).
 
     The bundle id comes from a record (stats, predictions) and is checked
-    (:func:`shared.bundle.is_bundle_id`) before anything is fetched; the store's
-    :meth:`~shared.store.ArtifactStore.fetch` checks the manifest's id, its signature (with
+    (:func:`segstream.shared.bundle.is_bundle_id`) before anything is fetched; the store's
+    :meth:`~segstream.shared.store.ArtifactStore.fetch` checks the manifest's id, its signature (with
     ``store.trusted_public_keys``) and every size before a component is read. A failure is
     reported through ``failures`` (logged, counted as
     ``segstream_bundle_reload_failures_total{reason}``, alerted once per cause: a

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from shared.kafka import FAST_GROUP_CONFIG, client_config
-from shared.settings import Settings
+from segstream.shared.kafka import FAST_GROUP_CONFIG, client_config
+from segstream.shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,14 @@
 """Bundles for the worker: load from the artifact store, check, and hot-reload off the hot path.
 
 :class:`BundleSource` turns a bundle id into a verified, compatible
-:class:`~shared.scoring.Scorer`; the loader is injectable (``loader=``), defaulting to
-:func:`shared.scoring.load_bundle` imported lazily. :class:`BundleWatcher` is a thread that
+:class:`~segstream.shared.scoring.Scorer`; the loader is injectable (``loader=``), defaulting to
+:func:`segstream.shared.scoring.load_bundle` imported lazily. :class:`BundleWatcher` is a thread that
 reads the store's ``LATEST`` (the single source of truth) every ``poll_s`` and at once when the
 model-updates topic hints at a new bundle; it loads and verifies new bundles in the background
 and hands a ready scorer to the worker loop, which swaps it in between two batches. A bundle
 that fails verification (or its signature check) or does not fit the configured event schema
 is refused: the old one stays and a ``bundle_rejected`` alert is sent. Every failure is
-reported through :class:`~shared.reloads.ReloadFailures` and retried with backoff.
+reported through :class:`~segstream.shared.reloads.ReloadFailures` and retried with backoff.
 """
 
 from __future__ import annotations
@@ -22,21 +22,21 @@ from typing import Protocol
 
 import numpy as np
 
-from services.worker.decode import EventDecoder
-from services.worker.records import warm_up_records
-from services.worker.stats import batch_stats_records
-from shared.bundle import check_bundle_id
-from shared.errors import (
+from segstream.services.worker.decode import EventDecoder
+from segstream.services.worker.records import warm_up_records
+from segstream.services.worker.stats import batch_stats_records
+from segstream.shared.bundle import check_bundle_id
+from segstream.shared.errors import (
     BundleCompatibilityError,
     BundleIntegrityError,
     LatestError,
     ModelUpdateError,
     SchemaError,
 )
-from shared.reloads import REJECTING_REASONS, Backoff, ReloadFailures
-from shared.scoring import Scorer
-from shared.settings import SchemaSettings
-from shared.store import ArtifactStore, decode_model_update
+from segstream.shared.reloads import REJECTING_REASONS, Backoff, ReloadFailures
+from segstream.shared.scoring import Scorer
+from segstream.shared.settings import SchemaSettings
+from segstream.shared.store import ArtifactStore, decode_model_update
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ Loader = Callable[[Path], Scorer]
 
 
 def default_loader(path: Path) -> Scorer:
-    """:func:`shared.scoring.load_bundle` (imported on first use)."""
-    from shared.scoring import load_bundle  # type: ignore[attr-defined]  # noqa: PLC0415
+    """:func:`segstream.shared.scoring.load_bundle` (imported on first use)."""
+    from segstream.shared.scoring import load_bundle  # type: ignore[attr-defined]  # noqa: PLC0415
 
     return load_bundle(path)
 

@@ -3,18 +3,18 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.settings import load_settings
+from segstream.shared.settings import load_settings
 from tests.kafka_helpers import consume_all
 from tests.train_helpers import january_parquet, small_config
-from training.pipeline import train
+from segstream.training.pipeline import train
 
 pytestmark = pytest.mark.integration
 
 
 def test_publish_sends_model_update_event(kafka, topic_prefix, flights_df, tmp_path,
                                           monkeypatch):
-    from shared.signing import generate_key_pair
-    from shared.store import ArtifactStore
+    from segstream.shared.signing import generate_key_pair
+    from segstream.shared.store import ArtifactStore
 
     generate_key_pair(tmp_path / "k.key", tmp_path / "k.pub")
     monkeypatch.setenv("SEGSTREAM_STORE__SIGNING_KEY", (tmp_path / "k.key").read_text())
@@ -113,7 +113,7 @@ def test_worker_start_up_with_a_malformed_latest_is_one_line(kafka, topic_prefix
     publish_fake(s, tmp_path, tag="A")
     (tmp_path / "store" / "bundles" / "flights" / "LATEST").write_bytes(b'{"bundle_id": "..')
     cfg = write_config(s, tmp_path / "w.yaml")
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "worker", "--config", str(cfg),
+    r = subprocess.run([sys.executable, "-m", "segstream", "worker", "--config", str(cfg),
                         "--loader", "tests.fakes:load_fake_bundle"], cwd=REPO,
                        capture_output=True, text=True, timeout=180, check=False)
     assert r.returncode == 2, r.stderr

@@ -12,20 +12,20 @@ from typing import Any
 import orjson
 import pytest
 
-import services.worker.reload as reload_mod
-from services.monitor.references import ReferenceCache
-from services.worker.reload import BundleSource, BundleWatcher
-from shared.bundle import MANIFEST, SIGNATURE, Manifest
-from shared.cli import main
-from shared.errors import BundleIntegrityError, BundleSignatureError, SigningKeyError
-from shared.settings import StoreSettings, load_settings
-from shared.signing import (
+import segstream.services.worker.reload as reload_mod
+from segstream.services.monitor.references import ReferenceCache
+from segstream.services.worker.reload import BundleSource, BundleWatcher
+from segstream.shared.bundle import MANIFEST, SIGNATURE, Manifest
+from segstream.shared.cli import main
+from segstream.shared.errors import BundleIntegrityError, BundleSignatureError, SigningKeyError
+from segstream.shared.settings import StoreSettings, load_settings
+from segstream.shared.signing import (
     generate_key_pair,
     load_private_key,
     load_public_keys,
     sign_bundle_dir,
 )
-from shared.store import LATEST, ArtifactStore
+from segstream.shared.store import LATEST, ArtifactStore
 from tests.fakes import load_fake_bundle, write_fake_bundle
 from tests.unit.test_control_plane import Recorder, SpyStore, _wait
 

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import services.worker.reload as reload_mod
-from services.worker.reload import BundleSource, BundleWatcher, load_initial
-from shared.bundle import (
+import segstream.services.worker.reload as reload_mod
+from segstream.services.worker.reload import BundleSource, BundleWatcher, load_initial
+from segstream.shared.bundle import (
     MANIFEST,
     Manifest,
     check_bundle_id,
@@ -28,10 +28,10 @@ from shared.bundle import (
     load_npz,
     parse_manifest,
 )
-from shared.errors import BundleIdError, BundleIntegrityError, LatestError, StoreError
-from shared.reloads import Backoff, ReloadFailures
-from shared.settings import Settings, load_settings
-from shared.store import (
+from segstream.shared.errors import BundleIdError, BundleIntegrityError, LatestError, StoreError
+from segstream.shared.reloads import Backoff, ReloadFailures
+from segstream.shared.settings import Settings, load_settings
+from segstream.shared.store import (
     LATEST,
     RELOAD_FAILURE_REASONS,
     ArtifactStore,
@@ -134,7 +134,7 @@ def test_store_refuses_hostile_ids_before_any_path_is_built(tmp_path, settings, 
 
 
 def test_model_names_cannot_walk_out_of_the_store(tmp_path, settings) -> None:
-    from shared.errors import ConfigError
+    from segstream.shared.errors import ConfigError
 
     store = ArtifactStore(settings.store)
     for model in ("..", "../x", "/abs", "a/b", ""):
@@ -187,7 +187,7 @@ def test_fetch_checks_the_manifest_id_before_reading_any_component(tmp_path, set
 
 def test_manifest_file_names_and_sizes_are_checked_before_anything_is_read(tmp_path,
                                                                           settings) -> None:
-    from shared.bundle import MAX_FILE_BYTES
+    from segstream.shared.bundle import MAX_FILE_BYTES
 
     a = publish(settings, tmp_path, "A")
     doc = orjson.loads((tmp_path / "store" / "bundles" / "flights" / a / MANIFEST).read_bytes())
