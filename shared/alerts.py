@@ -7,10 +7,13 @@ Alert record, JSON, keyed by its subject (``feature``, ``segment`` or the key, s
      "statistic", "value", "threshold", "window_start", "window_end", "count",
      "detected_at", ...extra fields}
 
-``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected``. Monitor alerts
-have a **deterministic** ``alert_id`` (:func:`alert_id`) computed from the type, model, bundle,
-subject, statistic and window, so a duplicate (e.g. re-sent after a restart) carries the same id and is
-recognisable downstream. ``bundle_rejected`` alerts are one-off events with a random id.
+``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected`` |
+``bundle_reload_failed`` (the store or ``LATEST`` cannot be read; :mod:`segstream.shared.reloads`).
+Monitor alerts have a **deterministic** ``alert_id`` (:func:`alert_id`) computed from the
+type, model, bundle, subject, statistic and window, so a duplicate (e.g. re-sent after a
+restart) carries the same id and is recognisable downstream. ``bundle_rejected`` and
+``bundle_reload_failed`` alerts are one-off
+events with a random id.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import hashlib
 import uuid
 from typing import Any
 
-ALERT_TYPES = ("drift", "new_segment", "performance", "bundle_rejected")
+ALERT_TYPES = ("drift", "new_segment", "performance", "bundle_rejected", "bundle_reload_failed")
 SEVERITIES = ("warning", "critical")
 
 
@@ -144,3 +147,25 @@ def bundle_rejected_alert(*, model: str, bundle_id: str, current_bundle_id: str 
         "reason": reason,
         "current_bundle_id": current_bundle_id,
     }
+
+
+def bundle_reload_failed_alert(*, model: str, bundle_id: str | None,
+                               current_bundle_id: str | None, reason: str, detail: str,
+                               severity: str = "warning") -> dict[str, Any]:
+    """A ``bundle_reload_failed`` alert: bundles cannot be reloaded for now (the store is
+    unreachable, ``LATEST`` is malformed or names a missing bundle, a model-updates record is
+    invalid); the current bundle keeps serving. One-off event: random ``alert_id``.
+
+    Parameters
+    ----------
+    reason : str
+        The ``reason`` label of ``segstream_bundle_reload_failures_total``.
+    detail : str
+        The error message.
+    """
+    rec = bundle_rejected_alert(model=model, bundle_id=bundle_id or "",
+                                current_bundle_id=current_bundle_id, reason=detail,
+                                severity=severity)
+    rec.update(type="bundle_reload_failed", bundle_id=bundle_id, statistic="bundle_reload",
+               failure=reason)
+    return rec

@@ -11,7 +11,16 @@ Layout of a bundle directory::
 field; the manifest holds the file table (name -> sha256, bytes), so the id covers every file
 and every manifest field. :func:`load_bundle` recomputes all of it and refuses a bundle with a
 modified, missing or extra file, an edited manifest or a newer format version. Loading never
-executes code: JSON, ``np.load(allow_pickle=False)`` and XGBoost's own model format only.
+executes code: JSON, ``.npy`` arrays without pickles and XGBoost's own model format only.
+
+A bundle may carry ``manifest.sig``, an Ed25519 signature of the manifest
+(:mod:`segstream.shared.signing`); it is not part of the content address and not in the file table.
+
+Everything read from a bundle is bounded before it is parsed (see the ``MAX_*`` limits below):
+the manifest's size, each file's size, the bundle's total size and the decompressed size of
+each component's arrays, so that a hostile bundle cannot exhaust memory before it is refused.
+Bundle ids entering from anywhere are checked by :func:`check_bundle_id` before they build a
+path.
 """
 
 from __future__ import annotations
@@ -20,7 +29,10 @@ import datetime as dt
 import hashlib
 import io
 import logging
+import math
 import os
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,13 +42,64 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from segstream.shared.component import ExportedComponent
-from segstream.shared.errors import BundleCompatibilityError, BundleIntegrityError
+from segstream.shared.errors import BundleCompatibilityError, BundleIdError, BundleIntegrityError
 
 logger = logging.getLogger(__name__)
 
 #: Version of the on-disk format written by this code. Bundles with a higher version are refused.
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+#: The optional signature file beside the manifest (:mod:`segstream.shared.signing`).
+SIGNATURE = "manifest.sig"
+
+#: Largest ``manifest.json`` read (bytes); larger ones are refused unread.
+MAX_MANIFEST_BYTES = 16 << 20
+#: Largest single file of a bundle (bytes), as declared in the manifest and as found.
+MAX_FILE_BYTES = 1 << 30
+#: Largest bundle: the sum of its files (bytes).
+MAX_BUNDLE_BYTES = 4 << 30
+#: Largest decompressed size of one component's arrays (the members of its ``.npz``, bytes).
+MAX_ARRAYS_BYTES = 1 << 30
+
+_BUNDLE_ID_RE = re.compile(r"[0-9a-f]{64}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+#: A bundle file name: one path component, no leading dot.
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+
+
+def is_bundle_id(value: object) -> bool:
+    """Whether ``value`` is a bundle id: a str of 64 lowercase hexadecimal characters.
+
+    Examples
+    --------
+    >>> is_bundle_id("ab" * 32), is_bundle_id("../../etc"), is_bundle_id("AB" * 32)
+    (True, False, False)
+    """
+    return isinstance(value, str) and _BUNDLE_ID_RE.fullmatch(value) is not None
+
+
+def check_bundle_id(value: object, where: str) -> str:
+    """Return ``value`` if it is a bundle id (64 lowercase hex characters), else raise.
+
+    The one validator for bundle ids from the store, the cache, the model-updates topic, the
+    records the monitor reads and the command line; call it before ``value`` builds a path.
+
+    Parameters
+    ----------
+    value : object
+        The candidate id, as received.
+    where : str
+        Where it came from (a topic, a file, a record), for the message.
+
+    Raises
+    ------
+    BundleIdError
+        Naming ``where`` and (a shortened ``repr`` of) the value.
+    """
+    if is_bundle_id(value):
+        return value  # type: ignore[return-value]  # is_bundle_id checked the type
+    raise BundleIdError(f"{where}: bundle id {repr(value)[:80]} is not 64 lowercase "
+                        "hexadecimal characters")
 
 
 class FileEntry(BaseModel):
@@ -169,7 +232,21 @@ def manifest_bytes(manifest: Manifest) -> bytes:
 
 def parse_manifest(raw: bytes, where: str) -> Manifest:
     """Parse and type-check a manifest; newer formats raise :class:`BundleCompatibilityError`.
+
+    Besides the types, the bundle id and every file name and size are checked (a file name is
+    one path component; sizes within :data:`MAX_FILE_BYTES` and :data:`MAX_BUNDLE_BYTES`), so
+    that nothing in a parsed manifest can build a path outside its bundle directory.
+
+    Raises
+    ------
+    BundleIntegrityError
+        Too large, not JSON, wrong types, a bad id, file name or size (names the key).
+    BundleCompatibilityError
+        A newer ``format_version``.
     """
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleIntegrityError(f"{where}/{MANIFEST}: {len(raw):,} bytes, more than the "
+                                   f"limit of {MAX_MANIFEST_BYTES:,}")
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -190,6 +267,25 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
             f"{where}/{MANIFEST}: invalid manifest at '{key}': {first.get('msg')}") from None
     if manifest.format_version < 1:
         raise BundleIntegrityError(f"{where}: invalid format_version {manifest.format_version}")
+    if not is_bundle_id(manifest.bundle_id):
+        raise BundleIntegrityError(f"{where}/{MANIFEST}: invalid manifest at 'bundle_id': "
+                                   "not 64 lowercase hexadecimal characters")
+    total = 0
+    for name, entry in manifest.files.items():
+        if not _FILE_NAME_RE.fullmatch(name) or name in (MANIFEST, SIGNATURE):
+            raise BundleIntegrityError(f"{where}/{MANIFEST}: invalid manifest at 'files': "
+                                       f"file name {name[:80]!r} is not allowed")
+        if not _SHA256_RE.fullmatch(entry.sha256):
+            raise BundleIntegrityError(f"{where}/{MANIFEST}: invalid manifest at "
+                                       f"'files.{name}.sha256'")
+        if not 0 <= entry.bytes <= MAX_FILE_BYTES:
+            raise BundleIntegrityError(
+                f"{where}/{name}: declared size {entry.bytes:,} bytes is outside 0 .. "
+                f"{MAX_FILE_BYTES:,}")
+        total += entry.bytes
+    if total > MAX_BUNDLE_BYTES:
+        raise BundleIntegrityError(f"{where}: files add up to {total:,} bytes, more than the "
+                                   f"limit of {MAX_BUNDLE_BYTES:,}")
     return manifest
 
 
@@ -221,15 +317,53 @@ def verify_files(manifest: Manifest, files: Mapping[str, bytes], where: str) -> 
                     f"{where}/{MANIFEST}: component {name!r} names unlisted file {f!r}")
 
 
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file (not a symlink) of at most ``limit`` bytes.
+
+    Raises
+    ------
+    BundleIntegrityError
+        A symlink, not a regular file, or larger than ``limit`` (checked before reading).
+    """
+    if path.is_symlink() or not path.is_file():
+        raise BundleIntegrityError(f"{path}: unexpected entry in bundle directory "
+                                   "(not a regular file)")
+    size = path.stat().st_size
+    if size > limit:
+        raise BundleIntegrityError(f"{path}: {size:,} bytes, more than the limit of {limit:,}")
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew while being read
+        raise BundleIntegrityError(f"{path}: more than the limit of {limit:,} bytes")
+    return data
+
+
+def read_manifest_file(path: Path) -> Manifest:
+    """Parse ``path/manifest.json`` (bounded by :data:`MAX_MANIFEST_BYTES`).
+
+    Raises
+    ------
+    BundleIntegrityError, BundleCompatibilityError
+    """
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleIntegrityError(f"{path}/{MANIFEST}: missing (not a bundle directory?)")
+    return parse_manifest(read_bounded(mpath, MAX_MANIFEST_BYTES), str(path))
+
+
 def read_dir_files(path: Path) -> dict[str, bytes]:
-    """All regular files of a bundle directory except the manifest (sub-directories refused)."""
+    """All regular files of a bundle directory except the manifest and its signature.
+
+    Sub-directories and symlinks are refused; each file is read only when it is within
+    :data:`MAX_FILE_BYTES` and the running total within :data:`MAX_BUNDLE_BYTES`.
+    """
     out = {}
+    total = 0
     for p in sorted(path.iterdir()):
-        if p.name == MANIFEST:
+        if p.name in (MANIFEST, SIGNATURE):
             continue
-        if not p.is_file():
-            raise BundleIntegrityError(f"{path}/{p.name}: unexpected entry in bundle directory")
-        out[p.name] = p.read_bytes()
+        out[p.name] = read_bounded(p, min(MAX_FILE_BYTES, MAX_BUNDLE_BYTES - total))
+        total += len(out[p.name])
     return out
 
 
@@ -241,12 +375,74 @@ def verify_bundle_dir(path: str | os.PathLike[str]) -> Manifest:
     BundleIntegrityError, BundleCompatibilityError
     """
     p = Path(path)
-    mpath = p / MANIFEST
-    if not mpath.is_file():
-        raise BundleIntegrityError(f"{p}/{MANIFEST}: missing (not a bundle directory?)")
-    manifest = parse_manifest(mpath.read_bytes(), str(p))
+    manifest = read_manifest_file(p)
     verify_files(manifest, read_dir_files(p), str(p))
     return manifest
+
+
+def load_npz(data: bytes, where: str, limit: int = MAX_ARRAYS_BYTES) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` archive, with every size checked before it is decompressed.
+
+    The members' declared sizes must add up to at most ``limit``; each member must be a
+    ``.npy`` array without objects whose header (shape times item size) accounts for exactly
+    its declared size. :mod:`zipfile` never inflates a member beyond its declared size, and
+    numpy allocates an array by its header's shape, so both are bounded before any allocation.
+
+    Parameters
+    ----------
+    data : bytes
+        The archive.
+    where : str
+        The file, for messages.
+    limit : int
+        Largest total decompressed size (bytes); default :data:`MAX_ARRAYS_BYTES`.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Member name without ``.npy`` -> array.
+
+    Raises
+    ------
+    BundleIntegrityError
+        Not a zip archive, a member that is not such an array, or a size beyond ``limit``.
+    """
+    fmt = np.lib.format
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise BundleIntegrityError(f"{where}: not an .npz archive ({exc})") from None
+    out: dict[str, np.ndarray] = {}
+    with zf:
+        infos = zf.infolist()
+        total = sum(i.file_size for i in infos)
+        if total > limit:
+            raise BundleIntegrityError(f"{where}: arrays decompress to {total:,} bytes, more "
+                                       f"than the limit of {limit:,}")
+        for info in infos:
+            name = info.filename
+            if not name.endswith(".npy") or "/" in name or name[:-4] in out:
+                raise BundleIntegrityError(f"{where}: unexpected archive member {name[:80]!r}")
+            try:
+                with zf.open(info) as f:
+                    version = fmt.read_magic(f)
+                    if version == (1, 0):
+                        shape, _, dtype = fmt.read_array_header_1_0(f)
+                    elif version == (2, 0):
+                        shape, _, dtype = fmt.read_array_header_2_0(f)
+                    else:
+                        raise ValueError(f"unsupported .npy version {version}")
+                    if dtype.hasobject:
+                        raise ValueError("object arrays are never loaded")
+                    declared = f.tell() + math.prod(shape) * dtype.itemsize
+                if declared != info.file_size:
+                    raise ValueError(f"its header declares {declared:,} bytes, the archive "
+                                     f"{info.file_size:,}")
+                with zf.open(info) as f:
+                    out[name[:-4]] = fmt.read_array(f, allow_pickle=False)
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise BundleIntegrityError(f"{where}/{name[:80]}: {exc}") from None
+    return out
 
 
 class LoadedComponents:
@@ -258,9 +454,11 @@ class LoadedComponents:
         for name, entry in manifest.components.items():
             arrays: dict[str, np.ndarray] = {}
             if entry.arrays:
-                with np.load(io.BytesIO(files[entry.arrays]), allow_pickle=False) as npz:
-                    arrays = {k: npz[k] for k in npz.files}
-            meta = orjson.loads(files[entry.meta])
+                arrays = load_npz(files[entry.arrays], entry.arrays)
+            try:
+                meta = orjson.loads(files[entry.meta])
+            except orjson.JSONDecodeError as exc:
+                raise BundleIntegrityError(f"{entry.meta}: not valid JSON ({exc})") from None
             blobs = {b: files[f] for b, f in entry.blobs.items()}
             self.components[name] = ExportedComponent(entry.kind, arrays, meta, blobs)
 
@@ -286,10 +484,7 @@ def load_components(path: str | os.PathLike[str]) -> LoadedComponents:
         The bundle's format is newer than this code.
     """
     p = Path(path)
-    mpath = p / MANIFEST
-    if not mpath.is_file():
-        raise BundleIntegrityError(f"{p}/{MANIFEST}: missing (not a bundle directory?)")
-    manifest = parse_manifest(mpath.read_bytes(), str(p))
+    manifest = read_manifest_file(p)
     files = read_dir_files(p)
     verify_files(manifest, files, str(p))
     return LoadedComponents(manifest, files)

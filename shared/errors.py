@@ -68,3 +68,48 @@ class StoreError(SegstreamError, OSError):
 
     The message names the URL. Check the store URL and its credentials.
     """
+
+
+class BundleIdError(SegstreamError, ValueError):
+    """A bundle id is not 64 lowercase hexadecimal characters (a SHA-256).
+
+    Bundle ids come from the store (``LATEST``, directory names), the model-updates topic,
+    records read by the monitor and the command line; none of them builds a path before it
+    passed this check. The message names where the id came from. Use a full id (or, on the
+    command line, a unique prefix) as printed by ``segstream bundle list``.
+    """
+
+
+class LatestError(StoreError):
+    """A model's ``LATEST`` in the artifact store is not a valid pointer to a bundle.
+
+    The message names the file. Point it at a good bundle again with
+    ``segstream bundle promote ID``.
+    """
+
+
+class BundleSignatureError(BundleIntegrityError):
+    """A bundle is unsigned, or its signature does not verify with any trusted public key.
+
+    Raised before any component of the bundle is read. Sign the bundle with a trusted key
+    (``store.signing_key_file`` on the trainer, or ``segstream bundle sign``), or add its
+    public key to ``store.trusted_public_keys``.
+    """
+
+
+class SigningKeyError(ConfigError):
+    """A configured signing or trusted public key cannot be used (missing file, not an
+    Ed25519 key in PEM format).
+
+    The message names the setting and the file. Generate a key pair with
+    ``segstream bundle keygen``.
+    """
+
+
+class ModelUpdateError(SegstreamError, ValueError):
+    """A record on the model-updates topic is not a model-update message (not JSON, wrong
+    fields, too large, an invalid bundle id).
+
+    The record is ignored (a model update is only a hint to re-read ``LATEST``). Find out who
+    produces to the topic; only the trainer should.
+    """

@@ -169,6 +169,18 @@ class StoreSettings(_Section):
     s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint, e.g. MinIO.")
     s3_key: SecretStr | None = Field(default=None, description="S3 access key id (secret).")
     s3_secret: SecretStr | None = Field(default=None, description="S3 secret key (secret).")
+    signing_key_file: str | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) the trainer signs bundle manifests with "
+                    "(`segstream bundle keygen`); unset: bundles are not signed.")
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="The same private key as PEM text (secret; for the environment). "
+                    "Set this or signing_key_file, not both.")
+    trusted_public_keys: tuple[str, ...] = Field(
+        default=(),
+        description="Ed25519 public key files (PEM). When set, workers, the monitor and "
+                    "`bundle promote` refuse a bundle not signed by one of them.")
 
 
 class SimulatorSettings(_Section):

@@ -65,12 +65,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- bundle
 @subcommand
 def _bundle_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("bundle", help="list, inspect or promote stored bundles",
-                       description="Manage bundles in the artifact store.")
+    p = sub.add_parser("bundle", help="list, inspect, promote or sign stored bundles",
+                       description="Manage bundles in the artifact store, and signing keys.")
     bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
     for name, help_ in (("list", "list the stored bundles of the model"),
                         ("inspect", "print a bundle's manifest metrics as a table"),
-                        ("promote", "point LATEST at a bundle (roll-out or roll-back)")):
+                        ("promote", "point LATEST at a bundle (roll-out or roll-back)"),
+                        ("sign", "sign a stored bundle with store.signing_key_file")):
         q = bsub.add_parser(name, help=help_, description=help_)
         _add_config(q)
         q.add_argument("--store", help="artifact store URL (overrides store.url)")
@@ -81,6 +82,47 @@ def _bundle_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         if name == "inspect":
             q.add_argument("--json", action="store_true", help="print the whole manifest")
         q.set_defaults(func=_cmd_bundle)
+    k = bsub.add_parser(
+        "keygen", help="generate an Ed25519 key pair for signing bundles",
+        description="Write a new Ed25519 key pair as PEM files: PREFIX.key (private, mode "
+        "0600: the trainer's store.signing_key_file) and PREFIX.pub (public: an entry of "
+        "store.trusted_public_keys on workers and the monitor). Existing files are never "
+        "overwritten.")
+    k.add_argument("prefix", help="path prefix of the two files, e.g. keys/segstream-signing")
+    k.set_defaults(func=_cmd_keygen)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from segstream.shared.signing import generate_key_pair  # noqa: PLC0415
+
+    priv, pub = Path(f"{args.prefix}.key"), Path(f"{args.prefix}.pub")
+    kid = generate_key_pair(priv, pub)
+    print(f"private_key={priv}\npublic_key={pub}\nkey_id={kid}")
+    return 0
+
+
+def _signature_line(store: Any, model: str, m: Any) -> str:
+    """How the bundle is signed, and whether a trusted key verifies it."""
+    import msgspec  # noqa: PLC0415
+
+    from segstream.shared.errors import BundleSignatureError  # noqa: PLC0415
+    from segstream.shared.signing import ManifestSignature  # noqa: PLC0415
+
+    raw = store.read_signature(model, m.bundle_id)
+    if raw is None:
+        status = "unsigned"
+    else:
+        try:
+            status = f"signed, key id {msgspec.json.decode(raw, type=ManifestSignature).key_id}"
+        except msgspec.DecodeError:
+            status = "malformed signature"
+    if store.requires_signature:
+        try:
+            store.check_signature(m, raw, store.uri(model, m.bundle_id))
+            status += " (verified by a trusted key)"
+        except BundleSignatureError:
+            status += " (NOT verified by any trusted key)"
+    return f"signature: {status}"
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
@@ -106,8 +148,19 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         bid = store.promote(model, args.bundle)
         print(f"LATEST of {model} -> {bid}")
         return 0
+    if args.bundle_command == "sign":
+        from segstream.shared.errors import SigningKeyError  # noqa: PLC0415
+        from segstream.shared.signing import load_private_key  # noqa: PLC0415
+
+        key = load_private_key(settings.store)
+        if key is None:
+            raise SigningKeyError("bundle sign: set store.signing_key_file (or "
+                                  "SEGSTREAM_STORE__SIGNING_KEY)")
+        bid = store.sign(model, args.bundle, key)
+        print(f"signed {model} bundle {bid}")
+        return 0
     bid = store.resolve(model, args.bundle)
-    m = store.verify(model, bid)
+    m = store.verify(model, bid, check_signature=False)
     if args.json:
         print(orjson.dumps(m.model_dump(mode="json", by_alias=True),
                            option=orjson.OPT_INDENT_2).decode())
@@ -115,6 +168,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     print(f"bundle {m.bundle_id}\nmodel {m.model}, created {m.created_at.isoformat()}, "
           f"format {m.format_version}, {len(m.files)} files, "
           f"{sum(f.bytes for f in m.files.values()):,} bytes")
+    print(_signature_line(store, model, m))
     print(f"data: {m.data.get('rows', '?')} rows, {m.data.get('time_range')}")
     for line in metrics_table(m.metrics):
         print(line)

@@ -180,10 +180,15 @@ def train(
         Data problems, naming the column or file.
     StoreError
         The store cannot be written (``LATEST`` is left where it was).
+    SigningKeyError
+        ``store.signing_key_file`` / ``store.signing_key`` is set but unusable (checked before
+        training starts).
     """
+    from segstream.shared.signing import load_private_key  # noqa: PLC0415
     from segstream.training.distributions import OutcomeProfiles, evaluate as evaluate_profiles  # noqa
     from segstream.training.groupby_regression import fit_groups  # noqa: PLC0415
 
+    signing_key = load_private_key(settings.store)  # fail before an hour of training
     tr = settings.training
     schema = settings.event_schema
     steps = _Steps(progress)
@@ -345,10 +350,15 @@ def train(
             bundle_dir = write_bundle(
                 staging, model=settings.model, components=components,
                 config=settings.model_dump(mode="json", by_alias=True,
-                                           exclude={"store": {"s3_key", "s3_secret"}}),
+                                           exclude={"store": {"s3_key", "s3_secret",
+                                                              "signing_key"}}),
                 schema=schema.model_dump(mode="json"), data=data_info, metrics=metrics,
                 timings=dict(steps.timings))
             manifest = load_components(bundle_dir).manifest
+            if signing_key is not None:
+                from segstream.shared.signing import sign_bundle_dir  # noqa: PLC0415
+
+                sign_bundle_dir(bundle_dir, signing_key)
 
         result = TrainResult(bundle_dir, manifest, timings=steps.timings, test_scores={
             "event_id": test_fit[schema.id_field].to_numpy(object),
@@ -463,16 +473,17 @@ def _components(settings, part, models, profiles, ref, mnode, model_index, lo, h
 
 
 def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool:
-    """Produce ``{model, bundle_id, uri, created_at}`` to the model-updates topic.
+    """Produce a :class:`~segstream.shared.store.ModelUpdate` to the model-updates topic: a hint for
+    workers to re-read ``LATEST`` now (they never load the id it names).
 
     Returns False (and logs) when no broker answers; a broker that answers but does not
     confirm delivery raises :class:`~segstream.shared.errors.BrokerError`.
     """
-    import orjson  # noqa: PLC0415
     from confluent_kafka import Producer  # noqa: PLC0415
 
     from segstream.shared.errors import BrokerError  # noqa: PLC0415
     from segstream.shared.kafka import check_reachable, client_config, ensure_topics  # noqa: PLC0415
+    from segstream.shared.store import ModelUpdate, encode_model_update  # noqa: PLC0415
 
     b = settings.broker.model_copy(update={"connect_attempts": 1, "connect_timeout_s": 2.0})
     try:
@@ -484,9 +495,9 @@ def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool
     ensure_topics(b, [t.model_updates], 1, t.replication_factor)
     errors: list[str] = []
     p = Producer(client_config(b, acks="all"))
-    p.produce(t.model_updates, orjson.dumps({
-        "model": manifest.model, "bundle_id": manifest.bundle_id, "uri": uri,
-        "created_at": manifest.created_at.isoformat()}), manifest.model.encode(),
+    p.produce(t.model_updates, encode_model_update(ModelUpdate(
+        model=manifest.model, bundle_id=manifest.bundle_id, uri=uri,
+        created_at=manifest.created_at.isoformat())), manifest.model.encode(),
         on_delivery=lambda err, msg: errors.append(str(err)) if err else None)
     if p.flush(10.0) or errors:
         raise BrokerError(f"model-update event not confirmed by {b.bootstrap}: "

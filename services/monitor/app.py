@@ -117,11 +117,19 @@ class MonitorService:
         schema = settings.event_schema
         self.partitions = t.partitions
         self.metrics = MonitorMetrics.create(registry, schema.features)
+        #: Alerts of the bundle loading (bundle_rejected, bundle_reload_failed), sent by the
+        #: stats and ticks agents.
+        self.reload_alerts: list[dict[str, Any]] = []
         if reference_for is None:
+            from segstream.shared.reloads import ReloadFailures  # noqa: PLC0415
             from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
+            failures = ReloadFailures(
+                settings.model, alert=self.reload_alerts.append,
+                count=lambda reason: self.metrics.bundle_reload_failures.labels(
+                    reason=reason).inc())
             reference_for = ReferenceCache(ArtifactStore(settings.store), settings.model,
-                                           m.bundle_cache_dir)
+                                           m.bundle_cache_dir, failures=failures)
         self.reference_for = reference_for
         brokers = [f"kafka://{h.strip()}" for h in settings.broker.bootstrap.split(",")]
         Path(m.data_dir).mkdir(parents=True, exist_ok=True)  # faust makes only the last level
@@ -169,6 +177,11 @@ class MonitorService:
                         a["statistic"], a["value"], a["window_start"])
             await self.alerts_topic.send(key=alert_key(a), value=orjson.dumps(a))
 
+    def _take_reload_alerts(self) -> list[dict[str, Any]]:
+        out = list(self.reload_alerts)
+        self.reload_alerts.clear()
+        return out
+
     @staticmethod
     def _decode(value: Any) -> Any:
         try:
@@ -199,7 +212,7 @@ class MonitorService:
                                             msg.offset, time.time())
                 flush()
                 self.events_processed += len(events)
-                await self._send(alerts)
+                await self._send(alerts + self._take_reload_alerts())
 
         def record_agent(handle: Callable[..., None]) -> Callable[[Any], Any]:
             """An agent feeding each record of its topic to ``handle`` (no alerts of its own)."""
@@ -224,7 +237,7 @@ class MonitorService:
                     at(event.message.partition)
                     alerts += core.on_tick(event.message.partition, time.time())
                 flush()
-                await self._send(alerts)
+                await self._send(alerts + self._take_reload_alerts())
 
         async def tick_timer() -> None:
             if not self.started:

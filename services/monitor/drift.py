@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from segstream.shared.bundle import is_bundle_id
 from segstream.shared.drift import DriftReference, js_distance, psi
 
 
@@ -65,6 +66,8 @@ def validate_stats(rec: Any) -> dict[str, Any]:
     for f in ("model", "bundle_id"):
         if not isinstance(rec.get(f), str) or not rec[f]:
             raise MalformedRecord(f"{f}: missing or not a string")
+    if not is_bundle_id(rec["bundle_id"]):
+        raise MalformedRecord("bundle_id: not 64 lowercase hexadecimal characters")
     if not isinstance(rec.get("n_scored", 0), int):
         raise MalformedRecord("n_scored: not an integer")
     for sec in ("numeric", "categorical"):

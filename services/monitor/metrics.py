@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from segstream.shared.alerts import SEVERITIES
+from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 RECORD_SOURCES = ("stats", "predictions", "outcomes")
 RECORD_RESULTS = ("ok", "malformed", "late", "duplicate", "foreign", "untimed", "no_reference")
@@ -40,6 +41,7 @@ class MonitorMetrics:
     pending: Gauge
     watermark: Gauge
     features: frozenset[str]
+    bundle_reload_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, features: Sequence[str],
@@ -83,7 +85,13 @@ class MonitorMetrics:
             watermark=Gauge(f"{ns}_watermark_seconds", "Event-time clocks (Unix seconds).",
                             ["clock"], registry=registry),
             features=frozenset([*features, "prediction"]),
+            bundle_reload_failures=Counter(
+                f"{namespace}_bundle_reload_failures", "Failed bundle reloads (worker and "
+                "monitor) by reason; each cause also alerts once.", ["reason"],
+                registry=registry),
         )
+        for r in RELOAD_FAILURE_REASONS:
+            m.bundle_reload_failures.labels(reason=r)
         for t in MONITOR_ALERT_TYPES:
             for s in SEVERITIES:
                 m.alerts.labels(type=t, severity=s)

@@ -21,12 +21,11 @@ from segstream.services.worker.kafka_io import (
 )
 from segstream.services.worker.loop import EXIT_OK, StreamWorker
 from segstream.services.worker.metrics import WorkerMetrics
-from segstream.shared.alerts import bundle_rejected_alert
-from segstream.services.worker.reload import BundleSource, BundleWatcher, Loader
-from segstream.shared.errors import BundleCompatibilityError, BundleIntegrityError, StoreError
+from segstream.services.worker.reload import BundleSource, BundleWatcher, Loader, load_initial
+from segstream.shared.errors import SegstreamError
 from segstream.shared.kafka import check_reachable, ensure_topics
 from segstream.shared.logs import set_log_context
-from segstream.shared.scoring import Scorer
+from segstream.shared.reloads import ReloadFailures
 from segstream.shared.settings import Settings
 from segstream.shared.store import ArtifactStore
 
@@ -60,40 +59,6 @@ def tune_gc(gen0_threshold: int) -> None:
     gc.freeze()
     _, g1, g2 = gc.get_threshold()
     gc.set_threshold(gen0_threshold, g1, g2)
-
-
-def _initial_scorer(source: BundleSource, stop: threading.Event, alerts: AlertProducer | None,
-                    metrics: WorkerMetrics) -> Scorer | None:
-    """Load the store's LATEST bundle, waiting until there is a usable one."""
-    announced = False
-    refused: set[str] = set()
-    while not stop.is_set():
-        try:
-            bid = source.latest_id()
-        except StoreError as exc:
-            logger.warning("artifact store not readable yet: %s", exc)
-            bid = None
-        if bid is not None and bid not in refused:
-            try:
-                scorer = source.load(bid)
-                metrics.bundle_reloads.labels(result="loaded").inc()
-                return scorer
-            except (BundleIntegrityError, BundleCompatibilityError) as exc:
-                refused.add(bid)
-                metrics.bundle_reloads.labels(result="rejected").inc()
-                logger.error("LATEST bundle %s refused: %s", bid[:12], exc)
-                if alerts is not None:
-                    alerts.send(source.model, bundle_rejected_alert(
-                        model=source.model, bundle_id=bid, current_bundle_id=None,
-                        reason=str(exc)))
-            except (StoreError, FileNotFoundError) as exc:
-                logger.warning("cannot fetch bundle %s yet: %s", bid[:12], exc)
-        elif not announced:
-            logger.info("waiting for a bundle of model %r in %s", source.model,
-                        source.store.url)
-            announced = True
-        stop.wait(1.0)
-    return None
 
 
 def run_worker(
@@ -143,26 +108,32 @@ def run_worker(
     ensure_topics(settings.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
                                     t.model_updates], t.partitions, t.replication_factor)
     alerts = AlertProducer(settings).start() if w.alerts_enabled else None
-    store = ArtifactStore(settings.store)
-    source = BundleSource(store, settings.model, w.bundle_cache_dir, settings.event_schema,
-                          loader=loader)
-    scorer = _initial_scorer(source, stop, alerts, metrics)
+    failures = ReloadFailures(  # the watcher sets its current bundle (None at start-up)
+        settings.model,
+        count=lambda reason: metrics.bundle_reload_failures.labels(reason=reason).inc(),
+        alert=(lambda rec: alerts.send(settings.model, rec)) if alerts is not None else None)
+
+    def count_load(result: str) -> None:
+        metrics.bundle_reloads.labels(result=result).inc()
+
+    try:
+        store = ArtifactStore(settings.store)
+        source = BundleSource(store, settings.model, w.bundle_cache_dir, settings.event_schema,
+                              loader=loader)
+        scorer = load_initial(source, stop, failures, on_loaded=count_load)
+    except SegstreamError:  # a malformed LATEST or key configuration: one line, exit
+        if http is not None:
+            http.stop()
+        raise
     if scorer is None:
         if http is not None:
             http.stop()
         return EXIT_OK
     set_log_context(bundle_id=scorer.bundle_id[:12])
 
-    def on_rejected(bundle_id: str, reason: str) -> None:
-        if alerts is not None:
-            alerts.send(settings.model, bundle_rejected_alert(
-                model=settings.model, bundle_id=bundle_id,
-                current_bundle_id=loop.scorer.bundle_id, reason=reason))
-
     watcher = BundleWatcher(
         source, scorer.bundle_id, poll_s=w.reload_poll_s, feed=ModelUpdatesFeed(settings),
-        on_loaded=lambda result: metrics.bundle_reloads.labels(result=result).inc(),
-        on_rejected=on_rejected)
+        failures=failures, on_loaded=count_load)
 
     # The loop object exists before the consumer so that rebalance callbacks can reach it.
     holder: dict[str, StreamWorker] = {}

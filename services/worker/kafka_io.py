@@ -175,7 +175,7 @@ class ModelUpdatesFeed:
         import time  # noqa: PLC0415
 
         # Records older than this are ignored: a listed watermark that is too low (Tansu)
-        # would otherwise replay old updates and switch back to an old bundle.
+        # would otherwise replay old updates (each only a hint to re-read LATEST).
         self._since_ms = int(time.time() * 1000) - 2000
         from confluent_kafka import Consumer  # noqa: PLC0415
 
@@ -183,18 +183,12 @@ class ModelUpdatesFeed:
         self.client.subscribe([self.topic])
         return self
 
-    def poll_updates(self, timeout_s: float) -> list[dict[str, Any]]:
-        from segstream.services.worker.reload import parse_update  # noqa: PLC0415
-
+    def poll_updates(self, timeout_s: float) -> list[bytes | None]:
+        """Raw values of new records (untrusted: the bundle watcher decodes and checks them)."""
         if self.client is None:
             self.start()
-        out = []
-        for m in self.client.consume(100, timeout_s):
-            if m.error() is None and m.timestamp()[1] >= self._since_ms:
-                rec = parse_update(m.value())
-                if rec is not None:
-                    out.append(rec)
-        return out
+        return [m.value() for m in self.client.consume(100, timeout_s)
+                if m.error() is None and m.timestamp()[1] >= self._since_ms]
 
     def close(self) -> None:
         if self.client is not None:

@@ -21,6 +21,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from segstream.services.worker.decode import DLQ_REASONS
+from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 #: Buckets (seconds) for per-event work: 1 µs .. 10 ms.
 PER_EVENT_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2)
@@ -129,6 +130,7 @@ class WorkerMetrics:
     producer_queue: Gauge
     paused: Gauge
     transactions: Counter
+    bundle_reload_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "segstream") -> "WorkerMetrics":
@@ -179,11 +181,17 @@ class WorkerMetrics:
                          registry=registry),
             transactions=Counter(f"{ns}_transactions", "Transactions by result (exactly_once).",
                                  ["result"], registry=registry),
+            bundle_reload_failures=Counter(
+                f"{namespace}_bundle_reload_failures", "Failed bundle reloads (worker and "
+                "monitor) by reason; each cause also alerts once.", ["reason"],
+                registry=registry),
         )
         for r in DLQ_REASONS:
             m.dlq_records.labels(reason=r)
         for r in RELOAD_RESULTS:
             m.bundle_reloads.labels(result=r)
+        for r in RELOAD_FAILURE_REASONS:
+            m.bundle_reload_failures.labels(reason=r)
         for k in ("assign", "revoke", "lost"):
             m.rebalances.labels(kind=k)
         return m

@@ -77,3 +77,38 @@ def test_s3_unreachable_endpoint_is_store_error(tmp_path):
                                         s3_key="k", s3_secret="s"))
     with pytest.raises(StoreError, match="s3://segstream/x"):
         store.publish(make(tmp_path, seed=14))
+
+
+def test_s3_control_plane_ids_latest_and_signatures(s3_endpoint, tmp_path):
+    """The same checks on s3://: hostile ids build no key, a malformed LATEST is named, and
+    trusted keys refuse an unsigned bundle before any component is read."""
+    import boto3
+
+    from segstream.shared.errors import BundleIdError, BundleSignatureError, LatestError
+    from segstream.shared.signing import generate_key_pair, load_private_key, sign_bundle_dir
+
+    store = s3_store(s3_endpoint)
+    unsigned = make(tmp_path, seed=21)
+    store.publish(unsigned)
+    for bad in ("../../other", "/segstream/prod", "A" * 64, "s3://other-bucket/x"):
+        with pytest.raises(BundleIdError):
+            store.fetch("m", bad, tmp_path / "cache")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="k",
+                      aws_secret_access_key="s", region_name="us-east-1")
+    s3.put_object(Bucket="segstream", Key="prod/bundles/m/LATEST",
+                  Body=b'{"bundle_id": "../../../x"}')
+    with pytest.raises(LatestError, match="s3://segstream/prod/bundles/m/LATEST"):
+        store.latest("m")
+    generate_key_pair(tmp_path / "k.key", tmp_path / "k.pub")
+    signed = make(tmp_path, seed=22)
+    sign_bundle_dir(signed, load_private_key(StoreSettings(signing_key_file=str(tmp_path /
+                                                                                "k.key"))))
+    store.publish(signed)
+    trusted = ArtifactStore(StoreSettings(url="s3://segstream/prod", s3_endpoint_url=s3_endpoint,
+                                          s3_key="k", s3_secret="s",
+                                          trusted_public_keys=(str(tmp_path / "k.pub"),)))
+    assert trusted.latest("m") == signed.name  # publish repaired LATEST
+    assert (trusted.fetch("m", signed.name, tmp_path / "cache") / "manifest.sig").is_file()
+    with pytest.raises(BundleSignatureError, match="not signed"):
+        trusted.fetch("m", unsigned.name, tmp_path / "cache")
+    assert not (tmp_path / "cache" / unsigned.name).exists()

@@ -98,7 +98,7 @@ def test_newer_format_version_is_refused(tmp_path):
 
 def test_pickled_array_is_never_loaded(tmp_path):
     """A bundle whose npz holds an object array (needs pickle) is refused, even when the
-    manifest was re-hashed to match: loading uses allow_pickle=False."""
+    manifest was re-hashed to match: object arrays are refused before any pickle is read."""
     import hashlib
     import io
 
@@ -114,7 +114,7 @@ def test_pickled_array_is_never_loaded(tmp_path):
     m = Manifest.model_validate(doc)
     doc["bundle_id"] = m.compute_id()
     (d / MANIFEST).write_bytes(orjson.dumps(doc))
-    with pytest.raises(ValueError, match="allow_pickle"):
+    with pytest.raises(BundleIntegrityError, match="alpha.npz/a.npy: object arrays"):
         load_components(d)
 
 

@@ -30,6 +30,7 @@ def ref(edges=(0.0, 10.0), expected=(0.5, 0.5, 0.0, 0.0)) -> DriftReference:
 NORMAL = None  # x alternating -5 / 5 and c alternating a / b: no drift
 
 
+B1, B2, GONE = "b1" * 32, "b2" * 32, "9" * 64  # bundle ids (64 lowercase hex)
 BASE = Baseline(mae=10.0, coverage=0.8, mass=0.8, segment_mae={"1": 10.0})
 
 
@@ -39,13 +40,13 @@ def tables() -> dict[str, dict[str, Any]]:
 
 def core(tbl=None, refs=None, **kw: Any) -> MonitorCore:
     s = MonitorSettings(**{"lateness_s": 3600, "drift_min_count": 100, **kw})
-    refs = refs or {"b1": (ref(), BASE)}
+    refs = refs or {B1: (ref(), BASE)}
     return MonitorCore(s, model="m", id_field="event_id", time_field="event_time",
                        target="arr_delay", reference_for=refs.get,
                        tables=tbl if tbl is not None else tables(), partitions=1)
 
 
-def stats(t_ms: list[int] | np.ndarray, x: Any, *, bundle: str = "b1",
+def stats(t_ms: list[int] | np.ndarray, x: Any, *, bundle: str = B1,
           unknown: list[Any] | None = None, worker: str = "w", batch: int = 0,
           reference: DriftReference | None = None, c: str | None = None
           ) -> list[dict[str, Any]]:
@@ -92,8 +93,8 @@ def test_window_closes_exactly_once_with_one_alert_per_feature() -> None:
     assert a["severity"] == "critical" and a["statistic"] == "psi" and a["count"] == 400
     assert a["window_start"] == "2013-09-01T00:00:00.000Z"
     assert a["window_end"] == "2013-09-02T00:00:00.000Z"
-    assert a["bundle_id"] == "b1" and a["js_distance"] > 0.5
-    assert f"{T0}|b1" not in c.t["drift"] and c.t["meta"]["drift_closed|0"] == T0 + DAY
+    assert a["bundle_id"] == B1 and a["js_distance"] > 0.5
+    assert f"{T0}|{B1}" not in c.t["drift"] and c.t["meta"]["drift_closed|0"] == T0 + DAY
     # nothing more for that window: ticks and further records do not repeat it
     assert c.on_tick(0, 1.0) == []
     assert [x for x in feed(c, stats(day(1, 5, hour=2), NORMAL), 3) if x["window_start"]
@@ -116,13 +117,13 @@ def test_late_record_within_allowance_is_applied_after_it_is_dropped_and_counted
     feed(c, stats(day(0, 200), NORMAL))
     feed(c, stats(day(1, 1, hour=0.5), NORMAL), 1)  # watermark day1 00:30
     feed(c, stats(day(0, 100, hour=23), 50.0), 2)  # out of order but within lateness: applied
-    assert c.t["drift"][f"{T0}|b1"]["n"] == 300
+    assert c.t["drift"][f"{T0}|{B1}"]["n"] == 300
     alerts = feed(c, stats(day(1, 1, hour=1.5), NORMAL), 3)  # closes day 0
     (a,) = [x for x in alerts if x["feature"] == "x"]
     assert a["count"] == 300
     late = feed(c, stats(day(0, 500, hour=23.5), 50.0), 4)  # after the close: late
     assert late == [] and c.counters.records[("stats", "late")] == 1
-    assert f"{T0}|b1" not in c.t["drift"]
+    assert f"{T0}|{B1}" not in c.t["drift"]
 
 
 def test_redelivered_stats_record_is_not_counted_twice() -> None:
@@ -130,7 +131,7 @@ def test_redelivered_stats_record_is_not_counted_twice() -> None:
     recs = stats(day(0, 150), NORMAL)
     feed(c, recs, 7)
     feed(c, recs, 7)  # same offset again (at-least-once replay after a crash)
-    assert c.t["drift"][f"{T0}|b1"]["n"] == 150
+    assert c.t["drift"][f"{T0}|{B1}"]["n"] == 150
     assert c.counters.records[("stats", "duplicate")] == 1
 
 
@@ -140,8 +141,8 @@ def test_batch_straddling_midnight_is_split_into_its_windows() -> None:
     recs = stats(t, NORMAL)
     assert len(recs) == 2
     feed(c, recs)
-    assert c.t["drift"][f"{T0}|b1"]["n"] == 150
-    assert c.t["drift"][f"{T0 + DAY}|b1"]["n"] == 150
+    assert c.t["drift"][f"{T0}|{B1}"]["n"] == 150
+    assert c.t["drift"][f"{T0 + DAY}|{B1}"]["n"] == 150
 
 
 def test_new_segment_threshold_and_once_per_key_per_window() -> None:
@@ -178,13 +179,13 @@ def test_longer_new_segment_window_accumulates_days() -> None:
 
 def test_malformed_stats_do_not_break_anything() -> None:
     c = core()
-    for i, bad in enumerate([None, "text", {"model": "m"}, {"model": "m", "bundle_id": "b1",
+    for i, bad in enumerate([None, "text", {"model": "m"}, {"model": "m", "bundle_id": B1,
                              "numeric": {"x": [1, 2]}, "slice_start": "2013-09-01T00:00:00Z"}]):
         assert c.on_stats(bad, 0, i, 0.0) == []
     # the bin-count mismatch is detected against the window's existing counts
     feed(c, stats(day(0, 10), NORMAL), 10)
     assert c.counters.records[("stats", "malformed")] == 4
-    assert c.t["drift"][f"{T0}|b1"]["n"] == 10
+    assert c.t["drift"][f"{T0}|{B1}"]["n"] == 10
     # another model's stats are ignored
     other = stats(day(0, 10), NORMAL)[0] | {"model": "other"}
     assert c.on_stats(other, 0, 20, 0.0) == [] and c.counters.records[("stats", "foreign")] == 1
@@ -193,7 +194,7 @@ def test_malformed_stats_do_not_break_anything() -> None:
 def test_each_bundle_is_judged_against_its_own_reference() -> None:
     r2 = ref(edges=(40.0, 60.0), expected=(0.0, 1.0, 0.0, 0.0))  # x = 50 typical for b2
     asked: list[str] = []
-    refs = {"b1": (ref(), BASE), "b2": (r2, BASE)}
+    refs = {B1: (ref(), BASE), B2: (r2, BASE)}
 
     def lookup(b: str):
         asked.append(b)
@@ -202,14 +203,14 @@ def test_each_bundle_is_judged_against_its_own_reference() -> None:
     s = MonitorSettings(lateness_s=0, drift_min_count=100)
     c = MonitorCore(s, model="m", id_field="event_id", time_field="event_time",
                     target="arr_delay", reference_for=lookup, tables=tables(), partitions=1)
-    feed(c, stats(day(0, 200), 50.0, bundle="b1"))
-    feed(c, stats(day(0, 200, hour=13), 50.0, bundle="b2", reference=r2), 1)
+    feed(c, stats(day(0, 200), 50.0, bundle=B1))
+    feed(c, stats(day(0, 200, hour=13), 50.0, bundle=B2, reference=r2), 1)
     alerts = feed(c, stats(day(1, 1, hour=1), NORMAL), 2)
     xs = {a["bundle_id"]: a for a in alerts if a["feature"] == "x"}
-    assert set(xs) == {"b1"}  # drift for b1's reference only
-    assert {"b1", "b2"} <= set(asked)
+    assert set(xs) == {B1}  # drift for b1's reference only
+    assert {B1, B2} <= set(asked)
     # a bundle whose reference cannot be loaded: its window is not judged, and counted
-    feed(c, stats(day(1, 200), 50.0, bundle="gone"), 3)
+    feed(c, stats(day(1, 200), 50.0, bundle=GONE), 3)
     feed(c, stats(day(2, 1, hour=1), NORMAL), 4)
     assert c.counters.records[("stats", "no_reference")] >= 1
 

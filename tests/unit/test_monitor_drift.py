@@ -18,6 +18,8 @@ from segstream.services.monitor.drift import (
 from segstream.shared.drift import PSI_EPSILON, CategoricalReference, DriftReference, js_distance, psi
 from tests.fakes import numeric_ref
 
+B = "b" * 64  # a bundle id (64 lowercase hex)
+
 
 def test_psi_hand_computed() -> None:
     # p = (0.5, 0.5), q = (0.75, 0.25): PSI = 0.25 ln 1.5 + 0.25 ln 2 = 0.274653 (no smoothing)
@@ -78,7 +80,7 @@ def _levels(feature: str) -> tuple[float, float]:
 
 def test_add_stats_sums_counts_and_findings_match_psi() -> None:
     st = empty_state()
-    rec = {"model": "m", "bundle_id": "b", "n_scored": 400,
+    rec = {"model": "m", "bundle_id": B, "n_scored": 400,
            "numeric": {"x": [100, 100, 100, 100]}, "categorical": {"c": [300, 100, 0, 0]},
            "prediction": [200, 200, 0], "segments": {"3": {"x": [0, 0, 400, 0]}}}
     st = add_stats(st, validate_stats(rec), 1000, 2000)
@@ -101,13 +103,15 @@ def test_add_stats_sums_counts_and_findings_match_psi() -> None:
 
 
 @pytest.mark.parametrize("bad", [
-    None, [], "x", {"bundle_id": "b"}, {"model": "m"},
-    {"model": "m", "bundle_id": "b", "numeric": {"x": [1, -1, 0, 0]}},
-    {"model": "m", "bundle_id": "b", "numeric": {"x": "1,2"}},
-    {"model": "m", "bundle_id": "b", "numeric": []},
-    {"model": "m", "bundle_id": "b", "prediction": [1.5]},
-    {"model": "m", "bundle_id": "b", "segments": {"1": [1]}},
-    {"model": "m", "bundle_id": "b", "unknown_keys": {"k": "many"}},
+    None, [], "x", {"bundle_id": B}, {"model": "m"},
+    {"model": "m", "bundle_id": "../../etc"}, {"model": "m", "bundle_id": "/abs/path"},
+    {"model": "m", "bundle_id": B.upper()}, {"model": "m", "bundle_id": B + "\n"},
+    {"model": "m", "bundle_id": B, "numeric": {"x": [1, -1, 0, 0]}},
+    {"model": "m", "bundle_id": B, "numeric": {"x": "1,2"}},
+    {"model": "m", "bundle_id": B, "numeric": []},
+    {"model": "m", "bundle_id": B, "prediction": [1.5]},
+    {"model": "m", "bundle_id": B, "segments": {"1": [1]}},
+    {"model": "m", "bundle_id": B, "unknown_keys": {"k": "many"}},
 ])
 def test_malformed_stats_records_are_rejected(bad) -> None:
     with pytest.raises(MalformedRecord):
