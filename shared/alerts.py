@@ -7,10 +7,12 @@ Alert record, JSON, keyed by its subject (``feature``, ``segment`` or the key, s
      "statistic", "value", "threshold", "window_start", "window_end", "count",
      "detected_at", ...extra fields}
 
-``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected``. Monitor alerts
-have a **deterministic** ``alert_id`` (:func:`alert_id`) computed from the type, model, bundle,
-subject, statistic and window, so a duplicate (e.g. re-sent after a restart) carries the same id and is
-recognisable downstream. ``bundle_rejected`` alerts are one-off events with a random id.
+``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected`` |
+``scoring_failed``. Monitor alerts have a **deterministic** ``alert_id`` (:func:`alert_id`)
+computed from the type, model, bundle, subject, statistic and window, so a duplicate (e.g.
+re-sent after a restart) carries the same id and is recognisable downstream.
+``bundle_rejected`` and ``scoring_failed`` (a worker judged its bundle broken and stopped
+consuming) alerts are one-off events with a random id.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import hashlib
 import uuid
 from typing import Any
 
-ALERT_TYPES = ("drift", "new_segment", "performance", "bundle_rejected")
+ALERT_TYPES = ("drift", "new_segment", "performance", "bundle_rejected", "scoring_failed")
 SEVERITIES = ("warning", "critical")
 
 
@@ -143,4 +145,46 @@ def bundle_rejected_alert(*, model: str, bundle_id: str, current_bundle_id: str 
         "detected_at": now,
         "reason": reason,
         "current_bundle_id": current_bundle_id,
+    }
+
+
+def scoring_failed_alert(*, model: str, bundle_id: str, worker: str, failed: int, scored: int,
+                         max_failed_share: float, exception: str, reason: str,
+                         severity: str = "critical") -> dict[str, Any]:
+    """A ``scoring_failed`` alert record (one-off event: random ``alert_id``): a worker's
+    scoring failed for more than ``max_failed_share`` of the events it scored, so it judged
+    its bundle broken and stopped consuming.
+
+    Parameters
+    ----------
+    model, bundle_id, worker : str
+    failed : int
+        Events whose scoring failed (at least; counting stops at the limit).
+    scored : int
+        Events scored in the window judged (the batch, or the last ``1 / max_failed_share``).
+    max_failed_share : float
+    exception : str
+        Type of the (last) exception.
+    reason : str
+        Its message, cut to 500 characters.
+    """
+    now = utc_now_iso()
+    return {
+        "alert_id": uuid.uuid4().hex,
+        "type": "scoring_failed",
+        "severity": severity,
+        "model": model,
+        "bundle_id": bundle_id,
+        "feature": None,
+        "segment": None,
+        "statistic": "failed_share",
+        "value": failed / scored if scored else None,
+        "threshold": max_failed_share,
+        "window_start": now,
+        "window_end": now,
+        "count": int(failed),
+        "detected_at": now,
+        "worker": worker,
+        "exception": exception,
+        "reason": reason[:500],
     }

@@ -86,6 +86,10 @@ DLQ_REASONS: tuple[str, ...] = (
     "empty", "too_large", "invalid_json", "not_object", "missing_field", "wrong_type",
     "bad_time", "undecodable",
 )
+#: The reason the worker's loop adds: the event's scoring raised (``services.worker.loop``).
+SCORING_ERROR = "scoring_error"
+#: Every DLQ reason (the label values of ``worker_dlq_records_total``; ``docs/dlq.md``).
+ALL_DLQ_REASONS: tuple[str, ...] = (*DLQ_REASONS, SCORING_ERROR)
 
 #: What msgspec raises on a value it refuses: a decode or validation error, a UTF-8 error in a
 #: string, or ``RecursionError`` for nesting deeper than the interpreter's recursion limit.

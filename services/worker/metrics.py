@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from services.worker.decode import DLQ_REASONS
+from services.worker.decode import ALL_DLQ_REASONS
 
 #: Buckets (seconds) for per-event work: 1 µs .. 10 ms.
 PER_EVENT_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2)
@@ -129,6 +129,7 @@ class WorkerMetrics:
     producer_queue: Gauge
     paused: Gauge
     transactions: Counter
+    bundle_broken: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "segstream") -> "WorkerMetrics":
@@ -179,8 +180,11 @@ class WorkerMetrics:
                          registry=registry),
             transactions=Counter(f"{ns}_transactions", "Transactions by result (exactly_once).",
                                  ["result"], registry=registry),
+            bundle_broken=Gauge(f"{ns}_bundle_broken", "1 while consumption is stopped because "
+                                "scoring failed for more than worker.max_failed_share of the "
+                                "events (until a new bundle).", registry=registry),
         )
-        for r in DLQ_REASONS:
+        for r in ALL_DLQ_REASONS:
             m.dlq_records.labels(reason=r)
         for r in RELOAD_RESULTS:
             m.bundle_reloads.labels(result=r)
