@@ -167,26 +167,36 @@ def _bisect(score: Callable[[np.ndarray], Any], n: int, exc: Exception,
         return []
     if allowed < 1:
         return None
-    if n == 1:
-        return [(0, exc)]
     found: list[tuple[int, Exception]] = []
     level = [np.arange(n, dtype=np.int64)]
+    if n == 1:  # does it fail again alone?
+        level, found = [], _failures(score, level[0])
     while level:
         failing: list[np.ndarray] = []
         for i, rows in enumerate(level):
             mid = len(rows) // 2
             for half in (rows[:mid], rows[mid:]):
+                if len(half) == 1:
+                    found += _failures(score, half)
+                    continue
                 try:
                     score(half)
-                except Exception as e:  # noqa: BLE001 - this part fails
-                    if len(half) == 1:
-                        found.append((int(half[0]), e))
-                    else:
-                        failing.append(half)
+                except Exception:  # noqa: BLE001 - this part fails
+                    failing.append(half)
             if len(found) + len(failing) + len(level) - i - 1 > allowed:
                 return None
         level = failing
     return sorted(found, key=operator.itemgetter(0))
+
+
+def _failures(score: Callable[[np.ndarray], Any], one: np.ndarray
+              ) -> list[tuple[int, Exception]]:
+    """``[(event, exception)]`` when scoring the one event ``one`` raises, else ``[]``."""
+    try:
+        score(one)
+    except Exception as e:  # noqa: BLE001 - this event fails
+        return [(int(one[0]), e)]
+    return []
 
 
 def _at_once(score: Callable[[Any], dict[str, np.ndarray]]) -> Callable[..., Any]:
