@@ -613,11 +613,9 @@ class StreamWorker:
         batches are finished (delivered and committed), this one is rewound (nothing of it is
         produced or committed), fetching stops, the worker is not ready, and one
         ``scoring_failed`` alert goes out, until a new bundle is loaded."""
-        if self.exactly_once:
-            self._finish_transaction(current_first=first)
-        else:
-            self._drain(commit_sync=False)
-        self._seek(first)
+        rewind = self._finish_earlier(first)
+        if rewind is not None:
+            self._seek(rewind)
         bundle = self.scorer.bundle_id
         self.broken = (f"bundle {bundle[:12]} judged broken: scoring failed for more than "
                        f"{self.w.max_failed_share:g} of the events ({_describe(exc)})")
@@ -625,7 +623,7 @@ class StreamWorker:
         self.metrics.bundle_broken.set(1)
         self._pause_all()
         logger.error("%s; stopped consuming (offsets from %s are not committed) until a new "
-                     "bundle is loaded", self.broken, dict(sorted(first.items())))
+                     "bundle is loaded", self.broken, dict(sorted((rewind or first).items())))
         if bundle not in self._alerted:
             self._alerted.add(bundle)
             span = max(decoded.n_valid, self._min_window)
@@ -953,15 +951,35 @@ class StreamWorker:
     # ------------------------------------------------------------------ failures
     def _scoring_failed(self, first: dict[int, int]) -> None:
         self.failures += 1
-        if self.exactly_once:
-            self._finish_transaction(current_first=first)  # earlier batches: commit them
-        else:
-            self._drain(commit_sync=False)  # earlier batches are fine: commit them
+        rewind = self._finish_earlier(first)
         if self.failures > self.w.max_scoring_retries:
             self._set_fatal(f"scoring failed {self.failures} times in a row")
             return
-        self._seek(first)
+        if rewind is not None:
+            self._seek(rewind)
         time.sleep(min(5.0, 0.2 * 2 ** self.failures))
+
+    def _finish_earlier(self, first: dict[int, int]) -> dict[int, int] | None:
+        """Before the batch in hand (first offsets ``first``) is rewound, finish the batches
+        before it: exactly-once waits for the transaction being committed; at-least-once
+        waits for the batches in flight and commits those delivered. Returns where to rewind:
+        ``first``, and the first offsets of earlier batches that could not be delivered in
+        time (never committed); None when a failure already rewound them and this batch."""
+        if self.exactly_once:
+            return dict(first) if self._finish_transaction(current_first=first) else None
+        earlier = [b.first for b in self.inflight]
+        remaining = self.producer.client.flush(self.w.transaction_timeout_s * 2)
+        if not self._settle(force=True, current_first=first):
+            return None  # a failed delivery: rewound to the oldest batch in flight
+        rewind = dict(first)
+        if remaining or self.inflight:  # not delivered in time: not committed, read again
+            logger.error("%d records still undelivered; rewinding their batches too",
+                         remaining)
+            for f in earlier:
+                for part, o in f.items():
+                    rewind[part] = min(o, rewind.get(part, o))
+            self.inflight.clear()
+        return rewind
 
     def _seek(self, offsets: dict[int, int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415

@@ -432,3 +432,21 @@ def test_refused_produce_with_old_behaviour_would_commit_past(tmp_path, sept) ->
     loop._settle(force=True)
     assert consumer.committed() == {}
     assert consumer.position == {0: 100, 1: 100}  # rewound
+
+
+def test_before_a_rewind_undelivered_earlier_batches_are_rewound_too(tmp_path, sept) -> None:
+    """A scoring failure or a broken bundle rewinds the batch in hand; an earlier batch whose
+    records are still undelivered after the drain is not committed and must be read again
+    (it used to be dropped from the bookkeeping and skipped)."""
+    from services.worker.loop import _InFlight
+
+    s = _settings(tmp_path)
+    consumer = LogConsumer(s.topics.events, _log(s, sept.iloc[:4]))
+    producer = LogProducer()
+    loop = _worker(s, consumer, producer, _scorer(tmp_path, s))
+    producer.queued.append((s.topics.predictions, b"stuck", b"k", None))
+    producer.flush = lambda timeout=0: 1  # type: ignore[method-assign]
+    loop.inflight.append(_InFlight(3, {0: 100, 1: 100}, {0: 102, 1: 102}))
+    rewind = loop._finish_earlier({0: 102, 1: 102})
+    assert rewind == {0: 100, 1: 100}
+    assert consumer.committed() == {} and not loop.inflight
