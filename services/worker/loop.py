@@ -69,7 +69,12 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
-from services.worker.decode import DLQ_REASONS, SCORING_ERROR, DecodedBatch, EventDecoder
+from services.worker.decode import (
+    DLQ_REASONS,
+    SCORING_ERROR,
+    DecodedBatch,
+    EventDecoder,
+)
 from services.worker.kafka_io import producer_config
 from services.worker.metrics import WorkerMetrics
 from services.worker.records import (
@@ -628,11 +633,11 @@ class StreamWorker:
             self._alerted.add(bundle)
             span = max(decoded.n_valid, self._min_window)
             try:
-                self.on_broken(dict(
-                    model=self.scorer.model, bundle_id=bundle, worker=self.worker_id,
-                    failed=max(allowed, 0) + 1, scored=span,
-                    max_failed_share=self.w.max_failed_share, exception=exception_name(exc),
-                    reason=str(exc)))
+                self.on_broken({
+                    "model": self.scorer.model, "bundle_id": bundle, "worker": self.worker_id,
+                    "failed": max(allowed, 0) + 1, "scored": span,
+                    "max_failed_share": self.w.max_failed_share,
+                    "exception": exception_name(exc), "reason": str(exc)})
             except Exception:  # noqa: BLE001 - the alert is best effort
                 logger.exception("could not send the scoring_failed alert")
 

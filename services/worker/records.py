@@ -684,23 +684,3 @@ def dlq_record(
             marks.append((DLQ_HEADER_HEADERS_DROPPED, str(len(original) - len(kept)).encode()))
         original = kept
     return value, key, original + own + marks
-
-
-def dlq_value_and_headers(
-    value: bytes | None,
-    headers: Sequence[tuple[str, bytes | None]] | None,
-    *,
-    reason: str,
-    detail: str,
-    topic: str,
-    partition: int,
-    offset: int,
-    worker: str,
-    max_value_bytes: int,
-) -> tuple[bytes | None, list[tuple[str, bytes | None]]]:
-    """The DLQ copy's value (truncated above ``max_value_bytes``) and headers, without a
-    bound on the whole record; the worker uses :func:`dlq_record`."""
-    out, _, hdrs = dlq_record(value, None, headers, reason=reason, detail=detail, topic=topic,
-                              partition=partition, offset=offset, worker=worker,
-                              max_value_bytes=max_value_bytes, max_record_bytes=2**62)
-    return out, hdrs

@@ -258,8 +258,7 @@ def test_more_failures_than_max_failed_share_stop_the_worker_until_a_new_bundle(
 def test_a_broken_bundle_puts_back_what_a_rebalance_brings(tmp_path, sept) -> None:
     """While stopped, messages of partitions assigned meanwhile (not yet paused) are not
     processed: the consumer is sought back to them."""
-    s, log, consumer, producer, alerts, fixed, pending, loop = _broken_setup(
-        tmp_path, sept, "at_least_once")
+    s, _, consumer, producer, _, _, _, loop = _broken_setup(tmp_path, sept, "at_least_once")
     stop = threading.Event()
     t = threading.Thread(target=loop.run, args=(stop,))
     t.start()

@@ -131,7 +131,7 @@ def _outcomes(out, n: int) -> list[tuple[str, object]]:
         vals = []
         for name in names:
             v = out.columns[name][row]
-            vals.append("nan" if isinstance(v, float) and v != v else str(v))
+            vals.append("nan" if isinstance(v, float) and np.isnan(v) else str(v))
         result[i] = ("row", (tuple(vals), out.event_time_text[row]))
     return result
 
