@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from shared.errors import BrokerError
+from segstream.shared.errors import BrokerError
 
 logger = logging.getLogger(__name__)
 

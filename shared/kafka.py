@@ -11,8 +11,8 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from shared.errors import BrokerError
-from shared.settings import BrokerSettings
+from segstream.shared.errors import BrokerError
+from segstream.shared.settings import BrokerSettings
 
 logger = logging.getLogger(__name__)
 

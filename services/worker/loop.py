@@ -69,25 +69,25 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
-from services.worker.decode import (
+from segstream.services.worker.decode import (
     DLQ_REASONS,
     SCORING_ERROR,
     DecodedBatch,
     EventDecoder,
 )
-from services.worker.kafka_io import producer_config
-from services.worker.metrics import WorkerMetrics
-from services.worker.records import (
+from segstream.services.worker.kafka_io import producer_config
+from segstream.services.worker.metrics import WorkerMetrics
+from segstream.services.worker.records import (
     RECORD_OVERHEAD_BYTES,
     dlq_record,
     encode_predictions,
     exception_name,
     utc_now_iso,
 )
-from services.worker.stats import batch_stats_records
-from shared.errors import SegstreamError
-from shared.scoring import Bundle, Scorer
-from shared.settings import Settings
+from segstream.services.worker.stats import batch_stats_records
+from segstream.shared.errors import SegstreamError
+from segstream.shared.scoring import Bundle, Scorer
+from segstream.shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -269,11 +269,11 @@ class StreamWorker:
     ----------
     settings : Settings
     consumer : object
-        Started :class:`~services.worker.kafka_io.EventConsumer`-like object with ``client``.
+        Started :class:`~segstream.services.worker.kafka_io.EventConsumer`-like object with ``client``.
         Its rebalance callbacks must call :meth:`on_assign`, :meth:`on_revoke` and
-        :meth:`on_lost` (see :func:`services.worker.app.run_worker`).
+        :meth:`on_lost` (see :func:`segstream.services.worker.app.run_worker`).
     producer : object
-        Started :class:`~services.worker.kafka_io.OutputProducer`-like object with ``client``.
+        Started :class:`~segstream.services.worker.kafka_io.OutputProducer`-like object with ``client``.
     scorer : Scorer
         The bundle to start with.
     metrics : WorkerMetrics
@@ -283,7 +283,7 @@ class StreamWorker:
         Returns a newly loaded scorer or None; called between batches (hot reload).
     on_broken : callable, optional
         ``on_broken(details)`` once per bundle judged broken, with the keyword arguments of
-        :func:`shared.alerts.scoring_failed_alert` (the worker sends that alert).
+        :func:`segstream.shared.alerts.scoring_failed_alert` (the worker sends that alert).
     """
 
     def __init__(self, settings: Settings, consumer: Any, producer: Any, scorer: Scorer,

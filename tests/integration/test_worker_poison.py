@@ -13,12 +13,12 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.simulator.app import run_simulation
-from services.simulator.replay import Record, Replay
-from services.worker.app import run_worker
-from services.worker.records import record_bytes
-from shared.kafka import ensure_topics
-from shared.settings import Settings
+from segstream.services.simulator.app import run_simulation
+from segstream.services.simulator.replay import Record, Replay
+from segstream.services.worker.app import run_worker
+from segstream.services.worker.records import record_bytes
+from segstream.shared.kafka import ensure_topics
+from segstream.shared.settings import Settings
 from tests.fakes import load_fake_bundle
 from tests.integration.worker_helpers import publish_fake, worker_settings
 from tests.kafka_helpers import consume_all
@@ -175,7 +175,7 @@ def test_a_broken_bundle_stops_the_worker_until_a_good_one_is_promoted(
     import urllib.error
     import urllib.request
 
-    from shared.broker import free_port
+    from segstream.shared.broker import free_port
 
     df = flights_df[flights_df["event_time"].dt.month == 9].iloc[:1500].reset_index(drop=True)
     port = free_port()

@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-import services.worker.loop as loop_mod
-from services.worker.loop import EXIT_FAILED, StreamWorker, _bisect, backoff_s
-from services.worker.metrics import WorkerMetrics
-from services.worker.records import warm_up_records
-from shared.events import encode_events
+import segstream.services.worker.loop as loop_mod
+from segstream.services.worker.loop import EXIT_FAILED, StreamWorker, _bisect, backoff_s
+from segstream.services.worker.metrics import WorkerMetrics
+from segstream.services.worker.records import warm_up_records
+from segstream.shared.events import encode_events
 from tests.fakes import (
     KafkaClient,
     LogConsumer,
@@ -437,7 +437,7 @@ def test_before_a_rewind_undelivered_earlier_batches_are_rewound_too(tmp_path, s
     """A scoring failure or a broken bundle rewinds the batch in hand; an earlier batch whose
     records are still undelivered after the drain is not committed and must be read again
     (it used to be dropped from the bookkeeping and skipped)."""
-    from services.worker.loop import _InFlight
+    from segstream.services.worker.loop import _InFlight
 
     s = _settings(tmp_path)
     consumer = LogConsumer(s.topics.events, _log(s, sept.iloc[:4]))

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import services.worker.decode as decode_mod
-from services.worker.decode import DLQ_REASONS, EventDecoder
-from shared.settings import load_settings
+import segstream.services.worker.decode as decode_mod
+from segstream.services.worker.decode import DLQ_REASONS, EventDecoder
+from segstream.shared.settings import load_settings
 from tests.conftest import FLIGHTS_CONFIG
 
 SCHEMA = load_settings(FLIGHTS_CONFIG).event_schema

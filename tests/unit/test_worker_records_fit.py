@@ -15,16 +15,16 @@ from confluent_kafka import KafkaException, Producer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.monitor import drift as drift_mod
-from services.worker.records import (
+from segstream.services.monitor import drift as drift_mod
+from segstream.services.worker.records import (
     DLQ_HEADER_HEADERS_DROPPED,
     DLQ_HEADER_KEY_TRUNCATED,
     DLQ_HEADER_TRUNCATED,
     dlq_record,
     record_bytes,
 )
-from services.worker.stats import batch_stats_records, bounded_key, split_record
-from shared.drift import CategoricalReference, DriftReference
+from segstream.services.worker.stats import batch_stats_records, bounded_key, split_record
+from segstream.shared.drift import CategoricalReference, DriftReference
 from tests.fakes import numeric_ref
 
 MAX = 20_000
