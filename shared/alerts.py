@@ -8,12 +8,12 @@ Alert record, JSON, keyed by its subject (``feature``, ``segment`` or the key, s
      "detected_at", ...extra fields}
 
 ``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected`` |
-``bundle_reload_failed`` (the store or ``LATEST`` cannot be read; :mod:`segstream.shared.reloads`).
-Monitor alerts have a **deterministic** ``alert_id`` (:func:`alert_id`) computed from the
-type, model, bundle, subject, statistic and window, so a duplicate (e.g. re-sent after a
-restart) carries the same id and is recognisable downstream. ``bundle_rejected`` and
-``bundle_reload_failed`` alerts are one-off
-events with a random id.
+``bundle_reload_failed`` (the store or ``LATEST`` cannot be read; :mod:`segstream.shared.reloads`),
+``scoring_failed``. Monitor alerts have a **deterministic** ``alert_id`` (:func:`alert_id`)
+computed from the type, model, bundle, subject, statistic and window, so a duplicate (e.g.
+re-sent after a restart) carries the same id and is recognisable downstream.
+``bundle_rejected``, ``bundle_reload_failed`` and ``scoring_failed`` (a worker judged its
+bundle broken and stopped consuming) alerts are one-off events with a random id.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import hashlib
 import uuid
 from typing import Any
 
-ALERT_TYPES = ("drift", "new_segment", "performance", "bundle_rejected", "bundle_reload_failed")
+ALERT_TYPES = ("drift", "new_segment", "performance", "bundle_rejected", "bundle_reload_failed",
+               "scoring_failed")
 SEVERITIES = ("warning", "critical")
 
 
@@ -169,3 +170,45 @@ def bundle_reload_failed_alert(*, model: str, bundle_id: str | None,
     rec.update(type="bundle_reload_failed", bundle_id=bundle_id, statistic="bundle_reload",
                failure=reason)
     return rec
+
+
+def scoring_failed_alert(*, model: str, bundle_id: str, worker: str, failed: int, scored: int,
+                         max_failed_share: float, exception: str, reason: str,
+                         severity: str = "critical") -> dict[str, Any]:
+    """A ``scoring_failed`` alert record (one-off event: random ``alert_id``): a worker's
+    scoring failed for more than ``max_failed_share`` of the events it scored, so it judged
+    its bundle broken and stopped consuming.
+
+    Parameters
+    ----------
+    model, bundle_id, worker : str
+    failed : int
+        Events whose scoring failed (at least; counting stops at the limit).
+    scored : int
+        Events scored in the window judged (the batch, or the last ``1 / max_failed_share``).
+    max_failed_share : float
+    exception : str
+        Type of the (last) exception.
+    reason : str
+        Its message, cut to 500 characters.
+    """
+    now = utc_now_iso()
+    return {
+        "alert_id": uuid.uuid4().hex,
+        "type": "scoring_failed",
+        "severity": severity,
+        "model": model,
+        "bundle_id": bundle_id,
+        "feature": None,
+        "segment": None,
+        "statistic": "failed_share",
+        "value": failed / scored if scored else None,
+        "threshold": max_failed_share,
+        "window_start": now,
+        "window_end": now,
+        "count": int(failed),
+        "detected_at": now,
+        "worker": worker,
+        "exception": exception,
+        "reason": reason[:500],
+    }

@@ -368,7 +368,30 @@ class WorkerSettings(_Section):
         default=3, ge=0,
         description="A batch whose scoring fails is rewound and retried this often, then exit.")
     alerts_enabled: bool = Field(
-        default=True, description="Produce `bundle_rejected` alerts to topics.alerts.")
+        default=True,
+        description="Produce `bundle_rejected` and `scoring_failed` alerts to topics.alerts.")
+    max_failed_share: float = Field(
+        default=0.01, ge=0, le=1,
+        description="Scoring failures isolated to single events go to the DLQ "
+                    "(`scoring_error`) up to this share of the events scored (over the batch, "
+                    "or the last 1/share events when batches are smaller); above it the bundle "
+                    "is judged broken: the worker stops consuming, goes not-ready and sends a "
+                    "`scoring_failed` alert until a new bundle is loaded.")
+    max_transaction_retries: int = Field(
+        default=5, ge=0,
+        description="exactly_once: a failed transaction (or a record refused at produce()) "
+                    "is aborted, rewound and retried with exponential backoff (0.5 s doubling, "
+                    "at most 30 s); after this many failures in a row the worker goes "
+                    "not-ready and exits non-zero.")
+    max_delivery_retries: int = Field(
+        default=5, ge=0,
+        description="at_least_once: the same for failed deliveries (or records refused at "
+                    "produce()): uncommitted batches are rewound and retried with the same "
+                    "backoff; after this many failures in a row the worker exits non-zero.")
+    max_unknown_key_chars: int = Field(
+        default=200, ge=32,
+        description="Longer unknown key values in stats records are cut to this many "
+                    "characters (their beginning, '…' and a hash of the whole).")
 
 
 class MonitorSettings(_Section):

@@ -23,6 +23,7 @@ from segstream.services.worker.loop import EXIT_OK, StreamWorker
 from segstream.services.worker.metrics import WorkerMetrics
 from segstream.services.worker.reload import BundleSource, BundleWatcher, Loader, load_initial
 from segstream.shared.errors import SegstreamError
+from segstream.shared.alerts import scoring_failed_alert
 from segstream.shared.kafka import check_reachable, ensure_topics
 from segstream.shared.logs import set_log_context
 from segstream.shared.reloads import ReloadFailures
@@ -94,10 +95,16 @@ def run_worker(
     state: dict[str, object] = {"loop": None}
 
     def ready() -> tuple[bool, str]:
-        loop = state["loop"]
+        loop: StreamWorker | None = state["loop"]  # type: ignore[assignment]
         if loop is None:
             return False, "no bundle loaded"
-        if not loop.assigned:  # type: ignore[attr-defined]
+        if loop.broken is not None:
+            return False, loop.broken
+        if loop.fatal is not None:
+            return False, f"stopping: {loop.fatal}"
+        if not loop.ready.is_set():
+            return False, "not running"
+        if not loop.assigned:
             return False, "no partitions assigned"
         return True, "ready"
 
@@ -149,8 +156,12 @@ def run_worker(
         if w.guarantee == "exactly_once" else None,
         on_delivery=lambda err, msg: holder["loop"].on_delivery(err, msg))
     producer.start()
+    def on_broken(details: dict[str, object]) -> None:
+        if alerts is not None:
+            alerts.send(settings.model, scoring_failed_alert(**details))  # type: ignore[arg-type]
+
     loop = StreamWorker(settings, consumer, producer, scorer, metrics, worker_id,
-                        take_new_scorer=watcher.take_pending)
+                        take_new_scorer=watcher.take_pending, on_broken=on_broken)
     holder["loop"] = loop
     state["loop"] = loop
     consumer.start()

@@ -25,7 +25,10 @@ Handling of odd inputs
 * Longer than ``max_event_bytes``: ``too_large`` (checked before parsing, so a 10 MB value
   costs no JSON work).
 * Not UTF-8 / not JSON / truncated / ``NaN`` literals / integers beyond 64 bits / nesting
-  deeper than orjson's limit: ``invalid_json``.
+  deeper than orjson's limit (1024 levels): ``invalid_json``. msgspec's own bound is the
+  interpreter's recursion limit (about 1000 levels, checked in C: a ``RecursionError``, never a
+  stack overflow); a value it refuses so goes to the slow path, whose orjson parse decides,
+  so the outcome does not depend on the path.
 * A JSON array, string, number, ``true``/``false``/``null``: ``not_object``.
 * A required field absent or ``null``: ``missing_field``. Optional fields may be absent or
   ``null`` (NaN / None / NaT in the columns).
@@ -39,6 +42,11 @@ Handling of odd inputs
   number (``1e400``) or invalid UTF-8 inside it does not reject the event (msgspec skips it
   so, and the flat path agrees), though the slow path, reached for another reason, would
   call the event ``invalid_json``.
+* Anything else that makes decoding raise (a bug, or an input nobody foresaw): the batch is
+  decoded again one value at a time and each value whose decoding still raises is
+  ``undecodable`` (detail: the exception's type and message); the others keep their outcome.
+  :meth:`EventDecoder.decode` itself never raises (``Exception``; ``KeyboardInterrupt`` and
+  ``SystemExit`` pass).
 * Duplicated event ids are not a decoding error: each copy is scored and produced (same
   key), as it would be after an at-least-once redelivery; consumers keep one per
   ``event_id``. The worker keeps no per-id state, so memory stays bounded.
@@ -76,8 +84,16 @@ logger = logging.getLogger(__name__)
 #: The fixed set of DLQ reasons (also the label values of ``worker_dlq_records_total``).
 DLQ_REASONS: tuple[str, ...] = (
     "empty", "too_large", "invalid_json", "not_object", "missing_field", "wrong_type",
-    "bad_time",
+    "bad_time", "undecodable",
 )
+#: The reason the worker's loop adds: the event's scoring raised (``services.worker.loop``).
+SCORING_ERROR = "scoring_error"
+#: Every DLQ reason (the label values of ``worker_dlq_records_total``; ``docs/dlq.md``).
+ALL_DLQ_REASONS: tuple[str, ...] = (*DLQ_REASONS, SCORING_ERROR)
+
+#: What msgspec raises on a value it refuses: a decode or validation error, a UTF-8 error in a
+#: string, or ``RecursionError`` for nesting deeper than the interpreter's recursion limit.
+_REFUSED = (msgspec.DecodeError, ValueError, TypeError, RecursionError)
 
 _JSON_TYPES: dict[str, frozenset[type]] = {
     "float": frozenset({float, int}),
@@ -194,7 +210,7 @@ class EventDecoder:
             if n and (min(lengths) == 0 or max(lengths) > self.max_event_bytes):
                 raise ValueError
             return [orjson.loads(v) for v in values]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             pass  # some value is bad: classify one by one
         docs: list[Any] = [_EMPTY] * n
         limit = self.max_event_bytes
@@ -208,11 +224,18 @@ class EventDecoder:
                     docs[i] = orjson.loads(v)
                 except orjson.JSONDecodeError as exc:
                     reasons[i] = ("invalid_json", str(exc)[:200])
+                except (TypeError, ValueError, RecursionError) as exc:  # not orjson's own
+                    reasons[i] = ("invalid_json", _describe(exc))
         return docs
 
     # ------------------------------------------------------------------ API
     def decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
-        """Decode ``values``; never raises on their content.
+        """Decode ``values``; never raises.
+
+        Every value becomes one valid row or one ``rejected`` entry. Should decoding the
+        batch raise anyway (a bug, or an input nobody foresaw), the batch is decoded again
+        one value at a time (:meth:`_decode_isolated`): the values that raise alone are
+        ``undecodable``, the others get the outcome they would have had.
 
         Parameters
         ----------
@@ -223,6 +246,43 @@ class EventDecoder:
         -------
         DecodedBatch
         """
+        try:
+            return self._decode(values)
+        except Exception as exc:  # noqa: BLE001 - one value's failure must stay that value's
+            logger.warning("decoding a batch of %d values raised %s; decoding them one at a "
+                           "time", len(values), _describe(exc))
+            return self._decode_isolated(values)
+
+    def _decode_isolated(self, values: Sequence[bytes | None]) -> DecodedBatch:
+        """Decode each value alone; a value whose decoding raises is ``undecodable``."""
+        n = len(values)
+        parts: list[tuple[DecodedBatch, np.ndarray]] = []
+        undecodable: list[tuple[int, str, str]] = []
+        for i, v in enumerate(values):
+            try:
+                parts.append((self._decode([v]), np.array([i], np.int64)))
+            except Exception as exc:  # noqa: BLE001
+                undecodable.append((i, "undecodable", _describe(exc)))
+        if not parts:
+            return DecodedBatch(self._empty_columns(), np.zeros(0, np.int64), undecodable, [])
+        out = _merge_many(n, parts)
+        if undecodable:
+            out.rejected = sorted(out.rejected + undecodable)
+        return _frozen(out)
+
+    def _empty_columns(self) -> dict[str, np.ndarray]:
+        """The columns of a batch without valid rows (the dtypes of :class:`DecodedBatch`)."""
+        out: dict[str, np.ndarray] = {}
+        for f in self.fields:
+            if f.name == self.time_field:
+                out[f.name] = np.zeros(0, "datetime64[ns]")
+            elif f.type in ("float", "int", "bool"):
+                out[f.name] = np.zeros(0, np.float64)
+            else:
+                out[f.name] = np.zeros(0, object)
+        return out
+
+    def _decode(self, values: Sequence[bytes | None]) -> DecodedBatch:
         n = len(values)
         limit = self.max_event_bytes
         if n:
@@ -242,7 +302,7 @@ class EventDecoder:
         try:  # the common case, every value good: C-level loops only
             if n and 0 < min(map(len, values)) and max(map(len, values)) <= limit:
                 return self._from_structs(list(map(decode_one, values)))
-        except (TypeError, msgspec.DecodeError, ValueError):
+        except _REFUSED:
             pass  # a None value, or one msgspec refuses: sort them out one by one
         structs: list[Any] = []
         fast_idx: list[int] = []
@@ -254,7 +314,7 @@ class EventDecoder:
             try:
                 structs.append(decode_one(v))
                 fast_idx.append(i)
-            except (msgspec.DecodeError, ValueError, TypeError):
+            except _REFUSED:
                 slow_idx.append(i)
         if not fast_idx:
             return self._decode_slow(values)
@@ -551,6 +611,22 @@ def _merge(n: int, fast: DecodedBatch, fast_idx: np.ndarray, slow: DecodedBatch,
                       + [(int(slow_idx[i]), r, d) for i, r, d in slow.rejected])
     return DecodedBatch(columns, valid[order], rejected,
                         [text[i] for i in order.tolist()])
+
+
+def _merge_many(n: int, parts: list[tuple[DecodedBatch, np.ndarray]]) -> DecodedBatch:
+    """One batch (input order) from several, each with the input index of its values."""
+    valid = np.concatenate([idx[b.valid] for b, idx in parts])
+    order = np.argsort(valid, kind="stable")
+    names = parts[0][0].columns
+    columns = {k: np.concatenate([b.columns[k] for b, _ in parts])[order] for k in names}
+    text = [t for b, _ in parts for t in b.event_time_text]
+    rejected = sorted((int(idx[i]), r, d) for b, idx in parts for i, r, d in b.rejected)
+    return DecodedBatch(columns, valid[order], rejected, [text[i] for i in order.tolist()])
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, at most 200 characters."""
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _columns(docs: list[dict[str, Any]], names: list[str]) -> list[list[Any]]:

@@ -25,11 +25,32 @@ Delivery guarantees
     offsets (and those of the batch in hand, which is then not produced); a fenced or
     otherwise fatal producer ends the loop cleanly without committing.
 
-A batch whose decoding/scoring raises (a bug, not bad input: bad input goes to the DLQ) is
-never committed: the consumer is rewound and the batch retried ``max_scoring_retries`` times,
-after which the worker exits non-zero. Partition revocation happens inside ``consume()``, i.e.
-between batches: at-least-once waits for the batches in flight and commits them first;
-exactly-once waits for the transaction being committed (no transaction is open then).
+Failures
+--------
+A bad *value* never reaches the loop as an exception: :meth:`EventDecoder.decode` turns each
+into its DLQ record. When *scoring* a batch raises, the batch is bisected (:func:`_bisect`)
+to the events that fail alone; each goes to the DLQ as ``scoring_error`` (header
+``segstream.dlq.exception``: the exception type) and the others are scored and produced in
+the same batch, committed as usual. If more than ``max_failed_share`` of the events scored fail
+(over the batch, or over the last ``1 / max_failed_share`` events when batches are smaller:
+see :meth:`StreamWorker._allowed_failures`), the bundle is judged broken: earlier batches are
+finished (delivered and committed / their transaction committed), nothing of this batch is
+produced or committed and the consumer is rewound to its first offsets, every assigned
+partition is paused (the worker stays in the group: nobody else takes its partitions to fail
+the same way), ``/readyz`` fails, one ``scoring_failed`` alert goes out, and the loop waits for
+a new bundle, then resumes where the batch began. A failure no single event reproduces is
+rewound and retried ``max_scoring_retries`` times, after which the worker exits non-zero.
+
+Every produced record fits ``message.max.bytes`` (DLQ copies are cut, stats records split).
+A record refused by ``produce()`` itself (not a full queue, which is waited out) counts as a
+failed delivery: at-least-once rewinds every batch in flight and commits none of them;
+exactly-once aborts the transaction and rewinds. Either backs off (0.5 s doubling, at most
+30 s) and gives up after ``max_delivery_retries`` / ``max_transaction_retries`` failures in
+a row: not ready, exit non-zero, nothing committed past an undelivered record.
+
+Partition revocation happens inside ``consume()``, i.e. between batches: at-least-once waits
+for the batches in flight and commits them first; exactly-once waits for the transaction
+being committed (no transaction is open then).
 """
 
 from __future__ import annotations
@@ -38,6 +59,7 @@ import collections
 import concurrent.futures
 import functools
 import logging
+import math
 import operator
 import threading
 import time
@@ -47,10 +69,23 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
-from segstream.services.worker.decode import DLQ_REASONS, EventDecoder
+from segstream.services.worker.decode import (
+    DLQ_REASONS,
+    SCORING_ERROR,
+    DecodedBatch,
+    EventDecoder,
+)
+from segstream.services.worker.kafka_io import producer_config
 from segstream.services.worker.metrics import WorkerMetrics
-from segstream.services.worker.records import dlq_value_and_headers, encode_predictions, utc_now_iso
+from segstream.services.worker.records import (
+    RECORD_OVERHEAD_BYTES,
+    dlq_record,
+    encode_predictions,
+    exception_name,
+    utc_now_iso,
+)
 from segstream.services.worker.stats import batch_stats_records
+from segstream.shared.errors import SegstreamError
 from segstream.shared.scoring import Bundle, Scorer
 from segstream.shared.settings import Settings
 
@@ -61,6 +96,112 @@ EXIT_FAILED = 1
 
 
 _SECOND = operator.itemgetter(1)
+
+#: Backoff after a failed transaction or delivery: 0.5 s, doubling, at most 30 s.
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+def backoff_s(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row (1, 2, ...)."""
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** max(failures - 1, 0))
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, at most 200 characters."""
+    return f"{exception_name(exc)}: {exc}"[:200]
+
+
+class _Scored:
+    """A batch's scores and its encoded prediction and stats records."""
+
+    __slots__ = ("ids", "preds", "stats", "scores", "dlq_counts")
+
+    def __init__(self, ids: list[Any], preds: list[bytes], stats: list[bytes],
+                 scores: dict[str, np.ndarray], dlq_counts: collections.Counter[str]) -> None:
+        self.ids = ids
+        self.preds = preds
+        self.stats = stats
+        self.scores = scores
+        self.dlq_counts = dlq_counts
+
+
+def _take(decoded: DecodedBatch, rows: np.ndarray) -> DecodedBatch:
+    """The valid rows ``rows`` (positions in ``decoded.valid``) of a decoded batch, with its
+    rejected entries (the stats' DLQ counts); object columns read-only, as decoded."""
+    columns = {}
+    for k, col in decoded.columns.items():
+        sub = col[rows]
+        if sub.dtype == object:
+            sub.flags.writeable = False
+        columns[k] = sub
+    text = decoded.event_time_text
+    return DecodedBatch(columns, decoded.valid[rows], list(decoded.rejected),
+                        [text[i] for i in rows.tolist()])
+
+
+def _bisect(score: Callable[[np.ndarray], Any], n: int, exc: Exception,
+            allowed: int) -> list[tuple[int, Exception]] | None:
+    """The events that fail alone, by bisection of a batch of ``n`` whose scoring raised.
+
+    Breadth first: every failing part is halved and each half scored (``score(rows)`` with
+    row positions; it raises when they fail), down to single events. Each failing part holds
+    at least one failing event, so the search stops (None) as soon as the failing parts and
+    events found exceed ``allowed``; a bundle that fails on everything is judged after
+    about ``2 * allowed`` calls. Costs about ``2 k log2(n / k)`` calls for ``k`` failing
+    events.
+
+    Parameters
+    ----------
+    score : callable
+        ``score(rows)`` with an int64 array of positions; raises for a failing part.
+    n : int
+        Events in the batch (it failed as a whole with ``exc``).
+    exc : Exception
+    allowed : int
+        Most failing events accepted.
+
+    Returns
+    -------
+    list of (int, Exception) or None
+        The positions that fail alone with their exception, ascending; empty when no
+        event fails alone (the failure needs several events together, or went away); None
+        when more than ``allowed`` fail.
+    """
+    if n == 0:
+        return []
+    if allowed < 1:
+        return None
+    found: list[tuple[int, Exception]] = []
+    level = [np.arange(n, dtype=np.int64)]
+    if n == 1:  # does it fail again alone?
+        level, found = [], _failures(score, level[0])
+    while level:
+        failing: list[np.ndarray] = []
+        for i, rows in enumerate(level):
+            mid = len(rows) // 2
+            for half in (rows[:mid], rows[mid:]):
+                if len(half) == 1:
+                    found += _failures(score, half)
+                    continue
+                try:
+                    score(half)
+                except Exception:  # noqa: BLE001 - this part fails
+                    failing.append(half)
+            if len(found) + len(failing) + len(level) - i - 1 > allowed:
+                return None
+        level = failing
+    return sorted(found, key=operator.itemgetter(0))
+
+
+def _failures(score: Callable[[np.ndarray], Any], one: np.ndarray
+              ) -> list[tuple[int, Exception]]:
+    """``[(event, exception)]`` when scoring the one event ``one`` raises, else ``[]``."""
+    try:
+        score(one)
+    except Exception as e:  # noqa: BLE001 - this event fails
+        return [(int(one[0]), e)]
+    return []
 
 
 def _at_once(score: Callable[[Any], dict[str, np.ndarray]]) -> Callable[..., Any]:
@@ -80,6 +221,20 @@ def _offset_range(parts: np.ndarray, offs: np.ndarray) -> tuple[dict[int, int], 
         first[p] = int(o.min())
         nxt[p] = int(o.max()) + 1
     return first, nxt
+
+
+class ProduceError(SegstreamError):
+    """``produce()`` refused a record (not a full queue): handled like a failed delivery.
+
+    The message names the topic and the cause (``MSG_SIZE_TOO_LARGE``: raise the broker's
+    and ``broker.client``'s ``message.max.bytes``; an unknown topic: create it, or let the
+    worker do so at start-up).
+    """
+
+    def __init__(self, topic: str, cause: Exception) -> None:
+        super().__init__(f"produce to {topic} refused: {_describe(cause)}")
+        self.topic = topic
+        self.cause = cause
 
 
 class _Transaction:
@@ -126,11 +281,15 @@ class StreamWorker:
         Identity in DLQ headers and stats records.
     take_new_scorer : callable, optional
         Returns a newly loaded scorer or None; called between batches (hot reload).
+    on_broken : callable, optional
+        ``on_broken(details)`` once per bundle judged broken, with the keyword arguments of
+        :func:`segstream.shared.alerts.scoring_failed_alert` (the worker sends that alert).
     """
 
     def __init__(self, settings: Settings, consumer: Any, producer: Any, scorer: Scorer,
                  metrics: WorkerMetrics, worker_id: str,
-                 take_new_scorer: Callable[[], Scorer | None] | None = None) -> None:
+                 take_new_scorer: Callable[[], Scorer | None] | None = None,
+                 on_broken: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.settings = settings
         self.w = settings.worker
         self.topics = settings.topics
@@ -139,6 +298,7 @@ class StreamWorker:
         self.metrics = metrics
         self.worker_id = worker_id
         self.take_new_scorer = take_new_scorer or (lambda: None)
+        self.on_broken = on_broken or (lambda details: None)
         self.exactly_once = self.w.guarantee == "exactly_once"
         self.assigned: set[int] = set()
         self.inflight: collections.deque[_InFlight] = collections.deque()
@@ -149,8 +309,26 @@ class StreamWorker:
         self.seq = 0
         self.failures = 0
         self.fatal: str | None = None
+        #: Why the bundle was judged broken (consumption stopped), or None.
+        self.broken: str | None = None
         self.ready = threading.Event()
         self._delivery_error: str | None = None
+        # Failed deliveries / transactions in a row, and until when the loop backs off.
+        self._delivery_failures = 0
+        self._txn_failures = 0
+        self._backoff_until = 0.0
+        # Scoring failures: (events scored when the batch ended, failing events) per batch
+        # with failures, within the window of max_failed_share; events scored so far.
+        self._failures_seen: collections.deque[tuple[int, int]] = collections.deque()
+        self._failure_clock = 0
+        share = self.w.max_failed_share
+        self._min_window = math.ceil(1.0 / share - 1e-9) if share > 0 else 1
+        self._alerted: set[str] = set()
+        # Every record must fit the producer's message.max.bytes (what it is configured to).
+        self.max_record_bytes = int(producer_config(settings, transactional_id=None)[
+            "message.max.bytes"])
+        self.max_stats_bytes = self.max_record_bytes - RECORD_OVERHEAD_BYTES - len(
+            settings.model.encode())
         self._pool = (concurrent.futures.ThreadPoolExecutor(
             self.w.score_threads, thread_name_prefix="score") if self.w.score_threads else None)
         self._txn: _Transaction | None = None
@@ -181,6 +359,8 @@ class StreamWorker:
             old = self.scorer.bundle_id
             self._install(new)
             logger.info("hot reload: bundle %s -> %s", old[:12], new.bundle_id[:12])
+            if self.broken is not None:
+                self._recover()
 
     def on_delivery(self, err: Any, msg: Any) -> None:
         """The producer's delivery report (``on_delivery`` in its config), called by librdkafka
@@ -234,6 +414,13 @@ class StreamWorker:
         try:
             while not stop.is_set() and self.fatal is None:
                 self._maybe_swap()
+                if self.broken is not None:
+                    self._while_broken(max(timeout, 0.1))
+                    continue
+                wait = self._backoff_until - time.monotonic()
+                if wait > 0:  # after a failed delivery or transaction
+                    stop.wait(wait)
+                    continue
                 self._backpressure(stop)
                 # What is already fetched is processed at once. An empty queue waits (up to
                 # batch_timeout_s) for its *first* message, then takes whatever else is
@@ -267,7 +454,8 @@ class StreamWorker:
             logger.warning("producer fenced by a newer instance: exiting without committing")
             return EXIT_OK
         if self.fatal is not None:
-            logger.error("worker stopping after a fatal error: %s", self.fatal)
+            logger.error("worker stopping after a fatal error (not ready, exit code %d): %s",
+                         EXIT_FAILED, self.fatal)
             if not self.exactly_once:
                 self._drain(commit_sync=True)
             return EXIT_FAILED
@@ -292,44 +480,17 @@ class StreamWorker:
         offs = np.fromiter(map(Message.offset, msgs), np.int64, n_msgs)
         first, nxt = _offset_range(parts, offs)
         t0 = time.perf_counter()
+        decoded = self.decoder.decode(list(map(Message.value, msgs)))  # never raises
+        n_valid = decoded.n_valid
+        failed: dict[int, str] = {}
         try:
-            values = list(map(Message.value, msgs))
-            decoded = self.decoder.decode(values)
-            scorer = self.scorer
-            # Route and apply the segment models now; with worker.score_threads > 0 the pattern
-            # classifier runs in the pool meanwhile (default 0: in this thread, see the
-            # setting), and the stats, which do not need it, are counted in between.
-            partial, finish = self._score_parts(decoded.columns) if decoded.n_valid else (
-                {}, dict)
-            dlq_counts = collections.Counter(r for _, r, _ in decoded.rejected)
-            stats: list[bytes] = []
-            if self.w.stats_enabled:
-                # One record per monitor window (event time) so none straddles a boundary.
-                stats = batch_stats_records(
-                    decoded.columns, partial, scorer.drift_reference,
-                    time_field=self.time_field, slice_s=self.settings.monitor.window_s,
-                    model=scorer.model, bundle_id=scorer.bundle_id,
-                    worker=self.worker_id, batch=self.seq, n_events=len(msgs),
-                    dlq_counts=dlq_counts, created_at=utc_now_iso(),
-                    max_unknown_keys=self.w.max_unknown_keys,
-                    partitions=parts[decoded.valid])
-            scores = finish()
-            if decoded.n_valid:
-                ids = decoded.columns[self.id_field].tolist()
-                preds = encode_predictions(
-                    ids, scores, None if decoded.event_time_json is not None
-                    else decoded.event_time_text, event_time_json=decoded.event_time_json,
-                    model=scorer.model,
-                    bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
-                    scored_at=utc_now_iso(), contribution_names=self.contribution_names)
-            else:
-                ids, preds = [], []
-        except Exception:  # noqa: BLE001 - a scoring bug: never commit this batch
-            logger.exception("batch %d failed in decode/score (%d events); rewinding",
-                             self.seq, len(msgs))
-            self.metrics.batch_failures.labels(stage="score").inc()
-            self._scoring_failed(first)
-            return
+            out = self._score(decoded, parts, n_msgs)
+        except Exception as exc:  # noqa: BLE001 - one event's failure must stay that event's
+            isolated = self._isolate(decoded, parts, n_msgs, first, exc)
+            if isolated is None:
+                return  # rewound: a broken bundle, or a failure no event explains
+            out, decoded, failed = isolated
+        self._failure_clock += n_valid
         score_s = time.perf_counter() - t0
         self.failures = 0
         self.seq += 1
@@ -339,15 +500,17 @@ class StreamWorker:
         m.scoring_batch_seconds.observe(score_s)
         m.scoring_event_seconds.observe(score_s / len(msgs), len(msgs))
         if self.exactly_once:
-            self._produce_transaction(msgs, decoded, ids, preds, stats, first, nxt)
+            self._produce_transaction(msgs, decoded, out.ids, out.preds, out.stats, first, nxt,
+                                      failed)
         else:
-            self._produce_at_least_once(msgs, decoded, ids, preds, stats, first, nxt)
-        if preds:
-            lv = np.bincount(np.asarray(scores["fallback_level"], dtype=np.int64))
+            self._produce_at_least_once(msgs, decoded, out.ids, out.preds, out.stats, first,
+                                        nxt, failed)
+        if out.preds:
+            lv = np.bincount(np.asarray(out.scores["fallback_level"], dtype=np.int64))
             for level, count in enumerate(lv.tolist()):
                 if count:
                     m.predictions_by_fallback.labels(level=str(level)).inc(count)
-        for reason, count in dlq_counts.items():
+        for reason, count in out.dlq_counts.items():
             m.dlq_records.labels(reason=reason).inc(count)
         now_ms = time.time() * 1000.0
         ts = np.fromiter(map(_SECOND, map(Message.timestamp, msgs)), dtype=np.float64,
@@ -357,10 +520,170 @@ class StreamWorker:
         m.batches.inc()
         m.batch_seconds.observe(time.perf_counter() - t0)
 
+    def _score(self, decoded: DecodedBatch, parts: np.ndarray, n_events: int) -> _Scored:
+        """Score the valid rows of ``decoded`` and encode their prediction and stats records
+        (everything of a batch that can raise on its events' content)."""
+        scorer = self.scorer
+        # Route and apply the segment models now; with worker.score_threads > 0 the pattern
+        # classifier runs in the pool meanwhile (default 0: in this thread, see the
+        # setting), and the stats, which do not need it, are counted in between.
+        partial, finish = self._score_parts(decoded.columns) if decoded.n_valid else (
+            {}, dict)
+        dlq_counts = collections.Counter(r for _, r, _ in decoded.rejected)
+        stats: list[bytes] = []
+        if self.w.stats_enabled:
+            # One record per monitor window (event time) so none straddles a boundary.
+            stats = batch_stats_records(
+                decoded.columns, partial, scorer.drift_reference,
+                time_field=self.time_field, slice_s=self.settings.monitor.window_s,
+                model=scorer.model, bundle_id=scorer.bundle_id,
+                worker=self.worker_id, batch=self.seq, n_events=n_events,
+                dlq_counts=dlq_counts, created_at=utc_now_iso(),
+                max_unknown_keys=self.w.max_unknown_keys,
+                max_unknown_key_chars=self.w.max_unknown_key_chars,
+                max_record_bytes=self.max_stats_bytes,
+                partitions=parts[decoded.valid])
+        scores = finish()
+        if decoded.n_valid:
+            ids = decoded.columns[self.id_field].tolist()
+            preds = encode_predictions(
+                ids, scores, None if decoded.event_time_json is not None
+                else decoded.event_time_text, event_time_json=decoded.event_time_json,
+                model=scorer.model,
+                bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
+                scored_at=utc_now_iso(), contribution_names=self.contribution_names)
+        else:
+            ids, preds = [], []
+        return _Scored(ids, preds, stats, scores, dlq_counts)
+
+    # ------------------------------------------------------------------ isolation
+    def _isolate(self, decoded: DecodedBatch, parts: np.ndarray, n_events: int,
+                 first: dict[int, int], exc: Exception
+                 ) -> tuple[_Scored, DecodedBatch, dict[int, str]] | None:
+        """Scoring the batch raised ``exc``: find the events that fail alone (bisection) and
+        score the others. Returns the outcome without the failing events (now ``rejected``
+        as ``scoring_error``) and their input index -> exception type; or None when the batch
+        was rewound instead: more than ``max_failed_share`` failed (the bundle is broken), or
+        no event fails alone but the rest fails again (a failure of the batch, not of an
+        event: the old retry path)."""
+        self.metrics.batch_failures.labels(stage="score").inc()
+        n = decoded.n_valid
+        allowed = self._allowed_failures(n)
+        logger.warning("batch %d: scoring %d events raised %s; isolating the failing events "
+                       "(at most %d allowed)", self.seq, n, _describe(exc), allowed)
+        found = _bisect(lambda rows: self._score(_take(decoded, rows), parts, n_events), n,
+                        exc, allowed)
+        if found is None:
+            self._bundle_broken(first, decoded, exc, allowed)
+            return None
+        if not found:
+            logger.error("batch %d: no event fails alone; retrying the batch", self.seq)
+            self._scoring_failed(first)
+            return None
+        rows = np.array([r for r, _ in found], np.int64)
+        keep = np.setdiff1d(np.arange(n, dtype=np.int64), rows)
+        failed = {int(decoded.valid[r]): exception_name(e) for r, e in found}
+        rest = _take(decoded, keep)
+        rest.rejected = sorted(decoded.rejected + [
+            (int(decoded.valid[r]), SCORING_ERROR, _describe(e)) for r, e in found])
+        try:
+            out = self._score(rest, parts, n_events)
+        except Exception:  # noqa: BLE001 - not reproducible per event: rewind and retry
+            logger.exception("batch %d: scoring the %d other events failed", self.seq,
+                             len(keep))
+            self._scoring_failed(first)
+            return None
+        self._failures_seen.append((self._failure_clock + n, len(found)))
+        logger.warning("batch %d: %d event(s) failed scoring (%s); dead-lettered as "
+                       "scoring_error, %d scored", self.seq, len(found),
+                       ", ".join(sorted(set(failed.values()))), len(keep))
+        return out, rest, failed
+
+    def _allowed_failures(self, n: int) -> int:
+        """How many of this batch's ``n`` events may fail scoring before the bundle counts as
+        broken: ``max_failed_share`` of the window (this batch, or the last
+        ``ceil(1 / max_failed_share)`` events when the batch is smaller) minus the failures
+        already seen in it."""
+        share = self.w.max_failed_share
+        span = max(n, self._min_window)
+        start = self._failure_clock + n - span
+        while self._failures_seen and self._failures_seen[0][0] <= start:
+            self._failures_seen.popleft()
+        seen = sum(f for _, f in self._failures_seen)
+        return max(-1, math.floor(share * span + 1e-9) - seen)
+
+    def _bundle_broken(self, first: dict[int, int], decoded: DecodedBatch, exc: Exception,
+                       allowed: int) -> None:
+        """More events failed scoring than allowed: never dead-letter the stream. Earlier
+        batches are finished (delivered and committed), this one is rewound (nothing of it is
+        produced or committed), fetching stops, the worker is not ready, and one
+        ``scoring_failed`` alert goes out, until a new bundle is loaded."""
+        rewind = self._finish_earlier(first)
+        if rewind is not None:
+            self._seek(rewind)
+        bundle = self.scorer.bundle_id
+        self.broken = (f"bundle {bundle[:12]} judged broken: scoring failed for more than "
+                       f"{self.w.max_failed_share:g} of the events ({_describe(exc)})")
+        self.ready.clear()
+        self.metrics.bundle_broken.set(1)
+        self._pause_all()
+        logger.error("%s; stopped consuming (offsets from %s are not committed) until a new "
+                     "bundle is loaded", self.broken, dict(sorted((rewind or first).items())))
+        if bundle not in self._alerted:
+            self._alerted.add(bundle)
+            span = max(decoded.n_valid, self._min_window)
+            try:
+                self.on_broken({
+                    "model": self.scorer.model, "bundle_id": bundle, "worker": self.worker_id,
+                    "failed": max(allowed, 0) + 1, "scored": span,
+                    "max_failed_share": self.w.max_failed_share,
+                    "exception": exception_name(exc), "reason": str(exc)})
+            except Exception:  # noqa: BLE001 - the alert is best effort
+                logger.exception("could not send the scoring_failed alert")
+
+    def _pause_all(self) -> None:
+        c = self.consumer.client
+        parts = c.assignment()
+        if parts:
+            c.pause(parts)
+
+    def _while_broken(self, timeout: float) -> None:
+        """Stay in the group without consuming: serve rebalances, pause what is assigned,
+        and put back anything fetched (seek to it: nothing is skipped or committed)."""
+        c = self.consumer.client
+        self._pause_all()
+        msgs = c.consume(self.w.batch_size, timeout)
+        if msgs:
+            back: dict[int, int] = {}
+            for msg in msgs:
+                if msg.error() is None:
+                    p, o = msg.partition(), msg.offset()
+                    back[p] = min(o, back.get(p, o))
+            self._seek(back)
+            self._pause_all()
+
+    def _recover(self) -> None:
+        """A new bundle after a broken one: resume fetching where the broken batch began."""
+        logger.warning("new bundle %s loaded: resuming consumption", self.scorer.bundle_id[:12])
+        self.broken = None
+        self._failures_seen.clear()
+        self.metrics.bundle_broken.set(0)
+        c = self.consumer.client
+        parts = c.assignment()
+        if parts:
+            c.resume(parts)
+        if self.fatal is None:
+            self.ready.set()
+
     def _produce_all(self, msgs: list[Any], decoded: Any, ids: list[Any], preds: list[bytes],
-                     stats: list[bytes]) -> int:
+                     stats: list[bytes], failed: dict[int, str] | None = None) -> int:
         """Produce every output record of a batch (delivery failures reach the producer-wide
-        :meth:`on_delivery`); returns how many were produced."""
+        :meth:`on_delivery`); returns how many were produced.
+
+        A full queue (``BufferError``) is waited out. Any other error raised by
+        ``produce()`` (``KafkaException``: ``MSG_SIZE_TOO_LARGE``, an unknown topic, a
+        fatal producer; or a bad argument) is raised as :class:`ProduceError` and handled
+        like a failed delivery by the caller."""
         p = self.producer.client
         produce = p.produce
         topic = self.topics.predictions
@@ -377,16 +700,20 @@ class StreamWorker:
             except BufferError:
                 self.metrics.paused.set(1)
                 p.poll(0.05)
+            except Exception as exc:  # noqa: BLE001 - a record refused: a failed delivery
+                raise ProduceError(topic, exc) from exc
         count = len(preds)
         self.metrics.paused.set(0)
         src = self.topics.events
         for idx, reason, detail in decoded.rejected:
             msg = msgs[idx]
-            value, headers = dlq_value_and_headers(
-                msg.value(), msg.headers(), reason=reason, detail=detail, topic=src,
-                partition=msg.partition(), offset=msg.offset(), worker=self.worker_id,
-                max_value_bytes=self.w.dlq_max_value_bytes)
-            self._produce_one(self.topics.dlq, value, msg.key(), headers)
+            value, key, headers = dlq_record(
+                msg.value(), msg.key(), msg.headers(), reason=reason, detail=detail,
+                topic=src, partition=msg.partition(), offset=msg.offset(),
+                worker=self.worker_id, max_value_bytes=self.w.dlq_max_value_bytes,
+                max_record_bytes=self.max_record_bytes,
+                exception=failed.get(idx) if failed else None)
+            self._produce_one(self.topics.dlq, value, key, headers)
             count += 1
         for rec in stats:
             self._produce_one(self.topics.stats, rec, self.scorer.model, None)
@@ -404,11 +731,14 @@ class StreamWorker:
                 return
             except BufferError:
                 p.poll(0.05)
+            except Exception as exc:  # noqa: BLE001 - a record refused: a failed delivery
+                raise ProduceError(topic, exc) from exc
 
     # ------------------------------------------------------------------ at-least-once
     def _produce_at_least_once(self, msgs: list[Any], decoded: Any, ids: list[Any],
                                preds: list[bytes], stats: list[bytes],
-                               first: dict[int, int], nxt: dict[int, int]) -> None:
+                               first: dict[int, int], nxt: dict[int, int],
+                               failed: dict[int, str] | None = None) -> None:
         # The previous batches were being delivered while this one was scored: commit them
         # first (usually without waiting), then produce this one. If one of them failed, the
         # rewind covers this batch too: it is not produced and will be consumed again.
@@ -417,7 +747,14 @@ class StreamWorker:
         batch = _InFlight(self.seq, first, nxt)
         batch.n_predictions = len(preds)
         self.inflight.append(batch)
-        self._produce_all(msgs, decoded, ids, preds, stats)
+        try:
+            self._produce_all(msgs, decoded, ids, preds, stats, failed)
+        except ProduceError as exc:
+            # As a failed delivery: the batch is in flight, so the next settle rewinds it
+            # (and every batch in flight) and commits none of them.
+            logger.error("batch %d: %s", self.seq, exc)
+            if self._delivery_error is None:
+                self._delivery_error = str(exc)
 
     def _settle(self, commit_sync: bool = False,
                 current_first: dict[int, int] | None = None, force: bool = False) -> bool:
@@ -439,6 +776,7 @@ class StreamWorker:
                     self.delivered.update(b.next)
                     n_pred += b.n_predictions
                 self.inflight.clear()
+                self._delivery_failures = 0
                 if n_pred:
                     self.metrics.predictions_produced.inc(n_pred)
         # Offsets delivered earlier precede those still in flight: committing them is right
@@ -465,7 +803,7 @@ class StreamWorker:
         while self.inflight and len(p) and self._delivery_error is None:
             p.poll(0.01)
             if time.monotonic() > deadline:
-                self.fatal = "deliveries did not complete in time"
+                self._set_fatal("deliveries did not complete in time")
                 return
         self._settle()
 
@@ -505,11 +843,31 @@ class StreamWorker:
                 rewind[p] = min(o, rewind.get(p, o))
         self.inflight.clear()
         self._seek(rewind)
+        self._delivery_failures += 1
+        if self._delivery_failures > self.w.max_delivery_retries:
+            self._set_fatal(f"delivery failed {self._delivery_failures} times in a row "
+                            f"(worker.max_delivery_retries={self.w.max_delivery_retries})")
+        else:
+            self._back_off(self._delivery_failures)
+
+    def _back_off(self, failures: int) -> None:
+        """The loop consumes nothing for :func:`backoff_s` seconds (served in :meth:`run`,
+        not here: this may run inside a rebalance callback)."""
+        delay = backoff_s(failures)
+        self._backoff_until = time.monotonic() + delay
+        logger.warning("failure %d in a row: backing off %.1f s", failures, delay)
+
+    def _set_fatal(self, reason: str) -> None:
+        """Stop: not ready at once, the loop ends and :meth:`run` returns non-zero."""
+        if self.fatal is None:
+            self.fatal = reason
+        self.ready.clear()
 
     # ------------------------------------------------------------------ exactly-once
     def _produce_transaction(self, msgs: list[Any], decoded: Any, ids: list[Any],
                              preds: list[bytes], stats: list[bytes],
-                             first: dict[int, int], nxt: dict[int, int]) -> None:
+                             first: dict[int, int], nxt: dict[int, int],
+                             failed: dict[int, str] | None = None) -> None:
         """Open this batch's transaction, produce into it, and hand the offsets and the commit
         to the transaction thread; the loop goes on with the next batch meanwhile (it is
         decoded and scored while this one commits, and produced after it committed)."""
@@ -521,11 +879,12 @@ class StreamWorker:
         c = self.consumer.client
         try:
             p.begin_transaction()
-            self._produce_all(msgs, decoded, ids, preds, stats)
+            self._produce_all(msgs, decoded, ids, preds, stats, failed)
             offsets = [TopicPartition(self.topics.events, part, o) for part, o in nxt.items()]
             group = c.consumer_group_metadata()
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
+        except (KafkaException, ProduceError) as exc:
+            cause = exc.cause if isinstance(exc, ProduceError) else exc
+            err = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
             self._transaction_failed(err, exc, first, self.seq)
             return
         self._txn = _Transaction(
@@ -557,6 +916,7 @@ class StreamWorker:
             return False
         self.metrics.transactions.labels(result="committed").inc()
         self.metrics.predictions_produced.inc(txn.n_predictions)
+        self._txn_failures = 0
         return True
 
     def _transaction_failed(self, err: Any, exc: Exception, first: dict[int, int],
@@ -569,6 +929,7 @@ class StreamWorker:
             KafkaError.INVALID_PRODUCER_EPOCH))
         if fatal:
             self.metrics.transactions.labels(result="fenced").inc()
+            self.ready.clear()
             self.fatal = "fenced" if err.code() in (
                 KafkaError._FENCED, KafkaError.PRODUCER_FENCED,  # type: ignore[attr-defined]
                 KafkaError.INVALID_PRODUCER_EPOCH) else f"fatal producer error: {err}"
@@ -580,23 +941,50 @@ class StreamWorker:
         try:
             p.abort_transaction(self.w.transaction_timeout_s)
         except Exception as abort_exc:  # noqa: BLE001
-            self.fatal = f"abort failed: {abort_exc}"
+            self._set_fatal(f"abort failed: {abort_exc}")
             logger.error("abort_transaction failed: %s", abort_exc)
             return
         self._seek(first)
+        self._txn_failures += 1
+        if self._txn_failures > self.w.max_transaction_retries:
+            self._set_fatal(f"transaction failed {self._txn_failures} times in a row "
+                            f"(worker.max_transaction_retries="
+                            f"{self.w.max_transaction_retries})")
+        else:
+            self._back_off(self._txn_failures)
 
     # ------------------------------------------------------------------ failures
     def _scoring_failed(self, first: dict[int, int]) -> None:
         self.failures += 1
-        if self.exactly_once:
-            self._finish_transaction(current_first=first)  # earlier batches: commit them
-        else:
-            self._drain(commit_sync=False)  # earlier batches are fine: commit them
+        rewind = self._finish_earlier(first)
         if self.failures > self.w.max_scoring_retries:
-            self.fatal = f"scoring failed {self.failures} times in a row"
+            self._set_fatal(f"scoring failed {self.failures} times in a row")
             return
-        self._seek(first)
+        if rewind is not None:
+            self._seek(rewind)
         time.sleep(min(5.0, 0.2 * 2 ** self.failures))
+
+    def _finish_earlier(self, first: dict[int, int]) -> dict[int, int] | None:
+        """Before the batch in hand (first offsets ``first``) is rewound, finish the batches
+        before it: exactly-once waits for the transaction being committed; at-least-once
+        waits for the batches in flight and commits those delivered. Returns where to rewind:
+        ``first``, and the first offsets of earlier batches that could not be delivered in
+        time (never committed); None when a failure already rewound them and this batch."""
+        if self.exactly_once:
+            return dict(first) if self._finish_transaction(current_first=first) else None
+        earlier = [b.first for b in self.inflight]
+        remaining = self.producer.client.flush(self.w.transaction_timeout_s * 2)
+        if not self._settle(force=True, current_first=first):
+            return None  # a failed delivery: rewound to the oldest batch in flight
+        rewind = dict(first)
+        if remaining or self.inflight:  # not delivered in time: not committed, read again
+            logger.error("%d records still undelivered; rewinding their batches too",
+                         remaining)
+            for f in earlier:
+                for part, o in f.items():
+                    rewind[part] = min(o, rewind.get(part, o))
+            self.inflight.clear()
+        return rewind
 
     def _seek(self, offsets: dict[int, int]) -> None:
         from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from segstream.services.worker.decode import DLQ_REASONS
+from segstream.services.worker.decode import ALL_DLQ_REASONS
 from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 #: Buckets (seconds) for per-event work: 1 µs .. 10 ms.
@@ -131,6 +131,7 @@ class WorkerMetrics:
     paused: Gauge
     transactions: Counter
     bundle_reload_failures: Counter
+    bundle_broken: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry, namespace: str = "segstream") -> "WorkerMetrics":
@@ -185,8 +186,11 @@ class WorkerMetrics:
                 f"{namespace}_bundle_reload_failures", "Failed bundle reloads (worker and "
                 "monitor) by reason; each cause also alerts once.", ["reason"],
                 registry=registry),
+            bundle_broken=Gauge(f"{ns}_bundle_broken", "1 while consumption is stopped because "
+                                "scoring failed for more than worker.max_failed_share of the "
+                                "events (until a new bundle).", registry=registry),
         )
-        for r in DLQ_REASONS:
+        for r in ALL_DLQ_REASONS:
             m.dlq_records.labels(reason=r)
         for r in RELOAD_RESULTS:
             m.bundle_reloads.labels(result=r)

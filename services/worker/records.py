@@ -38,7 +38,8 @@ from numba.extending import intrinsic
 
 from segstream.shared.alerts import bundle_rejected_alert  # noqa: F401 - the alert contract lives there
 
-#: Headers added to every DLQ record (the original headers are kept before them).
+#: Headers added to every DLQ record (the original headers are kept before them; see
+#: :func:`dlq_record`).
 DLQ_HEADER_REASON = "segstream.dlq.reason"
 DLQ_HEADER_DETAIL = "segstream.dlq.detail"
 DLQ_HEADER_TOPIC = "segstream.dlq.topic"
@@ -46,6 +47,9 @@ DLQ_HEADER_PARTITION = "segstream.dlq.partition"
 DLQ_HEADER_OFFSET = "segstream.dlq.offset"
 DLQ_HEADER_WORKER = "segstream.dlq.worker"
 DLQ_HEADER_TRUNCATED = "segstream.dlq.truncated_from_bytes"
+DLQ_HEADER_KEY_TRUNCATED = "segstream.dlq.key_truncated_from_bytes"
+DLQ_HEADER_HEADERS_DROPPED = "segstream.dlq.headers_dropped"
+DLQ_HEADER_EXCEPTION = "segstream.dlq.exception"
 
 
 def utc_now_iso() -> str:
@@ -530,8 +534,57 @@ _PredictionWithContributions = msgspec.defstruct(
 _ENCODER = msgspec.json.Encoder()
 
 
-def dlq_value_and_headers(
+#: librdkafka's framing of one record beyond its key, value and headers
+#: (``RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD``, 36 bytes), with room to spare: a record is refused
+#: at ``produce()`` (``MSG_SIZE_TOO_LARGE``) when framing + key + value + headers exceed the
+#: producer's ``message.max.bytes``.
+RECORD_OVERHEAD_BYTES = 64
+#: Room kept for the ``segstream.dlq.*truncated*`` headers a bounded copy may get.
+_TRUNCATION_HEADERS_BYTES = 256
+
+
+def header_bytes(headers: Sequence[tuple[str, Any]] | None) -> int:
+    """Bytes the headers take in a record (each: two varints of at most 5 bytes, its key and
+    its value), as librdkafka counts them against ``message.max.bytes`` (or a little more)."""
+    if not headers:
+        return 0
+    return sum(10 + len(k.encode("utf-8", "replace")) + (len(v) if v is not None else 0)
+               for k, v in headers)
+
+
+def record_bytes(key: bytes | None, value: bytes | None,
+                 headers: Sequence[tuple[str, Any]] | None) -> int:
+    """The size librdkafka checks against ``message.max.bytes`` (or a little more)."""
+    return (RECORD_OVERHEAD_BYTES + (len(key) if key is not None else 0)
+            + (len(value) if value is not None else 0) + header_bytes(headers))
+
+
+def exception_name(exc: BaseException) -> str:
+    """``ValueError`` for built-in exceptions, ``module.Qualified`` for the others."""
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _fair_shares(sizes: Sequence[int], budget: int) -> list[int]:
+    """Max-min fair split of ``budget`` among parts of ``sizes``: a part that needs less than
+    an equal share keeps all of it and leaves the rest to the others.
+
+    >>> _fair_shares([10, 500, 40], 200)
+    [10, 150, 40]
+    """
+    shares = [0] * len(sizes)
+    left = max(budget, 0)
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    for rank, i in enumerate(order):
+        share = min(sizes[i], left // (len(sizes) - rank))
+        shares[i] = share
+        left -= share
+    return shares
+
+
+def dlq_record(
     value: bytes | None,
+    key: bytes | None,
     headers: Sequence[tuple[str, bytes | None]] | None,
     *,
     reason: str,
@@ -541,11 +594,58 @@ def dlq_value_and_headers(
     offset: int,
     worker: str,
     max_value_bytes: int,
-) -> tuple[bytes | None, list[tuple[str, bytes]]]:
-    """The DLQ copy of a rejected event: its value (truncated above ``max_value_bytes``)
-    and its original headers followed by the ``segstream.dlq.*`` headers."""
-    out_headers: list[tuple[str, Any]] = list(headers or [])
-    out_headers += [
+    max_record_bytes: int,
+    exception: str | None = None,
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]:
+    """The DLQ copy of a rejected event, bounded to fit the producer's ``message.max.bytes``.
+
+    The copy has the event's value, key and headers followed by the ``segstream.dlq.*``
+    headers (reason, detail, source topic/partition/offset, worker, and for ``scoring_error``
+    the exception type). The value is cut to ``max_value_bytes``. When the key, the original
+    headers and the value together still exceed what is left of ``max_record_bytes`` after
+    the framing and the ``segstream.dlq.*`` headers, that room is shared max-min fairly
+    between them (a small part keeps all of it): the value and the key are cut to their
+    share, and the original headers that do not fit theirs are dropped whole, in order.
+    Headers say what was cut: ``segstream.dlq.truncated_from_bytes`` (value),
+    ``segstream.dlq.key_truncated_from_bytes`` and ``segstream.dlq.headers_dropped`` (how
+    many original headers).
+
+    Parameters
+    ----------
+    value, key : bytes or None
+        The event's value and key as consumed.
+    headers : sequence of (str, bytes or None), or None
+        The event's headers.
+    reason : str
+        The DLQ reason (see ``docs/dlq.md``).
+    detail : str
+        Why (cut to 500 bytes of UTF-8).
+    topic, partition, offset, worker : str, int, int, str
+        Where the event came from, and which worker rejected it.
+    max_value_bytes : int
+        ``worker.dlq_max_value_bytes``.
+    max_record_bytes : int
+        The producer's ``message.max.bytes`` (bytes; at least ~2 KB for the DLQ headers).
+    exception : str, optional
+        Exception type (``segstream.dlq.exception``) of a ``scoring_error``.
+
+    Returns
+    -------
+    value, key : bytes or None
+    headers : list of (str, bytes or None)
+        :func:`record_bytes` of the three is at most ``max_record_bytes``.
+
+    Examples
+    --------
+    >>> v, k, h = dlq_record(b"v" * 5000, b"k" * 5000, [("trace", b"t")], reason="invalid_json",
+    ...                      detail="bad", topic="events", partition=0, offset=7, worker="w",
+    ...                      max_value_bytes=4000, max_record_bytes=6000)
+    >>> len(v), len(k), dict(h)["segstream.dlq.key_truncated_from_bytes"]
+    (2729, 2729, b'5000')
+    >>> record_bytes(k, v, h) <= 6000
+    True
+    """
+    own: list[tuple[str, bytes | None]] = [
         (DLQ_HEADER_REASON, reason.encode()),
         (DLQ_HEADER_DETAIL, detail.encode("utf-8", "replace")[:500]),
         (DLQ_HEADER_TOPIC, topic.encode()),
@@ -553,7 +653,34 @@ def dlq_value_and_headers(
         (DLQ_HEADER_OFFSET, str(offset).encode()),
         (DLQ_HEADER_WORKER, worker.encode()),
     ]
+    if exception is not None:
+        own.append((DLQ_HEADER_EXCEPTION, exception.encode("utf-8", "replace")[:200]))
+    original = list(headers or [])
+    marks: list[tuple[str, bytes | None]] = []
     if value is not None and len(value) > max_value_bytes:
-        out_headers.append((DLQ_HEADER_TRUNCATED, str(len(value)).encode()))
+        marks.append((DLQ_HEADER_TRUNCATED, str(len(value)).encode()))
         value = value[:max_value_bytes]
-    return value, out_headers
+    budget = (max_record_bytes - RECORD_OVERHEAD_BYTES - header_bytes(own)
+              - _TRUNCATION_HEADERS_BYTES)
+    sizes = [len(value) if value is not None else 0, len(key) if key is not None else 0,
+             header_bytes(original)]
+    if sum(sizes) > budget:
+        v_share, k_share, h_share = _fair_shares(sizes, budget)
+        if value is not None and len(value) > v_share:
+            if not any(name == DLQ_HEADER_TRUNCATED for name, _ in marks):
+                marks.append((DLQ_HEADER_TRUNCATED, str(len(value)).encode()))
+            value = value[:v_share]
+        if key is not None and len(key) > k_share:
+            marks.append((DLQ_HEADER_KEY_TRUNCATED, str(len(key)).encode()))
+            key = key[:k_share]
+        kept: list[tuple[str, bytes | None]] = []
+        used = 0
+        for h in original:
+            size = header_bytes([h])
+            if used + size <= h_share:
+                kept.append(h)
+                used += size
+        if len(kept) < len(original):
+            marks.append((DLQ_HEADER_HEADERS_DROPPED, str(len(original) - len(kept)).encode()))
+        original = kept
+    return value, key, original + own + marks

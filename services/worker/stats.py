@@ -25,6 +25,15 @@ with ``slice_start`` null.
 :func:`batch_stats_records` gives the same records as JSON bytes, which is what the worker
 sends.
 
+Bounded records: unknown keys come from the events (a category value can be as long as an
+event), so at most ``max_unknown_keys`` are named per record and each name is cut to
+``max_unknown_key_chars`` (:func:`bounded_key`: the beginning, ``…`` and a hash of the whole,
+the same in every worker). A record that still exceeds ``max_record_bytes`` is split
+(:func:`split_record`): the first record keeps every count that fits, continuation records
+carry the rest of its ``unknown_keys``, ``segments``, ``categorical`` and ``numeric`` entries
+with zero counts otherwise (``n_events`` 0, ``prediction`` null) and the same times, so the
+monitor's sums are unchanged.
+
 Bins follow :mod:`segstream.shared.drift` exactly (``NumericReference.bin``,
 ``CategoricalReference.bin``), so counts add up across batches and workers and compare directly
 with the reference's ``expected`` shares.
@@ -33,6 +42,7 @@ with the reference's ``expected`` shares.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import weakref
 from collections import Counter
@@ -70,6 +80,7 @@ def batch_stats(
     created_at: str,
     max_unknown_keys: int = 100,
     partitions: np.ndarray | None = None,
+    max_unknown_key_chars: int | None = None,
 ) -> dict[str, Any]:
     """The stats record of one batch.
 
@@ -96,6 +107,8 @@ def batch_stats(
     partitions : numpy.ndarray, optional
         Source partition of each valid row; gives ``partition_time_max`` = {partition: the
         largest event time of its rows} (the monitor's per-partition watermark).
+    max_unknown_key_chars : int, optional
+        Longer unknown keys are named by :func:`bounded_key`.
 
     Returns
     -------
@@ -120,7 +133,7 @@ def batch_stats(
     unknown: Counter[str] = Counter()
     if unknown_col is not None and m:
         unknown = Counter(v for v in unknown_col.tolist() if v is not None)
-    named = dict(unknown.most_common(max_unknown_keys))
+    named = _named_keys(unknown, max_unknown_keys, max_unknown_key_chars)
     other = sum(unknown.values()) - sum(named.values())
     times = columns.get(time_field)
     tmin = tmax = None
@@ -217,7 +230,8 @@ def batch_stats_slices(
     return _records(counts, _blocks_as_lists(counts), slice_s=slice_s, dlq_counts=dlq_counts,
                     model=kw["model"], bundle_id=kw["bundle_id"], worker=kw["worker"],
                     batch=kw["batch"], created_at=kw["created_at"],
-                    max_unknown_keys=int(kw.get("max_unknown_keys", 100)))
+                    max_unknown_keys=int(kw.get("max_unknown_keys", 100)),
+                    max_unknown_key_chars=kw.get("max_unknown_key_chars"))
 
 
 def batch_stats_records(
@@ -236,6 +250,8 @@ def batch_stats_records(
     created_at: str,
     max_unknown_keys: int = 100,
     partitions: np.ndarray | None = None,
+    max_unknown_key_chars: int | None = None,
+    max_record_bytes: int | None = None,
 ) -> list[bytes]:
     """The stats records of one batch, one per event-time slice, encoded as JSON.
 
@@ -282,6 +298,10 @@ def batch_stats_records(
         of the others goes to ``unknown_keys_other``.
     partitions : numpy.ndarray of shape (m,), optional
         Source partition of each row; gives each record's ``partition_time_max``.
+    max_unknown_key_chars : int, optional
+        Longer unknown keys are named by :func:`bounded_key` (none is cut when None).
+    max_record_bytes : int, optional
+        No record is longer (bytes of JSON): a longer one is split (:func:`split_record`).
 
     Returns
     -------
@@ -310,16 +330,112 @@ def batch_stats_records(
     counts = _slice_counts(columns, scores, reference, time_field=time_field,
                            slice_s=slice_s, partitions=partitions)
     if counts is None:
-        return [orjson.dumps(batch_stats(
+        out = [orjson.dumps(batch_stats(
             columns, scores, reference, time_field=time_field, model=model,
             bundle_id=bundle_id, worker=worker, batch=batch, n_events=n_events,
             dlq_counts=dlq_counts, created_at=created_at, max_unknown_keys=max_unknown_keys,
-            partitions=partitions))]
-    dumps = orjson.dumps
-    return [dumps(r) for r in _records(
-        counts, _blocks_as_json(counts), slice_s=slice_s, dlq_counts=dlq_counts, model=model,
-        bundle_id=bundle_id, worker=worker, batch=batch, created_at=created_at,
-        max_unknown_keys=int(max_unknown_keys))]
+            partitions=partitions, max_unknown_key_chars=max_unknown_key_chars))]
+    else:
+        dumps = orjson.dumps
+        out = [dumps(r) for r in _records(
+            counts, _blocks_as_json(counts), slice_s=slice_s, dlq_counts=dlq_counts,
+            model=model, bundle_id=bundle_id, worker=worker, batch=batch,
+            created_at=created_at, max_unknown_keys=int(max_unknown_keys),
+            max_unknown_key_chars=max_unknown_key_chars)]
+    if max_record_bytes is not None and max(map(len, out)) > max_record_bytes:
+        out = [piece for rec in out for piece in (
+            split_record(rec, max_record_bytes) if len(rec) > max_record_bytes else [rec])]
+    return out
+
+
+#: The sections of a stats record whose entries add up independently (split first to last).
+_SPLIT_SECTIONS = ("unknown_keys", "segments", "categorical", "numeric")
+#: What a continuation record of :func:`split_record` counts: nothing but its entries.
+_CONTINUATION_ZEROS: dict[str, Any] = {
+    "n_events": 0, "n_scored": 0, "n_dlq": 0, "dlq": {}, "prediction": None,
+    "fallback_levels": {}, "unknown_keys_other": 0, "imputed": 0,
+    **{sec: {} for sec in _SPLIT_SECTIONS}}
+
+
+def split_record(record: bytes, max_bytes: int) -> list[bytes]:
+    """A stats record (JSON) as records of at most ``max_bytes`` each that add up to it.
+
+    The first keeps every field and as many entries of ``unknown_keys``, ``segments``,
+    ``categorical`` and ``numeric`` as fit; each continuation record has the first's
+    identity and time fields (``model``, ``bundle_id``, ``worker``, ``batch``, the event
+    times, ``partition_time_max``, ``slice_start``: the same monitor window and watermark),
+    zero counts, and more of those entries. An entry too large for a record of its own (an
+    unknown key of about ``max_bytes``; none is with ``max_unknown_key_chars``) is not named:
+    an unknown key's count goes to the first record's ``unknown_keys_other``, any other
+    entry is left out and counted in its ``dropped_entries``. The fields outside those
+    sections are bounded by the configuration (partitions, DLQ reasons), not by the events.
+
+    Parameters
+    ----------
+    record : bytes
+        One record of :func:`batch_stats_records`.
+    max_bytes : int
+        Bytes of JSON per record.
+
+    Returns
+    -------
+    list of bytes
+    """
+    rec = orjson.loads(record)
+    cont = {**rec, **_CONTINUATION_ZEROS}
+    room = max_bytes - len(orjson.dumps(cont))  # for the entries of a continuation record
+    head = {**rec, **{sec: {} for sec in _SPLIT_SECTIONS}}
+    entries: list[tuple[str, str, Any, int]] = []
+    dropped = 0
+    for sec in _SPLIT_SECTIONS:
+        for k, v in (rec.get(sec) or {}).items():
+            size = len(orjson.dumps({k: v}))  # its size in a section, with a comma
+            if size <= room:
+                entries.append((sec, k, v, size))
+            elif sec == "unknown_keys":
+                head["unknown_keys_other"] = int(head.get("unknown_keys_other") or 0) + int(v)
+            else:
+                dropped += 1
+    if dropped:
+        head["dropped_entries"] = dropped
+    out: list[dict[str, Any]] = [head]
+    left = max_bytes - len(orjson.dumps(head))
+    for sec, k, v, size in entries:
+        if size > left:
+            out.append({**cont, **{s: {} for s in _SPLIT_SECTIONS}})
+            left = room
+        out[-1][sec][k] = v
+        left -= size
+    return [orjson.dumps(r) for r in out]
+
+
+def bounded_key(key: str, max_chars: int) -> str:
+    """``key`` itself when at most ``max_chars`` long; else its first characters, ``…`` and
+    16 hex characters of its SHA-256, ``max_chars`` in all: the same name in every worker,
+    distinct for distinct keys.
+
+    >>> bounded_key("JFK|LAX", 40)
+    'JFK|LAX'
+    >>> k = bounded_key("x" * 1000, 40)
+    >>> len(k), k[:23], k[23]
+    (40, 'xxxxxxxxxxxxxxxxxxxxxxx', '…')
+    """
+    if len(key) <= max_chars:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return key[:max(max_chars - 17, 0)] + "\u2026" + digest
+
+
+def _named_keys(unknown: Counter[str], most: int, max_chars: int | None) -> dict[str, int]:
+    """The ``most`` most frequent unknown keys with their counts, long ones bounded."""
+    named = dict(unknown.most_common(most))
+    if max_chars is None or not named or max(map(len, named)) <= max_chars:
+        return named
+    out: dict[str, int] = {}
+    for k, c in named.items():
+        b = bounded_key(k, max_chars)
+        out[b] = out.get(b, 0) + c
+    return out
 
 
 #: (feature, first column, n_bins): where a feature's bin counts sit in a slice's count row
@@ -722,6 +838,7 @@ def _records(
     batch: int,
     created_at: str,
     max_unknown_keys: int,
+    max_unknown_key_chars: int | None = None,
 ) -> list[dict[str, Any]]:
     """The records of :func:`batch_stats_slices` around the count blocks of each slice."""
     n_dlq = int(sum(dlq_counts.values()))
@@ -731,7 +848,8 @@ def _records(
             zip(c.slots, blocks, strict=True)):
         first = s_i == 0
         uk = c.unknown[s_i]
-        named = dict(uk.most_common(max_unknown_keys)) if uk is not None else {}
+        named = _named_keys(uk, max_unknown_keys, max_unknown_key_chars) if uk is not None \
+            else {}
         sliced = bool(slice_s) and slot != _I64_MIN
         out.append({
             "model": model,
