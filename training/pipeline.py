@@ -344,8 +344,7 @@ def train(
             staging = Path(work_dir or tempfile.mkdtemp(prefix="segstream-bundle-"))
             bundle_dir = write_bundle(
                 staging, model=settings.model, components=components,
-                config=settings.model_dump(mode="json", by_alias=True,
-                                           exclude={"store": {"s3_key", "s3_secret"}}),
+                config=settings.public_dump(),  # secrets masked
                 schema=schema.model_dump(mode="json"), data=data_info, metrics=metrics,
                 timings=dict(steps.timings))
             manifest = load_components(bundle_dir).manifest
