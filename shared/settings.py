@@ -244,7 +244,8 @@ class BrokerSettings(_Section):
     bootstrap: str = Field(default="127.0.0.1:9092", description="bootstrap.servers")
     client: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
-        description="Extra librdkafka settings for every client (JSON object).",
+        description="Extra librdkafka settings for every client (JSON object); no secrets "
+                    "and no keys that broker.security types (refused).",
     )
     connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Seconds per attempt to reach the broker."

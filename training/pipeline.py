@@ -476,8 +476,8 @@ def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool
     b = settings.broker.model_copy(update={"connect_attempts": 1, "connect_timeout_s": 2.0})
     try:
         check_reachable(b)
-    except BrokerError:
-        logger.warning("no broker at %s: model-update event not sent", b.bootstrap)
+    except BrokerError as exc:
+        logger.warning("model-update event not sent: %s", exc)
         return False
     t = settings.topics
     ensure_topics(b, [t.model_updates], 1, t.replication_factor)
