@@ -144,9 +144,10 @@ def check_reachable(broker: BrokerSettings) -> None:
     try:
         admin = AdminClient(conf)
     except KafkaException as exc:  # e.g. a key that does not open with ssl_key_password
+        reason = exc.args[0].str() if exc.args else exc
         raise ConfigError(f"broker.security: the Kafka client refused the TLS/SASL settings: "
-                          f"{exc.args[0].str() if exc.args else exc} (a wrong ssl_key_password, or a "
-                          "file that is not PEM?)") from None
+                          f"{reason} (a wrong ssl_key_password, or a file that is not PEM?)") \
+            from None
     last: Exception | None = None
     for attempt in range(1, broker.connect_attempts + 1):
         deadline = time.monotonic() + broker.connect_timeout_s

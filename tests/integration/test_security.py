@@ -167,11 +167,12 @@ def run_pipeline(settings: Settings, security: dict[str, Any], tmp: Path,
     env = secret_env(security)
     assert "**********" not in cfg.read_text()
     logs = {name: tmp / f"{name}.log" for name in ("worker", "monitor")}
+    outs = {name: open(path, "w") for name, path in logs.items()}  # noqa: SIM115
     worker = subprocess.Popen(cli("worker", "--config", str(cfg), "--loader",
                                   "tests.fakes:load_fake_bundle"), cwd=REPO, env=env,
-                              stdout=open(logs["worker"], "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                              stdout=outs["worker"], stderr=subprocess.STDOUT)
     monitor = subprocess.Popen(cli("monitor", "--config", str(cfg)), cwd=REPO, env=env,
-                               stdout=open(logs["monitor"], "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                               stdout=outs["monitor"], stderr=subprocess.STDOUT)
     try:
         port = metrics_port(logs["monitor"], monitor)
         sim = subprocess.run(cli("simulate", "--config", str(cfg), "--limit", str(events),
@@ -196,6 +197,8 @@ def run_pipeline(settings: Settings, security: dict[str, Any], tmp: Path,
     finally:
         worker_rc = stop(worker)
         stop(monitor)
+        for f in outs.values():
+            f.close()
     assert worker_rc == 0, logs["worker"].read_text()[-3000:]
     text = "".join(p.read_text() for p in logs.values()) + sim.stdout + sim.stderr
     for key in ("password", "ssl_key_password"):
