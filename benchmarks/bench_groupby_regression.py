@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.groupby_regression import fit_groups  # noqa: E402
+from segstream.training.groupby_regression import fit_groups  # noqa: E402
 
 P = 3
 

@@ -140,7 +140,7 @@ ROUTE_NOTE = ("numba router: single thread; end_to_end = dict of float64 columns
 
 def route_only(args, prof: dict, env: dict, X: np.ndarray, cols_r: dict) -> int:
     """``--route-only``: histogram tree per K, then the numba routing measurement only."""
-    from training.partitioner import TreePartitioner
+    from segstream.training.partitioner import TreePartitioner
 
     results = {"profile": ("quick" if args.quick else "full") + " --route-only",
                "n_rows": X.shape[0], "n_features": X.shape[1],
@@ -189,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.cluster import KMeans, MiniBatchKMeans
     from sklearn.tree import DecisionTreeRegressor
 
-    from shared.routing import Router
-    from training.partitioner import TreePartitioner
+    from segstream.shared.routing import Router
+    from segstream.training.partitioner import TreePartitioner
 
     env = environment()
     n = prof["n_rows"]

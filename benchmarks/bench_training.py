@@ -55,9 +55,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/bench_training.json"))
     args = ap.parse_args()
 
-    from shared.data import load_dataset
-    from shared.settings import load_settings
-    from training.pipeline import train
+    from segstream.shared.data import load_dataset
+    from segstream.shared.settings import load_settings
+    from segstream.training.pipeline import train
 
     settings = load_settings(args.config)
     with tempfile.TemporaryDirectory() as tmp:

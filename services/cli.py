@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from shared.cli import _add_config, subcommand
+from segstream.shared.cli import _add_config, subcommand
 
 
 @subcommand
@@ -27,8 +27,8 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from services.demo import run_demo  # noqa: PLC0415
-    from shared.settings import load_settings  # noqa: PLC0415
+    from segstream.services.demo import run_demo  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings(args.config)
     summary = run_demo(settings, seconds=args.seconds, rate=args.rate,

@@ -24,9 +24,9 @@ from typing import IO, Any
 
 import orjson
 
-from shared.broker import EmbeddedBroker, die_with_parent
-from shared.kafka import FAST_GROUP_CONFIG, ensure_topics
-from shared.settings import Settings
+from segstream.shared.broker import EmbeddedBroker, die_with_parent
+from segstream.shared.kafka import FAST_GROUP_CONFIG, ensure_topics
+from segstream.shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ChildProcesses:
     def start(self, name: str, *args: str) -> Child:
         log_path = self.log_dir / f"{name}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - closed in stop_all
-        cmd = [sys.executable, "-m", "shared.cli", *args]
+        cmd = [sys.executable, "-m", "segstream", *args]
         proc = subprocess.Popen(  # noqa: S603 - our own CLI
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - no orphans if the demo is killed
@@ -217,8 +217,8 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
     (September-December replay with outcomes and 1 % malformed events) → live status line →
     summary. Every child is stopped on exit, Ctrl-C or a broker failure.
     """
-    from shared.broker import free_port  # noqa: PLC0415
-    from shared.store import ArtifactStore  # noqa: PLC0415
+    from segstream.shared.broker import free_port  # noqa: PLC0415
+    from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -270,7 +270,7 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
                 if not _wait_ready(port, w, 60.0):
                     raise RuntimeError(f"worker-{i + 1} did not become ready; see {w.log_path}")
             monitor_port = None
-            if _has_module("services.monitor.cli"):
+            if _has_module("segstream.services.monitor.cli"):
                 monitor_port = free_port()
                 children.start("monitor", "monitor", "--config", config_path,
                                "--metrics-port", str(monitor_port))
@@ -356,8 +356,8 @@ def _start_prometheus(children: ChildProcesses, out_dir: Path, config_path: str,
                       notes: list[str]) -> str | None:
     """Start Prometheus with the repository's rules scraping the demo's services, when a
     ``prometheus`` binary is on the PATH; say so either way."""
-    from services.prometheus import find_prometheus, prometheus_command, render_config  # noqa
-    from shared.broker import free_port  # noqa: PLC0415
+    from segstream.services.prometheus import find_prometheus, prometheus_command, render_config  # noqa
+    from segstream.shared.broker import free_port  # noqa: PLC0415
 
     binary = find_prometheus()
     config_file = Path(config_path).parent / "prometheus" / "prometheus.yml"

@@ -674,7 +674,7 @@ class Forest:
 
     def inplace_predict(self, x: np.ndarray) -> np.ndarray:
         """Same as :meth:`predict`: a Forest stands in for its booster wherever only
-        ``inplace_predict(x)`` is called (:func:`shared.profiles.predict_pattern_proba`)."""
+        ``inplace_predict(x)`` is called (:func:`segstream.shared.profiles.predict_pattern_proba`)."""
         return self.predict(x)
 
     def _accepts(self, x: Any) -> bool:

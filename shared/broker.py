@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from shared.errors import BrokerError
+from segstream.shared.errors import BrokerError
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, BundleIntegrityError
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, BundleIntegrityError
 
 logger = logging.getLogger(__name__)
 

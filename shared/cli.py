@@ -1,6 +1,6 @@
 """The ``segstream`` command line: one console script with a subcommand per part.
 
-Operator mistakes (:class:`~shared.errors.SegstreamError`) print one line and exit non-zero;
+Operator mistakes (:class:`~segstream.shared.errors.SegstreamError`) print one line and exit non-zero;
 subcommands import their implementation lazily so that ``segstream --help`` is fast.
 """
 
@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shared.errors import SegstreamError
+from segstream.shared.errors import SegstreamError
 
 DEFAULT_CONFIG = "config/flights.yaml"
 
@@ -73,7 +73,7 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from shared.broker import EmbeddedBroker  # noqa: PLC0415
+    from segstream.shared.broker import EmbeddedBroker  # noqa: PLC0415
 
     stop = _stop_event()
     with EmbeddedBroker(port=args.port, host=args.host, log_path=args.log) as broker:
@@ -109,8 +109,8 @@ def _simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from services.simulator.app import run_simulation  # noqa: PLC0415
-    from shared.settings import load_settings  # noqa: PLC0415
+    from segstream.services.simulator.app import run_simulation  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
 
     sim: dict[str, Any] = {
         "limit": args.limit, "start": args.start, "end": args.end,
@@ -145,7 +145,7 @@ def _config_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from shared.settings import load_settings, settings_table_markdown  # noqa: PLC0415
+    from segstream.shared.settings import load_settings, settings_table_markdown  # noqa: PLC0415
 
     if args.table:
         print(settings_table_markdown())
@@ -175,7 +175,7 @@ def _load_plugins() -> None:
     """Import the modules that register the subcommands of the other packages."""
     import importlib  # noqa: PLC0415
 
-    for mod in ("training.cli", "services.cli", "services.worker.cli", "services.monitor.cli"):
+    for mod in ("segstream.training.cli", "segstream.services.cli", "segstream.services.worker.cli", "segstream.services.monitor.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:
@@ -185,7 +185,7 @@ def _load_plugins() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``segstream`` console script; returns the exit code."""
-    from shared.logs import configure_logging  # noqa: PLC0415
+    from segstream.shared.logs import configure_logging  # noqa: PLC0415
 
     _load_plugins()
     parser = build_parser()
@@ -203,6 +203,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     # Run the imported module's main, not this __main__ copy: plugins register into shared.cli.
-    from shared.cli import main as _main
+    from segstream.shared.cli import main as _main
 
     sys.exit(_main())

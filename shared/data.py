@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from shared.errors import DataError, SchemaError
-from shared.settings import SchemaSettings, Settings
+from segstream.shared.errors import DataError, SchemaError
+from segstream.shared.settings import SchemaSettings, Settings
 
 logger = logging.getLogger(__name__)
 

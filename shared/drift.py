@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.routing import MISSING_CODE, encode_categories
+from segstream.shared.routing import MISSING_CODE, encode_categories
 
 #: Added to every bin share before PSI / JS so that empty bins give finite values. With
 #: shares p, q: PSI = sum((q - p) * ln(q / p)) over bins after p, q <- (p + eps) / (1 + n*eps).

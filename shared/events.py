@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from shared.settings import SchemaSettings
+from segstream.shared.settings import SchemaSettings
 
 
 def _iso(s: pd.Series) -> list[str | None]:
@@ -72,7 +72,7 @@ def encode_events(df: pd.DataFrame, schema: SchemaSettings) -> list[tuple[bytes,
     Parameters
     ----------
     df : pandas.DataFrame
-        Rows with the schema's event fields (see :func:`shared.data.coerce_to_schema`).
+        Rows with the schema's event fields (see :func:`segstream.shared.data.coerce_to_schema`).
     schema : SchemaSettings
 
     Returns

@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from shared.errors import BrokerError, ConfigError
-from shared.settings import BrokerSecuritySettings, BrokerSettings
+from segstream.shared.errors import BrokerError, ConfigError
+from segstream.shared.settings import BrokerSecuritySettings, BrokerSettings
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Scoring side of the per-segment linear models (no scikit-learn, no training imports, no pickle).
 
-Rebuilt from the ``segment_models`` :class:`~shared.component.ExportedComponent` written by
+Rebuilt from the ``segment_models`` :class:`~segstream.shared.component.ExportedComponent` written by
 ``training.groupby_regression.GroupFitResult.export``. :meth:`LinearSegmentModels.predict`
 returns the prediction and its additive decomposition (intercept + coefficient x value per
 feature), computed by one numba kernel over the batch.
@@ -21,8 +21,8 @@ import math
 import numpy as np
 from numba import njit
 
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, SchemaError
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, SchemaError
 
 __all__ = ["LinearSegmentModels"]
 

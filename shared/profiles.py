@@ -1,6 +1,6 @@
 """Scoring side of the outcome profiles: distributions, intervals and the pattern classifier.
 
-This module is imported by the worker and by :mod:`training.distributions`; it needs numpy,
+This module is imported by the worker and by :mod:`segstream.training.distributions`; it needs numpy,
 numba and xgboost (no scikit-learn, no pickle). The training side computes every binned
 quantity with the same functions, so the bin convention and the interval construction are
 identical at fit and at scoring time by construction.
@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared._forest import Forest
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, SchemaError
-from shared.routing import encode_categories
+from segstream.shared._forest import Forest
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, SchemaError
+from segstream.shared.routing import encode_categories
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +395,7 @@ def predict_pattern_proba(booster: Any, x: np.ndarray, n_patterns: int) -> np.nd
     ----------
     booster : xgboost.Booster, shared._forest.Forest or None
         The classifier, or its compiled form (:class:`ProfileScorer` passes the
-        :class:`~shared._forest.Forest` built at load time, whose ``inplace_predict`` answers
+        :class:`~segstream.shared._forest.Forest` built at load time, whose ``inplace_predict`` answers
         bit for bit what the booster's does, without the GIL); None when there is a single
         pattern.
     x : ndarray of shape (n, F), float32
@@ -455,7 +455,7 @@ class ProfileScorer:
 
     Loads the classifier from its UBJSON blob with ``xgboost.Booster.load_model`` and the rest
     from plain arrays and JSON: no scikit-learn, no pickle. The booster is then converted once
-    into a :class:`~shared._forest.Forest` (:attr:`forest`), which predicts the same
+    into a :class:`~segstream.shared._forest.Forest` (:attr:`forest`), which predicts the same
     probabilities bit for bit with a GIL-free numba kernel (about 4x faster per row than
     ``inplace_predict`` with one thread) and keeps XGBoost for models it does not compile.
 

@@ -10,7 +10,7 @@ set of plain arrays describing a rooted tree whose nodes are in depth-first pre-
   codes ``child_code[...]``;
 * **leaves** (``node_kind == 0``): a segment, ``node_segment[leaf]`` in ``0..K-1``.
 
-:class:`Router` rebuilds itself from an :class:`~shared.component.ExportedComponent` (numeric
+:class:`Router` rebuilds itself from an :class:`~segstream.shared.component.ExportedComponent` (numeric
 arrays plus a JSON ``meta`` with feature names and category tables) and maps a batch of raw
 columns to segment ids with a numba kernel. Routing is total: a value that cannot be followed
 (NaN, a missing or never-seen category, an unseen key combination) sends the row down every
@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, SchemaError
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, SchemaError
 
 logger = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from shared.bundle import LoadedComponents, Manifest, load_components
-from shared.drift import DriftReference
-from shared.errors import BundleCompatibilityError, SchemaError
-from shared.settings import SchemaSettings
+from segstream.shared.bundle import LoadedComponents, Manifest, load_components
+from segstream.shared.drift import DriftReference
+from segstream.shared.errors import BundleCompatibilityError, SchemaError
+from segstream.shared.settings import SchemaSettings
 
 #: Output columns of :meth:`Scorer.score` and their dtypes.
 SCORE_COLUMNS: dict[str, type | str] = {
@@ -105,10 +105,10 @@ class Bundle:
     """
 
     def __init__(self, loaded: LoadedComponents, path: Path | None = None) -> None:
-        from shared.linear import LinearSegmentModels  # noqa: PLC0415
-        from shared.profiles import ProfileScorer  # noqa: PLC0415
-        from shared.routing import Router  # noqa: PLC0415
-        from shared.settings import SchemaSettings  # noqa: PLC0415
+        from segstream.shared.linear import LinearSegmentModels  # noqa: PLC0415
+        from segstream.shared.profiles import ProfileScorer  # noqa: PLC0415
+        from segstream.shared.routing import Router  # noqa: PLC0415
+        from segstream.shared.settings import SchemaSettings  # noqa: PLC0415
 
         m = loaded.manifest
         for name, kind in REQUIRED_COMPONENTS.items():
@@ -151,7 +151,7 @@ class Bundle:
         """``"col=value,..."`` for rows whose key combination was never seen in training
         (None elsewhere); vectorised: category codes per column, one mixed-radix code per row.
         """
-        from shared.routing import encode_categories  # noqa: PLC0415
+        from segstream.shared.routing import encode_categories  # noqa: PLC0415
 
         out = np.full(n, None, dtype=object)
         if not self.key_columns:

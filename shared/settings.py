@@ -5,7 +5,7 @@ Every key of the YAML file can be overridden by an environment variable named
 ``SEGSTREAM_BROKER__BOOTSTRAP=kafka:9092`` or ``SEGSTREAM_SIMULATOR__RATE=500``. Lists and
 mappings are given as JSON. Precedence: explicit overrides (CLI flags) > environment > file.
 
-Unknown keys and wrong types are start-up errors (:class:`~shared.errors.ConfigError`) that
+Unknown keys and wrong types are start-up errors (:class:`~segstream.shared.errors.ConfigError`) that
 name the key, the file and, where it came from the environment, the variable.
 """
 
@@ -26,7 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from shared.errors import ConfigError
+from segstream.shared.errors import ConfigError
 
 ENV_PREFIX = "SEGSTREAM_"
 ENV_DELIMITER = "__"
@@ -559,7 +559,7 @@ class MonitorSettings(_Section):
     def threshold(self, feature: str, reference: Any = None) -> tuple[float, float]:
         """(warning, critical) PSI levels of ``feature``: the explicit ``drift_thresholds``
         entry, else the defaults, raised to the bundle's training-window levels when
-        ``drift_calibrated`` and a ``reference`` (:class:`shared.drift.DriftReference`) is
+        ``drift_calibrated`` and a ``reference`` (:class:`segstream.shared.drift.DriftReference`) is
         given."""
         t = self.drift_thresholds.get(feature)
         if t:

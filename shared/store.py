@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
-from shared.bundle import MANIFEST, Manifest, parse_manifest, read_dir_files, verify_files
-from shared.errors import BundleIntegrityError, StoreError
-from shared.settings import StoreSettings
+from segstream.shared.bundle import MANIFEST, Manifest, parse_manifest, read_dir_files, verify_files
+from segstream.shared.errors import BundleIntegrityError, StoreError
+from segstream.shared.settings import StoreSettings
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class ArtifactStore:
         """Download a bundle into ``cache_dir/<bundle_id>`` (verified) and return the path."""
         dest = Path(cache_dir) / bundle_id
         if (dest / MANIFEST).is_file():
-            from shared.bundle import verify_bundle_dir  # noqa: PLC0415
+            from segstream.shared.bundle import verify_bundle_dir  # noqa: PLC0415
 
             try:
                 verify_bundle_dir(dest)

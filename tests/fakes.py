@@ -1,10 +1,10 @@
-"""A small deterministic fake :class:`~shared.scoring.Scorer`, stored as a *real* bundle.
+"""A small deterministic fake :class:`~segstream.shared.scoring.Scorer`, stored as a *real* bundle.
 
 The fake predicts ``coef_distance * distance + coef_hour * sched_dep_hour + offset[carrier]``;
 its segment is the carrier's index (unseen carrier: segment 0 at fallback level 1), its pattern
 ``int(sched_dep_hour) // 6``, its interval ``prediction ± half_width``. A route (``origin|dest``)
 not in ``known_routes`` is an unknown key. :func:`write_fake_bundle` writes it with
-:func:`shared.bundle.write_bundle` (component kind ``"fake"`` plus a ``drift_reference``), so
+:func:`segstream.shared.bundle.write_bundle` (component kind ``"fake"`` plus a ``drift_reference``), so
 hot reload and tamper tests go through the real store and verification; :func:`load_fake_bundle`
 is the matching loader (inject it where the worker takes ``loader=``).
 """
@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.bundle import load_components, write_bundle
-from shared.component import ExportedComponent
-from shared.drift import DriftReference, NumericReference
-from shared.errors import SchemaError
-from shared.settings import SchemaSettings
+from segstream.shared.bundle import load_components, write_bundle
+from segstream.shared.component import ExportedComponent
+from segstream.shared.drift import DriftReference, NumericReference
+from segstream.shared.errors import SchemaError
+from segstream.shared.settings import SchemaSettings
 
 DEFAULT_CARRIERS = ("9E", "AA", "B6", "DL", "EV", "MQ", "UA", "US", "WN")
 DEFAULT_ROUTES = ("JFK|LAX", "LGA|ATL", "EWR|ORD", "JFK|SFO", "LGA|ORD", "EWR|IAH")

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from shared.kafka import FAST_GROUP_CONFIG
+from segstream.shared.kafka import FAST_GROUP_CONFIG
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0,

@@ -1,6 +1,6 @@
 """numba kernels of the group-by regression engine (private; plain arrays in, plain arrays out).
 
-Everything here assumes validated input (see :mod:`training.groupby_regression`): float64
+Everything here assumes validated input (see :mod:`segstream.training.groupby_regression`): float64
 C-contiguous data, rows already laid out group by group (counting sort), weights finite and
 > 0. Bad *values* (NaN, inf, collinear columns, overflow) never raise here: they end as a
 per-group status code.

@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 
-from shared.cli import _add_bootstrap, _add_config, subcommand
-from shared.errors import DataError, SchemaError
+from segstream.shared.cli import _add_bootstrap, _add_config, subcommand
+from segstream.shared.errors import DataError, SchemaError
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from shared.settings import load_settings  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
 
     store = getattr(args, "store", None)
     return load_settings(args.config, {
@@ -42,7 +42,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from training.pipeline import train  # noqa: PLC0415
+    from segstream.training.pipeline import train  # noqa: PLC0415
 
     settings = _settings(args)
     r = train(settings, data_path=args.data, publish=not args.no_publish,
@@ -84,8 +84,8 @@ def _bundle_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
-    from shared.settings import redact_secrets  # noqa: PLC0415
-    from shared.store import ArtifactStore  # noqa: PLC0415
+    from segstream.shared.settings import redact_secrets  # noqa: PLC0415
+    from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
     settings = _settings(args)
     model = args.model or settings.model
@@ -165,7 +165,7 @@ def _explain_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from training.explain import explain_event, plot_event  # noqa: PLC0415
+    from segstream.training.explain import explain_event, plot_event  # noqa: PLC0415
 
     settings = _settings(args)
     try:
@@ -186,8 +186,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _resolve_bundle(settings: Any, ref: str) -> Any:
-    from shared.scoring import load_bundle  # noqa: PLC0415
-    from shared.store import ArtifactStore  # noqa: PLC0415
+    from segstream.shared.scoring import load_bundle  # noqa: PLC0415
+    from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
     if Path(ref).is_dir():
         return load_bundle(ref)

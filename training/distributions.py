@@ -12,7 +12,7 @@ an event's pattern. This implementation fixes DistETA's flaws:
   bin), and it is evaluated on a **later time slice**, not on its training rows;
 * an HDR is the smallest set of bins holding *at least* the requested mass, ranked by
   **density** (mass / width), and reported in outcome units;
-* one bin convention everywhere (:mod:`shared.profiles`: left-closed, right-open), shared by
+* one bin convention everywhere (:mod:`segstream.shared.profiles`: left-closed, right-open), shared by
   fitting and scoring code;
 * an event's predicted distribution is the probability-weighted **mixture** of the pattern
   distributions, and its interval has a stated, measured coverage.
@@ -50,10 +50,10 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from shared import profiles as sp
-from shared.component import ExportedComponent
-from shared.errors import ConfigError, DataError, NotFittedError, SchemaError
-from training.plotting import pyplot
+from segstream.shared import profiles as sp
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import ConfigError, DataError, NotFittedError, SchemaError
+from segstream.training.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def bin_edges(
     ndarray of shape (B + 1,), float64
         Increasing edges with ``edges[0] = min(y)`` and ``edges[-1] = max(y)``. A constant
         outcome gives ``[v, v]``: one zero-width bin, a point mass. Bins follow the convention of
-        :func:`shared.profiles.bin_index` (left-closed, right-open; out-of-range values go to
+        :func:`segstream.shared.profiles.bin_index` (left-closed, right-open; out-of-range values go to
         the first/last bin).
 
     Raises
@@ -248,7 +248,7 @@ def highest_density_region(pmf: np.ndarray, edges: np.ndarray, mass: float) -> H
     pmf : ndarray of shape (B,), float
         Bin probabilities (summing to 1; renormalised if not).
     edges : ndarray of shape (B + 1,), float
-        Bin edges (convention of :func:`shared.profiles.bin_index`).
+        Bin edges (convention of :func:`segstream.shared.profiles.bin_index`).
     mass : float
         Requested mass in ``(0, 1]``.
 
@@ -497,7 +497,7 @@ class OutcomeProfiles(BaseEstimator):
     interval_mass : float, default 0.8
         Mass of the per-event interval.
     interval_method : {"central", "shortest"}, default "central"
-        Per-event interval construction (:func:`shared.profiles.interval`).
+        Per-event interval construction (:func:`segstream.shared.profiles.interval`).
     calibration : {"pit", "none"}, default "pit"
         ``"pit"``: recalibrate interval levels on the validation slice so that each nominal
         level is met there (Kuleshov et al. 2018); needs at least 500 validation outcomes,
@@ -1064,7 +1064,7 @@ class OutcomeProfiles(BaseEstimator):
     def predict_interval(self, X: pd.DataFrame, mass: float | None = None,
                          method: str | None = None,
                          calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Interval of the given mass per event (see :func:`shared.profiles.interval`).
+        """Interval of the given mass per event (see :func:`segstream.shared.profiles.interval`).
 
         Parameters
         ----------
@@ -1102,7 +1102,7 @@ class OutcomeProfiles(BaseEstimator):
 
     # ------------------------------------------------------------------ export
     def export(self) -> ExportedComponent:
-        """Plain data for the model bundle and for :class:`shared.profiles.ProfileScorer`.
+        """Plain data for the model bundle and for :class:`segstream.shared.profiles.ProfileScorer`.
 
         Returns
         -------

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shared.errors import SchemaError
+from segstream.shared.errors import SchemaError
 
 
 @dataclasses.dataclass
@@ -101,7 +101,7 @@ def explain_event(bundle: Any, event: dict[str, Any]) -> Explanation:
 def plot_event(bundle: Any, ex: Explanation, path: str | Path, top: int = 3) -> Path:
     """The event's predicted outcome distribution (pattern mixture) against its top patterns
     (the DistETA streaming plot, on demand)."""
-    from training.plotting import pyplot  # noqa: PLC0415
+    from segstream.training.plotting import pyplot  # noqa: PLC0415
 
     plt = pyplot()
     prof = bundle.profiles

@@ -56,9 +56,9 @@ from typing import Any, Sequence
 import numba
 import numpy as np
 
-from shared.component import ExportedComponent
-from shared.errors import DataError, SchemaError
-from training import _groupby_kernels as _k
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import DataError, SchemaError
+from segstream.training import _groupby_kernels as _k
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class GroupFitResult:
         return np.where(known, out, np.nan)
 
     def export(self) -> ExportedComponent:
-        """Plain arrays + JSON meta for the bundle; rebuilt by :mod:`shared.linear`.
+        """Plain arrays + JSON meta for the bundle; rebuilt by :mod:`segstream.shared.linear`.
 
         Returns
         -------

@@ -6,7 +6,7 @@ grow a tree with at most ``max_leaf_nodes`` leaves, and call the leaves segments
 is grown best-first on binned features with per-feature histograms of the multi-output target
 (numba; histogram subtraction for siblings), asking for K leaves gives K leaves, segment ids
 are contiguous, categorical encodings are the same at fit and at routing, and the fitted tree
-exports plain arrays routed by :mod:`shared.routing` (no scikit-learn and no pickle at scoring
+exports plain arrays routed by :mod:`segstream.shared.routing` (no scikit-learn and no pickle at scoring
 time).
 
 Public API: :class:`TreePartitioner`, :class:`KeyPartitioner`, :class:`CompositePartitioner`,
@@ -28,9 +28,9 @@ import numba
 from numba import njit, prange
 from sklearn.base import BaseEstimator, clone
 
-from shared.component import ExportedComponent
-from shared.errors import DataError, NotFittedError, SchemaError
-from shared.routing import (
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import DataError, NotFittedError, SchemaError
+from segstream.shared.routing import (
     FORMAT_VERSION, KEY, LEAF, NUMERIC, DesignColumn, FeatureSchema, RouteResult, Router,
     category_strings, node_at_depth, numeric_column,
 )
@@ -1236,7 +1236,7 @@ class _BasePartitioner(BaseEstimator):
         Returns
         -------
         shared.component.ExportedComponent
-            ``arrays``: the node arrays listed in :class:`shared.routing.Router`, plus
+            ``arrays``: the node arrays listed in :class:`segstream.shared.routing.Router`, plus
             ``target_encoding__<column>`` (float64 per category) and ``scaler_center`` /
             ``scaler_scale`` (float64 per target column) when available. ``meta``: format
             version, kind (tree/keys/composite), feature and target names, design columns,

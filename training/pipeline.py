@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from shared.bundle import Manifest, load_components, write_bundle
-from shared.component import ExportedComponent
-from shared.data import load_dataset, load_file
-from shared.drift import DriftReference, numeric_reference, window_psi_levels
-from shared.errors import DataError, SchemaError
-from shared.settings import SchemaSettings, Settings
-from training.evaluation import (
+from segstream.shared.bundle import Manifest, load_components, write_bundle
+from segstream.shared.component import ExportedComponent
+from segstream.shared.data import load_dataset, load_file
+from segstream.shared.drift import DriftReference, numeric_reference, window_psi_levels
+from segstream.shared.errors import DataError, SchemaError
+from segstream.shared.settings import SchemaSettings, Settings
+from segstream.training.evaluation import (
     conformal_offsets, fallback_shares, interval_metrics, per_segment_mae, point_metrics)
 
 logger = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def fingerprint(df: pd.DataFrame, schema: SchemaSettings) -> str:
 # --------------------------------------------------------------------------- components
 def build_partitioner(settings: Settings) -> Any:
     """The configured partitioner (unfitted) and the columns it needs."""
-    from training.partitioner import (  # noqa: PLC0415
+    from segstream.training.partitioner import (  # noqa: PLC0415
         CompositePartitioner, KeyPartitioner, TreePartitioner)
 
     ps = settings.training.partitioner
@@ -181,8 +181,8 @@ def train(
     StoreError
         The store cannot be written (``LATEST`` is left where it was).
     """
-    from training.distributions import OutcomeProfiles, evaluate as evaluate_profiles  # noqa
-    from training.groupby_regression import fit_groups  # noqa: PLC0415
+    from segstream.training.distributions import OutcomeProfiles, evaluate as evaluate_profiles  # noqa
+    from segstream.training.groupby_regression import fit_groups  # noqa: PLC0415
 
     tr = settings.training
     schema = settings.event_schema
@@ -357,12 +357,12 @@ def train(
         })
         with steps("publish"):
             if publish:
-                from shared.store import ArtifactStore  # noqa: PLC0415
+                from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
                 result.uri = ArtifactStore(settings.store).publish(bundle_dir)
                 result.update_sent = _send_model_update(settings, manifest, result.uri)
         with steps("report"):
-            from training.report import write_report  # noqa: PLC0415
+            from segstream.training.report import write_report  # noqa: PLC0415
 
             out = Path(report_dir) if report_dir else bundle_dir.parent / "reports"
             result.report_path = write_report(
@@ -465,13 +465,13 @@ def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool
     """Produce ``{model, bundle_id, uri, created_at}`` to the model-updates topic.
 
     Returns False (and logs) when no broker answers; a broker that answers but does not
-    confirm delivery raises :class:`~shared.errors.BrokerError`.
+    confirm delivery raises :class:`~segstream.shared.errors.BrokerError`.
     """
     import orjson  # noqa: PLC0415
     from confluent_kafka import Producer  # noqa: PLC0415
 
-    from shared.errors import BrokerError  # noqa: PLC0415
-    from shared.kafka import check_reachable, client_config, ensure_topics  # noqa: PLC0415
+    from segstream.shared.errors import BrokerError  # noqa: PLC0415
+    from segstream.shared.kafka import check_reachable, client_config, ensure_topics  # noqa: PLC0415
 
     b = settings.broker.model_copy(update={"connect_attempts": 1, "connect_timeout_s": 2.0})
     try:

@@ -13,8 +13,8 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from shared.bundle import Manifest
-from training.plotting import pyplot
+from segstream.shared.bundle import Manifest
+from segstream.training.plotting import pyplot
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +93,9 @@ def write_report(out_dir: str | Path, manifest: Manifest, *, part: Any, fit_df: 
                  part_cols: list[str], models: Any, profiles: Any, ref: Any,
                  settings: Any) -> Path:
     """Render ``report-<bundle id prefix>.html`` into ``out_dir``; return its path."""
-    from training.distributions import (  # noqa: PLC0415
+    from segstream.training.distributions import (  # noqa: PLC0415
         plot_pattern_sizes, plot_patterns, plot_reliability)
-    from training.partitioner import plot_partition_report  # noqa: PLC0415
+    from segstream.training.partitioner import plot_partition_report  # noqa: PLC0415
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +204,7 @@ def write_report(out_dir: str | Path, manifest: Manifest, *, part: Any, fit_df: 
         "figures": _Default(figures),
     }
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("training", "templates"),
+        loader=jinja2.PackageLoader("segstream.training", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     html = env.get_template("report.html.j2").render(**ctx)
     path = out / f"report-{manifest.model}-{manifest.bundle_id[:12]}.html"

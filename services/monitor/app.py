@@ -1,4 +1,4 @@
-"""The monitor service: a faust-streaming app around :class:`~services.monitor.core.MonitorCore`.
+"""The monitor service: a faust-streaming app around :class:`~segstream.services.monitor.core.MonitorCore`.
 
 Agents (one per source topic; each takes up to ``monitor.batch_max`` records at once, applies
 them one by one and then writes every changed table key once to the changelog partition of
@@ -14,7 +14,7 @@ the record that owns it, see :class:`BufferedTable`):
 
 Alerts go to ``topics.alerts`` keyed by subject. State lives in faust tables (memory store,
 changelog topics ``<app_id>-<table>-changelog``) and is recovered on start; see
-:mod:`services.monitor.faust_ext` for the Tansu watermark correction.
+:mod:`segstream.services.monitor.faust_ext` for the Tansu watermark correction.
 
 Run one monitor instance per model: performance windows are summed over every partition's
 table entries in the process that owns partition 0.
@@ -32,12 +32,12 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from services.monitor.core import MonitorCore
-from services.monitor.metrics import MonitorMetrics
-from services.monitor.references import ReferenceCache
-from shared.alerts import alert_key
-from shared.kafka import aiokafka_ssl_context, client_config
-from shared.settings import BrokerSettings, Settings
+from segstream.services.monitor.core import MonitorCore
+from segstream.services.monitor.metrics import MonitorMetrics
+from segstream.services.monitor.references import ReferenceCache
+from segstream.shared.alerts import alert_key
+from segstream.shared.kafka import aiokafka_ssl_context, client_config
+from segstream.shared.settings import BrokerSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class MonitorService:
         self.partitions = t.partitions
         self.metrics = MonitorMetrics.create(registry, schema.features)
         if reference_for is None:
-            from shared.store import ArtifactStore  # noqa: PLC0415
+            from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
             reference_for = ReferenceCache(ArtifactStore(settings.store), settings.model,
                                            m.bundle_cache_dir)
@@ -128,7 +128,7 @@ class MonitorService:
         Path(m.data_dir).mkdir(parents=True, exist_ok=True)  # faust makes only the last level
         extra: dict[str, Any] = {}
         if m.recovery_probe:
-            extra["TableManager"] = "services.monitor.faust_ext:ProbingTableManager"
+            extra["TableManager"] = "segstream.services.monitor.faust_ext:ProbingTableManager"
         app = faust.App(
             m.app_id, broker=brokers, broker_credentials=faust_credentials(settings.broker),
             store="memory://", topic_partitions=t.partitions,
@@ -271,7 +271,7 @@ def faust_credentials(broker: BrokerSettings) -> Any:
 
     SASL protocols give :class:`faust.SASLCredentials` (with a TLS context for SASL_SSL),
     SSL gives :class:`faust.SSLCredentials`; the TLS context comes from
-    :func:`shared.kafka.aiokafka_ssl_context`.
+    :func:`segstream.shared.kafka.aiokafka_ssl_context`.
     """
     import faust  # noqa: PLC0415
 
@@ -300,9 +300,9 @@ def run_monitor(settings: Settings, *, log_level: str = "INFO") -> int:
     """
     import faust  # noqa: PLC0415
 
-    from services.worker.health import HealthServer  # noqa: PLC0415
-    from shared.errors import ConfigError  # noqa: PLC0415
-    from shared.kafka import check_reachable, ensure_topics, topic_partitions  # noqa: PLC0415
+    from segstream.services.worker.health import HealthServer  # noqa: PLC0415
+    from segstream.shared.errors import ConfigError  # noqa: PLC0415
+    from segstream.shared.kafka import check_reachable, ensure_topics, topic_partitions  # noqa: PLC0415
 
     t = settings.topics
     check_reachable(settings.broker)

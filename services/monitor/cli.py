@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from shared.cli import _add_bootstrap, _add_config, subcommand
+from segstream.shared.cli import _add_bootstrap, _add_config, subcommand
 
 
 @subcommand
@@ -23,8 +23,8 @@ def _monitor_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from services.monitor.app import run_monitor  # noqa: PLC0415
-    from shared.settings import load_settings  # noqa: PLC0415
+    from segstream.services.monitor.app import run_monitor  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings(args.config, {
         "broker": {"bootstrap": args.bootstrap},

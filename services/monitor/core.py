@@ -41,13 +41,13 @@ import math
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from services.monitor import drift as drift_mod
-from services.monitor import performance as perf_mod
-from services.monitor.drift import MalformedRecord
-from services.monitor.windows import Watermark, iso_window, parse_time_ms, window_start
-from shared.alerts import alert_record, iso_ms
-from shared.drift import DriftReference
-from shared.settings import MonitorSettings
+from segstream.services.monitor import drift as drift_mod
+from segstream.services.monitor import performance as perf_mod
+from segstream.services.monitor.drift import MalformedRecord
+from segstream.services.monitor.windows import Watermark, iso_window, parse_time_ms, window_start
+from segstream.shared.alerts import alert_record, iso_ms
+from segstream.shared.drift import DriftReference
+from segstream.shared.settings import MonitorSettings
 
 logger = logging.getLogger(__name__)
 

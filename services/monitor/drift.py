@@ -8,11 +8,11 @@ of the workers' stats records of one bundle in one window::
      "fallback_levels": {level: count}, "n_dlq": int, "imputed": int,
      "event_time_min": ms, "event_time_max": ms, "records": int}
 
-Counts use the bins of :mod:`shared.drift` (the bundle's reference), so they add across
+Counts use the bins of :mod:`segstream.shared.drift` (the bundle's reference), so they add across
 batches and workers. At close, :func:`drift_findings` computes for every feature, for the
-prediction and (optionally) per large segment the PSI (:func:`shared.drift.psi`, smoothed by
-:data:`shared.drift.PSI_EPSILON`) and the Jensen–Shannon distance
-(:func:`shared.drift.js_distance`, base 2, in [0, 1]), and marks the ones at or above the
+prediction and (optionally) per large segment the PSI (:func:`segstream.shared.drift.psi`, smoothed by
+:data:`segstream.shared.drift.PSI_EPSILON`) and the Jensen–Shannon distance
+(:func:`segstream.shared.drift.js_distance`, base 2, in [0, 1]), and marks the ones at or above the
 warning / critical PSI levels.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.drift import DriftReference, js_distance, psi
+from segstream.shared.drift import DriftReference, js_distance, psi
 
 
 class MalformedRecord(ValueError):
@@ -53,7 +53,7 @@ def _add(acc: list[int] | None, v: list[int], what: str) -> list[int]:
 
 
 def validate_stats(rec: Any) -> dict[str, Any]:
-    """Check the shape of a stats record (see :mod:`services.worker.stats`).
+    """Check the shape of a stats record (see :mod:`segstream.services.worker.stats`).
 
     Raises
     ------

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from shared.alerts import SEVERITIES
+from segstream.shared.alerts import SEVERITIES
 
 RECORD_SOURCES = ("stats", "predictions", "outcomes")
 RECORD_RESULTS = ("ok", "malformed", "late", "duplicate", "foreign", "untimed", "no_reference")

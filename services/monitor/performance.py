@@ -21,8 +21,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from services.monitor.drift import MalformedRecord
-from services.monitor.windows import parse_time_ms
+from segstream.services.monitor.drift import MalformedRecord
+from segstream.services.monitor.windows import parse_time_ms
 
 # pending prediction: [partition, event_time_ms, prediction, low, high, segment, bundle_id, mass]
 # pending outcome:    [partition, event_time_ms, y or None, outcome_time_ms]

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.monitor.performance import Baseline
-from shared.bundle import load_components
-from shared.drift import DriftReference
+from segstream.services.monitor.performance import Baseline
+from segstream.shared.bundle import load_components
+from segstream.shared.drift import DriftReference
 
 logger = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from services.simulator.replay import Pacer, Record, Replay
-from shared.data import load_dataset, time_slice
-from shared.errors import BrokerError
-from shared.kafka import check_reachable, client_config, ensure_topics
-from shared.settings import Settings
+from segstream.services.simulator.replay import Pacer, Record, Replay
+from segstream.shared.data import load_dataset, time_slice
+from segstream.shared.errors import BrokerError
+from segstream.shared.kafka import check_reachable, client_config, ensure_topics
+from segstream.shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from shared.events import encode_events, encode_outcomes
-from shared.settings import SchemaSettings
+from segstream.shared.events import encode_events, encode_outcomes
+from segstream.shared.settings import SchemaSettings
 
 #: Kinds of malformed events mixed in by ``--bad-fraction`` (the DLQ must name each).
 MALFORMED_KINDS = ("invalid_json", "wrong_type", "missing_field", "huge_payload", "not_object",

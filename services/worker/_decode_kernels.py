@@ -1,11 +1,11 @@
-"""numba kernels of the flat-event fast path of :mod:`services.worker.decode`.
+"""numba kernels of the flat-event fast path of :mod:`segstream.services.worker.decode`.
 
 :func:`parse_flat_objects` reads a micro-batch of JSON event values, concatenated into one
 byte buffer, in one GIL-free pass: per event, the numbers of the schema's numeric and bool
 fields, the byte spans of its string fields and the time field as nanoseconds since the epoch.
 It accepts only the plain form that producers write (an object of scalar values; ASCII strings
 without escapes; numbers in JSON grammar; the time field in the fixed ISO 8601 forms of
-:func:`services.worker.decode._fast_iso`) and sends every other event back to the general
+:func:`segstream.services.worker.decode._fast_iso`) and sends every other event back to the general
 decoder (``status`` 1), which decides what it is. So this path changes speed, never outcomes:
 an event it accepts decodes to the same values as through msgspec.
 
@@ -105,7 +105,7 @@ def _data(typingctx: Any, arr: Any) -> Any:  # pragma: no cover - numba
 def _load_u64(typingctx: Any, bp: Any, i: Any) -> Any:  # pragma: no cover - numba
     """``bp[i:i + 8]`` (``bp`` from :func:`_data`) read as one little-endian uint64,
     unaligned; the caller guarantees that the 8 bytes are within the array (the load of
-    :mod:`services.worker.records`, on a pointer)."""
+    :mod:`segstream.services.worker.records`, on a pointer)."""
     sig = types.uint64(bp, types.intp)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:

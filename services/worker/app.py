@@ -12,23 +12,23 @@ import threading
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from services.worker.health import HealthServer
-from services.worker.kafka_io import (
+from segstream.services.worker.health import HealthServer
+from segstream.services.worker.kafka_io import (
     AlertProducer,
     EventConsumer,
     ModelUpdatesFeed,
     OutputProducer,
 )
-from services.worker.loop import EXIT_OK, StreamWorker
-from services.worker.metrics import WorkerMetrics
-from shared.alerts import bundle_rejected_alert
-from services.worker.reload import BundleSource, BundleWatcher, Loader
-from shared.errors import BundleCompatibilityError, BundleIntegrityError, StoreError
-from shared.kafka import check_reachable, ensure_topics
-from shared.logs import set_log_context
-from shared.scoring import Scorer
-from shared.settings import Settings
-from shared.store import ArtifactStore
+from segstream.services.worker.loop import EXIT_OK, StreamWorker
+from segstream.services.worker.metrics import WorkerMetrics
+from segstream.shared.alerts import bundle_rejected_alert
+from segstream.services.worker.reload import BundleSource, BundleWatcher, Loader
+from segstream.shared.errors import BundleCompatibilityError, BundleIntegrityError, StoreError
+from segstream.shared.kafka import check_reachable, ensure_topics
+from segstream.shared.logs import set_log_context
+from segstream.shared.scoring import Scorer
+from segstream.shared.settings import Settings
+from segstream.shared.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
 

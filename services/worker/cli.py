@@ -6,8 +6,8 @@ import argparse
 import importlib
 from typing import Any
 
-from shared.cli import _add_bootstrap, _add_config, _stop_event, subcommand
-from shared.errors import ConfigError
+from segstream.shared.cli import _add_bootstrap, _add_config, _stop_event, subcommand
+from segstream.shared.errors import ConfigError
 
 
 @subcommand
@@ -41,8 +41,8 @@ def _import_loader(spec: str) -> Any:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from services.worker.app import run_worker  # noqa: PLC0415
-    from shared.settings import load_settings  # noqa: PLC0415
+    from segstream.services.worker.app import run_worker  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings(args.config, {
         "broker": {"bootstrap": args.bootstrap},

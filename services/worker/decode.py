@@ -7,7 +7,7 @@ on values.
 Three paths, each accepting a subset of what the next one accepts, with the same values, so the
 faster paths change speed, never outcomes:
 
-1. **Flat path** (:mod:`services.worker._decode_kernels`): the batch's values are joined into one
+1. **Flat path** (:mod:`segstream.services.worker._decode_kernels`): the batch's values are joined into one
    buffer and one GIL-free numba pass parses the plain form producers write (an object of
    scalars, ASCII strings without escapes, the time field in a fixed ISO 8601 form) straight
    into columns; string columns are cut out of the buffer in one ``split`` each. Numbers that
@@ -57,7 +57,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from services.worker._decode_kernels import (
+from segstream.services.worker._decode_kernels import (
     KIND_BOOL,
     KIND_NUMBER,
     KIND_STRING,
@@ -68,8 +68,8 @@ from services.worker._decode_kernels import (
     join_spans,
     parse_flat_objects,
 )
-from shared.routing import remember_factorization
-from shared.settings import FieldSpec, SchemaSettings
+from segstream.shared.routing import remember_factorization
+from segstream.shared.settings import FieldSpec, SchemaSettings
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class DecodedBatch:
     ----------
     columns : dict of str to numpy.ndarray
         One array per event field of the schema, valid rows only, in input order (the
-        :class:`~shared.scoring.Scorer` input contract: float64 with NaN, object arrays of
+        :class:`~segstream.shared.scoring.Scorer` input contract: float64 with NaN, object arrays of
         ``str``/None, ``datetime64[ns]`` UTC with NaT). The object arrays are read-only.
     valid : numpy.ndarray
         int64 ``(m,)``: input index of each valid row.
@@ -110,7 +110,7 @@ class DecodedBatch:
         path it is built on first access from ``event_time_json``.
     event_time_json : bytes or None
         The same as one JSON array (``["2013-09-01T05:16:00-04:00",null,...]``), when the
-        flat path made it: :func:`services.worker.records.encode_predictions` copies the
+        flat path made it: :func:`segstream.services.worker.records.encode_predictions` copies the
         elements from it instead of encoding Python strings.
     """
 
@@ -511,7 +511,7 @@ def _coded_strings(buf: np.ndarray, start: np.ndarray, end: np.ndarray, rows: np
     """The strings ``buf[start[r]:end[r]]`` for ``r`` in ``rows`` as an object array (None where
     ``start[r] < 0``), built from their distinct values (``code_spans``): one ``str`` per
     distinct value and one ``take``. With ``remember``, the codes are handed to
-    :func:`shared.routing.remember_factorization` and the array is read-only."""
+    :func:`segstream.shared.routing.remember_factorization` and the array is read-only."""
     codes, first_start, first_end = code_spans(buf, start, end, rows)
     raw = buf.data
     table = np.empty(len(first_start) + 1, dtype=object)  # the last one (code -1) is None
@@ -605,7 +605,7 @@ def _to_object(col: Sequence[Any]) -> np.ndarray:
 
 
 def _frozen(batch: DecodedBatch) -> DecodedBatch:
-    """Make the object (string) columns read-only: :func:`shared.routing.encode_categories`
+    """Make the object (string) columns read-only: :func:`segstream.shared.routing.encode_categories`
     factorises a read-only column once and reuses that for every category table (router,
     key tables, drift reference), instead of hashing every value once per table."""
     for arr in batch.columns.values():

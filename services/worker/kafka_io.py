@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from shared.kafka import FAST_GROUP_CONFIG, client_config
-from shared.settings import Settings
+from segstream.shared.kafka import FAST_GROUP_CONFIG, client_config
+from segstream.shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class ModelUpdatesFeed:
         return self
 
     def poll_updates(self, timeout_s: float) -> list[dict[str, Any]]:
-        from services.worker.reload import parse_update  # noqa: PLC0415
+        from segstream.services.worker.reload import parse_update  # noqa: PLC0415
 
         if self.client is None:
             self.start()

@@ -47,12 +47,12 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
-from services.worker.decode import DLQ_REASONS, EventDecoder
-from services.worker.metrics import WorkerMetrics
-from services.worker.records import dlq_value_and_headers, encode_predictions, utc_now_iso
-from services.worker.stats import batch_stats_records
-from shared.scoring import Bundle, Scorer
-from shared.settings import Settings
+from segstream.services.worker.decode import DLQ_REASONS, EventDecoder
+from segstream.services.worker.metrics import WorkerMetrics
+from segstream.services.worker.records import dlq_value_and_headers, encode_predictions, utc_now_iso
+from segstream.services.worker.stats import batch_stats_records
+from segstream.shared.scoring import Bundle, Scorer
+from segstream.shared.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +114,11 @@ class StreamWorker:
     ----------
     settings : Settings
     consumer : object
-        Started :class:`~services.worker.kafka_io.EventConsumer`-like object with ``client``.
+        Started :class:`~segstream.services.worker.kafka_io.EventConsumer`-like object with ``client``.
         Its rebalance callbacks must call :meth:`on_assign`, :meth:`on_revoke` and
-        :meth:`on_lost` (see :func:`services.worker.app.run_worker`).
+        :meth:`on_lost` (see :func:`segstream.services.worker.app.run_worker`).
     producer : object
-        Started :class:`~services.worker.kafka_io.OutputProducer`-like object with ``client``.
+        Started :class:`~segstream.services.worker.kafka_io.OutputProducer`-like object with ``client``.
     scorer : Scorer
         The bundle to start with.
     metrics : WorkerMetrics

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from services.worker.decode import DLQ_REASONS
+from segstream.services.worker.decode import DLQ_REASONS
 
 #: Buckets (seconds) for per-event work: 1 µs .. 10 ms.
 PER_EVENT_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2)

@@ -1,6 +1,6 @@
 """Output records of the worker (pure; no Kafka): predictions and DLQ headers.
 
-Alert records are built by :mod:`shared.alerts` (re-exported here for the worker).
+Alert records are built by :mod:`segstream.shared.alerts` (re-exported here for the worker).
 
 Prediction record (DESIGN.md contract), JSON, keyed by ``event_id``::
 
@@ -36,7 +36,7 @@ from numba.core import cgutils
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import intrinsic
 
-from shared.alerts import bundle_rejected_alert  # noqa: F401 - the alert contract lives there
+from segstream.shared.alerts import bundle_rejected_alert  # noqa: F401 - the alert contract lives there
 
 #: Headers added to every DLQ record (the original headers are kept before them).
 DLQ_HEADER_REASON = "segstream.dlq.reason"
@@ -92,7 +92,7 @@ def encode_predictions(
     event_ids : sequence of str, length n
         Any JSON value msgspec encodes is accepted (str in practice).
     scores : dict of str to numpy.ndarray
-        Output of :meth:`shared.scoring.Scorer.score`: ``segment`` (n,) int32,
+        Output of :meth:`segstream.shared.scoring.Scorer.score`: ``segment`` (n,) int32,
         ``fallback_level`` (n,) int8, ``prediction``, ``interval_low``, ``interval_high``
         (n,) float64 in target units, ``pattern`` (n,) int32, ``pattern_proba`` (n,)
         float64. Other integer, float and bool dtypes are written as their ``.tolist()``
@@ -108,7 +108,7 @@ def encode_predictions(
         ``scores["contributions"]`` (n, len(names)).
     event_time_json : bytes, optional
         The time values as one JSON array of n strings or nulls (the decoder's
-        :attr:`~services.worker.decode.DecodedBatch.event_time_json`); used instead of
+        :attr:`~segstream.services.worker.decode.DecodedBatch.event_time_json`); used instead of
         ``event_time_text``, its elements are copied into the records as they are.
 
     Returns

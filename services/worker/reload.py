@@ -1,8 +1,8 @@
 """Bundles for the worker: load from the artifact store, check, and hot-reload off the hot path.
 
 :class:`BundleSource` turns a bundle id into a verified, compatible
-:class:`~shared.scoring.Scorer`; the loader is injectable (``loader=``), defaulting to
-:func:`shared.scoring.load_bundle` imported lazily. :class:`BundleWatcher` is a thread that
+:class:`~segstream.shared.scoring.Scorer`; the loader is injectable (``loader=``), defaulting to
+:func:`segstream.shared.scoring.load_bundle` imported lazily. :class:`BundleWatcher` is a thread that
 learns about new bundles from the model-updates topic and, as a fallback, from polling the
 store's ``LATEST``; it loads and verifies them in the background and hands a ready scorer to the
 worker loop, which swaps it in between two batches. A bundle that fails verification or does
@@ -22,18 +22,18 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from services.worker.decode import EventDecoder
-from services.worker.records import warm_up_records
-from services.worker.stats import batch_stats_records
-from shared.errors import (
+from segstream.services.worker.decode import EventDecoder
+from segstream.services.worker.records import warm_up_records
+from segstream.services.worker.stats import batch_stats_records
+from segstream.shared.errors import (
     BundleCompatibilityError,
     BundleIntegrityError,
     SchemaError,
     StoreError,
 )
-from shared.scoring import Scorer
-from shared.settings import SchemaSettings
-from shared.store import ArtifactStore
+from segstream.shared.scoring import Scorer
+from segstream.shared.settings import SchemaSettings
+from segstream.shared.store import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ Loader = Callable[[Path], Scorer]
 
 
 def default_loader(path: Path) -> Scorer:
-    """:func:`shared.scoring.load_bundle` (imported on first use)."""
-    from shared.scoring import load_bundle  # type: ignore[attr-defined]  # noqa: PLC0415
+    """:func:`segstream.shared.scoring.load_bundle` (imported on first use)."""
+    from segstream.shared.scoring import load_bundle  # type: ignore[attr-defined]  # noqa: PLC0415
 
     return load_bundle(path)
 

@@ -25,7 +25,7 @@ with ``slice_start`` null.
 :func:`batch_stats_records` gives the same records as JSON bytes, which is what the worker
 sends.
 
-Bins follow :mod:`shared.drift` exactly (``NumericReference.bin``,
+Bins follow :mod:`segstream.shared.drift` exactly (``NumericReference.bin``,
 ``CategoricalReference.bin``), so counts add up across batches and workers and compare directly
 with the reference's ``expected`` shares.
 """
@@ -43,7 +43,7 @@ import numpy as np
 import orjson
 from numba import njit
 
-from shared.drift import CategoricalReference, DriftReference, NumericReference
+from segstream.shared.drift import CategoricalReference, DriftReference, NumericReference
 
 _I64_MIN = int(np.iinfo(np.int64).min)  # also NaT as datetime64
 _I64_MAX = int(np.iinfo(np.int64).max)
@@ -257,7 +257,7 @@ def batch_stats_records(
     scores : mapping of str to numpy.ndarray
         The scorer's output for them (``prediction``, ``fallback_level``, ``imputed``,
         ``unknown_key``, ``segment``; the partial output of
-        :meth:`shared.scoring.Bundle.score_parts` is enough).
+        :meth:`segstream.shared.scoring.Bundle.score_parts` is enough).
     reference : DriftReference
         The bundle's frozen reference (bin edges and categories).
     time_field : str
@@ -361,7 +361,7 @@ _LAYOUTS: dict[int, tuple[Any, tuple[str, ...], dict[tuple[bool, ...], _Layout]]
 def _layout(reference: DriftReference, columns: Mapping[str, np.ndarray],
             scores: Mapping[str, np.ndarray]) -> _Layout:
     """The layout of ``reference`` for these columns, cached per reference while it lives
-    (as :func:`shared.routing.encode_categories` caches its lookups)."""
+    (as :func:`segstream.shared.routing.encode_categories` caches its lookups)."""
     key = id(reference)
     hit = _LAYOUTS.get(key)
     if hit is None or hit[0]() is not reference:
@@ -814,7 +814,7 @@ def _dense_slices(ns: np.ndarray, slot_of: np.ndarray, max_slices: int
 
 @njit(cache=True, nogil=True, inline="always")
 def _numeric_bin(edges: np.ndarray, k: int, v: float) -> int:  # pragma: no cover - numba
-    """The bin of ``v`` as :meth:`shared.drift.NumericReference.bin`: the number of edges
+    """The bin of ``v`` as :meth:`segstream.shared.drift.NumericReference.bin`: the number of edges
     <= v, i.e. ``searchsorted(edges[:k], v, side="right")`` (``edges`` may be padded with
     +inf, which never counts: a fixed trip count, no branch), and ``k + 1`` for NaN/±inf."""
     if not np.isfinite(v):

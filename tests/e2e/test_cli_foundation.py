@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def segstream(*args: str, timeout: float = 120, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "segstream", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
 
@@ -31,7 +31,7 @@ def test_help_lists_subcommands_and_each_has_help():
 
 
 def test_broker_prints_bootstrap_and_stops_on_sigterm():
-    p = subprocess.Popen([sys.executable, "-m", "shared.cli", "broker"], cwd=REPO,
+    p = subprocess.Popen([sys.executable, "-m", "segstream", "broker"], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline().strip()

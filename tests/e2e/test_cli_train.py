@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def segstream(*args: str, timeout: float = 600):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "segstream", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env=os.environ)
 
 
@@ -56,8 +56,8 @@ def test_train_publish_list_inspect_promote_explain(setup, flights_df):
     assert r.returncode == 0 and f"-> {ids[0]}" in r.stdout
     assert json.loads((tmp / "store/bundles/flights/LATEST").read_text())["bundle_id"] == ids[0]
 
-    from shared.events import encode_events
-    from shared.settings import load_settings
+    from segstream.shared.events import encode_events
+    from segstream.shared.settings import load_settings
 
     schema = load_settings(cfg).event_schema
     ev = flights_df[flights_df["event_time"].dt.month == 1].iloc[[-5]]

@@ -9,9 +9,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from shared.settings import load_settings
+from segstream.shared.settings import load_settings
 from tests.train_helpers import january_parquet, small_config
-from training.pipeline import train
+from segstream.training.pipeline import train
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ def test_demo_end_to_end_counts_consistent_and_no_child_left(flights_df, tmp_pat
     env = {**os.environ, "SEGSTREAM_STORE__URL": f"file://{tmp_path / 'store'}",
            "SEGSTREAM_WORKER__BUNDLE_CACHE_DIR": str(tmp_path / "cache")}
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "demo", "--seconds", "20",
+    r = subprocess.run([sys.executable, "-m", "segstream", "demo", "--seconds", "20",
                         "--rate", "1000", "--out", str(tmp_path / "demo")],
                        cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

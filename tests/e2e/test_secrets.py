@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import EmbeddedBroker
-from shared.settings import MASK
+from segstream.shared.broker import EmbeddedBroker
+from segstream.shared.settings import MASK
 from tests.security_helpers import make_pki
 from tests.train_helpers import january_parquet, small_config
 
@@ -26,7 +26,7 @@ S3_SECRET = "s3-Secret-a96c03f2"
 
 
 def segstream(*args: str, env: dict[str, str], timeout: float = 600):
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "segstream", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -6,11 +6,11 @@ import socket
 import orjson
 import pytest
 
-from services.simulator.app import run_simulation
-from shared.broker import EmbeddedBroker
-from shared.errors import BrokerError
-from shared.kafka import check_reachable, ensure_topics, topic_partitions
-from shared.settings import BrokerSettings, load_settings
+from segstream.services.simulator.app import run_simulation
+from segstream.shared.broker import EmbeddedBroker
+from segstream.shared.errors import BrokerError
+from segstream.shared.kafka import check_reachable, ensure_topics, topic_partitions
+from segstream.shared.settings import BrokerSettings, load_settings
 from tests.kafka_helpers import consume_all
 
 pytestmark = pytest.mark.integration

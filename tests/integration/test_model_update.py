@@ -3,10 +3,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from shared.settings import load_settings
+from segstream.shared.settings import load_settings
 from tests.kafka_helpers import consume_all
 from tests.train_helpers import january_parquet, small_config
-from training.pipeline import train
+from segstream.training.pipeline import train
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,11 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.simulator.app import run_simulation
-from services.simulator.replay import Replay
-from services.worker.app import run_worker
-from shared.kafka import ensure_topics
-from shared.settings import Settings
+from segstream.services.simulator.app import run_simulation
+from segstream.services.simulator.replay import Replay
+from segstream.services.worker.app import run_worker
+from segstream.shared.kafka import ensure_topics
+from segstream.shared.settings import Settings
 from tests.fakes import load_fake_bundle
 from tests.integration.worker_helpers import REPO, publish_fake, worker_settings, write_config
 from tests.kafka_helpers import consume_all
@@ -57,7 +57,7 @@ class _Monitor:
         cfg = write_config(settings, tmp / f"{name}.yaml")
         self.log = tmp / f"{name}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "monitor", "--config", str(cfg)], cwd=REPO,
+            [sys.executable, "-m", "segstream", "monitor", "--config", str(cfg)], cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=open(self.log, "w"),  # noqa: SIM115
             stderr=subprocess.STDOUT)
         self.port = None
@@ -206,7 +206,7 @@ def test_short_replay_produces_drift_new_segment_and_performance_alerts(
 def _send_outcomes(settings: Settings, df) -> int:
     from confluent_kafka import Producer
 
-    from shared.events import encode_outcomes
+    from segstream.shared.events import encode_outcomes
 
     df = df[df["arr_delay"].notna()]
     p = Producer({"bootstrap.servers": settings.broker.bootstrap, "linger.ms": 20})
@@ -279,10 +279,10 @@ def test_changelog_watermark_probe_finds_the_fetched_high_watermark(kafka, topic
     """Tansu lists a high watermark = first offset of the last batch + 1; a fetch is right."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from services.monitor.faust_ext import fetched_high_watermarks
+    from segstream.services.monitor.faust_ext import fetched_high_watermarks
 
     topic = f"{topic_prefix}.wm"
-    from shared.settings import BrokerSettings
+    from segstream.shared.settings import BrokerSettings
 
     ensure_topics(BrokerSettings(bootstrap=kafka.bootstrap), [topic], 1)
     p = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 50})

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.broker import free_port
+from segstream.shared.broker import free_port
 from tests.ops_helpers import (
     PROMETHEUS_CONFIG,
     PROMETHEUS_DIR,
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.integration
 GRAFANA_VARS = {"__rate_interval": "30s", "__range": "10m", "__interval": "5s"}
 PANELS = panel_queries()
 RULES = rule_exprs()
-HAS_MONITOR = importlib.util.find_spec("services.monitor.cli") is not None
+HAS_MONITOR = importlib.util.find_spec("segstream.services.monitor.cli") is not None
 TOPIC_NAMES = ("events", "predictions", "alerts", "dlq", "stats", "outcomes", "model_updates")
 
 
@@ -136,7 +136,7 @@ class Processes:
 
 def render_prometheus_config(targets: dict[str, list[str] | None], dest: Path) -> Path:
     """The repository's scrape config with static loopback targets (services.prometheus)."""
-    from services.prometheus import render_config
+    from segstream.services.prometheus import render_config
 
     return render_config(PROMETHEUS_CONFIG, targets, dest)
 
@@ -173,7 +173,7 @@ def _write_config(tmp: Path, bootstrap: str, prefix: str, worker_port: int,
     cfg["simulator"] = {"start": "2013-01-20", "end": "2013-01-29", "rate": 1500,
                         "bad_fraction": 0.02, "outcomes": True, "seed": 7}
     if monitor_port is not None:
-        from shared.settings import MonitorSettings  # type: ignore[attr-defined]  # noqa: PLC0415
+        from segstream.shared.settings import MonitorSettings  # type: ignore[attr-defined]  # noqa: PLC0415
 
         wanted = {"app_id": f"{prefix}-monitor", "metrics_port": monitor_port,
                   "metrics_host": "127.0.0.1", "bundle_cache_dir": str(tmp / "monitor-cache"),
@@ -193,8 +193,8 @@ def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
     if prometheus is None:
         pytest.skip("the prometheus binary is missing (Debian package 'prometheus'; "
                     ".ci/run installs it)")
-    from shared.settings import load_settings  # noqa: PLC0415
-    from training.pipeline import train  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
+    from segstream.training.pipeline import train  # noqa: PLC0415
 
     tmp = tmp_path_factory.mktemp("prom-dashboards")
     prefix = f"t-{os.urandom(4).hex()}"
@@ -207,7 +207,7 @@ def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
           progress=False)
 
     procs = Processes(tmp)
-    cli = [sys.executable, "-m", "shared.cli"]
+    cli = [sys.executable, "-m", "segstream"]
     try:
         procs.start("worker", [*cli, "worker", "--config", str(config)])
         if monitor_port is not None:
@@ -223,7 +223,7 @@ def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
             "segstream-monitor": [f"127.0.0.1:{monitor_port}"] if monitor_port else None,
             "prometheus": [f"127.0.0.1:{prom_port}"],
         }, tmp / "prometheus.yml")
-        from services.prometheus import prometheus_command
+        from segstream.services.prometheus import prometheus_command
 
         procs.start("prometheus", prometheus_command(prometheus, prom_cfg, prom_port,
                                                      tmp / "tsdb"))
@@ -292,7 +292,7 @@ def test_alert_rule_expression_evaluates(stack: Stack, rule: RuleExpr) -> None:
 @pytest.mark.parametrize("q", PANELS, ids=lambda q: q.id)
 def test_dashboard_panel_query_returns_data(stack: Stack, q: PanelQuery) -> None:
     if q.needs_monitor and stack.monitor_port is None:
-        pytest.skip("services.monitor is not in this build: no monitor to scrape")
+        pytest.skip("segstream.services.monitor is not in this build: no monitor to scrape")
     if q.needs_process_metrics and not stack.process_metrics:
         pytest.skip("the worker exposes no process_* metrics (its CollectorRegistry has no "
                     "prometheus_client ProcessCollector)")

@@ -5,7 +5,7 @@ broker that requires TLS.
 What the embedded broker (Tansu 0.6.0) can and cannot do (docs/security.md):
 
 * TLS: Tansu refuses ``--cert`` together with ``--key`` ("the argument '--cert <CERT>' cannot
-  be used with '--key <KEY>'"), so :class:`~shared.broker.EmbeddedBroker` serves TLS through
+  be used with '--key <KEY>'"), so :class:`~segstream.shared.broker.EmbeddedBroker` serves TLS through
   its own TLS front. With a client CA it requires client certificates: the positive test runs
   everything with protocol SSL and mutual TLS (encrypted client key + ssl_key_password).
 * SASL: ``--authentication`` works, but its storage engines keep no SCRAM users
@@ -34,11 +34,11 @@ import orjson
 import pytest
 import yaml
 
-from shared.broker import EmbeddedBroker
-from shared.errors import BrokerError
-from shared.kafka import FAST_GROUP_CONFIG, check_reachable, client_config, ensure_topics
-from shared.settings import BrokerSecuritySettings, Settings
-from shared.store import ArtifactStore
+from segstream.shared.broker import EmbeddedBroker
+from segstream.shared.errors import BrokerError
+from segstream.shared.kafka import FAST_GROUP_CONFIG, check_reachable, client_config, ensure_topics
+from segstream.shared.settings import BrokerSecuritySettings, Settings
+from segstream.shared.store import ArtifactStore
 from tests.integration.worker_helpers import REPO, publish_fake, worker_settings
 from tests.security_helpers import Pki, make_pki
 
@@ -103,7 +103,7 @@ def secret_env(security: dict[str, Any]) -> dict[str, str]:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "shared.cli", *args]
+    return [sys.executable, "-m", "segstream", *args]
 
 
 def read_topic(settings: Settings, topic: str, expected: int,
@@ -224,7 +224,7 @@ def test_worker_monitor_simulator_over_mutual_tls(mtls_broker, pki, topic_prefix
 
 
 def test_trainer_announcement_over_mutual_tls(mtls_broker, pki, topic_prefix, tmp_path):
-    from training.pipeline import _send_model_update
+    from segstream.training.pipeline import _send_model_update
 
     s = secured_settings(mtls_broker.bootstrap, mtls(pki), topic_prefix, tmp_path)
     bundle_id = publish_fake(s, tmp_path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared.errors import BundleIntegrityError, StoreError
-from shared.settings import StoreSettings
-from shared.store import ArtifactStore
+from segstream.shared.errors import BundleIntegrityError, StoreError
+from segstream.shared.settings import StoreSettings
+from segstream.shared.store import ArtifactStore
 from tests.unit.test_bundle_store import make
 
 pytestmark = pytest.mark.integration
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def s3_endpoint():
     moto_server = pytest.importorskip("moto.server")
-    from shared.broker import free_port
+    from segstream.shared.broker import free_port
 
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
@@ -70,7 +70,7 @@ def test_s3_tampered_object_is_refused(s3_endpoint, tmp_path):
 
 
 def test_s3_unreachable_endpoint_is_store_error(tmp_path):
-    from shared.broker import free_port
+    from segstream.shared.broker import free_port
 
     store = ArtifactStore(StoreSettings(url="s3://segstream/x",
                                         s3_endpoint_url=f"http://127.0.0.1:{free_port()}",

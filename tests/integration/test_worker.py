@@ -17,13 +17,13 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.simulator.app import run_simulation
-from services.simulator.replay import Replay
-from services.worker.app import run_worker
-from shared.broker import free_port
-from shared.kafka import ensure_topics
-from shared.settings import Settings
-from shared.store import ArtifactStore
+from segstream.services.simulator.app import run_simulation
+from segstream.services.simulator.replay import Replay
+from segstream.services.worker.app import run_worker
+from segstream.shared.broker import free_port
+from segstream.shared.kafka import ensure_topics
+from segstream.shared.settings import Settings
+from segstream.shared.store import ArtifactStore
 from tests.fakes import load_fake_bundle
 from tests.integration.worker_helpers import REPO, publish_fake, worker_settings, write_config
 from tests.kafka_helpers import consume_all
@@ -87,7 +87,7 @@ class _ThreadWorker:
 def _spawn(config: Path, tmp: Path, name: str, **env: str) -> subprocess.Popen:
     log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "worker", "--config", str(config),
+        [sys.executable, "-m", "segstream", "worker", "--config", str(config),
          "--loader", "tests.fakes:load_fake_bundle"],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(REPO), **env})

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from shared.settings import Settings, load_settings
-from shared.store import ArtifactStore
+from segstream.shared.settings import Settings, load_settings
+from segstream.shared.store import ArtifactStore
 from tests.fakes import write_fake_bundle
 
 REPO = Path(__file__).resolve().parents[2]

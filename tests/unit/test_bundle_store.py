@@ -7,12 +7,12 @@ import numpy as np
 import orjson
 import pytest
 
-from shared.bundle import (
+from segstream.shared.bundle import (
     FORMAT_VERSION, MANIFEST, load_components, verify_bundle_dir, write_bundle)
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, BundleIntegrityError, StoreError
-from shared.settings import StoreSettings
-from shared.store import ArtifactStore
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, BundleIntegrityError, StoreError
+from segstream.shared.settings import StoreSettings
+from segstream.shared.store import ArtifactStore
 
 
 def components(seed: int = 0) -> dict[str, ExportedComponent]:
@@ -109,7 +109,7 @@ def test_pickled_array_is_never_loaded(tmp_path):
     doc = orjson.loads((d / MANIFEST).read_bytes())
     doc["files"]["alpha.npz"] = {"sha256": hashlib.sha256(buf.getvalue()).hexdigest(),
                                  "bytes": len(buf.getvalue())}
-    from shared.bundle import Manifest
+    from segstream.shared.bundle import Manifest
 
     m = Manifest.model_validate(doc)
     doc["bundle_id"] = m.compute_id()

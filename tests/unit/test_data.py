@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.data import coerce_to_schema, load_dataset, load_file, time_slice
-from shared.errors import DataError, SchemaError
-from shared.settings import load_settings
+from segstream.shared.data import coerce_to_schema, load_dataset, load_file, time_slice
+from segstream.shared.errors import DataError, SchemaError
+from segstream.shared.settings import load_settings
 
 
 def test_flights_rows_ids_and_order(flights_df):

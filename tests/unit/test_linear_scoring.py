@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, SchemaError
-from shared.linear import LinearSegmentModels
-from training.groupby_regression import fit_groups, make_parallel_fit
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, SchemaError
+from segstream.shared.linear import LinearSegmentModels
+from segstream.training.groupby_regression import fit_groups, make_parallel_fit
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.monitor.core import MonitorCore
-from services.monitor.performance import Baseline
-from services.worker.stats import batch_stats_slices
-from shared.drift import CategoricalReference, DriftReference, NumericReference
-from shared.settings import MonitorSettings
+from segstream.services.monitor.core import MonitorCore
+from segstream.services.monitor.performance import Baseline
+from segstream.services.worker.stats import batch_stats_slices
+from segstream.shared.drift import CategoricalReference, DriftReference, NumericReference
+from segstream.shared.settings import MonitorSettings
 from tests.fakes import numeric_ref
 
 DAY = 86_400_000

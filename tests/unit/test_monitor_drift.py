@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from services.monitor.drift import (
+from segstream.services.monitor.drift import (
     MalformedRecord,
     add_stats,
     drift_findings,
     empty_state,
     validate_stats,
 )
-from shared.drift import PSI_EPSILON, CategoricalReference, DriftReference, js_distance, psi
+from segstream.shared.drift import PSI_EPSILON, CategoricalReference, DriftReference, js_distance, psi
 from tests.fakes import numeric_ref
 
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.monitor.core import MonitorCore
-from services.monitor.drift import MalformedRecord
-from services.monitor.performance import (
+from segstream.services.monitor.core import MonitorCore
+from segstream.services.monitor.drift import MalformedRecord
+from segstream.services.monitor.performance import (
     Baseline,
     add_pair,
     empty_state,
@@ -19,8 +19,8 @@ from services.monitor.performance import (
     pending_prediction,
     performance_findings,
 )
-from shared.drift import DriftReference
-from shared.settings import MonitorSettings
+from segstream.shared.drift import DriftReference
+from segstream.shared.settings import MonitorSettings
 
 DAY = 86_400_000
 T0 = int(dt.datetime(2013, 9, 1, tzinfo=dt.UTC).timestamp() * 1000)

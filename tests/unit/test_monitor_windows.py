@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from services.monitor.drift import DriftFinding
-from services.monitor.metrics import MonitorMetrics
-from services.monitor.windows import Watermark, is_closable, parse_time_ms, window_start
-from shared.alerts import alert_id, alert_key, alert_record
+from segstream.services.monitor.drift import DriftFinding
+from segstream.services.monitor.metrics import MonitorMetrics
+from segstream.services.monitor.windows import Watermark, is_closable, parse_time_ms, window_start
+from segstream.shared.alerts import alert_id, alert_key, alert_record
 
 DAY = 86_400_000
 

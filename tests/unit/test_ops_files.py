@@ -101,7 +101,7 @@ def test_compose_kafka_is_single_node_kraft_with_transactions() -> None:
 
 
 def test_compose_topic_init_creates_the_configured_topics() -> None:
-    from shared.settings import TopicSettings  # noqa: PLC0415
+    from segstream.shared.settings import TopicSettings  # noqa: PLC0415
 
     script = str(compose()["services"]["topic-init"]["command"])
     t = TopicSettings()
@@ -111,7 +111,7 @@ def test_compose_topic_init_creates_the_configured_topics() -> None:
 
 
 def test_every_segstream_variable_in_compose_is_a_setting() -> None:
-    from shared.settings import settings_rows  # noqa: PLC0415
+    from segstream.shared.settings import settings_rows  # noqa: PLC0415
 
     known = {env for _, env, _, _ in settings_rows()} | CLI_ENV_VARS
     unknown = sorted(compose_text_segstream_vars() - known)
@@ -122,7 +122,7 @@ def test_every_segstream_variable_in_compose_is_a_setting() -> None:
 
 @pytest.mark.parametrize("service", ["trainer", "worker", "monitor", "simulator"])
 def test_compose_environment_validates_as_settings(service, monkeypatch) -> None:
-    from shared.settings import load_settings  # noqa: PLC0415
+    from segstream.shared.settings import load_settings  # noqa: PLC0415
 
     env = compose_segstream_env()[service]
     assert env["SEGSTREAM_BROKER__BOOTSTRAP"] == "kafka:9092"
@@ -241,7 +241,7 @@ def _sample_names(registry: CollectorRegistry) -> set[str]:
 
 
 def test_worker_metric_names_in_dashboards_and_rules_exist() -> None:
-    from services.worker.metrics import WorkerMetrics  # noqa: PLC0415
+    from segstream.services.worker.metrics import WorkerMetrics  # noqa: PLC0415
 
     registry = CollectorRegistry()
     m = WorkerMetrics.create(registry)
@@ -258,9 +258,9 @@ def test_worker_metric_names_in_dashboards_and_rules_exist() -> None:
 
 def test_monitor_metric_names_in_dashboards_and_rules_exist() -> None:
     try:
-        from services.monitor.metrics import MonitorMetrics  # noqa: PLC0415
+        from segstream.services.monitor.metrics import MonitorMetrics  # noqa: PLC0415
     except ModuleNotFoundError:
-        pytest.skip("services.monitor.metrics is not in this build (monitor not merged)")
+        pytest.skip("segstream.services.monitor.metrics is not in this build (monitor not merged)")
     registry = CollectorRegistry()
     m = MonitorMetrics.create(registry, ["distance"])
     m.psi.labels(feature="distance").set(0)

@@ -1,4 +1,4 @@
-"""training.partitioner: estimator conventions, K requested = K obtained, quality vs the exact
+"""segstream.training.partitioner: estimator conventions, K requested = K obtained, quality vs the exact
 tree, encodings, hierarchy, bad input, profiler."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.preprocessing import RobustScaler, StandardScaler
 
-from shared.errors import DataError, NotFittedError, SchemaError
-from training.partitioner import (
+from segstream.shared.errors import DataError, NotFittedError, SchemaError
+from segstream.training.partitioner import (
     CompositePartitioner, KeyPartitioner, TreePartitioner, partition_report,
     plot_partition_report,
 )
@@ -304,7 +304,7 @@ def _split_reference(hist, nbins, miss_bin, min_leaf):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_split_scan_matches_brute_force(seed):
-    from training.partitioner import _best_split, _best_split_par
+    from segstream.training.partitioner import _best_split, _best_split_par
 
     rng = np.random.default_rng(seed)
     F, T, miss_bin = 4, 3, 12
@@ -336,7 +336,7 @@ def test_split_scan_matches_brute_force(seed):
 
 
 def test_threaded_growth_gives_the_serial_tree(monkeypatch):
-    import training.partitioner as tpmod
+    import segstream.training.partitioner as tpmod
 
     X = _blobs(6000, 5, 21, centers=20)
     X[::7, 2] = np.nan

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared import profiles as sp
-from shared._forest import CATEGORICAL
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, SchemaError
-from training.distributions import OutcomeProfiles
+from segstream.shared import profiles as sp
+from segstream.shared._forest import CATEGORICAL
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, SchemaError
+from segstream.training.distributions import OutcomeProfiles
 
 
 def synth(seed: int = 0, n_per_group: int = 300) -> pd.DataFrame:
@@ -121,8 +121,8 @@ class _NoSklearn(importlib.abc.MetaPathFinder):  # scoring must work without sci
 sys.meta_path.insert(0, _NoSklearn())
 import json, numpy as np
 from pathlib import Path
-from shared.component import ExportedComponent
-from shared.profiles import ProfileScorer, CLASSIFIER_BLOB
+from segstream.shared.component import ExportedComponent
+from segstream.shared.profiles import ProfileScorer, CLASSIFIER_BLOB
 d = Path({str(tmp_path)!r})
 with np.load(d / "arrays.npz", allow_pickle=False) as z:
     arrays = {{k: z[k] for k in z.files}}
@@ -196,7 +196,7 @@ def test_pattern_proba_from_logistic_and_softmax_boosters_agree() -> None:
     data the same pattern."""
     import xgboost as xgb
 
-    from shared.profiles import predict_pattern_proba
+    from segstream.shared.profiles import predict_pattern_proba
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 3)).astype(np.float32)

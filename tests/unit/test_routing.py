@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from shared.component import ExportedComponent
-from shared.errors import BundleCompatibilityError, SchemaError
-from shared.routing import (KEY, LEAF, NUMERIC, Router, _design_view, _route_kernel,
+from segstream.shared.component import ExportedComponent
+from segstream.shared.errors import BundleCompatibilityError, SchemaError
+from segstream.shared.routing import (KEY, LEAF, NUMERIC, Router, _design_view, _route_kernel,
                             encode_categories)
-from training.partitioner import CompositePartitioner, KeyPartitioner, TreePartitioner
+from segstream.training.partitioner import CompositePartitioner, KeyPartitioner, TreePartitioner
 
 
 def _blobs(n: int, p: int, seed: int) -> np.ndarray:
@@ -372,7 +372,7 @@ def test_node_at_depth(hist_tree):
 def test_describe_path_names_keys_and_splits():
     import pandas as pd
 
-    from training.partitioner import CompositePartitioner
+    from segstream.training.partitioner import CompositePartitioner
 
     rng = np.random.default_rng(3)
     n = 4000
@@ -402,7 +402,7 @@ def test_read_only_columns_take_the_factorised_path_with_identical_codes() -> No
     fall back, since factorize would merge 1, 1.0 and True)."""
     import pandas as pd
 
-    from shared.routing import MISSING_CODE, UNKNOWN_CODE, _FACTORIZED, encode_categories
+    from segstream.shared.routing import MISSING_CODE, UNKNOWN_CODE, _FACTORIZED, encode_categories
 
     rng = np.random.default_rng(3)
     pool = np.array(["JFK", "LGA", "EWR", "XXX", None, np.nan, ""], dtype=object)

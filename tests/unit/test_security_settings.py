@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import ConfigError
-from shared.kafka import aiokafka_ssl_context, client_config, security_config
-from shared.settings import MASK, is_secret_key, load_settings, redact_secrets
+from segstream.shared.errors import ConfigError
+from segstream.shared.kafka import aiokafka_ssl_context, client_config, security_config
+from segstream.shared.settings import MASK, is_secret_key, load_settings, redact_secrets
 from tests.security_helpers import make_pki
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def test_sasl_ssl_reaches_librdkafka_with_the_secret_revealed_only_there(pki):
 
 
 def test_every_worker_client_gets_the_security_settings(pki):
-    from services.worker.kafka_io import (
+    from segstream.services.worker.kafka_io import (
         AlertProducer,
         ModelUpdatesFeed,
         consumer_config,
@@ -78,7 +78,7 @@ def test_every_worker_client_gets_the_security_settings(pki):
 def test_monitor_faust_credentials(pki):
     import faust
 
-    from services.monitor.app import faust_credentials
+    from segstream.services.monitor.app import faust_credentials
 
     s = load_settings(CONFIG, sasl_ssl(pki))
     c = faust_credentials(s.broker)
@@ -218,7 +218,7 @@ def test_segstream_config_prints_secrets_masked(tmp_path, pki):
            "SEGSTREAM_BROKER__SECURITY__PASSWORD": PASSWORD,
            "SEGSTREAM_BROKER__SECURITY__SSL_CA_FILE": str(pki.ca),
            "SEGSTREAM_STORE__S3_SECRET": S3_SECRET, "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "config", "--config", str(CONFIG)],
+    r = subprocess.run([sys.executable, "-m", "segstream", "config", "--config", str(CONFIG)],
                        capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -227,7 +227,7 @@ def test_segstream_config_prints_secrets_masked(tmp_path, pki):
     assert PASSWORD not in r.stdout + r.stderr and S3_SECRET not in r.stdout + r.stderr
     # A secret in broker.client is refused in one line that does not repeat it.
     env2 = {**env, "SEGSTREAM_BROKER__CLIENT": json.dumps({"sasl.password": PASSWORD})}
-    r = subprocess.run([sys.executable, "-m", "shared.cli", "config", "--config", str(CONFIG)],
+    r = subprocess.run([sys.executable, "-m", "segstream", "config", "--config", str(CONFIG)],
                        capture_output=True, text=True, cwd=REPO, env=env2, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "broker.security.password" in r.stderr

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.settings import load_settings, settings_rows, settings_table_markdown
+from segstream.shared.errors import ConfigError
+from segstream.shared.settings import load_settings, settings_rows, settings_table_markdown
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "flights.yaml"
@@ -131,7 +131,7 @@ def test_worker_fetch_settings_reach_the_events_consumer_and_client_config_wins(
     """fetch_min_bytes / fetch_wait_max_ms / fetch_backoff_ms set librdkafka's
     fetch.min.bytes / fetch.wait.max.ms / queued.min.messages + fetch.queue.backoff.ms (0: no
     pacing); an operator's broker.client entry overrides them."""
-    from services.worker.kafka_io import consumer_config
+    from segstream.services.worker.kafka_io import consumer_config
 
     s = load_settings(CONFIG, {"worker": {"fetch_min_bytes": 4096, "fetch_wait_max_ms": 25,
                                           "fetch_backoff_ms": 40}})
@@ -150,7 +150,7 @@ def test_worker_fetch_settings_reach_the_events_consumer_and_client_config_wins(
 
 
 def test_worker_output_producer_compresses_as_configured() -> None:
-    from services.worker.kafka_io import producer_config
+    from segstream.services.worker.kafka_io import producer_config
 
     assert producer_config(load_settings(CONFIG, {}), transactional_id=None)[
         "compression.type"] == "lz4"
@@ -164,7 +164,7 @@ def test_monitor_faust_data_dir_is_under_monitor_data_dir(tmp_path) -> None:
     """faust's data directory follows monitor.data_dir, not the working directory."""
     from prometheus_client import CollectorRegistry
 
-    from services.monitor.app import MonitorService
+    from segstream.services.monitor.app import MonitorService
 
     s = load_settings(CONFIG, {"monitor": {"app_id": "m1", "data_dir": str(tmp_path / "d")}})
     svc = MonitorService(s, CollectorRegistry(), reference_for=lambda bundle_id: None)

@@ -4,13 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.bundle import load_components
-from shared.errors import DataError, SchemaError
-from shared.scoring import load_bundle
-from shared.settings import load_settings
+from segstream.shared.bundle import load_components
+from segstream.shared.errors import DataError, SchemaError
+from segstream.shared.scoring import load_bundle
+from segstream.shared.settings import load_settings
 from tests.train_helpers import january_parquet, small_config
-from training.evaluation import conformal_offsets, interval_metrics, point_metrics
-from training.pipeline import model_nodes, node_rows, split_by_time, train
+from segstream.training.evaluation import conformal_offsets, interval_metrics, point_metrics
+from segstream.training.pipeline import model_nodes, node_rows, split_by_time, train
 
 
 def test_node_rows_expands_paths():

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.simulator.replay import MALFORMED_KINDS, malformed_event
-from services.worker.decode import DLQ_REASONS, EventDecoder, _parse_times
-from services.worker.records import (
+from segstream.services.simulator.replay import MALFORMED_KINDS, malformed_event
+from segstream.services.worker.decode import DLQ_REASONS, EventDecoder, _parse_times
+from segstream.services.worker.records import (
     _element_seps,
     _encode_structs,
     _json_array_seps,
@@ -19,7 +19,7 @@ from services.worker.records import (
     encode_predictions,
     warm_up_records,
 )
-from shared.settings import load_settings
+from segstream.shared.settings import load_settings
 from tests.conftest import FLIGHTS_CONFIG
 from tests.fakes import load_fake_bundle, write_fake_bundle
 
@@ -451,8 +451,8 @@ def test_json_array_tokeniser_respects_the_capacity() -> None:
 # ---------------------------------------------------------------------- flat path (numba)
 def _flat_status(decoder: EventDecoder, values: list[bytes]) -> np.ndarray:
     """Per value, 0 when the flat kernel parsed it itself, 1 when it left it to msgspec."""
-    from services.worker._decode_kernels import parse_flat_objects
-    from services.worker.decode import _NAT_INT
+    from segstream.services.worker._decode_kernels import parse_flat_objects
+    from segstream.services.worker.decode import _NAT_INT
 
     lay = decoder._flat
     n = len(values)
@@ -564,7 +564,7 @@ def test_flat_path_duplicated_key_and_bad_tokens_defer(decoder: EventDecoder) ->
 def test_code_spans_matches_factorize() -> None:
     import pandas as pd
 
-    from services.worker._decode_kernels import code_spans
+    from segstream.services.worker._decode_kernels import code_spans
 
     rng = np.random.default_rng(3)
     words = [f"w{i}" * (i % 4) for i in range(700)] + [""]
@@ -583,7 +583,7 @@ def test_code_spans_matches_factorize() -> None:
 
 
 def test_decoded_category_columns_skip_a_second_factorisation(decoder: EventDecoder) -> None:
-    from shared.routing import _factorized
+    from segstream.shared.routing import _factorized
 
     out = decoder.decode([_event(carrier=c) for c in ["UA", "AA", "UA", "DL"]])
     col = out.columns["carrier"]
@@ -626,15 +626,15 @@ def test_flat_path_time_json_feeds_the_records(decoder: EventDecoder) -> None:
 # must give the same status, numbers (bit for bit), spans, times and hard numbers.
 from numba import njit  # noqa: E402
 
-from services.worker._decode_kernels import (  # noqa: E402
+from segstream.services.worker._decode_kernels import (  # noqa: E402
     KIND_BOOL,
     KIND_NUMBER,
     KIND_STRING,
     KIND_TIME,
     parse_flat_objects,
 )
-from services.worker.decode import _FlatLayout  # noqa: E402
-from shared.settings import FieldSpec  # noqa: E402
+from segstream.services.worker.decode import _FlatLayout  # noqa: E402
+from segstream.shared.settings import FieldSpec  # noqa: E402
 
 _ORIG_POW10 = np.array([10.0 ** k for k in range(23)], dtype=np.float64)
 _ORIG_TWO53 = 1 << 53

@@ -17,10 +17,10 @@ import pytest
 from confluent_kafka import KafkaError, Message
 from prometheus_client import CollectorRegistry
 
-from services.worker.loop import StreamWorker
-from services.worker.metrics import WorkerMetrics
-from services.worker.records import warm_up_records
-from shared.events import encode_events
+from segstream.services.worker.loop import StreamWorker
+from segstream.services.worker.metrics import WorkerMetrics
+from segstream.services.worker.records import warm_up_records
+from segstream.shared.events import encode_events
 from tests.fakes import load_fake_bundle, write_fake_bundle
 from tests.integration.worker_helpers import worker_settings
 
@@ -213,7 +213,7 @@ def test_a_drain_with_records_outstanding_still_commits_what_was_delivered(setup
     loop.delivered = {0: 105}  # batch a: delivered, not yet committed
     producer.queued.append((b"stuck", None))  # a later batch's record, never delivered
     producer.flush = lambda timeout=0: 1  # type: ignore[method-assign]
-    from services.worker.loop import _InFlight
+    from segstream.services.worker.loop import _InFlight
     loop.inflight.append(_InFlight(2, {0: 105, 1: 40}, {0: 107, 1: 43}))
     loop._drain(commit_sync=True)
     assert loop.consumer.client.commits == [{0: 105}]  # a only; the stuck batch is not

@@ -8,9 +8,9 @@ import numpy as np
 import orjson
 from prometheus_client import CollectorRegistry
 
-from services.worker.decode import DLQ_REASONS
-from services.worker.health import HealthServer
-from services.worker.metrics import BatchHistogram, WorkerMetrics
+from segstream.services.worker.decode import DLQ_REASONS
+from segstream.services.worker.health import HealthServer
+from segstream.services.worker.metrics import BatchHistogram, WorkerMetrics
 
 
 def test_create_registers_everything_with_fixed_labels() -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import orjson
 import pytest
 
-from services.worker.stats import batch_stats
-from shared.drift import CategoricalReference, DriftReference
+from segstream.services.worker.stats import batch_stats
+from segstream.shared.drift import CategoricalReference, DriftReference
 from tests.fakes import numeric_ref
 
 
@@ -91,7 +91,7 @@ def _day_batch():
 
 
 def test_batch_straddling_a_slice_boundary_gives_one_record_per_slice() -> None:
-    from services.worker.stats import batch_stats_slices
+    from segstream.services.worker.stats import batch_stats_slices
 
     cols, scores = _day_batch()
     ref = _ref()
@@ -131,7 +131,7 @@ def test_vectorised_slices_equal_batch_stats_per_slice() -> None:
     """Reference test: every record of ``batch_stats_slices`` (all slices counted at once)
     equals ``batch_stats`` on the rows of its slice, on a catch-up batch spanning many days
     with NaT times, unknown keys, imputed rows, large segments and several partitions."""
-    from services.worker.stats import batch_stats_slices
+    from segstream.services.worker.stats import batch_stats_slices
 
     rng = np.random.default_rng(7)
     n = 3000
@@ -184,7 +184,7 @@ _KW = dict(model="m", bundle_id="b1", worker="w1", batch=3, created_at="now")
 
 
 def _records_and_slices(cols, scores, ref, **kw):
-    from services.worker.stats import batch_stats_records, batch_stats_slices
+    from segstream.services.worker.stats import batch_stats_records, batch_stats_slices
 
     args = {**_KW, "time_field": "t", "slice_s": 86_400, "n_events": 10,
             "dlq_counts": {"empty": 2, "too_large": 0}, **kw}
@@ -377,7 +377,7 @@ def test_records_follow_the_columns_of_each_batch() -> None:
 def test_layout_cache_lets_the_reference_go() -> None:
     import gc
 
-    from services.worker import stats
+    from segstream.services.worker import stats
 
     cols, scores, parts = _catchup_batch(4, n=100, days=2)
     ref = _segment_ref()
@@ -392,7 +392,7 @@ def test_layout_cache_lets_the_reference_go() -> None:
 def test_iso_array_equals_iso() -> None:
     """Reference test of the vectorised ISO 8601 formatting against numpy's (``_iso``) over
     the whole datetime64[ns] range, leap days, and the ends where numpy wraps around."""
-    from services.worker.stats import _iso, _iso_array
+    from segstream.services.worker.stats import _iso, _iso_array
 
     rng = np.random.default_rng(0)
     lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
