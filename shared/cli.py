@@ -113,8 +113,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
     if args.table:
         print(settings_table_markdown())
         return 0
+    import json  # noqa: PLC0415
+
     settings = load_settings(args.config)
-    print(settings.model_dump_json(indent=2, by_alias=True))
+    print(json.dumps(settings.public_dump(), indent=2))  # secrets masked
     return 0
 
 

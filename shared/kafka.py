@@ -7,12 +7,17 @@ nowhere else (:data:`FAST_GROUP_CONFIG`).
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-from segstream.shared.errors import BrokerError
-from segstream.shared.settings import BrokerSettings
+from pydantic import SecretStr
+
+from segstream.shared.errors import BrokerError, ConfigError
+from segstream.shared.settings import BrokerSecuritySettings, BrokerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -24,49 +29,188 @@ FAST_GROUP_CONFIG: dict[str, Any] = {
 }
 
 
+def security_config(security: BrokerSecuritySettings) -> dict[str, Any]:
+    """librdkafka settings of ``broker.security`` (empty for PLAINTEXT).
+
+    Secrets are revealed here, into the dict handed to the client, and nowhere else: the
+    result must not be logged or dumped.
+
+    Raises
+    ------
+    ConfigError
+        A configured TLS file does not exist or is not readable (names the key and file).
+    """
+    conf: dict[str, Any] = {}
+    if security.protocol == "PLAINTEXT":
+        return conf
+    conf["security.protocol"] = security.protocol
+    if security.sasl:
+        conf["sasl.mechanism"] = security.sasl_mechanism
+        conf["sasl.username"] = security.username
+        conf["sasl.password"] = _reveal(security.password)
+    files = {"ssl_ca_file": "ssl.ca.location", "ssl_cert_file": "ssl.certificate.location",
+             "ssl_key_file": "ssl.key.location"}
+    for field, key in files.items():
+        path = getattr(security, field)
+        if path is not None:
+            conf[key] = _readable_file(field, path)
+    if security.ssl_key_password is not None:
+        conf["ssl.key.password"] = _reveal(security.ssl_key_password)
+    return conf
+
+
 def client_config(broker: BrokerSettings, **extra: Any) -> dict[str, Any]:
-    """librdkafka config: bootstrap + the configured extra client settings + ``extra``.
+    """librdkafka config: bootstrap + ``broker.security`` + the configured extra client
+    settings + ``extra``.
 
     ``extra`` keys use librdkafka names with ``_`` for ``.`` (``group_id`` -> ``group.id``)
-    when given as keyword arguments.
+    when given as keyword arguments. The result holds secrets: never log or dump it.
     """
     conf: dict[str, Any] = {"bootstrap.servers": broker.bootstrap}
+    conf.update(security_config(broker.security))
     conf.update(broker.client)
     conf.update({k.replace("_", "."): v for k, v in extra.items()})
     return conf
 
 
+def aiokafka_ssl_context(security: BrokerSecuritySettings) -> ssl.SSLContext | None:
+    """The TLS context of an aiokafka (faust) client for ``broker.security``; None without TLS.
+
+    Built with aiokafka's own :func:`aiokafka.helpers.create_ssl_context` (server certificate
+    and host name verified; client certificate loaded for mutual TLS).
+
+    Raises
+    ------
+    ConfigError
+        A TLS file is missing, or the key does not open with ``ssl_key_password``.
+    """
+    if not security.tls:
+        return None
+    from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
+
+    ca = (_readable_file("ssl_ca_file", security.ssl_ca_file)
+          if security.ssl_ca_file is not None else None)
+    cert = (_readable_file("ssl_cert_file", security.ssl_cert_file)
+            if security.ssl_cert_file is not None else None)
+    key = (_readable_file("ssl_key_file", security.ssl_key_file)
+           if security.ssl_key_file is not None else None)
+    try:
+        return create_ssl_context(cafile=ca, certfile=cert, keyfile=key,
+                                  password=_reveal(security.ssl_key_password))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"broker.security: cannot load the TLS files (ssl_ca_file={ca}, "
+                          f"ssl_cert_file={cert}, ssl_key_file={key}): {exc}") from None
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _readable_file(field: str, path: str) -> str:
+    p = Path(path).expanduser()
+    if not p.is_file() or not os.access(p, os.R_OK):
+        raise ConfigError(f"broker.security.{field}: {path} is not a readable file")
+    return str(p)
+
+
 def check_reachable(broker: BrokerSettings) -> None:
     """Fail fast, with the address in the message, when the broker does not answer.
 
-    Tries ``broker.connect_attempts`` times, ``broker.connect_timeout_s`` each.
+    Tries ``broker.connect_attempts`` times, ``broker.connect_timeout_s`` each. A refused
+    login or a failed TLS handshake is not retried: it raises at once (a wrong password does
+    not get better by waiting).
 
     Raises
     ------
     BrokerError
-        Naming the bootstrap address.
+        Naming the bootstrap address; for a refused login the user and mechanism, for a TLS
+        failure the TLS settings to check.
     """
+    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
     from confluent_kafka.admin import AdminClient  # noqa: PLC0415
 
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0,
-                         **{k: v for k, v in broker.client.items() if k.startswith(("security", "sasl", "ssl"))}})
+    refused: list[Any] = []
+
+    def on_error(err: Any) -> None:
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):  # noqa: SLF001
+            refused.append(err)
+
+    failures = _LastFailure()
+    conf = {"bootstrap.servers": broker.bootstrap, "error_cb": on_error,
+            "logger": failures.logger,
+            **security_config(broker.security),
+            **{k: v for k, v in broker.client.items()
+               if k.startswith(("security", "sasl", "ssl"))}}
+    try:
+        admin = AdminClient(conf)
+    except KafkaException as exc:  # e.g. a key that does not open with ssl_key_password
+        reason = exc.args[0].str() if exc.args else exc
+        raise ConfigError(f"broker.security: the Kafka client refused the TLS/SASL settings: "
+                          f"{reason} (a wrong ssl_key_password, or a file that is not PEM?)") \
+            from None
     last: Exception | None = None
     for attempt in range(1, broker.connect_attempts + 1):
-        try:
-            md = admin.list_topics(timeout=broker.connect_timeout_s)
-            if md.brokers:
-                return
-        except Exception as exc:  # KafkaException: transport failure
-            last = exc
+        deadline = time.monotonic() + broker.connect_timeout_s
+        while True:
+            try:
+                md = admin.list_topics(timeout=min(0.25, broker.connect_timeout_s))
+                if md.brokers:
+                    return
+            except Exception as exc:  # KafkaException: transport failure
+                last = exc
+            admin.poll(0)  # serves error_cb
+            if refused:
+                raise BrokerError(_refusal_message(broker, refused[0]))
+            if time.monotonic() >= deadline:
+                break
         logger.warning("broker %s not reachable (attempt %d/%d)", broker.bootstrap, attempt,
                        broker.connect_attempts)
         if attempt < broker.connect_attempts:
             time.sleep(min(2.0, 0.5 * attempt))
-    detail = f": {last}" if last else ""
+    detail = f": {failures.last}" if failures.last else (f": {last}" if last else "")
+    hint = ""
+    if broker.security.protocol != "PLAINTEXT":
+        hint = (f"; is broker.security.protocol {broker.security.protocol} what the listener "
+                "speaks (and, for SSL with client certificates, are ssl_cert_file and "
+                "ssl_key_file set)?")
     raise BrokerError(
         f"cannot reach Kafka at {broker.bootstrap} after {broker.connect_attempts} attempts"
-        f"{detail}"
+        f"{detail}{hint}"
     )
+
+
+class _LastFailure(logging.Handler):
+    """Keeps the last connection-failure line librdkafka logs (``FAIL``): the reason a broker
+    cannot be reached (``SSL connection closed by peer``, ``Connection refused``) that no
+    error callback carries."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last: str | None = None
+        # A private logger object (not in the logging registry): nothing reaches the root.
+        self.logger = logging.Logger("segstream.kafka.reachability")
+        self.logger.propagate = False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("FAIL"):
+            self.last = " ".join(msg.split("]: ", 1)[-1].split())
+
+
+def _refusal_message(broker: BrokerSettings, err: Any) -> str:
+    """One line for a login refused or a TLS handshake failed (librdkafka's reason kept)."""
+    from confluent_kafka import KafkaError  # noqa: PLC0415
+
+    sec = broker.security
+    reason = " ".join(str(err.str()).split())
+    if err.code() == KafkaError._AUTHENTICATION:  # noqa: SLF001
+        return (f"Kafka at {broker.bootstrap} refused the login of user {sec.username!r} "
+                f"({sec.protocol}, {sec.sasl_mechanism}): {reason}; check "
+                "broker.security.username, password (SEGSTREAM_BROKER__SECURITY__PASSWORD) "
+                "and sasl_mechanism")
+    return (f"TLS with Kafka at {broker.bootstrap} failed ({sec.protocol}): {reason}; check "
+            "broker.security.protocol, ssl_ca_file, ssl_cert_file and ssl_key_file")
 
 
 def ensure_topics(

@@ -148,18 +148,130 @@ class TopicSettings(_Section):
     replication_factor: int = Field(default=1, ge=1)
 
 
+#: librdkafka keys that ``broker.security`` types, with the field that replaces each.
+TYPED_CLIENT_KEYS: dict[str, str] = {
+    "security.protocol": "protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "username",
+    "sasl.password": "password",
+    "ssl.ca.location": "ssl_ca_file",
+    "ssl.certificate.location": "ssl_cert_file",
+    "ssl.key.location": "ssl_key_file",
+    "ssl.key.password": "ssl_key_password",
+}
+
+#: Parts of a librdkafka key that mark its value as a secret (``sasl.password``,
+#: ``ssl.keystore.password``, ``sasl.oauthbearer.client.secret``, ``ssl.key.pem``, ...).
+SECRET_KEY_MARKERS: tuple[str, ...] = (
+    "password", "secret", "key.pem", "oauthbearer.config", "token", "credential",
+)
+
+#: How a secret is shown in every dump (manifest, ``segstream config``, bundle inspect).
+MASK = "**********"
+
+
+def is_secret_key(key: str) -> bool:
+    """True when a librdkafka config key names a secret (see :data:`SECRET_KEY_MARKERS`)."""
+    k = key.lower().replace("_", ".")
+    return any(m in k for m in SECRET_KEY_MARKERS)
+
+
+class BrokerSecuritySettings(_Section):
+    """Authentication and TLS of every Kafka client (worker, monitor, simulator, trainer).
+
+    Secrets are :class:`~pydantic.SecretStr`: shown as ``**********`` in every dump and never
+    logged. Give them through the environment (``SEGSTREAM_BROKER__SECURITY__PASSWORD``)
+    rather than the YAML file.
+    """
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512",
+        description="sasl.mechanism with a SASL protocol: PLAIN, SCRAM-SHA-256 or "
+                    "SCRAM-SHA-512 (PLAIN sends the password itself: only with SASL_SSL).")
+    username: str | None = Field(default=None, description="SASL user name.")
+    password: SecretStr | None = Field(default=None, description="SASL password (secret).")
+    ssl_ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the broker's certificate; default: "
+                    "the system's trust store.")
+    ssl_cert_file: str | None = Field(
+        default=None, description="PEM client certificate (mutual TLS), with ssl_key_file.")
+    ssl_key_file: str | None = Field(
+        default=None, description="PEM private key of ssl_cert_file.")
+    ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of an encrypted ssl_key_file (secret).")
+
+    @property
+    def sasl(self) -> bool:
+        """True for SASL_PLAINTEXT and SASL_SSL."""
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        """True for SSL and SASL_SSL."""
+        return self.protocol.endswith("SSL")
+
+    @model_validator(mode="after")
+    def _check_protocol(self) -> "BrokerSecuritySettings":
+        if self.sasl:
+            missing = [k for k in ("username", "password") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"protocol {self.protocol} needs {' and '.join(missing)}")
+        else:
+            given = [k for k in ("username", "password") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)} set but protocol {self.protocol} "
+                                 "does not use SASL: set protocol SASL_SSL or SASL_PLAINTEXT")
+        if not self.tls:
+            given = [k for k in ("ssl_ca_file", "ssl_cert_file", "ssl_key_file",
+                                 "ssl_key_password") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} set but protocol {self.protocol} does "
+                                 "not use TLS: set protocol SSL or SASL_SSL")
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file and ssl_key_file go together (mutual TLS)")
+        if self.ssl_key_password is not None and self.ssl_key_file is None:
+            raise ValueError("ssl_key_password set without ssl_key_file")
+        return self
+
+
 class BrokerSettings(_Section):
     """How to reach Kafka."""
 
     bootstrap: str = Field(default="127.0.0.1:9092", description="bootstrap.servers")
     client: dict[str, str | int | float | bool] = Field(
         default_factory=dict,
-        description="Extra librdkafka settings for every client (JSON object).",
+        description="Extra librdkafka settings for every client (JSON object); no secrets "
+                    "and no keys that broker.security types (refused).",
     )
     connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Seconds per attempt to reach the broker."
     )
     connect_attempts: int = Field(default=3, ge=1, description="Attempts before giving up.")
+    security: BrokerSecuritySettings = Field(
+        default_factory=BrokerSecuritySettings,
+        description="Authentication and TLS of every Kafka client (docs/security.md).")
+
+    @model_validator(mode="after")
+    def _no_secrets_in_client(self) -> "BrokerSettings":
+        """Refuse ``client`` keys that ``broker.security`` types or that hold a secret: a plain
+        mapping would be written in clear into manifests and CLI output."""
+        for key in self.client:
+            typed = TYPED_CLIENT_KEYS.get(key.strip().lower())
+            if typed is not None:
+                raise ValueError(
+                    f"broker.client key {key!r} is not allowed: set broker.security.{typed} "
+                    f"(environment {env_var_for(('broker', 'security', typed))}) instead")
+            if is_secret_key(key):
+                raise ValueError(
+                    f"broker.client key {key!r} holds a secret and is not allowed (it would be "
+                    "written in clear to manifests and CLI output): Kafka credentials go in "
+                    "broker.security (docs/security.md)")
+        return self
 
 
 class StoreSettings(_Section):
@@ -527,6 +639,36 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
+    def public_dump(self) -> dict[str, Any]:
+        """The resolved settings as JSON-ready data with every secret masked.
+
+        The only form in which settings leave the process (bundle manifests, ``segstream
+        config``, reports): each secret is ``"**********"`` when set and null when not; see
+        :func:`redact_secrets`.
+
+        Returns
+        -------
+        dict
+            ``model_dump(mode="json", by_alias=True)`` with secrets masked.
+        """
+        return redact_secrets(self.model_dump(mode="json", by_alias=True))
+
+
+def redact_secrets(data: Any) -> Any:
+    """A copy of nested JSON-like ``data`` whose secret values are replaced by :data:`MASK`.
+
+    A value is secret when its key is secret-looking (:func:`is_secret_key`: ``password``,
+    ``s3_secret``, ``sasl.password``, ...) and it is not null. Used on fresh dumps and on
+    manifests written by older versions, whose ``config.broker.client`` may hold passwords.
+    """
+    if isinstance(data, dict):
+        return {k: (MASK if isinstance(k, str) and is_secret_key(k) and v is not None
+                    and not isinstance(v, dict | list) else redact_secrets(v))
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [redact_secrets(v) for v in data]
+    return data
+
 
 _YAML_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
     "segstream_yaml_data", default={}
@@ -579,11 +721,18 @@ def _format_errors(exc: ValidationError, path: str) -> str:
         else:
             text = err.get("msg", "invalid")
             if "input" in err and kind != "model_type":
-                text += f" (got {err['input']!r:.60})"
+                text += f" (got {_shown_input(loc, err['input'])!r:.60})"
         env = env_var_for(loc)
         src = f" (from environment {env})" if loc and env in _env_upper() else ""
         msgs.append(f"{path}: key '{key}': {text}{src}")
     return "; ".join(msgs)
+
+
+def _shown_input(loc: tuple[Any, ...], value: Any) -> Any:
+    """The offending input as an error message may show it: secrets masked."""
+    if loc and isinstance(loc[-1], str) and is_secret_key(loc[-1]):
+        return MASK
+    return redact_secrets(value)
 
 
 def _env_upper() -> set[str]:

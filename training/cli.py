@@ -126,6 +126,7 @@ def _signature_line(store: Any, model: str, m: Any) -> str:
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
+    from segstream.shared.settings import redact_secrets  # noqa: PLC0415
     from segstream.shared.store import ArtifactStore  # noqa: PLC0415
 
     settings = _settings(args)
@@ -162,8 +163,10 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     bid = store.resolve(model, args.bundle)
     m = store.verify(model, bid, check_signature=False)
     if args.json:
-        print(orjson.dumps(m.model_dump(mode="json", by_alias=True),
-                           option=orjson.OPT_INDENT_2).decode())
+        d = m.model_dump(mode="json", by_alias=True)
+        # Masked again: manifests written before broker.security may hold client passwords.
+        d["config"] = redact_secrets(d["config"])
+        print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
         return 0
     print(f"bundle {m.bundle_id}\nmodel {m.model}, created {m.created_at.isoformat()}, "
           f"format {m.format_version}, {len(m.files)} files, "

@@ -349,9 +349,7 @@ def train(
             staging = Path(work_dir or tempfile.mkdtemp(prefix="segstream-bundle-"))
             bundle_dir = write_bundle(
                 staging, model=settings.model, components=components,
-                config=settings.model_dump(mode="json", by_alias=True,
-                                           exclude={"store": {"s3_key", "s3_secret",
-                                                              "signing_key"}}),
+                config=settings.public_dump(),  # secrets masked
                 schema=schema.model_dump(mode="json"), data=data_info, metrics=metrics,
                 timings=dict(steps.timings))
             manifest = load_components(bundle_dir).manifest
@@ -488,8 +486,8 @@ def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool
     b = settings.broker.model_copy(update={"connect_attempts": 1, "connect_timeout_s": 2.0})
     try:
         check_reachable(b)
-    except BrokerError:
-        logger.warning("no broker at %s: model-update event not sent", b.bootstrap)
+    except BrokerError as exc:
+        logger.warning("model-update event not sent: %s", exc)
         return False
     t = settings.topics
     ensure_topics(b, [t.model_updates], 1, t.replication_factor)

@@ -36,7 +36,8 @@ from segstream.services.monitor.core import MonitorCore
 from segstream.services.monitor.metrics import MonitorMetrics
 from segstream.services.monitor.references import ReferenceCache
 from segstream.shared.alerts import alert_key
-from segstream.shared.settings import Settings
+from segstream.shared.kafka import aiokafka_ssl_context, client_config
+from segstream.shared.settings import BrokerSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ class MonitorService:
         if m.recovery_probe:
             extra["TableManager"] = "segstream.services.monitor.faust_ext:ProbingTableManager"
         app = faust.App(
-            m.app_id, broker=brokers, store="memory://", topic_partitions=t.partitions,
+            m.app_id, broker=brokers, broker_credentials=faust_credentials(settings.broker),
+            store="memory://", topic_partitions=t.partitions,
             datadir=str(Path(m.data_dir) / f"{m.app_id}-data"),  # not faust's ./<id>-data
             topic_replication_factor=t.replication_factor, web_enabled=False,
             broker_session_timeout=m.session_timeout_s,
@@ -146,6 +148,9 @@ class MonitorService:
             consumer_auto_offset_reset="earliest", autodiscover=False,
             table_standby_replicas=0, producer_linger=0.005,
             producer_max_batch_size=512 * 1024, **extra)
+        # The recovery probe (services.monitor.faust_ext) is a confluent-kafka client: it
+        # needs the same security settings as every other client.
+        app.probe_client_config = client_config(settings.broker)
         self.app = app
         raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
                "value_serializer": "raw"}
@@ -272,6 +277,27 @@ class MonitorService:
         if not self.started:
             return False, "recovering tables / joining the group"
         return True, "ok"
+
+
+def faust_credentials(broker: BrokerSettings) -> Any:
+    """faust's ``broker_credentials`` for ``broker.security``; None for PLAINTEXT.
+
+    SASL protocols give :class:`faust.SASLCredentials` (with a TLS context for SASL_SSL),
+    SSL gives :class:`faust.SSLCredentials`; the TLS context comes from
+    :func:`segstream.shared.kafka.aiokafka_ssl_context`.
+    """
+    import faust  # noqa: PLC0415
+
+    sec = broker.security
+    context = aiokafka_ssl_context(sec)
+    if sec.sasl:
+        return faust.SASLCredentials(
+            username=sec.username,
+            password=sec.password.get_secret_value() if sec.password is not None else None,
+            ssl_context=context, mechanism=sec.sasl_mechanism)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
 
 
 def run_monitor(settings: Settings, *, log_level: str = "INFO") -> int:

@@ -86,7 +86,10 @@ class ProbingRecovery(Recovery):
                   for tp, v in destination.items()}
         bootstrap = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker)
         loop = asyncio.get_running_loop()
-        fetched = await loop.run_in_executor(None, fetched_high_watermarks, bootstrap, listed)
+        # Security settings (and any broker.client extras) of the monitor's Kafka clients.
+        client = getattr(self.app, "probe_client_config", None)
+        fetched = await loop.run_in_executor(None, fetched_high_watermarks, bootstrap, listed,
+                                             5.0, client)
         changed = {tp: (listed[tp], v) for tp, v in fetched.items()
                    if v is not None and v != listed[tp]}
         if changed:
