@@ -50,5 +50,23 @@ bench-quix-venv: $(STAMP)
 	$(PY) -c "import site; print(site.getsitepackages()[0])" > $$($(QUIX_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/zz_segstream.pth
 	@echo "quix baseline: python benchmarks/bench_worker.py --quick --quix-python $(QUIX_VENV)/bin/python"
 
+LINT_STAMP := $(VENV)/.installed-lint
+$(LINT_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,lint]'
+	touch $(LINT_STAMP)
+
+# mypy reads the parts through links under build/typecheck/segstream/ (it cannot follow the
+# package-dir mapping of the editable install).
+TYPECHECK := build/typecheck/segstream
+MYPY_TARGETS := -p segstream.shared -m segstream.cli -m segstream.training.cli \
+	-m segstream.services.cli -m segstream.services.worker.cli -m segstream.services.monitor.cli
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	mkdir -p $(TYPECHECK)
+	for p in shared training services config; do ln -sfn ../../../$$p $(TYPECHECK)/$$p; done
+	for f in segstream/*.py; do ln -sfn ../../../$$f $(TYPECHECK)/$$(basename $$f); done
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml $(MYPY_TARGETS)
+
 clean:
-	rm -rf $(VENV) $(QUIX_VENV) artifacts .pytest_cache site build/api-src
+	rm -rf $(VENV) $(QUIX_VENV) artifacts .pytest_cache build site site build/api-src

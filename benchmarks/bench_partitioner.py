@@ -40,17 +40,31 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba loads OpenMP
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PROFILES = {
-    "quick": {"n_rows": 200_000, "ks": [200, 1000, 5000], "fit_repeats": 3,
-              "route_rows": 1_000_000, "route_repeats": 5, "numba_route_repeats": 21,
-              "kmeans_rows": 20_000, "kmeans_max_k": 1000},
-    "full": {"n_rows": 1_000_000, "ks": [200, 1000, 5000], "fit_repeats": 3,
-             "route_rows": 1_000_000, "route_repeats": 5, "numba_route_repeats": 21,
-             "kmeans_rows": 20_000, "kmeans_max_k": 1000},
+    "quick": {
+        "n_rows": 200_000,
+        "ks": [200, 1000, 5000],
+        "fit_repeats": 3,
+        "route_rows": 1_000_000,
+        "route_repeats": 5,
+        "numba_route_repeats": 21,
+        "kmeans_rows": 20_000,
+        "kmeans_max_k": 1000,
+    },
+    "full": {
+        "n_rows": 1_000_000,
+        "ks": [200, 1000, 5000],
+        "fit_repeats": 3,
+        "route_rows": 1_000_000,
+        "route_repeats": 5,
+        "numba_route_repeats": 21,
+        "kmeans_rows": 20_000,
+        "kmeans_max_k": 1000,
+    },
 }
 
 
@@ -90,8 +104,7 @@ def measure_numba_routing(router, cols, repeats: int) -> dict:
     n = Zd.shape[1]
     router.route(cols)
     router.route_design(Zd)
-    variants = {"end_to_end": lambda: router.route(cols),
-                "kernel": lambda: router.route_design(Zd)}
+    variants = {"end_to_end": lambda: router.route(cols), "kernel": lambda: router.route_design(Zd)}
     wall: dict = {k: [] for k in variants}
     cpu: dict = {k: [] for k in variants}
     res = {}
@@ -120,33 +133,44 @@ def environment() -> dict:
     except ValueError:
         layer = f"not initialised (config: {numba.config.THREADING_LAYER})"
     return {
-        "python": platform.python_version(), "numpy": np.__version__,
-        "numba": numba.__version__, "sklearn": sklearn.__version__,
-        "pandas": pandas.__version__, "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "sklearn": sklearn.__version__,
+        "pandas": pandas.__version__,
+        "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "numba_threading_layer": layer, "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
+        "numba_threading_layer": layer,
+        "numba_num_threads": numba.config.NUMBA_NUM_THREADS,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
 
-ROUTE_NOTE = ("numba router: single thread; end_to_end = dict of float64 columns (the columns "
-              "of one row-major matrix) -> RouteResult (includes building the design matrix); "
-              "kernel = route_design on the encoded (n_features, n) matrix; medians of "
-              "interleaved runs, wall clock and per CPU second of this process")
+ROUTE_NOTE = (
+    "numba router: single thread; end_to_end = dict of float64 columns (the columns "
+    "of one row-major matrix) -> RouteResult (includes building the design matrix); "
+    "kernel = route_design on the encoded (n_features, n) matrix; medians of "
+    "interleaved runs, wall clock and per CPU second of this process"
+)
 
 
 def route_only(args, prof: dict, env: dict, X: np.ndarray, cols_r: dict) -> int:
     """``--route-only``: histogram tree per K, then the numba routing measurement only."""
     from segstream.training.partitioner import TreePartitioner
 
-    results = {"profile": ("quick" if args.quick else "full") + " --route-only",
-               "n_rows": X.shape[0], "n_features": X.shape[1],
-               "data": "gaussian blobs, 100 centres ~ N(0, 25 I), unit-variance clusters, seed 0; "
-                       "routed rows: seed 1",
-               "params": prof, "environment": env, "by_k": {}}
+    results = {
+        "profile": ("quick" if args.quick else "full") + " --route-only",
+        "n_rows": X.shape[0],
+        "n_features": X.shape[1],
+        "data": "gaussian blobs, 100 centres ~ N(0, 25 I), unit-variance clusters, seed 0; "
+        "routed rows: seed 1",
+        "params": prof,
+        "environment": env,
+        "by_k": {},
+    }
     for k in prof["ks"]:
         tp = TreePartitioner(max_leaf_nodes=k, random_state=0).fit(X)
         r = measure_numba_routing(tp.router_, cols_r, prof["numba_route_repeats"])
@@ -155,7 +179,7 @@ def route_only(args, prof: dict, env: dict, X: np.ndarray, cols_r: dict) -> int:
         results["by_k"][str(k)] = {"route": r}
         print(f"K={k}", json.dumps(r), flush=True)
     by = results["by_k"]
-    route_k = "1000" if "1000" in by else list(by)[0]
+    route_k = "1000" if "1000" in by else next(iter(by))
     rk = by[route_k]["route"]
     results["summary"] = {
         "route_rows_per_s": rk["numba_end_to_end_rows_per_s"],
@@ -179,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="1e6 rows")
     ap.add_argument("--out", type=Path, required=True, help="JSON result file")
     ap.add_argument("--ks", type=str, default=None, help="comma-separated K values")
-    ap.add_argument("--route-only", action="store_true",
-                    help="fit only the histogram tree and measure only the numba router")
+    ap.add_argument(
+        "--route-only",
+        action="store_true",
+        help="fit only the histogram tree and measure only the numba router",
+    )
     args = ap.parse_args(argv)
     prof = dict(PROFILES["quick" if args.quick else "full"])
     if args.ks:
@@ -209,48 +236,64 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         import numba
+
         env["numba_threading_layer"] = numba.threading_layer()
     except ValueError:
         pass
-    results = {"profile": "quick" if args.quick else "full", "n_rows": n, "n_features": 10,
-               "data": "gaussian blobs, 100 centres ~ N(0, 25 I), unit-variance clusters, seed 0",
-               "params": prof, "environment": env, "by_k": {}}
+    results = {
+        "profile": "quick" if args.quick else "full",
+        "n_rows": n,
+        "n_features": 10,
+        "data": "gaussian blobs, 100 centres ~ N(0, 25 I), unit-variance clusters, seed 0",
+        "params": prof,
+        "environment": env,
+        "by_k": {},
+    }
     for k in prof["ks"]:
         print(f"K={k}", flush=True)
         r: dict = {}
         c0 = time.process_time()
-        t, ts, tp = timed(lambda: TreePartitioner(max_leaf_nodes=k, random_state=0).fit(X),
-                          prof["fit_repeats"])
+        t, ts, tp = timed(
+            lambda k=k: TreePartitioner(max_leaf_nodes=k, random_state=0).fit(X),
+            prof["fit_repeats"],
+        )
         r["hist_fit_cpu_s_mean"] = (time.process_time() - c0) / prof["fit_repeats"]
         r["hist_fit_s"] = t
         r["hist_fit_runs_s"] = ts
         r["hist_segments"] = tp.n_segments_
-        t, _, tree = timed(lambda: DecisionTreeRegressor(max_leaf_nodes=k, random_state=0)
-                           .fit(X, Z), 1)
+        t, _, tree = timed(
+            lambda k=k: DecisionTreeRegressor(max_leaf_nodes=k, random_state=0).fit(X, Z), 1
+        )
         r["exact_tree_fit_s"] = t
         r["exact_tree_segments"] = int(tree.get_n_leaves())
-        t, _, mbk = timed(lambda: MiniBatchKMeans(k, n_init=1, random_state=0).fit(X), 1)
+        t, _, mbk = timed(lambda k=k: MiniBatchKMeans(k, n_init=1, random_state=0).fit(X), 1)
         r["minibatch_kmeans_fit_s"] = t
         if k <= prof["kmeans_max_k"]:
             m = min(n, prof["kmeans_rows"])
-            t, _, _ = timed(lambda: KMeans(k, n_init=1, random_state=0).fit(X[:m]), 1)
+            t, _, _ = timed(lambda k=k, m=m: KMeans(k, n_init=1, random_state=0).fit(X[:m]), 1)
             r["kmeans_fit_s"] = t
             r["kmeans_rows"] = m
-            r["kmeans_note"] = (f"KMeans(n_init=1) fitted on the first {m} rows only"
-                                if m < n else "all rows")
+            r["kmeans_note"] = (
+                f"KMeans(n_init=1) fitted on the first {m} rows only" if m < n else "all rows"
+            )
             if m < n:
                 r["kmeans_fit_s_extrapolated"] = t * n / m
                 r["kmeans_extrapolation_note"] = (
                     f"kmeans_fit_s * {n}/{m}: linear in rows, iteration count assumed equal; "
-                    "an estimate, not a measurement")
+                    "an estimate, not a measurement"
+                )
         else:
             r["kmeans_fit_s"] = None
             r["kmeans_note"] = f"skipped: K > {prof['kmeans_max_k']} (too slow for this profile)"
         v_hist = within_variance(Z, tp.segments_)
         v_exact = within_variance(Z, tree.apply(X.astype(np.float32)))
         v_mbk = within_variance(Z, mbk.labels_)
-        r["within_variance"] = {"hist": v_hist, "exact_tree": v_exact,
-                                "minibatch_kmeans": v_mbk, "total": float(Z.var(0).sum())}
+        r["within_variance"] = {
+            "hist": v_hist,
+            "exact_tree": v_exact,
+            "minibatch_kmeans": v_mbk,
+            "total": float(Z.var(0).sum()),
+        }
         r["variance_ratio_vs_exact_tree"] = v_hist / v_exact
         r["fit_speedup_vs_exact_tree"] = r["exact_tree_fit_s"] / r["hist_fit_s"]
         r["fit_speedup_vs_minibatch_kmeans"] = r["minibatch_kmeans_fit_s"] / r["hist_fit_s"]
@@ -259,38 +302,42 @@ def main(argv: list[str] | None = None) -> int:
         # routing
         nr = Xr.shape[0]
         r["route"] = measure_numba_routing(tp.router_, cols_r, prof["numba_route_repeats"])
-        t_apply, _, _ = timed(lambda: tree.apply(Xr32), prof["route_repeats"])
-        t_pred, _, _ = timed(lambda: mbk.predict(Xr), prof["route_repeats"])
-        r["route"].update({
-            "sklearn_tree_apply_rows_per_s": nr / t_apply,
-            "minibatch_kmeans_predict_rows_per_s": nr / t_pred,
-            "note": ROUTE_NOTE + "; tree.apply on a prepared float32 array; KMeans.predict "
-                    "uses sklearn's own threads",
-        })
+        t_apply, _, _ = timed(lambda tree=tree: tree.apply(Xr32), prof["route_repeats"])
+        t_pred, _, _ = timed(lambda mbk=mbk: mbk.predict(Xr), prof["route_repeats"])
+        r["route"].update(
+            {
+                "sklearn_tree_apply_rows_per_s": nr / t_apply,
+                "minibatch_kmeans_predict_rows_per_s": nr / t_pred,
+                "note": ROUTE_NOTE + "; tree.apply on a prepared float32 array; KMeans.predict "
+                "uses sklearn's own threads",
+            }
+        )
         results["by_k"][str(k)] = r
-        print(json.dumps({kk: vv for kk, vv in r.items() if not isinstance(vv, dict)}),
-              flush=True)
+        print(json.dumps({kk: vv for kk, vv in r.items() if not isinstance(vv, dict)}), flush=True)
 
     by = results["by_k"]
-    route_k = "1000" if "1000" in by else list(by)[0]
+    route_k = "1000" if "1000" in by else next(iter(by))
     results["summary"] = {
         "fit_speedup_vs_exact_tree": min(v["fit_speedup_vs_exact_tree"] for v in by.values()),
-        "fit_speedup_vs_minibatch_kmeans": min(v["fit_speedup_vs_minibatch_kmeans"]
-                                               for v in by.values()),
-        "variance_ratio_vs_exact_tree": max(v["variance_ratio_vs_exact_tree"]
-                                            for v in by.values()),
+        "fit_speedup_vs_minibatch_kmeans": min(
+            v["fit_speedup_vs_minibatch_kmeans"] for v in by.values()
+        ),
+        "variance_ratio_vs_exact_tree": max(v["variance_ratio_vs_exact_tree"] for v in by.values()),
         "route_rows_per_s": by[route_k]["route"]["numba_end_to_end_rows_per_s"],
         "route_kernel_rows_per_s": by[route_k]["route"]["numba_kernel_rows_per_s"],
         "route_rows_per_cpu_s": by[route_k]["route"]["numba_end_to_end_rows_per_cpu_s"],
         "route_kernel_rows_per_cpu_s": by[route_k]["route"]["numba_kernel_rows_per_cpu_s"],
         "route_k": int(route_k),
         "note": "speedups: worst (min) over K of in-process wall-clock ratios; variance ratio: "
-                "worst (max) over K; routing at route_k, end to end from a dict of columns, "
-                "wall clock (route_rows_per_cpu_s: per CPU second of this process, less "
-                "sensitive to other load on a shared machine). Per-K values under by_k.",
-        "targets": {"fit_speedup_vs_exact_tree": ">= 10", "fit_speedup_vs_minibatch_kmeans":
-                    ">= 5", "variance_ratio_vs_exact_tree": "<= 1.02",
-                    "route_rows_per_s": ">= 1e7 (K = 1000, one core)"},
+        "worst (max) over K; routing at route_k, end to end from a dict of columns, "
+        "wall clock (route_rows_per_cpu_s: per CPU second of this process, less "
+        "sensitive to other load on a shared machine). Per-K values under by_k.",
+        "targets": {
+            "fit_speedup_vs_exact_tree": ">= 10",
+            "fit_speedup_vs_minibatch_kmeans": ">= 5",
+            "variance_ratio_vs_exact_tree": "<= 1.02",
+            "route_rows_per_s": ">= 1e7 (K = 1000, one core)",
+        },
     }
     env["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     args.out.parent.mkdir(parents=True, exist_ok=True)

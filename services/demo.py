@@ -53,8 +53,12 @@ class ChildProcesses:
         log_path = self.log_dir / f"{name}.log"
         log = open(log_path, "ab")  # noqa: SIM115 - closed in stop_all
         cmd = [sys.executable, "-m", "segstream", *args]
-        proc = subprocess.Popen(  # noqa: S603 - our own CLI
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - no orphans if the demo is killed
         )
         child = Child(name, proc, log_path, log)
@@ -91,8 +95,13 @@ class ChildProcesses:
 class TopicCounter(threading.Thread):
     """Counts records per topic (and DLQ records per reason header) in a background thread."""
 
-    def __init__(self, bootstrap: str, topics: list[str], dlq_topic: str | None = None,
-                 alert_topic: str | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: list[str],
+        dlq_topic: str | None = None,
+        alert_topic: str | None = None,
+    ) -> None:
         super().__init__(daemon=True, name="demo-counter")
         self.bootstrap = bootstrap
         self.topics = topics
@@ -106,12 +115,18 @@ class TopicCounter(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
-        from confluent_kafka import Consumer  # noqa: PLC0415
+        from confluent_kafka import Consumer
 
-        c = Consumer({"bootstrap.servers": self.bootstrap, "auto.offset.reset": "earliest",
-                      "group.id": f"demo-counter-{uuid.uuid4().hex[:6]}",
-                      "enable.auto.commit": False, "topic.metadata.refresh.interval.ms": 2000,
-                      **FAST_GROUP_CONFIG})
+        c = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "auto.offset.reset": "earliest",
+                "group.id": f"demo-counter-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "topic.metadata.refresh.interval.ms": 2000,
+                **FAST_GROUP_CONFIG,
+            }
+        )
         c.subscribe(self.topics)
         try:
             while not self._halt.is_set():
@@ -123,8 +138,9 @@ class TopicCounter(threading.Thread):
                     self.samples.setdefault(t, m.value() or b"")
                     if t == self.dlq_topic:
                         headers = dict(m.headers() or [])
-                        reason = headers.get("segstream.dlq.reason",
-                                             headers.get("segstream.reason", b"?"))
+                        reason = headers.get(
+                            "segstream.dlq.reason", headers.get("segstream.reason", b"?")
+                        )
                         self.dlq_reasons[reason.decode(errors="replace")] += 1
                     elif t == self.alert_topic:
                         with contextlib.suppress(ValueError):
@@ -142,9 +158,9 @@ class TopicCounter(threading.Thread):
 
 def scrape(port: int, timeout_s: float = 1.0) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Samples of a /metrics endpoint: name -> [(labels, value)]; empty when unreachable."""
-    import urllib.request  # noqa: PLC0415
+    import urllib.request
 
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
@@ -194,7 +210,7 @@ def view_settled(ports: list[int]) -> bool:
 
 
 def _wait_ready(port: int, child: Child, timeout_s: float) -> bool:
-    import urllib.request  # noqa: PLC0415
+    import urllib.request
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and child.proc.poll() is None:
@@ -208,8 +224,16 @@ def _wait_ready(port: int, child: Child, timeout_s: float) -> bool:
     return False
 
 
-def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_running: bool,
-             out_dir: Path, config_path: str, workers: int = 2) -> dict[str, Any]:
+def run_demo(
+    settings: Settings,
+    *,
+    seconds: float,
+    rate: float | None,
+    keep_running: bool,
+    out_dir: Path,
+    config_path: str,
+    workers: int = 2,
+) -> dict[str, Any]:
     """Run the demo; return the summary dict (also printed by the CLI).
 
     Steps: embedded broker → topics → train and publish a bundle when the store has none →
@@ -217,8 +241,8 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
     (September-December replay with outcomes and 1 % malformed events) → live status line →
     summary. Every child is stopped on exit, Ctrl-C or a broker failure.
     """
-    from segstream.shared.broker import free_port  # noqa: PLC0415
-    from segstream.shared.store import ArtifactStore  # noqa: PLC0415
+    from segstream.shared.broker import free_port
+    from segstream.shared.store import ArtifactStore
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
@@ -232,16 +256,24 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
     notes: list[str] = []
     with EmbeddedBroker(log_path=out_dir / "broker.log") as broker:
         print(f"demo: embedded broker at {broker.bootstrap}; logs in {out_dir}", flush=True)
-        env = dict(os.environ, SEGSTREAM_BROKER__BOOTSTRAP=broker.bootstrap,
-                   SEGSTREAM_CONFIG=config_path)
+        env = dict(
+            os.environ, SEGSTREAM_BROKER__BOOTSTRAP=broker.bootstrap, SEGSTREAM_CONFIG=config_path
+        )
         t = settings.topics
         b = settings.broker.model_copy(update={"bootstrap": broker.bootstrap})
-        ensure_topics(b, [t.events, t.outcomes, t.predictions, t.dlq, t.alerts, t.stats,
-                          t.model_updates], t.partitions, t.replication_factor)
+        ensure_topics(
+            b,
+            [t.events, t.outcomes, t.predictions, t.dlq, t.alerts, t.stats, t.model_updates],
+            t.partitions,
+            t.replication_factor,
+        )
         children = ChildProcesses(out_dir, env)
-        counter = TopicCounter(broker.bootstrap, [t.events, t.outcomes, t.predictions, t.dlq,
-                                                  t.alerts], dlq_topic=t.dlq,
-                               alert_topic=t.alerts)
+        counter = TopicCounter(
+            broker.bootstrap,
+            [t.events, t.outcomes, t.predictions, t.dlq, t.alerts],
+            dlq_topic=t.dlq,
+            alert_topic=t.alerts,
+        )
         counter.start()
         ports: list[int] = []
         sim: Child | None = None
@@ -251,10 +283,20 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
             store = ArtifactStore(settings.store)
             bundle_id = store.latest(settings.model)
             if bundle_id is None:
-                print(f"demo: no bundle of {settings.model!r} in {store.url}: training one "
-                      "(about a minute; log in train.log)", flush=True)
-                tr = children.start("train", "train", "--config", config_path, "--quiet",
-                                    "--report-dir", str(out_dir / "report"))
+                print(
+                    f"demo: no bundle of {settings.model!r} in {store.url}: training one "
+                    "(about a minute; log in train.log)",
+                    flush=True,
+                )
+                tr = children.start(
+                    "train",
+                    "train",
+                    "--config",
+                    config_path,
+                    "--quiet",
+                    "--report-dir",
+                    str(out_dir / "report"),
+                )
                 while tr.proc.poll() is None and not stop.is_set():
                     time.sleep(0.5)
                 if tr.proc.returncode != 0:
@@ -265,21 +307,40 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
             for i in range(workers):
                 port = free_port()
                 ports.append(port)
-                w = children.start(f"worker-{i + 1}", "worker", "--config", config_path,
-                                   "--metrics-port", str(port))
+                w = children.start(
+                    f"worker-{i + 1}",
+                    "worker",
+                    "--config",
+                    config_path,
+                    "--metrics-port",
+                    str(port),
+                )
                 if not _wait_ready(port, w, 60.0):
                     raise RuntimeError(f"worker-{i + 1} did not become ready; see {w.log_path}")
             monitor_port = None
             if _has_module("segstream.services.monitor.cli"):
                 monitor_port = free_port()
-                children.start("monitor", "monitor", "--config", config_path,
-                               "--metrics-port", str(monitor_port))
+                children.start(
+                    "monitor",
+                    "monitor",
+                    "--config",
+                    config_path,
+                    "--metrics-port",
+                    str(monitor_port),
+                )
             else:
                 notes.append("monitor not installed in this build: no alerts")
-            prometheus_url = _start_prometheus(children, out_dir, config_path, ports,
-                                               monitor_port, notes)
-            sim_args = ["simulate", "--config", config_path, "--quiet",
-                        "--bad-fraction", str(settings.simulator.bad_fraction or 0.01)]
+            prometheus_url = _start_prometheus(
+                children, out_dir, config_path, ports, monitor_port, notes
+            )
+            sim_args = [
+                "simulate",
+                "--config",
+                config_path,
+                "--quiet",
+                "--bad-fraction",
+                str(settings.simulator.bad_fraction or 0.01),
+            ]
             if rate is not None:
                 sim_args += ["--rate", str(rate)]
             sim = children.start("simulator", *sim_args)
@@ -294,15 +355,22 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
                     break
                 view = worker_view(ports)
                 c = counter.counts
-                line = (f"\rdemo: {time.monotonic() - replay_started:5.0f} s  "
-                        f"events={c[t.events]:,} predictions={c[t.predictions]:,} "
-                        f"dlq={c[t.dlq]:,} alerts={c[t.alerts]:,} lag={view['lag']:,.0f} "
-                        f"p99={view['p99'] * 1000:,.0f} ms   ")
+                line = (
+                    f"\rdemo: {time.monotonic() - replay_started:5.0f} s  "
+                    f"events={c[t.events]:,} predictions={c[t.predictions]:,} "
+                    f"dlq={c[t.dlq]:,} alerts={c[t.alerts]:,} lag={view['lag']:,.0f} "
+                    f"p99={view['p99'] * 1000:,.0f} ms   "
+                )
                 print(line, end="", file=sys.stderr, flush=True)
-                if sim.proc.poll() is not None and not keep_running:
-                    if c[t.predictions] + c[t.dlq] >= c[t.events] or \
-                            time.monotonic() > (deadline or 0):
-                        break
+                if (
+                    sim.proc.poll() is not None
+                    and not keep_running
+                    and (
+                        c[t.predictions] + c[t.dlq] >= c[t.events]
+                        or time.monotonic() > (deadline or 0)
+                    )
+                ):
+                    break
             print(file=sys.stderr)
             replay_s = time.monotonic() - replay_started
             # Stop the input first, then let the workers drain what is in the topic (bounded),
@@ -325,8 +393,7 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
         if sim is not None:
             with contextlib.suppress(OSError):
                 lines = sim.log_path.read_text(errors="replace").splitlines()
-                sim_summary = next((ln for ln in reversed(lines) if ln.startswith("simulate:")),
-                                   "")
+                sim_summary = next((ln for ln in reversed(lines) if ln.startswith("simulate:")), "")
         return {
             "seconds": round(elapsed, 1),
             "bundle_id": bundle_id,
@@ -351,44 +418,65 @@ def run_demo(settings: Settings, *, seconds: float, rate: float | None, keep_run
         }
 
 
-def _start_prometheus(children: ChildProcesses, out_dir: Path, config_path: str,
-                      worker_ports: list[int], monitor_port: int | None,
-                      notes: list[str]) -> str | None:
+def _start_prometheus(
+    children: ChildProcesses,
+    out_dir: Path,
+    config_path: str,
+    worker_ports: list[int],
+    monitor_port: int | None,
+    notes: list[str],
+) -> str | None:
     """Start Prometheus with the repository's rules scraping the demo's services, when a
     ``prometheus`` binary is on the PATH; say so either way."""
-    from segstream.services.prometheus import find_prometheus, prometheus_command, render_config  # noqa
-    from segstream.shared.broker import free_port  # noqa: PLC0415
+    from segstream.services.prometheus import find_prometheus, prometheus_command, render_config
+    from segstream.shared.broker import free_port
 
     binary = find_prometheus()
-    import importlib.resources  # noqa: PLC0415
+    import importlib.resources
 
     # The scrape config and alert rules ship with the package (segstream.config), so the demo
     # has them outside the repository too.
-    config_file = Path(str(importlib.resources.files("segstream.config"))) / "prometheus" / "prometheus.yml"
+    config_file = (
+        Path(str(importlib.resources.files("segstream.config"))) / "prometheus" / "prometheus.yml"
+    )
     if binary is None or not config_file.is_file():
-        notes.append("prometheus not on the PATH: running without it (apt-get install "
-                     "prometheus to get one)" if binary is None else
-                     f"no Prometheus config at {config_file}: running without Prometheus")
+        notes.append(
+            "prometheus not on the PATH: running without it (apt-get install prometheus to get one)"
+            if binary is None
+            else f"no Prometheus config at {config_file}: running without Prometheus"
+        )
         return None
     port = free_port()
-    cfg = render_config(config_file, {
-        "segstream-worker": [f"127.0.0.1:{p}" for p in worker_ports],
-        "segstream-monitor": [f"127.0.0.1:{monitor_port}"] if monitor_port else None,
-        "prometheus": [f"127.0.0.1:{port}"]}, out_dir / "prometheus.yml", interval="2s")
+    cfg = render_config(
+        config_file,
+        {
+            "segstream-worker": [f"127.0.0.1:{p}" for p in worker_ports],
+            "segstream-monitor": [f"127.0.0.1:{monitor_port}"] if monitor_port else None,
+            "prometheus": [f"127.0.0.1:{port}"],
+        },
+        out_dir / "prometheus.yml",
+        interval="2s",
+    )
     log_path = out_dir / "prometheus.log"
     log = open(log_path, "ab")  # noqa: SIM115 - closed by stop_all
-    proc = subprocess.Popen(prometheus_command(binary, cfg, port, out_dir / "tsdb"),  # noqa
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            preexec_fn=die_with_parent)  # noqa: PLW1509
+    proc = subprocess.Popen(
+        prometheus_command(binary, cfg, port, out_dir / "tsdb"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,  # noqa: PLW1509 - it only calls prctl(PR_SET_PDEATHSIG)
+    )
     children.children.append(Child("prometheus", proc, log_path, log))
     url = f"http://127.0.0.1:{port}"
-    notes.append(f"Prometheus at {url} (scraping the workers and the monitor, with the "
-                 "repository's alert rules)")
+    notes.append(
+        f"Prometheus at {url} (scraping the workers and the monitor, with the "
+        "repository's alert rules)"
+    )
     return url
 
 
 def _has_module(name: str) -> bool:
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     try:
         return importlib.util.find_spec(name) is not None

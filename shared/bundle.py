@@ -98,8 +98,9 @@ def check_bundle_id(value: object, where: str) -> str:
     """
     if is_bundle_id(value):
         return value  # type: ignore[return-value]  # is_bundle_id checked the type
-    raise BundleIdError(f"{where}: bundle id {repr(value)[:80]} is not 64 lowercase "
-                        "hexadecimal characters")
+    raise BundleIdError(
+        f"{where}: bundle id {repr(value)[:80]} is not 64 lowercase hexadecimal characters"
+    )
 
 
 class FileEntry(BaseModel):
@@ -170,15 +171,17 @@ def build_bundle_files(
         if arrays_name:
             files[arrays_name] = _npz_bytes(comp.arrays)
         meta_name = f"{name}.json"
-        files[meta_name] = orjson.dumps(comp.meta, option=orjson.OPT_SORT_KEYS
-                                        | orjson.OPT_SERIALIZE_NUMPY)
+        files[meta_name] = orjson.dumps(
+            comp.meta, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY
+        )
         blobs = {}
         for blob, data in comp.blobs.items():
             fname = f"{name}.{blob}"
             files[fname] = bytes(data)
             blobs[blob] = fname
-        entries[name] = ComponentEntry(kind=comp.kind, arrays=arrays_name, meta=meta_name,
-                                       blobs=blobs)
+        entries[name] = ComponentEntry(
+            kind=comp.kind, arrays=arrays_name, meta=meta_name, blobs=blobs
+        )
     return files, entries
 
 
@@ -205,10 +208,15 @@ def write_bundle(
     """
     files, entries = build_bundle_files(components)
     manifest = Manifest(
-        format_version=FORMAT_VERSION, model=model,
+        format_version=FORMAT_VERSION,
+        model=model,
         created_at=created_at or dt.datetime.now(dt.UTC),
-        config=config or {}, schema=schema or {}, data=data or {}, components=entries,
-        metrics=metrics or {}, timings=timings or {},
+        config=config or {},
+        schema=schema or {},
+        data=data or {},
+        components=entries,
+        metrics=metrics or {},
+        timings=timings or {},
         files={n: FileEntry(sha256=_sha256(b), bytes=len(b)) for n, b in sorted(files.items())},
     )
     manifest = manifest.model_copy(update={"bundle_id": manifest.compute_id()})
@@ -226,8 +234,10 @@ def write_bundle(
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:
-    return orjson.dumps(manifest.model_dump(mode="json", by_alias=True),
-                        option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+    return orjson.dumps(
+        manifest.model_dump(mode="json", by_alias=True),
+        option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
+    )
 
 
 def parse_manifest(raw: bytes, where: str) -> Manifest:
@@ -245,8 +255,9 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
         A newer ``format_version``.
     """
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise BundleIntegrityError(f"{where}/{MANIFEST}: {len(raw):,} bytes, more than the "
-                                   f"limit of {MAX_MANIFEST_BYTES:,}")
+        raise BundleIntegrityError(
+            f"{where}/{MANIFEST}: {len(raw):,} bytes, more than the limit of {MAX_MANIFEST_BYTES:,}"
+        )
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -257,35 +268,44 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise BundleCompatibilityError(
             f"{where}: bundle format_version {version} is newer than this segstream supports "
-            f"({FORMAT_VERSION}); upgrade segstream")
+            f"({FORMAT_VERSION}); upgrade segstream"
+        )
     try:
         manifest = Manifest.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first.get("loc", ()))
         raise BundleIntegrityError(
-            f"{where}/{MANIFEST}: invalid manifest at '{key}': {first.get('msg')}") from None
+            f"{where}/{MANIFEST}: invalid manifest at '{key}': {first.get('msg')}"
+        ) from None
     if manifest.format_version < 1:
         raise BundleIntegrityError(f"{where}: invalid format_version {manifest.format_version}")
     if not is_bundle_id(manifest.bundle_id):
-        raise BundleIntegrityError(f"{where}/{MANIFEST}: invalid manifest at 'bundle_id': "
-                                   "not 64 lowercase hexadecimal characters")
+        raise BundleIntegrityError(
+            f"{where}/{MANIFEST}: invalid manifest at 'bundle_id': "
+            "not 64 lowercase hexadecimal characters"
+        )
     total = 0
     for name, entry in manifest.files.items():
         if not _FILE_NAME_RE.fullmatch(name) or name in (MANIFEST, SIGNATURE):
-            raise BundleIntegrityError(f"{where}/{MANIFEST}: invalid manifest at 'files': "
-                                       f"file name {name[:80]!r} is not allowed")
+            raise BundleIntegrityError(
+                f"{where}/{MANIFEST}: invalid manifest at 'files': "
+                f"file name {name[:80]!r} is not allowed"
+            )
         if not _SHA256_RE.fullmatch(entry.sha256):
-            raise BundleIntegrityError(f"{where}/{MANIFEST}: invalid manifest at "
-                                       f"'files.{name}.sha256'")
+            raise BundleIntegrityError(
+                f"{where}/{MANIFEST}: invalid manifest at 'files.{name}.sha256'"
+            )
         if not 0 <= entry.bytes <= MAX_FILE_BYTES:
             raise BundleIntegrityError(
                 f"{where}/{name}: declared size {entry.bytes:,} bytes is outside 0 .. "
-                f"{MAX_FILE_BYTES:,}")
+                f"{MAX_FILE_BYTES:,}"
+            )
         total += entry.bytes
     if total > MAX_BUNDLE_BYTES:
-        raise BundleIntegrityError(f"{where}: files add up to {total:,} bytes, more than the "
-                                   f"limit of {MAX_BUNDLE_BYTES:,}")
+        raise BundleIntegrityError(
+            f"{where}: files add up to {total:,} bytes, more than the limit of {MAX_BUNDLE_BYTES:,}"
+        )
     return manifest
 
 
@@ -300,7 +320,8 @@ def verify_files(manifest: Manifest, files: Mapping[str, bytes], where: str) -> 
     if manifest.compute_id() != manifest.bundle_id:
         raise BundleIntegrityError(
             f"{where}/{MANIFEST}: content does not match bundle_id {manifest.bundle_id[:12]} "
-            "(manifest edited?)")
+            "(manifest edited?)"
+        )
     extra = sorted(set(files) - set(manifest.files))
     if extra:
         raise BundleIntegrityError(f"{where}/{extra[0]}: file not listed in the manifest")
@@ -314,7 +335,8 @@ def verify_files(manifest: Manifest, files: Mapping[str, bytes], where: str) -> 
         for f in [comp.arrays, comp.meta, *comp.blobs.values()]:
             if f is not None and f not in manifest.files:
                 raise BundleIntegrityError(
-                    f"{where}/{MANIFEST}: component {name!r} names unlisted file {f!r}")
+                    f"{where}/{MANIFEST}: component {name!r} names unlisted file {f!r}"
+                )
 
 
 def read_bounded(path: Path, limit: int) -> bytes:
@@ -326,8 +348,9 @@ def read_bounded(path: Path, limit: int) -> bytes:
         A symlink, not a regular file, or larger than ``limit`` (checked before reading).
     """
     if path.is_symlink() or not path.is_file():
-        raise BundleIntegrityError(f"{path}: unexpected entry in bundle directory "
-                                   "(not a regular file)")
+        raise BundleIntegrityError(
+            f"{path}: unexpected entry in bundle directory (not a regular file)"
+        )
     size = path.stat().st_size
     if size > limit:
         raise BundleIntegrityError(f"{path}: {size:,} bytes, more than the limit of {limit:,}")
@@ -417,8 +440,9 @@ def load_npz(data: bytes, where: str, limit: int = MAX_ARRAYS_BYTES) -> dict[str
         infos = zf.infolist()
         total = sum(i.file_size for i in infos)
         if total > limit:
-            raise BundleIntegrityError(f"{where}: arrays decompress to {total:,} bytes, more "
-                                       f"than the limit of {limit:,}")
+            raise BundleIntegrityError(
+                f"{where}: arrays decompress to {total:,} bytes, more than the limit of {limit:,}"
+            )
         for info in infos:
             name = info.filename
             if not name.endswith(".npy") or "/" in name or name[:-4] in out:
@@ -436,8 +460,9 @@ def load_npz(data: bytes, where: str, limit: int = MAX_ARRAYS_BYTES) -> dict[str
                         raise ValueError("object arrays are never loaded")
                     declared = f.tell() + math.prod(shape) * dtype.itemsize
                 if declared != info.file_size:
-                    raise ValueError(f"its header declares {declared:,} bytes, the archive "
-                                     f"{info.file_size:,}")
+                    raise ValueError(
+                        f"its header declares {declared:,} bytes, the archive {info.file_size:,}"
+                    )
                 with zf.open(info) as f:
                     out[name[:-4]] = fmt.read_array(f, allow_pickle=False)
             except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -467,7 +492,8 @@ class LoadedComponents:
             return self.components[name]
         except KeyError:
             raise BundleIntegrityError(
-                f"bundle {self.manifest.bundle_id[:12]} has no component {name!r}") from None
+                f"bundle {self.manifest.bundle_id[:12]} has no component {name!r}"
+            ) from None
 
     def __contains__(self, name: str) -> bool:
         return name in self.components

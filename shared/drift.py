@@ -89,8 +89,9 @@ class DriftReference:
     window_psi: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
     window_s: int | None = None
 
-    def calibrated_levels(self, feature: str, warning: float, critical: float
-                          ) -> tuple[float, float]:
+    def calibrated_levels(
+        self, feature: str, warning: float, critical: float
+    ) -> tuple[float, float]:
         """``(warning, critical)`` raised to the PSI that 5 % / 1 % of the training windows
         exceed, so that a window is flagged only when it is more unusual than the training
         windows themselves were (cf. NannyML's thresholds from reference chunks)."""
@@ -100,7 +101,7 @@ class DriftReference:
         return max(warning, float(cal[0])), max(critical, float(cal[1]))
 
     @functools.cached_property
-    def segment_table(self) -> "SegmentBinTable":
+    def segment_table(self) -> SegmentBinTable:
         """The numeric references of :attr:`segments` as padded arrays (built once)."""
         return SegmentBinTable.build(self.segments)
 
@@ -110,38 +111,50 @@ class DriftReference:
 
         def ref(r: Any) -> dict[str, Any]:
             if isinstance(r, NumericReference):
-                return {"type": "numeric", "edges": r.edges.tolist(),
-                        "expected": r.expected.tolist()}
-            return {"type": "categorical", "categories": list(r.categories),
-                    "expected": r.expected.tolist()}
+                return {
+                    "type": "numeric",
+                    "edges": r.edges.tolist(),
+                    "expected": r.expected.tolist(),
+                }
+            return {
+                "type": "categorical",
+                "categories": list(r.categories),
+                "expected": r.expected.tolist(),
+            }
 
         return {
             "numeric": {k: ref(v) for k, v in self.numeric.items()},
             "categorical": {k: ref(v) for k, v in self.categorical.items()},
             "prediction": ref(self.prediction) if self.prediction is not None else None,
-            "segments": {str(s): {k: ref(v) for k, v in feats.items()}
-                         for s, feats in self.segments.items()},
+            "segments": {
+                str(s): {k: ref(v) for k, v in feats.items()} for s, feats in self.segments.items()
+            },
             "window_psi": {k: [float(a), float(b)] for k, (a, b) in self.window_psi.items()},
             "window_s": self.window_s,
         }
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> "DriftReference":
+    def from_meta(cls, meta: Mapping[str, Any]) -> DriftReference:
         def ref(d: Mapping[str, Any]) -> Any:
             if d["type"] == "numeric":
-                return NumericReference(np.asarray(d["edges"], np.float64),
-                                        np.asarray(d["expected"], np.float64))
-            return CategoricalReference(tuple(d["categories"]),
-                                        np.asarray(d["expected"], np.float64))
+                return NumericReference(
+                    np.asarray(d["edges"], np.float64), np.asarray(d["expected"], np.float64)
+                )
+            return CategoricalReference(
+                tuple(d["categories"]), np.asarray(d["expected"], np.float64)
+            )
 
         return cls(
             numeric={k: ref(v) for k, v in meta.get("numeric", {}).items()},
             categorical={k: ref(v) for k, v in meta.get("categorical", {}).items()},
             prediction=ref(meta["prediction"]) if meta.get("prediction") else None,
-            segments={int(s): {k: ref(v) for k, v in f.items()}
-                      for s, f in meta.get("segments", {}).items()},
-            window_psi={k: (float(v[0]), float(v[1]))
-                        for k, v in meta.get("window_psi", {}).items()},
+            segments={
+                int(s): {k: ref(v) for k, v in f.items()}
+                for s, f in meta.get("segments", {}).items()
+            },
+            window_psi={
+                k: (float(v[0]), float(v[1])) for k, v in meta.get("window_psi", {}).items()
+            },
             window_s=meta.get("window_s"),
         )
 
@@ -154,12 +167,13 @@ class DriftReference:
         prediction: np.ndarray | None = None,
         n_bins: int = 10,
         max_categories: int = 50,
-    ) -> "DriftReference":
+    ) -> DriftReference:
         """Freeze a reference from training columns: quantile edges, training shares."""
         return cls(
             numeric={k: numeric_reference(v, n_bins) for k, v in numeric.items()},
-            categorical={k: categorical_reference(v, max_categories)
-                         for k, v in categorical.items()},
+            categorical={
+                k: categorical_reference(v, max_categories) for k, v in categorical.items()
+            },
             prediction=numeric_reference(prediction, n_bins) if prediction is not None else None,
         )
 
@@ -189,21 +203,28 @@ class SegmentBinTable:
     n_edges: np.ndarray
 
     @classmethod
-    def build(cls, segments: Mapping[int, Mapping[str, Any]]) -> "SegmentBinTable":
+    def build(cls, segments: Mapping[int, Mapping[str, Any]]) -> SegmentBinTable:
         ids = sorted(int(s) for s in segments)
         names: dict[str, None] = {}
         for feats in segments.values():
             names.update((k, None) for k, r in feats.items() if isinstance(r, NumericReference))
         features = tuple(names)
-        width = max([len(r.edges) for feats in segments.values() for r in feats.values()
-                     if isinstance(r, NumericReference)], default=0)
+        width = max(
+            [
+                len(r.edges)
+                for feats in segments.values()
+                for r in feats.values()
+                if isinstance(r, NumericReference)
+            ],
+            default=0,
+        )
         edges = np.full((len(ids), len(features), max(width, 1)), np.inf)
         n_edges = np.full((len(ids), len(features)), -1, dtype=np.int64)
         for g, sid in enumerate(ids):
             for f, name in enumerate(features):
                 r = segments[sid].get(name)
                 if isinstance(r, NumericReference):
-                    edges[g, f, :len(r.edges)] = r.edges
+                    edges[g, f, : len(r.edges)] = r.edges
                     n_edges[g, f] = len(r.edges)
         return cls(np.asarray(ids, dtype=np.int64), features, edges, n_edges)
 
@@ -269,9 +290,13 @@ def window_psi_levels(
     if len(judged) < 10:
         return out
     items: list[tuple[str, Any, np.ndarray]] = [
-        (k, reference.numeric[k], v) for k, v in numeric.items() if k in reference.numeric]
-    items += [(k, reference.categorical[k], v) for k, v in categorical.items()
-              if k in reference.categorical]
+        (k, reference.numeric[k], v) for k, v in numeric.items() if k in reference.numeric
+    ]
+    items += [
+        (k, reference.categorical[k], v)
+        for k, v in categorical.items()
+        if k in reference.categorical
+    ]
     if prediction is not None and reference.prediction is not None:
         items.append(("prediction", reference.prediction, prediction))
     for name, ref, values in items:
@@ -307,8 +332,7 @@ def psi(expected: np.ndarray, actual_counts: np.ndarray, eps: float = PSI_EPSILO
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def js_distance(expected: np.ndarray, actual_counts: np.ndarray,
-                eps: float = PSI_EPSILON) -> float:
+def js_distance(expected: np.ndarray, actual_counts: np.ndarray, eps: float = PSI_EPSILON) -> float:
     """Jensen–Shannon distance (base 2, in [0, 1]) between expected and actual shares.
 
     References

@@ -33,8 +33,10 @@ def _iso(s: pd.Series) -> list[str | None]:
     wall = s.dt.tz_localize(None)
     utc = s.dt.tz_convert("UTC").dt.tz_localize(None)
     off = ((wall - utc).dt.total_seconds() // 60).fillna(0).astype(np.int64)
-    table = {o: f"{'+' if o >= 0 else '-'}{abs(o) // 60:02d}:{abs(o) % 60:02d}"
-             for o in off.unique().tolist()}
+    table = {
+        o: f"{'+' if o >= 0 else '-'}{abs(o) // 60:02d}:{abs(o) % 60:02d}"
+        for o in off.unique().tolist()
+    }
     txt = wall.dt.strftime("%Y-%m-%dT%H:%M:%S") + off.map(table)
     return _none_where_missing(txt, s)
 
@@ -50,12 +52,11 @@ def _column_values(s: pd.Series, ftype: str) -> list[object]:
         a = s.to_numpy(dtype=np.float64, na_value=np.nan)
         vals: list[object] = a.tolist()
         if ftype == "int":
-            vals = [None if v != v else int(v) for v in vals]  # noqa: PLR0124 - NaN test
+            vals = [None if v != v else int(v) for v in vals]
         elif ftype == "bool":
-            vals = [None if v != v else bool(v) for v in vals]  # noqa: PLR0124
+            vals = [None if v != v else bool(v) for v in vals]
         return vals  # orjson writes NaN floats as null
-    return [None if (isinstance(v, float) and v != v) or v is None else str(v)  # noqa: PLR0124
-            for v in s.tolist()]
+    return [None if (isinstance(v, float) and v != v) or v is None else str(v) for v in s.tolist()]
 
 
 def event_records(df: pd.DataFrame, schema: SchemaSettings) -> list[dict[str, object]]:
@@ -80,19 +81,19 @@ def encode_events(df: pd.DataFrame, schema: SchemaSettings) -> list[tuple[bytes,
     list of (bytes, bytes)
     """
     id_field = schema.id_field
-    return [
-        (str(rec[id_field]).encode(), orjson.dumps(rec))
-        for rec in event_records(df, schema)
-    ]
+    return [(str(rec[id_field]).encode(), orjson.dumps(rec)) for rec in event_records(df, schema)]
 
 
 def encode_outcomes(df: pd.DataFrame, schema: SchemaSettings) -> list[tuple[bytes, bytes]]:
-    """``(key, value)`` pairs of the outcome records of ``df`` (one per row, target may be null).
-    """
+    """``(key, value)`` pairs of the outcome records of ``df`` (one per row, target may be null)."""
     ids = df[schema.id_field].astype(str).tolist()
     target = _column_values(df[schema.target], "float")
     et = _iso(df[schema.time_field])
-    ot = _iso(pd.to_datetime(df["outcome_time"], utc=True)) if "outcome_time" in df else [None] * len(df)
+    ot = (
+        _iso(pd.to_datetime(df["outcome_time"], utc=True))
+        if "outcome_time" in df
+        else [None] * len(df)
+    )
     tname, idn, tf = schema.target, schema.id_field, schema.time_field
     return [
         (i.encode(), orjson.dumps({idn: i, tname: y, tf: e, "outcome_time": o}))

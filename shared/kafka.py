@@ -48,8 +48,11 @@ def security_config(security: BrokerSecuritySettings) -> dict[str, Any]:
         conf["sasl.mechanism"] = security.sasl_mechanism
         conf["sasl.username"] = security.username
         conf["sasl.password"] = _reveal(security.password)
-    files = {"ssl_ca_file": "ssl.ca.location", "ssl_cert_file": "ssl.certificate.location",
-             "ssl_key_file": "ssl.key.location"}
+    files = {
+        "ssl_ca_file": "ssl.ca.location",
+        "ssl_cert_file": "ssl.certificate.location",
+        "ssl_key_file": "ssl.key.location",
+    }
     for field, key in files.items():
         path = getattr(security, field)
         if path is not None:
@@ -86,20 +89,32 @@ def aiokafka_ssl_context(security: BrokerSecuritySettings) -> ssl.SSLContext | N
     """
     if not security.tls:
         return None
-    from aiokafka.helpers import create_ssl_context  # noqa: PLC0415
+    from aiokafka.helpers import create_ssl_context
 
-    ca = (_readable_file("ssl_ca_file", security.ssl_ca_file)
-          if security.ssl_ca_file is not None else None)
-    cert = (_readable_file("ssl_cert_file", security.ssl_cert_file)
-            if security.ssl_cert_file is not None else None)
-    key = (_readable_file("ssl_key_file", security.ssl_key_file)
-           if security.ssl_key_file is not None else None)
+    ca = (
+        _readable_file("ssl_ca_file", security.ssl_ca_file)
+        if security.ssl_ca_file is not None
+        else None
+    )
+    cert = (
+        _readable_file("ssl_cert_file", security.ssl_cert_file)
+        if security.ssl_cert_file is not None
+        else None
+    )
+    key = (
+        _readable_file("ssl_key_file", security.ssl_key_file)
+        if security.ssl_key_file is not None
+        else None
+    )
     try:
-        return create_ssl_context(cafile=ca, certfile=cert, keyfile=key,
-                                  password=_reveal(security.ssl_key_password))
+        return create_ssl_context(
+            cafile=ca, certfile=cert, keyfile=key, password=_reveal(security.ssl_key_password)
+        )
     except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"broker.security: cannot load the TLS files (ssl_ca_file={ca}, "
-                          f"ssl_cert_file={cert}, ssl_key_file={key}): {exc}") from None
+        raise ConfigError(
+            f"broker.security: cannot load the TLS files (ssl_ca_file={ca}, "
+            f"ssl_cert_file={cert}, ssl_key_file={key}): {exc}"
+        ) from None
 
 
 def _reveal(secret: SecretStr | None) -> str | None:
@@ -126,28 +141,31 @@ def check_reachable(broker: BrokerSettings) -> None:
         Naming the bootstrap address; for a refused login the user and mechanism, for a TLS
         failure the TLS settings to check.
     """
-    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
-    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
 
     refused: list[Any] = []
 
     def on_error(err: Any) -> None:
-        if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):  # noqa: SLF001
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
             refused.append(err)
 
     failures = _LastFailure()
-    conf = {"bootstrap.servers": broker.bootstrap, "error_cb": on_error,
-            "logger": failures.logger,
-            **security_config(broker.security),
-            **{k: v for k, v in broker.client.items()
-               if k.startswith(("security", "sasl", "ssl"))}}
+    conf = {
+        "bootstrap.servers": broker.bootstrap,
+        "error_cb": on_error,
+        "logger": failures.logger,
+        **security_config(broker.security),
+        **{k: v for k, v in broker.client.items() if k.startswith(("security", "sasl", "ssl"))},
+    }
     try:
         admin = AdminClient(conf)
     except KafkaException as exc:  # e.g. a key that does not open with ssl_key_password
         reason = exc.args[0].str() if exc.args else exc
-        raise ConfigError(f"broker.security: the Kafka client refused the TLS/SASL settings: "
-                          f"{reason} (a wrong ssl_key_password, or a file that is not PEM?)") \
-            from None
+        raise ConfigError(
+            f"broker.security: the Kafka client refused the TLS/SASL settings: "
+            f"{reason} (a wrong ssl_key_password, or a file that is not PEM?)"
+        ) from None
     last: Exception | None = None
     for attempt in range(1, broker.connect_attempts + 1):
         deadline = time.monotonic() + broker.connect_timeout_s
@@ -163,16 +181,22 @@ def check_reachable(broker: BrokerSettings) -> None:
                 raise BrokerError(_refusal_message(broker, refused[0]))
             if time.monotonic() >= deadline:
                 break
-        logger.warning("broker %s not reachable (attempt %d/%d)", broker.bootstrap, attempt,
-                       broker.connect_attempts)
+        logger.warning(
+            "broker %s not reachable (attempt %d/%d)",
+            broker.bootstrap,
+            attempt,
+            broker.connect_attempts,
+        )
         if attempt < broker.connect_attempts:
             time.sleep(min(2.0, 0.5 * attempt))
     detail = f": {failures.last}" if failures.last else (f": {last}" if last else "")
     hint = ""
     if broker.security.protocol != "PLAINTEXT":
-        hint = (f"; is broker.security.protocol {broker.security.protocol} what the listener "
-                "speaks (and, for SSL with client certificates, are ssl_cert_file and "
-                "ssl_key_file set)?")
+        hint = (
+            f"; is broker.security.protocol {broker.security.protocol} what the listener "
+            "speaks (and, for SSL with client certificates, are ssl_cert_file and "
+            "ssl_key_file set)?"
+        )
     raise BrokerError(
         f"cannot reach Kafka at {broker.bootstrap} after {broker.connect_attempts} attempts"
         f"{detail}{hint}"
@@ -200,17 +224,21 @@ class _LastFailure(logging.Handler):
 
 def _refusal_message(broker: BrokerSettings, err: Any) -> str:
     """One line for a login refused or a TLS handshake failed (librdkafka's reason kept)."""
-    from confluent_kafka import KafkaError  # noqa: PLC0415
+    from confluent_kafka import KafkaError
 
     sec = broker.security
     reason = " ".join(str(err.str()).split())
-    if err.code() == KafkaError._AUTHENTICATION:  # noqa: SLF001
-        return (f"Kafka at {broker.bootstrap} refused the login of user {sec.username!r} "
-                f"({sec.protocol}, {sec.sasl_mechanism}): {reason}; check "
-                "broker.security.username, password (SEGSTREAM_BROKER__SECURITY__PASSWORD) "
-                "and sasl_mechanism")
-    return (f"TLS with Kafka at {broker.bootstrap} failed ({sec.protocol}): {reason}; check "
-            "broker.security.protocol, ssl_ca_file, ssl_cert_file and ssl_key_file")
+    if err.code() == KafkaError._AUTHENTICATION:
+        return (
+            f"Kafka at {broker.bootstrap} refused the login of user {sec.username!r} "
+            f"({sec.protocol}, {sec.sasl_mechanism}): {reason}; check "
+            "broker.security.username, password (SEGSTREAM_BROKER__SECURITY__PASSWORD) "
+            "and sasl_mechanism"
+        )
+    return (
+        f"TLS with Kafka at {broker.bootstrap} failed ({sec.protocol}): {reason}; check "
+        "broker.security.protocol, ssl_ca_file, ssl_cert_file and ssl_key_file"
+    )
 
 
 def ensure_topics(
@@ -230,16 +258,21 @@ def ensure_topics(
     BrokerError
         When a creation fails for another reason than "already exists".
     """
-    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415
-    from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient(client_config(broker))
     wanted = list(dict.fromkeys(topics))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     new = [
-        NewTopic(t, num_partitions=partitions, replication_factor=replication_factor,
-                 config=dict((config or {}).get(t, {})))
-        for t in wanted if t not in existing
+        NewTopic(
+            t,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config=dict((config or {}).get(t, {})),
+        )
+        for t in wanted
+        if t not in existing
     ]
     created: list[str] = []
     if not new:
@@ -252,7 +285,9 @@ def ensure_topics(
             err = exc.args[0] if exc.args else None
             if getattr(err, "code", lambda: None)() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
-            raise BrokerError(f"cannot create topic {name!r} on {broker.bootstrap}: {exc}") from None
+            raise BrokerError(
+                f"cannot create topic {name!r} on {broker.bootstrap}: {exc}"
+            ) from None
     # Wait until the metadata shows the new topics with their leaders.
     deadline = time.monotonic() + timeout_s
     while created and time.monotonic() < deadline:
@@ -266,7 +301,7 @@ def ensure_topics(
 
 def topic_partitions(broker: BrokerSettings, topic: str, timeout_s: float = 10.0) -> int:
     """Number of partitions of ``topic`` (0 when it does not exist)."""
-    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+    from confluent_kafka.admin import AdminClient
 
     md = AdminClient(client_config(broker)).list_topics(topic, timeout=timeout_s)
     t = md.topics.get(topic)

@@ -71,8 +71,9 @@ class LinearSegmentModels:
     status_codes : dict, optional
     """
 
-    def __init__(self, groups, coef, x_mean, feature_names, target_names, status=None,
-                 status_codes=None):
+    def __init__(
+        self, groups, coef, x_mean, feature_names, target_names, status=None, status_codes=None
+    ):
         self.groups = np.ascontiguousarray(groups, dtype=np.int64)
         self.coef = np.ascontiguousarray(coef, dtype=np.float64)
         self.x_mean = np.ascontiguousarray(x_mean, dtype=np.float64)
@@ -88,12 +89,14 @@ class LinearSegmentModels:
                 f"({G}, {len(self.target_names)}, {p + 1})"
             )
         if self.x_mean.shape != (G, p):
-            raise SchemaError(f"segment_models: x_mean has shape {self.x_mean.shape}, expected ({G}, {p})")
+            raise SchemaError(
+                f"segment_models: x_mean has shape {self.x_mean.shape}, expected ({G}, {p})"
+            )
         if G > 1 and not (np.diff(self.groups) > 0).all():
             raise SchemaError("segment_models: groups must be strictly increasing")
 
     @classmethod
-    def from_exported(cls, comp: ExportedComponent) -> "LinearSegmentModels":
+    def from_exported(cls, comp: ExportedComponent) -> LinearSegmentModels:
         """Rebuild from an exported ``segment_models`` component.
 
         Raises
@@ -104,7 +107,9 @@ class LinearSegmentModels:
             Missing or inconsistent arrays.
         """
         if comp.kind != "segment_models":
-            raise BundleCompatibilityError(f"expected a 'segment_models' component, got {comp.kind!r}")
+            raise BundleCompatibilityError(
+                f"expected a 'segment_models' component, got {comp.kind!r}"
+            )
         fmt = comp.meta.get("format")
         if fmt != SUPPORTED_FORMAT:
             raise BundleCompatibilityError(
@@ -114,9 +119,13 @@ class LinearSegmentModels:
             if key not in comp.arrays:
                 raise SchemaError(f"segment_models: array {key!r} missing")
         return cls(
-            comp.arrays["groups"], comp.arrays["coef"], comp.arrays["x_mean"],
-            comp.meta["feature_names"], comp.meta["target_names"],
-            status=comp.arrays.get("status"), status_codes=comp.meta.get("status_codes"),
+            comp.arrays["groups"],
+            comp.arrays["coef"],
+            comp.arrays["x_mean"],
+            comp.meta["feature_names"],
+            comp.meta["target_names"],
+            status=comp.arrays.get("status"),
+            status_codes=comp.meta.get("status_codes"),
         )
 
     def group_index(self, group_ids) -> np.ndarray:

@@ -12,11 +12,13 @@ import contextvars
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
-_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
-    "segstream_log_context", default={}
+# Read-only default: the context is only ever replaced (set), never mutated in place.
+_CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "segstream_log_context", default=MappingProxyType({})
 )
 
 
@@ -46,11 +48,17 @@ class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = record.getMessage().replace("\n", " | ")
-        parts = [f"ts={ts}.{int(record.msecs):03d}Z", f"level={record.levelname.lower()}",
-                 f"logger={record.name}", f"msg={_quote(msg)}"]
+        parts = [
+            f"ts={ts}.{int(record.msecs):03d}Z",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"msg={_quote(msg)}",
+        ]
         parts += [f"{k}={_quote(v)}" for k, v in _CONTEXT.get().items()]
         if record.exc_info:
-            parts.append(f"exc={_quote(self.formatException(record.exc_info))}".replace("\n", " | "))
+            parts.append(
+                f"exc={_quote(self.formatException(record.exc_info))}".replace("\n", " | ")
+            )
         return " ".join(parts)
 
 
@@ -61,6 +69,14 @@ def configure_logging(level: str | int = "INFO", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())
-    for noisy in ("aiokafka", "faust", "mode", "urllib3", "botocore", "s3fs", "matplotlib",
-                  "numba"):
+    for noisy in (
+        "aiokafka",
+        "faust",
+        "mode",
+        "urllib3",
+        "botocore",
+        "s3fs",
+        "matplotlib",
+        "numba",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

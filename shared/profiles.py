@@ -187,7 +187,7 @@ def quantiles(pmf: np.ndarray, edges: np.ndarray, levels: np.ndarray) -> np.ndar
     cum[:, -1] = 1.0
     # j = number of cumulative values strictly below the level -> the level's bin.
     if lv.shape[1] <= 8:
-        j = np.stack([(cum < lv[:, i:i + 1]).sum(axis=1) for i in range(lv.shape[1])], axis=1)
+        j = np.stack([(cum < lv[:, i : i + 1]).sum(axis=1) for i in range(lv.shape[1])], axis=1)
     else:
         # Batched searchsorted: shift each row's CDF by 2*row so the rows are one sorted array.
         shift = 2.0 * np.arange(n)[:, None]
@@ -222,7 +222,9 @@ def mixture_pmf(proba: np.ndarray, pattern_pmf: np.ndarray) -> np.ndarray:
     return np.asarray(proba, dtype=np.float64) @ np.asarray(pattern_pmf, dtype=np.float64)
 
 
-def _map_levels(levels: np.ndarray, calibration: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+def _map_levels(
+    levels: np.ndarray, calibration: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray:
     if calibration is None:
         return levels
     nominal, adjusted = calibration
@@ -480,14 +482,22 @@ class ProfileScorer:
 
     def __init__(self, exported: ExportedComponent, nthread: int = 1) -> None:
         if exported.kind != "profiles":
-            raise BundleCompatibilityError(f"expected a 'profiles' component, got {exported.kind!r}")
+            raise BundleCompatibilityError(
+                f"expected a 'profiles' component, got {exported.kind!r}"
+            )
         meta = exported.meta
         version = int(meta.get("format_version", 0))
         if version > FORMAT_VERSION:
             raise BundleCompatibilityError(
-                f"profiles format_version {version} is newer than this scorer ({FORMAT_VERSION})")
-        need = ("bin_edges", "pattern_pmf", "quantile_levels", "calibration_nominal",
-                "calibration_adjusted")
+                f"profiles format_version {version} is newer than this scorer ({FORMAT_VERSION})"
+            )
+        need = (
+            "bin_edges",
+            "pattern_pmf",
+            "quantile_levels",
+            "calibration_nominal",
+            "calibration_adjusted",
+        )
         absent = [a for a in need if a not in exported.arrays]
         if absent:
             raise BundleCompatibilityError(f"profiles export lacks array(s) {absent}")
@@ -512,7 +522,7 @@ class ProfileScorer:
         if self.n_patterns > 1:
             if CLASSIFIER_BLOB not in exported.blobs:
                 raise BundleCompatibilityError(f"profiles export lacks blob {CLASSIFIER_BLOB!r}")
-            import xgboost  # noqa: PLC0415 - only needed with more than one pattern
+            import xgboost
 
             self.booster = xgboost.Booster()
             self.booster.load_model(bytearray(exported.blobs[CLASSIFIER_BLOB]))
@@ -577,8 +587,15 @@ class ProfileScorer:
         pmf = mixture_pmf(proba, self.pattern_pmf)
         if proba.shape[0] == 0:
             empty = np.zeros(0)
-            return ProfileScores(np.zeros(0, np.int32), empty, proba, empty, empty, m,
-                                 np.zeros((0, self.quantile_levels.size)) if with_quantiles else None)
+            return ProfileScores(
+                np.zeros(0, np.int32),
+                empty,
+                proba,
+                empty,
+                empty,
+                m,
+                np.zeros((0, self.quantile_levels.size)) if with_quantiles else None,
+            )
         low, high = interval(pmf, self.edges, m, self.interval_method, self.calibration)
         pattern = np.argmax(proba, axis=1).astype(np.int32)
         q = quantiles(pmf, self.edges, self.quantile_levels) if with_quantiles else None

@@ -79,8 +79,7 @@ def _private_from_pem(pem: bytes, where: str) -> Ed25519PrivateKey:
         # The message of cryptography never contains key material.
         raise SigningKeyError(f"{where}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SigningKeyError(f"{where}: not an Ed25519 private key "
-                              f"({type(key).__name__})")
+        raise SigningKeyError(f"{where}: not an Ed25519 private key ({type(key).__name__})")
     return key
 
 
@@ -119,15 +118,16 @@ def load_private_key(settings: StoreSettings) -> Ed25519PrivateKey | None:
         Both settings given, an unreadable file, or not an Ed25519 private key in PEM.
     """
     if settings.signing_key_file and settings.signing_key is not None:
-        raise SigningKeyError("store.signing_key_file and store.signing_key are both set; "
-                              "set one")
+        raise SigningKeyError("store.signing_key_file and store.signing_key are both set; set one")
     if settings.signing_key is not None:
-        return _private_from_pem(settings.signing_key.get_secret_value().encode(),
-                                 "store.signing_key")
+        return _private_from_pem(
+            settings.signing_key.get_secret_value().encode(), "store.signing_key"
+        )
     if settings.signing_key_file:
         where = f"store.signing_key_file ({settings.signing_key_file})"
-        return _private_from_pem(_read_key_file(settings.signing_key_file,
-                                                "store.signing_key_file"), where)
+        return _private_from_pem(
+            _read_key_file(settings.signing_key_file, "store.signing_key_file"), where
+        )
     return None
 
 
@@ -147,8 +147,9 @@ def load_public_keys(settings: StoreSettings) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def generate_key_pair(private_path: str | os.PathLike[str],
-                      public_path: str | os.PathLike[str]) -> str:
+def generate_key_pair(
+    private_path: str | os.PathLike[str], public_path: str | os.PathLike[str]
+) -> str:
     """Write a new Ed25519 key pair as PEM files; return its key id.
 
     The private key file is created with mode 0600 and never overwritten.
@@ -160,10 +161,12 @@ def generate_key_pair(private_path: str | os.PathLike[str],
     """
     priv, pub = Path(private_path), Path(public_path)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    pub_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pub_pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     for p in (priv, pub):
         if p.exists():
             raise SigningKeyError(f"{p} exists already; not overwriting a key")
@@ -181,9 +184,15 @@ def generate_key_pair(private_path: str | os.PathLike[str],
 def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> bytes:
     """The content of ``manifest.sig`` for ``manifest``, signed with ``private_key``."""
     sig = private_key.sign(signed_message(manifest))
-    return msgspec.json.encode(ManifestSignature(
-        format=SIGNATURE_FORMAT, algorithm=ALGORITHM, key_id=key_id(private_key.public_key()),
-        bundle_id=manifest.bundle_id, signature=base64.b64encode(sig).decode()))
+    return msgspec.json.encode(
+        ManifestSignature(
+            format=SIGNATURE_FORMAT,
+            algorithm=ALGORITHM,
+            key_id=key_id(private_key.public_key()),
+            bundle_id=manifest.bundle_id,
+            signature=base64.b64encode(sig).decode(),
+        )
+    )
 
 
 def sign_bundle_dir(path: str | os.PathLike[str], private_key: Ed25519PrivateKey) -> Path:
@@ -201,9 +210,12 @@ def sign_bundle_dir(path: str | os.PathLike[str], private_key: Ed25519PrivateKey
     return out
 
 
-def verify_manifest_signature(manifest: Manifest, signature: bytes | None,
-                              trusted: dict[str, Ed25519PublicKey] | Sequence[Ed25519PublicKey],
-                              where: str) -> str:
+def verify_manifest_signature(
+    manifest: Manifest,
+    signature: bytes | None,
+    trusted: dict[str, Ed25519PublicKey] | Sequence[Ed25519PublicKey],
+    where: str,
+) -> str:
     """Check ``signature`` (the bytes of ``manifest.sig``, None when there is none).
 
     Parameters
@@ -230,22 +242,27 @@ def verify_manifest_signature(manifest: Manifest, signature: bytes | None,
     if not keys:
         raise ValueError("verify_manifest_signature needs at least one trusted key")
     if signature is None:
-        raise BundleSignatureError(f"{where}: bundle is not signed (no {SIGNATURE}) and "
-                                   "store.trusted_public_keys requires a signature")
+        raise BundleSignatureError(
+            f"{where}: bundle is not signed (no {SIGNATURE}) and "
+            "store.trusted_public_keys requires a signature"
+        )
     if len(signature) > MAX_SIGNATURE_BYTES:
-        raise BundleSignatureError(f"{where}/{SIGNATURE}: larger than {MAX_SIGNATURE_BYTES} "
-                                   "bytes")
+        raise BundleSignatureError(f"{where}/{SIGNATURE}: larger than {MAX_SIGNATURE_BYTES} bytes")
     try:
         doc = msgspec.json.decode(signature, type=ManifestSignature)
         raw = base64.b64decode(doc.signature, validate=True)
     except (msgspec.DecodeError, binascii.Error, ValueError) as exc:
         raise BundleSignatureError(f"{where}/{SIGNATURE}: malformed ({exc})") from None
     if doc.format != SIGNATURE_FORMAT or doc.algorithm != ALGORITHM:
-        raise BundleSignatureError(f"{where}/{SIGNATURE}: unsupported format "
-                                   f"{doc.format[:60]!r} / algorithm {doc.algorithm[:20]!r}")
+        raise BundleSignatureError(
+            f"{where}/{SIGNATURE}: unsupported format "
+            f"{doc.format[:60]!r} / algorithm {doc.algorithm[:20]!r}"
+        )
     if doc.bundle_id != manifest.bundle_id:
-        raise BundleSignatureError(f"{where}/{SIGNATURE}: signs bundle "
-                                   f"{doc.bundle_id[:12]!r}, not {manifest.bundle_id[:12]}")
+        raise BundleSignatureError(
+            f"{where}/{SIGNATURE}: signs bundle "
+            f"{doc.bundle_id[:12]!r}, not {manifest.bundle_id[:12]}"
+        )
     message = signed_message(manifest)
     # The key id only picks the key to try first; every trusted key is tried.
     order = sorted(keys.items(), key=lambda kv: kv[0] != doc.key_id)
@@ -255,6 +272,8 @@ def verify_manifest_signature(manifest: Manifest, signature: bytes | None,
             return kid
         except InvalidSignature:
             continue
-    raise BundleSignatureError(f"{where}/{SIGNATURE}: signature (key id {doc.key_id[:16]!r}) "
-                               "does not verify with any of the "
-                               f"{len(keys)} trusted public key(s)")
+    raise BundleSignatureError(
+        f"{where}/{SIGNATURE}: signature (key id {doc.key_id[:16]!r}) "
+        "does not verify with any of the "
+        f"{len(keys)} trusted public key(s)"
+    )

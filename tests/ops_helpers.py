@@ -80,8 +80,9 @@ def panel_queries() -> list[PanelQuery]:
         d = load_dashboard(path)
         for p in iter_panels(d["panels"]):
             for t in p.get("targets", []):
-                out.append(PanelQuery(path.name, p["title"], t.get("refId", "?"),
-                                      t.get("expr", "")))
+                out.append(
+                    PanelQuery(path.name, p["title"], t.get("refId", "?"), t.get("expr", ""))
+                )
     return out
 
 
@@ -131,8 +132,9 @@ def compose_segstream_env() -> dict[str, dict[str, str]]:
         env = svc.get("environment") or {}
         if isinstance(env, list):
             env = dict(e.split("=", 1) for e in env)
-        out[name] = {k: resolve_compose_value(v) for k, v in env.items()
-                     if k.startswith("SEGSTREAM_")}
+        out[name] = {
+            k: resolve_compose_value(v) for k, v in env.items() if k.startswith("SEGSTREAM_")
+        }
     return out
 
 

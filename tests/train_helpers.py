@@ -21,8 +21,7 @@ def small_config(tmp: Path, store: Path, **overrides) -> Path:
     """The flights config, reduced: train Jan 1-19, validation Jan 20-24, test Jan 25-31."""
     cfg = yaml.safe_load((REPO / "config" / "flights.yaml").read_text())
     cfg["store"] = {"url": f"file://{store}"}
-    cfg["broker"] = {"bootstrap": "127.0.0.1:1", "connect_timeout_s": 0.5,
-                     "connect_attempts": 1}
+    cfg["broker"] = {"bootstrap": "127.0.0.1:1", "connect_timeout_s": 0.5, "connect_attempts": 1}
     t = cfg["training"]
     t.update(train_end="2013-01-19", validation_end="2013-01-24")
     t["partitioner"].update(min_samples_leaf=200, max_leaf_nodes=2)

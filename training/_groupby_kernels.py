@@ -437,13 +437,15 @@ def _stats_small(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs):
                 m2 += w * Xg[i, k2]
             if q > 3:
                 m3 += w * Xg[i, k3]
-    return _stats_small_pass2(Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W,
-                              ybar, m0, m1, m2, m3)
+    return _stats_small_pass2(
+        Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W, ybar, m0, m1, m2, m3
+    )
 
 
 @njit(cache=True)
-def _stats_small_pass2(Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W,
-                       ybar, m0, m1, m2, m3):
+def _stats_small_pass2(
+    Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W, ybar, m0, m1, m2, m3
+):
     """Second (centred) pass of :func:`_stats_small` from the first pass's weighted sums."""
     for a in range(q):
         xbar[a] = 0.0
@@ -554,8 +556,7 @@ def _resid_small(Xg, Yg, t, valid, sqw, s, e, kidx, q, ybar, xbar, beta, res, sc
 
 
 @njit(cache=True)
-def _huber_stats_small(Xg, Yg, Wg, t, weff, valid, res, scale, c_h, s, e, kidx, q, xbar, A,
-                       rhs):
+def _huber_stats_small(Xg, Yg, Wg, t, weff, valid, res, scale, c_h, s, e, kidx, q, xbar, A, rhs):
     """Huber weights ``weff[i] = Wg[i] h(|res[i]| / scale)`` of the valid rows fused into the
     first pass of :func:`_stats_small` (same operations in the same order: bit-identical to
     the weight loop followed by :func:`_stats_small`)."""
@@ -587,8 +588,9 @@ def _huber_stats_small(Xg, Yg, Wg, t, weff, valid, res, scale, c_h, s, e, kidx, 
                 m2 += w * Xg[i, k2]
             if q > 3:
                 m3 += w * Xg[i, k3]
-    return _stats_small_pass2(Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W,
-                              ybar, m0, m1, m2, m3)
+    return _stats_small_pass2(
+        Xg, Yg, t, weff, s, e, k0, k1, k2, k3, q, xbar, A, rhs, n, W, ybar, m0, m1, m2, m3
+    )
 
 
 @njit(cache=True)
@@ -887,8 +889,36 @@ def _solve_beta(A, rhs, W, xspread_tol, q, piv_tol, D, R, rr, L, idx, z, beta):
 
 
 @njit(cache=True)
-def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, xspread_tol,
-                 D, R, rr, L, z, u, idx, passive, grad, Minv, work, beta, fp):
+def _solve_group(
+    Xg,
+    Yg,
+    t,
+    weff,
+    s,
+    e,
+    kidx,
+    q,
+    sign_k,
+    xbar,
+    ybar,
+    A,
+    rhs,
+    W,
+    xspread_tol,
+    D,
+    R,
+    rr,
+    L,
+    z,
+    u,
+    idx,
+    passive,
+    grad,
+    Minv,
+    work,
+    beta,
+    fp,
+):
     """Solve one weighted least-squares problem from centred statistics.
 
     On success ``beta[:q]`` holds the slopes (original units), ``Minv[:q,:q]`` the inverse of
@@ -921,8 +951,24 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
         else:
             use_qr = True
         if use_qr:
-            okq, xvx = _qr_solve(Xg, Yg, t, weff, s, e, kidx, q, xbar, ybar, D, z, Minv, work,
-                                 fp[FP_SINGULAR_RTOL], grad)
+            okq, xvx = _qr_solve(
+                Xg,
+                Yg,
+                t,
+                weff,
+                s,
+                e,
+                kidx,
+                q,
+                xbar,
+                ybar,
+                D,
+                z,
+                Minv,
+                work,
+                fp[FP_SINGULAR_RTOL],
+                grad,
+            )
             if not okq:
                 return SINGULAR, np.inf, 0, np.nan
             cond = _cond1_sub(R, idx, q, Minv)
@@ -979,11 +1025,62 @@ def _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W, 
 
 
 @njit(cache=True)
-def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, scratch, sqw,
-             cnt, kidx, sign_k, xbar, xspread, A, rhs, dx, D, R, rr, L, z, u, idx, passive,
-             grad, Minv, work, beta, beta_old,
-             coef, se, rms, mad, cond_out, n_used, n_rej, n_iter, status,
-             st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept):
+def _fit_one(
+    Xg,
+    Yg,
+    Wg,
+    s,
+    e,
+    t,
+    g,
+    min_stat,
+    sign,
+    ip,
+    fp,
+    weff,
+    valid,
+    res,
+    scratch,
+    sqw,
+    cnt,
+    kidx,
+    sign_k,
+    xbar,
+    xspread,
+    A,
+    rhs,
+    dx,
+    D,
+    R,
+    rr,
+    L,
+    z,
+    u,
+    idx,
+    passive,
+    grad,
+    Minv,
+    work,
+    beta,
+    beta_old,
+    coef,
+    se,
+    rms,
+    mad,
+    cond_out,
+    n_used,
+    n_rej,
+    n_iter,
+    status,
+    st_W,
+    st_ybar,
+    st_xbar,
+    st_A,
+    st_rhs,
+    st_syy,
+    st_sig2,
+    st_kept,
+):
     p = Xg.shape[1]
     method = ip[IP_METHOD]
     max_iter = ip[IP_MAX_ITER]
@@ -1062,21 +1159,84 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
     if (p > 0 and q == 0) or nv < need or nv == 0:
         status[g, t] = TOO_FEW_ROWS
         if ip[IP_STORE]:
-            n0, W0, yb0, syy0 = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
-            _store(g, t, q, kidx, W0, yb0, xbar, A, rhs, syy0, np.nan,
-                   st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2)
+            _n0, W0, yb0, syy0 = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+            _store(
+                g,
+                t,
+                q,
+                kidx,
+                W0,
+                yb0,
+                xbar,
+                A,
+                rhs,
+                syy0,
+                np.nan,
+                st_W,
+                st_ybar,
+                st_xbar,
+                st_A,
+                st_rhs,
+                st_syy,
+                st_sig2,
+            )
         return
     # ---- initial (weighted least-squares) fit
-    n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
-    st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A, rhs, W,
-                                  xspread, D, R, rr, L, z, u, idx, passive, grad, Minv, work,
-                                  beta, fp)
+    _n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+    st, cnd, m_est, xvx = _solve_group(
+        Xg,
+        Yg,
+        t,
+        weff,
+        s,
+        e,
+        kidx,
+        q,
+        sign_k,
+        xbar,
+        ybar,
+        A,
+        rhs,
+        W,
+        xspread,
+        D,
+        R,
+        rr,
+        L,
+        z,
+        u,
+        idx,
+        passive,
+        grad,
+        Minv,
+        work,
+        beta,
+        fp,
+    )
     if st == SINGULAR:
         status[g, t] = SINGULAR
         cond_out[g, t] = np.inf
         if ip[IP_STORE]:
-            _store(g, t, q, kidx, W, ybar, xbar, A, rhs, syy, np.nan,
-                   st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2)
+            _store(
+                g,
+                t,
+                q,
+                kidx,
+                W,
+                ybar,
+                xbar,
+                A,
+                rhs,
+                syy,
+                np.nan,
+                st_W,
+                st_ybar,
+                st_xbar,
+                st_A,
+                st_rhs,
+                st_syy,
+                st_sig2,
+            )
         return
     final_status = st
     partial = False
@@ -1100,8 +1260,9 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
         for it in range(max_iter):
             # residuals at the current fit and MAD scale of standardised residuals (centre 0)
             if small:
-                m = _resid_small(Xg, Yg, t, valid, sqw, s, e, kidx, q, ybar, xbar, beta, res,
-                                 scratch)
+                m = _resid_small(
+                    Xg, Yg, t, valid, sqw, s, e, kidx, q, ybar, xbar, beta, res, scratch
+                )
             else:
                 m = 0
                 for i in range(s, e):
@@ -1129,18 +1290,47 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
                 xb0 += beta[a] * xbar[a]
             icpt_old = ybar - xb0
             if small:
-                n, W, ybar, syy = _huber_stats_small(Xg, Yg, Wg, t, weff, valid, res, scale, c_h,
-                                                     s, e, kidx, q, xbar, A, rhs)
+                _n, W, ybar, syy = _huber_stats_small(
+                    Xg, Yg, Wg, t, weff, valid, res, scale, c_h, s, e, kidx, q, xbar, A, rhs
+                )
             else:
-                n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+                _n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
             # slopes only while iterating; the full solve is redone at the final weights
-            if not constrained and _solve_beta(A, rhs, W, xspread, q, piv_tol, D, R, rr, L, idx,
-                                               z, beta):
+            if not constrained and _solve_beta(
+                A, rhs, W, xspread, q, piv_tol, D, R, rr, L, idx, z, beta
+            ):
                 st, cnd, m_est, xvx = OK, np.nan, q, 0.0
             else:
-                st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar,
-                                                   ybar, A, rhs, W, xspread, D, R, rr, L, z, u,
-                                                   idx, passive, grad, Minv, work, beta, fp)
+                st, cnd, m_est, xvx = _solve_group(
+                    Xg,
+                    Yg,
+                    t,
+                    weff,
+                    s,
+                    e,
+                    kidx,
+                    q,
+                    sign_k,
+                    xbar,
+                    ybar,
+                    A,
+                    rhs,
+                    W,
+                    xspread,
+                    D,
+                    R,
+                    rr,
+                    L,
+                    z,
+                    u,
+                    idx,
+                    passive,
+                    grad,
+                    Minv,
+                    work,
+                    beta,
+                    fp,
+                )
             iters = it + 1
             if st == SINGULAR:
                 break
@@ -1204,15 +1394,43 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
                 if valid[i]:
                     inside = abs(res[i]) <= max(thr, rfloor * math.sqrt(Wg[i]))
                     weff[i] = Wg[i] if inside else 0.0
-            n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
+            _n, W, ybar, syy = _stats(Xg, Yg, t, weff, s, e, kidx, q, xbar, A, rhs, dx, grad)
             # slopes only while iterating; the full solve is redone at the final weights
-            if not constrained and _solve_beta(A, rhs, W, xspread, q, piv_tol, D, R, rr, L, idx,
-                                               z, beta):
+            if not constrained and _solve_beta(
+                A, rhs, W, xspread, q, piv_tol, D, R, rr, L, idx, z, beta
+            ):
                 st, cnd, m_est, xvx = OK, np.nan, q, 0.0
             else:
-                st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar,
-                                                   ybar, A, rhs, W, xspread, D, R, rr, L, z, u,
-                                                   idx, passive, grad, Minv, work, beta, fp)
+                st, cnd, m_est, xvx = _solve_group(
+                    Xg,
+                    Yg,
+                    t,
+                    weff,
+                    s,
+                    e,
+                    kidx,
+                    q,
+                    sign_k,
+                    xbar,
+                    ybar,
+                    A,
+                    rhs,
+                    W,
+                    xspread,
+                    D,
+                    R,
+                    rr,
+                    L,
+                    z,
+                    u,
+                    idx,
+                    passive,
+                    grad,
+                    Minv,
+                    work,
+                    beta,
+                    fp,
+                )
             iters = it + 1
             if st == SINGULAR:
                 break
@@ -1233,9 +1451,36 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
     if partial:
         # the last robust iteration solved for beta only: full solve (inverse, condition
         # number, QR fallback) at the final weights
-        st, cnd, m_est, xvx = _solve_group(Xg, Yg, t, weff, s, e, kidx, q, sign_k, xbar, ybar, A,
-                                          rhs, W, xspread, D, R, rr, L, z, u, idx, passive, grad,
-                                          Minv, work, beta, fp)
+        st, cnd, m_est, xvx = _solve_group(
+            Xg,
+            Yg,
+            t,
+            weff,
+            s,
+            e,
+            kidx,
+            q,
+            sign_k,
+            xbar,
+            ybar,
+            A,
+            rhs,
+            W,
+            xspread,
+            D,
+            R,
+            rr,
+            L,
+            z,
+            u,
+            idx,
+            passive,
+            grad,
+            Minv,
+            work,
+            beta,
+            fp,
+        )
         if st == SINGULAR:
             status[g, t] = SINGULAR
             cond_out[g, t] = np.inf
@@ -1280,13 +1525,49 @@ def _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res, s
     cond_out[g, t] = cnd
     status[g, t] = final_status
     if ip[IP_STORE]:
-        _store(g, t, q, kidx, W, ybar, xbar, A, rhs, syy, sig2,
-               st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2)
+        _store(
+            g,
+            t,
+            q,
+            kidx,
+            W,
+            ybar,
+            xbar,
+            A,
+            rhs,
+            syy,
+            sig2,
+            st_W,
+            st_ybar,
+            st_xbar,
+            st_A,
+            st_rhs,
+            st_syy,
+            st_sig2,
+        )
 
 
 @njit(cache=True)
-def _store(g, t, q, kidx, W, ybar, xbar, A, rhs, syy, sig2,
-           st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2):
+def _store(
+    g,
+    t,
+    q,
+    kidx,
+    W,
+    ybar,
+    xbar,
+    A,
+    rhs,
+    syy,
+    sig2,
+    st_W,
+    st_ybar,
+    st_xbar,
+    st_A,
+    st_rhs,
+    st_syy,
+    st_sig2,
+):
     p = st_xbar.shape[2]
     st_W[g, t] = W
     st_ybar[g, t] = ybar
@@ -1305,9 +1586,39 @@ def _store(g, t, q, kidx, W, ybar, xbar, A, rhs, syy, sig2,
 
 
 @njit(cache=True, parallel=True)
-def _fit_all(Xg, Yg, Wg, offsets, min_stat, sign, ip, fp, n_chunks, todo, weff, valid, res,
-             scratch, coef, se, rms, mad, cond_out, n_used, n_rej, n_iter, status,
-             st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept):
+def _fit_all(
+    Xg,
+    Yg,
+    Wg,
+    offsets,
+    min_stat,
+    sign,
+    ip,
+    fp,
+    n_chunks,
+    todo,
+    weff,
+    valid,
+    res,
+    scratch,
+    coef,
+    se,
+    rms,
+    mad,
+    cond_out,
+    n_used,
+    n_rej,
+    n_iter,
+    status,
+    st_W,
+    st_ybar,
+    st_xbar,
+    st_A,
+    st_rhs,
+    st_syy,
+    st_sig2,
+    st_kept,
+):
     """Fit every group and target. Groups are split into ``n_chunks`` contiguous chunks run in
     parallel, each with its own small workspace (no allocation per group); ``weff``, ``res``,
     ``scratch`` (float64) and ``valid`` (bool), shape (n,), are row workspaces allocated by
@@ -1351,19 +1662,85 @@ def _fit_all(Xg, Yg, Wg, offsets, min_stat, sign, ip, fp, n_chunks, todo, weff, 
             s = offsets[g]
             e = offsets[g + 1]
             for t in range(T):
-                _fit_one(Xg, Yg, Wg, s, e, t, g, min_stat, sign, ip, fp, weff, valid, res,
-                         scratch, sqw, cnt, kidx, sign_k, xbar, xspread, A, rhs, dx, D, R, rr, L, z,
-                         u, idx, passive, grad, Minv, work, beta, beta_old,
-                         coef, se, rms, mad, cond_out, n_used, n_rej, n_iter, status,
-                         st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept)
+                _fit_one(
+                    Xg,
+                    Yg,
+                    Wg,
+                    s,
+                    e,
+                    t,
+                    g,
+                    min_stat,
+                    sign,
+                    ip,
+                    fp,
+                    weff,
+                    valid,
+                    res,
+                    scratch,
+                    sqw,
+                    cnt,
+                    kidx,
+                    sign_k,
+                    xbar,
+                    xspread,
+                    A,
+                    rhs,
+                    dx,
+                    D,
+                    R,
+                    rr,
+                    L,
+                    z,
+                    u,
+                    idx,
+                    passive,
+                    grad,
+                    Minv,
+                    work,
+                    beta,
+                    beta_old,
+                    coef,
+                    se,
+                    rms,
+                    mad,
+                    cond_out,
+                    n_used,
+                    n_rej,
+                    n_iter,
+                    status,
+                    st_W,
+                    st_ybar,
+                    st_xbar,
+                    st_A,
+                    st_rhs,
+                    st_syy,
+                    st_sig2,
+                    st_kept,
+                )
 
 
 # --------------------------------------------------------------------------- shrinkage
 
 
 @njit(cache=True)
-def _shrink_topdown(order, pidx, prec, by_sigma2, coef, se, status, st_W, st_ybar, st_xbar,
-                    st_A, st_rhs, st_sig2, st_kept, piv_tol):
+def _shrink_topdown(
+    order,
+    pidx,
+    prec,
+    by_sigma2,
+    coef,
+    se,
+    status,
+    st_W,
+    st_ybar,
+    st_xbar,
+    st_A,
+    st_rhs,
+    st_sig2,
+    st_kept,
+    piv_tol,
+):
     """Shrink every group toward its (already shrunk) parent, in ``order`` (parents first).
 
     In the centred parametrisation ``theta = (c, b)`` with ``c`` the prediction at the group's
@@ -1594,8 +1971,25 @@ def _chol_solve_scaled(L, iL, iD, rhs, xbar, q, z, v):
 
 
 @njit(cache=True, parallel=True)
-def _fit_ols_fast(Xg, Yg, Wg, offsets, min_stat, ip, fp, n_chunks, coef, se, rms, mad,
-                  cond_out, n_used, status, x_mean, redo):
+def _fit_ols_fast(
+    Xg,
+    Yg,
+    Wg,
+    offsets,
+    min_stat,
+    ip,
+    fp,
+    n_chunks,
+    coef,
+    se,
+    rms,
+    mad,
+    cond_out,
+    n_used,
+    status,
+    x_mean,
+    redo,
+):
     G = offsets.shape[0] - 1
     T = Yg.shape[1]
     p = Xg.shape[1]
@@ -1823,8 +2217,8 @@ def _ols_suffstats(codes, keep, X, Y, W, tab):
         for i in range(i0, i1):
             if i + PREFETCH_AHEAD < i1:
                 bf = codes[i + PREFETCH_AHEAD] * width
-                for l in range(0, width, 8):
-                    _prefetch(flat, bf + l)
+                for off in range(0, width, 8):
+                    _prefetch(flat, bf + off)
             if not keep[i]:
                 continue
             c = codes[i]
@@ -1873,8 +2267,8 @@ def _ols_suffstats_small(codes, keep, X, Y, W, tab):
         for i in range(i0, i1):
             if i + PREFETCH_AHEAD < i1:
                 bf = codes[i + PREFETCH_AHEAD] * width
-                for l in range(0, width, 8):
-                    _prefetch(flat, bf + l)
+                for off in range(0, width, 8):
+                    _prefetch(flat, bf + off)
             if not keep[i]:
                 continue
             b = codes[i] * width
@@ -1973,8 +2367,7 @@ def _ols_merge_parts(tab, g, p, acc):
                 acc[o_suv + a] += tab[k, g, o_suv + a] + da * Sv + dy * Sa + Wk * da * dy
                 for b in range(a + 1):
                     db = tab[k, g, o_sh + b] - acc[o_sh + b]
-                    acc[kk] += (tab[k, g, kk] + da * tab[k, g, o_su + b] + db * Sa
-                                + Wk * da * db)
+                    acc[kk] += tab[k, g, kk] + da * tab[k, g, o_su + b] + db * Sa + Wk * da * db
                     kk += 1
                 acc[o_xm + a] = max(acc[o_xm + a], tab[k, g, o_xm + a])
     if ref < 0:
@@ -1983,8 +2376,9 @@ def _ols_merge_parts(tab, g, p, acc):
 
 
 @njit(cache=True, parallel=True)
-def _ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, rms, cond_out, n_used,
-                     status, x_mean, redo):
+def _ols_solve_table(
+    tab, p, need, fp, n_chunks, offsets, rec, coef, se, rms, cond_out, n_used, status, x_mean, redo
+):
     """Solve every group from ``tab (n_parts, G, width)`` (slices merged by
     :func:`_ols_merge_parts`); ``rec (G, 2p+1)`` gets ``ybar, xbar (p), b (p)`` (b NaN for
     declined groups) for the residual pass, ``se[g, 0, :]`` the variance factors
@@ -2049,7 +2443,7 @@ def _ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, rms, co
             # far from the mean), and the spread must not be rounding noise of the magnitude
             for a in range(q):
                 d2 = A[a, a]
-                if (not (d2 > 1e-3 * S2[a]) or not (math.sqrt(d2 * iW) > 64.0 * EPS * acc[o_xm + a])):
+                if not (d2 > 1e-3 * S2[a]) or not (math.sqrt(d2 * iW) > 64.0 * EPS * acc[o_xm + a]):
                     ok = False
                     break
                 D[a] = math.sqrt(d2)

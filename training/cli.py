@@ -13,23 +13,28 @@ from segstream.shared.errors import DataError, SchemaError
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    from segstream.shared.settings import load_settings  # noqa: PLC0415
+    from segstream.shared.settings import load_settings
 
     store = getattr(args, "store", None)
-    return load_settings(args.config, {
-        "broker": {"bootstrap": getattr(args, "bootstrap", None)},
-        "store": {"url": store},
-    })
+    return load_settings(
+        args.config,
+        {
+            "broker": {"bootstrap": getattr(args, "bootstrap", None)},
+            "store": {"url": store},
+        },
+    )
 
 
 # --------------------------------------------------------------------------- train
 @subcommand
 def _train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "train", help="fit partitioner, segment models and outcome profiles; publish a bundle",
+        "train",
+        help="fit partitioner, segment models and outcome profiles; publish a bundle",
         description="Run the training pipeline on the configured data set, write a verified "
         "bundle, publish it to the artifact store (moving LATEST), announce it on the "
-        "model-updates topic when a broker answers, and write the HTML report.")
+        "model-updates topic when a broker answers, and write the HTML report.",
+    )
     _add_config(p)
     _add_bootstrap(p)
     p.add_argument("--data", help="CSV/Parquet file instead of the configured data set")
@@ -42,11 +47,17 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from segstream.training.pipeline import train  # noqa: PLC0415
+    from segstream.training.pipeline import train
 
     settings = _settings(args)
-    r = train(settings, data_path=args.data, publish=not args.no_publish,
-              report_dir=args.report_dir, progress=not args.quiet, work_dir=args.work_dir)
+    r = train(
+        settings,
+        data_path=args.data,
+        publish=not args.no_publish,
+        report_dir=args.report_dir,
+        progress=not args.quiet,
+        work_dir=args.work_dir,
+    )
     t = r.manifest.metrics["test"]
     print(f"bundle_id={r.manifest.bundle_id}")
     print(f"bundle_dir={r.bundle_dir}")
@@ -54,46 +65,59 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"published={r.uri} (LATEST){' model-update sent' if r.update_sent else ''}")
     if r.report_path:
         print(f"report={r.report_path}")
-    print(f"test MAE partitioned={t['partitioned']['mae']:.2f} "
-          f"global_linear={t['global_linear']['mae']:.2f} "
-          f"global_xgboost={t['global_xgboost']['mae']:.2f}; "
-          f"interval coverage={t['interval']['coverage']:.3f} at mass {t['interval']['mass']}; "
-          f"train time {sum(r.timings.values()):.1f} s")
+    print(
+        f"test MAE partitioned={t['partitioned']['mae']:.2f} "
+        f"global_linear={t['global_linear']['mae']:.2f} "
+        f"global_xgboost={t['global_xgboost']['mae']:.2f}; "
+        f"interval coverage={t['interval']['coverage']:.3f} at mass {t['interval']['mass']}; "
+        f"train time {sum(r.timings.values()):.1f} s"
+    )
     return 0
 
 
 # --------------------------------------------------------------------------- bundle
 @subcommand
 def _bundle_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("bundle", help="list, inspect, promote or sign stored bundles",
-                       description="Manage bundles in the artifact store, and signing keys.")
+    p = sub.add_parser(
+        "bundle",
+        help="list, inspect, promote or sign stored bundles",
+        description="Manage bundles in the artifact store, and signing keys.",
+    )
     bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
-    for name, help_ in (("list", "list the stored bundles of the model"),
-                        ("inspect", "print a bundle's manifest metrics as a table"),
-                        ("promote", "point LATEST at a bundle (roll-out or roll-back)"),
-                        ("sign", "sign a stored bundle with store.signing_key_file")):
+    for name, help_ in (
+        ("list", "list the stored bundles of the model"),
+        ("inspect", "print a bundle's manifest metrics as a table"),
+        ("promote", "point LATEST at a bundle (roll-out or roll-back)"),
+        ("sign", "sign a stored bundle with store.signing_key_file"),
+    ):
         q = bsub.add_parser(name, help=help_, description=help_)
         _add_config(q)
         q.add_argument("--store", help="artifact store URL (overrides store.url)")
         q.add_argument("--model", help="model name (default: the config's)")
         if name != "list":
-            q.add_argument("bundle", nargs="?" if name == "inspect" else None,
-                           default="LATEST", help="bundle id, unique prefix, or LATEST")
+            q.add_argument(
+                "bundle",
+                nargs="?" if name == "inspect" else None,
+                default="LATEST",
+                help="bundle id, unique prefix, or LATEST",
+            )
         if name == "inspect":
             q.add_argument("--json", action="store_true", help="print the whole manifest")
         q.set_defaults(func=_cmd_bundle)
     k = bsub.add_parser(
-        "keygen", help="generate an Ed25519 key pair for signing bundles",
+        "keygen",
+        help="generate an Ed25519 key pair for signing bundles",
         description="Write a new Ed25519 key pair as PEM files: PREFIX.key (private, mode "
         "0600: the trainer's store.signing_key_file) and PREFIX.pub (public: an entry of "
         "store.trusted_public_keys on workers and the monitor). Existing files are never "
-        "overwritten.")
+        "overwritten.",
+    )
     k.add_argument("prefix", help="path prefix of the two files, e.g. keys/segstream-signing")
     k.set_defaults(func=_cmd_keygen)
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from segstream.shared.signing import generate_key_pair  # noqa: PLC0415
+    from segstream.shared.signing import generate_key_pair
 
     priv, pub = Path(f"{args.prefix}.key"), Path(f"{args.prefix}.pub")
     kid = generate_key_pair(priv, pub)
@@ -103,10 +127,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _signature_line(store: Any, model: str, m: Any) -> str:
     """How the bundle is signed, and whether a trusted key verifies it."""
-    import msgspec  # noqa: PLC0415
+    import msgspec
 
-    from segstream.shared.errors import BundleSignatureError  # noqa: PLC0415
-    from segstream.shared.signing import ManifestSignature  # noqa: PLC0415
+    from segstream.shared.errors import BundleSignatureError
+    from segstream.shared.signing import ManifestSignature
 
     raw = store.read_signature(model, m.bundle_id)
     if raw is None:
@@ -126,8 +150,8 @@ def _signature_line(store: Any, model: str, m: Any) -> str:
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
-    from segstream.shared.settings import redact_secrets  # noqa: PLC0415
-    from segstream.shared.store import ArtifactStore  # noqa: PLC0415
+    from segstream.shared.settings import redact_secrets
+    from segstream.shared.store import ArtifactStore
 
     settings = _settings(args)
     model = args.model or settings.model
@@ -142,21 +166,24 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
             t = b.metrics.get("test", {})
             mae = t.get("partitioned", {}).get("mae", float("nan"))
             cov = t.get("interval", {}).get("coverage", float("nan"))
-            print(f"{b.bundle_id[:12]:<14} {b.created_at.isoformat(timespec='seconds'):<26} "
-                  f"{mae:>9.2f} {cov:>9.3f}  {'*' if b.is_latest else ''}")
+            print(
+                f"{b.bundle_id[:12]:<14} {b.created_at.isoformat(timespec='seconds'):<26} "
+                f"{mae:>9.2f} {cov:>9.3f}  {'*' if b.is_latest else ''}"
+            )
         return 0
     if args.bundle_command == "promote":
         bid = store.promote(model, args.bundle)
         print(f"LATEST of {model} -> {bid}")
         return 0
     if args.bundle_command == "sign":
-        from segstream.shared.errors import SigningKeyError  # noqa: PLC0415
-        from segstream.shared.signing import load_private_key  # noqa: PLC0415
+        from segstream.shared.errors import SigningKeyError
+        from segstream.shared.signing import load_private_key
 
         key = load_private_key(settings.store)
         if key is None:
-            raise SigningKeyError("bundle sign: set store.signing_key_file (or "
-                                  "SEGSTREAM_STORE__SIGNING_KEY)")
+            raise SigningKeyError(
+                "bundle sign: set store.signing_key_file (or SEGSTREAM_STORE__SIGNING_KEY)"
+            )
         bid = store.sign(model, args.bundle, key)
         print(f"signed {model} bundle {bid}")
         return 0
@@ -168,9 +195,11 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
         d["config"] = redact_secrets(d["config"])
         print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode())
         return 0
-    print(f"bundle {m.bundle_id}\nmodel {m.model}, created {m.created_at.isoformat()}, "
-          f"format {m.format_version}, {len(m.files)} files, "
-          f"{sum(f.bytes for f in m.files.values()):,} bytes")
+    print(
+        f"bundle {m.bundle_id}\nmodel {m.model}, created {m.created_at.isoformat()}, "
+        f"format {m.format_version}, {len(m.files)} files, "
+        f"{sum(f.bytes for f in m.files.values()):,} bytes"
+    )
     print(_signature_line(store, model, m))
     print(f"data: {m.data.get('rows', '?')} rows, {m.data.get('time_range')}")
     for line in metrics_table(m.metrics):
@@ -185,19 +214,24 @@ def metrics_table(metrics: dict[str, Any]) -> list[str]:
     for k in ("partitioned", "global_linear", "global_xgboost"):
         if k in t:
             r = t[k]
-            out.append(f"{k:<28} {r['mae']:>8.2f} {r['rmse']:>8.2f} {r['r2']:>7.3f} "
-                       f"{r['n']:>8}")
+            out.append(f"{k:<28} {r['mae']:>8.2f} {r['rmse']:>8.2f} {r['r2']:>7.3f} {r['n']:>8}")
     if "interval" in t:
         iv = t["interval"]
-        out.append(f"interval mass {iv['mass']}: coverage {iv['coverage']:.3f}, "
-                   f"mean width {iv['mean_width']:.1f}")
+        out.append(
+            f"interval mass {iv['mass']}: coverage {iv['coverage']:.3f}, "
+            f"mean width {iv['mean_width']:.1f}"
+        )
     if "classifier" in t:
         c = t["classifier"]
-        out.append("pattern classifier: " + ", ".join(
-            f"{k}={v:.3f}" for k, v in c.items() if isinstance(v, float)))
+        out.append(
+            "pattern classifier: "
+            + ", ".join(f"{k}={v:.3f}" for k, v in c.items() if isinstance(v, float))
+        )
     if "fallback_share" in t:
-        out.append("fallback levels: " + ", ".join(
-            f"{k}: {v:.1%}" for k, v in sorted(t["fallback_share"].items())))
+        out.append(
+            "fallback levels: "
+            + ", ".join(f"{k}: {v:.1%}" for k, v in sorted(t["fallback_share"].items()))
+        )
     return out
 
 
@@ -205,21 +239,26 @@ def metrics_table(metrics: dict[str, Any]) -> list[str]:
 @subcommand
 def _explain_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "explain", help="explain one event's prediction",
+        "explain",
+        help="explain one event's prediction",
         description="Route one JSON event through a bundle and print its segment path, "
         "fallback level, the linear contributions (summing to the prediction), the pattern "
-        "probabilities and the interval; --plot draws its predicted distribution.")
+        "probabilities and the interval; --plot draws its predicted distribution.",
+    )
     _add_config(p)
     p.add_argument("--event", required=True, help="JSON file with one event object")
-    p.add_argument("--bundle", default="LATEST",
-                   help="bundle directory, or id/prefix/LATEST in the store (default LATEST)")
+    p.add_argument(
+        "--bundle",
+        default="LATEST",
+        help="bundle directory, or id/prefix/LATEST in the store (default LATEST)",
+    )
     p.add_argument("--store", help="artifact store URL (overrides store.url)")
     p.add_argument("--plot", help="write the event's distribution plot to this PNG")
     p.set_defaults(func=_cmd_explain)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from segstream.training.explain import explain_event, plot_event  # noqa: PLC0415
+    from segstream.training.explain import explain_event, plot_event
 
     settings = _settings(args)
     try:
@@ -240,8 +279,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _resolve_bundle(settings: Any, ref: str) -> Any:
-    from segstream.shared.scoring import load_bundle  # noqa: PLC0415
-    from segstream.shared.store import ArtifactStore  # noqa: PLC0415
+    from segstream.shared.scoring import load_bundle
+    from segstream.shared.store import ArtifactStore
 
     if Path(ref).is_dir():
         return load_bundle(ref)

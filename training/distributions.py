@@ -194,7 +194,7 @@ def resolve_min_group_size(sizes: np.ndarray, rule: int | str) -> int:
         return knee_size(sizes)
     m = re.fullmatch(r"p(\d+(?:\.\d+)?)", str(rule))
     if m and 0.0 <= float(m.group(1)) <= 100.0:
-        return max(1, int(math.ceil(np.percentile(sizes, float(m.group(1))))))
+        return max(1, math.ceil(np.percentile(sizes, float(m.group(1)))))
     raise ConfigError(f"min_group_size must be an int, 'pNN' or 'auto', got {rule!r}")
 
 
@@ -376,8 +376,8 @@ def select_n_patterns(
        53-65.
     .. [2] DistETA, ``oarguido/DistETA_and_LLMReporting``, ``clustering_utils.py``.
     """
-    from sklearn.cluster import KMeans  # noqa: PLC0415
-    from sklearn.metrics import silhouette_score  # noqa: PLC0415
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
 
     k_min, k_max = (int(k) for k in k_range)
     if not 1 <= k_min <= k_max:
@@ -388,9 +388,13 @@ def select_n_patterns(
     cands = [k for k in range(max(2, k_min), k_max + 1) if k <= n_distinct - 1]
     if not cands:
         k = n_distinct
-        return PatternSelection(k, inverse.ravel().astype(np.int64), {},
-                                f"fallback: {n_distinct} distinct profile(s), fewer than "
-                                f"k_min + 1 = {k_min + 1}; one pattern per distinct profile")
+        return PatternSelection(
+            k,
+            inverse.ravel().astype(np.int64),
+            {},
+            f"fallback: {n_distinct} distinct profile(s), fewer than "
+            f"k_min + 1 = {k_min + 1}; one pattern per distinct profile",
+        )
     scores: dict[int, float] = {}
     labels: dict[int, np.ndarray] = {}
     for k in cands:
@@ -409,8 +413,10 @@ def select_n_patterns(
         if drop > silhouette_drop or k != chosen + 1:
             break
         chosen = k
-    reason = (f"silhouette peak at K={start} (best {best:.3f}); kept increasing K while the "
-              f"relative drop was <= {silhouette_drop:g}")
+    reason = (
+        f"silhouette peak at K={start} (best {best:.3f}); kept increasing K while the "
+        f"relative drop was <= {silhouette_drop:g}"
+    )
     return PatternSelection(chosen, labels[chosen], scores, reason)
 
 
@@ -632,7 +638,7 @@ class OutcomeProfiles(BaseEstimator):
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def from_schema(cls, schema: Any, **params: Any) -> "OutcomeProfiles":
+    def from_schema(cls, schema: Any, **params: Any) -> OutcomeProfiles:
         """Estimator whose features are the schema's numeric and categorical features.
 
         Parameters
@@ -657,22 +663,28 @@ class OutcomeProfiles(BaseEstimator):
         if not self.profile_keys:
             raise ConfigError("outcome profiles: profile_keys must name at least one column")
         if self.interval_method not in sp.INTERVAL_METHODS:
-            raise ConfigError(f"outcome profiles: interval_method must be one of "
-                              f"{sp.INTERVAL_METHODS}, got {self.interval_method!r}")
+            raise ConfigError(
+                f"outcome profiles: interval_method must be one of "
+                f"{sp.INTERVAL_METHODS}, got {self.interval_method!r}"
+            )
         if self.calibration not in ("pit", "none"):
-            raise ConfigError(f"outcome profiles: calibration must be 'pit' or 'none', "
-                              f"got {self.calibration!r}")
+            raise ConfigError(
+                f"outcome profiles: calibration must be 'pit' or 'none', got {self.calibration!r}"
+            )
         if not 0.0 < float(self.interval_mass) < 1.0:
-            raise ConfigError(f"outcome profiles: interval_mass must lie in (0, 1), "
-                              f"got {self.interval_mass!r}")
+            raise ConfigError(
+                f"outcome profiles: interval_mass must lie in (0, 1), got {self.interval_mass!r}"
+            )
         for m in self.hdr_masses:
             if not 0.0 < float(m) <= 1.0:
                 raise ConfigError(f"outcome profiles: hdr_masses must lie in (0, 1], got {m!r}")
         if not 0.0 <= float(self.validation_fraction) < 1.0:
             raise ConfigError("outcome profiles: validation_fraction must lie in [0, 1)")
         if self.categorical_encoding not in ("ordinal", "native"):
-            raise ConfigError("outcome profiles: categorical_encoding must be 'ordinal' or "
-                              f"'native', got {self.categorical_encoding!r}")
+            raise ConfigError(
+                "outcome profiles: categorical_encoding must be 'ordinal' or "
+                f"'native', got {self.categorical_encoding!r}"
+            )
         if self.n_estimators < 1 or self.max_depth < 1:
             raise ConfigError("outcome profiles: n_estimators and max_depth must be >= 1")
 
@@ -681,9 +693,11 @@ class OutcomeProfiles(BaseEstimator):
         if not feats:
             raise ConfigError("outcome profiles: the classifier needs at least one feature")
         if self.target is not None and self.target in feats:
-            raise ConfigError(f"outcome profiles: the outcome '{self.target}' is listed as a "
-                              "classifier feature; the classifier may only see features known "
-                              "when the event happens")
+            raise ConfigError(
+                f"outcome profiles: the outcome '{self.target}' is listed as a "
+                "classifier feature; the classifier may only see features known "
+                "when the event happens"
+            )
         missing = [c for c in [*feats, *self.profile_keys] if c not in X.columns]
         if missing:
             raise SchemaError(f"outcome profiles: missing column(s) {missing}")
@@ -706,7 +720,7 @@ class OutcomeProfiles(BaseEstimator):
         y: Any,
         *,
         eval_set: tuple[pd.DataFrame, Any] | None = None,
-    ) -> "OutcomeProfiles":
+    ) -> OutcomeProfiles:
         """Fit bins, profiles, patterns, the pattern classifier and the interval calibration.
 
         Parameters
@@ -753,9 +767,12 @@ class OutcomeProfiles(BaseEstimator):
             if len(X_val) != y_val.size:
                 raise DataError("outcome profiles: eval_set X and y lengths differ")
         elif self.validation_fraction > 0 and len(X) >= 20:
-            order = (np.argsort(X[self.time_column].to_numpy(), kind="stable")
-                     if self.time_column is not None else np.arange(len(X)))
-            n_val = max(1, int(round(len(X) * self.validation_fraction)))
+            order = (
+                np.argsort(X[self.time_column].to_numpy(), kind="stable")
+                if self.time_column is not None
+                else np.arange(len(X))
+            )
+            n_val = max(1, round(len(X) * self.validation_fraction))
             tr_idx, va_idx = order[:-n_val], order[-n_val:]
             X_val, y_val = X.iloc[va_idx], y[va_idx]
             X, y = X.iloc[tr_idx], y[tr_idx]
@@ -763,11 +780,15 @@ class OutcomeProfiles(BaseEstimator):
         finite = np.isfinite(y)
         self.n_outcome_missing_ = int((~finite).sum())
         if not finite.any():
-            raise DataError("outcome profiles: the outcome has no finite value in the training rows")
+            raise DataError(
+                "outcome profiles: the outcome has no finite value in the training rows"
+            )
         Xf = X.iloc[np.flatnonzero(finite)]
         yf = y[finite]
-        levels = np.asarray(self.quantile_levels if self.quantile_levels is not None
-                            else DEFAULT_QUANTILE_LEVELS, dtype=np.float64)
+        levels = np.asarray(
+            self.quantile_levels if self.quantile_levels is not None else DEFAULT_QUANTILE_LEVELS,
+            dtype=np.float64,
+        )
         self.quantile_levels_ = levels
 
         # -- bins and per-group histograms
@@ -794,12 +815,14 @@ class OutcomeProfiles(BaseEstimator):
         self.profiles_ = prof_counts / prof_counts.sum(axis=1, keepdims=True)
         x_cluster = self.profiles_
         if self.profile_quantiles:
-            x_cluster = np.concatenate([x_cluster, self._quantile_block(
-                yf, codes, kept, pooled, levels)], axis=1)
+            x_cluster = np.concatenate(
+                [x_cluster, self._quantile_block(yf, codes, kept, pooled, levels)], axis=1
+            )
 
         # -- patterns
-        sel = select_n_patterns(x_cluster, tuple(self.k_range), self.silhouette_drop,
-                                random_state=self.random_state)
+        sel = select_n_patterns(
+            x_cluster, tuple(self.k_range), self.silhouette_drop, random_state=self.random_state
+        )
         k = sel.n_patterns
         raw_pmf = np.stack([prof_counts[sel.labels == c].sum(axis=0) for c in range(k)])
         raw_pmf = raw_pmf / raw_pmf.sum(axis=1, keepdims=True)
@@ -818,7 +841,8 @@ class OutcomeProfiles(BaseEstimator):
         group_pattern[~with_data] = self.other_pattern_
         key_parts = [u.split(_KEY_SEP) for u in uniques]
         self.groups_ = pd.DataFrame(
-            {kname: [kp[i] for kp in key_parts] for i, kname in enumerate(self.profile_keys)})
+            {kname: [kp[i] for kp in key_parts] for i, kname in enumerate(self.profile_keys)}
+        )
         self.groups_["n_events"] = sizes.astype(np.int64)
         self.groups_["n_outcome_missing"] = missing_per_group.astype(np.int64)
         self.groups_["pooled"] = ~kept
@@ -826,25 +850,38 @@ class OutcomeProfiles(BaseEstimator):
         self._group_lookup = dict(zip(uniques.tolist(), group_pattern.tolist(), strict=True))
 
         row_pattern = group_pattern[codes]
-        pcounts = np.stack([np.bincount(bins[row_pattern == c], minlength=n_bins)
-                            for c in range(k)]).astype(np.float64)
+        pcounts = np.stack(
+            [np.bincount(bins[row_pattern == c], minlength=n_bins) for c in range(k)]
+        ).astype(np.float64)
         self.pattern_pmf_ = pcounts / pcounts.sum(axis=1, keepdims=True)
         self.pattern_n_events_ = pcounts.sum(axis=1).astype(np.int64)
         self.pattern_n_groups_ = np.array(
-            [int(((group_pattern == c) & kept).sum()) + int(pooled.any() and c == self.other_pattern_)
-             for c in range(k)], dtype=np.int64)
+            [
+                int(((group_pattern == c) & kept).sum())
+                + int(pooled.any() and c == self.other_pattern_)
+                for c in range(k)
+            ],
+            dtype=np.int64,
+        )
         self.pattern_quantiles_ = sp.quantiles(self.pattern_pmf_, edges, levels)
-        self.pattern_mean_ = (np.bincount(row_pattern, weights=yf, minlength=k)
-                              / np.maximum(self.pattern_n_events_, 1))
-        self.hdr_ = [{float(m): highest_density_region(self.pattern_pmf_[c], edges, float(m))
-                      for m in self.hdr_masses} for c in range(k)]
+        self.pattern_mean_ = np.bincount(row_pattern, weights=yf, minlength=k) / np.maximum(
+            self.pattern_n_events_, 1
+        )
+        self.hdr_ = [
+            {
+                float(m): highest_density_region(self.pattern_pmf_[c], edges, float(m))
+                for m in self.hdr_masses
+            }
+            for c in range(k)
+        ]
         g = np.bincount(bins, minlength=n_bins).astype(np.float64)
         self.global_pmf_ = g / g.sum()
 
         # -- classifier
         self.categories_ = {
             f: sorted({str(v) for v in X[f].dropna().unique()})
-            for f, t in zip(feats, types, strict=True) if t == "c"
+            for f, t in zip(feats, types, strict=True)
+            if t == "c"
         }
         t1 = time.perf_counter()
         self._fit_classifier(Xf, row_pattern, X_val, y_val)
@@ -863,13 +900,16 @@ class OutcomeProfiles(BaseEstimator):
                 self.calibration_ = pit_calibration(pmf, edges, y_val[fin])
                 self.naive_calibration_ = pit_calibration(self.global_pmf_, edges, y_val[fin])
             else:
-                logger.warning("outcome profiles: %d validation outcomes, fewer than %d; "
-                               "interval calibration left as identity", n_cal,
-                               _MIN_CALIBRATION_OUTCOMES)
+                logger.warning(
+                    "outcome profiles: %d validation outcomes, fewer than %d; "
+                    "interval calibration left as identity",
+                    n_cal,
+                    _MIN_CALIBRATION_OUTCOMES,
+                )
         self.fit_report_ = {
-            "n_rows": int(len(X)),
+            "n_rows": len(X),
             "n_outcome_missing": self.n_outcome_missing_,
-            "n_validation_rows": 0 if X_val is None else int(len(X_val)),
+            "n_validation_rows": 0 if X_val is None else len(X_val),
             "n_calibration_outcomes": n_cal,
             "n_groups": int(n_groups),
             "n_groups_kept": int(kept.sum()),
@@ -885,12 +925,18 @@ class OutcomeProfiles(BaseEstimator):
             "seconds_classifier": round(t2 - t1, 3),
             "seconds_total": round(time.perf_counter() - t0, 3),
         }
-        logger.info("outcome profiles: %d groups (%d pooled), K=%d, %s", n_groups,
-                    int(pooled.sum()), k, sel.reason)
+        logger.info(
+            "outcome profiles: %d groups (%d pooled), K=%d, %s",
+            n_groups,
+            int(pooled.sum()),
+            k,
+            sel.reason,
+        )
         return self
 
-    def _check_leakage(self, X: pd.DataFrame, y: np.ndarray, feats: list[str],
-                       types: list[str]) -> None:
+    def _check_leakage(
+        self, X: pd.DataFrame, y: np.ndarray, feats: list[str], types: list[str]
+    ) -> None:
         fin = np.isfinite(y)
         if fin.sum() < 2:
             return
@@ -899,16 +945,29 @@ class OutcomeProfiles(BaseEstimator):
                 continue
             col = pd.to_numeric(X[f], errors="coerce").to_numpy(dtype=np.float64)
             if np.array_equal(col[fin], y[fin]):
-                raise DataError(f"outcome profiles: feature '{f}' is identical to the outcome; "
-                                "the classifier must not see the outcome")
+                raise DataError(
+                    f"outcome profiles: feature '{f}' is identical to the outcome; "
+                    "the classifier must not see the outcome"
+                )
 
-    def _quantile_block(self, yf: np.ndarray, codes: np.ndarray, kept: np.ndarray,
-                        pooled: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    def _quantile_block(
+        self,
+        yf: np.ndarray,
+        codes: np.ndarray,
+        kept: np.ndarray,
+        pooled: np.ndarray,
+        levels: np.ndarray,
+    ) -> np.ndarray:
         q25, q50, q75 = np.quantile(yf, [0.25, 0.5, 0.75])
         scale = (q75 - q25) if q75 > q25 else 1.0
         df = pd.DataFrame({"g": codes, "y": yf})
-        qs = (df.groupby("g")["y"].quantile(list(levels)).unstack()
-              .reindex(range(kept.size)).to_numpy())
+        qs = (
+            df.groupby("g")["y"]
+            .quantile(list(levels))
+            .unstack()
+            .reindex(range(kept.size))
+            .to_numpy()
+        )
         kept_q = qs[kept]
         out = [kept_q]
         if pooled.any():
@@ -923,19 +982,28 @@ class OutcomeProfiles(BaseEstimator):
             raise SchemaError(f"outcome profiles: missing feature column(s) {missing}")
         return {f: X[f].to_numpy() for f in self.features_}
 
-    def _fit_classifier(self, Xf: pd.DataFrame, labels: np.ndarray,
-                        X_val: pd.DataFrame | None, y_val: np.ndarray | None) -> None:
+    def _fit_classifier(
+        self,
+        Xf: pd.DataFrame,
+        labels: np.ndarray,
+        X_val: pd.DataFrame | None,
+        y_val: np.ndarray | None,
+    ) -> None:
         k = self.n_patterns_
         self.booster_ = None
         self.classifier_info_: dict[str, Any] = {
-            "n_rounds": 0, "n_trees": 0, "max_depth": int(self.max_depth),
-            "best_iteration": None, "n_train_rows": 0, "n_validation_rows": 0,
+            "n_rounds": 0,
+            "n_trees": 0,
+            "max_depth": int(self.max_depth),
+            "best_iteration": None,
+            "n_train_rows": 0,
+            "n_validation_rows": 0,
             "features": list(self.features_),
             "categorical_encoding": self.categorical_encoding,
         }
         if k == 1:
             return
-        import xgboost as xgb  # noqa: PLC0415
+        import xgboost as xgb
 
         rng = np.random.default_rng(self.random_state)
         idx = np.arange(len(Xf))
@@ -943,21 +1011,37 @@ class OutcomeProfiles(BaseEstimator):
         idx = idx[ok]
         if self.max_classifier_rows is not None and idx.size > self.max_classifier_rows:
             idx = np.sort(rng.choice(idx, size=int(self.max_classifier_rows), replace=False))
-        x = sp.feature_matrix(self._columns(Xf.iloc[idx]), self.features_, self.feature_types_,
-                              self.categories_)
-        xgb_types = (list(self.feature_types_) if self.categorical_encoding == "native"
-                     else ["q"] * len(self.features_))
-        dtrain = xgb.DMatrix(x, label=labels[idx], feature_names=self.features_,
-                             feature_types=xgb_types, enable_categorical=True,
-                             nthread=self.nthread)
+        x = sp.feature_matrix(
+            self._columns(Xf.iloc[idx]), self.features_, self.feature_types_, self.categories_
+        )
+        xgb_types = (
+            list(self.feature_types_)
+            if self.categorical_encoding == "native"
+            else ["q"] * len(self.features_)
+        )
+        dtrain = xgb.DMatrix(
+            x,
+            label=labels[idx],
+            feature_names=self.features_,
+            feature_types=xgb_types,
+            enable_categorical=True,
+            nthread=self.nthread,
+        )
         # Two patterns: one logistic tree per round instead of one softmax tree per class and
         # round (the same probabilities model, half the trees to evaluate when scoring).
-        objective = {"objective": "binary:logistic", "eval_metric": "logloss"} if k == 2 else \
-            {"objective": "multi:softprob", "num_class": k, "eval_metric": "mlogloss"}
+        objective = (
+            {"objective": "binary:logistic", "eval_metric": "logloss"}
+            if k == 2
+            else {"objective": "multi:softprob", "num_class": k, "eval_metric": "mlogloss"}
+        )
         params = {
-            **objective, "max_depth": int(self.max_depth),
-            "eta": float(self.learning_rate), "tree_method": "hist", "nthread": int(self.nthread),
-            "seed": int(self.random_state), "verbosity": 0,
+            **objective,
+            "max_depth": int(self.max_depth),
+            "eta": float(self.learning_rate),
+            "tree_method": "hist",
+            "nthread": int(self.nthread),
+            "seed": int(self.random_state),
+            "verbosity": 0,
         }
         evals = []
         n_val = 0
@@ -968,14 +1052,26 @@ class OutcomeProfiles(BaseEstimator):
                 keep &= np.isfinite(y_val)
             n_val = int(keep.sum())
             if n_val > 0:
-                xv = sp.feature_matrix(self._columns(X_val.iloc[np.flatnonzero(keep)]),
-                                       self.features_, self.feature_types_, self.categories_)
-                dval = xgb.DMatrix(xv, label=lab_val[keep], feature_names=self.features_,
-                                   feature_types=xgb_types, enable_categorical=True,
-                                   nthread=self.nthread)
+                xv = sp.feature_matrix(
+                    self._columns(X_val.iloc[np.flatnonzero(keep)]),
+                    self.features_,
+                    self.feature_types_,
+                    self.categories_,
+                )
+                dval = xgb.DMatrix(
+                    xv,
+                    label=lab_val[keep],
+                    feature_names=self.features_,
+                    feature_types=xgb_types,
+                    enable_categorical=True,
+                    nthread=self.nthread,
+                )
                 evals = [(dval, "validation")]
         booster = xgb.train(
-            params, dtrain, num_boost_round=int(self.n_estimators), evals=evals,
+            params,
+            dtrain,
+            num_boost_round=int(self.n_estimators),
+            evals=evals,
             early_stopping_rounds=int(self.early_stopping_rounds) if evals else None,
             verbose_eval=False,
         )
@@ -984,12 +1080,16 @@ class OutcomeProfiles(BaseEstimator):
             booster = booster[: int(best) + 1]
         self.booster_ = booster
         rounds = booster.num_boosted_rounds()
-        self.classifier_info_.update({
-            "n_rounds": int(rounds), "n_trees": int(rounds * (1 if k == 2 else k)),
-            "objective": params["objective"],
-            "best_iteration": None if best is None else int(best),
-            "n_train_rows": int(idx.size), "n_validation_rows": n_val,
-        })
+        self.classifier_info_.update(
+            {
+                "n_rounds": int(rounds),
+                "n_trees": int(rounds * (1 if k == 2 else k)),
+                "objective": params["objective"],
+                "best_iteration": None if best is None else int(best),
+                "n_train_rows": int(idx.size),
+                "n_validation_rows": n_val,
+            }
+        )
 
     # ------------------------------------------------------------------ prediction
     def group_pattern(self, X: pd.DataFrame) -> np.ndarray:
@@ -1031,8 +1131,9 @@ class OutcomeProfiles(BaseEstimator):
         NotFittedError, SchemaError
         """
         self._check_fitted()
-        x = sp.feature_matrix(self._columns(X), self.features_, self.feature_types_,
-                              self.categories_)
+        x = sp.feature_matrix(
+            self._columns(X), self.features_, self.feature_types_, self.categories_
+        )
         return sp.predict_pattern_proba(self.booster_, x, self.n_patterns_)
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
@@ -1043,8 +1144,9 @@ class OutcomeProfiles(BaseEstimator):
         """Mixture distribution ``predict_proba(X) @ pattern_pmf_``, shape (n, B)."""
         return sp.mixture_pmf(self.predict_proba(X), self.pattern_pmf_)
 
-    def predict_quantiles(self, X: pd.DataFrame, levels: Sequence[float] | None = None,
-                          calibrated: bool = False) -> np.ndarray:
+    def predict_quantiles(
+        self, X: pd.DataFrame, levels: Sequence[float] | None = None, calibrated: bool = False
+    ) -> np.ndarray:
         """Mixture quantiles per event, shape (n, L), outcome units.
 
         Parameters
@@ -1061,9 +1163,13 @@ class OutcomeProfiles(BaseEstimator):
             lv = np.interp(lv, *self.calibration_)
         return sp.quantiles(self.predict_distribution(X), self.bin_edges_, lv)
 
-    def predict_interval(self, X: pd.DataFrame, mass: float | None = None,
-                         method: str | None = None,
-                         calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def predict_interval(
+        self,
+        X: pd.DataFrame,
+        mass: float | None = None,
+        method: str | None = None,
+        calibrated: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Interval of the given mass per event (see :func:`segstream.shared.profiles.interval`).
 
         Parameters
@@ -1082,12 +1188,17 @@ class OutcomeProfiles(BaseEstimator):
         """
         self._check_fitted()
         m = self.interval_mass if mass is None else mass
-        return sp.interval(self.predict_distribution(X), self.bin_edges_, m,
-                           method or self.interval_method,
-                           self.calibration_ if calibrated else None)
+        return sp.interval(
+            self.predict_distribution(X),
+            self.bin_edges_,
+            m,
+            method or self.interval_method,
+            self.calibration_ if calibrated else None,
+        )
 
-    def naive_interval(self, mass: float | None = None,
-                       calibrated: bool = False) -> tuple[float, float]:
+    def naive_interval(
+        self, mass: float | None = None, calibrated: bool = False
+    ) -> tuple[float, float]:
         """Central interval of the global training distribution (the naive baseline).
 
         With ``calibrated=True`` its levels go through ``naive_calibration_``, the PIT map of
@@ -1095,9 +1206,13 @@ class OutcomeProfiles(BaseEstimator):
         baseline gets the same recalibration as the model).
         """
         self._check_fitted()
-        lo, hi = sp.interval(self.global_pmf_, self.bin_edges_,
-                             self.interval_mass if mass is None else mass, "central",
-                             self.naive_calibration_ if calibrated else None)
+        lo, hi = sp.interval(
+            self.global_pmf_,
+            self.bin_edges_,
+            self.interval_mass if mass is None else mass,
+            "central",
+            self.naive_calibration_ if calibrated else None,
+        )
         return float(lo[0]), float(hi[0])
 
     # ------------------------------------------------------------------ export
@@ -1155,8 +1270,9 @@ class OutcomeProfiles(BaseEstimator):
             "calibration_adjusted": self.calibration_[1].astype(np.float64),
             "global_pmf": self.global_pmf_.astype(np.float64),
             "silhouette_k": sil_k,
-            "silhouette_score": np.array([self.selection_.silhouette[int(x)] for x in sil_k],
-                                         dtype=np.float64),
+            "silhouette_score": np.array(
+                [self.selection_.silhouette[int(x)] for x in sil_k], dtype=np.float64
+            ),
         }
         g = self.groups_
         meta = {
@@ -1173,7 +1289,8 @@ class OutcomeProfiles(BaseEstimator):
             "n_patterns": int(self.n_patterns_),
             "other_pattern": int(self.other_pattern_),
             "min_group_size": int(self.min_group_size_),
-            "min_group_size_rule": self.min_group_size if isinstance(self.min_group_size, str)
+            "min_group_size_rule": self.min_group_size
+            if isinstance(self.min_group_size, str)
             else int(self.min_group_size),
             "interval_mass": float(self.interval_mass),
             "interval_method": self.interval_method,
@@ -1182,8 +1299,10 @@ class OutcomeProfiles(BaseEstimator):
             "quantile_levels": [float(x) for x in self.quantile_levels_],
             "k_selection": self.selection_.reason,
             "groups": {
-                "keys": [[str(v) for v in row] for row in
-                         g[list(self.profile_keys)].itertuples(index=False, name=None)],
+                "keys": [
+                    [str(v) for v in row]
+                    for row in g[list(self.profile_keys)].itertuples(index=False, name=None)
+                ],
                 "pattern": [int(v) for v in g["pattern"]],
                 "n_events": [int(v) for v in g["n_events"]],
                 "pooled": [bool(v) for v in g["pooled"]],
@@ -1200,7 +1319,7 @@ class OutcomeProfiles(BaseEstimator):
 
 # --------------------------------------------------------------------------- evaluation
 def _weighted_ovr_auroc(y: np.ndarray, proba: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+    from sklearn.metrics import roc_auc_score
 
     total, acc = 0, 0.0
     for c in range(proba.shape[1]):
@@ -1248,7 +1367,7 @@ def evaluate(
         ``interval_mass`` within each true pattern (conditional calibration) for the model and
         the calibrated naive interval; counts.
     """
-    from sklearn.metrics import log_loss  # noqa: PLC0415
+    from sklearn.metrics import log_loss
 
     model._check_fitted()
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -1264,21 +1383,31 @@ def evaluate(
     if has.any() and k > 1:
         yl, pl = labels[has], proba[has]
         base = np.broadcast_to(prior, pl.shape)
-        clf.update({
-            "accuracy": float(np.mean(np.argmax(pl, axis=1) == yl)),
-            "auroc_weighted_ovr": _weighted_ovr_auroc(yl, pl),
-            "log_loss": float(log_loss(yl, pl, labels=np.arange(k))),
-            "baseline_accuracy": float(np.mean(yl == int(np.argmax(prior)))),
-            "baseline_auroc_weighted_ovr": 0.5,
-            "baseline_log_loss": float(log_loss(yl, base, labels=np.arange(k))),
-        })
+        clf.update(
+            {
+                "accuracy": float(np.mean(np.argmax(pl, axis=1) == yl)),
+                "auroc_weighted_ovr": _weighted_ovr_auroc(yl, pl),
+                "log_loss": float(log_loss(yl, pl, labels=np.arange(k))),
+                "baseline_accuracy": float(np.mean(yl == int(np.argmax(prior)))),
+                "baseline_auroc_weighted_ovr": 0.5,
+                "baseline_log_loss": float(log_loss(yl, base, labels=np.arange(k))),
+            }
+        )
     pmf = sp.mixture_pmf(proba, model.pattern_pmf_)
     edges = model.bin_edges_
-    rel = list(reliability_masses) if reliability_masses is not None else \
-        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    rel = (
+        list(reliability_masses)
+        if reliability_masses is not None
+        else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    )
     out_int: dict[str, Any] = {}
-    curve: dict[str, list[float]] = {"nominal": [], "coverage": [], "coverage_uncalibrated": [],
-                                     "naive_coverage": [], "naive_calibrated_coverage": []}
+    curve: dict[str, list[float]] = {
+        "nominal": [],
+        "coverage": [],
+        "coverage_uncalibrated": [],
+        "naive_coverage": [],
+        "naive_calibrated_coverage": [],
+    }
     for m in sorted(set(map(float, masses)) | set(map(float, rel))):
         lo, hi = sp.interval(pmf, edges, m, model.interval_method, model.calibration_)
         ulo, uhi = sp.interval(pmf, edges, m, model.interval_method, None)
@@ -1312,14 +1441,17 @@ def evaluate(
         if not sel.any():
             continue
         yc = yf[sel]
-        by_pattern.append({
-            "pattern": c, "n": int(sel.sum()),
-            "coverage": float(np.mean((yc >= lo[sel]) & (yc <= hi[sel]))),
-            "mean_width": float(np.mean(hi[sel] - lo[sel])),
-            "naive_calibrated_coverage": float(np.mean((yc >= clo) & (yc <= chi))),
-        })
+        by_pattern.append(
+            {
+                "pattern": c,
+                "n": int(sel.sum()),
+                "coverage": float(np.mean((yc >= lo[sel]) & (yc <= hi[sel]))),
+                "mean_width": float(np.mean(hi[sel] - lo[sel])),
+                "naive_calibrated_coverage": float(np.mean((yc >= clo) & (yc <= chi))),
+            }
+        )
     return {
-        "n_rows": int(len(X)),
+        "n_rows": len(X),
         "n_outcome_missing": int((~fin).sum()),
         "n_unlabelled": int((~has).sum()),
         "interval_method": model.interval_method,
@@ -1335,8 +1467,9 @@ def _plt() -> Any:
     return pyplot()
 
 
-def plot_patterns(model: OutcomeProfiles, path: str | Path, mass: float | None = None,
-                  unit: str = "") -> Path:
+def plot_patterns(
+    model: OutcomeProfiles, path: str | Path, mass: float | None = None, unit: str = ""
+) -> Path:
     """One panel per pattern: its density over the shared bins with the HDR shaded.
 
     Parameters
@@ -1376,11 +1509,21 @@ def plot_patterns(model: OutcomeProfiles, path: str | Path, mass: float | None =
             ax.axvspan(lo, hi, color="tab:orange", alpha=0.25)
         ax.axhline(r.density_threshold, color="tab:orange", lw=0.8, ls="--")
         ax.set_xlim(xlo, xhi)
-        ax.set_title(f"pattern {c}: {model.pattern_n_groups_[c]} groups, "
-                     f"{model.pattern_n_events_[c]} events", fontsize=9)
+        ax.set_title(
+            f"pattern {c}: {model.pattern_n_groups_[c]} groups, "
+            f"{model.pattern_n_events_[c]} events",
+            fontsize=9,
+        )
         ax.set_xlabel(f"outcome {unit}".strip(), fontsize=8)
-        ax.text(0.98, 0.95, f"HDR {mass:g}: mass {r.mass:.2f}\nmean {model.pattern_mean_[c]:.1f}",
-                transform=ax.transAxes, ha="right", va="top", fontsize=7)
+        ax.text(
+            0.98,
+            0.95,
+            f"HDR {mass:g}: mass {r.mass:.2f}\nmean {model.pattern_mean_[c]:.1f}",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+        )
     for c in range(k, nrow * ncol):
         axes[c // ncol][c % ncol].axis("off")
     fig.tight_layout()
@@ -1399,8 +1542,14 @@ def plot_pattern_sizes(model: OutcomeProfiles, path: str | Path) -> Path:
     x = np.arange(k)
     ax.bar(x, model.pattern_n_events_, color="tab:blue")
     for i in range(k):
-        ax.text(i, model.pattern_n_events_[i], f"{model.pattern_n_groups_[i]} groups",
-                ha="center", va="bottom", fontsize=8)
+        ax.text(
+            i,
+            model.pattern_n_events_[i],
+            f"{model.pattern_n_groups_[i]} groups",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_xticks(x)
     ax.set_xlabel("pattern")
     ax.set_ylabel("training events")
@@ -1432,8 +1581,12 @@ def plot_reliability(evaluation: dict[str, Any], path: str | Path) -> Path:
     ax.plot(rel["nominal"], rel["coverage_uncalibrated"], "s--", label="profiles (raw)")
     ax.plot(rel["nominal"], rel["naive_coverage"], "^:", label="naive global (raw)")
     if "naive_calibrated_coverage" in rel:
-        ax.plot(rel["nominal"], rel["naive_calibrated_coverage"], "v:",
-                label="naive global (calibrated)")
+        ax.plot(
+            rel["nominal"],
+            rel["naive_calibrated_coverage"],
+            "v:",
+            label="naive global (calibrated)",
+        )
     ax.set_xlabel("nominal mass")
     ax.set_ylabel("observed coverage")
     ax.set_xlim(0, 1)
@@ -1447,9 +1600,18 @@ def plot_reliability(evaluation: dict[str, Any], path: str | Path) -> Path:
 
 
 __all__ = [
-    "DEFAULT_QUANTILE_LEVELS", "HighDensityRegion", "OutcomeProfiles",
-    "PatternSelection", "bin_edges", "evaluate", "highest_density_region", "knee_size",
+    "DEFAULT_QUANTILE_LEVELS",
+    "HighDensityRegion",
+    "OutcomeProfiles",
+    "PatternSelection",
+    "bin_edges",
+    "evaluate",
+    "highest_density_region",
+    "knee_size",
     "pit_calibration",
-    "plot_pattern_sizes", "plot_patterns", "plot_reliability", "resolve_min_group_size",
+    "plot_pattern_sizes",
+    "plot_patterns",
+    "plot_reliability",
+    "resolve_min_group_size",
     "select_n_patterns",
 ]

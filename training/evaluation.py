@@ -40,8 +40,11 @@ def interval_metrics(y: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict[s
     if not ok.any():
         return {"coverage": float("nan"), "mean_width": float("nan"), "n": 0}
     inside = (y[ok] >= low[ok]) & (y[ok] <= high[ok])
-    return {"coverage": float(inside.mean()), "mean_width": float(np.mean(high[ok] - low[ok])),
-            "n": int(ok.sum())}
+    return {
+        "coverage": float(inside.mean()),
+        "mean_width": float(np.mean(high[ok] - low[ok])),
+        "n": int(ok.sum()),
+    }
 
 
 def conformal_offsets(
@@ -98,7 +101,7 @@ def conformal_offsets(
     starts = np.searchsorted(nodes, np.arange(n_nodes), side="left")
     ends = np.searchsorted(nodes, np.arange(n_nodes), side="right")
     for node in range(n_nodes):
-        r = residuals[rows[starts[node]:ends[node]]]
+        r = residuals[rows[starts[node] : ends[node]]]
         if len(r) >= min_rows:
             lo[node], hi[node] = _conformal_quantiles(r, a, b)
             source[node] = node
@@ -134,8 +137,9 @@ def fallback_shares(levels: np.ndarray) -> dict[str, float]:
     return {str(int(v)): float(c / len(levels)) for v, c in zip(vals, cnt, strict=True)}
 
 
-def per_segment_mae(y: np.ndarray, pred: np.ndarray, segments: np.ndarray,
-                    top: int = 10) -> list[dict[str, Any]]:
+def per_segment_mae(
+    y: np.ndarray, pred: np.ndarray, segments: np.ndarray, top: int = 10
+) -> list[dict[str, Any]]:
     """MAE of the ``top`` largest segments (by finite-outcome rows), largest first."""
     y = np.asarray(y, np.float64)
     ok = np.isfinite(y) & np.isfinite(pred)
@@ -146,5 +150,6 @@ def per_segment_mae(y: np.ndarray, pred: np.ndarray, segments: np.ndarray,
     vals, inv, cnt = np.unique(seg, return_inverse=True, return_counts=True)
     sums = np.bincount(inv, weights=err)
     order = np.argsort(-cnt, kind="stable")[:top]
-    return [{"segment": int(vals[i]), "n": int(cnt[i]), "mae": float(sums[i] / cnt[i])}
-            for i in order]
+    return [
+        {"segment": int(vals[i]), "n": int(cnt[i]), "mae": float(sums[i] / cnt[i])} for i in order
+    ]

@@ -31,22 +31,27 @@ class Explanation:
     unknown_key: str | None
 
     def lines(self) -> list[str]:
-        out = [f"event {self.event_id}",
-               f"segment {self.segment}: {self.rules} (nodes {' > '.join(map(str, self.path))})"
-               f"{' (routed by look-ahead: a value was missing/unknown)' if self.imputed else ''}",
-               f"model of node {self.model_node}, fallback level {self.fallback_level}"
-               f"{' (own segment model)' if self.fallback_level == 0 else ''}"]
+        out = [
+            f"event {self.event_id}",
+            f"segment {self.segment}: {self.rules} (nodes {' > '.join(map(str, self.path))})"
+            f"{' (routed by look-ahead: a value was missing/unknown)' if self.imputed else ''}",
+            f"model of node {self.model_node}, fallback level {self.fallback_level}"
+            f"{' (own segment model)' if self.fallback_level == 0 else ''}",
+        ]
         if self.unknown_key:
             out.append(f"never seen in training: {self.unknown_key}")
         out.append("contributions (sum = prediction):")
         for k, v in self.contributions.items():
             out.append(f"  {k:<18} {v:+10.3f}")
         out.append(f"  {'= prediction':<18} {self.prediction:+10.3f}")
-        out.append(f"interval ({self.interval_mass:.0%}): [{self.interval[0]:.1f}, "
-                   f"{self.interval[1]:.1f}]")
+        out.append(
+            f"interval ({self.interval_mass:.0%}): [{self.interval[0]:.1f}, {self.interval[1]:.1f}]"
+        )
         order = np.argsort(self.pattern_proba)[::-1]
-        out.append("pattern probabilities: " + ", ".join(
-            f"p{int(i)}={self.pattern_proba[i]:.3f}" for i in order[:5]))
+        out.append(
+            "pattern probabilities: "
+            + ", ".join(f"p{int(i)}={self.pattern_proba[i]:.3f}" for i in order[:5])
+        )
         return out
 
 
@@ -64,8 +69,14 @@ def event_columns(bundle: Any, event: dict[str, Any]) -> dict[str, np.ndarray]:
         if v is None and f.required:
             raise SchemaError(f"event lacks required field '{f.name}'")
         if f.type == "datetime":
-            cols[f.name] = np.array([pd.Timestamp(v).tz_convert("UTC").tz_localize(None)
-                                     if v else np.datetime64("NaT")], dtype="datetime64[ns]")
+            cols[f.name] = np.array(
+                [
+                    pd.Timestamp(v).tz_convert("UTC").tz_localize(None)
+                    if v
+                    else np.datetime64("NaT")
+                ],
+                dtype="datetime64[ns]",
+            )
         elif f.type in ("float", "int", "bool"):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise SchemaError(f"field '{f.name}' must be a number, got {v!r}")
@@ -86,7 +97,9 @@ def explain_event(bundle: Any, event: dict[str, Any]) -> Explanation:
     names = bundle.contribution_names
     return Explanation(
         event_id=str(event.get(bundle.schema.id_field, "?")),
-        segment=seg, path=anc[::-1], rules=bundle.router.describe_path(seg),
+        segment=seg,
+        path=anc[::-1],
+        rules=bundle.router.describe_path(seg),
         model_node=int(s["model_node"][0]),
         fallback_level=int(s["fallback_level"][0]),
         contributions={n: float(c) for n, c in zip(names, contrib, strict=True)},
@@ -94,14 +107,15 @@ def explain_event(bundle: Any, event: dict[str, Any]) -> Explanation:
         interval=(float(s["interval_low"][0]), float(s["interval_high"][0])),
         interval_mass=bundle.interval_mass,
         pattern_proba=[float(p) for p in prof.proba[0]],
-        imputed=bool(s["imputed"][0]), unknown_key=s["unknown_key"][0],
+        imputed=bool(s["imputed"][0]),
+        unknown_key=s["unknown_key"][0],
     )
 
 
 def plot_event(bundle: Any, ex: Explanation, path: str | Path, top: int = 3) -> Path:
     """The event's predicted outcome distribution (pattern mixture) against its top patterns
     (the DistETA streaming plot, on demand)."""
-    from segstream.training.plotting import pyplot  # noqa: PLC0415
+    from segstream.training.plotting import pyplot
 
     plt = pyplot()
     prof = bundle.profiles
@@ -118,10 +132,14 @@ def plot_event(bundle: Any, ex: Explanation, path: str | Path, top: int = 3) -> 
     fig, ax = plt.subplots(figsize=(8, 3.6))
     ax.plot(centres, mix / widths, color="black", lw=2, label="this event (mixture)")
     for i in np.argsort(proba)[::-1][:top]:
-        ax.plot(centres, prof.pattern_pmf[i] / widths, lw=1, alpha=0.8,
-                label=f"pattern {int(i)} (p={proba[i]:.2f})")
-    ax.axvspan(*ex.interval, color="#2b6cb0", alpha=0.15,
-               label=f"{ex.interval_mass:.0%} interval")
+        ax.plot(
+            centres,
+            prof.pattern_pmf[i] / widths,
+            lw=1,
+            alpha=0.8,
+            label=f"pattern {int(i)} (p={proba[i]:.2f})",
+        )
+    ax.axvspan(*ex.interval, color="#2b6cb0", alpha=0.15, label=f"{ex.interval_mass:.0%} interval")
     ax.axvline(ex.prediction, color="#2b6cb0", ls="--", label="prediction")
     q = np.quantile(np.r_[e[1:-1]], [0.0, 0.97])
     ax.set_xlim(q[0], q[1])

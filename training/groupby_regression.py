@@ -51,7 +51,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numba
 import numpy as np
@@ -63,8 +64,8 @@ from segstream.training import _groupby_kernels as _k
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "STATUS_CODES",
     "METHODS",
+    "STATUS_CODES",
     "GroupFitResult",
     "fit_groups",
     "make_parallel_fit",
@@ -174,7 +175,11 @@ class GroupFitResult:
         ids = np.asarray(group_ids)
         pos = np.searchsorted(self.groups, ids)
         pos = np.clip(pos, 0, max(len(self.groups) - 1, 0))
-        hit = (len(self.groups) > 0) & (self.groups[pos] == ids) if len(self.groups) else np.zeros(ids.shape, bool)
+        hit = (
+            (len(self.groups) > 0) & (self.groups[pos] == ids)
+            if len(self.groups)
+            else np.zeros(ids.shape, bool)
+        )
         return np.where(hit, pos, -1).astype(np.int64)
 
     def predict(self, group_ids, X, target: int | str = 0) -> np.ndarray:
@@ -255,7 +260,9 @@ def _as_numeric(a, name: str, ndim: tuple[int, ...]) -> np.ndarray:
             f"column first)"
         )
     if arr.ndim not in ndim:
-        raise SchemaError(f"{name}: expected {' or '.join(map(str, ndim))}-D, got shape {arr.shape}")
+        raise SchemaError(
+            f"{name}: expected {' or '.join(map(str, ndim))}-D, got shape {arr.shape}"
+        )
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
@@ -295,7 +302,7 @@ def _parse_sign(sign, feature_names: Sequence[str]) -> np.ndarray:
             raise ValueError(f"sign: unknown predictor(s) {sorted(unknown)}")
         items = [(feature_names.index(k), v) for k, v in sign.items()]
     else:
-        seq = list(sign) if not isinstance(sign, str) else list(sign)
+        seq = list(sign)
         if len(seq) != p:
             raise ValueError(f"sign: expected {p} entries (one per predictor), got {len(seq)}")
         items = list(enumerate(seq))
@@ -481,8 +488,12 @@ def fit_groups(
     gid, Xa, ya, w, sel, keep = _prepare(group_ids, X, y, weights, selection)
     n, p = Xa.shape
     T = ya.shape[1]
-    feature_names = tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(p))
-    target_names = tuple(target_names) if target_names is not None else tuple(f"y{t}" for t in range(T))
+    feature_names = (
+        tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(p))
+    )
+    target_names = (
+        tuple(target_names) if target_names is not None else tuple(f"y{t}" for t in range(T))
+    )
     if len(feature_names) != p:
         raise ValueError(f"feature_names: expected {p} names, got {len(feature_names)}")
     if len(target_names) != T:
@@ -566,8 +577,9 @@ def fit_groups(
     }
     if do_shrink and G:
         if shrink_eb:
-            prec, tau2 = _eb_precision(coef, se, status, pidx, stats[4], stats[5], stats[6],
-                                       stats[10])
+            prec, tau2 = _eb_precision(
+                coef, se, status, pidx, stats[4], stats[5], stats[6], stats[10]
+            )
             params["eb_tau2"] = tau2.tolist()
         else:
             lam = float(shrinkage)
@@ -582,19 +594,48 @@ def fit_groups(
                     var[j] = np.average((xj[fin] - mu) ** 2, weights=ww)
             prec = np.tile(np.concatenate([[lam], lam * var]), (T, 1))
         order_td = np.argsort(depth[labels], kind="stable").astype(np.int64)
-        (Xg, Yg, Wg, offsets, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2,
-         st_kept) = stats
-        done = _k._shrink_topdown(order_td, pidx, prec, bool(shrink_eb), coef, se, status, st_W,
-                                  st_ybar, st_xbar, st_A, st_rhs, st_sig2, st_kept, 1e-14)
+        (Xg, Yg, Wg, offsets, st_W, st_ybar, st_xbar, st_A, st_rhs, _st_syy, st_sig2, st_kept) = (
+            stats
+        )
+        done = _k._shrink_topdown(
+            order_td,
+            pidx,
+            prec,
+            bool(shrink_eb),
+            coef,
+            se,
+            status,
+            st_W,
+            st_ybar,
+            st_xbar,
+            st_A,
+            st_rhs,
+            st_sig2,
+            st_kept,
+            1e-14,
+        )
         _k._residual_stats(Xg, Yg, Wg, offsets, coef, done, rms, mad, n_used)
         n_rej[done] = 0
         cond[done] = np.nan
 
     return GroupFitResult(
-        groups=labels, coef=coef, stderr=se, rms=rms, mad=mad, n_used=n_used,
-        n_rejected=n_rej, n_iter=n_iter, cond=cond, status=status, x_mean=x_mean,
-        n_rows=n_rows, parent=pidx, feature_names=feature_names, target_names=target_names,
-        method=method, params=params,
+        groups=labels,
+        coef=coef,
+        stderr=se,
+        rms=rms,
+        mad=mad,
+        n_used=n_used,
+        n_rejected=n_rej,
+        n_iter=n_iter,
+        cond=cond,
+        status=status,
+        x_mean=x_mean,
+        n_rows=n_rows,
+        parent=pidx,
+        feature_names=feature_names,
+        target_names=target_names,
+        method=method,
+        params=params,
     )
 
 
@@ -628,8 +669,14 @@ def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
     other case go through the general per-group fit."""
     p = Xa.shape[1]
     T = ya.shape[1]
-    if (G and T == 1 and ip[_k.IP_METHOD] == _k.METHOD_OLS and not store and not sgn.any()
-            and not _k._is_grouped(codes, keep)):
+    if (
+        G
+        and T == 1
+        and ip[_k.IP_METHOD] == _k.METHOD_OLS
+        and not store
+        and not sgn.any()
+        and not _k._is_grouped(codes, keep)
+    ):
         return _fit_rows_ols_unsorted(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
     offsets, Xg, Yg, Wg = _group_rows(codes, keep, G, Xa, ya, w)
     m = Xg.shape[0]
@@ -654,14 +701,60 @@ def _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, store):
     st_kept = np.zeros((sG, T, sp), np.uint8)
     todo = np.ones(G, dtype=np.uint8)
     if G and ip[_k.IP_METHOD] == _k.METHOD_OLS and not store and not sgn.any():
-        _k._fit_ols_fast(Xg, Yg, Wg, offsets, ms, ip, fp, n_chunks, coef, se, rms, mad, cond,
-                         n_used, status, x_mean, todo)
+        _k._fit_ols_fast(
+            Xg,
+            Yg,
+            Wg,
+            offsets,
+            ms,
+            ip,
+            fp,
+            n_chunks,
+            coef,
+            se,
+            rms,
+            mad,
+            cond,
+            n_used,
+            status,
+            x_mean,
+            todo,
+        )
     if G and todo.any():
         _k._x_mean(Xg, Wg, offsets, n_chunks, todo, x_mean)
-        _k._fit_all(Xg, Yg, Wg, offsets, ms, sgn, ip, fp, n_chunks, todo, np.empty(m),
-                    np.empty(m, dtype=np.bool_), np.empty(m), np.empty(m), coef, se, rms, mad,
-                    cond, n_used, n_rej, n_iter, status, st_W, st_ybar, st_xbar, st_A, st_rhs,
-                    st_syy, st_sig2, st_kept)
+        _k._fit_all(
+            Xg,
+            Yg,
+            Wg,
+            offsets,
+            ms,
+            sgn,
+            ip,
+            fp,
+            n_chunks,
+            todo,
+            np.empty(m),
+            np.empty(m, dtype=np.bool_),
+            np.empty(m),
+            np.empty(m),
+            coef,
+            se,
+            rms,
+            mad,
+            cond,
+            n_used,
+            n_rej,
+            n_iter,
+            status,
+            st_W,
+            st_ybar,
+            st_xbar,
+            st_A,
+            st_rhs,
+            st_syy,
+            st_sig2,
+            st_kept,
+        )
     stats = (Xg, Yg, Wg, offsets, st_W, st_ybar, st_xbar, st_A, st_rhs, st_syy, st_sig2, st_kept)
     return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats
 
@@ -694,8 +787,9 @@ def _fit_rows_ols_unsorted(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
     rec = np.empty((G, 2 * p + 1))
     offsets = np.empty(G + 1, dtype=np.int64)
     need = max(p + 1, int(ip[_k.IP_MIN_ROWS]), int(ms.max()) if p else 1)
-    _k._ols_solve_table(tab, p, need, fp, n_chunks, offsets, rec, coef, se, rms, cond, n_used,
-                        status, x_mean, todo)
+    _k._ols_solve_table(
+        tab, p, need, fp, n_chunks, offsets, rec, coef, se, rms, cond, n_used, status, x_mean, todo
+    )
     offsets[0] = 0
     np.cumsum(offsets[1:], out=offsets[1:])
     # first slot of row slice k's rows of each group: offsets + rows of the earlier slices
@@ -712,13 +806,43 @@ def _fit_rows_ols_unsorted(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks)
         r_off, Xg, Yg, Wg = _group_rows(codes, keep_redo, G, Xa, ya, w)
         m = Xg.shape[0]
         sp = max(p, 1)
-        st = [np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1, sp)), np.zeros((1, 1, sp, sp)),
-              np.zeros((1, 1, sp)), np.zeros((1, 1)), np.zeros((1, 1)),
-              np.zeros((1, 1, sp), np.uint8)]
+        st = [
+            np.zeros((1, 1)),
+            np.zeros((1, 1)),
+            np.zeros((1, 1, sp)),
+            np.zeros((1, 1, sp, sp)),
+            np.zeros((1, 1, sp)),
+            np.zeros((1, 1)),
+            np.zeros((1, 1)),
+            np.zeros((1, 1, sp), np.uint8),
+        ]
         _k._x_mean(Xg, Wg, r_off, n_chunks, todo, x_mean)
-        _k._fit_all(Xg, Yg, Wg, r_off, ms, sgn, ip, fp, n_chunks, todo, np.empty(m),
-                    np.empty(m, dtype=np.bool_), np.empty(m), np.empty(m), coef, se, rms, mad,
-                    cond, n_used, n_rej, n_iter, status, *st)
+        _k._fit_all(
+            Xg,
+            Yg,
+            Wg,
+            r_off,
+            ms,
+            sgn,
+            ip,
+            fp,
+            n_chunks,
+            todo,
+            np.empty(m),
+            np.empty(m, dtype=np.bool_),
+            np.empty(m),
+            np.empty(m),
+            coef,
+            se,
+            rms,
+            mad,
+            cond,
+            n_used,
+            n_rej,
+            n_iter,
+            status,
+            *st,
+        )
     stats = (None,) * 12
     return coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats
 
@@ -739,7 +863,7 @@ def _tree_depth(parent: np.ndarray) -> np.ndarray:
 
 def _eb_precision(coef, se, status, pidx, st_W, st_ybar, st_xbar, st_sig2):
     """Closed-form empirical-Bayes prior precisions 1/tau^2, shape (T, k), and tau^2."""
-    G, T, k = coef.shape
+    _G, T, k = coef.shape
     prec = np.zeros((T, k))
     tau2_out = np.zeros((T, k))
     child = np.flatnonzero(pidx >= 0)
@@ -871,8 +995,13 @@ def make_parallel_fit(
 
     if callable(fitter):
         raise ValueError("fitter: custom fitter classes are not supported; use 'ols' or 'robust'")
-    fmap = {"auto": "huber", "robust": "huber", "huber": "huber", "ols": "sigma_clip",
-            "sigma_clip": "sigma_clip"}
+    fmap = {
+        "auto": "huber",
+        "robust": "huber",
+        "huber": "huber",
+        "ols": "sigma_clip",
+        "sigma_clip": "sigma_clip",
+    }
     if fitter not in fmap:
         raise ValueError(f"fitter: expected one of {sorted(fmap)}, got {fitter!r}")
     method = fmap[fitter]
@@ -889,9 +1018,13 @@ def make_parallel_fit(
     if missing:
         raise SchemaError(f"make_parallel_fit: column(s) not found in the data frame: {missing}")
     for c in fit_columns + linear_columns + median_columns + ([weights] if weights else []):
-        if not (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-                or pd.api.types.is_bool_dtype(df[c])):
-            raise SchemaError(f"make_parallel_fit: column {c!r} is not numeric (dtype {df[c].dtype})")
+        if not (
+            (pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]))
+            or pd.api.types.is_bool_dtype(df[c])
+        ):
+            raise SchemaError(
+                f"make_parallel_fit: column {c!r} is not numeric (dtype {df[c].dtype})"
+            )
     sel = np.ones(len(df), bool) if selection is None else np.asarray(selection, dtype=bool)
     if sel.shape != (len(df),):
         raise DataError(f"selection: has shape {sel.shape}, expected ({len(df)},)")
@@ -903,11 +1036,17 @@ def make_parallel_fit(
     ms = ms[: len(linear_columns)]
     codes = df.groupby(gb_columns, sort=True, dropna=False).ngroup().to_numpy(np.int64)
     res = fit_groups(
-        codes, df[linear_columns].to_numpy(np.float64), df[fit_columns].to_numpy(np.float64),
+        codes,
+        df[linear_columns].to_numpy(np.float64),
+        df[fit_columns].to_numpy(np.float64),
         None if weights is None else df[weights].to_numpy(np.float64),
-        selection=sel, method=method, min_stat=ms, min_rows=int(ms.min()) if ms.size else 0,
+        selection=sel,
+        method=method,
+        min_stat=ms,
+        min_rows=int(ms.min()) if ms.size else 0,
         sigma_cut=float(sigmaCut) if sigmaCut is not None and np.isfinite(sigmaCut) else 4.0,
-        feature_names=linear_columns, target_names=fit_columns,
+        feature_names=linear_columns,
+        target_names=fit_columns,
     )
     # one representative row per fitted group for the key columns
     first = pd.Series(np.arange(len(df)))[sel].groupby(codes[sel]).first()
@@ -932,14 +1071,19 @@ def make_parallel_fit(
         cols[f"{diag_prefix}n_refits"] = res.n_iter[:, 0] if fit_columns else 0
         with np.errstate(invalid="ignore", divide="ignore"):
             used_all = res.n_used[:, 0] + res.n_rejected[:, 0]
-            cols[f"{diag_prefix}frac_rejected"] = np.where(used_all > 0, res.n_rejected[:, 0] / np.maximum(used_all, 1), np.nan)
+            cols[f"{diag_prefix}frac_rejected"] = np.where(
+                used_all > 0, res.n_rejected[:, 0] / np.maximum(used_all, 1), np.nan
+            )
         cols[f"{diag_prefix}cond_xtx"] = res.cond[:, 0]
         cols[f"{diag_prefix}n_rows"] = res.n_used[:, 0]
     cols["bin_count"] = res.n_rows.astype(np.int32)
     body = pd.DataFrame(cols)
     if cast_dtype is not None:
         for c in body.columns:
-            if any(s in c for s in ("slope", "intercept", "rms", "mad")) and body[c].dtype.kind == "f":
+            if (
+                any(s in c for s in ("slope", "intercept", "rms", "mad"))
+                and body[c].dtype.kind == "f"
+            ):
                 body[c] = body[c].astype(cast_dtype)
     body = body.rename(columns={c: f"{c}{suffix}" for c in body.columns})
     dfGB = pd.concat([keys, body], axis=1)

@@ -22,23 +22,38 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pandas as pd
-import numba
 from numba import njit, prange
 from sklearn.base import BaseEstimator, clone
 
 from segstream.shared.component import ExportedComponent
 from segstream.shared.errors import DataError, NotFittedError, SchemaError
 from segstream.shared.routing import (
-    FORMAT_VERSION, KEY, LEAF, NUMERIC, DesignColumn, FeatureSchema, RouteResult, Router,
-    category_strings, node_at_depth, numeric_column,
+    FORMAT_VERSION,
+    KEY,
+    LEAF,
+    NUMERIC,
+    DesignColumn,
+    FeatureSchema,
+    Router,
+    RouteResult,
+    category_strings,
+    node_at_depth,
+    numeric_column,
 )
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TreePartitioner", "KeyPartitioner", "CompositePartitioner", "PartitionReport",
-           "partition_report", "plot_partition_report"]
+__all__ = [
+    "CompositePartitioner",
+    "KeyPartitioner",
+    "PartitionReport",
+    "TreePartitioner",
+    "partition_report",
+    "plot_partition_report",
+]
 
 # --------------------------------------------------------------------------------------------
 # numba: histogram best-first growth
@@ -317,9 +332,29 @@ def _partition_rows(bins, Y, rowsq, rows, start, end, f, b, ml, miss_bin, tb, tY
 
 
 @njit(cache=True, nogil=True)
-def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain, sse_tol,
-          retain_min, par_min, pool, n_feat, n_bin, n_missleft, n_left, n_right, n_count,
-          n_start, n_end):
+def _grow(
+    bins,
+    Y,
+    rowsq,
+    rows,
+    nbins,
+    miss_bin,
+    max_leaves,
+    min_leaf,
+    min_gain,
+    sse_tol,
+    retain_min,
+    par_min,
+    pool,
+    n_feat,
+    n_bin,
+    n_missleft,
+    n_left,
+    n_right,
+    n_count,
+    n_start,
+    n_end,
+):
     """Best-first growth of one tree on the rows held by ``bins``, ``Y``, ``rowsq``, ``rows``.
 
     The four arrays (bin codes (m, F) uint8, targets (m, T) float32, squared row norms (m,),
@@ -406,7 +441,7 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
                 parent += tot[t] * tot[t] / N
             sse = sumsq[nd] - parent
             is_cand = False
-            if N >= 2 * min_leaf and sse > sse_tol * N:
+            if 2 * min_leaf <= N and sse > sse_tol * N:
                 if n_count[nd] >= par_min:
                     g, bf, bb, bml = _best_split_par(h, nbins, miss_bin, min_leaf, tot)
                 else:
@@ -428,8 +463,22 @@ def _grow(bins, Y, rowsq, rows, nbins, miss_bin, max_leaves, min_leaf, min_gain,
             break
         # split the open leaf with the largest gain
         nd, n_heap = _heap_pop(heap_g, heap_n, n_heap)
-        lo = _partition_rows(bins, Y, rowsq, rows, n_start[nd], n_end[nd], n_feat[nd],
-                             n_bin[nd], n_missleft[nd], miss_bin, tb, tY, tq, tr)
+        lo = _partition_rows(
+            bins,
+            Y,
+            rowsq,
+            rows,
+            n_start[nd],
+            n_end[nd],
+            n_feat[nd],
+            n_bin[nd],
+            n_missleft[nd],
+            miss_bin,
+            tb,
+            tY,
+            tq,
+            tr,
+        )
         L = n_nodes
         R = n_nodes + 1
         n_nodes += 2
@@ -596,6 +645,7 @@ def _row_sumsq(Y):
 # node table: trees and tries assembled, then renumbered in depth-first pre-order
 # --------------------------------------------------------------------------------------------
 
+
 class _NodeTable:
     """Mutable tree under construction (creation-order ids; root is 0)."""
 
@@ -674,18 +724,27 @@ class _NodeTable:
                 nd = int(parent[nd])
                 j += 1
         arrays = {
-            "node_kind": kind, "node_feature": feature, "node_threshold": threshold,
-            "node_right": right, "node_parent": parent, "node_depth": depth,
-            "node_weight": weight, "node_count": np.zeros(m, dtype=np.int64),
-            "node_segment": segment, "child_ptr": ptr,
+            "node_kind": kind,
+            "node_feature": feature,
+            "node_threshold": threshold,
+            "node_right": right,
+            "node_parent": parent,
+            "node_depth": depth,
+            "node_weight": weight,
+            "node_count": np.zeros(m, dtype=np.int64),
+            "node_segment": segment,
+            "child_ptr": ptr,
             "child_code": np.asarray(codes, dtype=np.int32),
             "child_node": np.asarray(kids, dtype=np.int32),
-            "segment_node": leaves, "ancestors": anc,
+            "segment_node": leaves,
+            "ancestors": anc,
         }
         return arrays, new_id
 
 
-def _subtree_counts(parent: np.ndarray, segment_node: np.ndarray, segments: np.ndarray) -> np.ndarray:
+def _subtree_counts(
+    parent: np.ndarray, segment_node: np.ndarray, segments: np.ndarray
+) -> np.ndarray:
     """Rows in each node's subtree given each row's segment (pre-order: children > parents)."""
     m = parent.shape[0]
     counts = np.zeros(m, dtype=np.int64)
@@ -698,6 +757,7 @@ def _subtree_counts(parent: np.ndarray, segment_node: np.ndarray, segments: np.n
 # --------------------------------------------------------------------------------------------
 # input handling
 # --------------------------------------------------------------------------------------------
+
 
 def _as_columns(X: Any) -> tuple[dict[str, Any], list[str], int]:
     """DataFrame / 2-d array / mapping of columns -> (columns, names, n_rows)."""
@@ -751,13 +811,16 @@ def _category_table(name: str, values: Any, allow_missing: bool) -> pd.Index:
     if missing.all():
         raise DataError(f"column {name!r}: all values are missing")
     if missing.any() and not allow_missing:
-        raise DataError(f"key column {name!r}: {int(missing.sum())} missing values; fill them "
-                        "with an explicit category (e.g. 'unknown') before fitting")
+        raise DataError(
+            f"key column {name!r}: {int(missing.sum())} missing values; fill them "
+            "with an explicit category (e.g. 'unknown') before fitting"
+        )
     return pd.Index(np.unique(strings[~missing].astype(str)).astype(object), dtype=object)
 
 
-def _quantile_bins(Z: np.ndarray, feats: np.ndarray, max_bins: int, rng: np.random.Generator,
-                   sample: int = 200_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _quantile_bins(
+    Z: np.ndarray, feats: np.ndarray, max_bins: int, rng: np.random.Generator, sample: int = 200_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bin rows ``feats`` of Z (p, n): uint8 codes (n, len(feats)) with NaN -> ``max_bins``.
 
     Edges come from the distinct values (midpoints) when a seeded sample of up to ``sample``
@@ -769,11 +832,12 @@ def _quantile_bins(Z: np.ndarray, feats: np.ndarray, max_bins: int, rng: np.rand
     F = feats.shape[0]
     edges = np.full((F, max(max_bins - 1, 1)), np.inf)
     nbins = np.ones(F, dtype=np.int64)
-    idx = (np.sort(rng.choice(n, sample, replace=False)) if n > sample
-           else np.arange(n)).astype(np.int64)
+    idx = (np.sort(rng.choice(n, sample, replace=False)) if n > sample else np.arange(n)).astype(
+        np.int64
+    )
     srt, cnt = _sorted_finite_rows(Z, feats, idx)
     for f in range(F):
-        fin = srt[f, :cnt[f]]
+        fin = srt[f, : cnt[f]]
         if fin.size == 0:
             continue
         u = fin[np.concatenate([[True], fin[1:] != fin[:-1]])]
@@ -788,7 +852,7 @@ def _quantile_bins(Z: np.ndarray, feats: np.ndarray, max_bins: int, rng: np.rand
             hi = np.minimum(lo + 1, fin.size - 1)
             th = np.unique(fin[lo] * (1.0 - w) + fin[hi] * w)
             th = th[th < u[-1]]  # an edge at the maximum separates nothing
-        edges[f, :th.size] = th
+        edges[f, : th.size] = th
         nbins[f] = th.size + 1
     bins = np.empty((n, F), dtype=np.uint8)
     padded = np.full((F, 256), np.inf)
@@ -806,6 +870,7 @@ def _check_positive_int(name: str, value: Any, minimum: int) -> int:
 # --------------------------------------------------------------------------------------------
 # estimators
 # --------------------------------------------------------------------------------------------
+
 
 class _BasePartitioner(BaseEstimator):
     """Shared fit/routing/export machinery. Subclasses define ``_levels`` and ``_has_tree``."""
@@ -879,17 +944,22 @@ class _BasePartitioner(BaseEstimator):
         if has_tree:
             encoding = self._tree_param("category_encoding", "onehot")
             if encoding not in ("onehot", "target"):
-                raise ValueError(f"category_encoding must be 'onehot' or 'target', got "
-                                 f"{encoding!r}")
+                raise ValueError(
+                    f"category_encoding must be 'onehot' or 'target', got {encoding!r}"
+                )
             max_leaf = _check_positive_int("max_leaf_nodes", self.max_leaf_nodes, 1)
             _check_positive_int("min_samples_leaf", self.min_samples_leaf, 1)
             mb = _check_positive_int("max_bins", self.max_bins, 2)
             if mb > 255:
                 raise ValueError(f"max_bins must be <= 255, got {mb}")
-            if not (isinstance(self.min_impurity_decrease, (int, float))
-                    and self.min_impurity_decrease >= 0):
-                raise ValueError("min_impurity_decrease must be a number >= 0, got "
-                                 f"{self.min_impurity_decrease!r}")
+            if not (
+                isinstance(self.min_impurity_decrease, (int, float))
+                and self.min_impurity_decrease >= 0
+            ):
+                raise ValueError(
+                    "min_impurity_decrease must be a number >= 0, got "
+                    f"{self.min_impurity_decrease!r}"
+                )
             if self.algorithm not in ("hist", "exact"):
                 raise ValueError(f"algorithm must be 'hist' or 'exact', got {self.algorithm!r}")
             del max_leaf
@@ -911,24 +981,31 @@ class _BasePartitioner(BaseEstimator):
                 try:
                     raw[c] = numeric_column(c, cols[c], n)
                 except SchemaError as exc:
-                    raise SchemaError(f"{exc}; list it in categorical_features"
-                                      + (" or levels" if levels else "")) from None
+                    raise SchemaError(
+                        f"{exc}; list it in categorical_features" + (" or levels" if levels else "")
+                    ) from None
                 stats[c] = _finite_stats(raw[c])
                 cnt, lo, hi, _, _ = stats[c]
                 if cnt == 0:
                     raise DataError(f"column {c!r}: all values are missing (or infinite)")
                 if lo == hi:
-                    warnings.warn(f"column {c!r} is constant; it cannot split and only adds a "
-                                  "zero-variance target", UserWarning, stacklevel=3)
+                    warnings.warn(
+                        f"column {c!r} is constant; it cannot split and only adds a "
+                        "zero-variance target",
+                        UserWarning,
+                        stacklevel=3,
+                    )
             for k, v in _extra_targets(y, n, set(names)).items():
                 if _finite_stats(v)[0] == 0:
                     raise DataError(f"target {k!r} (y): all values are missing")
                 raw[k] = v
-                ycols = ycols + [k]
+                ycols = [*ycols, k]
             target_names = numeric + ycols
             if not target_names:
-                raise DataError("no numeric column to build the variance target from; add "
-                                "numeric features or y_columns")
+                raise DataError(
+                    "no numeric column to build the variance target from; add "
+                    "numeric features or y_columns"
+                )
             Y = self._scaled_targets(raw, target_names, n, stats)
         # category tables (shared encoding code with the router)
         categories: dict[str, pd.Index] = {}
@@ -987,8 +1064,13 @@ class _BasePartitioner(BaseEstimator):
             "y_columns": ycols,
             "target_columns": target_names,
             "algorithm": self._tree_param("algorithm") if has_tree else None,
-            "scaler": (None if not has_tree else "zscore" if self._tree_param("scaler") is None
-                       else type(self._tree_param("scaler")).__name__),
+            "scaler": (
+                None
+                if not has_tree
+                else "zscore"
+                if self._tree_param("scaler") is None
+                else type(self._tree_param("scaler")).__name__
+            ),
             **meta_schema,
         }
         arrays.update(schema_arrays)
@@ -1004,8 +1086,9 @@ class _BasePartitioner(BaseEstimator):
                 segments[miss] = router.route_design(Z[:, miss]).segment
         else:
             segments = router.route_design(Z).segment
-        arrays["node_count"] = _subtree_counts(arrays["node_parent"], arrays["segment_node"],
-                                               segments)
+        arrays["node_count"] = _subtree_counts(
+            arrays["node_parent"], arrays["segment_node"], segments
+        )
         self._arrays = arrays
         self._meta = meta
         self.router_ = Router.from_arrays(arrays, meta)
@@ -1024,8 +1107,9 @@ class _BasePartitioner(BaseEstimator):
         self.segment_node_ = arrays["segment_node"]
         self.segment_sizes_ = arrays["node_count"][arrays["segment_node"]]
 
-    def _scaled_targets(self, raw: dict[str, np.ndarray], names: list[str], n: int,
-                        stats: dict[str, tuple]) -> np.ndarray:
+    def _scaled_targets(
+        self, raw: dict[str, np.ndarray], names: list[str], n: int, stats: dict[str, tuple]
+    ) -> np.ndarray:
         """Scaled, weighted targets as float32 (n, T); missing/infinite -> 0 (the mean).
 
         ``stats`` holds :func:`_finite_stats` of columns already scanned (others are scanned).
@@ -1053,8 +1137,11 @@ class _BasePartitioner(BaseEstimator):
             Y[:] = np.where(np.isfinite(S), S, 0.0)
             center = getattr(self.scaler_, "mean_", getattr(self.scaler_, "center_", None))
             sc = getattr(self.scaler_, "scale_", None)
-            self._scaler_params = None if center is None or sc is None else (
-                np.asarray(center, dtype=np.float64), np.asarray(sc, dtype=np.float64))
+            self._scaler_params = (
+                None
+                if center is None or sc is None
+                else (np.asarray(center, dtype=np.float64), np.asarray(sc, dtype=np.float64))
+            )
         weights = self._tree_param("weights") or {}
         for k, w in weights.items():
             if k not in names:
@@ -1069,15 +1156,21 @@ class _BasePartitioner(BaseEstimator):
         return {"scaler_center": p[0], "scaler_scale": p[1]}
 
     @staticmethod
-    def _build_trie(table: _NodeTable, codes: dict[str, np.ndarray], levels: list[str],
-                    key_rows: list[int], n: int, row_leaf: np.ndarray
-                    ) -> list[tuple[int, np.ndarray]]:
+    def _build_trie(
+        table: _NodeTable,
+        codes: dict[str, np.ndarray],
+        levels: list[str],
+        key_rows: list[int],
+        n: int,
+        row_leaf: np.ndarray,
+    ) -> list[tuple[int, np.ndarray]]:
         """Add one node per observed key prefix; return (leaf id, rows) per full combination."""
         C = np.column_stack([codes[c] for c in levels]).astype(np.int64)
         row_node = np.zeros(n, dtype=np.int64)  # node of each row at the current depth
         for d in range(len(levels)):
-            uniq, inv, cnt = np.unique(C[:, : d + 1], axis=0, return_inverse=True,
-                                       return_counts=True)
+            uniq, inv, cnt = np.unique(
+                C[:, : d + 1], axis=0, return_inverse=True, return_counts=True
+            )
             inv = inv.reshape(-1)
             ids = np.empty(uniq.shape[0], dtype=np.int64)
             first = np.full(uniq.shape[0], -1, dtype=np.int64)
@@ -1095,10 +1188,19 @@ class _BasePartitioner(BaseEstimator):
         bounds = np.flatnonzero(np.diff(row_node[order])) + 1
         return [(int(row_node[g[0]]), g) for g in np.split(order, bounds)]
 
-    def _grow_trees(self, table: _NodeTable, Z: np.ndarray, Y: np.ndarray, key_rows: list[int],
-                    key_leaves: list[tuple[int, np.ndarray]], row_leaf: np.ndarray, n: int) -> None:
-        split_rows = np.array([r for r in range(Z.shape[0]) if r not in set(key_rows)],
-                              dtype=np.int64)
+    def _grow_trees(
+        self,
+        table: _NodeTable,
+        Z: np.ndarray,
+        Y: np.ndarray,
+        key_rows: list[int],
+        key_leaves: list[tuple[int, np.ndarray]],
+        row_leaf: np.ndarray,
+        n: int,
+    ) -> None:
+        split_rows = np.array(
+            [r for r in range(Z.shape[0]) if r not in set(key_rows)], dtype=np.int64
+        )
         T = Y.shape[1]
         budget = int(self.max_leaf_nodes)
         msl = int(self.min_samples_leaf)
@@ -1134,19 +1236,44 @@ class _BasePartitioner(BaseEstimator):
             ncnt = np.zeros(max_nodes, dtype=np.int64)
             nst = np.zeros(max_nodes, dtype=np.int64)
             nen = np.zeros(max_nodes, dtype=np.int64)
-            m = _grow(kb, kY, kq, rows, nbins, mb, budget, msl, min_gain, sse_tol,
-                      retain_min, par_min, pool, nf, nb, nml, nl, nr, ncnt, nst, nen)
+            m = _grow(
+                kb,
+                kY,
+                kq,
+                rows,
+                nbins,
+                mb,
+                budget,
+                msl,
+                min_gain,
+                sse_tol,
+                retain_min,
+                par_min,
+                pool,
+                nf,
+                nb,
+                nml,
+                nl,
+                nr,
+                ncnt,
+                nst,
+                nen,
+            )
             ids = np.empty(m, dtype=np.int64)
             ids[0] = leaf_id
             for i in range(1, m):
                 ids[i] = table.add(ncnt[i])
             for i in range(m):
                 if nl[i] >= 0:
-                    table.set_numeric(int(ids[i]), int(split_rows[nf[i]]),
-                                      float(edges[nf[i], nb[i]]), int(ids[nl[i]]),
-                                      int(ids[nr[i]]))
+                    table.set_numeric(
+                        int(ids[i]),
+                        int(split_rows[nf[i]]),
+                        float(edges[nf[i], nb[i]]),
+                        int(ids[nl[i]]),
+                        int(ids[nr[i]]),
+                    )
                 else:
-                    row_leaf[rows[nst[i]:nen[i]]] = ids[i]
+                    row_leaf[rows[nst[i] : nen[i]]] = ids[i]
 
     @staticmethod
     def _par_min(F: int, max_bins: int, T: int) -> int:
@@ -1155,10 +1282,19 @@ class _BasePartitioner(BaseEstimator):
             return np.iinfo(np.int64).max
         return _PAR_MIN_ROWS
 
-    def _grow_exact(self, table: _NodeTable, Z: np.ndarray, Y: np.ndarray, split_rows: np.ndarray,
-                    key_leaves: list[tuple[int, np.ndarray]], row_leaf: np.ndarray, budget: int,
-                    msl: int, n: int) -> None:
-        from sklearn.tree import DecisionTreeRegressor  # noqa: PLC0415 - reference path only
+    def _grow_exact(
+        self,
+        table: _NodeTable,
+        Z: np.ndarray,
+        Y: np.ndarray,
+        split_rows: np.ndarray,
+        key_leaves: list[tuple[int, np.ndarray]],
+        row_leaf: np.ndarray,
+        budget: int,
+        msl: int,
+        n: int,
+    ) -> None:
+        from sklearn.tree import DecisionTreeRegressor
 
         Xs = Z[split_rows].T.astype(np.float32)
         self.estimators_ = []
@@ -1167,9 +1303,11 @@ class _BasePartitioner(BaseEstimator):
                 self.estimators_.append(None)
                 continue
             est = DecisionTreeRegressor(
-                max_leaf_nodes=budget, min_samples_leaf=msl,
+                max_leaf_nodes=budget,
+                min_samples_leaf=msl,
                 min_impurity_decrease=float(self.min_impurity_decrease) * n / rows.size,
-                random_state=self.random_state)
+                random_state=self.random_state,
+            )
             est.fit(Xs[rows], Y[rows])
             self.estimators_.append(est)
             t = est.tree_
@@ -1179,9 +1317,13 @@ class _BasePartitioner(BaseEstimator):
                 ids[i] = table.add(t.weighted_n_node_samples[i])
             for i in range(t.node_count):
                 if t.children_left[i] >= 0:
-                    table.set_numeric(int(ids[i]), int(split_rows[t.feature[i]]),
-                                      float(t.threshold[i]), int(ids[t.children_left[i]]),
-                                      int(ids[t.children_right[i]]))
+                    table.set_numeric(
+                        int(ids[i]),
+                        int(split_rows[t.feature[i]]),
+                        float(t.threshold[i]),
+                        int(ids[t.children_left[i]]),
+                        int(ids[t.children_right[i]]),
+                    )
             row_leaf[rows] = ids[est.apply(Xs[rows])]
         if len(self.estimators_) == 1:
             self.estimator_ = self.estimators_[0]
@@ -1189,8 +1331,7 @@ class _BasePartitioner(BaseEstimator):
     # -------------------------------------------------------------- fitted use
     def _check_fitted(self) -> None:
         if not hasattr(self, "router_"):
-            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit "
-                                 "first")
+            raise NotFittedError(f"This {type(self).__name__} is not fitted yet; call fit first")
 
     def route(self, X: Any) -> RouteResult:
         """Route rows to segments with the exported arrays (the worker's code path).
@@ -1218,8 +1359,10 @@ class _BasePartitioner(BaseEstimator):
         else:
             arr = np.asarray(X)
             if arr.ndim != 2 or arr.shape[1] != self.n_features_in_:
-                raise SchemaError(f"X has shape {arr.shape}; expected (n, {self.n_features_in_})"
-                                  f" columns {list(self.feature_names_in_)}")
+                raise SchemaError(
+                    f"X has shape {arr.shape}; expected (n, {self.n_features_in_})"
+                    f" columns {list(self.feature_names_in_)}"
+                )
             cols = {nm: arr[:, j] for j, nm in enumerate(self.feature_names_in_)}
         return self.router_.route(cols)
 
@@ -1248,9 +1391,11 @@ class _BasePartitioner(BaseEstimator):
             Before ``fit``.
         """
         self._check_fitted()
-        return ExportedComponent(kind="partitioner",
-                                 arrays={k: np.array(v) for k, v in self._arrays.items()},
-                                 meta=dict(self._meta))
+        return ExportedComponent(
+            kind="partitioner",
+            arrays={k: np.array(v) for k, v in self._arrays.items()},
+            meta=dict(self._meta),
+        )
 
     def nodes_at_depth(self, depth: int, segments: np.ndarray | None = None) -> np.ndarray:
         """Node at ``depth`` of each row's path (leaf when shallower), int32 of shape (n,).
@@ -1366,14 +1511,23 @@ class TreePartitioner(_BasePartitioner):
 
     _export_kind = "tree"
 
-    def __init__(self, max_leaf_nodes: int = 200, *, min_samples_leaf: int = 1,
-                 min_impurity_decrease: float = 0.0, scaler: Any = None,
-                 categorical_features: Sequence[str] | None = None,
-                 category_encoding: str = "onehot", target_smoothing: float = 10.0,
-                 y_columns: Sequence[str] | None = None,
-                 weights: Mapping[str, float] | None = None, max_bins: int = 255,
-                 algorithm: str = "hist", random_state: Any = None,
-                 histogram_memory_mb: float = 256) -> None:
+    def __init__(
+        self,
+        max_leaf_nodes: int = 200,
+        *,
+        min_samples_leaf: int = 1,
+        min_impurity_decrease: float = 0.0,
+        scaler: Any = None,
+        categorical_features: Sequence[str] | None = None,
+        category_encoding: str = "onehot",
+        target_smoothing: float = 10.0,
+        y_columns: Sequence[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        max_bins: int = 255,
+        algorithm: str = "hist",
+        random_state: Any = None,
+        histogram_memory_mb: float = 256,
+    ) -> None:
         self.max_leaf_nodes = max_leaf_nodes
         self.min_samples_leaf = min_samples_leaf
         self.min_impurity_decrease = min_impurity_decrease
@@ -1430,8 +1584,9 @@ class KeyPartitioner(_BasePartitioner):
 
     def _levels(self) -> list[str]:
         if isinstance(self.levels, str) or not len(self.levels):
-            raise ValueError(f"levels must be a non-empty list of column names, got "
-                             f"{self.levels!r}")
+            raise ValueError(
+                f"levels must be a non-empty list of column names, got {self.levels!r}"
+            )
         return list(self.levels)
 
     def _has_tree(self) -> bool:
@@ -1464,22 +1619,40 @@ class CompositePartitioner(TreePartitioner):
 
     _export_kind = "composite"
 
-    def __init__(self, levels: Sequence[str], max_leaf_nodes: int = 8, *,
-                 min_samples_leaf: int = 1, min_impurity_decrease: float = 0.0,
-                 scaler: Any = None, categorical_features: Sequence[str] | None = None,
-                 category_encoding: str = "onehot", target_smoothing: float = 10.0,
-                 y_columns: Sequence[str] | None = None,
-                 weights: Mapping[str, float] | None = None, max_bins: int = 255,
-                 algorithm: str = "hist", random_state: Any = None,
-                 histogram_memory_mb: float = 256) -> None:
+    def __init__(
+        self,
+        levels: Sequence[str],
+        max_leaf_nodes: int = 8,
+        *,
+        min_samples_leaf: int = 1,
+        min_impurity_decrease: float = 0.0,
+        scaler: Any = None,
+        categorical_features: Sequence[str] | None = None,
+        category_encoding: str = "onehot",
+        target_smoothing: float = 10.0,
+        y_columns: Sequence[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        max_bins: int = 255,
+        algorithm: str = "hist",
+        random_state: Any = None,
+        histogram_memory_mb: float = 256,
+    ) -> None:
         self.levels = levels
-        super().__init__(max_leaf_nodes, min_samples_leaf=min_samples_leaf,
-                         min_impurity_decrease=min_impurity_decrease, scaler=scaler,
-                         categorical_features=categorical_features,
-                         category_encoding=category_encoding,
-                         target_smoothing=target_smoothing, y_columns=y_columns,
-                         weights=weights, max_bins=max_bins, algorithm=algorithm,
-                         random_state=random_state, histogram_memory_mb=histogram_memory_mb)
+        super().__init__(
+            max_leaf_nodes,
+            min_samples_leaf=min_samples_leaf,
+            min_impurity_decrease=min_impurity_decrease,
+            scaler=scaler,
+            categorical_features=categorical_features,
+            category_encoding=category_encoding,
+            target_smoothing=target_smoothing,
+            y_columns=y_columns,
+            weights=weights,
+            max_bins=max_bins,
+            algorithm=algorithm,
+            random_state=random_state,
+            histogram_memory_mb=histogram_memory_mb,
+        )
 
     def _levels(self) -> list[str]:
         return KeyPartitioner._levels(self)  # type: ignore[arg-type]
@@ -1488,6 +1661,7 @@ class CompositePartitioner(TreePartitioner):
 # --------------------------------------------------------------------------------------------
 # profiler
 # --------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class PartitionReport:
@@ -1525,8 +1699,12 @@ def _numeric_frame(X: Any, features: Sequence[str] | None) -> pd.DataFrame:
             raise DataError(f"X must be 2-d, got shape {arr.shape}")
         df = pd.DataFrame(arr, columns=[f"x{j}" for j in range(arr.shape[1])])
     if features is None:
-        features = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c].dtype)
-                    and not pd.api.types.is_bool_dtype(df[c].dtype)]
+        features = [
+            c
+            for c in df.columns
+            if pd.api.types.is_numeric_dtype(df[c].dtype)
+            and not pd.api.types.is_bool_dtype(df[c].dtype)
+        ]
     out = {}
     for c in features:
         if c not in df.columns:
@@ -1535,8 +1713,9 @@ def _numeric_frame(X: Any, features: Sequence[str] | None) -> pd.DataFrame:
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
-def partition_report(X: Any, segments: Any, features: Sequence[str] | None = None
-                     ) -> PartitionReport:
+def partition_report(
+    X: Any, segments: Any, features: Sequence[str] | None = None
+) -> PartitionReport:
     """Per feature and segment: variance share, span share and their concentration (HHI).
 
     Parameters
@@ -1604,30 +1783,76 @@ def partition_report(X: Any, segments: Any, features: Sequence[str] | None = Non
         span_share = span / span.sum() if span.sum() > 0 else np.zeros(K)
         total = float(np.var(xi)) if xi.size else float("nan")
         within = float((cnt * var).sum() / max(cnt.sum(), 1.0))
-        seg_rows.append(pd.DataFrame({
-            "feature": c, "segment": labels, "n": cnt.astype(np.int64), "mean": mean,
-            "variance": var, "span": span, "variance_share": var_share,
-            "span_share": span_share}))
-        feat_rows.append({
-            "feature": c, "total_variance": total, "within_variance": within,
-            "variance_ratio": within / total if total > 0 else float("nan"),
-            "variance_hhi": float((var_share ** 2).sum()),
-            "span_hhi": float((span_share ** 2).sum()),
-            "max_variance_share": float(var_share.max()),
-            "max_span_share": float(span_share.max())})
-    by_segment = (pd.concat(seg_rows, ignore_index=True) if seg_rows else
-                  pd.DataFrame(columns=["feature", "segment", "n", "mean", "variance", "span",
-                                        "variance_share", "span_share"]))
-    by_feature = pd.DataFrame(feat_rows, columns=[
-        "feature", "total_variance", "within_variance", "variance_ratio", "variance_hhi",
-        "span_hhi", "max_variance_share", "max_span_share"])
+        seg_rows.append(
+            pd.DataFrame(
+                {
+                    "feature": c,
+                    "segment": labels,
+                    "n": cnt.astype(np.int64),
+                    "mean": mean,
+                    "variance": var,
+                    "span": span,
+                    "variance_share": var_share,
+                    "span_share": span_share,
+                }
+            )
+        )
+        feat_rows.append(
+            {
+                "feature": c,
+                "total_variance": total,
+                "within_variance": within,
+                "variance_ratio": within / total if total > 0 else float("nan"),
+                "variance_hhi": float((var_share**2).sum()),
+                "span_hhi": float((span_share**2).sum()),
+                "max_variance_share": float(var_share.max()),
+                "max_span_share": float(span_share.max()),
+            }
+        )
+    by_segment = (
+        pd.concat(seg_rows, ignore_index=True)
+        if seg_rows
+        else pd.DataFrame(
+            columns=[
+                "feature",
+                "segment",
+                "n",
+                "mean",
+                "variance",
+                "span",
+                "variance_share",
+                "span_share",
+            ]
+        )
+    )
+    by_feature = pd.DataFrame(
+        feat_rows,
+        columns=[
+            "feature",
+            "total_variance",
+            "within_variance",
+            "variance_ratio",
+            "variance_hhi",
+            "span_hhi",
+            "max_variance_share",
+            "max_span_share",
+        ],
+    )
     return PartitionReport(sizes, by_segment, by_feature)
 
 
-def plot_partition_report(X: Any, segments: Any, out_dir: str | Path, *,
-                          features: Sequence[str] | None = None, n_bins: int = 20,
-                          max_features: int = 3, detail_threshold: int = 50,
-                          max_points_per_bin: int = 5000, seed: int = 0) -> list[Path]:
+def plot_partition_report(
+    X: Any,
+    segments: Any,
+    out_dir: str | Path,
+    *,
+    features: Sequence[str] | None = None,
+    n_bins: int = 20,
+    max_features: int = 3,
+    detail_threshold: int = 50,
+    max_points_per_bin: int = 5000,
+    seed: int = 0,
+) -> list[Path]:
     """Write PNG figures of a partition: segment sizes and per-feature distributions.
 
     Parameters
@@ -1657,8 +1882,8 @@ def plot_partition_report(X: Any, segments: Any, out_dir: str | Path, *,
     DataError, SchemaError
         As in :func:`partition_report`.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     report = partition_report(X, segments, features)
     df = _numeric_frame(X, features)
@@ -1672,7 +1897,7 @@ def plot_partition_report(X: Any, segments: Any, out_dir: str | Path, *,
     fig = Figure(figsize=(10, 5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    if K <= detail_threshold:
+    if detail_threshold >= K:
         ax.bar(report.sizes["segment"].astype(str), report.sizes["n_rows"])
         ax.set_xlabel("segment")
         ax.set_ylabel("rows")
@@ -1694,7 +1919,7 @@ def plot_partition_report(X: Any, segments: Any, out_dir: str | Path, *,
         order = means.sort_values(kind="stable").index.to_numpy()
         rank = pd.Series(np.arange(order.size), index=order)
         r = rank.reindex(seg).to_numpy()
-        if K <= detail_threshold:
+        if detail_threshold >= K:
             groups = [x[ok & (seg == s)] for s in order]
             labels = [str(s) for s in order]
             xlabel = "segment (sorted by mean)"
@@ -1703,15 +1928,19 @@ def plot_partition_report(X: Any, segments: Any, out_dir: str | Path, *,
             groups = [x[ok & (b == j)] for j in range(n_bins)]
             labels = [str(j) for j in range(n_bins)]
             xlabel = f"segment rank bin (segments sorted by mean {feat!r})"
-        groups = [g if g.size <= max_points_per_bin else
-                  g[rng.choice(g.size, max_points_per_bin, replace=False)] for g in groups]
+        groups = [
+            g
+            if g.size <= max_points_per_bin
+            else g[rng.choice(g.size, max_points_per_bin, replace=False)]
+            for g in groups
+        ]
         keep = [i for i, g in enumerate(groups) if g.size > 0]
         fig = Figure(figsize=(12, 5))
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         if keep:
             data = [groups[i] for i in keep]
-            if K <= detail_threshold:
+            if detail_threshold >= K:
                 ax.boxplot(data, tick_labels=[labels[i] for i in keep])
             else:
                 ax.violinplot(data, positions=np.arange(len(keep)), showmedians=True)

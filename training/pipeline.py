@@ -31,12 +31,29 @@ from segstream.shared.drift import DriftReference, numeric_reference, window_psi
 from segstream.shared.errors import DataError, SchemaError
 from segstream.shared.settings import SchemaSettings, Settings
 from segstream.training.evaluation import (
-    conformal_offsets, fallback_shares, interval_metrics, per_segment_mae, point_metrics)
+    conformal_offsets,
+    fallback_shares,
+    interval_metrics,
+    per_segment_mae,
+    point_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("load", "split", "partition", "segment_models", "profiles", "intervals",
-         "drift_reference", "baselines", "evaluate", "bundle", "publish", "report")
+STEPS = (
+    "load",
+    "split",
+    "partition",
+    "segment_models",
+    "profiles",
+    "intervals",
+    "drift_reference",
+    "baselines",
+    "evaluate",
+    "bundle",
+    "publish",
+    "report",
+)
 
 
 @dataclass
@@ -60,8 +77,14 @@ class _Steps:
 
     def __init__(self, progress: bool) -> None:
         self.timings: dict[str, float] = {}
-        self.bar = tqdm(total=len(STEPS), desc="train", unit="step", file=sys.stderr,
-                        disable=not progress, leave=False)
+        self.bar = tqdm(
+            total=len(STEPS),
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            disable=not progress,
+            leave=False,
+        )
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -77,8 +100,12 @@ class _Steps:
 
 
 # --------------------------------------------------------------------------- splitting
-def split_by_time(df: pd.DataFrame, schema: SchemaSettings, train_end: dt.date | None,
-                  validation_end: dt.date | None) -> tuple[pd.DataFrame, ...]:
+def split_by_time(
+    df: pd.DataFrame,
+    schema: SchemaSettings,
+    train_end: dt.date | None,
+    validation_end: dt.date | None,
+) -> tuple[pd.DataFrame, ...]:
     """Train (≤ train_end), validation (≤ validation_end), test (the rest), by event time.
 
     Without dates: 70 % / 15 % / 15 % of the rows in time order.
@@ -100,33 +127,42 @@ def split_by_time(df: pd.DataFrame, schema: SchemaSettings, train_end: dt.date |
         parts = (df[t < te], df[(t >= te) & (t < ve)], df[t >= ve])
     for name, p in zip(("train", "validation", "test"), parts, strict=True):
         if p[schema.target].notna().sum() == 0:
-            raise DataError(f"the {name} slice has no rows with a finite target "
-                            f"'{schema.target}' (check training.train_end/validation_end)")
+            raise DataError(
+                f"the {name} slice has no rows with a finite target "
+                f"'{schema.target}' (check training.train_end/validation_end)"
+            )
     return tuple(p.reset_index(drop=True) for p in parts)
 
 
 def fingerprint(df: pd.DataFrame, schema: SchemaSettings) -> str:
     """SHA-256 over the ids, times and target of the data (detects a changed data set)."""
     h = hashlib.sha256()
-    h.update(pd.util.hash_pandas_object(
-        df[[schema.id_field, schema.time_field, schema.target]], index=False).to_numpy()
-        .tobytes())
+    h.update(
+        pd.util.hash_pandas_object(
+            df[[schema.id_field, schema.time_field, schema.target]], index=False
+        )
+        .to_numpy()
+        .tobytes()
+    )
     return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- components
 def build_partitioner(settings: Settings) -> Any:
     """The configured partitioner (unfitted) and the columns it needs."""
-    from segstream.training.partitioner import (  # noqa: PLC0415
-        CompositePartitioner, KeyPartitioner, TreePartitioner)
+    from segstream.training.partitioner import CompositePartitioner, KeyPartitioner, TreePartitioner
 
     ps = settings.training.partitioner
     schema = settings.event_schema
     feats = list(ps.features) or schema.numeric_features
     cats = [f for f in feats if f in schema.categorical_features]
-    common = dict(min_samples_leaf=ps.min_samples_leaf, categorical_features=cats or None,
-                  y_columns=list(ps.y_columns) or None, max_bins=min(255, ps.max_bins),
-                  random_state=settings.training.seed)
+    common = dict(
+        min_samples_leaf=ps.min_samples_leaf,
+        categorical_features=cats or None,
+        y_columns=list(ps.y_columns) or None,
+        max_bins=min(255, ps.max_bins),
+        random_state=settings.training.seed,
+    )
     if ps.kind == "keys":
         if not ps.levels:
             raise SchemaError("training.partitioner.levels is required for kind 'keys'")
@@ -135,8 +171,10 @@ def build_partitioner(settings: Settings) -> Any:
         return TreePartitioner(ps.max_leaf_nodes, **common), feats + list(ps.y_columns)
     if not ps.levels:
         raise SchemaError("training.partitioner.levels is required for kind 'keys_then_tree'")
-    return (CompositePartitioner(list(ps.levels), ps.max_leaf_nodes, **common),
-            list(ps.levels) + feats + list(ps.y_columns))
+    return (
+        CompositePartitioner(list(ps.levels), ps.max_leaf_nodes, **common),
+        list(ps.levels) + feats + list(ps.y_columns),
+    )
 
 
 def _check_columns(df: pd.DataFrame, cols: list[str], where: str) -> None:
@@ -184,9 +222,10 @@ def train(
         ``store.signing_key_file`` / ``store.signing_key`` is set but unusable (checked before
         training starts).
     """
-    from segstream.shared.signing import load_private_key  # noqa: PLC0415
-    from segstream.training.distributions import OutcomeProfiles, evaluate as evaluate_profiles  # noqa
-    from segstream.training.groupby_regression import fit_groups  # noqa: PLC0415
+    from segstream.shared.signing import load_private_key
+    from segstream.training.distributions import OutcomeProfiles
+    from segstream.training.distributions import evaluate as evaluate_profiles
+    from segstream.training.groupby_regression import fit_groups
 
     signing_key = load_private_key(settings.store)  # fail before an hour of training
     tr = settings.training
@@ -220,11 +259,18 @@ def train(
             rp = tr.regression
             n_nodes = len(part.node_parent_)
             models = fit_groups(
-                nodes, X[rows], y[rows], method=rp.method, min_rows=rp.min_stat,
-                min_stat=rp.min_stat, sign=dict(rp.signs) or None,
+                nodes,
+                X[rows],
+                y[rows],
+                method=rp.method,
+                min_rows=rp.min_stat,
+                min_stat=rp.min_stat,
+                sign=dict(rp.signs) or None,
                 parent=part.node_parent_,
                 shrinkage="eb" if rp.shrinkage == "auto" else rp.shrinkage,
-                feature_names=lin_feats, target_names=[target])
+                feature_names=lin_feats,
+                target_names=[target],
+            )
             gid = np.asarray(models.groups, np.int64)
             # A node serves predictions with a converged fit on at least min_stat usable rows of
             # its own: status "ok", or "pooled" with that many rows, i.e. a predictor direction
@@ -234,20 +280,30 @@ def train(
             st0 = np.asarray(models.status)[:, 0]
             n_used = np.asarray(models.n_used)
             n_used = n_used[:, 0] if n_used.ndim > 1 else n_used
-            good = (((st0 == 0) | ((st0 == 4) & (n_used >= rp.min_stat)))
-                    & (np.asarray(models.n_rows) >= rp.min_stat)
-                    & np.all(np.isfinite(models.coef[:, 0, :1]), axis=1))
+            good = (
+                ((st0 == 0) | ((st0 == 4) & (n_used >= rp.min_stat)))
+                & (np.asarray(models.n_rows) >= rp.min_stat)
+                & np.all(np.isfinite(models.coef[:, 0, :1]), axis=1)
+            )
             usable = np.zeros(n_nodes, bool)
             usable[gid[good]] = True
             if not usable[0]:
-                raise DataError("the root (__dataset__) model could not be fitted: "
-                                f"fewer than {rp.min_stat} rows with a finite target")
+                raise DataError(
+                    "the root (__dataset__) model could not be fitted: "
+                    f"fewer than {rp.min_stat} rows with a finite target"
+                )
             mnode = model_nodes(part.node_parent_, usable)
             index_of = {int(g): i for i, g in enumerate(gid)}
             model_index = np.array([index_of[int(m)] for m in mnode], np.int32)
-            global_models = fit_groups(np.zeros(len(y), np.int64), X, y, method=rp.method,
-                                       sign=dict(rp.signs) or None, feature_names=lin_feats,
-                                       target_names=[target])
+            global_models = fit_groups(
+                np.zeros(len(y), np.int64),
+                X,
+                y,
+                method=rp.method,
+                sign=dict(rp.signs) or None,
+                feature_names=lin_feats,
+                target_names=[target],
+            )
 
         def predict_partitioned(frame: pd.DataFrame) -> dict[str, np.ndarray]:
             r = part.route(frame[part_cols])
@@ -256,8 +312,13 @@ def train(
 
             pred = models.predict(mn, Xf)
             lvl = part.node_depth_[part.segment_node_[r.segment]] - part.node_depth_[mn]
-            return {"prediction": pred, "node": r.node, "model_node": mn,
-                    "segment": r.segment, "level": lvl}
+            return {
+                "prediction": pred,
+                "node": r.node,
+                "model_node": mn,
+                "segment": r.segment,
+                "level": lvl,
+            }
 
         with steps("profiles"):
             pp = tr.profiles
@@ -265,15 +326,23 @@ def train(
             pfeats = list(pp.features) or schema.features
             _check_columns(df, keys + pfeats, "training.profiles")
             profiles = OutcomeProfiles(
-                profile_keys=tuple(keys), features=tuple(pfeats),
-                categorical_features=tuple(f for f in pfeats
-                                           if f in schema.categorical_features) or None,
-                target=target, k_range=(pp.k_min, pp.k_max), hdr_masses=tuple(pp.masses),
-                interval_mass=tr.interval_mass, time_column=schema.time_field,
-                n_estimators=pp.n_estimators, max_depth=pp.max_depth,
-                max_classifier_rows=pp.max_classifier_rows, random_state=tr.seed)
-            profiles.fit(fit_df, fit_df[target].to_numpy(),
-                         eval_set=(val_fit, val_fit[target].to_numpy()))
+                profile_keys=tuple(keys),
+                features=tuple(pfeats),
+                categorical_features=tuple(f for f in pfeats if f in schema.categorical_features)
+                or None,
+                target=target,
+                k_range=(pp.k_min, pp.k_max),
+                hdr_masses=tuple(pp.masses),
+                interval_mass=tr.interval_mass,
+                time_column=schema.time_field,
+                n_estimators=pp.n_estimators,
+                max_depth=pp.max_depth,
+                max_classifier_rows=pp.max_classifier_rows,
+                random_state=tr.seed,
+            )
+            profiles.fit(
+                fit_df, fit_df[target].to_numpy(), eval_set=(val_fit, val_fit[target].to_numpy())
+            )
 
         with steps("intervals"):
             # Split-conformal offsets per serving node from the residuals of January through
@@ -282,122 +351,209 @@ def train(
             # least min_stat rows for a handful of parameters, so their optimism is small.
             pt = predict_partitioned(fit_df)
             pv = predict_partitioned(val_fit)
-            resid = np.r_[fit_df[target].to_numpy(np.float64) - pt["prediction"],
-                          val_fit[target].to_numpy(np.float64) - pv["prediction"]]
-            lo, hi, _src = conformal_offsets(resid, np.r_[pt["model_node"], pv["model_node"]],
-                                             part.node_parent_, tr.interval_mass, min_rows=100)
+            resid = np.r_[
+                fit_df[target].to_numpy(np.float64) - pt["prediction"],
+                val_fit[target].to_numpy(np.float64) - pv["prediction"],
+            ]
+            lo, hi, _src = conformal_offsets(
+                resid,
+                np.r_[pt["model_node"], pv["model_node"]],
+                part.node_parent_,
+                tr.interval_mass,
+                min_rows=100,
+            )
 
         with steps("drift_reference"):
             p_train = pt["prediction"]
             ref = DriftReference.fit(
                 {f: train_df[f].to_numpy(np.float64) for f in schema.numeric_features},
                 {f: train_df[f].to_numpy(object) for f in schema.categorical_features},
-                prediction=p_train, n_bins=tr.drift_bins)
+                prediction=p_train,
+                n_bins=tr.drift_bins,
+            )
             sizes = np.bincount(seg, minlength=part.n_segments_)
             top = np.argsort(-sizes, kind="stable")[: tr.drift_top_segments]
             seg_refs = {}
             for s in top.tolist():
                 m = seg == s
                 seg_refs[int(s)] = {
-                    **{f: numeric_reference(fit_df.loc[m, f].to_numpy(np.float64), tr.drift_bins)
-                       for f in schema.numeric_features},
-                    "prediction": numeric_reference(p_train[m], tr.drift_bins)}
+                    **{
+                        f: numeric_reference(fit_df.loc[m, f].to_numpy(np.float64), tr.drift_bins)
+                        for f in schema.numeric_features
+                    },
+                    "prediction": numeric_reference(p_train[m], tr.drift_bins),
+                }
             # How far a training window of the monitor's length already is from the reference:
             # the monitor raises each feature's levels to these (see DriftReference).
             mon = settings.monitor
 
             def windows(frame: pd.DataFrame) -> np.ndarray:
-                t_ns = (frame[schema.time_field].dt.tz_convert("UTC").dt.tz_localize(None)
-                        .to_numpy("datetime64[ns]").astype(np.int64))
+                t_ns = (
+                    frame[schema.time_field]
+                    .dt.tz_convert("UTC")
+                    .dt.tz_localize(None)
+                    .to_numpy("datetime64[ns]")
+                    .astype(np.int64)
+                )
                 return t_ns // (mon.window_s * 1_000_000_000)
 
             window_psi = window_psi_levels(
-                ref, {f: train_df[f].to_numpy(np.float64) for f in schema.numeric_features},
+                ref,
+                {f: train_df[f].to_numpy(np.float64) for f in schema.numeric_features},
                 {f: train_df[f].to_numpy(object) for f in schema.categorical_features},
-                None, windows(train_df), mon.drift_min_count)
-            window_psi.update(window_psi_levels(ref, {}, {}, p_train, windows(fit_df),
-                                                mon.drift_min_count))
-            ref = DriftReference(ref.numeric, ref.categorical, ref.prediction, seg_refs,
-                                 window_psi, mon.window_s)
+                None,
+                windows(train_df),
+                mon.drift_min_count,
+            )
+            window_psi.update(
+                window_psi_levels(ref, {}, {}, p_train, windows(fit_df), mon.drift_min_count)
+            )
+            ref = DriftReference(
+                ref.numeric, ref.categorical, ref.prediction, seg_refs, window_psi, mon.window_s
+            )
 
         with steps("baselines"):
             xgb_model = _fit_xgb_baseline(fit_df, val_fit, schema, tr.seed)
 
         with steps("evaluate"):
             pt_test = predict_partitioned(test_fit)
-            metrics = _evaluate(settings, part, part_cols, pt_test, lo, hi, mnode,
-                                global_models, lin_feats, xgb_model, profiles,
-                                evaluate_profiles, test_df, test_fit, seg)
+            metrics = _evaluate(
+                settings,
+                part,
+                part_cols,
+                pt_test,
+                lo,
+                hi,
+                mnode,
+                global_models,
+                lin_feats,
+                xgb_model,
+                profiles,
+                evaluate_profiles,
+                test_df,
+                test_fit,
+                seg,
+            )
 
         with steps("bundle"):
-            components = _components(settings, part, models, profiles, ref, mnode,
-                                     model_index, lo, hi, lin_feats, keys, fit_df)
+            components = _components(
+                settings,
+                part,
+                models,
+                profiles,
+                ref,
+                mnode,
+                model_index,
+                lo,
+                hi,
+                lin_feats,
+                keys,
+                fit_df,
+            )
             tf = schema.time_field
             data_info = {
-                "rows": int(len(df)), "rows_train": int(len(train_df)),
-                "rows_validation": int(len(val_df)), "rows_test": int(len(test_df)),
+                "rows": len(df),
+                "rows_train": len(train_df),
+                "rows_validation": len(val_df),
+                "rows_test": len(test_df),
                 "rows_without_outcome": int(df[target].isna().sum()),
                 "time_range": [str(df[tf].min()), str(df[tf].max())],
                 "train_range": [str(train_df[tf].min()), str(train_df[tf].max())],
                 "slices": {
-                    name: {"rows": int(len(d)), "with_outcome": int(d[target].notna().sum()),
-                           "start": str(d[tf].min()), "end": str(d[tf].max())}
-                    for name, d in (("all", df), ("train", train_df),
-                                    ("validation", val_df), ("test", test_df))},
+                    name: {
+                        "rows": len(d),
+                        "with_outcome": int(d[target].notna().sum()),
+                        "start": str(d[tf].min()),
+                        "end": str(d[tf].max()),
+                    }
+                    for name, d in (
+                        ("all", df),
+                        ("train", train_df),
+                        ("validation", val_df),
+                        ("test", test_df),
+                    )
+                },
                 "fingerprint": fingerprint(df, schema),
             }
             staging = Path(work_dir or tempfile.mkdtemp(prefix="segstream-bundle-"))
             bundle_dir = write_bundle(
-                staging, model=settings.model, components=components,
+                staging,
+                model=settings.model,
+                components=components,
                 config=settings.public_dump(),  # secrets masked
-                schema=schema.model_dump(mode="json"), data=data_info, metrics=metrics,
-                timings=dict(steps.timings))
+                schema=schema.model_dump(mode="json"),
+                data=data_info,
+                metrics=metrics,
+                timings=dict(steps.timings),
+            )
             manifest = load_components(bundle_dir).manifest
             if signing_key is not None:
-                from segstream.shared.signing import sign_bundle_dir  # noqa: PLC0415
+                from segstream.shared.signing import sign_bundle_dir
 
                 sign_bundle_dir(bundle_dir, signing_key)
 
-        result = TrainResult(bundle_dir, manifest, timings=steps.timings, test_scores={
-            "event_id": test_fit[schema.id_field].to_numpy(object),
-            "prediction": pt_test["prediction"],
-            "interval_low": pt_test["prediction"] + lo[pt_test["model_node"]],
-            "interval_high": pt_test["prediction"] + hi[pt_test["model_node"]],
-        })
+        result = TrainResult(
+            bundle_dir,
+            manifest,
+            timings=steps.timings,
+            test_scores={
+                "event_id": test_fit[schema.id_field].to_numpy(object),
+                "prediction": pt_test["prediction"],
+                "interval_low": pt_test["prediction"] + lo[pt_test["model_node"]],
+                "interval_high": pt_test["prediction"] + hi[pt_test["model_node"]],
+            },
+        )
         with steps("publish"):
             if publish:
-                from segstream.shared.store import ArtifactStore  # noqa: PLC0415
+                from segstream.shared.store import ArtifactStore
 
                 result.uri = ArtifactStore(settings.store).publish(bundle_dir)
                 result.update_sent = _send_model_update(settings, manifest, result.uri)
         with steps("report"):
-            from segstream.training.report import write_report  # noqa: PLC0415
+            from segstream.training.report import write_report
 
             out = Path(report_dir) if report_dir else bundle_dir.parent / "reports"
             result.report_path = write_report(
-                out, manifest, part=part, fit_df=fit_df, part_cols=part_cols, models=models,
-                profiles=profiles, ref=ref, settings=settings)
+                out,
+                manifest,
+                part=part,
+                fit_df=fit_df,
+                part_cols=part_cols,
+                models=models,
+                profiles=profiles,
+                ref=ref,
+                settings=settings,
+            )
     finally:
         steps.close()
     return result
 
 
-def _fit_xgb_baseline(fit_df: pd.DataFrame, val_fit: pd.DataFrame, schema: SchemaSettings,
-                      seed: int) -> Any:
+def _fit_xgb_baseline(
+    fit_df: pd.DataFrame, val_fit: pd.DataFrame, schema: SchemaSettings, seed: int
+) -> Any:
     """Global XGBoost regressor on all features, early-stopped on the validation slice."""
-    import xgboost as xgb  # noqa: PLC0415
+    import xgboost as xgb
 
     Xt, Xv = _xgb_frame(fit_df, schema), _xgb_frame(val_fit, schema, like=fit_df)
-    model = xgb.XGBRegressor(n_estimators=300, max_depth=6, learning_rate=0.15, max_bin=128,
-                             tree_method="hist", enable_categorical=True, nthread=2,
-                             early_stopping_rounds=20, random_state=seed)
-    model.fit(Xt, fit_df[schema.target], eval_set=[(Xv, val_fit[schema.target])],
-              verbose=False)
+    model = xgb.XGBRegressor(
+        n_estimators=300,
+        max_depth=6,
+        learning_rate=0.15,
+        max_bin=128,
+        tree_method="hist",
+        enable_categorical=True,
+        nthread=2,
+        early_stopping_rounds=20,
+        random_state=seed,
+    )
+    model.fit(Xt, fit_df[schema.target], eval_set=[(Xv, val_fit[schema.target])], verbose=False)
     return model
 
 
-def _xgb_frame(df: pd.DataFrame, schema: SchemaSettings,
-               like: pd.DataFrame | None = None) -> pd.DataFrame:
+def _xgb_frame(
+    df: pd.DataFrame, schema: SchemaSettings, like: pd.DataFrame | None = None
+) -> pd.DataFrame:
     out = df[schema.features].copy()
     for c in schema.categorical_features:
         cats = sorted(pd.unique((like if like is not None else df)[c].dropna().astype(str)))
@@ -405,9 +561,23 @@ def _xgb_frame(df: pd.DataFrame, schema: SchemaSettings,
     return out
 
 
-def _evaluate(settings, part, part_cols, p, lo, hi, mnode, global_models,
-              lin_feats, xgb_model, profiles, evaluate_profiles, test_df, test_fit,
-              seg) -> dict[str, Any]:
+def _evaluate(
+    settings,
+    part,
+    part_cols,
+    p,
+    lo,
+    hi,
+    mnode,
+    global_models,
+    lin_feats,
+    xgb_model,
+    profiles,
+    evaluate_profiles,
+    test_df,
+    test_fit,
+    seg,
+) -> dict[str, Any]:
     schema = settings.event_schema
     target = schema.target
     y = test_fit[target].to_numpy(np.float64)
@@ -416,51 +586,68 @@ def _evaluate(settings, part, part_cols, p, lo, hi, mnode, global_models,
     x_pred = xgb_model.predict(_xgb_frame(test_fit, schema, like=test_fit))
     low = p["prediction"] + lo[p["model_node"]]
     high = p["prediction"] + hi[p["model_node"]]
-    prof_eval = evaluate_profiles(profiles, test_fit, y,
-                                  masses=tuple(settings.training.profiles.masses))
+    prof_eval = evaluate_profiles(
+        profiles, test_fit, y, masses=tuple(settings.training.profiles.masses)
+    )
     all_route = part.route(test_df[part_cols])
-    all_levels = (part.node_depth_[part.segment_node_[all_route.segment]]
-                  - part.node_depth_[mnode[all_route.node]])
+    all_levels = (
+        part.node_depth_[part.segment_node_[all_route.segment]]
+        - part.node_depth_[mnode[all_route.node]]
+    )
     test = {
         "partitioned": point_metrics(y, p["prediction"]),
         "global_linear": point_metrics(y, g_pred),
         "global_xgboost": point_metrics(y, x_pred),
-        "interval": {"mass": settings.training.interval_mass,
-                     **interval_metrics(y, low, high)},
+        "interval": {"mass": settings.training.interval_mass, **interval_metrics(y, low, high)},
         "interval_by_month": {
             str(month): interval_metrics(y[sel], low[sel], high[sel])["coverage"]
             for month in sorted(set(test_fit[schema.time_field].dt.strftime("%Y-%m")))
-            for sel in [(test_fit[schema.time_field].dt.strftime("%Y-%m") == month).to_numpy()]},
+            for sel in [(test_fit[schema.time_field].dt.strftime("%Y-%m") == month).to_numpy()]
+        },
         "pattern_interval": prof_eval["intervals"],
         "classifier": prof_eval["classifier"],
         "fallback_share": fallback_shares(all_levels),
         "imputed_share": float(all_route.imputed.mean()),
         "unknown_share": float(all_route.unknown.mean()),
         "segment_mae": per_segment_mae(y, p["prediction"], p["segment"], top=10),
-        "rows": int(len(test_df)), "rows_with_outcome": int(len(test_fit)),
+        "rows": len(test_df),
+        "rows_with_outcome": len(test_fit),
     }
     pm, gm, xm = (test[k]["mae"] for k in ("partitioned", "global_linear", "global_xgboost"))
     test["mae_gain_vs_global_linear"] = float(1 - pm / gm)
     test["mae_gain_vs_global_xgboost"] = float(1 - pm / xm)
-    return {"test": test, "segments": int(part.n_segments_),
-            "nodes": int(len(part.node_parent_)),
-            "patterns": int(profiles.n_patterns_) if hasattr(profiles, "n_patterns_") else None,
-            "reliability": prof_eval.get("reliability")}
+    return {
+        "test": test,
+        "segments": int(part.n_segments_),
+        "nodes": len(part.node_parent_),
+        "patterns": int(profiles.n_patterns_) if hasattr(profiles, "n_patterns_") else None,
+        "reliability": prof_eval.get("reliability"),
+    }
 
 
-def _components(settings, part, models, profiles, ref, mnode, model_index, lo, hi, lin_feats,
-                keys, fit_df) -> dict[str, ExportedComponent]:
-    known = sorted({tuple(vals) for vals in
-                    fit_df[keys].astype(str).itertuples(index=False, name=None)})
+def _components(
+    settings, part, models, profiles, ref, mnode, model_index, lo, hi, lin_feats, keys, fit_df
+) -> dict[str, ExportedComponent]:
+    known = sorted(
+        {tuple(vals) for vals in fit_df[keys].astype(str).itertuples(index=False, name=None)}
+    )
     scoring = ExportedComponent(
         "scoring",
-        arrays={"model_node": mnode.astype(np.int32), "model_index": model_index,
-                "depth": np.asarray(part.node_depth_, np.int32),
-                "segment_node": np.asarray(part.segment_node_, np.int32),
-                "interval_lo": lo.astype(np.float64), "interval_hi": hi.astype(np.float64)},
-        meta={"interval_mass": settings.training.interval_mass,
-              "linear_features": list(lin_feats), "key_columns": list(keys),
-              "known_keys": [list(k) for k in known]})
+        arrays={
+            "model_node": mnode.astype(np.int32),
+            "model_index": model_index,
+            "depth": np.asarray(part.node_depth_, np.int32),
+            "segment_node": np.asarray(part.segment_node_, np.int32),
+            "interval_lo": lo.astype(np.float64),
+            "interval_hi": hi.astype(np.float64),
+        },
+        meta={
+            "interval_mass": settings.training.interval_mass,
+            "linear_features": list(lin_feats),
+            "key_columns": list(keys),
+            "known_keys": [list(k) for k in known],
+        },
+    )
     return {
         "partitioner": part.export(),
         "segment_models": models.export(),
@@ -477,11 +664,11 @@ def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool
     Returns False (and logs) when no broker answers; a broker that answers but does not
     confirm delivery raises :class:`~segstream.shared.errors.BrokerError`.
     """
-    from confluent_kafka import Producer  # noqa: PLC0415
+    from confluent_kafka import Producer
 
-    from segstream.shared.errors import BrokerError  # noqa: PLC0415
-    from segstream.shared.kafka import check_reachable, client_config, ensure_topics  # noqa: PLC0415
-    from segstream.shared.store import ModelUpdate, encode_model_update  # noqa: PLC0415
+    from segstream.shared.errors import BrokerError
+    from segstream.shared.kafka import check_reachable, client_config, ensure_topics
+    from segstream.shared.store import ModelUpdate, encode_model_update
 
     b = settings.broker.model_copy(update={"connect_attempts": 1, "connect_timeout_s": 2.0})
     try:
@@ -493,11 +680,22 @@ def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool
     ensure_topics(b, [t.model_updates], 1, t.replication_factor)
     errors: list[str] = []
     p = Producer(client_config(b, acks="all"))
-    p.produce(t.model_updates, encode_model_update(ModelUpdate(
-        model=manifest.model, bundle_id=manifest.bundle_id, uri=uri,
-        created_at=manifest.created_at.isoformat())), manifest.model.encode(),
-        on_delivery=lambda err, msg: errors.append(str(err)) if err else None)
+    p.produce(
+        t.model_updates,
+        encode_model_update(
+            ModelUpdate(
+                model=manifest.model,
+                bundle_id=manifest.bundle_id,
+                uri=uri,
+                created_at=manifest.created_at.isoformat(),
+            )
+        ),
+        manifest.model.encode(),
+        on_delivery=lambda err, msg: errors.append(str(err)) if err else None,
+    )
     if p.flush(10.0) or errors:
-        raise BrokerError(f"model-update event not confirmed by {b.bootstrap}: "
-                          f"{errors[0] if errors else 'timeout'}")
+        raise BrokerError(
+            f"model-update event not confirmed by {b.bootstrap}: "
+            f"{errors[0] if errors else 'timeout'}"
+        )
     return True

@@ -7,9 +7,9 @@ from typing import Any
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive Agg backend (PNG files, no display)."""
-    import matplotlib  # noqa: PLC0415 - heavy; only when a figure is drawn
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt
 
     return plt

@@ -76,34 +76,47 @@ def drift_reference_figure(ref: Any, max_features: int = 12) -> str:
     rows = max(1, int(np.ceil(len(items) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(12, 2.3 * rows), squeeze=False)
     for ax, (name, r) in zip(axes.flat, items, strict=False):
-        labels = ([f"<{r.edges[0]:.3g}"] if len(r.edges) else []) + \
-            [f"≥{e:.3g}" for e in r.edges] + ["NA"]
+        labels = (
+            ([f"<{r.edges[0]:.3g}"] if len(r.edges) else [])
+            + [f"≥{e:.3g}" for e in r.edges]
+            + ["NA"]
+        )
         if not len(r.edges):
             labels = ["all", "NA"]
         ax.bar(range(len(r.expected)), r.expected, color="#4a5568")
         ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=6)
         ax.set_title(name, fontsize=9)
-    for ax in list(axes.flat)[len(items):]:
+    for ax in list(axes.flat)[len(items) :]:
         ax.axis("off")
     fig.tight_layout()
     return _png(fig)
 
 
-def write_report(out_dir: str | Path, manifest: Manifest, *, part: Any, fit_df: pd.DataFrame,
-                 part_cols: list[str], models: Any, profiles: Any, ref: Any,
-                 settings: Any) -> Path:
+def write_report(
+    out_dir: str | Path,
+    manifest: Manifest,
+    *,
+    part: Any,
+    fit_df: pd.DataFrame,
+    part_cols: list[str],
+    models: Any,
+    profiles: Any,
+    ref: Any,
+    settings: Any,
+) -> Path:
     """Render ``report-<bundle id prefix>.html`` into ``out_dir``; return its path."""
-    from segstream.training.distributions import (  # noqa: PLC0415
-        plot_pattern_sizes, plot_patterns, plot_reliability)
-    from segstream.training.partitioner import plot_partition_report  # noqa: PLC0415
+    from segstream.training.distributions import plot_pattern_sizes, plot_patterns, plot_reliability
+    from segstream.training.partitioner import plot_partition_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     m = manifest.metrics
     test = m["test"]
     schema = settings.event_schema
-    figures: dict[str, str] = {"comparison": comparison_figure(test),
-                               "drift_reference": drift_reference_figure(ref)}
+    figures: dict[str, str] = {
+        "comparison": comparison_figure(test),
+        "drift_reference": drift_reference_figure(ref),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         try:
@@ -112,20 +125,21 @@ def write_report(out_dir: str | Path, manifest: Manifest, *, part: Any, fit_df: 
             paths = list(paths.values()) if isinstance(paths, dict) else list(paths)
             for i, p in enumerate(sorted(paths)):
                 figures["segment_sizes" if i == 0 else "partition_violin"] = _file_png(p)
-        except Exception as exc:  # noqa: BLE001 - a figure must not sink the report
+        except Exception as exc:
             logger.warning("partition figures skipped: %s", exc)
         pattern_keys = []
         for name, fn in (("patterns", plot_patterns), ("pattern_sizes", plot_pattern_sizes)):
             try:
                 figures[name] = _file_png(fn(profiles, t / f"{name}.png"))
                 pattern_keys.append(name)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 logger.warning("%s figure skipped: %s", name, exc)
         if m.get("reliability"):
             try:
                 figures["reliability"] = _file_png(
-                    plot_reliability({"reliability": m["reliability"]}, t / "rel.png"))
-            except Exception as exc:  # noqa: BLE001
+                    plot_reliability({"reliability": m["reliability"]}, t / "rel.png")
+                )
+            except Exception as exc:
                 logger.warning("reliability figure skipped: %s", exc)
 
     # coefficient table for the largest segments
@@ -140,35 +154,57 @@ def write_report(out_dir: str | Path, manifest: Manifest, *, part: Any, fit_df: 
             continue
         i = gid.index(node)
         c = np.asarray(models.coef)[i, 0]
-        coef_rows.append({"segment": s, "n": int(seg_sizes[s]), "coef": c[1:].tolist(),
-                          "intercept": float(c[0])})
+        coef_rows.append(
+            {"segment": s, "n": int(seg_sizes[s]), "coef": c[1:].tolist(), "intercept": float(c[0])}
+        )
         coef_mat.append(c[1:])
         labels.append(f"seg {s}")
     if coef_mat:
         figures["coef_heatmap"] = coefficient_heatmap(np.array(coef_mat), lin_feats, labels)
 
-    comp = [("partitioned (segment models)", test["partitioned"]),
-            ("global linear (__dataset__)", test["global_linear"]),
-            ("global XGBoost", test["global_xgboost"])]
+    comp = [
+        ("partitioned (segment models)", test["partitioned"]),
+        ("global linear (__dataset__)", test["global_linear"]),
+        ("global XGBoost", test["global_xgboost"]),
+    ]
     pm, gm, xm = (test[k]["mae"] for k in ("partitioned", "global_linear", "global_xgboost"))
     cmp_sentence = (
         f"The partitioned model's test MAE is {pm:.2f}: "
         f"{abs(1 - pm / gm):.1%} {'lower' if pm < gm else 'higher'} than the global linear "
         f"model ({gm:.2f}) and {abs(1 - pm / xm):.1%} {'lower' if pm < xm else 'higher'} than "
         f"the global XGBoost regressor ({xm:.2f})."
-        + (" XGBoost wins on accuracy; the partitioned model keeps one explainable linear "
-           "model per segment." if xm < pm else ""))
+        + (
+            " XGBoost wins on accuracy; the partitioned model keeps one explainable linear "
+            "model per segment."
+            if xm < pm
+            else ""
+        )
+    )
     iv = test["interval"]
     cl = test["classifier"]
-    intervals = [{"name": "segment model + split-conformal offsets", "mass": iv["mass"],
-                  "coverage": iv["coverage"], "mean_width": iv["mean_width"]}]
+    intervals = [
+        {
+            "name": "segment model + split-conformal offsets",
+            "mass": iv["mass"],
+            "coverage": iv["coverage"],
+            "mean_width": iv["mean_width"],
+        }
+    ]
     pi = test.get("pattern_interval") or {}
     for mass_key, v in sorted(pi.items()):
         if isinstance(v, dict) and "coverage" in v:
-            intervals.append({"name": f"pattern mixture ({mass_key})", "mass": mass_key,
-                              "coverage": v["coverage"], "mean_width": v["mean_width"]})
+            intervals.append(
+                {
+                    "name": f"pattern mixture ({mass_key})",
+                    "mass": mass_key,
+                    "coverage": v["coverage"],
+                    "mean_width": v["mean_width"],
+                }
+            )
+
     def fmt(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else str(v)
+
     classifier_rows = [
         ("accuracy", fmt(cl.get("accuracy")), fmt(cl.get("baseline_accuracy"))),
         ("weighted one-vs-rest AUROC", fmt(cl.get("auroc_weighted_ovr")), "0.500"),
@@ -176,36 +212,46 @@ def write_report(out_dir: str | Path, manifest: Manifest, *, part: Any, fit_df: 
     ]
     seg_err = [{**s, "path": segment_path(part, s["segment"])} for s in test["segment_mae"]]
     ctx = {
-        "model": manifest.model, "bundle_id": manifest.bundle_id,
+        "model": manifest.model,
+        "bundle_id": manifest.bundle_id,
         "created_at": manifest.created_at.isoformat(timespec="seconds"),
-        "summary_sentence": cmp_sentence, "target": schema.target,
+        "summary_sentence": cmp_sentence,
+        "target": schema.target,
         "fingerprint": manifest.data.get("fingerprint", ""),
         "slices": _slices(manifest),
-        "comparison": comp, "comparison_sentence": cmp_sentence,
+        "comparison": comp,
+        "comparison_sentence": cmp_sentence,
         "segments_sentence": (
             f"{m['segments']} segments ({m['nodes']} nodes with their ancestors). A segment "
             f"with fewer than {settings.training.regression.min_stat} training rows is served "
-            "by its nearest ancestor's model (fallback)."),
+            "by its nearest ancestor's model (fallback)."
+        ),
         "fallback_shares": sorted(test["fallback_share"].items()),
         "segment_errors": seg_err,
         "regression_method": settings.training.regression.method,
         "signs": dict(settings.training.regression.signs),
-        "coef_features": lin_feats, "coef_rows": coef_rows,
+        "coef_features": lin_feats,
+        "coef_rows": coef_rows,
         "patterns_sentence": (
             f"{m.get('patterns')} recurring outcome patterns were found by clustering the "
             "normalised outcome distributions of the profile groups; an XGBoost classifier "
-            "predicts an event's pattern from what is known when it happens."),
-        "classifier_rows": classifier_rows, "pattern_figures": pattern_keys,
+            "predicts an event's pattern from what is known when it happens."
+        ),
+        "classifier_rows": classifier_rows,
+        "pattern_figures": pattern_keys,
         "interval_sentence": (
             f"Nominal mass {iv['mass']}: the segment-model interval covers "
-            f"{iv['coverage']:.1%} of test outcomes (mean width {iv['mean_width']:.1f})."),
+            f"{iv['coverage']:.1%} of test outcomes (mean width {iv['mean_width']:.1f})."
+        ),
         "interval_rows": intervals,
         "timings": sorted(manifest.timings.items()),
         "figures": _Default(figures),
     }
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("segstream.training", "templates"),
-        autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
     html = env.get_template("report.html.j2").render(**ctx)
     path = out / f"report-{manifest.model}-{manifest.bundle_id[:12]}.html"
     path.write_text(html, encoding="utf-8")

@@ -88,29 +88,45 @@ def run_simulation(
     BrokerError
         The broker is unreachable (after bounded retries) or topics cannot be created.
     """
-    from confluent_kafka import Producer  # noqa: PLC0415
+    from confluent_kafka import Producer
 
     sim, topics, broker = settings.simulator, settings.topics, settings.broker
     check_reachable(broker)
-    ensure_topics(broker, [topics.events, topics.outcomes], topics.partitions,
-                  topics.replication_factor)
+    ensure_topics(
+        broker, [topics.events, topics.outcomes], topics.partitions, topics.replication_factor
+    )
     if records is None:
         records = Replay(
-            select_rows(settings), settings.event_schema, outcomes=sim.outcomes,
-            bad_fraction=sim.bad_fraction, seed=sim.seed, huge_bytes=sim.huge_event_bytes,
+            select_rows(settings),
+            settings.event_schema,
+            outcomes=sim.outcomes,
+            bad_fraction=sim.bad_fraction,
+            seed=sim.seed,
+            huge_bytes=sim.huge_event_bytes,
         )
     pacer = Pacer(rate=None if sim.speedup else sim.rate, speedup=sim.speedup)
     delivery = _Delivery()
-    producer = Producer(client_config(
-        broker, linger_ms=5, acks="all", enable_idempotence=True,
-        message_max_bytes=max(1_048_576, sim.huge_event_bytes * 2),
-        queue_buffering_max_messages=200_000,
-    ))
+    producer = Producer(
+        client_config(
+            broker,
+            linger_ms=5,
+            acks="all",
+            enable_idempotence=True,
+            message_max_bytes=max(1_048_576, sim.huge_event_bytes * 2),
+            queue_buffering_max_messages=200_000,
+        )
+    )
     topic_of = {"events": topics.events, "outcomes": topics.outcomes}
     summary = SimulationSummary()
     kinds: Counter[str] = Counter()
-    bar = tqdm(total=len(records), desc="simulate", unit="rec", file=sys.stderr,
-               disable=not progress, mininterval=1.0)
+    bar = tqdm(
+        total=len(records),
+        desc="simulate",
+        unit="rec",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=1.0,
+    )
     start = time.monotonic()
     try:
         for i, rec in enumerate(records):
@@ -122,8 +138,9 @@ def run_simulation(
                 time.sleep(ahead)
             while True:
                 try:
-                    producer.produce(topic_of[rec.topic_role], rec.value, rec.key,
-                                     on_delivery=delivery)
+                    producer.produce(
+                        topic_of[rec.topic_role], rec.value, rec.key, on_delivery=delivery
+                    )
                     break
                 except BufferError:
                     producer.poll(0.05)
@@ -145,7 +162,8 @@ def run_simulation(
     summary.delivered = delivery.ok
     summary.failed = delivery.failed + remaining
     summary.first_error = delivery.first_error or (
-        f"{remaining} record(s) not confirmed by {broker.bootstrap}" if remaining else None)
+        f"{remaining} record(s) not confirmed by {broker.bootstrap}" if remaining else None
+    )
     summary.malformed_by_kind = dict(kinds)
     if summary.failed and summary.delivered == 0:
         raise BrokerError(f"no record delivered to {broker.bootstrap}: {summary.first_error}")

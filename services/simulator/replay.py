@@ -19,8 +19,15 @@ from segstream.shared.events import encode_events, encode_outcomes
 from segstream.shared.settings import SchemaSettings
 
 #: Kinds of malformed events mixed in by ``--bad-fraction`` (the DLQ must name each).
-MALFORMED_KINDS = ("invalid_json", "wrong_type", "missing_field", "huge_payload", "not_object",
-                   "empty", "garbage")
+MALFORMED_KINDS = (
+    "invalid_json",
+    "wrong_type",
+    "missing_field",
+    "huge_payload",
+    "not_object",
+    "empty",
+    "garbage",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +42,14 @@ class Record:
 
 
 def malformed_event(
-    good: bytes, key: bytes, kind: str, rng: np.random.Generator, schema: SchemaSettings,
+    good: bytes,
+    key: bytes,
+    kind: str,
+    rng: np.random.Generator,
+    schema: SchemaSettings,
     huge_bytes: int,
 ) -> tuple[bytes, bytes]:
-    """Turn a valid encoded event into a malformed one of ``kind`` (see :data:`MALFORMED_KINDS`).
-    """
+    """Turn a valid encoded event into a malformed one of ``kind`` (see :data:`MALFORMED_KINDS`)."""
     if kind == "invalid_json":
         return key, good[: max(1, len(good) // 2)]
     if kind == "empty":
@@ -73,8 +83,16 @@ def build_replay(
     huge_bytes: int = 200_000,
 ) -> list[Record]:
     """All records of a replay of ``df`` in send order (see :class:`Replay`)."""
-    return list(Replay(df, schema, outcomes=outcomes, bad_fraction=bad_fraction, seed=seed,
-                       huge_bytes=huge_bytes))
+    return list(
+        Replay(
+            df,
+            schema,
+            outcomes=outcomes,
+            bad_fraction=bad_fraction,
+            seed=seed,
+            huge_bytes=huge_bytes,
+        )
+    )
 
 
 class Replay:
@@ -115,8 +133,10 @@ class Replay:
         roles = np.ones(n, np.int8)  # 1 = event, 0 = outcome
         times = ev_t
         if outcomes and n and "outcome_time" in self.df:
-            has = (self.df["outcome_time"].notna().to_numpy()
-                   & self.df[schema.target].notna().to_numpy())
+            has = (
+                self.df["outcome_time"].notna().to_numpy()
+                & self.df[schema.target].notna().to_numpy()
+            )
             ot = pd.to_datetime(self.df.loc[has, "outcome_time"], utc=True)
             out_t = (ot - t0.tz_convert("UTC")).dt.total_seconds().to_numpy(np.float64)
             rows = np.concatenate([rows, np.flatnonzero(has)])

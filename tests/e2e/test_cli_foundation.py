@@ -16,9 +16,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def segstream(*args: str, timeout: float = 120, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "segstream", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "segstream", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_help_lists_subcommands_and_each_has_help():
@@ -31,8 +36,13 @@ def test_help_lists_subcommands_and_each_has_help():
 
 
 def test_broker_prints_bootstrap_and_stops_on_sigterm():
-    p = subprocess.Popen([sys.executable, "-m", "segstream", "broker"], cwd=REPO,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "segstream", "broker"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = p.stdout.readline().strip()
         assert line.startswith("bootstrap=127.0.0.1:")
@@ -70,9 +80,19 @@ def test_simulate_unreachable_broker_names_address():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = segstream("simulate", "--limit", "10", "--quiet", "--bootstrap", f"127.0.0.1:{port}",
-                  env={"SEGSTREAM_BROKER__CONNECT_TIMEOUT_S": "0.5",
-                       "SEGSTREAM_BROKER__CONNECT_ATTEMPTS": "2"}, timeout=60)
+    r = segstream(
+        "simulate",
+        "--limit",
+        "10",
+        "--quiet",
+        "--bootstrap",
+        f"127.0.0.1:{port}",
+        env={
+            "SEGSTREAM_BROKER__CONNECT_TIMEOUT_S": "0.5",
+            "SEGSTREAM_BROKER__CONNECT_ATTEMPTS": "2",
+        },
+        timeout=60,
+    )
     assert r.returncode == 2
     assert f"cannot reach Kafka at 127.0.0.1:{port}" in r.stderr
     assert "Traceback" not in r.stderr
@@ -87,10 +107,22 @@ def test_bad_config_is_one_line_error(tmp_path):
 
 
 def test_simulate_against_broker_prints_summary(kafka, topic_prefix):
-    r = segstream("simulate", "--limit", "300", "--rate", "20000", "--quiet",
-                  "--bootstrap", kafka.bootstrap, "--bad-fraction", "0.1",
-                  env={"SEGSTREAM_TOPICS__EVENTS": f"{topic_prefix}.events",
-                       "SEGSTREAM_TOPICS__OUTCOMES": f"{topic_prefix}.outcomes"})
+    r = segstream(
+        "simulate",
+        "--limit",
+        "300",
+        "--rate",
+        "20000",
+        "--quiet",
+        "--bootstrap",
+        kafka.bootstrap,
+        "--bad-fraction",
+        "0.1",
+        env={
+            "SEGSTREAM_TOPICS__EVENTS": f"{topic_prefix}.events",
+            "SEGSTREAM_TOPICS__OUTCOMES": f"{topic_prefix}.outcomes",
+        },
+    )
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
     assert line.startswith("simulate: sent=300 events") and "failed=0" in line

@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def segstream(*args: str, timeout: float = 600):
-    return subprocess.run([sys.executable, "-m", "segstream", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, env=os.environ)
+    return subprocess.run(
+        [sys.executable, "-m", "segstream", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +33,17 @@ def setup(flights_df, tmp_path_factory):
 
 def _train(setup, *extra):
     tmp, cfg, data = setup
-    r = segstream("train", "--config", str(cfg), "--data", str(data), "--quiet",
-                  "--report-dir", str(tmp / "reports"), *extra)
+    r = segstream(
+        "train",
+        "--config",
+        str(cfg),
+        "--data",
+        str(data),
+        "--quiet",
+        "--report-dir",
+        str(tmp / "reports"),
+        *extra,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line.split()[0])
     return r, out
@@ -40,7 +55,7 @@ def test_train_publish_list_inspect_promote_explain(setup, flights_df):
     assert len(out1["bundle_id"]) == 64 and "test MAE partitioned=" in r1.stdout
     assert Path(out1["report"]).is_file()
     # a second bundle trained with another seed
-    r2, out2 = _train(setup, "--work-dir", str(tmp / "w2"))
+    _r2, out2 = _train(setup, "--work-dir", str(tmp / "w2"))
     ids = [out1["bundle_id"], out2["bundle_id"]]
 
     r = segstream("bundle", "list", "--config", str(cfg))
@@ -62,8 +77,15 @@ def test_train_publish_list_inspect_promote_explain(setup, flights_df):
     schema = load_settings(cfg).event_schema
     ev = flights_df[flights_df["event_time"].dt.month == 1].iloc[[-5]]
     (tmp / "event.json").write_bytes(encode_events(ev, schema)[0][1])
-    r = segstream("explain", "--config", str(cfg), "--event", str(tmp / "event.json"),
-                  "--plot", str(tmp / "event.png"))
+    r = segstream(
+        "explain",
+        "--config",
+        str(cfg),
+        "--event",
+        str(tmp / "event.json"),
+        "--plot",
+        str(tmp / "event.png"),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "= prediction" in r.stdout and "fallback level" in r.stdout
     lines = [ln.split() for ln in r.stdout.splitlines() if ln.startswith("  ")]
@@ -74,7 +96,7 @@ def test_train_publish_list_inspect_promote_explain(setup, flights_df):
 
 
 def test_train_errors_are_one_line(setup, tmp_path):
-    tmp, cfg, data = setup
+    _tmp, cfg, _data = setup
     r = segstream("train", "--config", str(cfg), "--data", str(tmp_path / "nope.parquet"))
     assert r.returncode == 2 and "data file not found" in r.stderr and "Traceback" not in r.stderr
     r = segstream("bundle", "promote", "--config", str(cfg), "deadbeef")

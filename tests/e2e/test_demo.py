@@ -10,8 +10,8 @@ import psutil
 import pytest
 
 from segstream.shared.settings import load_settings
-from tests.train_helpers import january_parquet, small_config
 from segstream.training.pipeline import train
+from tests.train_helpers import january_parquet, small_config
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -21,22 +21,52 @@ def test_demo_end_to_end_counts_consistent_and_no_child_left(flights_df, tmp_pat
     """``segstream demo`` on a store that already has a (small) bundle: broker, two workers,
     simulator; the summary's counts add up and no child process survives."""
     cfg = small_config(tmp_path, tmp_path / "store")
-    train(load_settings(cfg), data_path=str(january_parquet(flights_df, tmp_path)),
-          progress=False, work_dir=str(tmp_path / "w"), report_dir=str(tmp_path / "r"))
-    env = {**os.environ, "SEGSTREAM_STORE__URL": f"file://{tmp_path / 'store'}",
-           "SEGSTREAM_WORKER__BUNDLE_CACHE_DIR": str(tmp_path / "cache")}
+    train(
+        load_settings(cfg),
+        data_path=str(january_parquet(flights_df, tmp_path)),
+        progress=False,
+        work_dir=str(tmp_path / "w"),
+        report_dir=str(tmp_path / "r"),
+    )
+    env = {
+        **os.environ,
+        "SEGSTREAM_STORE__URL": f"file://{tmp_path / 'store'}",
+        "SEGSTREAM_WORKER__BUNDLE_CACHE_DIR": str(tmp_path / "cache"),
+    }
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    r = subprocess.run([sys.executable, "-m", "segstream", "demo", "--seconds", "20",
-                        "--rate", "1000", "--out", str(tmp_path / "demo")],
-                       cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segstream",
+            "demo",
+            "--seconds",
+            "20",
+            "--rate",
+            "1000",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads(r.stdout.split("demo summary:", 1)[1])
     assert summary["events"] > 1000
     assert summary["consistent"], summary
     assert summary["predictions"] + summary["dlq"] == summary["events"]
     assert summary["dlq"] > 0 and set(summary["dlq_by_reason"]) <= {
-        "empty", "too_large", "invalid_json", "not_object", "missing_field", "wrong_type",
-        "bad_time"}
+        "empty",
+        "too_large",
+        "invalid_json",
+        "not_object",
+        "missing_field",
+        "wrong_type",
+        "bad_time",
+    }
     assert summary["children_left"] == []
     assert summary["latency_p99_s"] is not None
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]

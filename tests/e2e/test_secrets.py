@@ -26,30 +26,64 @@ S3_SECRET = "s3-Secret-a96c03f2"
 
 
 def segstream(*args: str, env: dict[str, str], timeout: float = 600):
-    return subprocess.run([sys.executable, "-m", "segstream", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "segstream", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_secrets_appear_in_no_bundle_report_log_or_cli_output(flights_df, tmp_path):
     pki = make_pki(tmp_path / "pki", client_key_password="tls-KeyPw-0b7d55e1")
     secrets = (SASL_PASSWORD, pki.client_key_password, S3_KEY, S3_SECRET)
     store, reports, work = tmp_path / "store", tmp_path / "reports", tmp_path / "work"
-    with EmbeddedBroker(authentication=True, tls_cert_file=pki.server_cert,
-                        tls_key_file=pki.server_key) as broker:
-        cfg = small_config(tmp_path, store, broker={
-            "bootstrap": broker.bootstrap, "connect_timeout_s": 5.0, "connect_attempts": 1,
-            "security": {"protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256",
-                         "username": "alice", "ssl_ca_file": str(pki.ca),
-                         "ssl_cert_file": str(pki.client_cert),
-                         "ssl_key_file": str(pki.client_key)}})
-        env = {**os.environ, "PYTHONPATH": str(REPO),
-               "SEGSTREAM_BROKER__SECURITY__PASSWORD": SASL_PASSWORD,
-               "SEGSTREAM_BROKER__SECURITY__SSL_KEY_PASSWORD": pki.client_key_password,
-               "SEGSTREAM_STORE__S3_KEY": S3_KEY, "SEGSTREAM_STORE__S3_SECRET": S3_SECRET}
+    with EmbeddedBroker(
+        authentication=True, tls_cert_file=pki.server_cert, tls_key_file=pki.server_key
+    ) as broker:
+        cfg = small_config(
+            tmp_path,
+            store,
+            broker={
+                "bootstrap": broker.bootstrap,
+                "connect_timeout_s": 5.0,
+                "connect_attempts": 1,
+                "security": {
+                    "protocol": "SASL_SSL",
+                    "sasl_mechanism": "SCRAM-SHA-256",
+                    "username": "alice",
+                    "ssl_ca_file": str(pki.ca),
+                    "ssl_cert_file": str(pki.client_cert),
+                    "ssl_key_file": str(pki.client_key),
+                },
+            },
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "SEGSTREAM_BROKER__SECURITY__PASSWORD": SASL_PASSWORD,
+            "SEGSTREAM_BROKER__SECURITY__SSL_KEY_PASSWORD": pki.client_key_password,
+            "SEGSTREAM_STORE__S3_KEY": S3_KEY,
+            "SEGSTREAM_STORE__S3_SECRET": S3_SECRET,
+        }
         data = january_parquet(flights_df, tmp_path)
-        train = segstream("--log-level", "DEBUG", "train", "--config", str(cfg), "--data",
-                          str(data), "--quiet", "--report-dir", str(reports), "--work-dir",
-                          str(work), env=env)
+        train = segstream(
+            "--log-level",
+            "DEBUG",
+            "train",
+            "--config",
+            str(cfg),
+            "--data",
+            str(data),
+            "--quiet",
+            "--report-dir",
+            str(reports),
+            "--work-dir",
+            str(work),
+            env=env,
+        )
     assert train.returncode == 0, train.stderr[-3000:]
     # The announcement producer used the credentials (and the broker refused the login).
     assert "model-update event not sent: Kafka at" in train.stderr
@@ -58,16 +92,20 @@ def test_secrets_appear_in_no_bundle_report_log_or_cli_output(flights_df, tmp_pa
     inspect = segstream("bundle", "inspect", "--json", "--config", str(cfg), env=env)
     assert config.returncode == 0 and inspect.returncode == 0, config.stderr + inspect.stderr
 
-    texts = {"train stdout": train.stdout, "train stderr (DEBUG logs)": train.stderr,
-             "segstream config": config.stdout + config.stderr,
-             "bundle inspect --json": inspect.stdout + inspect.stderr}
+    texts = {
+        "train stdout": train.stdout,
+        "train stderr (DEBUG logs)": train.stderr,
+        "segstream config": config.stdout + config.stderr,
+        "bundle inspect --json": inspect.stdout + inspect.stderr,
+    }
     files = [p for d in (store, reports, work) for p in d.rglob("*") if p.is_file()]
     assert any(p.name == "manifest.json" for p in files)
     assert any(p.suffix == ".html" for p in files)
     for p in files:
         texts[str(p)] = p.read_bytes().decode("utf-8", "replace")
-    leaks = [(where, secret) for where, text in texts.items() for secret in secrets
-             if secret in text]
+    leaks = [
+        (where, secret) for where, text in texts.items() for secret in secrets if secret in text
+    ]
     assert leaks == []
 
     # Masked, not dropped: the manifest and the CLI say that a secret is set.

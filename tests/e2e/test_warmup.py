@@ -28,11 +28,25 @@ def test_synthetic_events_follow_the_schema():
 def test_warmup_writes_the_kernels_into_an_empty_cache(tmp_path):
     cache = tmp_path / "numba"
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
-    r = subprocess.run([sys.executable, "-m", "segstream", "--log-level", "WARNING", "warmup"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+    r = subprocess.run(
+        [sys.executable, "-m", "segstream", "--log-level", "WARNING", "warmup"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"kernels compiled into {cache}" in r.stdout
     indexed = {p.name.split("-")[0] for p in cache.rglob("*.nbi")}
-    for module in ("_groupby_kernels", "partitioner", "routing", "_forest", "linear",
-                   "_decode_kernels", "records", "stats"):
+    for module in (
+        "_groupby_kernels",
+        "partitioner",
+        "routing",
+        "_forest",
+        "linear",
+        "_decode_kernels",
+        "records",
+        "stats",
+    ):
         assert any(name.startswith(module) for name in indexed), (module, sorted(indexed))

@@ -20,8 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v",
-                        "-w", str(out), str(REPO)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     for word in ("DeprecationWarning", "BuildBackendWarning"):
         assert word not in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
@@ -37,8 +41,12 @@ def test_wheel_has_one_top_level_package(wheel):
         assert top == {"segstream"}
         if tl:
             assert z.read(tl).decode().split() == ["segstream"]
-        for f in ("segstream/config/flights.yaml", "segstream/config/prometheus/prometheus.yml",
-                  "segstream/shared/settings.py", "segstream/services/worker/loop.py"):
+        for f in (
+            "segstream/config/flights.yaml",
+            "segstream/config/prometheus/prometheus.yml",
+            "segstream/shared/settings.py",
+            "segstream/services/worker/loop.py",
+        ):
             assert f in names, f
 
 
@@ -48,11 +56,29 @@ def test_installed_wheel_runs_outside_the_repository(wheel, tmp_path):
     py = env_dir / "bin" / "python"
     # Dependencies come from this environment's site-packages through a .pth line; the package
     # itself only from the wheel (a .pth-added directory is not scanned for the editable finder).
-    target = subprocess.run([str(py), "-c", "import site; print(site.getsitepackages()[0])"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    target = subprocess.run(
+        [str(py), "-c", "import site; print(site.getsitepackages()[0])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (Path(target) / "zz_deps.pth").write_text(site.getsitepackages()[0] + "\n")
-    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps",
-                        "--quiet", str(wheel)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "--no-deps",
+            "--quiet",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -60,11 +86,17 @@ def test_installed_wheel_runs_outside_the_repository(wheel, tmp_path):
     exe = env_dir / "bin" / "segstream"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(exe), *args], cwd=empty, env=env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [str(exe), *args], cwd=empty, env=env, capture_output=True, text=True, timeout=300
+        )
 
-    where = subprocess.run([str(py), "-c", "import segstream.shared as s; print(s.__file__)"],
-                           cwd=empty, env=env, capture_output=True, text=True)
+    where = subprocess.run(
+        [str(py), "-c", "import segstream.shared as s; print(s.__file__)"],
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert str(env_dir) in where.stdout, where.stdout + where.stderr
     assert run("--help").returncode == 0
     cfg = run("config")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 
 import orjson
@@ -23,8 +24,9 @@ def test_embedded_broker_start_stop():
         port = b.port
     assert not b.is_running()
     with pytest.raises(BrokerError, match=str(port)):
-        check_reachable(BrokerSettings(bootstrap=f"127.0.0.1:{port}", connect_timeout_s=0.5,
-                                       connect_attempts=2))
+        check_reachable(
+            BrokerSettings(bootstrap=f"127.0.0.1:{port}", connect_timeout_s=0.5, connect_attempts=2)
+        )
 
 
 def test_embedded_broker_port_taken_is_clear_error():
@@ -37,12 +39,18 @@ def test_embedded_broker_port_taken_is_clear_error():
 
 
 def _settings(flights_config, kafka, prefix, **sim):
-    return load_settings(flights_config, {
-        "broker": {"bootstrap": kafka.bootstrap},
-        "topics": {"events": f"{prefix}.events", "outcomes": f"{prefix}.outcomes",
-                   "partitions": 3},
-        "simulator": {"rate": 50_000, "start": "2013-09-01", **sim},
-    })
+    return load_settings(
+        flights_config,
+        {
+            "broker": {"bootstrap": kafka.bootstrap},
+            "topics": {
+                "events": f"{prefix}.events",
+                "outcomes": f"{prefix}.outcomes",
+                "partitions": 3,
+            },
+            "simulator": {"rate": 50_000, "start": "2013-09-01", **sim},
+        },
+    )
 
 
 def test_simulator_sends_n_valid_events_in_per_key_order(flights_config, kafka, topic_prefix):
@@ -55,11 +63,11 @@ def test_simulator_sends_n_valid_events_in_per_key_order(flights_config, kafka, 
     msgs = consume_all(kafka.bootstrap, s.topics.events, n)
     assert len(msgs) == n
     recs = [orjson.loads(m.value()) for m in msgs]
-    assert all(m.key().decode() == r["event_id"] for m, r in zip(msgs, recs))
+    assert all(m.key().decode() == r["event_id"] for m, r in zip(msgs, recs, strict=False))
     assert len({r["event_id"] for r in recs}) == n
     # per partition, events arrive in event-time order (the order they were sent)
     by_part = collections.defaultdict(list)
-    for m, r in zip(msgs, recs):
+    for m, r in zip(msgs, recs, strict=False):
         by_part[m.partition()].append((m.offset(), r["event_time"]))
     for rows in by_part.values():
         times = [t for _, t in sorted(rows)]
@@ -72,11 +80,19 @@ def test_simulator_sends_n_valid_events_in_per_key_order(flights_config, kafka, 
     assert all(part[m.key()] == m.partition() for m in outs)
 
 
-def test_simulator_malformed_fraction_arrives_as_malformed_bytes(flights_config, kafka,
-                                                                 topic_prefix):
+def test_simulator_malformed_fraction_arrives_as_malformed_bytes(
+    flights_config, kafka, topic_prefix
+):
     n = 1500
-    s = _settings(flights_config, kafka, topic_prefix, limit=n, bad_fraction=0.2,
-                  outcomes=False, huge_event_bytes=50_000)
+    s = _settings(
+        flights_config,
+        kafka,
+        topic_prefix,
+        limit=n,
+        bad_fraction=0.2,
+        outcomes=False,
+        huge_event_bytes=50_000,
+    )
     summary = run_simulation(s, progress=False)
     assert summary.failed == 0 and summary.events_sent == n
     assert 0.13 * n < summary.malformed_sent < 0.27 * n
@@ -86,10 +102,12 @@ def test_simulator_malformed_fraction_arrives_as_malformed_bytes(flights_config,
     for m in msgs:
         try:
             rec = orjson.loads(m.value() or b"")
-            ok = (isinstance(rec, dict)
-                  and all(f.name in rec for f in s.event_schema.event_fields if f.required)
-                  and not any(isinstance(v, dict) for v in rec.values())
-                  and len(m.value()) < 50_000)
+            ok = (
+                isinstance(rec, dict)
+                and all(f.name in rec for f in s.event_schema.event_fields if f.required)
+                and not any(isinstance(v, dict) for v in rec.values())
+                and len(m.value()) < 50_000
+            )
         except orjson.JSONDecodeError:
             ok = False
         invalid += not ok
@@ -110,11 +128,17 @@ def test_broker_dies_with_a_killed_parent(tmp_path):
     import sys
     import time
 
-    script = ("from shared.broker import EmbeddedBroker; import time\n"
-              "b = EmbeddedBroker().start(); print(b.pid, b.port, flush=True); time.sleep(60)\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
-    pid, port = (int(x) for x in parent.stdout.readline().split())
+    script = (
+        "from shared.broker import EmbeddedBroker; import time\n"
+        "b = EmbeddedBroker().start(); print(b.pid, b.port, flush=True); time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]),
+    )
+    pid, _port = (int(x) for x in parent.stdout.readline().split())
     parent.send_signal(signal.SIGKILL)
     parent.wait(10)
     deadline = time.monotonic() + 10
@@ -125,10 +149,9 @@ def test_broker_dies_with_a_killed_parent(tmp_path):
             os.kill(pid, 0)
         except ProcessLookupError:
             break
-        try:  # reap if it became our zombie; otherwise it belongs to init
+        # reap if it became our zombie; otherwise it belongs to init
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.1)
     else:
         os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,6 @@ the services do not expose prometheus-client's ``process_*`` metrics.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -37,7 +36,6 @@ import yaml
 from segstream.shared.broker import free_port
 from tests.ops_helpers import (
     PROMETHEUS_CONFIG,
-    PROMETHEUS_DIR,
     REPO,
     PanelQuery,
     RuleExpr,
@@ -60,7 +58,7 @@ TOPIC_NAMES = ("events", "predictions", "alerts", "dlq", "stats", "outcomes", "m
 # --------------------------------------------------------------------------- helpers
 def _get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -68,8 +66,9 @@ def _get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _wait(pred: Callable[[], bool], timeout_s: float, what: str,
-          procs: "Processes | None" = None) -> None:
+def _wait(
+    pred: Callable[[], bool], timeout_s: float, what: str, procs: Processes | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pred():
@@ -77,13 +76,15 @@ def _wait(pred: Callable[[], bool], timeout_s: float, what: str,
         if procs is not None:
             procs.check_alive()
         time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}"
-                         + (f"; logs in {procs.log_dir}" if procs else ""))
+    raise AssertionError(
+        f"timed out after {timeout_s:.0f} s waiting for {what}"
+        + (f"; logs in {procs.log_dir}" if procs else "")
+    )
 
 
 def _sample(port: int, name: str, labels: dict[str, str] | None = None) -> float | None:
     """Sum of the samples ``name`` (matching ``labels``) on a /metrics endpoint."""
-    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+    from prometheus_client.parser import text_string_to_metric_families
 
     status, body = _get(f"http://127.0.0.1:{port}/metrics")
     if status != 200:
@@ -107,8 +108,9 @@ class Processes:
     def start(self, name: str, cmd: list[str], daemon: bool = True) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        p = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                             stdin=subprocess.DEVNULL, env=env)
+        p = subprocess.Popen(
+            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
         log.close()
         self.procs[name] = p
         if daemon:
@@ -153,34 +155,55 @@ class Stack:
 
     def query(self, expr: str, at: float) -> dict[str, Any]:
         url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode(
-            {"query": expr, "time": f"{at:.3f}"})
+            {"query": expr, "time": f"{at:.3f}"}
+        )
         status, body = _get(url, timeout_s=10.0)
         assert status in (200, 400, 422), f"HTTP {status} from Prometheus for {expr!r}"
         return json.loads(body)
 
 
 # --------------------------------------------------------------------------- the stack
-def _write_config(tmp: Path, bootstrap: str, prefix: str, worker_port: int,
-                  monitor_port: int | None) -> Path:
+def _write_config(
+    tmp: Path, bootstrap: str, prefix: str, worker_port: int, monitor_port: int | None
+) -> Path:
     cfg = yaml.safe_load(small_config(tmp, tmp / "store").read_text())
     cfg["broker"] = {"bootstrap": bootstrap}
     cfg["topics"] = {**{n: f"{prefix}.{n}" for n in TOPIC_NAMES}, "partitions": 3}
-    cfg["worker"] = {"group_id": f"{prefix}-workers", "metrics_port": worker_port,
-                     "metrics_host": "127.0.0.1", "bundle_cache_dir": str(tmp / "cache"),
-                     "reload_poll_s": 2.0, "batch_timeout_s": 0.05,
-                     "statistics_interval_ms": 500}
+    cfg["worker"] = {
+        "group_id": f"{prefix}-workers",
+        "metrics_port": worker_port,
+        "metrics_host": "127.0.0.1",
+        "bundle_cache_dir": str(tmp / "cache"),
+        "reload_poll_s": 2.0,
+        "batch_timeout_s": 0.05,
+        "statistics_interval_ms": 500,
+    }
     # Ten days after the training range, with outcomes and a few malformed events.
-    cfg["simulator"] = {"start": "2013-01-20", "end": "2013-01-29", "rate": 1500,
-                        "bad_fraction": 0.02, "outcomes": True, "seed": 7}
+    cfg["simulator"] = {
+        "start": "2013-01-20",
+        "end": "2013-01-29",
+        "rate": 1500,
+        "bad_fraction": 0.02,
+        "outcomes": True,
+        "seed": 7,
+    }
     if monitor_port is not None:
-        from segstream.shared.settings import MonitorSettings  # type: ignore[attr-defined]  # noqa: PLC0415
+        from segstream.shared.settings import MonitorSettings  # type: ignore[attr-defined]
 
-        wanted = {"app_id": f"{prefix}-monitor", "metrics_port": monitor_port,
-                  "metrics_host": "127.0.0.1", "bundle_cache_dir": str(tmp / "monitor-cache"),
-                  "data_dir": str(tmp / "monitor-data"),
-                  "session_timeout_s": 2.0, "idle_close_s": 3.0, "source_idle_s": 5.0,
-                  "tick_s": 0.5, "drift_min_count": 100, "performance_min_count": 50,
-                  "new_segment_threshold": 5}
+        wanted = {
+            "app_id": f"{prefix}-monitor",
+            "metrics_port": monitor_port,
+            "metrics_host": "127.0.0.1",
+            "bundle_cache_dir": str(tmp / "monitor-cache"),
+            "data_dir": str(tmp / "monitor-data"),
+            "session_timeout_s": 2.0,
+            "idle_close_s": 3.0,
+            "source_idle_s": 5.0,
+            "tick_s": 0.5,
+            "drift_min_count": 100,
+            "performance_min_count": 50,
+            "new_segment_threshold": 5,
+        }
         cfg["monitor"] = {k: v for k, v in wanted.items() if k in MonitorSettings.model_fields}
     path = tmp / "segstream.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -191,10 +214,11 @@ def _write_config(tmp: Path, bootstrap: str, prefix: str, worker_port: int,
 def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
-        pytest.skip("the prometheus binary is missing (Debian package 'prometheus'; "
-                    ".ci/run installs it)")
-    from segstream.shared.settings import load_settings  # noqa: PLC0415
-    from segstream.training.pipeline import train  # noqa: PLC0415
+        pytest.skip(
+            "the prometheus binary is missing (Debian package 'prometheus'; .ci/run installs it)"
+        )
+    from segstream.shared.settings import load_settings
+    from segstream.training.pipeline import train
 
     tmp = tmp_path_factory.mktemp("prom-dashboards")
     prefix = f"t-{os.urandom(4).hex()}"
@@ -203,8 +227,7 @@ def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
     prom_port = free_port()
     config = _write_config(tmp, kafka.bootstrap, prefix, worker_port, monitor_port)
     settings = load_settings(config)
-    train(settings, data_path=str(january_parquet(flights_df, tmp)), publish=True,
-          progress=False)
+    train(settings, data_path=str(january_parquet(flights_df, tmp)), publish=True, progress=False)
 
     procs = Processes(tmp)
     cli = [sys.executable, "-m", "segstream"]
@@ -212,21 +235,31 @@ def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
         procs.start("worker", [*cli, "worker", "--config", str(config)])
         if monitor_port is not None:
             procs.start("monitor", [*cli, "monitor", "--config", str(config)])
-        _wait(lambda: _get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200, 90,
-              "worker /readyz", procs)
+        _wait(
+            lambda: _get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200,
+            90,
+            "worker /readyz",
+            procs,
+        )
         if monitor_port is not None:
-            _wait(lambda: _get(f"http://127.0.0.1:{monitor_port}/readyz")[0] == 200, 90,
-                  "monitor /readyz", procs)
+            _wait(
+                lambda: _get(f"http://127.0.0.1:{monitor_port}/readyz")[0] == 200,
+                90,
+                "monitor /readyz",
+                procs,
+            )
 
-        prom_cfg = render_prometheus_config({
-            "segstream-worker": [f"127.0.0.1:{worker_port}"],
-            "segstream-monitor": [f"127.0.0.1:{monitor_port}"] if monitor_port else None,
-            "prometheus": [f"127.0.0.1:{prom_port}"],
-        }, tmp / "prometheus.yml")
+        prom_cfg = render_prometheus_config(
+            {
+                "segstream-worker": [f"127.0.0.1:{worker_port}"],
+                "segstream-monitor": [f"127.0.0.1:{monitor_port}"] if monitor_port else None,
+                "prometheus": [f"127.0.0.1:{prom_port}"],
+            },
+            tmp / "prometheus.yml",
+        )
         from segstream.services.prometheus import prometheus_command
 
-        procs.start("prometheus", prometheus_command(prometheus, prom_cfg, prom_port,
-                                                     tmp / "tsdb"))
+        procs.start("prometheus", prometheus_command(prometheus, prom_cfg, prom_port, tmp / "tsdb"))
         base = f"http://127.0.0.1:{prom_port}"
         _wait(lambda: _get(f"{base}/-/ready")[0] == 200, 30, "Prometheus /-/ready", procs)
 
@@ -237,8 +270,9 @@ def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
 
         _wait(all_up, 30, "every scrape target up", procs)
 
-        sim = procs.start("simulator", [*cli, "simulate", "--config", str(config), "--quiet"],
-                          daemon=False)
+        sim = procs.start(
+            "simulator", [*cli, "simulate", "--config", str(config), "--quiet"], daemon=False
+        )
         try:
             assert sim.wait(180) == 0, f"simulator failed; see {tmp / 'simulator.log'}"
         except subprocess.TimeoutExpired:
@@ -246,28 +280,58 @@ def stack(kafka, flights_df, tmp_path_factory) -> Iterator[Stack]:
         sent = _sent_events(tmp / "simulator.log")
 
         consumed = "segstream_worker_events_consumed_total"
-        _wait(lambda: (_sample(worker_port, consumed) or 0) >= sent, 60,
-              f"the worker to consume {sent} events", procs)
+        _wait(
+            lambda: (_sample(worker_port, consumed) or 0) >= sent,
+            60,
+            f"the worker to consume {sent} events",
+            procs,
+        )
         scored_at = time.time()
         monitored_at = None
         if monitor_port is not None:
-            _wait(lambda: (_sample(monitor_port, "segstream_monitor_windows_closed_total",
-                                   {"kind": "performance"}) or 0) > 0
-                  and (_sample(monitor_port, "segstream_monitor_windows_closed_total",
-                               {"kind": "drift"}) or 0) > 0,
-                  60, "the monitor to close drift and performance windows", procs)
+            _wait(
+                lambda: (
+                    (
+                        _sample(
+                            monitor_port,
+                            "segstream_monitor_windows_closed_total",
+                            {"kind": "performance"},
+                        )
+                        or 0
+                    )
+                    > 0
+                    and (
+                        _sample(
+                            monitor_port,
+                            "segstream_monitor_windows_closed_total",
+                            {"kind": "drift"},
+                        )
+                        or 0
+                    )
+                    > 0
+                ),
+                60,
+                "the monitor to close drift and performance windows",
+                procs,
+            )
             monitored_at = time.time()
         time.sleep(2.5)  # scrapes after the evaluation times
         procs.check_alive()
-        yield Stack(base, worker_port, monitor_port, scored_at, monitored_at,
-                    _sample(worker_port, "process_cpu_seconds_total") is not None, tmp)
+        yield Stack(
+            base,
+            worker_port,
+            monitor_port,
+            scored_at,
+            monitored_at,
+            _sample(worker_port, "process_cpu_seconds_total") is not None,
+            tmp,
+        )
     finally:
         procs.stop_all()
 
 
 def _sent_events(log: Path) -> int:
-    line = next(ln for ln in reversed(log.read_text().splitlines())
-                if ln.startswith("simulate:"))
+    line = next(ln for ln in reversed(log.read_text().splitlines()) if ln.startswith("simulate:"))
     return int(line.split("sent=", 1)[1].split()[0])
 
 
@@ -294,8 +358,10 @@ def test_dashboard_panel_query_returns_data(stack: Stack, q: PanelQuery) -> None
     if q.needs_monitor and stack.monitor_port is None:
         pytest.skip("segstream.services.monitor is not in this build: no monitor to scrape")
     if q.needs_process_metrics and not stack.process_metrics:
-        pytest.skip("the worker exposes no process_* metrics (its CollectorRegistry has no "
-                    "prometheus_client ProcessCollector)")
+        pytest.skip(
+            "the worker exposes no process_* metrics (its CollectorRegistry has no "
+            "prometheus_client ProcessCollector)"
+        )
     expr = render_grafana_expr(q.expr, GRAFANA_VARS)
     at = stack.monitored_at if q.needs_monitor else stack.scored_at
     assert at is not None

@@ -41,9 +41,23 @@ from segstream.shared.store import (
 from tests.fakes import load_fake_bundle, write_fake_bundle
 
 REPO = Path(__file__).resolve().parents[2]
-HOSTILE_IDS = ["../../..", "../" * 10 + "etc/passwd", "/etc", "/tmp/x", "", ".", "..",
-               "a" * 63, "a" * 65, "A" * 64, "g" * 64, "a" * 64 + "\n", "a" * 64 + "/..",
-               "s3://other-bucket/x", "a" * 32 + "/" + "a" * 31]
+HOSTILE_IDS = [
+    "../../..",
+    "../" * 10 + "etc/passwd",
+    "/etc",
+    "/tmp/x",
+    "",
+    ".",
+    "..",
+    "a" * 63,
+    "a" * 65,
+    "A" * 64,
+    "g" * 64,
+    "a" * 64 + "\n",
+    "a" * 64 + "/..",
+    "s3://other-bucket/x",
+    "a" * 32 + "/" + "a" * 31,
+]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -62,14 +76,19 @@ def listing(root: Path) -> dict[str, bytes | None]:
 def outside(before: dict[str, Any], after: dict[str, Any], *allowed: str) -> dict[str, Any]:
     """Entries that changed and are not under one of ``allowed`` (relative prefixes)."""
     keys = set(before) | set(after)
-    return {k: after.get(k) for k in keys if before.get(k) != after.get(k)
-            and not any(k == a or k.startswith(a + os.sep) for a in allowed)}
+    return {
+        k: after.get(k)
+        for k in keys
+        if before.get(k) != after.get(k)
+        and not any(k == a or k.startswith(a + os.sep) for a in allowed)
+    }
 
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    return load_settings(REPO / "config" / "flights.yaml",
-                         {"store": {"url": f"file://{tmp_path / 'store'}"}})
+    return load_settings(
+        REPO / "config" / "flights.yaml", {"store": {"url": f"file://{tmp_path / 'store'}"}}
+    )
 
 
 @pytest.fixture
@@ -115,15 +134,17 @@ def test_a_bundle_id_is_exactly_64_lowercase_hex_characters(s: str) -> None:
             check_bundle_id(s, "here")
 
 
-@pytest.mark.parametrize("bad", HOSTILE_IDS + [None, 7, ["a" * 64]])
+@pytest.mark.parametrize("bad", [*HOSTILE_IDS, None, 7, ["a" * 64]])
 def test_store_refuses_hostile_ids_before_any_path_is_built(tmp_path, settings, bad) -> None:
     bid = publish(settings, tmp_path, "A")
     store = SpyStore(settings.store)
     before = listing(tmp_path)
-    for call in (lambda: store.fetch("flights", bad, tmp_path / "cache"),
-                 lambda: store.verify("flights", bad),
-                 lambda: store.read_manifest("flights", bad),
-                 lambda: store.uri("flights", bad)):
+    for call in (
+        lambda: store.fetch("flights", bad, tmp_path / "cache"),
+        lambda: store.verify("flights", bad),
+        lambda: store.read_manifest("flights", bad),
+        lambda: store.uri("flights", bad),
+    ):
         with pytest.raises(BundleIdError):
             call()
     if not (isinstance(bad, str) and is_ref_prefix(bad)):  # "a" * 63 is a valid prefix
@@ -143,13 +164,22 @@ def test_model_names_cannot_walk_out_of_the_store(tmp_path, settings) -> None:
 
 
 # --------------------------------------------------------------------------- LATEST
-@pytest.mark.parametrize("content", [b"", b"not json", b"[1, 2]", b'{"bundle": "x"}',
-                                     b'{"bundle_id": "../../etc"}', b'{"bundle_id": 12}',
-                                     b'{"bundle_id": "' + b"A" * 64 + b'"}',
-                                     b'{"bundle_id": "' + b"a" * 64 + b'", "pad": "'
-                                     + b"x" * 5000 + b'"}'])
-def test_malformed_latest_is_a_named_error_and_promote_repairs_it(tmp_path, settings,
-                                                                   content) -> None:
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"not json",
+        b"[1, 2]",
+        b'{"bundle": "x"}',
+        b'{"bundle_id": "../../etc"}',
+        b'{"bundle_id": 12}',
+        b'{"bundle_id": "' + b"A" * 64 + b'"}',
+        b'{"bundle_id": "' + b"a" * 64 + b'", "pad": "' + b"x" * 5000 + b'"}',
+    ],
+)
+def test_malformed_latest_is_a_named_error_and_promote_repairs_it(
+    tmp_path, settings, content
+) -> None:
     store = ArtifactStore(settings.store)
     bid = publish(settings, tmp_path, "A")
     latest = tmp_path / "store" / "bundles" / "flights" / LATEST
@@ -185,18 +215,21 @@ def test_fetch_checks_the_manifest_id_before_reading_any_component(tmp_path, set
     assert store.fetch("flights", a, tmp_path / "cache").name == a
 
 
-def test_manifest_file_names_and_sizes_are_checked_before_anything_is_read(tmp_path,
-                                                                          settings) -> None:
+def test_manifest_file_names_and_sizes_are_checked_before_anything_is_read(
+    tmp_path, settings
+) -> None:
     from segstream.shared.bundle import MAX_FILE_BYTES
 
     a = publish(settings, tmp_path, "A")
     doc = orjson.loads((tmp_path / "store" / "bundles" / "flights" / a / MANIFEST).read_bytes())
-    for files in ({"../../outside.json": {"sha256": "0" * 64, "bytes": 1}},
-                  {"/etc/passwd": {"sha256": "0" * 64, "bytes": 1}},
-                  {".hidden": {"sha256": "0" * 64, "bytes": 1}},
-                  {"fake.json": {"sha256": "0" * 64, "bytes": MAX_FILE_BYTES + 1}}):
+    for files in (
+        {"../../outside.json": {"sha256": "0" * 64, "bytes": 1}},
+        {"/etc/passwd": {"sha256": "0" * 64, "bytes": 1}},
+        {".hidden": {"sha256": "0" * 64, "bytes": 1}},
+        {"fake.json": {"sha256": "0" * 64, "bytes": MAX_FILE_BYTES + 1}},
+    ):
         bad = _rehash({**doc, "files": {**doc["files"], **files}})
-        with pytest.raises(BundleIntegrityError, match="file name|declared size"):
+        with pytest.raises(BundleIntegrityError, match=r"file name|declared size"):
             parse_manifest(orjson.dumps(bad), "x")
     with pytest.raises(BundleIntegrityError, match="more than the limit"):
         parse_manifest(b" " * (16 << 20) + b"{}", "x")
@@ -217,9 +250,9 @@ def test_npz_members_are_bounded_before_decompression() -> None:
     forged = io.BytesIO()
     with zipfile.ZipFile(forged, "w") as zf:
         zf.writestr("huge.npy", raw)
-    with pytest.raises(BundleIntegrityError, match="huge.npy: its header declares"):
+    with pytest.raises(BundleIntegrityError, match=r"huge\.npy: its header declares"):
         load_npz(forged.getvalue(), "forged.npz")
-    with pytest.raises(BundleIntegrityError, match="not an .npz"):
+    with pytest.raises(BundleIntegrityError, match=r"not an \.npz"):
         load_npz(b"PK\x03\x04 not a zip", "junk.npz")
 
 
@@ -239,8 +272,10 @@ def test_the_cache_is_never_replaced_outside_its_root(tmp_path, settings) -> Non
     (got / "fake.json").write_bytes(b"{}")
     assert store.fetch("flights", a, cache) == got
     assert sorted(p.name for p in cache.iterdir()) == [a]
-    assert hashlib.sha256((got / "fake.json").read_bytes()).hexdigest() == \
-        Manifest.model_validate_json((got / MANIFEST).read_bytes()).files["fake.json"].sha256
+    assert (
+        hashlib.sha256((got / "fake.json").read_bytes()).hexdigest()
+        == Manifest.model_validate_json((got / MANIFEST).read_bytes()).files["fake.json"].sha256
+    )
 
 
 # --------------------------------------------------------------------------- watcher
@@ -290,28 +325,41 @@ def _wait(pred, timeout_s: float = 10.0) -> None:
 
 
 def update(bid: Any, model: str = "flights") -> bytes:
-    return orjson.dumps({"model": model, "bundle_id": bid, "uri": "file:///x",
-                         "created_at": "2024-01-01T00:00:00Z"})
+    return orjson.dumps(
+        {"model": model, "bundle_id": bid, "uri": "file:///x", "created_at": "2024-01-01T00:00:00Z"}
+    )
 
 
 def hostile_updates(old: str) -> list[bytes | None]:
     deep = b'{"model": "flights", "bundle_id": ' + b"[" * 5000 + b"]" * 5000 + b"}"
-    return [*(update(h) for h in HOSTILE_IDS), update(None), update(12), update("a" * 64),
-            b"{not json", b"", None, b"[]", b'"flights"', deep,
-            orjson.dumps({"model": "flights"}), b'{"model": "flights", "bundle_id": "'
-            + b"a" * 64 + b'", "pad": "' + b"x" * 20_000 + b'"}',
-            update(old)]  # an older, valid bundle: never loaded from a record
+    return [
+        *(update(h) for h in HOSTILE_IDS),
+        update(None),
+        update(12),
+        update("a" * 64),
+        b"{not json",
+        b"",
+        None,
+        b"[]",
+        b'"flights"',
+        deep,
+        orjson.dumps({"model": "flights"}),
+        b'{"model": "flights", "bundle_id": "' + b"a" * 64 + b'", "pad": "' + b"x" * 20_000 + b'"}',
+        update(old),
+    ]  # an older, valid bundle: never loaded from a record
 
 
 def test_hostile_model_updates_never_choose_the_bundle(tmp_path, settings, no_warm_up) -> None:
     old = publish(settings, tmp_path, "OLD")
     cur = publish(settings, tmp_path, "CUR")
     store = SpyStore(settings.store)
-    source = BundleSource(store, "flights", tmp_path / "cache", settings.event_schema,
-                          loader=load_fake_bundle)
+    source = BundleSource(
+        store, "flights", tmp_path / "cache", settings.event_schema, loader=load_fake_bundle
+    )
     feed, rec = ListFeed(), Recorder()
-    w = BundleWatcher(source, cur, poll_s=3600.0, feed=feed, failures=rec.failures,
-                      hint_min_interval_s=0.0)
+    w = BundleWatcher(
+        source, cur, poll_s=3600.0, feed=feed, failures=rec.failures, hint_min_interval_s=0.0
+    )
     before = listing(tmp_path)
     w.start()
     try:
@@ -345,8 +393,9 @@ def test_hostile_model_updates_never_choose_the_bundle(tmp_path, settings, no_wa
 def test_model_updates_of_other_models_are_ignored(tmp_path, settings, no_warm_up) -> None:
     cur = publish(settings, tmp_path, "CUR")
     store = SpyStore(settings.store)
-    source = BundleSource(store, "flights", tmp_path / "cache", settings.event_schema,
-                          loader=load_fake_bundle)
+    source = BundleSource(
+        store, "flights", tmp_path / "cache", settings.event_schema, loader=load_fake_bundle
+    )
     feed, rec = ListFeed(), Recorder()
     w = BundleWatcher(source, cur, poll_s=3600.0, feed=feed, failures=rec.failures)
     feed.put(update("b" * 64, model="other"))
@@ -356,14 +405,17 @@ def test_model_updates_of_other_models_are_ignored(tmp_path, settings, no_warm_u
 
 
 def test_malformed_latest_at_runtime_is_counted_alerted_once_and_retried(
-        tmp_path, settings, no_warm_up) -> None:
+    tmp_path, settings, no_warm_up
+) -> None:
     cur = publish(settings, tmp_path, "CUR")
     store = ArtifactStore(settings.store)
-    source = BundleSource(store, "flights", tmp_path / "cache", settings.event_schema,
-                          loader=load_fake_bundle)
+    source = BundleSource(
+        store, "flights", tmp_path / "cache", settings.event_schema, loader=load_fake_bundle
+    )
     rec = Recorder()
-    w = BundleWatcher(source, cur, poll_s=0.05, feed=ListFeed(), failures=rec.failures,
-                      backoff_max_s=0.2)  # the feed paces iterations at ~20 ms
+    w = BundleWatcher(
+        source, cur, poll_s=0.05, feed=ListFeed(), failures=rec.failures, backoff_max_s=0.2
+    )  # the feed paces iterations at ~20 ms
     latest = tmp_path / "store" / "bundles" / "flights" / LATEST
     latest.write_bytes(b'{"bundle_id": "../../../etc"}')
     w.start()
@@ -386,8 +438,9 @@ def test_malformed_latest_at_runtime_is_counted_alerted_once_and_retried(
         w.join(5)
 
 
-def test_store_outage_and_loader_bugs_never_kill_the_watcher(tmp_path, settings,
-                                                            no_warm_up) -> None:
+def test_store_outage_and_loader_bugs_never_kill_the_watcher(
+    tmp_path, settings, no_warm_up
+) -> None:
     cur = publish(settings, tmp_path, "CUR")
     store = SpyStore(settings.store)
     calls = {"n": 0}
@@ -396,8 +449,9 @@ def test_store_outage_and_loader_bugs_never_kill_the_watcher(tmp_path, settings,
         calls["n"] += 1
         raise RuntimeError("loader bug")
 
-    source = BundleSource(store, "flights", tmp_path / "cache", settings.event_schema,
-                          loader=loader)
+    source = BundleSource(
+        store, "flights", tmp_path / "cache", settings.event_schema, loader=loader
+    )
     rec = Recorder()
     w = BundleWatcher(source, cur, poll_s=0.05, failures=rec.failures, backoff_max_s=0.2)
     store.fail_reads = StoreError("artifact store file:///x: cannot read: connection reset")
@@ -419,10 +473,16 @@ def test_store_outage_and_loader_bugs_never_kill_the_watcher(tmp_path, settings,
 
 
 def test_an_unexpected_error_in_an_iteration_is_reported_and_the_thread_goes_on(
-        tmp_path, settings) -> None:
+    tmp_path, settings
+) -> None:
     cur = publish(settings, tmp_path, "CUR")
-    source = BundleSource(ArtifactStore(settings.store), "flights", tmp_path / "cache",
-                          settings.event_schema, loader=load_fake_bundle)
+    source = BundleSource(
+        ArtifactStore(settings.store),
+        "flights",
+        tmp_path / "cache",
+        settings.event_schema,
+        loader=load_fake_bundle,
+    )
     rec = Recorder()
     w = BundleWatcher(source, cur, poll_s=0.01, failures=rec.failures, backoff_max_s=0.05)
     boom = {"n": 0}
@@ -445,8 +505,13 @@ def test_an_unexpected_error_in_an_iteration_is_reported_and_the_thread_goes_on(
 def test_start_up_with_a_malformed_latest_is_one_named_error(tmp_path, settings) -> None:
     publish(settings, tmp_path, "A")
     (tmp_path / "store" / "bundles" / "flights" / LATEST).write_bytes(b"{oops")
-    source = BundleSource(ArtifactStore(settings.store), "flights", tmp_path / "cache",
-                          settings.event_schema, loader=load_fake_bundle)
+    source = BundleSource(
+        ArtifactStore(settings.store),
+        "flights",
+        tmp_path / "cache",
+        settings.event_schema,
+        loader=load_fake_bundle,
+    )
     with pytest.raises(LatestError, match=r"bundles/flights/LATEST: not valid JSON$"):
         load_initial(source, threading.Event(), Recorder().failures)
 
@@ -455,11 +520,15 @@ def test_start_up_waits_out_a_store_outage_with_backoff(tmp_path, settings, no_w
     a = publish(settings, tmp_path, "A")
     store = SpyStore(settings.store)
     store.fail_reads = StoreError("artifact store: cannot read: down")
-    source = BundleSource(store, "flights", tmp_path / "cache", settings.event_schema,
-                          loader=load_fake_bundle)
+    source = BundleSource(
+        store, "flights", tmp_path / "cache", settings.event_schema, loader=load_fake_bundle
+    )
     rec, stop, got = Recorder(), threading.Event(), {}
-    t = threading.Thread(target=lambda: got.update(s=load_initial(
-        source, stop, rec.failures, wait_s=0.02, backoff_max_s=0.1)))
+    t = threading.Thread(
+        target=lambda: got.update(
+            s=load_initial(source, stop, rec.failures, wait_s=0.02, backoff_max_s=0.1)
+        )
+    )
     t.start()
     _wait(lambda: rec.counts.get("store_unavailable", 0) >= 3)
     store.fail_reads = None
@@ -476,5 +545,9 @@ def test_backoff_doubles_up_to_its_bound() -> None:
 
 def test_model_update_contract_round_trip() -> None:
     u = ModelUpdate(model="flights", bundle_id="c" * 64, uri="s3://b/x", created_at="t")
-    assert orjson.loads(encode_model_update(u)) == {"model": "flights", "bundle_id": "c" * 64,
-                                                    "uri": "s3://b/x", "created_at": "t"}
+    assert orjson.loads(encode_model_update(u)) == {
+        "model": "flights",
+        "bundle_id": "c" * 64,
+        "uri": "s3://b/x",
+        "created_at": "t",
+    }

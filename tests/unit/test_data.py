@@ -65,8 +65,16 @@ schema:
 
 def test_generic_csv_and_parquet_loader(tmp_path):
     schema = _schema(tmp_path)
-    df = pd.DataFrame({"id": ["b", "a"], "t": ["2024-01-02 10:00", "2024-01-01 09:00"],
-                       "x": ["1.5", "2"], "c": ["u", None], "y": [1.0, None], "extra": [1, 2]})
+    df = pd.DataFrame(
+        {
+            "id": ["b", "a"],
+            "t": ["2024-01-02 10:00", "2024-01-01 09:00"],
+            "x": ["1.5", "2"],
+            "c": ["u", None],
+            "y": [1.0, None],
+            "extra": [1, 2],
+        }
+    )
     df.to_csv(tmp_path / "d.csv", index=False)
     df.to_parquet(tmp_path / "d.parquet")
     for name in ("d.csv", "d.parquet"):

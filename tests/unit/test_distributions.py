@@ -31,27 +31,33 @@ from segstream.training.distributions import (
 SHAPES = {
     "early": lambda rng, n: rng.normal(-15.0, 4.0, n),
     "late": lambda rng, n: rng.normal(40.0, 6.0, n),
-    "bimodal": lambda rng, n: np.where(rng.random(n) < 0.5, rng.normal(-5.0, 3.0, n),
-                                       rng.normal(80.0, 5.0, n)),
+    "bimodal": lambda rng, n: np.where(
+        rng.random(n) < 0.5, rng.normal(-5.0, 3.0, n), rng.normal(80.0, 5.0, n)
+    ),
 }
 
 
-def synth_events(seed: int = 0, groups_per_shape: int = 4, sizes=(150, 600),
-                 shapes=("early", "late", "bimodal")) -> pd.DataFrame:
+def synth_events(
+    seed: int = 0, groups_per_shape: int = 4, sizes=(150, 600), shapes=("early", "late", "bimodal")
+) -> pd.DataFrame:
     """Events of groups (carrier, dest) whose outcome shape depends on the group only."""
     rng = np.random.default_rng(seed)
     frames = []
     for s_i, shape in enumerate(shapes):
         for g in range(groups_per_shape):
             n = int(sizes[g % len(sizes)])
-            frames.append(pd.DataFrame({
-                "carrier": f"C{s_i}",
-                "dest": f"D{s_i}{g}",
-                "hour": rng.uniform(5, 23, n),
-                "noise": rng.normal(size=n),
-                "y": SHAPES[shape](rng, n),
-                "shape": shape,
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "carrier": f"C{s_i}",
+                        "dest": f"D{s_i}{g}",
+                        "hour": rng.uniform(5, 23, n),
+                        "noise": rng.normal(size=n),
+                        "y": SHAPES[shape](rng, n),
+                        "shape": shape,
+                    }
+                )
+            )
     df = pd.concat(frames, ignore_index=True)
     df = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
     df["t"] = np.arange(len(df))
@@ -59,9 +65,18 @@ def synth_events(seed: int = 0, groups_per_shape: int = 4, sizes=(150, 600),
 
 
 def small_model(**kw) -> OutcomeProfiles:
-    params = dict(profile_keys=("carrier", "dest"), features=("carrier", "dest", "hour", "noise"),
-                  target="y", min_group_size=20, n_bins=30, k_range=(2, 6), n_estimators=25,
-                  max_depth=3, nthread=1, time_column="t")
+    params = dict(
+        profile_keys=("carrier", "dest"),
+        features=("carrier", "dest", "hour", "noise"),
+        target="y",
+        min_group_size=20,
+        n_bins=30,
+        k_range=(2, 6),
+        n_estimators=25,
+        max_depth=3,
+        nthread=1,
+        time_column="t",
+    )
     params.update(kw)
     return OutcomeProfiles(**params)
 
@@ -90,7 +105,7 @@ def test_bin_edges_quantile_and_fd():
     e = bin_edges(y, "quantile", n_bins=10)
     assert e.size == 11 and e[0] == y.min() and e[-1] == y.max()
     counts = sp.histogram(e, y)
-    assert counts.min() >= 190 and counts.max() <= 210          # ~equal mass per bin
+    assert counts.min() >= 190 and counts.max() <= 210  # ~equal mass per bin
     f = bin_edges(y, "fd", max_bins=1000)
     iqr = np.subtract(*np.quantile(y, [0.75, 0.25]))
     assert np.diff(f) == pytest.approx(np.full(f.size - 1, np.diff(f)[0]))
@@ -111,7 +126,7 @@ def test_hdr_unimodal_known_answer():
     assert r.intervals.tolist() == [[3.0, 5.0]] and r.mass == pytest.approx(0.5)
     r = highest_density_region(p, e, 0.8)
     assert r.intervals.tolist() == [[2.0, 6.0]] and r.mass == pytest.approx(0.8)
-    r = highest_density_region(p, e, 0.85)           # needs one more bin: mass 0.9
+    r = highest_density_region(p, e, 0.85)  # needs one more bin: mass 0.9
     assert r.mass == pytest.approx(0.9) and r.intervals.shape == (1, 2)
     assert r.density_threshold == pytest.approx(0.1)
 
@@ -205,7 +220,7 @@ def test_same_shape_different_volume_same_pattern(fitted, synth):
     for shape in SHAPES:
         dests = shape_of.index[shape_of == shape]
         sub = g[g["dest"].isin(dests)]
-        assert sub["n_events"].max() > 3 * sub["n_events"].min()   # ~150 vs ~600 rows
+        assert sub["n_events"].max() > 3 * sub["n_events"].min()  # ~150 vs ~600 rows
         assert sub["pattern"].nunique() == 1, sub
     assert g.groupby("pattern").size().size == 3
 
@@ -223,7 +238,7 @@ def test_k_selection_recovers_known_number_of_shapes():
 def test_profile_quantiles_option_with_an_all_nan_group(synth):
     df = synth.copy()
     y = df["y"].to_numpy().copy()
-    y[(df["dest"] == "D00").to_numpy()] = np.nan          # a group without any outcome
+    y[(df["dest"] == "D00").to_numpy()] = np.nan  # a group without any outcome
     m = small_model(profile_quantiles=True, n_estimators=5).fit(df, y)
     assert m.n_patterns_ == 3
     g = m.groups_.set_index("dest")
@@ -291,7 +306,7 @@ def test_from_schema_excludes_target_and_uses_schema_features():
     m = OutcomeProfiles.from_schema(schema)
     assert schema.target not in m.features
     assert set(m.features) == set(schema.numeric_features + schema.categorical_features)
-    assert "dep_delay" in m.features        # known at departure, configured as a feature
+    assert "dep_delay" in m.features  # known at departure, configured as a feature
     assert m.target == schema.target
 
 
@@ -317,14 +332,20 @@ def test_predictions_on_unseen_categories_and_nan_features(fitted, synth):
         fitted.predict_proba(x.drop(columns="noise"))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    rows=st.lists(st.tuples(
-        st.sampled_from(["C0", "C1", "C2", "Cx", None]),
-        st.sampled_from(["D00", "D11", "D23", "Dnew", None]),
-        st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)),
-        st.one_of(st.none(), st.floats(-1e6, 1e6)),
-    ), min_size=1, max_size=30)
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["C0", "C1", "C2", "Cx", None]),
+            st.sampled_from(["D00", "D11", "D23", "Dnew", None]),
+            st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True, width=32)),
+            st.one_of(st.none(), st.floats(-1e6, 1e6)),
+        ),
+        min_size=1,
+        max_size=30,
+    )
 )
 def test_pattern_probabilities_sum_to_one(fitted, rows):
     x = pd.DataFrame(rows, columns=["carrier", "dest", "hour", "noise"])
@@ -356,10 +377,10 @@ def test_classifier_beats_majority_on_later_slice():
 def test_pit_calibration_fixes_an_overdispersed_distribution():
     rng = np.random.default_rng(5)
     e = np.linspace(-10, 10, 81)
-    wide = np.diff(np.clip((e + 10) / 20, 0, 1))          # uniform on [-10, 10]
+    wide = np.diff(np.clip((e + 10) / 20, 0, 1))  # uniform on [-10, 10]
     y = rng.normal(0, 1.5, 4000)
     lo, hi = sp.interval(wide, e, 0.5)
-    assert np.mean((y >= lo) & (y <= hi)) > 0.9              # far too wide
+    assert np.mean((y >= lo) & (y <= hi)) > 0.9  # far too wide
     cal = pit_calibration(wide, e, y[:2000])
     lo, hi = sp.interval(wide, e, 0.5, calibration=cal)
     assert abs(np.mean((y[2000:] >= lo) & (y[2000:] <= hi)) - 0.5) < 0.04
@@ -408,9 +429,11 @@ def test_export_is_plain_data(fitted):
 
 def test_plots_write_png(fitted, synth, tmp_path):
     ev = evaluate(fitted, synth.iloc[:500], synth["y"].iloc[:500])
-    for path in (plot_patterns(fitted, tmp_path / "patterns.png"),
-                 plot_pattern_sizes(fitted, tmp_path / "sizes.png"),
-                 plot_reliability(ev, tmp_path / "reliability.png")):
+    for path in (
+        plot_patterns(fitted, tmp_path / "patterns.png"),
+        plot_pattern_sizes(fitted, tmp_path / "sizes.png"),
+        plot_reliability(ev, tmp_path / "reliability.png"),
+    ):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -425,34 +448,42 @@ def test_flights_coverage_and_auroc_on_later_months(tmp_path, record_property):
     tr = time_slice(df, schema.time_field, "2013-01-01", "2013-08-31")
     va = time_slice(df, schema.time_field, "2013-09-01", "2013-09-30")
     te = time_slice(df, schema.time_field, "2013-10-01", "2013-12-31")
-    m = OutcomeProfiles.from_schema(schema, n_estimators=25, max_classifier_rows=30_000,
-                                    nthread=2)
+    m = OutcomeProfiles.from_schema(schema, n_estimators=25, max_classifier_rows=30_000, nthread=2)
     m.fit(tr, tr[schema.target], eval_set=(va, va[schema.target]))
     assert schema.target not in m.booster_.feature_names
     ev = evaluate(m, te, te[schema.target])
     c, i80 = ev["classifier"], ev["intervals"]["0.8"]
     summary = {
-        "train": "2013-01..08", "validation": "2013-09", "test": "2013-10..12",
-        "n_patterns": m.n_patterns_, "n_outcome_missing_train": m.n_outcome_missing_,
+        "train": "2013-01..08",
+        "validation": "2013-09",
+        "test": "2013-10..12",
+        "n_patterns": m.n_patterns_,
+        "n_outcome_missing_train": m.n_outcome_missing_,
         "n_outcome_missing_test": ev["n_outcome_missing"],
-        "accuracy": c["accuracy"], "baseline_accuracy": c["baseline_accuracy"],
-        "auroc_weighted_ovr": c["auroc_weighted_ovr"], "log_loss": c["log_loss"],
+        "accuracy": c["accuracy"],
+        "baseline_accuracy": c["baseline_accuracy"],
+        "auroc_weighted_ovr": c["auroc_weighted_ovr"],
+        "log_loss": c["log_loss"],
         "baseline_log_loss": c["baseline_log_loss"],
-        "coverage_0.8": i80["coverage"], "width_0.8": i80["mean_width"],
+        "coverage_0.8": i80["coverage"],
+        "width_0.8": i80["mean_width"],
         "coverage_0.8_uncalibrated": i80["coverage_uncalibrated"],
-        "naive_coverage_0.8": i80["naive_coverage"], "naive_width_0.8": i80["naive_width"],
+        "naive_coverage_0.8": i80["naive_coverage"],
+        "naive_width_0.8": i80["naive_width"],
     }
     out = tmp_path / "flights_profiles_eval.json"
     out.write_text(json.dumps({"summary": summary, "evaluation": ev}, indent=1))
     for key, value in summary.items():
         record_property(key, value)
-    print(f"\nflights profiles (test Oct-Dec): K={m.n_patterns_} acc={c['accuracy']:.3f} "
-          f"(majority {c['baseline_accuracy']:.3f}) AUROC={c['auroc_weighted_ovr']:.3f} "
-          f"logloss={c['log_loss']:.3f} (baseline {c['baseline_log_loss']:.3f}) "
-          f"coverage@0.8={i80['coverage']:.3f} width={i80['mean_width']:.1f} "
-          f"(naive {i80['naive_coverage']:.3f}/{i80['naive_width']:.1f}) -> {out}")
-    assert m.n_outcome_missing_ > 0 and ev["n_outcome_missing"] > 0   # cancelled: counted
+    print(
+        f"\nflights profiles (test Oct-Dec): K={m.n_patterns_} acc={c['accuracy']:.3f} "
+        f"(majority {c['baseline_accuracy']:.3f}) AUROC={c['auroc_weighted_ovr']:.3f} "
+        f"logloss={c['log_loss']:.3f} (baseline {c['baseline_log_loss']:.3f}) "
+        f"coverage@0.8={i80['coverage']:.3f} width={i80['mean_width']:.1f} "
+        f"(naive {i80['naive_coverage']:.3f}/{i80['naive_width']:.1f}) -> {out}"
+    )
+    assert m.n_outcome_missing_ > 0 and ev["n_outcome_missing"] > 0  # cancelled: counted
     assert c["accuracy"] > c["baseline_accuracy"]
     assert c["log_loss"] < c["baseline_log_loss"]
     assert c["auroc_weighted_ovr"] > 0.9
-    assert abs(i80["coverage"] - 0.8) < 0.05        # target 0.8 +- 0.03; see the benchmark
+    assert abs(i80["coverage"] - 0.8) < 0.05  # target 0.8 +- 0.03; see the benchmark

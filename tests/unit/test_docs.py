@@ -9,8 +9,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _gen_benchmarks():
-    spec = importlib.util.spec_from_file_location("gen_benchmarks",
-                                                  REPO / "docs" / "gen_benchmarks.py")
+    spec = importlib.util.spec_from_file_location(
+        "gen_benchmarks", REPO / "docs" / "gen_benchmarks.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -20,7 +21,8 @@ def test_benchmarks_page_matches_results_json():
     committed = (REPO / "docs" / "benchmarks.md").read_text()
     assert committed == _gen_benchmarks().render(), (
         "docs/benchmarks.md differs from benchmarks/results/*.json: "
-        "regenerate with `python docs/gen_benchmarks.py`")
+        "regenerate with `python docs/gen_benchmarks.py`"
+    )
 
 
 def test_benchmarks_page_cites_every_figure_source():

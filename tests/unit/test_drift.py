@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from segstream.shared.drift import (
-    PSI_EPSILON, CategoricalReference, DriftReference, NumericReference, categorical_reference,
-    js_distance, numeric_reference, psi)
+    PSI_EPSILON,
+    CategoricalReference,
+    DriftReference,
+    NumericReference,
+    categorical_reference,
+    js_distance,
+    numeric_reference,
+    psi,
+)
 
 
 def test_psi_hand_computed():
@@ -51,16 +58,18 @@ def test_numeric_reference_quantiles_and_shares():
 
 
 def test_categorical_reference_other_and_missing():
-    r = categorical_reference(np.array(["a", "b", "a", None, "c"], dtype=object),
-                              max_categories=2)
+    r = categorical_reference(np.array(["a", "b", "a", None, "c"], dtype=object), max_categories=2)
     assert r.categories == ("a", "b") or r.categories == ("a", "c")
     assert r.bin(np.array(["a", "zzz", None, float("nan")], dtype=object)).tolist() == [0, 2, 3, 3]
     assert r.expected.sum() == pytest.approx(1.0)
 
 
 def test_reference_meta_round_trip():
-    ref = DriftReference.fit({"x": np.arange(50.0)}, {"c": np.array(["u", "v"] * 5, object)},
-                             prediction=np.linspace(-1, 1, 20))
+    ref = DriftReference.fit(
+        {"x": np.arange(50.0)},
+        {"c": np.array(["u", "v"] * 5, object)},
+        prediction=np.linspace(-1, 1, 20),
+    )
     back = DriftReference.from_meta(ref.to_meta())
     np.testing.assert_array_equal(back.numeric["x"].edges, ref.numeric["x"].edges)
     assert back.categorical["c"].categories == ("u", "v")
@@ -79,8 +88,9 @@ def test_window_psi_levels_separate_autocorrelated_from_iid_features():
     seasonal = np.repeat(rng.normal(0, 10, n_win), per) + rng.normal(0, 1, n_win * per)
     iid = rng.normal(0, 1, n_win * per)
     ref = DriftReference.fit({"seasonal": seasonal, "iid": iid}, {})
-    levels = window_psi_levels(ref, {"seasonal": seasonal, "iid": iid}, {}, None, window,
-                               min_count=300)
+    levels = window_psi_levels(
+        ref, {"seasonal": seasonal, "iid": iid}, {}, None, window, min_count=300
+    )
     assert levels["seasonal"][0] > 2.0  # days are far from the whole-period reference
     assert levels["iid"][1] < 0.1  # ~ (bins - 1) / n of sampling noise
     assert levels["iid"][0] <= levels["iid"][1]
@@ -89,8 +99,7 @@ def test_window_psi_levels_separate_autocorrelated_from_iid_features():
 
 
 def test_calibrated_levels_only_raise_and_round_trip():
-    ref = DriftReference({}, {}, window_psi={"temp": (3.0, 5.0), "x": (0.01, 0.02)},
-                         window_s=86400)
+    ref = DriftReference({}, {}, window_psi={"temp": (3.0, 5.0), "x": (0.01, 0.02)}, window_s=86400)
     assert ref.calibrated_levels("temp", 0.1, 0.25) == (3.0, 5.0)
     assert ref.calibrated_levels("x", 0.1, 0.25) == (0.1, 0.25)
     assert ref.calibrated_levels("other", 0.1, 0.25) == (0.1, 0.25)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import orjson
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 

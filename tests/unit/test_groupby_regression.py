@@ -37,7 +37,11 @@ def _random_groups(rng, sizes, p=3, offsets=(0.0, 1e3, 5.0), scales=(1.0, 10.0, 
     n = g.size
     X = rng.normal(size=(n, p)) * np.asarray(scales[:p]) + np.asarray(offsets[:p])
     beta = rng.normal(size=(len(sizes), p + 1)) * 3
-    y = beta[g, 0] + np.einsum("ij,ij->i", X, beta[g, 1:]) + rng.normal(size=n) * rng.uniform(0.1, 2)
+    y = (
+        beta[g, 0]
+        + np.einsum("ij,ij->i", X, beta[g, 1:])
+        + rng.normal(size=n) * rng.uniform(0.1, 2)
+    )
     w = rng.uniform(0.1, 3.0, size=n)
     # shuffle rows so groups are interleaved
     perm = rng.permutation(n)
@@ -50,7 +54,7 @@ def _random_groups(rng, sizes, p=3, offsets=(0.0, 1e3, 5.0), scales=(1.0, 10.0, 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=40))
 def test_median_inplace_matches_numpy(vals):
-    a = np.array([7.0] + vals + [9.0])
+    a = np.array([7.0, *vals, 9.0])
     got = K._median_inplace(a.copy(), 1, len(vals))
     assert got == np.median(np.array(vals))
 
@@ -89,8 +93,12 @@ def test_wls_matches_statsmodels_and_lstsq_coef_and_stderr():
         np.testing.assert_allclose(res.coef[k, 0], wls.params, rtol=1e-8)
         np.testing.assert_allclose(res.stderr[k, 0], wls.bse, rtol=1e-8)
         r = y[m] - Xc @ wls.params
-        np.testing.assert_allclose(res.rms[k, 0], np.sqrt(np.sum(w[m] * r**2) / w[m].sum()), rtol=1e-8)
-        np.testing.assert_allclose(res.mad[k, 0], 1.482602218505602 * np.median(np.abs(r)), rtol=1e-6)
+        np.testing.assert_allclose(
+            res.rms[k, 0], np.sqrt(np.sum(w[m] * r**2) / w[m].sum()), rtol=1e-8
+        )
+        np.testing.assert_allclose(
+            res.mad[k, 0], 1.482602218505602 * np.median(np.abs(r)), rtol=1e-6
+        )
         assert res.n_used[k, 0] == n_k
         assert 1.0 <= res.cond[k, 0] < 1e6
 
@@ -306,7 +314,8 @@ def test_huber_matches_statsmodels_rlm():
     for k in range(len(sizes)):
         m = g == k
         rlm = sm.RLM(y[m], sm.add_constant(X[m]), M=sm.robust.norms.HuberT(t=1.345)).fit(
-            scale_est="mad", conv="coefs", tol=1e-13, maxiter=1000)
+            scale_est="mad", conv="coefs", tol=1e-13, maxiter=1000
+        )
         assert res.status[k, 0] == OK
         np.testing.assert_allclose(res.coef[k, 0], rlm.params, atol=1e-4, rtol=0)
         assert res.n_rejected[k, 0] > 0
@@ -477,11 +486,13 @@ def test_export_is_plain_arrays_and_json_meta():
 def sample_data():
     np.random.seed(0)
     n = 100
-    df = pd.DataFrame({
-        "group": np.random.choice(["A", "B"], size=n),
-        "x1": np.random.normal(loc=0, scale=1, size=n),
-        "x2": np.random.normal(loc=5, scale=2, size=n),
-    })
+    df = pd.DataFrame(
+        {
+            "group": np.random.choice(["A", "B"], size=n),
+            "x1": np.random.normal(loc=0, scale=1, size=n),
+            "x2": np.random.normal(loc=5, scale=2, size=n),
+        }
+    )
     df["y"] = 2.0 * df["x1"] + 3.0 * df["x2"] + np.random.normal(0, 0.5, size=n)
     df["weight"] = np.ones(n)
     return df
@@ -491,12 +502,31 @@ def sample_data():
 def test_o2dpg_column_layout(sample_data, fitter):
     df = sample_data
     df_out, dfGB = make_parallel_fit(
-        df, gb_columns=["group"], fit_columns=["y"], linear_columns=["x1", "x2"],
-        median_columns=["x1"], weights="weight", suffix="_rob", selection=(df["x1"] > -10),
-        addPrediction=True, n_jobs=1, min_stat=[5, 5], fitter=fitter,
+        df,
+        gb_columns=["group"],
+        fit_columns=["y"],
+        linear_columns=["x1", "x2"],
+        median_columns=["x1"],
+        weights="weight",
+        suffix="_rob",
+        selection=(df["x1"] > -10),
+        addPrediction=True,
+        n_jobs=1,
+        min_stat=[5, 5],
+        fitter=fitter,
     )
-    expected = ["group", "y_slope_x1_rob", "y_err_x1_rob", "y_slope_x2_rob", "y_err_x2_rob",
-                "y_intercept_rob", "y_rms_rob", "y_mad_rob", "x1_rob", "bin_count_rob"]
+    expected = [
+        "group",
+        "y_slope_x1_rob",
+        "y_err_x1_rob",
+        "y_slope_x2_rob",
+        "y_err_x2_rob",
+        "y_intercept_rob",
+        "y_rms_rob",
+        "y_mad_rob",
+        "x1_rob",
+        "bin_count_rob",
+    ]
     for c in expected:
         assert c in dfGB.columns, c
     assert dfGB["group"].tolist() == ["A", "B"]
@@ -515,21 +545,50 @@ def test_o2dpg_exact_coefficient_recovery():
     df["y"] = 2.0 * df["x1"] + 3.0 * df["x2"]
     df["weight"] = 1.0
     for fitter in ("ols", "robust"):
-        _, dfGB = make_parallel_fit(df, ["group"], ["y"], ["x1", "x2"], ["x1"], "weight", "_par",
-                                    selection=(df["x1"] >= 0), addPrediction=True,
-                                    min_stat=[1, 1], fitter=fitter)
+        _, dfGB = make_parallel_fit(
+            df,
+            ["group"],
+            ["y"],
+            ["x1", "x2"],
+            ["x1"],
+            "weight",
+            "_par",
+            selection=(df["x1"] >= 0),
+            addPrediction=True,
+            min_stat=[1, 1],
+            fitter=fitter,
+        )
         assert np.isclose(dfGB["y_slope_x1_par"].iloc[0], 2.0, atol=1e-6)
         assert np.isclose(dfGB["y_slope_x2_par"].iloc[0], 3.0, atol=1e-6)
 
 
 def test_o2dpg_min_stat_per_predictor():
-    df = pd.DataFrame({"group": ["G1"] * 20, "x1": np.linspace(0, 1, 20),
-                       "x2": [np.nan] * 15 + list(np.linspace(0, 1, 5))})
-    df["y"] = 2.0 * df["x1"] + 3.0 * np.nan_to_num(df["x2"]) + np.random.default_rng(0).normal(0, 0.01, 20)
+    df = pd.DataFrame(
+        {
+            "group": ["G1"] * 20,
+            "x1": np.linspace(0, 1, 20),
+            "x2": [np.nan] * 15 + list(np.linspace(0, 1, 5)),
+        }
+    )
+    df["y"] = (
+        2.0 * df["x1"]
+        + 3.0 * np.nan_to_num(df["x2"])
+        + np.random.default_rng(0).normal(0, 0.01, 20)
+    )
     df["weight"] = 1.0
     sel = df["x1"].notna() & df["y"].notna()
-    _, dfGB = make_parallel_fit(df, ["group"], ["y"], ["x1", "x2"], ["x1"], "weight", "_minstat",
-                                selection=sel, addPrediction=True, min_stat=[10, 10])
+    _, dfGB = make_parallel_fit(
+        df,
+        ["group"],
+        ["y"],
+        ["x1", "x2"],
+        ["x1"],
+        "weight",
+        "_minstat",
+        selection=sel,
+        addPrediction=True,
+        min_stat=[10, 10],
+    )
     assert not np.isnan(dfGB["y_slope_x1_minstat"].iloc[0])
     assert np.isnan(dfGB["y_slope_x2_minstat"].iloc[0])
     assert np.isnan(dfGB["y_err_x2_minstat"].iloc[0])
@@ -543,8 +602,17 @@ def test_o2dpg_robust_outlier_resilience_and_sigma_cut():
     y[::10] += 50
     df = pd.DataFrame({"group": ["G1"] * 100, "x1": x1, "x2": x2, "y": y, "weight": 1.0})
     for fitter in ("robust", "ols"):
-        _, rob = make_parallel_fit(df, ["group"], ["y"], ["x1", "x2"], ["x1"], "weight", "_r",
-                                   selection=(df["x1"] >= 0), fitter=fitter)
+        _, rob = make_parallel_fit(
+            df,
+            ["group"],
+            ["y"],
+            ["x1", "x2"],
+            ["x1"],
+            "weight",
+            "_r",
+            selection=(df["x1"] >= 0),
+            fitter=fitter,
+        )
         assert np.isclose(rob["y_slope_x1_r"].iloc[0], 2.0, atol=0.5)
         assert np.isclose(rob["y_slope_x2_r"].iloc[0], 3.0, atol=0.5)
     n = 10000
@@ -553,22 +621,57 @@ def test_o2dpg_robust_outlier_resilience_and_sigma_cut():
     df.loc[::50, "y"] += 100
     df["weight"] = 1.0
     sel = df["x1"].notna()
-    _, loose = make_parallel_fit(df, ["group"], ["y"], ["x1"], ["x1"], "weight", "_s",
-                                 selection=sel, sigmaCut=1e6, fitter="ols")
-    _, strict = make_parallel_fit(df, ["group"], ["y"], ["x1"], ["x1"], "weight", "_s",
-                                  selection=sel, sigmaCut=3, fitter="ols")
+    _, loose = make_parallel_fit(
+        df,
+        ["group"],
+        ["y"],
+        ["x1"],
+        ["x1"],
+        "weight",
+        "_s",
+        selection=sel,
+        sigmaCut=1e6,
+        fitter="ols",
+    )
+    _, strict = make_parallel_fit(
+        df,
+        ["group"],
+        ["y"],
+        ["x1"],
+        ["x1"],
+        "weight",
+        "_s",
+        selection=sel,
+        sigmaCut=3,
+        fitter="ols",
+    )
     assert abs(strict["y_slope_x1_s"].iloc[0] - 3.0) < abs(loose["y_slope_x1_s"].iloc[0] - 3.0)
     assert abs(strict["y_slope_x1_s"].iloc[0] - 3.0) < 0.01
 
 
 def test_o2dpg_insufficient_data_is_nan_and_kept():
     rng = np.random.default_rng(0)
-    df = pd.DataFrame({"g1": [1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
-                       "g2": ["a"] * 3 + ["b"] * 11, "x1": rng.normal(size=14)})
+    df = pd.DataFrame(
+        {
+            "g1": [1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+            "g2": ["a"] * 3 + ["b"] * 11,
+            "x1": rng.normal(size=14),
+        }
+    )
     df["y"] = 1 + df["x1"] + 0.1 * rng.normal(size=14)
     df["w"] = 1.0
-    _, dfGB = make_parallel_fit(df, ["g1", "g2"], ["y"], ["x1"], [], "w", "_t",
-                                selection=np.ones(14, bool), min_stat=[10], diag=True)
+    _, dfGB = make_parallel_fit(
+        df,
+        ["g1", "g2"],
+        ["y"],
+        ["x1"],
+        [],
+        "w",
+        "_t",
+        selection=np.ones(14, bool),
+        min_stat=[10],
+        diag=True,
+    )
     assert dfGB[["g1", "g2"]].values.tolist() == [[1, "a"], [2, "b"]]
     assert np.isnan(dfGB["y_slope_x1_t"].iloc[0]) and np.isnan(dfGB["y_intercept_t"].iloc[0])
     assert dfGB["y_status_t"].tolist() == ["too_few_rows", "ok"]
@@ -586,10 +689,16 @@ def test_o2dpg_bad_columns():
 
 
 def _kernel_outputs(G, T, p):
-    return dict(coef=np.full((G, T, p + 1), -1.0), se=np.full((G, T, p + 1), -1.0),
-                rms=np.full((G, T), -1.0), mad=np.full((G, T), -1.0),
-                cond=np.full((G, T), -1.0), n_used=np.zeros((G, T), np.int64),
-                status=np.full((G, T), 9, np.int8), x_mean=np.full((G, p), -1.0))
+    return dict(
+        coef=np.full((G, T, p + 1), -1.0),
+        se=np.full((G, T, p + 1), -1.0),
+        rms=np.full((G, T), -1.0),
+        mad=np.full((G, T), -1.0),
+        cond=np.full((G, T), -1.0),
+        n_used=np.zeros((G, T), np.int64),
+        status=np.full((G, T), 9, np.int8),
+        x_mean=np.full((G, p), -1.0),
+    )
 
 
 def test_fast_ols_kernel_equals_general_per_group_fit():
@@ -609,24 +718,71 @@ def test_fast_ols_kernel_equals_general_per_group_fit():
     fp = np.array([1.345, 4.0, 1e-8, 1e6, 1e-14, 1e-10])
     fast = _kernel_outputs(G, 2, p)
     redo = np.ones(G, np.uint8)
-    K._fit_ols_fast(Xg, Yg, Wg, offsets, ms, ip, fp, 3, fast["coef"], fast["se"], fast["rms"],
-                    fast["mad"], fast["cond"], fast["n_used"], fast["status"], fast["x_mean"],
-                    redo)
+    K._fit_ols_fast(
+        Xg,
+        Yg,
+        Wg,
+        offsets,
+        ms,
+        ip,
+        fp,
+        3,
+        fast["coef"],
+        fast["se"],
+        fast["rms"],
+        fast["mad"],
+        fast["cond"],
+        fast["n_used"],
+        fast["status"],
+        fast["x_mean"],
+        redo,
+    )
     # declined: too few rows for min_stat=25 (sizes 2..5 and 25 is fine), NaN, ill-conditioned
     assert redo.tolist() == [1, 1, 1, 1, 0, 0, 1, 1]
     slow = _kernel_outputs(G, 2, p)
     m = len(Wg)
-    st = [np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2, p)), np.zeros((1, 2, p, p)),
-          np.zeros((1, 2, p)), np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 2, p), np.uint8)]
-    K._fit_all(Xg, Yg, Wg, offsets, ms, np.zeros(p, np.int64), ip, fp, 3, np.ones(G, np.uint8),
-               np.empty(m), np.empty(m, np.bool_), np.empty(m), np.empty(m), slow["coef"],
-               slow["se"], slow["rms"], slow["mad"], slow["cond"], slow["n_used"],
-               np.zeros((G, 2), np.int64), np.zeros((G, 2), np.int64), slow["status"], *st)
+    st = [
+        np.zeros((1, 2)),
+        np.zeros((1, 2)),
+        np.zeros((1, 2, p)),
+        np.zeros((1, 2, p, p)),
+        np.zeros((1, 2, p)),
+        np.zeros((1, 2)),
+        np.zeros((1, 2)),
+        np.zeros((1, 2, p), np.uint8),
+    ]
+    K._fit_all(
+        Xg,
+        Yg,
+        Wg,
+        offsets,
+        ms,
+        np.zeros(p, np.int64),
+        ip,
+        fp,
+        3,
+        np.ones(G, np.uint8),
+        np.empty(m),
+        np.empty(m, np.bool_),
+        np.empty(m),
+        np.empty(m),
+        slow["coef"],
+        slow["se"],
+        slow["rms"],
+        slow["mad"],
+        slow["cond"],
+        slow["n_used"],
+        np.zeros((G, 2), np.int64),
+        np.zeros((G, 2), np.int64),
+        slow["status"],
+        *st,
+    )
     K._x_mean(Xg, Wg, offsets, 3, np.ones(G, np.uint8), slow["x_mean"])
     done = redo == 0
     for name in ("coef", "se", "rms", "mad", "cond", "x_mean"):
-        np.testing.assert_allclose(fast[name][done], slow[name][done], rtol=1e-10, atol=0,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            fast[name][done], slow[name][done], rtol=1e-10, atol=0, err_msg=name
+        )
     for name in ("status", "n_used"):
         np.testing.assert_array_equal(fast[name][done], slow[name][done], err_msg=name)
     # end to end: the public API gives the general fit's answer for every group
@@ -642,8 +798,9 @@ def test_unsorted_ols_path_equals_general_fit(n_groups):
     # identical target, which takes the grouped-rows path (fast kernel + general fit).
     # 6000 groups x ~20 rows is above the size where the passes are split between threads.
     rng = np.random.default_rng(23)
-    sizes = np.r_[[1, 2, 3, 4, 5, 30, 30, 30, 30, 30, 30, 30, 30],
-                  rng.integers(4, 37, size=n_groups - 13)]
+    sizes = np.r_[
+        [1, 2, 3, 4, 5, 30, 30, 30, 30, 30, 30, 30, 30], rng.integers(4, 37, size=n_groups - 13)
+    ]
     g, X, y, w = _random_groups(rng, sizes)
     X[g == 5, 2] = 1e12 + X[g == 5, 2]  # offsets cancel around the per-group shift
     X[g == 6, 1] = np.nan  # non-finite: declined, general path
@@ -702,7 +859,7 @@ def test_counting_sort_layout_any_ids(ids):
     sizes = rng.integers(1, 30, 40)
     g, X, y, w = _random_groups(rng, sizes)
     if ids == "negative_sparse":
-        g = np.asarray(rng.choice(np.arange(-10**6, 10**6), 40, replace=False))[g]
+        g = np.asarray(rng.choice(np.arange(-(10**6), 10**6), 40, replace=False))[g]
     elif ids == "grouped":
         o = np.argsort(g, kind="stable")
         g, X, y, w = g[o], X[o], y[o], w[o]
@@ -742,8 +899,17 @@ def test_parallel_scatter_is_stable_across_threads():
         K._part_counts(codes, keep, start)
         K._part_offsets(start, offsets)
         Xg = np.empty((offsets[-1], 1))
-        K._scatter_rows(codes, keep, X, X, X[:, 0].copy(), start, Xg, np.empty((offsets[-1], 1)),
-                        np.empty(offsets[-1]))
+        K._scatter_rows(
+            codes,
+            keep,
+            X,
+            X,
+            X[:, 0].copy(),
+            start,
+            Xg,
+            np.empty((offsets[-1], 1)),
+            np.empty(offsets[-1]),
+        )
         ref_off, rows = K._layout(codes, keep, G)
         np.testing.assert_array_equal(offsets, ref_off)
         np.testing.assert_array_equal(Xg[:, 0], rows)
@@ -768,7 +934,7 @@ def test_eb_thin_node_is_pooled_not_ok():
     assert alone.status[i, 0] == TOO_FEW and np.isnan(alone.coef[i, 0]).all()
     # min_rows gates like too few parameters
     res = fit_groups(g, X, y, parent=parent, shrinkage="eb", min_rows=120)
-    st = dict(zip(res.groups.tolist(), res.status_names()[:, 0].tolist()))
+    st = dict(zip(res.groups.tolist(), res.status_names()[:, 0].tolist(), strict=False))
     assert st[3] == "ok" and st[4] == "ok" and st[5] == "pooled" and st[6] == "pooled"
 
 
@@ -776,8 +942,7 @@ def test_shrinkage_keeps_not_converged_status():
     rng = np.random.default_rng(20)
     g, X, y, parent = _tree_data(rng, n_leaf_rows=(200, 150, 100, 60))
     y = y + (rng.random(len(y)) < 0.2) * 40
-    res = fit_groups(g, X, y, parent=parent, shrinkage="eb", method="huber", max_iter=1,
-                     tol=1e-14)
+    res = fit_groups(g, X, y, parent=parent, shrinkage="eb", method="huber", max_iter=1, tol=1e-14)
     indep = fit_groups(g, X, y, parent=parent, method="huber", max_iter=1, tol=1e-14)
     np.testing.assert_array_equal(res.status, indep.status)
     assert (res.status[:, 0] == STATUS_CODES["not_converged"]).any()
@@ -798,7 +963,7 @@ def test_unrolled_stats_equal_generic_bitwise(q):
             head = fn(Xg, Yg, 1, weff, 0, n, kidx, q, xbar, A, rhs, *extra)
             outs.append((head, xbar, A, rhs))
         assert outs[0][0] == outs[1][0]
-        for a, b in zip(outs[0][1:], outs[1][1:]):
+        for a, b in zip(outs[0][1:], outs[1][1:], strict=False):
             np.testing.assert_array_equal(a, b)
 
 
@@ -812,23 +977,60 @@ def test_beta_only_solve_equals_full_solve():
     w = rng.uniform(0.5, 2.0, 30)
     fp = np.array([1.345, 4.0, 1e-8, 1e6, 1e-14, 1e-10])
     kidx = np.arange(q)
-    cases = {"ok": X, "constant": np.c_[X[:, :2], np.full(30, 5.0)],
-             "collinear": np.c_[X[:, :2], 2.0 * X[:, 0] + 1.0]}
+    cases = {
+        "ok": X,
+        "constant": np.c_[X[:, :2], np.full(30, 5.0)],
+        "collinear": np.c_[X[:, :2], 2.0 * X[:, 0] + 1.0],
+    }
     for name, Xc in cases.items():
         Yc = y.reshape(-1, 1)
         xbar, A, rhs = np.zeros(q), np.zeros((q, q)), np.zeros(q)
-        n, W, ybar, _ = K._stats(Xc, Yc, 0, w, 0, 30, kidx, q, xbar, A, rhs, np.zeros(q), np.zeros(q))
+        _n, W, ybar, _ = K._stats(
+            Xc, Yc, 0, w, 0, 30, kidx, q, xbar, A, rhs, np.zeros(q), np.zeros(q)
+        )
         xs = 64.0 * K.EPS * np.abs(Xc).max(axis=0)
-        ws = [np.zeros(q), np.zeros((q, q)), np.zeros(q), np.zeros((q, q)), np.zeros(q, np.int64),
-              np.zeros(q), np.zeros(q)]
+        ws = [
+            np.zeros(q),
+            np.zeros((q, q)),
+            np.zeros(q),
+            np.zeros((q, q)),
+            np.zeros(q, np.int64),
+            np.zeros(q),
+            np.zeros(q),
+        ]
         D, R, rr, L, idx, z, b_fast = ws
         ok = K._solve_beta(A, rhs, W, xs, q, 1e-14, D, R, rr, L, idx, z, b_fast)
         b_full = np.zeros(q)
-        st, cnd, m, _ = K._solve_group(
-            Xc, Yc, 0, w, 0, 30, kidx, q, np.zeros(q, np.int64), xbar, ybar, A, rhs, W, xs,
-            np.zeros(q), np.zeros((q, q)), np.zeros(q), np.zeros((q, q)), np.zeros(q),
-            np.zeros(q), np.zeros(q, np.int64), np.zeros(q, np.bool_), np.zeros(q),
-            np.zeros((q, q)), np.zeros((q, q)), b_full, fp)
+        st, _cnd, _m, _ = K._solve_group(
+            Xc,
+            Yc,
+            0,
+            w,
+            0,
+            30,
+            kidx,
+            q,
+            np.zeros(q, np.int64),
+            xbar,
+            ybar,
+            A,
+            rhs,
+            W,
+            xs,
+            np.zeros(q),
+            np.zeros((q, q)),
+            np.zeros(q),
+            np.zeros((q, q)),
+            np.zeros(q),
+            np.zeros(q),
+            np.zeros(q, np.int64),
+            np.zeros(q, np.bool_),
+            np.zeros(q),
+            np.zeros((q, q)),
+            np.zeros((q, q)),
+            b_full,
+            fp,
+        )
         if name == "ok":
             assert ok and st == OK
             np.testing.assert_array_equal(b_fast, b_full)

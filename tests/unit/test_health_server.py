@@ -23,9 +23,15 @@ def server() -> Iterator[HealthServer]:
     registry = CollectorRegistry()
     Counter("segstream_test_events", "test counter", registry=registry).inc(3)
     state = {"ready": False}
-    srv = HealthServer(registry, "127.0.0.1", 0,
-                       lambda: (state["ready"], "ready" if state["ready"] else "no bundle"),
-                       threads=2, idle_timeout_s=IDLE_S, max_connections=40).start()
+    srv = HealthServer(
+        registry,
+        "127.0.0.1",
+        0,
+        lambda: (state["ready"], "ready" if state["ready"] else "no bundle"),
+        threads=2,
+        idle_timeout_s=IDLE_S,
+        max_connections=40,
+    ).start()
     srv.state = state  # type: ignore[attr-defined]
     yield srv
     srv.stop()
@@ -79,7 +85,8 @@ def test_idle_connections_hold_no_thread_and_are_closed(server: HealthServer) ->
 
 
 def test_more_idle_connections_than_the_limit_delay_but_do_not_stop_healthz(
-        server: HealthServer) -> None:
+    server: HealthServer,
+) -> None:
     base = threading.active_count()
     socks = []
     try:

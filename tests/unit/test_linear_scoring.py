@@ -25,8 +25,14 @@ def fitted():
     # predictor 2 almost never observed in group 40 -> dropped there by min_stat
     X[g == 40, 2] = np.nan
     X[np.flatnonzero(g == 40)[:3], 2] = 1.0
-    res = fit_groups(g, X, np.c_[y, y2], min_stat=[5, 5, 5], feature_names=["a", "b", "c"],
-                     target_names=["y", "y2"])
+    res = fit_groups(
+        g,
+        X,
+        np.c_[y, y2],
+        min_stat=[5, 5, 5],
+        feature_names=["a", "b", "c"],
+        target_names=["y", "y2"],
+    )
     return res, g, X
 
 
@@ -50,11 +56,11 @@ def test_scorer_equals_training_prediction_and_contributions_sum(fitted):
 
 
 def test_missing_feature_contributes_coef_times_group_mean(fitted):
-    res, g, X = fitted
+    res, _g, _X = fitted
     scorer = LinearSegmentModels.from_exported(res.export())
     gi = res.group_index([9])[0]
     x = np.array([[0.3, np.nan, -1.0]])
-    pred, contrib = scorer.predict([9], x)
+    _pred, contrib = scorer.predict([9], x)
     c = res.coef[gi, 0]
     assert contrib[0, 0] == c[0]
     assert contrib[0, 2] == pytest.approx(c[2] * res.x_mean[gi, 1])
@@ -67,16 +73,34 @@ def test_missing_feature_contributes_coef_times_group_mean(fitted):
 def test_scorer_matches_o2dpg_wrapper_prediction():
     rng = np.random.default_rng(2)
     n = 400
-    df = pd.DataFrame({"seg": rng.integers(0, 4, n), "x1": rng.normal(size=n),
-                       "x2": rng.normal(size=n)})
+    df = pd.DataFrame(
+        {"seg": rng.integers(0, 4, n), "x1": rng.normal(size=n), "x2": rng.normal(size=n)}
+    )
     df["y"] = 1 + df["seg"] * df["x1"] - df["x2"] + rng.normal(0, 0.1, n)
     df["w"] = rng.uniform(0.5, 2, n)
-    df_out, dfGB = make_parallel_fit(df, ["seg"], ["y"], ["x1", "x2"], [], "w", "_f",
-                                     selection=np.ones(n, bool), addPrediction=True,
-                                     min_stat=[3, 3], fitter="ols")
-    res = fit_groups(df["seg"].to_numpy(), df[["x1", "x2"]].to_numpy(), df["y"].to_numpy(),
-                     df["w"].to_numpy(), method="sigma_clip", min_stat=[3, 3], min_rows=3,
-                     feature_names=["x1", "x2"])
+    df_out, _dfGB = make_parallel_fit(
+        df,
+        ["seg"],
+        ["y"],
+        ["x1", "x2"],
+        [],
+        "w",
+        "_f",
+        selection=np.ones(n, bool),
+        addPrediction=True,
+        min_stat=[3, 3],
+        fitter="ols",
+    )
+    res = fit_groups(
+        df["seg"].to_numpy(),
+        df[["x1", "x2"]].to_numpy(),
+        df["y"].to_numpy(),
+        df["w"].to_numpy(),
+        method="sigma_clip",
+        min_stat=[3, 3],
+        min_rows=3,
+        feature_names=["x1", "x2"],
+    )
     scorer = LinearSegmentModels.from_exported(res.export())
     pred, _ = scorer.predict(df["seg"].to_numpy(), df[["x1", "x2"]].to_numpy())
     np.testing.assert_allclose(pred, df_out["y_f"].to_numpy(), rtol=1e-12)
@@ -89,7 +113,8 @@ def test_from_exported_rejects_wrong_kind_format_and_shapes(fitted):
         LinearSegmentModels.from_exported(ExportedComponent("partitioner", comp.arrays, comp.meta))
     with pytest.raises(BundleCompatibilityError, match="format"):
         LinearSegmentModels.from_exported(
-            ExportedComponent("segment_models", comp.arrays, {**comp.meta, "format": 99}))
+            ExportedComponent("segment_models", comp.arrays, {**comp.meta, "format": 99})
+        )
     bad = dict(comp.arrays)
     bad["x_mean"] = bad["x_mean"][:, :2]
     with pytest.raises(SchemaError, match="x_mean"):

@@ -47,8 +47,7 @@ def _tool(name: str, package: str) -> str:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
 
 # --------------------------------------------------------------------------- compose
@@ -57,8 +56,18 @@ def test_docker_compose_config_accepts_the_compose_file() -> None:
     r = _run([tool, "-f", str(COMPOSE), "config", "--quiet"])
     assert r.returncode == 0, r.stderr
     services = _run([tool, "-f", str(COMPOSE), "config", "--services"]).stdout.split()
-    assert set(services) >= {"kafka", "topic-init", "minio", "bucket-init", "trainer", "worker",
-                             "monitor", "simulator", "prometheus", "grafana"}
+    assert set(services) >= {
+        "kafka",
+        "topic-init",
+        "minio",
+        "bucket-init",
+        "trainer",
+        "worker",
+        "monitor",
+        "simulator",
+        "prometheus",
+        "grafana",
+    }
 
 
 def test_compose_file_has_no_keys_docker_compose_1_29_rejects() -> None:
@@ -73,8 +82,10 @@ def test_compose_start_order_and_health_checks() -> None:
 
     assert deps("topic-init") == {"kafka": "service_healthy"}
     assert deps("bucket-init") == {"minio": "service_healthy"}
-    assert deps("trainer") == {"topic-init": "service_completed_successfully",
-                               "bucket-init": "service_completed_successfully"}
+    assert deps("trainer") == {
+        "topic-init": "service_completed_successfully",
+        "bucket-init": "service_completed_successfully",
+    }
     for svc in ("worker", "monitor"):
         assert deps(svc) == {"trainer": "service_completed_successfully"}
     assert deps("simulator") == {"worker": "service_healthy", "monitor": "service_healthy"}
@@ -94,24 +105,25 @@ def test_compose_kafka_is_single_node_kraft_with_transactions() -> None:
     assert k["image"].startswith("apache/kafka:")
     env = {key: str(v) for key, v in k["environment"].items()}
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
         assert env[key] == "1", key
 
 
 def test_compose_topic_init_creates_the_configured_topics() -> None:
-    from segstream.shared.settings import TopicSettings  # noqa: PLC0415
+    from segstream.shared.settings import TopicSettings
 
     script = str(compose()["services"]["topic-init"]["command"])
     t = TopicSettings()
-    for name in (t.events, t.predictions, t.alerts, t.dlq, t.stats, t.outcomes,
-                 t.model_updates):
+    for name in (t.events, t.predictions, t.alerts, t.dlq, t.stats, t.outcomes, t.model_updates):
         assert name in script, f"topic-init does not create {name}"
 
 
 def test_every_segstream_variable_in_compose_is_a_setting() -> None:
-    from segstream.shared.settings import settings_rows  # noqa: PLC0415
+    from segstream.shared.settings import settings_rows
 
     known = {env for _, env, _, _ in settings_rows()} | CLI_ENV_VARS
     unknown = sorted(compose_text_segstream_vars() - known)
@@ -122,7 +134,7 @@ def test_every_segstream_variable_in_compose_is_a_setting() -> None:
 
 @pytest.mark.parametrize("service", ["trainer", "worker", "monitor", "simulator"])
 def test_compose_environment_validates_as_settings(service, monkeypatch) -> None:
-    from segstream.shared.settings import load_settings  # noqa: PLC0415
+    from segstream.shared.settings import load_settings
 
     env = compose_segstream_env()[service]
     assert env["SEGSTREAM_BROKER__BOOTSTRAP"] == "kafka:9092"
@@ -139,8 +151,9 @@ def test_compose_ports_match_the_scrape_config() -> None:
     worker_port = int(compose_segstream_env()["worker"]["SEGSTREAM_WORKER__METRICS_PORT"])
     monitor_cmd = s["monitor"]["command"]
     monitor_port = int(monitor_cmd[monitor_cmd.index("--metrics-port") + 1])
-    jobs = {j["job_name"]: j for j in yaml.safe_load(PROMETHEUS_CONFIG.read_text())
-            ["scrape_configs"]}
+    jobs = {
+        j["job_name"]: j for j in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
+    }
     w = jobs["segstream-worker"]["dns_sd_configs"][0]
     m = jobs["segstream-monitor"]["dns_sd_configs"][0]
     assert (w["names"], w["port"]) == (["worker"], worker_port)
@@ -164,8 +177,11 @@ def test_dockerfile_slim_non_root_dependency_layer() -> None:
     assert {".git", ".venv", "artifacts"} <= set(ignored)
     # The kernels are compiled at build time, as the service user, into its own cache dir.
     user = next(i for i, ln in enumerate(lines) if ln == "USER segstream")
-    warm = next(i for i, ln in enumerate(lines) if "segstream" in ln and "warmup" in ln
-                and ln.startswith("RUN"))
+    warm = next(
+        i
+        for i, ln in enumerate(lines)
+        if "segstream" in ln and "warmup" in ln and ln.startswith("RUN")
+    )
     assert user < warm
     assert re.search(r"^ENV NUMBA_CACHE_DIR=/app/\.cache/numba$", text, re.M)
     assert "COPY segstream ./segstream" in text
@@ -194,16 +210,22 @@ def test_promtool_test_rules() -> None:
     tested = set()
     for path in RULE_TESTS:
         for case in yaml.safe_load(path.read_text())["tests"]:
-            tested |= {t["alertname"] for t in case.get("alert_rule_test", [])
-                       if t.get("exp_alerts")}
+            tested |= {
+                t["alertname"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")
+            }
     assert len(tested) >= 3, f"firing cases for only {sorted(tested)}"
 
 
 def test_alert_rules_cover_the_operations_issue() -> None:
     names = {r.name for r in rule_exprs()}
-    assert names >= {"SegstreamWorkerDown", "SegstreamConsumerLagGrowing",
-                     "SegstreamDLQRateHigh", "SegstreamNoPredictions",
-                     "SegstreamDriftCritical", "SegstreamPerformanceDegraded"}
+    assert names >= {
+        "SegstreamWorkerDown",
+        "SegstreamConsumerLagGrowing",
+        "SegstreamDLQRateHigh",
+        "SegstreamNoPredictions",
+        "SegstreamDriftCritical",
+        "SegstreamPerformanceDegraded",
+    }
 
 
 # --------------------------------------------------------------------------- grafana
@@ -231,24 +253,36 @@ def test_dashboard_queries_use_only_known_grafana_variables() -> None:
 
 def test_dashboards_cover_the_operations_issue() -> None:
     exprs = " ".join(q.expr for q in panel_queries())
-    for needle in ("events_consumed_total", "predictions_produced_total",
-                   "dlq_records_total", "consumer_lag_messages",
-                   "scoring_event_seconds_bucket", "end_to_end_latency_seconds_bucket",
-                   "batch_size_events", "predictions_by_fallback_level_total",
-                   "bundle_info", "bundle_reloads_total", "segstream_monitor_psi",
-                   "segstream_monitor_alerts_total", 'type="new_segment"',
-                   "window_mae", "window_interval_coverage", "process_cpu_seconds_total",
-                   "process_resident_memory_bytes"):
+    for needle in (
+        "events_consumed_total",
+        "predictions_produced_total",
+        "dlq_records_total",
+        "consumer_lag_messages",
+        "scoring_event_seconds_bucket",
+        "end_to_end_latency_seconds_bucket",
+        "batch_size_events",
+        "predictions_by_fallback_level_total",
+        "bundle_info",
+        "bundle_reloads_total",
+        "segstream_monitor_psi",
+        "segstream_monitor_alerts_total",
+        'type="new_segment"',
+        "window_mae",
+        "window_interval_coverage",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ):
         assert needle in exprs, f"no dashboard panel queries {needle}"
 
 
 def _sample_names(registry: CollectorRegistry) -> set[str]:
     return {s.name for fam in registry.collect() for s in fam.samples} | {
-        fam.name for fam in registry.collect()}
+        fam.name for fam in registry.collect()
+    }
 
 
 def test_worker_metric_names_in_dashboards_and_rules_exist() -> None:
-    from segstream.services.worker.metrics import WorkerMetrics  # noqa: PLC0415
+    from segstream.services.worker.metrics import WorkerMetrics
 
     registry = CollectorRegistry()
     m = WorkerMetrics.create(registry)
@@ -265,7 +299,7 @@ def test_worker_metric_names_in_dashboards_and_rules_exist() -> None:
 
 def test_monitor_metric_names_in_dashboards_and_rules_exist() -> None:
     try:
-        from segstream.services.monitor.metrics import MonitorMetrics  # noqa: PLC0415
+        from segstream.services.monitor.metrics import MonitorMetrics
     except ModuleNotFoundError:
         pytest.skip("segstream.services.monitor.metrics is not in this build (monitor not merged)")
     registry = CollectorRegistry()
@@ -283,17 +317,19 @@ def test_monitor_metric_names_in_dashboards_and_rules_exist() -> None:
 
 
 def test_grafana_provisioning_matches_compose() -> None:
-    ds = yaml.safe_load((GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml")
-                        .read_text())["datasources"]
+    ds = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )["datasources"]
     assert [d["uid"] for d in ds] == ["prometheus"]
     assert ds[0]["url"] == "http://prometheus:9090"
-    providers = yaml.safe_load((GRAFANA_DIR / "provisioning" / "dashboards" / "segstream.yml")
-                               .read_text())["providers"]
-    mounts = {v.split(":")[1]: v.split(":")[0]
-              for v in compose()["services"]["grafana"]["volumes"]}
+    providers = yaml.safe_load(
+        (GRAFANA_DIR / "provisioning" / "dashboards" / "segstream.yml").read_text()
+    )["providers"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in compose()["services"]["grafana"]["volumes"]}
     path = providers[0]["options"]["path"]
     assert mounts[path] == "./config/grafana/dashboards"
     assert mounts["/etc/grafana/provisioning"] == "./config/grafana/provisioning"
     home = compose()["services"]["grafana"]["environment"][
-        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"
+    ]
     assert home.rsplit("/", 1)[1] in {p.name for p in DASHBOARDS}

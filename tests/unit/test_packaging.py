@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_parts_import_under_segstream():
-    import segstream.services.worker.loop as loop  # noqa: PLC0415
-    import segstream.training.partitioner as part  # noqa: PLC0415
+    import segstream.services.worker.loop as loop
+    import segstream.training.partitioner as part
 
     assert loop.__name__ == "segstream.services.worker.loop"
     assert part.__name__ == "segstream.training.partitioner"
@@ -34,7 +34,7 @@ def test_packaged_flights_example_is_the_default():
 
 
 def test_config_that_is_neither_file_nor_example_names_it(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         resolve_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="no example config 'nope'"):
         example_text("nope")
@@ -52,8 +52,11 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted((REPO / "shared").glob("*.py")), ids=lambda p: p.name)
 def test_shared_imports_neither_training_nor_services(path):
-    bad = {m for m in _imports(path)
-           if m.split(".")[:2] in (["segstream", "training"], ["segstream", "services"])}
+    bad = {
+        m
+        for m in _imports(path)
+        if m.split(".")[:2] in (["segstream", "training"], ["segstream", "services"])
+    }
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 

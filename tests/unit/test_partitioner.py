@@ -11,7 +11,10 @@ from sklearn.preprocessing import RobustScaler, StandardScaler
 
 from segstream.shared.errors import DataError, NotFittedError, SchemaError
 from segstream.training.partitioner import (
-    CompositePartitioner, KeyPartitioner, TreePartitioner, partition_report,
+    CompositePartitioner,
+    KeyPartitioner,
+    TreePartitioner,
+    partition_report,
     plot_partition_report,
 )
 
@@ -45,8 +48,9 @@ def test_k_requested_is_k_obtained(algorithm, k):
 def test_k_obtained_with_categoricals_and_min_samples_leaf():
     rng = np.random.default_rng(1)
     df = pd.DataFrame({"x": rng.normal(size=4000), "c": rng.choice(list("abcdef"), 4000)})
-    tp = TreePartitioner(max_leaf_nodes=64, min_samples_leaf=20, categorical_features=["c"],
-                         random_state=0).fit(df)
+    tp = TreePartitioner(
+        max_leaf_nodes=64, min_samples_leaf=20, categorical_features=["c"], random_state=0
+    ).fit(df)
     assert tp.n_segments_ == 64
     assert tp.segment_sizes_.min() >= 20
 
@@ -89,8 +93,9 @@ def test_weights_and_y_columns_shape_the_tree():
     df = pd.DataFrame({"x": x, "w": w, "delay": delay})
     # without the target, the first split is on either feature; with a heavy target weight the
     # root must separate the two delay regimes, i.e. split w near 0.5
-    tp = TreePartitioner(max_leaf_nodes=2, y_columns=["delay"], weights={"delay": 10.0},
-                         random_state=0).fit(df)
+    tp = TreePartitioner(
+        max_leaf_nodes=2, y_columns=["delay"], weights={"delay": 10.0}, random_state=0
+    ).fit(df)
     a = tp.router_.arrays
     assert tp.router_.schema.columns[a["node_feature"][0]].source == "w"
     assert abs(a["node_threshold"][0] - 0.5) < 0.02
@@ -116,9 +121,14 @@ def test_target_encoding_same_at_fit_and_routing():
     x = rng.normal(size=n)
     delay = rng.normal(size=n) + np.array([int(c[1:]) for c in cat]) * 2.0
     df = pd.DataFrame({"x": x, "cat": cat, "delay": delay})
-    tp = TreePartitioner(max_leaf_nodes=10, categorical_features=["cat"], y_columns=["delay"],
-                         category_encoding="target", target_smoothing=10.0,
-                         random_state=0).fit(df)
+    tp = TreePartitioner(
+        max_leaf_nodes=10,
+        categorical_features=["cat"],
+        y_columns=["delay"],
+        category_encoding="target",
+        target_smoothing=10.0,
+        random_state=0,
+    ).fit(df)
     # the encoding table by hand: smoothed mean of the row-averaged scaled target per category
     ybar = ((x - x.mean()) / x.std() + (delay - delay.mean()) / delay.std()) / 2
     table = tp.export().arrays["target_encoding__cat"]
@@ -131,8 +141,9 @@ def test_target_encoding_same_at_fit_and_routing():
     single = [int(tp.partition(df[["x", "cat"]].iloc[[i]])[0]) for i in range(0, n, 150)]
     assert single == tp.segments_[::150].tolist()
     # the categorical actually matters (otherwise this test would prove nothing)
-    feats = {tp.router_.schema.columns[f].source
-             for f in tp.router_.arrays["node_feature"] if f >= 0}
+    feats = {
+        tp.router_.schema.columns[f].source for f in tp.router_.arrays["node_feature"] if f >= 0
+    }
     assert "cat" in feats
 
 
@@ -147,7 +158,7 @@ def test_hierarchy_arrays_are_consistent():
         chain = anc[s][anc[s] >= 0]
         assert chain[-1] == 0
         np.testing.assert_array_equal(parent[chain[:-1]], chain[1:])
-        assert (anc[s][len(chain):] == -1).all()
+        assert (anc[s][len(chain) :] == -1).all()
     assert cnt[0] == len(X)
     np.testing.assert_array_equal(cnt[tp.segment_node_], np.bincount(tp.segments_))
     for nd in range(1, len(parent)):
@@ -157,9 +168,10 @@ def test_hierarchy_arrays_are_consistent():
     # node at each depth per training row
     d1 = tp.nodes_at_depth(1)
     for node in np.unique(d1):
-        assert (tp.node_parent_[node] == 0)
-    np.testing.assert_array_equal(np.bincount(d1, minlength=len(parent))[np.unique(d1)],
-                                  cnt[np.unique(d1)])
+        assert tp.node_parent_[node] == 0
+    np.testing.assert_array_equal(
+        np.bincount(d1, minlength=len(parent))[np.unique(d1)], cnt[np.unique(d1)]
+    )
 
 
 def test_estimator_conventions():
@@ -191,7 +203,7 @@ def test_bad_input_errors_name_the_column():
         TreePartitioner().fit(good.iloc[:1])
     with pytest.raises(DataError, match="'b'"):
         TreePartitioner().fit(good.assign(b=np.nan))
-    with pytest.raises(SchemaError, match="'s'.*categorical_features"):
+    with pytest.raises(SchemaError, match=r"'s'.*categorical_features"):
         TreePartitioner().fit(good.assign(s=["x", "y", "z"]))
     with pytest.raises(SchemaError, match="'zz'"):
         TreePartitioner(categorical_features=["zz"]).fit(good)
@@ -214,9 +226,13 @@ def test_bad_input_errors_name_the_column():
 
 
 def test_partition_report_by_hand():
-    X = pd.DataFrame({"a": [0.0, 2.0, 10.0, 10.0, 4.0, np.nan],
-                      "b": [1.0, 1.0, 1.0, 3.0, 5.0, 7.0],
-                      "s": ["x"] * 6})
+    X = pd.DataFrame(
+        {
+            "a": [0.0, 2.0, 10.0, 10.0, 4.0, np.nan],
+            "b": [1.0, 1.0, 1.0, 3.0, 5.0, 7.0],
+            "s": ["x"] * 6,
+        }
+    )
     seg = np.array([0, 0, 1, 1, 2, 2])
     rep = partition_report(X, seg)
     assert rep.sizes["n_rows"].tolist() == [2, 2, 2]
@@ -246,7 +262,7 @@ def test_plot_partition_report_writes_pngs(tmp_path):
     X = _blobs(3000, 3, 10)
     tp = TreePartitioner(max_leaf_nodes=80, random_state=0).fit(X)
     paths = plot_partition_report(X, tp.segments_, tmp_path, max_features=2)
-    assert [p.name for p in paths][0] == "segment_sizes.png"
+    assert next(p.name for p in paths) == "segment_sizes.png"
     assert len(paths) == 3
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -257,14 +273,16 @@ def test_plot_partition_report_writes_pngs(tmp_path):
 def test_composite_leaf_budget_per_key_segment():
     rng = np.random.default_rng(12)
     n = 3000
-    df = pd.DataFrame({"region": rng.choice(["n", "s"], n), "x": rng.normal(size=n),
-                       "y2": rng.normal(size=n)})
+    df = pd.DataFrame(
+        {"region": rng.choice(["n", "s"], n), "x": rng.normal(size=n), "y2": rng.normal(size=n)}
+    )
     cp = CompositePartitioner(levels=["region"], max_leaf_nodes=6, random_state=0).fit(df)
     assert cp.n_segments_ == 12
-    for region, g in df.assign(s=cp.segments_).groupby("region"):
+    for _region, g in df.assign(s=cp.segments_).groupby("region"):
         assert g["s"].nunique() == 6
-    ex = CompositePartitioner(levels=["region"], max_leaf_nodes=6, algorithm="exact",
-                              random_state=0).fit(df)
+    ex = CompositePartitioner(
+        levels=["region"], max_leaf_nodes=6, algorithm="exact", random_state=0
+    ).fit(df)
     assert ex.n_segments_ == 12
     np.testing.assert_array_equal(ex.partition(df), ex.segments_)
 
@@ -272,6 +290,7 @@ def test_composite_leaf_budget_per_key_segment():
 # --------------------------------------------------------------------------------------------
 # histogram kernels against references
 # --------------------------------------------------------------------------------------------
+
 
 def _split_reference(hist, nbins, miss_bin, min_leaf):
     """Brute force over (feature, bin): SSE reduction with missing rows sent to the child
@@ -295,8 +314,9 @@ def _split_reference(hist, nbins, miss_bin, min_leaf):
             right = tot - left
             if left[T] < min_leaf or right[T] < min_leaf:
                 continue
-            g = max((left[:T] ** 2).sum() / left[T] + (right[:T] ** 2).sum() / right[T]
-                    - parent, 0.0)
+            g = max(
+                (left[:T] ** 2).sum() / left[T] + (right[:T] ** 2).sum() / right[T] - parent, 0.0
+            )
             if g > best[0] * (1 + 1e-12) + 1e-12:
                 best = (g, f, b)
     return best
@@ -356,8 +376,9 @@ def test_segments_equal_full_routing_with_missing_values():
     X[::5, 1] = np.nan
     X[::13, 3] = np.nan
     tp = TreePartitioner(max_leaf_nodes=64, random_state=0).fit(X)
-    routed = tp.router_.route_design(tp.router_.design(
-        {f"x{j}": X[:, j] for j in range(4)})).segment
+    routed = tp.router_.route_design(
+        tp.router_.design({f"x{j}": X[:, j] for j in range(4)})
+    ).segment
     np.testing.assert_array_equal(tp.segments_, routed)
     complete = ~np.isnan(X).any(axis=1)
     np.testing.assert_array_equal(tp.segments_[complete], tp.fit_segments_[complete])

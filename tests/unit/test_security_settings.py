@@ -29,9 +29,18 @@ def pki(tmp_path_factory):
 
 
 def sasl_ssl(pki, **extra):
-    return {"broker": {"security": {
-        "protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256", "username": "alice",
-        "password": PASSWORD, "ssl_ca_file": str(pki.ca), **extra}}}
+    return {
+        "broker": {
+            "security": {
+                "protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-256",
+                "username": "alice",
+                "password": PASSWORD,
+                "ssl_ca_file": str(pki.ca),
+                **extra,
+            }
+        }
+    }
 
 
 def test_default_is_plaintext_and_adds_nothing():
@@ -42,15 +51,25 @@ def test_default_is_plaintext_and_adds_nothing():
 
 
 def test_sasl_ssl_reaches_librdkafka_with_the_secret_revealed_only_there(pki):
-    s = load_settings(CONFIG, sasl_ssl(pki, ssl_cert_file=str(pki.client_cert),
-                                       ssl_key_file=str(pki.client_key),
-                                       ssl_key_password=pki.client_key_password))
+    s = load_settings(
+        CONFIG,
+        sasl_ssl(
+            pki,
+            ssl_cert_file=str(pki.client_cert),
+            ssl_key_file=str(pki.client_key),
+            ssl_key_password=pki.client_key_password,
+        ),
+    )
     conf = client_config(s.broker, group_id="g")
     assert conf == {
-        "bootstrap.servers": s.broker.bootstrap, "group.id": "g",
-        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-256",
-        "sasl.username": "alice", "sasl.password": PASSWORD,
-        "ssl.ca.location": str(pki.ca), "ssl.certificate.location": str(pki.client_cert),
+        "bootstrap.servers": s.broker.bootstrap,
+        "group.id": "g",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "alice",
+        "sasl.password": PASSWORD,
+        "ssl.ca.location": str(pki.ca),
+        "ssl.certificate.location": str(pki.client_cert),
         "ssl.key.location": str(pki.client_key),
         "ssl.key.password": pki.client_key_password,
     }
@@ -68,11 +87,18 @@ def test_every_worker_client_gets_the_security_settings(pki):
     )
 
     s = load_settings(CONFIG, sasl_ssl(pki))
-    confs = [consumer_config(s), producer_config(s, transactional_id="t"),
-             AlertProducer(s).conf, ModelUpdatesFeed(s).conf]
+    confs = [
+        consumer_config(s),
+        producer_config(s, transactional_id="t"),
+        AlertProducer(s).conf,
+        ModelUpdatesFeed(s).conf,
+    ]
     for conf in confs:
         assert (conf["security.protocol"], conf["sasl.password"], conf["ssl.ca.location"]) == (
-            "SASL_SSL", PASSWORD, str(pki.ca))
+            "SASL_SSL",
+            PASSWORD,
+            str(pki.ca),
+        )
 
 
 def test_monitor_faust_credentials(pki):
@@ -84,10 +110,15 @@ def test_monitor_faust_credentials(pki):
     c = faust_credentials(s.broker)
     assert isinstance(c, faust.SASLCredentials)
     assert (c.username, c.password, c.mechanism.value, c.protocol.value) == (
-        "alice", PASSWORD, "SCRAM-SHA-256", "SASL_SSL")
+        "alice",
+        PASSWORD,
+        "SCRAM-SHA-256",
+        "SASL_SSL",
+    )
     assert PASSWORD not in repr(c)
-    s = load_settings(CONFIG, {"broker": {"security": {"protocol": "SSL",
-                                                       "ssl_ca_file": str(pki.ca)}}})
+    s = load_settings(
+        CONFIG, {"broker": {"security": {"protocol": "SSL", "ssl_ca_file": str(pki.ca)}}}
+    )
     assert isinstance(faust_credentials(s.broker), faust.SSLCredentials)
     assert faust_credentials(load_settings(CONFIG).broker) is None
 
@@ -95,35 +126,59 @@ def test_monitor_faust_credentials(pki):
 def test_environment_overrides_every_field(tmp_path, monkeypatch, pki):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(CONFIG.read_text() + "\nbroker:\n  bootstrap: k:9093\n")
-    env = {"PROTOCOL": "SASL_SSL", "SASL_MECHANISM": "SCRAM-SHA-512", "USERNAME": "bob",
-           "PASSWORD": PASSWORD, "SSL_CA_FILE": str(pki.ca),
-           "SSL_CERT_FILE": str(pki.client_cert), "SSL_KEY_FILE": str(pki.client_key),
-           "SSL_KEY_PASSWORD": pki.client_key_password}
+    env = {
+        "PROTOCOL": "SASL_SSL",
+        "SASL_MECHANISM": "SCRAM-SHA-512",
+        "USERNAME": "bob",
+        "PASSWORD": PASSWORD,
+        "SSL_CA_FILE": str(pki.ca),
+        "SSL_CERT_FILE": str(pki.client_cert),
+        "SSL_KEY_FILE": str(pki.client_key),
+        "SSL_KEY_PASSWORD": pki.client_key_password,
+    }
     for k, v in env.items():
         monkeypatch.setenv(f"SEGSTREAM_BROKER__SECURITY__{k}", v)
     sec = load_settings(cfg).broker.security
     assert load_settings(cfg).broker.bootstrap == "k:9093"  # the file's section is kept
-    assert (sec.protocol, sec.sasl_mechanism, sec.username, sec.ssl_ca_file,
-            sec.ssl_cert_file, sec.ssl_key_file) == (
-        "SASL_SSL", "SCRAM-SHA-512", "bob", str(pki.ca), str(pki.client_cert),
-        str(pki.client_key))
+    assert (
+        sec.protocol,
+        sec.sasl_mechanism,
+        sec.username,
+        sec.ssl_ca_file,
+        sec.ssl_cert_file,
+        sec.ssl_key_file,
+    ) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        "bob",
+        str(pki.ca),
+        str(pki.client_cert),
+        str(pki.client_key),
+    )
     assert sec.password.get_secret_value() == PASSWORD
     assert sec.ssl_key_password.get_secret_value() == pki.client_key_password
 
 
-@pytest.mark.parametrize(("security", "message"), [
-    ({"protocol": "SASL_SSL", "username": "a"}, r"needs password"),
-    ({"protocol": "SASL_PLAINTEXT"}, r"needs username and password"),
-    ({"protocol": "PLAINTEXT", "username": "a", "password": "p"}, r"does not use SASL"),
-    ({"protocol": "SASL_PLAINTEXT", "username": "a", "password": "p", "ssl_ca_file": "x"},
-     r"ssl_ca_file set but protocol SASL_PLAINTEXT does not use TLS"),
-    ({"protocol": "SSL", "ssl_cert_file": "c"}, r"ssl_cert_file and ssl_key_file go together"),
-    ({"protocol": "SSL", "ssl_key_password": "x"}, r"ssl_key_password set without"),
-    ({"protocol": "TLS"}, r"broker\.security\.protocol"),
-    ({"protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI", "username": "a", "password": "p"},
-     r"broker\.security\.sasl_mechanism"),
-    ({"protocl": "SSL"}, r"broker\.security\.protocl': unknown key"),
-])
+@pytest.mark.parametrize(
+    ("security", "message"),
+    [
+        ({"protocol": "SASL_SSL", "username": "a"}, r"needs password"),
+        ({"protocol": "SASL_PLAINTEXT"}, r"needs username and password"),
+        ({"protocol": "PLAINTEXT", "username": "a", "password": "p"}, r"does not use SASL"),
+        (
+            {"protocol": "SASL_PLAINTEXT", "username": "a", "password": "p", "ssl_ca_file": "x"},
+            r"ssl_ca_file set but protocol SASL_PLAINTEXT does not use TLS",
+        ),
+        ({"protocol": "SSL", "ssl_cert_file": "c"}, r"ssl_cert_file and ssl_key_file go together"),
+        ({"protocol": "SSL", "ssl_key_password": "x"}, r"ssl_key_password set without"),
+        ({"protocol": "TLS"}, r"broker\.security\.protocol"),
+        (
+            {"protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI", "username": "a", "password": "p"},
+            r"broker\.security\.sasl_mechanism",
+        ),
+        ({"protocl": "SSL"}, r"broker\.security\.protocl': unknown key"),
+    ],
+)
 def test_invalid_security_is_a_config_error_naming_the_key(security, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_settings(CONFIG, {"broker": {"security": security}})
@@ -131,26 +186,44 @@ def test_invalid_security_is_a_config_error_naming_the_key(security, message):
 
 
 def test_missing_tls_file_names_key_and_file(tmp_path):
-    s = load_settings(CONFIG, {"broker": {"security": {
-        "protocol": "SSL", "ssl_ca_file": str(tmp_path / "nope.pem")}}})
+    s = load_settings(
+        CONFIG,
+        {"broker": {"security": {"protocol": "SSL", "ssl_ca_file": str(tmp_path / "nope.pem")}}},
+    )
     with pytest.raises(ConfigError, match=r"broker\.security\.ssl_ca_file: .*nope\.pem"):
         client_config(s.broker)
 
 
-@pytest.mark.parametrize(("key", "field"), [
-    ("sasl.password", "password"), ("sasl.username", "username"),
-    ("security.protocol", "protocol"), ("sasl.mechanisms", "sasl_mechanism"),
-    ("ssl.key.password", "ssl_key_password"), ("ssl.ca.location", "ssl_ca_file"),
-])
+@pytest.mark.parametrize(
+    ("key", "field"),
+    [
+        ("sasl.password", "password"),
+        ("sasl.username", "username"),
+        ("security.protocol", "protocol"),
+        ("sasl.mechanisms", "sasl_mechanism"),
+        ("ssl.key.password", "ssl_key_password"),
+        ("ssl.ca.location", "ssl_ca_file"),
+    ],
+)
 def test_broker_client_refuses_what_security_types(key, field):
-    with pytest.raises(ConfigError, match=rf"'{key}' is not allowed: set "
-                                          rf"broker\.security\.{field}") as err:
+    with pytest.raises(
+        ConfigError,
+        match=rf"'{key}' is not allowed: set "
+        rf"broker\.security\.{field}",
+    ) as err:
         load_settings(CONFIG, {"broker": {"client": {key: "Hunter2-secret"}}})
     assert "Hunter2-secret" not in str(err.value)
 
 
-@pytest.mark.parametrize("key", ["ssl.keystore.password", "sasl.oauthbearer.client.secret",
-                                 "ssl.key.pem", "sasl.oauthbearer.config"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "ssl.keystore.password",
+        "sasl.oauthbearer.client.secret",
+        "ssl.key.pem",
+        "sasl.oauthbearer.config",
+    ],
+)
 def test_broker_client_refuses_other_secrets(key):
     with pytest.raises(ConfigError, match=r"holds a secret and is not allowed") as err:
         load_settings(CONFIG, {"broker": {"client": {key: "Hunter2-secret"}}})
@@ -158,16 +231,26 @@ def test_broker_client_refuses_other_secrets(key):
 
 
 def test_broker_client_keeps_ordinary_keys():
-    s = load_settings(CONFIG, {"broker": {"client": {"ssl.endpoint.identification.algorithm":
-                                                     "none", "client.id": "x"}}})
+    s = load_settings(
+        CONFIG,
+        {"broker": {"client": {"ssl.endpoint.identification.algorithm": "none", "client.id": "x"}}},
+    )
     assert client_config(s.broker)["client.id"] == "x"
 
 
 def test_public_dump_masks_every_secret(pki):
-    s = load_settings(CONFIG, {**sasl_ssl(pki, ssl_cert_file=str(pki.client_cert),
-                                          ssl_key_file=str(pki.client_key),
-                                          ssl_key_password=pki.client_key_password),
-                               "store": {"s3_key": "AKIA-key-id", "s3_secret": S3_SECRET}})
+    s = load_settings(
+        CONFIG,
+        {
+            **sasl_ssl(
+                pki,
+                ssl_cert_file=str(pki.client_cert),
+                ssl_key_file=str(pki.client_key),
+                ssl_key_password=pki.client_key_password,
+            ),
+            "store": {"s3_key": "AKIA-key-id", "s3_secret": S3_SECRET},
+        },
+    )
     d = s.public_dump()
     text = json.dumps(d)
     for secret in (PASSWORD, S3_SECRET, "AKIA-key-id", pki.client_key_password):
@@ -179,23 +262,51 @@ def test_public_dump_masks_every_secret(pki):
 
 
 def test_redact_secrets_masks_old_manifests_client_passwords():
-    old = {"broker": {"client": {"sasl.password": "pw1", "sasl.username": "u",
-                                 "ssl.keystore.password": "pw2"}},
-           "store": {"s3_secret": None}, "list": [{"password": "pw3"}]}
+    old = {
+        "broker": {
+            "client": {"sasl.password": "pw1", "sasl.username": "u", "ssl.keystore.password": "pw2"}
+        },
+        "store": {"s3_secret": None},
+        "list": [{"password": "pw3"}],
+    }
     out = redact_secrets(old)
-    assert out == {"broker": {"client": {"sasl.password": MASK, "sasl.username": "u",
-                                         "ssl.keystore.password": MASK}},
-                   "store": {"s3_secret": None}, "list": [{"password": MASK}]}
+    assert out == {
+        "broker": {
+            "client": {"sasl.password": MASK, "sasl.username": "u", "ssl.keystore.password": MASK}
+        },
+        "store": {"s3_secret": None},
+        "list": [{"password": MASK}],
+    }
     assert old["broker"]["client"]["sasl.password"] == "pw1"  # a copy
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.text(max_size=20) | st.integers(),
-                    lambda kids: st.lists(kids, max_size=4)
-                    | st.dictionaries(st.sampled_from(
-                        ["password", "sasl.password", "s3_secret", "name", "client",
-                         "ssl_key_password", "value", "Token", "x"]), kids, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.text(max_size=20) | st.integers(),
+        lambda kids: (
+            st.lists(kids, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "password",
+                        "sasl.password",
+                        "s3_secret",
+                        "name",
+                        "client",
+                        "ssl_key_password",
+                        "value",
+                        "Token",
+                        "x",
+                    ]
+                ),
+                kids,
+                max_size=4,
+            )
+        ),
+        max_leaves=20,
+    )
+)
 def test_redact_secrets_leaves_no_secret_leaf(data):
     def leaves(d, under_secret=False):
         if isinstance(d, dict):
@@ -213,13 +324,22 @@ def test_redact_secrets_leaves_no_secret_leaf(data):
 
 
 def test_segstream_config_prints_secrets_masked(tmp_path, pki):
-    env = {"SEGSTREAM_BROKER__SECURITY__PROTOCOL": "SASL_SSL",
-           "SEGSTREAM_BROKER__SECURITY__USERNAME": "alice",
-           "SEGSTREAM_BROKER__SECURITY__PASSWORD": PASSWORD,
-           "SEGSTREAM_BROKER__SECURITY__SSL_CA_FILE": str(pki.ca),
-           "SEGSTREAM_STORE__S3_SECRET": S3_SECRET, "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([sys.executable, "-m", "segstream", "config", "--config", str(CONFIG)],
-                       capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    env = {
+        "SEGSTREAM_BROKER__SECURITY__PROTOCOL": "SASL_SSL",
+        "SEGSTREAM_BROKER__SECURITY__USERNAME": "alice",
+        "SEGSTREAM_BROKER__SECURITY__PASSWORD": PASSWORD,
+        "SEGSTREAM_BROKER__SECURITY__SSL_CA_FILE": str(pki.ca),
+        "SEGSTREAM_STORE__S3_SECRET": S3_SECRET,
+        "PATH": "/usr/bin:/bin",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "segstream", "config", "--config", str(CONFIG)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["broker"]["security"]["password"] == MASK
@@ -227,8 +347,14 @@ def test_segstream_config_prints_secrets_masked(tmp_path, pki):
     assert PASSWORD not in r.stdout + r.stderr and S3_SECRET not in r.stdout + r.stderr
     # A secret in broker.client is refused in one line that does not repeat it.
     env2 = {**env, "SEGSTREAM_BROKER__CLIENT": json.dumps({"sasl.password": PASSWORD})}
-    r = subprocess.run([sys.executable, "-m", "segstream", "config", "--config", str(CONFIG)],
-                       capture_output=True, text=True, cwd=REPO, env=env2, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "segstream", "config", "--config", str(CONFIG)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env2,
+        timeout=120,
+    )
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "broker.security.password" in r.stderr
     assert PASSWORD not in r.stderr

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from segstream.shared.errors import ConfigError
 from segstream.shared.settings import load_settings, settings_rows, settings_table_markdown
@@ -41,7 +42,7 @@ def test_flights_config_loads_with_roles(flights_config):
 
 def test_settings_are_frozen(flights_config):
     s = load_settings(flights_config)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         s.broker.bootstrap = "x:1"  # type: ignore[misc]
 
 
@@ -95,14 +96,21 @@ def test_missing_file_and_bad_yaml(tmp_path):
     "fields, message",
     [
         ("[{name: a, type: string, role: id}]", "role 'time'"),
-        ("""[{name: id, type: string, role: id}, {name: t, type: float, role: time},
-             {name: y, type: float, role: target}]""", "must have type 'datetime'"),
-        ("""[{name: id, type: string, role: id}, {name: id, type: string, role: other},
+        (
+            """[{name: id, type: string, role: id}, {name: t, type: float, role: time},
+             {name: y, type: float, role: target}]""",
+            "must have type 'datetime'",
+        ),
+        (
+            """[{name: id, type: string, role: id}, {name: id, type: string, role: other},
              {name: t, type: datetime, role: time}, {name: y, type: float, role: target}]""",
-         "duplicate"),
-        ("""[{name: id, type: string, role: id}, {name: t, type: datetime, role: time},
+            "duplicate",
+        ),
+        (
+            """[{name: id, type: string, role: id}, {name: t, type: datetime, role: time},
              {name: y, type: float, role: target}, {name: z, type: decimal, role: numeric}]""",
-         r"schema\.fields\.3\.type"),
+            r"schema\.fields\.3\.type",
+        ),
     ],
 )
 def test_schema_validation(tmp_path, fields, message):
@@ -113,11 +121,11 @@ def test_schema_validation(tmp_path, fields, message):
 
 def test_docs_configuration_table_matches_settings_model():
     page = (REPO / "docs" / "configuration.md").read_text()
-    m = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", page,
-                  re.S)
+    m = re.search(r"<!-- settings-table:start -->\n(.*?)\n<!-- settings-table:end -->", page, re.S)
     assert m, "docs/configuration.md lacks the generated configuration table markers"
     assert m.group(1).strip() == settings_table_markdown().strip(), (
-        "docs/configuration.md table is stale: regenerate with `segstream config --table`")
+        "docs/configuration.md table is stale: regenerate with `segstream config --table`"
+    )
 
 
 def test_settings_rows_cover_every_section():
@@ -133,8 +141,10 @@ def test_worker_fetch_settings_reach_the_events_consumer_and_client_config_wins(
     pacing); an operator's broker.client entry overrides them."""
     from segstream.services.worker.kafka_io import consumer_config
 
-    s = load_settings(CONFIG, {"worker": {"fetch_min_bytes": 4096, "fetch_wait_max_ms": 25,
-                                          "fetch_backoff_ms": 40}})
+    s = load_settings(
+        CONFIG,
+        {"worker": {"fetch_min_bytes": 4096, "fetch_wait_max_ms": 25, "fetch_backoff_ms": 40}},
+    )
     conf = consumer_config(s)
     assert (conf["fetch.min.bytes"], conf["fetch.wait.max.ms"]) == (4096, 25)
     assert (conf["queued.min.messages"], conf["fetch.queue.backoff.ms"]) == (1, 40)
@@ -142,8 +152,9 @@ def test_worker_fetch_settings_reach_the_events_consumer_and_client_config_wins(
     assert "queued.min.messages" not in conf and "fetch.queue.backoff.ms" not in conf
     s = load_settings(CONFIG, {"broker": {"client": {"fetch.queue.backoff.ms": 5}}})
     assert consumer_config(s)["fetch.queue.backoff.ms"] == 5
-    s = load_settings(CONFIG, {"worker": {"fetch_min_bytes": 4096},
-                               "broker": {"client": {"fetch.min.bytes": 1}}})
+    s = load_settings(
+        CONFIG, {"worker": {"fetch_min_bytes": 4096}, "broker": {"client": {"fetch.min.bytes": 1}}}
+    )
     assert consumer_config(s)["fetch.min.bytes"] == 1
     with pytest.raises(ConfigError, match=r"worker\.fetch_min_bytes"):
         load_settings(CONFIG, {"worker": {"fetch_min_bytes": 0}})
@@ -152,8 +163,10 @@ def test_worker_fetch_settings_reach_the_events_consumer_and_client_config_wins(
 def test_worker_output_producer_compresses_as_configured() -> None:
     from segstream.services.worker.kafka_io import producer_config
 
-    assert producer_config(load_settings(CONFIG, {}), transactional_id=None)[
-        "compression.type"] == "lz4"
+    assert (
+        producer_config(load_settings(CONFIG, {}), transactional_id=None)["compression.type"]
+        == "lz4"
+    )
     s = load_settings(CONFIG, {"worker": {"producer_compression": "none"}})
     assert producer_config(s, transactional_id=None)["compression.type"] == "none"
     with pytest.raises(ConfigError, match=r"worker\.producer_compression"):

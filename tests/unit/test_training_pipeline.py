@@ -8,9 +8,9 @@ from segstream.shared.bundle import load_components
 from segstream.shared.errors import DataError, SchemaError
 from segstream.shared.scoring import load_bundle
 from segstream.shared.settings import load_settings
-from tests.train_helpers import january_parquet, small_config
 from segstream.training.evaluation import conformal_offsets, interval_metrics, point_metrics
 from segstream.training.pipeline import model_nodes, node_rows, split_by_time, train
+from tests.train_helpers import january_parquet, small_config
 
 
 def test_node_rows_expands_paths():
@@ -57,8 +57,12 @@ def test_split_by_time_and_empty_slice_error(flights_df, flights_config):
     import datetime as dt
 
     a, b, c = split_by_time(jan, s.event_schema, dt.date(2013, 1, 19), dt.date(2013, 1, 24))
-    assert a["event_time"].max() < b["event_time"].min() <= b["event_time"].max() \
+    assert (
+        a["event_time"].max()
+        < b["event_time"].min()
+        <= b["event_time"].max()
         < c["event_time"].min()
+    )
     assert len(a) + len(b) + len(c) == len(jan)
     with pytest.raises(DataError, match="test slice has no rows"):
         split_by_time(jan, s.event_schema, dt.date(2013, 1, 19), dt.date(2013, 2, 24))
@@ -69,17 +73,27 @@ def trained(flights_df, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     cfg = small_config(tmp, tmp / "store")
     data = january_parquet(flights_df, tmp)
-    result = train(load_settings(cfg), data_path=str(data), publish=True,
-                   report_dir=str(tmp / "reports"), progress=False, work_dir=str(tmp / "work"))
+    result = train(
+        load_settings(cfg),
+        data_path=str(data),
+        publish=True,
+        report_dir=str(tmp / "reports"),
+        progress=False,
+        work_dir=str(tmp / "work"),
+    )
     return result, tmp, data, cfg
 
 
 def test_bundle_round_trip_scores_identical(trained, flights_df):
-    result, tmp, data, _ = trained
+    result, _tmp, _data, _ = trained
     b = load_bundle(result.bundle_dir)
     ids = set(result.test_scores["event_id"])
-    test = flights_df[flights_df["event_id"].isin(ids)].set_index("event_id").loc[
-        result.test_scores["event_id"]].reset_index()
+    test = (
+        flights_df[flights_df["event_id"].isin(ids)]
+        .set_index("event_id")
+        .loc[result.test_scores["event_id"]]
+        .reset_index()
+    )
     cols = {}
     for f in b.schema.event_fields:
         s = test[f.name]
@@ -90,14 +104,18 @@ def test_bundle_round_trip_scores_identical(trained, flights_df):
         else:
             cols[f.name] = s.to_numpy(object)
     out = b.score(cols)
-    np.testing.assert_allclose(out["prediction"], result.test_scores["prediction"], rtol=1e-12,
-                               atol=1e-9)
-    np.testing.assert_allclose(out["interval_low"], result.test_scores["interval_low"], atol=1e-9,
-                               rtol=1e-12)
-    np.testing.assert_allclose(out["interval_high"], result.test_scores["interval_high"], atol=1e-9,
-                               rtol=1e-12)
-    np.testing.assert_allclose(out["contributions"].sum(axis=1), out["prediction"],
-                               rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        out["prediction"], result.test_scores["prediction"], rtol=1e-12, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        out["interval_low"], result.test_scores["interval_low"], atol=1e-9, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        out["interval_high"], result.test_scores["interval_high"], atol=1e-9, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        out["contributions"].sum(axis=1), out["prediction"], rtol=1e-9, atol=1e-9
+    )
     assert out["pattern_proba"].min() > 0 and out["pattern_proba"].max() <= 1
     # unknown key combinations are named; trained ones are not
     one = {k: v[:2].copy() for k, v in cols.items()}
@@ -112,8 +130,13 @@ def test_bundle_round_trip_scores_identical(trained, flights_df):
 def test_manifest_metrics_and_components(trained):
     result, *_ = trained
     m = result.manifest
-    assert set(m.components) == {"partitioner", "segment_models", "profiles", "scoring",
-                                 "drift_reference"}
+    assert set(m.components) == {
+        "partitioner",
+        "segment_models",
+        "profiles",
+        "scoring",
+        "drift_reference",
+    }
     t = m.metrics["test"]
     for k in ("partitioned", "global_linear", "global_xgboost"):
         assert t[k]["n"] > 1000 and np.isfinite(t[k]["mae"])
@@ -134,8 +157,13 @@ def test_published_and_report_written(trained):
     assert not result.update_sent  # no broker at 127.0.0.1:1: the event is skipped, logged
     html = result.report_path.read_text()
     assert html.count("data:image/png;base64,") >= 4
-    for section in ("Which model is better?", "Drivers", "Outcome patterns", "Intervals",
-                    "Drift reference"):
+    for section in (
+        "Which model is better?",
+        "Drivers",
+        "Outcome patterns",
+        "Intervals",
+        "Drift reference",
+    ):
         assert section in html
 
 
@@ -148,7 +176,7 @@ def test_loaded_components_have_no_object_arrays(trained):
 
 
 def test_missing_column_in_config_is_named(trained, tmp_path):
-    _, tmp, data, _ = trained
+    _, _tmp, data, _ = trained
     cfg = small_config(tmp_path, tmp_path / "store")
     import yaml
 
@@ -156,17 +184,27 @@ def test_missing_column_in_config_is_named(trained, tmp_path):
     doc["training"]["regression"]["features"] = ["dep_delay", "no_such_column"]
     cfg.write_text(yaml.safe_dump(doc))
     with pytest.raises(SchemaError, match="no_such_column"):
-        train(load_settings(cfg), data_path=str(data), publish=False, progress=False,
-              work_dir=str(tmp_path / "w"))
+        train(
+            load_settings(cfg),
+            data_path=str(data),
+            publish=False,
+            progress=False,
+            work_dir=str(tmp_path / "w"),
+        )
 
 
 def test_target_without_finite_values_is_data_error(trained, tmp_path):
-    _, tmp, data, _ = trained
+    _, _tmp, data, _ = trained
     df = pd.read_parquet(data)
     df["arr_delay"] = np.nan
     bad = tmp_path / "bad.parquet"
     df.to_parquet(bad)
     cfg = small_config(tmp_path, tmp_path / "store")
     with pytest.raises(DataError, match="finite target 'arr_delay'"):
-        train(load_settings(cfg), data_path=str(bad), publish=False, progress=False,
-              work_dir=str(tmp_path / "w"))
+        train(
+            load_settings(cfg),
+            data_path=str(bad),
+            publish=False,
+            progress=False,
+            work_dir=str(tmp_path / "w"),
+        )

@@ -18,8 +18,7 @@ def test_create_registers_everything_with_fixed_labels() -> None:
     WorkerMetrics.create(r)
     for reason in DLQ_REASONS:
         assert r.get_sample_value("segstream_worker_dlq_records_total", {"reason": reason}) == 0
-    assert r.get_sample_value("segstream_worker_bundle_reloads_total",
-                              {"result": "rejected"}) == 0
+    assert r.get_sample_value("segstream_worker_bundle_reloads_total", {"result": "rejected"}) == 0
     assert r.get_sample_value("segstream_worker_events_consumed_total") == 0
 
 
@@ -39,26 +38,51 @@ def test_batch_histogram_matches_prometheus_histogram() -> None:
     for _ in range(4):
         ref.observe(2e-6)
     for le in ("1e-06", "1e-05", "0.0001", "0.001", "+Inf"):
-        assert r.get_sample_value("mine_seconds_bucket", {"le": le}) == \
-            r.get_sample_value("ref_seconds_bucket", {"le": le}), le
-    assert abs(r.get_sample_value("mine_seconds_sum")
-               - r.get_sample_value("ref_seconds_sum")) < 1e-12
+        assert r.get_sample_value("mine_seconds_bucket", {"le": le}) == r.get_sample_value(
+            "ref_seconds_bucket", {"le": le}
+        ), le
+    assert (
+        abs(r.get_sample_value("mine_seconds_sum") - r.get_sample_value("ref_seconds_sum")) < 1e-12
+    )
     assert r.get_sample_value("mine_seconds_count") == 504
 
 
 def test_consumer_lag_uses_the_fetched_high_watermark() -> None:
     r = CollectorRegistry()
     m = WorkerMetrics.create(r)
-    stats = {"topics": {"ev": {"partitions": {
-        "0": {"hi_offset": 1000, "ls_offset": 1000, "app_offset": 400, "committed_offset": 300,
-              "desired": True},
-        "1": {"hi_offset": 50, "app_offset": -1001, "committed_offset": 20, "desired": True},
-        "2": {"hi_offset": 70, "app_offset": -1001, "committed_offset": -1001, "desired": True},
-        "3": {"hi_offset": 70, "app_offset": 10, "desired": False},
-        "-1": {"hi_offset": -1}}}}}
+    stats = {
+        "topics": {
+            "ev": {
+                "partitions": {
+                    "0": {
+                        "hi_offset": 1000,
+                        "ls_offset": 1000,
+                        "app_offset": 400,
+                        "committed_offset": 300,
+                        "desired": True,
+                    },
+                    "1": {
+                        "hi_offset": 50,
+                        "app_offset": -1001,
+                        "committed_offset": 20,
+                        "desired": True,
+                    },
+                    "2": {
+                        "hi_offset": 70,
+                        "app_offset": -1001,
+                        "committed_offset": -1001,
+                        "desired": True,
+                    },
+                    "3": {"hi_offset": 70, "app_offset": 10, "desired": False},
+                    "-1": {"hi_offset": -1},
+                }
+            }
+        }
+    }
     m.observe_librdkafka_stats(orjson.dumps(stats), "ev")
     lag = lambda p: r.get_sample_value(  # noqa: E731
-        "segstream_worker_consumer_lag_messages", {"topic": "ev", "partition": p})
+        "segstream_worker_consumer_lag_messages", {"topic": "ev", "partition": p}
+    )
     assert lag("0") == 600
     assert lag("1") == 30
     assert lag("2") is None and lag("3") is None
