@@ -14,7 +14,7 @@ from segstream.shared.cli import _add_bootstrap, _add_config, _date, _stop_event
 
 
 @subcommand
-def _demo_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="run everything together on the embedded broker",
@@ -49,7 +49,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- simulate
 @subcommand
-def _simulate_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _simulate_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
         help="replay the data set to Kafka as events (and outcomes)",
@@ -103,7 +103,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- warmup
 @subcommand
-def _warmup_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _warmup_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "warmup",
         help="compile every numba kernel into the numba cache (for images)",

@@ -240,7 +240,7 @@ def _margin_kernel(
                 if v != v:
                     slot = 0
                 elif v >= 0.0 and v < 16777216.0:
-                    c = np.int64(v) + 1  # truncation toward zero, as XGBoost's AsCat
+                    c = int(v) + 1  # truncation toward zero, as XGBoost's AsCat
                     if c < 32 * width:
                         slot = c
                 if slot >= 0:
@@ -465,7 +465,8 @@ def _tables(model: dict[str, Any]) -> _Tables:
             )
         }
         leaves: list[float] = []
-        splits = []  # (kind, feature, threshold or default_left, members, left/right range)
+        # (kind, feature, threshold or default_left, members, left/right range)
+        splits: list[tuple[int, int, Any, np.ndarray | None, tuple[int, int], tuple[int, int]]] = []
         order = []  # pre-order: leaves come left to right
         todo = [0]
         while todo:
@@ -530,18 +531,21 @@ def _tables(model: dict[str, Any]) -> _Tables:
         return ((1 << (r[1] + 1)) - 1) ^ ((1 << r[0]) - 1)
 
     node_ptr, kind_l, a_l, b_l, thr_l, kl_l, kr_l, full_l = [0], [], [], [], [], [], [], []
-    term_col, term_word, leaf_ptr, leaf_l = [], [], [0], []
+    term_col: list[int] = []
+    term_word: list[int] = []
+    leaf_ptr, leaf_l = [0], []
     split_values: list[list[float]] = [[] for _ in range(n_features)]
     category_values: list[list[int]] = [[] for _ in range(n_features)]
     for splits, leaves in parsed:
-        for kind, f, extra, members, left_range, right_range in splits:
+        for kind, f, extra, codes_, left_range, right_range in splits:
             kind_l.append(kind)
             kl_l.append(all_ones ^ span(right_range))
             kr_l.append(all_ones ^ span(left_range))
             if kind == CATEGORICAL:
+                assert codes_ is not None  # categorical splits carry their member codes
                 word = np.zeros(cat_width[cat_features.index(f)], dtype=np.uint64)
                 slots = [0] if not extra else []  # NaN goes right unless default_left
-                slots += (members + 1).tolist()
+                slots += (codes_ + 1).tolist()
                 for sl in slots:
                     word[sl >> 5] |= np.uint64(1 << (sl & 31))
                 a_l.append(len(term_col))
@@ -550,7 +554,7 @@ def _tables(model: dict[str, Any]) -> _Tables:
                     term_word.append(int(word[w]))
                 b_l.append(len(term_col))
                 thr_l.append(0.0)
-                category_values[f].extend(members.tolist())
+                category_values[f].extend(codes_.tolist())
             else:
                 a_l.append(f)
                 b_l.append(0)
@@ -762,6 +766,8 @@ class Forest:
     def _margin(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty((x.shape[0], self.n_groups), dtype=np.float32)
+        if self._tables is None:  # callers check first; here for the type checker
+            raise RuntimeError("forest tables are not built")
         _margin_kernel(x, *self._tables.kernel_args(), out)
         return out
 

@@ -154,7 +154,8 @@ def _sha256(data: bytes) -> str:
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
+    contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    np.savez(buf, **contiguous)  # type: ignore[arg-type]  # numpy's stub lets **kwds fill allow_pickle
     return buf.getvalue()
 
 

@@ -18,10 +18,10 @@ from typing import Any
 from segstream.shared.errors import SegstreamError
 
 Handler = Callable[[argparse.Namespace], int]
-_REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+_REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
-def subcommand(fn: Callable[[argparse._SubParsersAction], None]) -> Callable[..., None]:  # type: ignore[type-arg]
+def subcommand(fn: Callable[[argparse._SubParsersAction], None]) -> Callable[..., None]:
     """Register a function that adds one subcommand parser (with ``set_defaults(func=...)``)."""
     _REGISTRY.append(fn)
     return fn
@@ -63,7 +63,7 @@ def _stop_event() -> threading.Event:
 
 # --------------------------------------------------------------------------- broker
 @subcommand
-def _broker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _broker_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "broker",
         help="run the embedded Kafka-compatible broker (Tansu, memory storage)",
@@ -91,7 +91,7 @@ def _cmd_broker(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- config
 @subcommand
-def _config_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _config_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "config",
         help="validate a config and print the resolved settings",

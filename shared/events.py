@@ -35,27 +35,30 @@ def _iso(s: pd.Series) -> list[str | None]:
     off = ((wall - utc).dt.total_seconds() // 60).fillna(0).astype(np.int64)
     table = {
         o: f"{'+' if o >= 0 else '-'}{abs(o) // 60:02d}:{abs(o) % 60:02d}"
-        for o in off.unique().tolist()
+        for o in off.drop_duplicates().tolist()
     }
     txt = wall.dt.strftime("%Y-%m-%dT%H:%M:%S") + off.map(table)
     return _none_where_missing(txt, s)
 
 
 def _none_where_missing(txt: pd.Series, s: pd.Series) -> list[str | None]:
-    return np.where(s.notna().to_numpy(), txt.to_numpy(dtype=object), None).tolist()
+    out: list[str | None] = txt.to_numpy(dtype=object).tolist()
+    for i in np.flatnonzero(s.isna().to_numpy()).tolist():
+        out[i] = None
+    return out
 
 
 def _column_values(s: pd.Series, ftype: str) -> list[object]:
     if ftype == "datetime":
-        return _iso(s)
+        return list(_iso(s))
     if ftype in ("float", "int", "bool"):
         a = s.to_numpy(dtype=np.float64, na_value=np.nan)
-        vals: list[object] = a.tolist()
+        floats: list[float] = a.tolist()
         if ftype == "int":
-            vals = [None if v != v else int(v) for v in vals]
-        elif ftype == "bool":
-            vals = [None if v != v else bool(v) for v in vals]
-        return vals  # orjson writes NaN floats as null
+            return [None if v != v else int(v) for v in floats]
+        if ftype == "bool":
+            return [None if v != v else bool(v) for v in floats]
+        return list(floats)  # orjson writes NaN floats as null
     return [None if (isinstance(v, float) and v != v) or v is None else str(v) for v in s.tolist()]
 
 

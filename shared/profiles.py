@@ -313,7 +313,7 @@ def encode_categorical(
     >>> encode_categorical(["b", "a", "zz", None], ["a", "b"])
     array([ 1.,  0., nan, nan], dtype=float32)
     """
-    keys = list(table) if not isinstance(table, Mapping) else sorted(table, key=table.get)
+    keys = list(table) if not isinstance(table, Mapping) else sorted(table, key=lambda k: table[k])
     codes = encode_categories(values, _table_index(tuple(keys))).astype(np.float32)
     codes[codes < 0] = np.nan
     return codes
@@ -333,7 +333,7 @@ def feature_matrix(
     columns: Mapping[str, Any],
     features: Sequence[str],
     feature_types: Sequence[str],
-    categories: Mapping[str, Sequence[str]],
+    categories: Mapping[str, Sequence[str] | Mapping[str, int]],
 ) -> np.ndarray:
     """Classifier input matrix from named columns.
 

@@ -27,7 +27,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 # --------------------------------------------------------------------------- train
 @subcommand
-def _train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="fit partitioner, segment models and outcome profiles; publish a bundle",
@@ -77,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- bundle
 @subcommand
-def _bundle_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _bundle_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bundle",
         help="list, inspect, promote or sign stored bundles",
@@ -237,7 +237,7 @@ def metrics_table(metrics: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------- explain
 @subcommand
-def _explain_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _explain_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
         help="explain one event's prediction",

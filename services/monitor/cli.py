@@ -8,7 +8,7 @@ from segstream.shared.cli import _add_bootstrap, _add_config, subcommand
 
 
 @subcommand
-def _monitor_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _monitor_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "monitor", help="windowed drift, new-segment and performance alerts (faust app)",
         description="Aggregate the workers' stats records and join outcomes to predictions in "

@@ -11,7 +11,7 @@ from segstream.shared.errors import ConfigError
 
 
 @subcommand
-def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "worker", help="score the events topic with the LATEST bundle (consumer-group member)",
         description="Consume events in micro-batches, score them with the model's LATEST bundle "
