@@ -200,9 +200,9 @@ def offline_new_segments(stats: list[dict[str, Any]], settings: Any) -> dict[str
                            partitions=settings.topics.partitions)
         alerts = []
         for i, rec in enumerate(stats):
-            alerts += [a for a in core.on_stats(rec, 0, i, 0.0) if a["type"] == "new_segment"]
-        out[f"{days}d"] = sorted(({"key": a["segment"], "window": a["window_start"][:10],
-                                  "count": a["count"], "first_seen": a["first_seen"]}
+            alerts += [a for a in core.on_stats(rec, 0, i, 0.0) if a.type == "new_segment"]
+        out[f"{days}d"] = sorted(({"key": a.segment, "window": (a.window_start or "")[:10],
+                                  "count": a.count, "first_seen": a.first_seen}
                                  for a in alerts), key=lambda r: (r["window"], r["key"]))
     return out
 

@@ -26,9 +26,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
 
-from segstream.shared.alerts import bundle_rejected_alert, bundle_reload_failed_alert
+from segstream.shared.alerts import Alert, bundle_rejected_alert, bundle_reload_failed_alert
 from segstream.shared.store import reload_failure_reason
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,8 @@ class ReloadFailures:
     count : callable
         ``count(reason)``: increments ``segstream_bundle_reload_failures_total{reason}``.
     alert : callable, optional
-        ``alert(record)``: produces an alert record; exceptions it raises are logged.
+        ``alert(record)``: produces an :class:`~segstream.shared.contracts.Alert`; exceptions
+        it raises are logged.
     current : callable, optional
         ``current() -> bundle id or None``: the bundle in use (alerts say what stays).
     repeat_log_s : float
@@ -90,7 +90,7 @@ class ReloadFailures:
     """
 
     def __init__(self, model: str, *, count: Callable[[str], None],
-                 alert: Callable[[dict[str, Any]], None] | None = None,
+                 alert: Callable[[Alert], None] | None = None,
                  current: Callable[[], str | None] | None = None,
                  repeat_log_s: float = 60.0) -> None:
         self.model = model
@@ -156,4 +156,4 @@ class ReloadFailures:
         try:
             self.alert(rec)  # type: ignore[misc]  # checked by the caller
         except Exception:  # noqa: BLE001 - a failed alert must not stop reloading
-            logger.exception("cannot send the %s alert", rec["type"])
+            logger.exception("cannot send the %s alert", rec.type)

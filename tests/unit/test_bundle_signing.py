@@ -217,9 +217,9 @@ def test_worker_refuses_an_unsigned_bundle_with_one_alert(tmp_path, keys, monkey
         _wait(lambda: rec.counts.get("signature", 0) == 1)
         time.sleep(0.4)  # several more polls of the same LATEST: no retry, no second alert
         assert rec.counts == {"signature": 1}
-        assert [(a["type"], a["bundle_id"], a["current_bundle_id"]) for a in rec.alerts] == \
+        assert [(a.type, a.bundle_id, a.current_bundle_id) for a in rec.alerts] == \
             [("bundle_rejected", unsigned.name, first.name)]
-        assert "not signed" in rec.alerts[0]["reason"]
+        assert "not signed" in rec.alerts[0].reason
         assert component_reads(store) == [] and w.take_pending() is None
         signed = signed_bundle(tmp_path, keys["good"], tag="C")
         ArtifactStore(trusting(tmp_path)).publish(signed)
@@ -239,7 +239,7 @@ def test_monitor_refuses_an_unsigned_bundle_alerts_once_and_retries(tmp_path, ke
     for _ in range(20):
         assert cache(u.name) is None
     assert rec.counts == {"signature": 1} and len(rec.alerts) == 1  # backoff: one attempt
-    assert rec.alerts[0]["type"] == "bundle_rejected" and component_reads(store) == []
+    assert rec.alerts[0].type == "bundle_rejected" and component_reads(store) == []
     time.sleep(0.1)
     assert cache(u.name) is None and rec.counts == {"signature": 2}
     assert len(rec.alerts) == 1  # the same cause alerts once
