@@ -2,17 +2,15 @@
 
 One module holds them all (the data contracts page, ``docs/contracts.md``, points here):
 
-=====================  ==========================  =========================================
-record                 type                        produced by → consumed by
-=====================  ==========================  =========================================
-event (value)          :func:`event_struct`        producers, simulator → worker
-outcome (value)        :func:`outcome_struct`      producers, simulator → monitor
-prediction (value)     :class:`Prediction`         worker → monitor, consumers
-DLQ headers            :class:`DlqHeaders`         worker → operators, re-processing tools
-stats (value)          :class:`StatsRecord`        worker → monitor
-alert (value)          :class:`Alert`              worker, monitor → alerting
-model update (value)   :class:`ModelUpdate`        ``segstream train`` → worker
-=====================  ==========================  =========================================
+| record | type | produced by → consumed by |
+|---|---|---|
+| event (value) | :func:`event_struct` | producers, simulator → worker |
+| outcome (value) | :func:`outcome_struct` | producers, simulator → monitor |
+| prediction (value) | :class:`Prediction` | worker → monitor, consumers |
+| DLQ headers | :class:`DlqHeaders` | worker → operators, re-processing tools |
+| stats (value) | :class:`StatsRecord` | worker → monitor |
+| alert (value) | :class:`Alert` | worker, monitor → alerting |
+| model update (value) | :class:`ModelUpdate` | ``segstream train`` → worker |
 
 Events and outcomes are configuration-driven, so their types are built from the schema with
 :func:`msgspec.defstruct`; the others are fixed classes. JSON Schemas generated from these types

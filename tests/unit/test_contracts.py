@@ -457,3 +457,9 @@ def test_model_update_is_the_contract_type_and_round_trips() -> None:
     assert store.decode_model_update(store.encode_model_update(u), "t") == u
     with pytest.raises(msgspec.ValidationError, match=r"\$.bundle_id"):
         msgspec.json.decode(b'{"model": "m", "bundle_id": "../x"}', type=ModelUpdate)
+
+
+def test_docstring_examples() -> None:
+    import doctest  # noqa: PLC0415
+
+    assert doctest.testmod(contracts).failed == 0
