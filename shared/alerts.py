@@ -1,19 +1,20 @@
-"""The alert record (DESIGN.md contract), built in one place for the worker and the monitor.
+"""The alert record, built in one place for the worker and the monitor.
 
-Alert record, JSON, keyed by its subject (``feature``, ``segment`` or the key, see
-:func:`alert_key`)::
+An alert is a :class:`segstream.shared.contracts.Alert` (its JSON Schema:
+``docs/schemas/alert.json``), encoded with :func:`encode_alert` and keyed by its subject
+(``feature``, ``segment`` or the key, see :func:`alert_key`)::
 
     {"alert_id", "type", "severity", "model", "bundle_id", "feature", "segment",
      "statistic", "value", "threshold", "window_start", "window_end", "count",
-     "detected_at", ...extra fields}
+     "detected_at", ...the fields of its type}
 
 ``type`` is ``drift`` | ``new_segment`` | ``performance`` | ``bundle_rejected`` |
-``bundle_reload_failed`` (the store or ``LATEST`` cannot be read; :mod:`segstream.shared.reloads`),
-``scoring_failed``. Monitor alerts have a **deterministic** ``alert_id`` (:func:`alert_id`)
-computed from the type, model, bundle, subject, statistic and window, so a duplicate (e.g.
-re-sent after a restart) carries the same id and is recognisable downstream.
-``bundle_rejected``, ``bundle_reload_failed`` and ``scoring_failed`` (a worker judged its
-bundle broken and stopped consuming) alerts are one-off events with a random id.
+``bundle_reload_failed`` (the store or ``LATEST`` cannot be read; :mod:`segstream.shared.reloads`).
+Monitor alerts have a **deterministic** ``alert_id`` (:func:`alert_id`) computed from the
+type, model, bundle, subject, statistic and window, so a duplicate (e.g. re-sent after a
+restart) carries the same id and is recognisable downstream. ``bundle_rejected`` and
+``bundle_reload_failed`` alerts are one-off
+events with a random id.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ import hashlib
 import uuid
 from typing import Any
 
-ALERT_TYPES = ("drift", "new_segment", "performance", "bundle_rejected", "bundle_reload_failed",
-               "scoring_failed")
-SEVERITIES = ("warning", "critical")
+import msgspec
+
+from segstream.shared.contracts import ALERT_TYPES, SEVERITIES, Alert
+
+__all__ = ["ALERT_TYPES", "SEVERITIES", "Alert", "alert_id", "alert_key", "alert_record",
+           "bundle_rejected_alert", "bundle_reload_failed_alert", "encode_alert", "iso_ms",
+           "scoring_failed_alert",
+           "subject_of", "utc_now_iso"]
+
+_ENCODER = msgspec.json.Encoder()
 
 
 def utc_now_iso() -> str:
@@ -76,7 +84,7 @@ def subject_of(feature: str | None, segment: Any) -> str:
 def alert_record(*, type_: str, severity: str, model: str, bundle_id: str | None,
                  feature: str | None, segment: Any, statistic: str, value: float | None,
                  threshold: float | None, window_start: str | None, window_end: str | None,
-                 count: int, detected_at: str | None = None, **extra: Any) -> dict[str, Any]:
+                 count: int, detected_at: str | None = None, **extra: Any) -> Alert:
     """A monitor alert with its deterministic ``alert_id`` (see the module docstring).
 
     Parameters
@@ -96,63 +104,62 @@ def alert_record(*, type_: str, severity: str, model: str, bundle_id: str | None
     count : int
         Events behind the value.
     extra
-        Further fields (``js_distance``, ``first_seen``, ``mae``, ``baseline_mae`` ...).
+        The fields of the alert's type (``js_distance``, ``first_seen``, ``mae``,
+        ``baseline_mae``, ``band``, ``n_nan``: see :class:`~segstream.shared.contracts.Alert`).
+
+    Returns
+    -------
+    Alert
+
+    Raises
+    ------
+    ValueError
+        An unknown type or severity.
+    TypeError
+        A field in ``extra`` that the alert contract does not have.
     """
     if type_ not in ALERT_TYPES:
         raise ValueError(f"unknown alert type {type_!r}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"unknown alert severity {severity!r}")
     subject = subject_of(feature, segment)
-    return {
-        "alert_id": alert_id(type_, model, bundle_id, subject, window_start, window_end,
-                             statistic),
-        "type": type_,
-        "severity": severity,
-        "model": model,
-        "bundle_id": bundle_id,
-        "feature": feature,
-        "segment": segment,
-        "statistic": statistic,
-        "value": value,
-        "threshold": threshold,
-        "window_start": window_start,
-        "window_end": window_end,
-        "count": int(count),
-        "detected_at": detected_at or utc_now_iso(),
-        **extra,
-    }
+    return Alert(
+        alert_id=alert_id(type_, model, bundle_id, subject, window_start, window_end,
+                          statistic),
+        type=type_,  # type: ignore[arg-type]  # checked above
+        severity=severity,  # type: ignore[arg-type]  # checked above
+        model=model, bundle_id=bundle_id, feature=feature, segment=segment,
+        statistic=statistic, value=value, threshold=threshold, window_start=window_start,
+        window_end=window_end, count=int(count), detected_at=detected_at or utc_now_iso(),
+        **extra)
 
 
-def alert_key(alert: dict[str, Any]) -> bytes:
+def alert_key(alert: Alert) -> bytes:
     """The Kafka key of an alert: its subject (``feature=...;segment=...``)."""
-    return subject_of(alert.get("feature"), alert.get("segment")).encode()
+    return subject_of(alert.feature, alert.segment).encode()
+
+
+def encode_alert(alert: Alert) -> bytes:
+    """The JSON value of an alert record (fields its type does not carry are left out)."""
+    return _ENCODER.encode(alert)
 
 
 def bundle_rejected_alert(*, model: str, bundle_id: str, current_bundle_id: str | None,
-                          reason: str, severity: str = "critical") -> dict[str, Any]:
+                          reason: str, severity: str = "critical") -> Alert:
     """A ``bundle_rejected`` alert record (one-off event: random ``alert_id``)."""
     now = utc_now_iso()
-    return {
-        "alert_id": uuid.uuid4().hex,
-        "type": "bundle_rejected",
-        "severity": severity,
-        "model": model,
-        "bundle_id": bundle_id,
-        "feature": None,
-        "segment": None,
-        "statistic": "bundle_verification",
-        "value": None,
-        "threshold": None,
-        "window_start": now,
-        "window_end": now,
-        "count": 1,
-        "detected_at": now,
-        "reason": reason,
-        "current_bundle_id": current_bundle_id,
-    }
+    return Alert(
+        alert_id=uuid.uuid4().hex, type="bundle_rejected",
+        severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
+        model=model, bundle_id=bundle_id, feature=None, segment=None,
+        statistic="bundle_verification", value=None, threshold=None, window_start=now,
+        window_end=now, count=1, detected_at=now, reason=reason,
+        current_bundle_id=current_bundle_id)
 
 
 def bundle_reload_failed_alert(*, model: str, bundle_id: str | None,
                                current_bundle_id: str | None, reason: str, detail: str,
-                               severity: str = "warning") -> dict[str, Any]:
+                               severity: str = "warning") -> Alert:
     """A ``bundle_reload_failed`` alert: bundles cannot be reloaded for now (the store is
     unreachable, ``LATEST`` is malformed or names a missing bundle, a model-updates record is
     invalid); the current bundle keeps serving. One-off event: random ``alert_id``.
@@ -164,20 +171,22 @@ def bundle_reload_failed_alert(*, model: str, bundle_id: str | None,
     detail : str
         The error message.
     """
-    rec = bundle_rejected_alert(model=model, bundle_id=bundle_id or "",
-                                current_bundle_id=current_bundle_id, reason=detail,
-                                severity=severity)
-    rec.update(type="bundle_reload_failed", bundle_id=bundle_id, statistic="bundle_reload",
-               failure=reason)
-    return rec
+    now = utc_now_iso()
+    return Alert(
+        alert_id=uuid.uuid4().hex, type="bundle_reload_failed",
+        severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
+        model=model, bundle_id=bundle_id, feature=None, segment=None,
+        statistic="bundle_reload", value=None, threshold=None, window_start=now,
+        window_end=now, count=1, detected_at=now, reason=detail,
+        current_bundle_id=current_bundle_id, failure=reason)
 
 
 def scoring_failed_alert(*, model: str, bundle_id: str, worker: str, failed: int, scored: int,
                          max_failed_share: float, exception: str, reason: str,
-                         severity: str = "critical") -> dict[str, Any]:
-    """A ``scoring_failed`` alert record (one-off event: random ``alert_id``): a worker's
-    scoring failed for more than ``max_failed_share`` of the events it scored, so it judged
-    its bundle broken and stopped consuming.
+                         severity: str = "critical") -> Alert:
+    """A ``scoring_failed`` alert (one-off event: random ``alert_id``): a worker's scoring
+    failed for more than ``max_failed_share`` of the events it scored, so it judged its
+    bundle broken and stopped consuming.
 
     Parameters
     ----------
@@ -193,22 +202,10 @@ def scoring_failed_alert(*, model: str, bundle_id: str, worker: str, failed: int
         Its message, cut to 500 characters.
     """
     now = utc_now_iso()
-    return {
-        "alert_id": uuid.uuid4().hex,
-        "type": "scoring_failed",
-        "severity": severity,
-        "model": model,
-        "bundle_id": bundle_id,
-        "feature": None,
-        "segment": None,
-        "statistic": "failed_share",
-        "value": failed / scored if scored else None,
-        "threshold": max_failed_share,
-        "window_start": now,
-        "window_end": now,
-        "count": int(failed),
-        "detected_at": now,
-        "worker": worker,
-        "exception": exception,
-        "reason": reason[:500],
-    }
+    return Alert(
+        alert_id=uuid.uuid4().hex, type="scoring_failed",
+        severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
+        model=model, bundle_id=bundle_id, feature=None, segment=None,
+        statistic="failed_share", value=failed / scored if scored else None,
+        threshold=max_failed_share, window_start=now, window_end=now, count=int(failed),
+        detected_at=now, worker=worker, exception=exception, reason=reason[:500])

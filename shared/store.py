@@ -11,7 +11,8 @@ back, so a failed publish leaves it where it was. Publishing a bundle that is al
 no-op. Secrets (S3 keys) are passed to s3fs and never logged.
 
 The control plane (docs/security-bundles.md): ``LATEST`` is the single source of truth of
-which bundle serves; a record on the model-updates topic (:class:`ModelUpdate`) is only a hint
+which bundle serves; a record on the model-updates topic
+(:class:`~segstream.shared.contracts.ModelUpdate`) is only a hint
 to re-read it now. Every bundle id that enters (``LATEST``, directory names, the topic, the
 command line) passes :func:`segstream.shared.bundle.check_bundle_id` before it builds a path, and the
 model name is checked too. :meth:`ArtifactStore.fetch` reads the manifest first, checks its id
@@ -49,6 +50,7 @@ from segstream.shared.bundle import (
     verify_bundle_dir,
     verify_files,
 )
+from segstream.shared.contracts import ModelUpdate  # the contract lives there; re-exported
 from segstream.shared.errors import (
     BundleCompatibilityError,
     BundleIdError,
@@ -125,16 +127,6 @@ def check_model_name(model: str) -> str:
         return model
     raise ConfigError(f"model: {repr(model)[:80]} cannot name a store directory (use letters, "
                       "digits, '_', '.', '-'; at most 128 characters)")
-
-
-class ModelUpdate(msgspec.Struct, frozen=True):
-    """A record of the model-updates topic (key: the model name), sent by the trainer after
-    it moved ``LATEST``. Only a hint to re-read ``LATEST``: the ids are informational."""
-
-    model: str
-    bundle_id: str
-    uri: str = ""
-    created_at: str = ""
 
 
 def encode_model_update(update: ModelUpdate) -> bytes:

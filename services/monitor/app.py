@@ -29,13 +29,12 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from segstream.services.monitor.core import MonitorCore
 from segstream.services.monitor.metrics import MonitorMetrics
 from segstream.services.monitor.references import ReferenceCache
-from segstream.shared.alerts import alert_key
+from segstream.shared.alerts import Alert, alert_key, encode_alert
 from segstream.shared.kafka import aiokafka_ssl_context, client_config
 from segstream.shared.settings import BrokerSettings, Settings
 
@@ -120,7 +119,7 @@ class MonitorService:
         self.metrics = MonitorMetrics.create(registry, schema.features)
         #: Alerts of the bundle loading (bundle_rejected, bundle_reload_failed), sent by the
         #: stats and ticks agents.
-        self.reload_alerts: list[dict[str, Any]] = []
+        self.reload_alerts: list[Alert] = []
         if reference_for is None:
             from segstream.shared.reloads import ReloadFailures  # noqa: PLC0415
             from segstream.shared.store import ArtifactStore  # noqa: PLC0415
@@ -176,23 +175,16 @@ class MonitorService:
         self._register()
 
     # ------------------------------------------------------------------ agents
-    async def _send(self, alerts: list[dict[str, Any]]) -> None:
+    async def _send(self, alerts: list[Alert]) -> None:
         for a in alerts:
-            logger.info("alert %s %s %s=%s window %s", a["type"], a["severity"],
-                        a["statistic"], a["value"], a["window_start"])
-            await self.alerts_topic.send(key=alert_key(a), value=orjson.dumps(a))
+            logger.info("alert %s %s %s=%s window %s", a.type, a.severity, a.statistic,
+                        a.value, a.window_start)
+            await self.alerts_topic.send(key=alert_key(a), value=encode_alert(a))
 
-    def _take_reload_alerts(self) -> list[dict[str, Any]]:
+    def _take_reload_alerts(self) -> list[Alert]:
         out = list(self.reload_alerts)
         self.reload_alerts.clear()
         return out
-
-    @staticmethod
-    def _decode(value: Any) -> Any:
-        try:
-            return orjson.loads(value)
-        except (orjson.JSONDecodeError, TypeError):
-            return None
 
     def _register(self) -> None:
         app, core = self.app, self.core
@@ -209,11 +201,11 @@ class MonitorService:
 
         async def stats_agent(stream: Any) -> None:
             async for events in stream.take_events(batch, within):
-                alerts: list[dict[str, Any]] = []
+                alerts: list[Alert] = []
                 for event in events:
                     msg = event.message
                     at(msg.partition)
-                    alerts += core.on_stats(self._decode(event.value), msg.partition,
+                    alerts += core.on_stats(event.value, msg.partition,
                                             msg.offset, time.time())
                 flush()
                 self.events_processed += len(events)
@@ -227,7 +219,7 @@ class MonitorService:
                     for event in events:
                         msg = event.message
                         at(msg.partition)
-                        handle(self._decode(event.value), msg.partition, msg.offset, now)
+                        handle(event.value, msg.partition, msg.offset, now)
                     flush()
                     self.events_processed += len(events)
             return agent
@@ -237,7 +229,7 @@ class MonitorService:
 
         async def ticks_agent(stream: Any) -> None:
             async for events in stream.take_events(batch, within):
-                alerts: list[dict[str, Any]] = []
+                alerts: list[Alert] = []
                 for event in events:
                     at(event.message.partition)
                     alerts += core.on_tick(event.message.partition, time.time())

@@ -45,7 +45,8 @@ from segstream.services.monitor import drift as drift_mod
 from segstream.services.monitor import performance as perf_mod
 from segstream.services.monitor.drift import MalformedRecord
 from segstream.services.monitor.windows import Watermark, iso_window, parse_time_ms, window_start
-from segstream.shared.alerts import alert_record, iso_ms
+from segstream.shared.alerts import Alert, alert_record, iso_ms
+from segstream.shared.contracts import StatsRecord
 from segstream.shared.drift import DriftReference
 from segstream.shared.settings import MonitorSettings
 
@@ -93,7 +94,8 @@ class MonitorCore:
     model : str
         Records of other models are counted as ``foreign`` and skipped.
     id_field, time_field, target : str
-        Field names of the outcome records (the schema's).
+        Field names of the outcome records (the schema's,
+        :func:`segstream.shared.contracts.outcome_struct`).
     reference_for : callable
         ``bundle_id -> (DriftReference, Baseline)`` or None when the bundle is unavailable.
     partitions : int
@@ -114,6 +116,7 @@ class MonitorCore:
         self.s = settings
         self.model = model
         self.id_field, self.time_field, self.target = id_field, time_field, target
+        self._decode_outcome = perf_mod.outcome_decoder(id_field, time_field, target)
         self.reference_for = reference_for
         self.t = tables
         self.observer = observer
@@ -142,15 +145,16 @@ class MonitorCore:
         self.last_input_s = now_s
         self.flushed = False
 
-    def _emit(self, alerts: list[dict[str, Any]], alert: dict[str, Any]) -> None:
+    def _emit(self, alerts: list[Alert], alert: Alert) -> None:
         alerts.append(alert)
         if self.observer is not None:
             self.observer.on_alert(alert)
 
     # ------------------------------------------------------------------ stats
-    def on_stats(self, raw: Any, partition: int, offset: int, now_s: float
-                 ) -> list[dict[str, Any]]:
-        """Apply one stats record (already JSON-decoded; anything else counts as malformed).
+    def on_stats(self, raw: Any, partition: int, offset: int, now_s: float) -> list[Alert]:
+        """Apply one stats record: its JSON value (bytes), or the record already decoded (a
+        dict or :class:`~segstream.shared.contracts.StatsRecord`). A record that does not
+        decode as a ``StatsRecord`` is counted as malformed and skipped.
 
         Returns the alerts to send (new-segment alerts, and drift alerts of windows this
         record's watermark advance closed).
@@ -163,28 +167,27 @@ class MonitorCore:
                            partition, offset, exc)
             self.counters.record("stats", "malformed")
             return []
-        if rec["model"] != self.model:
+        if rec.model != self.model:
             self.counters.record("stats", "foreign")
             return []
-        ref = self.reference_for(rec["bundle_id"])
+        ref = self.reference_for(rec.bundle_id)
         if ref is not None:
             try:
                 drift_mod.check_bins(rec, ref[0])
             except MalformedRecord as exc:
                 logger.warning("stats record at partition %d offset %d does not match bundle "
-                               "%s: %s", partition, offset, rec["bundle_id"][:12], exc)
+                               "%s: %s", partition, offset, rec.bundle_id[:12], exc)
                 self.counters.record("stats", "malformed")
                 return []
-        t_min = parse_time_ms(rec.get("event_time_min"))
-        t_max = parse_time_ms(rec.get("event_time_max"))
-        anchor = parse_time_ms(rec.get("slice_start")) or t_min
-        parts = rec.get("partition_time_max")
-        if isinstance(parts, dict) and parts:  # per source partition (in order within each)
-            for p, t in parts.items():
+        t_min = parse_time_ms(rec.event_time_min)
+        t_max = parse_time_ms(rec.event_time_max)
+        anchor = parse_time_ms(rec.slice_start) or t_min
+        if rec.partition_time_max:  # per source partition (in order within each)
+            for p, t in rec.partition_time_max.items():
                 self.watermark.observe(f"p{p}", parse_time_ms(t), now_s)
-        else:  # older stats records: per worker
-            self.watermark.observe(f"w{rec.get('worker')}", t_max, now_s)
-        alerts: list[dict[str, Any]] = []
+        else:  # no valid event time in the batch: the worker is alive
+            self.watermark.observe(f"w{rec.worker}", t_max, now_s)
+        alerts: list[Alert] = []
         if anchor is None:  # no valid event time (a batch of DLQ records only)
             self.counters.record("stats", "untimed")
             return self._close_drift(partition, now_s)
@@ -193,7 +196,7 @@ class MonitorCore:
         if closed is not None and w < closed:
             self.counters.record("stats", "late")
         else:
-            key = f"{w}|{rec['bundle_id']}"
+            key = f"{w}|{rec.bundle_id}"
             cur = self.t["drift"].get(key)
             if cur is not None and offset <= cur["applied"]:
                 self.counters.record("stats", "duplicate")
@@ -214,11 +217,11 @@ class MonitorCore:
         alerts += self._close_drift(partition, now_s)
         return alerts
 
-    def _new_keys(self, rec: dict[str, Any], w: int, seen_ms: int, partition: int,
-                  offset: int) -> list[dict[str, Any]]:
+    def _new_keys(self, rec: StatsRecord, w: int, seen_ms: int, partition: int,
+                  offset: int) -> list[Alert]:
         """Count unknown keys; ``seen_ms`` = earliest event time of the record (first-seen)."""
-        uk = rec.get("unknown_keys") or {}
-        other = int(rec.get("unknown_keys_other") or 0)
+        uk = rec.unknown_keys
+        other = rec.unknown_keys_other
         if not uk and not other:
             return []
         nw = window_start(w, self.nk_ms)
@@ -232,7 +235,7 @@ class MonitorCore:
         st = cur or {"p": partition, "applied": -1, "keys": {}, "alerted": [], "other": 0}
         keys = dict(st["keys"])
         alerted = list(st["alerted"])
-        alerts: list[dict[str, Any]] = []
+        alerts: list[Alert] = []
         ws, we = iso_window(nw, self.nk_ms)
         for k, c in uk.items():
             n0, first = keys.get(k, (0, seen_ms))
@@ -242,7 +245,7 @@ class MonitorCore:
                 alerted.append(k)
                 self._emit(alerts, alert_record(
                     type_="new_segment", severity="warning", model=self.model,
-                    bundle_id=rec["bundle_id"], feature=None, segment=k, statistic="count",
+                    bundle_id=rec.bundle_id, feature=None, segment=k, statistic="count",
                     value=float(n1), threshold=float(self.s.new_segment_threshold),
                     window_start=ws, window_end=we, count=n1,
                     first_seen=iso_ms(keys[k][1])))
@@ -250,10 +253,10 @@ class MonitorCore:
                                   "alerted": alerted, "other": st["other"] + other}
         return alerts
 
-    def _close_drift(self, partition: int, now_s: float) -> list[dict[str, Any]]:
+    def _close_drift(self, partition: int, now_s: float) -> list[Alert]:
         wm = self.watermark.value(now_s)
         idle = self._idle(now_s)
-        alerts: list[dict[str, Any]] = []
+        alerts: list[Alert] = []
         due = sorted(k for k, v in self._scan("drift") if v["p"] == partition and (
             idle or (wm is not None and wm >= int(k.split("|", 1)[0]) + self.win_ms
                      + self.late_ms)))
@@ -277,8 +280,7 @@ class MonitorCore:
                 self.t["meta"][f"newkeys_closed|{partition}"] = end
         return alerts
 
-    def _judge_drift(self, state: dict[str, Any], w: int, bundle: str
-                     ) -> list[dict[str, Any]]:
+    def _judge_drift(self, state: dict[str, Any], w: int, bundle: str) -> list[Alert]:
         ref = self.reference_for(bundle)
         if ref is None:
             logger.error("no drift reference for bundle %s: window %s not judged",
@@ -293,7 +295,7 @@ class MonitorCore:
         if self.observer is not None:
             self.observer.on_drift(findings, w)
         ws, we = iso_window(w, self.win_ms)
-        alerts: list[dict[str, Any]] = []
+        alerts: list[Alert] = []
         for f in findings:
             if f.severity is None:
                 continue
@@ -336,16 +338,18 @@ class MonitorCore:
         self.t["pending_o"].pop(event_id, None)
 
     def on_prediction(self, raw: Any, partition: int, offset: int, now_s: float) -> None:
-        """Apply one prediction record (JSON-decoded)."""
+        """Apply one prediction record: its JSON value (bytes) or the record already decoded
+        (a dict or :class:`~segstream.shared.contracts.Prediction`)."""
         self._input(now_s)
         try:
-            eid, entry = perf_mod.pending_prediction(raw, partition)
+            rec = perf_mod.decode_prediction(raw)
+            eid, entry = perf_mod.pending_prediction(rec, partition)
         except MalformedRecord as exc:
             logger.warning("malformed prediction at partition %d offset %d: %s", partition,
                            offset, exc)
             self.counters.record("predictions", "malformed")
             return
-        if raw.get("model") not in (None, self.model):
+        if rec.model != self.model:
             self.counters.record("predictions", "foreign")
             return
         self.counters.record("predictions", "ok")
@@ -357,11 +361,11 @@ class MonitorCore:
             self.t["pending_p"][eid] = entry
 
     def on_outcome(self, raw: Any, partition: int, offset: int, now_s: float) -> None:
-        """Apply one outcome record (JSON-decoded); a null target is a NaN outcome."""
+        """Apply one outcome record (its JSON value, or the record already decoded); a null
+        target is a NaN outcome."""
         self._input(now_s)
         try:
-            eid, entry = perf_mod.pending_outcome(raw, partition, self.id_field, self.target,
-                                                  self.time_field)
+            eid, entry = perf_mod.pending_outcome(self._decode_outcome(raw), partition)
         except MalformedRecord as exc:
             logger.warning("malformed outcome at partition %d offset %d: %s", partition,
                            offset, exc)
@@ -376,7 +380,7 @@ class MonitorCore:
             self.t["pending_o"][eid] = entry
 
     # ------------------------------------------------------------------ ticks
-    def on_tick(self, partition: int, now_s: float) -> list[dict[str, Any]]:
+    def on_tick(self, partition: int, now_s: float) -> list[Alert]:
         """Timer work for ``partition``: close due windows, expire pending entries."""
         alerts = self._close_drift(partition, now_s)
         self._expire(partition, now_s)
@@ -415,14 +419,14 @@ class MonitorCore:
             if gone:
                 self.counters.joined("unmatched_outcome", len(gone))
 
-    def _close_performance(self, now_s: float) -> list[dict[str, Any]]:
+    def _close_performance(self, now_s: float) -> list[Alert]:
         idle = self._idle(now_s)
         out_clock, pred_clock = self.out_clocks.value(now_s), self.pred_clocks.value(now_s)
         by_window: dict[int, list[dict[str, Any]]] = {}
         for k, v in self._scan("perf"):
             by_window.setdefault(int(k.split("|", 1)[0]), []).append(v)
         closed = self._perf_closed()
-        alerts: list[dict[str, Any]] = []
+        alerts: list[Alert] = []
         for w in sorted(by_window):
             if closed is not None and w < closed:
                 continue
@@ -446,7 +450,7 @@ class MonitorCore:
                   if int(k.split("|")[1]) == partition and int(k.split("|")[0]) < closed]:
             del self.t["perf"][k]
 
-    def _judge_performance(self, state: dict[str, Any], w: int) -> list[dict[str, Any]]:
+    def _judge_performance(self, state: dict[str, Any], w: int) -> list[Alert]:
         baselines = {}
         for b in state["bundles"]:
             ref = self.reference_for(b)
@@ -460,7 +464,7 @@ class MonitorCore:
             self.observer.on_performance(findings, state, w)
         ws, we = iso_window(w, self.win_ms)
         bundle = max(state["bundles"], key=state["bundles"].get) if state["bundles"] else None
-        alerts: list[dict[str, Any]] = []
+        alerts: list[Alert] = []
         for f in findings:
             if f.severity is None:
                 continue
@@ -468,7 +472,7 @@ class MonitorCore:
             if f.mae is not None:
                 extra.update(mae=round(f.mae, 4), baseline_mae=round(f.baseline_mae, 4))
             if f.band is not None:
-                extra["band"] = [round(f.band[0], 4), round(f.band[1], 4)]
+                extra["band"] = (round(f.band[0], 4), round(f.band[1], 4))
             value = round(f.value, 6) if math.isfinite(f.value) else None
             self._emit(alerts, alert_record(
                 type_="performance", severity=f.severity, model=self.model, bundle_id=bundle,

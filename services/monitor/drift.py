@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import msgspec
 import numpy as np
 
 from segstream.shared.bundle import is_bundle_id
+from segstream.shared.contracts import StatsRecord
 from segstream.shared.drift import DriftReference, js_distance, psi
 
 
@@ -32,17 +34,47 @@ class MalformedRecord(ValueError):
     """A stats, prediction or outcome record that cannot be used (counted and skipped)."""
 
 
+T = TypeVar("T")
+
+
+class RecordDecoder(Generic[T]):
+    """Typed decoding of one record type of :mod:`segstream.shared.contracts`.
+
+    Parameters
+    ----------
+    type_ : type
+        The record's Struct type.
+    what : str
+        The record's name in error messages.
+
+    Calling it with the record's JSON bytes (what the service receives) decodes them with a
+    reusable ``msgspec.json.Decoder``; with an already decoded object (a dict in tests and
+    in-process callers, or the Struct itself) it converts it with :func:`msgspec.convert`,
+    with the same rules. Unknown fields are ignored; missing fields and wrong types raise
+    :class:`MalformedRecord` naming the field (``$.numeric.x[1]``).
+    """
+
+    def __init__(self, type_: type[T], what: str) -> None:
+        self.type = type_
+        self.what = what
+        self._json = msgspec.json.Decoder(type_)
+
+    def __call__(self, raw: Any) -> T:
+        try:
+            if isinstance(raw, (bytes, bytearray, memoryview)):
+                return self._json.decode(raw)
+            return msgspec.convert(raw, self.type)
+        except msgspec.DecodeError as exc:  # also msgspec.ValidationError
+            raise MalformedRecord(f"{self.what}: {exc}") from None
+
+
+_STATS = RecordDecoder(StatsRecord, "stats record")
+
+
 def empty_state() -> dict[str, Any]:
     return {"n": 0, "numeric": {}, "categorical": {}, "prediction": None, "segments": {},
             "fallback_levels": {}, "n_dlq": 0, "imputed": 0, "event_time_min": None,
             "event_time_max": None, "records": 0}
-
-
-def _counts(v: Any, what: str) -> list[int]:
-    if not isinstance(v, list) or not all(isinstance(c, int) and not isinstance(c, bool)
-                                          and c >= 0 for c in v):
-        raise MalformedRecord(f"{what}: expected a list of non-negative integers")
-    return v
 
 
 def _add(acc: list[int] | None, v: list[int], what: str) -> list[int]:
@@ -53,46 +85,28 @@ def _add(acc: list[int] | None, v: list[int], what: str) -> list[int]:
     return [a + b for a, b in zip(acc, v, strict=True)]
 
 
-def validate_stats(rec: Any) -> dict[str, Any]:
-    """Check the shape of a stats record (see :mod:`segstream.services.worker.stats`).
+def validate_stats(raw: Any) -> StatsRecord:
+    """Decode and check a stats record (:class:`~segstream.shared.contracts.StatsRecord`).
+
+    Parameters
+    ----------
+    raw : bytes, dict or StatsRecord
+        The record's JSON value, or the record already decoded.
 
     Raises
     ------
     MalformedRecord
-        Naming the offending field.
+        Naming the offending field: not a JSON object, a field missing or of the wrong type,
+        a negative count, a bundle id that is not 64 lowercase hexadecimal characters.
     """
-    if not isinstance(rec, dict):
-        raise MalformedRecord("stats record is not a JSON object")
-    for f in ("model", "bundle_id"):
-        if not isinstance(rec.get(f), str) or not rec[f]:
-            raise MalformedRecord(f"{f}: missing or not a string")
-    if not is_bundle_id(rec["bundle_id"]):
-        raise MalformedRecord("bundle_id: not 64 lowercase hexadecimal characters")
-    if not isinstance(rec.get("n_scored", 0), int):
-        raise MalformedRecord("n_scored: not an integer")
-    for sec in ("numeric", "categorical"):
-        v = rec.get(sec, {})
-        if not isinstance(v, dict):
-            raise MalformedRecord(f"{sec}: not an object")
-        for k, c in v.items():
-            _counts(c, f"{sec}.{k}")
-    if rec.get("prediction") is not None:
-        _counts(rec["prediction"], "prediction")
-    segs = rec.get("segments", {}) or {}
-    if not isinstance(segs, dict):
-        raise MalformedRecord("segments: not an object")
-    for s, feats in segs.items():
-        if not isinstance(feats, dict):
-            raise MalformedRecord(f"segments.{s}: not an object")
-        for k, c in feats.items():
-            _counts(c, f"segments.{s}.{k}")
-    uk = rec.get("unknown_keys", {}) or {}
-    if not isinstance(uk, dict) or not all(isinstance(c, int) for c in uk.values()):
-        raise MalformedRecord("unknown_keys: expected {key: count}")
+    rec = _STATS(raw)
+    if not is_bundle_id(rec.bundle_id):  # the schema's pattern lets a trailing newline in
+        raise MalformedRecord("stats record: bundle_id: not 64 lowercase hexadecimal "
+                              "characters")
     return rec
 
 
-def check_bins(rec: Mapping[str, Any], reference: DriftReference) -> None:
+def check_bins(rec: StatsRecord, reference: DriftReference) -> None:
     """Check a stats record's bin counts against its bundle's reference.
 
     Raises
@@ -100,20 +114,21 @@ def check_bins(rec: Mapping[str, Any], reference: DriftReference) -> None:
     MalformedRecord
         A feature the reference does not know, or a count list of the wrong length.
     """
-    for sec, refs in (("numeric", reference.numeric), ("categorical", reference.categorical)):
-        for name, counts in (rec.get(sec) or {}).items():
+    for sec, got, refs in (("numeric", rec.numeric, reference.numeric),
+                           ("categorical", rec.categorical, reference.categorical)):
+        for name, counts in got.items():
             r = refs.get(name)
             if r is None:
                 raise MalformedRecord(f"{sec}.{name}: not in the bundle's drift reference")
             if len(counts) != r.n_bins:
                 raise MalformedRecord(f"{sec}.{name}: {len(counts)} bins, the reference has "
                                       f"{r.n_bins}")
-    pred = rec.get("prediction")
+    pred = rec.prediction
     if pred is not None and reference.prediction is not None \
             and len(pred) != reference.prediction.n_bins:
         raise MalformedRecord(f"prediction: {len(pred)} bins, the reference has "
                               f"{reference.prediction.n_bins}")
-    for sid, feats in (rec.get("segments") or {}).items():
+    for sid, feats in rec.segments.items():
         try:
             seg_refs = reference.segments.get(int(sid))
         except ValueError:
@@ -126,7 +141,7 @@ def check_bins(rec: Mapping[str, Any], reference: DriftReference) -> None:
                 raise MalformedRecord(f"segments.{sid}.{name}: does not match the reference")
 
 
-def add_stats(state: dict[str, Any], rec: Mapping[str, Any], t_min: int | None,
+def add_stats(state: dict[str, Any], rec: StatsRecord, t_min: int | None,
               t_max: int | None) -> dict[str, Any]:
     """Add one (validated) stats record to a window state; returns a new state.
 
@@ -136,26 +151,26 @@ def add_stats(state: dict[str, Any], rec: Mapping[str, Any], t_min: int | None,
         When bin counts disagree in length with the window's (another reference).
     """
     out = dict(state)
-    out["n"] = state["n"] + int(rec.get("n_scored", 0))
-    for sec in ("numeric", "categorical"):
+    out["n"] = state["n"] + rec.n_scored
+    for sec, got in (("numeric", rec.numeric), ("categorical", rec.categorical)):
         acc = dict(state[sec])
-        for k, c in (rec.get(sec) or {}).items():
+        for k, c in got.items():
             acc[k] = _add(acc.get(k), c, f"{sec}.{k}")
         out[sec] = acc
-    if rec.get("prediction") is not None:
-        out["prediction"] = _add(state["prediction"], rec["prediction"], "prediction")
+    if rec.prediction is not None:
+        out["prediction"] = _add(state["prediction"], rec.prediction, "prediction")
     segs = {s: dict(f) for s, f in state["segments"].items()}
-    for s, feats in (rec.get("segments") or {}).items():
+    for s, feats in rec.segments.items():
         acc = segs.setdefault(str(s), {})
         for k, c in feats.items():
             acc[k] = _add(acc.get(k), c, f"segments.{s}.{k}")
     out["segments"] = segs
     fl = dict(state["fallback_levels"])
-    for lvl, c in (rec.get("fallback_levels") or {}).items():
-        fl[str(lvl)] = fl.get(str(lvl), 0) + int(c)
+    for lvl, c in rec.fallback_levels.items():
+        fl[str(lvl)] = fl.get(str(lvl), 0) + c
     out["fallback_levels"] = fl
-    out["n_dlq"] = state["n_dlq"] + int(rec.get("n_dlq", 0) or 0)
-    out["imputed"] = state["imputed"] + int(rec.get("imputed", 0) or 0)
+    out["n_dlq"] = state["n_dlq"] + rec.n_dlq
+    out["imputed"] = state["imputed"] + rec.imputed
     if t_min is not None:
         cur = state["event_time_min"]
         out["event_time_min"] = t_min if cur is None else min(cur, t_min)

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from segstream.shared.alerts import SEVERITIES
+from segstream.shared.alerts import SEVERITIES, Alert
 from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 RECORD_SOURCES = ("stats", "predictions", "outcomes")
@@ -105,8 +105,8 @@ class MonitorMetrics:
         return m
 
     # ------------------------------------------------------------- observer API of the core
-    def on_alert(self, alert: dict[str, Any]) -> None:
-        self.alerts.labels(type=alert["type"], severity=alert["severity"]).inc()
+    def on_alert(self, alert: Alert) -> None:
+        self.alerts.labels(type=alert.type, severity=alert.severity).inc()
 
     def on_drift(self, findings: Sequence[Any], window_start_ms: int) -> None:
         for f in findings:

@@ -17,65 +17,71 @@ test-time figures of the bundles that scored it (:func:`performance_findings`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from segstream.services.monitor.drift import MalformedRecord
+import msgspec
+import msgspec.structs
+
+from segstream.services.monitor.drift import MalformedRecord, RecordDecoder
 from segstream.services.monitor.windows import parse_time_ms
+from segstream.shared.contracts import Prediction, outcome_struct
 
 # pending prediction: [partition, event_time_ms, prediction, low, high, segment, bundle_id, mass]
 # pending outcome:    [partition, event_time_ms, y or None, outcome_time_ms]
 
-
-def _num(v: Any) -> float | None:
-    if v is None or isinstance(v, bool):
-        return None
-    if isinstance(v, (int, float)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    raise MalformedRecord(f"not a number: {v!r:.40}")
+#: Decodes a prediction record (JSON bytes or a decoded object) into a
+#: :class:`~segstream.shared.contracts.Prediction`; raises :class:`MalformedRecord`.
+decode_prediction: RecordDecoder[Prediction] = RecordDecoder(Prediction, "prediction")
 
 
-def pending_prediction(rec: Any, partition: int) -> tuple[str, list[Any]]:
-    """``(event_id, compact entry)`` of a prediction record.
+@functools.lru_cache(maxsize=8)
+def outcome_decoder(id_field: str, time_field: str, target: str) -> RecordDecoder[Any]:
+    """The decoder of outcome records with the schema's field names
+    (:func:`segstream.shared.contracts.outcome_struct`)."""
+    return RecordDecoder(outcome_struct(id_field, time_field, target), "outcome")
+
+
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def pending_prediction(rec: Prediction, partition: int) -> tuple[str, list[Any]]:
+    """``(event_id, compact entry)`` of a decoded prediction record.
 
     Raises
     ------
     MalformedRecord
+        ``event_time`` is null or not ISO 8601, or ``prediction`` is null (not finite).
     """
-    if not isinstance(rec, dict) or not isinstance(rec.get("event_id"), str):
-        raise MalformedRecord("prediction: missing event_id")
-    t = parse_time_ms(rec.get("event_time"))
+    t = parse_time_ms(rec.event_time)
     if t is None:
         raise MalformedRecord("prediction: event_time missing or not ISO 8601")
-    pred = _num(rec.get("prediction"))
+    pred = _finite(rec.prediction)
     if pred is None:
         raise MalformedRecord("prediction: prediction missing or not finite")
-    iv = rec.get("interval") or [None, None]
-    if not isinstance(iv, list) or len(iv) != 2:
-        raise MalformedRecord("prediction: interval must be [low, high]")
-    return rec["event_id"], [partition, t, pred, _num(iv[0]), _num(iv[1]), rec.get("segment"),
-                             rec.get("bundle_id"), _num(rec.get("interval_mass"))]
+    lo, hi = rec.interval
+    return rec.event_id, [partition, t, pred, _finite(lo), _finite(hi), rec.segment,
+                          rec.bundle_id, _finite(rec.interval_mass)]
 
 
-def pending_outcome(rec: Any, partition: int, id_field: str, target: str,
-                    time_field: str) -> tuple[str, list[Any]]:
-    """``(event_id, compact entry)`` of an outcome record; a null target is kept as None.
+def pending_outcome(rec: Any, partition: int) -> tuple[str, list[Any]]:
+    """``(event_id, compact entry)`` of a decoded outcome record (:func:`outcome_decoder`);
+    a null target is kept as None.
 
     Raises
     ------
     MalformedRecord
+        The event time is not ISO 8601.
     """
-    if not isinstance(rec, dict) or not isinstance(rec.get(id_field), str):
-        raise MalformedRecord(f"outcome: missing {id_field}")
-    t = parse_time_ms(rec.get(time_field))
+    eid, y, t_text, ot_text = msgspec.structs.astuple(rec)
+    t = parse_time_ms(t_text)
     if t is None:
-        raise MalformedRecord(f"outcome: {time_field} missing or not ISO 8601")
-    if target not in rec:
-        raise MalformedRecord(f"outcome: missing {target}")
-    ot = parse_time_ms(rec.get("outcome_time"))
-    return rec[id_field], [partition, t, _num(rec[target]), ot if ot is not None else t]
+        raise MalformedRecord("outcome: event time not ISO 8601")
+    ot = parse_time_ms(ot_text)
+    return eid, [partition, t, _finite(y), ot if ot is not None else t]
 
 
 def empty_state() -> dict[str, Any]:

@@ -9,8 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
+from segstream.shared.alerts import Alert, encode_alert
 from segstream.shared.kafka import FAST_GROUP_CONFIG, client_config
 from segstream.shared.settings import Settings
 
@@ -141,12 +140,12 @@ class AlertProducer:
         self.client = Producer(self.conf)
         return self
 
-    def send(self, key: str, record: dict[str, Any], timeout_s: float = 10.0) -> bool:
+    def send(self, key: str, record: Alert, timeout_s: float = 10.0) -> bool:
         """Produce one alert and wait for it; True when delivered."""
         if self.client is None:
             self.start()
         errors: list[Any] = []
-        self.client.produce(self.topic, orjson.dumps(record), key,
+        self.client.produce(self.topic, encode_alert(record), key,
                             on_delivery=lambda err, msg: errors.append(err))
         remaining = self.client.flush(timeout_s)
         ok = remaining == 0 and errors == [None]

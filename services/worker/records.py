@@ -647,7 +647,9 @@ def dlq_record(
     """
     own: list[tuple[str, bytes | None]] = [
         (DLQ_HEADER_REASON, reason.encode()),
-        (DLQ_HEADER_DETAIL, detail.encode("utf-8", "replace")[:500]),
+        # at most 500 bytes of whole UTF-8 characters (a cut inside one is dropped)
+        (DLQ_HEADER_DETAIL, detail.encode("utf-8", "replace")[:500]
+         .decode("utf-8", "ignore").encode()),
         (DLQ_HEADER_TOPIC, topic.encode()),
         (DLQ_HEADER_PARTITION, str(partition).encode()),
         (DLQ_HEADER_OFFSET, str(offset).encode()),

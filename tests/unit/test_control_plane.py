@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import segstream.services.worker.reload as reload_mod
 from segstream.services.worker.reload import BundleSource, BundleWatcher, load_initial
+from segstream.shared.alerts import Alert
 from segstream.shared.bundle import (
     MANIFEST,
     Manifest,
@@ -309,7 +310,7 @@ class Recorder:
 
     def __init__(self, model: str = "flights") -> None:
         self.counts: dict[str, int] = {}
-        self.alerts: list[dict[str, Any]] = []
+        self.alerts: list[Alert] = []
         self.failures = ReloadFailures(model, count=self.count, alert=self.alerts.append)
 
     def count(self, reason: str) -> None:
@@ -372,8 +373,8 @@ def test_hostile_model_updates_never_choose_the_bundle(tmp_path, settings, no_wa
         # only LATEST was read, never a bundle named by a record.
         assert rec.counts == {"invalid_update": len(values) - 2}  # two were valid hints
         assert {Path(p).name for p in store.reads} == {LATEST}
-        assert [a["type"] for a in rec.alerts] == ["bundle_reload_failed"]
-        assert rec.alerts[0]["failure"] == "invalid_update"
+        assert [a.type for a in rec.alerts] == ["bundle_reload_failed"]
+        assert rec.alerts[0].failure == "invalid_update"
         assert outside(before, listing(tmp_path)) == {}  # nothing written, not even the cache
         # A hint re-reads LATEST at once (poll_s is an hour): the bundle LATEST names loads,
         # whatever id the record carries.
@@ -425,14 +426,14 @@ def test_malformed_latest_at_runtime_is_counted_alerted_once_and_retried(
         n = rec.counts["latest_malformed"]
         assert 4 <= n <= 25  # backoff: a handful of reads in ~1 s, not one per iteration
         assert w.iterations > 2 * n
-        assert [a["failure"] for a in rec.alerts] == ["latest_malformed"]  # alerted once
-        assert "LATEST" in rec.alerts[0]["reason"] and w.is_alive()
+        assert [a.failure for a in rec.alerts] == ["latest_malformed"]  # alerted once
+        assert "LATEST" in rec.alerts[0].reason and w.is_alive()
         assert w.take_pending() is None
         new = publish(settings, tmp_path, "NEW")  # LATEST repaired: the new bundle loads
         _wait(lambda: w.current_id == new)
         latest.write_bytes(b"garbage")  # broken again: a new cause, a new alert
         _wait(lambda: len(rec.alerts) == 2)
-        assert [a["failure"] for a in rec.alerts] == ["latest_malformed"] * 2
+        assert [a.failure for a in rec.alerts] == ["latest_malformed"] * 2
     finally:
         w.stop()
         w.join(5)
@@ -458,14 +459,14 @@ def test_store_outage_and_loader_bugs_never_kill_the_watcher(
     w.start()
     try:
         _wait(lambda: rec.counts.get("store_unavailable", 0) >= 3)
-        assert [a.get("failure") for a in rec.alerts] == ["store_unavailable"]
+        assert [a.failure for a in rec.alerts] == ["store_unavailable"]
         store.fail_reads = None
         bad = publish(settings, tmp_path, "BUG")
         _wait(lambda: rec.counts.get("load_error", 0) == 1)
         time.sleep(0.3)
         assert calls["n"] == 1 and rec.counts["load_error"] == 1  # refused once, not retried
-        assert rec.alerts[-1]["type"] == "bundle_rejected"
-        assert rec.alerts[-1]["bundle_id"] == bad and "loader bug" in rec.alerts[-1]["reason"]
+        assert rec.alerts[-1].type == "bundle_rejected"
+        assert rec.alerts[-1].bundle_id == bad and "loader bug" in rec.alerts[-1].reason
         assert w.is_alive() and w.current_id == cur
     finally:
         w.stop()

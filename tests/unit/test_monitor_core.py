@@ -87,17 +87,17 @@ def test_window_closes_exactly_once_with_one_alert_per_feature() -> None:
     # day 1 at 00:30: watermark below day-0 end + 1 h lateness -> still open
     assert feed(c, stats(day(1, 10, hour=0.5), NORMAL), 1) == []
     alerts = feed(c, stats(day(1, 10, hour=1.5), NORMAL), 2)
-    drift = [a for a in alerts if a["type"] == "drift"]
-    assert {a["feature"] for a in drift} == {"x"}
+    drift = [a for a in alerts if a.type == "drift"]
+    assert {a.feature for a in drift} == {"x"}
     a = drift[0]
-    assert a["severity"] == "critical" and a["statistic"] == "psi" and a["count"] == 400
-    assert a["window_start"] == "2013-09-01T00:00:00.000Z"
-    assert a["window_end"] == "2013-09-02T00:00:00.000Z"
-    assert a["bundle_id"] == B1 and a["js_distance"] > 0.5
+    assert a.severity == "critical" and a.statistic == "psi" and a.count == 400
+    assert a.window_start == "2013-09-01T00:00:00.000Z"
+    assert a.window_end == "2013-09-02T00:00:00.000Z"
+    assert a.bundle_id == B1 and a.js_distance > 0.5
     assert f"{T0}|{B1}" not in c.t["drift"] and c.t["meta"]["drift_closed|0"] == T0 + DAY
     # nothing more for that window: ticks and further records do not repeat it
     assert c.on_tick(0, 1.0) == []
-    assert [x for x in feed(c, stats(day(1, 5, hour=2), NORMAL), 3) if x["window_start"]
+    assert [x for x in feed(c, stats(day(1, 5, hour=2), NORMAL), 3) if x.window_start
             .startswith("2013-09-01")] == []
 
 
@@ -107,9 +107,9 @@ def test_categorical_psi_alert_and_thresholds_per_feature() -> None:
     alerts = feed(c, stats(day(1, 1, hour=2), NORMAL), 1)
     # c: all "a" vs 0.5/0.5 -> PSI = 0.5 ln 2 + 0.5 ln(0.5 / 1e-4) = 4.60 (epsilon-smoothed)
     # >= 0.9 but < 5: a warning at the feature's own level
-    (a,) = [x for x in alerts if x["feature"] == "c"]
-    assert a["severity"] == "warning" and a["threshold"] == 0.9
-    assert a["value"] == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(0.5 / 1e-4), abs=2e-3)
+    (a,) = [x for x in alerts if x.feature == "c"]
+    assert a.severity == "warning" and a.threshold == 0.9
+    assert a.value == pytest.approx(0.5 * np.log(2) + 0.5 * np.log(0.5 / 1e-4), abs=2e-3)
 
 
 def test_late_record_within_allowance_is_applied_after_it_is_dropped_and_counted() -> None:
@@ -119,8 +119,8 @@ def test_late_record_within_allowance_is_applied_after_it_is_dropped_and_counted
     feed(c, stats(day(0, 100, hour=23), 50.0), 2)  # out of order but within lateness: applied
     assert c.t["drift"][f"{T0}|{B1}"]["n"] == 300
     alerts = feed(c, stats(day(1, 1, hour=1.5), NORMAL), 3)  # closes day 0
-    (a,) = [x for x in alerts if x["feature"] == "x"]
-    assert a["count"] == 300
+    (a,) = [x for x in alerts if x.feature == "x"]
+    assert a.count == 300
     late = feed(c, stats(day(0, 500, hour=23.5), 50.0), 4)  # after the close: late
     assert late == [] and c.counters.records[("stats", "late")] == 1
     assert f"{T0}|{B1}" not in c.t["drift"]
@@ -151,16 +151,16 @@ def test_new_segment_threshold_and_once_per_key_per_window() -> None:
     assert feed(c, stats(day(0, 30), NORMAL, unknown=[k] * 30)) == []
     first = feed(c, stats(day(0, 30, hour=15), NORMAL, unknown=[k] * 30), 1)
     (a,) = first
-    assert a["type"] == "new_segment" and a["segment"] == k and a["count"] == 60
-    assert a["value"] == 60 and a["threshold"] == 50 and a["feature"] is None
-    assert a["first_seen"] == "2013-09-01T12:00:00.000Z"  # start of the first slice with it
+    assert a.type == "new_segment" and a.segment == k and a.count == 60
+    assert a.value == 60 and a.threshold == 50 and a.feature is None
+    assert a.first_seen == "2013-09-01T12:00:00.000Z"  # start of the first slice with it
     assert feed(c, stats(day(0, 30, hour=18), NORMAL, unknown=[k] * 30), 2) == []  # deduplicated
     # another key below the threshold: nothing; the next window alerts again for k
     assert feed(c, stats(day(0, 49, hour=19), NORMAL, unknown=["other"] * 49), 3) == []
     again = [x for x in feed(c, stats(day(1, 60, hour=3), NORMAL, unknown=[k] * 60), 4)
-             if x["type"] == "new_segment"]
-    assert len(again) == 1 and again[0]["window_start"] == "2013-09-02T00:00:00.000Z"
-    assert again[0]["alert_id"] != a["alert_id"]
+             if x.type == "new_segment"]
+    assert len(again) == 1 and again[0].window_start == "2013-09-02T00:00:00.000Z"
+    assert again[0].alert_id != a.alert_id
 
 
 def test_longer_new_segment_window_accumulates_days() -> None:
@@ -170,17 +170,18 @@ def test_longer_new_segment_window_accumulates_days() -> None:
     # 7-day windows are epoch-aligned (Thursdays): Aug 29 - Sep 5, 2013 holds days 0-3
     for d in range(4):  # 15 a day: crosses 50 on the 4th day
         out += [x for x in feed(c, stats(day(d, 15), NORMAL, unknown=[k] * 15), d)
-                if x["type"] == "new_segment"]
+                if x.type == "new_segment"]
     (a,) = out
-    assert a["count"] == 60
-    assert a["window_start"] == "2013-08-29T00:00:00.000Z"
-    assert a["first_seen"] == "2013-09-01T12:00:00.000Z"
+    assert a.count == 60
+    assert a.window_start == "2013-08-29T00:00:00.000Z"
+    assert a.first_seen == "2013-09-01T12:00:00.000Z"
 
 
 def test_malformed_stats_do_not_break_anything() -> None:
     c = core()
-    for i, bad in enumerate([None, "text", {"model": "m"}, {"model": "m", "bundle_id": B1,
-                             "numeric": {"x": [1, 2]}, "slice_start": "2013-09-01T00:00:00Z"}]):
+    short_bins = stats(day(0, 10), NORMAL)[0]
+    short_bins["numeric"] = {"x": [1, 2]}  # the reference has 4 bins
+    for i, bad in enumerate([None, "text", {"model": "m"}, short_bins]):
         assert c.on_stats(bad, 0, i, 0.0) == []
     # the bin-count mismatch is detected against the window's existing counts
     feed(c, stats(day(0, 10), NORMAL), 10)
@@ -206,7 +207,7 @@ def test_each_bundle_is_judged_against_its_own_reference() -> None:
     feed(c, stats(day(0, 200), 50.0, bundle=B1))
     feed(c, stats(day(0, 200, hour=13), 50.0, bundle=B2, reference=r2), 1)
     alerts = feed(c, stats(day(1, 1, hour=1), NORMAL), 2)
-    xs = {a["bundle_id"]: a for a in alerts if a["feature"] == "x"}
+    xs = {a.bundle_id: a for a in alerts if a.feature == "x"}
     assert set(xs) == {B1}  # drift for b1's reference only
     assert {B1, B2} <= set(asked)
     # a bundle whose reference cannot be loaded: its window is not judged, and counted
@@ -220,7 +221,7 @@ def test_idle_close_closes_open_windows() -> None:
     feed(c, stats(day(0, 200), 50.0), now=100.0)
     assert c.on_tick(0, 103.0) == []
     alerts = c.on_tick(0, 106.0)
-    assert [a["feature"] for a in alerts if a["type"] == "drift"] == ["x"]
+    assert [a.feature for a in alerts if a.type == "drift"] == ["x"]
     assert c.t["drift"] == {}
 
 
@@ -232,8 +233,8 @@ def test_restart_in_the_middle_of_a_window_continues_it() -> None:
     c2 = core(tbl)
     feed(c2, stats(day(0, 150, hour=18), 50.0), 1)
     alerts = feed(c2, stats(day(1, 1, hour=2), NORMAL), 2)
-    (a,) = [x for x in alerts if x["feature"] == "x"]
-    assert a["count"] == 300
+    (a,) = [x for x in alerts if x.feature == "x"]
+    assert a.count == 300
     # re-delivery of the record before the crash (offset 0) after the restart: skipped
     feed(c2, stats(day(0, 150), 50.0), 0)
     assert c2.counters.records[("stats", "late")] == 1  # day 0 closed: re-delivery is late

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import orjson
 import pytest
 from scipy.spatial.distance import jensenshannon
 
@@ -15,6 +16,7 @@ from segstream.services.monitor.drift import (
     empty_state,
     validate_stats,
 )
+from segstream.shared.contracts import StatsRecord
 from segstream.shared.drift import PSI_EPSILON, CategoricalReference, DriftReference, js_distance, psi
 from tests.fakes import numeric_ref
 
@@ -78,13 +80,23 @@ def _levels(feature: str) -> tuple[float, float]:
     return (0.1, 0.25)
 
 
+def stats_record(**fields) -> dict:
+    """A complete, valid stats record (as the worker sends it) with ``fields`` replaced."""
+    rec = {"model": "m", "bundle_id": B, "worker": "w", "batch": 0, "n_events": 400,
+           "n_scored": 400, "n_dlq": 0, "dlq": {}, "event_time_min": None,
+           "event_time_max": None, "numeric": {}, "categorical": {}, "prediction": None,
+           "fallback_levels": {}, "unknown_keys": {}, "unknown_keys_other": 0, "segments": {},
+           "partition_time_max": {}, "imputed": 0, "created_at": "2013-09-01T00:00:00.000Z",
+           "slice_start": None, "slice_s": None}
+    return rec | fields
+
+
 def test_add_stats_sums_counts_and_findings_match_psi() -> None:
     st = empty_state()
-    rec = {"model": "m", "bundle_id": B, "n_scored": 400,
-           "numeric": {"x": [100, 100, 100, 100]}, "categorical": {"c": [300, 100, 0, 0]},
-           "prediction": [200, 200, 0], "segments": {"3": {"x": [0, 0, 400, 0]}}}
+    rec = stats_record(numeric={"x": [100, 100, 100, 100]}, categorical={"c": [300, 100, 0, 0]},
+                       prediction=[200, 200, 0], segments={"3": {"x": [0, 0, 400, 0]}})
     st = add_stats(st, validate_stats(rec), 1000, 2000)
-    st = add_stats(st, validate_stats(rec), 500, 2500)
+    st = add_stats(st, validate_stats(orjson.dumps(rec)), 500, 2500)  # as JSON bytes
     assert st["n"] == 800 and st["numeric"]["x"] == [200, 200, 200, 200]
     assert st["event_time_min"] == 500 and st["event_time_max"] == 2500
     found = {(f.feature, f.segment): f for f in
@@ -102,23 +114,47 @@ def test_add_stats_sums_counts_and_findings_match_psi() -> None:
                drift_findings(st, _ref(), _levels, min_count=1, exclude=frozenset({"c"})))
 
 
+def test_a_complete_record_is_valid_and_unknown_fields_are_ignored() -> None:
+    rec = validate_stats(stats_record(numeric={"x": [1, 2, 3, 4]}, added_later={"a": 1}))
+    assert isinstance(rec, StatsRecord) and rec.numeric == {"x": [1, 2, 3, 4]}
+    assert not hasattr(rec, "added_later")
+
+
+@pytest.mark.parametrize("field", sorted(stats_record()))
+def test_a_stats_record_missing_any_field_is_rejected(field: str) -> None:
+    rec = stats_record()
+    del rec[field]
+    with pytest.raises(MalformedRecord, match=f"missing required field `{field}`"):
+        validate_stats(rec)
+    with pytest.raises(MalformedRecord, match=f"missing required field `{field}`"):
+        validate_stats(orjson.dumps(rec))
+
+
 @pytest.mark.parametrize("bad", [
-    None, [], "x", {"bundle_id": B}, {"model": "m"},
-    {"model": "m", "bundle_id": "../../etc"}, {"model": "m", "bundle_id": "/abs/path"},
-    {"model": "m", "bundle_id": B.upper()}, {"model": "m", "bundle_id": B + "\n"},
-    {"model": "m", "bundle_id": B, "numeric": {"x": [1, -1, 0, 0]}},
-    {"model": "m", "bundle_id": B, "numeric": {"x": "1,2"}},
-    {"model": "m", "bundle_id": B, "numeric": []},
-    {"model": "m", "bundle_id": B, "prediction": [1.5]},
-    {"model": "m", "bundle_id": B, "segments": {"1": [1]}},
-    {"model": "m", "bundle_id": B, "unknown_keys": {"k": "many"}},
+    None, [], "x", b"", b"{", b"[1]", b"null",
+    stats_record(bundle_id="../../etc"), stats_record(bundle_id="/abs/path"),
+    stats_record(bundle_id=B.upper()), stats_record(bundle_id=B + "\n"),
+    stats_record(model=None), stats_record(model=3),
+    stats_record(n_scored=True), stats_record(n_scored=-1), stats_record(n_scored=1.5),
+    stats_record(numeric={"x": [1, -1, 0, 0]}),
+    stats_record(numeric={"x": "1,2"}),
+    stats_record(numeric=[]),
+    stats_record(prediction=[1.5]),
+    stats_record(segments={"1": [1]}),
+    stats_record(unknown_keys={"k": "many"}),
+    stats_record(partition_time_max={"0": None}),
+    stats_record(slice_s=0),
 ])
 def test_malformed_stats_records_are_rejected(bad) -> None:
     with pytest.raises(MalformedRecord):
         validate_stats(bad)
+    if isinstance(bad, dict):  # the same as JSON bytes (the service's input)
+        with pytest.raises(MalformedRecord):
+            validate_stats(orjson.dumps(bad))
 
 
 def test_bin_count_mismatch_is_malformed() -> None:
-    st = add_stats(empty_state(), {"numeric": {"x": [1, 2, 3, 4]}}, None, None)
+    st = add_stats(empty_state(), validate_stats(stats_record(numeric={"x": [1, 2, 3, 4]})),
+                   None, None)
     with pytest.raises(MalformedRecord, match="bins"):
-        add_stats(st, {"numeric": {"x": [1, 2, 3]}}, None, None)
+        add_stats(st, validate_stats(stats_record(numeric={"x": [1, 2, 3]})), None, None)

@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from segstream.services.monitor.core import MonitorCore
@@ -13,8 +14,10 @@ from segstream.services.monitor.drift import MalformedRecord
 from segstream.services.monitor.performance import (
     Baseline,
     add_pair,
+    decode_prediction,
     empty_state,
     merge,
+    outcome_decoder,
     pending_outcome,
     pending_prediction,
     performance_findings,
@@ -30,8 +33,11 @@ def iso(ms: int) -> str:
     return str(np.datetime64(int(ms), "ms")) + "Z"
 
 
+B1, B2 = "b1" * 32, "b2" * 32  # bundle ids (64 lowercase hex)
+
+
 def pred(eid: str, t_ms: int, p: float, *, half: float = 10.0, seg: int = 1,
-         bundle: str = "b1") -> dict[str, Any]:
+         bundle: str = B1) -> dict[str, Any]:
     return {"event_id": eid, "model": "m", "bundle_id": bundle, "segment": seg,
             "fallback_level": 0, "prediction": p, "interval": [p - half, p + half],
             "interval_mass": 0.8, "pattern": 0, "pattern_proba": 0.5,
@@ -52,7 +58,7 @@ def core(**kw: Any) -> MonitorCore:
                            "lateness_s": 3600, **kw})
     tables = {k: {} for k in ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta")}
     return MonitorCore(s, model="m", id_field="event_id", time_field="event_time",
-                       target="arr_delay", reference_for={"b1": (DriftReference({}, {}), BASE)}
+                       target="arr_delay", reference_for={B1: (DriftReference({}, {}), BASE)}
                        .get, tables=tables, partitions=1)
 
 
@@ -104,19 +110,19 @@ def test_performance_window_closes_once_with_mae_alert() -> None:
     c.on_prediction(pred("p2", T0 + 2 * DAY + 1, 0.0), 0, 10, 2.0)
     c.on_outcome(outcome("o2", T0 + 2 * DAY, 0.0, after_ms=1), 0, 10, 2.0)
     alerts = c.on_tick(0, 3.0)
-    by = {a["statistic"]: a for a in alerts if a["segment"] is None}
+    by = {a.statistic: a for a in alerts if a.segment is None}
     mae = by["mae_ratio"]
-    assert mae["type"] == "performance" and mae["severity"] == "critical"
-    assert mae["value"] == pytest.approx(2.0) and mae["threshold"] == 2.0
-    assert mae["mae"] == 20.0 and mae["baseline_mae"] == 10.0 and mae["count"] == 4
-    assert mae["window_start"] == "2013-09-01T00:00:00.000Z"
+    assert mae.type == "performance" and mae.severity == "critical"
+    assert mae.value == pytest.approx(2.0) and mae.threshold == 2.0
+    assert mae.mae == 20.0 and mae.baseline_mae == 10.0 and mae.count == 4
+    assert mae.window_start == "2013-09-01T00:00:00.000Z"
     cov = by["interval_coverage"]  # none of the 4 inside +-5: 0 outside [0.7, 0.9]
-    assert cov["value"] == 0.0 and cov["threshold"] == pytest.approx(0.7)
+    assert cov.value == 0.0 and cov.threshold == pytest.approx(0.7)
     # the segment with a test MAE of 8: ratio 2.5
-    (seg,) = [a for a in alerts if a["segment"] == 1]
-    assert seg["value"] == pytest.approx(2.5)
+    (seg,) = [a for a in alerts if a.segment == 1]
+    assert seg.value == pytest.approx(2.5)
     assert c.t["meta"]["perf_closed"] == T0 + DAY
-    assert len({a["alert_id"] for a in alerts}) == len(alerts)  # MAE and coverage differ
+    assert len({a.alert_id for a in alerts}) == len(alerts)  # MAE and coverage differ
     assert c.on_tick(0, 4.0) == []  # exactly once
     # an outcome for the closed window joining now is late (not applied)
     c.on_prediction(pred("slow", t, 0.0), 0, 11, 5.0)
@@ -165,23 +171,58 @@ def test_baseline_from_manifest_metrics() -> None:
     assert Baseline.from_metrics({}).mae is None
 
 
-@pytest.mark.parametrize("bad", [None, {}, {"event_id": 3}, {"event_id": "a"},
-                                 {"event_id": "a", "event_time": "2013-09-01T00:00:00Z"},
-                                 {"event_id": "a", "event_time": "2013-09-01T00:00:00Z",
-                                  "prediction": "x"}])
+GOOD_PRED = pred("a", T0, 1.0)
+GOOD_OUT = outcome("a", T0, 1.0)
+DECODE_OUTCOME = outcome_decoder("event_id", "event_time", "arr_delay")
+
+
+def _pending_prediction(raw: Any) -> tuple[str, list[Any]]:
+    return pending_prediction(decode_prediction(raw), 0)
+
+
+def _pending_outcome(raw: Any) -> tuple[str, list[Any]]:
+    return pending_outcome(DECODE_OUTCOME(raw), 0)
+
+
+def test_valid_records_decode_from_dicts_and_json_alike() -> None:
+    assert _pending_prediction(GOOD_PRED) == _pending_prediction(orjson.dumps(GOOD_PRED)) == (
+        "a", [0, T0, 1.0, -9.0, 11.0, 1, B1, 0.8])
+    assert _pending_outcome(GOOD_OUT) == _pending_outcome(orjson.dumps(GOOD_OUT)) == (
+        "a", [0, T0, 1.0, T0 + 3_600_000])
+    # unknown fields are ignored; an optional contributions object is accepted
+    assert _pending_prediction(GOOD_PRED | {"contributions": {"x": 1.5}, "later": 1})[0] == "a"
+    # a null target is an outcome without a value; a null outcome_time is the event time
+    assert _pending_outcome(GOOD_OUT | {"arr_delay": None, "outcome_time": None})[1] == [
+        0, T0, None, T0]
+
+
+@pytest.mark.parametrize("bad", [
+    None, {}, "x", b"", b"{", b"[]",
+    *({k: v for k, v in GOOD_PRED.items() if k != drop} for drop in GOOD_PRED),
+    GOOD_PRED | {"event_id": 3}, GOOD_PRED | {"event_time": "bad"},
+    GOOD_PRED | {"event_time": None}, GOOD_PRED | {"prediction": "x"},
+    GOOD_PRED | {"prediction": None}, GOOD_PRED | {"interval": [1.0]},
+    GOOD_PRED | {"interval": None}, GOOD_PRED | {"segment": 1.5},
+    GOOD_PRED | {"fallback_level": -1}, GOOD_PRED | {"bundle_id": "b1"},
+    GOOD_PRED | {"contributions": {"x": "big"}},
+])
 def test_malformed_predictions(bad) -> None:
     with pytest.raises(MalformedRecord):
-        pending_prediction(bad, 0)
+        _pending_prediction(bad)
+    if isinstance(bad, dict):
+        with pytest.raises(MalformedRecord):
+            _pending_prediction(orjson.dumps(bad))
 
 
-@pytest.mark.parametrize("bad", [None, {"event_id": "a"},
-                                 {"event_id": "a", "event_time": "bad", "arr_delay": 1.0},
-                                 {"event_id": "a", "event_time": "2013-09-01T00:00:00Z"},
-                                 {"event_id": "a", "event_time": "2013-09-01T00:00:00Z",
-                                  "arr_delay": "late"}])
+@pytest.mark.parametrize("bad", [
+    None, "garbage", b"garbage",
+    *({k: v for k, v in GOOD_OUT.items() if k != drop} for drop in GOOD_OUT),
+    GOOD_OUT | {"event_id": 1}, GOOD_OUT | {"event_time": "bad"},
+    GOOD_OUT | {"event_time": None}, GOOD_OUT | {"arr_delay": "late"},
+])
 def test_malformed_outcomes(bad) -> None:
     with pytest.raises(MalformedRecord):
-        pending_outcome(bad, 0, "event_id", "arr_delay", "event_time")
+        _pending_outcome(bad)
 
 
 def test_malformed_records_are_counted_not_raised() -> None:
@@ -190,6 +231,5 @@ def test_malformed_records_are_counted_not_raised() -> None:
     c.on_outcome("garbage", 0, 0, 0.0)
     assert c.counters.records[("predictions", "malformed")] == 1
     assert c.counters.records[("outcomes", "malformed")] == 1
-    eid, entry = pending_outcome(outcome("n", T0, float("nan")), 0, "event_id", "arr_delay",
-                                 "event_time")
+    eid, entry = _pending_outcome(outcome("n", T0, float("nan")))
     assert entry[2] is None  # NaN outcome kept as None (not in the MAE)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 from prometheus_client import CollectorRegistry
 
 from segstream.services.monitor.drift import DriftFinding
 from segstream.services.monitor.metrics import MonitorMetrics
 from segstream.services.monitor.windows import Watermark, is_closable, parse_time_ms, window_start
-from segstream.shared.alerts import alert_id, alert_key, alert_record
+from segstream.shared.alerts import alert_id, alert_key, alert_record, encode_alert
 
 DAY = 86_400_000
 
@@ -55,13 +56,14 @@ def test_alert_ids_are_deterministic_per_type_subject_window() -> None:
     rec = alert_record(type_="drift", severity="warning", model="m", bundle_id="b",
                        feature="temp", segment=3, statistic="psi", value=0.2, threshold=0.1,
                        window_start="s", window_end="e", count=9)
-    assert rec["alert_id"] == alert_id("drift", "m", "b", "feature=temp;segment=3", "s", "e",
+    assert rec.alert_id == alert_id("drift", "m", "b", "feature=temp;segment=3", "s", "e",
                                        "psi")
     assert a != alert_id("drift", subject="feature=temp", statistic="other", **kw)
     assert alert_key(rec) == b"feature=temp;segment=3"
-    assert set(rec) >= {"alert_id", "type", "severity", "model", "bundle_id", "feature",
-                        "segment", "statistic", "value", "threshold", "window_start",
-                        "window_end", "count", "detected_at"}
+    assert set(orjson.loads(encode_alert(rec))) == {
+        "alert_id", "type", "severity", "model", "bundle_id", "feature", "segment",
+        "statistic", "value", "threshold", "window_start", "window_end", "count",
+        "detected_at"}
 
 
 def test_metrics_bundle_observes_the_core() -> None:
@@ -73,7 +75,9 @@ def test_metrics_bundle_observes_the_core() -> None:
     assert reg.get_sample_value("segstream_monitor_psi", {"feature": "temp"}) == 0.3
     assert reg.get_sample_value("segstream_monitor_js_distance", {"feature": "temp"}) == 0.2
     assert reg.get_sample_value("segstream_monitor_psi", {"feature": "not_a_feature"}) is None
-    m.on_alert({"type": "drift", "severity": "critical"})
+    m.on_alert(alert_record(type_="drift", severity="critical", model="m", bundle_id=None,
+                            feature="temp", segment=None, statistic="psi", value=0.3,
+                            threshold=0.25, window_start=None, window_end=None, count=100))
     assert reg.get_sample_value("segstream_monitor_alerts_total",
                                 {"type": "drift", "severity": "critical"}) == 1
     assert reg.get_sample_value("segstream_monitor_alerts_total",
