@@ -513,6 +513,34 @@ def monitor() -> list[str]:
     return out
 
 
+def startup() -> list[str]:
+    name = "bench_startup_quick.json"
+    if not (RESULTS / name).is_file():
+        return []
+    d = load(name)
+    cold = ", ".join(f"{x:.1f}" for x in d["cold_s"])
+    warm = ", ".join(f"{x:.1f}" for x in d["warm_s"])
+    return [
+        "## Worker start-up (`bench_startup.py`)",
+        "",
+        "Seconds from starting `segstream worker` to `/readyz` answering 200, with an empty "
+        "numba cache (a container without `segstream warmup`) and with the cache that "
+        f"`segstream warmup` filled (what the image does at build time). {src(name)}",
+        "",
+        *table(
+            ["numba cache", "runs (s)", "median (s)"],
+            [
+                ["empty (cold)", cold, f"{d['cold_median_s']:.1f}"],
+                ["filled by `segstream warmup`", warm, f"{d['warm_median_s']:.1f}"],
+            ],
+        ),
+        "",
+        f"Cold over warm: {d['cold_over_warm']:.1f}x; the warm-up itself took "
+        f"{d['warmup_command_s']:.0f} s.",
+        "",
+    ]
+
+
 def render() -> str:
     lines = [
         "# Benchmarks",
@@ -535,7 +563,7 @@ def render() -> str:
         "[monitor](guide/monitor.md#real-data-acceptance-train-januaryaugust-replay-septemberdecember).",
         "",
     ]
-    for section in (training, profiles, partitioner, groupby, worker, monitor):
+    for section in (training, profiles, partitioner, groupby, worker, startup, monitor):
         lines += section()
     return "\n".join(lines).rstrip() + "\n"
 
