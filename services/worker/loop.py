@@ -102,7 +102,8 @@ class _Scored:
 
 def _take(decoded: DecodedBatch, rows: np.ndarray) -> DecodedBatch:
     """The valid rows ``rows`` (positions in ``decoded.valid``) of a decoded batch, with its
-    rejected entries (the stats' DLQ counts); object columns read-only, as decoded."""
+    rejected entries (the stats' DLQ counts); object columns read-only, as decoded (their
+    factorisation is not carried over: a CategoryColumn computes its own on use)."""
     columns = {}
     for k, col in decoded.columns.items():
         sub = col[rows]
