@@ -23,12 +23,10 @@ Nothing here imports scikit-learn or unpickles anything.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import itertools
 import logging
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -122,15 +120,15 @@ def encode_categories(values: Any, categories: pd.Index) -> np.ndarray:
     -----
     The hot path is one C-level ``map(dict.get, ...)`` over the values (~0.07 us per value,
     8x faster than ``Index.get_indexer`` on object strings); only values that miss the table
-    are looked at again (missing, or not ``str``). A read-only object array of strings (the
-    worker's decoded columns) is factorised once and cached while it lives; each further table
+    are looked at again (missing, or not ``str``). A :class:`CategoryColumn` (the worker's
+    decoded string columns) carries its factorisation, computed once per column; each table
     then costs a lookup per distinct value and one ``take`` (~0.002 us per value).
     """
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise SchemaError(f"categorical values must be 1-d, got shape {values.shape}")
-        if not values.flags.writeable and values.dtype == object:
-            fact = _factorized(values)
+        if isinstance(values, CategoryColumn):
+            fact = values.factorization()
             if fact is not None:
                 codes, uniques = fact
                 lookup = _category_lookup(categories)
@@ -154,21 +152,70 @@ def encode_categories(values: Any, categories: pd.Index) -> np.ndarray:
     return codes
 
 
-_LOOKUPS: dict[int, tuple[Any, dict[str, int]]] = {}
-_FACTORIZED: collections.OrderedDict[int, tuple[Any, np.ndarray, list[str]]] = \
-    collections.OrderedDict()
+class CategoryColumn(np.ndarray):
+    """A read-only 1-d object array of category values that carries its factorisation.
+
+    :func:`encode_categories` codes such a column against each category table with one lookup
+    per distinct value and one ``take`` instead of hashing every value once per table (a
+    scored batch's key columns are coded against the router's, the key tables' and the drift
+    reference's tables). The worker's decoder returns its string columns as this, with the
+    codes it computed while parsing; otherwise they are computed on first use, once per
+    column. An array made from it (a slice, ``take``, copy) starts without them
+    (``__array_finalize__``), and a writeable one is never factorised (it could change).
+
+    Parameters
+    ----------
+    values : array-like of shape (n,)
+        The values (``str``, or None for missing); viewed, not copied, when already an
+        object array.
+    codes : numpy.ndarray of shape (n,), int64, optional
+        ``pandas.factorize`` convention (-1 = missing): ``values[i]`` is
+        ``uniques[codes[i]]``, or None where ``codes[i] == -1``.
+    uniques : list of str, optional
+        The distinct values (with ``codes``).
+
+    Examples
+    --------
+    >>> col = CategoryColumn(["JFK", None, "JFK", "LGA"])
+    >>> codes, uniques = col.factorization()
+    >>> codes.tolist(), uniques
+    ([0, -1, 0, 1], ['JFK', 'LGA'])
+    >>> col[1:].factorization()[1]  # a slice is factorised on its own
+    ['JFK', 'LGA']
+    """
+
+    _factorization: tuple[np.ndarray, list[str]] | bool | None
+
+    def __new__(cls, values: Any, codes: np.ndarray | None = None,
+                uniques: list[str] | None = None) -> CategoryColumn:
+        arr = np.asarray(values, dtype=object)
+        if arr.ndim != 1:
+            raise SchemaError(f"categorical values must be 1-d, got shape {arr.shape}")
+        obj = arr.view(cls)
+        obj.flags.writeable = False
+        if codes is not None and uniques is not None:
+            obj._factorization = (codes, uniques)
+        return obj
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self._factorization = None  # not computed (False: cannot be, see factorization)
+
+    def factorization(self) -> tuple[np.ndarray, list[str]] | None:
+        """``(codes, uniques)`` (code -1 = missing), computed once; None when some present
+        value is not a ``str`` (``pandas.factorize`` would merge ``1``, ``1.0`` and
+        ``True``, which are different categories here) or cannot be hashed, or when the
+        array is writeable."""
+        fact = self._factorization
+        if fact is None:
+            if self.flags.writeable:
+                return None
+            fact = self._factorization = _factorize(self.view(np.ndarray)) or False
+        return fact or None
 
 
-def _factorized(values: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
-    """``(codes, uniques)`` of a *read-only* object array whose present values are all
-    ``str`` (code -1 = missing), computed once per array and cached while it lives (a scored
-    batch's key column is encoded against several tables). None when some present value is
-    not a ``str`` (``pandas.factorize`` would merge ``1``, ``1.0`` and ``True``, which are
-    different categories here) or cannot be hashed."""
-    key = id(values)
-    hit = _FACTORIZED.get(key)
-    if hit is not None and hit[0]() is values:
-        return hit[1], hit[2]
+def _factorize(values: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+    """``(codes, uniques)`` of an object array whose present values are all ``str``, else
+    None (see :meth:`CategoryColumn.factorization`)."""
     try:
         codes, uniques = pd.factorize(values, use_na_sentinel=True)
     except TypeError:  # unhashable values (lists, dicts)
@@ -176,47 +223,22 @@ def _factorized(values: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
     uniq = uniques.tolist() if hasattr(uniques, "tolist") else list(uniques)
     if not all(type(u) is str for u in uniq):
         return None
-    _remember(values, codes, uniq)
     return codes, uniq
 
 
-def _remember(values: np.ndarray, codes: np.ndarray, uniques: list[str]) -> None:
-    """Cache ``(codes, uniques)`` of ``values`` while it lives (the 64 newest arrays)."""
-    _FACTORIZED[id(values)] = (weakref.ref(values), codes, uniques)
-    while len(_FACTORIZED) > 64:
-        _FACTORIZED.popitem(last=False)
-
-
-def remember_factorization(values: np.ndarray, codes: np.ndarray, uniques: list[str]) -> None:
-    """Give :func:`encode_categories` the factorisation of a column computed elsewhere (the
-    worker's decoder codes its string columns while parsing), so it is not hashed again.
-
-    Parameters
-    ----------
-    values : numpy.ndarray of object, shape (n,)
-        The column; it must be read-only (it is made so here) and ``values[i]`` must be
-        ``uniques[codes[i]]``, or None where ``codes[i] == -1``.
-    codes : numpy.ndarray of shape (n,), int64
-        ``pandas.factorize`` convention (-1 = missing).
-    uniques : list of str
-    """
-    values.flags.writeable = False
-    _remember(values, codes, uniques)
+#: The attribute under which a category table (a ``pandas.Index``) keeps its lookup dict.
+_LOOKUP_ATTR = "_segstream_code_of"
 
 
 def _category_lookup(categories: pd.Index) -> dict[str, int]:
-    """``{category: code}`` of a table, cached per Index object (kept while it lives)."""
-    key = id(categories)
-    hit = _LOOKUPS.get(key)
-    if hit is not None and hit[0]() is categories:
-        return hit[1]
-    lookup = {str(c): i for i, c in enumerate(categories.tolist())}
-    try:
-        ref = weakref.ref(categories)
-    except TypeError:  # not weak-referenceable: do not cache
-        return lookup
-    _LOOKUPS[key] = (ref, lookup)
-    weakref.finalize(categories, _LOOKUPS.pop, key, None)
+    """``{category: code}`` of a table, kept on the table object itself (built once)."""
+    lookup: dict[str, int] | None = getattr(categories, _LOOKUP_ATTR, None)
+    if lookup is None:
+        lookup = {str(c): i for i, c in enumerate(categories.tolist())}
+        try:
+            setattr(categories, _LOOKUP_ATTR, lookup)
+        except AttributeError:  # an object without attributes of its own: not kept
+            pass
     return lookup
 
 

@@ -44,7 +44,24 @@ SCORE_COLUMNS: dict[str, type | str] = {
 
 
 class Scorer(Protocol):
-    """A loaded, verified bundle as the worker uses it."""
+    """A loaded, verified bundle as the worker uses it: everything the worker's loop, its
+    warm-up and its stats read (:class:`Bundle` and the tests' fake scorers implement it).
+
+    Attributes
+    ----------
+    bundle_id, model : str
+        Stamped on every prediction and stats record.
+    schema : SchemaSettings
+        The event schema the bundle was trained on (the decoder is built from it).
+    interval_mass : float
+        Mass of the prediction interval.
+    contribution_names : list of str
+        Names of the ``contributions`` columns (intercept first).
+    drift_reference : DriftReference
+        Training distributions the stats records are binned against.
+    key_columns : list of str
+        Columns whose value combinations define known keys (for new-segment counting).
+    """
 
     bundle_id: str
     model: str
@@ -52,12 +69,22 @@ class Scorer(Protocol):
     interval_mass: float
     contribution_names: list[str]
     drift_reference: DriftReference
-    #: columns whose value combinations define known keys (for new-segment counting)
     key_columns: list[str]
 
     def score(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score a batch; never raises on values (NaN, unseen categories), only on a missing
         column (``SchemaError``)."""
+        ...
+
+    def score_parts(
+        self, columns: Mapping[str, np.ndarray], *,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> tuple[dict[str, np.ndarray], Callable[[], dict[str, np.ndarray]]]:
+        """Score a batch in two parts, ``(partial, finish)``: ``partial`` holds at least
+        ``segment``, ``fallback_level``, ``prediction`` and the interval (what the stats
+        need), ``finish()`` returns the full :meth:`score` dict. A scorer may compute part of
+        the work in ``executor`` meanwhile (:meth:`Bundle.score_parts`) or ignore it and
+        compute everything at once. Raises as :meth:`score`."""
         ...
 
 

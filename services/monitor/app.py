@@ -305,8 +305,8 @@ def run_monitor(settings: Settings, *, log_level: str = "INFO") -> int:
     """
     import faust  # noqa: PLC0415
 
-    from segstream.services.worker.health import HealthServer  # noqa: PLC0415
     from segstream.shared.errors import ConfigError  # noqa: PLC0415
+    from segstream.shared.health import HealthServer  # noqa: PLC0415
     from segstream.shared.kafka import check_reachable, ensure_topics, topic_partitions  # noqa: PLC0415
 
     t = settings.topics

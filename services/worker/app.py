@@ -12,7 +12,6 @@ import threading
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from segstream.services.worker.health import HealthServer
 from segstream.services.worker.kafka_io import (
     AlertProducer,
     EventConsumer,
@@ -24,6 +23,7 @@ from segstream.services.worker.metrics import WorkerMetrics
 from segstream.services.worker.reload import BundleSource, BundleWatcher, Loader, load_initial
 from segstream.shared.errors import SegstreamError
 from segstream.shared.alerts import scoring_failed_alert
+from segstream.shared.health import HealthServer
 from segstream.shared.kafka import check_reachable, ensure_topics
 from segstream.shared.logs import set_log_context
 from segstream.shared.reloads import ReloadFailures

@@ -76,7 +76,7 @@ from segstream.services.worker._decode_kernels import (
     join_spans,
     parse_flat_objects,
 )
-from segstream.shared.routing import remember_factorization
+from segstream.shared.routing import CategoryColumn
 from segstream.shared.settings import FieldSpec, SchemaSettings
 
 logger = logging.getLogger(__name__)
@@ -366,8 +366,7 @@ class EventDecoder:
             elif f.role != "categorical":  # ids (distinct per event): cut out, no dictionary
                 columns[f.name] = _to_object(_split_spans(buf, s_start[slot], s_end[slot], good))
             else:  # categories: few distinct values, coded once for routing too
-                columns[f.name] = _coded_strings(buf, s_start[slot], s_end[slot], good,
-                                                 remember=True)
+                columns[f.name] = _coded_strings(buf, s_start[slot], s_end[slot], good)
         fast = DecodedBatch(columns, np.arange(len(good), dtype=np.int64), [], None, time_json)
         if rest is None:
             return fast
@@ -566,21 +565,18 @@ def _hard_numbers(buf: np.ndarray, hard: np.ndarray, num: np.ndarray,
     num[hard[:, 1], hard[:, 0]] = vals
 
 
-def _coded_strings(buf: np.ndarray, start: np.ndarray, end: np.ndarray, rows: np.ndarray,
-                   remember: bool = False) -> np.ndarray:
-    """The strings ``buf[start[r]:end[r]]`` for ``r`` in ``rows`` as an object array (None where
-    ``start[r] < 0``), built from their distinct values (``code_spans``): one ``str`` per
-    distinct value and one ``take``. With ``remember``, the codes are handed to
-    :func:`segstream.shared.routing.remember_factorization` and the array is read-only."""
+def _coded_strings(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
+                   rows: np.ndarray) -> CategoryColumn:
+    """The strings ``buf[start[r]:end[r]]`` for ``r`` in ``rows`` as a read-only
+    :class:`~segstream.shared.routing.CategoryColumn` (None where ``start[r] < 0``) carrying
+    their codes, built from their distinct values (``code_spans``): one ``str`` per distinct
+    value and one ``take``."""
     codes, first_start, first_end = code_spans(buf, start, end, rows)
     raw = buf.data
     table = np.empty(len(first_start) + 1, dtype=object)  # the last one (code -1) is None
     table[:-1] = [str(raw[s:e], "ascii") for s, e in zip(first_start.tolist(),
                                                            first_end.tolist(), strict=True)]
-    out = table[codes]
-    if remember:
-        remember_factorization(out, codes, table[:-1].tolist())
-    return out
+    return CategoryColumn(table[codes], codes, table[:-1].tolist())
 
 
 def _split_spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
@@ -681,12 +677,16 @@ def _to_object(col: Sequence[Any]) -> np.ndarray:
 
 
 def _frozen(batch: DecodedBatch) -> DecodedBatch:
-    """Make the object (string) columns read-only: :func:`segstream.shared.routing.encode_categories`
-    factorises a read-only column once and reuses that for every category table (router,
-    key tables, drift reference), instead of hashing every value once per table."""
-    for arr in batch.columns.values():
-        if arr.dtype == object:
-            arr.flags.writeable = False
+    """The object (string) columns as read-only
+    :class:`~segstream.shared.routing.CategoryColumn` views (those the flat path coded carry
+    their codes already): :func:`segstream.shared.routing.encode_categories` factorises each
+    once and reuses that for every category table (router, key tables, drift reference),
+    instead of hashing every value once per table."""
+    cols = batch.columns
+    for name, arr in cols.items():
+        # (a merged column is a writeable CategoryColumn without codes: viewed again)
+        if arr.dtype == object and (not isinstance(arr, CategoryColumn) or arr.flags.writeable):
+            cols[name] = CategoryColumn(arr)
     return batch
 
 

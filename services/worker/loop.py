@@ -2,28 +2,11 @@
 
 Delivery guarantees
 -------------------
-``at_least_once``
-    Predictions, DLQ and stats records of a batch are produced without a per-record callback;
-    the producer's one delivery callback (:meth:`StreamWorker.on_delivery`) is called by
-    librdkafka for failed records only (``delivery.report.only.error``: a Python callback per
-    delivered record would cost more than scoring it). A batch's offsets are committed once
-    the producer has nothing outstanding (``len(producer) == 0``: every record produced so far
-    is acknowledged and no failure was reported), which is checked before each new batch is
-    produced, so the previous batch, delivered while this one was being scored, is known
-    delivered without waiting. Delivered offsets are committed at most every
-    ``commit_interval_s`` (0: after every batch), and always before partitions are given up, on
-    shutdown, and before a rewind. Up to ``max_batches_in_flight`` batches are pipelined;
-    beyond that the loop waits for the producer to drain. A delivery failure rewinds the
-    consumer to the first offset of the oldest batch in flight (no batch in flight is
-    committed; batches delivered before it are).
-``exactly_once``
-    One transaction per batch holds its predictions, DLQ and stats records and its consumed
-    offsets (``send_offsets_to_transaction`` with the consumer group's metadata). The offsets
-    and the commit (broker round trips) run in a transaction thread while the loop decodes and
-    scores the next batch, which is produced in its own transaction once the previous one has
-    committed. Any error aborts the transaction and rewinds the consumer to the batch's first
-    offsets (and those of the batch in hand, which is then not produced); a fenced or
-    otherwise fatal producer ends the loop cleanly without committing.
+The loop consumes, decodes and scores a batch and hands it to a committer
+(:mod:`segstream.services.worker.committers`): :class:`AtLeastOnceCommitter` (batches in
+flight, delivered offsets, paced commits, rewinds on a failed delivery) or
+:class:`ExactlyOnceCommitter` (one transaction per batch, committed in a transaction thread
+while the next batch is scored). The loop itself knows neither protocol.
 
 Failures
 --------
@@ -48,9 +31,8 @@ exactly-once aborts the transaction and rewinds. Either backs off (0.5 s doublin
 30 s) and gives up after ``max_delivery_retries`` / ``max_transaction_retries`` failures in
 a row: not ready, exit non-zero, nothing committed past an undelivered record.
 
-Partition revocation happens inside ``consume()``, i.e. between batches: at-least-once waits
-for the batches in flight and commits them first; exactly-once waits for the transaction
-being committed (no transaction is open then).
+Partition revocation happens inside ``consume()``, i.e. between batches: the committer
+finishes and commits what it holds first (:meth:`Committer.on_revoke`).
 """
 
 from __future__ import annotations
@@ -75,6 +57,14 @@ from segstream.services.worker.decode import (
     DecodedBatch,
     EventDecoder,
 )
+from segstream.services.worker.committers import (
+    Batch,
+    Committer,
+    ConsumerOffsets,
+    ProduceError,
+    make_committer,
+)
+from segstream.services.worker.committers import describe as _describe
 from segstream.services.worker.kafka_io import producer_config
 from segstream.services.worker.metrics import WorkerMetrics
 from segstream.services.worker.records import (
@@ -85,8 +75,7 @@ from segstream.services.worker.records import (
     utc_now_iso,
 )
 from segstream.services.worker.stats import batch_stats_records
-from segstream.shared.errors import SegstreamError
-from segstream.shared.scoring import Bundle, Scorer
+from segstream.shared.scoring import Scorer
 from segstream.shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -96,21 +85,6 @@ EXIT_FAILED = 1
 
 
 _SECOND = operator.itemgetter(1)
-
-#: Backoff after a failed transaction or delivery: 0.5 s, doubling, at most 30 s.
-BACKOFF_FIRST_S = 0.5
-BACKOFF_MAX_S = 30.0
-
-
-def backoff_s(failures: int) -> float:
-    """Seconds to wait after the ``failures``-th failure in a row (1, 2, ...)."""
-    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** max(failures - 1, 0))
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` of an exception, at most 200 characters."""
-    return f"{exception_name(exc)}: {exc}"[:200]
-
 
 class _Scored:
     """A batch's scores and its encoded prediction and stats records."""
@@ -128,7 +102,8 @@ class _Scored:
 
 def _take(decoded: DecodedBatch, rows: np.ndarray) -> DecodedBatch:
     """The valid rows ``rows`` (positions in ``decoded.valid``) of a decoded batch, with its
-    rejected entries (the stats' DLQ counts); object columns read-only, as decoded."""
+    rejected entries (the stats' DLQ counts); object columns read-only, as decoded (their
+    factorisation is not carried over: a CategoryColumn computes its own on use)."""
     columns = {}
     for k, col in decoded.columns.items():
         sub = col[rows]
@@ -204,14 +179,6 @@ def _failures(score: Callable[[np.ndarray], Any], one: np.ndarray
     return []
 
 
-def _at_once(score: Callable[[Any], dict[str, np.ndarray]]) -> Callable[..., Any]:
-    """``score_parts`` for a scorer without it: everything now, ``finish`` returns it."""
-    def parts(columns: Any) -> tuple[dict[str, np.ndarray], Callable[[], Any]]:
-        out = score(columns)
-        return out, lambda: out
-    return parts
-
-
 def _offset_range(parts: np.ndarray, offs: np.ndarray) -> tuple[dict[int, int], dict[int, int]]:
     """Per partition of a batch, its first offset and the offset after its last one."""
     first: dict[int, int] = {}
@@ -221,45 +188,6 @@ def _offset_range(parts: np.ndarray, offs: np.ndarray) -> tuple[dict[int, int], 
         first[p] = int(o.min())
         nxt[p] = int(o.max()) + 1
     return first, nxt
-
-
-class ProduceError(SegstreamError):
-    """``produce()`` refused a record (not a full queue): handled like a failed delivery.
-
-    The message names the topic and the cause (``MSG_SIZE_TOO_LARGE``: raise the broker's
-    and ``broker.client``'s ``message.max.bytes``; an unknown topic: create it, or let the
-    worker do so at start-up).
-    """
-
-    def __init__(self, topic: str, cause: Exception) -> None:
-        super().__init__(f"produce to {topic} refused: {_describe(cause)}")
-        self.topic = topic
-        self.cause = cause
-
-
-class _Transaction:
-    """An exactly-once batch whose transaction is being committed in the background."""
-
-    __slots__ = ("future", "first", "n_predictions", "seq")
-
-    def __init__(self, future: concurrent.futures.Future[None], first: dict[int, int],
-                 n_predictions: int, seq: int) -> None:
-        self.future = future
-        self.first = first
-        self.n_predictions = n_predictions
-        self.seq = seq
-
-
-class _InFlight:
-    """One at-least-once batch whose records may not all be delivered yet."""
-
-    __slots__ = ("seq", "first", "next", "n_predictions")
-
-    def __init__(self, seq: int, first: dict[int, int], nxt: dict[int, int]) -> None:
-        self.seq = seq
-        self.first = first
-        self.next = nxt
-        self.n_predictions = 0
 
 
 class StreamWorker:
@@ -299,24 +227,15 @@ class StreamWorker:
         self.worker_id = worker_id
         self.take_new_scorer = take_new_scorer or (lambda: None)
         self.on_broken = on_broken or (lambda details: None)
-        self.exactly_once = self.w.guarantee == "exactly_once"
-        self.assigned: set[int] = set()
-        self.inflight: collections.deque[_InFlight] = collections.deque()
-        # at_least_once: next offsets of delivered batches not yet committed, and when the
-        # last commit was sent (commits are paced by worker.commit_interval_s).
-        self.delivered: dict[int, int] = {}
-        self._last_commit = time.monotonic()
+        self.offsets = ConsumerOffsets(consumer, self.topics.events)
+        #: Produces the batches and commits their offsets (the delivery guarantee).
+        self.committer: Committer = make_committer(self.w, self.offsets, producer, metrics)
         self.seq = 0
         self.failures = 0
-        self.fatal: str | None = None
+        self._fatal: str | None = None
         #: Why the bundle was judged broken (consumption stopped), or None.
         self.broken: str | None = None
         self.ready = threading.Event()
-        self._delivery_error: str | None = None
-        # Failed deliveries / transactions in a row, and until when the loop backs off.
-        self._delivery_failures = 0
-        self._txn_failures = 0
-        self._backoff_until = 0.0
         # Scoring failures: (events scored when the batch ended, failing events) per batch
         # with failures, within the window of max_failed_share; events scored so far.
         self._failures_seen: collections.deque[tuple[int, int]] = collections.deque()
@@ -331,20 +250,28 @@ class StreamWorker:
             settings.model.encode())
         self._pool = (concurrent.futures.ThreadPoolExecutor(
             self.w.score_threads, thread_name_prefix="score") if self.w.score_threads else None)
-        self._txn: _Transaction | None = None
-        self._txn_pool = (concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="transaction") if self.exactly_once else None)
         self._install(scorer)
+
+    @property
+    def assigned(self) -> set[int]:
+        """The events partitions assigned to this worker."""
+        return self.offsets.assigned
+
+    @assigned.setter
+    def assigned(self, partitions: set[int]) -> None:
+        self.offsets.assigned = partitions
+
+    @property
+    def fatal(self) -> str | None:
+        """Why the worker stops (not ready; :meth:`run` returns), or None: the loop's
+        reason, else the committer's (``"fenced"``: a newer instance took over)."""
+        return self._fatal if self._fatal is not None else self.committer.failed
 
     # ------------------------------------------------------------------ bundle
     def _install(self, scorer: Scorer) -> None:
         self.scorer = scorer
-        # A bundle that can overlap its profile part with routing gets the pool (the tests'
-        # fake scorers cannot).
-        if self._pool is not None and isinstance(scorer, Bundle):
-            self._score_parts = functools.partial(scorer.score_parts, executor=self._pool)
-        else:
-            self._score_parts = _at_once(scorer.score)
+        # A scorer may compute its profile part in the pool while the loop counts the stats.
+        self._score_parts = functools.partial(scorer.score_parts, executor=self._pool)
         self.decoder = EventDecoder(scorer.schema, self.w.max_event_bytes)
         self.id_field = scorer.schema.id_field
         self.time_field = scorer.schema.time_field
@@ -364,10 +291,8 @@ class StreamWorker:
 
     def on_delivery(self, err: Any, msg: Any) -> None:
         """The producer's delivery report (``on_delivery`` in its config), called by librdkafka
-        for failed records only (``delivery.report.only.error``); any failure rewinds every
-        uncommitted batch, so which record failed does not matter."""
-        if err is not None and self._delivery_error is None:
-            self._delivery_error = str(err)
+        for failed records only (``delivery.report.only.error``): the committer's."""
+        self.committer.on_delivery(err, msg)
 
     # ------------------------------------------------------------------ rebalance callbacks
     def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -378,13 +303,9 @@ class StreamWorker:
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         self.metrics.rebalances.labels(kind="revoke").inc()
-        if self.exactly_once:
-            self._finish_transaction()  # commit (or abort) before giving partitions up
-        else:
-            self._drain(commit_sync=True)
         gone = {p.partition for p in partitions}
+        self.committer.on_revoke(gone)  # finish and commit before giving partitions up
         self.assigned -= gone
-        self._forget_delivered(gone)
         self.metrics.assigned_partitions.set(len(self.assigned))
         self.metrics.forget_partitions(self.topics.events, gone)
         logger.info("revoked partitions %s", sorted(gone))
@@ -392,14 +313,8 @@ class StreamWorker:
     def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         self.metrics.rebalances.labels(kind="lost").inc()
         gone = {p.partition for p in partitions}
-        # Offsets of lost partitions must not be committed: drop the batches in flight (a
-        # transaction already committing is waited for; its stale generation fails it).
-        if self.exactly_once:
-            self._finish_transaction()
-        self.producer.client.flush(self.w.transaction_timeout_s)
-        self.inflight.clear()
+        self.committer.on_lost(gone)  # offsets of lost partitions must not be committed
         self.assigned -= gone
-        self._forget_delivered(gone)  # another member owns them now: never commit these
         self.metrics.assigned_partitions.set(len(self.assigned))
         self.metrics.forget_partitions(self.topics.events, gone)
         logger.warning("lost partitions %s", sorted(gone))
@@ -417,7 +332,7 @@ class StreamWorker:
                 if self.broken is not None:
                     self._while_broken(max(timeout, 0.1))
                     continue
-                wait = self._backoff_until - time.monotonic()
+                wait = self.committer.backoff_until - time.monotonic()
                 if wait > 0:  # after a failed delivery or transaction
                     stop.wait(wait)
                     continue
@@ -434,33 +349,22 @@ class StreamWorker:
                         msgs += c.consume(n - 1, 0)
                 if msgs:
                     self._process(msgs)
-                if not self.exactly_once:
-                    self._settle()
-                    if len(self.inflight) >= self.w.max_batches_in_flight:
-                        self._wait_head(stop)
-                elif self._txn is not None and self._txn.future.done():
-                    self._finish_transaction()  # account for it without waiting for a batch
+                self.committer.poll(stop)
                 self.metrics.producer_queue.set(len(self.producer.client))
-            if self.exactly_once:
-                self._finish_transaction()
         finally:
             self.ready.clear()
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
-            if self._txn_pool is not None:
-                self._finish_transaction()
-                self._txn_pool.shutdown(wait=True)
+            self.committer.close()
         if self.fatal == "fenced":
             logger.warning("producer fenced by a newer instance: exiting without committing")
             return EXIT_OK
         if self.fatal is not None:
             logger.error("worker stopping after a fatal error (not ready, exit code %d): %s",
                          EXIT_FAILED, self.fatal)
-            if not self.exactly_once:
-                self._drain(commit_sync=True)
+            self.committer.drain()
             return EXIT_FAILED
-        if not self.exactly_once:
-            self._drain(commit_sync=True)
+        self.committer.drain()
         logger.info("stopped after %d batches", self.seq)
         return EXIT_OK
 
@@ -499,12 +403,10 @@ class StreamWorker:
         m.batch_size.observe(len(msgs))
         m.scoring_batch_seconds.observe(score_s)
         m.scoring_event_seconds.observe(score_s / len(msgs), len(msgs))
-        if self.exactly_once:
-            self._produce_transaction(msgs, decoded, out.ids, out.preds, out.stats, first, nxt,
-                                      failed)
-        else:
-            self._produce_at_least_once(msgs, decoded, out.ids, out.preds, out.stats, first,
-                                        nxt, failed)
+        self.committer.produce_batch(
+            Batch(self.seq, first, nxt, len(out.preds)),
+            functools.partial(self._produce_all, msgs, decoded, out.ids, out.preds, out.stats,
+                              failed))
         if out.preds:
             lv = np.bincount(np.asarray(out.scores["fallback_level"], dtype=np.int64))
             for level, count in enumerate(lv.tolist()):
@@ -618,9 +520,9 @@ class StreamWorker:
         batches are finished (delivered and committed), this one is rewound (nothing of it is
         produced or committed), fetching stops, the worker is not ready, and one
         ``scoring_failed`` alert goes out, until a new bundle is loaded."""
-        rewind = self._finish_earlier(first)
+        rewind = self.committer.finish_earlier(first)
         if rewind is not None:
-            self._seek(rewind)
+            self.offsets.seek(rewind)
         bundle = self.scorer.bundle_id
         self.broken = (f"bundle {bundle[:12]} judged broken: scoring failed for more than "
                        f"{self.w.max_failed_share:g} of the events ({_describe(exc)})")
@@ -659,7 +561,7 @@ class StreamWorker:
                 if msg.error() is None:
                     p, o = msg.partition(), msg.offset()
                     back[p] = min(o, back.get(p, o))
-            self._seek(back)
+            self.offsets.seek(back)
             self._pause_all()
 
     def _recover(self) -> None:
@@ -734,268 +636,22 @@ class StreamWorker:
             except Exception as exc:  # noqa: BLE001 - a record refused: a failed delivery
                 raise ProduceError(topic, exc) from exc
 
-    # ------------------------------------------------------------------ at-least-once
-    def _produce_at_least_once(self, msgs: list[Any], decoded: Any, ids: list[Any],
-                               preds: list[bytes], stats: list[bytes],
-                               first: dict[int, int], nxt: dict[int, int],
-                               failed: dict[int, str] | None = None) -> None:
-        # The previous batches were being delivered while this one was scored: commit them
-        # first (usually without waiting), then produce this one. If one of them failed, the
-        # rewind covers this batch too: it is not produced and will be consumed again.
-        if not self._settle(current_first=first):
-            return
-        batch = _InFlight(self.seq, first, nxt)
-        batch.n_predictions = len(preds)
-        self.inflight.append(batch)
-        try:
-            self._produce_all(msgs, decoded, ids, preds, stats, failed)
-        except ProduceError as exc:
-            # As a failed delivery: the batch is in flight, so the next settle rewinds it
-            # (and every batch in flight) and commits none of them.
-            logger.error("batch %d: %s", self.seq, exc)
-            if self._delivery_error is None:
-                self._delivery_error = str(exc)
-
-    def _settle(self, commit_sync: bool = False,
-                current_first: dict[int, int] | None = None, force: bool = False) -> bool:
-        """Serve delivery reports; when the producer has nothing outstanding and no record
-        failed, every batch in flight is delivered: its offsets join :attr:`delivered`, which
-        is committed when ``commit_interval_s`` has passed since the last commit (or
-        ``force``). Returns False when a failure rewound the consumer (to the first offsets
-        of the batches in flight and of ``current_first``, the batch in hand that is not
-        produced yet)."""
-        p = self.producer.client
-        p.poll(0)
-        if self.inflight:
-            if self._delivery_error is not None:
-                self._delivery_failed(current_first)
-                return False
-            if not len(p):
-                n_pred = 0
-                for b in self.inflight:
-                    self.delivered.update(b.next)
-                    n_pred += b.n_predictions
-                self.inflight.clear()
-                self._delivery_failures = 0
-                if n_pred:
-                    self.metrics.predictions_produced.inc(n_pred)
-        # Offsets delivered earlier precede those still in flight: committing them is right
-        # even while newer batches are outstanding.
-        if force or time.monotonic() - self._last_commit >= self.w.commit_interval_s:
-            self._commit_delivered(sync=commit_sync)
-        return True
-
-    def _commit_delivered(self, sync: bool) -> None:
-        """Commit :attr:`delivered` (if anything is) and restart the commit interval."""
-        if self.delivered:
-            self._commit(self.delivered, sync=sync)
-            self.delivered = {}
-            self._last_commit = time.monotonic()
-
-    def _forget_delivered(self, partitions: set[int]) -> None:
-        for part in partitions:
-            self.delivered.pop(part, None)
-
-    def _wait_head(self, stop: threading.Event) -> None:
-        """Wait until the producer has delivered everything in flight (or a record failed)."""
-        deadline = time.monotonic() + self.w.transaction_timeout_s * 4
-        p = self.producer.client
-        while self.inflight and len(p) and self._delivery_error is None:
-            p.poll(0.01)
-            if time.monotonic() > deadline:
-                self._set_fatal("deliveries did not complete in time")
-                return
-        self._settle()
-
-    def _drain(self, commit_sync: bool) -> None:
-        """Wait for every record in flight, then commit what was delivered."""
-        remaining = self.producer.client.flush(self.w.transaction_timeout_s * 2)
-        if remaining:
-            logger.error("%d records still undelivered; their batches are not committed",
-                         remaining)
-        self._settle(commit_sync=commit_sync, force=True)
-        self.inflight.clear()
-
-    def _commit(self, offsets: dict[int, int], sync: bool) -> None:
-        from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415
-
-        tps = [TopicPartition(self.topics.events, p, o) for p, o in offsets.items()
-               if p in self.assigned]
-        if not tps:
-            return
-        try:
-            self.consumer.client.commit(offsets=tps, asynchronous=not sync)
-        except KafkaException as exc:
-            logger.warning("commit failed (events will be redelivered): %s", exc)
-
-    def _delivery_failed(self, current_first: dict[int, int] | None = None) -> None:
-        logger.error("delivery failed (%s); rewinding %d uncommitted batch(es) (from batch %s) "
-                     "without commit", self._delivery_error, len(self.inflight),
-                     self.inflight[0].seq if self.inflight else "-")
-        self.metrics.batch_failures.labels(stage="deliver").inc()
-        self.producer.client.flush(self.w.transaction_timeout_s)
-        self._delivery_error = None  # everything in flight is rewound below
-        self._commit_delivered(sync=False)  # batches delivered before the failure stay done
-        rewind: dict[int, int] = {}
-        firsts = [b.first for b in self.inflight] + [current_first or {}]
-        for first in firsts:  # every batch in flight (none is committed) and the one in hand
-            for p, o in first.items():
-                rewind[p] = min(o, rewind.get(p, o))
-        self.inflight.clear()
-        self._seek(rewind)
-        self._delivery_failures += 1
-        if self._delivery_failures > self.w.max_delivery_retries:
-            self._set_fatal(f"delivery failed {self._delivery_failures} times in a row "
-                            f"(worker.max_delivery_retries={self.w.max_delivery_retries})")
-        else:
-            self._back_off(self._delivery_failures)
-
-    def _back_off(self, failures: int) -> None:
-        """The loop consumes nothing for :func:`backoff_s` seconds (served in :meth:`run`,
-        not here: this may run inside a rebalance callback)."""
-        delay = backoff_s(failures)
-        self._backoff_until = time.monotonic() + delay
-        logger.warning("failure %d in a row: backing off %.1f s", failures, delay)
-
-    def _set_fatal(self, reason: str) -> None:
-        """Stop: not ready at once, the loop ends and :meth:`run` returns non-zero."""
-        if self.fatal is None:
-            self.fatal = reason
-        self.ready.clear()
-
-    # ------------------------------------------------------------------ exactly-once
-    def _produce_transaction(self, msgs: list[Any], decoded: Any, ids: list[Any],
-                             preds: list[bytes], stats: list[bytes],
-                             first: dict[int, int], nxt: dict[int, int],
-                             failed: dict[int, str] | None = None) -> None:
-        """Open this batch's transaction, produce into it, and hand the offsets and the commit
-        to the transaction thread; the loop goes on with the next batch meanwhile (it is
-        decoded and scored while this one commits, and produced after it committed)."""
-        from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415
-
-        if not self._finish_transaction(current_first=first):
-            return  # the previous transaction failed: rewound, this batch included
-        p = self.producer.client
-        c = self.consumer.client
-        try:
-            p.begin_transaction()
-            self._produce_all(msgs, decoded, ids, preds, stats, failed)
-            offsets = [TopicPartition(self.topics.events, part, o) for part, o in nxt.items()]
-            group = c.consumer_group_metadata()
-        except (KafkaException, ProduceError) as exc:
-            cause = exc.cause if isinstance(exc, ProduceError) else exc
-            err = cause.args[0] if isinstance(cause, KafkaException) and cause.args else None
-            self._transaction_failed(err, exc, first, self.seq)
-            return
-        self._txn = _Transaction(
-            self._txn_pool.submit(self._commit_transaction, offsets, group),  # type: ignore[union-attr]
-            first, len(preds), self.seq)
-
-    def _commit_transaction(self, offsets: list[Any], group: Any) -> None:
-        """In the transaction thread: add the consumed offsets, commit."""
-        p = self.producer.client
-        timeout = self.w.transaction_timeout_s
-        p.send_offsets_to_transaction(offsets, group, timeout)
-        p.commit_transaction(timeout)
-
-    def _finish_transaction(self, current_first: dict[int, int] | None = None) -> bool:
-        """Wait for the transaction being committed, if any. Returns False when it failed
-        (aborted and rewound to its first offsets and those of ``current_first``, the batch
-        in hand, which must then not be produced; or fatal)."""
-        txn, self._txn = self._txn, None
-        if txn is None:
-            return True
-        try:
-            txn.future.result()
-        except Exception as exc:  # noqa: BLE001 - KafkaException or anything else: abort
-            err = exc.args[0] if exc.args and hasattr(exc.args[0], "code") else None
-            rewind = dict(txn.first)
-            for part, o in (current_first or {}).items():
-                rewind[part] = min(o, rewind.get(part, o))
-            self._transaction_failed(err, exc, rewind, txn.seq)
-            return False
-        self.metrics.transactions.labels(result="committed").inc()
-        self.metrics.predictions_produced.inc(txn.n_predictions)
-        self._txn_failures = 0
-        return True
-
-    def _transaction_failed(self, err: Any, exc: Exception, first: dict[int, int],
-                            seq: int) -> None:
-        from confluent_kafka import KafkaError  # noqa: PLC0415
-
-        p = self.producer.client
-        fatal = err is not None and (err.fatal() or err.code() in (
-            KafkaError._FENCED, KafkaError.PRODUCER_FENCED,  # type: ignore[attr-defined]
-            KafkaError.INVALID_PRODUCER_EPOCH))
-        if fatal:
-            self.metrics.transactions.labels(result="fenced").inc()
-            self.ready.clear()
-            self.fatal = "fenced" if err.code() in (
-                KafkaError._FENCED, KafkaError.PRODUCER_FENCED,  # type: ignore[attr-defined]
-                KafkaError.INVALID_PRODUCER_EPOCH) else f"fatal producer error: {err}"
-            logger.error("transaction failed fatally: %s", exc)
-            return
-        logger.warning("batch %d: transaction failed (%s); aborting and rewinding", seq, exc)
-        self.metrics.transactions.labels(result="aborted").inc()
-        self.metrics.batch_failures.labels(stage="transaction").inc()
-        try:
-            p.abort_transaction(self.w.transaction_timeout_s)
-        except Exception as abort_exc:  # noqa: BLE001
-            self._set_fatal(f"abort failed: {abort_exc}")
-            logger.error("abort_transaction failed: %s", abort_exc)
-            return
-        self._seek(first)
-        self._txn_failures += 1
-        if self._txn_failures > self.w.max_transaction_retries:
-            self._set_fatal(f"transaction failed {self._txn_failures} times in a row "
-                            f"(worker.max_transaction_retries="
-                            f"{self.w.max_transaction_retries})")
-        else:
-            self._back_off(self._txn_failures)
-
     # ------------------------------------------------------------------ failures
     def _scoring_failed(self, first: dict[int, int]) -> None:
         self.failures += 1
-        rewind = self._finish_earlier(first)
+        rewind = self.committer.finish_earlier(first)
         if self.failures > self.w.max_scoring_retries:
             self._set_fatal(f"scoring failed {self.failures} times in a row")
             return
         if rewind is not None:
-            self._seek(rewind)
+            self.offsets.seek(rewind)
         time.sleep(min(5.0, 0.2 * 2 ** self.failures))
 
-    def _finish_earlier(self, first: dict[int, int]) -> dict[int, int] | None:
-        """Before the batch in hand (first offsets ``first``) is rewound, finish the batches
-        before it: exactly-once waits for the transaction being committed; at-least-once
-        waits for the batches in flight and commits those delivered. Returns where to rewind:
-        ``first``, and the first offsets of earlier batches that could not be delivered in
-        time (never committed); None when a failure already rewound them and this batch."""
-        if self.exactly_once:
-            return dict(first) if self._finish_transaction(current_first=first) else None
-        earlier = [b.first for b in self.inflight]
-        remaining = self.producer.client.flush(self.w.transaction_timeout_s * 2)
-        if not self._settle(force=True, current_first=first):
-            return None  # a failed delivery: rewound to the oldest batch in flight
-        rewind = dict(first)
-        if remaining or self.inflight:  # not delivered in time: not committed, read again
-            logger.error("%d records still undelivered; rewinding their batches too",
-                         remaining)
-            for f in earlier:
-                for part, o in f.items():
-                    rewind[part] = min(o, rewind.get(part, o))
-            self.inflight.clear()
-        return rewind
-
-    def _seek(self, offsets: dict[int, int]) -> None:
-        from confluent_kafka import KafkaException, TopicPartition  # noqa: PLC0415
-
-        for p, o in offsets.items():
-            if p not in self.assigned:
-                continue
-            try:
-                self.consumer.client.seek(TopicPartition(self.topics.events, p, o))
-            except KafkaException as exc:
-                logger.warning("seek %s[%d] to %d failed: %s", self.topics.events, p, o, exc)
+    def _set_fatal(self, reason: str) -> None:
+        """Stop: not ready at once, the loop ends and :meth:`run` returns non-zero."""
+        if self._fatal is None:
+            self._fatal = reason
+        self.ready.clear()
 
     # ------------------------------------------------------------------ backpressure
     def _backpressure(self, stop: threading.Event) -> None:
@@ -1012,8 +668,7 @@ class StreamWorker:
         try:
             while len(p) > high // 2 and not stop.is_set():
                 p.poll(0.05)
-                if not self.exactly_once:
-                    self._settle()
+                self.committer.serve_deliveries()
         finally:
             c.resume(parts)
             self.metrics.paused.set(0)

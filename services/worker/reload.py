@@ -420,11 +420,10 @@ def warm_up(scorer: Scorer) -> None:
         else:
             columns[f.name] = np.array(["" if f.required else None, ""], dtype=object)
     scores = scorer.score(columns)
-    reference = getattr(scorer, "drift_reference", None)
-    if reference is not None:  # the stats kernel (large segments) too
-        batch_stats_records(columns, scores, reference, time_field=scorer.schema.time_field,
-                            slice_s=86_400, n_events=2, dlq_counts={}, model=scorer.model,
-                            bundle_id=scorer.bundle_id, worker="warm-up", batch=0,
-                            created_at="", max_unknown_keys=1)
+    # the stats kernel (large segments) too
+    batch_stats_records(columns, scores, scorer.drift_reference,
+                        time_field=scorer.schema.time_field, slice_s=86_400, n_events=2,
+                        dlq_counts={}, model=scorer.model, bundle_id=scorer.bundle_id,
+                        worker="warm-up", batch=0, created_at="", max_unknown_keys=1)
     EventDecoder(scorer.schema, 1 << 16).warm_up()  # the flat-path kernels
     warm_up_records()  # and the record encoder's

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from segstream.services.worker.health import HealthServer
+from segstream.shared.health import HealthServer
 
 IDLE_S = 2
 

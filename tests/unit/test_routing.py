@@ -397,12 +397,17 @@ def test_describe_path_names_keys_and_splits():
 
 
 def test_read_only_columns_take_the_factorised_path_with_identical_codes() -> None:
-    """A read-only object column is factorised once and reused across tables; the codes equal
+    """A CategoryColumn is factorised once and reused across tables; the codes equal
     the per-value path's, including missing values, unseen values and non-str values (which
     fall back, since factorize would merge 1, 1.0 and True)."""
     import pandas as pd
 
-    from segstream.shared.routing import MISSING_CODE, UNKNOWN_CODE, _FACTORIZED, encode_categories
+    from segstream.shared.routing import (
+        MISSING_CODE,
+        UNKNOWN_CODE,
+        CategoryColumn,
+        encode_categories,
+    )
 
     rng = np.random.default_rng(3)
     pool = np.array(["JFK", "LGA", "EWR", "XXX", None, np.nan, ""], dtype=object)
@@ -410,9 +415,9 @@ def test_read_only_columns_take_the_factorised_path_with_identical_codes() -> No
         vals = rng.choice(np.concatenate([pool, np.array(extra, dtype=object)]), 2000)
         tables = [pd.Index(["EWR", "JFK", "LGA"]), pd.Index(["JFK", "", "1", "1.0", "True"])]
         want = [encode_categories(vals.copy(), t) for t in tables]  # writeable: per-value path
-        vals.flags.writeable = False
+        vals = CategoryColumn(vals)
         got = [encode_categories(vals, t) for t in tables]
         for w, g in zip(want, got, strict=True):
             np.testing.assert_array_equal(w, g)
         assert (want[0] == MISSING_CODE).any() and (want[0] == UNKNOWN_CODE).any()
-        assert (id(vals) in _FACTORIZED) == (not extra)
+        assert (vals.factorization() is not None) == (not extra)

@@ -583,12 +583,10 @@ def test_code_spans_matches_factorize() -> None:
 
 
 def test_decoded_category_columns_skip_a_second_factorisation(decoder: EventDecoder) -> None:
-    from segstream.shared.routing import _factorized
-
     out = decoder.decode([_event(carrier=c) for c in ["UA", "AA", "UA", "DL"]])
     col = out.columns["carrier"]
     assert not col.flags.writeable
-    codes, uniques = _factorized(col)
+    codes, uniques = col.factorization()
     assert uniques == ["UA", "AA", "DL"] and codes.tolist() == [0, 1, 0, 2]
 
 

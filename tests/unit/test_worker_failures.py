@@ -19,8 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-import segstream.services.worker.loop as loop_mod
-from segstream.services.worker.loop import EXIT_FAILED, StreamWorker, _bisect, backoff_s
+import segstream.services.worker.committers as committers
+from segstream.services.worker.committers import backoff_s
+from segstream.services.worker.loop import EXIT_FAILED, StreamWorker, _bisect
 from segstream.services.worker.metrics import WorkerMetrics
 from segstream.services.worker.records import warm_up_records
 from segstream.shared.events import encode_events
@@ -79,7 +80,7 @@ def test_bisection_stops_early_on_a_bundle_that_fails_everything() -> None:
 
 def test_backoff_doubles_up_to_its_cap() -> None:
     assert [backoff_s(k) for k in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 4.0]
-    assert backoff_s(30) == loop_mod.BACKOFF_MAX_S
+    assert backoff_s(30) == committers.BACKOFF_MAX_S
 
 
 # ----------------------------------------------------------------------------- loop setup
@@ -340,7 +341,7 @@ class CheckingConsumer(LogConsumer):
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_a_record_refused_at_produce_is_a_failed_delivery_and_is_retried(
         tmp_path, sept, guarantee, monkeypatch) -> None:
-    monkeypatch.setattr(loop_mod, "BACKOFF_FIRST_S", 0.01)
+    monkeypatch.setattr(committers, "BACKOFF_FIRST_S", 0.01)
     s = _settings(tmp_path, guarantee=guarantee)
     log = _log(s, sept.iloc[:60])
     victim = str(sept["event_id"].iloc[25]).encode()  # second batch: partition 1, offset 112
@@ -382,7 +383,7 @@ def test_a_record_always_refused_gives_up_not_ready_and_non_zero(tmp_path, sept,
                                                                  monkeypatch) -> None:
     """A deleted output topic (refused at produce() for good): backoff, then exit 1 after
     max_*_retries, never committing past it; it used to retry forever while ready."""
-    monkeypatch.setattr(loop_mod, "BACKOFF_FIRST_S", 0.02)
+    monkeypatch.setattr(committers, "BACKOFF_FIRST_S", 0.02)
     s = _settings(tmp_path, guarantee=guarantee, max_transaction_retries=3,
                   max_delivery_retries=3)
     log = _log(s, sept.iloc[:60])
@@ -428,7 +429,7 @@ def test_refused_produce_with_old_behaviour_would_commit_past(tmp_path, sept) ->
     loop = _worker(s, consumer, producer, _scorer(tmp_path, s))
     loop._process(consumer.consume(20, 0))
     assert len(producer) < 20  # the refusal stopped the batch's records
-    loop._settle(force=True)
+    loop.committer.settle(force=True)
     assert consumer.committed() == {}
     assert consumer.position == {0: 100, 1: 100}  # rewound
 
@@ -437,7 +438,7 @@ def test_before_a_rewind_undelivered_earlier_batches_are_rewound_too(tmp_path, s
     """A scoring failure or a broken bundle rewinds the batch in hand; an earlier batch whose
     records are still undelivered after the drain is not committed and must be read again
     (it used to be dropped from the bookkeeping and skipped)."""
-    from segstream.services.worker.loop import _InFlight
+    from segstream.services.worker.committers import Batch
 
     s = _settings(tmp_path)
     consumer = LogConsumer(s.topics.events, _log(s, sept.iloc[:4]))
@@ -445,7 +446,7 @@ def test_before_a_rewind_undelivered_earlier_batches_are_rewound_too(tmp_path, s
     loop = _worker(s, consumer, producer, _scorer(tmp_path, s))
     producer.queued.append((s.topics.predictions, b"stuck", b"k", None))
     producer.flush = lambda timeout=0: 1  # type: ignore[method-assign]
-    loop.inflight.append(_InFlight(3, {0: 100, 1: 100}, {0: 102, 1: 102}))
-    rewind = loop._finish_earlier({0: 102, 1: 102})
+    loop.committer.inflight.append(Batch(3, {0: 100, 1: 100}, {0: 102, 1: 102}))
+    rewind = loop.committer.finish_earlier({0: 102, 1: 102})
     assert rewind == {0: 100, 1: 100}
-    assert consumer.committed() == {} and not loop.inflight
+    assert consumer.committed() == {} and not loop.committer.inflight

@@ -144,7 +144,7 @@ def test_a_failed_record_rewinds_every_batch_in_flight_without_commit(setup) -> 
     # The failure shows before batch b is produced: a and b are rewound, nothing committed.
     assert consumer.commits == []
     assert sorted(consumer.seeks) == [(0, 100), (1, 40)]
-    assert not loop.inflight
+    assert not loop.committer.inflight
     assert len(producer.delivered) == 4  # a's other records; b was never produced
 
 
@@ -196,13 +196,13 @@ def test_a_failure_commits_the_batches_delivered_before_it_and_rewinds_the_rest(
     loop = _run(_with_interval(s, 3600.0), scorer, consumer, producer)
     assert consumer.commits[0] == {0: 105}  # a: delivered before the failure
     assert sorted(consumer.seeks) == [(0, 105), (1, 40)]  # b rewound
-    assert not loop.inflight and not loop.delivered
+    assert not loop.committer.inflight and not loop.committer.delivered
     assert {0: 107, 1: 43}.items().isdisjoint(
         {k: v for c in consumer.commits for k, v in c.items()}.items())
 
 
 def test_a_drain_with_records_outstanding_still_commits_what_was_delivered(setup) -> None:
-    """_drain (revoke, shutdown, scoring failure) commits the batches already delivered even
+    """drain (revoke, shutdown, scoring failure) commits the batches already delivered even
     when a later batch's records could not be delivered in time."""
     s, scorer, a, b = setup
     producer = FakeProducer()
@@ -210,14 +210,14 @@ def test_a_drain_with_records_outstanding_still_commits_what_was_delivered(setup
                         _Client(producer), scorer, WorkerMetrics.create(CollectorRegistry()), "w1")
     producer.on_delivery = loop.on_delivery
     loop.assigned = {0, 1}
-    loop.delivered = {0: 105}  # batch a: delivered, not yet committed
+    loop.committer.delivered = {0: 105}  # batch a: delivered, not yet committed
     producer.queued.append((b"stuck", None))  # a later batch's record, never delivered
     producer.flush = lambda timeout=0: 1  # type: ignore[method-assign]
-    from segstream.services.worker.loop import _InFlight
-    loop.inflight.append(_InFlight(2, {0: 105, 1: 40}, {0: 107, 1: 43}))
-    loop._drain(commit_sync=True)
+    from segstream.services.worker.committers import Batch
+    loop.committer.inflight.append(Batch(2, {0: 105, 1: 40}, {0: 107, 1: 43}))
+    loop.committer.drain()
     assert loop.consumer.client.commits == [{0: 105}]  # a only; the stuck batch is not
-    assert not loop.inflight
+    assert not loop.committer.inflight
 
 
 class TimedConsumer(FakeConsumer):

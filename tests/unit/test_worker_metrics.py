@@ -9,7 +9,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from segstream.services.worker.decode import DLQ_REASONS
-from segstream.services.worker.health import HealthServer
+from segstream.shared.health import HealthServer
 from segstream.services.worker.metrics import BatchHistogram, WorkerMetrics
 
 
