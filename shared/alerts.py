@@ -28,10 +28,21 @@ import msgspec
 
 from segstream.shared.contracts import ALERT_TYPES, SEVERITIES, Alert
 
-__all__ = ["ALERT_TYPES", "SEVERITIES", "Alert", "alert_id", "alert_key", "alert_record",
-           "bundle_rejected_alert", "bundle_reload_failed_alert", "encode_alert", "iso_ms",
-           "scoring_failed_alert",
-           "subject_of", "utc_now_iso"]
+__all__ = [
+    "ALERT_TYPES",
+    "SEVERITIES",
+    "Alert",
+    "alert_id",
+    "alert_key",
+    "alert_record",
+    "bundle_rejected_alert",
+    "bundle_reload_failed_alert",
+    "encode_alert",
+    "iso_ms",
+    "scoring_failed_alert",
+    "subject_of",
+    "utc_now_iso",
+]
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -49,8 +60,15 @@ def iso_ms(t_ms: int | float | None) -> str | None:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def alert_id(type_: str, model: str, bundle_id: str | None, subject: str,
-             window_start: str | None, window_end: str | None, statistic: str = "") -> str:
+def alert_id(
+    type_: str,
+    model: str,
+    bundle_id: str | None,
+    subject: str,
+    window_start: str | None,
+    window_end: str | None,
+    statistic: str = "",
+) -> str:
     """Deterministic id (32 hex chars) of an alert from its type, subject, statistic and window.
 
     The statistic is part of the id because one subject can break two checks in one window
@@ -66,8 +84,9 @@ def alert_id(type_: str, model: str, bundle_id: str | None, subject: str,
     >>> len(a)
     32
     """
-    text = "\x1f".join([type_, model, bundle_id or "", subject, window_start or "",
-                        window_end or "", statistic])
+    text = "\x1f".join(
+        [type_, model, bundle_id or "", subject, window_start or "", window_end or "", statistic]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -81,10 +100,23 @@ def subject_of(feature: str | None, segment: Any) -> str:
     return ";".join(parts) or "model"
 
 
-def alert_record(*, type_: str, severity: str, model: str, bundle_id: str | None,
-                 feature: str | None, segment: Any, statistic: str, value: float | None,
-                 threshold: float | None, window_start: str | None, window_end: str | None,
-                 count: int, detected_at: str | None = None, **extra: Any) -> Alert:
+def alert_record(
+    *,
+    type_: str,
+    severity: str,
+    model: str,
+    bundle_id: str | None,
+    feature: str | None,
+    segment: Any,
+    statistic: str,
+    value: float | None,
+    threshold: float | None,
+    window_start: str | None,
+    window_end: str | None,
+    count: int,
+    detected_at: str | None = None,
+    **extra: Any,
+) -> Alert:
     """A monitor alert with its deterministic ``alert_id`` (see the module docstring).
 
     Parameters
@@ -124,14 +156,22 @@ def alert_record(*, type_: str, severity: str, model: str, bundle_id: str | None
         raise ValueError(f"unknown alert severity {severity!r}")
     subject = subject_of(feature, segment)
     return Alert(
-        alert_id=alert_id(type_, model, bundle_id, subject, window_start, window_end,
-                          statistic),
+        alert_id=alert_id(type_, model, bundle_id, subject, window_start, window_end, statistic),
         type=type_,  # type: ignore[arg-type]  # checked above
         severity=severity,  # type: ignore[arg-type]  # checked above
-        model=model, bundle_id=bundle_id, feature=feature, segment=segment,
-        statistic=statistic, value=value, threshold=threshold, window_start=window_start,
-        window_end=window_end, count=int(count), detected_at=detected_at or utc_now_iso(),
-        **extra)
+        model=model,
+        bundle_id=bundle_id,
+        feature=feature,
+        segment=segment,
+        statistic=statistic,
+        value=value,
+        threshold=threshold,
+        window_start=window_start,
+        window_end=window_end,
+        count=int(count),
+        detected_at=detected_at or utc_now_iso(),
+        **extra,
+    )
 
 
 def alert_key(alert: Alert) -> bytes:
@@ -144,22 +184,45 @@ def encode_alert(alert: Alert) -> bytes:
     return _ENCODER.encode(alert)
 
 
-def bundle_rejected_alert(*, model: str, bundle_id: str, current_bundle_id: str | None,
-                          reason: str, severity: str = "critical") -> Alert:
+def bundle_rejected_alert(
+    *,
+    model: str,
+    bundle_id: str,
+    current_bundle_id: str | None,
+    reason: str,
+    severity: str = "critical",
+) -> Alert:
     """A ``bundle_rejected`` alert record (one-off event: random ``alert_id``)."""
     now = utc_now_iso()
     return Alert(
-        alert_id=uuid.uuid4().hex, type="bundle_rejected",
+        alert_id=uuid.uuid4().hex,
+        type="bundle_rejected",
         severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
-        model=model, bundle_id=bundle_id, feature=None, segment=None,
-        statistic="bundle_verification", value=None, threshold=None, window_start=now,
-        window_end=now, count=1, detected_at=now, reason=reason,
-        current_bundle_id=current_bundle_id)
+        model=model,
+        bundle_id=bundle_id,
+        feature=None,
+        segment=None,
+        statistic="bundle_verification",
+        value=None,
+        threshold=None,
+        window_start=now,
+        window_end=now,
+        count=1,
+        detected_at=now,
+        reason=reason,
+        current_bundle_id=current_bundle_id,
+    )
 
 
-def bundle_reload_failed_alert(*, model: str, bundle_id: str | None,
-                               current_bundle_id: str | None, reason: str, detail: str,
-                               severity: str = "warning") -> Alert:
+def bundle_reload_failed_alert(
+    *,
+    model: str,
+    bundle_id: str | None,
+    current_bundle_id: str | None,
+    reason: str,
+    detail: str,
+    severity: str = "warning",
+) -> Alert:
     """A ``bundle_reload_failed`` alert: bundles cannot be reloaded for now (the store is
     unreachable, ``LATEST`` is malformed or names a missing bundle, a model-updates record is
     invalid); the current bundle keeps serving. One-off event: random ``alert_id``.
@@ -173,17 +236,38 @@ def bundle_reload_failed_alert(*, model: str, bundle_id: str | None,
     """
     now = utc_now_iso()
     return Alert(
-        alert_id=uuid.uuid4().hex, type="bundle_reload_failed",
+        alert_id=uuid.uuid4().hex,
+        type="bundle_reload_failed",
         severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
-        model=model, bundle_id=bundle_id, feature=None, segment=None,
-        statistic="bundle_reload", value=None, threshold=None, window_start=now,
-        window_end=now, count=1, detected_at=now, reason=detail,
-        current_bundle_id=current_bundle_id, failure=reason)
+        model=model,
+        bundle_id=bundle_id,
+        feature=None,
+        segment=None,
+        statistic="bundle_reload",
+        value=None,
+        threshold=None,
+        window_start=now,
+        window_end=now,
+        count=1,
+        detected_at=now,
+        reason=detail,
+        current_bundle_id=current_bundle_id,
+        failure=reason,
+    )
 
 
-def scoring_failed_alert(*, model: str, bundle_id: str, worker: str, failed: int, scored: int,
-                         max_failed_share: float, exception: str, reason: str,
-                         severity: str = "critical") -> Alert:
+def scoring_failed_alert(
+    *,
+    model: str,
+    bundle_id: str,
+    worker: str,
+    failed: int,
+    scored: int,
+    max_failed_share: float,
+    exception: str,
+    reason: str,
+    severity: str = "critical",
+) -> Alert:
     """A ``scoring_failed`` alert (one-off event: random ``alert_id``): a worker's scoring
     failed for more than ``max_failed_share`` of the events it scored, so it judged its
     bundle broken and stopped consuming.
@@ -203,9 +287,21 @@ def scoring_failed_alert(*, model: str, bundle_id: str, worker: str, failed: int
     """
     now = utc_now_iso()
     return Alert(
-        alert_id=uuid.uuid4().hex, type="scoring_failed",
+        alert_id=uuid.uuid4().hex,
+        type="scoring_failed",
         severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
-        model=model, bundle_id=bundle_id, feature=None, segment=None,
-        statistic="failed_share", value=failed / scored if scored else None,
-        threshold=max_failed_share, window_start=now, window_end=now, count=int(failed),
-        detected_at=now, worker=worker, exception=exception, reason=reason[:500])
+        model=model,
+        bundle_id=bundle_id,
+        feature=None,
+        segment=None,
+        statistic="failed_share",
+        value=failed / scored if scored else None,
+        threshold=max_failed_share,
+        window_start=now,
+        window_end=now,
+        count=int(failed),
+        detected_at=now,
+        worker=worker,
+        exception=exception,
+        reason=reason[:500],
+    )

@@ -56,16 +56,18 @@ __all__ = [
     "Prediction",
     "StatsRecord",
     "event_struct",
-    "outcome_struct",
     "json_schemas",
+    "outcome_struct",
 ]
 
 # ----------------------------------------------------------------------------- shared types
 #: A bundle id: the content hash of a bundle (also checked with
 #: :func:`segstream.shared.bundle.is_bundle_id`, which refuses a trailing newline that a JSON
 #: Schema ``$`` lets through).
-BundleId = Annotated[str, Meta(pattern="^[0-9a-f]{64}$",
-                               description="Bundle id: 64 lowercase hexadecimal characters.")]
+BundleId = Annotated[
+    str,
+    Meta(pattern="^[0-9a-f]{64}$", description="Bundle id: 64 lowercase hexadecimal characters."),
+]
 #: A count of events, records or bins.
 Count = Annotated[int, Meta(ge=0)]
 #: Counts per bin, in the bins of the bundle's drift reference (:mod:`segstream.shared.drift`).
@@ -73,23 +75,52 @@ BinCounts = list[Count]
 #: An ISO 8601 time in UTC written by segstream (``2013-09-01T05:16:00.000Z``).
 UtcTime = Annotated[str, Meta(description="ISO 8601 UTC time, e.g. 2013-09-01T09:16:00.000Z.")]
 #: An ISO 8601 time as a producer sent it (an offset or ``Z``; without one, UTC is assumed).
-EventTime = Annotated[str, Meta(
-    description="ISO 8601 time (with a UTC offset or Z; without one it is taken as UTC).")]
+EventTime = Annotated[
+    str, Meta(description="ISO 8601 time (with a UTC offset or Z; without one it is taken as UTC).")
+]
 
 #: The fixed set of DLQ reasons (the worker's ``ALL_DLQ_REASONS``: the decoder's reasons and
 #: ``scoring_error``; a unit test keeps them equal).
 DLQ_REASONS: tuple[str, ...] = (
-    "empty", "too_large", "invalid_json", "not_object", "missing_field", "wrong_type",
-    "bad_time", "undecodable", "scoring_error",
+    "empty",
+    "too_large",
+    "invalid_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "bad_time",
+    "undecodable",
+    "scoring_error",
 )
-DlqReason = Literal["empty", "too_large", "invalid_json", "not_object", "missing_field",
-                    "wrong_type", "bad_time", "undecodable", "scoring_error"]
+DlqReason = Literal[
+    "empty",
+    "too_large",
+    "invalid_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "bad_time",
+    "undecodable",
+    "scoring_error",
+]
 
 #: Alert types and severities (see :class:`Alert`).
-ALERT_TYPES: tuple[str, ...] = ("drift", "new_segment", "performance", "bundle_rejected",
-                                "bundle_reload_failed", "scoring_failed")
-AlertType = Literal["drift", "new_segment", "performance", "bundle_rejected",
-                    "bundle_reload_failed", "scoring_failed"]
+ALERT_TYPES: tuple[str, ...] = (
+    "drift",
+    "new_segment",
+    "performance",
+    "bundle_rejected",
+    "bundle_reload_failed",
+    "scoring_failed",
+)
+AlertType = Literal[
+    "drift",
+    "new_segment",
+    "performance",
+    "bundle_rejected",
+    "bundle_reload_failed",
+    "scoring_failed",
+]
 SEVERITIES: tuple[str, ...] = ("warning", "critical")
 Severity = Literal["warning", "critical"]
 
@@ -98,14 +129,22 @@ Severity = Literal["warning", "critical"]
 #: JSON types the worker accepts per schema field type (``services/worker/decode.py``):
 #: any JSON number in float and int fields, ``true``/``false`` in bool fields, strings in
 #: string and datetime fields.
-_EVENT_TYPES: dict[str, Any] = {"float": float, "int": float, "bool": bool, "string": str,
-                                "datetime": str}
+_EVENT_TYPES: dict[str, Any] = {
+    "float": float,
+    "int": float,
+    "bool": bool,
+    "string": str,
+    "datetime": str,
+}
 
 
 def _attr(name: str, i: int) -> str:
     """A Python attribute name for the JSON field ``name`` (renamed back on the wire)."""
-    return name if name.isidentifier() and not keyword.iskeyword(name) \
-        and not name.startswith("_") else f"field_{i}"
+    return (
+        name
+        if name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
+        else f"field_{i}"
+    )
 
 
 def event_struct(schema: SchemaSettings, *, name: str = "Event") -> type[Struct]:
@@ -164,12 +203,14 @@ def event_struct(schema: SchemaSettings, *, name: str = "Event") -> type[Struct]
         else:
             optional.append((attr, t | None, None))
     # gc=False: the fields are scalars, so an event is never part of a reference cycle.
-    return msgspec.defstruct(name, [*required, *optional], kw_only=True, gc=False,
-                             rename=rename or None, module=__name__)
+    return msgspec.defstruct(
+        name, [*required, *optional], kw_only=True, gc=False, rename=rename or None, module=__name__
+    )
 
 
-def outcome_struct(id_field: str, time_field: str, target: str, *,
-                   name: str = "Outcome") -> type[Struct]:
+def outcome_struct(
+    id_field: str, time_field: str, target: str, *, name: str = "Outcome"
+) -> type[Struct]:
     """The Struct type of an outcome value: ``{<id>, <target>, <time>, outcome_time}``.
 
     Sent (keyed by the event id, so co-partitioned with the event and its prediction) by the
@@ -192,11 +233,21 @@ def outcome_struct(id_field: str, time_field: str, target: str, *,
         raise ValueError(f"outcome_struct: field names must differ, got {names}")
     fields = [
         (id_field, Annotated[str, Meta(description="The event id (also the Kafka key).")]),
-        (target, Annotated[float | None, Meta(
-            description="The outcome, or null when there is none (cancelled, diverted).")]),
+        (
+            target,
+            Annotated[
+                float | None,
+                Meta(description="The outcome, or null when there is none (cancelled, diverted)."),
+            ],
+        ),
         (time_field, Annotated[EventTime, Meta(description="The event's time.")]),
-        ("outcome_time", Annotated[EventTime | None, Meta(
-            description="When the outcome became known; null: at the event time.")]),
+        (
+            "outcome_time",
+            Annotated[
+                EventTime | None,
+                Meta(description="When the outcome became known; null: at the event time."),
+            ],
+        ),
     ]
     attrs = [(_attr(n, i), t) for i, (n, t) in enumerate(fields)]
     rename = {a: n for (a, _), (n, _) in zip(attrs, fields, strict=True) if a != n}
@@ -217,19 +268,35 @@ class Prediction(Struct, gc=False):
     model: str
     bundle_id: BundleId
     segment: Annotated[int, Meta(description="The segment (leaf) the event was routed to.")]
-    fallback_level: Annotated[int, Meta(ge=0, description=(
-        "0: the segment's own model predicted; k: its k-th ancestor's (too little data)."))]
+    fallback_level: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description=(
+                "0: the segment's own model predicted; k: its k-th ancestor's (too little data)."
+            ),
+        ),
+    ]
     prediction: Annotated[float | None, Meta(description="Point prediction, target units.")]
-    interval: Annotated[tuple[float | None, float | None], Meta(description=(
-        "[low, high] prediction interval of mass interval_mass; null: unbounded."))]
+    interval: Annotated[
+        tuple[float | None, float | None],
+        Meta(
+            description=("[low, high] prediction interval of mass interval_mass; null: unbounded.")
+        ),
+    ]
     interval_mass: float
     pattern: Annotated[int, Meta(description="Most probable outcome pattern of the event.")]
     pattern_proba: float | None
     event_time: Annotated[str | None, Meta(description="The event's time, as it was sent.")]
     scored_at: UtcTime
-    contributions: Annotated[dict[str, float | None] | UnsetType, Meta(description=(
-        "Per-feature contributions to the prediction (with worker.include_contributions)."
-    ))] = UNSET
+    contributions: Annotated[
+        dict[str, float | None] | UnsetType,
+        Meta(
+            description=(
+                "Per-feature contributions to the prediction (with worker.include_contributions)."
+            )
+        ),
+    ] = UNSET
 
 
 # ----------------------------------------------------------------------------- DLQ headers
@@ -247,25 +314,49 @@ class DlqHeaders(Struct, rename=lambda f: DLQ_HEADER_PREFIX + f, forbid_unknown_
     """
 
     reason: Annotated[DlqReason, Meta(description="Why the event was rejected.")]
-    detail: Annotated[str, Meta(max_length=500, description=(
-        "What was wrong (the offending field, the parser's message); at most 500 bytes."))]
+    detail: Annotated[
+        str,
+        Meta(
+            max_length=500,
+            description=(
+                "What was wrong (the offending field, the parser's message); at most 500 bytes."
+            ),
+        ),
+    ]
     topic: Annotated[str, Meta(description="The topic the event was read from.")]
     partition: Annotated[int, Meta(ge=0, description="Its partition.")]
     offset: Annotated[int, Meta(ge=0, description="Its offset.")]
     worker: Annotated[str, Meta(description="The worker that rejected it.")]
-    truncated_from_bytes: Annotated[Count | UnsetType, Meta(description=(
-        "The original value's size, when the DLQ value is truncated (to "
-        "worker.dlq_max_value_bytes, or to fit the producer's message.max.bytes)."))] = UNSET
-    key_truncated_from_bytes: Annotated[Count | UnsetType, Meta(description=(
-        "The original key's size, when the key is cut to fit message.max.bytes."))] = UNSET
-    headers_dropped: Annotated[Count | UnsetType, Meta(description=(
-        "How many of the event's own headers were dropped to fit message.max.bytes."))] = UNSET
-    exception: Annotated[str | UnsetType, Meta(description=(
-        "scoring_error: the type of the exception scoring raised."))] = UNSET
+    truncated_from_bytes: Annotated[
+        Count | UnsetType,
+        Meta(
+            description=(
+                "The original value's size, when the DLQ value is truncated (to "
+                "worker.dlq_max_value_bytes, or to fit the producer's message.max.bytes)."
+            )
+        ),
+    ] = UNSET
+    key_truncated_from_bytes: Annotated[
+        Count | UnsetType,
+        Meta(
+            description=("The original key's size, when the key is cut to fit message.max.bytes.")
+        ),
+    ] = UNSET
+    headers_dropped: Annotated[
+        Count | UnsetType,
+        Meta(
+            description=(
+                "How many of the event's own headers were dropped to fit message.max.bytes."
+            )
+        ),
+    ] = UNSET
+    exception: Annotated[
+        str | UnsetType,
+        Meta(description=("scoring_error: the type of the exception scoring raised.")),
+    ] = UNSET
 
     @classmethod
-    def from_headers(cls, headers: Sequence[tuple[str, bytes | None]] | None
-                     ) -> "DlqHeaders":
+    def from_headers(cls, headers: Sequence[tuple[str, bytes | None]] | None) -> DlqHeaders:
         """Parse the ``segstream.dlq.*`` headers of a DLQ record (other headers are the
         event's own and are skipped; a repeated name keeps the last value).
 
@@ -276,8 +367,7 @@ class DlqHeaders(Struct, rename=lambda f: DLQ_HEADER_PREFIX + f, forbid_unknown_
         UnicodeDecodeError
             A value is not UTF-8.
         """
-        text = {k: (v or b"").decode() for k, v in headers or ()
-                if k.startswith(DLQ_HEADER_PREFIX)}
+        text = {k: (v or b"").decode() for k, v in headers or () if k.startswith(DLQ_HEADER_PREFIX)}
         return msgspec.convert(text, cls, strict=False)
 
     def to_headers(self) -> list[tuple[str, bytes]]:
@@ -304,28 +394,46 @@ class StatsRecord(Struct):
     dlq: Annotated[dict[str, Count], Meta(description="DLQ records per reason.")]
     event_time_min: UtcTime | None
     event_time_max: UtcTime | None
-    numeric: Annotated[dict[str, BinCounts], Meta(
-        description="Per numeric feature: counts per reference bin (last bin: missing).")]
-    categorical: Annotated[dict[str, BinCounts], Meta(
-        description="Per categorical feature: counts per category, other, missing.")]
-    prediction: Annotated[BinCounts | None, Meta(
-        description="Counts per prediction bin; null without a prediction reference.")]
-    fallback_levels: Annotated[dict[str, Count], Meta(
-        description="Predictions per fallback level (\"0\", \"1\", ...).")]
-    unknown_keys: Annotated[dict[str, Count], Meta(
-        description="Events per unknown key combination (the most frequent ones).")]
-    unknown_keys_other: Annotated[Count, Meta(
-        description="Events with an unknown key not named in unknown_keys.")]
-    segments: Annotated[dict[str, dict[str, BinCounts]], Meta(
-        description="Per large segment id: counts per bin of its own references.")]
-    partition_time_max: Annotated[dict[str, UtcTime], Meta(
-        description="Per source partition: the largest event time (the drift watermark).")]
+    numeric: Annotated[
+        dict[str, BinCounts],
+        Meta(description="Per numeric feature: counts per reference bin (last bin: missing)."),
+    ]
+    categorical: Annotated[
+        dict[str, BinCounts],
+        Meta(description="Per categorical feature: counts per category, other, missing."),
+    ]
+    prediction: Annotated[
+        BinCounts | None,
+        Meta(description="Counts per prediction bin; null without a prediction reference."),
+    ]
+    fallback_levels: Annotated[
+        dict[str, Count], Meta(description='Predictions per fallback level ("0", "1", ...).')
+    ]
+    unknown_keys: Annotated[
+        dict[str, Count],
+        Meta(description="Events per unknown key combination (the most frequent ones)."),
+    ]
+    unknown_keys_other: Annotated[
+        Count, Meta(description="Events with an unknown key not named in unknown_keys.")
+    ]
+    segments: Annotated[
+        dict[str, dict[str, BinCounts]],
+        Meta(description="Per large segment id: counts per bin of its own references."),
+    ]
+    partition_time_max: Annotated[
+        dict[str, UtcTime],
+        Meta(description="Per source partition: the largest event time (the drift watermark)."),
+    ]
     imputed: Annotated[Count, Meta(description="Events scored with imputed features.")]
     created_at: str
-    slice_start: Annotated[UtcTime | None, Meta(
-        description="Start of the record's event-time slice; null: unsliced or untimed.")]
-    slice_s: Annotated[Annotated[int, Meta(gt=0)] | None, Meta(
-        description="Slice length in seconds; null: unsliced or untimed.")]
+    slice_start: Annotated[
+        UtcTime | None,
+        Meta(description="Start of the record's event-time slice; null: unsliced or untimed."),
+    ]
+    slice_s: Annotated[
+        Annotated[int, Meta(gt=0)] | None,
+        Meta(description="Slice length in seconds; null: unsliced or untimed."),
+    ]
 
 
 # ----------------------------------------------------------------------------- alerts
@@ -338,20 +446,36 @@ class Alert(Struct, kw_only=True):
     the alert types named in their descriptions.
     """
 
-    alert_id: Annotated[str, Meta(description=(
-        "32 hex characters; deterministic for drift, new_segment and performance alerts "
-        "(a re-sent duplicate has the same id), random for one-off bundle alerts."))]
+    alert_id: Annotated[
+        str,
+        Meta(
+            description=(
+                "32 hex characters; deterministic for drift, new_segment and performance alerts "
+                "(a re-sent duplicate has the same id), random for one-off bundle alerts."
+            )
+        ),
+    ]
     type: AlertType
     severity: Severity
     model: str
     bundle_id: BundleId | None
-    feature: Annotated[str | None, Meta(description=(
-        "The feature (\"prediction\": the prediction's own distribution)."))]
-    segment: Annotated[int | str | None, Meta(description=(
-        "The segment id, or the unknown key of a new_segment alert."))]
-    statistic: Annotated[str, Meta(description=(
-        "psi, count, mae_ratio, interval_coverage, bundle_verification, bundle_reload, "
-        "failed_share."))]
+    feature: Annotated[
+        str | None,
+        Meta(description=('The feature ("prediction": the prediction\'s own distribution).')),
+    ]
+    segment: Annotated[
+        int | str | None,
+        Meta(description=("The segment id, or the unknown key of a new_segment alert.")),
+    ]
+    statistic: Annotated[
+        str,
+        Meta(
+            description=(
+                "psi, count, mae_ratio, interval_coverage, bundle_verification, bundle_reload, "
+                "failed_share."
+            )
+        ),
+    ]
     value: float | None
     threshold: float | None
     window_start: UtcTime | None
@@ -359,33 +483,48 @@ class Alert(Struct, kw_only=True):
     count: Annotated[Count, Meta(description="Events behind the value.")]
     detected_at: UtcTime
     # drift
-    js_distance: Annotated[float | UnsetType, Meta(
-        description="drift: Jensen-Shannon distance (base 2).")] = UNSET
+    js_distance: Annotated[
+        float | UnsetType, Meta(description="drift: Jensen-Shannon distance (base 2).")
+    ] = UNSET
     # new_segment
-    first_seen: Annotated[UtcTime | None | UnsetType, Meta(
-        description="new_segment: earliest event time of the key.")] = UNSET
+    first_seen: Annotated[
+        UtcTime | UnsetType | None, Meta(description="new_segment: earliest event time of the key.")
+    ] = UNSET
     # performance
-    n_nan: Annotated[Count | UnsetType, Meta(
-        description="performance: outcomes without a value in the window.")] = UNSET
-    mae: Annotated[float | UnsetType, Meta(description="performance: the window's MAE.")] \
-        = UNSET
-    baseline_mae: Annotated[float | UnsetType, Meta(
-        description="performance: the bundles' test MAE.")] = UNSET
-    band: Annotated[tuple[float, float] | UnsetType, Meta(
-        description="performance (interval_coverage): the accepted coverage band.")] = UNSET
+    n_nan: Annotated[
+        Count | UnsetType, Meta(description="performance: outcomes without a value in the window.")
+    ] = UNSET
+    mae: Annotated[float | UnsetType, Meta(description="performance: the window's MAE.")] = UNSET
+    baseline_mae: Annotated[
+        float | UnsetType, Meta(description="performance: the bundles' test MAE.")
+    ] = UNSET
+    band: Annotated[
+        tuple[float, float] | UnsetType,
+        Meta(description="performance (interval_coverage): the accepted coverage band."),
+    ] = UNSET
     # bundle_rejected, bundle_reload_failed
-    reason: Annotated[str | UnsetType, Meta(
-        description="bundle alerts: what was wrong (the error message).")] = UNSET
-    current_bundle_id: Annotated[BundleId | None | UnsetType, Meta(
-        description="bundle alerts: the bundle that keeps serving.")] = UNSET
-    failure: Annotated[str | UnsetType, Meta(description=(
-        "bundle_reload_failed: the reason label of segstream_bundle_reload_failures_total."
-    ))] = UNSET
+    reason: Annotated[
+        str | UnsetType, Meta(description="bundle alerts: what was wrong (the error message).")
+    ] = UNSET
+    current_bundle_id: Annotated[
+        BundleId | UnsetType | None,
+        Meta(description="bundle alerts: the bundle that keeps serving."),
+    ] = UNSET
+    failure: Annotated[
+        str | UnsetType,
+        Meta(
+            description=(
+                "bundle_reload_failed: the reason label of segstream_bundle_reload_failures_total."
+            )
+        ),
+    ] = UNSET
     # scoring_failed (reason: the exception's message, cut to 500 characters)
-    worker: Annotated[str | UnsetType, Meta(
-        description="scoring_failed: the worker that stopped consuming.")] = UNSET
-    exception: Annotated[str | UnsetType, Meta(
-        description="scoring_failed: the type of the (last) exception.")] = UNSET
+    worker: Annotated[
+        str | UnsetType, Meta(description="scoring_failed: the worker that stopped consuming.")
+    ] = UNSET
+    exception: Annotated[
+        str | UnsetType, Meta(description="scoring_failed: the type of the (last) exception.")
+    ] = UNSET
 
 
 # ----------------------------------------------------------------------------- model updates
@@ -425,8 +564,10 @@ def _plain(node: Any) -> Any:
     """``node`` with the reST markup of descriptions made plain text (````x```` becomes x,
     ``:role:`a.b.x``` a.b.x, ``:role:`~a.b.x``` x): the schemas are read outside Python."""
     if isinstance(node, dict):
-        return {k: (_plain_text(v) if k == "description" and isinstance(v, str)
-                    else _plain(v)) for k, v in node.items()}
+        return {
+            k: (_plain_text(v) if k == "description" and isinstance(v, str) else _plain(v))
+            for k, v in node.items()
+        }
     if isinstance(node, list):
         return [_plain(v) for v in node]
     return node
@@ -441,9 +582,9 @@ def json_schemas(examples: Sequence[str] = ("flights",)) -> dict[str, dict[str, 
     """Every contract's JSON Schema by file name: the fixed records, and the event and
     outcome of each packaged example configuration (``flights-event``, ``flights-outcome``).
     """
-    import yaml  # noqa: PLC0415
+    import yaml
 
-    from segstream.shared.settings import SchemaSettings, example_text  # noqa: PLC0415
+    from segstream.shared.settings import SchemaSettings, example_text
 
     out = {name: json_schema(t) for name, t in RECORDS.items()}
     for ex in examples:
@@ -451,25 +592,32 @@ def json_schemas(examples: Sequence[str] = ("flights",)) -> dict[str, dict[str, 
         schema = SchemaSettings.model_validate(yaml.safe_load(example_text(ex))["schema"])
         title = ex.capitalize()
         out[f"{ex}-event"] = json_schema(event_struct(schema, name=f"{title}Event"))
-        out[f"{ex}-outcome"] = json_schema(outcome_struct(
-            schema.id_field, schema.time_field, schema.target, name=f"{title}Outcome"))
+        out[f"{ex}-outcome"] = json_schema(
+            outcome_struct(
+                schema.id_field, schema.time_field, schema.target, name=f"{title}Outcome"
+            )
+        )
     return out
 
 
 def schema_texts(examples: Sequence[str] = ("flights",)) -> dict[str, str]:
     """:func:`json_schemas` as file texts (``<name>.json`` → JSON, 2-space indent)."""
-    return {f"{name}.json": json.dumps(s, indent=2, ensure_ascii=False) + "\n"
-            for name, s in json_schemas(examples).items()}
+    return {
+        f"{name}.json": json.dumps(s, indent=2, ensure_ascii=False) + "\n"
+        for name, s in json_schemas(examples).items()
+    }
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m segstream.shared.contracts",
-        description="Write or check the JSON Schemas of the wire contracts.")
+        description="Write or check the JSON Schemas of the wire contracts.",
+    )
     ap.add_argument("dir", nargs="?", default="docs/schemas", help="default: docs/schemas")
     ap.add_argument("--write", action="store_true", help="write the schema files")
-    ap.add_argument("--check", action="store_true",
-                    help="exit 1 when a file differs from the generated schema")
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 when a file differs from the generated schema"
+    )
     args = ap.parse_args(argv)
     root = Path(args.dir)
     texts = schema_texts()
@@ -480,16 +628,21 @@ def _main(argv: Sequence[str] | None = None) -> int:
             print(root / name)
         return 0
     if args.check:
-        stale = [n for n, t in texts.items()
-                 if not (root / n).is_file() or (root / n).read_text(encoding="utf-8") != t]
+        stale = [
+            n
+            for n, t in texts.items()
+            if not (root / n).is_file() or (root / n).read_text(encoding="utf-8") != t
+        ]
         extra = sorted(p.name for p in root.glob("*.json") if p.name not in texts)
         for n in stale:
             print(f"{root / n}: differs from the generated schema", file=sys.stderr)
         for n in extra:
             print(f"{root / n}: no contract generates it", file=sys.stderr)
         if stale or extra:
-            print("regenerate: python -m segstream.shared.contracts --write " + str(root),
-                  file=sys.stderr)
+            print(
+                "regenerate: python -m segstream.shared.contracts --write " + str(root),
+                file=sys.stderr,
+            )
             return 1
         return 0
     for name, text in texts.items():

@@ -54,9 +54,17 @@ class HealthServer:
         Open connections at most; beyond, new connections wait in the accept backlog.
     """
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int,
-                 ready: Callable[[], tuple[bool, str]], *, threads: int = 2,
-                 idle_timeout_s: int = 10, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        ready: Callable[[], tuple[bool, str]],
+        *,
+        threads: int = 2,
+        idle_timeout_s: int = 10,
+        max_connections: int = 64,
+    ) -> None:
         self.registry = registry
         self.host = host
         self.port = port
@@ -71,7 +79,7 @@ class HealthServer:
         """The WSGI application: ``/metrics``, ``/healthz``, ``/readyz``, else 404."""
         path = environ.get("PATH_INFO", "")
         if path == "/metrics":
-            return self._metrics(environ, start_response)  # type: ignore[no-any-return]
+            return self._metrics(environ, start_response)
         if path == "/healthz":
             start_response("200 OK", _TEXT)
             return [b"ok\n"]
@@ -82,7 +90,7 @@ class HealthServer:
         start_response("404 Not Found", _TEXT)
         return [b"not found\n"]
 
-    def start(self) -> "HealthServer":
+    def start(self) -> HealthServer:
         """Bind and serve in a daemon thread; :attr:`port` is the bound port afterwards.
 
         Raises
@@ -90,18 +98,25 @@ class HealthServer:
         OSError
             The address cannot be bound (port taken, unknown host).
         """
-        from waitress.server import create_server  # noqa: PLC0415
+        from waitress.server import create_server
 
         self._metrics = make_wsgi_app(self.registry)
         self._server = create_server(
-            self.app, host=self.host, port=self.port, threads=self.threads,
-            channel_timeout=self.idle_timeout_s, cleanup_interval=1,
-            connection_limit=self.max_connections, asyncore_use_poll=True,
-            max_request_header_size=8192, max_request_body_size=1024, ident="segstream",
-            expose_tracebacks=False)
+            self.app,
+            host=self.host,
+            port=self.port,
+            threads=self.threads,
+            channel_timeout=self.idle_timeout_s,
+            cleanup_interval=1,
+            connection_limit=self.max_connections,
+            asyncore_use_poll=True,
+            max_request_header_size=8192,
+            max_request_body_size=1024,
+            ident="segstream",
+            expose_tracebacks=False,
+        )
         self.port = int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._server.run, name="health-http",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.run, name="health-http", daemon=True)
         self._thread.start()
         logger.info("metrics on http://%s:%d/metrics", self.host, self.port)
         return self
@@ -113,7 +128,7 @@ class HealthServer:
             return
 
         def close_all() -> None:  # runs in the server's I/O thread
-            for channel in list(server._map.values()):  # noqa: SLF001 - waitress's socket map
+            for channel in list(server._map.values()):
                 if channel is not server and channel is not server.trigger:
                     channel.handle_close()
             server.close()  # the listener and the trigger: the map empties, run() returns

@@ -64,7 +64,7 @@ class Backoff:
         """The delay before the next attempt; counts one more failure."""
         d = min(self.max_s, self.initial_s * 2.0 ** min(self.failures, 60))
         self.failures += 1
-        return d * (1.0 + self.jitter * (2.0 * random.random() - 1.0))  # noqa: S311 - jitter
+        return d * (1.0 + self.jitter * (2.0 * random.random() - 1.0))
 
     def reset(self) -> None:
         """After a success: the next failure waits ``initial_s`` again."""
@@ -89,10 +89,15 @@ class ReloadFailures:
         A repeated cause is logged at most this often (seconds).
     """
 
-    def __init__(self, model: str, *, count: Callable[[str], None],
-                 alert: Callable[[Alert], None] | None = None,
-                 current: Callable[[], str | None] | None = None,
-                 repeat_log_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        count: Callable[[str], None],
+        alert: Callable[[Alert], None] | None = None,
+        current: Callable[[], str | None] | None = None,
+        repeat_log_s: float = 60.0,
+    ) -> None:
         self.model = model
         self.count = count
         self.alert = alert
@@ -123,12 +128,17 @@ class ReloadFailures:
                 self._last_log[cause] = now
         try:
             self.count(reason)
-        except Exception:  # noqa: BLE001 - a metrics problem must not hide the failure
+        except Exception:
             logger.exception("cannot count a bundle reload failure")
         what = f"bundle {bundle_id[:12]}" if bundle_id else "bundle reload"
         if first:
-            logger.error("%s failed (%s): %s", what, reason, exc,
-                         exc_info=exc if reason == "load_error" else None)
+            logger.error(
+                "%s failed (%s): %s",
+                what,
+                reason,
+                exc,
+                exc_info=exc if reason == "load_error" else None,
+            )
         elif log_it:
             logger.warning("%s still failing (%s): %s", what, reason, exc)
         if first and self.alert is not None:
@@ -138,8 +148,9 @@ class ReloadFailures:
     def recovered(self, reasons: Iterable[str], bundle_id: str | None = None) -> None:
         """Forget the causes of ``reasons`` (for ``bundle_id``): they may alert again."""
         with self._lock:
-            gone = {(r, bundle_id if r in REJECTING_REASONS else None)
-                    for r in reasons} & self._alerted
+            gone = {
+                (r, bundle_id if r in REJECTING_REASONS else None) for r in reasons
+            } & self._alerted
             self._alerted -= gone
         for reason, _ in sorted(gone, key=str):
             logger.info("bundle reload recovered from %s", reason)
@@ -147,13 +158,18 @@ class ReloadFailures:
     def _send_alert(self, reason: str, bundle_id: str | None, detail: str) -> None:
         current = self.current()
         if reason in REJECTING_REASONS and bundle_id is not None:
-            rec = bundle_rejected_alert(model=self.model, bundle_id=bundle_id,
-                                        current_bundle_id=current, reason=detail)
+            rec = bundle_rejected_alert(
+                model=self.model, bundle_id=bundle_id, current_bundle_id=current, reason=detail
+            )
         else:
-            rec = bundle_reload_failed_alert(model=self.model, bundle_id=bundle_id,
-                                             current_bundle_id=current, reason=reason,
-                                             detail=detail)
+            rec = bundle_reload_failed_alert(
+                model=self.model,
+                bundle_id=bundle_id,
+                current_bundle_id=current,
+                reason=reason,
+                detail=detail,
+            )
         try:
             self.alert(rec)  # type: ignore[misc]  # checked by the caller
-        except Exception:  # noqa: BLE001 - a failed alert must not stop reloading
+        except Exception:
             logger.exception("cannot send the %s alert", rec.type)

@@ -23,12 +23,13 @@ Nothing here imports scikit-learn or unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -53,14 +54,28 @@ MISSING_CODE = -2
 _ROUTE_CHUNK_CELLS = 1 << 17
 
 #: Arrays every partitioner export carries (see :class:`Router`).
-NODE_ARRAYS = ("node_kind", "node_feature", "node_threshold", "node_right", "node_parent",
-               "node_depth", "node_weight", "node_count", "node_segment", "child_ptr",
-               "child_code", "child_node", "segment_node", "ancestors")
+NODE_ARRAYS = (
+    "node_kind",
+    "node_feature",
+    "node_threshold",
+    "node_right",
+    "node_parent",
+    "node_depth",
+    "node_weight",
+    "node_count",
+    "node_segment",
+    "child_ptr",
+    "child_code",
+    "child_node",
+    "segment_node",
+    "ancestors",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # categorical encoding, shared by fit and routing
 # --------------------------------------------------------------------------------------------
+
 
 def category_strings(values: Any) -> tuple[np.ndarray, np.ndarray]:
     """Normalise raw categorical values to strings, the form stored in category tables.
@@ -132,15 +147,19 @@ def encode_categories(values: Any, categories: pd.Index) -> np.ndarray:
             if fact is not None:
                 codes, uniques = fact
                 lookup = _category_lookup(categories)
-                table = np.fromiter(map(lookup.get, uniques, itertools.repeat(UNKNOWN_CODE)),
-                                    dtype=np.int32, count=len(uniques))
+                table = np.fromiter(
+                    map(lookup.get, uniques, itertools.repeat(UNKNOWN_CODE)),
+                    dtype=np.int32,
+                    count=len(uniques),
+                )
                 return np.append(table, np.int32(MISSING_CODE))[codes]  # code -1: missing
         seq = values.tolist()
     else:
         seq = list(values)
     lookup = _category_lookup(categories)
-    codes = np.fromiter(map(lookup.get, seq, itertools.repeat(UNKNOWN_CODE)), dtype=np.int32,
-                        count=len(seq))
+    codes = np.fromiter(
+        map(lookup.get, seq, itertools.repeat(UNKNOWN_CODE)), dtype=np.int32, count=len(seq)
+    )
     for i in np.flatnonzero(codes == UNKNOWN_CODE).tolist():
         v = seq[i]
         if type(v) is str:
@@ -184,10 +203,11 @@ class CategoryColumn(np.ndarray):
     ['JFK', 'LGA']
     """
 
-    _factorization: tuple[np.ndarray, list[str]] | bool | None
+    _factorization: tuple[np.ndarray, list[str]] | Literal[False] | None
 
-    def __new__(cls, values: Any, codes: np.ndarray | None = None,
-                uniques: list[str] | None = None) -> CategoryColumn:
+    def __new__(
+        cls, values: Any, codes: np.ndarray | None = None, uniques: list[str] | None = None
+    ) -> CategoryColumn:
         arr = np.asarray(values, dtype=object)
         if arr.ndim != 1:
             raise SchemaError(f"categorical values must be 1-d, got shape {arr.shape}")
@@ -235,10 +255,9 @@ def _category_lookup(categories: pd.Index) -> dict[str, int]:
     lookup: dict[str, int] | None = getattr(categories, _LOOKUP_ATTR, None)
     if lookup is None:
         lookup = {str(c): i for i, c in enumerate(categories.tolist())}
-        try:
+        # an object without attributes of its own (AttributeError): not kept
+        with contextlib.suppress(AttributeError):
             setattr(categories, _LOOKUP_ATTR, lookup)
-        except AttributeError:  # an object without attributes of its own: not kept
-            pass
     return lookup
 
 
@@ -265,8 +284,11 @@ def numeric_column(name: str, values: Any, n: int | None = None) -> np.ndarray:
         The column is not 1-d, has the wrong length, or holds non-numeric values.
     """
     if isinstance(values, pd.Series):
-        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object \
-                or pd.api.types.is_string_dtype(values.dtype):
+        if (
+            isinstance(values.dtype, pd.CategoricalDtype)
+            or values.dtype == object
+            or pd.api.types.is_string_dtype(values.dtype)
+        ):
             values = values.to_numpy(dtype=object)
         else:
             values = values.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -280,17 +302,26 @@ def numeric_column(name: str, values: Any, n: int | None = None) -> np.ndarray:
         return np.asarray(arr, dtype=np.float64)
     if kind == "O":
         inferred = pd.api.types.infer_dtype(arr, skipna=True)
-        if inferred in ("floating", "integer", "mixed-integer-float", "boolean", "empty",
-                        "decimal"):
+        if inferred in (
+            "floating",
+            "integer",
+            "mixed-integer-float",
+            "boolean",
+            "empty",
+            "decimal",
+        ):
             try:
-                return np.asarray(pd.to_numeric(pd.Series(arr, dtype=object)),
-                                  dtype=np.float64)
+                return np.asarray(pd.to_numeric(pd.Series(arr, dtype=object)), dtype=np.float64)
             except (TypeError, ValueError) as exc:  # pragma: no cover - defensive
                 raise SchemaError(f"column {name!r}: not numeric ({exc})") from exc
-        raise SchemaError(f"column {name!r}: expected numbers, got {inferred} values; declare it "
-                          "categorical or fix the data")
-    raise SchemaError(f"column {name!r}: expected numbers, got dtype {arr.dtype}; declare it "
-                      "categorical or fix the data")
+        raise SchemaError(
+            f"column {name!r}: expected numbers, got {inferred} values; declare it "
+            "categorical or fix the data"
+        )
+    raise SchemaError(
+        f"column {name!r}: expected numbers, got dtype {arr.dtype}; declare it "
+        "categorical or fix the data"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,8 +422,9 @@ class FeatureSchema:
             Z[r] = x
         return Z, codes
 
-    def design_rows(self, columns: Mapping[str, Any]
-                    ) -> tuple[int, list[np.ndarray], dict[str, np.ndarray]]:
+    def design_rows(
+        self, columns: Mapping[str, Any]
+    ) -> tuple[int, list[np.ndarray], dict[str, np.ndarray]]:
         """Like :meth:`design` but one float64 array of shape (n,) per design row, without
         stacking (numeric columns are not copied). Returns ``(n, rows, codes)``."""
         n = _batch_length(columns, self.required_columns)
@@ -403,7 +435,8 @@ class FeatureSchema:
             if c.kind == "numeric":
                 if c.source not in numeric_cache:
                     numeric_cache[c.source] = numeric_column(
-                        c.source, _get_column(columns, c.source), n)
+                        c.source, _get_column(columns, c.source), n
+                    )
                 rows.append(numeric_cache[c.source])
                 continue
             code = codes[c.source]
@@ -429,8 +462,10 @@ class FeatureSchema:
             "categories": {k: [str(s) for s in v] for k, v in self.categories.items()},
             "key_columns": list(self.key_columns),
         }
-        arrays = {f"target_encoding__{k}": np.asarray(v, dtype=np.float64)
-                  for k, v in self.target_encoding.items()}
+        arrays = {
+            f"target_encoding__{k}": np.asarray(v, dtype=np.float64)
+            for k, v in self.target_encoding.items()
+        }
         return meta, arrays
 
     @classmethod
@@ -456,8 +491,9 @@ def _get_column(columns: Mapping[str, Any], name: str) -> Any:
     try:
         return columns[name]
     except KeyError:
-        raise SchemaError(f"column {name!r} is required for routing but absent from the "
-                          "batch") from None
+        raise SchemaError(
+            f"column {name!r} is required for routing but absent from the batch"
+        ) from None
 
 
 def _design_view(rows: list[np.ndarray], n: int) -> np.ndarray | None:
@@ -473,11 +509,17 @@ def _design_view(rows: list[np.ndarray], n: int) -> np.ndarray | None:
     p0 = first.__array_interface__["data"][0]
     d = rows[1].__array_interface__["data"][0] - p0 if len(rows) > 1 else 0
     for r, x in enumerate(rows):
-        if (type(x) is not np.ndarray or x.dtype != np.float64 or x.shape != (n,)
-                or x.strides[0] != step or x.__array_interface__["data"][0] != p0 + r * d):
+        if (
+            type(x) is not np.ndarray
+            or x.dtype != np.float64
+            or x.shape != (n,)
+            or x.strides[0] != step
+            or x.__array_interface__["data"][0] != p0 + r * d
+        ):
             return None
-    return np.lib.stride_tricks.as_strided(first, shape=(len(rows), n), strides=(d, step),
-                                           writeable=False)
+    return np.lib.stride_tricks.as_strided(
+        first, shape=(len(rows), n), strides=(d, step), writeable=False
+    )
 
 
 def _batch_length(columns: Mapping[str, Any], required: tuple[str, ...]) -> int:
@@ -488,8 +530,9 @@ def _batch_length(columns: Mapping[str, Any], required: tuple[str, ...]) -> int:
         if n is None:
             n = m
         elif m != n:
-            raise SchemaError(f"column {name!r}: length {m} differs from {n} of column "
-                              f"{required[0]!r}")
+            raise SchemaError(
+                f"column {name!r}: length {m} differs from {n} of column {required[0]!r}"
+            )
     if n is None:  # no required columns (single-segment export)
         n = len(next(iter(columns.values()))) if len(columns) else 0
     return int(n)
@@ -498,6 +541,7 @@ def _batch_length(columns: Mapping[str, Any], required: tuple[str, ...]) -> int:
 # --------------------------------------------------------------------------------------------
 # numba kernels
 # --------------------------------------------------------------------------------------------
+
 
 @njit(cache=True, nogil=True)
 def _find_child(child_ptr, child_code, child_node, nd, code):
@@ -516,8 +560,21 @@ def _find_child(child_ptr, child_code, child_node, nd, code):
 
 
 @njit(cache=True, nogil=True)
-def _best_reachable_leaf(Z, i, start, kind, feature, threshold, right, child_ptr, child_code,
-                         child_node, node_segment, node_weight, stack):
+def _best_reachable_leaf(
+    Z,
+    i,
+    start,
+    kind,
+    feature,
+    threshold,
+    right,
+    child_ptr,
+    child_code,
+    child_node,
+    node_segment,
+    node_weight,
+    stack,
+):
     """Leaf of largest training weight reachable from ``start`` when every split whose value
     is missing (or whose key code is unknown) is followed both ways. Ties: smallest segment."""
     top = 1  # number of nodes on the stack
@@ -562,8 +619,20 @@ def _best_reachable_leaf(Z, i, start, kind, feature, threshold, right, child_ptr
 
 
 @njit(cache=True, nogil=True)
-def _route_row(Z, i, kind, feature, threshold, right, child_ptr, child_code, child_node,
-               node_segment, node_weight, stack):
+def _route_row(
+    Z,
+    i,
+    kind,
+    feature,
+    threshold,
+    right,
+    child_ptr,
+    child_code,
+    child_node,
+    node_segment,
+    node_weight,
+    stack,
+):
     """One row: (leaf, deepest node followed, imputed, design row of an unknown key or -1)."""
     nd = 0
     imputed = False
@@ -592,22 +661,61 @@ def _route_row(Z, i, kind, feature, threshold, right, child_ptr, child_code, chi
             nd = child
     leaf = nd
     if imputed:
-        leaf = _best_reachable_leaf(Z, i, nd, kind, feature, threshold, right, child_ptr,
-                                    child_code, child_node, node_segment, node_weight, stack)
+        leaf = _best_reachable_leaf(
+            Z,
+            i,
+            nd,
+            kind,
+            feature,
+            threshold,
+            right,
+            child_ptr,
+            child_code,
+            child_node,
+            node_segment,
+            node_weight,
+            stack,
+        )
     return leaf, nd, imputed, unknown
 
 
 @njit(cache=True, nogil=True)
-def _route_kernel(Z, kind, feature, threshold, right, child_ptr, child_code, child_node,
-                  node_segment, node_weight, node_depth, out_segment, out_node, out_depth,
-                  out_imputed, out_unknown_feature):
+def _route_kernel(
+    Z,
+    kind,
+    feature,
+    threshold,
+    right,
+    child_ptr,
+    child_code,
+    child_node,
+    node_segment,
+    node_weight,
+    node_depth,
+    out_segment,
+    out_node,
+    out_depth,
+    out_imputed,
+    out_unknown_feature,
+):
     """General routing (numeric and key nodes), one row at a time."""
     n = Z.shape[1]
     stack = np.empty(kind.shape[0] + 1, dtype=np.int32)
     for i in range(n):
-        leaf, nd, imputed, unknown = _route_row(Z, i, kind, feature, threshold, right,
-                                                child_ptr, child_code, child_node,
-                                                node_segment, node_weight, stack)
+        leaf, nd, imputed, unknown = _route_row(
+            Z,
+            i,
+            kind,
+            feature,
+            threshold,
+            right,
+            child_ptr,
+            child_code,
+            child_node,
+            node_segment,
+            node_weight,
+            stack,
+        )
         out_node[i] = nd
         out_segment[i] = node_segment[leaf]
         out_depth[i] = node_depth[leaf]
@@ -624,10 +732,29 @@ def _emit(out_segment, out_node, out_depth, leaf_segment, leaf_depth, node_orig,
 
 
 @njit(cache=True, nogil=True)
-def _route_kernel_numeric(Z, node_rec, node_thr, leaf_segment, leaf_depth, node_orig, kind,
-                          feature, threshold, right, child_ptr, child_code, child_node,
-                          node_segment, node_weight, node_depth, out_segment, out_node,
-                          out_depth, out_imputed, out_unknown_feature):
+def _route_kernel_numeric(
+    Z,
+    node_rec,
+    node_thr,
+    leaf_segment,
+    leaf_depth,
+    node_orig,
+    kind,
+    feature,
+    threshold,
+    right,
+    child_ptr,
+    child_code,
+    child_node,
+    node_segment,
+    node_weight,
+    node_depth,
+    out_segment,
+    out_node,
+    out_depth,
+    out_imputed,
+    out_unknown_feature,
+):
     """Routing for trees without key nodes: eight rows walked in lock-step, branch-free.
 
     The tree is renumbered breadth-first so that the two children of a split are adjacent
@@ -710,21 +837,51 @@ def _route_kernel_numeric(Z, node_rec, node_thr, leaf_segment, leaf_depth, node_
             out_imputed[i + j] = False
             out_unknown_feature[i + j] = -1
         if b0 | b1 | b2 | b3 | b4 | b5 | b6 | b7:  # a NaN on some walk: look-ahead per row
-            bad = (b0 | (b1 << 1) | (b2 << 2) | (b3 << 3) | (b4 << 4) | (b5 << 5) | (b6 << 6)
-                   | (b7 << 7))
+            bad = (
+                b0
+                | (b1 << 1)
+                | (b2 << 2)
+                | (b3 << 3)
+                | (b4 << 4)
+                | (b5 << 5)
+                | (b6 << 6)
+                | (b7 << 7)
+            )
             for j in range(8):
                 if (bad >> j) & 1:
-                    leaf, nd, imputed, _ = _route_row(Z, i + j, kind, feature, threshold,
-                                                      right, child_ptr, child_code, child_node,
-                                                      node_segment, node_weight, stack)
+                    leaf, nd, imputed, _ = _route_row(
+                        Z,
+                        i + j,
+                        kind,
+                        feature,
+                        threshold,
+                        right,
+                        child_ptr,
+                        child_code,
+                        child_node,
+                        node_segment,
+                        node_weight,
+                        stack,
+                    )
                     out_segment[i + j] = node_segment[leaf]
                     out_node[i + j] = nd
                     out_depth[i + j] = node_depth[leaf]
                     out_imputed[i + j] = imputed
     for i in range(n8, n):
-        leaf, nd, imputed, _ = _route_row(Z, i, kind, feature, threshold, right, child_ptr,
-                                          child_code, child_node, node_segment, node_weight,
-                                          stack)
+        leaf, nd, imputed, _ = _route_row(
+            Z,
+            i,
+            kind,
+            feature,
+            threshold,
+            right,
+            child_ptr,
+            child_code,
+            child_node,
+            node_segment,
+            node_weight,
+            stack,
+        )
         out_segment[i] = node_segment[leaf]
         out_node[i] = nd
         out_depth[i] = node_depth[leaf]
@@ -735,6 +892,7 @@ def _route_kernel_numeric(Z, node_rec, node_thr, leaf_segment, leaf_depth, node_
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class RouteResult:
@@ -838,7 +996,8 @@ class Router:
         """
         if component.kind != "partitioner":
             raise BundleCompatibilityError(
-                f"component kind {component.kind!r} is not 'partitioner'")
+                f"component kind {component.kind!r} is not 'partitioner'"
+            )
         return cls.from_arrays(component.arrays, component.meta)
 
     @classmethod
@@ -854,15 +1013,27 @@ class Router:
         if version > FORMAT_VERSION or version < 1:
             raise BundleCompatibilityError(
                 f"partitioner format_version {version} is not supported (this build reads "
-                f"1..{FORMAT_VERSION})")
+                f"1..{FORMAT_VERSION})"
+            )
         kind = str(meta.get("kind"))
         if kind not in ("tree", "keys", "composite"):
             raise BundleCompatibilityError(f"unknown partitioner kind {kind!r}")
-        dtypes = {"node_kind": np.int8, "node_feature": np.int32, "node_threshold": np.float64,
-                  "node_right": np.int32, "node_parent": np.int32, "node_depth": np.int32,
-                  "node_weight": np.float64, "node_count": np.int64, "node_segment": np.int32,
-                  "child_ptr": np.int64, "child_code": np.int32, "child_node": np.int32,
-                  "segment_node": np.int32, "ancestors": np.int32}
+        dtypes = {
+            "node_kind": np.int8,
+            "node_feature": np.int32,
+            "node_threshold": np.float64,
+            "node_right": np.int32,
+            "node_parent": np.int32,
+            "node_depth": np.int32,
+            "node_weight": np.float64,
+            "node_count": np.int64,
+            "node_segment": np.int32,
+            "child_ptr": np.int64,
+            "child_code": np.int32,
+            "child_node": np.int32,
+            "segment_node": np.int32,
+            "ancestors": np.int32,
+        }
         arrs: dict[str, np.ndarray] = {}
         for name in NODE_ARRAYS:
             if name not in arrays:
@@ -939,8 +1110,13 @@ class Router:
         -------
         numpy.ndarray of shape (n,), dtype int32
         """
-        return node_at_depth(self.arrays["ancestors"], self.arrays["node_depth"],
-                             self.arrays["segment_node"], segments, depth)
+        return node_at_depth(
+            self.arrays["ancestors"],
+            self.arrays["node_depth"],
+            self.arrays["segment_node"],
+            segments,
+            depth,
+        )
 
     # ---------------------------------------------------------------- routing
     def design(self, columns: Mapping[str, Any]) -> np.ndarray:
@@ -997,33 +1173,73 @@ class Router:
         """
         Z = np.asarray(Z, dtype=np.float64)
         if Z.ndim != 2 or Z.shape[0] != len(self.schema.columns):
-            raise SchemaError(f"design matrix must have shape ({len(self.schema.columns)}, n), "
-                              f"got {Z.shape}")
+            raise SchemaError(
+                f"design matrix must have shape ({len(self.schema.columns)}, n), got {Z.shape}"
+            )
         out = self._alloc(Z.shape[1])
         self._kernel(Z, *out)
         return self._result(*out)
 
     @staticmethod
     def _alloc(n: int) -> tuple[np.ndarray, ...]:
-        return (np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32),
-                np.empty(n, dtype=np.int32), np.empty(n, dtype=np.bool_),
-                np.empty(n, dtype=np.int32))
+        return (
+            np.empty(n, dtype=np.int32),
+            np.empty(n, dtype=np.int32),
+            np.empty(n, dtype=np.int32),
+            np.empty(n, dtype=np.bool_),
+            np.empty(n, dtype=np.int32),
+        )
 
-    def _kernel(self, Z: np.ndarray, seg: np.ndarray, node: np.ndarray, depth: np.ndarray,
-                imputed: np.ndarray, unk_feat: np.ndarray) -> None:
+    def _kernel(
+        self,
+        Z: np.ndarray,
+        seg: np.ndarray,
+        node: np.ndarray,
+        depth: np.ndarray,
+        imputed: np.ndarray,
+        unk_feat: np.ndarray,
+    ) -> None:
         a = self.arrays
         fast = self._fast
         if fast is None:
-            _route_kernel(Z, a["node_kind"], a["node_feature"], a["node_threshold"],
-                          a["node_right"], a["child_ptr"], a["child_code"], a["child_node"],
-                          a["node_segment"], a["node_weight"], a["node_depth"], seg, node,
-                          depth, imputed, unk_feat)
+            _route_kernel(
+                Z,
+                a["node_kind"],
+                a["node_feature"],
+                a["node_threshold"],
+                a["node_right"],
+                a["child_ptr"],
+                a["child_code"],
+                a["child_node"],
+                a["node_segment"],
+                a["node_weight"],
+                a["node_depth"],
+                seg,
+                node,
+                depth,
+                imputed,
+                unk_feat,
+            )
         else:
-            _route_kernel_numeric(Z, *fast, a["node_kind"], a["node_feature"],
-                                  a["node_threshold"], a["node_right"], a["child_ptr"],
-                                  a["child_code"], a["child_node"], a["node_segment"],
-                                  a["node_weight"], a["node_depth"], seg, node, depth, imputed,
-                                  unk_feat)
+            _route_kernel_numeric(
+                Z,
+                *fast,
+                a["node_kind"],
+                a["node_feature"],
+                a["node_threshold"],
+                a["node_right"],
+                a["child_ptr"],
+                a["child_code"],
+                a["child_node"],
+                a["node_segment"],
+                a["node_weight"],
+                a["node_depth"],
+                seg,
+                node,
+                depth,
+                imputed,
+                unk_feat,
+            )
 
     @functools.cached_property
     def _fast(self) -> tuple[np.ndarray, ...] | None:
@@ -1085,8 +1301,14 @@ class Router:
         chain = [int(n) for n in self.arrays["ancestors"][segment] if n >= 0][::-1]
         return " / ".join(self.describe_node(n) for n in chain[1:]) or "all"
 
-    def _result(self, seg: np.ndarray, node: np.ndarray, depth: np.ndarray,
-                imputed: np.ndarray, unk_feat: np.ndarray) -> RouteResult:
+    def _result(
+        self,
+        seg: np.ndarray,
+        node: np.ndarray,
+        depth: np.ndarray,
+        imputed: np.ndarray,
+        unk_feat: np.ndarray,
+    ) -> RouteResult:
         if self.schema.key_columns:
             level_of = np.full(len(self.schema.columns) + 1, -1, dtype=np.int32)
             for r, c in enumerate(self.schema.columns):
@@ -1098,8 +1320,13 @@ class Router:
         return RouteResult(seg, node, depth, imputed, unknown_key >= 0, unknown_key)
 
 
-def node_at_depth(ancestors: np.ndarray, node_depth: np.ndarray, segment_node: np.ndarray,
-                  segments: np.ndarray, depth: int) -> np.ndarray:
+def node_at_depth(
+    ancestors: np.ndarray,
+    node_depth: np.ndarray,
+    segment_node: np.ndarray,
+    segments: np.ndarray,
+    depth: int,
+) -> np.ndarray:
     """Node at ``depth`` on each segment's path (the leaf when the leaf is shallower).
 
     Parameters
@@ -1127,11 +1354,20 @@ def _check_consistency(a: Mapping[str, np.ndarray], n_design: int) -> None:
     n_nodes = a["node_kind"].shape[0]
     if n_nodes == 0:
         raise BundleCompatibilityError("partitioner export has no nodes")
-    for name in ("node_feature", "node_threshold", "node_right", "node_parent", "node_depth",
-                 "node_weight", "node_count", "node_segment"):
+    for name in (
+        "node_feature",
+        "node_threshold",
+        "node_right",
+        "node_parent",
+        "node_depth",
+        "node_weight",
+        "node_count",
+        "node_segment",
+    ):
         if a[name].shape != (n_nodes,):
-            raise BundleCompatibilityError(f"array {name!r} has shape {a[name].shape}, "
-                                           f"expected ({n_nodes},)")
+            raise BundleCompatibilityError(
+                f"array {name!r} has shape {a[name].shape}, expected ({n_nodes},)"
+            )
     if a["child_ptr"].shape != (n_nodes + 1,):
         raise BundleCompatibilityError("array 'child_ptr' must have n_nodes + 1 entries")
     kind = a["node_kind"]

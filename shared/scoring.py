@@ -31,15 +31,15 @@ from segstream.shared.settings import SchemaSettings
 
 #: Output columns of :meth:`Scorer.score` and their dtypes.
 SCORE_COLUMNS: dict[str, type | str] = {
-    "segment": np.int32,          # the routed leaf segment id
-    "fallback_level": np.int8,    # 0 = the segment's own model, 1 = its parent, ...
-    "prediction": np.float64,     # point prediction, target units
-    "interval_low": np.float64,   # prediction interval of mass `interval_mass`
+    "segment": np.int32,  # the routed leaf segment id
+    "fallback_level": np.int8,  # 0 = the segment's own model, 1 = its parent, ...
+    "prediction": np.float64,  # point prediction, target units
+    "interval_low": np.float64,  # prediction interval of mass `interval_mass`
     "interval_high": np.float64,
-    "pattern": np.int32,          # most probable outcome pattern
+    "pattern": np.int32,  # most probable outcome pattern
     "pattern_proba": np.float64,  # its probability
-    "imputed": np.bool_,          # routing followed a missing value
-    "unknown_key": object,        # str naming a never-seen key combination, or None
+    "imputed": np.bool_,  # routing followed a missing value
+    "unknown_key": object,  # str naming a never-seen key combination, or None
 }
 
 
@@ -77,7 +77,9 @@ class Scorer(Protocol):
         ...
 
     def score_parts(
-        self, columns: Mapping[str, np.ndarray], *,
+        self,
+        columns: Mapping[str, np.ndarray],
+        *,
         executor: concurrent.futures.Executor | None = None,
     ) -> tuple[dict[str, np.ndarray], Callable[[], dict[str, np.ndarray]]]:
         """Score a batch in two parts, ``(partial, finish)``: ``partial`` holds at least
@@ -90,9 +92,13 @@ class Scorer(Protocol):
 
 # --------------------------------------------------------------------------- the real bundle
 #: Components a scoring bundle must have, with their kinds.
-REQUIRED_COMPONENTS = {"partitioner": "partitioner", "segment_models": "segment_models",
-                       "profiles": "profiles", "scoring": "scoring",
-                       "drift_reference": "drift_reference"}
+REQUIRED_COMPONENTS = {
+    "partitioner": "partitioner",
+    "segment_models": "segment_models",
+    "profiles": "profiles",
+    "scoring": "scoring",
+    "drift_reference": "drift_reference",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,16 +138,17 @@ class Bundle:
     """
 
     def __init__(self, loaded: LoadedComponents, path: Path | None = None) -> None:
-        from segstream.shared.linear import LinearSegmentModels  # noqa: PLC0415
-        from segstream.shared.profiles import ProfileScorer  # noqa: PLC0415
-        from segstream.shared.routing import Router  # noqa: PLC0415
-        from segstream.shared.settings import SchemaSettings  # noqa: PLC0415
+        from segstream.shared.linear import LinearSegmentModels
+        from segstream.shared.profiles import ProfileScorer
+        from segstream.shared.routing import Router
+        from segstream.shared.settings import SchemaSettings
 
         m = loaded.manifest
         for name, kind in REQUIRED_COMPONENTS.items():
             if name not in loaded or loaded[name].kind != kind:
                 raise BundleCompatibilityError(
-                    f"bundle {m.bundle_id[:12]}: component {name!r} of kind {kind!r} missing")
+                    f"bundle {m.bundle_id[:12]}: component {name!r} of kind {kind!r} missing"
+                )
         self.manifest: Manifest = m
         self.path = path
         self.bundle_id = m.bundle_id
@@ -154,8 +161,9 @@ class Bundle:
         self.key_columns: list[str] = list(sc.meta["key_columns"])
         self._known_keys: list[list[str]] = [list(map(str, k)) for k in sc.meta["known_keys"]]
         self._keys: tuple[list[Any], np.ndarray, np.ndarray] | None = None
-        self.nodes = NodeTables(**{f.name: np.asarray(sc.arrays[f.name])
-                                   for f in dataclasses.fields(NodeTables)})
+        self.nodes = NodeTables(
+            **{f.name: np.asarray(sc.arrays[f.name]) for f in dataclasses.fields(NodeTables)}
+        )
         self.router = Router.from_export(loaded["partitioner"])
         self.linear = LinearSegmentModels.from_exported(loaded["segment_models"])
         self.profiles = ProfileScorer(loaded["profiles"])
@@ -164,8 +172,11 @@ class Bundle:
 
     def _key_tables(self) -> tuple[list[Any], np.ndarray, np.ndarray]:
         """Per key column its category index; the mixed-radix codes of the known keys."""
-        cols = list(zip(*self._known_keys, strict=True)) if self._known_keys else \
-            [()] * len(self.key_columns)
+        cols = (
+            list(zip(*self._known_keys, strict=True))
+            if self._known_keys
+            else [()] * len(self.key_columns)
+        )
         values = [sorted(set(c)) for c in cols]
         indexes = [pd.Index(v, dtype=object) for v in values]
         radix = np.cumprod([1] + [len(v) for v in values[:-1]]).astype(np.int64)
@@ -178,7 +189,7 @@ class Bundle:
         """``"col=value,..."`` for rows whose key combination was never seen in training
         (None elsewhere); vectorised: category codes per column, one mixed-radix code per row.
         """
-        from segstream.shared.routing import encode_categories  # noqa: PLC0415
+        from segstream.shared.routing import encode_categories
 
         out = np.full(n, None, dtype=object)
         if not self.key_columns:
@@ -197,12 +208,16 @@ class Bundle:
             bad |= known[pos] != code
         else:
             bad[:] = True
-        for i in np.flatnonzero(bad):
+        for i in np.flatnonzero(bad).tolist():
             out[i] = ",".join(f"{c}={columns[c][i]}" for c in self.key_columns)
         return out
 
-    def score(self, columns: Mapping[str, np.ndarray], *,
-              executor: concurrent.futures.Executor | None = None) -> dict[str, np.ndarray]:
+    def score(
+        self,
+        columns: Mapping[str, np.ndarray],
+        *,
+        executor: concurrent.futures.Executor | None = None,
+    ) -> dict[str, np.ndarray]:
         """Score a batch (see the module docstring for the column contract).
 
         Parameters
@@ -226,7 +241,9 @@ class Bundle:
         return finish()
 
     def score_parts(
-        self, columns: Mapping[str, np.ndarray], *,
+        self,
+        columns: Mapping[str, np.ndarray],
+        *,
         executor: concurrent.futures.Executor | None = None,
     ) -> tuple[dict[str, np.ndarray], Callable[[], dict[str, np.ndarray]]]:
         """Score a batch in two parts: ``(partial, finish)``.
@@ -245,10 +262,10 @@ class Bundle:
         """
         missing = [c for c in self.required_columns if c not in columns]
         if missing:
-            raise SchemaError(f"batch lacks column(s) {missing} needed by bundle "
-                              f"{self.bundle_id[:12]}")
-        pending = executor.submit(self.profiles.pattern, columns) if executor is not None \
-            else None
+            raise SchemaError(
+                f"batch lacks column(s) {missing} needed by bundle {self.bundle_id[:12]}"
+            )
+        pending = executor.submit(self.profiles.pattern, columns) if executor is not None else None
         r = self.router.route(columns)
         n = len(r.segment)
         t = self.nodes
@@ -271,8 +288,9 @@ class Bundle:
         }
 
         def finish() -> dict[str, np.ndarray]:
-            pattern, proba = pending.result() if pending is not None \
-                else self.profiles.pattern(columns)
+            pattern, proba = (
+                pending.result() if pending is not None else self.profiles.pattern(columns)
+            )
             return {**partial, "pattern": pattern, "pattern_proba": proba}
 
         return partial, finish

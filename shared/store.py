@@ -77,14 +77,14 @@ _REF_RE = re.compile(r"[0-9a-f]{1,64}")
 #: (:func:`reload_failure_reason`).
 RELOAD_FAILURE_REASONS = (
     "store_unavailable",  # the store cannot be read (LATEST or a bundle file)
-    "latest_malformed",   # LATEST is not JSON, has no bundle_id, or an invalid one
-    "not_found",          # LATEST (or a record) names a bundle the store does not have
-    "integrity",          # a file or the manifest does not verify, or a size limit is hit
-    "signature",          # unsigned or not signed by a trusted key
-    "incompatible",       # other model, newer format, incompatible schema, fails warm-up
-    "invalid_id",         # a record names a bundle id that is not 64 lowercase hex
-    "invalid_update",     # a model-updates record that is not a valid model update
-    "load_error",         # anything else (a bug: logged with its traceback)
+    "latest_malformed",  # LATEST is not JSON, has no bundle_id, or an invalid one
+    "not_found",  # LATEST (or a record) names a bundle the store does not have
+    "integrity",  # a file or the manifest does not verify, or a size limit is hit
+    "signature",  # unsigned or not signed by a trusted key
+    "incompatible",  # other model, newer format, incompatible schema, fails warm-up
+    "invalid_id",  # a record names a bundle id that is not 64 lowercase hex
+    "invalid_update",  # a model-updates record that is not a valid model update
+    "load_error",  # anything else (a bug: logged with its traceback)
 )
 
 
@@ -125,8 +125,10 @@ def check_model_name(model: str) -> str:
     """
     if isinstance(model, str) and _MODEL_RE.fullmatch(model) and ".." not in model:
         return model
-    raise ConfigError(f"model: {repr(model)[:80]} cannot name a store directory (use letters, "
-                      "digits, '_', '.', '-'; at most 128 characters)")
+    raise ConfigError(
+        f"model: {repr(model)[:80]} cannot name a store directory (use letters, "
+        "digits, '_', '.', '-'; at most 128 characters)"
+    )
 
 
 def encode_model_update(update: ModelUpdate) -> bytes:
@@ -145,16 +147,18 @@ def decode_model_update(value: bytes | None, where: str) -> ModelUpdate:
     if not value:
         raise ModelUpdateError(f"{where}: empty model-update record")
     if len(value) > MAX_UPDATE_BYTES:
-        raise ModelUpdateError(f"{where}: model-update record of {len(value):,} bytes, more "
-                               f"than {MAX_UPDATE_BYTES:,}")
+        raise ModelUpdateError(
+            f"{where}: model-update record of {len(value):,} bytes, more than {MAX_UPDATE_BYTES:,}"
+        )
     try:
         update = msgspec.json.decode(value, type=ModelUpdate)
     except msgspec.DecodeError as exc:
-        raise ModelUpdateError(f"{where}: not a model-update record ({str(exc)[:200]})") \
-            from None
+        raise ModelUpdateError(f"{where}: not a model-update record ({str(exc)[:200]})") from None
     if not is_bundle_id(update.bundle_id):
-        raise ModelUpdateError(f"{where}: bundle id {update.bundle_id[:80]!r} is not 64 "
-                               "lowercase hexadecimal characters")
+        raise ModelUpdateError(
+            f"{where}: bundle id {update.bundle_id[:80]!r} is not 64 "
+            "lowercase hexadecimal characters"
+        )
     return update
 
 
@@ -195,7 +199,7 @@ class ArtifactStore:
         self._root = ""
         self._trusted: dict[str, Any] = {}
         if settings.trusted_public_keys:
-            from segstream.shared.signing import load_public_keys  # noqa: PLC0415 - cryptography on use
+            from segstream.shared.signing import load_public_keys
 
             self._trusted = load_public_keys(settings)
 
@@ -207,7 +211,7 @@ class ArtifactStore:
     # ------------------------------------------------------------------ plumbing
     def _open(self) -> tuple[Any, str]:
         if self._fs is None:
-            import fsspec  # noqa: PLC0415
+            import fsspec
 
             opts: dict[str, Any] = {}
             if self.url.startswith(("s3://", "s3a://")):
@@ -219,7 +223,7 @@ class ArtifactStore:
                     opts["secret"] = self.settings.s3_secret.get_secret_value()
             url = self.url
             if url.startswith("file://"):
-                url = "file://" + os.path.abspath(url[len("file://"):])
+                url = "file://" + os.path.abspath(url[len("file://") :])
             elif "://" not in url:
                 url = "file://" + os.path.abspath(url)
             try:
@@ -250,8 +254,9 @@ class ArtifactStore:
         except (OSError, PermissionError) as exc:
             raise StoreError(f"artifact store {self.url}: cannot {what}: {exc}") from None
         except Exception as exc:  # botocore/aiohttp errors for unreachable S3 endpoints
-            raise StoreError(f"artifact store {self.url}: cannot {what}: "
-                             f"{type(exc).__name__}: {exc}") from None
+            raise StoreError(
+                f"artifact store {self.url}: cannot {what}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def _read(self, path: str, limit: int | None = None) -> bytes:
         """The bytes of ``path``; with ``limit``, at most ``limit + 1`` bytes are read (the
@@ -263,8 +268,9 @@ class ArtifactStore:
 
     def _write(self, path: str, data: bytes) -> None:
         fs, _ = self._open()
-        self._call(f"create {posixpath.dirname(path)}", fs.makedirs, posixpath.dirname(path),
-                   exist_ok=True)
+        self._call(
+            f"create {posixpath.dirname(path)}", fs.makedirs, posixpath.dirname(path), exist_ok=True
+        )
         self._call(f"write {path}", fs.pipe_file, path, data)
 
     def _read_manifest(self, model: str, bundle_id: str) -> tuple[Manifest, bytes]:
@@ -273,23 +279,28 @@ class ArtifactStore:
         raw = self._read(self._path(model, bundle_id, MANIFEST), MAX_MANIFEST_BYTES)
         manifest = parse_manifest(raw, where)
         if manifest.bundle_id != bundle_id:
-            raise BundleIntegrityError(f"{where}/{MANIFEST}: says it is bundle "
-                                       f"{manifest.bundle_id[:12]}, not the one asked for")
+            raise BundleIntegrityError(
+                f"{where}/{MANIFEST}: says it is bundle "
+                f"{manifest.bundle_id[:12]}, not the one asked for"
+            )
         if manifest.compute_id() != bundle_id:
-            raise BundleIntegrityError(f"{where}/{MANIFEST}: content does not match bundle_id "
-                                       f"{bundle_id[:12]} (manifest edited?)")
+            raise BundleIntegrityError(
+                f"{where}/{MANIFEST}: content does not match bundle_id "
+                f"{bundle_id[:12]} (manifest edited?)"
+            )
         return manifest, raw
 
     def _read_signature(self, model: str, bundle_id: str) -> bytes | None:
-        from segstream.shared.signing import MAX_SIGNATURE_BYTES  # noqa: PLC0415
+        from segstream.shared.signing import MAX_SIGNATURE_BYTES
 
         try:
             return self._read(self._path(model, bundle_id, SIGNATURE), MAX_SIGNATURE_BYTES)
         except FileNotFoundError:
             return None
 
-    def check_signature(self, manifest: Manifest, signature: bytes | None, where: str
-                        ) -> str | None:
+    def check_signature(
+        self, manifest: Manifest, signature: bytes | None, where: str
+    ) -> str | None:
         """With trusted keys configured: raise unless ``signature`` verifies; return its key id.
 
         Raises
@@ -298,7 +309,7 @@ class ArtifactStore:
         """
         if not self._trusted:
             return None
-        from segstream.shared.signing import verify_manifest_signature  # noqa: PLC0415
+        from segstream.shared.signing import verify_manifest_signature
 
         return verify_manifest_signature(manifest, signature, self._trusted, where)
 
@@ -311,8 +322,7 @@ class ArtifactStore:
                 content = self._read(self._path(model, manifest.bundle_id, name), entry.bytes)
             except FileNotFoundError:
                 raise BundleIntegrityError(f"{where}/{name}: file missing") from None
-            if len(content) != entry.bytes or \
-                    hashlib.sha256(content).hexdigest() != entry.sha256:
+            if len(content) != entry.bytes or hashlib.sha256(content).hexdigest() != entry.sha256:
                 raise BundleIntegrityError(f"{where}/{name}: sha256 mismatch (file modified)")
             files[name] = content
         verify_files(manifest, files, where)  # the components' file references
@@ -354,8 +364,9 @@ class ArtifactStore:
             # The manifest goes last: a bundle without one is not listed.
             self._write(self._path(model, bid, MANIFEST), (src / MANIFEST).read_bytes())
             if not self._exists_verified(model, bid):
-                raise StoreError(f"artifact store {self.url}: bundle {bid[:12]} did not verify "
-                                 "after upload")
+                raise StoreError(
+                    f"artifact store {self.url}: bundle {bid[:12]} did not verify after upload"
+                )
         if promote:
             self._set_latest(model, bid)
         return self.uri(model, bid)
@@ -371,9 +382,10 @@ class ArtifactStore:
         fs, _ = self._open()
         path = self._path(model, LATEST)
         check_bundle_id(bundle_id, f"artifact store {self.url}: LATEST of {model!r}")
-        body = orjson.dumps({"bundle_id": bundle_id,
-                             "updated_at": dt.datetime.now(dt.UTC).isoformat()})
-        from fsspec.implementations.local import LocalFileSystem  # noqa: PLC0415
+        body = orjson.dumps(
+            {"bundle_id": bundle_id, "updated_at": dt.datetime.now(dt.UTC).isoformat()}
+        )
+        from fsspec.implementations.local import LocalFileSystem
 
         if isinstance(fs, LocalFileSystem):
             # Local: write a temporary file and rename it over LATEST (atomic on POSIX).
@@ -382,8 +394,9 @@ class ArtifactStore:
             try:
                 os.replace(tmp, path)
             except OSError as exc:
-                raise StoreError(f"artifact store {self.url}: cannot replace {path}: {exc}") \
-                    from None
+                raise StoreError(
+                    f"artifact store {self.url}: cannot replace {path}: {exc}"
+                ) from None
         else:
             self._write(path, body)  # an object PUT is atomic on S3
         logger.info("LATEST of %s -> %s", model, bundle_id[:12])
@@ -414,8 +427,10 @@ class ArtifactStore:
         if not isinstance(doc, dict) or "bundle_id" not in doc:
             raise LatestError(f"{where}: not a JSON object with a bundle_id")
         if not is_bundle_id(doc["bundle_id"]):
-            raise LatestError(f"{where}: bundle_id {repr(doc['bundle_id'])[:80]} is not 64 "
-                              "lowercase hexadecimal characters")
+            raise LatestError(
+                f"{where}: bundle_id {repr(doc['bundle_id'])[:80]} is not 64 "
+                "lowercase hexadecimal characters"
+            )
         return str(doc["bundle_id"])
 
     def read_manifest(self, model: str, bundle_id: str) -> Manifest:
@@ -446,15 +461,19 @@ class ArtifactStore:
         fs, _ = self._open()
         manifest, _ = self._read_manifest(model, bundle_id)
         if check_signature:
-            self.check_signature(manifest, self._read_signature(model, bundle_id),
-                                 self.uri(model, bundle_id))
+            self.check_signature(
+                manifest, self._read_signature(model, bundle_id), self.uri(model, bundle_id)
+            )
         d = self._path(model, bundle_id)
-        names = {posixpath.basename(p.rstrip("/"))
-                 for p in self._call(f"list {d}", fs.ls, d, detail=False)}
+        names = {
+            posixpath.basename(p.rstrip("/"))
+            for p in self._call(f"list {d}", fs.ls, d, detail=False)
+        }
         extra = sorted(names - set(manifest.files) - {MANIFEST, SIGNATURE})
         if extra:
-            raise BundleIntegrityError(f"{self.uri(model, bundle_id)}/{extra[0][:80]}: file not "
-                                       "listed in the manifest")
+            raise BundleIntegrityError(
+                f"{self.uri(model, bundle_id)}/{extra[0][:80]}: file not listed in the manifest"
+            )
         self._read_files(model, manifest)
         return manifest
 
@@ -494,12 +513,12 @@ class ArtifactStore:
                 if cached.bundle_id != bundle_id:
                     raise BundleIntegrityError(f"{dest}: holds bundle {cached.bundle_id[:12]}")
                 sig = dest / SIGNATURE
-                self.check_signature(cached, sig.read_bytes() if sig.is_file() else None,
-                                     str(dest))
+                self.check_signature(cached, sig.read_bytes() if sig.is_file() else None, str(dest))
                 return dest
             except BundleIntegrityError as exc:
-                logger.warning("cached bundle %s does not verify (%s); downloading again",
-                               dest, exc)
+                logger.warning(
+                    "cached bundle %s does not verify (%s); downloading again", dest, exc
+                )
         try:
             manifest, raw = self._read_manifest(model, bundle_id)
         except FileNotFoundError:
@@ -568,8 +587,16 @@ class ArtifactStore:
                 m = self.read_manifest(model, name)
             except (FileNotFoundError, BundleIntegrityError, BundleCompatibilityError):
                 continue
-            out.append(BundleInfo(model, m.bundle_id, m.created_at, m.bundle_id == latest,
-                                  self.uri(model, m.bundle_id), m.metrics))
+            out.append(
+                BundleInfo(
+                    model,
+                    m.bundle_id,
+                    m.created_at,
+                    m.bundle_id == latest,
+                    self.uri(model, m.bundle_id),
+                    m.metrics,
+                )
+            )
         return sorted(out, key=lambda b: b.created_at)
 
     def resolve(self, model: str, ref: str) -> str:
@@ -588,12 +615,16 @@ class ArtifactStore:
                 raise StoreError(f"artifact store {self.url}: model {model!r} has no LATEST")
             return bid
         if not isinstance(ref, str) or not _REF_RE.fullmatch(ref):
-            raise BundleIdError(f"bundle reference {repr(ref)[:80]}: expected LATEST, a bundle "
-                                "id or a unique prefix of one (lowercase hexadecimal)")
+            raise BundleIdError(
+                f"bundle reference {repr(ref)[:80]}: expected LATEST, a bundle "
+                "id or a unique prefix of one (lowercase hexadecimal)"
+            )
         ids = [b.bundle_id for b in self.list(model) if b.bundle_id.startswith(ref)]
         if len(ids) != 1:
-            raise StoreError(f"artifact store {self.url}: bundle {ref!r} of model {model!r} "
-                             f"{'not found' if not ids else 'is ambiguous'}")
+            raise StoreError(
+                f"artifact store {self.url}: bundle {ref!r} of model {model!r} "
+                f"{'not found' if not ids else 'is ambiguous'}"
+            )
         return ids[0]
 
     def promote(self, model: str, ref: str) -> str:
@@ -609,7 +640,7 @@ class ArtifactStore:
     def sign(self, model: str, ref: str, private_key: Any) -> str:
         """Verify a stored bundle and store its ``manifest.sig`` made with ``private_key``
         (an Ed25519 private key); return the bundle id."""
-        from segstream.shared.signing import sign_manifest  # noqa: PLC0415
+        from segstream.shared.signing import sign_manifest
 
         bid = self.resolve(model, ref)
         manifest = self.verify(model, bid, check_signature=False)

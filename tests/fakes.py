@@ -39,6 +39,7 @@ from segstream.shared.settings import SchemaSettings
 class PoisonError(RuntimeError):
     """Raised by a fake scorer for a poisoned event (or any event, ``fail_all``)."""
 
+
 DEFAULT_CARRIERS = ("9E", "AA", "B6", "DL", "EV", "MQ", "UA", "US", "WN")
 DEFAULT_ROUTES = ("JFK|LAX", "LGA|ATL", "EWR|ORD", "JFK|SFO", "LGA|ORD", "EWR|IAH")
 
@@ -46,11 +47,23 @@ DEFAULT_ROUTES = ("JFK|LAX", "LGA|ATL", "EWR|ORD", "JFK|SFO", "LGA|ORD", "EWR|IA
 class FakeScorer:
     """Deterministic vectorised scorer over ``distance``, ``sched_dep_hour`` and ``carrier``."""
 
-    def __init__(self, *, bundle_id: str, model: str, schema: SchemaSettings,
-                 coef_distance: float, coef_hour: float, carriers: Sequence[str],
-                 offsets: Sequence[float], known_routes: Sequence[str], half_width: float,
-                 interval_mass: float, drift_reference: DriftReference,
-                 poison_prefix: str | None = None, fail_all: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        bundle_id: str,
+        model: str,
+        schema: SchemaSettings,
+        coef_distance: float,
+        coef_hour: float,
+        carriers: Sequence[str],
+        offsets: Sequence[float],
+        known_routes: Sequence[str],
+        half_width: float,
+        interval_mass: float,
+        drift_reference: DriftReference,
+        poison_prefix: str | None = None,
+        fail_all: bool = False,
+    ) -> None:
         self.bundle_id = bundle_id
         self.model = model
         self.schema = schema
@@ -68,7 +81,9 @@ class FakeScorer:
         self.fail_all = fail_all
 
     def score_parts(
-        self, columns: Mapping[str, np.ndarray], *,
+        self,
+        columns: Mapping[str, np.ndarray],
+        *,
         executor: concurrent.futures.Executor | None = None,
     ) -> tuple[dict[str, np.ndarray], Callable[[], dict[str, np.ndarray]]]:
         """Everything at once (the executor is not used): ``(scores, lambda: scores)``."""
@@ -96,8 +111,13 @@ class FakeScorer:
         c_dist = self.coef_distance * np.nan_to_num(dist)
         c_hour = self.coef_hour * np.nan_to_num(hour)
         pred = intercept + c_dist + c_hour
-        route = np.asarray(columns["origin"], dtype=object) + "|" + \
-            np.asarray(columns["dest"], dtype=object) if n else np.empty(0, dtype=object)
+        route = (
+            np.asarray(columns["origin"], dtype=object)
+            + "|"
+            + np.asarray(columns["dest"], dtype=object)
+            if n
+            else np.empty(0, dtype=object)
+        )
         known = self.routes.get_indexer(pd.Index(route, dtype=object)) >= 0
         unknown = np.where(known, None, route).astype(object)
         return {
@@ -110,7 +130,8 @@ class FakeScorer:
             "pattern_proba": np.full(n, 0.75),
             "imputed": np.isnan(dist) | np.isnan(hour),
             "unknown_key": unknown,
-            "contributions": np.column_stack([intercept, c_dist, c_hour]) if n
+            "contributions": np.column_stack([intercept, c_dist, c_hour])
+            if n
             else np.empty((0, 3)),
         }
 
@@ -120,36 +141,56 @@ def fake_drift_reference() -> DriftReference:
     dist = rng.uniform(100, 2500, 2000)
     hour = rng.uniform(5, 23, 2000)
     carrier = rng.choice(np.asarray(DEFAULT_CARRIERS, dtype=object), 2000)
-    ref = DriftReference.fit({"distance": dist, "sched_dep_hour": hour}, {"carrier": carrier},
-                             prediction=0.01 * dist + 0.5 * hour, n_bins=5)
+    ref = DriftReference.fit(
+        {"distance": dist, "sched_dep_hour": hour},
+        {"carrier": carrier},
+        prediction=0.01 * dist + 0.5 * hour,
+        n_bins=5,
+    )
     return ref
 
 
-def write_fake_bundle(root: str | Path, schema: SchemaSettings, *, model: str = "flights",
-                      coef_distance: float = 0.01, coef_hour: float = 0.5,
-                      carriers: Sequence[str] = DEFAULT_CARRIERS,
-                      known_routes: Sequence[str] = DEFAULT_ROUTES, half_width: float = 15.0,
-                      interval_mass: float = 0.8, tag: str = "",
-                      schema_override: dict[str, Any] | None = None,
-                      poison_prefix: str | None = None, fail_all: bool = False) -> Path:
+def write_fake_bundle(
+    root: str | Path,
+    schema: SchemaSettings,
+    *,
+    model: str = "flights",
+    coef_distance: float = 0.01,
+    coef_hour: float = 0.5,
+    carriers: Sequence[str] = DEFAULT_CARRIERS,
+    known_routes: Sequence[str] = DEFAULT_ROUTES,
+    half_width: float = 15.0,
+    interval_mass: float = 0.8,
+    tag: str = "",
+    schema_override: dict[str, Any] | None = None,
+    poison_prefix: str | None = None,
+    fail_all: bool = False,
+) -> Path:
     """Write a fake bundle into ``root/<bundle_id>`` and return its directory.
 
     ``tag`` changes the content (and so the bundle id) without changing the behaviour;
     ``poison_prefix`` and ``fail_all`` make its scorer raise (see :class:`FakeScorer`).
     """
     offsets = np.linspace(-5.0, 5.0, len(carriers))
-    meta: dict[str, Any] = {"carriers": list(carriers), "known_routes": list(known_routes),
-                            "half_width": half_width, "interval_mass": interval_mass,
-                            "tag": tag}
+    meta: dict[str, Any] = {
+        "carriers": list(carriers),
+        "known_routes": list(known_routes),
+        "half_width": half_width,
+        "interval_mass": interval_mass,
+        "tag": tag,
+    }
     if poison_prefix is not None:
         meta["poison_prefix"] = poison_prefix
     if fail_all:
         meta["fail_all"] = True
     comp = ExportedComponent(
-        "fake", {"offsets": offsets, "coef": np.asarray([coef_distance, coef_hour])}, meta)
+        "fake", {"offsets": offsets, "coef": np.asarray([coef_distance, coef_hour])}, meta
+    )
     drift = ExportedComponent("drift_reference", {}, fake_drift_reference().to_meta())
     return write_bundle(
-        root, model=model, components={"fake": comp, "drift_reference": drift},
+        root,
+        model=model,
+        components={"fake": comp, "drift_reference": drift},
         schema=schema_override or schema.model_dump(mode="json"),
         created_at=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
     )
@@ -161,14 +202,19 @@ def load_fake_bundle(path: str | Path) -> FakeScorer:
     m = loaded.manifest
     comp = loaded["fake"]
     return FakeScorer(
-        bundle_id=m.bundle_id, model=m.model,
+        bundle_id=m.bundle_id,
+        model=m.model,
         schema=SchemaSettings.model_validate(m.schema_),
-        coef_distance=float(comp.arrays["coef"][0]), coef_hour=float(comp.arrays["coef"][1]),
-        carriers=comp.meta["carriers"], offsets=comp.arrays["offsets"],
-        known_routes=comp.meta["known_routes"], half_width=float(comp.meta["half_width"]),
+        coef_distance=float(comp.arrays["coef"][0]),
+        coef_hour=float(comp.arrays["coef"][1]),
+        carriers=comp.meta["carriers"],
+        offsets=comp.arrays["offsets"],
+        known_routes=comp.meta["known_routes"],
+        half_width=float(comp.meta["half_width"]),
         interval_mass=float(comp.meta["interval_mass"]),
         drift_reference=DriftReference.from_meta(loaded["drift_reference"].meta),
-        poison_prefix=comp.meta.get("poison_prefix"), fail_all=bool(comp.meta.get("fail_all")),
+        poison_prefix=comp.meta.get("poison_prefix"),
+        fail_all=bool(comp.meta.get("fail_all")),
     )
 
 
@@ -204,8 +250,11 @@ class LogConsumer:
     def consume(self, n: int, timeout: float) -> list[Any]:
         """Up to ``n`` messages, one partition after the other in turn."""
         out: list[Any] = []
-        queues = {p: [m for m in msgs if m.offset() >= self.position[p]]
-                  for p, msgs in self.partitions.items() if p not in self.paused}
+        queues = {
+            p: [m for m in msgs if m.offset() >= self.position[p]]
+            for p, msgs in self.partitions.items()
+            if p not in self.paused
+        }
         while len(out) < n and any(queues.values()):
             for p in sorted(queues):
                 if queues[p] and len(out) < n:
@@ -213,7 +262,8 @@ class LogConsumer:
                     out.append(m)
                     self.position[p] = m.offset() + 1
         if not out and timeout > 0:
-            import time  # noqa: PLC0415
+            import time
+
             time.sleep(min(timeout, 0.01))
         self.consumed += len(out)
         return out
@@ -235,7 +285,7 @@ class LogConsumer:
         self.log.append("seek")
 
     def assignment(self) -> list[Any]:
-        from confluent_kafka import TopicPartition  # noqa: PLC0415
+        from confluent_kafka import TopicPartition
 
         return [TopicPartition(self.topic, p) for p in sorted(self.partitions)]
 
@@ -261,8 +311,9 @@ class LogProducer:
     (``delivered``, ``committed_offsets``), ``abort_transaction`` drops them;
     ``fail_commit`` makes a commit raise."""
 
-    def __init__(self, *, transactional: bool = False, refuse: Any = None,
-                 fail_commit: Any = None) -> None:
+    def __init__(
+        self, *, transactional: bool = False, refuse: Any = None, fail_commit: Any = None
+    ) -> None:
         self.transactional = transactional
         self.refuse = refuse or (lambda topic, value, key, headers: None)
         self.fail_commit = fail_commit or (lambda: None)
@@ -279,11 +330,18 @@ class LogProducer:
         self.log: list[tuple[float, str]] = []
 
     def _note(self, what: str) -> None:
-        import time  # noqa: PLC0415
+        import time
+
         self.log.append((time.monotonic(), what))
 
-    def produce(self, topic: str, value: Any = None, key: Any = None, headers: Any = None,
-                on_delivery: Any = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: Any = None,
+        key: Any = None,
+        headers: Any = None,
+        on_delivery: Any = None,
+    ) -> None:
         if isinstance(key, str):  # librdkafka takes str keys as UTF-8 bytes
             key = key.encode()
         if isinstance(value, str):

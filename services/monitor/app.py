@@ -107,9 +107,10 @@ class MonitorService:
         the artifact store.
     """
 
-    def __init__(self, settings: Settings, registry: CollectorRegistry,
-                 reference_for: Any = None) -> None:
-        import faust  # noqa: PLC0415
+    def __init__(
+        self, settings: Settings, registry: CollectorRegistry, reference_for: Any = None
+    ) -> None:
+        import faust
 
         self.settings = settings
         m = settings.monitor
@@ -121,15 +122,19 @@ class MonitorService:
         #: stats and ticks agents.
         self.reload_alerts: list[Alert] = []
         if reference_for is None:
-            from segstream.shared.reloads import ReloadFailures  # noqa: PLC0415
-            from segstream.shared.store import ArtifactStore  # noqa: PLC0415
+            from segstream.shared.reloads import ReloadFailures
+            from segstream.shared.store import ArtifactStore
 
             failures = ReloadFailures(
-                settings.model, alert=self.reload_alerts.append,
+                settings.model,
+                alert=self.reload_alerts.append,
                 count=lambda reason: self.metrics.bundle_reload_failures.labels(
-                    reason=reason).inc())
-            reference_for = ReferenceCache(ArtifactStore(settings.store), settings.model,
-                                           m.bundle_cache_dir, failures=failures)
+                    reason=reason
+                ).inc(),
+            )
+            reference_for = ReferenceCache(
+                ArtifactStore(settings.store), settings.model, m.bundle_cache_dir, failures=failures
+            )
         self.reference_for = reference_for
         brokers = [f"kafka://{h.strip()}" for h in settings.broker.bootstrap.split(",")]
         Path(m.data_dir).mkdir(parents=True, exist_ok=True)  # faust makes only the last level
@@ -137,36 +142,58 @@ class MonitorService:
         if m.recovery_probe:
             extra["TableManager"] = "segstream.services.monitor.faust_ext:ProbingTableManager"
         app = faust.App(
-            m.app_id, broker=brokers, broker_credentials=faust_credentials(settings.broker),
-            store="memory://", topic_partitions=t.partitions,
+            m.app_id,
+            broker=brokers,
+            broker_credentials=faust_credentials(settings.broker),
+            store="memory://",
+            topic_partitions=t.partitions,
             datadir=str(Path(m.data_dir) / f"{m.app_id}-data"),  # not faust's ./<id>-data
-            topic_replication_factor=t.replication_factor, web_enabled=False,
+            topic_replication_factor=t.replication_factor,
+            web_enabled=False,
             broker_session_timeout=m.session_timeout_s,
             broker_heartbeat_interval=m.session_timeout_s / 10,
             broker_rebalance_timeout=m.session_timeout_s,
-            consumer_auto_offset_reset="earliest", autodiscover=False,
-            table_standby_replicas=0, producer_linger=0.005,
-            producer_max_batch_size=512 * 1024, **extra)
+            consumer_auto_offset_reset="earliest",
+            autodiscover=False,
+            table_standby_replicas=0,
+            producer_linger=0.005,
+            producer_max_batch_size=512 * 1024,
+            **extra,
+        )
         # The recovery probe (services.monitor.faust_ext) is a confluent-kafka client: it
         # needs the same security settings as every other client.
         app.probe_client_config = client_config(settings.broker)
         self.app = app
-        raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-               "value_serializer": "raw"}
+        raw = {
+            "key_type": bytes,
+            "value_type": bytes,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+        }
         self.stats_topic = app.topic(t.stats, **raw)
         self.pred_topic = app.topic(t.predictions, **raw)
         self.out_topic = app.topic(t.outcomes, **raw)
         self.alerts_topic = app.topic(t.alerts, **raw)
-        self.ticks_topic = app.topic(f"{m.app_id}-ticks", partitions=t.partitions,
-                                     internal=True, **raw)
+        self.ticks_topic = app.topic(
+            f"{m.app_id}-ticks", partitions=t.partitions, internal=True, **raw
+        )
         schema_json = faust.Schema(key_serializer="json", value_serializer="json")
-        self.faust_tables = {name: app.Table(name, default=None, partitions=t.partitions,
-                                             schema=schema_json) for name in TABLES}
+        self.faust_tables = {
+            name: app.Table(name, default=None, partitions=t.partitions, schema=schema_json)
+            for name in TABLES
+        }
         self.tables = {name: BufferedTable(tbl) for name, tbl in self.faust_tables.items()}
-        self.core = MonitorCore(m, model=settings.model, id_field=schema.id_field,
-                                time_field=schema.time_field, target=schema.target,
-                                reference_for=reference_for, tables=self.tables,
-                                partitions=t.partitions, observer=self.metrics)
+        self.core = MonitorCore(
+            m,
+            model=settings.model,
+            id_field=schema.id_field,
+            time_field=schema.time_field,
+            target=schema.target,
+            reference_for=reference_for,
+            tables=self.tables,
+            partitions=t.partitions,
+            observer=self.metrics,
+        )
         self.started = False
         self.events_processed = 0
         # Table changes wait in faust's producer buffer; its default bound (100 messages) makes
@@ -177,8 +204,14 @@ class MonitorService:
     # ------------------------------------------------------------------ agents
     async def _send(self, alerts: list[Alert]) -> None:
         for a in alerts:
-            logger.info("alert %s %s %s=%s window %s", a.type, a.severity, a.statistic,
-                        a.value, a.window_start)
+            logger.info(
+                "alert %s %s %s=%s window %s",
+                a.type,
+                a.severity,
+                a.statistic,
+                a.value,
+                a.window_start,
+            )
             await self.alerts_topic.send(key=alert_key(a), value=encode_alert(a))
 
     def _take_reload_alerts(self) -> list[Alert]:
@@ -205,14 +238,14 @@ class MonitorService:
                 for event in events:
                     msg = event.message
                     at(msg.partition)
-                    alerts += core.on_stats(event.value, msg.partition,
-                                            msg.offset, time.time())
+                    alerts += core.on_stats(event.value, msg.partition, msg.offset, time.time())
                 flush()
                 self.events_processed += len(events)
                 await self._send(alerts + self._take_reload_alerts())
 
         def record_agent(handle: Callable[..., None]) -> Callable[[Any], Any]:
             """An agent feeding each record of its topic to ``handle`` (no alerts of its own)."""
+
             async def agent(stream: Any) -> None:
                 async for events in stream.take_events(batch, within):
                     now = time.time()
@@ -222,6 +255,7 @@ class MonitorService:
                         handle(event.value, msg.partition, msg.offset, now)
                     flush()
                     self.events_processed += len(events)
+
             return agent
 
         predictions_agent = record_agent(core.on_prediction)
@@ -250,17 +284,19 @@ class MonitorService:
         app.timer(interval=self.settings.monitor.tick_s, name="monitor-tick-timer")(tick_timer)
 
         @app.on_rebalance_complete.connect
-        async def _ready(app_: Any, **kw: Any) -> None:  # noqa: ARG001
+        async def _ready(app_: Any, **kw: Any) -> None:
             self.started = True
 
     def _gauges(self) -> None:
         m, core = self.metrics, self.core
-        m.pending.labels(kind="predictions").set(len(self.tables["pending_p"]))  # noqa: E501
+        m.pending.labels(kind="predictions").set(len(self.tables["pending_p"]))
         m.pending.labels(kind="outcomes").set(len(self.tables["pending_o"]))
         now = time.time()
-        for name, v in (("drift", core.watermark.value(now)),
-                        ("predictions", core.pred_clocks.value(now)),
-                        ("outcomes", core.out_clocks.value(now))):
+        for name, v in (
+            ("drift", core.watermark.value(now)),
+            ("predictions", core.pred_clocks.value(now)),
+            ("outcomes", core.out_clocks.value(now)),
+        ):
             if v is not None:
                 m.watermark.labels(clock=name).set(v / 1000.0)
 
@@ -278,7 +314,7 @@ def faust_credentials(broker: BrokerSettings) -> Any:
     SSL gives :class:`faust.SSLCredentials`; the TLS context comes from
     :func:`segstream.shared.kafka.aiokafka_ssl_context`.
     """
-    import faust  # noqa: PLC0415
+    import faust
 
     sec = broker.security
     context = aiokafka_ssl_context(sec)
@@ -286,7 +322,9 @@ def faust_credentials(broker: BrokerSettings) -> Any:
         return faust.SASLCredentials(
             username=sec.username,
             password=sec.password.get_secret_value() if sec.password is not None else None,
-            ssl_context=context, mechanism=sec.sasl_mechanism)
+            ssl_context=context,
+            mechanism=sec.sasl_mechanism,
+        )
     if context is not None:
         return faust.SSLCredentials(context)
     return None
@@ -303,22 +341,30 @@ def run_monitor(settings: Settings, *, log_level: str = "INFO") -> int:
     ConfigError
         The input topics have different partition counts than ``topics.partitions``.
     """
-    import faust  # noqa: PLC0415
+    import faust
 
-    from segstream.shared.errors import ConfigError  # noqa: PLC0415
-    from segstream.shared.health import HealthServer  # noqa: PLC0415
-    from segstream.shared.kafka import check_reachable, ensure_topics, topic_partitions  # noqa: PLC0415
+    from segstream.shared.errors import ConfigError
+    from segstream.shared.health import HealthServer
+    from segstream.shared.kafka import check_reachable, ensure_topics, topic_partitions
 
     t = settings.topics
     check_reachable(settings.broker)
-    ensure_topics(settings.broker, [t.stats, t.predictions, t.outcomes, t.alerts], t.partitions,
-                  t.replication_factor)
-    counts = {name: topic_partitions(settings.broker, name)
-              for name in (t.stats, t.predictions, t.outcomes)}
+    ensure_topics(
+        settings.broker,
+        [t.stats, t.predictions, t.outcomes, t.alerts],
+        t.partitions,
+        t.replication_factor,
+    )
+    counts = {
+        name: topic_partitions(settings.broker, name)
+        for name in (t.stats, t.predictions, t.outcomes)
+    }
     bad = {k: v for k, v in counts.items() if v != t.partitions}
     if bad:
-        raise ConfigError(f"topics.partitions is {t.partitions} but {bad} have other partition "
-                          "counts; the monitor's tables need them all equal")
+        raise ConfigError(
+            f"topics.partitions is {t.partitions} but {bad} have other partition "
+            "counts; the monitor's tables need them all equal"
+        )
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)  # the monitor's CPU and memory (process_* metrics)
     service = MonitorService(settings, registry)
@@ -327,8 +373,7 @@ def run_monitor(settings: Settings, *, log_level: str = "INFO") -> int:
     logger.info("monitor /metrics on port %d", health.port)
     print(f"metrics_port={health.port}", flush=True)
     try:
-        worker = faust.Worker(service.app, loglevel=log_level, override_logging=False,
-                              quiet=True)
+        worker = faust.Worker(service.app, loglevel=log_level, override_logging=False, quiet=True)
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:

@@ -10,11 +10,13 @@ from segstream.shared.cli import _add_bootstrap, _add_config, subcommand
 @subcommand
 def _monitor_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "monitor", help="windowed drift, new-segment and performance alerts (faust app)",
+        "monitor",
+        help="windowed drift, new-segment and performance alerts (faust app)",
         description="Aggregate the workers' stats records and join outcomes to predictions in "
         "tumbling event-time windows; produce drift, new_segment and performance alerts to "
         "the alerts topic; serve /metrics, /healthz and /readyz. State is kept in faust "
-        "tables backed by changelog topics and recovered on restart. SIGTERM stops cleanly.")
+        "tables backed by changelog topics and recovered on restart. SIGTERM stops cleanly.",
+    )
     _add_config(p)
     _add_bootstrap(p)
     p.add_argument("--metrics-port", type=int, help="port of /metrics (0 = any free port)")
@@ -23,11 +25,14 @@ def _monitor_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
-    from segstream.services.monitor.app import run_monitor  # noqa: PLC0415
-    from segstream.shared.settings import load_settings  # noqa: PLC0415
+    from segstream.services.monitor.app import run_monitor
+    from segstream.shared.settings import load_settings
 
-    settings = load_settings(args.config, {
-        "broker": {"bootstrap": args.bootstrap},
-        "monitor": {"metrics_port": args.metrics_port, "app_id": args.app_id},
-    })
+    settings = load_settings(
+        args.config,
+        {
+            "broker": {"bootstrap": args.bootstrap},
+            "monitor": {"metrics_port": args.metrics_port, "app_id": args.app_id},
+        },
+    )
     return run_monitor(settings, log_level=args.log_level)

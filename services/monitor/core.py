@@ -109,10 +109,19 @@ class MonitorCore:
         ``record(source, result, n)``, ``joined(result, n)``, ``closed(kind)``.
     """
 
-    def __init__(self, settings: MonitorSettings, *, model: str, id_field: str,
-                 time_field: str, target: str, reference_for: ReferenceLookup,
-                 tables: dict[str, Table], partitions: int = 1,
-                 observer: Any = None) -> None:
+    def __init__(
+        self,
+        settings: MonitorSettings,
+        *,
+        model: str,
+        id_field: str,
+        time_field: str,
+        target: str,
+        reference_for: ReferenceLookup,
+        tables: dict[str, Table],
+        partitions: int = 1,
+        observer: Any = None,
+    ) -> None:
         self.s = settings
         self.model = model
         self.id_field, self.time_field, self.target = id_field, time_field, target
@@ -138,8 +147,11 @@ class MonitorCore:
         return int(v) if v is not None else None
 
     def _idle(self, now_s: float) -> bool:
-        return (self.s.idle_close_s is not None and self.last_input_s is not None
-                and now_s - self.last_input_s >= self.s.idle_close_s)
+        return (
+            self.s.idle_close_s is not None
+            and self.last_input_s is not None
+            and now_s - self.last_input_s >= self.s.idle_close_s
+        )
 
     def _input(self, now_s: float) -> None:
         self.last_input_s = now_s
@@ -163,8 +175,9 @@ class MonitorCore:
         try:
             rec = drift_mod.validate_stats(raw)
         except MalformedRecord as exc:
-            logger.warning("malformed stats record at partition %d offset %d: %s",
-                           partition, offset, exc)
+            logger.warning(
+                "malformed stats record at partition %d offset %d: %s", partition, offset, exc
+            )
             self.counters.record("stats", "malformed")
             return []
         if rec.model != self.model:
@@ -175,8 +188,13 @@ class MonitorCore:
             try:
                 drift_mod.check_bins(rec, ref[0])
             except MalformedRecord as exc:
-                logger.warning("stats record at partition %d offset %d does not match bundle "
-                               "%s: %s", partition, offset, rec.bundle_id[:12], exc)
+                logger.warning(
+                    "stats record at partition %d offset %d does not match bundle %s: %s",
+                    partition,
+                    offset,
+                    rec.bundle_id[:12],
+                    exc,
+                )
                 self.counters.record("stats", "malformed")
                 return []
         t_min = parse_time_ms(rec.event_time_min)
@@ -205,20 +223,26 @@ class MonitorCore:
                 try:
                     new = drift_mod.add_stats(state, rec, t_min, t_max)
                 except MalformedRecord as exc:
-                    logger.warning("stats record at partition %d offset %d does not fit its "
-                                   "window: %s", partition, offset, exc)
+                    logger.warning(
+                        "stats record at partition %d offset %d does not fit its window: %s",
+                        partition,
+                        offset,
+                        exc,
+                    )
                     self.counters.record("stats", "malformed")
                     return self._close_drift(partition, now_s)
                 new["applied"] = offset
                 self.t["drift"][key] = new
                 self.counters.record("stats", "ok")
-            alerts += self._new_keys(rec, w, t_min if t_min is not None else anchor,
-                                     partition, offset)
+            alerts += self._new_keys(
+                rec, w, t_min if t_min is not None else anchor, partition, offset
+            )
         alerts += self._close_drift(partition, now_s)
         return alerts
 
-    def _new_keys(self, rec: StatsRecord, w: int, seen_ms: int, partition: int,
-                  offset: int) -> list[Alert]:
+    def _new_keys(
+        self, rec: StatsRecord, w: int, seen_ms: int, partition: int, offset: int
+    ) -> list[Alert]:
         """Count unknown keys; ``seen_ms`` = earliest event time of the record (first-seen)."""
         uk = rec.unknown_keys
         other = rec.unknown_keys_other
@@ -243,23 +267,46 @@ class MonitorCore:
             keys[k] = [n1, min(first, seen_ms)]
             if n1 >= self.s.new_segment_threshold and k not in alerted:
                 alerted.append(k)
-                self._emit(alerts, alert_record(
-                    type_="new_segment", severity="warning", model=self.model,
-                    bundle_id=rec.bundle_id, feature=None, segment=k, statistic="count",
-                    value=float(n1), threshold=float(self.s.new_segment_threshold),
-                    window_start=ws, window_end=we, count=n1,
-                    first_seen=iso_ms(keys[k][1])))
-        self.t["newkeys"][key] = {"p": partition, "applied": offset, "keys": keys,
-                                  "alerted": alerted, "other": st["other"] + other}
+                self._emit(
+                    alerts,
+                    alert_record(
+                        type_="new_segment",
+                        severity="warning",
+                        model=self.model,
+                        bundle_id=rec.bundle_id,
+                        feature=None,
+                        segment=k,
+                        statistic="count",
+                        value=float(n1),
+                        threshold=float(self.s.new_segment_threshold),
+                        window_start=ws,
+                        window_end=we,
+                        count=n1,
+                        first_seen=iso_ms(keys[k][1]),
+                    ),
+                )
+        self.t["newkeys"][key] = {
+            "p": partition,
+            "applied": offset,
+            "keys": keys,
+            "alerted": alerted,
+            "other": st["other"] + other,
+        }
         return alerts
 
     def _close_drift(self, partition: int, now_s: float) -> list[Alert]:
         wm = self.watermark.value(now_s)
         idle = self._idle(now_s)
         alerts: list[Alert] = []
-        due = sorted(k for k, v in self._scan("drift") if v["p"] == partition and (
-            idle or (wm is not None and wm >= int(k.split("|", 1)[0]) + self.win_ms
-                     + self.late_ms)))
+        due = sorted(
+            k
+            for k, v in self._scan("drift")
+            if v["p"] == partition
+            and (
+                idle
+                or (wm is not None and wm >= int(k.split("|", 1)[0]) + self.win_ms + self.late_ms)
+            )
+        )
         for key in due:
             state = self.t["drift"][key]
             w_s, bundle = key.split("|", 1)
@@ -270,8 +317,12 @@ class MonitorCore:
             cur = self._meta(f"drift_closed|{partition}")
             if cur is None or w + self.win_ms > cur:
                 self.t["meta"][f"drift_closed|{partition}"] = w + self.win_ms
-        for key in sorted(k for k, v in self._scan("newkeys") if v["p"] == partition and (
-                idle or (wm is not None and wm >= int(k) + self.nk_ms + self.late_ms))):
+        for key in sorted(
+            k
+            for k, v in self._scan("newkeys")
+            if v["p"] == partition
+            and (idle or (wm is not None and wm >= int(k) + self.nk_ms + self.late_ms))
+        ):
             del self.t["newkeys"][key]
             self.counters.closed("new_segment")
             end = int(key) + self.nk_ms
@@ -283,15 +334,19 @@ class MonitorCore:
     def _judge_drift(self, state: dict[str, Any], w: int, bundle: str) -> list[Alert]:
         ref = self.reference_for(bundle)
         if ref is None:
-            logger.error("no drift reference for bundle %s: window %s not judged",
-                         bundle[:12], iso_ms(w))
+            logger.error(
+                "no drift reference for bundle %s: window %s not judged", bundle[:12], iso_ms(w)
+            )
             self.counters.record("stats", "no_reference", state["records"])
             return []
-        findings = drift_mod.drift_findings(state, ref[0],
-                                            lambda f: self.s.threshold(f, ref[0]),
-                                            min_count=self.s.drift_min_count,
-                                            segments=self.s.drift_segments,
-                                            exclude=frozenset(self.s.drift_exclude))
+        findings = drift_mod.drift_findings(
+            state,
+            ref[0],
+            lambda f: self.s.threshold(f, ref[0]),
+            min_count=self.s.drift_min_count,
+            segments=self.s.drift_segments,
+            exclude=frozenset(self.s.drift_exclude),
+        )
         if self.observer is not None:
             self.observer.on_drift(findings, w)
         ws, we = iso_window(w, self.win_ms)
@@ -299,11 +354,24 @@ class MonitorCore:
         for f in findings:
             if f.severity is None:
                 continue
-            self._emit(alerts, alert_record(
-                type_="drift", severity=f.severity, model=self.model, bundle_id=bundle,
-                feature=f.feature, segment=f.segment, statistic="psi", value=round(f.psi, 6),
-                threshold=f.threshold, window_start=ws, window_end=we, count=f.count,
-                js_distance=round(f.js_distance, 6)))
+            self._emit(
+                alerts,
+                alert_record(
+                    type_="drift",
+                    severity=f.severity,
+                    model=self.model,
+                    bundle_id=bundle,
+                    feature=f.feature,
+                    segment=f.segment,
+                    statistic="psi",
+                    value=round(f.psi, 6),
+                    threshold=f.threshold,
+                    window_start=ws,
+                    window_end=we,
+                    count=f.count,
+                    js_distance=round(f.js_distance, 6),
+                ),
+            )
         return alerts
 
     # ------------------------------------------------------------------ join
@@ -317,8 +385,15 @@ class MonitorCore:
         ref = self.reference_for(str(bundle))
         return ref is not None and str(segment) in ref[1].segment_mae
 
-    def _join(self, event_id: str, pred: list[Any], out: list[Any], partition: int,
-              source: str, offset: int) -> None:
+    def _join(
+        self,
+        event_id: str,
+        pred: list[Any],
+        out: list[Any],
+        partition: int,
+        source: str,
+        offset: int,
+    ) -> None:
         w = window_start(pred[1], self.win_ms)
         closed = self._perf_closed()
         if closed is not None and w < closed:
@@ -345,8 +420,9 @@ class MonitorCore:
             rec = perf_mod.decode_prediction(raw)
             eid, entry = perf_mod.pending_prediction(rec, partition)
         except MalformedRecord as exc:
-            logger.warning("malformed prediction at partition %d offset %d: %s", partition,
-                           offset, exc)
+            logger.warning(
+                "malformed prediction at partition %d offset %d: %s", partition, offset, exc
+            )
             self.counters.record("predictions", "malformed")
             return
         if rec.model != self.model:
@@ -367,8 +443,9 @@ class MonitorCore:
         try:
             eid, entry = perf_mod.pending_outcome(self._decode_outcome(raw), partition)
         except MalformedRecord as exc:
-            logger.warning("malformed outcome at partition %d offset %d: %s", partition,
-                           offset, exc)
+            logger.warning(
+                "malformed outcome at partition %d offset %d: %s", partition, offset, exc
+            )
             self.counters.record("outcomes", "malformed")
             return
         self.counters.record("outcomes", "ok")
@@ -404,16 +481,14 @@ class MonitorCore:
         pred_clock = self.pred_clocks.source_max(partition)
         if out_clock is not None:
             limit = out_clock - self.expiry_ms
-            gone = [k for k, v in self._scan("pending_p") if v[0] == partition
-                    and v[1] < limit]
+            gone = [k for k, v in self._scan("pending_p") if v[0] == partition and v[1] < limit]
             for k in gone:
                 del self.t["pending_p"][k]
             if gone:
                 self.counters.joined("expired_prediction", len(gone))
         if pred_clock is not None:
             limit = pred_clock - self.expiry_ms
-            gone = [k for k, v in self._scan("pending_o") if v[0] == partition
-                    and v[1] < limit]
+            gone = [k for k, v in self._scan("pending_o") if v[0] == partition and v[1] < limit]
             for k in gone:
                 del self.t["pending_o"][k]
             if gone:
@@ -432,8 +507,11 @@ class MonitorCore:
                 continue
             end = w + self.win_ms
             ready = idle or (
-                out_clock is not None and out_clock >= end + self.expiry_ms
-                and pred_clock is not None and pred_clock >= end + self.late_ms)
+                out_clock is not None
+                and out_clock >= end + self.expiry_ms
+                and pred_clock is not None
+                and pred_clock >= end + self.late_ms
+            )
             if not ready:
                 break  # windows close in order
             alerts += self._judge_performance(perf_mod.merge(by_window[w]), w)
@@ -446,8 +524,11 @@ class MonitorCore:
         closed = self._perf_closed()
         if closed is None:
             return
-        for k in [k for k, _ in self._scan("perf")
-                  if int(k.split("|")[1]) == partition and int(k.split("|")[0]) < closed]:
+        for k in [
+            k
+            for k, _ in self._scan("perf")
+            if int(k.split("|")[1]) == partition and int(k.split("|")[0]) < closed
+        ]:
             del self.t["perf"][k]
 
     def _judge_performance(self, state: dict[str, Any], w: int) -> list[Alert]:
@@ -457,9 +538,13 @@ class MonitorCore:
             if ref is not None:
                 baselines[b] = ref[1]
         findings = perf_mod.performance_findings(
-            state, baselines, ratio_warning=self.s.mae_ratio_warning,
-            ratio_critical=self.s.mae_ratio_critical, min_count=self.s.performance_min_count,
-            coverage_band=self.s.coverage_band)
+            state,
+            baselines,
+            ratio_warning=self.s.mae_ratio_warning,
+            ratio_critical=self.s.mae_ratio_critical,
+            min_count=self.s.performance_min_count,
+            coverage_band=self.s.coverage_band,
+        )
         if self.observer is not None:
             self.observer.on_performance(findings, state, w)
         ws, we = iso_window(w, self.win_ms)
@@ -474,9 +559,23 @@ class MonitorCore:
             if f.band is not None:
                 extra["band"] = (round(f.band[0], 4), round(f.band[1], 4))
             value = round(f.value, 6) if math.isfinite(f.value) else None
-            self._emit(alerts, alert_record(
-                type_="performance", severity=f.severity, model=self.model, bundle_id=bundle,
-                feature=None, segment=int(f.segment) if f.segment is not None else None,
-                statistic=f.statistic, value=value, threshold=f.threshold, window_start=ws,
-                window_end=we, count=f.count, n_nan=state["n_nan"], **extra))
+            self._emit(
+                alerts,
+                alert_record(
+                    type_="performance",
+                    severity=f.severity,
+                    model=self.model,
+                    bundle_id=bundle,
+                    feature=None,
+                    segment=int(f.segment) if f.segment is not None else None,
+                    statistic=f.statistic,
+                    value=value,
+                    threshold=f.threshold,
+                    window_start=ws,
+                    window_end=we,
+                    count=f.count,
+                    n_nan=state["n_nan"],
+                    **extra,
+                ),
+            )
         return alerts

@@ -72,9 +72,19 @@ _STATS = RecordDecoder(StatsRecord, "stats record")
 
 
 def empty_state() -> dict[str, Any]:
-    return {"n": 0, "numeric": {}, "categorical": {}, "prediction": None, "segments": {},
-            "fallback_levels": {}, "n_dlq": 0, "imputed": 0, "event_time_min": None,
-            "event_time_max": None, "records": 0}
+    return {
+        "n": 0,
+        "numeric": {},
+        "categorical": {},
+        "prediction": None,
+        "segments": {},
+        "fallback_levels": {},
+        "n_dlq": 0,
+        "imputed": 0,
+        "event_time_min": None,
+        "event_time_max": None,
+        "records": 0,
+    }
 
 
 def _add(acc: list[int] | None, v: list[int], what: str) -> list[int]:
@@ -101,8 +111,7 @@ def validate_stats(raw: Any) -> StatsRecord:
     """
     rec = _STATS(raw)
     if not is_bundle_id(rec.bundle_id):  # the schema's pattern lets a trailing newline in
-        raise MalformedRecord("stats record: bundle_id: not 64 lowercase hexadecimal "
-                              "characters")
+        raise MalformedRecord("stats record: bundle_id: not 64 lowercase hexadecimal characters")
     return rec
 
 
@@ -114,20 +123,27 @@ def check_bins(rec: StatsRecord, reference: DriftReference) -> None:
     MalformedRecord
         A feature the reference does not know, or a count list of the wrong length.
     """
-    for sec, got, refs in (("numeric", rec.numeric, reference.numeric),
-                           ("categorical", rec.categorical, reference.categorical)):
+    for sec, got, refs in (
+        ("numeric", rec.numeric, reference.numeric),
+        ("categorical", rec.categorical, reference.categorical),
+    ):
         for name, counts in got.items():
             r = refs.get(name)
             if r is None:
                 raise MalformedRecord(f"{sec}.{name}: not in the bundle's drift reference")
             if len(counts) != r.n_bins:
-                raise MalformedRecord(f"{sec}.{name}: {len(counts)} bins, the reference has "
-                                      f"{r.n_bins}")
+                raise MalformedRecord(
+                    f"{sec}.{name}: {len(counts)} bins, the reference has {r.n_bins}"
+                )
     pred = rec.prediction
-    if pred is not None and reference.prediction is not None \
-            and len(pred) != reference.prediction.n_bins:
-        raise MalformedRecord(f"prediction: {len(pred)} bins, the reference has "
-                              f"{reference.prediction.n_bins}")
+    if (
+        pred is not None
+        and reference.prediction is not None
+        and len(pred) != reference.prediction.n_bins
+    ):
+        raise MalformedRecord(
+            f"prediction: {len(pred)} bins, the reference has {reference.prediction.n_bins}"
+        )
     for sid, feats in rec.segments.items():
         try:
             seg_refs = reference.segments.get(int(sid))
@@ -141,8 +157,9 @@ def check_bins(rec: StatsRecord, reference: DriftReference) -> None:
                 raise MalformedRecord(f"segments.{sid}.{name}: does not match the reference")
 
 
-def add_stats(state: dict[str, Any], rec: StatsRecord, t_min: int | None,
-              t_max: int | None) -> dict[str, Any]:
+def add_stats(
+    state: dict[str, Any], rec: StatsRecord, t_min: int | None, t_max: int | None
+) -> dict[str, Any]:
     """Add one (validated) stats record to a window state; returns a new state.
 
     Raises
@@ -194,8 +211,14 @@ class DriftFinding:
     threshold: float | None  # the level that was reached
 
 
-def _judge(feature: str, segment: int | None, expected: np.ndarray, counts: list[int],
-           levels: tuple[float, float], min_count: int) -> DriftFinding | None:
+def _judge(
+    feature: str,
+    segment: int | None,
+    expected: np.ndarray,
+    counts: list[int],
+    levels: tuple[float, float],
+    min_count: int,
+) -> DriftFinding | None:
     n = int(sum(counts))
     if n < min_count or len(counts) != len(expected):
         return None
@@ -210,10 +233,15 @@ def _judge(feature: str, segment: int | None, expected: np.ndarray, counts: list
     return DriftFinding(feature, segment, value, js, n, severity, threshold)
 
 
-def drift_findings(state: Mapping[str, Any], reference: DriftReference,
-                   levels: Callable[[str], tuple[float, float]], *, min_count: int,
-                   segments: bool = True, exclude: frozenset[str] = frozenset()
-                   ) -> list[DriftFinding]:
+def drift_findings(
+    state: Mapping[str, Any],
+    reference: DriftReference,
+    levels: Callable[[str], tuple[float, float]],
+    *,
+    min_count: int,
+    segments: bool = True,
+    exclude: frozenset[str] = frozenset(),
+) -> list[DriftFinding]:
     """Every feature's (and the prediction's) PSI and JS distance for a closed window.
 
     Parameters
@@ -247,8 +275,14 @@ def drift_findings(state: Mapping[str, Any], reference: DriftReference,
             if f is not None:
                 out.append(f)
     if state.get("prediction") is not None and reference.prediction is not None:
-        f = _judge("prediction", None, reference.prediction.expected, state["prediction"],
-                   levels("prediction"), min_count)
+        f = _judge(
+            "prediction",
+            None,
+            reference.prediction.expected,
+            state["prediction"],
+            levels("prediction"),
+            min_count,
+        )
         if f is not None:
             out.append(f)
     if segments:

@@ -26,9 +26,12 @@ from faust.types import TP
 logger = logging.getLogger(__name__)
 
 
-def fetched_high_watermarks(bootstrap: str, listed: Mapping[Any, int | None],
-                            timeout_s: float = 5.0,
-                            client: Mapping[str, Any] | None = None) -> dict[Any, int | None]:
+def fetched_high_watermarks(
+    bootstrap: str,
+    listed: Mapping[Any, int | None],
+    timeout_s: float = 5.0,
+    client: Mapping[str, Any] | None = None,
+) -> dict[Any, int | None]:
     """High watermarks of ``(topic, partition)`` pairs as carried by fetch responses.
 
     Parameters
@@ -44,15 +47,22 @@ def fetched_high_watermarks(bootstrap: str, listed: Mapping[Any, int | None],
     dict
         Same keys; ``max(listed, fetched)``.
     """
-    from confluent_kafka import Consumer, TopicPartition  # noqa: PLC0415
+    from confluent_kafka import Consumer, TopicPartition
 
     out: dict[Any, int | None] = dict(listed)
     todo = {k: v for k, v in listed.items() if v}  # empty partitions need no probe
     if not todo:
         return out
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "segstream-monitor-probe",
-                  "enable.auto.commit": False, "enable.partition.eof": True, "log_level": 0,
-                  **dict(client or {})})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "segstream-monitor-probe",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "log_level": 0,
+            **dict(client or {}),
+        }
+    )
     try:
         tps = {(k[0], k[1]): k for k in todo}
         c.assign([TopicPartition(t, p, max(0, todo[k] - 1)) for (t, p), k in tps.items()])
@@ -69,8 +79,9 @@ def fetched_high_watermarks(bootstrap: str, listed: Mapping[Any, int | None],
                 if hi is not None and hi >= 0:
                     out[k] = max(out[k] or 0, hi)
         if pending:
-            logger.warning("watermark probe timed out for %s; keeping listed values",
-                           sorted(pending))
+            logger.warning(
+                "watermark probe timed out for %s; keeping listed values", sorted(pending)
+            )
     finally:
         c.close()
     return out
@@ -79,22 +90,29 @@ def fetched_high_watermarks(bootstrap: str, listed: Mapping[Any, int | None],
 class ProbingRecovery(Recovery):
     """faust :class:`~faust.tables.recovery.Recovery` with probed changelog highwaters."""
 
-    async def _build_highwaters(self, consumer: Any, tps: Any, destination: Any,
-                                title: str) -> None:
+    async def _build_highwaters(
+        self, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
         await super()._build_highwaters(consumer, tps, destination, title)
-        listed = {tp: (v + 1 if v is not None and v >= 0 else None)
-                  for tp, v in destination.items()}
+        listed = {
+            tp: (v + 1 if v is not None and v >= 0 else None) for tp, v in destination.items()
+        }
         bootstrap = ",".join(f"{u.host}:{u.port}" for u in self.app.conf.broker)
         loop = asyncio.get_running_loop()
         # Security settings (and any broker.client extras) of the monitor's Kafka clients.
         client = getattr(self.app, "probe_client_config", None)
-        fetched = await loop.run_in_executor(None, fetched_high_watermarks, bootstrap, listed,
-                                             5.0, client)
-        changed = {tp: (listed[tp], v) for tp, v in fetched.items()
-                   if v is not None and v != listed[tp]}
+        fetched = await loop.run_in_executor(
+            None, fetched_high_watermarks, bootstrap, listed, 5.0, client
+        )
+        changed = {
+            tp: (listed[tp], v) for tp, v in fetched.items() if v is not None and v != listed[tp]
+        }
         if changed:
-            logger.info("%s changelog highwaters corrected by fetch (listed -> fetched): %s",
-                        title, {f"{tp.topic}[{tp.partition}]": c for tp, c in changed.items()})
+            logger.info(
+                "%s changelog highwaters corrected by fetch (listed -> fetched): %s",
+                title,
+                {f"{tp.topic}[{tp.partition}]": c for tp, c in changed.items()},
+            )
         for tp, v in fetched.items():
             destination[tp] = v - 1 if v is not None else -1
 

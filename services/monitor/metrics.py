@@ -18,8 +18,14 @@ from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 RECORD_SOURCES = ("stats", "predictions", "outcomes")
 RECORD_RESULTS = ("ok", "malformed", "late", "duplicate", "foreign", "untimed", "no_reference")
-JOIN_RESULTS = ("joined", "joined_nan", "expired_prediction", "unmatched_outcome", "late",
-                "duplicate")
+JOIN_RESULTS = (
+    "joined",
+    "joined_nan",
+    "expired_prediction",
+    "unmatched_outcome",
+    "late",
+    "duplicate",
+)
 WINDOW_KINDS = ("drift", "new_segment", "performance")
 MONITOR_ALERT_TYPES = ("drift", "new_segment", "performance")
 
@@ -44,8 +50,9 @@ class MonitorMetrics:
     bundle_reload_failures: Counter
 
     @classmethod
-    def create(cls, registry: CollectorRegistry, features: Sequence[str],
-               namespace: str = "segstream") -> "MonitorMetrics":
+    def create(
+        cls, registry: CollectorRegistry, features: Sequence[str], namespace: str = "segstream"
+    ) -> MonitorMetrics:
         """Register the monitor's metrics in ``registry`` (tests pass a fresh one).
 
         Parameters
@@ -56,39 +63,82 @@ class MonitorMetrics:
         """
         ns = namespace + "_monitor"
         m = cls(
-            psi=Gauge(f"{ns}_psi", "PSI of the last closed window, whole model, per feature.",
-                      ["feature"], registry=registry),
-            js_distance=Gauge(f"{ns}_js_distance", "Jensen-Shannon distance (base 2) of the "
-                              "last closed window, whole model, per feature.", ["feature"],
-                              registry=registry),
-            alerts=Counter(f"{ns}_alerts", "Alerts produced, by type and severity.",
-                           ["type", "severity"], registry=registry),
-            windows_closed=Counter(f"{ns}_windows_closed", "Windows closed, by kind.",
-                                   ["kind"], registry=registry),
-            records=Counter(f"{ns}_records", "Input records by source topic and result.",
-                            ["source", "result"], registry=registry),
-            join=Counter(f"{ns}_outcome_join", "Outcome/prediction join results: joined, "
-                         "joined_nan (null outcome), expired_prediction (no outcome in time), "
-                         "unmatched_outcome (no prediction), late, duplicate.", ["result"],
-                         registry=registry),
-            window_mae=Gauge(f"{ns}_window_mae", "MAE of the last closed performance window, "
-                             "whole model (target units).", registry=registry),
-            window_mae_ratio=Gauge(f"{ns}_window_mae_ratio", "Window MAE / the bundle's test "
-                                   "MAE, last closed window.", registry=registry),
-            window_coverage=Gauge(f"{ns}_window_interval_coverage", "Share of outcomes inside "
-                                  "the prediction interval, last closed window.",
-                                  registry=registry),
-            window_outcomes=Gauge(f"{ns}_window_outcomes", "Outcomes with a value in the last "
-                                  "closed performance window.", registry=registry),
-            pending=Gauge(f"{ns}_pending_entries", "Entries waiting for the join, by kind.",
-                          ["kind"], registry=registry),
-            watermark=Gauge(f"{ns}_watermark_seconds", "Event-time clocks (Unix seconds).",
-                            ["clock"], registry=registry),
+            psi=Gauge(
+                f"{ns}_psi",
+                "PSI of the last closed window, whole model, per feature.",
+                ["feature"],
+                registry=registry,
+            ),
+            js_distance=Gauge(
+                f"{ns}_js_distance",
+                "Jensen-Shannon distance (base 2) of the "
+                "last closed window, whole model, per feature.",
+                ["feature"],
+                registry=registry,
+            ),
+            alerts=Counter(
+                f"{ns}_alerts",
+                "Alerts produced, by type and severity.",
+                ["type", "severity"],
+                registry=registry,
+            ),
+            windows_closed=Counter(
+                f"{ns}_windows_closed", "Windows closed, by kind.", ["kind"], registry=registry
+            ),
+            records=Counter(
+                f"{ns}_records",
+                "Input records by source topic and result.",
+                ["source", "result"],
+                registry=registry,
+            ),
+            join=Counter(
+                f"{ns}_outcome_join",
+                "Outcome/prediction join results: joined, "
+                "joined_nan (null outcome), expired_prediction (no outcome in time), "
+                "unmatched_outcome (no prediction), late, duplicate.",
+                ["result"],
+                registry=registry,
+            ),
+            window_mae=Gauge(
+                f"{ns}_window_mae",
+                "MAE of the last closed performance window, whole model (target units).",
+                registry=registry,
+            ),
+            window_mae_ratio=Gauge(
+                f"{ns}_window_mae_ratio",
+                "Window MAE / the bundle's test MAE, last closed window.",
+                registry=registry,
+            ),
+            window_coverage=Gauge(
+                f"{ns}_window_interval_coverage",
+                "Share of outcomes inside the prediction interval, last closed window.",
+                registry=registry,
+            ),
+            window_outcomes=Gauge(
+                f"{ns}_window_outcomes",
+                "Outcomes with a value in the last closed performance window.",
+                registry=registry,
+            ),
+            pending=Gauge(
+                f"{ns}_pending_entries",
+                "Entries waiting for the join, by kind.",
+                ["kind"],
+                registry=registry,
+            ),
+            watermark=Gauge(
+                f"{ns}_watermark_seconds",
+                "Event-time clocks (Unix seconds).",
+                ["clock"],
+                registry=registry,
+            ),
             features=frozenset([*features, "prediction"]),
             bundle_reload_failures=Counter(
-                f"{namespace}_bundle_reload_failures", "Failed bundle reloads (worker and "
-                "monitor) by reason; each cause also alerts once.", ["reason"],
-                registry=registry),
+                f"{namespace}_bundle_reload_failures",
+                "Failed bundle reloads (worker and "
+                "monitor) by reason; each cause also alerts once.",
+                ["reason"],
+                registry=registry,
+            ),
         )
         for r in RELOAD_FAILURE_REASONS:
             m.bundle_reload_failures.labels(reason=r)
@@ -114,8 +164,9 @@ class MonitorMetrics:
                 self.psi.labels(feature=f.feature).set(f.psi)
                 self.js_distance.labels(feature=f.feature).set(f.js_distance)
 
-    def on_performance(self, findings: Sequence[Any], state: dict[str, Any],
-                       window_start_ms: int) -> None:
+    def on_performance(
+        self, findings: Sequence[Any], state: dict[str, Any], window_start_ms: int
+    ) -> None:
         if state["n"]:
             self.window_mae.set(state["sum_abs"] / state["n"])
         self.window_outcomes.set(state["n"])

@@ -63,8 +63,16 @@ def pending_prediction(rec: Prediction, partition: int) -> tuple[str, list[Any]]
     if pred is None:
         raise MalformedRecord("prediction: prediction missing or not finite")
     lo, hi = rec.interval
-    return rec.event_id, [partition, t, pred, _finite(lo), _finite(hi), rec.segment,
-                          rec.bundle_id, _finite(rec.interval_mass)]
+    return rec.event_id, [
+        partition,
+        t,
+        pred,
+        _finite(lo),
+        _finite(hi),
+        rec.segment,
+        rec.bundle_id,
+        _finite(rec.interval_mass),
+    ]
 
 
 def pending_outcome(rec: Any, partition: int) -> tuple[str, list[Any]]:
@@ -85,12 +93,21 @@ def pending_outcome(rec: Any, partition: int) -> tuple[str, list[Any]]:
 
 
 def empty_state() -> dict[str, Any]:
-    return {"n": 0, "n_nan": 0, "sum_abs": 0.0, "covered": 0, "n_interval": 0,
-            "mass_sum": 0.0, "bundles": {}, "segments": {}}
+    return {
+        "n": 0,
+        "n_nan": 0,
+        "sum_abs": 0.0,
+        "covered": 0,
+        "n_interval": 0,
+        "mass_sum": 0.0,
+        "bundles": {},
+        "segments": {},
+    }
 
 
-def add_pair(state: Mapping[str, Any], pred: list[Any], out: list[Any],
-             track_segment: bool = True) -> dict[str, Any]:
+def add_pair(
+    state: Mapping[str, Any], pred: list[Any], out: list[Any], track_segment: bool = True
+) -> dict[str, Any]:
     """Add one joined (prediction, outcome) pair to a window's performance state.
 
     ``track_segment`` False leaves the per-segment sums alone (only the bundle's large
@@ -144,7 +161,7 @@ class Baseline:
     segment_mae: Mapping[str, float]
 
     @classmethod
-    def from_metrics(cls, metrics: Mapping[str, Any]) -> "Baseline":
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> Baseline:
         test = (metrics or {}).get("test", {}) or {}
         mae = (test.get("partitioned") or {}).get("mae")
         iv = test.get("interval") or {}
@@ -158,12 +175,17 @@ class Baseline:
                     items[str(row[0])] = float(row[1])
             seg = items
         elif isinstance(seg, dict):
-            seg = {str(k): float(v["mae"] if isinstance(v, dict) else v)
-                   for k, v in seg.items()
-                   if v is not None and (not isinstance(v, dict) or v.get("mae") is not None)}
-        return cls(float(mae) if mae is not None else None,
-                   float(iv["coverage"]) if iv.get("coverage") is not None else None,
-                   float(iv["mass"]) if iv.get("mass") is not None else None, seg)
+            seg = {
+                str(k): float(v["mae"] if isinstance(v, dict) else v)
+                for k, v in seg.items()
+                if v is not None and (not isinstance(v, dict) or v.get("mae") is not None)
+            }
+        return cls(
+            float(mae) if mae is not None else None,
+            float(iv["coverage"]) if iv.get("coverage") is not None else None,
+            float(iv["mass"]) if iv.get("mass") is not None else None,
+            seg,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,9 +203,15 @@ class PerformanceFinding:
     band: tuple[float, float] | None = None
 
 
-def performance_findings(state: Mapping[str, Any], baselines: Mapping[str, Baseline], *,
-                         ratio_warning: float, ratio_critical: float, min_count: int,
-                         coverage_band: float) -> list[PerformanceFinding]:
+def performance_findings(
+    state: Mapping[str, Any],
+    baselines: Mapping[str, Baseline],
+    *,
+    ratio_warning: float,
+    ratio_critical: float,
+    min_count: int,
+    coverage_band: float,
+) -> list[PerformanceFinding]:
     """MAE ratio and interval coverage of a closed window against the bundles' test figures.
 
     The baseline MAE of a window scored by several bundles is their test MAEs weighted by the
@@ -225,8 +253,11 @@ def performance_findings(state: Mapping[str, Any], baselines: Mapping[str, Basel
         lo, hi = max(0.0, mass - coverage_band), min(1.0, mass + coverage_band)
         sev = "warning" if not lo <= cov <= hi else None
         thr = (lo if cov < lo else hi) if sev else None
-        out.append(PerformanceFinding("interval_coverage", None, cov, state["n_interval"], sev,
-                                      thr, band=(lo, hi)))
+        out.append(
+            PerformanceFinding(
+                "interval_coverage", None, cov, state["n_interval"], sev, thr, band=(lo, hi)
+            )
+        )
     if len(state["bundles"]) == 1:  # segment ids are per bundle
         base = baselines.get(next(iter(state["bundles"])))
         if base is not None:

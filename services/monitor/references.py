@@ -52,9 +52,15 @@ class ReferenceCache:
         First wait after a failure (seconds).
     """
 
-    def __init__(self, store: Any, model: str, cache_dir: str | Path,
-                 retry_s: float = 60.0, failures: ReloadFailures | None = None,
-                 retry_initial_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Any,
+        model: str,
+        cache_dir: str | Path,
+        retry_s: float = 60.0,
+        failures: ReloadFailures | None = None,
+        retry_initial_s: float = 5.0,
+    ) -> None:
         self.store = store
         self.model = model
         self.cache_dir = Path(cache_dir)
@@ -88,10 +94,11 @@ class ReferenceCache:
                 loaded = load_components(path)
                 ref = DriftReference.from_meta(loaded["drift_reference"].meta)
                 base = Baseline.from_metrics(loaded.manifest.metrics)
-            except Exception as exc:  # noqa: BLE001 - any store/bundle problem: not judged
+            except Exception as exc:
                 self.failures.failed(exc, bundle_id)
-                backoff = failed[1] if failed is not None else Backoff(self.retry_initial_s,
-                                                                       self.retry_s)
+                backoff = (
+                    failed[1] if failed is not None else Backoff(self.retry_initial_s, self.retry_s)
+                )
                 self._failed.pop(bundle_id, None)
                 self._failed[bundle_id] = (time.monotonic() + backoff.next_delay(), backoff)
                 while len(self._failed) > MAX_FAILED:  # ids named by records: bounded
@@ -99,7 +106,16 @@ class ReferenceCache:
                 return None
             self._ok[bundle_id] = (ref, base)
             if self._failed.pop(bundle_id, None) is not None:
-                self.failures.recovered(("store_unavailable", "not_found", "integrity",
-                                         "signature", "incompatible", "load_error"), bundle_id)
+                self.failures.recovered(
+                    (
+                        "store_unavailable",
+                        "not_found",
+                        "integrity",
+                        "signature",
+                        "incompatible",
+                        "load_error",
+                    ),
+                    bundle_id,
+                )
             logger.info("loaded drift reference of bundle %s", bundle_id[:12])
             return self._ok[bundle_id]

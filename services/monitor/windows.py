@@ -38,13 +38,12 @@ def parse_time_ms(text: str | None) -> int | None:
     if not isinstance(text, str) or not text:
         return None
     try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z")
-                                      else text)
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
         return None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
-    return int(round(t.timestamp() * MS))
+    return round(t.timestamp() * MS)
 
 
 def window_start(t_ms: int, length_ms: int) -> int:
@@ -97,11 +96,17 @@ class Watermark:
 
     def value(self, now_s: float) -> int | None:
         """The watermark, or None before any active source reported an event time."""
-        if (len(self._max) < self.expected and self._first_s is not None
-                and now_s - self._first_s < self.idle_s):
+        if (
+            len(self._max) < self.expected
+            and self._first_s is not None
+            and now_s - self._first_s < self.idle_s
+        ):
             return None
-        active = [self._max[s] for s, seen in self._seen.items()
-                  if s in self._max and now_s - seen <= self.idle_s]
+        active = [
+            self._max[s]
+            for s, seen in self._seen.items()
+            if s in self._max and now_s - seen <= self.idle_s
+        ]
         if not active:
             # Every source idle: the largest time ever seen (everything before it is final).
             return max(self._max.values()) if self._max else None
@@ -114,6 +119,7 @@ class Watermark:
 
 def iso_window(start_ms: int, length_ms: int) -> tuple[str, str]:
     """ISO 8601 UTC bounds of a window."""
+
     def f(ms: int) -> str:
         return str(np.datetime64(int(ms), "ms")) + "Z"
 

@@ -43,8 +43,8 @@ from numba.extending import intrinsic
 #: Field kinds of :func:`parse_flat_objects`.
 KIND_NUMBER, KIND_BOOL, KIND_STRING, KIND_TIME = 0, 1, 2, 3
 
-_POW10 = np.array([10.0 ** k for k in range(23)], dtype=np.float64)
-_POW10_INT = np.array([10 ** k for k in range(9)], dtype=np.uint64)
+_POW10 = np.array([10.0**k for k in range(23)], dtype=np.float64)
+_POW10_INT = np.array([10**k for k in range(9)], dtype=np.uint64)
 _TWO53 = 1 << 53
 _TWO53_U = np.uint64(_TWO53)
 _NAT = np.iinfo(np.int64).min
@@ -54,10 +54,10 @@ _NAT = np.iinfo(np.int64).min
 _ONES = np.uint64(0x0101010101010101)
 _HIGH = np.uint64(0x8080808080808080)
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
-_QUOTES = np.uint64(0x2222222222222222)      # "
+_QUOTES = np.uint64(0x2222222222222222)  # "
 _BACKSLASHES = np.uint64(0x5C5C5C5C5C5C5C5C)  # \
-_SPACES = np.uint64(0x2020202020202020)      # bytes below are control bytes
-_ZEROS = np.uint64(0x3030303030303030)       # '0'
+_SPACES = np.uint64(0x2020202020202020)  # bytes below are control bytes
+_ZEROS = np.uint64(0x3030303030303030)  # '0'
 _SIXES = np.uint64(0x0606060606060606)
 _THREES = np.uint64(0x3333333333333333)
 _HIGH_NIBBLES = np.uint64(0xF0F0F0F0F0F0F0F0)
@@ -72,9 +72,9 @@ _ISO_DIGITS0 = np.uint64(0x00FFFF00FFFFFFFF)  # YYYY-MM-
 _ISO_FIXED0 = np.uint64(0xFF0000FF00000000)
 _ISO_DASHES0 = np.uint64(0x2D00002D00000000)
 _ISO_DIGITS1 = np.uint64(0xFFFF00FFFF00FFFF)  # DD?HH:MM, HH:MM:SS and SS?HH:MM
-_ISO_FIXED2 = np.uint64(0x0000FF0000FF0000)   # HH:MM:SS
+_ISO_FIXED2 = np.uint64(0x0000FF0000FF0000)  # HH:MM:SS
 _ISO_COLONS2 = np.uint64(0x00003A00003A0000)
-_ISO_FIXED3 = np.uint64(0x0000FF0000000000)   # SS?HH:MM
+_ISO_FIXED3 = np.uint64(0x0000FF0000000000)  # SS?HH:MM
 _ISO_COLON3 = np.uint64(0x00003A0000000000)
 
 
@@ -90,8 +90,12 @@ def _data(typingctx: Any, arr: Any) -> Any:  # pragma: no cover - numba
     reference count (atomically), and in a loop with as many exits as this parser its pruning
     pass leaves most of those pairs in place; they cost more than the parsing. The caller
     keeps the array alive and every index within it."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.layout == "C"
-            and arr.dtype == types.uint8):
+    if not (
+        isinstance(arr, types.Array)
+        and arr.ndim == 1
+        and arr.layout == "C"
+        and arr.dtype == types.uint8
+    ):
         raise TypingError(f"_data takes a contiguous 1-d uint8 array, not {arr}")
     sig = types.CPointer(types.uint8)(arr)
 
@@ -160,8 +164,7 @@ def _digits_value(w: np.uint64, k: int) -> np.uint64:  # pragma: no cover - numb
     shift."""
     v = (w - _ZEROS) << np.uint64(64 - 8 * k)
     v = v * np.uint64(10) + (v >> np.uint64(8))  # byte j: 10 d_j + d_j+1
-    v = ((v & _BYTES_0_4) * _MUL1 + ((v >> np.uint64(16)) & _BYTES_0_4) * _MUL2) \
-        >> np.uint64(32)
+    v = ((v & _BYTES_0_4) * _MUL1 + ((v >> np.uint64(16)) & _BYTES_0_4) * _MUL2) >> np.uint64(32)
     return v & _LOW32
 
 
@@ -220,8 +223,7 @@ def _string_end_w(bp: Any, p: int, end: int, nbuf: int) -> int:  # pragma: no co
         w = _load_u64(bp, p)
         # The first quote, backslash, control byte (< 0x20) or byte >= 0x80 (its own bit 7,
         # or the borrow of ``- _SPACES``; a borrow only runs upward from a control byte).
-        m = _zero_bytes(w ^ _QUOTES) | _zero_bytes(w ^ _BACKSLASHES) \
-            | (((w - _SPACES) | w) & _HIGH)
+        m = _zero_bytes(w ^ _QUOTES) | _zero_bytes(w ^ _BACKSLASHES) | (((w - _SPACES) | w) & _HIGH)
         if m != 0:
             q = p + _first_flag(m)
             if q < end and bp[q] == 34:
@@ -251,11 +253,14 @@ def _iso_ns(bp: Any, s: int, e: int) -> tuple[bool, int]:  # pragma: no cover - 
     w = e - s
     if w != 19 and w != 20 and w != 25:
         return False, 0
-    w0 = _load_u64(bp, s)       # YYYY-MM-
-    w1 = _load_u64(bp, s + 8)   # DD?HH:MM
+    w0 = _load_u64(bp, s)  # YYYY-MM-
+    w1 = _load_u64(bp, s + 8)  # DD?HH:MM
     w2 = _load_u64(bp, s + 11)  # HH:MM:SS
-    if ((_nondigits(w0) & _ISO_DIGITS0) | (_nondigits(w1) & _ISO_DIGITS1)
-            | (_nondigits(w2) & _ISO_DIGITS1)) != 0:
+    if (
+        (_nondigits(w0) & _ISO_DIGITS0)
+        | (_nondigits(w1) & _ISO_DIGITS1)
+        | (_nondigits(w2) & _ISO_DIGITS1)
+    ) != 0:
         return False, 0
     if (w0 & _ISO_FIXED0) != _ISO_DASHES0 or (w2 & _ISO_FIXED2) != _ISO_COLONS2:
         return False, 0
@@ -269,8 +274,16 @@ def _iso_ns(bp: Any, s: int, e: int) -> tuple[bool, int]:  # pragma: no cover - 
     hh = _pair(v1, 3)
     mm = _pair(v1, 6)
     ss = _pair(_pairs(w2), 6)
-    if year < 1678 or year > 2261 or month < 1 or month > 12 or day < 1 or hh > 23 \
-            or mm > 59 or ss > 59:
+    if (
+        year < 1678
+        or year > 2261
+        or month < 1
+        or month > 12
+        or day < 1
+        or hh > 23
+        or mm > 59
+        or ss > 59
+    ):
         return False, 0
     if day > _days_in_month(year, month):
         return False, 0
@@ -281,8 +294,11 @@ def _iso_ns(bp: Any, s: int, e: int) -> tuple[bool, int]:  # pragma: no cover - 
     elif w == 25:
         sign = bp[s + 19]
         w3 = _load_u64(bp, s + 17)  # SS?HH:MM
-        if (sign != 43 and sign != 45) or (w3 & _ISO_FIXED3) != _ISO_COLON3 \
-                or (_nondigits(w3) & _ISO_DIGITS1) != 0:
+        if (
+            (sign != 43 and sign != 45)
+            or (w3 & _ISO_FIXED3) != _ISO_COLON3
+            or (_nondigits(w3) & _ISO_DIGITS1) != 0
+        ):
             return False, 0
         v3 = _pairs(w3)
         oh = _pair(v3, 3)
@@ -324,8 +340,9 @@ def _exponent(bp: Any, p: int, end: int) -> tuple[int, int]:  # pragma: no cover
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _scaled(mant: int, exp10: int, is_int: bool,
-            neg: bool) -> tuple[int, float]:  # pragma: no cover - numba
+def _scaled(
+    mant: int, exp10: int, is_int: bool, neg: bool
+) -> tuple[int, float]:  # pragma: no cover - numba
     """``±mant * 10**exp10`` for ``0 <= mant < 2**53``: ``(0, value)`` when that is one
     correctly rounded operation (Clinger's fast path), else ``(1, 0.0)`` (hard)."""
     v = float(mant)
@@ -401,8 +418,9 @@ def _number(bp: Any, p: int, end: int) -> tuple[int, int, float]:  # pragma: no 
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _number_w(bp: Any, p: int, end: int,
-              nbuf: int) -> tuple[int, int, float]:  # pragma: no cover - numba
+def _number_w(
+    bp: Any, p: int, end: int, nbuf: int
+) -> tuple[int, int, float]:  # pragma: no cover - numba
     """:func:`_number`, reading the integer and fraction digits up to 8 at a time.
 
     For a number of at most 18 digits this gives the same mantissa (leading zeros add
@@ -475,8 +493,9 @@ def _number_w(bp: Any, p: int, end: int,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _match(bp: Any, ks: int, ke: int, names: np.ndarray, name_off: np.ndarray,
-           guess: int) -> int:  # pragma: no cover - numba
+def _match(
+    bp: Any, ks: int, ke: int, names: np.ndarray, name_off: np.ndarray, guess: int
+) -> int:  # pragma: no cover - numba
     """Index of the field named ``bp[ks:ke]`` (trying ``guess`` first), or -1."""
     nf = len(name_off) - 1
     klen = ke - ks
@@ -499,11 +518,21 @@ def _match(bp: Any, ks: int, ke: int, names: np.ndarray, name_off: np.ndarray,
 
 # ---------------------------------------------------------------------------- kernels
 @njit(cache=True, nogil=True)
-def parse_flat_objects(buf: np.ndarray, offsets: np.ndarray, names: np.ndarray,
-                       name_off: np.ndarray, kinds: np.ndarray, slots: np.ndarray,
-                       required: np.ndarray, num_out: np.ndarray, str_start: np.ndarray,
-                       str_end: np.ndarray, time_ns: np.ndarray, hard: np.ndarray,
-                       status: np.ndarray) -> int:  # pragma: no cover - numba
+def parse_flat_objects(
+    buf: np.ndarray,
+    offsets: np.ndarray,
+    names: np.ndarray,
+    name_off: np.ndarray,
+    kinds: np.ndarray,
+    slots: np.ndarray,
+    required: np.ndarray,
+    num_out: np.ndarray,
+    str_start: np.ndarray,
+    str_end: np.ndarray,
+    time_ns: np.ndarray,
+    hard: np.ndarray,
+    status: np.ndarray,
+) -> int:  # pragma: no cover - numba
     """Parse ``n`` flat JSON objects; see the module docstring.
 
     Parameters
@@ -594,8 +623,9 @@ def parse_flat_objects(buf: np.ndarray, offsets: np.ndarray, names: np.ndarray,
                         if ks + 8 * nw <= nbuf:
                             f = guess
                             for k in range(nw):
-                                if ((_load_u64(bp, ks + 8 * k) ^ pat[guess, k])
-                                        & msk[guess, k]) != 0:
+                                if (
+                                    (_load_u64(bp, ks + 8 * k) ^ pat[guess, k]) & msk[guess, k]
+                                ) != 0:
                                     f = -1
                                     break
                         elif bp[ke] == 34:
@@ -664,8 +694,7 @@ def parse_flat_objects(buf: np.ndarray, offsets: np.ndarray, names: np.ndarray,
                     elif kind >= 0:
                         break  # a number in a string, time or bool field
                 elif c == 110:  # null
-                    if end - p < 4 or bp[p + 1] != 117 or bp[p + 2] != 108 \
-                            or bp[p + 3] != 108:
+                    if end - p < 4 or bp[p + 1] != 117 or bp[p + 2] != 108 or bp[p + 3] != 108:
                         break
                     p += 4
                     if kind >= 0:
@@ -675,14 +704,18 @@ def parse_flat_objects(buf: np.ndarray, offsets: np.ndarray, names: np.ndarray,
                             time_ns[i] = _NAT
                 elif c == 116 or c == 102:  # true / false
                     if c == 116:
-                        if end - p < 4 or bp[p + 1] != 114 or bp[p + 2] != 117 \
-                                or bp[p + 3] != 101:
+                        if end - p < 4 or bp[p + 1] != 114 or bp[p + 2] != 117 or bp[p + 3] != 101:
                             break
                         p += 4
                         bv = 1.0
                     else:
-                        if end - p < 5 or bp[p + 1] != 97 or bp[p + 2] != 108 \
-                                or bp[p + 3] != 115 or bp[p + 4] != 101:
+                        if (
+                            end - p < 5
+                            or bp[p + 1] != 97
+                            or bp[p + 2] != 108
+                            or bp[p + 3] != 115
+                            or bp[p + 4] != 101
+                        ):
                             break
                         p += 5
                         bv = 0.0
@@ -717,8 +750,9 @@ def parse_flat_objects(buf: np.ndarray, offsets: np.ndarray, names: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def join_spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
-               rows: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+def join_spans(
+    buf: np.ndarray, start: np.ndarray, end: np.ndarray, rows: np.ndarray
+) -> np.ndarray:  # pragma: no cover - numba
     """``buf[start[r]:end[r]]`` for each ``r`` in ``rows`` joined by ``\\n`` (an empty piece
     where ``start[r] < 0``).
 
@@ -774,8 +808,9 @@ def join_hard(buf: np.ndarray, hard: np.ndarray, n_hard: int) -> np.ndarray:  # 
 
 
 @njit(cache=True, nogil=True)
-def code_spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
-               rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+def code_spans(
+    buf: np.ndarray, start: np.ndarray, end: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
     """Dictionary-code the byte strings ``buf[start[r]:end[r]]`` for ``r`` in ``rows``
     (an open-addressing hash table, FNV-1a, grown at half load).
 
@@ -855,8 +890,9 @@ def code_spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def json_string_array(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
-                      rows: np.ndarray) -> np.ndarray:  # pragma: no cover - numba
+def json_string_array(
+    buf: np.ndarray, start: np.ndarray, end: np.ndarray, rows: np.ndarray
+) -> np.ndarray:  # pragma: no cover - numba
     """The strings ``buf[start[r]:end[r]]`` for ``r`` in ``rows`` as one JSON array
     (``["a","b",null]``; null where ``start[r] < 0``). The spans must hold JSON string
     content that needs no escaping, as :func:`parse_flat_objects` guarantees.

@@ -1,5 +1,4 @@
-"""``segstream worker``: wire the store, the bundle watcher, Kafka clients, metrics and the loop.
-"""
+"""``segstream worker``: wire the store, the bundle watcher, Kafka clients, metrics and the loop."""
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ from segstream.services.worker.kafka_io import (
 from segstream.services.worker.loop import EXIT_OK, StreamWorker
 from segstream.services.worker.metrics import WorkerMetrics
 from segstream.services.worker.reload import BundleSource, BundleWatcher, Loader, load_initial
-from segstream.shared.errors import SegstreamError
 from segstream.shared.alerts import scoring_failed_alert
+from segstream.shared.errors import SegstreamError
 from segstream.shared.health import HealthServer
 from segstream.shared.kafka import check_reachable, ensure_topics
 from segstream.shared.logs import set_log_context
@@ -108,25 +107,34 @@ def run_worker(
             return False, "no partitions assigned"
         return True, "ready"
 
-    http = HealthServer(registry, w.metrics_host, w.metrics_port, ready).start() \
-        if serve_http else None
+    http = (
+        HealthServer(registry, w.metrics_host, w.metrics_port, ready).start()
+        if serve_http
+        else None
+    )
     check_reachable(settings.broker)
     t = settings.topics
-    ensure_topics(settings.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
-                                    t.model_updates], t.partitions, t.replication_factor)
+    ensure_topics(
+        settings.broker,
+        [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.model_updates],
+        t.partitions,
+        t.replication_factor,
+    )
     alerts = AlertProducer(settings).start() if w.alerts_enabled else None
     failures = ReloadFailures(  # the watcher sets its current bundle (None at start-up)
         settings.model,
         count=lambda reason: metrics.bundle_reload_failures.labels(reason=reason).inc(),
-        alert=(lambda rec: alerts.send(settings.model, rec)) if alerts is not None else None)
+        alert=(lambda rec: alerts.send(settings.model, rec)) if alerts is not None else None,
+    )
 
     def count_load(result: str) -> None:
         metrics.bundle_reloads.labels(result=result).inc()
 
     try:
         store = ArtifactStore(settings.store)
-        source = BundleSource(store, settings.model, w.bundle_cache_dir, settings.event_schema,
-                              loader=loader)
+        source = BundleSource(
+            store, settings.model, w.bundle_cache_dir, settings.event_schema, loader=loader
+        )
         scorer = load_initial(source, stop, failures, on_loaded=count_load)
     except SegstreamError:  # a malformed LATEST or key configuration: one line, exit
         if http is not None:
@@ -139,29 +147,46 @@ def run_worker(
     set_log_context(bundle_id=scorer.bundle_id[:12])
 
     watcher = BundleWatcher(
-        source, scorer.bundle_id, poll_s=w.reload_poll_s, feed=ModelUpdatesFeed(settings),
-        failures=failures, on_loaded=count_load)
+        source,
+        scorer.bundle_id,
+        poll_s=w.reload_poll_s,
+        feed=ModelUpdatesFeed(settings),
+        failures=failures,
+        on_loaded=count_load,
+    )
 
     # The loop object exists before the consumer so that rebalance callbacks can reach it.
     holder: dict[str, StreamWorker] = {}
     consumer = EventConsumer(
         settings,
-        on_assign=lambda c, ps: holder["loop"].on_assign(c, ps),
-        on_revoke=lambda c, ps: holder["loop"].on_revoke(c, ps),
-        on_lost=lambda c, ps: holder["loop"].on_lost(c, ps),
+        on_assign=lambda c, ps: holder["loop"].on_assign(c, ps),  # noqa: PLW0108 - late binding: the loop exists only after the clients
+        on_revoke=lambda c, ps: holder["loop"].on_revoke(c, ps),  # noqa: PLW0108
+        on_lost=lambda c, ps: holder["loop"].on_lost(c, ps),  # noqa: PLW0108
         stats_cb=lambda s: metrics.observe_librdkafka_stats(s, t.events),
     )
     producer = OutputProducer(
-        settings, transactional_id=transactional_id(settings, worker_id)
-        if w.guarantee == "exactly_once" else None,
-        on_delivery=lambda err, msg: holder["loop"].on_delivery(err, msg))
+        settings,
+        transactional_id=transactional_id(settings, worker_id)
+        if w.guarantee == "exactly_once"
+        else None,
+        on_delivery=lambda err, msg: holder["loop"].on_delivery(err, msg),  # noqa: PLW0108
+    )
     producer.start()
+
     def on_broken(details: dict[str, object]) -> None:
         if alerts is not None:
             alerts.send(settings.model, scoring_failed_alert(**details))  # type: ignore[arg-type]
 
-    loop = StreamWorker(settings, consumer, producer, scorer, metrics, worker_id,
-                        take_new_scorer=watcher.take_pending, on_broken=on_broken)
+    loop = StreamWorker(
+        settings,
+        consumer,
+        producer,
+        scorer,
+        metrics,
+        worker_id,
+        take_new_scorer=watcher.take_pending,
+        on_broken=on_broken,
+    )
     holder["loop"] = loop
     state["loop"] = loop
     consumer.start()

@@ -13,20 +13,29 @@ from segstream.shared.errors import ConfigError
 @subcommand
 def _worker_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "worker", help="score the events topic with the LATEST bundle (consumer-group member)",
+        "worker",
+        help="score the events topic with the LATEST bundle (consumer-group member)",
         description="Consume events in micro-batches, score them with the model's LATEST bundle "
         "(hot-reloaded), produce predictions, DLQ and stats records with at-least-once or "
         "exactly-once delivery, and serve /metrics, /healthz and /readyz. SIGTERM finishes the "
-        "batch, commits and exits 0.")
+        "batch, commits and exits 0.",
+    )
     _add_config(p)
     _add_bootstrap(p)
     p.add_argument("--metrics-port", type=int, help="port of /metrics (0 = any free port)")
-    p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"),
-                   help="delivery guarantee (overrides worker.guarantee)")
+    p.add_argument(
+        "--guarantee",
+        choices=("at_least_once", "exactly_once"),
+        help="delivery guarantee (overrides worker.guarantee)",
+    )
     p.add_argument("--group-id", help="consumer group (overrides worker.group_id)")
-    p.add_argument("--loader", default=None, metavar="MODULE:FUNCTION",
-                   help="bundle loader to use instead of shared.scoring.load_bundle "
-                   "(custom bundle formats, tests)")
+    p.add_argument(
+        "--loader",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="bundle loader to use instead of shared.scoring.load_bundle "
+        "(custom bundle formats, tests)",
+    )
     p.set_defaults(func=_cmd_worker)
 
 
@@ -41,13 +50,19 @@ def _import_loader(spec: str) -> Any:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from segstream.services.worker.app import run_worker  # noqa: PLC0415
-    from segstream.shared.settings import load_settings  # noqa: PLC0415
+    from segstream.services.worker.app import run_worker
+    from segstream.shared.settings import load_settings
 
-    settings = load_settings(args.config, {
-        "broker": {"bootstrap": args.bootstrap},
-        "worker": {"metrics_port": args.metrics_port, "guarantee": args.guarantee,
-                   "group_id": args.group_id},
-    })
+    settings = load_settings(
+        args.config,
+        {
+            "broker": {"bootstrap": args.bootstrap},
+            "worker": {
+                "metrics_port": args.metrics_port,
+                "guarantee": args.guarantee,
+                "group_id": args.group_id,
+            },
+        },
+    )
     loader = _import_loader(args.loader) if args.loader else None
     return run_worker(settings, stop=_stop_event(), loader=loader)

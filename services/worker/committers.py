@@ -55,8 +55,11 @@ logger = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 
-_FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,  # type: ignore[attr-defined]
-           KafkaError.INVALID_PRODUCER_EPOCH)
+_FENCED = (
+    KafkaError._FENCED,
+    KafkaError.PRODUCER_FENCED,  # type: ignore[attr-defined]
+    KafkaError.INVALID_PRODUCER_EPOCH,
+)
 
 
 def backoff_s(failures: int) -> float:
@@ -98,10 +101,11 @@ class Batch:
         Prediction records of the batch (counted once delivered / committed).
     """
 
-    __slots__ = ("seq", "first", "next", "n_predictions")
+    __slots__ = ("first", "n_predictions", "next", "seq")
 
-    def __init__(self, seq: int, first: dict[int, int], nxt: dict[int, int],
-                 n_predictions: int = 0) -> None:
+    def __init__(
+        self, seq: int, first: dict[int, int], nxt: dict[int, int], n_predictions: int = 0
+    ) -> None:
         self.seq = seq
         self.first = first
         self.next = nxt
@@ -149,8 +153,7 @@ class ConsumerOffsets:
     def commit(self, offsets: dict[int, int], sync: bool) -> None:
         """Commit the offsets of assigned partitions (a failed commit is logged: its
         events will be redelivered)."""
-        tps = [TopicPartition(self.topic, p, o) for p, o in offsets.items()
-               if p in self.assigned]
+        tps = [TopicPartition(self.topic, p, o) for p, o in offsets.items() if p in self.assigned]
         if not tps:
             return
         try:
@@ -232,8 +235,13 @@ class AtLeastOnceCommitter:
     metrics : WorkerMetrics
     """
 
-    def __init__(self, settings: WorkerSettings, offsets: ConsumerOffsets, producer: Any,
-                 metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        offsets: ConsumerOffsets,
+        producer: Any,
+        metrics: WorkerMetrics,
+    ) -> None:
         self.w = settings
         self.offsets = offsets
         self.producer = producer
@@ -278,8 +286,13 @@ class AtLeastOnceCommitter:
     def serve_deliveries(self) -> None:
         self.settle()
 
-    def settle(self, *, commit_sync: bool = False, current_first: dict[int, int] | None = None,
-               force: bool = False) -> bool:
+    def settle(
+        self,
+        *,
+        commit_sync: bool = False,
+        current_first: dict[int, int] | None = None,
+        force: bool = False,
+    ) -> bool:
         """Serve delivery reports; when the producer has nothing outstanding and no record
         failed, every batch in flight is delivered: its offsets join :attr:`delivered`, which
         is committed when ``commit_interval_s`` has passed since the last commit (or
@@ -316,8 +329,7 @@ class AtLeastOnceCommitter:
         if not self.settle(force=True, current_first=first):
             return None  # a failed delivery: rewound to the oldest batch in flight
         if remaining or self.inflight:  # not delivered in time: not committed, read again
-            logger.error("%d records still undelivered; rewinding their batches too",
-                         remaining)
+            logger.error("%d records still undelivered; rewinding their batches too", remaining)
             self.inflight.clear()
             return _earliest(first, *earlier)
         return dict(first)
@@ -343,8 +355,7 @@ class AtLeastOnceCommitter:
         """Wait for every record in flight, then commit what was delivered."""
         remaining = self.producer.client.flush(self.w.transaction_timeout_s * 2)
         if remaining:
-            logger.error("%d records still undelivered; their batches are not committed",
-                         remaining)
+            logger.error("%d records still undelivered; their batches are not committed", remaining)
         self.settle(commit_sync=commit_sync, force=True)
         self.inflight.clear()
 
@@ -371,9 +382,13 @@ class AtLeastOnceCommitter:
             self.delivered.pop(part, None)
 
     def _delivery_failed(self, current_first: dict[int, int] | None) -> None:
-        logger.error("delivery failed (%s); rewinding %d uncommitted batch(es) (from batch %s) "
-                     "without commit", self._delivery_error, len(self.inflight),
-                     self.inflight[0].seq if self.inflight else "-")
+        logger.error(
+            "delivery failed (%s); rewinding %d uncommitted batch(es) (from batch %s) "
+            "without commit",
+            self._delivery_error,
+            len(self.inflight),
+            self.inflight[0].seq if self.inflight else "-",
+        )
         self.metrics.batch_failures.labels(stage="deliver").inc()
         self.producer.client.flush(self.w.transaction_timeout_s)
         self._delivery_error = None  # everything in flight is rewound below
@@ -384,8 +399,10 @@ class AtLeastOnceCommitter:
         self.offsets.seek(rewind)
         self._failures += 1
         if self._failures > self.w.max_delivery_retries:
-            self._fail(f"delivery failed {self._failures} times in a row "
-                       f"(worker.max_delivery_retries={self.w.max_delivery_retries})")
+            self._fail(
+                f"delivery failed {self._failures} times in a row "
+                f"(worker.max_delivery_retries={self.w.max_delivery_retries})"
+            )
         else:
             self.backoff_until = _backoff_deadline(self._failures)
 
@@ -397,7 +414,7 @@ class AtLeastOnceCommitter:
 class _Transaction:
     """An exactly-once batch whose transaction is being committed in the background."""
 
-    __slots__ = ("future", "batch")
+    __slots__ = ("batch", "future")
 
     def __init__(self, future: concurrent.futures.Future[None], batch: Batch) -> None:
         self.future = future
@@ -420,8 +437,13 @@ class ExactlyOnceCommitter:
     metrics : WorkerMetrics
     """
 
-    def __init__(self, settings: WorkerSettings, offsets: ConsumerOffsets, producer: Any,
-                 metrics: WorkerMetrics) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        offsets: ConsumerOffsets,
+        producer: Any,
+        metrics: WorkerMetrics,
+    ) -> None:
         self.w = settings
         self.offsets = offsets
         self.producer = producer
@@ -445,8 +467,9 @@ class ExactlyOnceCommitter:
         try:
             p.begin_transaction()
             produce()
-            offsets = [TopicPartition(self.offsets.topic, part, o)
-                       for part, o in batch.next.items()]
+            offsets = [
+                TopicPartition(self.offsets.topic, part, o) for part, o in batch.next.items()
+            ]
             group = self.offsets.consumer.client.consumer_group_metadata()
         except (KafkaException, ProduceError) as exc:
             cause = exc.cause if isinstance(exc, ProduceError) else exc
@@ -471,7 +494,7 @@ class ExactlyOnceCommitter:
             return True
         try:
             txn.future.result()
-        except Exception as exc:  # noqa: BLE001 - KafkaException or anything else: abort
+        except Exception as exc:
             err = exc.args[0] if exc.args and hasattr(exc.args[0], "code") else None
             rewind = dict(txn.batch.first)
             for part, o in (current_first or {}).items():
@@ -522,15 +545,17 @@ class ExactlyOnceCommitter:
         self.metrics.batch_failures.labels(stage="transaction").inc()
         try:
             self.producer.client.abort_transaction(self.w.transaction_timeout_s)
-        except Exception as abort_exc:  # noqa: BLE001
+        except Exception as abort_exc:
             self._fail(f"abort failed: {abort_exc}")
             logger.error("abort_transaction failed: %s", abort_exc)
             return
         self.offsets.seek(first)
         self._failures += 1
         if self._failures > self.w.max_transaction_retries:
-            self._fail(f"transaction failed {self._failures} times in a row "
-                       f"(worker.max_transaction_retries={self.w.max_transaction_retries})")
+            self._fail(
+                f"transaction failed {self._failures} times in a row "
+                f"(worker.max_transaction_retries={self.w.max_transaction_retries})"
+            )
         else:
             self.backoff_until = _backoff_deadline(self._failures)
 
@@ -546,14 +571,24 @@ def _backoff_deadline(failures: int) -> float:
     return time.monotonic() + delay
 
 
-def make_committer(settings: WorkerSettings, offsets: ConsumerOffsets, producer: Any,
-                   metrics: WorkerMetrics) -> Committer:
+def make_committer(
+    settings: WorkerSettings, offsets: ConsumerOffsets, producer: Any, metrics: WorkerMetrics
+) -> Committer:
     """The committer of ``settings.guarantee``."""
     if settings.guarantee == "exactly_once":
         return ExactlyOnceCommitter(settings, offsets, producer, metrics)
     return AtLeastOnceCommitter(settings, offsets, producer, metrics)
 
 
-__all__ = ["AtLeastOnceCommitter", "BACKOFF_FIRST_S", "BACKOFF_MAX_S", "Batch", "Committer",
-           "ConsumerOffsets", "ExactlyOnceCommitter", "ProduceError", "backoff_s",
-           "make_committer"]
+__all__ = [
+    "BACKOFF_FIRST_S",
+    "BACKOFF_MAX_S",
+    "AtLeastOnceCommitter",
+    "Batch",
+    "Committer",
+    "ConsumerOffsets",
+    "ExactlyOnceCommitter",
+    "ProduceError",
+    "backoff_s",
+    "make_committer",
+]

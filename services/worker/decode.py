@@ -72,8 +72,8 @@ from segstream.services.worker._decode_kernels import (
     KIND_TIME,
     code_spans,
     join_hard,
-    json_string_array,
     join_spans,
+    json_string_array,
     parse_flat_objects,
 )
 from segstream.shared.routing import CategoryColumn
@@ -83,8 +83,14 @@ logger = logging.getLogger(__name__)
 
 #: The fixed set of DLQ reasons (also the label values of ``worker_dlq_records_total``).
 DLQ_REASONS: tuple[str, ...] = (
-    "empty", "too_large", "invalid_json", "not_object", "missing_field", "wrong_type",
-    "bad_time", "undecodable",
+    "empty",
+    "too_large",
+    "invalid_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "bad_time",
+    "undecodable",
 )
 #: The reason the worker's loop adds: the event's scoring raised (``services.worker.loop``).
 SCORING_ERROR = "scoring_error"
@@ -143,8 +149,9 @@ class DecodedBatch:
     @property
     def event_time_text(self) -> list[str | None]:
         if self._time_text is None:
-            self._time_text = (_TEXT_LIST.decode(self.event_time_json)
-                               if self.event_time_json is not None else [])
+            self._time_text = (
+                _TEXT_LIST.decode(self.event_time_json) if self.event_time_json is not None else []
+            )
         return self._time_text
 
 
@@ -248,9 +255,12 @@ class EventDecoder:
         """
         try:
             return self._decode(values)
-        except Exception as exc:  # noqa: BLE001 - one value's failure must stay that value's
-            logger.warning("decoding a batch of %d values raised %s; decoding them one at a "
-                           "time", len(values), _describe(exc))
+        except Exception as exc:
+            logger.warning(
+                "decoding a batch of %d values raised %s; decoding them one at a time",
+                len(values),
+                _describe(exc),
+            )
             return self._decode_isolated(values)
 
     def _decode_isolated(self, values: Sequence[bytes | None]) -> DecodedBatch:
@@ -261,7 +271,7 @@ class EventDecoder:
         for i, v in enumerate(values):
             try:
                 parts.append((self._decode([v]), np.array([i], np.int64)))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 undecodable.append((i, "undecodable", _describe(exc)))
         if not parts:
             return DecodedBatch(self._empty_columns(), np.zeros(0, np.int64), undecodable, [])
@@ -300,7 +310,7 @@ class EventDecoder:
         limit = self.max_event_bytes
         decode_one = self._struct_decoder.decode
         try:  # the common case, every value good: C-level loops only
-            if n and 0 < min(map(len, values)) and max(map(len, values)) <= limit:
+            if n and min(map(len, values)) > 0 and max(map(len, values)) <= limit:
                 return self._from_structs(list(map(decode_one, values)))
         except _REFUSED:
             pass  # a None value, or one msgspec refuses: sort them out one by one
@@ -322,8 +332,7 @@ class EventDecoder:
         if not slow_idx:
             return fast
         slow = self._decode_slow([values[i] for i in slow_idx])
-        return _merge(n, fast, np.asarray(fast_idx, np.int64), slow,
-                      np.asarray(slow_idx, np.int64))
+        return _merge(n, fast, np.asarray(fast_idx, np.int64), slow, np.asarray(slow_idx, np.int64))
 
     def _decode_flat(self, values: Sequence[bytes], lengths: np.ndarray) -> DecodedBatch:
         """The flat path for non-empty values within the size limit; the events it leaves go
@@ -340,9 +349,21 @@ class EventDecoder:
         status = np.empty(n, np.uint8)
         if len(lay.hard) < n * lay.n_num:
             lay.hard = np.empty((n * lay.n_num, 4), np.int64)
-        n_hard = parse_flat_objects(buf, offsets, lay.names, lay.name_off, lay.kinds, lay.slots,
-                                    lay.required, num, s_start, s_end, time_ns, lay.hard,
-                                    status)
+        n_hard = parse_flat_objects(
+            buf,
+            offsets,
+            lay.names,
+            lay.name_off,
+            lay.kinds,
+            lay.slots,
+            lay.required,
+            num,
+            s_start,
+            s_end,
+            time_ns,
+            lay.hard,
+            status,
+        )
         if n_hard:
             _hard_numbers(buf, lay.hard[:n_hard], num, status)
         if status.any():
@@ -354,8 +375,7 @@ class EventDecoder:
         columns: dict[str, np.ndarray] = {}
         all_good = rest is None
         time_json = b"[]"
-        for f, kind, slot in zip(self.fields, lay.kinds.tolist(), lay.slots.tolist(),
-                                 strict=True):
+        for f, kind, slot in zip(self.fields, lay.kinds.tolist(), lay.slots.tolist(), strict=True):
             if kind in (KIND_NUMBER, KIND_BOOL):
                 columns[f.name] = num[slot] if all_good else num[slot, good]
                 continue
@@ -384,10 +404,14 @@ class EventDecoder:
         times = list(raw[self.time_field])
         parsed_time = _parse_times(times)
         nat = np.isnat(parsed_time)
-        bad = np.flatnonzero(nat & np.fromiter((v is not None for v in times), bool, count=m)) \
-            if nat.any() else np.zeros(0, np.int64)
-        rejected = [(int(i), "bad_time", f"{self.time_field}: {str(times[i])[:40]!r}")
-                    for i in bad.tolist()]
+        bad = (
+            np.flatnonzero(nat & np.fromiter((v is not None for v in times), bool, count=m))
+            if nat.any()
+            else np.zeros(0, np.int64)
+        )
+        rejected = [
+            (int(i), "bad_time", f"{self.time_field}: {str(times[i])[:40]!r}") for i in bad.tolist()
+        ]
         keep = np.ones(m, dtype=bool)
         keep[bad] = False
         valid = np.flatnonzero(keep).astype(np.int64)
@@ -434,14 +458,13 @@ class EventDecoder:
             allowed = _JSON_TYPES[f.type]
             # An absent key reads as NaN (JSON has no NaN literal, so NaN always means absent).
             if float in types and f.type not in ("float", "int"):
-                col = [None if v != v else v for v in col]  # noqa: PLR0124
+                col = [None if v != v else v for v in col]
                 types = set(map(type, col))
             elif f.required and float in types and f.type in ("float", "int"):
                 if types <= {float, int}:
                     absent = np.flatnonzero(np.isnan(np.array(col, dtype=np.float64))).tolist()
                 else:
-                    absent = [i for i, v in enumerate(col)
-                              if type(v) is float and v != v]  # noqa: PLR0124
+                    absent = [i for i, v in enumerate(col) if type(v) is float and v != v]
                 for i in absent:
                     if reasons[i] is None:
                         reasons[i] = ("missing_field", name)
@@ -452,15 +475,15 @@ class EventDecoder:
                             reasons[i] = ("missing_field", name)
                     elif type(v) not in allowed:
                         if reasons[i] is None:
-                            reasons[i] = ("wrong_type",
-                                          f"{name}: {type(v).__name__} for {f.type}")
+                            reasons[i] = ("wrong_type", f"{name}: {type(v).__name__} for {f.type}")
                         col[i] = None
             raw[name] = col
 
         times = raw[self.time_field]
         parsed_time = _parse_times(times)
         bad_time = np.isnat(parsed_time) & np.fromiter(
-            (v is not None for v in times), dtype=bool, count=n)
+            (v is not None for v in times), dtype=bool, count=n
+        )
         if bad_time.any():
             for i in np.flatnonzero(bad_time).tolist():
                 if reasons[i] is None:
@@ -490,8 +513,13 @@ class EventDecoder:
 
 #: msgspec type per schema type on the fast path: every JSON number in float/int fields (as the
 #: slow path), strict bool, strings for strings and times.
-_STRUCT_TYPES: dict[str, type] = {"float": float, "int": float, "bool": bool, "string": str,
-                                  "datetime": str}
+_STRUCT_TYPES: dict[str, type] = {
+    "float": float,
+    "int": float,
+    "bool": bool,
+    "string": str,
+    "datetime": str,
+}
 
 
 def _event_struct(fields: Sequence[FieldSpec]) -> type:
@@ -506,8 +534,13 @@ def _event_struct(fields: Sequence[FieldSpec]) -> type:
     optional = [x for x in spec if len(x) == 3]
     # gc=False: the fields are scalars, so an Event can never be part of a reference cycle;
     # untracked structs make the thousands per batch invisible to the cyclic GC.
-    return msgspec.defstruct("Event", required + optional, kw_only=True, gc=False,
-                             rename={f"f{i}": f.name for i, f in enumerate(fields)})
+    return msgspec.defstruct(
+        "Event",
+        required + optional,
+        kw_only=True,
+        gc=False,
+        rename={f"f{i}": f.name for i, f in enumerate(fields)},
+    )
 
 
 class _FlatLayout:
@@ -547,8 +580,7 @@ _FLOAT_LIST = msgspec.json.Decoder(list[float])
 _FLOAT = msgspec.json.Decoder(float)
 
 
-def _hard_numbers(buf: np.ndarray, hard: np.ndarray, num: np.ndarray,
-                  status: np.ndarray) -> None:
+def _hard_numbers(buf: np.ndarray, hard: np.ndarray, num: np.ndarray, status: np.ndarray) -> None:
     """Convert the numbers the flat kernel left (``hard`` rows: event, slot, start, end) with
     msgspec, the struct path's parser; an event with a number msgspec refuses goes to the
     struct path (``status`` 1), which names its reason."""
@@ -565,8 +597,9 @@ def _hard_numbers(buf: np.ndarray, hard: np.ndarray, num: np.ndarray,
     num[hard[:, 1], hard[:, 0]] = vals
 
 
-def _coded_strings(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
-                   rows: np.ndarray) -> CategoryColumn:
+def _coded_strings(
+    buf: np.ndarray, start: np.ndarray, end: np.ndarray, rows: np.ndarray
+) -> CategoryColumn:
     """The strings ``buf[start[r]:end[r]]`` for ``r`` in ``rows`` as a read-only
     :class:`~segstream.shared.routing.CategoryColumn` (None where ``start[r] < 0``) carrying
     their codes, built from their distinct values (``code_spans``): one ``str`` per distinct
@@ -574,20 +607,22 @@ def _coded_strings(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
     codes, first_start, first_end = code_spans(buf, start, end, rows)
     raw = buf.data
     table = np.empty(len(first_start) + 1, dtype=object)  # the last one (code -1) is None
-    table[:-1] = [str(raw[s:e], "ascii") for s, e in zip(first_start.tolist(),
-                                                           first_end.tolist(), strict=True)]
+    table[:-1] = [
+        str(raw[s:e], "ascii")
+        for s, e in zip(first_start.tolist(), first_end.tolist(), strict=True)
+    ]
     return CategoryColumn(table[codes], codes, table[:-1].tolist())
 
 
-def _split_spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
-                 rows: np.ndarray) -> list[str | None]:
+def _split_spans(
+    buf: np.ndarray, start: np.ndarray, end: np.ndarray, rows: np.ndarray
+) -> list[str | None]:
     """The strings ``buf[start[r]:end[r]]`` (ASCII without control bytes, as the flat kernel
     guarantees) for ``r`` in ``rows``, None where ``start[r] < 0``: one join kernel, one decode
     and one ``split`` for the whole column."""
     if not len(rows):
         return []
-    out: list[str | None] = join_spans(buf, start, end, rows).tobytes().decode(
-        "ascii").split("\n")
+    out: list[str | None] = join_spans(buf, start, end, rows).tobytes().decode("ascii").split("\n")
     nulls = start[rows] < 0
     if nulls.any():
         for k in np.flatnonzero(nulls).tolist():
@@ -595,18 +630,19 @@ def _split_spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray,
     return out
 
 
-def _merge(n: int, fast: DecodedBatch, fast_idx: np.ndarray, slow: DecodedBatch,
-           slow_idx: np.ndarray) -> DecodedBatch:
+def _merge(
+    n: int, fast: DecodedBatch, fast_idx: np.ndarray, slow: DecodedBatch, slow_idx: np.ndarray
+) -> DecodedBatch:
     """One batch (input order) from the fast-path rows and the slow-path rows."""
     valid = np.concatenate([fast_idx[fast.valid], slow_idx[slow.valid]])
     order = np.argsort(valid, kind="stable")
-    columns = {k: np.concatenate([fast.columns[k], slow.columns[k]])[order]
-               for k in fast.columns}
+    columns = {k: np.concatenate([fast.columns[k], slow.columns[k]])[order] for k in fast.columns}
     text = fast.event_time_text + slow.event_time_text
-    rejected = sorted([(int(fast_idx[i]), r, d) for i, r, d in fast.rejected]
-                      + [(int(slow_idx[i]), r, d) for i, r, d in slow.rejected])
-    return DecodedBatch(columns, valid[order], rejected,
-                        [text[i] for i in order.tolist()])
+    rejected = sorted(
+        [(int(fast_idx[i]), r, d) for i, r, d in fast.rejected]
+        + [(int(slow_idx[i]), r, d) for i, r, d in slow.rejected]
+    )
+    return DecodedBatch(columns, valid[order], rejected, [text[i] for i in order.tolist()])
 
 
 def _merge_many(n: int, parts: list[tuple[DecodedBatch, np.ndarray]]) -> DecodedBatch:
@@ -722,8 +758,9 @@ def _parse_times(col: list[Any]) -> np.ndarray:
 
 def _pandas_times(strings: list[str]) -> np.ndarray:
     try:
-        idx = pd.to_datetime(pd.Index(strings, dtype=object), utc=True, format="ISO8601",
-                             errors="coerce")
+        idx = pd.to_datetime(
+            pd.Index(strings, dtype=object), utc=True, format="ISO8601", errors="coerce"
+        )
     except (ValueError, TypeError, OverflowError):
         idx = pd.DatetimeIndex([_one_time(v) for v in strings], tz="UTC")
     us = idx.tz_convert(None).to_numpy(dtype="datetime64[us]").copy()
@@ -765,8 +802,13 @@ def _fast_iso(strings: list[str]) -> np.ndarray | None:
     b = arr.view(np.uint8).reshape(n, w)
     if (b[:, w - 1] == 0).any():  # shorter strings (zero padded)
         return None
-    ok = (b[:, 4] == 45) & (b[:, 7] == 45) & ((b[:, 10] == 84) | (b[:, 10] == 32)) \
-        & (b[:, 13] == 58) & (b[:, 16] == 58)
+    ok = (
+        (b[:, 4] == 45)
+        & (b[:, 7] == 45)
+        & ((b[:, 10] == 84) | (b[:, 10] == 32))
+        & (b[:, 13] == 58)
+        & (b[:, 16] == 58)
+    )
     d = b[:, _DIGITS[w]].astype(np.int64) - 48
     ok &= ((d >= 0) & (d <= 9)).all(axis=1)
     year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]

@@ -4,6 +4,7 @@ creates its client in :meth:`start`; nothing here knows about scoring.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -16,29 +17,35 @@ from segstream.shared.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-def consumer_config(settings: Settings, *, stats_cb: Callable[[str], None] | None = None,
-                    error_cb: Callable[[Any], None] | None = None) -> dict[str, Any]:
+def consumer_config(
+    settings: Settings,
+    *,
+    stats_cb: Callable[[str], None] | None = None,
+    error_cb: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     """librdkafka config of the events consumer (group, manual commits, bounded prefetch)."""
     w = settings.worker
     conf: dict[str, Any] = dict(FAST_GROUP_CONFIG)
-    conf.update({
-        "group.id": w.group_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        # Bounded prefetch: at most ~32 MB per worker waits in librdkafka's queue.
-        "queued.max.messages.kbytes": 32_768,
-        # Paced fetches: a broker pays per fetch (Tansu's memory storage lists every stored
-        # batch of a partition on each fetch that returns data, so a fetch per produced batch
-        # saturated it within seconds at 59k events/s; docs: worker, Latency). A fetch is answered
-        # as soon as data is there (fetch.min.bytes 1: no second storage read, as a held
-        # fetch costs on Tansu), and the next one waits until the loop has taken what the
-        # last one brought and fetch_backoff_ms has passed.
-        "fetch.wait.max.ms": w.fetch_wait_max_ms,
-        "fetch.min.bytes": w.fetch_min_bytes,
-        "statistics.interval.ms": w.statistics_interval_ms,
-    })
+    conf.update(
+        {
+            "group.id": w.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            # Bounded prefetch: at most ~32 MB per worker waits in librdkafka's queue.
+            "queued.max.messages.kbytes": 32_768,
+            # Paced fetches: a broker pays per fetch (Tansu's memory storage lists every stored
+            # batch of a partition on each fetch that returns data, so a fetch per produced batch
+            # saturated it within seconds at 59k events/s; docs: worker, Latency). A fetch is answered
+            # as soon as data is there (fetch.min.bytes 1: no second storage read, as a held
+            # fetch costs on Tansu), and the next one waits until the loop has taken what the
+            # last one brought and fetch_backoff_ms has passed.
+            "fetch.wait.max.ms": w.fetch_wait_max_ms,
+            "fetch.min.bytes": w.fetch_min_bytes,
+            "statistics.interval.ms": w.statistics_interval_ms,
+        }
+    )
     if w.fetch_backoff_ms > 0:
         conf.update({"queued.min.messages": 1, "fetch.queue.backoff.ms": w.fetch_backoff_ms})
     conf.update(client_config(settings.broker))  # operator's client settings win
@@ -49,9 +56,13 @@ def consumer_config(settings: Settings, *, stats_cb: Callable[[str], None] | Non
     return conf
 
 
-def producer_config(settings: Settings, *, transactional_id: str | None,
-                    error_cb: Callable[[Any], None] | None = None,
-                    on_delivery: Callable[[Any, Any], None] | None = None) -> dict[str, Any]:
+def producer_config(
+    settings: Settings,
+    *,
+    transactional_id: str | None,
+    error_cb: Callable[[Any], None] | None = None,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+) -> dict[str, Any]:
     """librdkafka config of the output producer (large batches, bounded queue)."""
     w = settings.worker
     conf: dict[str, Any] = {
@@ -81,17 +92,22 @@ def producer_config(settings: Settings, *, transactional_id: str | None,
 class EventConsumer:
     """The consumer-group member reading the events topic."""
 
-    def __init__(self, settings: Settings, *, on_assign: Callable[[Any, list[Any]], None],
-                 on_revoke: Callable[[Any, list[Any]], None],
-                 on_lost: Callable[[Any, list[Any]], None],
-                 stats_cb: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        on_assign: Callable[[Any, list[Any]], None],
+        on_revoke: Callable[[Any, list[Any]], None],
+        on_lost: Callable[[Any, list[Any]], None],
+        stats_cb: Callable[[str], None] | None = None,
+    ) -> None:
         self.topic = settings.topics.events
         self.conf = consumer_config(settings, stats_cb=stats_cb, error_cb=_log_error)
         self._callbacks = {"on_assign": on_assign, "on_revoke": on_revoke, "on_lost": on_lost}
         self.client: Any = None
 
-    def start(self) -> "EventConsumer":
-        from confluent_kafka import Consumer  # noqa: PLC0415
+    def start(self) -> EventConsumer:
+        from confluent_kafka import Consumer
 
         self.client = Consumer(self.conf)
         self.client.subscribe([self.topic], **self._callbacks)
@@ -99,26 +115,33 @@ class EventConsumer:
 
     def close(self) -> None:
         if self.client is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.client.close()
-            except RuntimeError:
-                pass
             self.client = None
 
 
 class OutputProducer:
     """The producer of predictions, DLQ and stats records (transactional for exactly-once)."""
 
-    def __init__(self, settings: Settings, *, transactional_id: str | None,
-                 on_delivery: Callable[[Any, Any], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transactional_id: str | None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
         self.transactional_id = transactional_id
-        self.conf = producer_config(settings, transactional_id=transactional_id,
-                                    error_cb=_log_error, on_delivery=on_delivery)
+        self.conf = producer_config(
+            settings,
+            transactional_id=transactional_id,
+            error_cb=_log_error,
+            on_delivery=on_delivery,
+        )
         self.init_timeout_s = settings.worker.transaction_timeout_s
         self.client: Any = None
 
-    def start(self) -> "OutputProducer":
-        from confluent_kafka import Producer  # noqa: PLC0415
+    def start(self) -> OutputProducer:
+        from confluent_kafka import Producer
 
         self.client = Producer(self.conf)
         if self.transactional_id:
@@ -134,8 +157,8 @@ class AlertProducer:
         self.conf = client_config(settings.broker, linger_ms=5, acks="all")
         self.client: Any = None
 
-    def start(self) -> "AlertProducer":
-        from confluent_kafka import Producer  # noqa: PLC0415
+    def start(self) -> AlertProducer:
+        from confluent_kafka import Producer
 
         self.client = Producer(self.conf)
         return self
@@ -145,8 +168,9 @@ class AlertProducer:
         if self.client is None:
             self.start()
         errors: list[Any] = []
-        self.client.produce(self.topic, encode_alert(record), key,
-                            on_delivery=lambda err, msg: errors.append(err))
+        self.client.produce(
+            self.topic, encode_alert(record), key, on_delivery=lambda err, msg: errors.append(err)
+        )
         remaining = self.client.flush(timeout_s)
         ok = remaining == 0 and errors == [None]
         if not ok:
@@ -163,20 +187,25 @@ class ModelUpdatesFeed:
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topics.model_updates
         conf: dict[str, Any] = dict(FAST_GROUP_CONFIG)
-        conf.update({"group.id": f"segstream-updates-{uuid.uuid4().hex[:12]}",
-                     "enable.auto.commit": False, "auto.offset.reset": "latest"})
+        conf.update(
+            {
+                "group.id": f"segstream-updates-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "latest",
+            }
+        )
         conf.update(client_config(settings.broker))
         self.conf = conf
         self.client: Any = None
         self._since_ms = 0
 
-    def start(self) -> "ModelUpdatesFeed":
-        import time  # noqa: PLC0415
+    def start(self) -> ModelUpdatesFeed:
+        import time
 
         # Records older than this are ignored: a listed watermark that is too low (Tansu)
         # would otherwise replay old updates (each only a hint to re-read LATEST).
         self._since_ms = int(time.time() * 1000) - 2000
-        from confluent_kafka import Consumer  # noqa: PLC0415
+        from confluent_kafka import Consumer
 
         self.client = Consumer(self.conf)
         self.client.subscribe([self.topic])
@@ -186,15 +215,16 @@ class ModelUpdatesFeed:
         """Raw values of new records (untrusted: the bundle watcher decodes and checks them)."""
         if self.client is None:
             self.start()
-        return [m.value() for m in self.client.consume(100, timeout_s)
-                if m.error() is None and m.timestamp()[1] >= self._since_ms]
+        return [
+            m.value()
+            for m in self.client.consume(100, timeout_s)
+            if m.error() is None and m.timestamp()[1] >= self._since_ms
+        ]
 
     def close(self) -> None:
         if self.client is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.client.close()
-            except RuntimeError:
-                pass
             self.client = None
 
 

@@ -51,12 +51,6 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Message
 
-from segstream.services.worker.decode import (
-    DLQ_REASONS,
-    SCORING_ERROR,
-    DecodedBatch,
-    EventDecoder,
-)
 from segstream.services.worker.committers import (
     Batch,
     Committer,
@@ -65,6 +59,12 @@ from segstream.services.worker.committers import (
     make_committer,
 )
 from segstream.services.worker.committers import describe as _describe
+from segstream.services.worker.decode import (
+    DLQ_REASONS,
+    SCORING_ERROR,
+    DecodedBatch,
+    EventDecoder,
+)
 from segstream.services.worker.kafka_io import producer_config
 from segstream.services.worker.metrics import WorkerMetrics
 from segstream.services.worker.records import (
@@ -86,13 +86,20 @@ EXIT_FAILED = 1
 
 _SECOND = operator.itemgetter(1)
 
+
 class _Scored:
     """A batch's scores and its encoded prediction and stats records."""
 
-    __slots__ = ("ids", "preds", "stats", "scores", "dlq_counts")
+    __slots__ = ("dlq_counts", "ids", "preds", "scores", "stats")
 
-    def __init__(self, ids: list[Any], preds: list[bytes], stats: list[bytes],
-                 scores: dict[str, np.ndarray], dlq_counts: collections.Counter[str]) -> None:
+    def __init__(
+        self,
+        ids: list[Any],
+        preds: list[bytes],
+        stats: list[bytes],
+        scores: dict[str, np.ndarray],
+        dlq_counts: collections.Counter[str],
+    ) -> None:
         self.ids = ids
         self.preds = preds
         self.stats = stats
@@ -111,12 +118,14 @@ def _take(decoded: DecodedBatch, rows: np.ndarray) -> DecodedBatch:
             sub.flags.writeable = False
         columns[k] = sub
     text = decoded.event_time_text
-    return DecodedBatch(columns, decoded.valid[rows], list(decoded.rejected),
-                        [text[i] for i in rows.tolist()])
+    return DecodedBatch(
+        columns, decoded.valid[rows], list(decoded.rejected), [text[i] for i in rows.tolist()]
+    )
 
 
-def _bisect(score: Callable[[np.ndarray], Any], n: int, exc: Exception,
-            allowed: int) -> list[tuple[int, Exception]] | None:
+def _bisect(
+    score: Callable[[np.ndarray], Any], n: int, exc: Exception, allowed: int
+) -> list[tuple[int, Exception]] | None:
     """The events that fail alone, by bisection of a batch of ``n`` whose scoring raised.
 
     Breadth first: every failing part is halved and each half scored (``score(rows)`` with
@@ -161,7 +170,7 @@ def _bisect(score: Callable[[np.ndarray], Any], n: int, exc: Exception,
                     continue
                 try:
                     score(half)
-                except Exception:  # noqa: BLE001 - this part fails
+                except Exception:
                     failing.append(half)
             if len(found) + len(failing) + len(level) - i - 1 > allowed:
                 return None
@@ -169,12 +178,11 @@ def _bisect(score: Callable[[np.ndarray], Any], n: int, exc: Exception,
     return sorted(found, key=operator.itemgetter(0))
 
 
-def _failures(score: Callable[[np.ndarray], Any], one: np.ndarray
-              ) -> list[tuple[int, Exception]]:
+def _failures(score: Callable[[np.ndarray], Any], one: np.ndarray) -> list[tuple[int, Exception]]:
     """``[(event, exception)]`` when scoring the one event ``one`` raises, else ``[]``."""
     try:
         score(one)
-    except Exception as e:  # noqa: BLE001 - this event fails
+    except Exception as e:
         return [(int(one[0]), e)]
     return []
 
@@ -214,10 +222,17 @@ class StreamWorker:
         :func:`segstream.shared.alerts.scoring_failed_alert` (the worker sends that alert).
     """
 
-    def __init__(self, settings: Settings, consumer: Any, producer: Any, scorer: Scorer,
-                 metrics: WorkerMetrics, worker_id: str,
-                 take_new_scorer: Callable[[], Scorer | None] | None = None,
-                 on_broken: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: Any,
+        producer: Any,
+        scorer: Scorer,
+        metrics: WorkerMetrics,
+        worker_id: str,
+        take_new_scorer: Callable[[], Scorer | None] | None = None,
+        on_broken: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.w = settings.worker
         self.topics = settings.topics
@@ -244,12 +259,17 @@ class StreamWorker:
         self._min_window = math.ceil(1.0 / share - 1e-9) if share > 0 else 1
         self._alerted: set[str] = set()
         # Every record must fit the producer's message.max.bytes (what it is configured to).
-        self.max_record_bytes = int(producer_config(settings, transactional_id=None)[
-            "message.max.bytes"])
-        self.max_stats_bytes = self.max_record_bytes - RECORD_OVERHEAD_BYTES - len(
-            settings.model.encode())
-        self._pool = (concurrent.futures.ThreadPoolExecutor(
-            self.w.score_threads, thread_name_prefix="score") if self.w.score_threads else None)
+        self.max_record_bytes = int(
+            producer_config(settings, transactional_id=None)["message.max.bytes"]
+        )
+        self.max_stats_bytes = (
+            self.max_record_bytes - RECORD_OVERHEAD_BYTES - len(settings.model.encode())
+        )
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(self.w.score_threads, thread_name_prefix="score")
+            if self.w.score_threads
+            else None
+        )
         self._install(scorer)
 
     @property
@@ -275,8 +295,9 @@ class StreamWorker:
         self.decoder = EventDecoder(scorer.schema, self.w.max_event_bytes)
         self.id_field = scorer.schema.id_field
         self.time_field = scorer.schema.time_field
-        self.contribution_names = (list(scorer.contribution_names)
-                                   if self.w.include_contributions else None)
+        self.contribution_names = (
+            list(scorer.contribution_names) if self.w.include_contributions else None
+        )
         self.metrics.bundle_info.info({"bundle_id": scorer.bundle_id, "model": scorer.model})
         logger.info("scoring with bundle %s", scorer.bundle_id[:12])
 
@@ -360,8 +381,11 @@ class StreamWorker:
             logger.warning("producer fenced by a newer instance: exiting without committing")
             return EXIT_OK
         if self.fatal is not None:
-            logger.error("worker stopping after a fatal error (not ready, exit code %d): %s",
-                         EXIT_FAILED, self.fatal)
+            logger.error(
+                "worker stopping after a fatal error (not ready, exit code %d): %s",
+                EXIT_FAILED,
+                self.fatal,
+            )
             self.committer.drain()
             return EXIT_FAILED
         self.committer.drain()
@@ -389,7 +413,7 @@ class StreamWorker:
         failed: dict[int, str] = {}
         try:
             out = self._score(decoded, parts, n_msgs)
-        except Exception as exc:  # noqa: BLE001 - one event's failure must stay that event's
+        except Exception as exc:
             isolated = self._isolate(decoded, parts, n_msgs, first, exc)
             if isolated is None:
                 return  # rewound: a broken bundle, or a failure no event explains
@@ -405,8 +429,10 @@ class StreamWorker:
         m.scoring_event_seconds.observe(score_s / len(msgs), len(msgs))
         self.committer.produce_batch(
             Batch(self.seq, first, nxt, len(out.preds)),
-            functools.partial(self._produce_all, msgs, decoded, out.ids, out.preds, out.stats,
-                              failed))
+            functools.partial(
+                self._produce_all, msgs, decoded, out.ids, out.preds, out.stats, failed
+            ),
+        )
         if out.preds:
             lv = np.bincount(np.asarray(out.scores["fallback_level"], dtype=np.int64))
             for level, count in enumerate(lv.tolist()):
@@ -415,8 +441,7 @@ class StreamWorker:
         for reason, count in out.dlq_counts.items():
             m.dlq_records.labels(reason=reason).inc(count)
         now_ms = time.time() * 1000.0
-        ts = np.fromiter(map(_SECOND, map(Message.timestamp, msgs)), dtype=np.float64,
-                         count=n_msgs)
+        ts = np.fromiter(map(_SECOND, map(Message.timestamp, msgs)), dtype=np.float64, count=n_msgs)
         lat = (now_ms - ts[ts > 0]) / 1000.0
         m.end_to_end_latency.observe_many(lat)
         m.batches.inc()
@@ -429,39 +454,56 @@ class StreamWorker:
         # Route and apply the segment models now; with worker.score_threads > 0 the pattern
         # classifier runs in the pool meanwhile (default 0: in this thread, see the
         # setting), and the stats, which do not need it, are counted in between.
-        partial, finish = self._score_parts(decoded.columns) if decoded.n_valid else (
-            {}, dict)
+        partial, finish = self._score_parts(decoded.columns) if decoded.n_valid else ({}, dict)
         dlq_counts = collections.Counter(r for _, r, _ in decoded.rejected)
         stats: list[bytes] = []
         if self.w.stats_enabled:
             # One record per monitor window (event time) so none straddles a boundary.
             stats = batch_stats_records(
-                decoded.columns, partial, scorer.drift_reference,
-                time_field=self.time_field, slice_s=self.settings.monitor.window_s,
-                model=scorer.model, bundle_id=scorer.bundle_id,
-                worker=self.worker_id, batch=self.seq, n_events=n_events,
-                dlq_counts=dlq_counts, created_at=utc_now_iso(),
+                decoded.columns,
+                partial,
+                scorer.drift_reference,
+                time_field=self.time_field,
+                slice_s=self.settings.monitor.window_s,
+                model=scorer.model,
+                bundle_id=scorer.bundle_id,
+                worker=self.worker_id,
+                batch=self.seq,
+                n_events=n_events,
+                dlq_counts=dlq_counts,
+                created_at=utc_now_iso(),
                 max_unknown_keys=self.w.max_unknown_keys,
                 max_unknown_key_chars=self.w.max_unknown_key_chars,
                 max_record_bytes=self.max_stats_bytes,
-                partitions=parts[decoded.valid])
+                partitions=parts[decoded.valid],
+            )
         scores = finish()
         if decoded.n_valid:
             ids = decoded.columns[self.id_field].tolist()
             preds = encode_predictions(
-                ids, scores, None if decoded.event_time_json is not None
-                else decoded.event_time_text, event_time_json=decoded.event_time_json,
+                ids,
+                scores,
+                None if decoded.event_time_json is not None else decoded.event_time_text,
+                event_time_json=decoded.event_time_json,
                 model=scorer.model,
-                bundle_id=scorer.bundle_id, interval_mass=scorer.interval_mass,
-                scored_at=utc_now_iso(), contribution_names=self.contribution_names)
+                bundle_id=scorer.bundle_id,
+                interval_mass=scorer.interval_mass,
+                scored_at=utc_now_iso(),
+                contribution_names=self.contribution_names,
+            )
         else:
             ids, preds = [], []
         return _Scored(ids, preds, stats, scores, dlq_counts)
 
     # ------------------------------------------------------------------ isolation
-    def _isolate(self, decoded: DecodedBatch, parts: np.ndarray, n_events: int,
-                 first: dict[int, int], exc: Exception
-                 ) -> tuple[_Scored, DecodedBatch, dict[int, str]] | None:
+    def _isolate(
+        self,
+        decoded: DecodedBatch,
+        parts: np.ndarray,
+        n_events: int,
+        first: dict[int, int],
+        exc: Exception,
+    ) -> tuple[_Scored, DecodedBatch, dict[int, str]] | None:
         """Scoring the batch raised ``exc``: find the events that fail alone (bisection) and
         score the others. Returns the outcome without the failing events (now ``rejected``
         as ``scoring_error``) and their input index -> exception type; or None when the batch
@@ -471,10 +513,17 @@ class StreamWorker:
         self.metrics.batch_failures.labels(stage="score").inc()
         n = decoded.n_valid
         allowed = self._allowed_failures(n)
-        logger.warning("batch %d: scoring %d events raised %s; isolating the failing events "
-                       "(at most %d allowed)", self.seq, n, _describe(exc), allowed)
-        found = _bisect(lambda rows: self._score(_take(decoded, rows), parts, n_events), n,
-                        exc, allowed)
+        logger.warning(
+            "batch %d: scoring %d events raised %s; isolating the failing events "
+            "(at most %d allowed)",
+            self.seq,
+            n,
+            _describe(exc),
+            allowed,
+        )
+        found = _bisect(
+            lambda rows: self._score(_take(decoded, rows), parts, n_events), n, exc, allowed
+        )
         if found is None:
             self._bundle_broken(first, decoded, exc, allowed)
             return None
@@ -486,19 +535,24 @@ class StreamWorker:
         keep = np.setdiff1d(np.arange(n, dtype=np.int64), rows)
         failed = {int(decoded.valid[r]): exception_name(e) for r, e in found}
         rest = _take(decoded, keep)
-        rest.rejected = sorted(decoded.rejected + [
-            (int(decoded.valid[r]), SCORING_ERROR, _describe(e)) for r, e in found])
+        rest.rejected = sorted(
+            decoded.rejected
+            + [(int(decoded.valid[r]), SCORING_ERROR, _describe(e)) for r, e in found]
+        )
         try:
             out = self._score(rest, parts, n_events)
-        except Exception:  # noqa: BLE001 - not reproducible per event: rewind and retry
-            logger.exception("batch %d: scoring the %d other events failed", self.seq,
-                             len(keep))
+        except Exception:
+            logger.exception("batch %d: scoring the %d other events failed", self.seq, len(keep))
             self._scoring_failed(first)
             return None
         self._failures_seen.append((self._failure_clock + n, len(found)))
-        logger.warning("batch %d: %d event(s) failed scoring (%s); dead-lettered as "
-                       "scoring_error, %d scored", self.seq, len(found),
-                       ", ".join(sorted(set(failed.values()))), len(keep))
+        logger.warning(
+            "batch %d: %d event(s) failed scoring (%s); dead-lettered as scoring_error, %d scored",
+            self.seq,
+            len(found),
+            ", ".join(sorted(set(failed.values()))),
+            len(keep),
+        )
         return out, rest, failed
 
     def _allowed_failures(self, n: int) -> int:
@@ -514,8 +568,9 @@ class StreamWorker:
         seen = sum(f for _, f in self._failures_seen)
         return max(-1, math.floor(share * span + 1e-9) - seen)
 
-    def _bundle_broken(self, first: dict[int, int], decoded: DecodedBatch, exc: Exception,
-                       allowed: int) -> None:
+    def _bundle_broken(
+        self, first: dict[int, int], decoded: DecodedBatch, exc: Exception, allowed: int
+    ) -> None:
         """More events failed scoring than allowed: never dead-letter the stream. Earlier
         batches are finished (delivered and committed), this one is rewound (nothing of it is
         produced or committed), fetching stops, the worker is not ready, and one
@@ -524,23 +579,36 @@ class StreamWorker:
         if rewind is not None:
             self.offsets.seek(rewind)
         bundle = self.scorer.bundle_id
-        self.broken = (f"bundle {bundle[:12]} judged broken: scoring failed for more than "
-                       f"{self.w.max_failed_share:g} of the events ({_describe(exc)})")
+        self.broken = (
+            f"bundle {bundle[:12]} judged broken: scoring failed for more than "
+            f"{self.w.max_failed_share:g} of the events ({_describe(exc)})"
+        )
         self.ready.clear()
         self.metrics.bundle_broken.set(1)
         self._pause_all()
-        logger.error("%s; stopped consuming (offsets from %s are not committed) until a new "
-                     "bundle is loaded", self.broken, dict(sorted((rewind or first).items())))
+        logger.error(
+            "%s; stopped consuming (offsets from %s are not committed) until a new "
+            "bundle is loaded",
+            self.broken,
+            dict(sorted((rewind or first).items())),
+        )
         if bundle not in self._alerted:
             self._alerted.add(bundle)
             span = max(decoded.n_valid, self._min_window)
             try:
-                self.on_broken({
-                    "model": self.scorer.model, "bundle_id": bundle, "worker": self.worker_id,
-                    "failed": max(allowed, 0) + 1, "scored": span,
-                    "max_failed_share": self.w.max_failed_share,
-                    "exception": exception_name(exc), "reason": str(exc)})
-            except Exception:  # noqa: BLE001 - the alert is best effort
+                self.on_broken(
+                    {
+                        "model": self.scorer.model,
+                        "bundle_id": bundle,
+                        "worker": self.worker_id,
+                        "failed": max(allowed, 0) + 1,
+                        "scored": span,
+                        "max_failed_share": self.w.max_failed_share,
+                        "exception": exception_name(exc),
+                        "reason": str(exc),
+                    }
+                )
+            except Exception:
                 logger.exception("could not send the scoring_failed alert")
 
     def _pause_all(self) -> None:
@@ -577,8 +645,15 @@ class StreamWorker:
         if self.fatal is None:
             self.ready.set()
 
-    def _produce_all(self, msgs: list[Any], decoded: Any, ids: list[Any], preds: list[bytes],
-                     stats: list[bytes], failed: dict[int, str] | None = None) -> int:
+    def _produce_all(
+        self,
+        msgs: list[Any],
+        decoded: Any,
+        ids: list[Any],
+        preds: list[bytes],
+        stats: list[bytes],
+        failed: dict[int, str] | None = None,
+    ) -> int:
         """Produce every output record of a batch (delivery failures reach the producer-wide
         :meth:`on_delivery`); returns how many were produced.
 
@@ -590,7 +665,7 @@ class StreamWorker:
         produce = p.produce
         topic = self.topics.predictions
         # Produce until the queue is full, then poll and retry that record (never drop).
-        records = zip(preds, ids)
+        records = zip(preds, ids, strict=True)
         value = key = None
         while True:
             try:
@@ -602,7 +677,7 @@ class StreamWorker:
             except BufferError:
                 self.metrics.paused.set(1)
                 p.poll(0.05)
-            except Exception as exc:  # noqa: BLE001 - a record refused: a failed delivery
+            except Exception as exc:
                 raise ProduceError(topic, exc) from exc
         count = len(preds)
         self.metrics.paused.set(0)
@@ -610,11 +685,19 @@ class StreamWorker:
         for idx, reason, detail in decoded.rejected:
             msg = msgs[idx]
             value, key, headers = dlq_record(
-                msg.value(), msg.key(), msg.headers(), reason=reason, detail=detail,
-                topic=src, partition=msg.partition(), offset=msg.offset(),
-                worker=self.worker_id, max_value_bytes=self.w.dlq_max_value_bytes,
+                msg.value(),
+                msg.key(),
+                msg.headers(),
+                reason=reason,
+                detail=detail,
+                topic=src,
+                partition=msg.partition(),
+                offset=msg.offset(),
+                worker=self.worker_id,
+                max_value_bytes=self.w.dlq_max_value_bytes,
                 max_record_bytes=self.max_record_bytes,
-                exception=failed.get(idx) if failed else None)
+                exception=failed.get(idx) if failed else None,
+            )
             self._produce_one(self.topics.dlq, value, key, headers)
             count += 1
         for rec in stats:
@@ -633,7 +716,7 @@ class StreamWorker:
                 return
             except BufferError:
                 p.poll(0.05)
-            except Exception as exc:  # noqa: BLE001 - a record refused: a failed delivery
+            except Exception as exc:
                 raise ProduceError(topic, exc) from exc
 
     # ------------------------------------------------------------------ failures
@@ -645,7 +728,7 @@ class StreamWorker:
             return
         if rewind is not None:
             self.offsets.seek(rewind)
-        time.sleep(min(5.0, 0.2 * 2 ** self.failures))
+        time.sleep(min(5.0, 0.2 * 2**self.failures))
 
     def _set_fatal(self, reason: str) -> None:
         """Stop: not ready at once, the loop ends and :meth:`run` returns non-zero."""
@@ -674,4 +757,4 @@ class StreamWorker:
             self.metrics.paused.set(0)
 
 
-__all__ = ["StreamWorker", "DLQ_REASONS"]
+__all__ = ["DLQ_REASONS", "StreamWorker"]

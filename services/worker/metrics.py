@@ -9,6 +9,7 @@ responses (``hi_offset``); on the embedded Tansu broker the *listed* watermark i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,11 +27,24 @@ from segstream.shared.store import RELOAD_FAILURE_REASONS
 #: Buckets (seconds) for per-event work: 1 µs .. 10 ms.
 PER_EVENT_BUCKETS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 1e-2)
 #: Buckets (seconds) for per-batch work: 100 µs .. 10 s.
-PER_BATCH_BUCKETS = (1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0,
-                     2.5, 10.0)
+PER_BATCH_BUCKETS = (
+    1e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    10.0,
+)
 #: Buckets (seconds) for end-to-end latency: 1 ms .. 60 s.
-LATENCY_BUCKETS = (1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                   60.0)
+LATENCY_BUCKETS = (1e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: Buckets for the batch size (events).
 BATCH_SIZE_BUCKETS = (1, 10, 100, 500, 1000, 2000, 5000, 10_000, 20_000, 50_000)
 RELOAD_RESULTS = ("loaded", "rejected", "failed")
@@ -56,8 +70,13 @@ class BatchHistogram(Collector):
     (2.0, 3.0)
     """
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
-                 registry: CollectorRegistry | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry | None,
+    ) -> None:
         self.name = name
         self.documentation = documentation
         self.bounds = np.asarray(list(buckets), dtype=np.float64)
@@ -96,13 +115,12 @@ class BatchHistogram(Collector):
             total = self._sum
         buckets = [(_fmt(b), c) for b, c in zip(self.bounds.tolist(), cum, strict=False)]
         buckets.append(("+Inf", cum[-1]))
-        fam = HistogramMetricFamily(self.name, self.documentation, buckets=buckets,
-                                    sum_value=total)
+        fam = HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)
         yield fam
 
 
 def _fmt(b: float) -> str:
-    from prometheus_client.utils import floatToGoString  # noqa: PLC0415
+    from prometheus_client.utils import floatToGoString
 
     return floatToGoString(b)
 
@@ -134,61 +152,117 @@ class WorkerMetrics:
     bundle_broken: Gauge
 
     @classmethod
-    def create(cls, registry: CollectorRegistry, namespace: str = "segstream") -> "WorkerMetrics":
+    def create(cls, registry: CollectorRegistry, namespace: str = "segstream") -> WorkerMetrics:
         """Register the worker's metrics in ``registry`` (tests pass a fresh one)."""
         ns = namespace + "_worker"
         m = cls(
-            events_consumed=Counter(f"{ns}_events_consumed", "Events consumed from the events "
-                                    "topic.", registry=registry),
-            predictions_produced=Counter(f"{ns}_predictions_produced", "Prediction records "
-                                         "produced (delivered or in the committed transaction).",
-                                         registry=registry),
-            dlq_records=Counter(f"{ns}_dlq_records", "Events routed to the DLQ, by reason.",
-                                ["reason"], registry=registry),
+            events_consumed=Counter(
+                f"{ns}_events_consumed", "Events consumed from the events topic.", registry=registry
+            ),
+            predictions_produced=Counter(
+                f"{ns}_predictions_produced",
+                "Prediction records produced (delivered or in the committed transaction).",
+                registry=registry,
+            ),
+            dlq_records=Counter(
+                f"{ns}_dlq_records",
+                "Events routed to the DLQ, by reason.",
+                ["reason"],
+                registry=registry,
+            ),
             batches=Counter(f"{ns}_batches", "Micro-batches completed.", registry=registry),
-            batch_failures=Counter(f"{ns}_batch_failures", "Micro-batches that failed and were "
-                                   "rewound, by stage.", ["stage"], registry=registry),
-            batch_size=Histogram(f"{ns}_batch_size_events", "Events per micro-batch.",
-                                 buckets=BATCH_SIZE_BUCKETS, registry=registry),
-            scoring_batch_seconds=Histogram(f"{ns}_scoring_batch_seconds", "Seconds to decode, "
-                                            "score and encode one batch.",
-                                            buckets=PER_BATCH_BUCKETS, registry=registry),
-            scoring_event_seconds=BatchHistogram(f"{ns}_scoring_event_seconds", "Seconds of "
-                                                 "decode+score+encode per event (batch time / "
-                                                 "batch size, once per event).",
-                                                 PER_EVENT_BUCKETS, registry),
-            batch_seconds=Histogram(f"{ns}_batch_seconds", "Seconds per batch end to end in "
-                                    "the worker (consume to produce/commit).",
-                                    buckets=PER_BATCH_BUCKETS, registry=registry),
-            end_to_end_latency=BatchHistogram(f"{ns}_end_to_end_latency_seconds", "Seconds "
-                                              "from the event's broker timestamp to the produce "
-                                              "of its prediction.", LATENCY_BUCKETS, registry),
-            consumer_lag=Gauge(f"{ns}_consumer_lag_messages", "Messages behind the fetched high "
-                               "watermark, per partition (librdkafka statistics).",
-                               ["topic", "partition"], registry=registry),
-            predictions_by_fallback=Counter(f"{ns}_predictions_by_fallback_level", "Predictions "
-                                            "per fallback level (0 = own segment model).",
-                                            ["level"], registry=registry),
-            rebalances=Counter(f"{ns}_rebalances", "Consumer-group rebalance events, by kind.",
-                               ["kind"], registry=registry),
-            assigned_partitions=Gauge(f"{ns}_assigned_partitions", "Partitions assigned now.",
-                                      registry=registry),
-            bundle_reloads=Counter(f"{ns}_bundle_reloads", "Bundle loads by result.",
-                                   ["result"], registry=registry),
+            batch_failures=Counter(
+                f"{ns}_batch_failures",
+                "Micro-batches that failed and were rewound, by stage.",
+                ["stage"],
+                registry=registry,
+            ),
+            batch_size=Histogram(
+                f"{ns}_batch_size_events",
+                "Events per micro-batch.",
+                buckets=BATCH_SIZE_BUCKETS,
+                registry=registry,
+            ),
+            scoring_batch_seconds=Histogram(
+                f"{ns}_scoring_batch_seconds",
+                "Seconds to decode, score and encode one batch.",
+                buckets=PER_BATCH_BUCKETS,
+                registry=registry,
+            ),
+            scoring_event_seconds=BatchHistogram(
+                f"{ns}_scoring_event_seconds",
+                "Seconds of "
+                "decode+score+encode per event (batch time / "
+                "batch size, once per event).",
+                PER_EVENT_BUCKETS,
+                registry,
+            ),
+            batch_seconds=Histogram(
+                f"{ns}_batch_seconds",
+                "Seconds per batch end to end in the worker (consume to produce/commit).",
+                buckets=PER_BATCH_BUCKETS,
+                registry=registry,
+            ),
+            end_to_end_latency=BatchHistogram(
+                f"{ns}_end_to_end_latency_seconds",
+                "Seconds from the event's broker timestamp to the produce of its prediction.",
+                LATENCY_BUCKETS,
+                registry,
+            ),
+            consumer_lag=Gauge(
+                f"{ns}_consumer_lag_messages",
+                "Messages behind the fetched high "
+                "watermark, per partition (librdkafka statistics).",
+                ["topic", "partition"],
+                registry=registry,
+            ),
+            predictions_by_fallback=Counter(
+                f"{ns}_predictions_by_fallback_level",
+                "Predictions per fallback level (0 = own segment model).",
+                ["level"],
+                registry=registry,
+            ),
+            rebalances=Counter(
+                f"{ns}_rebalances",
+                "Consumer-group rebalance events, by kind.",
+                ["kind"],
+                registry=registry,
+            ),
+            assigned_partitions=Gauge(
+                f"{ns}_assigned_partitions", "Partitions assigned now.", registry=registry
+            ),
+            bundle_reloads=Counter(
+                f"{ns}_bundle_reloads", "Bundle loads by result.", ["result"], registry=registry
+            ),
             bundle_info=Info(f"{ns}_bundle", "The bundle in use.", registry=registry),
-            producer_queue=Gauge(f"{ns}_producer_queue_messages", "Messages in the producer "
-                                 "queue.", registry=registry),
-            paused=Gauge(f"{ns}_paused", "1 while fetching is paused for backpressure.",
-                         registry=registry),
-            transactions=Counter(f"{ns}_transactions", "Transactions by result (exactly_once).",
-                                 ["result"], registry=registry),
+            producer_queue=Gauge(
+                f"{ns}_producer_queue_messages",
+                "Messages in the producer queue.",
+                registry=registry,
+            ),
+            paused=Gauge(
+                f"{ns}_paused", "1 while fetching is paused for backpressure.", registry=registry
+            ),
+            transactions=Counter(
+                f"{ns}_transactions",
+                "Transactions by result (exactly_once).",
+                ["result"],
+                registry=registry,
+            ),
             bundle_reload_failures=Counter(
-                f"{namespace}_bundle_reload_failures", "Failed bundle reloads (worker and "
-                "monitor) by reason; each cause also alerts once.", ["reason"],
-                registry=registry),
-            bundle_broken=Gauge(f"{ns}_bundle_broken", "1 while consumption is stopped because "
-                                "scoring failed for more than worker.max_failed_share of the "
-                                "events (until a new bundle).", registry=registry),
+                f"{namespace}_bundle_reload_failures",
+                "Failed bundle reloads (worker and "
+                "monitor) by reason; each cause also alerts once.",
+                ["reason"],
+                registry=registry,
+            ),
+            bundle_broken=Gauge(
+                f"{ns}_bundle_broken",
+                "1 while consumption is stopped because "
+                "scoring failed for more than worker.max_failed_share of the "
+                "events (until a new bundle).",
+                registry=registry,
+            ),
         )
         for r in ALL_DLQ_REASONS:
             m.dlq_records.labels(reason=r)
@@ -223,7 +297,5 @@ class WorkerMetrics:
     def forget_partitions(self, topic: str, partitions: Iterable[int]) -> None:
         """Drop the lag series of partitions this worker no longer owns."""
         for p in partitions:
-            try:
+            with contextlib.suppress(KeyError):
                 self.consumer_lag.remove(topic, str(p))
-            except KeyError:
-                pass

@@ -61,8 +61,15 @@ def utc_now_iso() -> str:
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 #: Numeric score columns of a prediction record, in record order.
-_NUMERIC_COLUMNS = ("segment", "fallback_level", "prediction", "interval_low", "interval_high",
-                    "pattern", "pattern_proba")
+_NUMERIC_COLUMNS = (
+    "segment",
+    "fallback_level",
+    "prediction",
+    "interval_low",
+    "interval_high",
+    "pattern",
+    "pattern_proba",
+)
 
 
 def encode_predictions(
@@ -154,16 +161,30 @@ def encode_predictions(
     if contribution_names is None and _LITTLE_ENDIAN:
         numeric = [_numeric_for_orjson(scores[k]) for k in _NUMERIC_COLUMNS]
         if all(a is not None for a in numeric):
-            return _encode_columnar(event_ids, numeric, event_time_text, model=model,
-                                    bundle_id=bundle_id, interval_mass=interval_mass,
-                                    scored_at=scored_at, event_time_json=event_time_json)
+            return _encode_columnar(
+                event_ids,
+                numeric,
+                event_time_text,
+                model=model,
+                bundle_id=bundle_id,
+                interval_mass=interval_mass,
+                scored_at=scored_at,
+                event_time_json=event_time_json,
+            )
     if event_time_json is not None:
         event_time_text = msgspec.json.decode(event_time_json)
     if event_time_text is None:
         raise TypeError("encode_predictions: event_time_text or event_time_json is needed")
-    return _encode_structs(event_ids, scores, event_time_text, model=model,
-                           bundle_id=bundle_id, interval_mass=interval_mass,
-                           scored_at=scored_at, contribution_names=contribution_names)
+    return _encode_structs(
+        event_ids,
+        scores,
+        event_time_text,
+        model=model,
+        bundle_id=bundle_id,
+        interval_mass=interval_mass,
+        scored_at=scored_at,
+        contribution_names=contribution_names,
+    )
 
 
 def warm_up_records() -> None:
@@ -174,12 +195,24 @@ def warm_up_records() -> None:
     loaded, off the hot path; calling it again costs microseconds.
     """
     ints, floats = np.zeros(2, np.int32), np.zeros(2, np.float64)
-    scores = {"segment": ints, "fallback_level": ints.astype(np.int8), "prediction": floats,
-              "interval_low": floats, "interval_high": floats, "pattern": ints,
-              "pattern_proba": floats}
-    encode_predictions(["warm-up", "warm-up"], scores, ["2020-01-01T00:00:00Z", None],
-                       model="warm-up", bundle_id="warm-up", interval_mass=0.5,
-                       scored_at="2020-01-01T00:00:00.000Z")
+    scores = {
+        "segment": ints,
+        "fallback_level": ints.astype(np.int8),
+        "prediction": floats,
+        "interval_low": floats,
+        "interval_high": floats,
+        "pattern": ints,
+        "pattern_proba": floats,
+    }
+    encode_predictions(
+        ["warm-up", "warm-up"],
+        scores,
+        ["2020-01-01T00:00:00Z", None],
+        model="warm-up",
+        bundle_id="warm-up",
+        interval_mass=0.5,
+        scored_at="2020-01-01T00:00:00.000Z",
+    )
 
 
 # ------------------------------------------------------------------- columnar encoding
@@ -212,8 +245,14 @@ def _text_list(values: Sequence[Any]) -> list[Any]:
 
 
 def _encode_columnar(
-    event_ids: Sequence[Any], numeric: list[np.ndarray], event_time_text: Sequence[Any] | None,
-    *, model: str, bundle_id: str, interval_mass: float, scored_at: str,
+    event_ids: Sequence[Any],
+    numeric: list[np.ndarray],
+    event_time_text: Sequence[Any] | None,
+    *,
+    model: str,
+    bundle_id: str,
+    interval_mass: float,
+    scored_at: str,
     event_time_json: bytes | None = None,
 ) -> list[bytes]:
     ids = _text_list(event_ids)
@@ -226,8 +265,7 @@ def _encode_columnar(
         checked.append(("event_time_text", times))
     for name, col in checked:
         if len(col) != n:
-            raise ValueError(f"encode_predictions: {name} has {len(col)} values for "
-                             f"{n} event ids")
+            raise ValueError(f"encode_predictions: {name} has {len(col)} values for {n} event ids")
     if n == 0:
         return []
     # The arrays in record order, and the template pieces around them (constants encoded
@@ -243,9 +281,13 @@ def _encode_columnar(
     pieces = [
         b'{"event_id":',
         b',"model":' + const(model) + b',"bundle_id":' + const(bundle_id) + b',"segment":',
-        b',"fallback_level":', b',"prediction":', b',"interval":[', b",",
+        b',"fallback_level":',
+        b',"prediction":',
+        b',"interval":[',
+        b",",
         b'],"interval_mass":' + const(interval_mass) + b',"pattern":',
-        b',"pattern_proba":', b',"event_time":',
+        b',"pattern_proba":',
+        b',"event_time":',
         b',"scored_at":' + const(scored_at) + b"}\n",
     ]
     src = np.frombuffer(b"".join(arrays), dtype=np.uint8)
@@ -255,8 +297,7 @@ def _encode_columnar(
     seps = _SCRATCH.array("seps", len(arrays) * (n + 1), np.int64).reshape(len(arrays), n + 1)
     size = _element_seps(src, src_off, seps)
     if size < 0:  # not expected: the encoders wrote n elements per array
-        raise ValueError(f"encode_predictions: JSON array {-1 - size} does not hold {n} "
-                         f"elements")
+        raise ValueError(f"encode_predictions: JSON array {-1 - size} does not hold {n} elements")
     size += n * len(tmpl)
     buf = _SCRATCH.array("records", size, np.uint8)
     if _write_records(src, seps, tmpl, tmpl_off, buf) != size:  # not expected
@@ -274,9 +315,9 @@ def _encode_columnar(
 # may be false positives, which the scan never uses).
 _ONES = np.uint64(0x0101010101010101)
 _HIGH = np.uint64(0x8080808080808080)
-_QUOTES = np.uint64(0x2222222222222222)     # "
+_QUOTES = np.uint64(0x2222222222222222)  # "
 _BACKSLASHES = np.uint64(0x5C5C5C5C5C5C5C5C)  # \
-_COMMAS = np.uint64(0x2C2C2C2C2C2C2C2C)     # ,
+_COMMAS = np.uint64(0x2C2C2C2C2C2C2C2C)  # ,
 
 
 @intrinsic
@@ -294,8 +335,9 @@ def _load_u64(typingctx: Any, arr: Any, i: Any) -> Any:  # pragma: no cover - nu
 
 
 @intrinsic
-def _copy_bytes(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any,
-                n: Any) -> Any:  # pragma: no cover - numba
+def _copy_bytes(
+    typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any, n: Any
+) -> Any:  # pragma: no cover - numba
     """``dst[dst_at:dst_at + n] = src[src_at:src_at + n]`` (uint8 arrays, not overlapping)
     as one ``memcpy``: numba's loops and slice assignments copy byte by byte, 5-10x slower
     on the short pieces of a record. The caller guarantees the bounds."""
@@ -304,8 +346,9 @@ def _copy_bytes(typingctx: Any, dst: Any, dst_at: Any, src: Any, src_at: Any,
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         d = context.make_array(signature.args[0])(context, builder, args[0])
         s = context.make_array(signature.args[2])(context, builder, args[2])
-        cgutils.raw_memcpy(builder, builder.gep(d.data, [args[1]]),
-                           builder.gep(s.data, [args[3]]), args[4], 1)
+        cgutils.raw_memcpy(
+            builder, builder.gep(d.data, [args[1]]), builder.gep(s.data, [args[3]]), args[4], 1
+        )
         return context.get_dummy_value()
 
     return sig, codegen
@@ -317,8 +360,9 @@ def _zero_bytes(w: np.uint64) -> np.uint64:  # pragma: no cover - numba
 
 
 @njit(cache=True, nogil=True)
-def _json_array_seps(src: np.ndarray, lo: int, hi: int,
-                     seps: np.ndarray) -> int:  # pragma: no cover - numba
+def _json_array_seps(
+    src: np.ndarray, lo: int, hi: int, seps: np.ndarray
+) -> int:  # pragma: no cover - numba
     """Element boundaries of the compact JSON array ``src[lo:hi]`` (no whitespace).
 
     ``src`` (m,) uint8 holds the array at ``[lo, hi)``: ``src[lo]`` is ``[`` and
@@ -399,8 +443,9 @@ def _json_array_seps(src: np.ndarray, lo: int, hi: int,
 
 
 @njit(cache=True, nogil=True)
-def _element_seps(src: np.ndarray, src_off: np.ndarray,
-                  seps: np.ndarray) -> int:  # pragma: no cover - numba
+def _element_seps(
+    src: np.ndarray, src_off: np.ndarray, seps: np.ndarray
+) -> int:  # pragma: no cover - numba
     """Element boundaries of C JSON arrays of n elements each (see :func:`_json_array_seps`).
 
     ``src`` (m,) uint8 holds the arrays one after another, array ``c`` at
@@ -418,8 +463,9 @@ def _element_seps(src: np.ndarray, src_off: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def _write_records(src: np.ndarray, seps: np.ndarray, tmpl: np.ndarray, tmpl_off: np.ndarray,
-                   out: np.ndarray) -> int:  # pragma: no cover - numba
+def _write_records(
+    src: np.ndarray, seps: np.ndarray, tmpl: np.ndarray, tmpl_off: np.ndarray, out: np.ndarray
+) -> int:  # pragma: no cover - numba
     """Interleave the elements of C JSON arrays with C + 1 template pieces, record by record.
 
     ``src`` (m,) uint8 holds the arrays, element ``i`` of array ``c`` at
@@ -480,9 +526,15 @@ _SCRATCH = _Scratch()
 
 # ------------------------------------------------------------------ per-record encoding
 def _encode_structs(
-    event_ids: Sequence[Any], scores: Mapping[str, np.ndarray],
-    event_time_text: Sequence[Any], *, model: str, bundle_id: str, interval_mass: float,
-    scored_at: str, contribution_names: Sequence[str] | None,
+    event_ids: Sequence[Any],
+    scores: Mapping[str, np.ndarray],
+    event_time_text: Sequence[Any],
+    *,
+    model: str,
+    bundle_id: str,
+    interval_mass: float,
+    scored_at: str,
+    contribution_names: Sequence[str] | None,
 ) -> list[bytes]:
     """:func:`encode_predictions` with one msgspec Struct per record (contributions, or
     score columns of dtypes the columnar path does not take)."""
@@ -503,8 +555,9 @@ def _encode_structs(
     # strings), split into records.
     if contribution_names is None:
         records = [
-            _Prediction(e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et,
-                        scored_at)
+            _Prediction(
+                e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et, scored_at
+            )
             for e, s, f, p, lo, hi, pt, pp, et in zip(*cols, strict=True)
         ]
     else:
@@ -512,8 +565,20 @@ def _encode_structs(
         contrib = np.asarray(scores["contributions"], dtype=np.float64).tolist()
         records = [
             _PredictionWithContributions(
-                e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et, scored_at,
-                dict(zip(names, c, strict=True)))
+                e,
+                model,
+                bundle_id,
+                s,
+                f,
+                p,
+                (lo, hi),
+                interval_mass,
+                pt,
+                pp,
+                et,
+                scored_at,
+                dict(zip(names, c, strict=True)),
+            )
             for e, s, f, p, lo, hi, pt, pp, et, c in zip(*cols, contrib, strict=True)
         ]
     if not records:
@@ -524,13 +589,23 @@ def _encode_structs(
 
 
 _PREDICTION_FIELDS: list[tuple[str, Any]] = [
-    ("event_id", Any), ("model", str), ("bundle_id", str), ("segment", int),
-    ("fallback_level", int), ("prediction", float), ("interval", tuple),
-    ("interval_mass", float), ("pattern", int), ("pattern_proba", float),
-    ("event_time", Any), ("scored_at", str)]
+    ("event_id", Any),
+    ("model", str),
+    ("bundle_id", str),
+    ("segment", int),
+    ("fallback_level", int),
+    ("prediction", float),
+    ("interval", tuple),
+    ("interval_mass", float),
+    ("pattern", int),
+    ("pattern_proba", float),
+    ("event_time", Any),
+    ("scored_at", str),
+]
 _Prediction = msgspec.defstruct("Prediction", _PREDICTION_FIELDS, gc=False)  # scalars only
 _PredictionWithContributions = msgspec.defstruct(
-    "PredictionWithContributions", [*_PREDICTION_FIELDS, ("contributions", dict)])
+    "PredictionWithContributions", [*_PREDICTION_FIELDS, ("contributions", dict)]
+)
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -548,15 +623,22 @@ def header_bytes(headers: Sequence[tuple[str, Any]] | None) -> int:
     its value), as librdkafka counts them against ``message.max.bytes`` (or a little more)."""
     if not headers:
         return 0
-    return sum(10 + len(k.encode("utf-8", "replace")) + (len(v) if v is not None else 0)
-               for k, v in headers)
+    return sum(
+        10 + len(k.encode("utf-8", "replace")) + (len(v) if v is not None else 0)
+        for k, v in headers
+    )
 
 
-def record_bytes(key: bytes | None, value: bytes | None,
-                 headers: Sequence[tuple[str, Any]] | None) -> int:
+def record_bytes(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, Any]] | None
+) -> int:
     """The size librdkafka checks against ``message.max.bytes`` (or a little more)."""
-    return (RECORD_OVERHEAD_BYTES + (len(key) if key is not None else 0)
-            + (len(value) if value is not None else 0) + header_bytes(headers))
+    return (
+        RECORD_OVERHEAD_BYTES
+        + (len(key) if key is not None else 0)
+        + (len(value) if value is not None else 0)
+        + header_bytes(headers)
+    )
 
 
 def exception_name(exc: BaseException) -> str:
@@ -648,8 +730,10 @@ def dlq_record(
     own: list[tuple[str, bytes | None]] = [
         (DLQ_HEADER_REASON, reason.encode()),
         # at most 500 bytes of whole UTF-8 characters (a cut inside one is dropped)
-        (DLQ_HEADER_DETAIL, detail.encode("utf-8", "replace")[:500]
-         .decode("utf-8", "ignore").encode()),
+        (
+            DLQ_HEADER_DETAIL,
+            detail.encode("utf-8", "replace")[:500].decode("utf-8", "ignore").encode(),
+        ),
         (DLQ_HEADER_TOPIC, topic.encode()),
         (DLQ_HEADER_PARTITION, str(partition).encode()),
         (DLQ_HEADER_OFFSET, str(offset).encode()),
@@ -662,10 +746,14 @@ def dlq_record(
     if value is not None and len(value) > max_value_bytes:
         marks.append((DLQ_HEADER_TRUNCATED, str(len(value)).encode()))
         value = value[:max_value_bytes]
-    budget = (max_record_bytes - RECORD_OVERHEAD_BYTES - header_bytes(own)
-              - _TRUNCATION_HEADERS_BYTES)
-    sizes = [len(value) if value is not None else 0, len(key) if key is not None else 0,
-             header_bytes(original)]
+    budget = (
+        max_record_bytes - RECORD_OVERHEAD_BYTES - header_bytes(own) - _TRUNCATION_HEADERS_BYTES
+    )
+    sizes = [
+        len(value) if value is not None else 0,
+        len(key) if key is not None else 0,
+        header_bytes(original),
+    ]
     if sum(sizes) > budget:
         v_share, k_share, h_share = _fair_shares(sizes, budget)
         if value is not None and len(value) > v_share:

@@ -45,7 +45,7 @@ Loader = Callable[[Path], Scorer]
 
 def default_loader(path: Path) -> Scorer:
     """:func:`segstream.shared.scoring.load_bundle` (imported on first use)."""
-    from segstream.shared.scoring import load_bundle  # type: ignore[attr-defined]  # noqa: PLC0415
+    from segstream.shared.scoring import load_bundle  # type: ignore[attr-defined]
 
     return load_bundle(path)
 
@@ -70,8 +70,7 @@ def schema_problems(configured: SchemaSettings, bundle: SchemaSettings) -> list[
     if configured.id_field != bundle.id_field:
         problems.append(f"id field {bundle.id_field!r} != configured {configured.id_field!r}")
     if configured.time_field != bundle.time_field:
-        problems.append(f"time field {bundle.time_field!r} != configured "
-                        f"{configured.time_field!r}")
+        problems.append(f"time field {bundle.time_field!r} != configured {configured.time_field!r}")
     have = {f.name: f for f in configured.event_fields}
     for f in bundle.event_fields:
         c = have.get(f.name)
@@ -101,8 +100,14 @@ class BundleSource:
         ``shared.scoring.load_bundle``). Tests inject a fake.
     """
 
-    def __init__(self, store: ArtifactStore, model: str, cache_dir: str | Path,
-                 schema: SchemaSettings, loader: Loader | None = None) -> None:
+    def __init__(
+        self,
+        store: ArtifactStore,
+        model: str,
+        cache_dir: str | Path,
+        schema: SchemaSettings,
+        loader: Loader | None = None,
+    ) -> None:
         self.store = store
         self.model = model
         self.cache_dir = Path(cache_dir)
@@ -144,20 +149,23 @@ class BundleSource:
             raise BundleCompatibilityError(f"bundle {bundle_id[:12]}: {exc}") from None
         if scorer.bundle_id != bundle_id:
             raise BundleIntegrityError(
-                f"bundle {bundle_id[:12]}: loaded bundle says it is {scorer.bundle_id[:12]}")
+                f"bundle {bundle_id[:12]}: loaded bundle says it is {scorer.bundle_id[:12]}"
+            )
         if scorer.model != self.model:
             raise BundleCompatibilityError(
-                f"bundle {bundle_id[:12]} is for model {scorer.model!r}, not {self.model!r}")
+                f"bundle {bundle_id[:12]} is for model {scorer.model!r}, not {self.model!r}"
+            )
         problems = schema_problems(self.schema, scorer.schema)
         if problems:
             raise BundleCompatibilityError(
-                f"bundle {bundle_id[:12]} has an incompatible schema: " + "; ".join(problems))
+                f"bundle {bundle_id[:12]} has an incompatible schema: " + "; ".join(problems)
+            )
         try:
             warm_up(scorer)
-        except Exception as exc:  # noqa: BLE001 - any failure here would fail every batch
+        except Exception as exc:
             raise BundleCompatibilityError(
-                f"bundle {bundle_id[:12]} fails to score a test batch: "
-                f"{type(exc).__name__}: {exc}") from None
+                f"bundle {bundle_id[:12]} fails to score a test batch: {type(exc).__name__}: {exc}"
+            ) from None
         return scorer
 
 
@@ -177,19 +185,26 @@ class UpdateFeed(Protocol):
 LOADED, REJECTED, FAILED = "loaded", "rejected", "failed"
 
 
-def _attempt(source: BundleSource, bundle_id: str, failures: ReloadFailures
-             ) -> tuple[str, Scorer | None]:
+def _attempt(
+    source: BundleSource, bundle_id: str, failures: ReloadFailures
+) -> tuple[str, Scorer | None]:
     """Load one bundle; report a failure. Returns ``(result, scorer or None)``."""
     try:
         return LOADED, source.load(bundle_id)
-    except Exception as exc:  # noqa: BLE001 - classified and reported, never raised
+    except Exception as exc:
         reason = failures.failed(exc, bundle_id)
         return (REJECTED if reason in REJECTING_REASONS else FAILED), None
 
 
-def load_initial(source: BundleSource, stop: threading.Event, failures: ReloadFailures, *,
-                 on_loaded: Callable[[str], None] | None = None, wait_s: float = 1.0,
-                 backoff_max_s: float = 30.0) -> Scorer | None:
+def load_initial(
+    source: BundleSource,
+    stop: threading.Event,
+    failures: ReloadFailures,
+    *,
+    on_loaded: Callable[[str], None] | None = None,
+    wait_s: float = 1.0,
+    backoff_max_s: float = 30.0,
+) -> Scorer | None:
     """The store's ``LATEST`` bundle, waiting until there is a usable one (or ``stop``).
 
     A store outage or a missing bundle is retried with backoff; a refused bundle is not
@@ -216,14 +231,15 @@ def load_initial(source: BundleSource, stop: threading.Event, failures: ReloadFa
             bid = source.latest_id()
         except LatestError:
             raise
-        except Exception as exc:  # noqa: BLE001 - store outage: reported and retried
+        except Exception as exc:
             failures.failed(exc)
             bid, delay = None, backoff.next_delay()
         else:
             failures.recovered(("store_unavailable",))
             if bid is None and not announced:
-                logger.info("waiting for a bundle of model %r in %s", source.model,
-                            source.store.url)
+                logger.info(
+                    "waiting for a bundle of model %r in %s", source.model, source.store.url
+                )
                 announced = True
         if bid is not None and bid not in refused:
             result, scorer = _attempt(source, bid, failures)
@@ -272,10 +288,18 @@ class BundleWatcher(threading.Thread):
         Model-update records make ``LATEST`` be read at most this often (seconds).
     """
 
-    def __init__(self, source: BundleSource, current_id: str, *, poll_s: float,
-                 feed: UpdateFeed | None = None, failures: ReloadFailures | None = None,
-                 on_loaded: Callable[[str], None] | None = None,
-                 backoff_max_s: float = 60.0, hint_min_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        source: BundleSource,
+        current_id: str,
+        *,
+        poll_s: float,
+        feed: UpdateFeed | None = None,
+        failures: ReloadFailures | None = None,
+        on_loaded: Callable[[str], None] | None = None,
+        backoff_max_s: float = 60.0,
+        hint_min_interval_s: float = 1.0,
+    ) -> None:
         super().__init__(name="bundle-watcher", daemon=True)
         self.source = source
         self.poll_s = poll_s
@@ -316,7 +340,7 @@ class BundleWatcher(threading.Thread):
             while not self._stopping.is_set():
                 try:
                     self.step()
-                except Exception as exc:  # noqa: BLE001 - the watcher never dies
+                except Exception as exc:
                     self.failures.failed(exc)
                     self._retry_later()
                     self._stopping.wait(0.5)
@@ -324,7 +348,7 @@ class BundleWatcher(threading.Thread):
             if self.feed is not None:
                 try:
                     self.feed.close()
-                except Exception:  # noqa: BLE001 - closing at shutdown
+                except Exception:
                     logger.exception("cannot close the model-updates feed")
 
     def step(self) -> None:
@@ -333,7 +357,7 @@ class BundleWatcher(threading.Thread):
         if self.feed is not None:
             try:
                 values = self.feed.poll_updates(0.5)
-            except Exception:  # noqa: BLE001 - a broken feed must not stop reloads
+            except Exception:
                 logger.exception("model-updates feed failed; relying on LATEST polling")
                 self.feed = None
                 values = []
@@ -366,7 +390,7 @@ class BundleWatcher(threading.Thread):
         self._next_check = now + self.poll_s
         try:
             latest = self.source.latest_id()
-        except Exception as exc:  # noqa: BLE001 - outage or malformed LATEST: retried
+        except Exception as exc:
             self.failures.failed(exc)
             self._retry_later()
             return
@@ -393,8 +417,7 @@ class BundleWatcher(threading.Thread):
                 self._current = latest
             self._backoff.reset()
             self.failures.recovered(("not_found", "store_unavailable"), latest)
-            logger.info("bundle %s ready; swapping in at the next batch boundary",
-                        latest[:12])
+            logger.info("bundle %s ready; swapping in at the next batch boundary", latest[:12])
 
     def _retry_later(self) -> None:
         delay = self._backoff.next_delay()
@@ -421,9 +444,20 @@ def warm_up(scorer: Scorer) -> None:
             columns[f.name] = np.array(["" if f.required else None, ""], dtype=object)
     scores = scorer.score(columns)
     # the stats kernel (large segments) too
-    batch_stats_records(columns, scores, scorer.drift_reference,
-                        time_field=scorer.schema.time_field, slice_s=86_400, n_events=2,
-                        dlq_counts={}, model=scorer.model, bundle_id=scorer.bundle_id,
-                        worker="warm-up", batch=0, created_at="", max_unknown_keys=1)
+    batch_stats_records(
+        columns,
+        scores,
+        scorer.drift_reference,
+        time_field=scorer.schema.time_field,
+        slice_s=86_400,
+        n_events=2,
+        dlq_counts={},
+        model=scorer.model,
+        bundle_id=scorer.bundle_id,
+        worker="warm-up",
+        batch=0,
+        created_at="",
+        max_unknown_keys=1,
+    )
     EventDecoder(scorer.schema, 1 << 16).warm_up()  # the flat-path kernels
     warm_up_records()  # and the record encoder's

@@ -116,18 +116,27 @@ def batch_stats(
         JSON-serialisable record.
     """
     m = len(scores["prediction"]) if "prediction" in scores else 0
-    numeric = {name: np.bincount(ref.bin(columns[name]), minlength=ref.n_bins).tolist()
-               for name, ref in reference.numeric.items() if name in columns}
-    categorical = {name: np.bincount(ref.bin(columns[name]), minlength=ref.n_bins).tolist()
-                   for name, ref in reference.categorical.items() if name in columns}
+    numeric = {
+        name: np.bincount(ref.bin(columns[name]), minlength=ref.n_bins).tolist()
+        for name, ref in reference.numeric.items()
+        if name in columns
+    }
+    categorical = {
+        name: np.bincount(ref.bin(columns[name]), minlength=ref.n_bins).tolist()
+        for name, ref in reference.categorical.items()
+        if name in columns
+    }
     prediction = None
     if reference.prediction is not None and m:
         pref = reference.prediction
         prediction = np.bincount(pref.bin(scores["prediction"]), minlength=pref.n_bins).tolist()
     elif reference.prediction is not None:
         prediction = [0] * reference.prediction.n_bins
-    levels = np.bincount(np.asarray(scores["fallback_level"], dtype=np.int64)) if m \
+    levels = (
+        np.bincount(np.asarray(scores["fallback_level"], dtype=np.int64))
+        if m
         else np.zeros(0, np.int64)
+    )
     fallback = {str(i): int(c) for i, c in enumerate(levels.tolist()) if c}
     unknown_col = scores.get("unknown_key")
     unknown: Counter[str] = Counter()
@@ -160,8 +169,11 @@ def batch_stats(
                 continue
             out: dict[str, list[int]] = {}
             for name, ref in feats.items():
-                vals = scores["prediction"][rows] if name == "prediction" else (
-                    columns[name][rows] if name in columns else None)
+                vals = (
+                    scores["prediction"][rows]
+                    if name == "prediction"
+                    else (columns[name][rows] if name in columns else None)
+                )
                 if vals is not None:
                     out[name] = np.bincount(ref.bin(vals), minlength=ref.n_bins).tolist()
             segments[str(sid)] = out
@@ -221,17 +233,35 @@ def batch_stats_slices(
         At least one record (a batch without valid events gives one record with its DLQ
         counts).
     """
-    counts = _slice_counts(columns, scores, reference, time_field=time_field,
-                           slice_s=slice_s, partitions=partitions)
+    counts = _slice_counts(
+        columns, scores, reference, time_field=time_field, slice_s=slice_s, partitions=partitions
+    )
     if counts is None:
-        return [batch_stats(columns, scores, reference, time_field=time_field,
-                            n_events=n_events, dlq_counts=dlq_counts, partitions=partitions,
-                            **kw)]
-    return _records(counts, _blocks_as_lists(counts), slice_s=slice_s, dlq_counts=dlq_counts,
-                    model=kw["model"], bundle_id=kw["bundle_id"], worker=kw["worker"],
-                    batch=kw["batch"], created_at=kw["created_at"],
-                    max_unknown_keys=int(kw.get("max_unknown_keys", 100)),
-                    max_unknown_key_chars=kw.get("max_unknown_key_chars"))
+        return [
+            batch_stats(
+                columns,
+                scores,
+                reference,
+                time_field=time_field,
+                n_events=n_events,
+                dlq_counts=dlq_counts,
+                partitions=partitions,
+                **kw,
+            )
+        ]
+    return _records(
+        counts,
+        _blocks_as_lists(counts),
+        slice_s=slice_s,
+        dlq_counts=dlq_counts,
+        model=kw["model"],
+        bundle_id=kw["bundle_id"],
+        worker=kw["worker"],
+        batch=kw["batch"],
+        created_at=kw["created_at"],
+        max_unknown_keys=int(kw.get("max_unknown_keys", 100)),
+        max_unknown_key_chars=kw.get("max_unknown_key_chars"),
+    )
 
 
 def batch_stats_records(
@@ -327,24 +357,56 @@ def batch_stats_records(
     2024-01-01T00:00:00.000Z [1, 0, 0] 1 0
     2024-01-02T00:00:00.000Z [0, 1, 0] 1 0
     """
-    counts = _slice_counts(columns, scores, reference, time_field=time_field,
-                           slice_s=slice_s, partitions=partitions)
+    counts = _slice_counts(
+        columns, scores, reference, time_field=time_field, slice_s=slice_s, partitions=partitions
+    )
     if counts is None:
-        out = [orjson.dumps(batch_stats(
-            columns, scores, reference, time_field=time_field, model=model,
-            bundle_id=bundle_id, worker=worker, batch=batch, n_events=n_events,
-            dlq_counts=dlq_counts, created_at=created_at, max_unknown_keys=max_unknown_keys,
-            partitions=partitions, max_unknown_key_chars=max_unknown_key_chars))]
+        out = [
+            orjson.dumps(
+                batch_stats(
+                    columns,
+                    scores,
+                    reference,
+                    time_field=time_field,
+                    model=model,
+                    bundle_id=bundle_id,
+                    worker=worker,
+                    batch=batch,
+                    n_events=n_events,
+                    dlq_counts=dlq_counts,
+                    created_at=created_at,
+                    max_unknown_keys=max_unknown_keys,
+                    partitions=partitions,
+                    max_unknown_key_chars=max_unknown_key_chars,
+                )
+            )
+        ]
     else:
         dumps = orjson.dumps
-        out = [dumps(r) for r in _records(
-            counts, _blocks_as_json(counts), slice_s=slice_s, dlq_counts=dlq_counts,
-            model=model, bundle_id=bundle_id, worker=worker, batch=batch,
-            created_at=created_at, max_unknown_keys=int(max_unknown_keys),
-            max_unknown_key_chars=max_unknown_key_chars)]
+        out = [
+            dumps(r)
+            for r in _records(
+                counts,
+                _blocks_as_json(counts),
+                slice_s=slice_s,
+                dlq_counts=dlq_counts,
+                model=model,
+                bundle_id=bundle_id,
+                worker=worker,
+                batch=batch,
+                created_at=created_at,
+                max_unknown_keys=int(max_unknown_keys),
+                max_unknown_key_chars=max_unknown_key_chars,
+            )
+        ]
     if max_record_bytes is not None and max(map(len, out)) > max_record_bytes:
-        out = [piece for rec in out for piece in (
-            split_record(rec, max_record_bytes) if len(rec) > max_record_bytes else [rec])]
+        out = [
+            piece
+            for rec in out
+            for piece in (
+                split_record(rec, max_record_bytes) if len(rec) > max_record_bytes else [rec]
+            )
+        ]
     return out
 
 
@@ -352,9 +414,16 @@ def batch_stats_records(
 _SPLIT_SECTIONS = ("unknown_keys", "segments", "categorical", "numeric")
 #: What a continuation record of :func:`split_record` counts: nothing but its entries.
 _CONTINUATION_ZEROS: dict[str, Any] = {
-    "n_events": 0, "n_scored": 0, "n_dlq": 0, "dlq": {}, "prediction": None,
-    "fallback_levels": {}, "unknown_keys_other": 0, "imputed": 0,
-    **{sec: {} for sec in _SPLIT_SECTIONS}}
+    "n_events": 0,
+    "n_scored": 0,
+    "n_dlq": 0,
+    "dlq": {},
+    "prediction": None,
+    "fallback_levels": {},
+    "unknown_keys_other": 0,
+    "imputed": 0,
+    **{sec: {} for sec in _SPLIT_SECTIONS},
+}
 
 
 def split_record(record: bytes, max_bytes: int) -> list[bytes]:
@@ -423,7 +492,7 @@ def bounded_key(key: str, max_chars: int) -> str:
     if len(key) <= max_chars:
         return key
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return key[:max(max_chars - 17, 0)] + "\u2026" + digest
+    return key[: max(max_chars - 17, 0)] + "\u2026" + digest
 
 
 def _named_keys(unknown: Counter[str], most: int, max_chars: int | None) -> dict[str, int]:
@@ -474,27 +543,38 @@ class _Layout:
 _LAYOUTS: dict[int, tuple[Any, tuple[str, ...], dict[tuple[bool, ...], _Layout]]] = {}
 
 
-def _layout(reference: DriftReference, columns: Mapping[str, np.ndarray],
-            scores: Mapping[str, np.ndarray]) -> _Layout:
+def _layout(
+    reference: DriftReference, columns: Mapping[str, np.ndarray], scores: Mapping[str, np.ndarray]
+) -> _Layout:
     """The layout of ``reference`` for these columns, cached per reference while it lives
     (as :func:`segstream.shared.routing.encode_categories` caches its lookups)."""
     key = id(reference)
     hit = _LAYOUTS.get(key)
     if hit is None or hit[0]() is not reference:
-        names = tuple(dict.fromkeys([*reference.numeric, *reference.categorical,
-                                     *(k for f in reference.segments.values() for k in f)]))
+        names = tuple(
+            dict.fromkeys(
+                [
+                    *reference.numeric,
+                    *reference.categorical,
+                    *(k for f in reference.segments.values() for k in f),
+                ]
+            )
+        )
         hit = _LAYOUTS[key] = (weakref.ref(reference), names, {})
         weakref.finalize(reference, _LAYOUTS.pop, key, None)
-    present = (bool(reference.segments) and "segment" in scores,
-               *(name in columns for name in hit[1]))
+    present = (
+        bool(reference.segments) and "segment" in scores,
+        *(name in columns for name in hit[1]),
+    )
     layout = hit[2].get(present)
     if layout is None:
         layout = hit[2][present] = _build_layout(reference, columns, segments=present[0])
     return layout
 
 
-def _build_layout(reference: DriftReference, columns: Mapping[str, np.ndarray], *,
-                  segments: bool) -> _Layout:
+def _build_layout(
+    reference: DriftReference, columns: Mapping[str, np.ndarray], *, segments: bool
+) -> _Layout:
     """Lay out the references :func:`batch_stats_slices` counts for these columns (with the
     large segments if ``segments``), in the order its records list them."""
     width = 0
@@ -508,18 +588,27 @@ def _build_layout(reference: DriftReference, columns: Mapping[str, np.ndarray], 
     # the batch-wide references, each numeric one by value source
     numeric: _Columns = []
     binning: dict[tuple[str, str], tuple[np.ndarray, int]] = {
-        ("column", name): (np.ascontiguousarray(ref.edges, np.float64),
-                           place(name, ref.n_bins, numeric))
-        for name, ref in reference.numeric.items() if name in columns}
+        ("column", name): (
+            np.ascontiguousarray(ref.edges, np.float64),
+            place(name, ref.n_bins, numeric),
+        )
+        for name, ref in reference.numeric.items()
+        if name in columns
+    }
     categorical: _Columns = []
-    categorical_refs = [(name, ref, place(name, ref.n_bins, categorical))
-                        for name, ref in reference.categorical.items() if name in columns]
+    categorical_refs = [
+        (name, ref, place(name, ref.n_bins, categorical))
+        for name, ref in reference.categorical.items()
+        if name in columns
+    ]
     prediction = None
     if reference.prediction is not None:
         pref = reference.prediction
         prediction = (place("prediction", pref.n_bins, []), pref.n_bins)
-        binning["score", "prediction"] = (np.ascontiguousarray(pref.edges, np.float64),
-                                          prediction[0])
+        binning["score", "prediction"] = (
+            np.ascontiguousarray(pref.edges, np.float64),
+            prediction[0],
+        )
     text = _Text()
     text.object(numeric)
     text.object(categorical)
@@ -559,8 +648,11 @@ def _build_layout(reference: DriftReference, columns: Mapping[str, np.ndarray], 
         edges, first = binning.get(source, (np.zeros(0), -1))
         if source in by_source:
             f = by_source[source]
-            seg = (np.ascontiguousarray(table.edges[:, f]),
-                   np.where(col[:, f] >= 0, table.n_edges[:, f], -1), col[:, f].copy())
+            seg = (
+                np.ascontiguousarray(table.edges[:, f]),
+                np.where(col[:, f] >= 0, table.n_edges[:, f], -1),
+                col[:, f].copy(),
+            )
         else:
             seg = (np.zeros((G, 1)), np.full(G, -1, np.int64), np.full(G, -1, np.int64))
         numeric_binning.append((*source, edges, first, *seg))
@@ -569,11 +661,19 @@ def _build_layout(reference: DriftReference, columns: Mapping[str, np.ndarray], 
         lookup = np.full(int(table_ids.max()) + 1, -1, np.int64)
         lookup[table_ids] = np.arange(G)
     return _Layout(
-        width=width, numeric=numeric, categorical=categorical, prediction=prediction,
-        numeric_binning=numeric_binning, categorical_refs=categorical_refs,
-        segment_ids=segment_ids, segment_columns=segment_columns,
-        segment_others=segment_others, segment_lookup=lookup, segment_table_ids=table_ids,
-        text=text.freeze(n_fixed))
+        width=width,
+        numeric=numeric,
+        categorical=categorical,
+        prediction=prediction,
+        numeric_binning=numeric_binning,
+        categorical_refs=categorical_refs,
+        segment_ids=segment_ids,
+        segment_columns=segment_columns,
+        segment_others=segment_others,
+        segment_lookup=lookup,
+        segment_table_ids=table_ids,
+        text=text.freeze(n_fixed),
+    )
 
 
 class _Text:
@@ -608,16 +708,22 @@ class _Text:
         for before, col, n in lists:
             self.items.append((*self._piece(before), col, n))
         self.units.append((first, *self._piece(close)))
-        self.sizes.append((sum(len(b) + 2 for b, _, _ in lists) + len(close),
-                           sum(n for _, _, n in lists)))
+        self.sizes.append(
+            (sum(len(b) + 2 for b, _, _ in lists) + len(close), sum(n for _, _, n in lists))
+        )
 
     def object(self, members: _Columns, prefix: bytes = b"") -> None:
         """A unit ``prefix{"feature": [counts], ...}``."""
         if not members:
             self.unit([], prefix + b"{}")
             return
-        self.unit([((prefix + b"{" if i == 0 else b",") + orjson.dumps(k) + b":", a, n)
-                   for i, (k, a, n) in enumerate(members)], b"}")
+        self.unit(
+            [
+                ((prefix + b"{" if i == 0 else b",") + orjson.dumps(k) + b":", a, n)
+                for i, (k, a, n) in enumerate(members)
+            ],
+            b"}",
+        )
 
     def freeze(self, n_fixed: int) -> _Text:
         """Build the kernel's arrays; the units from ``n_fixed`` on are object members."""
@@ -638,12 +744,23 @@ class _Text:
         digits = len(str(int(counts.max(initial=0)))) + 1  # and a comma
         size = self.fixed + self.n_counts * digits
         n = self.n_fixed
-        bound = (counts.shape[0] * (int(size[:n].sum()) + 2)  # + "{}" of the object
-                 + int(present.sum(axis=1) @ (size[n:] + 1)))  # + a comma per member
+        bound = (
+            counts.shape[0] * (int(size[:n].sum()) + 2)  # + "{}" of the object
+            + int(present.sum(axis=1) @ (size[n:] + 1))
+        )  # + a comma per member
         out = np.empty(bound, np.uint8)
         at = np.empty(counts.shape[0] * (n + 1) + 1, np.int64)
-        end = _render_lists(counts, n, present, self.unit_items, self.item_array,
-                            self.unit_close, self.text, out, at)
+        end = _render_lists(
+            counts,
+            n,
+            present,
+            self.unit_items,
+            self.item_array,
+            self.unit_close,
+            self.text,
+            out,
+            at,
+        )
         return out[:end].tobytes(), at.tolist()
 
 
@@ -689,8 +806,7 @@ def _slice_counts(
         slot_of = ns // step
         keys, slot = _dense_slices(ns, slot_of, 4 * m + 64)
         if not len(keys):  # slices too far apart for a dense table
-            keys, slot = np.unique(np.where(ns == _I64_MIN, _I64_MIN, slot_of),
-                                   return_inverse=True)
+            keys, slot = np.unique(np.where(ns == _I64_MIN, _I64_MIN, slot_of), return_inverse=True)
             slot = slot.astype(np.int64, copy=False)
     else:
         keys, slot = np.full(1, _I64_MIN), np.zeros(m, np.int64)
@@ -720,8 +836,18 @@ def _slice_counts(
     # numeric bins: one pass per value source, for the batch-wide reference and the large
     # segments' at once; categorical bins by the reference's own bin()
     for source, name, edges, col, seg_edges, seg_n_edges, seg_col in lay.numeric_binning:
-        _bin_counts(np.ascontiguousarray(values(source, name), np.float64), slot, edges, col,
-                    rows, group, seg_edges, seg_n_edges, seg_col, counts)
+        _bin_counts(
+            np.ascontiguousarray(values(source, name), np.float64),
+            slot,
+            edges,
+            col,
+            rows,
+            group,
+            seg_edges,
+            seg_n_edges,
+            seg_col,
+            counts,
+        )
     for name, ref, col in lay.categorical_refs:
         _add_bins(ref.bin(columns[name]), slot, col, counts)
     for g, others in enumerate(lay.segment_others):
@@ -742,8 +868,9 @@ def _slice_counts(
         if flags.dtype == np.bool_:
             imputed = np.bincount(slot[flags], minlength=S)
         else:  # a count per row, summed as batch_stats_slices always did
-            imputed = np.bincount(slot, weights=flags.astype(np.float64),
-                                  minlength=S).astype(np.int64)
+            imputed = np.bincount(slot, weights=flags.astype(np.float64), minlength=S).astype(
+                np.int64
+            )
 
     # unknown keys: few rows carry one; count (slice, key) pairs in Python over those only
     unknown: list[Counter[str] | None] = [None] * S
@@ -778,19 +905,36 @@ def _slice_counts(
     lo[hi == _I64_MIN] = _I64_MIN
     seen = np.flatnonzero((part_max != _I64_MIN).any(axis=0))
     part_names = [str(p) for p in labels[seen].tolist()]
-    starts = (np.array([k * step if k != _I64_MIN else _I64_MIN for k in slots], np.int64)
-              if step else np.full(S, _I64_MIN))
+    starts = (
+        np.array([k * step if k != _I64_MIN else _I64_MIN for k in slots], np.int64)
+        if step
+        else np.full(S, _I64_MIN)
+    )
     iso = _iso_array(np.concatenate([lo, hi, starts, part_max[:, seen].reshape(-1)]))
     P = len(part_names)
-    per_part = iso[3 * S:]
-    part_dicts = [{p: t for p, t in zip(part_names, per_part[s_i * P:(s_i + 1) * P],
-                                        strict=True) if t is not None}
-                  for s_i in range(S)]
+    per_part = iso[3 * S :]
+    part_dicts = [
+        {
+            p: t
+            for p, t in zip(part_names, per_part[s_i * P : (s_i + 1) * P], strict=True)
+            if t is not None
+        }
+        for s_i in range(S)
+    ]
     return _SliceCounts(
-        layout=lay, slots=slots, counts=counts, segment_slices=segment_slices,
-        n_rows=np.bincount(slot, minlength=S).tolist(), levels=level_counts.tolist(),
-        imputed=imputed.tolist(), unknown=unknown, time_min=iso[:S], time_max=iso[S:2 * S],
-        starts=iso[2 * S:3 * S], partition_time_max=part_dicts)
+        layout=lay,
+        slots=slots,
+        counts=counts,
+        segment_slices=segment_slices,
+        n_rows=np.bincount(slot, minlength=S).tolist(),
+        levels=level_counts.tolist(),
+        imputed=imputed.tolist(),
+        unknown=unknown,
+        time_min=iso[:S],
+        time_max=iso[S : 2 * S],
+        starts=iso[2 * S : 3 * S],
+        partition_time_max=part_dicts,
+    )
 
 
 #: per slice: the values of "numeric", "categorical", "prediction" and "segments"
@@ -802,16 +946,22 @@ def _blocks_as_lists(c: _SliceCounts) -> _Blocks:
     lay = c.layout
     rows = c.counts.tolist()
     segments: list[dict[str, dict[str, list[int]]]] = [{} for _ in rows]
-    for sid, cols, present in zip(lay.segment_ids, lay.segment_columns,
-                                  c.segment_slices.tolist(), strict=True):
+    for sid, cols, present in zip(
+        lay.segment_ids, lay.segment_columns, c.segment_slices.tolist(), strict=True
+    ):
         for s_i in itertools.compress(range(len(rows)), present):
             r = rows[s_i]
-            segments[s_i][sid] = {k: r[a:a + n] for k, a, n in cols}
+            segments[s_i][sid] = {k: r[a : a + n] for k, a, n in cols}
     pa, pn = lay.prediction if lay.prediction is not None else (0, 0)
-    return [({k: r[a:a + n] for k, a, n in lay.numeric},
-             {k: r[a:a + n] for k, a, n in lay.categorical},
-             r[pa:pa + pn] if lay.prediction is not None else None, seg)
-            for r, seg in zip(rows, segments, strict=True)]
+    return [
+        (
+            {k: r[a : a + n] for k, a, n in lay.numeric},
+            {k: r[a : a + n] for k, a, n in lay.categorical},
+            r[pa : pa + pn] if lay.prediction is not None else None,
+            seg,
+        )
+        for r, seg in zip(rows, segments, strict=True)
+    ]
 
 
 def _blocks_as_json(c: _SliceCounts) -> _Blocks:
@@ -819,11 +969,12 @@ def _blocks_as_json(c: _SliceCounts) -> _Blocks:
     kernel pass: the same values as :func:`_blocks_as_lists`, without a Python int."""
     blob, at = c.layout.text.render(c.counts, c.segment_slices)
     fragment = orjson.Fragment
-    values = [fragment(blob[a:b]) for a, b in zip(at, at[1:])]
+    values = [fragment(blob[a:b]) for a, b in itertools.pairwise(at)]
     if c.layout.prediction is not None:
         return list(zip(values[::4], values[1::4], values[2::4], values[3::4], strict=True))
-    return [(n, k, None, g)
-            for n, k, g in zip(values[::3], values[1::3], values[2::3], strict=True)]
+    return [
+        (n, k, None, g) for n, k, g in zip(values[::3], values[1::3], values[2::3], strict=True)
+    ]
 
 
 def _records(
@@ -845,37 +996,42 @@ def _records(
     level_names = [str(i) for i in range(max(map(len, c.levels), default=0))]
     out = []
     for s_i, (slot, (numeric, categorical, prediction, segments)) in enumerate(
-            zip(c.slots, blocks, strict=True)):
+        zip(c.slots, blocks, strict=True)
+    ):
         first = s_i == 0
         uk = c.unknown[s_i]
-        named = _named_keys(uk, max_unknown_keys, max_unknown_key_chars) if uk is not None \
-            else {}
+        named = _named_keys(uk, max_unknown_keys, max_unknown_key_chars) if uk is not None else {}
         sliced = bool(slice_s) and slot != _I64_MIN
-        out.append({
-            "model": model,
-            "bundle_id": bundle_id,
-            "worker": worker,
-            "batch": batch,
-            "n_events": c.n_rows[s_i] + (n_dlq if first else 0),
-            "n_scored": c.n_rows[s_i],
-            "n_dlq": n_dlq if first else 0,
-            "dlq": {k: int(v) for k, v in dlq_counts.items() if v} if first else {},
-            "event_time_min": c.time_min[s_i],
-            "event_time_max": c.time_max[s_i],
-            "numeric": numeric,
-            "categorical": categorical,
-            "prediction": prediction,
-            "fallback_levels": {k: n for k, n in zip(level_names, c.levels[s_i]) if n},
-            "unknown_keys": named,
-            "unknown_keys_other": (sum(uk.values()) - sum(named.values())) if uk is not None
-            else 0,
-            "segments": segments,
-            "partition_time_max": c.partition_time_max[s_i],
-            "imputed": c.imputed[s_i],
-            "created_at": created_at,
-            "slice_start": c.starts[s_i] if sliced else None,
-            "slice_s": int(slice_s) if sliced else None,  # type: ignore[arg-type]
-        })
+        out.append(
+            {
+                "model": model,
+                "bundle_id": bundle_id,
+                "worker": worker,
+                "batch": batch,
+                "n_events": c.n_rows[s_i] + (n_dlq if first else 0),
+                "n_scored": c.n_rows[s_i],
+                "n_dlq": n_dlq if first else 0,
+                "dlq": {k: int(v) for k, v in dlq_counts.items() if v} if first else {},
+                "event_time_min": c.time_min[s_i],
+                "event_time_max": c.time_max[s_i],
+                "numeric": numeric,
+                "categorical": categorical,
+                "prediction": prediction,
+                "fallback_levels": {
+                    k: n for k, n in zip(level_names, c.levels[s_i], strict=True) if n
+                },
+                "unknown_keys": named,
+                "unknown_keys_other": (sum(uk.values()) - sum(named.values()))
+                if uk is not None
+                else 0,
+                "segments": segments,
+                "partition_time_max": c.partition_time_max[s_i],
+                "imputed": c.imputed[s_i],
+                "created_at": created_at,
+                "slice_start": c.starts[s_i] if sliced else None,
+                "slice_s": int(slice_s) if sliced else None,  # type: ignore[arg-type]
+            }
+        )
     return out
 
 
@@ -885,18 +1041,21 @@ def _iso_array(ns: np.ndarray) -> list[str | None]:
     out = np.zeros((len(ns), 24), np.uint8)
     _format_iso(ns, out)
     text = out.tobytes().decode("ascii")
-    iso: list[str | None] = [None if t == _I64_MIN else text[i:i + 24]
-                             for i, t in zip(range(0, 24 * len(ns), 24), ns.tolist())]
+    iso: list[str | None] = [
+        None if t == _I64_MIN else text[i : i + 24]
+        for i, t in zip(range(0, 24 * len(ns), 24), ns.tolist(), strict=True)
+    ]
     # numpy's ns -> ms conversion overflows (wraps around to 2262) within 1 ms of the
     # smallest datetime64[ns]: those few as numpy, like _iso
     for i in np.flatnonzero((ns > _I64_MIN) & (ns < _I64_MIN + 1_000_000)).tolist():
-        iso[i] = _iso(ns[i:i + 1].view("datetime64[ns]")[0])
+        iso[i] = _iso(ns[i : i + 1].view("datetime64[ns]")[0])
     return iso
 
 
 @njit(cache=True, nogil=True)
-def _dense_slices(ns: np.ndarray, slot_of: np.ndarray, max_slices: int
-                  ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
+def _dense_slices(
+    ns: np.ndarray, slot_of: np.ndarray, max_slices: int
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
     """``np.unique(where(ns is NaT, int64 min, slot_of), return_inverse=True)`` through a
     dense table over ``min(slot_of)..max(slot_of)``; two empty arrays when that spans more
     than ``max_slices`` slices. ``ns`` (n,) int64 (int64 min: NaT), ``slot_of`` (n,) int64."""
@@ -944,10 +1103,18 @@ def _numeric_bin(edges: np.ndarray, k: int, v: float) -> int:  # pragma: no cove
 
 
 @njit(cache=True, nogil=True)
-def _bin_counts(x: np.ndarray, slot: np.ndarray, edges: np.ndarray, col: int,
-                rows: np.ndarray, group: np.ndarray, seg_edges: np.ndarray,
-                seg_n_edges: np.ndarray, seg_col: np.ndarray,
-                out: np.ndarray) -> None:  # pragma: no cover - numba
+def _bin_counts(
+    x: np.ndarray,
+    slot: np.ndarray,
+    edges: np.ndarray,
+    col: int,
+    rows: np.ndarray,
+    group: np.ndarray,
+    seg_edges: np.ndarray,
+    seg_n_edges: np.ndarray,
+    seg_col: np.ndarray,
+    out: np.ndarray,
+) -> None:  # pragma: no cover - numba
     """Count each value into the bins of a numeric reference per slice: the batch-wide one
     (interior ``edges``; bins from column ``col`` of ``out``, < 0: none), and for the
     ``rows`` in a large segment (``group``: its index), the segment's (``seg_edges[g]``
@@ -967,21 +1134,24 @@ def _bin_counts(x: np.ndarray, slot: np.ndarray, edges: np.ndarray, col: int,
         i = rows[r]
         g = group[r]
         if seg_n_edges[g] >= 0:
-            flat[slot[i] * width + seg_col[g] + _numeric_bin(seg_edges[g], seg_n_edges[g],
-                                                            x[i])] += 1
+            flat[
+                slot[i] * width + seg_col[g] + _numeric_bin(seg_edges[g], seg_n_edges[g], x[i])
+            ] += 1
 
 
 @njit(cache=True, nogil=True)
-def _add_bins(bins: np.ndarray, slot: np.ndarray, col: int,
-              out: np.ndarray) -> None:  # pragma: no cover - numba
+def _add_bins(
+    bins: np.ndarray, slot: np.ndarray, col: int, out: np.ndarray
+) -> None:  # pragma: no cover - numba
     """``out[slot[i], col + bins[i]] += 1`` for each row."""
     for i in range(bins.shape[0]):
         out[slot[i], col + bins[i]] += 1
 
 
 @njit(cache=True, nogil=True)
-def _segment_rows(segment: np.ndarray, lookup: np.ndarray, slot: np.ndarray, present: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
+def _segment_rows(
+    segment: np.ndarray, lookup: np.ndarray, slot: np.ndarray, present: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - numba
     """The rows in a large segment and the segment's index, ``lookup[segment id]`` (-1:
     none, also for ids beyond ``lookup``), marking ``present[g, slot]``."""
     n = segment.shape[0]
@@ -1000,8 +1170,14 @@ def _segment_rows(segment: np.ndarray, lookup: np.ndarray, slot: np.ndarray, pre
 
 
 @njit(cache=True, nogil=True)
-def _time_extremes(ns: np.ndarray, slot: np.ndarray, part: np.ndarray, lo: np.ndarray,
-                   hi: np.ndarray, part_max: np.ndarray) -> None:  # pragma: no cover - numba
+def _time_extremes(
+    ns: np.ndarray,
+    slot: np.ndarray,
+    part: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    part_max: np.ndarray,
+) -> None:  # pragma: no cover - numba
     """Per slice the smallest (``lo``) and largest (``hi``) time, and per slice and partition
     (``part`` (n,) int64 index, or empty: no partitions) the largest (``part_max`` (S, P)),
     over the rows with a time (``ns`` int64, int64 min for NaT)."""
@@ -1069,9 +1245,17 @@ def _digits(out: np.ndarray, at: int, v: int, width: int) -> None:  # pragma: no
 
 
 @njit(cache=True, nogil=True)
-def _render_lists(counts: np.ndarray, n_fixed: int, present: np.ndarray,
-                  unit_items: np.ndarray, items: np.ndarray, unit_close: np.ndarray,
-                  text: np.ndarray, out: np.ndarray, at: np.ndarray) -> int:  # pragma: no cover
+def _render_lists(
+    counts: np.ndarray,
+    n_fixed: int,
+    present: np.ndarray,
+    unit_items: np.ndarray,
+    items: np.ndarray,
+    unit_close: np.ndarray,
+    text: np.ndarray,
+    out: np.ndarray,
+    at: np.ndarray,
+) -> int:  # pragma: no cover
     """Write the JSON text of each slice ``s`` (``counts`` (S, W) int64 >= 0) into ``out``:
     units ``0 .. n_fixed - 1``, then ``{``, the units ``n_fixed + g`` with ``present[g, s]``
     separated by commas, ``}``. A unit ``u`` is each of its items ``i`` (``unit_items[u]``
@@ -1097,8 +1281,9 @@ def _render_lists(counts: np.ndarray, n_fixed: int, present: np.ndarray,
                     out[pos] = 44  # ,
                     pos += 1
                 first = False
-                pos = _render_unit(counts, s, n_fixed + g, unit_items, items, unit_close,
-                                   text, out, pos)
+                pos = _render_unit(
+                    counts, s, n_fixed + g, unit_items, items, unit_close, text, out, pos
+                )
         out[pos] = 125  # }
         pos += 1
     at[k] = pos
@@ -1106,9 +1291,17 @@ def _render_lists(counts: np.ndarray, n_fixed: int, present: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def _render_unit(counts: np.ndarray, s: int, u: int, unit_items: np.ndarray,
-                 items: np.ndarray, unit_close: np.ndarray, text: np.ndarray, out: np.ndarray,
-                 pos: int) -> int:  # pragma: no cover - numba
+def _render_unit(
+    counts: np.ndarray,
+    s: int,
+    u: int,
+    unit_items: np.ndarray,
+    items: np.ndarray,
+    unit_close: np.ndarray,
+    text: np.ndarray,
+    out: np.ndarray,
+    pos: int,
+) -> int:  # pragma: no cover - numba
     """Write unit ``u`` of slice ``s`` at ``out[pos:]`` (:func:`_render_lists`); returns the
     new end."""
     for i in range(unit_items[u], unit_items[u + 1]):

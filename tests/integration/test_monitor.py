@@ -32,20 +32,32 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def sept(flights_df):
-    df = flights_df[(flights_df["event_time"] >= "2013-09-01")
-                    & (flights_df["event_time"] < "2013-09-04")]
+    df = flights_df[
+        (flights_df["event_time"] >= "2013-09-01") & (flights_df["event_time"] < "2013-09-04")
+    ]
     return df.reset_index(drop=True)
 
 
 def _settings(kafka, prefix: str, tmp: Path, **monitor: Any) -> Settings:
     s = worker_settings(kafka.bootstrap, prefix, tmp)
-    m = {"app_id": f"{prefix}-mon", "metrics_port": 0, "idle_close_s": 6.0,
-         "session_timeout_s": 2.0 if not kafka.real_kafka else 6.0, "tick_s": 0.5,
-         "bundle_cache_dir": str(tmp / "mcache"), "data_dir": str(tmp / "mdata"), "new_segment_threshold": 15, **monitor}
+    m = {
+        "app_id": f"{prefix}-mon",
+        "metrics_port": 0,
+        "idle_close_s": 6.0,
+        "session_timeout_s": 2.0 if not kafka.real_kafka else 6.0,
+        "tick_s": 0.5,
+        "bundle_cache_dir": str(tmp / "mcache"),
+        "data_dir": str(tmp / "mdata"),
+        "new_segment_threshold": 15,
+        **monitor,
+    }
     s = s.model_copy(update={"monitor": s.monitor.model_copy(update=m)})
     t = s.topics
-    ensure_topics(s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.outcomes,
-                             t.model_updates], t.partitions)
+    ensure_topics(
+        s.broker,
+        [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.outcomes, t.model_updates],
+        t.partitions,
+    )
     publish_fake(s, tmp)
     return s
 
@@ -57,9 +69,12 @@ class _Monitor:
         cfg = write_config(settings, tmp / f"{name}.yaml")
         self.log = tmp / f"{name}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "segstream", "monitor", "--config", str(cfg)], cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=open(self.log, "w"),  # noqa: SIM115
-            stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "segstream", "monitor", "--config", str(cfg)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=open(self.log, "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
         self.port = None
         deadline = time.monotonic() + 60
         while self.port is None and time.monotonic() < deadline:
@@ -71,8 +86,11 @@ class _Monitor:
         assert self.port, "monitor did not start"
 
     def metrics(self) -> dict[str, float]:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics",
-                                      timeout=5).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
         out = {}
         for line in text.splitlines():
             if line.startswith("segstream_monitor_"):
@@ -81,8 +99,9 @@ class _Monitor:
         return out
 
     def metric(self, name: str, **labels: str) -> float:
-        key = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
-                      if labels else "")
+        key = name + (
+            "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+        )
         return self.metrics().get(key, 0.0)
 
     def wait(self, cond, timeout_s: float = 90.0) -> None:
@@ -95,7 +114,9 @@ class _Monitor:
                 pass
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             time.sleep(0.5)
-        raise AssertionError(f"timed out; metrics: { {k: v for k, v in self.metrics().items() if v and 'created' not in k} }")
+        raise AssertionError(
+            f"timed out; metrics: { {k: v for k, v in self.metrics().items() if v and 'created' not in k} }"
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
@@ -111,9 +132,11 @@ class _Worker:
     def __init__(self, settings: Settings) -> None:
         self.stop = threading.Event()
         self.thread = threading.Thread(
-            target=run_worker, args=(settings,), daemon=True,
-            kwargs={"stop": self.stop, "loader": load_fake_bundle,
-                    "registry": CollectorRegistry()})
+            target=run_worker,
+            args=(settings,),
+            daemon=True,
+            kwargs={"stop": self.stop, "loader": load_fake_bundle, "registry": CollectorRegistry()},
+        )
         self.thread.start()
 
     def finish(self) -> None:
@@ -124,26 +147,33 @@ class _Worker:
 def _replay(settings: Settings, df, outcomes: bool = True) -> tuple[int, int]:
     recs = list(Replay(df, settings.event_schema, outcomes=outcomes))
     sim = settings.simulator.model_copy(update={"rate": 20_000.0, "speedup": None})
-    summary = run_simulation(settings.model_copy(update={"simulator": sim}), progress=False,
-                             records=recs)
+    summary = run_simulation(
+        settings.model_copy(update={"simulator": sim}), progress=False, records=recs
+    )
     assert summary.failed == 0
-    n_out = sum(1 for r in recs if r.topic == settings.topics.outcomes) \
-        if hasattr(recs[0], "topic") else None
+    n_out = (
+        sum(1 for r in recs if r.topic == settings.topics.outcomes)
+        if hasattr(recs[0], "topic")
+        else None
+    )
     return len(df), n_out
 
 
 def _processed(mon: _Monitor, events: int, outcomes: int):
     def cond(m: _Monitor) -> bool:
-        return (m.metric("segstream_monitor_records_total", source="predictions", result="ok")
-                >= events
-                and m.metric("segstream_monitor_records_total", source="outcomes",
-                             result="ok") >= outcomes)
+        return (
+            m.metric("segstream_monitor_records_total", source="predictions", result="ok") >= events
+            and m.metric("segstream_monitor_records_total", source="outcomes", result="ok")
+            >= outcomes
+        )
+
     return cond
 
 
 def _alerts(settings: Settings, expected: int = 1) -> list[dict[str, Any]]:
-    msgs = consume_all(settings.broker.bootstrap, settings.topics.alerts, expected,
-                       timeout_s=30, idle_s=3)
+    msgs = consume_all(
+        settings.broker.bootstrap, settings.topics.alerts, expected, timeout_s=30, idle_s=3
+    )
     return [orjson.loads(m.value()) | {"_key": m.key()} for m in msgs]
 
 
@@ -152,7 +182,8 @@ def _utc_day_counts(df) -> Counter:
 
 
 def test_short_replay_produces_drift_new_segment_and_performance_alerts(
-        kafka, topic_prefix, tmp_path, sept) -> None:
+    kafka, topic_prefix, tmp_path, sept
+) -> None:
     s = _settings(kafka, topic_prefix, tmp_path)
     mon = _Monitor(s, tmp_path)
     worker = _Worker(s)
@@ -162,8 +193,9 @@ def test_short_replay_produces_drift_new_segment_and_performance_alerts(
         _replay(s, sept)
         mon.wait(_processed(mon, n_events, n_out))
         # the idle close (6 s without input) closes the last windows
-        mon.wait(lambda m: m.metric("segstream_monitor_windows_closed_total",
-                                    kind="performance") >= 4)
+        mon.wait(
+            lambda m: m.metric("segstream_monitor_windows_closed_total", kind="performance") >= 4
+        )
         alerts = _alerts(s, 10)
         metrics = mon.metrics()
     finally:
@@ -182,22 +214,31 @@ def test_short_replay_produces_drift_new_segment_and_performance_alerts(
         assert 0 < a["js_distance"] <= 1 and a["_key"] == b"feature=distance"
         assert a["bundle_id"] and a["model"] == "flights"
     # interval +-15 min: far below its 0.8 mass -> a coverage alert per full day
-    cov = {a["window_start"][:10] for a in alerts if a["type"] == "performance"
-           and a["statistic"] == "interval_coverage"}
+    cov = {
+        a["window_start"][:10]
+        for a in alerts
+        if a["type"] == "performance" and a["statistic"] == "interval_coverage"
+    }
     assert set(full_days) <= cov
     # routes outside the fake bundle's six are unknown keys; >= 15 flights a day alert once
-    route_days = Counter(zip(sept["origin"] + "|" + sept["dest"],
-                             sept["event_time"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d"),
-                             strict=True))
+    route_days = Counter(
+        zip(
+            sept["origin"] + "|" + sept["dest"],
+            sept["event_time"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d"),
+            strict=True,
+        )
+    )
     known = {"JFK|LAX", "LGA|ATL", "EWR|ORD", "JFK|SFO", "LGA|ORD", "EWR|IAH"}
     want = {(k, d) for (k, d), n in route_days.items() if n >= 15 and k not in known}
-    got = Counter((a["segment"], a["window_start"][:10]) for a in alerts
-                  if a["type"] == "new_segment")
+    got = Counter(
+        (a["segment"], a["window_start"][:10]) for a in alerts if a["type"] == "new_segment"
+    )
     assert set(got) == want and max(got.values()) == 1
     for a in alerts:
         if a["type"] == "new_segment":
-            assert a["count"] == route_days[(a["segment"], a["window_start"][:10])] or \
-                a["count"] >= 15  # alerted when crossing; the count at that moment
+            assert (
+                a["count"] == route_days[(a["segment"], a["window_start"][:10])] or a["count"] >= 15
+            )  # alerted when crossing; the count at that moment
     assert metrics['segstream_monitor_outcome_join_total{result="joined"}'] == n_out
     assert metrics['segstream_monitor_records_total{result="late",source="stats"}'] == 0
     assert metrics['segstream_monitor_psi{feature="distance"}'] > 0.25
@@ -216,18 +257,24 @@ def _send_outcomes(settings: Settings, df) -> int:
     return len(df)
 
 
-def test_restart_in_the_middle_of_a_window_keeps_its_state(kafka, topic_prefix, tmp_path,
-                                                             sept) -> None:
+def test_restart_in_the_middle_of_a_window_keeps_its_state(
+    kafka, topic_prefix, tmp_path, sept
+) -> None:
     """Kill -9 the monitor mid-window with ~330 predictions waiting for their outcomes; the
     new monitor recovers its tables from the changelogs (on Tansu with the fetched-watermark
     correction), joins every outcome sent after the restart and closes the window with all
     counts from before and after."""
-    s = _settings(kafka, topic_prefix, tmp_path, idle_close_s=8.0,
-                  recovery_probe=os.environ.get("SEGSTREAM_TEST_NO_PROBE") is None)
+    s = _settings(
+        kafka,
+        topic_prefix,
+        tmp_path,
+        idle_close_s=8.0,
+        recovery_probe=os.environ.get("SEGSTREAM_TEST_NO_PROBE") is None,
+    )
     utc = sept["event_time"].dt.tz_convert("UTC")
     day1 = sept[utc < "2013-09-02"]  # UTC Sep 1 (New York: Aug 31 20:00 .. Sep 1 20:00)
     first = day1.iloc[: len(day1) // 2]
-    rest = sept.iloc[len(first):]
+    rest = sept.iloc[len(first) :]
     rest = rest[rest["event_time"].dt.tz_convert("UTC") < "2013-09-02T12:00"]
     worker = _Worker(s)
     mon = _Monitor(s, tmp_path, "monitor-1")
@@ -235,20 +282,30 @@ def test_restart_in_the_middle_of_a_window_keeps_its_state(kafka, topic_prefix, 
     try:
         _replay(s, first, outcomes=False)  # predictions only: they wait in the join table
         mon.wait(_processed(mon, len(first), 0))
-        mon.wait(lambda m: m.metric("segstream_monitor_records_total", source="stats",
-                                    result="ok") >= 1)
-        mon.wait(lambda m: m.metric("segstream_monitor_pending_entries", kind="predictions")
-                 >= len(first))
+        mon.wait(
+            lambda m: m.metric("segstream_monitor_records_total", source="stats", result="ok") >= 1
+        )
+        mon.wait(
+            lambda m: (
+                m.metric("segstream_monitor_pending_entries", kind="predictions") >= len(first)
+            )
+        )
         time.sleep(4)  # past faust's commit interval (2.8 s)
         assert mon.metric("segstream_monitor_windows_closed_total", kind="drift") == 0
         mon.stop(signal.SIGKILL)
         mon2 = _Monitor(s, tmp_path, "monitor-2")
-        mon2.wait(lambda m: urllib.request.urlopen(
-            f"http://127.0.0.1:{m.port}/readyz", timeout=2).status == 200, 60)
+        mon2.wait(
+            lambda m: (
+                urllib.request.urlopen(f"http://127.0.0.1:{m.port}/readyz", timeout=2).status == 200
+            ),
+            60,
+        )
         n_first = _send_outcomes(s, first)  # the outcomes of the predictions before the kill
         _replay(s, rest)
-        mon2.wait(lambda m: m.metric("segstream_monitor_windows_closed_total",
-                                     kind="performance") >= 2, 120)
+        mon2.wait(
+            lambda m: m.metric("segstream_monitor_windows_closed_total", kind="performance") >= 2,
+            120,
+        )
         alerts = _alerts(s, 3)
         after = mon2.metrics()
     finally:
@@ -257,18 +314,28 @@ def test_restart_in_the_middle_of_a_window_keeps_its_state(kafka, topic_prefix, 
         worker.finish()
         mon.stop()
     assert n_first > 300
-    (dist,) = [a for a in alerts if a["type"] == "drift" and a["feature"] == "distance"
-               and a["segment"] is None and a["window_start"].startswith("2013-09-01")]
+    (dist,) = [
+        a
+        for a in alerts
+        if a["type"] == "drift"
+        and a["feature"] == "distance"
+        and a["segment"] is None
+        and a["window_start"].startswith("2013-09-01")
+    ]
     assert dist["count"] == len(day1), "drift counts from before the restart were lost"
-    (cov,) = [a for a in alerts if a["type"] == "performance"
-              and a["statistic"] == "interval_coverage"
-              and a["window_start"].startswith("2013-09-01")]
+    (cov,) = [
+        a
+        for a in alerts
+        if a["type"] == "performance"
+        and a["statistic"] == "interval_coverage"
+        and a["window_start"].startswith("2013-09-01")
+    ]
     day1_out = int(day1["arr_delay"].notna().sum())
-    assert cov["count"] == day1_out, \
+    assert cov["count"] == day1_out, (
         f"{day1_out - cov['count']} predictions from before the restart were lost"
+    )
     assert after.get('segstream_monitor_records_total{result="late",source="stats"}', 0) == 0
-    assert after.get('segstream_monitor_outcome_join_total{result="unmatched_outcome"}',
-                     0) == 0
+    assert after.get('segstream_monitor_outcome_join_total{result="unmatched_outcome"}', 0) == 0
 
 
 def pd_notna(df) -> int:

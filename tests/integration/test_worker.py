@@ -30,9 +30,15 @@ from tests.kafka_helpers import consume_all
 
 pytestmark = pytest.mark.integration
 
-DLQ_OF_KIND = {"invalid_json": "invalid_json", "wrong_type": "wrong_type",
-               "missing_field": "missing_field", "huge_payload": "too_large",
-               "not_object": "not_object", "empty": "empty", "garbage": "invalid_json"}
+DLQ_OF_KIND = {
+    "invalid_json": "invalid_json",
+    "wrong_type": "wrong_type",
+    "missing_field": "missing_field",
+    "huge_payload": "too_large",
+    "not_object": "not_object",
+    "empty": "empty",
+    "garbage": "invalid_json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +49,30 @@ def sept_flights(flights_df):
 def _setup(kafka, prefix: str, tmp: Path, **worker: Any) -> Settings:
     s = worker_settings(kafka.bootstrap, prefix, tmp, **worker)
     t = s.topics
-    ensure_topics(s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
-                             t.model_updates], t.partitions)
+    ensure_topics(
+        s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.model_updates], t.partitions
+    )
     return s
 
 
-def _send(settings: Settings, df, *, bad_fraction: float = 0.0, rate: float = 1e6,
-          seed: int = 0) -> list:
+def _send(
+    settings: Settings, df, *, bad_fraction: float = 0.0, rate: float = 1e6, seed: int = 0
+) -> list:
     """Replay ``df`` as events; return the records sent."""
-    recs = list(Replay(df, settings.event_schema, outcomes=False, bad_fraction=bad_fraction,
-                       seed=seed, huge_bytes=100_000))
+    recs = list(
+        Replay(
+            df,
+            settings.event_schema,
+            outcomes=False,
+            bad_fraction=bad_fraction,
+            seed=seed,
+            huge_bytes=100_000,
+        )
+    )
     sim = settings.simulator.model_copy(update={"rate": rate, "speedup": None})
-    summary = run_simulation(settings.model_copy(update={"simulator": sim}), progress=False,
-                             records=recs)
+    summary = run_simulation(
+        settings.model_copy(update={"simulator": sim}), progress=False, records=recs
+    )
     assert summary.failed == 0, summary.line()
     return recs
 
@@ -71,8 +88,9 @@ class _ThreadWorker:
         self.thread.start()
 
     def _run(self, settings: Settings) -> None:
-        self.code = run_worker(settings, stop=self.stop, loader=load_fake_bundle,
-                               registry=self.registry)
+        self.code = run_worker(
+            settings, stop=self.stop, loader=load_fake_bundle, registry=self.registry
+        )
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
@@ -87,10 +105,21 @@ class _ThreadWorker:
 def _spawn(config: Path, tmp: Path, name: str, **env: str) -> subprocess.Popen:
     log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, "-m", "segstream", "worker", "--config", str(config),
-         "--loader", "tests.fakes:load_fake_bundle"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env})
+        [
+            sys.executable,
+            "-m",
+            "segstream",
+            "worker",
+            "--config",
+            str(config),
+            "--loader",
+            "tests.fakes:load_fake_bundle",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
 
 
 def _ids(msgs: list) -> list[str]:
@@ -112,8 +141,9 @@ def _wait_for(pred, timeout_s: float, what: str) -> None:
 
 # --------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_every_event_is_predicted_or_dead_lettered(kafka, topic_prefix, tmp_path, sept_flights,
-                                                   guarantee):
+def test_every_event_is_predicted_or_dead_lettered(
+    kafka, topic_prefix, tmp_path, sept_flights, guarantee
+):
     port = free_port()
     s = _setup(kafka, topic_prefix, tmp_path, guarantee=guarantee, metrics_port=port)
     publish_fake(s, tmp_path)
@@ -122,12 +152,18 @@ def test_every_event_is_predicted_or_dead_lettered(kafka, topic_prefix, tmp_path
     assert bad, "the replay should contain malformed events"
     w = _ThreadWorker(s)
     try:
-        _wait_for(lambda: w.sample("segstream_worker_events_consumed_total") >= len(recs), 60,
-                  "all events consumed")
+        _wait_for(
+            lambda: w.sample("segstream_worker_events_consumed_total") >= len(recs),
+            60,
+            "all events consumed",
+        )
         lag = {"topic": s.topics.events, "partition": "0"}
         # Lag from the fetched high watermark: 0 once everything is consumed.
-        _wait_for(lambda: w.registry.get_sample_value(
-            "segstream_worker_consumer_lag_messages", lag) == 0, 20, "consumer lag 0")
+        _wait_for(
+            lambda: w.registry.get_sample_value("segstream_worker_consumer_lag_messages", lag) == 0,
+            20,
+            "consumer lag 0",
+        )
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status
     finally:
@@ -156,18 +192,31 @@ def test_every_event_is_predicted_or_dead_lettered(kafka, topic_prefix, tmp_path
 def test_two_workers_split_the_partitions(kafka, topic_prefix, tmp_path, sept_flights):
     s = _setup(kafka, topic_prefix, tmp_path)
     publish_fake(s, tmp_path)
-    a = _ThreadWorker(s.model_copy(update={"worker": s.worker.model_copy(
-        update={"instance_id": "a"})}))
-    b = _ThreadWorker(s.model_copy(update={"worker": s.worker.model_copy(
-        update={"instance_id": "b"})}))
+    a = _ThreadWorker(
+        s.model_copy(update={"worker": s.worker.model_copy(update={"instance_id": "a"})})
+    )
+    b = _ThreadWorker(
+        s.model_copy(update={"worker": s.worker.model_copy(update={"instance_id": "b"})})
+    )
     try:
-        _wait_for(lambda: a.sample("segstream_worker_assigned_partitions") > 0
-                  and b.sample("segstream_worker_assigned_partitions") > 0, 60,
-                  "both workers assigned")
+        _wait_for(
+            lambda: (
+                a.sample("segstream_worker_assigned_partitions") > 0
+                and b.sample("segstream_worker_assigned_partitions") > 0
+            ),
+            60,
+            "both workers assigned",
+        )
         recs = _send(s, sept_flights.iloc[:4000])
-        _wait_for(lambda: a.sample("segstream_worker_events_consumed_total")
-                  + b.sample("segstream_worker_events_consumed_total") >= len(recs), 60,
-                  "all events consumed")
+        _wait_for(
+            lambda: (
+                a.sample("segstream_worker_events_consumed_total")
+                + b.sample("segstream_worker_events_consumed_total")
+                >= len(recs)
+            ),
+            60,
+            "all events consumed",
+        )
     finally:
         a.finish()
         b.finish()
@@ -178,17 +227,18 @@ def test_two_workers_split_the_partitions(kafka, topic_prefix, tmp_path, sept_fl
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_kill_9_and_restart_loses_nothing(kafka, topic_prefix, tmp_path, sept_flights,
-                                          guarantee):
-    s = _setup(kafka, topic_prefix, tmp_path, guarantee=guarantee, instance_id="w1",
-               batch_size=500)
+def test_kill_9_and_restart_loses_nothing(kafka, topic_prefix, tmp_path, sept_flights, guarantee):
+    s = _setup(kafka, topic_prefix, tmp_path, guarantee=guarantee, instance_id="w1", batch_size=500)
     publish_fake(s, tmp_path)
     recs = _send(s, sept_flights, bad_fraction=0.01)
     config = write_config(s, tmp_path / "worker.yaml")
     p = _spawn(config, tmp_path, "first")
     try:
-        _wait_for(lambda: len(consume_all(kafka.bootstrap, s.topics.predictions, 2000, 5, 0))
-                  >= 2000, 60, "first predictions")
+        _wait_for(
+            lambda: len(consume_all(kafka.bootstrap, s.topics.predictions, 2000, 5, 0)) >= 2000,
+            60,
+            "first predictions",
+        )
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait(10)
@@ -205,20 +255,27 @@ def test_kill_9_and_restart_loses_nothing(kafka, topic_prefix, tmp_path, sept_fl
     assert want <= set(got), f"{len(want - set(got))} events without a prediction"
 
 
-def test_exactly_once_read_committed_sees_each_event_once(kafka, topic_prefix, tmp_path,
-                                                          sept_flights):
+def test_exactly_once_read_committed_sees_each_event_once(
+    kafka, topic_prefix, tmp_path, sept_flights
+):
     if not kafka.real_kafka:
-        pytest.skip("embedded Tansu broker delivers aborted transactional records to "
-                    "read_committed consumers; needs Apache Kafka (SEGSTREAM_TEST_BOOTSTRAP "
-                    "or Docker)")
-    s = _setup(kafka, topic_prefix, tmp_path, guarantee="exactly_once", instance_id="w1",
-               batch_size=500)
+        pytest.skip(
+            "embedded Tansu broker delivers aborted transactional records to "
+            "read_committed consumers; needs Apache Kafka (SEGSTREAM_TEST_BOOTSTRAP "
+            "or Docker)"
+        )
+    s = _setup(
+        kafka, topic_prefix, tmp_path, guarantee="exactly_once", instance_id="w1", batch_size=500
+    )
     publish_fake(s, tmp_path)
     recs = _send(s, sept_flights.iloc[:10_000])
     config = write_config(s, tmp_path / "worker.yaml")
     p = _spawn(config, tmp_path, "first")
-    _wait_for(lambda: len(consume_all(kafka.bootstrap, s.topics.predictions, 2000, 5, 0))
-              >= 2000, 60, "first predictions")
+    _wait_for(
+        lambda: len(consume_all(kafka.bootstrap, s.topics.predictions, 2000, 5, 0)) >= 2000,
+        60,
+        "first predictions",
+    )
     p.send_signal(signal.SIGKILL)
     p.wait(10)
     p2 = _spawn(config, tmp_path, "second")
@@ -238,8 +295,9 @@ def test_hot_reload_and_tampered_bundle(kafka, topic_prefix, tmp_path, sept_flig
     df = sept_flights.iloc[:6000]
     try:
         _send(s, df.iloc[:2000])
-        _wait_for(lambda: w.sample("segstream_worker_events_consumed_total") >= 2000, 60,
-                  "first events")
+        _wait_for(
+            lambda: w.sample("segstream_worker_events_consumed_total") >= 2000, 60, "first events"
+        )
         # A tampered bundle is refused with an alert; the old one stays.
         bad = publish_fake(s, tmp_path, tag="TAMPERED", promote=False)
         meta = Path(store._path(s.model, bad)) / "fake.json"
@@ -252,14 +310,14 @@ def test_hot_reload_and_tampered_bundle(kafka, topic_prefix, tmp_path, sept_flig
         assert alert["current_bundle_id"] == first
         assert w.sample("segstream_worker_bundle_reloads_total", {"result": "rejected"}) == 1
         # Mid-stream reload: events keep flowing while LATEST moves on.
-        sender = threading.Thread(target=_send, args=(s, df.iloc[2000:]),
-                                  kwargs={"rate": 4000.0})
+        sender = threading.Thread(target=_send, args=(s, df.iloc[2000:]), kwargs={"rate": 4000.0})
         sender.start()
         time.sleep(0.3)
         second = publish_fake(s, tmp_path, tag="B")
         sender.join(60)
-        _wait_for(lambda: w.sample("segstream_worker_events_consumed_total") >= len(df), 60,
-                  "all events")
+        _wait_for(
+            lambda: w.sample("segstream_worker_events_consumed_total") >= len(df), 60, "all events"
+        )
     finally:
         w.finish()
     preds = consume_all(kafka.bootstrap, s.topics.predictions, len(df), 30, 1.0)

@@ -27,11 +27,18 @@ pytestmark = pytest.mark.integration
 
 POISON = "poison-"
 MAX_RECORD = 200_000  # the workers' producer message.max.bytes (broker.client)
-DLQ_OF_KIND = {"invalid_json": "invalid_json", "wrong_type": "wrong_type",
-               "missing_field": "missing_field", "huge_payload": "too_large",
-               "not_object": "not_object", "empty": "empty", "garbage": "invalid_json",
-               "deep": "invalid_json", "poison": "scoring_error",
-               "huge_key": "too_large"}
+DLQ_OF_KIND = {
+    "invalid_json": "invalid_json",
+    "wrong_type": "wrong_type",
+    "missing_field": "missing_field",
+    "huge_payload": "too_large",
+    "not_object": "not_object",
+    "empty": "empty",
+    "garbage": "invalid_json",
+    "deep": "invalid_json",
+    "poison": "scoring_error",
+    "huge_key": "too_large",
+}
 
 
 class _Worker:
@@ -39,14 +46,16 @@ class _Worker:
         self.stop = threading.Event()
         self.registry = CollectorRegistry()
         self.code: int | None = None
-        s = settings.model_copy(update={"worker": settings.worker.model_copy(
-            update={"instance_id": name})})
+        s = settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"instance_id": name})}
+        )
         self.thread = threading.Thread(target=self._run, args=(s,), daemon=True)
         self.thread.start()
 
     def _run(self, settings: Settings) -> None:
-        self.code = run_worker(settings, stop=self.stop, loader=load_fake_bundle,
-                               registry=self.registry)
+        self.code = run_worker(
+            settings, stop=self.stop, loader=load_fake_bundle, registry=self.registry
+        )
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
@@ -70,8 +79,16 @@ def _wait_for(pred: Any, timeout_s: float, what: str) -> None:
 def _poisoned_stream(settings: Settings, df: Any) -> list[Record]:
     """The replay of ``df`` (2 % malformed of the simulator's kinds) with more poison mixed
     in: deep nesting, events whose scoring raises, oversized keys, long unknown categories."""
-    base = list(Replay(df, settings.event_schema, outcomes=False, bad_fraction=0.02, seed=11,
-                       huge_bytes=100_000))
+    base = list(
+        Replay(
+            df,
+            settings.event_schema,
+            outcomes=False,
+            bad_fraction=0.02,
+            seed=11,
+            huge_bytes=100_000,
+        )
+    )
     out: list[Record] = []
     good_seen = 0
     for i, r in enumerate(base):
@@ -82,8 +99,15 @@ def _poisoned_stream(settings: Settings, df: Any) -> list[Record]:
         doc = orjson.loads(r.value)
         if good_seen % 400 == 0:  # scoring raises for this event (the bundle's poison)
             doc["event_id"] = POISON + doc["event_id"]
-            out.append(Record("events", doc["event_id"].encode(), orjson.dumps(doc),
-                              r.sim_time_s, "malformed:poison"))
+            out.append(
+                Record(
+                    "events",
+                    doc["event_id"].encode(),
+                    orjson.dumps(doc),
+                    r.sim_time_s,
+                    "malformed:poison",
+                )
+            )
         elif good_seen % 300 == 0:  # nested 3000 levels deep: ~6 KB
             if good_seen % 600 == 0:
                 value = orjson.dumps(doc)[:-1] + b',"junk":' + b"[" * 3000 + b"]" * 3000 + b"}"
@@ -106,30 +130,54 @@ def _poisoned_stream(settings: Settings, df: Any) -> list[Record]:
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_poison_of_every_kind_through_two_workers(kafka, topic_prefix, tmp_path, flights_df,
-                                                  guarantee):
+def test_poison_of_every_kind_through_two_workers(
+    kafka, topic_prefix, tmp_path, flights_df, guarantee
+):
     df = flights_df[flights_df["event_time"].dt.month == 9].iloc[:3000].reset_index(drop=True)
-    s = worker_settings(kafka.bootstrap, topic_prefix, tmp_path, guarantee=guarantee,
-                        batch_size=500, max_failed_share=0.05, max_unknown_key_chars=200)
-    s = s.model_copy(update={"broker": s.broker.model_copy(
-        update={"client": {**s.broker.client, "message.max.bytes": MAX_RECORD}})})
+    s = worker_settings(
+        kafka.bootstrap,
+        topic_prefix,
+        tmp_path,
+        guarantee=guarantee,
+        batch_size=500,
+        max_failed_share=0.05,
+        max_unknown_key_chars=200,
+    )
+    s = s.model_copy(
+        update={
+            "broker": s.broker.model_copy(
+                update={"client": {**s.broker.client, "message.max.bytes": MAX_RECORD}}
+            )
+        }
+    )
     t = s.topics
-    ensure_topics(s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
-                             t.model_updates], t.partitions)
+    ensure_topics(
+        s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.model_updates], t.partitions
+    )
     publish_fake(s, tmp_path, poison_prefix=POISON)
     recs = _poisoned_stream(s, df)
     kinds = Counter(r.kind.split(":", 1)[-1] for r in recs)
     assert {"poison", "deep", "huge_key"} <= set(kinds) and kinds["event"] > 2000
     workers = [_Worker(s, "a"), _Worker(s, "b")]
     try:
-        _wait_for(lambda: all(w.sample("segstream_worker_assigned_partitions") > 0
-                              for w in workers), 60, "both workers assigned")
+        _wait_for(
+            lambda: all(w.sample("segstream_worker_assigned_partitions") > 0 for w in workers),
+            60,
+            "both workers assigned",
+        )
         sim = s.simulator.model_copy(update={"rate": 1e6, "speedup": None})
-        summary = run_simulation(s.model_copy(update={"simulator": sim}), progress=False,
-                                 records=recs)
+        summary = run_simulation(
+            s.model_copy(update={"simulator": sim}), progress=False, records=recs
+        )
         assert summary.failed == 0, summary.line()
-        _wait_for(lambda: sum(w.sample("segstream_worker_events_consumed_total")
-                              for w in workers) >= len(recs), 120, "all events consumed")
+        _wait_for(
+            lambda: (
+                sum(w.sample("segstream_worker_events_consumed_total") for w in workers)
+                >= len(recs)
+            ),
+            120,
+            "all events consumed",
+        )
         for w in workers:  # no worker stopped, restarted, or judged its bundle broken
             assert w.thread.is_alive() and w.code is None
             assert w.sample("segstream_worker_bundle_broken") == 0
@@ -164,12 +212,13 @@ def test_poison_of_every_kind_through_two_workers(kafka, topic_prefix, tmp_path,
     named = [k for r in recs_stats for k in r["unknown_keys"]]
     assert named and max(map(len, named)) <= 200
     assert int(np.sum([r["unknown_keys_other"] for r in recs_stats])) + sum(
-        c for r in recs_stats for c in r["unknown_keys"].values()) >= sum(
-        1 for r in good if b'"origin":"O' in r.value)
+        c for r in recs_stats for c in r["unknown_keys"].values()
+    ) >= sum(1 for r in good if b'"origin":"O' in r.value)
 
 
 def test_a_broken_bundle_stops_the_worker_until_a_good_one_is_promoted(
-        kafka, topic_prefix, tmp_path, flights_df):
+    kafka, topic_prefix, tmp_path, flights_df
+):
     """A bundle that fails on every event: no DLQ flood, /readyz 503, one scoring_failed
     alert; promoting a good bundle resumes from the first unscored event."""
     import urllib.error
@@ -179,18 +228,27 @@ def test_a_broken_bundle_stops_the_worker_until_a_good_one_is_promoted(
 
     df = flights_df[flights_df["event_time"].dt.month == 9].iloc[:1500].reset_index(drop=True)
     port = free_port()
-    s = worker_settings(kafka.bootstrap, topic_prefix, tmp_path, batch_size=200,
-                        metrics_port=port, reload_poll_s=0.5)
+    s = worker_settings(
+        kafka.bootstrap,
+        topic_prefix,
+        tmp_path,
+        batch_size=200,
+        metrics_port=port,
+        reload_poll_s=0.5,
+    )
     t = s.topics
-    ensure_topics(s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts,
-                             t.model_updates], t.partitions)
+    ensure_topics(
+        s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.model_updates], t.partitions
+    )
     # fails on every flight (ids "2013..."), not on the load-time test batch (ids ""): a
     # bundle that passes its checks and breaks on real traffic
     broken = publish_fake(s, tmp_path, tag="broken", poison_prefix="2013")
     recs = list(Replay(df, s.event_schema, outcomes=False))
     sim = s.simulator.model_copy(update={"rate": 1e6, "speedup": None})
-    assert run_simulation(s.model_copy(update={"simulator": sim}), progress=False,
-                          records=recs).failed == 0
+    assert (
+        run_simulation(s.model_copy(update={"simulator": sim}), progress=False, records=recs).failed
+        == 0
+    )
 
     def readyz() -> int:
         try:
@@ -215,7 +273,8 @@ def test_a_broken_bundle_stops_the_worker_until_a_good_one_is_promoted(
         _wait_for(lambda: readyz() == 200, 20, "ready again")
     finally:
         assert w.finish() == 0
-    assert sorted(orjson.loads(m.value())["event_id"] for m in preds) == \
-        sorted(orjson.loads(r.value)["event_id"] for r in recs)
+    assert sorted(orjson.loads(m.value())["event_id"] for m in preds) == sorted(
+        orjson.loads(r.value)["event_id"] for r in recs
+    )
     assert {orjson.loads(m.value())["bundle_id"] for m in preds} == {good}
     assert len(consume_all(kafka.bootstrap, t.alerts, 1, 3, 1.0)) == 1  # once

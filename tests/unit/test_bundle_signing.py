@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 import segstream.services.worker.reload as reload_mod
+from segstream.cli import main
 from segstream.services.monitor.references import ReferenceCache
 from segstream.services.worker.reload import BundleSource, BundleWatcher
 from segstream.shared.bundle import MANIFEST, SIGNATURE, Manifest
-from segstream.cli import main
 from segstream.shared.errors import BundleIntegrityError, BundleSignatureError, SigningKeyError
 from segstream.shared.settings import StoreSettings, load_settings
 from segstream.shared.signing import (
@@ -53,13 +53,13 @@ def signed_bundle(tmp_path: Path, key_file: Path | None, tag: str = "A") -> Path
 
 
 def trusting(tmp_path: Path, *pubs: Path) -> StoreSettings:
-    return StoreSettings(url=f"file://{tmp_path / 'store'}",
-                         trusted_public_keys=tuple(str(p) for p in pubs))
+    return StoreSettings(
+        url=f"file://{tmp_path / 'store'}", trusted_public_keys=tuple(str(p) for p in pubs)
+    )
 
 
 def component_reads(store: SpyStore) -> list[str]:
-    return [Path(p).name for p in store.reads if Path(p).name not in (MANIFEST, SIGNATURE,
-                                                                       LATEST)]
+    return [Path(p).name for p in store.reads if Path(p).name not in (MANIFEST, SIGNATURE, LATEST)]
 
 
 # --------------------------------------------------------------------------- keys
@@ -78,16 +78,19 @@ def test_key_pair_files_and_key_sources(tmp_path, keys, monkeypatch) -> None:
     assert from_env.private_bytes_raw() == from_file.private_bytes_raw()
     with pytest.raises(SigningKeyError, match="both set"):
         load_private_key(s.store.model_copy(update={"signing_key_file": str(keys["good"])}))
-    for bad, what in ((tmp_path / "missing.pub", "cannot read"),
-                      (keys["good"], "not a PEM public key")):
+    for bad, what in (
+        (tmp_path / "missing.pub", "cannot read"),
+        (keys["good"], "not a PEM public key"),
+    ):
         with pytest.raises(SigningKeyError, match=what):
             load_public_keys(StoreSettings(trusted_public_keys=(str(bad),)))
-    with pytest.raises(SigningKeyError, match="store.trusted_public_keys"):
+    with pytest.raises(SigningKeyError, match=r"store\.trusted_public_keys"):
         ArtifactStore(trusting(tmp_path, tmp_path / "missing.pub"))  # at start-up
 
 
-def test_secret_key_never_appears_in_manifest_or_config_output(tmp_path, keys, monkeypatch,
-                                                               capsys) -> None:
+def test_secret_key_never_appears_in_manifest_or_config_output(
+    tmp_path, keys, monkeypatch, capsys
+) -> None:
     pem = keys["good"].read_text()
     monkeypatch.setenv("SEGSTREAM_STORE__SIGNING_KEY", pem)
     assert main(["config", "--config", str(CONFIG)]) == 0
@@ -146,9 +149,17 @@ def _claim(sig: dict[str, Any], bid: str) -> None:
     sig["bundle_id"] = bid
 
 
-@pytest.mark.parametrize("case", ["unsigned", "wrong_key", "tampered_manifest",
-                                  "tampered_component", "malformed_signature",
-                                  "signature_of_another_bundle"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unsigned",
+        "wrong_key",
+        "tampered_manifest",
+        "tampered_component",
+        "malformed_signature",
+        "signature_of_another_bundle",
+    ],
+)
 def test_bad_signatures_are_refused_before_any_component_is_read(tmp_path, keys, case) -> None:
     key = {"unsigned": None, "wrong_key": keys["other"]}.get(case, keys["good"])
     d = signed_bundle(tmp_path, key)
@@ -166,13 +177,20 @@ def test_bad_signatures_are_refused_before_any_component_is_read(tmp_path, keys,
         doc = orjson.loads(p.read_bytes())
         doc["signature"] = base64.b64encode(b"\0" * 64).decode()[:-3] + "!!!"
         p.write_bytes(orjson.dumps(doc))
-    want = {"unsigned": "not signed", "wrong_key": "does not verify",
-            "tampered_manifest": "does not verify", "tampered_component": "does not verify",
-            "malformed_signature": "malformed", "signature_of_another_bundle": "signs bundle"}
+    want = {
+        "unsigned": "not signed",
+        "wrong_key": "does not verify",
+        "tampered_manifest": "does not verify",
+        "tampered_component": "does not verify",
+        "malformed_signature": "malformed",
+        "signature_of_another_bundle": "signs bundle",
+    }
     store = SpyStore(trusting(tmp_path, keys["good_pub"]))
-    for call in (lambda: store.fetch("flights", bid, tmp_path / "cache"),
-                 lambda: store.verify("flights", bid),
-                 lambda: store.promote("flights", bid)):
+    for call in (
+        lambda: store.fetch("flights", bid, tmp_path / "cache"),
+        lambda: store.verify("flights", bid),
+        lambda: store.promote("flights", bid),
+    ):
         with pytest.raises(BundleSignatureError, match=want[case]):
             call()
     assert component_reads(store) == []
@@ -184,19 +202,20 @@ def test_a_cached_unsigned_copy_is_not_trusted(tmp_path, keys) -> None:
     ArtifactStore(trusting(tmp_path)).publish(u)
     ArtifactStore(trusting(tmp_path)).fetch("flights", u.name, tmp_path / "cache")
     with pytest.raises(BundleSignatureError, match="not signed"):
-        ArtifactStore(trusting(tmp_path, keys["good_pub"])).fetch("flights", u.name,
-                                                                 tmp_path / "cache")
+        ArtifactStore(trusting(tmp_path, keys["good_pub"])).fetch(
+            "flights", u.name, tmp_path / "cache"
+        )
 
 
-def test_a_tampered_signed_component_without_rehash_is_an_integrity_error(tmp_path,
-                                                                         keys) -> None:
+def test_a_tampered_signed_component_without_rehash_is_an_integrity_error(tmp_path, keys) -> None:
     d = signed_bundle(tmp_path, keys["good"])
     ArtifactStore(trusting(tmp_path)).publish(d)
     f = tmp_path / "store" / "bundles" / "flights" / d.name / "fake.json"
     f.write_bytes(f.read_bytes().replace(b'"tag"', b'"taG"'))
-    with pytest.raises(BundleIntegrityError, match="fake.json: sha256 mismatch"):
-        ArtifactStore(trusting(tmp_path, keys["good_pub"])).fetch("flights", d.name,
-                                                                 tmp_path / "cache")
+    with pytest.raises(BundleIntegrityError, match=r"fake\.json: sha256 mismatch"):
+        ArtifactStore(trusting(tmp_path, keys["good_pub"])).fetch(
+            "flights", d.name, tmp_path / "cache"
+        )
 
 
 # --------------------------------------------------------------------------- worker, monitor
@@ -217,8 +236,9 @@ def test_worker_refuses_an_unsigned_bundle_with_one_alert(tmp_path, keys, monkey
         _wait(lambda: rec.counts.get("signature", 0) == 1)
         time.sleep(0.4)  # several more polls of the same LATEST: no retry, no second alert
         assert rec.counts == {"signature": 1}
-        assert [(a.type, a.bundle_id, a.current_bundle_id) for a in rec.alerts] == \
-            [("bundle_rejected", unsigned.name, first.name)]
+        assert [(a.type, a.bundle_id, a.current_bundle_id) for a in rec.alerts] == [
+            ("bundle_rejected", unsigned.name, first.name)
+        ]
         assert "not signed" in rec.alerts[0].reason
         assert component_reads(store) == [] and w.take_pending() is None
         signed = signed_bundle(tmp_path, keys["good"], tag="C")
@@ -234,8 +254,14 @@ def test_monitor_refuses_an_unsigned_bundle_alerts_once_and_retries(tmp_path, ke
     ArtifactStore(trusting(tmp_path)).publish(u)
     store = SpyStore(trusting(tmp_path, keys["good_pub"]))
     rec = Recorder()
-    cache = ReferenceCache(store, "flights", tmp_path / "mcache", retry_s=0.2,
-                           failures=rec.failures, retry_initial_s=0.05)
+    cache = ReferenceCache(
+        store,
+        "flights",
+        tmp_path / "mcache",
+        retry_s=0.2,
+        failures=rec.failures,
+        retry_initial_s=0.05,
+    )
     for _ in range(20):
         assert cache(u.name) is None
     assert rec.counts == {"signature": 1} and len(rec.alerts) == 1  # backoff: one attempt
@@ -244,9 +270,9 @@ def test_monitor_refuses_an_unsigned_bundle_alerts_once_and_retries(tmp_path, ke
     assert cache(u.name) is None and rec.counts == {"signature": 2}
     assert len(rec.alerts) == 1  # the same cause alerts once
     # Signed later (segstream bundle sign): the next retry loads it.
-    ArtifactStore(trusting(tmp_path)).sign("flights", u.name,
-                                           load_private_key(StoreSettings(
-                                               signing_key_file=str(keys["good"]))))
+    ArtifactStore(trusting(tmp_path)).sign(
+        "flights", u.name, load_private_key(StoreSettings(signing_key_file=str(keys["good"])))
+    )
     time.sleep(0.25)
     got = cache(u.name)
     assert got is not None and got[0].numeric  # the drift reference
@@ -298,7 +324,7 @@ def test_concurrent_fetches_of_one_bundle_into_one_cache(tmp_path, keys) -> None
     def run() -> None:
         try:
             store.fetch("flights", d.name, tmp_path / "cache")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     ts = [threading.Thread(target=run) for _ in range(4)]

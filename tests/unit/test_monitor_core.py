@@ -14,7 +14,6 @@ from segstream.services.monitor.performance import Baseline
 from segstream.services.worker.stats import batch_stats_slices
 from segstream.shared.drift import CategoricalReference, DriftReference, NumericReference
 from segstream.shared.settings import MonitorSettings
-from tests.fakes import numeric_ref
 
 DAY = 86_400_000
 T0 = int(dt.datetime(2013, 9, 1, tzinfo=dt.UTC).timestamp() * 1000)  # a window start
@@ -24,7 +23,8 @@ def ref(edges=(0.0, 10.0), expected=(0.5, 0.5, 0.0, 0.0)) -> DriftReference:
     """x: half below 0, half in [0, 10); c: half a, half b; no prediction reference."""
     return DriftReference(
         numeric={"x": NumericReference(np.asarray(edges), np.asarray(expected))},
-        categorical={"c": CategoricalReference(("a", "b"), np.array([0.5, 0.5, 0.0, 0.0]))})
+        categorical={"c": CategoricalReference(("a", "b"), np.array([0.5, 0.5, 0.0, 0.0]))},
+    )
 
 
 NORMAL = None  # x alternating -5 / 5 and c alternating a / b: no drift
@@ -41,35 +41,72 @@ def tables() -> dict[str, dict[str, Any]]:
 def core(tbl=None, refs=None, **kw: Any) -> MonitorCore:
     s = MonitorSettings(**{"lateness_s": 3600, "drift_min_count": 100, **kw})
     refs = refs or {B1: (ref(), BASE)}
-    return MonitorCore(s, model="m", id_field="event_id", time_field="event_time",
-                       target="arr_delay", reference_for=refs.get,
-                       tables=tbl if tbl is not None else tables(), partitions=1)
+    return MonitorCore(
+        s,
+        model="m",
+        id_field="event_id",
+        time_field="event_time",
+        target="arr_delay",
+        reference_for=refs.get,
+        tables=tbl if tbl is not None else tables(),
+        partitions=1,
+    )
 
 
-def stats(t_ms: list[int] | np.ndarray, x: Any, *, bundle: str = B1,
-          unknown: list[Any] | None = None, worker: str = "w", batch: int = 0,
-          reference: DriftReference | None = None, c: str | None = None
-          ) -> list[dict[str, Any]]:
+def stats(
+    t_ms: list[int] | np.ndarray,
+    x: Any,
+    *,
+    bundle: str = B1,
+    unknown: list[Any] | None = None,
+    worker: str = "w",
+    batch: int = 0,
+    reference: DriftReference | None = None,
+    c: str | None = None,
+) -> list[dict[str, Any]]:
     """Stats records (one per day slice) for events at ``t_ms`` with feature ``x``."""
     t = np.asarray(t_ms, dtype="datetime64[ms]").astype("datetime64[ns]")
     n = len(t)
     alt = np.arange(n) % 2 == 0
-    xs = np.where(alt, -5.0, 5.0) if x is None else np.broadcast_to(np.asarray(x, float),
-                                                                       (n,)).copy()
-    cols = {"x": xs, "c": np.where(alt, "a", "b").astype(object) if c is None
-            else np.array([c] * n, dtype=object), "event_time": t}
-    scores = {"prediction": np.zeros(n), "fallback_level": np.zeros(n, np.int8),
-              "unknown_key": np.array(unknown if unknown is not None else [None] * n,
-                                      dtype=object),
-              "imputed": np.zeros(n, bool), "segment": np.zeros(n, np.int32)}
-    return batch_stats_slices(cols, scores, reference or ref(), time_field="event_time",
-                              slice_s=86_400, model="m", bundle_id=bundle, worker=worker,
-                              batch=batch, n_events=n, dlq_counts={}, created_at="now",
-                              partitions=np.zeros(n, np.int32))
+    xs = (
+        np.where(alt, -5.0, 5.0)
+        if x is None
+        else np.broadcast_to(np.asarray(x, float), (n,)).copy()
+    )
+    cols = {
+        "x": xs,
+        "c": np.where(alt, "a", "b").astype(object)
+        if c is None
+        else np.array([c] * n, dtype=object),
+        "event_time": t,
+    }
+    scores = {
+        "prediction": np.zeros(n),
+        "fallback_level": np.zeros(n, np.int8),
+        "unknown_key": np.array(unknown if unknown is not None else [None] * n, dtype=object),
+        "imputed": np.zeros(n, bool),
+        "segment": np.zeros(n, np.int32),
+    }
+    return batch_stats_slices(
+        cols,
+        scores,
+        reference or ref(),
+        time_field="event_time",
+        slice_s=86_400,
+        model="m",
+        bundle_id=bundle,
+        worker=worker,
+        batch=batch,
+        n_events=n,
+        dlq_counts={},
+        created_at="now",
+        partitions=np.zeros(n, np.int32),
+    )
 
 
-def feed(c: MonitorCore, recs: list[dict[str, Any]], start_offset: int = 0,
-         now: float = 0.0) -> list[dict[str, Any]]:
+def feed(
+    c: MonitorCore, recs: list[dict[str, Any]], start_offset: int = 0, now: float = 0.0
+) -> list[dict[str, Any]]:
     out = []
     for i, r in enumerate(recs):
         out += c.on_stats(r, 0, start_offset + i, now)
@@ -97,8 +134,11 @@ def test_window_closes_exactly_once_with_one_alert_per_feature() -> None:
     assert f"{T0}|{B1}" not in c.t["drift"] and c.t["meta"]["drift_closed|0"] == T0 + DAY
     # nothing more for that window: ticks and further records do not repeat it
     assert c.on_tick(0, 1.0) == []
-    assert [x for x in feed(c, stats(day(1, 5, hour=2), NORMAL), 3) if x.window_start
-            .startswith("2013-09-01")] == []
+    assert [
+        x
+        for x in feed(c, stats(day(1, 5, hour=2), NORMAL), 3)
+        if x.window_start.startswith("2013-09-01")
+    ] == []
 
 
 def test_categorical_psi_alert_and_thresholds_per_feature() -> None:
@@ -157,8 +197,11 @@ def test_new_segment_threshold_and_once_per_key_per_window() -> None:
     assert feed(c, stats(day(0, 30, hour=18), NORMAL, unknown=[k] * 30), 2) == []  # deduplicated
     # another key below the threshold: nothing; the next window alerts again for k
     assert feed(c, stats(day(0, 49, hour=19), NORMAL, unknown=["other"] * 49), 3) == []
-    again = [x for x in feed(c, stats(day(1, 60, hour=3), NORMAL, unknown=[k] * 60), 4)
-             if x.type == "new_segment"]
+    again = [
+        x
+        for x in feed(c, stats(day(1, 60, hour=3), NORMAL, unknown=[k] * 60), 4)
+        if x.type == "new_segment"
+    ]
     assert len(again) == 1 and again[0].window_start == "2013-09-02T00:00:00.000Z"
     assert again[0].alert_id != a.alert_id
 
@@ -169,8 +212,11 @@ def test_longer_new_segment_window_accumulates_days() -> None:
     out = []
     # 7-day windows are epoch-aligned (Thursdays): Aug 29 - Sep 5, 2013 holds days 0-3
     for d in range(4):  # 15 a day: crosses 50 on the 4th day
-        out += [x for x in feed(c, stats(day(d, 15), NORMAL, unknown=[k] * 15), d)
-                if x.type == "new_segment"]
+        out += [
+            x
+            for x in feed(c, stats(day(d, 15), NORMAL, unknown=[k] * 15), d)
+            if x.type == "new_segment"
+        ]
     (a,) = out
     assert a.count == 60
     assert a.window_start == "2013-08-29T00:00:00.000Z"
@@ -202,8 +248,16 @@ def test_each_bundle_is_judged_against_its_own_reference() -> None:
         return refs.get(b)
 
     s = MonitorSettings(lateness_s=0, drift_min_count=100)
-    c = MonitorCore(s, model="m", id_field="event_id", time_field="event_time",
-                    target="arr_delay", reference_for=lookup, tables=tables(), partitions=1)
+    c = MonitorCore(
+        s,
+        model="m",
+        id_field="event_id",
+        time_field="event_time",
+        target="arr_delay",
+        reference_for=lookup,
+        tables=tables(),
+        partitions=1,
+    )
     feed(c, stats(day(0, 200), 50.0, bundle=B1))
     feed(c, stats(day(0, 200, hour=13), 50.0, bundle=B2, reference=r2), 1)
     alerts = feed(c, stats(day(1, 1, hour=1), NORMAL), 2)

@@ -36,30 +36,52 @@ def iso(ms: int) -> str:
 B1, B2 = "b1" * 32, "b2" * 32  # bundle ids (64 lowercase hex)
 
 
-def pred(eid: str, t_ms: int, p: float, *, half: float = 10.0, seg: int = 1,
-         bundle: str = B1) -> dict[str, Any]:
-    return {"event_id": eid, "model": "m", "bundle_id": bundle, "segment": seg,
-            "fallback_level": 0, "prediction": p, "interval": [p - half, p + half],
-            "interval_mass": 0.8, "pattern": 0, "pattern_proba": 0.5,
-            "event_time": iso(t_ms), "scored_at": "now"}
+def pred(
+    eid: str, t_ms: int, p: float, *, half: float = 10.0, seg: int = 1, bundle: str = B1
+) -> dict[str, Any]:
+    return {
+        "event_id": eid,
+        "model": "m",
+        "bundle_id": bundle,
+        "segment": seg,
+        "fallback_level": 0,
+        "prediction": p,
+        "interval": [p - half, p + half],
+        "interval_mass": 0.8,
+        "pattern": 0,
+        "pattern_proba": 0.5,
+        "event_time": iso(t_ms),
+        "scored_at": "now",
+    }
 
 
-def outcome(eid: str, t_ms: int, y: float | None, *, after_ms: int = 3_600_000
-            ) -> dict[str, Any]:
-    return {"event_id": eid, "arr_delay": y, "event_time": iso(t_ms),
-            "outcome_time": iso(t_ms + after_ms)}
+def outcome(eid: str, t_ms: int, y: float | None, *, after_ms: int = 3_600_000) -> dict[str, Any]:
+    return {
+        "event_id": eid,
+        "arr_delay": y,
+        "event_time": iso(t_ms),
+        "outcome_time": iso(t_ms + after_ms),
+    }
 
 
 BASE = Baseline(mae=10.0, coverage=0.8, mass=0.8, segment_mae={"1": 8.0})
 
 
 def core(**kw: Any) -> MonitorCore:
-    s = MonitorSettings(**{"performance_min_count": 4, "join_expiry_s": 86_400,
-                           "lateness_s": 3600, **kw})
+    s = MonitorSettings(
+        **{"performance_min_count": 4, "join_expiry_s": 86_400, "lateness_s": 3600, **kw}
+    )
     tables = {k: {} for k in ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta")}
-    return MonitorCore(s, model="m", id_field="event_id", time_field="event_time",
-                       target="arr_delay", reference_for={B1: (DriftReference({}, {}), BASE)}
-                       .get, tables=tables, partitions=1)
+    return MonitorCore(
+        s,
+        model="m",
+        id_field="event_id",
+        time_field="event_time",
+        target="arr_delay",
+        reference_for={B1: (DriftReference({}, {}), BASE)}.get,
+        tables=tables,
+        partitions=1,
+    )
 
 
 def test_join_in_both_orders_and_nan_outcomes() -> None:
@@ -135,12 +157,20 @@ def test_minimum_count_and_ratio_below_threshold() -> None:
     p = [0, T0, 0.0, -10.0, 10.0, 1, "b1", 0.8]
     for y in (12.0, 12.0, 12.0):
         st = add_pair(st, p, [0, T0, y, T0])
-    assert performance_findings(st, {"b1": BASE}, ratio_warning=1.5, ratio_critical=2.0,
-                                min_count=4, coverage_band=0.1) == []
+    assert (
+        performance_findings(
+            st, {"b1": BASE}, ratio_warning=1.5, ratio_critical=2.0, min_count=4, coverage_band=0.1
+        )
+        == []
+    )
     st = add_pair(st, p, [0, T0, 12.0, T0])
-    f = {x.statistic: x for x in performance_findings(
-        st, {"b1": BASE}, ratio_warning=1.5, ratio_critical=2.0, min_count=4,
-        coverage_band=0.1) if x.segment is None}
+    f = {
+        x.statistic: x
+        for x in performance_findings(
+            st, {"b1": BASE}, ratio_warning=1.5, ratio_critical=2.0, min_count=4, coverage_band=0.1
+        )
+        if x.segment is None
+    }
     assert f["mae_ratio"].value == pytest.approx(1.2) and f["mae_ratio"].severity is None
     # coverage 0/4 -> outside the band
     assert f["interval_coverage"].severity == "warning"
@@ -155,17 +185,27 @@ def test_baseline_is_weighted_by_bundle_and_states_merge() -> None:
     assert m["n"] == 4 and m["bundles"] == {"b1": 3, "b2": 1}
     assert m["segments"] == {"1": [4, 120.0]}
     bases = {"b1": BASE, "b2": Baseline(mae=20.0, coverage=None, mass=None, segment_mae={})}
-    (f,) = [x for x in performance_findings(m, bases, ratio_warning=1.5, ratio_critical=2.0,
-                                            min_count=1, coverage_band=0.1)
-            if x.statistic == "mae_ratio"]
+    (f,) = [
+        x
+        for x in performance_findings(
+            m, bases, ratio_warning=1.5, ratio_critical=2.0, min_count=1, coverage_band=0.1
+        )
+        if x.statistic == "mae_ratio"
+    ]
     assert f.baseline_mae == pytest.approx((3 * 10 + 20) / 4)  # weighted by outcomes
     assert f.value == pytest.approx(30.0 / 12.5)
 
 
 def test_baseline_from_manifest_metrics() -> None:
-    b = Baseline.from_metrics({"test": {
-        "partitioned": {"mae": 11.9}, "interval": {"coverage": 0.83, "mass": 0.8},
-        "segment_mae": [{"segment": 15, "n": 891, "mae": 9.7}]}})
+    b = Baseline.from_metrics(
+        {
+            "test": {
+                "partitioned": {"mae": 11.9},
+                "interval": {"coverage": 0.83, "mass": 0.8},
+                "segment_mae": [{"segment": 15, "n": 891, "mae": 9.7}],
+            }
+        }
+    )
     assert b.mae == 11.9 and b.coverage == 0.83 and b.mass == 0.8
     assert b.segment_mae == {"15": 9.7}
     assert Baseline.from_metrics({}).mae is None
@@ -185,27 +225,50 @@ def _pending_outcome(raw: Any) -> tuple[str, list[Any]]:
 
 
 def test_valid_records_decode_from_dicts_and_json_alike() -> None:
-    assert _pending_prediction(GOOD_PRED) == _pending_prediction(orjson.dumps(GOOD_PRED)) == (
-        "a", [0, T0, 1.0, -9.0, 11.0, 1, B1, 0.8])
-    assert _pending_outcome(GOOD_OUT) == _pending_outcome(orjson.dumps(GOOD_OUT)) == (
-        "a", [0, T0, 1.0, T0 + 3_600_000])
+    assert (
+        _pending_prediction(GOOD_PRED)
+        == _pending_prediction(orjson.dumps(GOOD_PRED))
+        == ("a", [0, T0, 1.0, -9.0, 11.0, 1, B1, 0.8])
+    )
+    assert (
+        _pending_outcome(GOOD_OUT)
+        == _pending_outcome(orjson.dumps(GOOD_OUT))
+        == ("a", [0, T0, 1.0, T0 + 3_600_000])
+    )
     # unknown fields are ignored; an optional contributions object is accepted
     assert _pending_prediction(GOOD_PRED | {"contributions": {"x": 1.5}, "later": 1})[0] == "a"
     # a null target is an outcome without a value; a null outcome_time is the event time
     assert _pending_outcome(GOOD_OUT | {"arr_delay": None, "outcome_time": None})[1] == [
-        0, T0, None, T0]
+        0,
+        T0,
+        None,
+        T0,
+    ]
 
 
-@pytest.mark.parametrize("bad", [
-    None, {}, "x", b"", b"{", b"[]",
-    *({k: v for k, v in GOOD_PRED.items() if k != drop} for drop in GOOD_PRED),
-    GOOD_PRED | {"event_id": 3}, GOOD_PRED | {"event_time": "bad"},
-    GOOD_PRED | {"event_time": None}, GOOD_PRED | {"prediction": "x"},
-    GOOD_PRED | {"prediction": None}, GOOD_PRED | {"interval": [1.0]},
-    GOOD_PRED | {"interval": None}, GOOD_PRED | {"segment": 1.5},
-    GOOD_PRED | {"fallback_level": -1}, GOOD_PRED | {"bundle_id": "b1"},
-    GOOD_PRED | {"contributions": {"x": "big"}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        {},
+        "x",
+        b"",
+        b"{",
+        b"[]",
+        *({k: v for k, v in GOOD_PRED.items() if k != drop} for drop in GOOD_PRED),
+        GOOD_PRED | {"event_id": 3},
+        GOOD_PRED | {"event_time": "bad"},
+        GOOD_PRED | {"event_time": None},
+        GOOD_PRED | {"prediction": "x"},
+        GOOD_PRED | {"prediction": None},
+        GOOD_PRED | {"interval": [1.0]},
+        GOOD_PRED | {"interval": None},
+        GOOD_PRED | {"segment": 1.5},
+        GOOD_PRED | {"fallback_level": -1},
+        GOOD_PRED | {"bundle_id": "b1"},
+        GOOD_PRED | {"contributions": {"x": "big"}},
+    ],
+)
 def test_malformed_predictions(bad) -> None:
     with pytest.raises(MalformedRecord):
         _pending_prediction(bad)
@@ -214,12 +277,19 @@ def test_malformed_predictions(bad) -> None:
             _pending_prediction(orjson.dumps(bad))
 
 
-@pytest.mark.parametrize("bad", [
-    None, "garbage", b"garbage",
-    *({k: v for k, v in GOOD_OUT.items() if k != drop} for drop in GOOD_OUT),
-    GOOD_OUT | {"event_id": 1}, GOOD_OUT | {"event_time": "bad"},
-    GOOD_OUT | {"event_time": None}, GOOD_OUT | {"arr_delay": "late"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        None,
+        "garbage",
+        b"garbage",
+        *({k: v for k, v in GOOD_OUT.items() if k != drop} for drop in GOOD_OUT),
+        GOOD_OUT | {"event_id": 1},
+        GOOD_OUT | {"event_time": "bad"},
+        GOOD_OUT | {"event_time": None},
+        GOOD_OUT | {"arr_delay": "late"},
+    ],
+)
 def test_malformed_outcomes(bad) -> None:
     with pytest.raises(MalformedRecord):
         _pending_outcome(bad)
@@ -231,5 +301,5 @@ def test_malformed_records_are_counted_not_raised() -> None:
     c.on_outcome("garbage", 0, 0, 0.0)
     assert c.counters.records[("predictions", "malformed")] == 1
     assert c.counters.records[("outcomes", "malformed")] == 1
-    eid, entry = _pending_outcome(outcome("n", T0, float("nan")))
+    _eid, entry = _pending_outcome(outcome("n", T0, float("nan")))
     assert entry[2] is None  # NaN outcome kept as None (not in the MAE)

@@ -14,8 +14,15 @@ from hypothesis.extra.numpy import arrays
 
 from segstream.shared.component import ExportedComponent
 from segstream.shared.errors import BundleCompatibilityError, SchemaError
-from segstream.shared.routing import (KEY, LEAF, NUMERIC, Router, _design_view, _route_kernel,
-                            encode_categories)
+from segstream.shared.routing import (
+    KEY,
+    LEAF,
+    NUMERIC,
+    Router,
+    _design_view,
+    _route_kernel,
+    encode_categories,
+)
 from segstream.training.partitioner import CompositePartitioner, KeyPartitioner, TreePartitioner
 
 
@@ -57,8 +64,9 @@ def _brute_route(router: Router, z: np.ndarray) -> tuple[int, bool]:
         if k == NUMERIC:
             if np.isnan(v):
                 return leaves(nd + 1) + leaves(int(a["node_right"][nd]))
-            return leaves(nd + 1) if v <= a["node_threshold"][nd] else leaves(
-                int(a["node_right"][nd]))
+            return (
+                leaves(nd + 1) if v <= a["node_threshold"][nd] else leaves(int(a["node_right"][nd]))
+            )
         lo, hi = a["child_ptr"][nd], a["child_ptr"][nd + 1]
         codes = list(a["child_code"][lo:hi])
         if not np.isnan(v) and v >= 0 and int(v) in codes:
@@ -88,8 +96,9 @@ def test_exact_routing_equals_sklearn_apply_on_1e5_rows():
     np.testing.assert_array_equal(got, expected)
     # and on the training rows
     np.testing.assert_array_equal(
-        tp.segments_, _sklearn_leaf_rank(tp.estimator_.tree_)[tp.estimator_.apply(
-            X.astype(np.float32))])
+        tp.segments_,
+        _sklearn_leaf_rank(tp.estimator_.tree_)[tp.estimator_.apply(X.astype(np.float32))],
+    )
 
 
 def test_hist_routing_equals_growth_assignment():
@@ -135,11 +144,15 @@ def test_roundtrip_through_npz_and_json(hist_tree):
     assert r2.n_segments == 40 and r2.kind == "tree"
 
 
-finite_or_not = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
-                          st.sampled_from([np.nan, np.inf, -np.inf, 1e308, -1e308, 0.0]))
+finite_or_not = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([np.nan, np.inf, -np.inf, 1e308, -1e308, 0.0]),
+)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=arrays(np.float64, st.tuples(st.integers(1, 40), st.just(5)), elements=finite_or_not))
 def test_routing_total_and_deterministic_numeric(hist_tree, data):
     tp, _ = hist_tree
@@ -166,12 +179,28 @@ def test_lockstep_kernel_equals_per_row_kernel(hist_tree):
     got = router.route_design(Z)
     a = router.arrays
     n = Z.shape[1]
-    ref = (np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int32),
-           np.empty(n, np.bool_), np.empty(n, np.int32))
-    _route_kernel(Z, a["node_kind"], a["node_feature"], a["node_threshold"], a["node_right"],
-                  a["child_ptr"], a["child_code"], a["child_node"], a["node_segment"],
-                  a["node_weight"], a["node_depth"], *ref)
-    for name, expected in zip(("segment", "node", "depth", "imputed"), ref):
+    ref = (
+        np.empty(n, np.int32),
+        np.empty(n, np.int32),
+        np.empty(n, np.int32),
+        np.empty(n, np.bool_),
+        np.empty(n, np.int32),
+    )
+    _route_kernel(
+        Z,
+        a["node_kind"],
+        a["node_feature"],
+        a["node_threshold"],
+        a["node_right"],
+        a["child_ptr"],
+        a["child_code"],
+        a["child_node"],
+        a["node_segment"],
+        a["node_weight"],
+        a["node_depth"],
+        *ref,
+    )
+    for name, expected in zip(("segment", "node", "depth", "imputed"), ref, strict=False):
         np.testing.assert_array_equal(getattr(got, name), expected, err_msg=name)
     assert got.imputed.any() and not got.imputed.all()
     assert not got.unknown.any()
@@ -191,8 +220,10 @@ def test_route_reads_any_column_layout(hist_tree):
     layouts = {
         "row-major matrix": (_cols(np.ascontiguousarray(Xr)), True),
         "column-major matrix": (_cols(np.asfortranarray(Xr)), True),
-        "reversed column order": (dict(zip(names[::-1], np.ascontiguousarray(Xr[:, ::-1]).T)),
-                                  True),
+        "reversed column order": (
+            dict(zip(names[::-1], np.ascontiguousarray(Xr[:, ::-1]).T, strict=False)),
+            True,
+        ),
         "every other row": (_cols(np.repeat(Xr, 2, axis=0)[::2]), True),
         "separate arrays": ({k: v.copy() for k, v in _cols(Xr).items()}, None),
         "dataframe": (pd.DataFrame(Xr, columns=names), None),
@@ -203,12 +234,14 @@ def test_route_reads_any_column_layout(hist_tree):
             n, rows, _ = router.schema.design_rows(cols)
             view = _design_view(rows, n)
             assert view is not None, label
-            np.testing.assert_array_equal(view, Xr.T[[int(c.source[1:]) for c in
-                                                      router.schema.columns]], err_msg=label)
+            np.testing.assert_array_equal(
+                view, Xr.T[[int(c.source[1:]) for c in router.schema.columns]], err_msg=label
+            )
         got = router.route(cols)
         for name in ("segment", "node", "depth", "imputed", "unknown"):
-            np.testing.assert_array_equal(getattr(got, name), getattr(expected, name),
-                                          err_msg=f"{label}: {name}")
+            np.testing.assert_array_equal(
+                getattr(got, name), getattr(expected, name), err_msg=f"{label}: {name}"
+            )
     # columns of different strides or unevenly spaced: no view
     a = np.zeros(20)
     assert _design_view([a[:10], a[::2]], 10) is None
@@ -223,17 +256,31 @@ def cat_tree():
     city = rng.choice(["a", "b", "c", "d"], n)
     x = rng.normal(size=n) + (city == "b") * 4 + (city == "d") * 8
     df = pd.DataFrame({"x": x, "z": rng.normal(size=n), "city": city})
-    fitted = {enc: TreePartitioner(max_leaf_nodes=12, categorical_features=["city"],
-                                   category_encoding=enc, random_state=0).fit(df)
-              for enc in ("onehot", "target")}
+    fitted = {
+        enc: TreePartitioner(
+            max_leaf_nodes=12, categorical_features=["city"], category_encoding=enc, random_state=0
+        ).fit(df)
+        for enc in ("onehot", "target")
+    }
     return fitted, df
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(x=st.lists(finite_or_not, min_size=1, max_size=20),
-       city=st.lists(st.one_of(st.sampled_from(["a", "b", "c", "d", None]),
-                               st.text(max_size=4), st.integers(), st.just(float("nan"))),
-                     min_size=20, max_size=20))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    x=st.lists(finite_or_not, min_size=1, max_size=20),
+    city=st.lists(
+        st.one_of(
+            st.sampled_from(["a", "b", "c", "d", None]),
+            st.text(max_size=4),
+            st.integers(),
+            st.just(float("nan")),
+        ),
+        min_size=20,
+        max_size=20,
+    ),
+)
 def test_routing_total_with_unseen_categories(cat_tree, x, city):
     fitted, _ = cat_tree
     n = len(x)
@@ -250,8 +297,11 @@ def test_routing_total_with_unseen_categories(cat_tree, x, city):
 def test_unknown_category_routes_like_missing(cat_tree):
     fitted, df = cat_tree
     for tp in fitted.values():
-        cols_new = {"x": df["x"].to_numpy(), "z": df["z"].to_numpy(),
-                    "city": np.full(len(df), "zz", dtype=object)}
+        cols_new = {
+            "x": df["x"].to_numpy(),
+            "z": df["z"].to_numpy(),
+            "city": np.full(len(df), "zz", dtype=object),
+        }
         cols_nan = dict(cols_new, city=np.full(len(df), None, dtype=object))
         a, b = tp.route(cols_new), tp.route(cols_nan)
         np.testing.assert_array_equal(a.segment, b.segment)
@@ -306,8 +356,14 @@ def flights_like():
     origin = rng.choice(["EWR", "JFK", "LGA"], n)
     carrier = rng.choice(["AA", "B6", "DL", "UA"], n)
     keep = ~((origin == "LGA") & (carrier == "B6"))  # a combination never seen in training
-    df = pd.DataFrame({"origin": origin, "carrier": carrier,
-                       "distance": rng.gamma(2.0, 500.0, n), "hour": rng.uniform(5, 23, n)})
+    df = pd.DataFrame(
+        {
+            "origin": origin,
+            "carrier": carrier,
+            "distance": rng.gamma(2.0, 500.0, n),
+            "hour": rng.uniform(5, 23, n),
+        }
+    )
     return df[keep].reset_index(drop=True)
 
 
@@ -338,8 +394,9 @@ def test_key_partitioner_unseen_combination_goes_to_prefix(flights_like):
 
 def test_composite_exports_same_router(flights_like):
     df = flights_like
-    cp = CompositePartitioner(levels=["origin", "carrier"], max_leaf_nodes=5,
-                              random_state=0).fit(df)
+    cp = CompositePartitioner(levels=["origin", "carrier"], max_leaf_nodes=5, random_state=0).fit(
+        df
+    )
     assert cp.n_segments_ == 11 * 5
     router = Router.from_export(cp.export())
     assert router.kind == "composite"
@@ -348,8 +405,7 @@ def test_composite_exports_same_router(flights_like):
     assert (router.node_depth[router.segment_node] >= 3).all()
     per_key = df.assign(s=cp.segments_).groupby(["origin", "carrier"])["s"].nunique()
     assert (per_key == 5).all()
-    r = router.route({"origin": ["LGA"], "carrier": ["B6"], "distance": [100.0],
-                      "hour": [np.nan]})
+    r = router.route({"origin": ["LGA"], "carrier": ["B6"], "distance": [100.0], "hour": [np.nan]})
     assert r.unknown[0] and r.unknown_key[0] == 1
 
 
@@ -376,8 +432,7 @@ def test_describe_path_names_keys_and_splits():
 
     rng = np.random.default_rng(3)
     n = 4000
-    X = pd.DataFrame({"origin": rng.choice(["EWR", "JFK"], n),
-                      "hour": rng.uniform(5, 23, n)})
+    X = pd.DataFrame({"origin": rng.choice(["EWR", "JFK"], n), "hour": rng.uniform(5, 23, n)})
     part = CompositePartitioner(["origin"], 2, min_samples_leaf=100, random_state=0).fit(X)
     router = part.router_
     paths = {router.describe_path(s) for s in range(part.n_segments_)}

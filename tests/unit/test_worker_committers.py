@@ -41,12 +41,18 @@ TOPIC = "events"
 
 
 def _log(n: int, partitions: int = 2) -> dict[int, list[Message]]:
-    return {p: [Message(topic=TOPIC, partition=p, offset=100 + i, key=b"k", value=b"v")
-                for i in range(n)] for p in range(partitions)}
+    return {
+        p: [
+            Message(topic=TOPIC, partition=p, offset=100 + i, key=b"k", value=b"v")
+            for i in range(n)
+        ]
+        for p in range(partitions)
+    }
 
 
-def _setup(committer_cls: Any, *, n: int = 50, transactional: bool = False,
-           **worker: Any) -> tuple[Any, LogConsumer, LogProducer]:
+def _setup(
+    committer_cls: Any, *, n: int = 50, transactional: bool = False, **worker: Any
+) -> tuple[Any, LogConsumer, LogProducer]:
     from segstream.services.worker.committers import ConsumerOffsets
 
     consumer = LogConsumer(TOPIC, _log(n))
@@ -54,8 +60,9 @@ def _setup(committer_cls: Any, *, n: int = 50, transactional: bool = False,
     offsets = ConsumerOffsets(KafkaClient(consumer), TOPIC)
     offsets.assigned = set(consumer.partitions)
     w = WorkerSettings(**worker)
-    committer = committer_cls(w, offsets, KafkaClient(producer),
-                              WorkerMetrics.create(CollectorRegistry()))
+    committer = committer_cls(
+        w, offsets, KafkaClient(producer), WorkerMetrics.create(CollectorRegistry())
+    )
     producer.on_delivery = committer.on_delivery
     return committer, consumer, producer
 
@@ -73,10 +80,12 @@ def _batch(consumer: LogConsumer, n: int, seq: int) -> tuple[Batch, list[Message
 
 def _producing(producer: LogProducer, msgs: list[Message]) -> Any:
     """``produce()`` of a batch: one record per message, keyed by ``partition:offset``."""
+
     def produce() -> int:
         for m in msgs:
             producer.produce("predictions", b"p", f"{m.partition()}:{m.offset()}")
         return len(msgs)
+
     return produce
 
 
@@ -95,11 +104,27 @@ def test_fake_scorer_implements_the_scorer_protocol(tmp_path) -> None:
     scorer = load_fake_bundle(write_fake_bundle(tmp_path / "b", s.event_schema))
     members = [*Scorer.__annotations__, "score", "score_parts"]
     assert [m for m in members if not hasattr(scorer, m)] == []
-    scores = scorer.score({"distance": [1.0], "sched_dep_hour": [7.0], "carrier": ["AA"],
-                           "origin": ["JFK"], "dest": ["LAX"], "event_id": ["e"]})
+    scores = scorer.score(
+        {
+            "distance": [1.0],
+            "sched_dep_hour": [7.0],
+            "carrier": ["AA"],
+            "origin": ["JFK"],
+            "dest": ["LAX"],
+            "event_id": ["e"],
+        }
+    )
     partial, finish = scorer.score_parts(
-        {"distance": [1.0], "sched_dep_hour": [7.0], "carrier": ["AA"], "origin": ["JFK"],
-         "dest": ["LAX"], "event_id": ["e"]}, executor=None)
+        {
+            "distance": [1.0],
+            "sched_dep_hour": [7.0],
+            "carrier": ["AA"],
+            "origin": ["JFK"],
+            "dest": ["LAX"],
+            "event_id": ["e"],
+        },
+        executor=None,
+    )
     assert finish().keys() == scores.keys() and "segment" in partial
 
 
@@ -132,12 +157,12 @@ def test_at_least_once_failed_delivery_commits_earlier_batches_and_rewinds_the_r
 
 
 def test_at_least_once_refused_record_is_a_failed_delivery_and_gives_up() -> None:
-    c, consumer, producer = _setup(AtLeastOnceCommitter, commit_interval_s=0,
-                                   max_delivery_retries=2)
+    c, consumer, _producer = _setup(
+        AtLeastOnceCommitter, commit_interval_s=0, max_delivery_retries=2
+    )
 
     def refused() -> None:
-        raise ProduceError("predictions", KafkaException(KafkaError(
-            KafkaError.MSG_SIZE_TOO_LARGE)))
+        raise ProduceError("predictions", KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)))
 
     for attempt in range(1, 4):
         b, _ = _batch(consumer, 4, attempt)
@@ -146,8 +171,7 @@ def test_at_least_once_refused_record_is_a_failed_delivery_and_gives_up() -> Non
         assert consumer.position == {0: 100, 1: 100}  # rewound each time
         if attempt <= 2:
             assert c.failed is None
-            assert c.backoff_until == pytest.approx(time.monotonic() + backoff_s(attempt),
-                                                    abs=0.5)
+            assert c.backoff_until == pytest.approx(time.monotonic() + backoff_s(attempt), abs=0.5)
     assert consumer.committed() == {}
     assert c.failed is not None and "max_delivery_retries=2" in c.failed
 
@@ -165,17 +189,20 @@ def test_at_least_once_never_commits_offsets_of_lost_partitions() -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.sampled_from(["batch", "poll", "fail", "settle", "drain", "finish"]),
-                max_size=40),
-       st.lists(st.integers(1, 7), min_size=40, max_size=40),
-       st.floats(0, 0.002))
+@given(
+    st.lists(st.sampled_from(["batch", "poll", "fail", "settle", "drain", "finish"]), max_size=40),
+    st.lists(st.integers(1, 7), min_size=40, max_size=40),
+    st.floats(0, 0.002),
+)
 def test_at_least_once_never_commits_past_an_undelivered_record(
-        steps: list[str], sizes: list[int], interval: float) -> None:
+    steps: list[str], sizes: list[int], interval: float
+) -> None:
     """Whatever the order of batches, delivery polls, failed records and rewinds: every
     committed offset is at most the offset of each consumed event whose record was never
     delivered (it will be read again)."""
-    c, consumer, producer = _setup(AtLeastOnceCommitter, n=60, commit_interval_s=interval,
-                                   max_delivery_retries=1000)
+    c, consumer, producer = _setup(
+        AtLeastOnceCommitter, n=60, commit_interval_s=interval, max_delivery_retries=1000
+    )
     consumed: set[tuple[int, int]] = set()
     delivered: set[tuple[int, int]] = set()
 
@@ -217,6 +244,7 @@ def test_at_least_once_never_commits_past_an_undelivered_record(
 def _commit_fails(code: int = KafkaError._TIMED_OUT) -> Any:
     def fail() -> None:
         raise KafkaException(KafkaError(code, "commit failed", retriable=True))
+
     return fail
 
 
@@ -232,9 +260,12 @@ def test_exactly_once_commits_records_and_offsets_in_one_transaction() -> None:
 
 
 def test_exactly_once_aborts_rewinds_backs_off_and_gives_up() -> None:
-    c, consumer, producer = _setup(ExactlyOnceCommitter, transactional=True,
-                                   max_transaction_retries=2,
-                                   producer={"fail_commit": _commit_fails()})
+    c, consumer, producer = _setup(
+        ExactlyOnceCommitter,
+        transactional=True,
+        max_transaction_retries=2,
+        producer={"fail_commit": _commit_fails()},
+    )
     for attempt in range(1, 4):
         b, msgs = _batch(consumer, 4, attempt)
         c.produce_batch(b, _producing(producer, msgs))
@@ -243,8 +274,7 @@ def test_exactly_once_aborts_rewinds_backs_off_and_gives_up() -> None:
         assert consumer.position == {0: 100, 1: 100}  # rewound to the batch's first offsets
         if attempt <= 2:
             assert c.failed is None
-            assert c.backoff_until == pytest.approx(time.monotonic() + backoff_s(attempt),
-                                                    abs=0.5)
+            assert c.backoff_until == pytest.approx(time.monotonic() + backoff_s(attempt), abs=0.5)
     assert c.failed is not None and "max_transaction_retries=2" in c.failed
     assert producer.committed_offsets == {} and producer.delivered == []
     assert c.metrics.transactions.labels(result="aborted")._value.get() == 3
@@ -252,8 +282,9 @@ def test_exactly_once_aborts_rewinds_backs_off_and_gives_up() -> None:
 
 
 def test_exactly_once_failed_transaction_rewinds_the_batch_in_hand_too() -> None:
-    c, consumer, producer = _setup(ExactlyOnceCommitter, transactional=True,
-                                   producer={"fail_commit": _commit_fails()})
+    c, consumer, producer = _setup(
+        ExactlyOnceCommitter, transactional=True, producer={"fail_commit": _commit_fails()}
+    )
     a, msgs_a = _batch(consumer, 4, 1)
     c.produce_batch(a, _producing(producer, msgs_a))
     b, _ = _batch(consumer, 4, 2)
@@ -268,8 +299,7 @@ def test_exactly_once_refused_record_aborts_the_transaction() -> None:
     b, _ = _batch(consumer, 4, 1)
 
     def refused() -> None:
-        raise ProduceError("predictions", KafkaException(KafkaError(
-            KafkaError.MSG_SIZE_TOO_LARGE)))
+        raise ProduceError("predictions", KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)))
 
     c.produce_batch(b, refused)
     assert producer.aborts == 1 and consumer.position == {0: 100, 1: 100}
@@ -278,8 +308,11 @@ def test_exactly_once_refused_record_aborts_the_transaction() -> None:
 
 
 def test_exactly_once_fenced_producer_ends_without_commit_or_abort() -> None:
-    c, consumer, producer = _setup(ExactlyOnceCommitter, transactional=True,
-                                   producer={"fail_commit": _commit_fails(KafkaError._FENCED)})
+    c, consumer, producer = _setup(
+        ExactlyOnceCommitter,
+        transactional=True,
+        producer={"fail_commit": _commit_fails(KafkaError._FENCED)},
+    )
     b, msgs = _batch(consumer, 4, 1)
     c.produce_batch(b, _producing(producer, msgs))
     c.close()

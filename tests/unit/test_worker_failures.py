@@ -90,8 +90,12 @@ def sept(flights_df):
 
 
 def _settings(tmp_path, **worker: Any):
-    kw: dict[str, Any] = {"stats_enabled": True, "score_threads": 0, "commit_interval_s": 0,
-                          "batch_size": 20}
+    kw: dict[str, Any] = {
+        "stats_enabled": True,
+        "score_threads": 0,
+        "commit_interval_s": 0,
+        "batch_size": 20,
+    }
     kw.update(worker)
     return worker_settings("127.0.0.1:1", "t", tmp_path, **kw)
 
@@ -105,20 +109,36 @@ def _log(settings: Any, df: Any, poison: set[int] = frozenset()) -> dict[int, li
     out: dict[int, list[Message]] = {0: [], 1: []}
     for i, (k, v) in enumerate(encode_events(df, settings.event_schema)):
         p = i % 2
-        out[p].append(Message(topic=settings.topics.events, partition=p,
-                              offset=100 + len(out[p]), key=k, value=v, timestamp=(1, 1000)))
+        out[p].append(
+            Message(
+                topic=settings.topics.events,
+                partition=p,
+                offset=100 + len(out[p]),
+                key=k,
+                value=v,
+                timestamp=(1, 1000),
+            )
+        )
     return out
 
 
 def _scorer(tmp_path, settings: Any, tag: str = "", **kw: Any):
     warm_up_records()
-    return load_fake_bundle(write_fake_bundle(tmp_path / f"b{tag}", settings.event_schema,
-                                              tag=tag, **kw))
+    return load_fake_bundle(
+        write_fake_bundle(tmp_path / f"b{tag}", settings.event_schema, tag=tag, **kw)
+    )
 
 
 def _worker(settings, consumer, producer, scorer, **kw: Any) -> StreamWorker:
-    loop = StreamWorker(settings, KafkaClient(consumer), KafkaClient(producer), scorer,
-                        WorkerMetrics.create(CollectorRegistry()), "w1", **kw)
+    loop = StreamWorker(
+        settings,
+        KafkaClient(consumer),
+        KafkaClient(producer),
+        scorer,
+        WorkerMetrics.create(CollectorRegistry()),
+        "w1",
+        **kw,
+    )
     producer.on_delivery = loop.on_delivery
     loop.assigned = set(consumer.partitions)
     return loop
@@ -151,8 +171,7 @@ def _end(log: dict[int, list[Message]]) -> dict[int, int]:
 
 # ----------------------------------------------------------------------------- isolation
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_a_poisoned_event_is_dead_lettered_and_its_batch_scored(tmp_path, sept,
-                                                                guarantee) -> None:
+def test_a_poisoned_event_is_dead_lettered_and_its_batch_scored(tmp_path, sept, guarantee) -> None:
     # batches of 20 (rows 0-19, 20-39, 40-59); one failure per 20 events is allowed
     s = _settings(tmp_path, guarantee=guarantee, max_failed_share=0.05)
     log = _log(s, sept.iloc[:60], poison={7, 33})  # one in each of two batches
@@ -162,8 +181,7 @@ def test_a_poisoned_event_is_dead_lettered_and_its_batch_scored(tmp_path, sept,
     end = _end(log)
 
     def committed() -> dict[int, int]:
-        return producer.committed_offsets if guarantee == "exactly_once" \
-            else consumer.committed()
+        return producer.committed_offsets if guarantee == "exactly_once" else consumer.committed()
 
     code = _run_until(loop, lambda: committed() == end)
     assert code is None, "the loop ended by itself"
@@ -200,17 +218,24 @@ def _broken_setup(tmp_path, sept, guarantee: str):
     alerts: list[dict[str, Any]] = []
     fixed = _scorer(tmp_path, s, tag="fixed")
     pending: list[Any] = []
-    loop = _worker(s, consumer, producer, _scorer(tmp_path, s, poison_prefix=POISON),
-                   on_broken=alerts.append, take_new_scorer=lambda: pending.pop() if pending
-                   else None)
+    loop = _worker(
+        s,
+        consumer,
+        producer,
+        _scorer(tmp_path, s, poison_prefix=POISON),
+        on_broken=alerts.append,
+        take_new_scorer=lambda: pending.pop() if pending else None,
+    )
     return s, log, consumer, producer, alerts, fixed, pending, loop
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_more_failures_than_max_failed_share_stop_the_worker_until_a_new_bundle(
-        tmp_path, sept, guarantee) -> None:
+    tmp_path, sept, guarantee
+) -> None:
     s, log, consumer, producer, alerts, fixed, pending, loop = _broken_setup(
-        tmp_path, sept, guarantee)
+        tmp_path, sept, guarantee
+    )
     stop = threading.Event()
     t = threading.Thread(target=loop.run, args=(stop,))
     t.start()
@@ -229,8 +254,9 @@ def test_more_failures_than_max_failed_share_stop_the_worker_until_a_new_bundle(
         assert producer.records(s.topics.dlq) == []  # nothing of the broken batch
         first_batch = [str(x) for x in sept["event_id"].iloc[:20]]
         assert sorted(_ids(producer, s.topics.predictions)) == sorted(first_batch)
-        committed = producer.committed_offsets if guarantee == "exactly_once" \
-            else consumer.committed()
+        committed = (
+            producer.committed_offsets if guarantee == "exactly_once" else consumer.committed()
+        )
         assert committed == {0: 110, 1: 110}  # the first batch only
         assert consumer.position == {0: 110, 1: 110}  # rewound to the broken batch
         assert loop.metrics.bundle_broken._value.get() == 1
@@ -239,8 +265,9 @@ def test_more_failures_than_max_failed_share_stop_the_worker_until_a_new_bundle(
         end = _end(log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            committed = producer.committed_offsets if guarantee == "exactly_once" \
-                else consumer.committed()
+            committed = (
+                producer.committed_offsets if guarantee == "exactly_once" else consumer.committed()
+            )
             if committed == end:
                 break
             time.sleep(0.01)
@@ -251,8 +278,10 @@ def test_more_failures_than_max_failed_share_stop_the_worker_until_a_new_bundle(
         stop.set()
         t.join(10)
     ids = _ids(producer, s.topics.predictions)
-    assert sorted(ids) == sorted(str(x) if i not in {21, 25, 27} else POISON + str(x)
-                                 for i, x in enumerate(sept["event_id"].iloc[:80]))
+    assert sorted(ids) == sorted(
+        str(x) if i not in {21, 25, 27} else POISON + str(x)
+        for i, x in enumerate(sept["event_id"].iloc[:80])
+    )
     assert len(alerts) == 1
 
 
@@ -285,8 +314,9 @@ def test_one_failure_per_small_batch_is_judged_over_the_last_events(tmp_path, se
     consumer = LogConsumer(s.topics.events, log)
     producer = LogProducer()
     alerts: list[dict[str, Any]] = []
-    loop = _worker(s, consumer, producer, _scorer(tmp_path, s, fail_all=True),
-                   on_broken=alerts.append)
+    loop = _worker(
+        s, consumer, producer, _scorer(tmp_path, s, fail_all=True), on_broken=alerts.append
+    )
     _run_until(loop, lambda: loop.broken is not None)
     time.sleep(0.2)
     assert loop.broken is not None
@@ -340,7 +370,8 @@ class CheckingConsumer(LogConsumer):
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_a_record_refused_at_produce_is_a_failed_delivery_and_is_retried(
-        tmp_path, sept, guarantee, monkeypatch) -> None:
+    tmp_path, sept, guarantee, monkeypatch
+) -> None:
     monkeypatch.setattr(committers, "BACKOFF_FIRST_S", 0.01)
     s = _settings(tmp_path, guarantee=guarantee)
     log = _log(s, sept.iloc[:60])
@@ -354,14 +385,17 @@ def test_a_record_refused_at_produce_is_a_failed_delivery_and_is_retried(
         return None
 
     producer = LogProducer(transactional=guarantee == "exactly_once", refuse=refuse)
-    consumer = CheckingConsumer(s.topics.events, log, watch=(1, 112), delivered=lambda: any(
-        k == victim for _, _, k, _ in producer.records(s.topics.predictions)))
+    consumer = CheckingConsumer(
+        s.topics.events,
+        log,
+        watch=(1, 112),
+        delivered=lambda: any(k == victim for _, _, k, _ in producer.records(s.topics.predictions)),
+    )
     loop = _worker(s, consumer, producer, _scorer(tmp_path, s))
     end = _end(log)
 
     def committed() -> dict[int, int]:
-        return producer.committed_offsets if guarantee == "exactly_once" \
-            else consumer.committed()
+        return producer.committed_offsets if guarantee == "exactly_once" else consumer.committed()
 
     code = _run_until(loop, lambda: committed() == end)
     assert code is None and committed() == end
@@ -379,18 +413,19 @@ def test_a_record_refused_at_produce_is_a_failed_delivery_and_is_retried(
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
-def test_a_record_always_refused_gives_up_not_ready_and_non_zero(tmp_path, sept, guarantee,
-                                                                 monkeypatch) -> None:
+def test_a_record_always_refused_gives_up_not_ready_and_non_zero(
+    tmp_path, sept, guarantee, monkeypatch
+) -> None:
     """A deleted output topic (refused at produce() for good): backoff, then exit 1 after
     max_*_retries, never committing past it; it used to retry forever while ready."""
     monkeypatch.setattr(committers, "BACKOFF_FIRST_S", 0.02)
-    s = _settings(tmp_path, guarantee=guarantee, max_transaction_retries=3,
-                  max_delivery_retries=3)
+    s = _settings(tmp_path, guarantee=guarantee, max_transaction_retries=3, max_delivery_retries=3)
     log = _log(s, sept.iloc[:60])
 
     def refuse(topic: str, value: Any, key: Any, headers: Any) -> Any:
-        if topic == s.topics.dlq or (topic == s.topics.predictions and b"-EWR-" in key
-                                     and producer.refused < 1000):
+        if topic == s.topics.dlq or (
+            topic == s.topics.predictions and b"-EWR-" in key and producer.refused < 1000
+        ):
             return KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC))
         return None
 
@@ -403,8 +438,7 @@ def test_a_record_always_refused_gives_up_not_ready_and_non_zero(tmp_path, sept,
     assert code == EXIT_FAILED, "the loop should give up by itself"
     assert not loop.ready.is_set() and "3" in (loop.fatal or "")
     assert elapsed >= 0.02 + 0.04 + 0.08  # backed off between the attempts
-    committed = producer.committed_offsets if guarantee == "exactly_once" \
-        else consumer.committed()
+    committed = producer.committed_offsets if guarantee == "exactly_once" else consumer.committed()
     # the first batch with an EWR flight was never delivered: nothing at or after it
     first_bad = min(i for i, x in enumerate(sept["event_id"].iloc[:60]) if "-EWR-" in str(x))
     bad_offset = {first_bad % 2: 100 + first_bad // 2}
@@ -424,8 +458,9 @@ def test_refused_produce_with_old_behaviour_would_commit_past(tmp_path, sept) ->
     log = _log(s, sept.iloc[:20])
     victim = str(sept["event_id"].iloc[3]).encode()
     consumer = LogConsumer(s.topics.events, log)
-    producer = LogProducer(refuse=lambda topic, value, key, headers: _too_large()
-                           if key == victim else None)
+    producer = LogProducer(
+        refuse=lambda topic, value, key, headers: _too_large() if key == victim else None
+    )
     loop = _worker(s, consumer, producer, _scorer(tmp_path, s))
     loop._process(consumer.consume(20, 0))
     assert len(producer) < 20  # the refusal stopped the batch's records

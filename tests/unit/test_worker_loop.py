@@ -59,8 +59,14 @@ class FakeProducer:
         self.log = log if log is not None else []
         self.on_delivery: Any = None  # the producer-wide callback (set to the loop's)
 
-    def produce(self, topic: str, value: bytes, key: Any = None, headers: Any = None,
-                on_delivery: Any = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: Any = None,
+        headers: Any = None,
+        on_delivery: Any = None,
+    ) -> None:
         self.queued.append((value, on_delivery))
         self.log.append("produce")
 
@@ -90,29 +96,43 @@ class _Client:
 def _messages(settings: Any, rows: Any, partition: int, start: int) -> list[Message]:
     out = []
     for i, (k, v) in enumerate(encode_events(rows, settings.event_schema)):
-        out.append(Message(topic=settings.topics.events, partition=partition,
-                           offset=start + i, key=k, value=v, timestamp=(1, 1_000)))
+        out.append(
+            Message(
+                topic=settings.topics.events,
+                partition=partition,
+                offset=start + i,
+                key=k,
+                value=v,
+                timestamp=(1, 1_000),
+            )
+        )
     return out
 
 
 @pytest.fixture()
 def setup(tmp_path, flights_df):
     sept_flights = flights_df[flights_df["event_time"].dt.month == 9].reset_index(drop=True)
-    s = worker_settings("127.0.0.1:1", "t", tmp_path, stats_enabled=False, score_threads=0,
-                        commit_interval_s=0)
+    s = worker_settings(
+        "127.0.0.1:1", "t", tmp_path, stats_enabled=False, score_threads=0, commit_interval_s=0
+    )
     scorer = load_fake_bundle(write_fake_bundle(tmp_path / "b", s.event_schema))
     # A bundle load warms the numba kernels up (services.worker.reload.warm_up); these loops
     # get their scorer directly, and their timers leave no room for a first-batch JIT.
     warm_up_records()
     a = _messages(s, sept_flights.iloc[:5], 0, 100)
-    b = _messages(s, sept_flights.iloc[5:8], 1, 40) + _messages(s, sept_flights.iloc[8:10], 0,
-                                                                   105)
+    b = _messages(s, sept_flights.iloc[5:8], 1, 40) + _messages(s, sept_flights.iloc[8:10], 0, 105)
     return s, scorer, a, b
 
 
 def _run(s, scorer, consumer, producer) -> StreamWorker:
-    loop = StreamWorker(s, _Client(consumer), _Client(producer), scorer,
-                        WorkerMetrics.create(CollectorRegistry()), "w1")
+    loop = StreamWorker(
+        s,
+        _Client(consumer),
+        _Client(producer),
+        scorer,
+        WorkerMetrics.create(CollectorRegistry()),
+        "w1",
+    )
     producer.on_delivery = loop.on_delivery
     loop.assigned = {0, 1}
     stop = threading.Event()
@@ -130,8 +150,7 @@ def test_each_delivered_batch_is_committed_before_the_next_is_produced(setup) ->
     assert consumer.commits[0] == {0: 105}  # batch a, once delivered
     # batch a's commit comes before any record of batch b is produced
     assert consumer.log.index("commit") == 5
-    assert {0: 107, 1: 43}.items() <= {k: v for c in consumer.commits
-                                       for k, v in c.items()}.items()
+    assert {0: 107, 1: 43}.items() <= {k: v for c in consumer.commits for k, v in c.items()}.items()
     assert consumer.seeks == []
 
 
@@ -149,12 +168,12 @@ def test_a_failed_record_rewinds_every_batch_in_flight_without_commit(setup) -> 
 
 
 def _with_interval(s: Any, seconds: float) -> Any:
-    return s.model_copy(update={"worker": s.worker.model_copy(
-        update={"commit_interval_s": seconds})})
+    return s.model_copy(
+        update={"worker": s.worker.model_copy(update={"commit_interval_s": seconds})}
+    )
 
 
-def test_with_a_commit_interval_delivered_batches_are_committed_together_on_shutdown(
-        setup) -> None:
+def test_with_a_commit_interval_delivered_batches_are_committed_together_on_shutdown(setup) -> None:
     s, scorer, a, b = setup
     consumer = FakeConsumer([a, b])
     producer = FakeProducer(log=consumer.log)
@@ -169,8 +188,14 @@ def test_a_commit_interval_commits_when_due_even_with_no_new_batch(setup) -> Non
     s, scorer, a, _ = setup
     consumer = FakeConsumer([a])
     producer = FakeProducer()
-    loop = StreamWorker(_with_interval(s, 0.1), _Client(consumer), _Client(producer), scorer,
-                        WorkerMetrics.create(CollectorRegistry()), "w1")
+    loop = StreamWorker(
+        _with_interval(s, 0.1),
+        _Client(consumer),
+        _Client(producer),
+        scorer,
+        WorkerMetrics.create(CollectorRegistry()),
+        "w1",
+    )
     producer.on_delivery = loop.on_delivery
     loop.assigned = {0, 1}
     stop = threading.Event()
@@ -178,6 +203,7 @@ def test_a_commit_interval_commits_when_due_even_with_no_new_batch(setup) -> Non
     t.start()
     try:
         import time
+
         deadline = time.monotonic() + 5
         while not consumer.commits and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -187,8 +213,7 @@ def test_a_commit_interval_commits_when_due_even_with_no_new_batch(setup) -> Non
         t.join(5)
 
 
-def test_a_failure_commits_the_batches_delivered_before_it_and_rewinds_the_rest(
-        setup) -> None:
+def test_a_failure_commits_the_batches_delivered_before_it_and_rewinds_the_rest(setup) -> None:
     s, scorer, a, b = setup
     bad_id = b[0].key()  # batch a is delivered (not yet committed), then b fails
     consumer = FakeConsumer([a, b])
@@ -198,22 +223,30 @@ def test_a_failure_commits_the_batches_delivered_before_it_and_rewinds_the_rest(
     assert sorted(consumer.seeks) == [(0, 105), (1, 40)]  # b rewound
     assert not loop.committer.inflight and not loop.committer.delivered
     assert {0: 107, 1: 43}.items().isdisjoint(
-        {k: v for c in consumer.commits for k, v in c.items()}.items())
+        {k: v for c in consumer.commits for k, v in c.items()}.items()
+    )
 
 
 def test_a_drain_with_records_outstanding_still_commits_what_was_delivered(setup) -> None:
     """drain (revoke, shutdown, scoring failure) commits the batches already delivered even
     when a later batch's records could not be delivered in time."""
-    s, scorer, a, b = setup
+    s, scorer, _a, _b = setup
     producer = FakeProducer()
-    loop = StreamWorker(_with_interval(s, 3600.0), _Client(FakeConsumer([])),
-                        _Client(producer), scorer, WorkerMetrics.create(CollectorRegistry()), "w1")
+    loop = StreamWorker(
+        _with_interval(s, 3600.0),
+        _Client(FakeConsumer([])),
+        _Client(producer),
+        scorer,
+        WorkerMetrics.create(CollectorRegistry()),
+        "w1",
+    )
     producer.on_delivery = loop.on_delivery
     loop.assigned = {0, 1}
     loop.committer.delivered = {0: 105}  # batch a: delivered, not yet committed
     producer.queued.append((b"stuck", None))  # a later batch's record, never delivered
     producer.flush = lambda timeout=0: 1  # type: ignore[method-assign]
     from segstream.services.worker.committers import Batch
+
     loop.committer.inflight.append(Batch(2, {0: 105, 1: 40}, {0: 107, 1: 43}))
     loop.committer.drain()
     assert loop.consumer.client.commits == [{0: 105}]  # a only; the stuck batch is not
@@ -232,6 +265,7 @@ class TimedConsumer(FakeConsumer):
 
     def consume(self, n: int, timeout: float) -> list[Message]:
         import time
+
         now = time.monotonic()
         if self.t0 is None:
             self.t0 = now
@@ -249,18 +283,24 @@ class TimedConsumer(FakeConsumer):
         return [m for _, m in out]
 
 
-def test_an_event_arriving_into_an_idle_worker_does_not_wait_for_the_batch_timeout(
-        setup) -> None:
+def test_an_event_arriving_into_an_idle_worker_does_not_wait_for_the_batch_timeout(setup) -> None:
     """With a 1 s batch timeout and 1000-event batches, a single event arriving while the
     queue is empty is taken within milliseconds (not when the timeout ends), and events
     already queued are taken together."""
     s, scorer, a, _ = setup
-    s = s.model_copy(update={"worker": s.worker.model_copy(
-        update={"batch_timeout_s": 1.0, "batch_size": 1000})})
+    s = s.model_copy(
+        update={"worker": s.worker.model_copy(update={"batch_timeout_s": 1.0, "batch_size": 1000})}
+    )
     consumer = TimedConsumer([(0.3, a[0]), (0.0, a[1]), (0.0, a[2])])
     producer = FakeProducer()
-    loop = StreamWorker(s, _Client(consumer), _Client(producer), scorer,
-                        WorkerMetrics.create(CollectorRegistry()), "w1")
+    loop = StreamWorker(
+        s,
+        _Client(consumer),
+        _Client(producer),
+        scorer,
+        WorkerMetrics.create(CollectorRegistry()),
+        "w1",
+    )
     producer.on_delivery = loop.on_delivery
     loop.assigned = {0, 1}
     stop = threading.Event()
@@ -280,8 +320,14 @@ class BoundedProducer(FakeProducer):
         self.bound = bound
         self.full_hits = 0
 
-    def produce(self, topic: str, value: bytes, key: Any = None, headers: Any = None,
-                on_delivery: Any = None) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: Any = None,
+        headers: Any = None,
+        on_delivery: Any = None,
+    ) -> None:
         if len(self) >= self.bound:
             self.full_hits += 1
             raise BufferError("Local: Queue full")
@@ -296,5 +342,4 @@ def test_a_full_producer_queue_is_waited_out_and_no_record_is_lost_or_doubled(se
     assert producer.full_hits > 0
     ids = [orjson.loads(v)["event_id"] for v in producer.delivered]
     assert sorted(ids) == sorted(m.key().decode() for m in a + b)  # each once
-    assert {0: 107, 1: 43}.items() <= {k: v for c in consumer.commits
-                                       for k, v in c.items()}.items()
+    assert {0: 107, 1: 43}.items() <= {k: v for c in consumer.commits for k, v in c.items()}.items()

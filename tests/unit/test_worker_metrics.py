@@ -9,8 +9,8 @@ import orjson
 from prometheus_client import CollectorRegistry
 
 from segstream.services.worker.decode import DLQ_REASONS
-from segstream.shared.health import HealthServer
 from segstream.services.worker.metrics import BatchHistogram, WorkerMetrics
+from segstream.shared.health import HealthServer
 
 
 def test_create_registers_everything_with_fixed_labels() -> None:

@@ -32,8 +32,14 @@ MAX = 20_000
 
 @pytest.fixture(scope="module")
 def producer():
-    p = Producer({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": MAX,
-                  "log_level": 0, "queue.buffering.max.messages": 1_000_000})
+    p = Producer(
+        {
+            "bootstrap.servers": "127.0.0.1:1",
+            "message.max.bytes": MAX,
+            "log_level": 0,
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     yield p
     p.purge()
 
@@ -53,19 +59,37 @@ def test_the_fake_producer_refuses_what_does_not_fit(producer) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(key=st.one_of(st.none(), st.integers(0, 60_000).map(lambda n: b"k" * n)),
-       value=st.one_of(st.none(), st.integers(0, 60_000).map(lambda n: b"v" * n)),
-       # the event's own headers (one named like ours: test_contracts' header-order test)
-       headers=st.lists(st.tuples(st.text(max_size=30).filter(
-           lambda n: not n.startswith("segstream.dlq.")), st.one_of(
-           st.none(), st.integers(0, 15_000).map(lambda n: b"h" * n))), max_size=6),
-       max_value=st.integers(1024, 40_000), detail=st.text(max_size=2000))
-def test_a_dlq_copy_always_fits_and_says_what_was_cut(producer, key, value, headers, max_value,
-                                                      detail) -> None:
-    v, k, h = dlq_record(value, key, headers, reason="invalid_json", detail=detail,
-                         topic="events", partition=3, offset=12345, worker="worker-1",
-                         max_value_bytes=max_value, max_record_bytes=MAX,
-                         exception="tests.fakes.PoisonError")
+@given(
+    key=st.one_of(st.none(), st.integers(0, 60_000).map(lambda n: b"k" * n)),
+    value=st.one_of(st.none(), st.integers(0, 60_000).map(lambda n: b"v" * n)),
+    # the event's own headers (one named like ours: test_contracts' header-order test)
+    headers=st.lists(
+        st.tuples(
+            st.text(max_size=30).filter(lambda n: not n.startswith("segstream.dlq.")),
+            st.one_of(st.none(), st.integers(0, 15_000).map(lambda n: b"h" * n)),
+        ),
+        max_size=6,
+    ),
+    max_value=st.integers(1024, 40_000),
+    detail=st.text(max_size=2000),
+)
+def test_a_dlq_copy_always_fits_and_says_what_was_cut(
+    producer, key, value, headers, max_value, detail
+) -> None:
+    v, k, h = dlq_record(
+        value,
+        key,
+        headers,
+        reason="invalid_json",
+        detail=detail,
+        topic="events",
+        partition=3,
+        offset=12345,
+        worker="worker-1",
+        max_value_bytes=max_value,
+        max_record_bytes=MAX,
+        exception="tests.fakes.PoisonError",
+    )
     assert record_bytes(k, v, h) <= MAX
     assert _fits(producer, k, v, h)
     d = dict(h)
@@ -95,14 +119,34 @@ def test_a_dlq_copy_always_fits_and_says_what_was_cut(producer, key, value, head
 
 
 def test_a_small_event_is_copied_whole_and_a_huge_key_is_cut(producer) -> None:
-    v, k, h = dlq_record(b'{"a":1}', b"key", [("trace", b"t1")], reason="wrong_type",
-                         detail="a: int", topic="events", partition=0, offset=1, worker="w",
-                         max_value_bytes=900_000, max_record_bytes=MAX)
+    v, k, h = dlq_record(
+        b'{"a":1}',
+        b"key",
+        [("trace", b"t1")],
+        reason="wrong_type",
+        detail="a: int",
+        topic="events",
+        partition=0,
+        offset=1,
+        worker="w",
+        max_value_bytes=900_000,
+        max_record_bytes=MAX,
+    )
     assert (v, k, h[0]) == (b'{"a":1}', b"key", ("trace", b"t1"))
     assert [n for n, _ in h if "truncated" in n or "dropped" in n] == []
-    v, k, h = dlq_record(b'{"a":1}', b"K" * 1_000_000, None, reason="wrong_type", detail="",
-                         topic="events", partition=0, offset=1, worker="w",
-                         max_value_bytes=900_000, max_record_bytes=MAX)
+    v, k, h = dlq_record(
+        b'{"a":1}',
+        b"K" * 1_000_000,
+        None,
+        reason="wrong_type",
+        detail="",
+        topic="events",
+        partition=0,
+        offset=1,
+        worker="w",
+        max_value_bytes=900_000,
+        max_record_bytes=MAX,
+    )
     assert v == b'{"a":1}' and 15_000 < len(k) < MAX
     assert dict(h)[DLQ_HEADER_KEY_TRUNCATED] == b"1000000"
     assert _fits(producer, k, v, h)
@@ -110,28 +154,48 @@ def test_a_small_event_is_copied_whole_and_a_huge_key_is_cut(producer) -> None:
 
 # ----------------------------------------------------------------------------- stats
 def _reference() -> DriftReference:
-    return DriftReference({"x": numeric_ref([0.0, 1.0])},
-                          {"c": CategoricalReference(["a", "b"], np.full(4, 0.25))})
+    return DriftReference(
+        {"x": numeric_ref([0.0, 1.0])}, {"c": CategoricalReference(["a", "b"], np.full(4, 0.25))}
+    )
 
 
 def _batch(n: int, unknown: list[str | None]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     rng = np.random.default_rng(0)
-    t = np.datetime64("2024-01-01T00:00:00", "ns") + (rng.integers(0, 3, n) * 86_400
-                                                         * 10**9).astype("timedelta64[ns]")
-    cols = {"x": rng.normal(size=n), "c": np.array(["a", "b", "z"] * (n // 3) + ["a"] * (n % 3),
-                                                    dtype=object), "t": t}
-    scores = {"prediction": rng.normal(size=n), "fallback_level": np.zeros(n, np.int8),
-              "imputed": np.zeros(n, bool), "segment": np.zeros(n, np.int32),
-              "unknown_key": np.array(unknown, dtype=object)}
+    t = np.datetime64("2024-01-01T00:00:00", "ns") + (
+        rng.integers(0, 3, n) * 86_400 * 10**9
+    ).astype("timedelta64[ns]")
+    cols = {
+        "x": rng.normal(size=n),
+        "c": np.array(["a", "b", "z"] * (n // 3) + ["a"] * (n % 3), dtype=object),
+        "t": t,
+    }
+    scores = {
+        "prediction": rng.normal(size=n),
+        "fallback_level": np.zeros(n, np.int8),
+        "imputed": np.zeros(n, bool),
+        "segment": np.zeros(n, np.int32),
+        "unknown_key": np.array(unknown, dtype=object),
+    }
     return cols, scores
 
 
 def _stats(cols: dict[str, Any], scores: dict[str, Any], **kw: Any) -> list[bytes]:
-    return batch_stats_records(cols, scores, _reference(), time_field="t", slice_s=86_400,
-                               model="m", bundle_id="b" * 64, worker="w", batch=1,
-                               n_events=len(scores["prediction"]) + 5,
-                               dlq_counts={"invalid_json": 5}, created_at="now",
-                               partitions=np.arange(len(scores["prediction"])) % 3, **kw)
+    return batch_stats_records(
+        cols,
+        scores,
+        _reference(),
+        time_field="t",
+        slice_s=86_400,
+        model="m",
+        bundle_id="b" * 64,
+        worker="w",
+        batch=1,
+        n_events=len(scores["prediction"]) + 5,
+        dlq_counts={"invalid_json": 5},
+        created_at="now",
+        partitions=np.arange(len(scores["prediction"])) % 3,
+        **kw,
+    )
 
 
 def _monitor_sum(records: list[bytes]) -> dict[str, Any]:
@@ -149,8 +213,19 @@ def _monitor_sum(records: list[bytes]) -> dict[str, Any]:
         other[w] += rec.unknown_keys_other
     out = {}
     for w, s in states.items():
-        out[w] = {k: s[k] for k in ("n", "numeric", "categorical", "prediction", "segments",
-                                    "fallback_levels", "n_dlq", "imputed")}
+        out[w] = {
+            k: s[k]
+            for k in (
+                "n",
+                "numeric",
+                "categorical",
+                "prediction",
+                "segments",
+                "fallback_levels",
+                "n_dlq",
+                "imputed",
+            )
+        }
         out[w]["keys"] = dict(keys[w])
         out[w]["other"] = other[w]
     return out
@@ -164,8 +239,9 @@ def test_many_long_unknown_keys_are_bounded_and_a_record_never_exceeds_the_limit
     cols, scores = _batch(n, unknown)
     plain = _stats(cols, scores, max_unknown_keys=100)
     assert max(map(len, plain)) > 1_000_000  # what the worker used to send
-    bounded = _stats(cols, scores, max_unknown_keys=100, max_unknown_key_chars=200,
-                     max_record_bytes=MAX)
+    bounded = _stats(
+        cols, scores, max_unknown_keys=100, max_unknown_key_chars=200, max_record_bytes=MAX
+    )
     assert max(map(len, bounded)) <= MAX
     for raw in bounded:
         rec = orjson.loads(raw)
@@ -176,10 +252,12 @@ def test_many_long_unknown_keys_are_bounded_and_a_record_never_exceeds_the_limit
         assert len(s["keys"]) == 100
         assert sum(s["keys"].values()) + s["other"] == s["n"]
     # the counts the monitor sums are those of the unsplit records
-    assert {w: {k: v for k, v in s.items() if k not in ("keys", "other")}
-            for w, s in total.items()} == \
-        {w: {k: v for k, v in s.items() if k not in ("keys", "other")}
-         for w, s in _monitor_sum(plain).items()}
+    assert {
+        w: {k: v for k, v in s.items() if k not in ("keys", "other")} for w, s in total.items()
+    } == {
+        w: {k: v for k, v in s.items() if k not in ("keys", "other")}
+        for w, s in _monitor_sum(plain).items()
+    }
 
 
 def test_a_record_too_large_is_split_into_records_that_add_up_to_it() -> None:
@@ -196,12 +274,30 @@ def test_a_record_too_large_is_split_into_records_that_add_up_to_it() -> None:
 
 
 def test_split_record_folds_an_entry_too_large_for_any_record_into_other() -> None:
-    rec = {"model": "m", "bundle_id": "b", "worker": "w", "batch": 0, "n_events": 3,
-           "n_scored": 3, "n_dlq": 0, "dlq": {}, "event_time_min": None,
-           "event_time_max": None, "numeric": {}, "categorical": {}, "prediction": None,
-           "fallback_levels": {"0": 3}, "unknown_keys": {"k" * 5000: 2, "short": 1},
-           "unknown_keys_other": 4, "segments": {}, "partition_time_max": {}, "imputed": 0,
-           "created_at": "now", "slice_start": None, "slice_s": None}
+    rec = {
+        "model": "m",
+        "bundle_id": "b",
+        "worker": "w",
+        "batch": 0,
+        "n_events": 3,
+        "n_scored": 3,
+        "n_dlq": 0,
+        "dlq": {},
+        "event_time_min": None,
+        "event_time_max": None,
+        "numeric": {},
+        "categorical": {},
+        "prediction": None,
+        "fallback_levels": {"0": 3},
+        "unknown_keys": {"k" * 5000: 2, "short": 1},
+        "unknown_keys_other": 4,
+        "segments": {},
+        "partition_time_max": {},
+        "imputed": 0,
+        "created_at": "now",
+        "slice_start": None,
+        "slice_s": None,
+    }
     parts = [orjson.loads(p) for p in split_record(orjson.dumps(rec), 1000)]
     assert all(len(orjson.dumps(p)) <= 1000 for p in parts)
     assert sum(p["unknown_keys_other"] for p in parts) == 6
