@@ -10,6 +10,7 @@ delivered batches wait for it (or for shutdown, or a rewind) and are committed t
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -31,9 +32,13 @@ class FakeConsumer:
         self.commits: list[dict[int, int]] = []
         self.seeks: list[tuple[int, int]] = []
         self.log: list[str] = []
+        self.idle_polls = 0  # polls that found nothing left
 
     def consume(self, n: int, timeout: float) -> list[Message]:
-        return self.batches.pop(0) if self.batches else []
+        if self.batches:
+            return self.batches.pop(0)
+        self.idle_polls += 1
+        return []
 
     def commit(self, offsets: Any, asynchronous: bool) -> None:
         self.commits.append({tp.partition: tp.offset for tp in offsets})
@@ -136,7 +141,16 @@ def _run(s, scorer, consumer, producer) -> StreamWorker:
     producer.on_delivery = loop.on_delivery
     loop.assigned = {0, 1}
     stop = threading.Event()
-    threading.Timer(0.5, stop.set).start()
+
+    def stop_when_idle() -> None:
+        # Stop once the loop has polled an empty topic a while (every record produced and
+        # answered by then), not after a fixed time: a busy machine must not cut the run short.
+        deadline = time.monotonic() + 30.0
+        while consumer.idle_polls < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stop.set()
+
+    threading.Thread(target=stop_when_idle, daemon=True).start()
     assert loop.run(stop) == 0
     return loop
 
