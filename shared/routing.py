@@ -182,16 +182,12 @@ class CategoryColumn(np.ndarray):
     column. An array made from it (a slice, ``take``, copy) starts without them
     (``__array_finalize__``), and a writeable one is never factorised (it could change).
 
-    Parameters
-    ----------
-    values : array-like of shape (n,)
-        The values (``str``, or None for missing); viewed, not copied, when already an
-        object array.
-    codes : numpy.ndarray of shape (n,), int64, optional
-        ``pandas.factorize`` convention (-1 = missing): ``values[i]`` is
-        ``uniques[codes[i]]``, or None where ``codes[i] == -1``.
-    uniques : list of str, optional
-        The distinct values (with ``codes``).
+    Built as ``CategoryColumn(values, codes=None, uniques=None)`` (arguments of ``__new__``):
+    ``values`` is array-like of shape (n,) (``str``, or None for missing; viewed, not copied,
+    when already an object array); ``codes`` (numpy.ndarray of shape (n,), int64, optional)
+    follows the ``pandas.factorize`` convention (-1 = missing: ``values[i]`` is
+    ``uniques[codes[i]]``, or None where ``codes[i] == -1``); ``uniques`` (list of str) are the
+    distinct values. A value array that is not 1-d raises :class:`SchemaError`.
 
     Examples
     --------
