@@ -184,6 +184,40 @@ def encode_alert(alert: Alert) -> bytes:
     return _ENCODER.encode(alert)
 
 
+def _one_off(
+    type_: str,
+    *,
+    model: str,
+    bundle_id: str | None,
+    statistic: str,
+    severity: str,
+    value: float | None = None,
+    threshold: float | None = None,
+    count: int = 1,
+    **extra: Any,
+) -> Alert:
+    """An alert about an event rather than a window (random ``alert_id``; the window is the
+    moment it was detected; no feature or segment)."""
+    now = utc_now_iso()
+    return Alert(
+        alert_id=uuid.uuid4().hex,
+        type=type_,  # type: ignore[arg-type]  # one of ALERT_TYPES, fixed by the callers
+        severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
+        model=model,
+        bundle_id=bundle_id,
+        feature=None,
+        segment=None,
+        statistic=statistic,
+        value=value,
+        threshold=threshold,
+        window_start=now,
+        window_end=now,
+        count=count,
+        detected_at=now,
+        **extra,
+    )
+
+
 def bundle_rejected_alert(
     *,
     model: str,
@@ -193,22 +227,12 @@ def bundle_rejected_alert(
     severity: str = "critical",
 ) -> Alert:
     """A ``bundle_rejected`` alert record (one-off event: random ``alert_id``)."""
-    now = utc_now_iso()
-    return Alert(
-        alert_id=uuid.uuid4().hex,
-        type="bundle_rejected",
-        severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
+    return _one_off(
+        "bundle_rejected",
         model=model,
         bundle_id=bundle_id,
-        feature=None,
-        segment=None,
         statistic="bundle_verification",
-        value=None,
-        threshold=None,
-        window_start=now,
-        window_end=now,
-        count=1,
-        detected_at=now,
+        severity=severity,
         reason=reason,
         current_bundle_id=current_bundle_id,
     )
@@ -234,22 +258,12 @@ def bundle_reload_failed_alert(
     detail : str
         The error message.
     """
-    now = utc_now_iso()
-    return Alert(
-        alert_id=uuid.uuid4().hex,
-        type="bundle_reload_failed",
-        severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
+    return _one_off(
+        "bundle_reload_failed",
         model=model,
         bundle_id=bundle_id,
-        feature=None,
-        segment=None,
         statistic="bundle_reload",
-        value=None,
-        threshold=None,
-        window_start=now,
-        window_end=now,
-        count=1,
-        detected_at=now,
+        severity=severity,
         reason=detail,
         current_bundle_id=current_bundle_id,
         failure=reason,
@@ -285,22 +299,15 @@ def scoring_failed_alert(
     reason : str
         Its message, cut to 500 characters.
     """
-    now = utc_now_iso()
-    return Alert(
-        alert_id=uuid.uuid4().hex,
-        type="scoring_failed",
-        severity=severity,  # type: ignore[arg-type]  # "warning" or "critical"
+    return _one_off(
+        "scoring_failed",
         model=model,
         bundle_id=bundle_id,
-        feature=None,
-        segment=None,
         statistic="failed_share",
+        severity=severity,
         value=failed / scored if scored else None,
         threshold=max_failed_share,
-        window_start=now,
-        window_end=now,
         count=int(failed),
-        detected_at=now,
         worker=worker,
         exception=exception,
         reason=reason[:500],
