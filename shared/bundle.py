@@ -7,14 +7,22 @@ Layout of a bundle directory::
     <component>.json               JSON metadata
     <component>.<blob name>        opaque files in another library's format (XGBoost UBJSON)
 
-``bundle_id`` is the SHA-256 of the canonical JSON of the manifest without its ``bundle_id``
-field; the manifest holds the file table (name -> sha256, bytes), so the id covers every file
-and every manifest field. :func:`load_bundle` recomputes all of it and refuses a bundle with a
-modified, missing or extra file, an edited manifest or a newer format version. Loading never
-executes code: JSON, ``.npy`` arrays without pickles and XGBoost's own model format only.
+``bundle_id`` is the SHA-256 of the canonical JSON of what determines the model
+(:meth:`Manifest.identity_json`): the format version, the model name, the resolved config, the
+schema, the data description (row counts, time ranges, fingerprint), the component table and
+the file table (name -> sha256, bytes), so the id covers every file. The run's *annotations*
+(:data:`ANNOTATION_FIELDS`: ``created_at``, ``timings``, ``metrics``) are outside the content
+address (format 2 on), so training the same data with the same config twice gives the same
+id and re-publishing it is a no-op. Annotations never change what is served (scoring reads
+the components only); a signature covers them as well. :func:`load_components` recomputes
+the id and the file table and refuses a bundle with a modified, missing or extra file, an
+edited identity field or a newer format version. Loading never executes code: JSON, ``.npy``
+arrays without pickles and XGBoost's own model format only.
 
-A bundle may carry ``manifest.sig``, an Ed25519 signature of the manifest
-(:mod:`segstream.shared.signing`); it is not part of the content address and not in the file table.
+A bundle may carry ``manifest.sig``, an Ed25519 signature of the whole manifest but its
+``bundle_id`` (:meth:`Manifest.body_json`, annotations included;
+:mod:`segstream.shared.signing`); it is not part of the content address and not in the file
+table.
 
 Everything read from a bundle is bounded before it is parsed (see the ``MAX_*`` limits below):
 the manifest's size, each file's size, the bundle's total size and the decompressed size of
@@ -47,7 +55,12 @@ from segstream.shared.errors import BundleCompatibilityError, BundleIdError, Bun
 logger = logging.getLogger(__name__)
 
 #: Version of the on-disk format written by this code. Bundles with a higher version are refused.
-FORMAT_VERSION = 1
+#: 1: the id hashes every manifest field but ``bundle_id``; 2: the id leaves out the
+#: :data:`ANNOTATION_FIELDS` (both are read).
+FORMAT_VERSION = 2
+#: Manifest fields outside the content address from format 2 on: when the run happened, how
+#: long its steps took and what it measured. Nothing that is served reads them.
+ANNOTATION_FIELDS = ("created_at", "timings", "metrics")
 MANIFEST = "manifest.json"
 #: The optional signature file beside the manifest (:mod:`segstream.shared.signing`).
 SIGNATURE = "manifest.sig"
@@ -139,13 +152,28 @@ class Manifest(BaseModel):
     files: dict[str, FileEntry] = Field(default_factory=dict)
 
     def body_json(self) -> bytes:
-        """Canonical JSON of the manifest without ``bundle_id`` (what the id hashes)."""
+        """Canonical JSON of the manifest without ``bundle_id``: what a signature covers
+        (:mod:`segstream.shared.signing`), annotations included."""
         d = self.model_dump(mode="json", by_alias=True)
         d.pop("bundle_id", None)
         return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
 
+    def identity_json(self) -> bytes:
+        """Canonical JSON of what determines the model: what the bundle id hashes.
+
+        Format 1 hashed the whole body (:meth:`body_json`); from format 2 on the
+        :data:`ANNOTATION_FIELDS` are left out.
+        """
+        if self.format_version < 2:
+            return self.body_json()
+        d = self.model_dump(mode="json", by_alias=True)
+        for key in ("bundle_id", *ANNOTATION_FIELDS):
+            d.pop(key, None)
+        return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
+
     def compute_id(self) -> str:
-        return hashlib.sha256(self.body_json()).hexdigest()
+        """The content address: SHA-256 (hex) of :meth:`identity_json`."""
+        return hashlib.sha256(self.identity_json()).hexdigest()
 
 
 def _sha256(data: bytes) -> str:
@@ -200,7 +228,8 @@ def write_bundle(
 ) -> Path:
     """Write a bundle into ``root/<bundle_id>/`` and return that directory.
 
-    Writing the same content twice is a no-op that returns the existing directory.
+    Writing the same content twice (annotations aside: ``created_at``, ``timings``,
+    ``metrics``) is a no-op that returns the existing directory, whose annotations are kept.
 
     Raises
     ------

@@ -8,7 +8,7 @@ Built on fsspec, so any fsspec URL works; segstream uses ``file://DIR`` (default
 
 ``LATEST`` is replaced only after every file of a bundle is written and verified by reading it
 back, so a failed publish leaves it where it was. Publishing a bundle that is already there is a
-no-op. Secrets (S3 keys) are passed to s3fs and never logged.
+no-op that leaves ``LATEST`` alone (:meth:`ArtifactStore.publish_bundle`). Secrets (S3 keys) are passed to s3fs and never logged.
 
 The control plane (docs/security-bundles.md): ``LATEST`` is the single source of truth of
 which bundle serves; a record on the model-updates topic
@@ -160,6 +160,19 @@ def decode_model_update(value: bytes | None, where: str) -> ModelUpdate:
             "lowercase hexadecimal characters"
         )
     return update
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What :meth:`ArtifactStore.publish_bundle` did."""
+
+    #: The bundle's URL in the store.
+    uri: str
+    bundle_id: str
+    #: False when the store held the bundle already (a no-op).
+    uploaded: bool
+    #: Whether ``LATEST`` now points at the bundle because of this publish.
+    promoted: bool
 
 
 @dataclass(frozen=True)
@@ -330,13 +343,31 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------ API
     def publish(self, bundle_dir: str | os.PathLike[str], *, promote: bool = True) -> str:
+        """Copy a verified local bundle into the store; return its URI there.
+
+        The same as :meth:`publish_bundle`, returning only the URI.
+        """
+        return self.publish_bundle(bundle_dir, promote=promote).uri
+
+    def publish_bundle(
+        self, bundle_dir: str | os.PathLike[str], *, promote: bool = True
+    ) -> PublishResult:
         """Copy a verified local bundle (and its ``manifest.sig``, if any) into the store;
         move ``LATEST`` to it if ``promote``.
 
+        Publishing a bundle id the store already holds (verified) is a no-op: nothing is
+        uploaded and ``LATEST`` stays where it is, so a re-run of the same training (same
+        data, same config: same id) never moves ``LATEST`` back to it after a roll-back.
+        ``LATEST`` is only set then when the model has none (or a malformed one), as after a
+        publish that stopped before it. The stored manifest keeps its own annotations
+        (``created_at``, ``timings``, ``metrics``); the local ``manifest.sig`` is copied only
+        when the local manifest is byte-for-byte the stored one's body (else it would sign
+        other annotations and not verify).
+
         Returns
         -------
-        str
-            The bundle's URI in the store.
+        PublishResult
+            The URI, the id, whether files were uploaded and whether ``LATEST`` moved.
 
         Raises
         ------
@@ -352,31 +383,44 @@ class ArtifactStore:
         sig_path = src / SIGNATURE
         signature = sig_path.read_bytes() if sig_path.is_file() else None
         model, bid = manifest.model, manifest.bundle_id
-        if self._exists_verified(model, bid):
+        stored = self._stored_manifest(model, bid)
+        if stored is not None:
             logger.info("bundle %s already in %s: publish is a no-op", bid[:12], self.url)
-            if signature is not None and self._read_signature(model, bid) != signature:
+            if (
+                signature is not None
+                and stored.body_json() == manifest.body_json()
+                and self._read_signature(model, bid) != signature
+            ):
                 self._write(self._path(model, bid, SIGNATURE), signature)
-        else:
-            for name, content in files.items():
-                self._write(self._path(model, bid, name), content)
-            if signature is not None:
-                self._write(self._path(model, bid, SIGNATURE), signature)
-            # The manifest goes last: a bundle without one is not listed.
-            self._write(self._path(model, bid, MANIFEST), (src / MANIFEST).read_bytes())
-            if not self._exists_verified(model, bid):
-                raise StoreError(
-                    f"artifact store {self.url}: bundle {bid[:12]} did not verify after upload"
-                )
+            try:
+                current = self.latest(model)
+            except LatestError as exc:
+                logger.warning("%s: replacing it", exc)
+                current = None
+            moved = promote and current is None
+            if moved:
+                self._set_latest(model, bid)
+            return PublishResult(self.uri(model, bid), bid, uploaded=False, promoted=moved)
+        for name, content in files.items():
+            self._write(self._path(model, bid, name), content)
+        if signature is not None:
+            self._write(self._path(model, bid, SIGNATURE), signature)
+        # The manifest goes last: a bundle without one is not listed.
+        self._write(self._path(model, bid, MANIFEST), (src / MANIFEST).read_bytes())
+        if self._stored_manifest(model, bid) is None:
+            raise StoreError(
+                f"artifact store {self.url}: bundle {bid[:12]} did not verify after upload"
+            )
         if promote:
             self._set_latest(model, bid)
-        return self.uri(model, bid)
+        return PublishResult(self.uri(model, bid), bid, uploaded=True, promoted=promote)
 
-    def _exists_verified(self, model: str, bundle_id: str) -> bool:
+    def _stored_manifest(self, model: str, bundle_id: str) -> Manifest | None:
+        """The manifest of the stored bundle when it is there and verifies, else None."""
         try:
-            self.verify(model, bundle_id, check_signature=False)
-            return True
+            return self.verify(model, bundle_id, check_signature=False)
         except (FileNotFoundError, BundleIntegrityError):
-            return False
+            return None
 
     def _set_latest(self, model: str, bundle_id: str) -> None:
         fs, _ = self._open()

@@ -62,7 +62,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     print(f"bundle_id={r.manifest.bundle_id}")
     print(f"bundle_dir={r.bundle_dir}")
     if r.uri:
-        print(f"published={r.uri} (LATEST){' model-update sent' if r.update_sent else ''}")
+        if r.latest_moved:
+            print(f"published={r.uri} (LATEST){' model-update sent' if r.update_sent else ''}")
+        else:
+            print(f"published={r.uri} (stored already: LATEST unchanged)")
     if r.report_path:
         print(f"report={r.report_path}")
     print(

@@ -65,6 +65,9 @@ class TrainResult:
     uri: str | None = None
     report_path: Path | None = None
     update_sent: bool = False
+    #: Whether publishing moved ``LATEST`` (False when the store held this bundle id already:
+    #: the same data and config trained again).
+    latest_moved: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     #: in-process predictions on the test rows with an outcome, from the training objects
     #: (``event_id``, ``prediction``, ``interval_low``, ``interval_high``): a loaded bundle
@@ -507,8 +510,24 @@ def train(
             if publish:
                 from segstream.shared.store import ArtifactStore
 
-                result.uri = ArtifactStore(settings.store).publish(bundle_dir)
-                result.update_sent = _send_model_update(settings, manifest, result.uri)
+                store = ArtifactStore(settings.store)
+                published = store.publish_bundle(bundle_dir)
+                result.uri, result.latest_moved = published.uri, published.promoted
+                if (
+                    signing_key is not None
+                    and not published.uploaded
+                    and store.read_signature(manifest.model, manifest.bundle_id) is None
+                ):
+                    # The stored copy (same id, its own annotations) was published unsigned.
+                    store.sign(manifest.model, manifest.bundle_id, signing_key)
+                if published.promoted:
+                    result.update_sent = _send_model_update(settings, manifest, result.uri)
+                else:
+                    logger.info(
+                        "bundle %s was in the store already: LATEST and the model-updates "
+                        "topic left alone",
+                        manifest.bundle_id[:12],
+                    )
         with steps("report"):
             from segstream.training.report import write_report
 

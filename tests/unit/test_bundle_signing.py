@@ -129,12 +129,19 @@ def _forge(store_dir: Path, src: str, edit: Any, sig_edit: Any = None) -> str:
         sig = orjson.loads((tmp / SIGNATURE).read_bytes())
         sig_edit(sig, doc["bundle_id"])
         (tmp / SIGNATURE).write_bytes(orjson.dumps(sig))
+    if doc["bundle_id"] == src:  # an annotation edit keeps the id: replace the bundle
+        shutil.rmtree(root / src)
     tmp.rename(root / doc["bundle_id"])
     return doc["bundle_id"]
 
 
 def _edit_metric(doc: dict[str, Any], d: Path) -> None:
+    """An annotation (outside the id): the signature still covers it."""
     doc["metrics"] = {"test": {"mae": 0.01}}
+
+
+def _edit_config(doc: dict[str, Any], d: Path) -> None:
+    doc["config"] = {**doc["config"], "model": "renamed"}
 
 
 def _edit_component(doc: dict[str, Any], d: Path) -> None:
@@ -155,6 +162,7 @@ def _claim(sig: dict[str, Any], bid: str) -> None:
         "unsigned",
         "wrong_key",
         "tampered_manifest",
+        "tampered_config",
         "tampered_component",
         "malformed_signature",
         "signature_of_another_bundle",
@@ -170,8 +178,10 @@ def test_bad_signatures_are_refused_before_any_component_is_read(tmp_path, keys,
         bid = _forge(store_dir, d.name, _edit_metric, _claim)
     elif case == "tampered_component":  # component and manifest consistent again, re-hashed
         bid = _forge(store_dir, d.name, _edit_component, _claim)
+    elif case == "tampered_config":  # an identity field: a new id, the old signature claimed
+        bid = _forge(store_dir, d.name, _edit_config, _claim)
     elif case == "signature_of_another_bundle":
-        bid = _forge(store_dir, d.name, _edit_metric)
+        bid = _forge(store_dir, d.name, _edit_config)
     elif case == "malformed_signature":
         p = store_dir / "bundles" / "flights" / bid / SIGNATURE
         doc = orjson.loads(p.read_bytes())
@@ -181,6 +191,7 @@ def test_bad_signatures_are_refused_before_any_component_is_read(tmp_path, keys,
         "unsigned": "not signed",
         "wrong_key": "does not verify",
         "tampered_manifest": "does not verify",
+        "tampered_config": "does not verify",
         "tampered_component": "does not verify",
         "malformed_signature": "malformed",
         "signature_of_another_bundle": "signs bundle",

@@ -96,13 +96,76 @@ def test_removed_and_extra_files_are_refused(tmp_path):
         load_components(d)
 
 
-def test_edited_manifest_is_refused_even_with_valid_json(tmp_path):
-    d = make(tmp_path)
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda doc: doc["data"].update(fingerprint="0" * 64),
+        lambda doc: doc["config"].update(seed=7),
+        lambda doc: doc["components"]["alpha"].update(kind="profiles"),
+        lambda doc: doc.update(model="other"),
+    ],
+    ids=["data", "config", "components", "model"],
+)
+def test_edited_manifest_is_refused_even_with_valid_json(tmp_path, edit):
+    d = make(tmp_path, data={"fingerprint": "a" * 64}, config={"seed": 1})
     doc = orjson.loads((d / MANIFEST).read_bytes())
-    doc["metrics"]["test"]["mae"] = 0.1  # a flattering edit
+    edit(doc)
     (d / MANIFEST).write_bytes(orjson.dumps(doc))
     with pytest.raises(BundleIntegrityError, match="manifest edited"):
         load_components(d)
+
+
+def test_annotations_are_outside_the_content_address(tmp_path):
+    """created_at, timings and metrics describe a run, not the model: the same components,
+    config and data give the same id whatever they say; everything else changes the id."""
+    import datetime as dt
+
+    base = dict(data={"fingerprint": "a" * 64, "rows": 10}, config={"seed": 1})
+    d = make(tmp_path, **base, timings={"fit": 1.0})
+    again = write_bundle(
+        tmp_path / "other",
+        model="m",
+        components=components(0),
+        metrics={"test": {"mae": 9.9}},
+        timings={"fit": 2.5},
+        created_at=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        **base,
+    )
+    assert again.name == d.name and again.parent != d.parent
+    assert (again / MANIFEST).read_bytes() != (d / MANIFEST).read_bytes()
+    assert load_components(again).manifest.metrics == {"test": {"mae": 9.9}}
+    for changed in (
+        dict(base, config={"seed": 2}),
+        dict(base, data={"fingerprint": "b" * 64, "rows": 10}),
+    ):
+        assert make(tmp_path, **changed).name != d.name
+    assert make(tmp_path, seed=1, **base).name != d.name
+    # an unsigned bundle's annotations are not checked (a signature covers them)
+    doc = orjson.loads((d / MANIFEST).read_bytes())
+    doc["metrics"]["test"]["mae"] = 0.1
+    (d / MANIFEST).write_bytes(orjson.dumps(doc))
+    assert load_components(d).manifest.bundle_id == d.name
+
+
+def test_format_1_bundles_keep_their_id(tmp_path):
+    """A format-1 bundle hashed every field but bundle_id; it still verifies, and an edit of
+    its metrics is still refused."""
+    d = make(tmp_path)
+    doc = orjson.loads((d / MANIFEST).read_bytes())
+    doc["format_version"] = 1
+    from segstream.shared.bundle import Manifest
+
+    m = Manifest.model_validate(doc)
+    assert m.identity_json() == m.body_json()
+    doc["bundle_id"] = m.compute_id()
+    v1 = d.parent / doc["bundle_id"]
+    d.rename(v1)
+    (v1 / MANIFEST).write_bytes(orjson.dumps(doc))
+    assert load_components(v1).manifest.bundle_id == v1.name
+    doc["metrics"]["test"]["mae"] = 0.1
+    (v1 / MANIFEST).write_bytes(orjson.dumps(doc))
+    with pytest.raises(BundleIntegrityError, match="manifest edited"):
+        load_components(v1)
 
 
 def test_newer_format_version_is_refused(tmp_path):
@@ -165,6 +228,35 @@ def test_store_publish_list_promote_and_fetch(tmp_path):
     assert verify_bundle_dir(got).bundle_id == d2.name
     with pytest.raises(StoreError, match="not found"):
         s.promote("m", "ffff")
+
+
+def test_republishing_a_stored_id_leaves_latest_alone(tmp_path):
+    """The same bundle id trained again (other annotations) after a roll-back: no upload, the
+    stored manifest and LATEST stay; a model without LATEST gets it."""
+    import datetime as dt
+
+    s = store(tmp_path)
+    d1, d2 = make(tmp_path, seed=1), make(tmp_path, seed=2)
+    s.publish(d1)
+    s.publish(d2)
+    s.promote("m", d1.name)
+    stored = tmp_path / "store" / "bundles" / "m" / d2.name / MANIFEST
+    before = stored.read_bytes()
+    again = write_bundle(
+        tmp_path / "rerun",
+        model="m",
+        components=components(2),
+        metrics={"test": {"mae": 1.4}},
+        created_at=dt.datetime(2031, 1, 1, tzinfo=dt.UTC),
+    )
+    assert again.name == d2.name
+    r = s.publish_bundle(again)
+    assert (r.uploaded, r.promoted, r.bundle_id) == (False, False, d2.name)
+    assert s.latest("m") == d1.name and stored.read_bytes() == before
+    (tmp_path / "store" / "bundles" / "m" / "LATEST").unlink()
+    r = s.publish_bundle(again)
+    assert (r.uploaded, r.promoted) == (False, True) and s.latest("m") == d2.name
+    assert s.publish_bundle(make(tmp_path, seed=3)).promoted
 
 
 def test_store_refuses_tampered_bundle_on_promote(tmp_path):
