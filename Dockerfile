@@ -16,12 +16,14 @@ RUN apt-get update \
 
 WORKDIR /app
 
-# Dependencies in their own layer: it is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies in their own layer, pinned: requirements/image.txt is the resolved closure of
+# pyproject's runtime dependencies (`make lock`, uv) with the CPU-only XGBoost wheel
+# (xgboost-cpu: the same `xgboost` module without ~700 MB of CUDA and NCCL libraries). Every
+# dependency is listed, so nothing is resolved at build time (--no-deps); the layer is
+# rebuilt only when the lock file changes.
+COPY requirements/image.txt ./requirements/image.txt
+RUN pip install --no-deps -r requirements/image.txt \
+    && python -c "import xgboost, numba, confluent_kafka, faust"
 
 # The source, then the package itself (no dependency resolution: they are installed above).
 COPY README.md ./
@@ -30,9 +32,10 @@ COPY training ./training
 COPY services ./services
 COPY config ./config
 COPY segstream ./segstream
+# (pyproject names `xgboost`; the image has it as xgboost-cpu, so no resolution here either.)
 RUN pip install --no-deps . \
-    && mkdir -p /app/artifacts /app/.cache/numba \
-    && chown -R segstream:segstream /app/artifacts /app/.cache
+    && mkdir -p /app/artifacts /app/reports /app/.cache/numba \
+    && chown -R segstream:segstream /app/artifacts /app/reports /app/.cache
 
 USER segstream
 # numba's compiled kernels live in a directory the service user owns, filled at build time by

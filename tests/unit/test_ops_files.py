@@ -51,20 +51,20 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 # --------------------------------------------------------------------------- compose
-def test_docker_compose_config_accepts_the_compose_file() -> None:
+@pytest.mark.parametrize("profiles", [[], ["demo"], ["train"], ["replay"]], ids=str)
+def test_docker_compose_config_accepts_the_compose_file(profiles) -> None:
     tool = _tool("docker-compose", "docker-compose")
-    r = _run([tool, "-f", str(COMPOSE), "config", "--quiet"])
+    flags = [f for p in profiles for f in ("--profile", p)]
+    r = _run([tool, "-f", str(COMPOSE), *flags, "config", "--quiet"])
     assert r.returncode == 0, r.stderr
-    services = _run([tool, "-f", str(COMPOSE), "config", "--services"]).stdout.split()
+    services = _run([tool, "-f", str(COMPOSE), *flags, "config", "--services"]).stdout.split()
     assert set(services) >= {
         "kafka",
         "topic-init",
         "minio",
         "bucket-init",
-        "trainer",
         "worker",
         "monitor",
-        "simulator",
         "prometheus",
         "grafana",
     }
@@ -74,30 +74,89 @@ def test_compose_file_has_no_keys_docker_compose_1_29_rejects() -> None:
     assert not {"name", "include", "develop"} & set(compose())
 
 
+def _deps(s: dict, name: str) -> dict[str, str]:
+    return {k: v["condition"] for k, v in s[name].get("depends_on", {}).items()}
+
+
+def test_compose_one_shot_jobs_run_only_when_asked() -> None:
+    """A plain `up` (or `up --scale worker=N`) neither retrains nor replays: the trainer and
+    the simulator are behind profiles, and no default service depends on them (compose
+    refuses to start a service whose dependency is in an inactive profile)."""
+    s = compose()["services"]
+    assert s["trainer"]["profiles"] == ["train", "demo"]
+    assert s["simulator"]["profiles"] == ["replay", "demo"]
+    default = {n for n, svc in s.items() if not svc.get("profiles")}
+    assert default >= {"kafka", "worker", "monitor", "prometheus", "grafana"}
+    for name in default:
+        gated = set(_deps(s, name)) - default
+        assert not gated, f"{name} depends on profile-only services {gated}"
+    for one_shot in ("topic-init", "bucket-init", "trainer", "simulator"):
+        assert s[one_shot]["restart"] == "no"
+    # The jobs on every `up` are idempotent.
+    assert "--if-not-exists" in str(s["topic-init"]["command"])
+    assert "--ignore-existing" in str(s["bucket-init"]["command"])
+
+
 def test_compose_start_order_and_health_checks() -> None:
     s = compose()["services"]
-
-    def deps(name: str) -> dict[str, str]:
-        return {k: v["condition"] for k, v in s[name].get("depends_on", {}).items()}
-
-    assert deps("topic-init") == {"kafka": "service_healthy"}
-    assert deps("bucket-init") == {"minio": "service_healthy"}
-    assert deps("trainer") == {
-        "topic-init": "service_completed_successfully",
-        "bucket-init": "service_completed_successfully",
-    }
-    for svc in ("worker", "monitor"):
-        assert deps(svc) == {"trainer": "service_completed_successfully"}
-    assert deps("simulator") == {"worker": "service_healthy", "monitor": "service_healthy"}
-    assert deps("grafana") == {"prometheus": "service_healthy"}
+    assert _deps(s, "topic-init") == {"kafka": "service_healthy"}
+    assert _deps(s, "bucket-init") == {"minio": "service_healthy"}
+    done = "service_completed_successfully"
+    for svc in ("trainer", "worker", "monitor"):
+        assert _deps(s, svc) == {"topic-init": done, "bucket-init": done}
+    assert _deps(s, "simulator") == {"worker": "service_healthy", "monitor": "service_healthy"}
+    assert _deps(s, "grafana") == {"prometheus": "service_healthy"}
     for svc in ("kafka", "minio", "worker", "monitor", "prometheus", "grafana"):
         assert "healthcheck" in s[svc], f"{svc} has no health check"
     assert "kafka-broker-api-versions" in str(s["kafka"]["healthcheck"]["test"])
-    assert "/readyz" in str(s["worker"]["healthcheck"]["test"])
-    assert "/readyz" in str(s["monitor"]["healthcheck"]["test"])
+    # Liveness, so that replicas beyond the partition count (never ready) are healthy.
+    for svc in ("worker", "monitor"):
+        test = str(s[svc]["healthcheck"]["test"])
+        assert "/healthz" in test and "/readyz" not in test, svc
     assert s["worker"]["deploy"]["replicas"] == 2
-    for one_shot in ("topic-init", "bucket-init", "trainer", "simulator"):
-        assert s[one_shot]["restart"] == "no"
+
+
+def _seconds(value: str) -> float:
+    m = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", value)
+    assert m and value, value
+    return int(m.group(1) or 0) * 60 + int(m.group(2) or 0)
+
+
+def test_compose_stop_grace_period_covers_the_drain() -> None:
+    """The worker's shutdown (services/worker/app.py and committers.py): the open batch's
+    transaction (send offsets, commit: worker.transaction_timeout_s each), the output
+    producer's flush (10 s), the alert producer's (5 s) and the reload thread's join (5 s).
+    The monitor: mode's Service.shutdown_timeout (60 s)."""
+    from mode.services import Service
+
+    from segstream.shared.settings import WorkerSettings
+
+    s = compose()["services"]
+    worker_drain = 2 * WorkerSettings().transaction_timeout_s + 10 + 5 + 5
+    assert _seconds(s["worker"]["stop_grace_period"]) >= worker_drain
+    assert _seconds(s["monitor"]["stop_grace_period"]) >= Service.shutdown_timeout
+    assert s["worker"]["init"] and s["monitor"]["init"]  # tini forwards SIGTERM
+
+
+def test_compose_store_url_is_the_bucket_and_reports_are_mounted() -> None:
+    env = compose_segstream_env()
+    # The store appends bundles/<model>/ itself: a prefix `bundles` gave bundles/bundles/.
+    assert env["worker"]["SEGSTREAM_STORE__URL"] == "s3://segstream"
+    t = compose()["services"]["trainer"]
+    report_dir = t["command"][t["command"].index("--report-dir") + 1]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in t["volumes"]}
+    assert mounts[report_dir] == "./reports"
+
+
+def test_compose_grafana_is_a_supported_release() -> None:
+    """Grafana 10.4 is out of support; 12.4 is the last minor of 12.x (15 months of support
+    from its release); the dashboards are parsed with the grafana-foundation-sdk release for
+    it (tests/unit/test_grafana_dashboards.py)."""
+    image = compose()["services"]["grafana"]["image"]
+    name, _, tag = image.partition(":")
+    assert name == "grafana/grafana"
+    major, minor = (int(x) for x in tag.split(".")[:2])
+    assert (major, minor) >= (12, 4), image
 
 
 def test_compose_kafka_is_single_node_kraft_with_transactions() -> None:
@@ -158,8 +217,8 @@ def test_compose_ports_match_the_scrape_config() -> None:
     m = jobs["segstream-monitor"]["dns_sd_configs"][0]
     assert (w["names"], w["port"]) == (["worker"], worker_port)
     assert (m["names"], m["port"]) == (["monitor"], monitor_port)
-    assert f"localhost:{worker_port}/readyz" in str(s["worker"]["healthcheck"]["test"])
-    assert f"localhost:{monitor_port}/readyz" in str(s["monitor"]["healthcheck"]["test"])
+    assert f"localhost:{worker_port}/healthz" in str(s["worker"]["healthcheck"]["test"])
+    assert f"localhost:{monitor_port}/healthz" in str(s["monitor"]["healthcheck"]["test"])
 
 
 def test_dockerfile_slim_non_root_dependency_layer() -> None:
@@ -169,12 +228,17 @@ def test_dockerfile_slim_non_root_dependency_layer() -> None:
     assert 'ENTRYPOINT ["segstream"]' in text
     lines = text.splitlines()
     first_copy = next(i for i, ln in enumerate(lines) if ln.startswith("COPY "))
-    assert lines[first_copy].startswith("COPY pyproject.toml"), "dependencies first"
-    dep_install = next(i for i, ln in enumerate(lines) if "pip install -r" in ln)
+    assert lines[first_copy] == "COPY requirements/image.txt ./requirements/image.txt"
+    # The pinned closure, nothing resolved at build time.
+    dep_install = next(
+        i for i, ln in enumerate(lines) if "pip install --no-deps -r requirements/image.txt" in ln
+    )
     source = next(i for i, ln in enumerate(lines) if ln.startswith("COPY shared"))
     assert first_copy < dep_install < source
+    assert "pip install --no-deps ." in text
     ignored = (REPO / ".dockerignore").read_text().split()
     assert {".git", ".venv", "artifacts"} <= set(ignored)
+    assert "requirements/image.txt" not in ignored
     # The kernels are compiled at build time, as the service user, into its own cache dir.
     user = next(i for i, ln in enumerate(lines) if ln == "USER segstream")
     warm = next(
@@ -185,6 +249,43 @@ def test_dockerfile_slim_non_root_dependency_layer() -> None:
     assert user < warm
     assert re.search(r"^ENV NUMBA_CACHE_DIR=/app/\.cache/numba$", text, re.M)
     assert "COPY segstream ./segstream" in text
+
+
+def _pins(path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==(\S+)", line)
+        if m:
+            out[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return out
+
+
+def _dep_name(req: str) -> str:
+    return re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_lock_files_pin_every_dependency_and_the_cpu_xgboost() -> None:
+    """requirements/image.txt (the image) and requirements/ci.txt (make's installs, -c) are
+    complete and agree: the image's xgboost-cpu is the version CI tests as xgboost, and it
+    pulls in no CUDA library."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    image = _pins(REPO / "requirements" / "image.txt")
+    ci = _pins(REPO / "requirements" / "ci.txt")
+    runtime = {_dep_name(d) for d in project["dependencies"]}
+    assert "xgboost" in runtime
+    assert runtime - {"xgboost"} | {"xgboost-cpu"} <= set(image)
+    assert "xgboost" not in image and not [n for n in image if n.startswith("nvidia-")]
+    assert image["xgboost-cpu"] == ci["xgboost"]
+    extras = project["optional-dependencies"]
+    wanted = runtime | {_dep_name(d) for e in ("test", "lint", "docs") for d in extras[e]}
+    assert wanted <= set(ci), sorted(wanted - set(ci))
+    for name in image.keys() & ci.keys():  # one version of each package everywhere
+        assert image[name] == ci[name], name
+    makefile = (REPO / "Makefile").read_text()
+    assert "CONSTRAINTS := -c requirements/ci.txt" in makefile
+    assert makefile.count("$(CONSTRAINTS) -e") >= 3
 
 
 # --------------------------------------------------------------------------- prometheus
@@ -220,6 +321,11 @@ def test_alert_rules_cover_the_operations_issue() -> None:
     names = {r.name for r in rule_exprs()}
     assert names >= {
         "SegstreamWorkerDown",
+        "SegstreamNoWorkerUp",
+        "SegstreamWorkerReplicasMissing",
+        "SegstreamWorkerCrashLooping",
+        "SegstreamMonitorAbsent",
+        "SegstreamMonitorCrashLooping",
         "SegstreamConsumerLagGrowing",
         "SegstreamDLQRateHigh",
         "SegstreamNoPredictions",
