@@ -208,3 +208,33 @@ def test_target_without_finite_values_is_data_error(trained, tmp_path):
             progress=False,
             work_dir=str(tmp_path / "w"),
         )
+
+
+def test_training_the_same_data_and_config_again_publishes_nothing(trained, tmp_path):
+    """Same data, same config: the same bundle id (created_at and timings differ and are
+    outside it); the store already holds it, so LATEST stays where an operator put it (here:
+    rolled to another bundle) and no model update is sent."""
+    from segstream.shared.store import ArtifactStore
+    from tests.fakes import write_fake_bundle
+
+    first, _tmp, data, cfg = trained
+    settings = load_settings(cfg)
+    store = ArtifactStore(settings.store)
+    other = write_fake_bundle(tmp_path / "other", settings.event_schema, model=settings.model)
+    store.publish(other)
+    assert store.latest(settings.model) == other.name
+    again = train(
+        settings,
+        data_path=str(data),
+        publish=True,
+        report_dir=str(tmp_path / "reports"),
+        progress=False,
+        work_dir=str(tmp_path / "work"),  # a fresh staging directory
+    )
+    assert again.manifest.bundle_id == first.manifest.bundle_id
+    assert again.manifest.created_at != first.manifest.created_at
+    assert again.uri == first.uri and not again.latest_moved and not again.update_sent
+    assert store.latest(settings.model) == other.name
+    stored = store.read_manifest(settings.model, first.manifest.bundle_id)
+    assert stored.created_at == first.manifest.created_at  # the stored copy is kept
+    assert first.latest_moved
