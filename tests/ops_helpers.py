@@ -141,3 +141,57 @@ def compose_segstream_env() -> dict[str, dict[str, str]]:
 def compose_text_segstream_vars() -> set[str]:
     """Every ``SEGSTREAM_*`` name anywhere in the compose file (keys and interpolations)."""
     return set(re.findall(r"\b(SEGSTREAM_\w+)", COMPOSE.read_text(encoding="utf-8")))
+
+
+def render_alert_test_config(
+    dest_dir: Path,
+    sd_files: dict[str, Path],
+    *,
+    interval: str = "1s",
+    for_: str = "3s",
+    subquery: tuple[str, str] = ("[1h:1m]", "[10m:1s]"),
+) -> Path:
+    """A test copy of the shipped Prometheus config and rules, for alerts to fire in seconds.
+
+    Service discovery becomes file-based (``sd_files``: job name -> targets JSON file, which
+    the test rewrites as Docker's DNS would: a stopped container drops out); scrape and rule
+    evaluation every ``interval``; every rule's ``for`` becomes ``for_`` and the replica
+    subquery's window and step ``subquery[1]``. The shipped files are not changed.
+
+    Returns the rendered ``prometheus.yml`` (its rules beside it in ``rules/``).
+    """
+    cfg = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    cfg["global"].update(
+        scrape_interval=interval, scrape_timeout=interval, evaluation_interval=interval
+    )
+    rules_dir = dest_dir / "rules"
+    rules_dir.mkdir(parents=True, exist_ok=True)
+    for path in RULES:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for group in doc["groups"]:
+            for rule in group["rules"]:
+                if "for" in rule:
+                    rule["for"] = for_
+                rule["expr"] = rule["expr"].replace(*subquery)
+        (rules_dir / path.name).write_text(yaml.safe_dump(doc, sort_keys=False))
+    cfg["rule_files"] = [str(rules_dir / "*.yml")]
+    jobs = []
+    for job in cfg["scrape_configs"]:
+        if job["job_name"] not in sd_files:
+            continue
+        job = {k: v for k, v in job.items() if not k.endswith("_sd_configs")}
+        job["file_sd_configs"] = [
+            {"files": [str(sd_files[job["job_name"]])], "refresh_interval": interval}
+        ]
+        jobs.append(job)
+    cfg["scrape_configs"] = jobs
+    out = dest_dir / "prometheus.yml"
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def write_sd_targets(path: Path, targets: list[str]) -> None:
+    """A file_sd targets file, replaced atomically (Prometheus watches it)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps([{"targets": targets}] if targets else []))
+    tmp.replace(path)
