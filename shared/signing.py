@@ -14,8 +14,10 @@ signature verifies with one of the trusted keys.
      "bundle_id": "<the manifest's bundle_id>", "signature": "<base64, 64 bytes>"}
 
 The signed message is ``b"segstream bundle manifest v1\\n"`` followed by the canonical
-manifest JSON without ``bundle_id`` (:meth:`segstream.shared.bundle.Manifest.body_json`, whose SHA-256
-is the bundle id); the prefix keeps these signatures from being valid for anything else.
+manifest JSON without ``bundle_id`` (:meth:`segstream.shared.bundle.Manifest.body_json`): every
+field, the run's annotations (``created_at``, ``timings``, ``metrics``) included, which the
+bundle id (:meth:`~segstream.shared.bundle.Manifest.identity_json`) leaves out; the prefix keeps
+these signatures from being valid for anything else.
 
 Keys are PEM files in the standard formats (PKCS#8 private key, SubjectPublicKeyInfo public
 key), as written by :func:`generate_key_pair` (``segstream bundle keygen``) or by
