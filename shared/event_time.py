@@ -26,15 +26,16 @@ Events are judged **in arrival order**, each against the watermark left by those
 (one numba pass over the batch; the outcome does not depend on how events are batched,
 except for the two rules marked *batch* below):
 
-* **Bootstrap** (*batch*): with no watermark yet, the first up to ``window`` valid times of
-  the batch are judged against *their median*, so a lone far-future first event among normal
-  ones is caught; the in-range ones fill the window.
+* **Bootstrap** (*batch*): with no watermark yet, it starts at *the median of the batch's
+  first* (up to ``window``) *valid times*, so a lone far-future first event among normal
+  ones is caught; from there on the events are judged one after another as always.
 * **Rebase** (*batch*): a stream that really jumps (a producer back after an outage, a replay
   restarted at an older date) gives out-of-range events one after another. After ``need``
   of them in a row with no in-range event between (``need = min(rebase_after,
   max(support, min_rebase))``, ``support``: in-range events since the last (re)anchoring),
-  the watermark re-anchors at their median, as in a bootstrap; those of them still in the
-  current batch are judged again against it (so a batch of a real jump loses none).
+  the watermark re-anchors at their median and the run is judged again from there, in
+  order (those of its events still in the current batch get that judgement: a batch of a
+  real jump loses none).
 * **Slack** (optional): with ``now_ms`` (wall clock) given, ``max_future_s`` grows by the
   wall-clock time since the partition's last in-range event: a live partition silent over a
   weekend is not judged two days "ahead" when it resumes. A replay (months of event time in
@@ -444,33 +445,47 @@ def _insert(
 
 
 @njit(cache=True, nogil=True)
-def _anchor(
-    meta: np.ndarray,
-    ring: np.ndarray,
-    srt: np.ndarray,
-    values: np.ndarray,
-    fut: int,
-    past: int,
-    now: int,
-) -> int:  # pragma: no cover - numba
-    """Re-anchor at the (lower) median of ``values`` (arrival order): clear the window and
-    the streak, fill the window with the values in range of it. Returns that median."""
+def _anchor(meta: np.ndarray, values: np.ndarray) -> None:  # pragma: no cover - numba
+    """Re-anchor at the lower median of ``values``: an empty window and streak, the
+    watermark at that median until the first in-range event."""
     tmp = np.sort(values)
-    m = tmp[(len(tmp) - 1) // 2]
     meta[_ANCHORED] = 1
+    meta[_WM] = tmp[(len(tmp) - 1) // 2]
     meta[_N_W] = 0
     meta[_HEAD] = 0
     meta[_SUPPORT] = 0
     meta[_STREAK] = 0
     meta[_S_HEAD] = 0
-    for v in values:
-        if v >= m - past and v <= m + fut:
-            _insert(meta, ring, srt, v)
-            meta[_SUPPORT] += 1
-            if now != _NONE:
-                meta[_LAST_WALL] = now
-    meta[_WM] = m
-    return m
+
+
+@njit(cache=True, nogil=True)
+def _step(
+    meta: np.ndarray,
+    ring: np.ndarray,
+    srt: np.ndarray,
+    v: int,
+    now: int,
+    fut: int,
+    past: int,
+    rank: int,
+    max_support: int,
+) -> tuple[int, int, int]:  # pragma: no cover - numba
+    """Judge one time ``v`` against the watermark; an in-range one joins the window and
+    moves the watermark. Returns (code, the watermark judged against, the limit in ms)."""
+    wm = meta[_WM]
+    slack = 0
+    if now != _NONE and meta[_LAST_WALL] != _NONE and now > meta[_LAST_WALL]:
+        slack = now - meta[_LAST_WALL]
+    if v > wm + fut + slack:
+        return AHEAD, wm, fut + slack
+    if v < wm - past:
+        return BEHIND, wm, past
+    _insert(meta, ring, srt, v)
+    meta[_SUPPORT] = min(meta[_SUPPORT] + 1, max_support)
+    if now != _NONE:
+        meta[_LAST_WALL] = now
+    meta[_WM] = _stat(srt, meta[_N_W], rank)
+    return IN_RANGE, wm, fut + slack
 
 
 @njit(cache=True, nogil=True)
@@ -497,8 +512,6 @@ def _judge(
         code[i] = NO_TIME
         mark[i] = _NONE
         limit[i] = 0
-    start = 0
-    streak_start = -1  # first index in this batch of the current streak (-1: before it)
     if meta[_ANCHORED] == 0:  # bootstrap: the median of the first valid times
         W = ring.shape[0]
         k = 0
@@ -515,57 +528,18 @@ def _judge(
             if t[j] != _NONE:
                 sample[k] = t[j]
                 k += 1
-        m = _anchor(meta, ring, srt, sample, fut, past, now)
-        for j in range(end):
-            v = t[j]
-            if v == _NONE:
-                continue
-            mark[j] = m
-            if v > m + fut:
-                code[j], limit[j] = AHEAD, fut
-            elif v < m - past:
-                code[j], limit[j] = BEHIND, past
-            else:
-                code[j], limit[j] = IN_RANGE, fut
-        # the sample's out-of-range times start the streak
-        for j in range(end):
-            if code[j] == AHEAD or code[j] == BEHIND:
-                if meta[_STREAK] == 0:
-                    streak_start = j
-                sbuf[meta[_S_HEAD]] = t[j]
-                meta[_S_HEAD] = (meta[_S_HEAD] + 1) % R
-                meta[_STREAK] += 1
-            elif code[j] == IN_RANGE:
-                meta[_STREAK] = 0
-                meta[_S_HEAD] = 0
-                streak_start = -1
-        if meta[_N_W] > 0:
-            meta[_WM] = _stat(srt, meta[_N_W], rank)
-        start = end
-    rebase_after = R
-    for i in range(start, n):
+        _anchor(meta, sample)
+    streak_start = -1  # first index in this batch of the current streak (-1: before it)
+    for i in range(n):
         v = t[i]
         if v == _NONE:
             continue
-        wm = meta[_WM]
-        slack = 0
-        if now != _NONE and meta[_LAST_WALL] != _NONE and now > meta[_LAST_WALL]:
-            slack = now - meta[_LAST_WALL]
-        mark[i] = wm
-        if v > wm + fut + slack:
-            code[i], limit[i] = AHEAD, fut + slack
-        elif v < wm - past:
-            code[i], limit[i] = BEHIND, past
-        else:
-            code[i], limit[i] = IN_RANGE, fut + slack
-            _insert(meta, ring, srt, v)
-            meta[_SUPPORT] = min(meta[_SUPPORT] + 1, rebase_after)
+        c, m, lim = _step(meta, ring, srt, v, now, fut, past, rank, R)
+        code[i], mark[i], limit[i] = c, m, lim
+        if c == IN_RANGE:
             meta[_STREAK] = 0
             meta[_S_HEAD] = 0
             streak_start = -1
-            if now != _NONE:
-                meta[_LAST_WALL] = now
-            meta[_WM] = _stat(srt, meta[_N_W], rank)
             continue
         # out of range: extend the streak, re-anchor when it is long enough
         if meta[_STREAK] == 0:
@@ -573,28 +547,30 @@ def _judge(
         sbuf[meta[_S_HEAD]] = v
         meta[_S_HEAD] = (meta[_S_HEAD] + 1) % R
         meta[_STREAK] += 1
-        need = min(rebase_after, max(meta[_SUPPORT], min_rebase))
-        if meta[_STREAK] >= need:
-            k = min(meta[_STREAK], R)
-            vals = np.empty(k, np.int64)
-            h = meta[_S_HEAD]
-            for j in range(k):
-                vals[j] = sbuf[(h - k + j) % R]
-            m = _anchor(meta, ring, srt, vals, fut, past, now)
-            for j in range(max(streak_start, 0), i + 1):  # judge them again
-                u = t[j]
-                if u == _NONE:
-                    continue
-                mark[j] = m
-                if u >= m - past and u <= m + fut:
-                    code[j], limit[j] = IN_RANGE, fut
-                elif u > m + fut:
-                    code[j], limit[j] = AHEAD, fut
-                else:
-                    code[j], limit[j] = BEHIND, past
-            if meta[_N_W] > 0:
-                meta[_WM] = _stat(srt, meta[_N_W], rank)
-            streak_start = -1
+        need = min(R, max(meta[_SUPPORT], min_rebase))
+        if meta[_STREAK] < need:
+            continue
+        # the streak (all of it is in sbuf: need <= R) replayed from its median, in order;
+        # the last q of it are this batch's events from streak_start to i
+        k = meta[_STREAK]
+        vals = np.empty(k, np.int64)
+        h = meta[_S_HEAD]
+        for j in range(k):
+            vals[j] = sbuf[(h - k + j) % R]
+        here = np.empty(k, np.int64)
+        q = 0
+        for j in range(max(streak_start, 0), i + 1):
+            if t[j] != _NONE and q < k:
+                here[q] = j
+                q += 1
+        _anchor(meta, vals)
+        for j in range(k):
+            c, m, lim = _step(meta, ring, srt, vals[j], now, fut, past, rank, R)
+            b = j - (k - q)
+            if b >= 0:
+                idx = here[b]
+                code[idx], mark[idx], limit[idx] = c, m, lim
+        streak_start = -1
 
 
 __all__ = [
