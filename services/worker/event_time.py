@@ -37,6 +37,7 @@ from segstream.services.worker.decode import ALL_DLQ_REASONS, DecodedBatch
 from segstream.services.worker.records import DLQ_HEADER_LIMIT, DLQ_HEADER_WATERMARK
 from segstream.shared.event_time import (
     AHEAD,
+    MISSING_MS,
     EventTimeWatermark,
     Judgement,
     epoch_ms,
@@ -80,7 +81,8 @@ class EventTimeGuard:
             "max_past_s": monitor.max_past_s,
             **params,
         }
-        EventTimeWatermark(**self.params)  # check the parameters
+        # check the parameters, and load (or compile) the kernel here, not in the first batch
+        EventTimeWatermark(**self.params).judge(np.array([0, 1, MISSING_MS], np.int64), now_ms=0)
         self.history = history
         self.clock = clock
         self.watermarks: dict[int, EventTimeWatermark] = {}
