@@ -24,7 +24,7 @@ gives records of their own to the ``max_slices`` slices with the most rows only;
 the other slices are counted in one overflow record (``slice_start`` and ``slice_s`` null,
 the time range of those rows in ``event_time_min/max``). So one batch gives at most
 ``max_slices + 2`` records (slices, no valid time, overflow) before size splitting, whatever
-its event times (20,000 events on 20,000 different days: 66 records, not 20,000).
+its event times (20,000 events on 20,000 different days: at most 66 records, not 20,000).
 
 With slicing, the batch's DLQ counts (``dlq``, ``n_dlq``) go to its first record only and
 ``n_events`` is ``n_scored`` plus those; rows without a valid event time get their own record
