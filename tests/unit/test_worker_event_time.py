@@ -159,9 +159,23 @@ def test_out_of_range_events_are_dead_lettered_and_the_rest_scored(
 
 def test_a_rewind_judges_again_against_the_same_state(tmp_path, sept) -> None:
     """A refused produce rewinds the batches in flight (at-least-once); re-consumed events
-    are judged against the watermark they met the first time, not the later one."""
+    are judged against the watermark they met the first time, not the later one.
+
+    Events 40 minutes apart (80 per partition) after the first batch, max_past_s 2 hours: a
+    batch (10 events per partition) spans 12 hours, so its first events are out of range of the watermark
+    its last ones left; a guard that did not notice the rewind would dead-letter them."""
     s = _settings(tmp_path, guarantee="at_least_once")
+    s = s.model_copy(
+        update={"monitor": s.monitor.model_copy(update={"max_past_s": 7200.0, "lateness_s": 60})}
+    )
     df, hostile = _hostile(sept, 80)
+    start = pd.Timestamp("2013-09-01T00:00:00Z")
+    normal = [i for i in range(len(df)) if str(df.loc[i, "event_id"]) not in hostile]
+    # the first batch 1 minute apart (a bootstrap judges against the median of its batch's
+    # first times), then 40 minutes apart
+    df.loc[normal, "event_time"] = [
+        start + pd.Timedelta(minutes=i if i < 20 else 19 + 40 * (i - 19)) for i in normal
+    ]
     log = _log(s, df)
     consumer = LogConsumer(s.topics.events, log)
     refusals = {"n": 0}
