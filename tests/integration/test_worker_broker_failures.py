@@ -1,0 +1,145 @@
+"""Delivery failures made on a real broker, not by a fake producer.
+
+The natural broker-side failure, a topic-level ``max.message.bytes`` on the predictions topic
+smaller than a record, cannot be made on the embedded Tansu 0.6 broker: it accepts the topic
+config (``describe_configs`` returns it) but ignores it (5 KB and 50 KB records to a topic
+with ``max.message.bytes=1000`` are acknowledged), and a deleted topic is recreated on the
+next produce. What Tansu does let us do is stop answering: the broker process is frozen
+(SIGSTOP) for longer than the producer's ``message.timeout.ms``, so librdkafka fails the
+outstanding deliveries (``_MSG_TIMED_OUT``, the producer-wide error callback), then thawed
+(SIGCONT) with its memory storage intact. Each test runs its own broker so the freeze touches
+no other test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from segstream.services.simulator.app import run_simulation
+from segstream.services.simulator.replay import Replay
+from segstream.services.worker.app import run_worker
+from segstream.shared.broker import EmbeddedBroker
+from segstream.shared.kafka import ensure_topics
+from tests.fakes import load_fake_bundle
+from tests.integration.worker_helpers import publish_fake, worker_settings
+from tests.kafka_helpers import consume_all
+
+pytestmark = pytest.mark.integration
+
+TIMEOUT_MS = 2000
+
+
+def _wait(pred, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_deliveries_timing_out_on_a_frozen_broker_are_rewound_and_redone(
+    flights_df, tmp_path: Path
+) -> None:
+    """At-least-once, commit after every batch: the broker freezes mid-stream for 3x the
+    delivery timeout. The worker reports the failed deliveries (``batch_failures{stage=
+    "deliver"}``), commits nothing past them, rewinds, and once the broker is back every event
+    has a prediction; nothing is lost. Records whose delivery timed out may still have reached
+    the broker (they were in its socket when it froze), so an event may have more than one
+    prediction: the test asserts no gap, not the number of copies."""
+    df = flights_df[flights_df["event_time"].dt.month == 9].iloc[:6000].reset_index(drop=True)
+    with EmbeddedBroker() as broker:
+        s = worker_settings(
+            broker.bootstrap,
+            "frz",
+            tmp_path,
+            partitions=2,
+            guarantee="at_least_once",
+            batch_size=200,
+            commit_interval_s=0.0,
+        )
+        # The events keep coming while the broker is frozen: the simulator (default delivery
+        # timeout, 5 minutes) waits it out; only the worker gets the short timeout.
+        s_sim = s
+        s = s.model_copy(
+            update={
+                "broker": s.broker.model_copy(update={"client": {"message.timeout.ms": TIMEOUT_MS}})
+            }
+        )
+        t = s.topics
+        ensure_topics(
+            s.broker,
+            [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.model_updates],
+            t.partitions,
+        )
+        publish_fake(s, tmp_path)
+        recs = list(Replay(df, s.event_schema, outcomes=False, bad_fraction=0.0, seed=0))
+        sim = s_sim.simulator.model_copy(update={"rate": 1000.0, "speedup": None})
+        sent: list = []
+        sender = threading.Thread(
+            target=lambda: sent.append(
+                run_simulation(
+                    s_sim.model_copy(update={"simulator": sim}), progress=False, records=recs
+                )
+            ),
+            daemon=True,
+        )
+        sender.start()
+        registry = CollectorRegistry()
+        stop = threading.Event()
+        code: list[int] = []
+        th = threading.Thread(
+            target=lambda: code.append(
+                run_worker(s, stop=stop, loader=load_fake_bundle, registry=registry)
+            ),
+            daemon=True,
+        )
+        th.start()
+
+        def sample(name: str, labels: dict[str, str] | None = None) -> float:
+            return registry.get_sample_value(name, labels or {}) or 0.0
+
+        pid = broker.pid
+        assert pid is not None
+        try:
+            _wait(
+                lambda: sample("segstream_worker_events_consumed_total") >= 1500,
+                90,
+                "the first batches",
+            )
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                time.sleep(3 * TIMEOUT_MS / 1000)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            _wait(
+                lambda: sample("segstream_worker_batch_failures_total", {"stage": "deliver"}) >= 1,
+                30,
+                "a delivery failure",
+            )
+            sender.join(60)
+            assert sent and sent[0].failed == 0, sent
+            _wait(
+                lambda: sample("segstream_worker_events_consumed_total") >= len(df),
+                90,
+                "every event consumed",
+            )
+            preds = consume_all(broker.bootstrap, t.predictions, len(df), 120, 3.0)
+        finally:
+            stop.set()
+            th.join(60)
+        assert code == [0]
+        got = Counter(orjson.loads(m.value())["event_id"] for m in preds)
+        assert set(got) == set(df["event_id"].astype(str)), "events lost after the failure"
+        assert sample("segstream_worker_batch_failures_total", {"stage": "deliver"}) >= 1
+        # Events were consumed again after the rewind.
+        assert sample("segstream_worker_events_consumed_total") > len(df)
