@@ -289,7 +289,7 @@ def test_kill_9_and_restart_loses_nothing(kafka, topic_prefix, tmp_path, sept_fl
     got_dlq = Counter(m.key().decode() for m in dlq)
     assert set(got) == want, f"{len(want - set(got))} events without a prediction"
     assert set(got_dlq) == bad, f"{len(bad - set(got_dlq))} malformed events not dead-lettered"
-    assert sum(committed.values()) > 0, committed  # the kill came after commits
+    assert max(committed.values()) > 0, committed  # the kill came after commits (-1001: none)
     for counts in (got, got_dlq):
         repeated = {e for e, c in counts.items() if c > 1}
         assert max(counts.values()) <= 2
@@ -319,7 +319,7 @@ def test_exactly_once_read_committed_sees_each_event_once(
     publish_fake(s, tmp_path)
     recs = _send(s, sept_flights.iloc[:10_000], bad_fraction=0.01)
     preds, dlq, committed, _ = _kill_mid_stream_and_restart(kafka, s, tmp_path, recs)
-    assert sum(committed.values()) > 0
+    assert max(committed.values()) > 0, committed
     got = Counter(_ids(preds)) + Counter(m.key().decode() for m in dlq)
     assert set(got) == {r.key.decode() for r in recs}
     assert max(got.values()) == 1, [e for e, c in got.items() if c > 1][:5]
