@@ -103,7 +103,15 @@ def _reference_columns(df: pd.DataFrame, bundle: Bundle) -> dict[str, np.ndarray
 
 
 def _setup(kafka, prefix: str, tmp: Path, store: Path, guarantee: str) -> Settings:
-    s = worker_settings(kafka.bootstrap, prefix, tmp, guarantee=guarantee, batch_size=400)
+    # Exactly-once also writes the optional per-feature contributions, compared as well.
+    s = worker_settings(
+        kafka.bootstrap,
+        prefix,
+        tmp,
+        guarantee=guarantee,
+        batch_size=400,
+        include_contributions=guarantee == "exactly_once",
+    )
     s = s.model_copy(update={"store": s.store.model_copy(update={"url": f"file://{store}"})})
     t = s.topics
     ensure_topics(
@@ -200,6 +208,16 @@ def test_every_prediction_record_equals_bundle_score(
             mismatches.append(f"{eid}: model/bundle {rec['model']} {rec['bundle_id']}")
         if rec["interval_mass"] != bundle.interval_mass:
             mismatches.append(f"{eid}: interval_mass {rec['interval_mass']}")
+        if s.worker.include_contributions:
+            names = bundle.contribution_names
+            got_c = rec["contributions"]
+            if list(got_c) != names:
+                mismatches.append(f"{eid}: contribution names {list(got_c)}")
+            for j, name in enumerate(names):
+                if not _close(got_c.get(name), float(ref["contributions"][i, j])):
+                    mismatches.append(f"{eid} contribution {name}: {got_c.get(name)!r}")
+        else:
+            assert "contributions" not in rec
         if pd.Timestamp(rec["event_time"]) != times.iloc[i]:
             mismatches.append(f"{eid}: event_time {rec['event_time']} != {times.iloc[i]}")
     assert mismatches == [], f"{len(mismatches)} mismatches, first: {mismatches[:10]}"
