@@ -3,8 +3,8 @@
 The natural broker-side failure, a topic-level ``max.message.bytes`` on the predictions topic
 smaller than a record, cannot be made on the embedded Tansu 0.6 broker: it accepts the topic
 config (``describe_configs`` returns it) but ignores it (5 KB and 50 KB records to a topic
-with ``max.message.bytes=1000`` are acknowledged), and a deleted topic is recreated on the
-next produce. What Tansu does let us do is stop answering: the broker process is frozen
+with ``max.message.bytes=1000`` are acknowledged), and a produce to a deleted topic is
+acknowledged too. What Tansu does let us do is stop answering: the broker process is frozen
 (SIGSTOP) for longer than the producer's ``message.timeout.ms``, so librdkafka fails the
 outstanding deliveries (``_MSG_TIMED_OUT``, the producer-wide error callback), then thawed
 (SIGCONT) with its memory storage intact. Each test runs its own broker so the freeze touches
@@ -60,14 +60,15 @@ def _read_until_covered(bootstrap: str, topic: str, want: set[str], timeout_s: f
 def test_deliveries_timing_out_on_a_frozen_broker_are_rewound_and_redone(
     flights_df, tmp_path: Path
 ) -> None:
-    """At-least-once, commit after every batch: the broker freezes mid-stream for 3x the
-    delivery timeout. The worker reports the failed deliveries (``batch_failures{stage=
-    "deliver"}``), commits nothing past them and rewinds; once the broker is back every event
-    gets a prediction, from the same worker or (on Tansu, whose fencing of the idempotent
-    producer after a timeout makes every retry fail: the worker stops, exit 1, after
-    ``worker.max_delivery_retries``) from a restarted one; nothing is lost. Records whose delivery timed out may still have reached
-    the broker (they were in its socket when it froze), so an event may have more than one
-    prediction: the test asserts no gap, not the number of copies."""
+    """At-least-once, commit after every batch: the broker freezes right after the worker's
+    first batch for 3x the delivery timeout. The worker reports the failed deliveries
+    (``batch_failures{stage="deliver"}``) and rewinds; once the broker is back every event
+    gets a prediction, from the same worker or, on Tansu, from a restarted one: Tansu fences
+    the idempotent producer after the timeout, every retry fails and the worker stops
+    (exit 1) after ``worker.max_delivery_retries``. Nothing is lost. Records whose delivery
+    timed out may still have reached the broker (they were in its socket when it froze), so
+    an event may have more than one prediction: the test asserts no gap, not the number of
+    copies."""
     df = flights_df[flights_df["event_time"].dt.month == 9].iloc[:6000].reset_index(drop=True)
     with EmbeddedBroker() as broker:
         s = worker_settings(
