@@ -101,6 +101,7 @@ class TopicCounter(threading.Thread):
         topics: list[str],
         dlq_topic: str | None = None,
         alert_topic: str | None = None,
+        keyed_topics: tuple[str, ...] = (),
     ) -> None:
         super().__init__(daemon=True, name="demo-counter")
         self.bootstrap = bootstrap
@@ -112,6 +113,9 @@ class TopicCounter(threading.Thread):
         self.alert_topic = alert_topic
         self.alert_types: Counter[str] = Counter()
         self.alert_examples: dict[str, Any] = {}
+        #: Records per key, per topic of ``keyed_topics`` (``keys.json`` in the demo's logs:
+        #: the e2e test checks every event id against the predictions and DLQ).
+        self.key_counts: dict[str, Counter[str]] = {t: Counter() for t in keyed_topics}
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -135,6 +139,8 @@ class TopicCounter(threading.Thread):
                         continue
                     t = m.topic()
                     self.counts[t] += 1
+                    if t in self.key_counts:
+                        self.key_counts[t][(m.key() or b"").decode(errors="replace")] += 1
                     self.samples.setdefault(t, m.value() or b"")
                     if t == self.dlq_topic:
                         headers = dict(m.headers() or [])
@@ -273,6 +279,7 @@ def run_demo(
             [t.events, t.outcomes, t.predictions, t.dlq, t.alerts],
             dlq_topic=t.dlq,
             alert_topic=t.alerts,
+            keyed_topics=(t.events, t.predictions, t.dlq),
         )
         counter.start()
         ports: list[int] = []
@@ -387,6 +394,10 @@ def run_demo(
         finally:
             children.stop_all()
             counter.stop()
+            keys = {"events": t.events, "predictions": t.predictions, "dlq": t.dlq}
+            (out_dir / "keys.json").write_bytes(
+                orjson.dumps({role: counter.key_counts[topic] for role, topic in keys.items()})
+            )
         elapsed = time.monotonic() - started
         c = counter.counts
         sim_summary = ""

@@ -10,10 +10,17 @@ from segstream.shared.kafka import FAST_GROUP_CONFIG
 
 
 def consume_all(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0, idle_s: float = 3.0
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 60.0,
+    idle_s: float = 3.0,
+    *,
+    isolation: str = "read_committed",
 ) -> list[Any]:
     """Read ``topic`` from the beginning until ``expected`` messages (or the deadline), then
-    keep reading for ``idle_s`` seconds to catch any extra ones."""
+    keep reading for ``idle_s`` seconds to catch any extra ones. ``isolation`` is the
+    consumer's ``isolation.level`` (librdkafka's default, ``read_committed``, stated)."""
     from confluent_kafka import Consumer
 
     c = Consumer(
@@ -22,6 +29,7 @@ def consume_all(
             "group.id": f"reader-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "isolation.level": isolation,
             **FAST_GROUP_CONFIG,
         }
     )
@@ -42,3 +50,16 @@ def consume_all(
     finally:
         c.close()
     return out
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The consumer group's committed offset per partition (-1001: none), read without
+    joining the group."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, **FAST_GROUP_CONFIG})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=20)
+    finally:
+        c.close()
+    return {tp.partition: tp.offset for tp in tps}

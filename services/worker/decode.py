@@ -24,8 +24,9 @@ Handling of odd inputs
 * ``null`` / empty value (tombstone): ``empty``.
 * Longer than ``max_event_bytes``: ``too_large`` (checked before parsing, so a 10 MB value
   costs no JSON work).
-* Not UTF-8 / not JSON / truncated / ``NaN`` literals / integers beyond 64 bits / nesting
-  deeper than orjson's limit (1024 levels): ``invalid_json``. msgspec's own bound is the
+* Not UTF-8 / not JSON / truncated / ``NaN`` literals / numbers beyond float64's range
+  (``1e400``, a 400-digit integer) / nesting deeper than orjson's limit (1024 levels):
+  ``invalid_json``. msgspec's own bound is the
   interpreter's recursion limit (about 1000 levels, checked in C: a ``RecursionError``, never a
   stack overflow); a value it refuses so goes to the slow path, whose orjson parse decides,
   so the outcome does not depend on the path.
@@ -34,7 +35,14 @@ Handling of odd inputs
   ``null`` (NaN / None / NaT in the columns).
 * A value of the wrong JSON type (string in a numeric field, ``"NaN"`` or ``"inf"`` as
   strings, ``true`` in a float field, an object or array anywhere): ``wrong_type``.
-  Integers are accepted in float fields; any JSON number in int fields.
+  Numbers are read as float64 (the column type the models read): a float field takes any
+  JSON number in float64's range, integer literals of any length included (rounded to the
+  nearest float64). An ``int`` field takes a number whose value is an integer of magnitude
+  below 2**53 (exact in float64), in any notation: ``6``, ``6.0``, ``1e2``, ``-0`` (stored as
+  0). A non-integral number (``6.5``), or one of magnitude 2**53 or more (``1e30``,
+  ``9007199254740993``, any integer beyond 64 bits) is ``wrong_type``, the detail naming the
+  field and the value as parsed; the check runs on the float64 column, so a decimal that
+  rounds to an integer in float64 (``6.0000000000000001``) is that integer.
 * The time field as a string that is not ISO 8601 or is outside 1677-2262: ``bad_time``.
   Times without a UTC offset are taken as UTC.
 * Extra fields are ignored. A JSON object with a duplicated key keeps the last value
@@ -190,6 +198,7 @@ class EventDecoder:
         by_attr = {f"f{i}": f.name for i, f in enumerate(self.fields)}
         self._struct_names = [by_attr[a] for a in event.__struct_fields__]
         self._flat = _FlatLayout(self.fields, self.time_field)
+        self._int_fields = [f.name for f in self.fields if f.type == "int"]
 
     def warm_up(self) -> None:
         """Decode a synthetic event of the schema (and one with a number msgspec converts), so
@@ -301,8 +310,51 @@ class EventDecoder:
             except TypeError:
                 lengths = None
             if lengths is not None and lengths.min() > 0 and lengths.max() <= limit:
-                return _frozen(self._decode_flat(values, lengths))
+                return _frozen(self._check_integers(self._decode_flat(values, lengths)))
         return _frozen(self._decode_structs(values))
+
+    def _check_integers(self, batch: DecodedBatch) -> DecodedBatch:
+        """Reject the rows whose ``int`` field holds a number that is not an integer of
+        magnitude below 2**53 (``wrong_type``, the detail names the field and the value).
+
+        Every path parses numbers into float64 (the column type the models read); this check
+        runs on those columns at the end of each path (flat, struct, slow; running it twice
+        changes nothing), so the outcome does not depend on the path.
+        Below 2**53 every integer is exact in float64, so an accepted value is the value
+        sent; ``-0`` is stored as ``0.0``.
+        """
+        if not self._int_fields or not len(batch.valid):
+            return batch
+        bad = np.zeros(len(batch.valid), dtype=bool)
+        details: dict[int, str] = {}
+        for name in self._int_fields:
+            col = batch.columns[name]
+            with np.errstate(invalid="ignore"):
+                wrong = ~np.isnan(col) & ((np.abs(col) >= _INT_LIMIT) | (np.trunc(col) != col))
+            if wrong.any():
+                for j in np.flatnonzero(wrong & ~bad).tolist():
+                    details[j] = (
+                        f"{name}: {float(col[j])!r} is not an integer of magnitude below 2**53"
+                    )
+                bad |= wrong
+            batch.columns[name] = col + 0.0  # -0.0 becomes 0.0
+        if not bad.any():
+            return batch
+        keep = np.flatnonzero(~bad)
+        rejected = sorted(
+            batch.rejected
+            + [
+                (int(batch.valid[j]), "wrong_type", details[j])
+                for j in np.flatnonzero(bad).tolist()
+            ]
+        )
+        text = batch.event_time_text
+        return DecodedBatch(
+            {k: v[keep] for k, v in batch.columns.items()},
+            batch.valid[keep],
+            rejected,
+            [text[j] for j in keep.tolist()],
+        )
 
     def _decode_structs(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """The struct path (and the slow path for what msgspec refuses)."""
@@ -426,7 +478,7 @@ class EventDecoder:
                 arr = _to_object(raw[f.name])
             columns[f.name] = arr if all_valid else arr[valid]
         time_text = times if all_valid else [times[i] for i in valid.tolist()]
-        return DecodedBatch(columns, valid, rejected, time_text)
+        return self._check_integers(DecodedBatch(columns, valid, rejected, time_text))
 
     def _decode_slow(self, values: Sequence[bytes | None]) -> DecodedBatch:
         """Decode ``values`` through orjson dicts, naming a DLQ reason for every bad one.
@@ -508,7 +560,9 @@ class EventDecoder:
                 arr = _to_object(col)
             columns[f.name] = arr if all_valid else arr[valid]
         time_text = times if all_valid else [times[i] for i in valid.tolist()]
-        return DecodedBatch(columns, valid.astype(np.int64, copy=False), rejected, time_text)
+        return self._check_integers(
+            DecodedBatch(columns, valid.astype(np.int64, copy=False), rejected, time_text)
+        )
 
 
 #: msgspec type per schema type on the fast path: every JSON number in float/int fields (as the
@@ -575,6 +629,8 @@ class _FlatLayout:
 
 
 _NAT_INT = np.iinfo(np.int64).min
+#: ``int`` fields take integers of magnitude below this (exact in the float64 columns).
+_INT_LIMIT = float(2**53)
 _TEXT_LIST = msgspec.json.Decoder(list[str | None])
 _FLOAT_LIST = msgspec.json.Decoder(list[float])
 _FLOAT = msgspec.json.Decoder(float)

@@ -284,20 +284,81 @@ def test_failed_publish_leaves_latest(tmp_path):
     assert s.latest("m") == d1.name
 
 
-def test_read_only_store_is_store_error(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
+def _publish_outcome(store_dir: Path, bundle: Path) -> str:
+    """Publish ``bundle`` into ``store_dir``; "published", or the exception as text."""
     try:
-        import os
+        ArtifactStore(StoreSettings(url=f"file://{store_dir}")).publish(bundle)
+    except StoreError as exc:
+        return f"StoreError: {exc}"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "published"
 
-        if os.geteuid() == 0:
-            pytest.skip("root ignores directory permissions")
-        s = ArtifactStore(StoreSettings(url=f"file://{ro}"))
-        with pytest.raises(StoreError, match=str(ro)):
-            s.publish(make(tmp_path))
-    finally:
-        ro.chmod(0o700)
+
+def _as_nobody(fn, *args) -> str:
+    """``fn(*args)`` in a forked child that dropped root for uid/gid 65534 (nobody), which
+    directory permissions apply to; its string result through a pipe."""
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(w, fn(*args).encode())
+        except BaseException as exc:
+            os.write(w, f"child failed: {exc!r}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_read_only_store_is_store_error(tmp_path):
+    """A store directory the process cannot write is a StoreError naming it. As root (the CI
+    user, whom directory permissions do not stop) the publish runs in a child that dropped
+    to nobody, in a world-readable directory outside pytest's private tmp."""
+    import os
+    import tempfile
+
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            s = ArtifactStore(StoreSettings(url=f"file://{ro}"))
+            with pytest.raises(StoreError, match=str(ro)):
+                s.publish(make(tmp_path))
+        finally:
+            ro.chmod(0o700)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        base = Path(d)
+        base.chmod(0o755)
+        bundle = make(base, seed=3)
+        for p in [base, *base.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        ro = base / "ro"
+        ro.mkdir(mode=0o555)  # owned by root: nobody may read and enter it, not write it
+        ro.chmod(0o555)
+        rw = base / "rw"
+        rw.mkdir()
+        os.chown(rw, 65534, 65534)
+        # Publish once here first: the child cannot import what is lazily imported from the
+        # interpreter under /root (mode 700), so everything is loaded before the fork.
+        assert _publish_outcome(base / "warm", bundle) == "published"
+        # The same child publishes into a writable store: the failure is the permission.
+        assert _as_nobody(_publish_outcome, rw, bundle) == "published"
+        got = _as_nobody(_publish_outcome, ro, bundle)
+        assert got.startswith("StoreError: ") and str(ro) in got, got
 
 
 def test_unwritable_store_path_is_store_error(tmp_path):

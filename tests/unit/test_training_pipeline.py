@@ -150,6 +150,34 @@ def test_manifest_metrics_and_components(trained):
     assert m.config["broker"]["security"]["password"] is None
 
 
+def test_partitioned_model_beats_the_global_linear_model_on_the_test_slice(trained):
+    """Quality guard on real flights (the packaged config, small variant: train Jan 1-19,
+    test Jan 25-31): the per-segment models' MAE is below the one global linear model's on
+    the same test rows (measured 13.29 vs 13.56 minutes, n=5719), and below XGBoost's."""
+    t = trained[0].manifest.metrics["test"]
+    assert t["partitioned"]["n"] == t["global_linear"]["n"] > 1000
+    assert t["partitioned"]["mae"] < t["global_linear"]["mae"]
+    assert t["partitioned"]["mae"] < t["global_xgboost"]["mae"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured coverage 0.729 on the Jan 25-31 test slice for nominal 0.8 (config "
+        "training.interval_mass): the conformal offsets calibrated on Jan 20-24 under-cover "
+        "a week later; a quality finding, left for the training owner"
+    ),
+)
+def test_interval_coverage_is_near_its_nominal_mass(trained):
+    """Quality guard: the intervals' empirical coverage on the test slice is within 0.05 of
+    the nominal mass the config states (``training.interval_mass``, 0.8)."""
+    result, _tmp, _data, cfg = trained
+    mass = load_settings(cfg).training.interval_mass
+    iv = result.manifest.metrics["test"]["interval"]
+    assert iv["mass"] == mass == 0.8
+    assert abs(iv["coverage"] - mass) <= 0.05, iv
+
+
 def test_published_and_report_written(trained):
     result, tmp, *_ = trained
     assert result.uri and result.uri.endswith(result.manifest.bundle_id)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import msgspec
 import numpy as np
 import orjson
@@ -59,6 +62,24 @@ def decoder() -> EventDecoder:
     return EventDecoder(SCHEMA, max_event_bytes=4096)
 
 
+def _finite(v):
+    """``v`` with non-finite floats as None (JSON has no NaN; orjson writes null too)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
+
+
+def _json_bytes(v) -> bytes:
+    """JSON text of ``v`` for any value the strategies draw, integers beyond 64 bits included
+    (orjson refuses to encode those, the standard library writes their digits), so that no
+    drawn case is replaced by a stand-in."""
+    return json.dumps(_finite(v), ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _check_total(out, n: int) -> None:
     """Every input is exactly one of: a valid row, a DLQ reason."""
     rejected = [i for i, _, _ in out.rejected]
@@ -95,10 +116,7 @@ def test_arbitrary_objects_never_raise(decoder: EventDecoder, docs: list, data) 
     for d in docs:
         base = dict(GOOD) if data.draw(st.booleans()) else {}
         base.update(d)
-        try:
-            merged.append(orjson.dumps(base))
-        except (TypeError, orjson.JSONEncodeError):
-            merged.append(b"{}")
+        merged.append(_json_bytes(base))  # integers beyond 64 bits reach the decoder
     out = decoder.decode(merged)
     _check_total(out, len(merged))
 
@@ -259,10 +277,7 @@ def test_scoring_the_decoded_batch_equals_the_scorers_score(tmp_path, decoder) -
 
 
 def _dump(d: dict) -> bytes:
-    try:
-        return orjson.dumps(d)
-    except (TypeError, orjson.JSONEncodeError):
-        return b"{}"
+    return _json_bytes(d)
 
 
 def _same(a, b) -> None:
@@ -790,10 +805,7 @@ def test_flat_path_equals_struct_path(
 
 
 def _dump_value(v) -> str:
-    try:
-        return orjson.dumps(v).decode()
-    except orjson.JSONEncodeError:
-        return "null"
+    return _json_bytes(v).decode()
 
 
 def test_flat_path_duplicated_key_and_bad_tokens_defer(decoder: EventDecoder) -> None:
@@ -899,7 +911,7 @@ from segstream.services.worker._decode_kernels import (  # noqa: E402
     parse_flat_objects,
 )
 from segstream.services.worker.decode import _FlatLayout  # noqa: E402
-from segstream.shared.settings import FieldSpec  # noqa: E402
+from segstream.shared.settings import FieldSpec, SchemaSettings  # noqa: E402
 
 _ORIG_POW10 = np.array([10.0**k for k in range(23)], dtype=np.float64)
 _ORIG_TWO53 = 1 << 53
@@ -1333,6 +1345,15 @@ def _assert_same_as_original(lay: _FlatLayout, values: list[bytes]) -> None:
         raise AssertionError(f"hard numbers differ: {new_hard.tolist()} != {ref_hard.tolist()}")
 
 
+def _assert_same_as_msgspec(decoder: EventDecoder, values: list[bytes]) -> None:
+    """The independent reference: the whole decoder (flat kernel first, for a batch of
+    non-empty values) against the struct path (msgspec's typed C decoder, and orjson for
+    what msgspec refuses), which shares no code with the kernel: same rows, reasons and
+    values, bit for bit."""
+    if values and min(map(len, values)) > 0:
+        _same_bits(decoder.decode(values), decoder._decode_structs(values))
+
+
 # A second schema: bools, a datetime kept as text, required fields of each kind, and names of
 # 0..8 words (7 and 15 bytes fill whole words with the closing quote), one not ASCII.
 _ODD_FIELDS = [
@@ -1350,6 +1371,7 @@ _ODD_FIELDS = [
     FieldSpec(name="y", type="float", role="target"),
 ]
 _ODD_LAYOUT = _FlatLayout(_ODD_FIELDS, "t")
+_ODD_DECODER = EventDecoder(SchemaSettings(fields=tuple(_ODD_FIELDS)), max_event_bytes=10_000)
 
 _AIRPORTS = ["EWR", "JFK", "LGA", "IAH", "MIA", "ORD", "ATL", "LAX", "SFO", "BOS", "DFW"]
 _CARRIERS = ["UA", "AA", "B6", "DL", "EV", "9E", "WN", "US", "MQ", "VX", "F9", "OO"]
@@ -1662,6 +1684,7 @@ def test_flat_kernel_equals_the_original_on_mutated_flights_events(
     values += [b"{}", b" { } ", b"[]", b"null", b"1", b'"{}"', b"{", b'{"', b"\xff"]
     for batch in _batches(rng, values):
         _assert_same_as_original(decoder._flat, batch)
+        _assert_same_as_msgspec(decoder, batch)
 
 
 def test_flat_kernel_equals_the_original_on_another_schema() -> None:
@@ -1677,6 +1700,7 @@ def test_flat_kernel_equals_the_original_on_another_schema() -> None:
     assert (_run_flat_kernel(parse_flat_objects, _ODD_LAYOUT, values)[0][0] == 0).sum() > 2000
     for batch in _batches(rng, values):
         _assert_same_as_original(_ODD_LAYOUT, batch)
+        _assert_same_as_msgspec(_ODD_DECODER, batch)
 
 
 def test_flat_kernel_equals_the_original_at_every_word_offset(decoder: EventDecoder) -> None:
@@ -1706,6 +1730,7 @@ def test_flat_kernel_equals_the_original_at_every_word_offset(decoder: EventDeco
         lead = [b" " * pad + base]  # shifts everything after it by ``pad`` bytes
         for i in range(0, len(values), 97):
             _assert_same_as_original(decoder._flat, lead + values[i : i + 97])
+            _assert_same_as_msgspec(decoder, lead + values[i : i + 97])
         for v in values[::7]:
             _assert_same_as_original(decoder._flat, [*lead, v])  # the buffer ends with v
 
@@ -1741,6 +1766,7 @@ def test_flat_kernel_equals_the_original_for_every_byte_anywhere(
     for at in range(len(base)):
         values = [base[:at] + bytes([b]) + base[at + 1 :] for b in every.tolist()]
         _assert_same_as_original(lay, values)
+        _assert_same_as_msgspec(_ODD_DECODER if odd else decoder, values)
 
 
 @settings(max_examples=300, deadline=None)
@@ -1760,3 +1786,4 @@ def test_flat_kernel_equals_the_original_on_spliced_bytes(
     value = base[:at] + junk + base[at + cut :]
     _assert_same_as_original(decoder._flat, [value])
     _assert_same_as_original(decoder._flat, [value, after or base])
+    _assert_same_as_msgspec(decoder, [value, after or base])

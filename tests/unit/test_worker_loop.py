@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -27,16 +28,26 @@ from tests.integration.worker_helpers import worker_settings
 
 
 class FakeConsumer:
+    """Hands out the given batches in order. ``seek`` redelivers, as librdkafka does: the
+    partition's messages from the sought offset on (of everything handed out or still
+    planned) come next, in offset order, as one batch, and the planned batches lose them."""
+
     def __init__(self, batches: list[list[Message]]) -> None:
-        self.batches = list(batches)
+        self.batches = [list(b) for b in batches]
         self.commits: list[dict[int, int]] = []
         self.seeks: list[tuple[int, int]] = []
         self.log: list[str] = []
         self.idle_polls = 0  # polls that found nothing left
+        self.known: dict[tuple[int, int], Message] = {
+            (m.partition(), m.offset()): m for b in batches for m in b
+        }
+        self.handed: list[Message] = []  # every message handed out, in order
 
     def consume(self, n: int, timeout: float) -> list[Message]:
         if self.batches:
-            return self.batches.pop(0)
+            batch = self.batches.pop(0)
+            self.handed += batch
+            return batch
         self.idle_polls += 1
         return []
 
@@ -44,23 +55,44 @@ class FakeConsumer:
         self.commits.append({tp.partition: tp.offset for tp in offsets})
         self.log.append("commit")
 
+    def committed_total(self) -> dict[int, int]:
+        """The last committed offset per partition."""
+        out: dict[int, int] = {}
+        for c in self.commits:
+            out.update(c)
+        return out
+
     def seek(self, tp: Any) -> None:
         self.seeks.append((tp.partition, tp.offset))
         self.log.append("seek")
+        p, at = tp.partition, tp.offset
+        again = sorted(
+            (m for (mp, off), m in self.known.items() if mp == p and off >= at),
+            key=Message.offset,
+        )
+        self.batches = [
+            kept
+            for b in self.batches
+            if (kept := [m for m in b if not (m.partition() == p and m.offset() >= at)])
+        ]
+        if again:
+            self.batches.insert(0, again)
 
     def assignment(self) -> list[Any]:
         return []
 
 
 class FakeProducer:
-    """A record is delivered (or fails, if its value contains one of ``fail_values``) at the
-    second ``poll`` after it was produced: one poll to send it, one to get the answer."""
+    """A record is delivered (or fails, the first time only, if its value contains one of
+    ``fail_values``: a transient failure, as a broker timeout) at the second ``poll`` after it
+    was produced: one poll to send it, one to get the answer."""
 
     def __init__(self, fail_values: set[bytes] = frozenset(), log: list[str] | None = None):
         self.queued: list[tuple[bytes, Any]] = []
         self.sent: list[tuple[bytes, Any]] = []
         self.delivered: list[bytes] = []
         self.fail_values = set(fail_values)
+        self.failed: list[bytes] = []
         self.log = log if log is not None else []
         self.on_delivery: Any = None  # the producer-wide callback (set to the loop's)
 
@@ -78,7 +110,10 @@ class FakeProducer:
     def poll(self, timeout: float = 0) -> int:
         done, self.sent, self.queued = self.sent, self.queued, []
         for value, _ in done:
-            if any(f in value for f in self.fail_values):
+            failing = [f for f in self.fail_values if f in value]
+            if failing:
+                self.fail_values -= set(failing)
+                self.failed.append(value)
                 self.on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT), None)
             else:
                 self.delivered.append(value)
@@ -168,17 +203,32 @@ def test_each_delivered_batch_is_committed_before_the_next_is_produced(setup) ->
     assert consumer.seeks == []
 
 
+def _delivered_ids(producer: FakeProducer) -> list[str]:
+    return [orjson.loads(v)["event_id"] for v in producer.delivered]
+
+
 def test_a_failed_record_rewinds_every_batch_in_flight_without_commit(setup) -> None:
     s, scorer, a, b = setup
-    bad_id = a[2].key()  # one prediction of batch a fails
+    bad_id = a[2].key()  # one prediction of batch a fails (once)
     consumer = FakeConsumer([a, b])
     producer = FakeProducer(fail_values={b'"event_id":"' + bad_id + b'"'})
     loop = _run(s, scorer, consumer, producer)
-    # The failure shows before batch b is produced: a and b are rewound, nothing committed.
-    assert consumer.commits == []
+    # The failure shows before batch b is produced: a and b are rewound, nothing committed
+    # before the rewind.
+    assert consumer.log.index("seek") < consumer.log.index("commit")
     assert sorted(consumer.seeks) == [(0, 100), (1, 40)]
-    assert not loop.committer.inflight
-    assert len(producer.delivered) == 4  # a's other records; b was never produced
+    assert len(producer.failed) == 1 and not loop.committer.inflight
+    # The rewind redelivers: a's 5 and b's 5 events are scored again and delivered, so every
+    # event is delivered; a's 4 records delivered before the failure are the duplicates
+    # (at-least-once), nothing else is.
+    ids = [m.key().decode() for m in a + b]
+    got = Counter(_delivered_ids(producer))
+    assert set(got) == set(ids)
+    assert sorted(e for e, c in got.items() if c > 1) == sorted(
+        m.key().decode() for m in a if m.key() != bad_id
+    )
+    assert max(got.values()) == 2
+    assert consumer.committed_total() == {0: 107, 1: 43}
 
 
 def _with_interval(s: Any, seconds: float) -> Any:
@@ -235,10 +285,14 @@ def test_a_failure_commits_the_batches_delivered_before_it_and_rewinds_the_rest(
     loop = _run(_with_interval(s, 3600.0), scorer, consumer, producer)
     assert consumer.commits[0] == {0: 105}  # a: delivered before the failure
     assert sorted(consumer.seeks) == [(0, 105), (1, 40)]  # b rewound
+    assert consumer.log.index("commit") < consumer.log.index("seek")
     assert not loop.committer.inflight and not loop.committer.delivered
-    assert {0: 107, 1: 43}.items().isdisjoint(
-        {k: v for c in consumer.commits for k, v in c.items()}.items()
-    )
+    # b redelivered and delivered: the second commit covers it; only b's records delivered
+    # before the failure are duplicates.
+    assert consumer.commits[1:] == [{0: 107, 1: 43}]
+    got = Counter(_delivered_ids(producer))
+    assert set(got) == {m.key().decode() for m in a + b}
+    assert {e for e, c in got.items() if c > 1} <= {m.key().decode() for m in b} - {bad_id.decode()}
 
 
 def test_a_drain_with_records_outstanding_still_commits_what_was_delivered(setup) -> None:
