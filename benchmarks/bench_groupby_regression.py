@@ -645,11 +645,11 @@ PROFILES = {
         "subsets": {
             "lstsq": 2_000,
             "statsmodels": 500,
-            "pandas": 1_000,
-            "polars_ols": 5_000,
-            "rlm": 300,
-            "rlm_tight": 100,
-            "sklearn_huber": 50,
+            "pandas": 500,
+            "polars_ols": 3_000,
+            "rlm": 200,
+            "rlm_tight": 60,
+            "sklearn_huber": 20,
         },
     },
     "full": {
