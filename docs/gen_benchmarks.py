@@ -53,6 +53,11 @@ def ratio(x: float) -> str:
     return f"{x:.1f}x" if x < 100 else f"{x:,.0f}x"
 
 
+def shared_note(load_start: float, cpus: int = 2) -> str:
+    """A note when the load average at the start says other jobs shared the machine."""
+    return " (other jobs shared the machine)" if load_start > cpus else ""
+
+
 def loadavg(env: dict, start: str, end: str) -> str:
     return f"{env[start][0]:.1f} at start, {env[end][0]:.1f} at end"
 
@@ -117,7 +122,7 @@ def _training_time(d: dict) -> str:
             + f" s), {d['train_seconds_without_report']:.1f} s without it (runs "
             + " / ".join(f"{x:.1f}" for x in d["train_seconds_without_report_runs"])
             + f" s), after a JIT warm-up of {d['jit_warmup_s']:.1f} s paid once per machine; "
-            f"load average {load} (other engineers' tests were running). Median per step (s): "
+            f"load average {load}{shared_note(env['load_avg_start'][0])}. Median per step (s): "
             + steps
             + "."
         )
@@ -419,8 +424,8 @@ def _groupby_run(name: str, title: str) -> list[str]:
         "",
         f"{env['cpu_count']} vCPUs, numba threading layer `{env['numba_threading_layer']}`, "
         f"`OMP_WAIT_POLICY={env['omp_wait_policy']}`, polars pool {pl_threads} threads; load "
-        f"average {loadavg(env, 'loadavg_start', 'loadavg_end')} (other engineers' tests were "
-        f"running). {src(name)}",
+        f"average {loadavg(env, 'loadavg_start', 'loadavg_end')}"
+        f"{shared_note(env['loadavg_start'][0], env['cpu_count'])}. {src(name)}",
         "",
         "OLS, seconds per fit of all groups, and max abs coefficient difference against "
         "per-group `lstsq` on a seeded subset of the groups:",
