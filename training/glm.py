@@ -49,6 +49,7 @@ FAMILIES: dict[str, int] = {
     "binomial": _k.FAMILY_BINOMIAL,
     "poisson": _k.FAMILY_POISSON,
 }
+SLOW_ITER = 10
 _NAN_STATUSES = (
     _k.TOO_FEW_ROWS,
     _k.SINGULAR,
@@ -93,50 +94,80 @@ def check_glm_target(ya: np.ndarray, keep: np.ndarray, family: str) -> None:
             )
 
 
-def _separated(M: np.ndarray, y: np.ndarray, family: int) -> bool:
-    """Exact check that the maximum-likelihood estimate does not exist (Konis 2007).
+def _lp_block(M: np.ndarray, y: np.ndarray, family: int):
+    """One group's part of the separation LP (Konis 2007): ``(c, A_ub, A_eq)`` over the
+    coefficients ``b`` (intercept + the kept predictors, centred and scaled to max |x| = 1),
+    bounds ``|b| <= 1``, ``A_ub b <= 0``, ``A_eq b = 0``, minimise ``c'b``; the maximum-
+    likelihood estimate does not exist when the minimum is below 0.
 
-    ``M (m, q)``: the group's usable rows of the kept predictors; the intercept is added here.
-    Binomial: (quasi-)complete separation, i.e. some ``b != 0`` with ``(2y - 1) x'b >= 0`` on
-    every row and ``> 0`` on one (maximise ``sum (2y - 1) x'b`` over ``|b| <= 1``). Poisson:
-    some direction with ``x'b = 0`` on the rows with a positive count and ``x'b <= 0`` on the
-    zero counts, ``< 0`` on one (the zero counts can be fitted with mean -> 0).
+    Binomial: (quasi-)complete separation, some ``b != 0`` with ``(2y - 1) x'b >= 0`` on every
+    row and ``> 0`` on one: minimise ``-sum (2y - 1) x'b``. Poisson: some direction with
+    ``x'b = 0`` on the rows with a positive count and ``x'b <= 0`` on the zero counts, ``< 0``
+    on one (those can be fitted with mean -> 0): minimise ``sum_{y=0} x'b``.
     """
+    C = M - M.mean(axis=0)
+    sd = np.abs(C).max(axis=0) if C.shape[0] else np.zeros(C.shape[1])
+    live = sd > 0
+    B = np.column_stack([np.ones(M.shape[0]), C[:, live] / sd[live]])
+    if family == _k.FAMILY_BINOMIAL:
+        SB = np.where(y > 0.5, 1.0, -1.0)[:, None] * B
+        return -SB.sum(axis=0), -SB, np.zeros((0, B.shape[1]))
+    zero = y <= 0.0
+    return B[zero].sum(axis=0), B[zero], B[~zero]
+
+
+def separated(blocks: list[tuple[np.ndarray, np.ndarray]], family: int) -> np.ndarray:
+    """Exact check, for each group, that its maximum-likelihood estimate does not exist.
+
+    All groups are solved as one block-diagonal linear program (one ``scipy.optimize.linprog``
+    call, HiGHS): the objective is a sum of independent parts, so each block of the optimum is
+    optimal for its own group.
+
+    Parameters
+    ----------
+    blocks : list of (ndarray (m, q) float64, ndarray (m,) float64)
+        Each group's usable rows of its kept predictors and their outcomes/counts.
+    family : int
+        ``FAMILY_BINOMIAL`` or ``FAMILY_POISSON``.
+
+    Returns
+    -------
+    ndarray of bool, shape (len(blocks),)
+
+    References
+    ----------
+    K. Konis (2007), see the module docstring; A. Albert and J. A. Anderson (1984).
+    """
+    from scipy import sparse
     from scipy.optimize import linprog
 
-    m = M.shape[0]
-    if m == 0:
-        return False
-    cols = [np.ones(m)]
-    for j in range(M.shape[1]):
-        c = M[:, j] - M[:, j].mean()
-        sd = np.abs(c).max()
-        if sd > 0:
-            cols.append(c / sd)
-    B = np.column_stack(cols)
-    k = B.shape[1]
-    if family == _k.FAMILY_BINOMIAL:
-        s = np.where(y > 0.5, 1.0, -1.0)
-        SB = s[:, None] * B
-        res = linprog(
-            -SB.sum(axis=0), A_ub=-SB, b_ub=np.zeros(m), bounds=[(-1.0, 1.0)] * k, method="highs"
+    if not blocks:
+        return np.zeros(0, bool)
+    parts = [_lp_block(M, y, family) for M, y in blocks]
+    c = np.concatenate([p[0] for p in parts])
+    A_ub = sparse.block_diag([p[1] for p in parts], format="csr")
+    A_eq = sparse.block_diag([p[2] for p in parts], format="csr")
+    has_eq = A_eq.shape[0] > 0
+    res = linprog(
+        c,
+        A_ub=A_ub,
+        b_ub=np.zeros(A_ub.shape[0]),
+        A_eq=A_eq if has_eq else None,
+        b_eq=np.zeros(A_eq.shape[0]) if has_eq else None,
+        bounds=(-1.0, 1.0),
+        method="highs",
+    )
+    if res.status != 0:  # pragma: no cover - the LP is always feasible (b = 0) and bounded
+        raise RuntimeError(f"separation check: linprog failed: {res.message}")
+    out = np.empty(len(parts), bool)
+    pos = 0
+    for i, p in enumerate(parts):
+        k = p[0].shape[0]
+        out[i] = -float(c[pos : pos + k] @ res.x[pos : pos + k]) > 1e-6 * max(
+            1, blocks[i][0].shape[0]
         )
-    else:
-        zero = y <= 0.0
-        Z0 = B[zero]
-        if Z0.shape[0] == 0:
-            return False
-        Pz = B[~zero]
-        res = linprog(
-            Z0.sum(axis=0),
-            A_ub=Z0,
-            b_ub=np.zeros(Z0.shape[0]),
-            A_eq=Pz if Pz.shape[0] else None,
-            b_eq=np.zeros(Pz.shape[0]) if Pz.shape[0] else None,
-            bounds=[(-1.0, 1.0)] * k,
-            method="highs",
-        )
-    return bool(res.status == 0 and -res.fun > 1e-6 * max(1, m))
+        pos += k
+    return out
 
 
 def fit_glm_rows(
@@ -246,17 +277,22 @@ def fit_glm_rows(
             st_xbar, st_A, st_rhs, se_t, cond_t,
         )  # fmt: skip
         # exact separation check of the groups that ended at the edge
-        cand = np.flatnonzero(((fin == 1) & (st_ext > 0)) | (stt == _k.SEPARATION))
+        # candidates: a singular working problem with rows at the edge, or a fit that ended
+        # with rows at the edge after many steps or none converging (on a finite MLE IRLS is
+        # Newton's method and converges in a few steps; under separation the linear predictor
+        # of the separated rows grows by about one unit per step, so it takes >= 10 to reach
+        # the edge)
+        slow = (it_t >= SLOW_ITER) | (stt == _k.NOT_CONVERGED)
+        cand = np.flatnonzero(((fin == 1) & (st_ext > 0) & slow) | (stt == _k.SEPARATION))
+        blocks = []
         for g in cand:
             s, e = int(offsets[g]), int(offsets[g + 1])
             rows = valid[s:e]
-            kj = kept[g].astype(bool)
-            sep = _separated(Xg[s:e][rows][:, kj], Yg[s:e, t][rows], fam)
-            checked[g, t] = True
-            if sep:
-                stt[g] = _k.SEPARATION
-            elif stt[g] == _k.SEPARATION:
-                stt[g] = _k.SINGULAR
+            blocks.append((Xg[s:e][rows][:, kept[g].astype(bool)], Yg[s:e, t][rows]))
+        sep = separated(blocks, fam)
+        checked[cand, t] = True
+        stt[cand[sep]] = _k.SEPARATION
+        stt[cand[~sep & (stt[cand] == _k.SEPARATION)]] = _k.SINGULAR
         if cand.size:
             logger.debug("GLM target %d: %d separation checks", t, cand.size)
         nanfit = np.isin(stt, _NAN_STATUSES)
