@@ -467,10 +467,6 @@ def main(argv=None):
     print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-    main()
-
-
 # =========================================================================================
 # GLM scenario (issue 18): per-segment logistic regression, ``--part glm``. Kept in its own
 # block (functions below + the ``--part`` switch in ``main``) and written to its own JSON
@@ -553,7 +549,7 @@ def numpy_batched_irls(Xb, yb, wb, n_iter: int = 25, tol: float = 1e-10):
     """IRLS of every group at once: ``Xb (G, r, k)``, ``yb``, ``wb (G, r)`` (equal sizes),
     batched ``np.linalg.solve`` of the (G, k, k) normal equations; stops when no coefficient
     of any group moved more than ``tol`` (relative)."""
-    G, r, k = Xb.shape
+    G, _r, k = Xb.shape
     beta = np.zeros((G, k))
     mu = (yb + 0.5) / 2.0
     eta = np.log(mu / (1.0 - mu))
@@ -682,8 +678,7 @@ def run_glm(repeats: int, sm_groups: int, seed: int = 1):
             "vs_statsmodels_glm_loop_one_thread": base["statsmodels_glm_loop"]["seconds"] / t_one,
             "vs_sklearn_logistic_loop_all_threads": base["sklearn_logistic_loop"]["seconds"]
             / t_all,
-            "vs_sklearn_logistic_loop_one_thread": base["sklearn_logistic_loop"]["seconds"]
-            / t_one,
+            "vs_sklearn_logistic_loop_one_thread": base["sklearn_logistic_loop"]["seconds"] / t_one,
             "vs_numpy_batched_irls_all_threads": tn / t_all,
         }
         print("  ratios " + ", ".join(f"{k}={v:.1f}" for k, v in sc["ratios"].items()), flush=True)
@@ -737,3 +732,7 @@ def glm_main(args) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

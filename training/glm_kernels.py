@@ -23,7 +23,6 @@ from segstream.training._groupby_kernels import (
     _stats,
 )
 
-
 # --------------------------------------------------------------------------- IRLS
 #
 # Generalised linear models with canonical links (binomial/logit, Poisson/log) by iteratively
@@ -55,25 +54,19 @@ GLM_MAX_HALVINGS = 30
 
 
 @njit(cache=True)
-def _softplus(x):
-    """``log(1 + exp(x))`` without overflow or loss of precision."""
-    if x > 0.0:
-        return x + math.log1p(math.exp(-x))
-    return math.log1p(math.exp(x))
-
-
-@njit(cache=True)
 def _glm_row(family, eta, y):
     """Working weight factor ``mu'^2 / V``, working residual ``(y - mu) / mu'`` and unit
     deviance of one row at linear predictor ``eta`` (offset included). Canonical links:
     ``mu'^2 / V = mu' = V``."""
     if family == FAMILY_BINOMIAL:
-        a = abs(eta)
-        ea = math.exp(-a)
+        ea = math.exp(-abs(eta))
         den = 1.0 + ea
         v = ea / (den * den)  # mu (1 - mu), exact in the tails
         mu = 1.0 / den if eta >= 0.0 else ea / den
-        dev = 2.0 * (_softplus(-eta) if y > 0.5 else _softplus(eta))
+        # -log(mu) = softplus(-eta), -log(1 - mu) = softplus(eta); softplus(x) = log1p(e^-|x|)
+        # + max(x, 0)
+        lp = math.log1p(ea)
+        dev = 2.0 * (lp + (max(-eta, 0.0) if y > 0.5 else max(eta, 0.0)))
         r = (y - mu) / v if v > 0.0 else 0.0
         return v, r, dev
     # Poisson, log link
@@ -169,13 +162,9 @@ def _glm_prepare(
             need_ev = float(k) if min_events < 0 else float(min_events)
             if (p > 0 and q == 0) or nv < max(k, min_rows) or nv == 0:
                 status[g] = TOO_FEW_ROWS
-            elif family == FAMILY_BINOMIAL and (e0 == 0.0 or e1 == 0.0):
+            elif (e0 == 0.0 or e1 == 0.0) if family == FAMILY_BINOMIAL else e1 == 0.0:
                 status[g] = ONE_CLASS
-            elif family == FAMILY_POISSON and e1 == 0.0:
-                status[g] = ONE_CLASS
-            elif family == FAMILY_BINOMIAL and min(e0, e1) < need_ev:
-                status[g] = TOO_FEW_EVENTS
-            elif family == FAMILY_POISSON and e1 < need_ev:
+            elif (min(e0, e1) if family == FAMILY_BINOMIAL else e1) < need_ev:
                 status[g] = TOO_FEW_EVENTS
             else:
                 status[g] = OK
