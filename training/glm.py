@@ -170,6 +170,86 @@ def separated(blocks: list[tuple[np.ndarray, np.ndarray]], family: int) -> np.nd
     return out
 
 
+def _shrink_levels(
+    lam, fam, pidx, depth, max_iter, tol, Xg, Yg, Og, Wg, offsets, t, n_chunks, kept, valid,
+    n_used, ct, se_t, stt, Z, weff,
+) -> np.ndarray:  # fmt: skip
+    """Partial pooling toward the parent by penalised IRLS, level by level from the root.
+
+    Every node of depth ``d >= 1`` with usable rows and a fitted parent minimises
+    ``deviance / 2 + sum_j Lambda_j (theta_j - theta_parent_j)^2 / 2`` over the coefficients
+    of its linear predictor, in the linear path's parametrisation ``theta = (c, b)`` (``c``:
+    linear predictor at the node's working-weighted mean of the predictors, ``b``: slopes).
+    Each IRLS iteration is the engine's accumulate pass followed by the linear path's
+    penalised solve (``_groupby_kernels._shrink_topdown`` on the working statistics, weights
+    known: ``sigma^2 = 1``), from the node's own fit (or its parent's when it has none), until
+    the largest coefficient change is ``<= tol`` times the largest coefficient. ``Lambda_c =
+    lam * wbar``, ``Lambda_bj = lam * wbar * var_w(x_j)``: the parent counts as ``lam`` rows of
+    average information (``wbar`` = mean prior weight times ``p (1 - p)``, binomial, or times
+    the mean count, Poisson, over the roots' rows). Nodes that had no fit of their own become
+    ``pooled``. Returns the mask of the refitted nodes; ``ct``, ``se_t`` (posterior standard
+    errors ``sqrt(diag((X'WX + Lambda)^-1))``) and ``stt`` are updated in place.
+    """
+    G, k = ct.shape
+    p = k - 1
+    sizes = np.diff(offsets)
+    root_rows = np.repeat(depth == 0, sizes) & valid
+    wr = Wg[root_rows]
+    yr = Yg[root_rows, t]
+    mean_w = float(wr.mean()) if wr.size else 1.0
+    if fam == _k.FAMILY_BINOMIAL:
+        pi = float(np.average(yr, weights=wr)) if wr.size else 0.5
+        wbar = mean_w * pi * (1.0 - pi)
+    else:
+        wbar = mean_w * (float(np.average(yr, weights=wr)) if wr.size else 1.0)
+    var = np.zeros(p)
+    for j in range(p):
+        xj = Xg[root_rows, j]
+        fin = np.isfinite(xj)
+        if fin.any() and wr[fin].sum() > 0:
+            mu = np.average(xj[fin], weights=wr[fin])
+            var[j] = np.average((xj[fin] - mu) ** 2, weights=wr[fin])
+    prec = (lam * wbar * np.concatenate([[1.0], var]))[None, :]
+    st_W = np.zeros(G)
+    st_zbar = np.zeros(G)
+    st_xbar = np.zeros((G, p))
+    st_A = np.zeros((G, p, p))
+    st_rhs = np.zeros((G, p))
+    st_dev = np.zeros(G)
+    st_ext = np.zeros(G, np.int64)
+    ones = np.ones((G, 1))
+    own_fit = np.isfinite(ct[:, 0])
+    refit = np.zeros(G, bool)
+    for d in range(1, int(depth.max(initial=0)) + 1):
+        lvl = np.flatnonzero((depth == d) & (pidx >= 0) & (n_used > 0))
+        lvl = lvl[np.isfinite(ct[pidx[lvl], 0])]
+        if lvl.size == 0:
+            continue
+        start = np.where(own_fit[lvl, None], ct[lvl], ct[pidx[lvl]])
+        ct[lvl] = np.where(np.isnan(start), 0.0, start)
+        act = np.zeros(G, np.uint8)
+        act[lvl] = 1
+        order = lvl.astype(np.int64)
+        for _ in range(max_iter):
+            _k._glm_accumulate(
+                Xg, Yg, Og, Wg, offsets, t, fam, False, n_chunks, act, kept, valid, ct, Z,
+                weff, st_W, st_zbar, st_xbar, st_A, st_rhs, st_dev, st_ext,
+            )  # fmt: skip
+            old = ct[lvl].copy()
+            done = _lk._shrink_topdown(
+                order, pidx, prec, False, ct[:, None, :], se_t[:, None, :], stt[:, None],
+                st_W[:, None], st_zbar[:, None], st_xbar[:, None, :], st_A[:, None, :, :],
+                st_rhs[:, None, :], ones, kept[:, None, :], 1e-14,
+            )  # fmt: skip
+            refit |= done[:, 0]
+            new = ct[lvl]
+            if np.max(np.abs(new - old)) <= tol * max(float(np.max(np.abs(new))), 1e-300):
+                break
+    pooled = refit & ~own_fit
+    stt[pooled] = _lk.POOLED
+    return refit
+
+
 def fit_glm_rows(
     codes: np.ndarray,
     keep: np.ndarray,
@@ -187,8 +267,15 @@ def fit_glm_rows(
     tol: float,
     fp: np.ndarray,
     n_chunks: int,
+    shrinkage: float = 0.0,
+    pidx: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """IRLS fit of every group and target (validated arrays from ``fit_groups``).
+
+    With ``shrinkage > 0`` and a tree (``pidx (G,)`` parent index, ``depth (G,)``), nodes are
+    then refitted top-down by penalised IRLS toward their (final) parent, see
+    :func:`_shrink_levels`.
 
     Returns a dict of arrays: ``coef``, ``se (G, T, 1 + p)``, ``deviance``, ``cond
     (G, T) float64``, ``n_used``, ``n_iter (G, T) int64``, ``n_events (G, T, 2) float64``,
@@ -301,6 +388,21 @@ def fit_glm_rows(
         dropped = np.concatenate([np.zeros((G, 1), bool), kept == 0], axis=1)
         ct[dropped] = np.nan
         se_t[dropped] = np.nan
+        if shrinkage > 0 and pidx is not None and depth is not None:
+            shrunk = _shrink_levels(
+                shrinkage, fam, pidx, depth, max_iter, tol, Xg, Yg, Og, Wg, offsets, t,
+                n_chunks, kept, valid, nu, ct, se_t, stt, Z, weff,
+            )  # fmt: skip
+            ct[dropped] = np.nan
+            se_t[dropped] = np.nan
+            if shrunk.any():
+                act = shrunk.astype(np.uint8)
+                _k._glm_accumulate(
+                    Xg, Yg, Og, Wg, offsets, t, fam, False, n_chunks, act, kept, valid,
+                    np.where(np.isnan(ct), 0.0, ct), Z, weff, st_W, st_zbar, st_xbar, st_A,
+                    st_rhs, st_dev, st_ext,
+                )  # fmt: skip
+                nanfit = np.isin(stt, _NAN_STATUSES)
         coef[:, t] = ct
         se[:, t] = se_t
         deviance[:, t] = np.where(nanfit, np.nan, st_dev)

@@ -527,8 +527,10 @@ def fit_groups(
         ``min_rows``, QR fallback, ``cond_fallback``), started at statsmodels' starting means,
         halving a step that raises the deviance, converged when the Newton decrement
         ``d' X'WX d <= tol (|deviance| + 0.1)`` (``d`` the step), else ``not_converged``
-        after ``max_iter`` iterations (last iterate kept). Only ``method="ols"`` and
-        ``shrinkage=0`` apply. Statuses besides ``ok``/``too_few_rows``/``singular``/
+        after ``max_iter`` iterations (last iterate kept). Only ``method="ols"`` applies;
+        ``shrinkage`` (a float; not ``"eb"``) is penalised IRLS toward the parent, level by
+        level, with the penalty above on the linear predictor's coefficients and ``lambda``
+        pseudo-rows of average information (see :func:`segstream.training.glm._shrink_levels`). Statuses besides ``ok``/``too_few_rows``/``singular``/
         ``not_converged``: ``one_class`` (binomial: every usable outcome equal; Poisson: every
         count 0 -- the estimate would be infinite), ``too_few_events`` (rows of the rarer class
         / sum of the counts below ``min_events``), ``separation`` (the maximum-likelihood
@@ -585,10 +587,9 @@ def fit_groups(
         raise ValueError(
             f"method: family={family!r} is fitted by IRLS and takes method='ols', got {method!r}"
         )
-    if is_glm and (isinstance(shrinkage, str) or float(shrinkage) != 0.0):
+    if is_glm and isinstance(shrinkage, str):
         raise ValueError(
-            f"shrinkage: not supported with family={family!r} yet (use 0 and "
-            f"GroupFitResult.fallback_index)"
+            f"shrinkage: 'eb' is not supported with family={family!r} yet (use a float >= 0)"
         )
     if is_glm and int(max_iter) < 1:
         raise ValueError(f"max_iter: family={family!r} needs at least 1 iteration")
@@ -677,7 +678,7 @@ def fit_groups(
         return _fit_groups_glm(
             codes, keep, G, labels, n_rows, tree_parent, Xa, ya, w, off, ms, sgn, fp,
             n_chunks, family, min_rows, min_events, max_iter, tol, cond_fallback,
-            feature_names, target_names,
+            feature_names, target_names, float(shrinkage) if do_shrink else 0.0,
         )  # fmt: skip
     out = _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, do_shrink)
     (coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats) = out
@@ -799,15 +800,18 @@ def _fit_groups_glm(
     cond_fallback,
     feature_names,
     target_names,
+    shrinkage,
 ):
     """``fit_groups`` for ``family`` binomial/poisson (see :mod:`segstream.training.glm`)."""
     from segstream.training import glm as _glm
 
     T = ya.shape[1]
     me = -1 if min_events is None else int(min_events)
+    pidx = _parent_index(tree_parent, labels)
+    depth = _tree_depth(tree_parent)[labels] if tree_parent is not None else np.zeros(G, np.int64)
     out = _glm.fit_glm_rows(
         codes, keep, G, Xa, ya, w, off, ms, sgn, family, int(min_rows), me, int(max_iter),
-        float(tol), fp, n_chunks,
+        float(tol), fp, n_chunks, shrinkage, pidx, depth,
     )  # fmt: skip
     params: dict[str, Any] = {
         "family": family,
@@ -818,7 +822,7 @@ def _fit_groups_glm(
         "max_iter": int(max_iter),
         "tol": float(tol),
         "cond_fallback": float(cond_fallback),
-        "shrinkage": 0.0,
+        "shrinkage": float(shrinkage),
         "hierarchical": tree_parent is not None,
     }
     return GroupFitResult(
@@ -834,7 +838,7 @@ def _fit_groups_glm(
         status=out["status"],
         x_mean=out["x_mean"],
         n_rows=n_rows,
-        parent=_parent_index(tree_parent, labels),
+        parent=pidx,
         feature_names=feature_names,
         target_names=target_names,
         method="irls",

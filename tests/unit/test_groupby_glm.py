@@ -263,7 +263,7 @@ def test_bad_targets_and_options_raise_one_line_errors():
     with pytest.raises(ValueError, match="method"):
         fit_groups(g, x, np.zeros(6), family="binomial", method="huber")
     with pytest.raises(ValueError, match="shrinkage"):
-        fit_groups(g, x, np.zeros(6), family="binomial", parent=np.array([-1]), shrinkage=1.0)
+        fit_groups(g, x, np.zeros(6), family="binomial", parent=np.array([-1]), shrinkage="eb")
     with pytest.raises(DataError, match="offset"):
         fit_groups(g, x, np.zeros(6), family="poisson", offset=np.zeros(5))
     # a row outside the selection may hold anything
@@ -295,3 +295,46 @@ def test_statuses_and_nan_invariants_on_random_groups():
             ref = _sm_fit(y[m], X[m], sm.families.Binomial())
         np.testing.assert_allclose(res.coef[k, 0], ref.params, rtol=1e-5, atol=1e-8)
     assert set(names) >= {"ok", "one_class"}
+
+
+def _two_leaf_tree(rng, n1=400, n2=60):
+    parent = np.array([-1, 0, 0])
+    x = rng.normal(size=n1 + n2)
+    eta = np.r_[0.5 + 1.0 * x[:n1], -0.5 + 0.2 * x[n1:]]
+    y = (rng.random(n1 + n2) < 1 / (1 + np.exp(-eta))) * 1.0
+    leaf = np.r_[np.ones(n1, np.int64), np.full(n2, 2)]
+    return parent, leaf, x, y
+
+
+def test_shrinkage_limits_and_monotone_pull_toward_parent():
+    rng = np.random.default_rng(11)
+    parent, leaf, x, y = _two_leaf_tree(rng)
+    free = fit_groups(leaf, x, y, family="binomial", parent=parent)
+    tiny = fit_groups(leaf, x, y, family="binomial", parent=parent, shrinkage=1e-9)
+    huge = fit_groups(leaf, x, y, family="binomial", parent=parent, shrinkage=1e9)
+    mid = fit_groups(leaf, x, y, family="binomial", parent=parent, shrinkage=50.0)
+    # the root is never shrunk; lambda -> 0 is the independent fit, lambda -> inf the parent
+    np.testing.assert_allclose(huge.coef[0], free.coef[0], rtol=1e-12)
+    np.testing.assert_allclose(tiny.coef[1:], free.coef[1:], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(huge.coef[2, 0], free.coef[0, 0], rtol=1e-5, atol=1e-6)
+    # in between, the thin leaf's slope moves toward the parent's, but not all the way
+    d_free = abs(free.coef[2, 0, 1] - free.coef[0, 0, 1])
+    d_mid = abs(mid.coef[2, 0, 1] - free.coef[0, 0, 1])
+    assert 0.05 * d_free < d_mid < 0.95 * d_free
+    assert mid.status_names()[:, 0].tolist() == ["ok", "ok", "ok"]
+    # posterior standard errors shrink too
+    assert mid.stderr[2, 0, 1] < free.stderr[2, 0, 1]
+
+
+def test_shrinkage_gives_one_class_leaf_a_pooled_finite_fit():
+    rng = np.random.default_rng(12)
+    parent, leaf, x, y = _two_leaf_tree(rng)
+    y[leaf == 2] = 0.0
+    res = fit_groups(leaf, x, y, family="binomial", parent=parent, shrinkage=20.0)
+    assert res.status_names()[:, 0].tolist() == ["ok", "ok", "pooled"]
+    assert np.isfinite(res.coef[2, 0]).all()
+    # a leaf with no events gets a probability below its parent's at the same x
+    assert res.predict([2], [0.0])[0] < res.predict([0], [0.0])[0]
+    assert res.fallback_index(serve=("ok", "pooled")).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="eb"):
+        fit_groups(leaf, x, y, family="binomial", parent=parent, shrinkage="eb")
