@@ -338,3 +338,20 @@ def test_shrinkage_gives_one_class_leaf_a_pooled_finite_fit():
     assert res.fallback_index(serve=("ok", "pooled")).tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="eb"):
         fit_groups(leaf, x, y, family="binomial", parent=parent, shrinkage="eb")
+
+
+def test_gaussian_offset_is_fitting_y_minus_offset_and_multiple_targets():
+    rng = np.random.default_rng(13)
+    g, X, eta = _design(rng, [50, 70])
+    off = rng.normal(size=g.size)
+    y = eta + rng.normal(size=g.size)
+    a = fit_groups(g, X, y, offset=off)
+    b = fit_groups(g, X, y - off)
+    np.testing.assert_array_equal(a.coef, b.coef)
+    # two binomial targets are fitted independently, each like a single-target fit
+    y1 = (rng.random(g.size) < 1 / (1 + np.exp(-eta))) * 1.0
+    y2 = (rng.random(g.size) < 0.3) * 1.0
+    both = fit_groups(g, X, np.c_[y1, y2], family="binomial")
+    one = fit_groups(g, X, y2, family="binomial")
+    np.testing.assert_allclose(both.coef[:, 1], one.coef[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(both.stderr[:, 1], one.stderr[:, 0], rtol=1e-12)
