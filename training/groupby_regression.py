@@ -60,6 +60,7 @@ import numpy as np
 from segstream.shared.component import ExportedComponent
 from segstream.shared.errors import DataError, SchemaError
 from segstream.training import _groupby_kernels as _k
+from segstream.training import glm_kernels as _gk
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ STATUS_CODES: dict[str, int] = {
     "singular": _k.SINGULAR,
     "not_converged": _k.NOT_CONVERGED,
     "pooled": _k.POOLED,
+    "separation": _gk.SEPARATION,
+    "one_class": _gk.ONE_CLASS,
+    "too_few_events": _gk.TOO_FEW_EVENTS,
 }
 METHODS: dict[str, int] = {
     "ols": _k.METHOD_OLS,
@@ -133,6 +137,17 @@ class GroupFitResult:
     method : str
     params : dict
         The fitting parameters (JSON-serialisable).
+    family : {"gaussian", "binomial", "poisson"}
+        ``binomial``/``poisson``: ``coef`` are the coefficients of the linear predictor
+        (logit of the probability / log of the expected count), ``stderr`` the Fisher standard
+        errors ``sqrt(diag((X'WX)^-1))`` at the final IRLS weights (dispersion 1), ``rms``
+        and ``mad`` are NaN, ``n_rejected`` 0 and ``n_iter`` the IRLS iterations.
+    deviance : ndarray of float64, shape (G, T), or None
+        GLMs: residual deviance ``sum w d(y, mu)`` at the final coefficients (NaN where not
+        fitted); None for ``gaussian``.
+    n_events : ndarray of float64, shape (G, T, 2), or None
+        GLMs: binomial, the usable rows with outcome 0 and with outcome 1; Poisson, the usable
+        rows and the sum of their counts. None for ``gaussian``.
     """
 
     groups: np.ndarray
@@ -152,6 +167,9 @@ class GroupFitResult:
     target_names: tuple
     method: str
     params: dict
+    family: str = "gaussian"
+    deviance: np.ndarray | None = None
+    n_events: np.ndarray | None = None
 
     @property
     def intercept(self) -> np.ndarray:
@@ -182,8 +200,10 @@ class GroupFitResult:
         )
         return np.where(hit, pos, -1).astype(np.int64)
 
-    def predict(self, group_ids, X, target: int | str = 0) -> np.ndarray:
-        """Predictions ``intercept + sum(slope * x)`` for each row (numpy reference).
+    def predict(self, group_ids, X, target: int | str = 0, offset=None) -> np.ndarray:
+        """Predictions ``intercept + sum(slope * x)`` for each row (numpy reference); for GLMs
+        the mean ``g^-1(offset + intercept + sum(slope * x))``: a probability (binomial) or
+        an expected count (Poisson).
 
         Parameters
         ----------
@@ -193,6 +213,8 @@ class GroupFitResult:
             ``x_mean``; a predictor whose slope is NaN (dropped by ``min_stat``) is not part
             of that group's model and contributes nothing.
         target : int or str
+        offset : array_like of float, shape (n,), optional
+            Added to the linear predictor (e.g. log-exposure of a Poisson model). Default 0.
 
         Returns
         -------
@@ -209,7 +231,37 @@ class GroupFitResult:
         Xf = np.where(np.isfinite(X), X, xm)
         terms = np.where(np.isnan(c[:, 1:]), 0.0, c[:, 1:] * Xf)
         out = c[:, 0] + terms.sum(axis=1)
+        if offset is not None:
+            out = out + np.asarray(offset, dtype=np.float64).reshape(-1)
+        if self.family == "binomial":
+            out = 0.5 * (1.0 + np.tanh(0.5 * out))  # logistic, no overflow
+        elif self.family == "poisson":
+            out = np.exp(out)
         return np.where(known, out, np.nan)
+
+    def fallback_index(self, target: int | str = 0, serve: Sequence[str] = ("ok",)) -> np.ndarray:
+        """For every group, the index of the nearest group on its path to the root (itself
+        first, then ``parent``, ...) whose status is in ``serve``; -1 when there is none.
+
+        Returns
+        -------
+        ndarray of int64, shape (G,)
+        """
+        t = self.target_names.index(target) if isinstance(target, str) else int(target)
+        codes = [STATUS_CODES[s] for s in serve]
+        good = np.isin(self.status[:, t], codes)
+        out = np.where(good, np.arange(len(self.groups)), -1).astype(np.int64)
+        cur = self.parent.copy()
+        todo = ~good
+        for _ in range(len(self.groups) + 1):
+            todo &= cur >= 0
+            if not todo.any():
+                break
+            hit = todo & good[np.maximum(cur, 0)]
+            out[hit] = cur[hit]
+            todo &= ~hit
+            cur = np.where(todo, self.parent[np.maximum(cur, 0)], -1)
+        return out
 
     def export(self) -> ExportedComponent:
         """Plain arrays + JSON meta for the bundle; rebuilt by :mod:`segstream.shared.linear`.
@@ -237,6 +289,10 @@ class GroupFitResult:
             "n_rows": self.n_rows.astype(np.int64),
             "parent": self.parent.astype(np.int64),
         }
+        if self.family != "gaussian":
+            # the linear scorer (shared/linear.py) must not read these as identity-link models
+            arrays["deviance"] = np.asarray(self.deviance, dtype=np.float64)
+            arrays["n_events"] = np.asarray(self.n_events, dtype=np.float64)
         meta = {
             "format": EXPORT_FORMAT,
             "feature_names": list(self.feature_names),
@@ -246,6 +302,10 @@ class GroupFitResult:
             "coef_layout": ["intercept"] + [f"slope:{f}" for f in self.feature_names],
             "params": self.params,
         }
+        if self.family != "gaussian":
+            meta["family"] = self.family
+            meta["link"] = {"binomial": "logit", "poisson": "log"}[self.family]
+            return ExportedComponent(kind="segment_glms", arrays=arrays, meta=meta)
         return ExportedComponent(kind="segment_models", arrays=arrays, meta=meta)
 
 
@@ -381,8 +441,11 @@ def fit_groups(
     shrinkage: float | str = 0.0,
     feature_names: Sequence[str] | None = None,
     target_names: Sequence[str] | None = None,
+    family: str = "gaussian",
+    offset=None,
+    min_events: int | None = None,
 ) -> GroupFitResult:
-    """Fit one weighted linear model (with intercept) per group and target.
+    """Fit one weighted linear model or GLM (with intercept) per group and target.
 
     Parameters
     ----------
@@ -455,6 +518,34 @@ def fit_groups(
         ``rms``/``mad``/``n_used`` of shrunk nodes are recomputed over all their usable rows.
     feature_names, target_names : sequence of str, optional
         Names for export; default ``x0..``, ``y0..``.
+    family : {"gaussian", "binomial", "poisson"}
+        ``gaussian``: the linear models above. ``binomial``: weighted logistic regression
+        (logit link) of 0/1 outcomes; ``poisson``: Poisson regression (log link) of counts
+        >= 0. GLMs are fitted by IRLS (McCullagh & Nelder 1989; the same estimates and Fisher
+        standard errors as statsmodels ``GLM``, dispersion 1) from per-group working
+        sufficient statistics, with the linear path's solve (``sign``, ``min_stat``,
+        ``min_rows``, QR fallback, ``cond_fallback``), started at statsmodels' starting means,
+        halving a step that raises the deviance, converged when the Newton decrement
+        ``d' X'WX d <= tol (|deviance| + 0.1)`` (``d`` the step), else ``not_converged``
+        after ``max_iter`` iterations (last iterate kept). Only ``method="ols"`` applies;
+        ``shrinkage`` (a float; not ``"eb"``) is penalised IRLS toward the parent, level by
+        level, with the penalty above on the linear predictor's coefficients and ``lambda``
+        pseudo-rows of average information (see :func:`segstream.training.glm._shrink_levels`). Statuses besides ``ok``/``too_few_rows``/``singular``/
+        ``not_converged``: ``one_class`` (binomial: every usable outcome equal; Poisson: every
+        count 0 -- the estimate would be infinite), ``too_few_events`` (rows of the rarer class
+        / sum of the counts below ``min_events``), ``separation`` (the maximum-likelihood
+        estimate does not exist: (quasi-)complete separation, confirmed by an exact
+        linear-programming check (Konis 2007) on the groups whose IRLS ended with fitted
+        probabilities within 1e-5 of 0 or 1 / Poisson means below 1e-5). All three have NaN
+        coefficients, never infinite ones, so scoring falls back to an ancestor
+        (:meth:`GroupFitResult.fallback_index`).
+    offset : array_like of float, shape (n,), optional
+        Known term added to the linear predictor (Poisson: ``log(exposure)``); a row with a
+        non-finite offset is not used. ``gaussian``: ``y - offset`` is fitted. Default 0.
+    min_events : int, optional
+        GLMs only: minimum rows of the rarer outcome (binomial) or minimum sum of the counts
+        (Poisson) for a fit, else ``too_few_events``. Default: the number of parameters
+        (1 + kept predictors).
 
     Returns
     -------
@@ -468,7 +559,9 @@ def fit_groups(
         Mismatched lengths; negative or non-finite weights on selected rows; ``parent`` with a
         cycle or ids out of range.
     ValueError
-        Unknown ``method``, bad ``sign``, ``min_stat`` or ``shrinkage``.
+        Unknown ``method`` or ``family``, bad ``sign``, ``min_stat`` or ``shrinkage``, a
+        ``method`` or ``shrinkage`` the family does not support; ``binomial`` outcomes other
+        than 0/1 or negative ``poisson`` counts (the message lists the values found).
 
     Examples
     --------
@@ -483,10 +576,36 @@ def fit_groups(
     >>> res.status_names()[:, 0].tolist()
     ['ok', 'ok']
     """
+    from segstream.training import glm as _glm
+
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, got {method!r}")
+    if family not in _glm.FAMILIES:
+        raise ValueError(f"family: expected one of {sorted(_glm.FAMILIES)}, got {family!r}")
+    is_glm = family != "gaussian"
+    if is_glm and method != "ols":
+        raise ValueError(
+            f"method: family={family!r} is fitted by IRLS and takes method='ols', got {method!r}"
+        )
+    if is_glm and isinstance(shrinkage, str):
+        raise ValueError(
+            f"shrinkage: 'eb' is not supported with family={family!r} yet (use a float >= 0)"
+        )
+    if is_glm and int(max_iter) < 1:
+        raise ValueError(f"max_iter: family={family!r} needs at least 1 iteration")
     gid, Xa, ya, w, sel, keep = _prepare(group_ids, X, y, weights, selection)
     n, p = Xa.shape
+    off = None
+    if offset is not None:
+        off = _as_numeric(offset, "offset", (1,))
+        if off.shape[0] != n:
+            raise DataError(f"offset: has {off.shape[0]} rows but group_ids has {n}")
+        if not is_glm:
+            ya = ya - off[:, None]
+    if is_glm:
+        _glm.check_glm_target(ya, keep, family)
+        if off is None:
+            off = np.zeros(n)
     T = ya.shape[1]
     feature_names = (
         tuple(feature_names) if feature_names is not None else tuple(f"x{j}" for j in range(p))
@@ -545,6 +664,8 @@ def fit_groups(
         rows = np.concatenate(rows_list)
         gid = np.concatenate(ids_list)
         Xa, ya, w, sel, keep = Xa[rows], ya[rows], w[rows], sel[rows], keep[rows]
+        if is_glm:
+            off = off[rows]
         n = gid.shape[0]
 
     codes, labels, sizes = _factorize(gid)
@@ -553,6 +674,12 @@ def fit_groups(
     ip = np.array([METHODS[method], int(max_iter), int(min_rows), int(do_shrink)], dtype=np.int64)
     fp = np.array([huber_c, sigma_cut, tol, cond_fallback, 1e-14, 1e-10], dtype=np.float64)
     n_chunks = int(max(1, min(G, 64)))
+    if is_glm:
+        return _fit_groups_glm(
+            codes, keep, G, labels, n_rows, tree_parent, Xa, ya, w, off, ms, sgn, fp,
+            n_chunks, family, min_rows, min_events, max_iter, tol, cond_fallback,
+            feature_names, target_names, float(shrinkage) if do_shrink else 0.0,
+        )  # fmt: skip
     out = _fit_rows(codes, keep, G, Xa, ya, w, ms, sgn, ip, fp, n_chunks, do_shrink)
     (coef, se, rms, mad, cond, n_used, n_rej, n_iter, status, x_mean, stats) = out
 
@@ -636,6 +763,89 @@ def fit_groups(
         target_names=target_names,
         method=method,
         params=params,
+    )
+
+
+def _parent_index(tree_parent, labels):
+    """Index (into ``labels``) of each fitted node's parent, -1 for roots / no tree."""
+    G = labels.shape[0]
+    pidx = np.full(G, -1, dtype=np.int64)
+    if tree_parent is not None and G:
+        pl = tree_parent[labels]
+        pos = np.clip(np.searchsorted(labels, pl), 0, G - 1)
+        pidx = np.where((pl >= 0) & (labels[pos] == pl), pos, -1).astype(np.int64)
+    return pidx
+
+
+def _fit_groups_glm(
+    codes,
+    keep,
+    G,
+    labels,
+    n_rows,
+    tree_parent,
+    Xa,
+    ya,
+    w,
+    off,
+    ms,
+    sgn,
+    fp,
+    n_chunks,
+    family,
+    min_rows,
+    min_events,
+    max_iter,
+    tol,
+    cond_fallback,
+    feature_names,
+    target_names,
+    shrinkage,
+):
+    """``fit_groups`` for ``family`` binomial/poisson (see :mod:`segstream.training.glm`)."""
+    from segstream.training import glm as _glm
+
+    T = ya.shape[1]
+    me = -1 if min_events is None else int(min_events)
+    pidx = _parent_index(tree_parent, labels)
+    depth = _tree_depth(tree_parent)[labels] if tree_parent is not None else np.zeros(G, np.int64)
+    out = _glm.fit_glm_rows(
+        codes, keep, G, Xa, ya, w, off, ms, sgn, family, int(min_rows), me, int(max_iter),
+        float(tol), fp, n_chunks, shrinkage, pidx, depth,
+    )  # fmt: skip
+    params: dict[str, Any] = {
+        "family": family,
+        "min_stat": ms.tolist(),
+        "min_rows": int(min_rows),
+        "min_events": min_events,
+        "sign": sgn.tolist(),
+        "max_iter": int(max_iter),
+        "tol": float(tol),
+        "cond_fallback": float(cond_fallback),
+        "shrinkage": float(shrinkage),
+        "hierarchical": tree_parent is not None,
+    }
+    return GroupFitResult(
+        groups=labels,
+        coef=out["coef"],
+        stderr=out["se"],
+        rms=np.full((G, T), np.nan),
+        mad=np.full((G, T), np.nan),
+        n_used=out["n_used"],
+        n_rejected=np.zeros((G, T), np.int64),
+        n_iter=out["n_iter"],
+        cond=out["cond"],
+        status=out["status"],
+        x_mean=out["x_mean"],
+        n_rows=n_rows,
+        parent=pidx,
+        feature_names=feature_names,
+        target_names=target_names,
+        method="irls",
+        params=params,
+        family=family,
+        deviance=out["deviance"],
+        n_events=out["n_events"],
     )
 
 
