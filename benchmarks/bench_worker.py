@@ -391,10 +391,14 @@ def latency_at_rate(
     records: list[tuple[bytes, bytes]],
     rate: float,
     seconds: float,
+    broker_pid: int | None = None,
+    **worker: Any,
 ) -> dict[str, Any]:
+    """Latency at a fixed input rate; ``worker`` overrides worker settings; with
+    ``broker_pid`` the broker's CPU (cores) over the input window is recorded."""
     from confluent_kafka import Producer
 
-    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
+    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once", **worker)
     port = free_port()
     p = spawn_worker(s, tmp, loader, port)
     n = min(len(records), int(rate * seconds))
@@ -413,6 +417,7 @@ def latency_at_rate(
         )
         tick = 0.01
         per_tick = max(1, int(rate * tick))
+        cpu0 = cpu_seconds(broker_pid)
         start = time.monotonic()
         for i in range(0, n, per_tick):
             due = start + (i / rate)
@@ -423,7 +428,9 @@ def latency_at_rate(
                 prod.produce(s.topics.events, v, k)
             prod.poll(0)
         prod.flush(30)
-        achieved = n / (time.monotonic() - start)
+        elapsed = time.monotonic() - start
+        achieved = n / elapsed
+        broker_cores = (cpu_seconds(broker_pid) - cpu0) / elapsed if broker_pid else None
         deadline = time.monotonic() + 60
         while scrape(port, "segstream_worker_events_consumed_total") < n:
             if time.monotonic() > deadline:
@@ -442,7 +449,17 @@ def latency_at_rate(
         "p50_s": float(np.percentile(lat, 50)),
         "p99_s": float(np.percentile(lat, 99)),
         "max_s": float(lat.max()),
+        "broker_cpu_cores_during_input": broker_cores,
+        "worker_overrides": worker,
     }
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` (0.0 without one)."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> dict[str, Any]:
@@ -853,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
     lat_records = records if len(records) >= need else event_values(need)
     with EmbeddedBroker() as broker:
         result["latency_at_half_load"] = latency_at_rate(
-            broker.bootstrap, tmp, bundle_dir, loader, lat_records, rate, lat_seconds
+            broker.bootstrap, tmp, bundle_dir, loader, lat_records, rate, lat_seconds, broker.pid
         )
     quix_py = args.quix_python or os.environ.get("SEGSTREAM_QUIX_PYTHON")
     if loader is not None:  # the per-message scorer reads trained bundles only
