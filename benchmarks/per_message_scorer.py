@@ -224,14 +224,15 @@ def _num(v: Any) -> float:
 def parity(bundle: Any, scorer: PerMessageScorer, values: list[bytes]) -> dict[str, Any]:
     """Compare the per-message scorer with ``Bundle.score`` on ``values`` (raw events).
 
-    Returns the sample size, the largest absolute differences of the float outputs and the
+    Only the events the worker's decoder accepts are compared (the others are DLQ records
+    there). Returns the number compared and rejected, the largest absolute differences of the float outputs and the
     number of events whose segment, fallback level or pattern differ.
     """
     from segstream.services.worker.decode import EventDecoder
 
     d = EventDecoder(bundle.schema, 65_536).decode(values)
     ref = bundle.score(d.columns)
-    recs = [scorer.score(orjson.loads(v)) for v in values]
+    recs = [scorer.score(orjson.loads(values[i])) for i in d.valid.tolist()]
 
     def maxdiff(a: np.ndarray, b: list[float]) -> float:
         x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -240,7 +241,8 @@ def parity(bundle: Any, scorer: PerMessageScorer, values: list[bytes]) -> dict[s
         return float(np.nanmax(np.where(np.isnan(diff), np.inf, diff))) if len(diff) else 0.0
 
     return {
-        "events": len(values),
+        "events": len(recs),
+        "rejected_by_decoder": len(d.rejected),
         "max_abs_diff_prediction": maxdiff(ref["prediction"], [r["prediction"] for r in recs]),
         "max_abs_diff_interval_low": maxdiff(ref["interval_low"], [r["interval"][0] for r in recs]),
         "max_abs_diff_interval_high": maxdiff(
