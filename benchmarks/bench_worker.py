@@ -3,28 +3,33 @@
 Measures, in one run:
 
 * sustained end-to-end throughput of one ``segstream worker`` process, for at-least-once and
-  exactly-once: all events are in the topic before the worker starts; throughput = events /
-  (broker time of the last prediction - broker time of the first one); the wall time including
-  start-up and the group join is reported beside it;
+  exactly-once: all events are in the topic before the worker starts, the worker warms its
+  bundle up before consuming; throughput = events / (first consume of an event -> the
+  acknowledgement of the last prediction record), timed inside the worker process by a
+  launcher that subclasses confluent-kafka's Consumer/Producer (``TIMING``); the wall time
+  including start-up and the group join is reported beside it;
 * end-to-end latency p50/p99 at a fixed input rate of half the at-least-once throughput
   (prediction's broker timestamp - event's broker timestamp, joined by event id);
-* in-process throughput of decode + score + encode without Kafka;
-* baselines on the same bundle and events: a faust-streaming agent (``stream.take`` batches,
-  the same decoder/scorer/encoder, ``await topic.send`` per record) and the per-row routing
-  loop (``score(X.iloc[[i]])`` per event); a Quix Streams application (per-record
-  ``StreamingDataFrame.apply``) when ``--quix-python`` names an interpreter that has
-  quixstreams (it pins confluent-kafka < 2.13, so it lives in its own venv:
-  ``make bench-quix-venv``).
+* in-process throughput of decode + score + encode without Kafka, and of the baselines'
+  per-message scorer (``per_message_scorer.py``), with its parity against ``Bundle.score``;
+* baselines as a competent user writes them, on the same bundle, broker and events, with the
+  same throughput definition, warmed up, client settings recorded: a faust-streaming agent
+  (per event, ``topic.send_soon`` with a delivery callback) and, when ``--quix-python`` names
+  an interpreter that has quixstreams (it pins confluent-kafka < 2.13, so it lives in its own
+  venv: ``make bench-quix-venv``), a Quix Streams application (``sdf.apply`` + ``to_topic``
+  with the worker's librdkafka settings). Both score with the per-message scorer, so they
+  need a trained bundle (``--bundle``).
 
 Each phase runs against its own embedded broker (Tansu's memory storage keeps every record, and
 a broker loaded by the earlier phases slowed the later ones).
 
 Usage::
 
-    python benchmarks/bench_worker.py --quick --out benchmarks/results/worker-quick.json
-    python benchmarks/bench_worker.py --full --bundle artifacts/bundles/flights/<id> --out ...
+    python benchmarks/bench_worker.py --quick --bundle artifacts/bundles/flights/<id> \
+        --quix-python .venv-quix/bin/python --out benchmarks/results/bench_worker_quick.json
 
-Without ``--bundle`` the fake scorer bundle of ``tests/fakes.py`` is used (labelled as such).
+Without ``--bundle`` the fake scorer bundle of ``tests/fakes.py`` is used (labelled as such;
+no per-message baselines then).
 """
 
 from __future__ import annotations

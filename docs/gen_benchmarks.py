@@ -348,16 +348,23 @@ def worker() -> list[str]:
         "## Stream worker (`bench_worker.py`)",
         "",
         "Flight events (September on) through the embedded Tansu broker, 6 partitions, one "
-        "worker process, on the same 2-core machine as the broker. Throughput: all events in "
-        "the topic before the worker starts (broker time of the first to the last prediction). "
+        "process per contestant, on the same 2-core machine as the broker. Every contestant is "
+        "warmed up before its first consume. Throughput, for every contestant: events / (first "
+        "consume → acknowledgement of the last output record), timed inside the process. "
         "Latency: at a fixed input rate of half the at-least-once throughput (prediction's "
-        "broker timestamp minus the event's, joined by `event_id`).",
+        "broker timestamp minus the event's, joined by `event_id`). The faust and Quix Streams "
+        "baselines score each message with the plain-Python per-message scorer of "
+        "`benchmarks/per_message_scorer.py` (the bundle copied into lists and dicts, XGBoost "
+        "`inplace_predict` on one row for the pattern), checked against `Bundle.score` in the "
+        "same run; each side's client settings are in the JSON.",
         "",
     ]
     for name, title in (
         ("bench_worker_full.json", "`--full`"),
         ("bench_worker_quick.json", "`--quick`"),
     ):
+        if not (RESULTS / name).exists():
+            continue
         d = load(name)
         s = d["summary"]
         tg = s["targets"]
@@ -386,31 +393,35 @@ def worker() -> list[str]:
                 f"{n0(ip['events_per_s_decode_score_encode'])} events/s",
                 "",
             ],
-            [
-                "faust-streaming agent, same decoder/scorer",
-                f"{n0(d['faust_baseline']['events_per_s'])} events/s (worker "
-                f"{ratio(s['speedup_vs_faust'])} faster)",
-                "",
-            ],
         ]
-        q = d["quix_baseline"]
-        if "events_per_s" in q:
+        pm = d.get("per_message_in_process")
+        if pm:
             rows.append(
                 [
-                    f"Quix Streams {q['quixstreams']} application, per record",
-                    f"{n0(q['events_per_s'])} events/s (worker "
-                    f"{ratio(s['speedup_vs_quix'])} faster)",
+                    "per-message plain-Python scorer in process, no Kafka (without the "
+                    "XGBoost call)",
+                    f"{n0(pm['events_per_s'])} events/s ({n0(pm['events_per_s_without_pattern_classifier'])}); "
+                    f"batch path {ratio(s['in_process_speedup_vs_per_message'])} faster",
                     "",
                 ]
             )
-        rows.append(
-            [
-                "per-row loop `score(X.iloc[[i]])`",
-                f"{n0(d['per_row_baseline']['events_per_s'])} events/s (vectorised "
-                f"{ratio(s['speedup_vs_per_row'])} faster)",
-                "",
-            ]
-        )
+        for key, label in (
+            ("faust_baseline", "faust-streaming agent, per-message scorer"),
+            ("quix_baseline", "Quix Streams application, per-message scorer"),
+        ):
+            b = d[key]
+            if "events_per_s" in b:
+                speed = s["speedup_vs_" + key.split("_")[0] + "_per_message"]
+                version = b.get("faust_streaming") or b.get("quixstreams")
+                rows.append(
+                    [
+                        f"{label} ({version}, {n0(b['events'])} events)",
+                        f"{n0(b['events_per_s'])} events/s (worker {ratio(speed)} faster)",
+                        "",
+                    ]
+                )
+            else:
+                rows.append([label, b.get("skipped") or b.get("error", "not run"), ""])
         env = d["environment"]
         out += [
             f"### {title} ({n0(al['events'])} events)",
@@ -421,7 +432,110 @@ def worker() -> list[str]:
             *table(["measure", "result", "target"], rows),
             "",
         ]
+        chk = (pm or {}).get("parity_with_bundle_score")
+        if chk:
+            diff = max(
+                chk[f"max_abs_diff_{k}"]
+                for k in ("prediction", "interval_low", "interval_high", "pattern_proba")
+            )
+            mism = sum(chk[f"{k}_mismatches"] for k in ("segment", "fallback_level", "pattern"))
+            out += [
+                f"Same model: on {n0(chk['events'])} events the per-message scorer's prediction, "
+                f"interval and pattern probability differ from `Bundle.score` by at most "
+                f"{diff:.1e}, with {mism} segment, fallback-level or pattern mismatches.",
+                "",
+            ]
     return out
+
+
+def forest() -> list[str]:
+    name = "bench_forest_quick.json"
+    if not (RESULTS / name).exists():
+        return []
+    d = load(name)
+    rows = []
+    for batch, b in d["batches"].items():
+        rows.append(
+            [
+                n0(int(batch)),
+                ", ".join(f"{x:.2f}" for x in b["forest_us_per_row"]),
+                f"**{b['forest_us_per_row_median']:.2f}**",
+                ", ".join(f"{x:.2f}" for x in b["inplace_predict_us_per_row"]),
+                f"**{b['inplace_predict_us_per_row_median']:.2f}**",
+                ratio(b["speedup_median"]),
+            ]
+        )
+    c = d["classifier"]
+    env = d["environment"]
+    return [
+        "## Pattern classifier (`bench_forest.py`)",
+        "",
+        f"The flights pattern classifier ({c['objective']}, {c['trees']} trees, "
+        f"{c['features']} features): `Forest.predict` (compiled, `shared/_forest.py`) against "
+        f"XGBoost {env['xgboost']} `Booster.inplace_predict`, {d['threads']} thread, "
+        f"{n0(d['rows'])} real events, {d['passes']} interleaved passes per batch size "
+        f"(µs per row; one row per call: 2,000 calls per pass). Probabilities bit-identical: "
+        f"{'yes' if d['bit_identical_probabilities'] else '**no**'}. Load average "
+        f"{loadavg(env, 'load_average_at_start', 'load_average_at_end')}. {src(name)}",
+        "",
+        *table(
+            [
+                "rows per call",
+                "forest, passes",
+                "median",
+                "inplace_predict, passes",
+                "median",
+                "median ratio",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def fetch() -> list[str]:
+    name = "bench_worker_fetch_quick.json"
+    if not (RESULTS / name).exists():
+        return []
+    d = load(name)
+    rows = []
+    for setting, runs in d["runs"].items():
+        sm = d["summary"][setting]
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            rows.append([setting, "failed", "", "", ""])
+            continue
+        rows.append(
+            [
+                setting,
+                ", ".join(f"{r['p99_s']:.3f}" for r in ok),
+                f"**{sm['p99_s_median']:.3f}**",
+                f"{sm['p50_s_median']:.3f}",
+                ", ".join(f"{r['broker_cpu_cores_during_input']:.2f}" for r in ok),
+            ]
+        )
+    env = d["environment"]
+    return [
+        "## Worker latency by fetch setting (`bench_worker_fetch.py`)",
+        "",
+        f"One worker at {n0(d['rate'])} events/s for {d['seconds_per_run']:.0f} s per run, "
+        f"{d['runs_per_setting']} interleaved runs per setting, a fresh broker per run; "
+        f"latency = prediction's broker timestamp minus the event's; broker CPU = the broker "
+        f"process's CPU over the input window (cores). Bundle: {d['bundle']}; load average "
+        f"{loadavg(env, 'load_average_at_start', 'load_average_at_end')}. {src(name)}",
+        "",
+        *table(
+            [
+                "events consumer",
+                "p99 per run (s)",
+                "p99 median (s)",
+                "p50 median (s)",
+                "broker CPU per run",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def monitor() -> list[str]:
@@ -563,7 +677,17 @@ def render() -> str:
         "[monitor](guide/monitor.md#real-data-acceptance-train-januaryaugust-replay-septemberdecember).",
         "",
     ]
-    for section in (training, profiles, partitioner, groupby, worker, startup, monitor):
+    for section in (
+        training,
+        profiles,
+        forest,
+        partitioner,
+        groupby,
+        worker,
+        fetch,
+        startup,
+        monitor,
+    ):
         lines += section()
     return "\n".join(lines).rstrip() + "\n"
 
