@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="2 runs of 8 s per setting")
     mode.add_argument("--full", action="store_true", help="5 runs of 20 s per setting")
     ap.add_argument("--bundle", type=Path, help="bundle directory (default: the fake scorer)")
-    ap.add_argument("--rate", type=float, default=30_000.0, help="input events/s")
+    ap.add_argument("--rate", type=float, default=8_000.0, help="input events/s")
     ap.add_argument("--out", type=Path, help="write the JSON result here")
     args = ap.parse_args(argv)
     runs, seconds = (5, 20.0) if args.full else (2, 8.0)
