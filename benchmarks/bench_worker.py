@@ -351,11 +351,21 @@ def worker_throughput(
     finally:
         stop(p)
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
+    ts = np.array([t for _, t in preds], dtype=np.float64) / 1000.0
+    t = orjson.loads(trace.read_bytes()) if trace.exists() else {}
     return {
         "guarantee": guarantee,
         "events": n,
         "predictions": len(preds),
         **read_trace(trace, n, "worker"),
+        # where the window's time went (prediction records carry their produce time)
+        "seconds_first_consume_to_first_prediction": float(ts.min() - t["first_consume"])
+        if len(ts) and t
+        else None,
+        "seconds_first_to_last_prediction": float(ts.max() - ts.min()) if len(ts) else None,
+        "seconds_last_prediction_to_last_ack": float(t["last_ack"] - ts.max())
+        if len(ts) and t
+        else None,
         "wall_seconds_including_startup": wall,
         "warm_up": "bundle loaded and warmed on a synthetic batch (decoder, scorer, encoder; "
         "numba cache) before the first consume",
