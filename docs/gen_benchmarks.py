@@ -343,6 +343,48 @@ def groupby() -> list[str]:
     ]
 
 
+def worker_runs(files: list[str]) -> list[str]:
+    """One row per bench_worker run and the medians over the runs of each mode."""
+    import statistics
+
+    cols = [
+        ("at-least-once", lambda d: d["summary"]["events_per_s_at_least_once"], n0),
+        ("exactly-once", lambda d: d["summary"]["events_per_s_exactly_once"], n0),
+        (
+            "p99 at half load (s)",
+            lambda d: d["summary"]["p99_latency_s_at_half_load"],
+            "{:.3f}".format,
+        ),
+        ("in process", lambda d: d["summary"]["in_process_events_per_s"], n0),
+        ("faust", lambda d: d["faust_baseline"].get("events_per_s"), n0),
+        ("Quix", lambda d: d["quix_baseline"].get("events_per_s"), n0),
+        ("worker / faust", lambda d: d["summary"].get("speedup_vs_faust_per_message"), ratio),
+        ("worker / Quix", lambda d: d["summary"].get("speedup_vs_quix_per_message"), ratio),
+        ("load average", lambda d: d["environment"]["load_average_at_start"][0], "{:.1f}".format),
+    ]
+    rows = []
+    by_mode: dict[str, list[dict]] = {}
+    for name in files:
+        d = load(name)
+        by_mode.setdefault(d["mode"], []).append(d)
+        rows.append(
+            [f"`{name}`", d["mode"]]
+            + [fmt(v) if (v := get(d)) is not None else "–" for _, get, fmt in cols]
+        )
+    for mode, ds in by_mode.items():
+        med = []
+        for _, get, fmt in cols:
+            vals = [v for d in ds if (v := get(d)) is not None]
+            med.append(f"**{fmt(statistics.median(vals))}**" if vals else "–")
+        rows.append([f"median of {len(ds)} run(s)", mode, *med])
+    return [
+        "Every run (events/s unless stated; ratios are taken within each run):",
+        "",
+        *table(["run", "mode", *(c[0] for c in cols)], rows),
+        "",
+    ]
+
+
 def worker() -> list[str]:
     out = [
         "## Stream worker (`bench_worker.py`)",
@@ -359,13 +401,12 @@ def worker() -> list[str]:
         "same run; each side's client settings are in the JSON.",
         "",
     ]
-    for name, title in (
-        ("bench_worker_full.json", "`--full`"),
-        ("bench_worker_quick.json", "`--quick`"),
-    ):
-        if not (RESULTS / name).exists():
-            continue
+    files = sorted(p.name for p in RESULTS.glob("bench_worker_*.json"))
+    files = [f for f in files if load(f).get("benchmark") == "bench_worker"]
+    out += worker_runs(files)
+    for name in files:
         d = load(name)
+        title = f"`--{d['mode']}`, `{name}`"
         s = d["summary"]
         tg = s["targets"]
         lat = d["latency_at_half_load"]
