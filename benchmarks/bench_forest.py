@@ -47,7 +47,6 @@ def classifier_rows(bundle: Any, n: int) -> np.ndarray:
 
 def small_bundle(tmp: Path) -> Path:
     from benchmarks.bench_startup import train_small_bundle
-    from segstream.shared.settings import load_settings  # noqa: F401  (train_small_bundle)
     from tests.integration.worker_helpers import worker_settings
 
     settings = worker_settings("127.0.0.1:1", "forest", tmp, partitions=1)
