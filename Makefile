@@ -46,12 +46,13 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b --quick --out benchmarks/results/$$(basename $$b .py).json || exit 1; done
 
 # Quix Streams pins confluent-kafka < 2.13: its baseline runs from its own venv, which sees
-# this project's venv for everything else (numba, xgboost, ...) through a .pth file.
+# this project's venv for everything else (numba, xgboost, ...) through a .pth file that adds
+# its site-packages as a site directory (so the editable install's own .pth hook runs too).
 QUIX_VENV ?= .venv-quix
 bench-quix-venv: $(STAMP)
 	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
 	$(QUIX_VENV)/bin/python -m pip install --quiet quixstreams
-	$(PY) -c "import site; print(site.getsitepackages()[0])" > $$($(QUIX_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/zz_segstream.pth
+	$(PY) -c "import site; print(f'import site; site.addsitedir({site.getsitepackages()[0]!r})')" > $$($(QUIX_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/zz_segstream.pth
 	@echo "quix baseline: python benchmarks/bench_worker.py --quick --quix-python $(QUIX_VENV)/bin/python"
 
 LINT_STAMP := $(VENV)/.installed-lint

@@ -3,28 +3,33 @@
 Measures, in one run:
 
 * sustained end-to-end throughput of one ``segstream worker`` process, for at-least-once and
-  exactly-once: all events are in the topic before the worker starts; throughput = events /
-  (broker time of the last prediction - broker time of the first one); the wall time including
-  start-up and the group join is reported beside it;
+  exactly-once: all events are in the topic before the worker starts, the worker warms its
+  bundle up before consuming; throughput = events / (first consume of an event -> the
+  acknowledgement of the last prediction record), timed inside the worker process by a
+  launcher that subclasses confluent-kafka's Consumer/Producer (``TIMING``); the wall time
+  including start-up and the group join is reported beside it;
 * end-to-end latency p50/p99 at a fixed input rate of half the at-least-once throughput
   (prediction's broker timestamp - event's broker timestamp, joined by event id);
-* in-process throughput of decode + score + encode without Kafka;
-* baselines on the same bundle and events: a faust-streaming agent (``stream.take`` batches,
-  the same decoder/scorer/encoder, ``await topic.send`` per record) and the per-row routing
-  loop (``score(X.iloc[[i]])`` per event); a Quix Streams application (per-record
-  ``StreamingDataFrame.apply``) when ``--quix-python`` names an interpreter that has
-  quixstreams (it pins confluent-kafka < 2.13, so it lives in its own venv:
-  ``make bench-quix-venv``).
+* in-process throughput of decode + score + encode without Kafka, and of the baselines'
+  per-message scorer (``per_message_scorer.py``), with its parity against ``Bundle.score``;
+* baselines as a competent user writes them, on the same bundle, broker and events, with the
+  same throughput definition, warmed up, client settings recorded: a faust-streaming agent
+  (per event, ``topic.send_soon`` with a delivery callback) and, when ``--quix-python`` names
+  an interpreter that has quixstreams (it pins confluent-kafka < 2.13, so it lives in its own
+  venv: ``make bench-quix-venv``), a Quix Streams application (``sdf.apply`` + ``to_topic``
+  with the worker's librdkafka settings). Both score with the per-message scorer, so they
+  need a trained bundle (``--bundle``).
 
 Each phase runs against its own embedded broker (Tansu's memory storage keeps every record, and
 a broker loaded by the earlier phases slowed the later ones).
 
 Usage::
 
-    python benchmarks/bench_worker.py --quick --out benchmarks/results/worker-quick.json
-    python benchmarks/bench_worker.py --full --bundle artifacts/bundles/flights/<id> --out ...
+    python benchmarks/bench_worker.py --quick --bundle artifacts/bundles/flights/<id> \
+        --quix-python .venv-quix/bin/python --out benchmarks/results/bench_worker_quick.json
 
-Without ``--bundle`` the fake scorer bundle of ``tests/fakes.py`` is used (labelled as such).
+Without ``--bundle`` the fake scorer bundle of ``tests/fakes.py`` is used (labelled as such;
+no per-message baselines then).
 """
 
 from __future__ import annotations
@@ -185,12 +190,16 @@ def make_settings(bootstrap: str, tmp: Path, bundle_dir: Path, guarantee: str, *
     return s
 
 
-def spawn_worker(settings, tmp: Path, loader: str | None, port: int) -> subprocess.Popen:
+def spawn_worker(
+    settings, tmp: Path, loader: str | None, port: int, timing: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """Start ``segstream worker``; with ``timing`` (``TIMING_ENV`` values) through the timing
+    launcher, which records the first consume and the last delivery acknowledgement."""
     cfg = write_config(settings, tmp / f"{settings.topics.events}.yaml")
+    launch = ["-c", WORKER_LAUNCHER] if timing else ["-m", "segstream"]
     cmd = [
         sys.executable,
-        "-m",
-        "segstream",
+        *launch,
         "--log-level",
         "WARNING",
         "worker",
@@ -207,7 +216,7 @@ def spawn_worker(settings, tmp: Path, loader: str | None, port: int) -> subproce
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO), **(timing or {})},
     )
 
 
@@ -222,6 +231,99 @@ def stop(p: subprocess.Popen) -> None:
 
 
 # --------------------------------------------------------------------------- measurements
+# Timing shared by the worker launcher and the Quix Streams app (both on confluent-kafka):
+# the first consume of an events record and the acknowledgement of the last output record,
+# written to $BENCH_TRACE as JSON. Subclasses replace confluent_kafka.Consumer/Producer
+# before the application imports them; delivery acknowledgement = the producer has nothing
+# outstanding (len() == 0) once N records went to the output topic, or, transactional, the
+# commit_transaction() after the N-th record returned.
+TIMING = textwrap.dedent("""
+    import json as _json, os as _os, threading as _th, time as _time
+    import confluent_kafka as _ck
+
+    _EVENTS, _OUT = _os.environ["BENCH_EVENTS"], _os.environ["BENCH_OUT_TOPIC"]
+    _N, _TRACE = int(_os.environ["BENCH_N"]), _os.environ["BENCH_TRACE"]
+    _state = {"first_consume": None, "last_ack": None}
+
+    def _write():
+        with open(_TRACE, "w") as f:
+            _json.dump(_state, f)
+
+    def _mark_first():
+        if _state["first_consume"] is None:
+            _state["first_consume"] = _time.time()
+
+    class _TimedConsumer(_ck.Consumer):
+        def consume(self, *a, **k):
+            msgs = super().consume(*a, **k)
+            if msgs and _state["first_consume"] is None and msgs[0].topic() == _EVENTS:
+                _mark_first()
+            return msgs
+
+        def poll(self, *a, **k):
+            m = super().poll(*a, **k)
+            if m is not None and _state["first_consume"] is None and m.topic() == _EVENTS:
+                _mark_first()
+            return m
+
+    class _TimedProducer(_ck.Producer):
+        def __init__(self, conf, *a, **k):
+            super().__init__(conf, *a, **k)
+            self._n = 0
+            self._tx = "transactional.id" in conf
+
+        def produce(self, *a, **k):
+            super().produce(*a, **k)
+            if (k["topic"] if "topic" in k else a[0]) == _OUT:
+                self._n += 1
+                if self._n == _N and not self._tx:
+                    _th.Thread(target=self._watch, daemon=True).start()
+
+        def _watch(self):
+            while len(self) > 0:
+                _time.sleep(0.0005)
+            _state["last_ack"] = _time.time()
+            _write()
+
+        def commit_transaction(self, *a, **k):
+            r = super().commit_transaction(*a, **k)
+            if self._n >= _N and _state["last_ack"] is None:
+                _state["last_ack"] = _time.time()
+                _write()
+            return r
+
+    _ck.Consumer, _ck.Producer = _TimedConsumer, _TimedProducer
+""")
+
+WORKER_LAUNCHER = TIMING + textwrap.dedent("""
+    import sys
+    from segstream.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def timing_env(topics: Any, n: int, trace: Path) -> dict[str, str]:
+    return {
+        "BENCH_EVENTS": topics.events,
+        "BENCH_OUT_TOPIC": topics.predictions,
+        "BENCH_N": str(n),
+        "BENCH_TRACE": str(trace),
+    }
+
+
+def read_trace(trace: Path, n: int, name: str) -> dict[str, Any]:
+    """Throughput = events / (first consume -> last delivery acknowledged)."""
+    try:
+        t = orjson.loads(trace.read_bytes())
+    except FileNotFoundError:
+        raise RuntimeError(f"{name}: no timing trace (not all {n} records acknowledged)") from None
+    span = float(t["last_ack"]) - float(t["first_consume"])
+    return {
+        "seconds_first_consume_to_last_ack": span,
+        "events_per_s": n / span if span > 0 else None,
+    }
+
+
 def worker_throughput(
     bootstrap: str,
     tmp: Path,
@@ -234,37 +336,66 @@ def worker_throughput(
     s = make_settings(bootstrap, tmp, bundle_dir, guarantee)
     produce_all(bootstrap, s.topics.events, records)
     port = free_port()
-    t0 = time.time()
-    p = spawn_worker(s, tmp, loader, port)
     n = len(records)
+    trace = tmp / f"{s.topics.events}.trace.json"
+    t0 = time.time()
+    p = spawn_worker(s, tmp, loader, port, timing_env(s.topics, n, trace))
     deadline = time.monotonic() + timeout_s
-    done = 0.0
     try:
-        while time.monotonic() < deadline:
-            done = scrape(port, "segstream_worker_predictions_produced_total") + sum(
-                scrape(port, f'segstream_worker_dlq_records_total{{reason="{r}"}}')
-                for r in ("invalid_json",)
-            )
-            if done >= n:
-                break
+        while time.monotonic() < deadline and not trace.exists():
             if p.poll() is not None:
                 raise RuntimeError(f"worker exited with {p.returncode}")
             time.sleep(0.25)
+        time.sleep(0.1)  # the trace is written in one call; let it land
         wall = time.time() - t0
     finally:
         stop(p)
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
     ts = np.array([t for _, t in preds], dtype=np.float64) / 1000.0
-    span = float(ts.max() - ts.min()) if len(ts) > 1 else float("nan")
+    t = orjson.loads(trace.read_bytes()) if trace.exists() else {}
     return {
         "guarantee": guarantee,
         "events": n,
         "predictions": len(preds),
-        "seconds_first_to_last_prediction": span,
-        "events_per_s": len(preds) / span if span > 0 else None,
+        **read_trace(trace, n, "worker"),
+        # where the window's time went (prediction records carry their produce time)
+        "seconds_first_consume_to_first_prediction": float(ts.min() - t["first_consume"])
+        if len(ts) and t
+        else None,
+        "seconds_first_to_last_prediction": float(ts.max() - ts.min()) if len(ts) else None,
+        "seconds_last_prediction_to_last_ack": float(t["last_ack"] - ts.max())
+        if len(ts) and t
+        else None,
         "wall_seconds_including_startup": wall,
-        "events_per_s_including_startup": len(preds) / wall,
+        "warm_up": "bundle loaded and warmed on a synthetic batch (decoder, scorer, encoder; "
+        "numba cache) before the first consume",
+        "client_settings": client_settings_worker(s),
     }
+
+
+def client_settings_worker(s: Any) -> dict[str, Any]:
+    from segstream.services.worker.kafka_io import consumer_config, producer_config
+
+    keys = CLIENT_KEYS
+    c = {k: v for k, v in consumer_config(s).items() if k in keys}
+    p = {k: v for k, v in producer_config(s, transactional_id=None).items() if k in keys}
+    return {"client": "confluent-kafka (librdkafka)", "consumer": c, "producer": p}
+
+
+CLIENT_KEYS = {
+    "fetch.wait.max.ms",
+    "fetch.min.bytes",
+    "fetch.queue.backoff.ms",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "linger.ms",
+    "compression.type",
+    "batch.num.messages",
+    "batch.size",
+    "acks",
+    "enable.idempotence",
+    "isolation.level",
+}
 
 
 def latency_at_rate(
@@ -275,10 +406,14 @@ def latency_at_rate(
     records: list[tuple[bytes, bytes]],
     rate: float,
     seconds: float,
+    broker_pid: int | None = None,
+    **worker: Any,
 ) -> dict[str, Any]:
+    """Latency at a fixed input rate; ``worker`` overrides worker settings; with
+    ``broker_pid`` the broker's CPU (cores) over the input window is recorded."""
     from confluent_kafka import Producer
 
-    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
+    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once", **worker)
     port = free_port()
     p = spawn_worker(s, tmp, loader, port)
     n = min(len(records), int(rate * seconds))
@@ -297,6 +432,7 @@ def latency_at_rate(
         )
         tick = 0.01
         per_tick = max(1, int(rate * tick))
+        cpu0 = cpu_seconds(broker_pid)
         start = time.monotonic()
         for i in range(0, n, per_tick):
             due = start + (i / rate)
@@ -307,7 +443,9 @@ def latency_at_rate(
                 prod.produce(s.topics.events, v, k)
             prod.poll(0)
         prod.flush(30)
-        achieved = n / (time.monotonic() - start)
+        elapsed = time.monotonic() - start
+        achieved = n / elapsed
+        broker_cores = (cpu_seconds(broker_pid) - cpu0) / elapsed if broker_pid else None
         deadline = time.monotonic() + 60
         while scrape(port, "segstream_worker_events_consumed_total") < n:
             if time.monotonic() > deadline:
@@ -326,7 +464,17 @@ def latency_at_rate(
         "p50_s": float(np.percentile(lat, 50)),
         "p99_s": float(np.percentile(lat, 99)),
         "max_s": float(lat.max()),
+        "broker_cpu_cores_during_input": broker_cores,
+        "worker_overrides": worker,
     }
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` (0.0 without one)."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> dict[str, Any]:
@@ -389,57 +537,87 @@ def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> d
     }
 
 
-def per_row(scorer: Any, records: list[tuple[bytes, bytes]], n: int) -> dict[str, Any]:
-    """The per-row routing loop of the partitioned-model docs: ``predict(X.iloc[[i]])``."""
-    import pandas as pd
+def per_message_in_process(
+    bundle_dir: Path, scorer: Any, records: list[tuple[bytes, bytes]], n: int
+) -> dict[str, Any]:
+    """The baselines' per-message scorer (``benchmarks/per_message_scorer.py``) without Kafka:
+    parse + route + dot product + pattern + serialise per event; parity with ``Bundle.score``
+    on the same events; medians of 3 passes (after a warm-up pass)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from per_message_scorer import PerMessageScorer, parity
 
-    from segstream.services.worker.decode import EventDecoder
+    pm = PerMessageScorer(str(bundle_dir))
+    values = [v for _, v in records[:n]]
+    check = parity(scorer, pm, values) if hasattr(scorer, "router") else None
+    for v in values[:200]:  # warm-up
+        pm.score_bytes(v)
+    times, no_pattern = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        for v in values:
+            pm.score_bytes(v)
+        times.append(time.perf_counter() - t)
+    booster, pm.booster = pm.booster, None  # the same without the XGBoost call
+    for _ in range(3):
+        t = time.perf_counter()
+        for v in values:
+            pm.score_bytes(v)
+        no_pattern.append(time.perf_counter() - t)
+    pm.booster = booster
+    return {
+        "events": len(values),
+        "passes": 3,
+        "events_per_s": len(values) / float(np.median(times)),
+        "events_per_s_all_passes": [len(values) / t for t in times],
+        "events_per_s_without_pattern_classifier": len(values) / float(np.median(no_pattern)),
+        "parity_with_bundle_score": check,
+        "what": "orjson.loads, tree walk over plain lists/dicts, dot product, "
+        "Booster.inplace_predict on one row, output dict, orjson.dumps; per event",
+    }
 
-    d = EventDecoder(scorer.schema, 65_536).decode([v for _, v in records[:n]])
-    X = pd.DataFrame(d.columns)
-    scorer.score({c: X[c].to_numpy() for c in X.columns})  # warm-up
-    t = time.perf_counter()
-    for i in range(len(X)):
-        row = X.iloc[[i]]
-        scorer.score({c: row[c].to_numpy() for c in row.columns})
-    return {"events": len(X), "events_per_s": len(X) / (time.perf_counter() - t)}
 
-
+# The faust-streaming baseline: an agent iterating over the stream one event at a time (the
+# faust docs' agent form), the per-message scorer, and topic.send_soon (buffered, no await per
+# record) with a delivery callback. Producer and consumer settings as close to the worker's as
+# aiokafka allows (faust fixes the consumer's fetch_max_wait_ms at 1500 ms).
 FAUST_APP = textwrap.dedent("""
-    import os, sys, time
-    sys.path.insert(0, os.environ["REPO"])
+    import json, os, sys, time
+    sys.path.insert(0, os.path.join(os.environ["REPO"], "benchmarks"))
     import faust
-    from segstream.services.worker.decode import EventDecoder
-    from segstream.services.worker.records import encode_predictions
-    from {loader_mod} import {loader_fn} as load
+    import orjson
+    from per_message_scorer import PerMessageScorer
 
-    scorer = load(os.environ["BUNDLE"])
-    dec = EventDecoder(scorer.schema, 65536)
+    scorer = PerMessageScorer(os.environ["BUNDLE"])
+    for v in json.loads(os.environ["WARMUP"]):  # warm-up before the app starts
+        scorer.score_bytes(v.encode())
+    N, TRACE = int(os.environ["BENCH_N"]), os.environ["BENCH_TRACE"]
+    state = {"first_consume": None, "last_ack": None, "acked": 0}
     app = faust.App("bench-faust-" + os.environ["PREFIX"], broker="kafka://" + os.environ["BS"],
                     value_serializer="raw", key_serializer="raw", web_enabled=False,
                     broker_session_timeout=2, broker_heartbeat_interval=0.2,
-                    broker_rebalance_timeout=2, producer_linger_ms=20,
-                    topic_partitions=6, stream_buffer_maxsize=20000)
+                    broker_rebalance_timeout=2, topic_partitions=6,
+                    producer_linger_ms=int(os.environ["LINGER_MS"]),
+                    producer_max_batch_size=4_000_000,
+                    producer_compression_type=os.environ["COMPRESSION"],
+                    producer_acks=-1, consumer_max_fetch_size=32 * 1024 * 1024 // 6,
+                    stream_buffer_maxsize=20000)
     events = app.topic(os.environ["EVENTS"], value_serializer="raw", key_serializer="raw")
     out = app.topic(os.environ["PREDS"], value_serializer="raw", key_serializer="raw")
-    progress = os.environ["PROGRESS"]
-    done = 0
+
+    def acked(fut):
+        state["acked"] += 1
+        if state["acked"] == N:
+            state["last_ack"] = time.time()
+            with open(TRACE, "w") as f:
+                json.dump(state, f)
 
     @app.agent(events)
     async def score(stream):
-        global done
-        async for batch in stream.take(int(os.environ["BATCH"]), within=0.05):
-            d = dec.decode(batch)
-            sc = scorer.score(d.columns)
-            ids = d.columns[scorer.schema.id_field].tolist()
-            preds = encode_predictions(ids, sc, d.event_time_text, model=scorer.model,
-                                       bundle_id=scorer.bundle_id,
-                                       interval_mass=scorer.interval_mass, scored_at="x")
-            for k, v in zip(ids, preds):
-                await out.send(key=k.encode(), value=v)
-            done += len(batch)
-            with open(progress, "w") as f:
-                f.write(str(done))
+        async for value in stream:
+            if state["first_consume"] is None:
+                state["first_consume"] = time.time()
+            key, rec = scorer.score_bytes(value)
+            out.send_soon(key=key, value=rec, callback=acked)
 
     if __name__ == "__main__":
         app.main()
@@ -450,49 +628,28 @@ def _run_app(
     cmd: list[str],
     tmp: Path,
     env: dict[str, str],
-    progress: Path,
-    n: int,
+    trace: Path,
     timeout_s: float,
     name: str,
-) -> tuple[float, list[str]]:
-    """Start a baseline app, wait until its progress file (``count [...]``) reaches ``n``,
-    stop it; return the wall time and the last progress fields."""
+) -> float:
+    """Start a baseline app, wait until it wrote its timing trace, stop it; the wall time."""
     log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115
     t0 = time.time()
     p = subprocess.Popen(cmd, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout_s
-    state = ["0"]
     try:
-        while time.monotonic() < deadline:
-            try:
-                state = progress.read_text().split() or ["0"]
-                if int(state[0]) >= n:
-                    break
-            except (FileNotFoundError, ValueError):
-                pass
+        while time.monotonic() < deadline and not trace.exists():
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited with {p.returncode} (see {tmp}/{name}.log)")
             time.sleep(0.25)
-        return time.time() - t0, state
+        time.sleep(0.1)
+        return time.time() - t0
     finally:
         stop(p)
 
 
-def faust_throughput(
-    bootstrap: str,
-    tmp: Path,
-    bundle_dir: Path,
-    loader: str | None,
-    records: list[tuple[bytes, bytes]],
-    timeout_s: float,
-) -> dict[str, Any]:
-    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
-    produce_all(bootstrap, s.topics.events, records)
-    mod, fn = (loader or "segstream.shared.scoring:load_bundle").split(":")
-    app_py = tmp / f"faust_{s.topics.events}.py"
-    app_py.write_text(FAUST_APP.format(loader_mod=mod, loader_fn=fn))
-    progress = tmp / f"{s.topics.events}.progress"
-    env = {
+def _app_env(s: Any, bundle_dir: Path, bootstrap: str, records: Any, trace: Path) -> dict:
+    return {
         **os.environ,
         "REPO": str(REPO),
         "BUNDLE": str(bundle_dir),
@@ -500,75 +657,86 @@ def faust_throughput(
         "PREFIX": s.topics.events,
         "EVENTS": s.topics.events,
         "PREDS": s.topics.predictions,
-        "PROGRESS": str(progress),
         "PYTHONPATH": str(REPO),
-        "BATCH": str(s.worker.batch_size),
+        "WARMUP": orjson.dumps([v.decode() for _, v in records[:200]]).decode(),
+        "LINGER_MS": str(int(s.worker.producer_linger_ms)),
+        "COMPRESSION": s.worker.producer_compression,
+        **timing_env(s.topics, len(records), trace),
     }
+
+
+def faust_throughput(
+    bootstrap: str,
+    tmp: Path,
+    bundle_dir: Path,
+    records: list[tuple[bytes, bytes]],
+    timeout_s: float,
+) -> dict[str, Any]:
+    s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
+    produce_all(bootstrap, s.topics.events, records)
+    app_py = tmp / f"faust_{s.topics.events}.py"
+    app_py.write_text(FAUST_APP)
+    trace = tmp / f"{s.topics.events}.faust.trace.json"
     n = len(records)
-    wall, _ = _run_app(
-        [sys.executable, str(app_py), "worker", "-l", "warn"],
-        tmp,
-        env,
-        progress,
-        n,
-        timeout_s,
-        "faust",
+    env = _app_env(s, bundle_dir, bootstrap, records, trace)
+    wall = _run_app(
+        [sys.executable, str(app_py), "worker", "-l", "warn"], tmp, env, trace, timeout_s, "faust"
     )
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
-    ts = np.array([t for _, t in preds], dtype=np.float64) / 1000.0
-    span = float(ts.max() - ts.min()) if len(ts) > 1 else float("nan")
+    import faust
+
     return {
+        "label": "faust-streaming agent, per-message plain-Python scorer (competent-user baseline)",
         "events": n,
         "predictions": len(preds),
-        "seconds_first_to_last_prediction": span,
-        "events_per_s": len(preds) / span if span > 0 else None,
+        **read_trace(trace, n, "faust"),
         "wall_seconds_including_startup": wall,
-        "agent": f"stream.take({s.worker.batch_size}, within=0.05) + same decoder/scorer/"
-        "encoder + await topic.send per record",
+        "faust_streaming": faust.__version__,
+        "app": "@app.agent(events): async for value in stream -> per_message_scorer "
+        "(orjson, plain dicts, Booster.inplace_predict on one row) -> "
+        "topic.send_soon(callback=...) (no await per record)",
+        "warm_up": "bundle loaded, 200 events scored before app start",
+        "client_settings": {
+            "client": "aiokafka (faust transport)",
+            "producer": {
+                "linger_ms": int(s.worker.producer_linger_ms),
+                "max_batch_size": 4_000_000,
+                "compression_type": s.worker.producer_compression,
+                "acks": "all (-1)",
+            },
+            "consumer": {
+                "max_partition_fetch_bytes": 32 * 1024 * 1024 // 6,
+                "fetch_max_wait_ms": "1500 (fixed by faust)",
+                "isolation_level": "read_uncommitted (faust default)",
+            },
+        },
     }
 
 
-QUIX_APP = textwrap.dedent("""
-    import os, sys, time
-    sys.path.insert(0, os.environ["REPO"])
+# The Quix Streams baseline: Application + StreamingDataFrame.apply + to_topic (the Quix docs'
+# form), JSON in and out with Quix's serializers, the per-message scorer, and the worker's own
+# librdkafka consumer/producer settings passed through consumer_/producer_extra_config.
+QUIX_APP = TIMING + textwrap.dedent("""
+    import json, os, sys, time
+    sys.path.insert(0, os.path.join(os.environ["REPO"], "benchmarks"))
     from quixstreams import Application
-    from segstream.services.worker.decode import EventDecoder
-    from segstream.services.worker.records import encode_predictions
-    from {loader_mod} import {loader_fn} as load
+    from per_message_scorer import PerMessageScorer
 
-    scorer = load(os.environ["BUNDLE"])
-    dec = EventDecoder(scorer.schema, 65536)
+    scorer = PerMessageScorer(os.environ["BUNDLE"])
+    for v in json.loads(os.environ["WARMUP"]):  # warm-up before the app starts
+        scorer.score_bytes(v.encode())
     app = Application(
         broker_address=os.environ["BS"], consumer_group="bench-quix-" + os.environ["PREFIX"],
         auto_offset_reset="earliest", processing_guarantee="at-least-once",
         use_changelog_topics=False, state_dir=os.environ["STATE"],
-        consumer_extra_config={{"session.timeout.ms": 3000, "heartbeat.interval.ms": 300}},
-        producer_extra_config={{"linger.ms": 20}})
-    events = app.topic(os.environ["EVENTS"], key_deserializer="bytes",
-                       value_deserializer="bytes")
-    out = app.topic(os.environ["PREDS"], key_serializer="bytes", value_serializer="bytes")
-    progress = os.environ["PROGRESS"]
-    done = 0
+        consumer_extra_config=json.loads(os.environ["QUIX_CONSUMER"]),
+        producer_extra_config=json.loads(os.environ["QUIX_PRODUCER"]))
+    events = app.topic(os.environ["EVENTS"], key_deserializer="bytes", value_deserializer="json")
+    out = app.topic(os.environ["PREDS"], key_serializer="bytes", value_serializer="json")
 
-    first = None
-
-    def score_one(value):
-        # Quix Streams processes one record at a time: the same decoder, scorer and encoder
-        # on a batch of one.
-        global done, first
-        if first is None:
-            first = time.time()
-        d = dec.decode([value])
-        sc = scorer.score(d.columns)
-        ids = d.columns[scorer.schema.id_field].tolist()
-        preds = encode_predictions(ids, sc, d.event_time_text, model=scorer.model,
-                                   bundle_id=scorer.bundle_id,
-                                   interval_mass=scorer.interval_mass, scored_at="x")
-        done += 1
-        if done % 200 == 0 or done >= int(os.environ["N"]):
-            with open(progress, "w") as f:
-                f.write(f"{{done}} {{first}} {{time.time()}}")
-        return preds[0]
+    def score_one(event):
+        _mark_first()
+        return scorer.score(event)
 
     sdf = app.dataframe(events)
     sdf = sdf.apply(score_one)
@@ -583,7 +751,6 @@ def quix_throughput(
     bootstrap: str,
     tmp: Path,
     bundle_dir: Path,
-    loader: str | None,
     records: list[tuple[bytes, bytes]],
     timeout_s: float,
     python: str,
@@ -592,45 +759,53 @@ def quix_throughput(
     it pins confluent-kafka < 2.13, so it lives in its own venv; see ``make bench-quix-venv``)."""
     s = make_settings(bootstrap, tmp, bundle_dir, "at_least_once")
     produce_all(bootstrap, s.topics.events, records)
-    mod, fn = (loader or "segstream.shared.scoring:load_bundle").split(":")
     app_py = tmp / f"quix_{s.topics.events}.py"
-    app_py.write_text(QUIX_APP.format(loader_mod=mod, loader_fn=fn))
-    progress = tmp / f"{s.topics.events}.quix.progress"
+    app_py.write_text(QUIX_APP)
+    trace = tmp / f"{s.topics.events}.quix.trace.json"
     n = len(records)
-    env = {
-        **os.environ,
-        "REPO": str(REPO),
-        "BUNDLE": str(bundle_dir),
-        "BS": bootstrap,
-        "PREFIX": s.topics.events,
-        "EVENTS": s.topics.events,
-        "PREDS": s.topics.predictions,
-        "PROGRESS": str(progress),
-        "PYTHONPATH": str(REPO),
-        "N": str(n),
-        "STATE": str(tmp / "quix-state"),
+    cs = client_settings_worker(s)
+    consumer = {k: v for k, v in cs["consumer"].items() if k not in ("isolation.level",)} | {
+        "session.timeout.ms": 3000,
+        "heartbeat.interval.ms": 300,
     }
-    wall, state = _run_app([python, str(app_py)], tmp, env, progress, n, timeout_s, "quix")
-    version = subprocess.run(
-        [python, "-c", "import quixstreams; print(quixstreams.__version__)"],
+    producer = {k: v for k, v in cs["producer"].items() if k not in ("enable.idempotence",)}
+    env = {
+        **_app_env(s, bundle_dir, bootstrap, records, trace),
+        "STATE": str(tmp / "quix-state"),
+        "QUIX_CONSUMER": orjson.dumps(consumer).decode(),
+        "QUIX_PRODUCER": orjson.dumps(producer).decode(),
+    }
+    wall = _run_app([python, str(app_py)], tmp, env, trace, timeout_s, "quix")
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            "import quixstreams, confluent_kafka; "
+            "print(quixstreams.__version__, confluent_kafka.__version__)",
+        ],
         capture_output=True,
         text=True,
         env=env,
-    ).stdout.strip()
+    ).stdout.split()
     preds = read_topic(bootstrap, s.topics.predictions, n, 120)
-    # Quix gives an output record its input's timestamp, so the span is timed in the app:
-    # from the first record's processing to the last one's.
-    span = float(state[2]) - float(state[1])
     return {
+        "label": "Quix Streams app, per-message plain-Python scorer (competent-user baseline)",
         "events": n,
         "predictions": len(preds),
-        "seconds_first_to_last_scored_in_app": span,
-        "events_per_s": len(preds) / span if span > 0 else None,
+        **read_trace(trace, n, "quix"),
         "wall_seconds_including_startup": wall,
-        "quixstreams": version,
+        "quixstreams": out[0] if out else None,
+        "confluent_kafka": out[1] if len(out) > 1 else None,
         "python": python,
-        "app": "Application + StreamingDataFrame.apply(score one record) + to_topic; "
-        "same decoder/scorer/encoder on batches of one (Quix processes per record)",
+        "app": "Application + app.dataframe(topic, json) + sdf.apply(per_message_scorer) + "
+        "sdf.to_topic(json); per record",
+        "warm_up": "bundle loaded, 200 events scored before app start",
+        "client_settings": {
+            "client": "confluent-kafka (librdkafka) through Quix",
+            "consumer_extra_config": consumer,
+            "producer_extra_config": producer,
+            "note": "Quix sets its own enable.idempotence and isolation level",
+        },
     }
 
 
@@ -687,7 +862,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("in-process ...", file=sys.stderr)
     result["in_process"] = in_process(scorer, records, WorkerSettings().batch_size)
-    result["per_row_baseline"] = per_row(scorer, records, 2000 if full else 1000)
+    n_base = 20_000 if full else 5_000  # per-message baselines: events per run
+    if loader is None:
+        print("per-message scorer in process ...", file=sys.stderr)
+        result["per_message_in_process"] = per_message_in_process(
+            bundle_dir, scorer, records, n_base
+        )
     # Each phase gets its own embedded broker. Tansu's memory storage never deletes a record,
     # and a broker still holding the 1.2M records of the throughput phases spent ~20 % more CPU
     # per second in the latency phase and doubled its p99 (0.66-0.79 vs 0.24-0.37 s): without
@@ -705,51 +885,57 @@ def main(argv: list[str] | None = None) -> int:
     lat_records = records if len(records) >= need else event_values(need)
     with EmbeddedBroker() as broker:
         result["latency_at_half_load"] = latency_at_rate(
-            broker.bootstrap, tmp, bundle_dir, loader, lat_records, rate, lat_seconds
+            broker.bootstrap, tmp, bundle_dir, loader, lat_records, rate, lat_seconds, broker.pid
         )
-    print("faust baseline ...", file=sys.stderr)
-    try:
-        with EmbeddedBroker() as broker:
-            result["faust_baseline"] = faust_throughput(
-                broker.bootstrap, tmp, bundle_dir, loader, records[: n // 2], 300
-            )
-    except Exception as exc:
-        result["faust_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
     quix_py = args.quix_python or os.environ.get("SEGSTREAM_QUIX_PYTHON")
-    if quix_py:
-        quix_py = os.path.abspath(quix_py)  # the app runs in a temporary directory
-        print("quix baseline ...", file=sys.stderr)
+    if loader is not None:  # the per-message scorer reads trained bundles only
+        why = "the per-message baselines need a trained bundle (--bundle)"
+        result["faust_baseline"] = {"skipped": why}
+        result["quix_baseline"] = {"skipped": why}
+    else:
+        print("faust baseline ...", file=sys.stderr)
         try:
             with EmbeddedBroker() as broker:
-                result["quix_baseline"] = quix_throughput(
-                    broker.bootstrap,
-                    tmp,
-                    bundle_dir,
-                    loader,
-                    records[: 4000 if full else 2000],
-                    600,
-                    quix_py,
+                result["faust_baseline"] = faust_throughput(
+                    broker.bootstrap, tmp, bundle_dir, records[:n_base], 900
                 )
         except Exception as exc:
-            result["quix_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
-    else:
-        result["quix_baseline"] = {
-            "skipped": "no --quix-python: quixstreams pins confluent-kafka < 2.13, so it "
-            "runs from its own venv (make bench-quix-venv)"
-        }
+            result["faust_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
+        if quix_py:
+            quix_py = os.path.abspath(quix_py)  # the app runs in a temporary directory
+            print("quix baseline ...", file=sys.stderr)
+            try:
+                with EmbeddedBroker() as broker:
+                    result["quix_baseline"] = quix_throughput(
+                        broker.bootstrap, tmp, bundle_dir, records[:n_base], 900, quix_py
+                    )
+            except Exception as exc:
+                result["quix_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
+        else:
+            result["quix_baseline"] = {
+                "skipped": "no --quix-python: quixstreams pins confluent-kafka < 2.13, so it "
+                "runs from its own venv (make bench-quix-venv)"
+            }
     eo = result["worker_exactly_once"]["events_per_s"]
     fa = result["faust_baseline"].get("events_per_s")
     qx = result["quix_baseline"].get("events_per_s")
+    pm = result.get("per_message_in_process", {}).get("events_per_s")
     result["summary"] = {
+        "throughput_definition": "events / (first consume -> last delivery acknowledged), "
+        "every contestant warmed up before its first consume",
         "events_per_s_at_least_once": alo,
         "events_per_s_exactly_once": eo,
         "p99_latency_s_at_half_load": result["latency_at_half_load"]["p99_s"],
         "p50_latency_s_at_half_load": result["latency_at_half_load"]["p50_s"],
         "in_process_events_per_s": result["in_process"]["events_per_s_decode_score_encode"],
-        "speedup_vs_faust": alo / fa if fa else None,
-        "speedup_vs_per_row": result["in_process"]["events_per_s_decode_score_encode"]
-        / result["per_row_baseline"]["events_per_s"],
-        "speedup_vs_quix": alo / qx if qx else None,
+        "speedup_vs_faust_per_message": alo / fa if fa else None,
+        "speedup_vs_quix_per_message": alo / qx if qx else None,
+        "in_process_speedup_vs_per_message": result["in_process"][
+            "events_per_s_decode_score_encode"
+        ]
+        / pm
+        if pm
+        else None,
         "targets": {
             "events_per_s_at_least_once": 100_000,
             "events_per_s_exactly_once": 50_000,

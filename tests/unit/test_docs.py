@@ -29,6 +29,4 @@ def test_benchmarks_page_cites_every_figure_source():
     mod = _gen_benchmarks()
     page = mod.render()
     for path in sorted((REPO / "benchmarks" / "results").glob("*.json")):
-        if path.name == "worker-quick-fake-bundle.json":  # a fake scorer, not a product figure
-            continue
         assert f"`benchmarks/results/{path.name}`" in page, path.name
