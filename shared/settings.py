@@ -677,18 +677,34 @@ class MonitorSettings(_Section):
         default=True, description="Also judge drift per large segment (bundle references)."
     )
     new_segment_threshold: int = Field(
-        default=50, ge=1, description="Events of an unknown key in one window to alert."
-    )
-    new_segment_window_s: int | None = Field(
-        default=None,
+        default=50,
         ge=1,
-        description="Window of the new-segment counts (multiple of window_s); null = window_s.",
+        description="Events of a key combination unseen in training, counted since first seen "
+        "within new_segment_lookback_s, that raise one new_segment alert (per key and bundle).",
+    )
+    new_segment_lookback_s: int = Field(
+        default=2_592_000,
+        ge=1,
+        description="Event-time span (s, rounded up to whole window_s) over which an unknown "
+        "key's events are counted; a key unseen this long is forgotten.",
+    )
+    new_segment_max_keys: int = Field(
+        default=10_000,
+        ge=1,
+        description="Unknown keys tracked at once (one table entry each); events of further "
+        "keys are counted in segstream_monitor_state_overflow_total, not tracked.",
     )
     join_expiry_s: int = Field(
         default=172_800,
         ge=1,
         description="A prediction (outcome) waits this long in event time for its outcome "
         "(prediction), then counts as expired (unmatched).",
+    )
+    pending_max: int = Field(
+        default=200_000,
+        ge=1,
+        description="Pending predictions (and, separately, outcomes) kept per partition while "
+        "they wait for the join; beyond it the oldest are evicted and counted.",
     )
     mae_ratio_warning: float = Field(
         default=1.5, gt=0, description="Window MAE / test MAE at or above: performance warning."
@@ -723,12 +739,6 @@ class MonitorSettings(_Section):
         description="faust's data directory (<data_dir>/<app_id>-data; the tables live in "
         "memory and their changelog topics, so it stays empty).",
     )
-
-    @model_validator(mode="after")
-    def _check_windows(self) -> MonitorSettings:
-        if self.new_segment_window_s is not None and self.new_segment_window_s % self.window_s:
-            raise ValueError("new_segment_window_s must be a multiple of window_s")
-        return self
 
     def threshold(self, feature: str, reference: Any = None) -> tuple[float, float]:
         """(warning, critical) PSI levels of ``feature``: the explicit ``drift_thresholds``

@@ -8,14 +8,14 @@ changelog partition of the current event:
 
 ``drift``      ``"<window start ms>|<bundle_id>"`` → drift state (:mod:`.drift`) + ``p``,
                ``applied`` (largest stats offset applied: a re-delivered record is skipped)
-``newkeys``    ``"<window start ms>"`` → ``{"p", "applied", "keys": {key: [count, first ms]},
-               "alerted": [key, ...], "other": n}``
+``newkeys``    ``"<bundle_id>|<unknown key>"`` → one entry per key: counts per drift window over
+               the lookback, first seen, alerted (:mod:`.newkeys`)
 ``pending_p``  ``event_id`` → pending prediction (:func:`.performance.pending_prediction`)
 ``pending_o``  ``event_id`` → pending outcome (:func:`.performance.pending_outcome`)
 ``perf``       ``"<window start ms>|<partition>"`` → performance state (:mod:`.performance`)
                + ``applied`` offsets of the join that last changed it
-``meta``       ``"drift_closed|<p>"``, ``"newkeys_closed|<p>"`` (window starts below this are
-               closed), ``"perf_closed"`` (written from partition 0 only)
+``meta``       ``"drift_closed|<p>"`` (window starts below this are closed), ``"perf_closed"``
+               (written from partition 0 only)
 
 Clocks (event time, epoch ms; in memory, re-learned after a restart from new records), each a
 :class:`.windows.Watermark` over partitions: the **drift watermark** over the events
@@ -23,10 +23,15 @@ partitions named in stats records (``partition_time_max``); the **prediction clo
 predictions partitions (event time) and the **outcome clock** over the outcomes partitions
 (``outcome_time``). Rules:
 
-* a drift / new-key window closes when the drift watermark passes ``end + lateness``;
+* a drift window closes when the drift watermark passes ``end + lateness``; an unknown key's
+  entry is forgotten when it passes the key's last window + ``new_segment_lookback_s``;
 * a pending prediction of partition ``p`` expires when partition ``p``'s outcome clock passes
-  its event time + ``join_expiry``; a pending outcome is *unmatched* when partition ``p``'s
-  prediction clock passes the same;
+  its event time + ``join_expiry`` (its own prediction clock once partition ``p`` of the
+  outcomes has been silent for ``source_idle_s``: outcomes that stop do not keep predictions
+  forever); a pending outcome is *unmatched* by the mirror rule;
+* at most ``pending_max`` pending predictions (and outcomes) per partition: beyond it the
+  oldest by event time are evicted and counted (:class:`PendingBound`), and at most
+  ``new_segment_max_keys`` unknown keys are tracked;
 * a performance window closes (on partition 0's tick, summing every partition's state) when
   the outcome clock passes ``end + join_expiry`` and the prediction clock ``end + lateness``;
 * without any input for ``idle_close_s`` (wall clock) every open window closes.
@@ -36,6 +41,7 @@ A record for a window that has closed is *late*: counted, not applied.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Callable, MutableMapping
@@ -44,6 +50,7 @@ from typing import Any
 from segstream.services.monitor import drift as drift_mod
 from segstream.services.monitor import performance as perf_mod
 from segstream.services.monitor.drift import MalformedRecord
+from segstream.services.monitor.newkeys import NewKeyCounter
 from segstream.services.monitor.windows import Watermark, iso_window, parse_time_ms, window_start
 from segstream.shared.alerts import Alert, alert_record, iso_ms
 from segstream.shared.contracts import StatsRecord
@@ -68,6 +75,7 @@ class Counters:
         self.records: dict[tuple[str, str], int] = {}
         self.join: dict[str, int] = {}
         self.windows_closed: dict[str, int] = {}
+        self.overflows: dict[str, int] = {}
 
     def record(self, source: str, result: str, n: int = 1) -> None:
         self.records[(source, result)] = self.records.get((source, result), 0) + n
@@ -79,10 +87,113 @@ class Counters:
         if self.sink is not None:
             self.sink.joined(result, n)
 
-    def closed(self, kind: str) -> None:
-        self.windows_closed[kind] = self.windows_closed.get(kind, 0) + 1
+    def closed(self, kind: str, n: int = 1) -> None:
+        self.windows_closed[kind] = self.windows_closed.get(kind, 0) + n
         if self.sink is not None:
-            self.sink.closed(kind)
+            self.sink.closed(kind, n)
+
+    def overflow(self, state: str, n: int = 1) -> None:
+        """``n`` entries (events) of ``state`` evicted or not tracked because of a bound."""
+        self.overflows[state] = self.overflows.get(state, 0) + n
+        if self.sink is not None:
+            self.sink.overflow(state, n)
+
+
+class PendingBound:
+    """At most ``limit`` entries per partition in a pending join table (oldest evicted).
+
+    Entries are ``[partition, event time ms, ...]`` lists keyed by event id. A min-heap per
+    partition of ``(event time, event id)`` finds the oldest; heap items of entries that
+    left the table (joined, expired) are skipped when popped and dropped when the heap grows
+    past twice the entries. Built from one scan of the table on first use (after a restart:
+    from the recovered table).
+
+    Parameters
+    ----------
+    table : mutable mapping
+    limit : int
+    scan : callable
+        ``scan() -> iterable of (event id, entry)``.
+    on_evict : callable
+        Called with the number of entries evicted.
+    """
+
+    def __init__(
+        self, table: Table, limit: int, scan: Callable[[], Any], on_evict: Callable[[int], None]
+    ) -> None:
+        self.table = table
+        self.limit = limit
+        self._scan = scan
+        self._on_evict = on_evict
+        self._heaps: dict[int, list[tuple[int, str]]] | None = None
+        self._sizes: dict[int, int] = {}
+
+    def _load(self) -> dict[int, list[tuple[int, str]]]:
+        if self._heaps is None:
+            heaps: dict[int, list[tuple[int, str]]] = {}
+            for eid, v in self._scan():
+                heaps.setdefault(int(v[0]), []).append((int(v[1]), eid))
+            for h in heaps.values():
+                heapq.heapify(h)
+            self._heaps = heaps
+            self._sizes = {p: len(h) for p, h in heaps.items()}
+        return self._heaps
+
+    def add(self, eid: str, entry: list[Any]) -> None:
+        """Store ``entry`` under ``eid`` and evict the partition's oldest beyond the limit."""
+        heaps = self._load()
+        p = int(entry[0])
+        existed = eid in self.table
+        self.table[eid] = entry
+        h = heaps.setdefault(p, [])
+        heapq.heappush(h, (int(entry[1]), eid))
+        if not existed:
+            self._sizes[p] = self._sizes.get(p, 0) + 1
+        evicted = 0
+        while self._sizes[p] > self.limit and h:
+            t, old = heapq.heappop(h)
+            v = self.table.get(old)
+            if v is not None and int(v[0]) == p and int(v[1]) == t:
+                del self.table[old]
+                self._sizes[p] -= 1
+                evicted += 1
+        if len(h) > 2 * self._sizes[p] + 1024:  # drop the items of entries that left
+            heaps[p] = [
+                (t, e)
+                for t, e in h
+                if (v := self.table.get(e)) is not None and int(v[0]) == p and int(v[1]) == t
+            ]
+            heapq.heapify(heaps[p])
+        if evicted:
+            self._on_evict(evicted)
+
+    def pop(self, eid: str) -> Any:
+        """Remove ``eid``'s entry (None when absent) and return it."""
+        self._load()
+        v = self.table.pop(eid, None)
+        if v is not None:
+            p = int(v[0])
+            self._sizes[p] = self._sizes.get(p, 1) - 1
+        return v
+
+    def size(self, partition: int) -> int:
+        self._load()
+        return self._sizes.get(partition, 0)
+
+    def expire_before(self, partition: int, limit_ms: int) -> int:
+        """Remove the partition's entries with an event time before ``limit_ms`` (oldest
+        first, through the heap: work proportional to what expires); returns how many."""
+        heaps = self._load()
+        h = heaps.get(partition)
+        n = 0
+        while h and h[0][0] < limit_ms:
+            t, eid = heapq.heappop(h)
+            v = self.table.get(eid)
+            if v is not None and int(v[0]) == partition and int(v[1]) == t:
+                del self.table[eid]
+                self._sizes[partition] -= 1
+                n += 1
+        return n
 
 
 class MonitorCore:
@@ -131,7 +242,17 @@ class MonitorCore:
         self.observer = observer
         self.counters = Counters(observer)
         self.win_ms = settings.window_s * S
-        self.nk_ms = (settings.new_segment_window_s or settings.window_s) * S
+        lookback = -(-settings.new_segment_lookback_s // settings.window_s) * settings.window_s
+        self.newkeys = NewKeyCounter(
+            tables["newkeys"],
+            model=model,
+            threshold=settings.new_segment_threshold,
+            lookback_ms=lookback * S,
+            bucket_ms=self.win_ms,
+            max_keys=settings.new_segment_max_keys,
+            scan=lambda: self._scan("newkeys"),
+            on_overflow=lambda n: self.counters.overflow("new_keys", n),
+        )
         self.late_ms = settings.lateness_s * S
         self.expiry_ms = settings.join_expiry_s * S
         self.watermark = Watermark(settings.source_idle_s, partitions)
@@ -139,6 +260,19 @@ class MonitorCore:
         self.out_clocks = Watermark(settings.source_idle_s, partitions)
         self.last_input_s: float | None = None
         self._expired_at: dict[int, float] = {}
+        self._drift_checked: dict[int, int | None] = {}
+        self.pending_p = PendingBound(
+            tables["pending_p"],
+            settings.pending_max,
+            lambda: self._scan("pending_p"),
+            lambda n: self.counters.overflow("pending_predictions", n),
+        )
+        self.pending_o = PendingBound(
+            tables["pending_o"],
+            settings.pending_max,
+            lambda: self._scan("pending_o"),
+            lambda n: self.counters.overflow("pending_outcomes", n),
+        )
         self.flushed = False
 
     # ------------------------------------------------------------------ helpers
@@ -232,6 +366,8 @@ class MonitorCore:
                     self.counters.record("stats", "malformed")
                     return self._close_drift(partition, now_s)
                 new["applied"] = offset
+                if cur is None:  # a new window: check it against the watermark once
+                    self._drift_checked.pop(partition, None)
                 self.t["drift"][key] = new
                 self.counters.record("stats", "ok")
             alerts += self._new_keys(
@@ -243,61 +379,31 @@ class MonitorCore:
     def _new_keys(
         self, rec: StatsRecord, w: int, seen_ms: int, partition: int, offset: int
     ) -> list[Alert]:
-        """Count unknown keys; ``seen_ms`` = earliest event time of the record (first-seen)."""
-        uk = rec.unknown_keys
-        other = rec.unknown_keys_other
-        if not uk and not other:
+        """Count unknown keys (:class:`.newkeys.NewKeyCounter`); ``seen_ms`` = earliest event
+        time of the record (first-seen)."""
+        if not rec.unknown_keys and not rec.unknown_keys_other:
             return []
-        nw = window_start(w, self.nk_ms)
-        closed = self._meta(f"newkeys_closed|{partition}")
-        if closed is not None and nw < closed:
-            return []
-        key = str(nw)
-        cur = self.t["newkeys"].get(key)
-        if cur is not None and offset <= cur["applied"]:
-            return []
-        st = cur or {"p": partition, "applied": -1, "keys": {}, "alerted": [], "other": 0}
-        keys = dict(st["keys"])
-        alerted = list(st["alerted"])
-        alerts: list[Alert] = []
-        ws, we = iso_window(nw, self.nk_ms)
-        for k, c in uk.items():
-            n0, first = keys.get(k, (0, seen_ms))
-            n1 = n0 + int(c)
-            keys[k] = [n1, min(first, seen_ms)]
-            if n1 >= self.s.new_segment_threshold and k not in alerted:
-                alerted.append(k)
-                self._emit(
-                    alerts,
-                    alert_record(
-                        type_="new_segment",
-                        severity="warning",
-                        model=self.model,
-                        bundle_id=rec.bundle_id,
-                        feature=None,
-                        segment=k,
-                        statistic="count",
-                        value=float(n1),
-                        threshold=float(self.s.new_segment_threshold),
-                        window_start=ws,
-                        window_end=we,
-                        count=n1,
-                        first_seen=iso_ms(keys[k][1]),
-                    ),
-                )
-        self.t["newkeys"][key] = {
-            "p": partition,
-            "applied": offset,
-            "keys": keys,
-            "alerted": alerted,
-            "other": st["other"] + other,
-        }
+        alerts = self.newkeys.add(
+            dict(rec.unknown_keys),
+            rec.unknown_keys_other,
+            bundle_id=rec.bundle_id,
+            bucket_time_ms=w,
+            seen_ms=seen_ms,
+            partition=partition,
+            offset=offset,
+        )
+        for a in alerts:
+            if self.observer is not None:
+                self.observer.on_alert(a)
         return alerts
 
     def _close_drift(self, partition: int, now_s: float) -> list[Alert]:
         wm = self.watermark.value(now_s)
         idle = self._idle(now_s)
         alerts: list[Alert] = []
+        if not idle and partition in self._drift_checked and self._drift_checked[partition] == wm:
+            return alerts  # nothing can have become due: no table scan for this record
+        self._drift_checked[partition] = wm
         due = sorted(
             k
             for k, v in self._scan("drift")
@@ -317,18 +423,6 @@ class MonitorCore:
             cur = self._meta(f"drift_closed|{partition}")
             if cur is None or w + self.win_ms > cur:
                 self.t["meta"][f"drift_closed|{partition}"] = w + self.win_ms
-        for key in sorted(
-            k
-            for k, v in self._scan("newkeys")
-            if v["p"] == partition
-            and (idle or (wm is not None and wm >= int(k) + self.nk_ms + self.late_ms))
-        ):
-            del self.t["newkeys"][key]
-            self.counters.closed("new_segment")
-            end = int(key) + self.nk_ms
-            cur = self._meta(f"newkeys_closed|{partition}")
-            if cur is None or end > cur:
-                self.t["meta"][f"newkeys_closed|{partition}"] = end
         return alerts
 
     def _judge_drift(self, state: dict[str, Any], w: int, bundle: str) -> list[Alert]:
@@ -409,8 +503,8 @@ class MonitorCore:
                 new["applied"] = {**st["applied"], source: offset}
                 self.t["perf"][key] = new  # before the deletes: a replay finds `applied`
                 self.counters.joined("joined_nan" if out[2] is None else "joined")
-        self.t["pending_p"].pop(event_id, None)
-        self.t["pending_o"].pop(event_id, None)
+        self.pending_p.pop(event_id)
+        self.pending_o.pop(event_id)
 
     def on_prediction(self, raw: Any, partition: int, offset: int, now_s: float) -> None:
         """Apply one prediction record: its JSON value (bytes) or the record already decoded
@@ -434,7 +528,7 @@ class MonitorCore:
         if out is not None:
             self._join(eid, entry, out, partition, "predictions", offset)
         else:
-            self.t["pending_p"][eid] = entry
+            self.pending_p.add(eid, entry)
 
     def on_outcome(self, raw: Any, partition: int, offset: int, now_s: float) -> None:
         """Apply one outcome record (its JSON value, or the record already decoded); a null
@@ -454,7 +548,7 @@ class MonitorCore:
         if pred is not None:
             self._join(eid, pred, entry, partition, "outcomes", offset)
         else:
-            self.t["pending_o"][eid] = entry
+            self.pending_o.add(eid, entry)
 
     # ------------------------------------------------------------------ ticks
     def on_tick(self, partition: int, now_s: float) -> list[Alert]:
@@ -472,27 +566,35 @@ class MonitorCore:
         tbl = self.t[name]
         return getattr(tbl, "data", tbl).items()
 
+    def _expiry_clock(
+        self, own: Watermark, other: Watermark, partition: int, now_s: float
+    ) -> int | None:
+        """The clock that expires a pending entry of ``partition``: the other stream's
+        (the one it waits for) while that stream's partition is active, else its own stream's
+        (the other stream stopped: entries must not wait for it forever)."""
+        seen = other.last_seen(partition)
+        if seen is not None and now_s - seen <= self.s.source_idle_s:
+            return other.source_max(partition)
+        return own.source_max(partition)
+
     def _expire(self, partition: int, now_s: float) -> None:
         last = self._expired_at.get(partition)
         if last is not None and now_s - last < EXPIRE_EVERY_S:
             return
         self._expired_at[partition] = now_s
-        out_clock = self.out_clocks.source_max(partition)
-        pred_clock = self.pred_clocks.source_max(partition)
-        if out_clock is not None:
-            limit = out_clock - self.expiry_ms
-            gone = [k for k, v in self._scan("pending_p") if v[0] == partition and v[1] < limit]
-            for k in gone:
-                del self.t["pending_p"][k]
-            if gone:
-                self.counters.joined("expired_prediction", len(gone))
-        if pred_clock is not None:
-            limit = pred_clock - self.expiry_ms
-            gone = [k for k, v in self._scan("pending_o") if v[0] == partition and v[1] < limit]
-            for k in gone:
-                del self.t["pending_o"][k]
-            if gone:
-                self.counters.joined("unmatched_outcome", len(gone))
+        clock = self._expiry_clock(self.pred_clocks, self.out_clocks, partition, now_s)
+        if clock is not None:
+            n = self.pending_p.expire_before(partition, clock - self.expiry_ms)
+            if n:
+                self.counters.joined("expired_prediction", n)
+        clock = self._expiry_clock(self.out_clocks, self.pred_clocks, partition, now_s)
+        if clock is not None:
+            n = self.pending_o.expire_before(partition, clock - self.expiry_ms)
+            if n:
+                self.counters.joined("unmatched_outcome", n)
+        n = self.newkeys.expire(partition, self.watermark.value(now_s))
+        if n:
+            self.counters.closed("new_segment", n)
 
     def _close_performance(self, now_s: float) -> list[Alert]:
         idle = self._idle(now_s)
