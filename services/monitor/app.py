@@ -141,7 +141,10 @@ class MonitorService:
         extra: dict[str, Any] = {}
         if m.recovery_probe:
             extra["TableManager"] = "segstream.services.monitor.faust_ext:ProbingTableManager"
-        app = faust.App(
+        from segstream.services.monitor.faust_ext import ReadCommittedApp
+
+        # read_committed: predictions and stats of aborted worker transactions are not counted
+        app = ReadCommittedApp(
             m.app_id,
             broker=brokers,
             broker_credentials=faust_credentials(settings.broker),
