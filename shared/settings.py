@@ -700,6 +700,20 @@ class MonitorSettings(_Section):
         description="A prediction (outcome) waits this long in event time for its outcome "
         "(prediction), then counts as expired (unmatched).",
     )
+    join_idle_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A pending prediction (outcome) whose partition of the other stream has "
+        "been silent this long (wall clock) expires by its own stream's clock.",
+    )
+    join_sample_rate: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Share of events whose prediction and outcome are joined (chosen by a "
+        "hash of the event id: the same on every instance and restart); performance alerts "
+        "carry it with 95 % confidence intervals.",
+    )
     pending_max: int = Field(
         default=200_000,
         ge=1,
@@ -720,6 +734,11 @@ class MonitorSettings(_Section):
         ge=0,
         le=1,
         description="Alert when interval coverage leaves interval mass ± this.",
+    )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        default="read_committed",
+        description="Isolation level of the monitor's consumer: read_committed counts only "
+        "records of committed worker transactions (exactly_once workers).",
     )
     recovery_probe: bool = Field(
         default=True,

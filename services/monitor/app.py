@@ -163,6 +163,7 @@ class MonitorService:
             producer_max_batch_size=512 * 1024,
             **extra,
         )
+        app.isolation_level = m.isolation_level
         # The recovery probe (services.monitor.faust_ext) is a confluent-kafka client: it
         # needs the same security settings as every other client.
         app.probe_client_config = client_config(settings.broker)

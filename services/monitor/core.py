@@ -27,8 +27,9 @@ predictions partitions (event time) and the **outcome clock** over the outcomes 
   entry is forgotten when it passes the key's last window + ``new_segment_lookback_s``;
 * a pending prediction of partition ``p`` expires when partition ``p``'s outcome clock passes
   its event time + ``join_expiry`` (its own prediction clock once partition ``p`` of the
-  outcomes has been silent for ``source_idle_s``: outcomes that stop do not keep predictions
-  forever); a pending outcome is *unmatched* by the mirror rule;
+  outcomes has been silent for ``join_idle_s``, wall clock: outcomes that stop do not keep
+  predictions forever; long, because one agent can starve the other for a while when the
+  monitor catches up); a pending outcome is *unmatched* by the mirror rule;
 * at most ``pending_max`` pending predictions (and outcomes) per partition: beyond it the
   oldest by event time are evicted and counted (:class:`PendingBound`), and at most
   ``new_segment_max_keys`` unknown keys are tracked;
@@ -522,6 +523,9 @@ class MonitorCore:
         if rec.model != self.model:
             self.counters.record("predictions", "foreign")
             return
+        if not perf_mod.in_sample(eid, self.s.join_sample_rate):
+            self.counters.record("predictions", "unsampled")
+            return
         self.counters.record("predictions", "ok")
         self.pred_clocks.observe(partition, entry[1], now_s)
         out = self.t["pending_o"].get(eid)
@@ -541,6 +545,9 @@ class MonitorCore:
                 "malformed outcome at partition %d offset %d: %s", partition, offset, exc
             )
             self.counters.record("outcomes", "malformed")
+            return
+        if not perf_mod.in_sample(eid, self.s.join_sample_rate):
+            self.counters.record("outcomes", "unsampled")
             return
         self.counters.record("outcomes", "ok")
         self.out_clocks.observe(partition, entry[3], now_s)
@@ -573,7 +580,7 @@ class MonitorCore:
         (the one it waits for) while that stream's partition is active, else its own stream's
         (the other stream stopped: entries must not wait for it forever)."""
         seen = other.last_seen(partition)
-        if seen is not None and now_s - seen <= self.s.source_idle_s:
+        if seen is not None and now_s - seen <= self.s.join_idle_s:
             return other.source_max(partition)
         return own.source_max(partition)
 
@@ -660,6 +667,10 @@ class MonitorCore:
                 extra.update(mae=round(f.mae, 4), baseline_mae=round(f.baseline_mae, 4))
             if f.band is not None:
                 extra["band"] = (round(f.band[0], 4), round(f.band[1], 4))
+            if f.ci is not None:
+                extra["ci"] = (round(f.ci[0], 6), round(f.ci[1], 6))
+            if self.s.join_sample_rate < 1.0:
+                extra["sample_rate"] = self.s.join_sample_rate
             value = round(f.value, 6) if math.isfinite(f.value) else None
             self._emit(
                 alerts,

@@ -153,7 +153,7 @@ class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # aiokafka keeps the constructor argument as given and hands it to its Fetcher in
         # start(); faust passes read_uncommitted here unless the app is transactional.
-        consumer._isolation_level = ISOLATION_LEVEL
+        consumer._isolation_level = getattr(self.app, "isolation_level", ISOLATION_LEVEL)
         return consumer
 
 
@@ -172,6 +172,9 @@ class ReadCommittedTransport(faust_aiokafka.Transport):
 
 class ReadCommittedApp(faust.App):
     """A faust App whose consumer reads with ``isolation_level=read_committed``."""
+
+    #: Set by the monitor from ``monitor.isolation_level``.
+    isolation_level: str = ISOLATION_LEVEL
 
     def _new_transport(self) -> Any:
         return ReadCommittedTransport(self.conf.broker_consumer, self)

@@ -17,7 +17,16 @@ from segstream.shared.alerts import SEVERITIES, Alert
 from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 RECORD_SOURCES = ("stats", "predictions", "outcomes")
-RECORD_RESULTS = ("ok", "malformed", "late", "duplicate", "foreign", "untimed", "no_reference")
+RECORD_RESULTS = (
+    "ok",
+    "malformed",
+    "late",
+    "duplicate",
+    "foreign",
+    "untimed",
+    "no_reference",
+    "unsampled",
+)
 JOIN_RESULTS = (
     "joined",
     "joined_nan",

@@ -46,9 +46,10 @@ def test_joined_entries_free_their_place_in_the_bound() -> None:
 def test_predictions_expire_by_their_own_clock_when_outcomes_stop() -> None:
     """Outcomes stop (no outcome ever again): after source_idle_s the predictions' own
     stream expires them; while outcomes flow their clock decides (issue 21)."""
-    c = core(source_idle_s=30.0)
+    c = core(join_idle_s=30.0)
     t = T0 + 3_600_000
     c.on_outcome(outcome("x", t - 10, 1.0), 0, 0, 0.0)  # outcome stream seen once at 0 s
+    assert c.s.join_idle_s == 30.0 and core().s.join_idle_s == 600.0
     c.on_prediction(pred("waiting", t, 1.0), 0, 0, 0.0)
     c.on_prediction(pred("far", t + 3 * DAY, 1.0), 0, 1, 10.0)  # own clock past t + 1 day
     c.on_tick(0, 10.0)
