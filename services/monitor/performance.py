@@ -17,8 +17,8 @@ test-time figures of the bundles that scored it (:func:`performance_findings`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import functools
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -250,9 +250,7 @@ def performance_findings(
         elif r >= ratio_warning:
             sev, thr = "warning", ratio_warning
         ci_r = (ci[0] / base_mae, ci[1] / base_mae) if ci is not None else None
-        out.append(
-            PerformanceFinding("mae_ratio", seg, r, count, sev, thr, m, base_mae, ci=ci_r)
-        )
+        out.append(PerformanceFinding("mae_ratio", seg, r, count, sev, thr, m, base_mae, ci=ci_r))
 
     if w_sum:
         ratio_finding(None, mae, w_mae / w_sum, n, mean_ci(mae, state.get("sum_sq"), n))
