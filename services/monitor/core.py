@@ -580,6 +580,8 @@ class MonitorCore:
         (the one it waits for) while that stream's partition is active, else its own stream's
         (the other stream stopped: entries must not wait for it forever)."""
         seen = other.last_seen(partition)
+        if seen is None:  # never seen: silent since this stream started (not since forever)
+            seen = own.first_seen
         if seen is not None and now_s - seen <= self.s.join_idle_s:
             return other.source_max(partition)
         return own.source_max(partition)

@@ -97,3 +97,24 @@ def test_work_per_record_does_not_scan_the_tables() -> None:
         c2.on_outcome(outcome(f"o{i}", T0 + i, 1.0), 0, i, 0.0)
     # one scan per pending table to build its heap, never one per record
     assert _CountingDict.scans <= 2
+
+
+def test_outcomes_wait_for_predictions_that_have_not_been_read_yet() -> None:
+    """The monitor reads every outcome of a replay before the first prediction (the worker is
+    slower than the simulator): the outcomes wait, they do not expire by their own clock."""
+    c = core(join_idle_s=30.0)
+    t = T0 + 3_600_000
+    for i in range(5):  # three days of outcomes, no prediction read yet
+        c.on_outcome(outcome(f"e{i}", t + i * DAY, 1.0), 0, i, 0.0)
+    c.on_tick(0, 20.0)
+    assert len(c.t["pending_o"]) == 5
+    for i in range(5):
+        c.on_prediction(pred(f"e{i}", t + i * DAY, 0.0), 0, i, 25.0)
+    assert c.counters.join["joined"] == 5 and "unmatched_outcome" not in c.counters.join
+    # predictions never come for these: after join_idle_s their own clock expires them
+    c.on_outcome(outcome("lonely", t + 6 * DAY, 1.0), 0, 10, 26.0)
+    c.on_outcome(outcome("later", t + 9 * DAY, 1.0), 0, 11, 26.0)
+    c.on_tick(0, 40.0)
+    assert "lonely" in c.t["pending_o"]  # predictions seen 15 s ago: their clock rules
+    c.on_tick(0, 60.0)
+    assert "lonely" not in c.t["pending_o"] and "later" in c.t["pending_o"]
