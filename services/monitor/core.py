@@ -14,8 +14,11 @@ changelog partition of the current event:
 ``pending_o``  ``event_id`` → pending outcome (:func:`.performance.pending_outcome`)
 ``perf``       ``"<window start ms>|<partition>"`` → performance state (:mod:`.performance`)
                + ``applied`` offsets of the join that last changed it
-``meta``       ``"drift_closed|<p>"`` (window starts below this are closed), ``"perf_closed"``
-               (written from partition 0 only)
+``perfmerge``  ``"w|<window start ms>"`` → ``{"parts": {partition: state}}`` and
+               ``"progress|<p>"`` → event time before which partition ``p`` is final (written
+               by the merging owner, partition 0 of the partials topic)
+``meta``       ``"drift_closed|<p>"``, ``"perf_closed|<p>"`` (window starts below this are
+               closed / sent to the merge), ``"perf_closed"`` (judged; the merging owner)
 
 Clocks (event time, epoch ms; in memory, re-learned after a restart from new records), each a
 :class:`.windows.Watermark` over partitions: the **drift watermark** over the events
@@ -33,8 +36,12 @@ predictions partitions (event time) and the **outcome clock** over the outcomes 
 * at most ``pending_max`` pending predictions (and outcomes) per partition: beyond it the
   oldest by event time are evicted and counted (:class:`PendingBound`), and at most
   ``new_segment_max_keys`` unknown keys are tracked;
-* a performance window closes (on partition 0's tick, summing every partition's state) when
-  the outcome clock passes ``end + join_expiry`` and the prediction clock ``end + lateness``;
+* partition ``p``'s part of a performance window is final when ``p``'s outcome clock passes
+  ``end + join_expiry`` and its prediction clock ``end + lateness`` (a silent partition
+  follows the instance's watermark); its tick then sends the part and its progress to the
+  merge (:meth:`MonitorCore.take_partials`), and the merging owner judges the window once every
+  partition's progress has passed its end (:meth:`MonitorCore.on_partial`) — so monitor
+  instances can split the partitions;
 * without any input for ``idle_close_s`` (wall clock) every open window closes.
 
 A record for a window that has closed is *late*: counted, not applied.
@@ -61,6 +68,8 @@ from segstream.shared.settings import MonitorSettings
 logger = logging.getLogger(__name__)
 
 S = 1000
+#: Progress of a partition that has gone idle (``idle_close_s``): every window is final.
+FOREVER_MS = 2**62
 #: Pending entries of a partition are scanned for expiry at most this often (wall seconds).
 EXPIRE_EVERY_S = 5.0
 Table = MutableMapping[str, Any]
@@ -215,6 +224,10 @@ class MonitorCore:
         all of them, see :class:`.windows.Watermark`).
     tables : dict of str to mutable mapping
         ``drift``, ``newkeys``, ``pending_p``, ``pending_o``, ``perf``, ``meta``.
+    merge_locally : bool
+        Merge the partitions' performance window states in this object (one instance owns
+        every partition: tests, offline replays). The service passes False and routes
+        :meth:`take_partials` through a topic to the one merging owner.
     observer : object, optional
         Metrics sink: ``on_drift(findings, window_start_ms)``,
         ``on_performance(findings, state, window_start_ms)``, ``on_alert(alert)``,
@@ -233,6 +246,7 @@ class MonitorCore:
         tables: dict[str, Table],
         partitions: int = 1,
         observer: Any = None,
+        merge_locally: bool = True,
     ) -> None:
         self.s = settings
         self.model = model
@@ -262,6 +276,11 @@ class MonitorCore:
         self.last_input_s: float | None = None
         self._expired_at: dict[int, float] = {}
         self._drift_checked: dict[int, int | None] = {}
+        self.partitions = partitions
+        self.merge_locally = merge_locally
+        self._outbox: list[dict[str, Any]] = []
+        self._progress_sent: dict[int, int] = {}
+        tables.setdefault("perfmerge", {})
         self.pending_p = PendingBound(
             tables["pending_p"],
             settings.pending_max,
@@ -470,8 +489,9 @@ class MonitorCore:
         return alerts
 
     # ------------------------------------------------------------------ join
-    def _perf_closed(self) -> int | None:
-        return self._meta("perf_closed")
+    def _perf_closed(self, partition: int) -> int | None:
+        """Window starts of ``partition`` below this have been sent to the merge."""
+        return self._meta(f"perf_closed|{partition}")
 
     def _tracked(self, bundle: Any, segment: Any) -> bool:
         """Whether ``segment`` of ``bundle`` has a test MAE (only those are tracked)."""
@@ -490,7 +510,7 @@ class MonitorCore:
         offset: int,
     ) -> None:
         w = window_start(pred[1], self.win_ms)
-        closed = self._perf_closed()
+        closed = self._perf_closed(partition)
         if closed is not None and w < closed:
             self.counters.joined("late")
         else:
@@ -559,12 +579,104 @@ class MonitorCore:
 
     # ------------------------------------------------------------------ ticks
     def on_tick(self, partition: int, now_s: float) -> list[Alert]:
-        """Timer work for ``partition``: close due windows, expire pending entries."""
+        """Timer work for ``partition``: close due drift windows, expire pending entries, hand
+        the partition's final performance windows to the merge (:meth:`take_partials`;
+        merged here at once when ``merge_locally``)."""
         alerts = self._close_drift(partition, now_s)
         self._expire(partition, now_s)
-        if partition == 0:
-            alerts += self._close_performance(now_s)
-        self._gc_perf(partition)
+        self._send_partials(partition, now_s)
+        if self.merge_locally:
+            for rec in self.take_partials():
+                alerts += self.on_partial(rec, now_s)
+        return alerts
+
+    # ------------------------------------------------------------------ performance merge
+    def _stream_clock(self, clock: Watermark, partition: int, now_s: float) -> int | None:
+        """``partition``'s own clock while it is active; else the instance's watermark (a
+        silent partition has nothing newer: it must not hold windows back)."""
+        seen = clock.last_seen(partition)
+        if seen is not None and now_s - seen <= self.s.source_idle_s:
+            return clock.source_max(partition)
+        return clock.value(now_s)
+
+    def _progress(self, partition: int, now_s: float) -> int | None:
+        """Event time (ms) before which ``partition``'s performance windows are final."""
+        if self._idle(now_s):
+            return FOREVER_MS
+        out = self._stream_clock(self.out_clocks, partition, now_s)
+        pred = self._stream_clock(self.pred_clocks, partition, now_s)
+        if out is None or pred is None:
+            return None
+        return min(out - self.expiry_ms, pred - self.late_ms)
+
+    def _send_partials(self, partition: int, now_s: float) -> None:
+        """Queue the partition's final window states, then its progress (in that order: the
+        merge judges a window once every partition's progress has passed its end)."""
+        progress = self._progress(partition, now_s)
+        if progress is None:
+            return
+        due = sorted(
+            (int(k.split("|")[0]), k)
+            for k, v in self._scan("perf")
+            if int(k.split("|")[1]) == partition and int(k.split("|")[0]) + self.win_ms <= progress
+        )
+        for w, key in due:
+            state = {k: v for k, v in self.t["perf"][key].items() if k != "applied"}
+            self._outbox.append({"kind": "partial", "w": w, "p": partition, "state": state})
+            del self.t["perf"][key]
+            closed = self._perf_closed(partition)
+            if closed is None or w + self.win_ms > closed:
+                self.t["meta"][f"perf_closed|{partition}"] = w + self.win_ms
+        if due or self._progress_sent.get(partition) != progress:
+            self._progress_sent[partition] = progress
+            self._outbox.append({"kind": "progress", "p": partition, "through": progress})
+
+    def take_partials(self) -> list[dict[str, Any]]:
+        """The merge records queued since the last call (partials and progress), in order.
+
+        The service sends them to partition 0 of its internal ``<app_id>-perf-partials``
+        topic, whose owner calls :meth:`on_partial` (one merging owner per model).
+        """
+        out, self._outbox = self._outbox, []
+        return out
+
+    def on_partial(self, rec: dict[str, Any], now_s: float) -> list[Alert]:
+        """Merge one record of :meth:`take_partials` (from any instance); judge every window
+        that every partition has reported past. Writes the ``perfmerge`` table and
+        ``meta["perf_closed"]``.
+
+        Returns the performance alerts of the windows judged.
+        """
+        merged = self.t["perfmerge"]
+        closed = self._meta("perf_closed")
+        p = int(rec["p"])
+        if rec.get("kind") == "partial":
+            w = int(rec["w"])
+            if closed is not None and w < closed:
+                self.counters.joined("late")  # a re-sent partial of a judged window
+            else:
+                cur = merged.get(f"w|{w}") or {"parts": {}}
+                merged[f"w|{w}"] = {"parts": {**cur["parts"], str(p): rec["state"]}}
+            return []
+        old = merged.get(f"progress|{p}")
+        if old is None or int(rec["through"]) > int(old):
+            merged[f"progress|{p}"] = int(rec["through"])
+        progress = [merged.get(f"progress|{q}") for q in range(self.partitions)]
+        if any(v is None for v in progress):
+            return []
+        through = min(int(v) for v in progress)
+        windows = sorted(
+            int(k.split("|")[1]) for k, _ in self._scan("perfmerge") if k.startswith("w|")
+        )
+        alerts: list[Alert] = []
+        for w in windows:
+            if w + self.win_ms > through:
+                break  # windows close in order
+            parts = merged[f"w|{w}"]["parts"]
+            del merged[f"w|{w}"]
+            alerts += self._judge_performance(perf_mod.merge(parts.values()), w)
+            self.t["meta"]["perf_closed"] = w + self.win_ms
+            self.counters.closed("performance")
         return alerts
 
     def _scan(self, name: str) -> Any:
@@ -604,43 +716,6 @@ class MonitorCore:
         n = self.newkeys.expire(partition, self.watermark.value(now_s))
         if n:
             self.counters.closed("new_segment", n)
-
-    def _close_performance(self, now_s: float) -> list[Alert]:
-        idle = self._idle(now_s)
-        out_clock, pred_clock = self.out_clocks.value(now_s), self.pred_clocks.value(now_s)
-        by_window: dict[int, list[dict[str, Any]]] = {}
-        for k, v in self._scan("perf"):
-            by_window.setdefault(int(k.split("|", 1)[0]), []).append(v)
-        closed = self._perf_closed()
-        alerts: list[Alert] = []
-        for w in sorted(by_window):
-            if closed is not None and w < closed:
-                continue
-            end = w + self.win_ms
-            ready = idle or (
-                out_clock is not None
-                and out_clock >= end + self.expiry_ms
-                and pred_clock is not None
-                and pred_clock >= end + self.late_ms
-            )
-            if not ready:
-                break  # windows close in order
-            alerts += self._judge_performance(perf_mod.merge(by_window[w]), w)
-            self.t["meta"]["perf_closed"] = end
-            closed = end
-            self.counters.closed("performance")
-        return alerts
-
-    def _gc_perf(self, partition: int) -> None:
-        closed = self._perf_closed()
-        if closed is None:
-            return
-        for k in [
-            k
-            for k, _ in self._scan("perf")
-            if int(k.split("|")[1]) == partition and int(k.split("|")[0]) < closed
-        ]:
-            del self.t["perf"][k]
 
     def _judge_performance(self, state: dict[str, Any], w: int) -> list[Alert]:
         baselines = {}
