@@ -162,6 +162,9 @@ class Worker:
         self.thread.join(60)
 
 
+SAMPLE_RATE: float | None = None  # --sample-rate (monitor.join_sample_rate)
+
+
 def settings_for(bootstrap: str, tmp: Path, tag: str) -> Settings:
     prefix = f"bm-{tag}-{uuid.uuid4().hex[:6]}"
     s = worker_settings(bootstrap, prefix, tmp / tag, partitions=6)
@@ -173,6 +176,8 @@ def settings_for(bootstrap: str, tmp: Path, tag: str) -> Settings:
         "bundle_cache_dir": str(tmp / tag / "mcache"),
         "data_dir": str(tmp / tag / "mdata"),
     }
+    if SAMPLE_RATE is not None:
+        m["join_sample_rate"] = SAMPLE_RATE
     if "isolation_level" in type(s.monitor).model_fields:  # absent before issue 21
         # Tansu: faust's read_committed consumer receives no worker output (measured)
         m["isolation_level"] = "read_uncommitted"
@@ -324,8 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="JSON path (default benchmarks/results/bench_monitor_MODE.json)")
     ap.add_argument("--label", default="", help="recorded in the JSON (e.g. before/after)")
     ap.add_argument("--skip-live", action="store_true")
+    ap.add_argument(
+        "--sample-rate", type=float, help="monitor.join_sample_rate (default: the setting's)"
+    )
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
+    global SAMPLE_RATE
+    SAMPLE_RATE = args.sample_rate
     name = "full" if args.full else "quick"
     n = 60_000 if args.full else 20_000
     out = Path(args.out or REPO / "benchmarks" / "results" / f"bench_monitor_{name}.json")
@@ -354,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench_monitor",
         "mode": name,
         "label": args.label,
+        "join_sample_rate": args.sample_rate if args.sample_rate is not None else 1.0,
         "flights": n,
         "bundle": "tests/fakes.py fake bundle",
         "broker": broker,
