@@ -368,3 +368,75 @@ def test_changelog_watermark_probe_finds_the_fetched_high_watermark(kafka, topic
         assert listed == 350
     else:
         assert listed < 350  # the deviation the probe corrects (measured: 101 here)
+
+
+def test_two_instances_raise_exactly_the_alerts_of_one(kafka, topic_prefix, tmp_path, sept):
+    """Scale-out: two monitors in one consumer group split the partitions and, merging the
+    partitions' performance windows through the perf-partials topic, raise the same alerts
+    (same alert ids, none lost, none doubled) as one monitor reading the same topics."""
+    s = _settings(kafka, topic_prefix, tmp_path, idle_close_s=10.0)
+
+    def variant(name: str) -> Settings:
+        t = s.topics.model_copy(update={"alerts": f"{topic_prefix}.alerts-{name}"})
+        m = s.monitor.model_copy(update={"app_id": f"{topic_prefix}-{name}"})
+        return s.model_copy(update={"topics": t, "monitor": m})
+
+    one, two = variant("one"), variant("two")
+    ensure_topics(s.broker, [one.topics.alerts, two.topics.alerts], s.topics.partitions)
+    mons = [
+        _Monitor(one, tmp_path, "one"),
+        _Monitor(two, tmp_path, "two-a"),
+        _Monitor(two, tmp_path, "two-b"),
+    ]
+    worker = _Worker(s)
+    try:
+        for m in mons:
+            m.wait(
+                lambda m: (
+                    urllib.request.urlopen(f"http://127.0.0.1:{m.port}/readyz", timeout=2).status
+                    == 200
+                ),
+                120,
+            )
+        time.sleep(5)  # the second instance's join settles
+        n_events = len(sept)
+        n_out = int(sept["arr_delay"].notna().sum())
+        _replay(s, sept)
+
+        def total(ms: list[_Monitor], name: str, **labels: str) -> float:
+            return sum(m.metric(name, **labels) for m in ms)
+
+        def done(ms: list[_Monitor]) -> bool:
+            return (
+                total(ms, "segstream_monitor_records_total", source="predictions", result="ok")
+                >= n_events
+                and total(ms, "segstream_monitor_records_total", source="outcomes", result="ok")
+                >= n_out
+                and total(ms, "segstream_monitor_windows_closed_total", kind="performance") >= 4
+            )
+
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not (done(mons[:1]) and done(mons[1:])):
+            for m in mons:
+                assert m.proc.poll() is None, m.log.read_text()[-3000:]
+            time.sleep(1)
+        assert done(mons[:1]) and done(mons[1:]), [m.metrics() for m in mons]
+        # both instances of "two" did some of the work
+        for m in mons[1:]:
+            assert m.metric("segstream_monitor_records_total", source="predictions", result="ok")
+        time.sleep(5)
+        a1 = _alerts(one, 10)
+        a2 = _alerts(two, 10)
+    finally:
+        worker.finish()
+        for m in mons:
+            m.stop()
+    ids1 = Counter(a["alert_id"] for a in a1)
+    ids2 = Counter(a["alert_id"] for a in a2)
+    assert {a["type"] for a in a1} >= {"drift", "new_segment", "performance"}
+    assert ids2 == ids1 and max(ids1.values()) == 1
+    perf1 = {a["alert_id"]: a for a in a1 if a["type"] == "performance"}
+    for a in a2:
+        if a["type"] == "performance":
+            b = perf1[a["alert_id"]]
+            assert (a["count"], a["value"], a.get("ci")) == (b["count"], b["value"], b.get("ci"))
