@@ -200,7 +200,7 @@ def send(settings: Settings, df: Any) -> tuple[int, int]:
     )
     if summary.failed:
         raise RuntimeError(f"simulator: {summary.failed} records failed")
-    n_out = sum(1 for r in recs if r.topic == settings.topics.outcomes)
+    n_out = sum(1 for r in recs if r.kind == "outcome")
     return len(df), n_out
 
 
