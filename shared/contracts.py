@@ -79,8 +79,8 @@ EventTime = Annotated[
     str, Meta(description="ISO 8601 time (with a UTC offset or Z; without one it is taken as UTC).")
 ]
 
-#: The fixed set of DLQ reasons (the worker's ``ALL_DLQ_REASONS``: the decoder's reasons and
-#: ``scoring_error``; a unit test keeps them equal).
+#: The fixed set of DLQ reasons (the worker's ``WORKER_DLQ_REASONS``: the decoder's reasons,
+#: ``scoring_error`` and ``event_time_out_of_range``; a unit test keeps them equal).
 DLQ_REASONS: tuple[str, ...] = (
     "empty",
     "too_large",
@@ -91,6 +91,7 @@ DLQ_REASONS: tuple[str, ...] = (
     "bad_time",
     "undecodable",
     "scoring_error",
+    "event_time_out_of_range",
 )
 DlqReason = Literal[
     "empty",
@@ -102,6 +103,7 @@ DlqReason = Literal[
     "bad_time",
     "undecodable",
     "scoring_error",
+    "event_time_out_of_range",
 ]
 
 #: Alert types and severities (see :class:`Alert`).
@@ -353,6 +355,24 @@ class DlqHeaders(Struct, rename=lambda f: DLQ_HEADER_PREFIX + f, forbid_unknown_
     exception: Annotated[
         str | UnsetType,
         Meta(description=("scoring_error: the type of the exception scoring raised.")),
+    ] = UNSET
+    watermark: Annotated[
+        UtcTime | UnsetType,
+        Meta(
+            description=(
+                "event_time_out_of_range: the source partition's event-time watermark the "
+                "event was judged against."
+            )
+        ),
+    ] = UNSET
+    limit: Annotated[
+        str | UnsetType,
+        Meta(
+            description=(
+                "event_time_out_of_range: the limit the event exceeded, in seconds: "
+                "max_future_s=86400 (ahead of the watermark) or max_past_s=604800 (behind)."
+            )
+        ),
     ] = UNSET
 
     @classmethod

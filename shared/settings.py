@@ -627,6 +627,20 @@ class MonitorSettings(_Section):
         description="Allowed lateness: a window closes when the watermark passes its end "
         "plus this; later records are dropped and counted.",
     )
+    max_future_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Event-time sanity: an event more than this many seconds ahead of its "
+        "source partition's robust event-time watermark (segstream.shared.event_time) is out "
+        "of range: the worker dead-letters it (event_time_out_of_range) and the monitor "
+        "ignores it.",
+    )
+    max_past_s: float = Field(
+        default=604_800.0,
+        gt=0,
+        description="Event-time sanity: an event more than this many seconds behind that "
+        "watermark is out of range (as max_future_s); must exceed lateness_s.",
+    )
     source_idle_s: float = Field(
         default=30.0,
         gt=0,
@@ -758,6 +772,15 @@ class MonitorSettings(_Section):
         description="faust's data directory (<data_dir>/<app_id>-data; the tables live in "
         "memory and their changelog topics, so it stays empty).",
     )
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> MonitorSettings:
+        if self.max_past_s <= self.lateness_s:
+            raise ValueError(
+                f"max_past_s ({self.max_past_s:g}) must exceed lateness_s ({self.lateness_s}): "
+                "events the monitor still takes must not be dead-lettered as out of range"
+            )
+        return self
 
     def threshold(self, feature: str, reference: Any = None) -> tuple[float, float]:
         """(warning, critical) PSI levels of ``feature``: the explicit ``drift_thresholds``

@@ -65,6 +65,7 @@ from segstream.services.worker.decode import (
     DecodedBatch,
     EventDecoder,
 )
+from segstream.services.worker.event_time import EventTimeGuard, stats_max_slices
 from segstream.services.worker.kafka_io import producer_config
 from segstream.services.worker.metrics import WorkerMetrics
 from segstream.services.worker.records import (
@@ -270,6 +271,9 @@ class StreamWorker:
             if self.w.score_threads
             else None
         )
+        #: Event-time sanity per source partition (out-of-range events to the DLQ).
+        self.time_guard = EventTimeGuard(settings.monitor)
+        self.stats_max_slices = stats_max_slices(settings.monitor)
         self._install(scorer)
 
     @property
@@ -326,6 +330,7 @@ class StreamWorker:
         self.metrics.rebalances.labels(kind="revoke").inc()
         gone = {p.partition for p in partitions}
         self.committer.on_revoke(gone)  # finish and commit before giving partitions up
+        self.time_guard.forget(gone)  # a later owner bootstraps its watermark again
         self.assigned -= gone
         self.metrics.assigned_partitions.set(len(self.assigned))
         self.metrics.forget_partitions(self.topics.events, gone)
@@ -335,6 +340,7 @@ class StreamWorker:
         self.metrics.rebalances.labels(kind="lost").inc()
         gone = {p.partition for p in partitions}
         self.committer.on_lost(gone)  # offsets of lost partitions must not be committed
+        self.time_guard.forget(gone)
         self.assigned -= gone
         self.metrics.assigned_partitions.set(len(self.assigned))
         self.metrics.forget_partitions(self.topics.events, gone)
@@ -409,6 +415,7 @@ class StreamWorker:
         first, nxt = _offset_range(parts, offs)
         t0 = time.perf_counter()
         decoded = self.decoder.decode(list(map(Message.value, msgs)))  # never raises
+        decoded, time_headers = self.time_guard.check(decoded, self.time_field, parts, offs)
         n_valid = decoded.n_valid
         failed: dict[int, str] = {}
         try:
@@ -430,7 +437,14 @@ class StreamWorker:
         self.committer.produce_batch(
             Batch(self.seq, first, nxt, len(out.preds)),
             functools.partial(
-                self._produce_all, msgs, decoded, out.ids, out.preds, out.stats, failed
+                self._produce_all,
+                msgs,
+                decoded,
+                out.ids,
+                out.preds,
+                out.stats,
+                failed,
+                time_headers,
             ),
         )
         if out.preds:
@@ -476,6 +490,7 @@ class StreamWorker:
                 max_unknown_key_chars=self.w.max_unknown_key_chars,
                 max_record_bytes=self.max_stats_bytes,
                 partitions=parts[decoded.valid],
+                max_slices=self.stats_max_slices,
             )
         scores = finish()
         if decoded.n_valid:
@@ -653,6 +668,7 @@ class StreamWorker:
         preds: list[bytes],
         stats: list[bytes],
         failed: dict[int, str] | None = None,
+        time_headers: dict[int, list[tuple[str, bytes]]] | None = None,
     ) -> int:
         """Produce every output record of a batch (delivery failures reach the producer-wide
         :meth:`on_delivery`); returns how many were produced.
@@ -697,6 +713,7 @@ class StreamWorker:
                 max_value_bytes=self.w.dlq_max_value_bytes,
                 max_record_bytes=self.max_record_bytes,
                 exception=failed.get(idx) if failed else None,
+                extra=time_headers.get(idx) if time_headers else None,
             )
             self._produce_one(self.topics.dlq, value, key, headers)
             count += 1

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from segstream.services.worker.decode import ALL_DLQ_REASONS
+from segstream.services.worker.event_time import WORKER_DLQ_REASONS
 from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 #: Buckets (seconds) for per-event work: 1 µs .. 10 ms.
@@ -264,7 +264,7 @@ class WorkerMetrics:
                 registry=registry,
             ),
         )
-        for r in ALL_DLQ_REASONS:
+        for r in WORKER_DLQ_REASONS:
             m.dlq_records.labels(reason=r)
         for r in RELOAD_RESULTS:
             m.bundle_reloads.labels(result=r)

@@ -50,6 +50,8 @@ DLQ_HEADER_TRUNCATED = "segstream.dlq.truncated_from_bytes"
 DLQ_HEADER_KEY_TRUNCATED = "segstream.dlq.key_truncated_from_bytes"
 DLQ_HEADER_HEADERS_DROPPED = "segstream.dlq.headers_dropped"
 DLQ_HEADER_EXCEPTION = "segstream.dlq.exception"
+DLQ_HEADER_WATERMARK = "segstream.dlq.watermark"  # event_time_out_of_range
+DLQ_HEADER_LIMIT = "segstream.dlq.limit"  # event_time_out_of_range
 
 
 def utc_now_iso() -> str:
@@ -678,6 +680,7 @@ def dlq_record(
     max_value_bytes: int,
     max_record_bytes: int,
     exception: str | None = None,
+    extra: Sequence[tuple[str, bytes]] | None = None,
 ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]:
     """The DLQ copy of a rejected event, bounded to fit the producer's ``message.max.bytes``.
 
@@ -710,6 +713,9 @@ def dlq_record(
         The producer's ``message.max.bytes`` (bytes; at least ~2 KB for the DLQ headers).
     exception : str, optional
         Exception type (``segstream.dlq.exception``) of a ``scoring_error``.
+    extra : sequence of (str, bytes), optional
+        More ``segstream.dlq.*`` headers (each value at most 200 bytes kept), e.g. the
+        watermark and limit of an ``event_time_out_of_range``.
 
     Returns
     -------
@@ -741,6 +747,8 @@ def dlq_record(
     ]
     if exception is not None:
         own.append((DLQ_HEADER_EXCEPTION, exception.encode("utf-8", "replace")[:200]))
+    for name, v in extra or ():
+        own.append((name, v[:200]))
     original = list(headers or [])
     marks: list[tuple[str, bytes | None]] = []
     if value is not None and len(value) > max_value_bytes:

@@ -18,6 +18,14 @@ one partition and a monitor can add them up per window), JSON::
      "imputed": count, "created_at",
      "slice_start": ISO 8601 UTC or null, "slice_s": slice length in seconds or null}
 
+**Bound**: a batch whose rows span more slices than ``max_slices`` (the worker's is
+:func:`segstream.services.worker.event_time.stats_max_slices`, 64 with the default settings)
+gives records of their own to the ``max_slices`` slices with the most rows only; the rows of
+the other slices are counted in one overflow record (``slice_start`` and ``slice_s`` null,
+the time range of those rows in ``event_time_min/max``). So one batch gives at most
+``max_slices + 2`` records (slices, no valid time, overflow) before size splitting, whatever
+its event times (20,000 events on 20,000 different days: 66 records, not 20,000).
+
 With slicing, the batch's DLQ counts (``dlq``, ``n_dlq``) go to its first record only and
 ``n_events`` is ``n_scored`` plus those; rows without a valid event time get their own record
 with ``slice_start`` null.
@@ -213,12 +221,17 @@ def batch_stats_slices(
     n_events: int,
     dlq_counts: Mapping[str, int],
     partitions: np.ndarray | None = None,
+    max_slices: int | None = None,
     **kw: Any,
 ) -> list[dict[str, Any]]:
     """The stats records of one batch, one per event-time slice of ``slice_s`` seconds.
 
     Slices are aligned to the Unix epoch (``floor(t / slice_s) * slice_s``, UTC), like the
-    monitor's tumbling windows. ``slice_s=None`` gives one record for the whole batch.
+    monitor's tumbling windows. ``slice_s=None`` gives one record for the whole batch. With
+    ``max_slices``, only the ``max_slices`` slices with the most rows (ties: the earlier)
+    get records of their own; the rows of the other slices share one overflow record
+    (``slice_start`` and ``slice_s`` null, their time range in ``event_time_min/max``),
+    after the others.
     Other keyword arguments are those of :func:`batch_stats`; each record equals what
     :func:`batch_stats` gives for the rows of its slice (the reference the tests hold this
     to), but every bin is computed once per batch and counted for all slices at once, into
@@ -234,7 +247,13 @@ def batch_stats_slices(
         counts).
     """
     counts = _slice_counts(
-        columns, scores, reference, time_field=time_field, slice_s=slice_s, partitions=partitions
+        columns,
+        scores,
+        reference,
+        time_field=time_field,
+        slice_s=slice_s,
+        partitions=partitions,
+        max_slices=max_slices,
     )
     if counts is None:
         return [
@@ -282,6 +301,7 @@ def batch_stats_records(
     partitions: np.ndarray | None = None,
     max_unknown_key_chars: int | None = None,
     max_record_bytes: int | None = None,
+    max_slices: int | None = None,
 ) -> list[bytes]:
     """The stats records of one batch, one per event-time slice, encoded as JSON.
 
@@ -332,6 +352,11 @@ def batch_stats_records(
         Longer unknown keys are named by :func:`bounded_key` (none is cut when None).
     max_record_bytes : int, optional
         No record is longer (bytes of JSON): a longer one is split (:func:`split_record`).
+    max_slices : int, optional
+        At most this many slices get records of their own; the rows of the others share
+        one overflow record (see :func:`batch_stats_slices`). A batch then gives at most
+        ``max_slices + 2`` records (the slices, the rows without a valid time, the
+        overflow), each split further only by ``max_record_bytes``.
 
     Returns
     -------
@@ -358,7 +383,13 @@ def batch_stats_records(
     2024-01-02T00:00:00.000Z [0, 1, 0] 1 0
     """
     counts = _slice_counts(
-        columns, scores, reference, time_field=time_field, slice_s=slice_s, partitions=partitions
+        columns,
+        scores,
+        reference,
+        time_field=time_field,
+        slice_s=slice_s,
+        partitions=partitions,
+        max_slices=max_slices,
     )
     if counts is None:
         out = [
@@ -794,6 +825,7 @@ def _slice_counts(
     time_field: str,
     slice_s: int | None,
     partitions: np.ndarray | None,
+    max_slices: int | None = None,
 ) -> _SliceCounts | None:
     """Count a batch per slice; None without a time column or without scored rows."""
     times = columns.get(time_field)
@@ -808,6 +840,8 @@ def _slice_counts(
         if not len(keys):  # slices too far apart for a dense table
             keys, slot = np.unique(np.where(ns == _I64_MIN, _I64_MIN, slot_of), return_inverse=True)
             slot = slot.astype(np.int64, copy=False)
+        if max_slices is not None:
+            keys, slot = _cap_slices(keys, slot, max_slices)
     else:
         keys, slot = np.full(1, _I64_MIN), np.zeros(m, np.int64)
     slots = keys.tolist()
@@ -906,7 +940,7 @@ def _slice_counts(
     seen = np.flatnonzero((part_max != _I64_MIN).any(axis=0))
     part_names = [str(p) for p in labels[seen].tolist()]
     starts = (
-        np.array([k * step if k != _I64_MIN else _I64_MIN for k in slots], np.int64)
+        np.array([k * step if k not in _UNSLICED else _I64_MIN for k in slots], np.int64)
         if step
         else np.full(S, _I64_MIN)
     )
@@ -1001,7 +1035,7 @@ def _records(
         first = s_i == 0
         uk = c.unknown[s_i]
         named = _named_keys(uk, max_unknown_keys, max_unknown_key_chars) if uk is not None else {}
-        sliced = bool(slice_s) and slot != _I64_MIN
+        sliced = bool(slice_s) and slot not in _UNSLICED
         out.append(
             {
                 "model": model,
@@ -1033,6 +1067,33 @@ def _records(
             }
         )
     return out
+
+
+#: The slice key of the overflow record (rows of slices beyond ``max_slices``).
+_OVERFLOW = _I64_MIN + 1
+#: Slice keys without a slice of their own: no valid time, the overflow.
+_UNSLICED = (_I64_MIN, _OVERFLOW)
+
+
+def _cap_slices(
+    keys: np.ndarray, slot: np.ndarray, max_slices: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``max_slices`` slices with the most rows (ties: the earlier; ``keys``
+    ascending, NaT's first); the rows of the others go to one :data:`_OVERFLOW` slice, last.
+    Returns the new keys and each row's index into them."""
+    timed = np.flatnonzero(keys != _I64_MIN)
+    if len(timed) <= max_slices:
+        return keys, slot
+    rows = np.bincount(slot, minlength=len(keys))
+    top = np.sort(timed[np.argsort(-rows[timed], kind="stable")[: max(max_slices, 0)]])
+    new_index = np.full(len(keys), -1, np.int64)
+    new_keys = [_I64_MIN] if len(timed) < len(keys) else []
+    if new_keys:
+        new_index[keys == _I64_MIN] = 0
+    new_index[top] = np.arange(len(new_keys), len(new_keys) + len(top))
+    new_index[new_index < 0] = len(new_keys) + len(top)
+    out = np.array([*new_keys, *keys[top].tolist(), _OVERFLOW], np.int64)
+    return out, new_index[slot]
 
 
 def _iso_array(ns: np.ndarray) -> list[str | None]:

@@ -294,9 +294,9 @@ def test_a_prediction_missing_a_field_is_rejected() -> None:
 # ------------------------------------------------------------------------ DLQ headers
 def test_dlq_reasons_and_header_names_match_the_worker() -> None:
     from segstream.services.worker import records
-    from segstream.services.worker.decode import ALL_DLQ_REASONS
+    from segstream.services.worker.event_time import WORKER_DLQ_REASONS
 
-    assert contracts.DLQ_REASONS == ALL_DLQ_REASONS
+    assert contracts.DLQ_REASONS == WORKER_DLQ_REASONS
     assert typing.get_args(contracts.DlqReason) == contracts.DLQ_REASONS
     worker_names = {v for k, v in vars(records).items() if k.startswith("DLQ_HEADER_")}
     contract_names = {f.encode_name for f in msgspec.inspect.type_info(DlqHeaders).fields}
