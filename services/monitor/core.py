@@ -45,6 +45,15 @@ predictions partitions (event time) and the **outcome clock** over the outcomes 
 * without any input for ``idle_close_s`` (wall clock) every open window closes.
 
 A record for a window that has closed is *late*: counted, not applied.
+
+Event-time sanity: every prediction's and outcome's event time is judged against the robust
+event-time watermark of its stream and partition
+(:class:`segstream.shared.event_time.EventTimeWatermark`, ``monitor.max_future_s`` /
+``max_past_s``); an out-of-range prediction or outcome (or an outcome time before its event
+time or more than ``max_future_s`` after it) is counted (``result="out_of_range"``) and
+dropped. The drift watermark comes from the stats records, whose times the worker has judged
+with the same watermark (out-of-range events go to its DLQ, not into the stats). One event
+dated far in the future therefore cannot close every window.
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ import math
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+import numpy as np
+
 from segstream.services.monitor import drift as drift_mod
 from segstream.services.monitor import performance as perf_mod
 from segstream.services.monitor.drift import MalformedRecord
@@ -63,6 +74,7 @@ from segstream.services.monitor.windows import Watermark, iso_window, parse_time
 from segstream.shared.alerts import Alert, alert_record, iso_ms
 from segstream.shared.contracts import StatsRecord
 from segstream.shared.drift import DriftReference
+from segstream.shared.event_time import IN_RANGE, EventTimeWatermark
 from segstream.shared.settings import MonitorSettings
 
 logger = logging.getLogger(__name__)
@@ -278,6 +290,8 @@ class MonitorCore:
         self._drift_checked: dict[int, int | None] = {}
         self.partitions = partitions
         self.merge_locally = merge_locally
+        #: Event-time sanity per (stream, partition): :mod:`segstream.shared.event_time`.
+        self._sanity: dict[tuple[str, Any], EventTimeWatermark] = {}
         self._outbox: list[dict[str, Any]] = []
         self._progress_sent: dict[int, int] = {}
         tables.setdefault("perfmerge", {})
@@ -296,6 +310,15 @@ class MonitorCore:
         self.flushed = False
 
     # ------------------------------------------------------------------ helpers
+    def _in_range(self, stream: str, source: Any, t_ms: int) -> bool:
+        """Whether ``t_ms`` is within ``max_future_s`` / ``max_past_s`` of the robust
+        event-time watermark of ``source`` in ``stream`` (and advance it); one event dated
+        far ahead cannot move the monitor's clocks."""
+        wm = self._sanity.get((stream, source))
+        if wm is None:
+            wm = self._sanity[(stream, source)] = EventTimeWatermark.from_settings(self.s)
+        return bool(wm.judge(np.array([t_ms], np.int64)).code[0] == IN_RANGE)
+
     def _meta(self, key: str) -> int | None:
         v = self.t["meta"].get(key)
         return int(v) if v is not None else None
@@ -355,6 +378,8 @@ class MonitorCore:
         t_max = parse_time_ms(rec.event_time_max)
         anchor = parse_time_ms(rec.slice_start) or t_min
         if rec.partition_time_max:  # per source partition (in order within each)
+            # the worker judged these times already (its out-of-range events went to the DLQ
+            # and are not in the stats); one time per batch is too sparse to judge again
             for p, t in rec.partition_time_max.items():
                 self.watermark.observe(f"p{p}", parse_time_ms(t), now_s)
         else:  # no valid event time in the batch: the worker is alive
@@ -543,6 +568,9 @@ class MonitorCore:
         if rec.model != self.model:
             self.counters.record("predictions", "foreign")
             return
+        if not self._in_range("predictions", partition, entry[1]):
+            self.counters.record("predictions", "out_of_range")
+            return
         if not perf_mod.in_sample(eid, self.s.join_sample_rate):
             self.counters.record("predictions", "unsampled")
             return
@@ -565,6 +593,11 @@ class MonitorCore:
                 "malformed outcome at partition %d offset %d: %s", partition, offset, exc
             )
             self.counters.record("outcomes", "malformed")
+            return
+        if not self._in_range("outcomes", partition, entry[1]) or not (
+            entry[1] <= entry[3] <= entry[1] + self.s.max_future_s * S
+        ):  # event time near its partition's watermark, outcome time not before it
+            self.counters.record("outcomes", "out_of_range")
             return
         if not perf_mod.in_sample(eid, self.s.join_sample_rate):
             self.counters.record("outcomes", "unsampled")

@@ -26,6 +26,7 @@ RECORD_RESULTS = (
     "untimed",
     "no_reference",
     "unsampled",
+    "out_of_range",
 )
 JOIN_RESULTS = (
     "joined",

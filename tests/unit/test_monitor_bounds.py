@@ -46,7 +46,7 @@ def test_joined_entries_free_their_place_in_the_bound() -> None:
 def test_predictions_expire_by_their_own_clock_when_outcomes_stop() -> None:
     """Outcomes stop (no outcome ever again): after source_idle_s the predictions' own
     stream expires them; while outcomes flow their clock decides (issue 21)."""
-    c = core(join_idle_s=30.0)
+    c = core(join_idle_s=30.0, max_future_s=10 * 86_400.0)  # "far" is 3 days ahead
     t = T0 + 3_600_000
     c.on_outcome(outcome("x", t - 10, 1.0), 0, 0, 0.0)  # outcome stream seen once at 0 s
     assert c.s.join_idle_s == 30.0 and core().s.join_idle_s == 600.0
@@ -102,7 +102,7 @@ def test_work_per_record_does_not_scan_the_tables() -> None:
 def test_outcomes_wait_for_predictions_that_have_not_been_read_yet() -> None:
     """The monitor reads every outcome of a replay before the first prediction (the worker is
     slower than the simulator): the outcomes wait, they do not expire by their own clock."""
-    c = core(join_idle_s=30.0)
+    c = core(join_idle_s=30.0, max_future_s=10 * 86_400.0)  # a few events days apart
     t = T0 + 3_600_000
     for i in range(5):  # three days of outcomes, no prediction read yet
         c.on_outcome(outcome(f"e{i}", t + i * DAY, 1.0), 0, i, 0.0)
@@ -118,3 +118,21 @@ def test_outcomes_wait_for_predictions_that_have_not_been_read_yet() -> None:
     assert "lonely" in c.t["pending_o"]  # predictions seen 15 s ago: their clock rules
     c.on_tick(0, 60.0)
     assert "lonely" not in c.t["pending_o"] and "later" in c.t["pending_o"]
+
+
+def test_an_event_dated_far_in_the_future_is_dropped_and_moves_no_clock() -> None:
+    c = core()
+    t = T0 + 3_600_000
+    for i in range(20):
+        c.on_prediction(pred(f"p{i}", t + i * 60_000, 1.0), 0, i, 0.0)
+        c.on_outcome(outcome(f"o{i}", t + i * 60_000, 1.0), 0, i, 0.0)
+    far = T0 + 250 * 365 * DAY  # the year 2263
+    c.on_prediction(pred("future", far, 1.0), 0, 100, 0.0)
+    c.on_outcome(outcome("future2", far, 1.0), 0, 100, 0.0)
+    c.on_outcome(outcome("backwards", t, 1.0, after_ms=-3_600_000), 0, 101, 0.0)
+    assert c.counters.records[("predictions", "out_of_range")] == 1
+    assert c.counters.records[("outcomes", "out_of_range")] == 2
+    assert "future" not in c.t["pending_p"] and "future2" not in c.t["pending_o"]
+    assert c.pred_clocks.source_max(0) == t + 19 * 60_000
+    c.on_tick(0, 10.0)
+    assert len(c.t["pending_p"]) == 20  # nothing expired by the far-future time

@@ -18,7 +18,11 @@ P = 4
 
 def make(merge_locally: bool) -> MonitorCore:
     s = MonitorSettings(
-        performance_min_count=20, join_expiry_s=86_400, lateness_s=3600, idle_close_s=60.0
+        performance_min_count=20,
+        join_expiry_s=86_400,
+        lateness_s=3600,
+        idle_close_s=60.0,
+        max_future_s=30 * 86_400.0,  # few events days apart in one test
     )
     tables: dict[str, Any] = {
         k: {} for k in ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta", "perfmerge")
