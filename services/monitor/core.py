@@ -294,6 +294,7 @@ class MonitorCore:
         self._sanity: dict[tuple[str, Any], EventTimeWatermark] = {}
         self._outbox: list[dict[str, Any]] = []
         self._progress_sent: dict[int, int] = {}
+        self._first_tick: dict[int, float] = {}
         tables.setdefault("perfmerge", {})
         self.pending_p = PendingBound(
             tables["pending_p"],
@@ -636,6 +637,12 @@ class MonitorCore:
         """Event time (ms) before which ``partition``'s performance windows are final."""
         if self._idle(now_s):
             return FOREVER_MS
+        if self.pred_clocks.last_seen(partition) is None and (
+            self.out_clocks.last_seen(partition) is None
+        ):  # not read here yet (e.g. just assigned in a rebalance: its backlog is unread)
+            first = self._first_tick.setdefault(partition, now_s)
+            if now_s - first < self.s.source_idle_s:
+                return None
         out = self._stream_clock(self.out_clocks, partition, now_s)
         pred = self._stream_clock(self.pred_clocks, partition, now_s)
         if out is None or pred is None:

@@ -130,3 +130,19 @@ def test_a_window_waits_for_every_partition() -> None:
     # a re-sent partial of the judged window (at-least-once) changes nothing
     a.on_partial({"kind": "partial", "w": T0, "p": 0, "state": {}}, 1.0)
     assert "w|" + str(T0) not in a.t["perfmerge"]
+
+
+def test_a_partition_just_assigned_reports_no_progress_before_its_records() -> None:
+    """After a rebalance the new owner of a partition has read none of its backlog yet: it
+    must not declare the partition's windows final from its other partitions' clocks."""
+    b = make(False)
+    t = T0 + 3_600_000
+    b.on_prediction(pred("x", t + 3 * DAY, 0.0), 1, 0, 1.0)  # b's own partition 1 is far on
+    b.on_outcome(outcome("x", t + 3 * DAY, 0.0), 1, 0, 1.0)
+    b.on_tick(0, 1.0)  # partition 0 just assigned to b, nothing of it read yet
+    assert b.take_partials() == []
+    b.on_prediction(pred("y", t, 0.0), 0, 5, 2.0)  # its backlog starts: its own clocks rule
+    b.on_outcome(outcome("y", t, 0.0), 0, 5, 2.0)
+    b.on_tick(0, 2.0)
+    (prog,) = [r for r in b.take_partials() if r["kind"] == "progress"]
+    assert prog["p"] == 0 and prog["through"] < t
