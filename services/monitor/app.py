@@ -259,22 +259,28 @@ class MonitorService:
                 await self._send(alerts + self._take_reload_alerts())
 
         def record_agent(handle: Callable[..., None]) -> Callable[[Any], Any]:
-            """An agent feeding each record of its topic to ``handle`` (no alerts of its own)."""
+            """An agent feeding the records of its topic to ``handle`` one micro-batch per
+            partition at a time (the table writes go to that partition; no alerts)."""
 
             async def agent(stream: Any) -> None:
                 async for events in stream.take_events(batch, within):
                     now = time.time()
+                    by_p: dict[int, list[tuple[Any, int, int]]] = {}
                     for event in events:
                         msg = event.message
-                        at(msg.partition)
-                        handle(event.value, msg.partition, msg.offset, now)
+                        by_p.setdefault(msg.partition, []).append(
+                            (event.value, msg.partition, msg.offset)
+                        )
+                    for partition, recs in by_p.items():
+                        at(partition)
+                        handle(recs, now)
                     flush()
                     self.events_processed += len(events)
 
             return agent
 
-        predictions_agent = record_agent(core.on_prediction)
-        outcomes_agent = record_agent(core.on_outcome)
+        predictions_agent = record_agent(core.on_predictions)
+        outcomes_agent = record_agent(core.on_outcomes)
 
         async def ticks_agent(stream: Any) -> None:
             async for events in stream.take_events(batch, within):

@@ -311,15 +311,6 @@ class MonitorCore:
         self.flushed = False
 
     # ------------------------------------------------------------------ helpers
-    def _in_range(self, stream: str, source: Any, t_ms: int) -> bool:
-        """Whether ``t_ms`` is within ``max_future_s`` / ``max_past_s`` of the robust
-        event-time watermark of ``source`` in ``stream`` (and advance it); one event dated
-        far ahead cannot move the monitor's clocks."""
-        wm = self._sanity.get((stream, source))
-        if wm is None:
-            wm = self._sanity[(stream, source)] = EventTimeWatermark.from_settings(self.s)
-        return bool(wm.judge(np.array([t_ms], np.int64)).code[0] == IN_RANGE)
-
     def _meta(self, key: str) -> int | None:
         v = self.t["meta"].get(key)
         return int(v) if v is not None else None
@@ -556,60 +547,105 @@ class MonitorCore:
     def on_prediction(self, raw: Any, partition: int, offset: int, now_s: float) -> None:
         """Apply one prediction record: its JSON value (bytes) or the record already decoded
         (a dict or :class:`~segstream.shared.contracts.Prediction`)."""
-        self._input(now_s)
-        try:
-            rec = perf_mod.decode_prediction(raw)
-            eid, entry = perf_mod.pending_prediction(rec, partition)
-        except MalformedRecord as exc:
-            logger.warning(
-                "malformed prediction at partition %d offset %d: %s", partition, offset, exc
-            )
-            self.counters.record("predictions", "malformed")
-            return
-        if rec.model != self.model:
-            self.counters.record("predictions", "foreign")
-            return
-        if not self._in_range("predictions", partition, entry[1]):
-            self.counters.record("predictions", "out_of_range")
-            return
-        if not perf_mod.in_sample(eid, self.s.join_sample_rate):
-            self.counters.record("predictions", "unsampled")
-            return
-        self.counters.record("predictions", "ok")
-        self.pred_clocks.observe(partition, entry[1], now_s)
-        out = self.t["pending_o"].get(eid)
-        if out is not None:
-            self._join(eid, entry, out, partition, "predictions", offset)
-        else:
-            self.pending_p.add(eid, entry)
+        self.on_predictions([(raw, partition, offset)], now_s)
 
     def on_outcome(self, raw: Any, partition: int, offset: int, now_s: float) -> None:
         """Apply one outcome record (its JSON value, or the record already decoded); a null
         target is a NaN outcome."""
+        self.on_outcomes([(raw, partition, offset)], now_s)
+
+    def _judge_times(self, stream: str, items: list[tuple[int, int]]) -> list[bool]:
+        """In-range flags of ``(partition, event time ms)`` items: one
+        :meth:`EventTimeWatermark.judge` call per partition of the batch, in arrival order."""
+        by_p: dict[int, list[int]] = {}
+        for i, (p, _t) in enumerate(items):
+            by_p.setdefault(p, []).append(i)
+        ok = [False] * len(items)
+        for p, idx in by_p.items():
+            wm = self._sanity.get((stream, p))
+            if wm is None:
+                wm = self._sanity[(stream, p)] = EventTimeWatermark.from_settings(self.s)
+            codes = wm.judge(np.array([items[i][1] for i in idx], np.int64)).code
+            for i, c in zip(idx, codes.tolist(), strict=True):
+                ok[i] = c == IN_RANGE
+        return ok
+
+    def on_predictions(self, batch: list[tuple[Any, int, int]], now_s: float) -> None:
+        """Apply a micro-batch of prediction records ``(value, partition, offset)`` in order
+        (decoded and their event times judged once per batch and partition)."""
         self._input(now_s)
-        try:
-            eid, entry = perf_mod.pending_outcome(self._decode_outcome(raw), partition)
-        except MalformedRecord as exc:
-            logger.warning(
-                "malformed outcome at partition %d offset %d: %s", partition, offset, exc
-            )
-            self.counters.record("outcomes", "malformed")
-            return
-        if not self._in_range("outcomes", partition, entry[1]) or not (
-            entry[1] <= entry[3] <= entry[1] + self.s.max_future_s * S
-        ):  # event time near its partition's watermark, outcome time not before it
-            self.counters.record("outcomes", "out_of_range")
-            return
-        if not perf_mod.in_sample(eid, self.s.join_sample_rate):
-            self.counters.record("outcomes", "unsampled")
-            return
-        self.counters.record("outcomes", "ok")
-        self.out_clocks.observe(partition, entry[3], now_s)
-        pred = self.t["pending_p"].get(eid)
-        if pred is not None:
-            self._join(eid, pred, entry, partition, "outcomes", offset)
-        else:
-            self.pending_o.add(eid, entry)
+        good: list[tuple[str, list[Any], int, int]] = []
+        for raw, partition, offset in batch:
+            try:
+                rec = perf_mod.decode_prediction(raw)
+                eid, entry = perf_mod.pending_prediction(rec, partition)
+            except MalformedRecord as exc:
+                logger.warning(
+                    "malformed prediction at partition %d offset %d: %s", partition, offset, exc
+                )
+                self.counters.record("predictions", "malformed")
+                continue
+            if rec.model != self.model:
+                self.counters.record("predictions", "foreign")
+                continue
+            good.append((eid, entry, partition, offset))
+        flags = self._judge_times("predictions", [(g[2], g[1][1]) for g in good])
+        n = {"ok": 0, "out_of_range": 0, "unsampled": 0}
+        rate = self.s.join_sample_rate
+        for (eid, entry, partition, offset), in_range in zip(good, flags, strict=True):
+            if not in_range:
+                n["out_of_range"] += 1
+                continue
+            if not perf_mod.in_sample(eid, rate):
+                n["unsampled"] += 1
+                continue
+            n["ok"] += 1
+            self.pred_clocks.observe(partition, entry[1], now_s)
+            out = self.t["pending_o"].get(eid)
+            if out is not None:
+                self._join(eid, entry, out, partition, "predictions", offset)
+            else:
+                self.pending_p.add(eid, entry)
+        for result, k in n.items():
+            if k:
+                self.counters.record("predictions", result, k)
+
+    def on_outcomes(self, batch: list[tuple[Any, int, int]], now_s: float) -> None:
+        """Apply a micro-batch of outcome records ``(value, partition, offset)`` in order."""
+        self._input(now_s)
+        good: list[tuple[str, list[Any], int, int]] = []
+        for raw, partition, offset in batch:
+            try:
+                eid, entry = perf_mod.pending_outcome(self._decode_outcome(raw), partition)
+            except MalformedRecord as exc:
+                logger.warning(
+                    "malformed outcome at partition %d offset %d: %s", partition, offset, exc
+                )
+                self.counters.record("outcomes", "malformed")
+                continue
+            good.append((eid, entry, partition, offset))
+        flags = self._judge_times("outcomes", [(g[2], g[1][1]) for g in good])
+        n = {"ok": 0, "out_of_range": 0, "unsampled": 0}
+        rate = self.s.join_sample_rate
+        ahead_ms = self.s.max_future_s * S
+        for (eid, entry, partition, offset), in_range in zip(good, flags, strict=True):
+            # event time near its partition's watermark, outcome time not before it
+            if not in_range or not entry[1] <= entry[3] <= entry[1] + ahead_ms:
+                n["out_of_range"] += 1
+                continue
+            if not perf_mod.in_sample(eid, rate):
+                n["unsampled"] += 1
+                continue
+            n["ok"] += 1
+            self.out_clocks.observe(partition, entry[3], now_s)
+            pred = self.t["pending_p"].get(eid)
+            if pred is not None:
+                self._join(eid, pred, entry, partition, "outcomes", offset)
+            else:
+                self.pending_o.add(eid, entry)
+        for result, k in n.items():
+            if k:
+                self.counters.record("outcomes", result, k)
 
     # ------------------------------------------------------------------ ticks
     def on_tick(self, partition: int, now_s: float) -> list[Alert]:

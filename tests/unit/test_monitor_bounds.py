@@ -136,3 +136,27 @@ def test_an_event_dated_far_in_the_future_is_dropped_and_moves_no_clock() -> Non
     assert c.pred_clocks.source_max(0) == t + 19 * 60_000
     c.on_tick(0, 10.0)
     assert len(c.t["pending_p"]) == 20  # nothing expired by the far-future time
+
+
+def test_a_micro_batch_gives_what_its_records_give_one_by_one() -> None:
+    import orjson
+
+    recs = []
+    for i in range(300):
+        p = i % 3
+        recs.append(("p", (orjson.dumps(pred(f"e{i}", T0 + i * 60_000, 1.0)), p, i)))
+        if i % 4:
+            recs.append(("o", (orjson.dumps(outcome(f"e{i}", T0 + i * 60_000, 3.0)), p, i)))
+    recs.append(("p", (b"not json", 0, 999)))
+    recs.append(("p", (orjson.dumps(pred("far", T0 + 400 * 365 * DAY, 1.0)), 1, 998)))
+    one, batched = core(pending_max=50), core(pending_max=50)
+    for kind, r in recs:
+        (one.on_prediction if kind == "p" else one.on_outcome)(*r, 0.0)
+    for j in range(0, len(recs), 64):
+        chunk = recs[j : j + 64]
+        batched.on_predictions([r for k, r in chunk if k == "p"], 0.0)
+        batched.on_outcomes([r for k, r in chunk if k == "o"], 0.0)
+    assert one.counters.records == batched.counters.records
+    assert one.counters.records[("predictions", "out_of_range")] == 1
+    assert set(one.t["pending_p"]) == set(batched.t["pending_p"])
+    assert one.t["perf"] == batched.t["perf"]
