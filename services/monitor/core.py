@@ -738,9 +738,10 @@ class MonitorCore:
         if old is None or int(rec["through"]) > int(old):
             merged[f"progress|{p}"] = int(rec["through"])
         progress = [merged.get(f"progress|{q}") for q in range(self.partitions)]
-        if any(v is None for v in progress):
+        reported = [int(v) for v in progress if v is not None]
+        if len(reported) < self.partitions:
             return []
-        through = min(int(v) for v in progress)
+        through = min(reported)
         windows = sorted(
             int(k.split("|")[1]) for k, _ in self._scan("perfmerge") if k.startswith("w|")
         )
