@@ -479,13 +479,16 @@ def monitor() -> list[str]:
         f"`{load(names[0])['run']['simulator']}`.",
         "",
     ]
-    chk = load(names[0]).get("new_segment_check")
+    with_check = [n for n in names if load(n).get("new_segment_check")]
+    chk = load(with_check[-1])["new_segment_check"] if with_check else None
     if chk:
         out += [
-            f"New segments (count since first seen, threshold {chk['threshold']}): "
-            f"{len(chk['expected_keys'])} never-seen carrier routes reach the threshold in the "
-            f"data, {len(chk['alerted_keys'])} alerted (at most {chk['alerts_per_key_max']} "
-            f"alert per key); missing: {', '.join(chk['missing']) or 'none'}; unexpected: "
+            f"New segments in `benchmarks/results/{with_check[-1]}` (count since first seen "
+            f"within the 30-day lookback, threshold {chk['threshold']}): "
+            f"{len(chk['expected_keys'])} never-seen carrier routes reach the threshold over the "
+            f"whole replay, {len(chk['alerted_keys'])} alerted (at most {chk['alerts_per_key_max']} "
+            f"alert per key); not alerted (more than the lookback from first seen to the "
+            f"threshold): {', '.join(chk['missing']) or 'none'}; unexpected: "
             f"{', '.join(chk['unexpected']) or 'none'}.",
             "",
         ]
