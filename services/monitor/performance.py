@@ -207,6 +207,16 @@ class PerformanceFinding:
     ci: tuple[float, float] | None = None
 
 
+#: Performance statistics judged per model family (the hook for classifiers and counts).
+#: Only the regression set exists: a window's MAE against the test MAE and its interval
+#: coverage. A family without an entry here is not judged (no findings); the GLM work adds
+#: e.g. ``"binomial": ("log_loss_ratio", "brier", "calibration")`` with its own sums in
+#: :func:`add_pair` and checks in :func:`performance_findings`.
+FAMILY_STATISTICS: dict[str, tuple[str, ...]] = {
+    "gaussian": ("mae_ratio", "interval_coverage"),
+}
+
+
 def performance_findings(
     state: Mapping[str, Any],
     baselines: Mapping[str, Baseline],
@@ -215,12 +225,16 @@ def performance_findings(
     ratio_critical: float,
     min_count: int,
     coverage_band: float,
+    family: str = "gaussian",
 ) -> list[PerformanceFinding]:
     """MAE ratio and interval coverage of a closed window against the bundles' test figures.
 
     The baseline MAE of a window scored by several bundles is their test MAEs weighted by the
     window's outcomes per bundle; bundles without figures are left out of the weights. The
     coverage band is the nominal interval mass ± ``coverage_band``.
+
+    ``family`` selects the statistics (:data:`FAMILY_STATISTICS`); a family without an
+    entry gives no findings.
 
     Returns
     -------
@@ -230,7 +244,8 @@ def performance_findings(
     """
     out: list[PerformanceFinding] = []
     n = state["n"]
-    if n < min_count or n == 0:
+    judged = FAMILY_STATISTICS.get(family, ())
+    if n < min_count or n == 0 or not judged:
         return out
     w_sum, w_mae = 0, 0.0
     for b, c in state["bundles"].items():
@@ -279,7 +294,7 @@ def performance_findings(
                 bm = base.segment_mae.get(seg)
                 if bm and cnt >= min_count:
                     ratio_finding(seg, err / cnt, bm, cnt, None)
-    return out
+    return [f for f in out if f.statistic in judged]
 
 
 Z95 = 1.959963984540054  # standard normal 0.975 quantile

@@ -69,3 +69,28 @@ def test_wilson_interval_reference_values() -> None:
     assert lo == pytest.approx(0.711170, abs=1e-5) and hi == pytest.approx(0.866633, abs=1e-5)
     assert wilson_ci(0, 10)[0] == 0.0 and wilson_ci(10, 10)[1] == pytest.approx(1.0)
     assert wilson_ci(0, 0) is None
+
+
+def test_performance_statistics_are_chosen_per_model_family() -> None:
+    from segstream.services.monitor.performance import (
+        FAMILY_STATISTICS,
+        Baseline,
+        performance_findings,
+    )
+
+    state = {
+        "n": 100,
+        "n_nan": 0,
+        "sum_abs": 2000.0,
+        "sum_sq": 50_000.0,
+        "covered": 50,
+        "n_interval": 100,
+        "mass_sum": 80.0,
+        "bundles": {"b": 100},
+        "segments": {},
+    }
+    base = {"b": Baseline(mae=10.0, coverage=0.8, mass=0.8, segment_mae={})}
+    kw = dict(ratio_warning=1.5, ratio_critical=2.0, min_count=10, coverage_band=0.1)
+    stats = {f.statistic for f in performance_findings(state, base, **kw)}
+    assert stats == set(FAMILY_STATISTICS["gaussian"]) == {"mae_ratio", "interval_coverage"}
+    assert performance_findings(state, base, family="binomial", **kw) == []  # the GLM hook
