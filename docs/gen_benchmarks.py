@@ -853,6 +853,19 @@ def monitor() -> list[str]:
         f"`{load(names[0])['run']['simulator']}`.",
         "",
     ]
+    with_check = [n for n in names if load(n).get("new_segment_check")]
+    chk = load(with_check[-1])["new_segment_check"] if with_check else None
+    if chk:
+        out += [
+            f"New segments in `benchmarks/results/{with_check[-1]}` (count since first seen "
+            f"within the 30-day lookback, threshold {chk['threshold']}): "
+            f"{len(chk['expected_keys'])} never-seen carrier routes reach the threshold over the "
+            f"whole replay, {len(chk['alerted_keys'])} alerted (at most {chk['alerts_per_key_max']} "
+            f"alert per key); not alerted (more than the lookback from first seen to the "
+            f"threshold): {', '.join(chk['missing']) or 'none'}; unexpected: "
+            f"{', '.join(chk['unexpected']) or 'none'}.",
+            "",
+        ]
     name = "drift_calibration_sep_dec.json"
     d = load(name)
     rows = [
@@ -885,6 +898,73 @@ def monitor() -> list[str]:
         "",
     ]
     return out
+
+
+def monitor_throughput() -> list[str]:
+    """bench_monitor.py: the monitor alone, and live behind one worker (issue 21)."""
+    names = [
+        n
+        for n in (
+            "bench_monitor_quick_before.json",
+            "bench_monitor_quick.json",
+            "bench_monitor_quick_sampled.json",
+            "bench_monitor_full.json",
+        )
+        if (RESULTS / n).is_file()
+    ]
+    if not names:
+        return []
+    rows = []
+    for name in names:
+        d = load(name)
+        a, lv = d["alone"], d.get("live")
+        rows.append(
+            [
+                f"`benchmarks/results/{name}`",
+                d.get("label") or "-",
+                f"{d.get('join_sample_rate', 1.0):g}",
+                n0(d["flights"]),
+                n0(a["worker_events_per_s"]),
+                n0(a["monitor_records_per_s"]),
+                n0(a["monitor_events_per_s"]),
+                f"{a['monitor_to_worker_events_ratio']:.3f}",
+                f"{lv['catch_up_lag_s']:.1f} s" if lv else "-",
+                f"{n0(lv['backlog_max_predictions'])} / {n0(lv['backlog_median_predictions'])}"
+                if lv and lv["backlog_max_predictions"] is not None
+                else "-",
+                f"{a['loadavg_1m'][0]:.1f}-{a['loadavg_1m'][1]:.1f}",
+            ]
+        )
+    return [
+        "## Monitor throughput (`bench_monitor.py`)",
+        "",
+        "Real flights from September 2013 with their outcomes, scored by a real worker loop "
+        "(fake bundle); then `segstream monitor` alone on the preloaded topics (records/s: "
+        "predictions + outcomes; events/s: half of that; ratio: monitor events/s over the "
+        "worker's events/s in the same run), and live behind the worker at full speed "
+        "(catch-up lag: seconds from the worker's last prediction to the monitor's; backlog: "
+        "predictions produced minus counted, max / median of 0.5 s samples). The machine was "
+        "shared with other engineers' tests (1-minute load average at the start and end of the "
+        "alone phase in the last column).",
+        "",
+        *table(
+            [
+                "result file",
+                "code",
+                "join sample",
+                "flights",
+                "worker events/s",
+                "monitor records/s",
+                "monitor events/s",
+                "monitor / worker",
+                "live catch-up lag",
+                "live backlog max / median",
+                "load avg",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def startup() -> list[str]:
@@ -990,6 +1070,7 @@ def render() -> str:
         event_time,
         startup,
         monitor,
+        monitor_throughput,
     ):
         lines += section()
     return "\n".join(lines).rstrip() + "\n"

@@ -263,7 +263,12 @@ def run_demo(
     with EmbeddedBroker(log_path=out_dir / "broker.log") as broker:
         print(f"demo: embedded broker at {broker.bootstrap}; logs in {out_dir}", flush=True)
         env = dict(
-            os.environ, SEGSTREAM_BROKER__BOOTSTRAP=broker.bootstrap, SEGSTREAM_CONFIG=config_path
+            os.environ,
+            SEGSTREAM_BROKER__BOOTSTRAP=broker.bootstrap,
+            SEGSTREAM_CONFIG=config_path,
+            # the embedded Tansu broker: faust's read_committed consumer receives no worker
+            # output there (docs/guide/monitor.md)
+            SEGSTREAM_MONITOR__ISOLATION_LEVEL="read_uncommitted",
         )
         t = settings.topics
         b = settings.broker.model_copy(update={"bootstrap": broker.bootstrap})

@@ -508,7 +508,14 @@ class Alert(Struct, kw_only=True):
     ] = UNSET
     # new_segment
     first_seen: Annotated[
-        UtcTime | UnsetType | None, Meta(description="new_segment: earliest event time of the key.")
+        UtcTime | UnsetType | None,
+        Meta(
+            description=(
+                "new_segment: earliest event time of the key (of the first stats record "
+                "naming it); count is the key's events since then within "
+                "monitor.new_segment_lookback_s."
+            )
+        ),
     ] = UNSET
     # performance
     n_nan: Annotated[
@@ -521,6 +528,24 @@ class Alert(Struct, kw_only=True):
     band: Annotated[
         tuple[float, float] | UnsetType,
         Meta(description="performance (interval_coverage): the accepted coverage band."),
+    ] = UNSET
+    ci: Annotated[
+        tuple[float, float] | UnsetType,
+        Meta(
+            description=(
+                "performance: 95 % confidence interval of the value (mae_ratio: normal "
+                "approximation of the MAE over the test MAE; interval_coverage: Wilson score)."
+            )
+        ),
+    ] = UNSET
+    sample_rate: Annotated[
+        float | UnsetType,
+        Meta(
+            description=(
+                "performance: share of events in the join sample (monitor.join_sample_rate), "
+                "when below 1; count is the sampled count."
+            )
+        ),
     ] = UNSET
     # bundle_rejected, bundle_reload_failed
     reason: Annotated[

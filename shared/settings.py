@@ -691,18 +691,48 @@ class MonitorSettings(_Section):
         default=True, description="Also judge drift per large segment (bundle references)."
     )
     new_segment_threshold: int = Field(
-        default=50, ge=1, description="Events of an unknown key in one window to alert."
-    )
-    new_segment_window_s: int | None = Field(
-        default=None,
+        default=50,
         ge=1,
-        description="Window of the new-segment counts (multiple of window_s); null = window_s.",
+        description="Events of a key combination unseen in training, counted since first seen "
+        "within new_segment_lookback_s, that raise one new_segment alert (per key and bundle).",
+    )
+    new_segment_lookback_s: int = Field(
+        default=2_592_000,
+        ge=1,
+        description="Event-time span (s, rounded up to whole window_s) over which an unknown "
+        "key's events are counted; a key unseen this long is forgotten.",
+    )
+    new_segment_max_keys: int = Field(
+        default=10_000,
+        ge=1,
+        description="Unknown keys tracked at once (one table entry each); events of further "
+        "keys are counted in segstream_monitor_state_overflow_total, not tracked.",
     )
     join_expiry_s: int = Field(
         default=172_800,
         ge=1,
         description="A prediction (outcome) waits this long in event time for its outcome "
         "(prediction), then counts as expired (unmatched).",
+    )
+    join_idle_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A pending prediction (outcome) whose partition of the other stream has "
+        "been silent this long (wall clock) expires by its own stream's clock.",
+    )
+    join_sample_rate: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Share of events whose prediction and outcome are joined (chosen by a "
+        "hash of the event id: the same on every instance and restart); performance alerts "
+        "carry it with 95 % confidence intervals.",
+    )
+    pending_max: int = Field(
+        default=200_000,
+        ge=1,
+        description="Pending predictions (and, separately, outcomes) kept per partition while "
+        "they wait for the join; beyond it the oldest are evicted and counted.",
     )
     mae_ratio_warning: float = Field(
         default=1.5, gt=0, description="Window MAE / test MAE at or above: performance warning."
@@ -718,6 +748,11 @@ class MonitorSettings(_Section):
         ge=0,
         le=1,
         description="Alert when interval coverage leaves interval mass ± this.",
+    )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        default="read_committed",
+        description="Isolation level of the monitor's consumer: read_committed counts only "
+        "records of committed worker transactions (exactly_once workers).",
     )
     recovery_probe: bool = Field(
         default=True,
@@ -740,8 +775,6 @@ class MonitorSettings(_Section):
 
     @model_validator(mode="after")
     def _check_windows(self) -> MonitorSettings:
-        if self.new_segment_window_s is not None and self.new_segment_window_s % self.window_s:
-            raise ValueError("new_segment_window_s must be a multiple of window_s")
         if self.max_past_s <= self.lateness_s:
             raise ValueError(
                 f"max_past_s ({self.max_past_s:g}) must exceed lateness_s ({self.lateness_s}): "

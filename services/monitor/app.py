@@ -16,8 +16,12 @@ Alerts go to ``topics.alerts`` keyed by subject. State lives in faust tables (me
 changelog topics ``<app_id>-<table>-changelog``) and is recovered on start; see
 :mod:`segstream.services.monitor.faust_ext` for the Tansu watermark correction.
 
-Run one monitor instance per model: performance windows are summed over every partition's
-table entries in the process that owns partition 0.
+Scale-out: several monitor instances of one model form one consumer group and split the
+partitions. Each partition's owner sends its final performance window states and its progress
+to partition 0 of the internal ``<app_id>-perf-partials`` topic; that partition's owner merges
+them and judges a window once every partition has reported past its end
+(:meth:`MonitorCore.on_partial`). Stats records are keyed by the model: drift and new segments
+are handled by the owner of their one partition.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from segstream.services.monitor.core import MonitorCore
@@ -40,7 +45,7 @@ from segstream.shared.settings import BrokerSettings, Settings
 
 logger = logging.getLogger(__name__)
 
-TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta")
+TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta", "perfmerge")
 
 
 class BufferedTable(MutableMapping):  # type: ignore[type-arg]
@@ -141,7 +146,10 @@ class MonitorService:
         extra: dict[str, Any] = {}
         if m.recovery_probe:
             extra["TableManager"] = "segstream.services.monitor.faust_ext:ProbingTableManager"
-        app = faust.App(
+        from segstream.services.monitor.faust_ext import ReadCommittedApp
+
+        # read_committed: predictions and stats of aborted worker transactions are not counted
+        app = ReadCommittedApp(
             m.app_id,
             broker=brokers,
             broker_credentials=faust_credentials(settings.broker),
@@ -160,6 +168,7 @@ class MonitorService:
             producer_max_batch_size=512 * 1024,
             **extra,
         )
+        app.isolation_level = m.isolation_level
         # The recovery probe (services.monitor.faust_ext) is a confluent-kafka client: it
         # needs the same security settings as every other client.
         app.probe_client_config = client_config(settings.broker)
@@ -177,6 +186,11 @@ class MonitorService:
         self.ticks_topic = app.topic(
             f"{m.app_id}-ticks", partitions=t.partitions, internal=True, **raw
         )
+        # Final per-partition performance window states and progress, all sent to partition
+        # 0 (co-partitioned with the tables): its owner merges them (MonitorCore.on_partial).
+        self.partials_topic = app.topic(
+            f"{m.app_id}-perf-partials", partitions=t.partitions, internal=True, **raw
+        )
         schema_json = faust.Schema(key_serializer="json", value_serializer="json")
         self.faust_tables = {
             name: app.Table(name, default=None, partitions=t.partitions, schema=schema_json)
@@ -193,6 +207,7 @@ class MonitorService:
             tables=self.tables,
             partitions=t.partitions,
             observer=self.metrics,
+            merge_locally=False,
         )
         self.started = False
         self.events_processed = 0
@@ -244,22 +259,28 @@ class MonitorService:
                 await self._send(alerts + self._take_reload_alerts())
 
         def record_agent(handle: Callable[..., None]) -> Callable[[Any], Any]:
-            """An agent feeding each record of its topic to ``handle`` (no alerts of its own)."""
+            """An agent feeding the records of its topic to ``handle`` one micro-batch per
+            partition at a time (the table writes go to that partition; no alerts)."""
 
             async def agent(stream: Any) -> None:
                 async for events in stream.take_events(batch, within):
                     now = time.time()
+                    by_p: dict[int, list[tuple[Any, int, int]]] = {}
                     for event in events:
                         msg = event.message
-                        at(msg.partition)
-                        handle(event.value, msg.partition, msg.offset, now)
+                        by_p.setdefault(msg.partition, []).append(
+                            (event.value, msg.partition, msg.offset)
+                        )
+                    for partition, recs in by_p.items():
+                        at(partition)
+                        handle(recs, now)
                     flush()
                     self.events_processed += len(events)
 
             return agent
 
-        predictions_agent = record_agent(core.on_prediction)
-        outcomes_agent = record_agent(core.on_outcome)
+        predictions_agent = record_agent(core.on_predictions)
+        outcomes_agent = record_agent(core.on_outcomes)
 
         async def ticks_agent(stream: Any) -> None:
             async for events in stream.take_events(batch, within):
@@ -267,8 +288,27 @@ class MonitorService:
                 for event in events:
                     at(event.message.partition)
                     alerts += core.on_tick(event.message.partition, time.time())
+                # the partials go out before the deletions of their window states
+                for rec in core.take_partials():
+                    await self.partials_topic.send(
+                        key=b"perf", value=orjson.dumps(rec), partition=0
+                    )
                 flush()
                 await self._send(alerts + self._take_reload_alerts())
+
+        async def partials_agent(stream: Any) -> None:
+            async for events in stream.take_events(batch, within):
+                alerts: list[Alert] = []
+                for event in events:
+                    at(event.message.partition)
+                    try:
+                        rec = orjson.loads(event.value)
+                    except orjson.JSONDecodeError:
+                        logger.warning("undecodable perf-partials record skipped")
+                        continue
+                    alerts += core.on_partial(rec, time.time())
+                flush()
+                await self._send(alerts)
 
         async def tick_timer() -> None:
             if not self.started:
@@ -281,6 +321,7 @@ class MonitorService:
         app.agent(self.pred_topic, name="monitor-predictions")(predictions_agent)
         app.agent(self.out_topic, name="monitor-outcomes")(outcomes_agent)
         app.agent(self.ticks_topic, name="monitor-ticks")(ticks_agent)
+        app.agent(self.partials_topic, name="monitor-perf-partials")(partials_agent)
         app.timer(interval=self.settings.monitor.tick_s, name="monitor-tick-timer")(tick_timer)
 
         @app.on_rebalance_complete.connect

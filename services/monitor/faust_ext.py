@@ -1,4 +1,17 @@
-"""faust extension: table recovery that reads changelogs to their *fetched* high watermark.
+"""faust extensions: a consumer that reads committed records only, and table recovery that
+reads changelogs to their *fetched* high watermark.
+
+**read_committed.** faust's aiokafka consumer reads with ``isolation_level=read_uncommitted``
+unless the app's own ``processing_guarantee`` is ``exactly_once`` (then faust wraps its own
+processing in transactions; ``faust/transport/drivers/aiokafka.py``,
+``AIOKafkaConsumerThread._create_worker_consumer``); there is no setting for it. The monitor
+reads the output of workers that write in transactions (``worker.delivery: exactly_once``):
+with read_uncommitted it would count predictions and stats of aborted transactions, which the
+worker re-sends after its retry, i.e. twice. :class:`ReadCommittedApp` makes the monitor's
+consumer read committed records only (:class:`ReadCommittedConsumerThread`) without making
+the monitor itself transactional. On Apache Kafka this hides aborted and open
+transactions; the embedded Tansu broker still delivers aborted records to read_committed
+consumers (a broker deviation, docs/design.md).
 
 faust recovers a table by reading its changelog partitions up to the high watermark it
 *lists* (``ListOffsets``) when the partitions are assigned. The embedded Tansu broker lists
@@ -19,8 +32,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import faust
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 logger = logging.getLogger(__name__)
@@ -127,4 +142,52 @@ class ProbingTableManager(TableManager):
         return self._recovery
 
 
-__all__ = ["TP", "ProbingRecovery", "ProbingTableManager", "fetched_high_watermarks"]
+#: The isolation level of the monitor's consumer.
+ISOLATION_LEVEL = "read_committed"
+
+
+class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread whose consumer reads committed records only."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # aiokafka keeps the constructor argument as given and hands it to its Fetcher in
+        # start(); faust passes read_uncommitted here unless the app is transactional.
+        consumer._isolation_level = getattr(self.app, "isolation_level", ISOLATION_LEVEL)
+        return consumer
+
+
+class ReadCommittedConsumer(faust_aiokafka.Consumer):
+    """faust aiokafka Consumer using :class:`ReadCommittedConsumerThread`."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class ReadCommittedTransport(faust_aiokafka.Transport):
+    """faust's aiokafka transport with :class:`ReadCommittedConsumer`."""
+
+    Consumer = ReadCommittedConsumer
+
+
+class ReadCommittedApp(faust.App):
+    """A faust App whose consumer reads with ``isolation_level=read_committed``."""
+
+    #: Set by the monitor from ``monitor.isolation_level``.
+    isolation_level: str = ISOLATION_LEVEL
+
+    def _new_transport(self) -> Any:
+        return ReadCommittedTransport(self.conf.broker_consumer, self)
+
+
+__all__ = [
+    "ISOLATION_LEVEL",
+    "TP",
+    "ProbingRecovery",
+    "ProbingTableManager",
+    "ReadCommittedApp",
+    "ReadCommittedConsumer",
+    "ReadCommittedConsumerThread",
+    "ReadCommittedTransport",
+    "fetched_high_watermarks",
+]

@@ -17,7 +17,17 @@ from segstream.shared.alerts import SEVERITIES, Alert
 from segstream.shared.store import RELOAD_FAILURE_REASONS
 
 RECORD_SOURCES = ("stats", "predictions", "outcomes")
-RECORD_RESULTS = ("ok", "malformed", "late", "duplicate", "foreign", "untimed", "no_reference")
+RECORD_RESULTS = (
+    "ok",
+    "malformed",
+    "late",
+    "duplicate",
+    "foreign",
+    "untimed",
+    "no_reference",
+    "unsampled",
+    "out_of_range",
+)
 JOIN_RESULTS = (
     "joined",
     "joined_nan",
@@ -27,6 +37,9 @@ JOIN_RESULTS = (
     "duplicate",
 )
 WINDOW_KINDS = ("drift", "new_segment", "performance")
+#: Bounded state: pending join entries evicted (oldest first) and unknown-key events not
+#: tracked, when ``monitor.pending_max`` / ``monitor.new_segment_max_keys`` is reached.
+OVERFLOW_STATES = ("pending_predictions", "pending_outcomes", "new_keys")
 MONITOR_ALERT_TYPES = ("drift", "new_segment", "performance")
 
 
@@ -48,6 +61,7 @@ class MonitorMetrics:
     watermark: Gauge
     features: frozenset[str]
     bundle_reload_failures: Counter
+    state_overflow: Counter
 
     @classmethod
     def create(
@@ -83,7 +97,11 @@ class MonitorMetrics:
                 registry=registry,
             ),
             windows_closed=Counter(
-                f"{ns}_windows_closed", "Windows closed, by kind.", ["kind"], registry=registry
+                f"{ns}_windows_closed",
+                "Windows closed, by kind (new_segment: unknown-key entries forgotten after "
+                "the lookback).",
+                ["kind"],
+                registry=registry,
             ),
             records=Counter(
                 f"{ns}_records",
@@ -139,7 +157,16 @@ class MonitorMetrics:
                 ["reason"],
                 registry=registry,
             ),
+            state_overflow=Counter(
+                f"{ns}_state_overflow",
+                "Bounded monitor state: pending join entries evicted (oldest first) and "
+                "unknown-key events not tracked, by state.",
+                ["state"],
+                registry=registry,
+            ),
         )
+        for st in OVERFLOW_STATES:
+            m.state_overflow.labels(state=st)
         for r in RELOAD_FAILURE_REASONS:
             m.bundle_reload_failures.labels(reason=r)
         for t in MONITOR_ALERT_TYPES:
@@ -182,5 +209,8 @@ class MonitorMetrics:
     def joined(self, result: str, n: int = 1) -> None:
         self.join.labels(result=result).inc(n)
 
-    def closed(self, kind: str) -> None:
-        self.windows_closed.labels(kind=kind).inc()
+    def closed(self, kind: str, n: int = 1) -> None:
+        self.windows_closed.labels(kind=kind).inc(n)
+
+    def overflow(self, state: str, n: int = 1) -> None:
+        self.state_overflow.labels(state=state).inc(n)

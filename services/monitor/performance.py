@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -97,6 +98,7 @@ def empty_state() -> dict[str, Any]:
         "n": 0,
         "n_nan": 0,
         "sum_abs": 0.0,
+        "sum_sq": 0.0,
         "covered": 0,
         "n_interval": 0,
         "mass_sum": 0.0,
@@ -122,6 +124,7 @@ def add_pair(
     err = abs(y - p)
     s["n"] = state["n"] + 1
     s["sum_abs"] = state["sum_abs"] + err
+    s["sum_sq"] = state.get("sum_sq", 0.0) + err * err
     if lo is not None and hi is not None:
         s["n_interval"] = state["n_interval"] + 1
         s["covered"] = state["covered"] + int(lo <= y <= hi)
@@ -141,8 +144,8 @@ def merge(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Sum of several performance states (e.g. one per partition)."""
     out = empty_state()
     for st in states:
-        for k in ("n", "n_nan", "sum_abs", "covered", "n_interval", "mass_sum"):
-            out[k] += st[k]
+        for k in ("n", "n_nan", "sum_abs", "sum_sq", "covered", "n_interval", "mass_sum"):
+            out[k] += st.get(k, 0)
         for b, c in st["bundles"].items():
             out["bundles"][b] = out["bundles"].get(b, 0) + c
         for s, (n, e) in st["segments"].items():
@@ -201,6 +204,17 @@ class PerformanceFinding:
     mae: float | None = None
     baseline_mae: float | None = None
     band: tuple[float, float] | None = None
+    ci: tuple[float, float] | None = None
+
+
+#: Performance statistics judged per model family (the hook for classifiers and counts).
+#: Only the regression set exists: a window's MAE against the test MAE and its interval
+#: coverage. A family without an entry here is not judged (no findings); the GLM work adds
+#: e.g. ``"binomial": ("log_loss_ratio", "brier", "calibration")`` with its own sums in
+#: :func:`add_pair` and checks in :func:`performance_findings`.
+FAMILY_STATISTICS: dict[str, tuple[str, ...]] = {
+    "gaussian": ("mae_ratio", "interval_coverage"),
+}
 
 
 def performance_findings(
@@ -211,12 +225,16 @@ def performance_findings(
     ratio_critical: float,
     min_count: int,
     coverage_band: float,
+    family: str = "gaussian",
 ) -> list[PerformanceFinding]:
     """MAE ratio and interval coverage of a closed window against the bundles' test figures.
 
     The baseline MAE of a window scored by several bundles is their test MAEs weighted by the
     window's outcomes per bundle; bundles without figures are left out of the weights. The
     coverage band is the nominal interval mass ± ``coverage_band``.
+
+    ``family`` selects the statistics (:data:`FAMILY_STATISTICS`); a family without an
+    entry gives no findings.
 
     Returns
     -------
@@ -226,7 +244,8 @@ def performance_findings(
     """
     out: list[PerformanceFinding] = []
     n = state["n"]
-    if n < min_count or n == 0:
+    judged = FAMILY_STATISTICS.get(family, ())
+    if n < min_count or n == 0 or not judged:
         return out
     w_sum, w_mae = 0, 0.0
     for b, c in state["bundles"].items():
@@ -236,17 +255,20 @@ def performance_findings(
             w_mae += c * base.mae
     mae = state["sum_abs"] / n
 
-    def ratio_finding(seg: str | None, m: float, base_mae: float, count: int) -> None:
+    def ratio_finding(
+        seg: str | None, m: float, base_mae: float, count: int, ci: tuple[float, float] | None
+    ) -> None:
         r = m / base_mae
         sev, thr = None, None
         if r >= ratio_critical:
             sev, thr = "critical", ratio_critical
         elif r >= ratio_warning:
             sev, thr = "warning", ratio_warning
-        out.append(PerformanceFinding("mae_ratio", seg, r, count, sev, thr, m, base_mae))
+        ci_r = (ci[0] / base_mae, ci[1] / base_mae) if ci is not None else None
+        out.append(PerformanceFinding("mae_ratio", seg, r, count, sev, thr, m, base_mae, ci=ci_r))
 
     if w_sum:
-        ratio_finding(None, mae, w_mae / w_sum, n)
+        ratio_finding(None, mae, w_mae / w_sum, n, mean_ci(mae, state.get("sum_sq"), n))
     if state["n_interval"] >= min_count:
         cov = state["covered"] / state["n_interval"]
         mass = state["mass_sum"] / state["n_interval"]
@@ -255,7 +277,14 @@ def performance_findings(
         thr = (lo if cov < lo else hi) if sev else None
         out.append(
             PerformanceFinding(
-                "interval_coverage", None, cov, state["n_interval"], sev, thr, band=(lo, hi)
+                "interval_coverage",
+                None,
+                cov,
+                state["n_interval"],
+                sev,
+                thr,
+                band=(lo, hi),
+                ci=wilson_ci(state["covered"], state["n_interval"]),
             )
         )
     if len(state["bundles"]) == 1:  # segment ids are per bundle
@@ -264,5 +293,80 @@ def performance_findings(
             for seg, (cnt, err) in sorted(state["segments"].items()):
                 bm = base.segment_mae.get(seg)
                 if bm and cnt >= min_count:
-                    ratio_finding(seg, err / cnt, bm, cnt)
-    return out
+                    ratio_finding(seg, err / cnt, bm, cnt, None)
+    return [f for f in out if f.statistic in judged]
+
+
+Z95 = 1.959963984540054  # standard normal 0.975 quantile
+
+
+def mean_ci(mean: float, sum_sq: float | None, n: int) -> tuple[float, float] | None:
+    """Normal-approximation 95 % confidence interval of a mean absolute error.
+
+    Parameters
+    ----------
+    mean : float
+        The MAE (target units).
+    sum_sq : float or None
+        Sum of the squared absolute errors (None: a state from before it was kept).
+    n : int
+        Number of errors.
+
+    Returns
+    -------
+    (low, high) or None
+        None when ``sum_sq`` is None or ``n < 2``.
+
+    Examples
+    --------
+    >>> mean_ci(2.0, 5.0 * 100, 100)  # errors with mean 2, mean square 5: sd 1
+    (1.8040036015459946, 2.1959963984540054)
+    """
+    if sum_sq is None or n < 2:
+        return None
+    var = max(0.0, sum_sq / n - mean * mean) * n / (n - 1)
+    half = Z95 * math.sqrt(var / n)
+    return (mean - half, mean + half)
+
+
+def wilson_ci(k: int, n: int) -> tuple[float, float] | None:
+    """Wilson score 95 % interval of a proportion ``k / n`` (interval coverage).
+
+    References
+    ----------
+    E. B. Wilson (1927), "Probable inference, the law of succession, and statistical
+    inference", JASA 22(158).
+
+    Examples
+    --------
+    >>> lo, hi = wilson_ci(80, 100)
+    >>> round(lo, 4), round(hi, 4)
+    (0.7112, 0.8666)
+    """
+    if n <= 0:
+        return None
+    p = k / n
+    z2 = Z95 * Z95
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def in_sample(event_id: str, rate: float) -> bool:
+    """Whether ``event_id`` is in the join sample of ``rate`` (0 < rate <= 1).
+
+    Deterministic: a hash of the id (BLAKE2b, 64 bits) decides, so every monitor instance,
+    restart and replay samples the same events, and a prediction and its outcome are always
+    sampled together.
+
+    Examples
+    --------
+    >>> in_sample("any id", 1.0)
+    True
+    >>> in_sample("e1", 0.5) == in_sample("e1", 0.5)
+    True
+    """
+    if rate >= 1.0:
+        return True
+    h = int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+    return h < rate * 18446744073709551616.0  # 2**64

@@ -90,6 +90,15 @@ class Watermark:
         if event_time_ms is not None:
             self._max[source] = max(self._max.get(source, event_time_ms), event_time_ms)
 
+    @property
+    def first_seen(self) -> float | None:
+        """Wall-clock time (s) of the first report of any source, or None."""
+        return self._first_s
+
+    def last_seen(self, source: Hashable) -> float | None:
+        """Wall-clock time (s) ``source`` last reported, or None."""
+        return self._seen.get(source)
+
     def source_max(self, source: Hashable) -> int | None:
         """Largest event time reported by ``source``."""
         return self._max.get(source)

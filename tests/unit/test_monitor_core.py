@@ -185,42 +185,74 @@ def test_batch_straddling_midnight_is_split_into_its_windows() -> None:
     assert c.t["drift"][f"{T0 + DAY}|{B1}"]["n"] == 150
 
 
-def test_new_segment_threshold_and_once_per_key_per_window() -> None:
+def _new(alerts: list[Any]) -> list[Any]:
+    return [a for a in alerts if a.type == "new_segment"]
+
+
+def test_new_segment_counts_since_first_seen_across_days_and_alerts_once() -> None:
+    """The real replay's case: an unseen key never reaches the threshold in one day but does
+    over several; it alerts once (per key and bundle), with its first-seen time and count."""
     c = core(new_segment_threshold=50)
-    k = "origin=EWR,carrier=XX,dest=SBN"
-    assert feed(c, stats(day(0, 30), NORMAL, unknown=[k] * 30)) == []
-    first = feed(c, stats(day(0, 30, hour=15), NORMAL, unknown=[k] * 30), 1)
-    (a,) = first
-    assert a.type == "new_segment" and a.segment == k and a.count == 60
-    assert a.value == 60 and a.threshold == 50 and a.feature is None
-    assert a.first_seen == "2013-09-01T12:00:00.000Z"  # start of the first slice with it
-    assert feed(c, stats(day(0, 30, hour=18), NORMAL, unknown=[k] * 30), 2) == []  # deduplicated
-    # another key below the threshold: nothing; the next window alerts again for k
-    assert feed(c, stats(day(0, 49, hour=19), NORMAL, unknown=["other"] * 49), 3) == []
-    again = [
-        x
-        for x in feed(c, stats(day(1, 60, hour=3), NORMAL, unknown=[k] * 60), 4)
-        if x.type == "new_segment"
-    ]
-    assert len(again) == 1 and again[0].window_start == "2013-09-02T00:00:00.000Z"
-    assert again[0].alert_id != a.alert_id
+    k = "origin=LGA,carrier=MQ,dest=STL"
+    out = []
+    for d in range(4):  # 15 a day: crosses 50 on the 4th day
+        out += _new(feed(c, stats(day(d, 15), NORMAL, unknown=[k] * 15), d * 10))
+    (a,) = out
+    assert a.segment == k and a.count == 60 and a.value == 60 and a.threshold == 50
+    assert a.statistic == "count" and a.feature is None and a.bundle_id == B1
+    assert a.first_seen == "2013-09-01T12:00:00.000Z"
+    assert a.window_start == "2013-09-01T12:00:00.000Z"  # since first seen
+    assert a.window_end == "2013-09-05T00:00:00.000Z"  # end of the day it crossed
+    # more events of the key: no second alert; another key below the threshold: none
+    assert _new(feed(c, stats(day(4, 60), NORMAL, unknown=[k] * 60), 50)) == []
+    assert _new(feed(c, stats(day(4, 49, hour=13), NORMAL, unknown=["o"] * 49), 60)) == []
+    assert c.t["newkeys"][f"{B1}|o"]["buckets"] == [[T0 + 4 * DAY, 49]]
+    # the same key under another bundle is a new segment of that bundle
+    b2 = _new(feed(c, stats(day(5, 50), NORMAL, bundle=B2, unknown=[k] * 50), 70))
+    assert [(x.segment, x.bundle_id) for x in b2] == [(k, B2)]
 
 
-def test_longer_new_segment_window_accumulates_days() -> None:
-    c = core(new_segment_threshold=50, new_segment_window_s=7 * 86_400)
+def test_new_segment_counts_only_within_the_lookback() -> None:
+    c = core(new_segment_threshold=50, new_segment_lookback_s=3 * 86_400)
     k = "k"
     out = []
-    # 7-day windows are epoch-aligned (Thursdays): Aug 29 - Sep 5, 2013 holds days 0-3
-    for d in range(4):  # 15 a day: crosses 50 on the 4th day
-        out += [
-            x
-            for x in feed(c, stats(day(d, 15), NORMAL, unknown=[k] * 15), d)
-            if x.type == "new_segment"
-        ]
-    (a,) = out
-    assert a.count == 60
-    assert a.window_start == "2013-08-29T00:00:00.000Z"
-    assert a.first_seen == "2013-09-01T12:00:00.000Z"
+    for d in range(8):  # 15 a day, days 0-7, at most 3 days (45) inside the lookback
+        out += _new(feed(c, stats(day(d, 15), NORMAL, unknown=[k] * 15), d * 10))
+    assert out == []
+    assert sum(n for _s, n in c.t["newkeys"][f"{B1}|k"]["buckets"]) <= 45
+    # 20 more on day 7: 45 + 20 within the last 3 days (days 5-7)
+    (a,) = _new(feed(c, stats(day(7, 20, hour=14), NORMAL, unknown=[k] * 20), 100))
+    assert a.count == 65 and a.window_start == "2013-09-06T00:00:00.000Z"
+    assert a.window_end == "2013-09-09T00:00:00.000Z"
+
+
+def test_new_segment_redelivered_record_is_not_counted_twice() -> None:
+    c = core(new_segment_threshold=50)
+    recs = stats(day(0, 30), NORMAL, unknown=["k"] * 30)
+    feed(c, recs, 5)
+    feed(c, recs, 5)  # the same offset again (re-delivery after a restart)
+    assert c.t["newkeys"][f"{B1}|k"]["buckets"] == [[T0, 30]]
+
+
+def test_new_keys_are_bounded_and_overflow_is_counted() -> None:
+    c = core(new_segment_max_keys=3, new_segment_threshold=1000)
+    keys = [f"k{i}" for i in range(10)]
+    feed(c, stats(day(0, 100), NORMAL, unknown=[keys[i % 10] for i in range(100)]))
+    assert len(c.t["newkeys"]) == 3  # one entry per key, at most max_keys
+    assert c.counters.overflows["new_keys"] == 70  # the events of the 7 untracked keys
+    # a tracked key keeps counting at the bound
+    feed(c, stats(day(0, 10, hour=13), NORMAL, unknown=["k0"] * 10), 1)
+    assert len(c.t["newkeys"]) == 3
+
+
+def test_new_keys_are_forgotten_a_lookback_after_they_were_last_seen() -> None:
+    c = core(new_segment_threshold=1000, new_segment_lookback_s=2 * 86_400)
+    feed(c, stats(day(0, 10), NORMAL, unknown=["gone"] * 10))
+    for d in range(1, 6):  # the watermark moves on, the key is not seen again
+        feed(c, stats(day(d, 10), NORMAL), d)
+        c.on_tick(0, 10.0 * d)
+    assert f"{B1}|gone" not in c.t["newkeys"]
+    assert c.counters.windows_closed["new_segment"] == 1
 
 
 def test_malformed_stats_do_not_break_anything() -> None:

@@ -69,7 +69,14 @@ BASE = Baseline(mae=10.0, coverage=0.8, mass=0.8, segment_mae={"1": 8.0})
 
 def core(**kw: Any) -> MonitorCore:
     s = MonitorSettings(
-        **{"performance_min_count": 4, "join_expiry_s": 86_400, "lateness_s": 3600, **kw}
+        **{
+            "performance_min_count": 4,
+            "join_expiry_s": 86_400,
+            "lateness_s": 3600,
+            # a handful of events days apart: the event-time sanity must not drop them
+            "max_future_s": 30 * 86_400.0,
+            **kw,
+        }
     )
     tables = {k: {} for k in ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta")}
     return MonitorCore(
