@@ -943,9 +943,9 @@ def monitor_throughput() -> list[str]:
         "predictions + outcomes; events/s: half of that; ratio: monitor events/s over the "
         "worker's events/s in the same run), and live behind the worker at full speed "
         "(catch-up lag: seconds from the worker's last prediction to the monitor's; backlog: "
-        "predictions produced minus counted, max / median of 0.5 s samples). The machine was "
-        "shared with other engineers' tests (1-minute load average at the start and end of the "
-        "alone phase in the last column).",
+        "predictions produced minus counted, max / median of 0.5 s samples). The last column is "
+        "the 1-minute load average at the start and end of the alone phase (above 2: other "
+        "jobs shared the 2-core machine).",
         "",
         *table(
             [
