@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parent.parent
 FLIGHTS_CONFIG = REPO / "config" / "flights.yaml"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the warm-up test first: it compiles every numba kernel into the cache the rest of
+    the suite loads from (tests/e2e/test_warmup.py)."""
+    first = [i for i in items if i.name == "test_warmup_fills_the_numba_cache_the_suite_uses"]
+    if first:
+        items[:] = first + [i for i in items if i not in first]
+
+
 @dataclass(frozen=True)
 class KafkaTarget:
     """The broker the integration tests talk to; ``kind`` is external, container or embedded."""
