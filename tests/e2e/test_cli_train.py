@@ -8,20 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from segstream.shared.settings import ENV_DELIMITER, ENV_PREFIX
 from tests.train_helpers import january_parquet, small_config
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
+SEED_ENV = f"{ENV_PREFIX}TRAINING{ENV_DELIMITER}SEED"
 
 
-def segstream(*args: str, timeout: float = 600):
+def segstream(*args: str, timeout: float = 600, env: dict[str, str] | None = None):
     return subprocess.run(
         [sys.executable, "-m", "segstream", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=os.environ,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -31,7 +33,7 @@ def setup(flights_df, tmp_path_factory):
     return tmp, small_config(tmp, tmp / "store"), january_parquet(flights_df, tmp)
 
 
-def _train(setup, *extra):
+def _train(setup, *extra, env: dict[str, str] | None = None):
     tmp, cfg, data = setup
     r = segstream(
         "train",
@@ -43,6 +45,7 @@ def _train(setup, *extra):
         "--report-dir",
         str(tmp / "reports"),
         *extra,
+        env=env,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     out = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line.split()[0])
@@ -54,14 +57,15 @@ def test_train_publish_list_inspect_promote_explain(setup, flights_df):
     r1, out1 = _train(setup)
     assert len(out1["bundle_id"]) == 64 and "test MAE partitioned=" in r1.stdout
     assert Path(out1["report"]).is_file()
-    # a second bundle trained with another seed
-    _r2, out2 = _train(setup, "--work-dir", str(tmp / "w2"))
+    # a second bundle trained with another seed (a setting from the environment): another id
+    _r2, out2 = _train(setup, "--work-dir", str(tmp / "w2"), env={SEED_ENV: "7"})
     ids = [out1["bundle_id"], out2["bundle_id"]]
+    assert ids[0] != ids[1]
 
     r = segstream("bundle", "list", "--config", str(cfg))
     assert r.returncode == 0
     listed = [line for line in r.stdout.splitlines() if line[:12] in {i[:12] for i in ids}]
-    assert len(listed) == len(set(ids))
+    assert len(listed) == 2
     assert listed[-1].rstrip().endswith("*")  # the newest is LATEST
 
     r = segstream("bundle", "inspect", "--config", str(cfg))
