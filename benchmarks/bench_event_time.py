@@ -23,10 +23,7 @@ Measured per batch, in the same process:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,20 +33,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-
-def environment() -> dict[str, Any]:
-    import numba
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+from envstamp import environment, finish  # noqa: E402
 
 
 def _median_ms(xs: list[float]) -> float:
@@ -201,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     n, passes = (110_000, 11) if args.full else (100_000, 5)
-    env = environment()
+    env = environment("numpy", "numba")
     values, schema = events(n)
     result = {
         "benchmark": "bench_event_time",
@@ -210,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         "guard": guard_costs(values, schema, args.batch, passes),
         "stats_20000_days": stats_costs(passes),
     }
-    env["load_average_at_end"] = list(os.getloadavg())
+    finish(env)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text + "\n")

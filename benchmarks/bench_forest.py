@@ -17,9 +17,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +28,9 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from envstamp import environment, finish  # noqa: E402
 
 
 def classifier_rows(bundle: Any, n: int) -> np.ndarray:
@@ -73,8 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     n, repeats = (60_000, 9) if args.full else (20_000, 5)
 
-    import xgboost
-
     from segstream.shared.scoring import load_bundle
 
     bundle_dir = args.bundle or small_bundle(Path(tempfile.mkdtemp(prefix="bench-forest-")))
@@ -86,15 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     booster.set_param({"nthread": 1})
     x = classifier_rows(bundle, n)
     same = bool(np.array_equal(forest.predict(x), booster.inplace_predict(x)))
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()),
-        "xgboost": xgboost.__version__,
-        "numpy": np.__version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
+    env = environment("xgboost", "numpy")
     batches: dict[str, Any] = {}
     for batch in (20_000, 256, 1):
         rows = x if batch > 1 else x[:2_000]  # one row per call: 2,000 calls per pass
@@ -113,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             "inplace_predict_us_per_row_median": bm,
             "speedup_median": bm / fm,
         }
-    env["load_average_at_end"] = list(os.getloadavg())
+    finish(env)
     result = {
         "benchmark": "bench_forest",
         "mode": "full" if args.full else "quick",
