@@ -156,9 +156,11 @@ def profiles() -> list[str]:
             f"{f['classifier']['n_trees']} trees × depth {f['classifier']['max_depth']}",
         ],
         [
-            f"scoring, one thread, batches of {n0(s['batch_rows'])} (classifier alone "
-            f"{n0(s['classifier_only_rows_per_s'])})",
-            f"{n0(s['rows_per_s'])} rows/s",
+            f"scoring, one thread, batches of {n0(s['batch_rows'])}, median of "
+            f"{s['repeats']} passes (classifier alone {n0(s['classifier_only_rows_per_s'])}"
+            + ("" if "classifier_seconds_per_pass" in s else ", best pass")
+            + ")",
+            f"{n0(s['rows_per_s_median'])} rows/s",
         ],
         [
             "pattern accuracy Oct–Dec (majority baseline)",

@@ -38,6 +38,7 @@ def _cache_index_files() -> set[str]:
     return {p.name for root in roots if root.exists() for p in root.rglob("*.nbi")}
 
 
+@pytest.mark.timeout(1300)  # a cold compile of every kernel: ~285 s on a quiet 2-core machine
 def test_warmup_fills_the_numba_cache_the_suite_uses():
     """``segstream warmup`` writes every kernel module into the cache the rest of the suite then
     loads from. ``pytest_collection_modifyitems`` (tests/conftest.py) runs this test first, so
