@@ -68,13 +68,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"published={r.uri} (stored already: LATEST unchanged)")
     if r.report_path:
         print(f"report={r.report_path}")
-    print(
-        f"test MAE partitioned={t['partitioned']['mae']:.2f} "
-        f"global_linear={t['global_linear']['mae']:.2f} "
-        f"global_xgboost={t['global_xgboost']['mae']:.2f}; "
-        f"interval coverage={t['interval']['coverage']:.3f} at mass {t['interval']['mass']}; "
-        f"train time {sum(r.timings.values()):.1f} s"
-    )
+    family = r.manifest.family
+    if family == "binomial":
+        figures = (
+            f"test log loss partitioned={t['partitioned']['log_loss']:.4f} "
+            f"global_logistic={t['global_logistic']['log_loss']:.4f} "
+            f"global_xgboost={t['global_xgboost']['log_loss']:.4f}; "
+            f"AUROC partitioned={t['partitioned']['auroc']:.4f}; "
+            f"threshold={r.manifest.threshold:.4f}"
+        )
+    elif family == "poisson":
+        figures = (
+            f"test mean Poisson deviance partitioned={t['partitioned']['deviance']:.4f} "
+            f"global_poisson={t['global_poisson']['deviance']:.4f} "
+            f"global_xgboost={t['global_xgboost']['deviance']:.4f}; "
+            f"MAE partitioned={t['partitioned']['mae']:.3f}"
+        )
+    else:
+        figures = (
+            f"test MAE partitioned={t['partitioned']['mae']:.2f} "
+            f"global_linear={t['global_linear']['mae']:.2f} "
+            f"global_xgboost={t['global_xgboost']['mae']:.2f}; "
+            f"interval coverage={t['interval']['coverage']:.3f} at mass {t['interval']['mass']}"
+        )
+    print(f"{figures}; train time {sum(r.timings.values()):.1f} s")
     return 0
 
 
