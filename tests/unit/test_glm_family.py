@@ -326,3 +326,26 @@ def test_family_and_threshold_in_the_manifest_are_validated(tmp_path):
     (g / MANIFEST).write_bytes(orjson.dumps(doc))
     with pytest.raises(BundleIntegrityError, match="not part of format_version 2"):
         verify_bundle_dir(g)
+
+
+def test_explain_shows_link_scale_contributions_and_the_probability(binomial_run, tmp_path):
+    from segstream.training.explain import explain_event, plot_event
+
+    result, df = binomial_run
+    b = load_bundle(result.bundle_dir)
+    row = _test_rows(result, df).iloc[0]
+    event = {
+        "event_id": row["event_id"],
+        "event_time": row["event_time"].isoformat(),
+        "grp": row["grp"],
+        "x1": float(row["x1"]),
+        "x2": float(row["x2"]),
+    }
+    ex = explain_event(b, event)
+    eta = sum(ex.contributions.values())
+    assert ex.prediction == pytest.approx(1 / (1 + np.exp(-eta)), rel=1e-12)
+    assert ex.label == int(ex.prediction >= b.threshold)
+    text = "\n".join(ex.lines())
+    assert "log-odds" in text and f"probability {ex.prediction:.4f}" in text
+    assert "pattern" not in text
+    assert plot_event(b, ex, tmp_path / "ex.png").stat().st_size > 1000
