@@ -349,3 +349,27 @@ def test_explain_shows_link_scale_contributions_and_the_probability(binomial_run
     assert "log-odds" in text and f"probability {ex.prediction:.4f}" in text
     assert "pattern" not in text
     assert plot_event(b, ex, tmp_path / "ex.png").stat().st_size > 1000
+
+
+def test_a_binary_fit_only_column_shapes_the_tree_and_is_not_needed_to_route():
+    from segstream.training.partitioner import TreePartitioner
+
+    rng = np.random.default_rng(1)
+    n = 6000
+    x1 = rng.uniform(-1, 1, n)
+    x2 = rng.uniform(-1, 1, n)
+    y = (rng.random(n) < np.where(x2 > 0.3, 0.9, 0.1)).astype(float)  # outcome set by x2
+    frame = pd.DataFrame({"x1": x1, "x2": x2, "y": y})
+    shaped = TreePartitioner(2, min_samples_leaf=200, y_columns=["y"], random_state=0)
+    shaped.fit(frame)
+    plain = TreePartitioner(2, min_samples_leaf=200, random_state=0).fit(frame[["x1", "x2"]])
+
+    def outcome_gap(part):
+        s = part.segments_
+        rates = [y[s == k].mean() for k in range(part.n_segments_)]
+        return max(rates) - min(rates)
+
+    assert outcome_gap(shaped) > 0.6 > outcome_gap(plain)
+    assert "y" not in shaped.router_.required_columns
+    routed = shaped.route(frame[["x1", "x2"]])
+    np.testing.assert_array_equal(routed.segment, shaped.segments_)
