@@ -230,11 +230,35 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 def metrics_table(metrics: dict[str, Any]) -> list[str]:
     """The manifest's test metrics as aligned text rows."""
     t = metrics.get("test", {})
-    out = [f"{'model (test slice)':<28} {'MAE':>8} {'RMSE':>8} {'R2':>7} {'rows':>8}"]
-    for k in ("partitioned", "global_linear", "global_xgboost"):
-        if k in t:
-            r = t[k]
-            out.append(f"{k:<28} {r['mae']:>8.2f} {r['rmse']:>8.2f} {r['r2']:>7.3f} {r['n']:>8}")
+    family = metrics.get("family", "gaussian")
+    if family == "binomial":
+        out = [f"{'model (test slice)':<28} {'log loss':>9} {'Brier':>8} {'AUROC':>7} {'rows':>8}"]
+        for k in ("partitioned", "global_logistic", "global_xgboost"):
+            if k in t:
+                r = t[k]
+                out.append(
+                    f"{k:<28} {r['log_loss']:>9.4f} {r['brier']:>8.4f} {r['auroc']:>7.4f} "
+                    f"{r['n']:>8}"
+                )
+        if metrics.get("threshold") is not None:
+            out.append(
+                f"threshold {metrics['threshold']:.4f} "
+                f"({metrics.get('threshold_criterion') or 'configured'})"
+            )
+    elif family == "poisson":
+        out = [f"{'model (test slice)':<28} {'deviance':>9} {'MAE':>8} {'rows':>8}"]
+        for k in ("partitioned", "global_poisson", "global_xgboost"):
+            if k in t:
+                r = t[k]
+                out.append(f"{k:<28} {r['deviance']:>9.4f} {r['mae']:>8.3f} {r['n']:>8}")
+    else:
+        out = [f"{'model (test slice)':<28} {'MAE':>8} {'RMSE':>8} {'R2':>7} {'rows':>8}"]
+        for k in ("partitioned", "global_linear", "global_xgboost"):
+            if k in t:
+                r = t[k]
+                out.append(
+                    f"{k:<28} {r['mae']:>8.2f} {r['rmse']:>8.2f} {r['r2']:>7.3f} {r['n']:>8}"
+                )
     if "interval" in t:
         iv = t["interval"]
         out.append(

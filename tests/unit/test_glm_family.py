@@ -262,6 +262,10 @@ def test_binomial_training_beats_global_logistic_and_scores_like_the_reference(b
     partial, finish = b.score_parts(cols)
     assert partial["label"] is finish()["label"]
     assert result.report_path is not None and "reliability" in result.report_path.read_text()
+    from segstream.training.cli import metrics_table
+
+    table = "\n".join(metrics_table(m.metrics))
+    assert "log loss" in table and "global_logistic" in table and "threshold" in table
 
 
 def test_poisson_training_beats_global_poisson_and_scores_like_the_reference(poisson_run):
