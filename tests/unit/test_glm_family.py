@@ -34,7 +34,7 @@ from segstream.training.evaluation import (
     reliability_table,
 )
 from segstream.training.pipeline import prepare_target, train
-from tests.glm_helpers import synthetic_config, synthetic_frame
+from tests.glm_helpers import ONE_CLASS_KEY, synthetic_config, synthetic_frame
 
 
 # --------------------------------------------------------------------------- settings
@@ -261,6 +261,14 @@ def test_binomial_training_beats_global_logistic_and_scores_like_the_reference(b
     assert (out["pattern"] == -1).all() and np.isnan(out["pattern_proba"]).all()
     partial, finish = b.score_parts(cols)
     assert partial["label"] is finish()["label"]
+    # the all-zero key has no maximum-likelihood fit of its own; shrinkage (auto chose > 0)
+    # gives it a finite partial-pooling estimate (status pooled) pulled far below the root's
+    assert m.metrics["shrinkage"] > 0 and m.metrics["node_status"]["pooled"] == 1
+    one = (rows["grp"] == ONE_CLASS_KEY).to_numpy()
+    assert one.any() and (out["fallback_level"] == 0).all()
+    assert out["probability"][one].max() < 0.1 < rows["y"].mean()
+    coef = load_components(result.bundle_dir)["segment_glms"].arrays["coef"]
+    assert not np.isinf(coef).any()
     assert result.report_path is not None and "reliability" in result.report_path.read_text()
     from segstream.training.cli import metrics_table
 
@@ -377,3 +385,29 @@ def test_a_binary_fit_only_column_shapes_the_tree_and_is_not_needed_to_route():
     assert "y" not in shaped.router_.required_columns
     routed = shaped.route(frame[["x1", "x2"]])
     np.testing.assert_array_equal(routed.segment, shaped.segments_)
+
+
+def test_nodes_without_a_usable_glm_fall_back_to_their_nearest_usable_ancestor():
+    from types import SimpleNamespace
+
+    from segstream.training.groupby_regression import STATUS_CODES
+    from segstream.training.pipeline import serving_nodes
+
+    # root 0 -> 1 (one_class: NaN coefficients) -> 3 (ok), root 0 -> 2 (ok, too thin)
+    parent = np.array([-1, 0, 0, 1])
+    st = [STATUS_CODES[k] for k in ("ok", "one_class", "ok", "ok")]
+    coef = np.zeros((4, 1, 3))
+    coef[1] = np.nan
+    models = SimpleNamespace(
+        groups=np.arange(4),
+        status=np.array(st, np.int8)[:, None],
+        n_used=np.array([[900], [500], [50], [300]]),
+        n_rows=np.array([900, 500, 50, 300]),
+        coef=coef,
+    )
+    mnode, index = serving_nodes(models, parent, 200)
+    assert mnode.tolist() == [0, 0, 0, 3] and index.tolist() == [0, 0, 0, 3]
+    models.status[0, 0] = STATUS_CODES["separation"]
+    models.coef[0] = np.nan
+    with pytest.raises(DataError, match="root"):
+        serving_nodes(models, parent, 200)
