@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -102,11 +103,14 @@ def counted(m: dict[str, float], source: str) -> float:
 class Monitor:
     """``segstream monitor`` in a subprocess."""
 
-    def __init__(self, settings: Settings, tmp: Path, name: str) -> None:
+    def __init__(self, settings: Settings, tmp: Path, name: str, floor: str | None = None) -> None:
         cfg = write_config(settings, tmp / f"{name}.yaml")
         self.log = tmp / f"{name}.log"
+        cmd = [PY, "-m", "segstream", "--log-level", "WARNING", "monitor", "--config", str(cfg)]
+        if floor is not None:  # the minimal faust app instead of the monitor
+            cmd = [PY, str(REPO / "benchmarks" / "faust_floor_app.py"), str(cfg), floor]
         self.proc = subprocess.Popen(
-            [PY, "-m", "segstream", "--log-level", "WARNING", "monitor", "--config", str(cfg)],
+            cmd,
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=open(self.log, "w"),  # noqa: SIM115
@@ -123,6 +127,15 @@ class Monitor:
             time.sleep(0.2)
         if self.port is None:
             raise RuntimeError("monitor did not start")
+        self.spy: subprocess.Popen[bytes] | None = None
+        if PY_SPY is not None and name == "monitor-alone":  # --py-spy: profile this phase
+            spy = str(Path(PY).with_name("py-spy"))
+            args = ["record", "--format", "raw", "-r", "100", "-o", PY_SPY]
+            self.spy = subprocess.Popen(
+                [spy, *args, "--pid", str(self.proc.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def metrics(self) -> dict[str, float]:
         assert self.port is not None
@@ -132,6 +145,9 @@ class Monitor:
             return {}
 
     def stop(self) -> None:
+        if self.spy is not None:  # py-spy writes its stacks on SIGINT
+            self.spy.send_signal(signal.SIGINT)
+            self.spy.wait(60)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -163,6 +179,8 @@ class Worker:
 
 
 SAMPLE_RATE: float | None = None  # --sample-rate (monitor.join_sample_rate)
+PY_SPY: str | None = None  # --py-spy PATH: collapsed stacks of the alone phase's monitor
+FLOORS: list[str] = []  # --floor MODE: faust_floor_app.py modes run on the alone phase's topics
 
 
 def settings_for(bootstrap: str, tmp: Path, tag: str) -> Settings:
@@ -250,6 +268,7 @@ def phase_alone(bootstrap: str, tmp: Path, df: Any, timeout_s: float) -> dict[st
     finally:
         mon.stop()
     records = n_ev + n_out - c0
+    floors = {mode: phase_floor(s, tmp, mode, n_ev, n_out, timeout_s) for mode in FLOORS}
     return {
         "events": n_ev,
         "outcomes": n_out,
@@ -263,6 +282,38 @@ def phase_alone(bootstrap: str, tmp: Path, df: Any, timeout_s: float) -> dict[st
             [round(a, 2), b, c] for a, b, c in samples[:: max(1, len(samples) // 40)]
         ],
         "monitor_metrics": {k: v for k, v in final.items() if "created" not in k and v},
+        "loadavg_1m": [load0, os.getloadavg()[0]],
+        **({"faust_floor": floors} if floors else {}),
+    }
+
+
+def phase_floor(
+    s: Settings, tmp: Path, mode: str, n_ev: int, n_out: int, timeout_s: float
+) -> dict[str, Any]:
+    """The minimal faust app (``faust_floor_app.py``, own consumer group) on the same
+    preloaded topics, timed like the monitor: records/s of faust's record path alone."""
+    load0 = os.getloadavg()[0]
+    mon = Monitor(s, tmp, f"floor-{mode}", floor=mode)
+    try:
+        wait_for(lambda: counted(mon.metrics(), "predictions") > 0, timeout_s, "floor idle")
+        t0 = time.monotonic()
+        m0 = mon.metrics()
+        c0 = counted(m0, "predictions") + counted(m0, "outcomes")
+        wait_for(
+            lambda: (
+                counted(m := mon.metrics(), "predictions") >= n_ev
+                and counted(m, "outcomes") >= n_out
+            ),
+            timeout_s,
+            "floor app did not finish",
+        )
+        secs = time.monotonic() - t0
+    finally:
+        mon.stop()
+    records = n_ev + n_out - c0
+    return {
+        "seconds": round(secs, 3),
+        "records_per_s": round(records / secs, 1),
         "loadavg_1m": [load0, os.getloadavg()[0]],
     }
 
@@ -332,10 +383,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sample-rate", type=float, help="monitor.join_sample_rate (default: the setting's)"
     )
+    ap.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        help="run the alone phase's monitor under py-spy (collapsed stacks to PATH)",
+    )
+    ap.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        choices=["count", "changelog", "count-tuned"],
+        help="also time the minimal faust app (faust_floor_app.py) in this mode on the same "
+        "topics (repeatable)",
+    )
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
-    global SAMPLE_RATE
+    global SAMPLE_RATE, PY_SPY, FLOORS
+    FLOORS = args.floor
     SAMPLE_RATE = args.sample_rate
+    PY_SPY = args.py_spy
     name = "full" if args.full else "quick"
     n = 60_000 if args.full else 20_000
     out = Path(args.out or REPO / "benchmarks" / "results" / f"bench_monitor_{name}.json")
