@@ -517,32 +517,99 @@ class MonitorCore:
         ref = self.reference_for(str(bundle))
         return ref is not None and str(segment) in ref[1].segment_mae
 
-    def _join(
-        self,
-        event_id: str,
-        pred: list[Any],
-        out: list[Any],
-        partition: int,
-        source: str,
-        offset: int,
+    def _join_batch(
+        self, source: str, recs: list[tuple[str, list[Any], int, int]], now_s: float
     ) -> None:
-        w = window_start(pred[1], self.win_ms)
-        closed = self._perf_closed(partition)
-        if closed is not None and w < closed:
-            self.counters.joined("late")
-        else:
-            key = f"{w}|{partition}"
-            cur = self.t["perf"].get(key)
-            if cur is not None and offset <= cur["applied"].get(source, -1):
-                self.counters.joined("duplicate")
+        """Join a micro-batch of in-range, sampled records of ``source`` (``"predictions"``
+        or ``"outcomes"``): ``(event id, pending entry, partition, offset)`` in arrival order.
+
+        A hash join on the event id against the other stream's pending table: one lookup per
+        record; the records that find their partner are grouped by (window, partition) and
+        added with array sums (:func:`.performance.add_pairs`), one state write per window
+        and batch; the others become pending entries. The result equals applying the records
+        one by one (a repeated event id after its join in the same batch waits again, as it
+        would have).
+        """
+        if not recs:
+            return
+        own_clock, t_idx = (
+            (self.pred_clocks, 1) if source == "predictions" else (self.out_clocks, 3)
+        )
+        newest: dict[int, int] = {}
+        for _eid, entry, partition, _off in recs:
+            t = entry[t_idx]
+            if t >= newest.get(partition, t):
+                newest[partition] = t
+        for partition, t in newest.items():  # = observing every record (the clock is a max)
+            own_clock.observe(partition, t, now_s)
+        other = self.t["pending_o" if source == "predictions" else "pending_p"]
+        bound = self.pending_p if source == "predictions" else self.pending_o
+        joined: set[str] = set()
+        pairs: list[tuple[str, list[Any], list[Any], int, int]] = []
+        again: list[tuple[str, list[Any]]] = []
+        for eid, entry, partition, offset in recs:
+            if eid in joined:  # joined earlier in this batch: waits again after the join
+                again.append((eid, entry))
+                continue
+            match = other.get(eid)
+            if match is None:
+                bound.add(eid, entry)
             else:
-                st = cur or {**perf_mod.empty_state(), "applied": {}}
-                new = perf_mod.add_pair(st, pred, out, self._tracked(pred[6], pred[5]))
-                new["applied"] = {**st["applied"], source: offset}
-                self.t["perf"][key] = new  # before the deletes: a replay finds `applied`
-                self.counters.joined("joined_nan" if out[2] is None else "joined")
-        self.pending_p.pop(event_id)
-        self.pending_o.pop(event_id)
+                joined.add(eid)
+                if source == "predictions":
+                    pairs.append((eid, entry, match, partition, offset))
+                else:
+                    pairs.append((eid, match, entry, partition, offset))
+        if pairs:
+            self._apply_pairs(source, pairs)
+        for eid, entry in again:
+            bound.add(eid, entry)
+
+    def _apply_pairs(
+        self, source: str, pairs: list[tuple[str, list[Any], list[Any], int, int]]
+    ) -> None:
+        """Add joined ``(event id, prediction, outcome, partition, offset)`` pairs to their
+        windows' performance states (one write per window) and delete their pending
+        entries."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        win = self.win_ms
+        for i, pair in enumerate(pairs):
+            groups.setdefault(((pair[1][1] // win) * win, pair[3]), []).append(i)
+        perf = self.t["perf"]
+        for (w, partition), idx in groups.items():
+            closed = self._perf_closed(partition)
+            if closed is not None and w < closed:
+                self.counters.joined("late", len(idx))
+                continue
+            key = f"{w}|{partition}"
+            cur = perf.get(key)
+            applied = cur["applied"].get(source, -1) if cur is not None else -1
+            keep: list[int] = []
+            for i in idx:  # a re-delivered record: its offset was applied already
+                offset = pairs[i][4]
+                if offset <= applied:
+                    continue
+                keep.append(i)
+                applied = offset
+            if len(keep) < len(idx):
+                self.counters.joined("duplicate", len(idx) - len(keep))
+            if not keep:
+                continue
+            st = cur or {**perf_mod.empty_state(), "applied": {}}
+            preds = [pairs[i][1] for i in keep]
+            outs = [pairs[i][2] for i in keep]
+            tracked = [self._tracked(q[6], q[5]) for q in preds]
+            new = perf_mod.add_pairs(st, preds, outs, tracked)
+            new["applied"] = {**st["applied"], source: applied}
+            perf[key] = new  # before the deletes: a replay finds `applied`
+            n_nan = sum(1 for o in outs if o[2] is None)
+            if len(keep) - n_nan:
+                self.counters.joined("joined", len(keep) - n_nan)
+            if n_nan:
+                self.counters.joined("joined_nan", n_nan)
+        for eid, *_ in pairs:
+            self.pending_p.pop(eid)
+            self.pending_o.pop(eid)
 
     def on_prediction(self, raw: Any, partition: int, offset: int, now_s: float) -> None:
         """Apply one prediction record: its JSON value (bytes) or the record already decoded
@@ -592,20 +659,16 @@ class MonitorCore:
         flags = self._judge_times("predictions", [(g[2], g[1][1]) for g in good])
         n = {"ok": 0, "out_of_range": 0, "unsampled": 0}
         rate = self.s.join_sample_rate
-        for (eid, entry, partition, offset), in_range in zip(good, flags, strict=True):
+        joinable: list[tuple[str, list[Any], int, int]] = []
+        for g, in_range in zip(good, flags, strict=True):
             if not in_range:
                 n["out_of_range"] += 1
-                continue
-            if not perf_mod.in_sample(eid, rate):
+            elif not perf_mod.in_sample(g[0], rate):
                 n["unsampled"] += 1
-                continue
-            n["ok"] += 1
-            self.pred_clocks.observe(partition, entry[1], now_s)
-            out = self.t["pending_o"].get(eid)
-            if out is not None:
-                self._join(eid, entry, out, partition, "predictions", offset)
             else:
-                self.pending_p.add(eid, entry)
+                joinable.append(g)
+        n["ok"] = len(joinable)
+        self._join_batch("predictions", joinable, now_s)
         for result, k in n.items():
             if k:
                 self.counters.record("predictions", result, k)
@@ -628,21 +691,18 @@ class MonitorCore:
         n = {"ok": 0, "out_of_range": 0, "unsampled": 0}
         rate = self.s.join_sample_rate
         ahead_ms = self.s.max_future_s * S
-        for (eid, entry, partition, offset), in_range in zip(good, flags, strict=True):
+        joinable: list[tuple[str, list[Any], int, int]] = []
+        for g, in_range in zip(good, flags, strict=True):
+            entry = g[1]
             # event time near its partition's watermark, outcome time not before it
             if not in_range or not entry[1] <= entry[3] <= entry[1] + ahead_ms:
                 n["out_of_range"] += 1
-                continue
-            if not perf_mod.in_sample(eid, rate):
+            elif not perf_mod.in_sample(g[0], rate):
                 n["unsampled"] += 1
-                continue
-            n["ok"] += 1
-            self.out_clocks.observe(partition, entry[3], now_s)
-            pred = self.t["pending_p"].get(eid)
-            if pred is not None:
-                self._join(eid, pred, entry, partition, "outcomes", offset)
             else:
-                self.pending_o.add(eid, entry)
+                joinable.append(g)
+        n["ok"] = len(joinable)
+        self._join_batch("outcomes", joinable, now_s)
         for result, k in n.items():
             if k:
                 self.counters.record("outcomes", result, k)
