@@ -900,6 +900,71 @@ def monitor() -> list[str]:
     return out
 
 
+#: bench_monitor runs of the batch record path (issue 21, throughput), in the order they ran.
+MONITOR_BATCH_RUNS = (
+    "bench_monitor_quick_batch_before.json",
+    "bench_monitor_quick_floor.json",
+    "bench_monitor_quick_batch_join.json",
+    "bench_monitor_quick_ck_floor.json",
+    "bench_monitor_quick_batch.json",
+    "bench_monitor_quick_batch_2.json",
+)
+
+#: What each floor mode of ``bench_monitor.py --floor`` runs.
+FLOOR_MODES = {
+    "count": "faust app, counts records only",
+    "count-tuned": "faust app, counts only; stream buffer 32768, fetch 8 MiB",
+    "changelog": "faust app, counts + one changelog record per record",
+    "ck-count": "confluent-kafka loop, counts only",
+    "ck-core": "confluent-kafka loop + MonitorCore (no changelog)",
+    "ck-changelog": "confluent-kafka loop + MonitorCore + changelog producer",
+}
+
+
+def monitor_floors() -> list[str]:
+    """bench_monitor.py --floor: the record path without the monitor's work (same topics)."""
+    rows = []
+    for name in MONITOR_BATCH_RUNS:
+        if not (RESULTS / name).is_file():
+            continue
+        d = load(name)
+        a = d["alone"]
+        rows.append(
+            [
+                f"`benchmarks/results/{name}`",
+                "`segstream monitor`",
+                n0(a["monitor_records_per_s"]),
+                f"{a['loadavg_1m'][0]:.1f}-{a['loadavg_1m'][1]:.1f}",
+            ]
+        )
+        for mode, f in a.get("faust_floor", {}).items():
+            rows.append(
+                [
+                    f"`benchmarks/results/{name}`",
+                    f"`{mode}`: {FLOOR_MODES.get(mode, mode)}",
+                    n0(f["records_per_s"]),
+                    f"{f['loadavg_1m'][0]:.1f}-{f['loadavg_1m'][1]:.1f}",
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "### Where the monitor's time goes: floors on the same topics",
+        "",
+        "`bench_monitor.py --floor MODE` times other consumers, each in its own consumer "
+        "group, on the alone phase's preloaded topics exactly as it times the monitor "
+        "(`benchmarks/faust_floor_app.py`, `benchmarks/confluent_floor_app.py`). The faust "
+        "app that only counts records is the ceiling of any monitor built on faust agents; "
+        "the confluent-kafka rows are what a consumer loop like the worker's gives with the "
+        "same `MonitorCore` (without the recovery, ticks and rebalance handling a real "
+        "service needs). `bench_monitor_quick_floor.json` ran the monitor under py-spy and "
+        "with unit tests on the machine: its monitor figure is not a throughput result.",
+        "",
+        *table(["result file", "consumer", "records/s", "load avg"], rows),
+        "",
+    ]
+
+
 def monitor_throughput() -> list[str]:
     """bench_monitor.py: the monitor alone, and live behind one worker (issue 21)."""
     names = [
@@ -909,6 +974,7 @@ def monitor_throughput() -> list[str]:
             "bench_monitor_quick.json",
             "bench_monitor_quick_sampled.json",
             "bench_monitor_full.json",
+            *MONITOR_BATCH_RUNS,
         )
         if (RESULTS / n).is_file()
     ]
@@ -924,10 +990,12 @@ def monitor_throughput() -> list[str]:
                 d.get("label") or "-",
                 f"{d.get('join_sample_rate', 1.0):g}",
                 n0(d["flights"]),
-                n0(a["worker_events_per_s"]),
+                n0(a["worker_events_per_s"]) if a["worker_events_per_s"] is not None else "-",
                 n0(a["monitor_records_per_s"]),
                 n0(a["monitor_events_per_s"]),
-                f"{a['monitor_to_worker_events_ratio']:.3f}",
+                f"{a['monitor_to_worker_events_ratio']:.3f}"
+                if a["monitor_to_worker_events_ratio"] is not None
+                else "-",
                 f"{lv['catch_up_lag_s']:.1f} s" if lv else "-",
                 f"{n0(lv['backlog_max_predictions'])} / {n0(lv['backlog_median_predictions'])}"
                 if lv and lv["backlog_max_predictions"] is not None
@@ -964,6 +1032,7 @@ def monitor_throughput() -> list[str]:
             rows,
         ),
         "",
+        *monitor_floors(),
     ]
 
 

@@ -6,8 +6,9 @@ the record that owns it, see :class:`BufferedTable`):
 
 * ``stats``: the workers' stats records → drift and new-key windows (+ new-segment alerts, and
   drift alerts for windows the watermark advance closes);
-* ``predictions`` and ``outcomes`` (co-partitioned, keyed by ``event_id``) → the join tables and
-  the per-partition performance windows;
+* ``predictions`` and ``outcomes`` (co-partitioned, keyed by ``event_id``), one agent for both
+  topics → the join tables and the per-partition performance windows (each micro-batch joined
+  at once, :meth:`MonitorCore.on_predictions` / ``on_outcomes``);
 * ``ticks``: an internal topic with one small record per partition per ``tick_s`` from a
   timer, so that window closing, join expiry and the idle close run *inside* an event of the
   right partition (faust tables can only be changed from a stream event).
@@ -54,14 +55,19 @@ class BufferedTable(MutableMapping):  # type: ignore[type-arg]
     Reads and writes go to the table's local store at once; each changed key is remembered
     with the partition that owns it (:attr:`partition`, set before each record) and
     :meth:`flush` sends its final value (or a tombstone) once to that changelog partition.
-    faust flushes its producer before committing the source offsets, so a batch's changelog
-    records are written before the batch counts as processed (at-least-once).
+    A key that was absent when the batch first changed it and is absent again at the flush
+    (a pending join entry created and joined within one batch) sends nothing: the changelog
+    holds no value for it (never written, or last written as a tombstone), which is already
+    the key's state. faust flushes its producer before committing the source offsets, so a
+    batch's changelog records are written before the batch counts as processed
+    (at-least-once).
     """
 
     def __init__(self, table: Any) -> None:
         self.table = table
         self.partition: int | None = None
         self._dirty: dict[Any, int | None] = {}
+        self._new: set[Any] = set()  # dirty keys that were absent before this batch
 
     @property
     def data(self) -> Any:  # what MonitorCore scans
@@ -74,7 +80,10 @@ class BufferedTable(MutableMapping):  # type: ignore[type-arg]
         return self.table.data.get(key, default)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self.table.data[key] = value
+        data = self.table.data
+        if key not in self._dirty and key not in data:
+            self._new.add(key)
+        data[key] = value
         self._dirty[key] = self.partition
 
     def __delitem__(self, key: Any) -> None:
@@ -89,14 +98,18 @@ class BufferedTable(MutableMapping):  # type: ignore[type-arg]
 
     def flush(self) -> int:
         """Send every changed key once; returns how many changelog records were sent."""
-        data, send = self.table.data, self.table.send_changelog
+        data, send, new = self.table.data, self.table.send_changelog, self._new
+        n = 0
         for key, partition in self._dirty.items():
             if key in data:
                 send(partition, key, data[key])
+            elif key in new:
+                continue  # created and deleted within the batch: nothing to undo
             else:
                 send(partition, key, None, value_serializer="raw")
-        n = len(self._dirty)
+            n += 1
         self._dirty.clear()
+        new.clear()
         return n
 
 
@@ -180,8 +193,7 @@ class MonitorService:
             "value_serializer": "raw",
         }
         self.stats_topic = app.topic(t.stats, **raw)
-        self.pred_topic = app.topic(t.predictions, **raw)
-        self.out_topic = app.topic(t.outcomes, **raw)
+        self.join_topic = app.topic(t.predictions, t.outcomes, **raw)
         self.alerts_topic = app.topic(t.alerts, **raw)
         self.ticks_topic = app.topic(
             f"{m.app_id}-ticks", partitions=t.partitions, internal=True, **raw
@@ -258,29 +270,31 @@ class MonitorService:
                 self.events_processed += len(events)
                 await self._send(alerts + self._take_reload_alerts())
 
-        def record_agent(handle: Callable[..., None]) -> Callable[[Any], Any]:
-            """An agent feeding the records of its topic to ``handle`` one micro-batch per
-            partition at a time (the table writes go to that partition; no alerts)."""
+        handlers = {
+            self.settings.topics.predictions: core.on_predictions,
+            self.settings.topics.outcomes: core.on_outcomes,
+        }
 
-            async def agent(stream: Any) -> None:
-                async for events in stream.take_events(batch, within):
-                    now = time.time()
-                    by_p: dict[int, list[tuple[Any, int, int]]] = {}
-                    for event in events:
-                        msg = event.message
-                        by_p.setdefault(msg.partition, []).append(
-                            (event.value, msg.partition, msg.offset)
-                        )
-                    for partition, recs in by_p.items():
-                        at(partition)
-                        handle(recs, now)
-                    flush()
-                    self.events_processed += len(events)
-
-            return agent
-
-        predictions_agent = record_agent(core.on_predictions)
-        outcomes_agent = record_agent(core.on_outcomes)
+        async def join_agent(stream: Any) -> None:
+            """Predictions and outcomes in one agent: a micro-batch holds both, so a
+            prediction and its outcome that arrive in the same batch are joined without
+            their pending entry ever reaching the changelog (:class:`BufferedTable`).
+            Predictions of the batch first, then outcomes, each per partition."""
+            async for events in stream.take_events(batch, within):
+                now = time.time()
+                groups: dict[tuple[bool, int], list[tuple[Any, int, int]]] = {}
+                kinds: dict[tuple[bool, int], Callable[..., None]] = {}
+                for event in events:
+                    msg = event.message
+                    handle = handlers[msg.topic]
+                    key = (handle is core.on_outcomes, msg.partition)
+                    kinds[key] = handle
+                    groups.setdefault(key, []).append((event.value, msg.partition, msg.offset))
+                for key in sorted(groups):
+                    at(key[1])
+                    kinds[key](groups[key], now)
+                flush()
+                self.events_processed += len(events)
 
         async def ticks_agent(stream: Any) -> None:
             async for events in stream.take_events(batch, within):
@@ -318,8 +332,7 @@ class MonitorService:
             self._gauges()
 
         app.agent(self.stats_topic, name="monitor-stats")(stats_agent)
-        app.agent(self.pred_topic, name="monitor-predictions")(predictions_agent)
-        app.agent(self.out_topic, name="monitor-outcomes")(outcomes_agent)
+        app.agent(self.join_topic, name="monitor-join")(join_agent)
         app.agent(self.ticks_topic, name="monitor-ticks")(ticks_agent)
         app.agent(self.partials_topic, name="monitor-perf-partials")(partials_agent)
         app.timer(interval=self.settings.monitor.tick_s, name="monitor-tick-timer")(tick_timer)
