@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -270,10 +270,7 @@ class MonitorService:
                 self.events_processed += len(events)
                 await self._send(alerts + self._take_reload_alerts())
 
-        handlers = {
-            self.settings.topics.predictions: core.on_predictions,
-            self.settings.topics.outcomes: core.on_outcomes,
-        }
+        outcomes_topic = self.settings.topics.outcomes
 
         async def join_agent(stream: Any) -> None:
             """Predictions and outcomes in one agent: a micro-batch holds both, so a
@@ -282,17 +279,16 @@ class MonitorService:
             Predictions of the batch first, then outcomes, each per partition."""
             async for events in stream.take_events(batch, within):
                 now = time.time()
+                # (is an outcome, partition) -> records: predictions sort first
                 groups: dict[tuple[bool, int], list[tuple[Any, int, int]]] = {}
-                kinds: dict[tuple[bool, int], Callable[..., None]] = {}
                 for event in events:
                     msg = event.message
-                    handle = handlers[msg.topic]
-                    key = (handle is core.on_outcomes, msg.partition)
-                    kinds[key] = handle
+                    key = (msg.topic == outcomes_topic, msg.partition)
                     groups.setdefault(key, []).append((event.value, msg.partition, msg.offset))
-                for key in sorted(groups):
-                    at(key[1])
-                    kinds[key](groups[key], now)
+                for is_outcome, partition in sorted(groups):
+                    at(partition)
+                    handle = core.on_outcomes if is_outcome else core.on_predictions
+                    handle(groups[(is_outcome, partition)], now)
                 flush()
                 self.events_processed += len(events)
 
