@@ -9,7 +9,11 @@ alone. ``--profile`` prints the top cProfile entries.
 
 Usage::
 
-    python benchmarks/profile_monitor_core.py --n 20000 [--profile]
+    python benchmarks/profile_monitor_core.py --n 20000 [--profile] [--repeat 5]
+        [--out benchmarks/results/monitor_core_after.json --label after]
+
+With ``--out``: ``--repeat`` timed runs (after one warm-up), all recorded with their median
+and an environment stamp (git commit, load average).
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime as dt
+import json
 import os
+import platform
 import pstats
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import MutableMapping
@@ -165,9 +173,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--out", help="JSON result path")
+    ap.add_argument("--label", default="")
     args = ap.parse_args(argv)
     print("loadavg", os.getloadavg())
     run(2000, args.batch, args.partitions)  # warm-up
+    if args.out:
+        load0 = list(os.getloadavg())
+        runs = [run(args.n, args.batch, args.partitions) for _ in range(args.repeat)]
+        doc = {
+            "benchmark": "profile_monitor_core",
+            "label": args.label,
+            "n_events": args.n,
+            "batch": args.batch,
+            "partitions": args.partitions,
+            "runs": runs,
+            "median_records_per_s": statistics.median(r["records_per_s"] for r in runs),
+            "environment": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "git_commit": subprocess.run(
+                    ["git", "rev-parse", "--short", "HEAD"],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip(),
+                "loadavg_start": load0,
+                "loadavg_end": list(os.getloadavg()),
+            },
+        }
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        print(doc["median_records_per_s"], [r["records_per_s"] for r in runs])
+        return 0
     if args.profile:
         pr = cProfile.Profile()
         pr.enable()
