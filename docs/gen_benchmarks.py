@@ -934,20 +934,50 @@ def monitor_floors() -> list[str]:
                 f"`benchmarks/results/{name}`",
                 "`segstream monitor`",
                 n0(a["monitor_records_per_s"]),
+                "polled",
                 f"{a['loadavg_1m'][0]:.1f}-{a['loadavg_1m'][1]:.1f}",
             ]
         )
         for mode, f in a.get("faust_floor", {}).items():
+            own = "seconds_polled" in f  # the app's own first/last batch clock
             rows.append(
                 [
                     f"`benchmarks/results/{name}`",
                     f"`{mode}`: {FLOOR_MODES.get(mode, mode)}",
                     n0(f["records_per_s"]),
+                    "own clock" if own else f"polled ({f['seconds']:.2f} s)",
                     f"{f['loadavg_1m'][0]:.1f}-{f['loadavg_1m'][1]:.1f}",
                 ]
             )
-    if not rows:
+    core = []
+    for name in ("monitor_core_before.json", "monitor_core_after.json"):
+        if (RESULTS / name).is_file():
+            d = load(name)
+            env = d["environment"]
+            runs = ", ".join(n0(r["records_per_s"]) for r in d["runs"])
+            core.append(
+                [
+                    f"`benchmarks/results/{name}`",
+                    d["label"],
+                    n0(d["median_records_per_s"]),
+                    runs,
+                    f"{env['loadavg_start'][0]:.1f}-{env['loadavg_end'][0]:.1f}",
+                ]
+            )
+    if not rows and not core:
         return []
+    core_part = (
+        [
+            "`MonitorCore` alone, no broker (`benchmarks/profile_monitor_core.py`: 20,000 "
+            "synthetic predictions and their outcomes as JSON bytes, 6 partitions, batches of "
+            "1,000 per partition, tables as dicts that track changed keys):",
+            "",
+            *table(["result file", "code", "median records/s", "runs", "load avg"], core),
+            "",
+        ]
+        if core
+        else []
+    )
     return [
         "### Where the monitor's time goes: floors on the same topics",
         "",
@@ -957,11 +987,16 @@ def monitor_floors() -> list[str]:
         "app that only counts records is the ceiling of any monitor built on faust agents; "
         "the confluent-kafka rows are what a consumer loop like the worker's gives with the "
         "same `MonitorCore` (without the recovery, ticks and rebalance handling a real "
-        "service needs). `bench_monitor_quick_floor.json` ran the monitor under py-spy and "
-        "with unit tests on the machine: its monitor figure is not a throughput result.",
+        "service needs). Timing: *polled* = records counted after the first poll of "
+        "`/metrics` over the time to the last (every 0.25 s: a consumer that finishes in "
+        "about a second is not timed by it, e.g. `ck-count` in `bench_monitor_quick_ck_floor"
+        ".json`); *own clock* = the app's first and last batch times. "
+        "`bench_monitor_quick_floor.json` ran the monitor under py-spy and with unit tests "
+        "on the machine: its figures are not throughput results.",
         "",
-        *table(["result file", "consumer", "records/s", "load avg"], rows),
+        *table(["result file", "consumer", "records/s", "timing", "load avg"], rows),
         "",
+        *core_part,
     ]
 
 
