@@ -113,6 +113,23 @@ class BufferedTable(MutableMapping):  # type: ignore[type-arg]
         return n
 
 
+def split_join_batch(
+    events: Any, outcomes_topic: str
+) -> list[tuple[bool, int, list[tuple[Any, int, int]]]]:
+    """Split a micro-batch of the join agent (faust events of the predictions and outcomes
+    topics) into ``(is_outcome, partition, [(value, partition, offset), ...])`` groups:
+    predictions before outcomes, partitions ascending, records in arrival order.
+
+    ``events`` are objects with ``value`` and ``message.topic``, ``.partition``, ``.offset``.
+    """
+    groups: dict[tuple[bool, int], list[tuple[Any, int, int]]] = {}
+    for event in events:
+        msg = event.message
+        key = (msg.topic == outcomes_topic, msg.partition)
+        groups.setdefault(key, []).append((event.value, msg.partition, msg.offset))
+    return [(o, p, groups[(o, p)]) for o, p in sorted(groups)]
+
+
 class MonitorService:
     """Build the faust app of the monitor (nothing connects before :meth:`run`).
 
@@ -279,16 +296,10 @@ class MonitorService:
             Predictions of the batch first, then outcomes, each per partition."""
             async for events in stream.take_events(batch, within):
                 now = time.time()
-                # (is an outcome, partition) -> records: predictions sort first
-                groups: dict[tuple[bool, int], list[tuple[Any, int, int]]] = {}
-                for event in events:
-                    msg = event.message
-                    key = (msg.topic == outcomes_topic, msg.partition)
-                    groups.setdefault(key, []).append((event.value, msg.partition, msg.offset))
-                for is_outcome, partition in sorted(groups):
+                for is_outcome, partition, recs in split_join_batch(events, outcomes_topic):
                     at(partition)
                     handle = core.on_outcomes if is_outcome else core.on_predictions
-                    handle(groups[(is_outcome, partition)], now)
+                    handle(recs, now)
                 flush()
                 self.events_processed += len(events)
 
