@@ -38,7 +38,7 @@ import orjson
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from segstream.services.monitor.core import MonitorCore
-from segstream.services.monitor.metrics import MonitorMetrics
+from segstream.services.monitor.metrics import STATE_TABLES, MonitorMetrics
 from segstream.services.monitor.references import ReferenceCache
 from segstream.shared.alerts import Alert, alert_key, encode_alert
 from segstream.shared.kafka import aiokafka_ssl_context, client_config
@@ -46,7 +46,7 @@ from segstream.shared.settings import BrokerSettings, Settings
 
 logger = logging.getLogger(__name__)
 
-TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta", "perfmerge")
+TABLES = STATE_TABLES
 
 
 class BufferedTable(MutableMapping):  # type: ignore[type-arg]
@@ -68,6 +68,8 @@ class BufferedTable(MutableMapping):  # type: ignore[type-arg]
         self.partition: int | None = None
         self._dirty: dict[Any, int | None] = {}
         self._new: set[Any] = set()  # dirty keys that were absent before this batch
+        #: Keys created and deleted within a batch that :meth:`flush` did not send (total).
+        self.skipped = 0
 
     @property
     def data(self) -> Any:  # what MonitorCore scans
@@ -104,7 +106,8 @@ class BufferedTable(MutableMapping):  # type: ignore[type-arg]
             if key in data:
                 send(partition, key, data[key])
             elif key in new:
-                continue  # created and deleted within the batch: nothing to undo
+                self.skipped += 1  # created and deleted within the batch: nothing to undo
+                continue
             else:
                 send(partition, key, None, value_serializer="raw")
             n += 1
@@ -272,9 +275,16 @@ class MonitorService:
             for tbl in self.tables.values():
                 tbl.partition = partition
 
+        m = self.metrics
+
         def flush() -> None:
-            for tbl in self.tables.values():
-                tbl.flush()
+            for name, tbl in self.tables.items():
+                skipped = tbl.skipped
+                sent = tbl.flush()
+                if sent:
+                    m.changelog_records.labels(table=name).inc(sent)
+                if tbl.skipped > skipped:
+                    m.changelog_skipped.labels(table=name).inc(tbl.skipped - skipped)
 
         async def stats_agent(stream: Any) -> None:
             async for events in stream.take_events(batch, within):

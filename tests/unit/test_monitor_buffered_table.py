@@ -40,6 +40,7 @@ def test_a_key_created_and_deleted_in_one_batch_sends_nothing() -> None:
     assert bt.flush() == 1
     assert ft.sent == [(0, "kept", 1)]
     assert "pending" not in ft.data
+    assert bt.skipped == 1
 
 
 def test_a_key_that_existed_before_the_batch_gets_its_tombstone() -> None:
