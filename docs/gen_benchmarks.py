@@ -908,6 +908,8 @@ MONITOR_BATCH_RUNS = (
     "bench_monitor_quick_ck_floor.json",
     "bench_monitor_quick_batch.json",
     "bench_monitor_quick_batch_2.json",
+    "bench_monitor_quick_batch_3.json",
+    "bench_monitor_quick_batch_before_2.json",
 )
 
 #: What each floor mode of ``bench_monitor.py --floor`` runs.
@@ -929,10 +931,20 @@ def monitor_floors() -> list[str]:
             continue
         d = load(name)
         a = d["alone"]
+        mm = a.get("monitor_metrics", {})
+        sent = sum(v for k, v in mm.items() if k.startswith("segstream_monitor_changelog_rec"))
+        skipped = sum(v for k, v in mm.items() if k.startswith("segstream_monitor_changelog_ski"))
+        inputs = a["events"] + a["outcomes"]
+        cl = (
+            f" ({sent / inputs:.2f} changelog records per input record; "
+            f"{n0(skipped)} keys created and deleted within one batch, not written)"
+            if sent
+            else ""
+        )
         rows.append(
             [
                 f"`benchmarks/results/{name}`",
-                "`segstream monitor`",
+                f"`segstream monitor`{cl}",
                 n0(a["monitor_records_per_s"]),
                 "polled",
                 f"{a['loadavg_1m'][0]:.1f}-{a['loadavg_1m'][1]:.1f}",
