@@ -910,6 +910,8 @@ MONITOR_BATCH_RUNS = (
     "bench_monitor_quick_batch_2.json",
     "bench_monitor_quick_batch_3.json",
     "bench_monitor_quick_batch_before_2.json",
+    "bench_monitor_quick_batch_before_3.json",
+    "bench_monitor_quick_batch_4.json",
 )
 
 #: What each floor mode of ``bench_monitor.py --floor`` runs.
