@@ -400,7 +400,15 @@ def main(argv: list[str] | None = None) -> int:
         "--floor",
         action="append",
         default=[],
-        choices=["count", "changelog", "count-tuned", "ck-count", "ck-core", "ck-changelog"],
+        choices=[
+            "count",
+            "changelog",
+            "changelog-lz4",
+            "count-tuned",
+            "ck-count",
+            "ck-core",
+            "ck-changelog",
+        ],
         help="also time a floor app in this mode on the same topics (repeatable): the minimal "
         "faust app (faust_floor_app.py) or, for ck-*, a confluent-kafka loop "
         "(confluent_floor_app.py)",

@@ -912,6 +912,7 @@ MONITOR_BATCH_RUNS = (
     "bench_monitor_quick_batch_before_2.json",
     "bench_monitor_quick_batch_before_3.json",
     "bench_monitor_quick_batch_4.json",
+    "bench_monitor_quick_lz4_floor.json",
 )
 
 #: What each floor mode of ``bench_monitor.py --floor`` runs.
@@ -919,6 +920,7 @@ FLOOR_MODES = {
     "count": "faust app, counts records only",
     "count-tuned": "faust app, counts only; stream buffer 32768, fetch 8 MiB",
     "changelog": "faust app, counts + one changelog record per record",
+    "changelog-lz4": "as changelog, producer compression lz4",
     "ck-count": "confluent-kafka loop, counts only",
     "ck-core": "confluent-kafka loop + MonitorCore (no changelog)",
     "ck-changelog": "confluent-kafka loop + MonitorCore + changelog producer",
