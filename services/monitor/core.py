@@ -189,6 +189,11 @@ class PendingBound:
         if evicted:
             self._on_evict(evicted)
 
+    def reset(self) -> None:
+        """Rebuild the heaps from the table on next use (entries restored or dropped)."""
+        self._heaps = None
+        self._sizes = {}
+
     def pop(self, eid: str) -> Any:
         """Remove ``eid``'s entry (None when absent) and return it."""
         self._load()
@@ -815,6 +820,60 @@ class MonitorCore:
             self.t["meta"]["perf_closed"] = w + self.win_ms
             self.counters.closed("performance")
         return alerts
+
+    # ------------------------------------------------------------------ partitions
+    def save_clocks(self, partition: int, *, drift: bool = False) -> None:
+        """Write ``partition``'s prediction and outcome clocks (and, with ``drift``, the drift
+        watermark's sources: the stats partition's) to the ``meta`` table when they moved, so
+        that they are in the changelog with the state they belong to. Call with the tables'
+        writes owned by ``partition``."""
+        meta = self.t["meta"]
+        for name, clock in (("pred", self.pred_clocks), ("out", self.out_clocks)):
+            t = clock.source_max(partition)
+            key = f"clock|{name}|{partition}"
+            if t is not None and meta.get(key) != t:
+                meta[key] = t
+        if drift:
+            sources = self.watermark.sources()
+            if sources and meta.get("clock|drift") != sources:
+                meta["clock|drift"] = sources
+
+    def restore_partitions(self, partitions: list[int], now_s: float) -> None:
+        """After the tables of ``partitions`` were restored from the changelog: re-read their
+        clocks (as if their sources reported now) and rebuild the indexes over the tables."""
+        meta = self.t["meta"]
+        for p in partitions:
+            for name, clock in (("pred", self.pred_clocks), ("out", self.out_clocks)):
+                t = meta.get(f"clock|{name}|{p}")
+                if isinstance(t, int):
+                    clock.observe(p, t, now_s)
+        sources = meta.get("clock|drift")
+        if isinstance(sources, dict):
+            for src, t in sources.items():
+                if isinstance(t, int):
+                    self.watermark.observe(src, t, now_s)
+        self._reset_indexes()
+
+    def forget_partitions(self, partitions: list[int], *, drift: bool) -> None:
+        """``partitions`` were revoked (their table entries are dropped by the caller): forget
+        their clocks and indexes; with ``drift`` (a stats partition among them) the drift
+        watermark too (its next owner restores it)."""
+        for p in partitions:
+            self.pred_clocks.forget(p)
+            self.out_clocks.forget(p)
+            for d in (self._expired_at, self._drift_checked, self._progress_sent, self._first_tick):
+                d.pop(p, None)
+            for key in [k for k in self._sanity if k[1] == p]:
+                del self._sanity[key]
+        if drift:
+            self.watermark = Watermark(self.s.source_idle_s, self.partitions)
+        self._reset_indexes()
+
+    def _reset_indexes(self) -> None:
+        self.pending_p.reset()
+        self.pending_o.reset()
+        self.newkeys.reset()
+        self._drift_checked.clear()
 
     def _scan(self, name: str) -> Any:
         """Items of a table for reading: a faust table's store directly (its ``items()`` goes

@@ -41,7 +41,7 @@ WINDOW_KINDS = ("drift", "new_segment", "performance")
 #: tracked, when ``monitor.pending_max`` / ``monitor.new_segment_max_keys`` is reached.
 OVERFLOW_STATES = ("pending_predictions", "pending_outcomes", "new_keys")
 MONITOR_ALERT_TYPES = ("drift", "new_segment", "performance")
-#: The monitor's state tables (faust tables, changelog topics ``<app_id>-<table>-changelog``).
+#: The monitor's state tables (:mod:`.state`; changelog topic ``<app_id>-state-changelog``).
 STATE_TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta", "perfmerge")
 
 
@@ -66,6 +66,9 @@ class MonitorMetrics:
     state_overflow: Counter
     changelog_records: Counter
     changelog_skipped: Counter
+    restored_records: Counter
+    restored_records_malformed: Counter
+    restore_seconds: Gauge
 
     @classmethod
     def create(
@@ -179,6 +182,21 @@ class MonitorMetrics:
                 "Keys created and deleted within one micro-batch (a pending join entry "
                 "joined in its own batch): no changelog record needed, by table.",
                 ["table"],
+                registry=registry,
+            ),
+            restored_records=Counter(
+                f"{ns}_restored_records",
+                "State changelog records read back on partition assignments.",
+                registry=registry,
+            ),
+            restored_records_malformed=Counter(
+                f"{ns}_restored_records_malformed",
+                "State changelog records skipped on restore (undecodable or wrong shape).",
+                registry=registry,
+            ),
+            restore_seconds=Gauge(
+                f"{ns}_restore_seconds",
+                "Duration of the last state restore (partition assignment).",
                 registry=registry,
             ),
         )

@@ -52,9 +52,9 @@ def _settings(kafka, prefix: str, tmp: Path, **monitor: Any) -> Settings:
         "bundle_cache_dir": str(tmp / "mcache"),
         "data_dir": str(tmp / "mdata"),
         "new_segment_threshold": 15,
-        # Tansu: the faust (aiokafka) consumer received no worker output with read_committed
-        # (measured); the default read_committed is for Apache Kafka
-        "isolation_level": "read_committed" if kafka.real_kafka else "read_uncommitted",
+        # the default, read_committed: confluent-kafka's read_committed consumer receives the
+        # workers' output on Tansu too (faust's aiokafka consumer received nothing)
+        "isolation_level": "read_committed",
         **monitor,
     }
     s = s.model_copy(update={"monitor": s.monitor.model_copy(update=m)})
