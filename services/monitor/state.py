@@ -96,7 +96,9 @@ class ChangelogTable(MutableMapping):  # type: ignore[type-arg]
 
     def __delitem__(self, key: Any) -> None:
         del self.data[key]
-        self._dirty[key] = self.owner.pop(key)
+        p = self.owner.pop(key)
+        # moved since the last flush, then deleted: only its old owner holds a value
+        self._dirty[key] = self._moved.pop(key, p)
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         if key in self.data:
