@@ -45,13 +45,15 @@ PY = sys.executable
 
 
 def environment() -> dict[str, Any]:
-    import faust
+    import confluent_kafka
     import numpy
     import pandas
 
     return {
         "python": platform.python_version(),
-        "faust": faust.__version__,
+        "monitor_runtime": "confluent-kafka loop",
+        "confluent_kafka": confluent_kafka.version()[0],
+        "loadavg_start": list(os.getloadavg()),
         "numpy": numpy.__version__,
         "pandas": pandas.__version__,
         "cpus": os.cpu_count(),
@@ -462,10 +464,7 @@ def main(argv: list[str] | None = None) -> int:
                     "metrics_port": 0,
                     "idle_close_s": 20,
                     "session_timeout_s": 2.0,
-                    # Tansu: faust's read_committed consumer receives no worker output
-                    "isolation_level": "read_committed" if args.bootstrap else "read_uncommitted",
                     "bundle_cache_dir": str(tmp / "mcache"),
-                    "data_dir": str(tmp / "mdata"),
                 },
                 "simulator": {"rate": args.rate, "start": args.start, "end": args.end},
             },

@@ -613,7 +613,8 @@ class MonitorSettings(_Section):
 
     app_id: str = Field(
         default="segstream-monitor",
-        description="faust app id: consumer group and prefix of its changelog topics.",
+        description="Consumer group of the monitor and prefix of its internal topics "
+        "(<app_id>-state-changelog, <app_id>-perf-partials).",
     )
     window_s: int = Field(
         default=86_400,
@@ -656,13 +657,13 @@ class MonitorSettings(_Section):
     batch_max: int = Field(
         default=1000,
         ge=1,
-        description="Records an agent takes at once; table changes are written to the "
-        "changelog once per key per batch.",
+        description="Records the monitor consumes at once (one micro-batch); changed state "
+        "entries are written to the changelog once per entry and batch.",
     )
     session_timeout_s: float = Field(
         default=6.0,
         gt=0,
-        description="faust consumer-group session timeout (s); heartbeat = 1/10 of it. 2 joins "
+        description="Consumer-group session timeout (s); heartbeat = 1/10 of it. 2 joins "
         "fast on Tansu; Apache Kafka's minimum is 6 by default.",
     )
     drift_warning: float = Field(default=0.1, gt=0, description="Default PSI warning level.")
@@ -694,13 +695,295 @@ class MonitorSettings(_Section):
         default=50,
         ge=1,
         description="Events of a key combination unseen in training, counted since first seen "
-        "within new_segment_lookback_s, that raise one new_segment alert (per key and bundle).",
+        "(see new_segment_lookback_s), that raise one new_segment alert (per key and bundle).",
     )
     new_segment_lookback_s: int = Field(
         default=2_592_000,
         ge=1,
-        description="Event-time span (s, rounded up to whole window_s) over which an unknown "
-        "key's events are counted; a key unseen this long is forgotten.",
+        description="Idle expiry of an unknown key (s of event time, rounded up to whole "
+        "window_s): its count runs from its first sighting and is forgotten once the key has "
+        "not been seen this long.",
+    )
+    new_segment_max_keys: int = Field(
+        default=10_000,
+        ge=1,
+        description="Unknown keys tracked at once (one table entry each); events of further "
+        "keys are counted in segstream_monitor_state_overflow_total, not tracked.",
+    )
+    join_expiry_s: int = Field(
+        default=172_800,
+        ge=1,
+        description="A prediction (outcome) waits this long in event time for its outcome "
+        "(prediction), then counts as expired (unmatched).",
+    )
+    join_idle_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A pending prediction (outcome) whose partition of the other stream has "
+        "been silent this long (wall clock) expires by its own stream's clock.",
+    )
+    join_sample_rate: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Share of events whose prediction and outcome are joined (chosen by a "
+        "hash of the event id: the same on every instance and restart); performance alerts "
+        "carry it with 95 % confidence intervals.",
+    )
+    pending_max: int = Field(
+        default=200_000,
+        ge=1,
+        description="Pending predictions (and, separately, outcomes) kept per partition while "
+        "they wait for the join; beyond it the oldest are evicted and counted.",
+    )
+    mae_ratio_warning: float = Field(
+        default=1.5, gt=0, description="Window MAE / test MAE at or above: performance warning."
+    )
+    mae_ratio_critical: float = Field(
+        default=2.0, gt=0, description="Window MAE / test MAE at or above: critical."
+    )
+    performance_min_count: int = Field(
+        default=200, ge=1, description="Outcomes a window (segment) needs to be judged."
+    )
+    coverage_band: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Alert when interval coverage leaves interval mass ± this.",
+    )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        default="read_committed",
+        description="Isolation level of the monitor's consumer: read_committed counts only "
+        "records of committed worker transactions (exactly_once workers).",
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics.")
+    metrics_port: int = Field(
+        default=9100, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz; 0 = any."
+    )
+    bundle_cache_dir: str = Field(
+        default=".cache/segstream/bundles", description="Local cache of fetched bundles."
+    )
+    reload_poll_s: float = Field(
+        default=30.0, gt=0, description="Poll LATEST this often (fallback to model-updates)."
+    )
+    producer_queue_max_messages: int = Field(
+        default=200_000, ge=1000, description="Bound of the producer queue (backpressure)."
+    )
+    instance_id: str | None = Field(
+        default=None, description="Worker identity (transactional.id suffix); default host-pid."
+    )
+    include_contributions: bool = Field(
+        default=False,
+        description="Add per-feature `contributions` to each prediction record (slower).",
+    )
+    producer_linger_ms: float = Field(
+        default=20.0, ge=0, description="linger.ms of the predictions producer (batching)."
+    )
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        default="lz4",
+        description="compression.type of the output producer (predictions, DLQ, stats): "
+        "a batch of prediction records shrinks ~5x with lz4, so the broker "
+        "stores and serves fewer bytes (Tansu: ~0.1 core less at 60k events/s).",
+    )
+    queue_high_fraction: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Pause fetching when the producer queue holds this share of its bound.",
+    )
+    score_threads: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="Threads that compute the pattern classifier's part while the loop routes "
+        "the same batch; 0 (default) = all in the loop's thread. The compiled "
+        "forest is fast enough that handing the GIL back and forth cost more "
+        "than the overlap gained (~7 % of at-least-once throughput).",
+    )
+    gc_gen0_threshold: int = Field(
+        default=50_000,
+        ge=0,
+        description="Python GC generation-0 threshold set after start-up (with gc.freeze()); "
+        "0 keeps the interpreter's default.",
+    )
+    gil_switch_interval_ms: float = Field(
+        default=0.5,
+        gt=0,
+        le=100,
+        description="sys.setswitchinterval of the worker: how long a thread may hold the GIL "
+        "while another waits (the score pool thread hands work back and forth).",
+    )
+    commit_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="at_least_once: commit the offsets of delivered batches at most this "
+        "often, in seconds (0 = after every batch), and always on revoke and "
+        "shutdown. Fewer commits cost the broker less; after a crash the events "
+        "since the last commit are scored again.",
+    )
+    max_batches_in_flight: int = Field(
+        default=4,
+        ge=1,
+        description="at_least_once: batches produced but not yet delivered before waiting.",
+    )
+    transaction_timeout_s: float = Field(
+        default=30.0, gt=0, description="exactly_once: timeout of one batch's transaction."
+    )
+    statistics_interval_ms: int = Field(
+        default=1000,
+        ge=0,
+        description="librdkafka statistics interval (consumer lag metric); 0 = off.",
+    )
+    stats_enabled: bool = Field(
+        default=True, description="Produce one compact stats record per batch to topics.stats."
+    )
+    max_unknown_keys: int = Field(
+        default=100,
+        ge=0,
+        description="Most unknown key combinations named per stats record (rest counted).",
+    )
+    dlq_max_value_bytes: int = Field(
+        default=900_000,
+        ge=1024,
+        description="DLQ copies of larger values are truncated to this size (header says so).",
+    )
+    max_scoring_retries: int = Field(
+        default=3,
+        ge=0,
+        description="A batch whose scoring fails is rewound and retried this often, then exit.",
+    )
+    alerts_enabled: bool = Field(
+        default=True,
+        description="Produce `bundle_rejected` and `scoring_failed` alerts to topics.alerts.",
+    )
+    max_failed_share: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Scoring failures isolated to single events go to the DLQ "
+        "(`scoring_error`) up to this share of the events scored (over the batch, "
+        "or the last 1/share events when batches are smaller); above it the bundle "
+        "is judged broken: the worker stops consuming, goes not-ready and sends a "
+        "`scoring_failed` alert until a new bundle is loaded.",
+    )
+    max_transaction_retries: int = Field(
+        default=5,
+        ge=0,
+        description="exactly_once: a failed transaction (or a record refused at produce()) "
+        "is aborted, rewound and retried with exponential backoff (0.5 s doubling, "
+        "at most 30 s); after this many failures in a row the worker goes "
+        "not-ready and exits non-zero.",
+    )
+    max_delivery_retries: int = Field(
+        default=5,
+        ge=0,
+        description="at_least_once: the same for failed deliveries (or records refused at "
+        "produce()): uncommitted batches are rewound and retried with the same "
+        "backoff; after this many failures in a row the worker exits non-zero.",
+    )
+    max_unknown_key_chars: int = Field(
+        default=200,
+        ge=32,
+        description="Longer unknown key values in stats records are cut to this many "
+        "characters (their beginning, '…' and a hash of the whole).",
+    )
+
+
+class MonitorSettings(_Section):
+    """The monitor (``segstream monitor``): windows, thresholds, join, recovery."""
+
+    app_id: str = Field(
+        default="segstream-monitor",
+        description="Consumer group of the monitor and prefix of its internal topics "
+        "(<app_id>-state-changelog, <app_id>-perf-partials).",
+    )
+    window_s: int = Field(
+        default=86_400,
+        ge=1,
+        description="Tumbling event-time window (seconds, epoch-aligned); also the worker's "
+        "stats slice.",
+    )
+    lateness_s: int = Field(
+        default=3_600,
+        ge=0,
+        description="Allowed lateness: a window closes when the watermark passes its end "
+        "plus this; later records are dropped and counted.",
+    )
+    max_future_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Event-time sanity: an event more than this many seconds ahead of its "
+        "source partition's robust event-time watermark (segstream.shared.event_time) is out "
+        "of range: the worker dead-letters it (event_time_out_of_range) and the monitor "
+        "ignores it.",
+    )
+    max_past_s: float = Field(
+        default=604_800.0,
+        gt=0,
+        description="Event-time sanity: an event more than this many seconds behind that "
+        "watermark is out of range (as max_future_s); must exceed lateness_s.",
+    )
+    source_idle_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A worker silent this long (wall clock) no longer holds the watermark back.",
+    )
+    idle_close_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Close every open window after this long without input (wall clock; "
+        "end of a replay); null = never.",
+    )
+    tick_s: float = Field(default=1.0, gt=0, description="Timer period (seconds).")
+    batch_max: int = Field(
+        default=1000,
+        ge=1,
+        description="Records the monitor consumes at once (one micro-batch); changed state "
+        "entries are written to the changelog once per entry and batch.",
+    )
+    session_timeout_s: float = Field(
+        default=6.0,
+        gt=0,
+        description="Consumer-group session timeout (s); heartbeat = 1/10 of it. 2 joins "
+        "fast on Tansu; Apache Kafka's minimum is 6 by default.",
+    )
+    drift_warning: float = Field(default=0.1, gt=0, description="Default PSI warning level.")
+    drift_critical: float = Field(default=0.25, gt=0, description="Default PSI critical level.")
+    drift_thresholds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict,
+        description="Per-feature PSI [warning, critical] levels (JSON "
+        "object); key 'prediction' for the prediction.",
+    )
+    drift_calibrated: bool = Field(
+        default=True,
+        description="Raise a feature's default levels to the PSI that 5 % / 1 % of the "
+        "training windows exceed (from the bundle); explicit drift_thresholds win.",
+    )
+    drift_exclude: tuple[str, ...] = Field(
+        default=(),
+        description="Features whose drift is not judged (e.g. day_of_week, "
+        "constant within a one-day window).",
+    )
+    drift_min_count: int = Field(
+        default=300,
+        ge=1,
+        description="Events a window (or segment) needs before its PSI is judged.",
+    )
+    drift_segments: bool = Field(
+        default=True, description="Also judge drift per large segment (bundle references)."
+    )
+    new_segment_threshold: int = Field(
+        default=50,
+        ge=1,
+        description="Events of a key combination unseen in training, counted since first seen "
+        "(see new_segment_lookback_s), that raise one new_segment alert (per key and bundle).",
+    )
+    new_segment_lookback_s: int = Field(
+        default=2_592_000,
+        ge=1,
+        description="Idle expiry of an unknown key (s of event time, rounded up to whole "
+        "window_s): its count runs from its first sighting and is forgotten once the key has "
+        "not been seen this long.",
     )
     new_segment_max_keys: int = Field(
         default=10_000,
@@ -767,12 +1050,6 @@ class MonitorSettings(_Section):
         default=".cache/segstream/monitor-bundles",
         description="Local cache of bundles fetched for their drift reference.",
     )
-    data_dir: str = Field(
-        default=".cache/segstream/monitor",
-        description="faust's data directory (<data_dir>/<app_id>-data; the tables live in "
-        "memory and their changelog topics, so it stays empty).",
-    )
-
     @model_validator(mode="after")
     def _check_windows(self) -> MonitorSettings:
         if self.max_past_s <= self.lateness_s:

@@ -50,7 +50,6 @@ def _settings(kafka, prefix: str, tmp: Path, **monitor: Any) -> Settings:
         "session_timeout_s": 2.0 if not kafka.real_kafka else 6.0,
         "tick_s": 0.5,
         "bundle_cache_dir": str(tmp / "mcache"),
-        "data_dir": str(tmp / "mdata"),
         "new_segment_threshold": 15,
         # the default, read_committed: confluent-kafka's read_committed consumer receives the
         # workers' output on Tansu too (faust's aiokafka consumer received nothing)

@@ -4,12 +4,11 @@ cut into batches), and the join agent routes each record by its topic."""
 from __future__ import annotations
 
 import random
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from segstream.services.monitor.app import split_join_batch
+from segstream.services.monitor.loop import split_batch
 from segstream.services.monitor.performance import add_pair, add_pairs, empty_state
 
 
@@ -55,29 +54,51 @@ def test_add_pairs_of_only_null_outcomes_and_of_nothing() -> None:
         add_pairs(st, [p], [], [True])
 
 
-def event(topic: str, partition: int, offset: int) -> Any:
-    return SimpleNamespace(
-        value=f"{topic}:{partition}:{offset}".encode(),
-        message=SimpleNamespace(topic=topic, partition=partition, offset=offset),
-    )
+class Msg:
+    """The part of a ``confluent_kafka.Message`` the loop uses."""
+
+    def __init__(self, topic: str, partition: int, offset: int, error: Any = None) -> None:
+        self._t, self._p, self._o, self._e = topic, partition, offset, error
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def error(self) -> Any:
+        return self._e
+
+    def value(self) -> bytes:
+        return f"{self._t}:{self._p}:{self._o}".encode()
 
 
-def test_the_join_agent_routes_each_record_by_its_topic() -> None:
-    evs = [
-        event("out", 1, 7),
-        event("pred", 1, 3),
-        event("pred", 0, 5),
-        event("out", 1, 8),
-        event("pred", 1, 4),
+def test_the_loop_routes_each_record_by_its_topic() -> None:
+    msgs = [
+        Msg("out", 1, 7),
+        Msg("pred", 1, 3),
+        Msg("st", 0, 9),
+        Msg("pred", 0, 5),
+        Msg("out", 1, 8),
+        Msg("pp", 0, 2),
+        Msg("pred", 1, 4),
+        Msg("pred", 1, 99, error="broken"),  # skipped, offset not taken
+        Msg("st", 0, 10),
     ]
-    groups = split_join_batch(evs, "out")
-    assert [(o, p, [r[2] for r in recs]) for o, p, recs in groups] == [
+    sources = {"st": "stats", "pred": "predictions", "out": "outcomes", "pp": "partials"}
+    b = split_batch(msgs, sources)
+    assert [(o, p, [r[2] for r in recs]) for o, p, recs in b.join] == [
         (False, 0, [5]),
         (False, 1, [3, 4]),
         (True, 1, [7, 8]),
     ]
-    for is_outcome, partition, recs in groups:
+    for is_outcome, partition, recs in b.join:
         for value, p, off in recs:
             topic = value.decode().split(":")[0]
             assert (topic == "out") is is_outcome and p == partition
             assert value == f"{topic}:{p}:{off}".encode()
+    assert [r[2] for r in b.stats] == [9, 10] and b.partials == [(b"pp:0:2", 0)]
+    assert b.offsets == {("out", 1): 8, ("pred", 1): 4, ("st", 0): 10, ("pred", 0): 5, ("pp", 0): 2}
