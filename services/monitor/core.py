@@ -433,6 +433,7 @@ class MonitorCore:
             seen_ms=seen_ms,
             partition=partition,
             offset=offset,
+            nodes=dict(rec.unknown_key_nodes),
         )
         for a in alerts:
             if self.observer is not None:

@@ -246,6 +246,8 @@ def test_short_replay_produces_drift_new_segment_and_performance_alerts(
         day0 = first[a["segment"]].tz_convert("UTC").floor("D")
         assert day0 <= seen <= last[a["segment"]], a
         assert a["window_start"] == a["first_seen"]
+        # the ancestor segment (model node) serving the unknown key, from the worker's stats
+        assert isinstance(a["serving_segment"], int) and a["serving_segment"] >= 0, a
     assert metrics.get('segstream_monitor_state_overflow_total{state="new_keys"}', 0) == 0
     assert metrics['segstream_monitor_outcome_join_total{result="joined"}'] == n_out
     assert metrics['segstream_monitor_records_total{result="late",source="stats"}'] == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -63,8 +64,10 @@ def stats(
     batch: int = 0,
     reference: DriftReference | None = None,
     c: str | None = None,
+    nodes: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stats records (one per day slice) for events at ``t_ms`` with feature ``x``."""
+    """Stats records (one per day slice) for events at ``t_ms`` with feature ``x``
+    (``nodes``: the serving model node per event)."""
     t = np.asarray(t_ms, dtype="datetime64[ms]").astype("datetime64[ns]")
     n = len(t)
     alt = np.arange(n) % 2 == 0
@@ -87,6 +90,8 @@ def stats(
         "imputed": np.zeros(n, bool),
         "segment": np.zeros(n, np.int32),
     }
+    if nodes is not None:
+        scores["model_node"] = np.asarray(nodes, np.int32)
     return batch_stats_slices(
         cols,
         scores,
@@ -210,6 +215,22 @@ def test_new_segment_counts_since_first_seen_across_days_and_alerts_once() -> No
     # the same key under another bundle is a new segment of that bundle
     b2 = _new(feed(c, stats(day(5, 50), NORMAL, bundle=B2, unknown=[k] * 50), 70))
     assert [(x.segment, x.bundle_id) for x in b2] == [(k, B2)]
+
+
+def test_new_segment_alert_names_the_ancestor_segment_serving_the_key() -> None:
+    """The worker's stats name, per unknown key, the model node that served most of its
+    events (the nearest known ancestor the routing fell back to); the alert carries it."""
+    c = core(new_segment_threshold=30)
+    k = "origin=LGA,carrier=MQ,dest=STL"
+    recs = stats(day(0, 40), NORMAL, unknown=[k] * 30 + [None] * 10, nodes=[3] * 20 + [7] * 20)
+    assert recs[0]["unknown_key_nodes"] == {k: 3}  # 20 of its 30 events served by node 3
+    (a,) = _new(feed(c, recs))
+    assert a.serving_segment == 3 and a.segment == k
+    # records of workers from before the field: no serving_segment, still counted
+    old = stats(day(0, 40, hour=13), NORMAL, unknown=["o"] * 40)
+    del old[0]["unknown_key_nodes"]
+    (b,) = _new(feed(c, old, 5))
+    assert b.segment == "o" and b.serving_segment is msgspec.UNSET
 
 
 def test_a_regular_key_accumulates_however_slowly_idle_expiry() -> None:
