@@ -206,8 +206,10 @@ def summarise(alerts: list[dict[str, Any]]) -> dict[str, Any]:
             {
                 "key": a["segment"],
                 "window": a["window_start"][:10],
+                "window_end": (a.get("window_end") or "")[:10],
                 "count": a["count"],
                 "first_seen": a.get("first_seen"),
+                "serving_segment": a.get("serving_segment"),
             }
             for a in alerts
             if a["type"] == "new_segment"
@@ -265,9 +267,10 @@ def new_segment_check(
 def offline_new_segments(stats: list[dict[str, Any]], settings: Any) -> dict[str, Any]:
     """Replay the run's stats records through the pure core with other lookbacks.
 
-    The run itself counts each never-seen key since first seen within
-    ``monitor.new_segment_lookback_s`` (30 days); this shows what the same stats give with 1-,
-    7- and 30-day lookbacks (same threshold).
+    The run itself counts each never-seen key since first seen, forgetting a key only once it
+    has not been seen for ``monitor.new_segment_lookback_s`` (30 days, idle expiry); this
+    shows what the same stats give with 1-, 7- and 30-day idle expiries (same threshold; no
+    ticks here, so nothing expires: the three agree unless the core's rule changes).
     """
     import logging
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -808,7 +809,15 @@ def monitor() -> list[str]:
         "",
     ]
     rows = []
-    names = ("monitor_acceptance.json", "monitor_acceptance_calibrated.json")
+    names = tuple(
+        n
+        for n in (
+            "monitor_acceptance.json",
+            "monitor_acceptance_calibrated.json",
+            "monitor_acceptance_loop.json",
+        )
+        if (RESULTS / n).is_file()
+    )
     for name in names:
         d = load(name)
         s, r = d["summary"], d["run"]
@@ -848,24 +857,44 @@ def monitor() -> list[str]:
     )
     out += [
         "",
-        f"The first file used the fixed PSI levels (0.1 / 0.25), the second the calibrated ones "
-        f"(the default). The simulator's own line from the first run: "
+        f"The first file used the fixed PSI levels (0.1 / 0.25), the others the calibrated ones "
+        f"(the default); the first two ran the faust monitor with new-key counts within a "
+        f"30-day lookback, `monitor_acceptance_loop.json` the confluent-kafka monitor with the "
+        f"30-day idle expiry (a key's count runs from its first sighting until it has not been "
+        f"seen for 30 days). The simulator's own line from the first run: "
         f"`{load(names[0])['run']['simulator']}`.",
         "",
     ]
     with_check = [n for n in names if load(n).get("new_segment_check")]
     chk = load(with_check[-1])["new_segment_check"] if with_check else None
     if chk:
+        newseg = load(with_check[-1])["summary"]["new_segment"]
         out += [
-            f"New segments in `benchmarks/results/{with_check[-1]}` (count since first seen "
-            f"within the 30-day lookback, threshold {chk['threshold']}): "
-            f"{len(chk['expected_keys'])} never-seen carrier routes reach the threshold over the "
-            f"whole replay, {len(chk['alerted_keys'])} alerted (at most {chk['alerts_per_key_max']} "
-            f"alert per key); not alerted (more than the lookback from first seen to the "
-            f"threshold): {', '.join(chk['missing']) or 'none'}; unexpected: "
+            f"New segments in `benchmarks/results/{with_check[-1]}` (count since first seen, "
+            f"threshold {chk['threshold']}): {len(chk['expected_keys'])} never-seen carrier "
+            f"routes reach the threshold over the whole replay, {len(chk['alerted_keys'])} "
+            f"alerted (at most {chk['alerts_per_key_max']} alert per key); not alerted: "
+            f"{', '.join(chk['missing']) or 'none'}; unexpected: "
             f"{', '.join(chk['unexpected']) or 'none'}.",
             "",
         ]
+        if newseg and "serving_segment" in newseg[0]:
+            out += [
+                *table(
+                    ["key", "first seen", "alerted (window end)", "count", "serving segment"],
+                    [
+                        [
+                            f"`{r['key']}`",
+                            (r.get("first_seen") or "")[:10],
+                            r.get("window_end") or r["window"],
+                            str(r["count"]),
+                            str(r.get("serving_segment")),
+                        ]
+                        for r in newseg
+                    ],
+                ),
+                "",
+            ]
     name = "drift_calibration_sep_dec.json"
     d = load(name)
     rows = [
@@ -914,6 +943,74 @@ MONITOR_BATCH_RUNS = (
     "bench_monitor_quick_batch_4.json",
     "bench_monitor_quick_lz4_floor.json",
 )
+
+#: bench_monitor runs of the confluent-kafka monitor loop (issue 21), in the order they ran.
+MONITOR_LOOP_RUNS = (
+    "bench_monitor_quick_loop.json",
+    "bench_monitor_quick_loop_2.json",
+    "bench_monitor_quick_loop_3.json",
+)
+#: The faust monitor's runs with the same script (the "before" of the loop).
+MONITOR_FAUST_RUNS = (
+    "bench_monitor_quick_batch.json",
+    "bench_monitor_quick_batch_2.json",
+    "bench_monitor_quick_batch_3.json",
+    "bench_monitor_quick_batch_4.json",
+)
+
+
+def monitor_loop_summary() -> list[str]:
+    """Medians of the faust monitor's runs (batch record path) against the loop's."""
+    import statistics
+
+    def runs(names: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [load(n) for n in names if (RESULTS / n).is_file()]
+
+    before, after = runs(MONITOR_FAUST_RUNS), runs(MONITOR_LOOP_RUNS)
+    if not before or not after:
+        return []
+
+    def fig(ds: list[dict[str, Any]], key: str, phase: str) -> list[float]:
+        return [d[phase][key] for d in ds if d.get(phase) and d[phase].get(key) is not None]
+
+    def line(ds: list[dict[str, Any]], key: str, phase: str, fmt: str) -> str:
+        xs = fig(ds, key, phase)
+        return f"{fmt.format(statistics.median(xs))} (runs {', '.join(fmt.format(x) for x in xs)})"
+
+    loads = [x for d in after for x in d["alone"]["loadavg_1m"]]
+    return [
+        "### Before and after the confluent-kafka loop",
+        "",
+        f"The faust monitor with the batch record path ({', '.join(f'`{n}`' for n in MONITOR_FAUST_RUNS)}) "
+        f"against the confluent-kafka monitor loop ({', '.join(f'`{n}`' for n in MONITOR_LOOP_RUNS if (RESULTS / n).is_file())}), "
+        "same script, medians:",
+        "",
+        *table(
+            ["", "faust monitor", "confluent-kafka loop"],
+            [
+                [
+                    "monitor alone, records/s",
+                    line(before, "monitor_records_per_s", "alone", "{:,.0f}"),
+                    line(after, "monitor_records_per_s", "alone", "{:,.0f}"),
+                ],
+                [
+                    "worker in the same run, events/s",
+                    line(before, "worker_events_per_s", "alone", "{:,.0f}"),
+                    line(after, "worker_events_per_s", "alone", "{:,.0f}"),
+                ],
+                [
+                    "live catch-up lag, s",
+                    line(before, "catch_up_lag_s", "live", "{:.1f}"),
+                    line(after, "catch_up_lag_s", "live", "{:.1f}"),
+                ],
+            ],
+        ),
+        "",
+        f"The loop's runs had a 1-minute load average of {min(loads):.1f}-{max(loads):.1f} "
+        "(other engineers' tests and benchmarks on the 2 cores); the faust runs 1.3-2.5.",
+        "",
+    ]
+
 
 #: What each floor mode of ``bench_monitor.py --floor`` runs.
 FLOOR_MODES = {
@@ -1026,6 +1123,7 @@ def monitor_throughput() -> list[str]:
             "bench_monitor_quick_sampled.json",
             "bench_monitor_full.json",
             *MONITOR_BATCH_RUNS,
+            *MONITOR_LOOP_RUNS,
         )
         if (RESULTS / n).is_file()
     ]
@@ -1083,6 +1181,7 @@ def monitor_throughput() -> list[str]:
             rows,
         ),
         "",
+        *monitor_loop_summary(),
         *monitor_floors(),
     ]
 

@@ -1050,6 +1050,7 @@ class MonitorSettings(_Section):
         default=".cache/segstream/monitor-bundles",
         description="Local cache of bundles fetched for their drift reference.",
     )
+
     @model_validator(mode="after")
     def _check_windows(self) -> MonitorSettings:
         if self.max_past_s <= self.lateness_s:
