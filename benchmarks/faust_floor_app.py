@@ -19,6 +19,7 @@ counts with larger consumer buffers (``stream_buffer_maxsize`` 32768,
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def main(argv: list[str]) -> int:
         broker=[f"kafka://{h}" for h in settings.broker.bootstrap.split(",")],
         store="memory://",
         topic_partitions=t.partitions,
-        datadir=str(Path(m.data_dir) / "floor-data"),
+        datadir=tempfile.mkdtemp(prefix="faust-floor-"),  # faust's (empty) data dir
         web_enabled=False,
         broker_session_timeout=m.session_timeout_s,
         broker_heartbeat_interval=m.session_timeout_s / 10,
