@@ -79,7 +79,7 @@ def environment() -> dict[str, Any]:
         "runtime": "confluent-kafka loop"
         if (REPO / "services" / "monitor" / "loop.py").exists()
         else "faust",
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.version(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "loadavg_start": list(os.getloadavg()),

@@ -52,7 +52,7 @@ def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "monitor_runtime": "confluent-kafka loop",
-        "confluent_kafka": confluent_kafka.version()[0],
+        "confluent_kafka": confluent_kafka.version(),
         "loadavg_start": list(os.getloadavg()),
         "numpy": numpy.__version__,
         "pandas": pandas.__version__,
