@@ -323,6 +323,8 @@ def test_restart_in_the_middle_of_a_window_keeps_its_state(
         worker.finish()
         mon.stop()
     assert n_first > 300
+    ids = Counter(a["alert_id"] for a in alerts)
+    assert max(ids.values()) == 1, "an alert was sent twice across the restart"
     (dist,) = [
         a
         for a in alerts
