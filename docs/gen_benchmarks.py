@@ -1124,6 +1124,7 @@ def monitor_throughput() -> list[str]:
             "bench_monitor_full.json",
             *MONITOR_BATCH_RUNS,
             *MONITOR_LOOP_RUNS,
+            "bench_monitor_quick_loop_sampled.json",
         )
         if (RESULTS / n).is_file()
     ]
