@@ -23,7 +23,7 @@ WORKDIR /app
 # rebuilt only when the lock file changes.
 COPY requirements/image.txt ./requirements/image.txt
 RUN pip install --no-deps -r requirements/image.txt \
-    && python -c "import xgboost, numba, confluent_kafka, faust"
+    && python -c "import xgboost, numba, confluent_kafka"
 
 # The source, then the package itself (no dependency resolution: they are installed above).
 COPY README.md ./

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -64,13 +65,21 @@ PY = sys.executable
 
 
 def environment() -> dict[str, Any]:
-    import confluent_kafka
-    import faust
+    import importlib.metadata
 
+    import confluent_kafka
+
+    try:
+        faust_version: str | None = importlib.metadata.version("faust-streaming")
+    except importlib.metadata.PackageNotFoundError:  # the bench extra brings it (--floor)
+        faust_version = None
     return {
         "python": platform.python_version(),
-        "faust": faust.__version__,
-        "confluent_kafka": confluent_kafka.version()[0],
+        "faust": faust_version,
+        "runtime": "confluent-kafka loop"
+        if (REPO / "services" / "monitor" / "loop.py").exists()
+        else "faust",
+        "confluent_kafka": confluent_kafka.version(),
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "loadavg_start": list(os.getloadavg()),
@@ -102,11 +111,15 @@ def counted(m: dict[str, float], source: str) -> float:
 class Monitor:
     """``segstream monitor`` in a subprocess."""
 
-    def __init__(self, settings: Settings, tmp: Path, name: str) -> None:
+    def __init__(self, settings: Settings, tmp: Path, name: str, floor: str | None = None) -> None:
         cfg = write_config(settings, tmp / f"{name}.yaml")
         self.log = tmp / f"{name}.log"
+        cmd = [PY, "-m", "segstream", "--log-level", "WARNING", "monitor", "--config", str(cfg)]
+        if floor is not None:  # a floor app instead of the monitor
+            app = "confluent_floor_app.py" if floor.startswith("ck-") else "faust_floor_app.py"
+            cmd = [PY, str(REPO / "benchmarks" / app), str(cfg), floor]
         self.proc = subprocess.Popen(
-            [PY, "-m", "segstream", "--log-level", "WARNING", "monitor", "--config", str(cfg)],
+            cmd,
             cwd=REPO,
             env={**os.environ, "PYTHONPATH": str(REPO)},
             stdout=open(self.log, "w"),  # noqa: SIM115
@@ -123,6 +136,15 @@ class Monitor:
             time.sleep(0.2)
         if self.port is None:
             raise RuntimeError("monitor did not start")
+        self.spy: subprocess.Popen[bytes] | None = None
+        if PY_SPY is not None and name == "monitor-alone":  # --py-spy: profile this phase
+            spy = str(Path(PY).with_name("py-spy"))
+            args = ["record", "--format", "raw", "-r", "100", "-o", PY_SPY]
+            self.spy = subprocess.Popen(
+                [spy, *args, "--pid", str(self.proc.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
 
     def metrics(self) -> dict[str, float]:
         assert self.port is not None
@@ -132,6 +154,9 @@ class Monitor:
             return {}
 
     def stop(self) -> None:
+        if self.spy is not None:  # py-spy writes its stacks on SIGINT
+            self.spy.send_signal(signal.SIGINT)
+            self.spy.wait(60)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -163,6 +188,8 @@ class Worker:
 
 
 SAMPLE_RATE: float | None = None  # --sample-rate (monitor.join_sample_rate)
+PY_SPY: str | None = None  # --py-spy PATH: collapsed stacks of the alone phase's monitor
+FLOORS: list[str] = []  # --floor MODE: faust_floor_app.py modes run on the alone phase's topics
 
 
 def settings_for(bootstrap: str, tmp: Path, tag: str) -> Settings:
@@ -174,12 +201,15 @@ def settings_for(bootstrap: str, tmp: Path, tag: str) -> Settings:
         "idle_close_s": None,
         "session_timeout_s": 2.0,
         "bundle_cache_dir": str(tmp / tag / "mcache"),
-        "data_dir": str(tmp / tag / "mdata"),
     }
+    faust_monitor = "data_dir" in type(s.monitor).model_fields  # the monitor before issue 21
+    if faust_monitor:
+        m["data_dir"] = str(tmp / tag / "mdata")
     if SAMPLE_RATE is not None:
         m["join_sample_rate"] = SAMPLE_RATE
-    if "isolation_level" in type(s.monitor).model_fields:  # absent before issue 21
-        # Tansu: faust's read_committed consumer receives no worker output (measured)
+    if faust_monitor and "isolation_level" in type(s.monitor).model_fields:
+        # Tansu: faust's read_committed consumer receives no worker output (measured); the
+        # confluent-kafka monitor reads with the default read_committed
         m["isolation_level"] = "read_uncommitted"
     s = s.model_copy(update={"monitor": s.monitor.model_copy(update=m)})
     t = s.topics
@@ -221,14 +251,15 @@ def phase_alone(bootstrap: str, tmp: Path, df: Any, timeout_s: float) -> dict[st
     t_first: float | None = None
     try:
         # the worker's rate: from its first prediction to its last (same run, same broker)
-        wait_for(lambda: w.produced() > 0, timeout_s, "worker did not start")
+        wait_for(lambda: w.produced() > 0, timeout_s, "worker did not start", 0.002)
         t_first = time.monotonic()
         p0 = w.produced()
         wait_for(lambda: w.produced() >= n_ev, timeout_s, "worker did not finish", 0.05)
         worker_s = time.monotonic() - t_first
     finally:
         w.finish()
-    worker_eps = (n_ev - p0) / worker_s if worker_s > 0 else float("nan")
+    # nan when the worker had (nearly) finished before its first prediction was seen
+    worker_eps = (n_ev - p0) / worker_s if worker_s > 0 and p0 < n_ev / 2 else float("nan")
     mon = Monitor(s, tmp, "monitor-alone")
     try:
         wait_for(lambda: counted(mon.metrics(), "predictions") > 0, timeout_s, "monitor idle")
@@ -250,6 +281,7 @@ def phase_alone(bootstrap: str, tmp: Path, df: Any, timeout_s: float) -> dict[st
     finally:
         mon.stop()
     records = n_ev + n_out - c0
+    floors = {mode: phase_floor(s, tmp, mode, n_ev, n_out, timeout_s) for mode in FLOORS}
     return {
         "events": n_ev,
         "outcomes": n_out,
@@ -263,6 +295,44 @@ def phase_alone(bootstrap: str, tmp: Path, df: Any, timeout_s: float) -> dict[st
             [round(a, 2), b, c] for a, b, c in samples[:: max(1, len(samples) // 40)]
         ],
         "monitor_metrics": {k: v for k, v in final.items() if "created" not in k and v},
+        "loadavg_1m": [load0, os.getloadavg()[0]],
+        **({"faust_floor": floors} if floors else {}),
+    }
+
+
+def phase_floor(
+    s: Settings, tmp: Path, mode: str, n_ev: int, n_out: int, timeout_s: float
+) -> dict[str, Any]:
+    """The minimal faust app (``faust_floor_app.py``, own consumer group) on the same
+    preloaded topics, timed like the monitor: records/s of faust's record path alone."""
+    load0 = os.getloadavg()[0]
+    mon = Monitor(s, tmp, f"floor-{mode}", floor=mode)
+    try:
+        wait_for(lambda: counted(mon.metrics(), "predictions") > 0, timeout_s, "floor idle")
+        t0 = time.monotonic()
+        m0 = mon.metrics()
+        c0 = counted(m0, "predictions") + counted(m0, "outcomes")
+        wait_for(
+            lambda: (
+                counted(m := mon.metrics(), "predictions") >= n_ev
+                and counted(m, "outcomes") >= n_out
+            ),
+            timeout_s,
+            "floor app did not finish",
+        )
+        secs = time.monotonic() - t0
+        m = mon.metrics()
+    finally:
+        mon.stop()
+    records = n_ev + n_out - c0
+    # the app's own clock: records after its first batch over first-to-last batch time
+    inside_s = m["segstream_monitor_floor_last_s"] - m["segstream_monitor_floor_first_s"]
+    inside = n_ev + n_out - m["segstream_monitor_floor_first_n"]
+    return {
+        "seconds_polled": round(secs, 3),
+        "records_per_s_polled": round(records / secs, 1),
+        "seconds": round(inside_s, 3),
+        "records_per_s": round(inside / inside_s, 1) if inside_s > 0 else None,
         "loadavg_1m": [load0, os.getloadavg()[0]],
     }
 
@@ -332,10 +402,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sample-rate", type=float, help="monitor.join_sample_rate (default: the setting's)"
     )
+    ap.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        help="run the alone phase's monitor under py-spy (collapsed stacks to PATH)",
+    )
+    ap.add_argument(
+        "--floor",
+        action="append",
+        default=[],
+        choices=[
+            "count",
+            "changelog",
+            "changelog-lz4",
+            "count-tuned",
+            "ck-count",
+            "ck-core",
+            "ck-changelog",
+        ],
+        help="also time a floor app in this mode on the same topics (repeatable): the minimal "
+        "faust app (faust_floor_app.py) or, for ck-*, a confluent-kafka loop "
+        "(confluent_floor_app.py)",
+    )
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
-    global SAMPLE_RATE
+    global SAMPLE_RATE, PY_SPY, FLOORS
+    FLOORS = args.floor
     SAMPLE_RATE = args.sample_rate
+    PY_SPY = args.py_spy
     name = "full" if args.full else "quick"
     n = 60_000 if args.full else 20_000
     out = Path(args.out or REPO / "benchmarks" / "results" / f"bench_monitor_{name}.json")

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -856,7 +857,15 @@ def monitor() -> list[str]:
         "",
     ]
     rows = []
-    names = ("monitor_acceptance.json", "monitor_acceptance_calibrated.json")
+    names = tuple(
+        n
+        for n in (
+            "monitor_acceptance.json",
+            "monitor_acceptance_calibrated.json",
+            "monitor_acceptance_loop.json",
+        )
+        if (RESULTS / n).is_file()
+    )
     for name in names:
         d = load(name)
         s, r = d["summary"], d["run"]
@@ -896,24 +905,44 @@ def monitor() -> list[str]:
     )
     out += [
         "",
-        f"The first file used the fixed PSI levels (0.1 / 0.25), the second the calibrated ones "
-        f"(the default). The simulator's own line from the first run: "
+        f"The first file used the fixed PSI levels (0.1 / 0.25), the others the calibrated ones "
+        f"(the default); the first two ran the faust monitor with new-key counts within a "
+        f"30-day lookback, `monitor_acceptance_loop.json` the confluent-kafka monitor with the "
+        f"30-day idle expiry (a key's count runs from its first sighting until it has not been "
+        f"seen for 30 days). The simulator's own line from the first run: "
         f"`{load(names[0])['run']['simulator']}`.",
         "",
     ]
     with_check = [n for n in names if load(n).get("new_segment_check")]
     chk = load(with_check[-1])["new_segment_check"] if with_check else None
     if chk:
+        newseg = load(with_check[-1])["summary"]["new_segment"]
         out += [
-            f"New segments in `benchmarks/results/{with_check[-1]}` (count since first seen "
-            f"within the 30-day lookback, threshold {chk['threshold']}): "
-            f"{len(chk['expected_keys'])} never-seen carrier routes reach the threshold over the "
-            f"whole replay, {len(chk['alerted_keys'])} alerted (at most {chk['alerts_per_key_max']} "
-            f"alert per key); not alerted (more than the lookback from first seen to the "
-            f"threshold): {', '.join(chk['missing']) or 'none'}; unexpected: "
+            f"New segments in `benchmarks/results/{with_check[-1]}` (count since first seen, "
+            f"threshold {chk['threshold']}): {len(chk['expected_keys'])} never-seen carrier "
+            f"routes reach the threshold over the whole replay, {len(chk['alerted_keys'])} "
+            f"alerted (at most {chk['alerts_per_key_max']} alert per key); not alerted: "
+            f"{', '.join(chk['missing']) or 'none'}; unexpected: "
             f"{', '.join(chk['unexpected']) or 'none'}.",
             "",
         ]
+        if newseg and "serving_segment" in newseg[0]:
+            out += [
+                *table(
+                    ["key", "first seen", "alerted (window end)", "count", "serving segment"],
+                    [
+                        [
+                            f"`{r['key']}`",
+                            (r.get("first_seen") or "")[:10],
+                            r.get("window_end") or r["window"],
+                            str(r["count"]),
+                            str(r.get("serving_segment")),
+                        ]
+                        for r in newseg
+                    ],
+                ),
+                "",
+            ]
     name = "drift_calibration_sep_dec.json"
     d = load(name)
     rows = [
@@ -948,6 +977,190 @@ def monitor() -> list[str]:
     return out
 
 
+#: bench_monitor runs of the batch record path (issue 21, throughput), in the order they ran.
+MONITOR_BATCH_RUNS = (
+    "bench_monitor_quick_batch_before.json",
+    "bench_monitor_quick_floor.json",
+    "bench_monitor_quick_batch_join.json",
+    "bench_monitor_quick_ck_floor.json",
+    "bench_monitor_quick_batch.json",
+    "bench_monitor_quick_batch_2.json",
+    "bench_monitor_quick_batch_3.json",
+    "bench_monitor_quick_batch_before_2.json",
+    "bench_monitor_quick_batch_before_3.json",
+    "bench_monitor_quick_batch_4.json",
+    "bench_monitor_quick_lz4_floor.json",
+)
+
+#: bench_monitor runs of the confluent-kafka monitor loop (issue 21), in the order they ran.
+MONITOR_LOOP_RUNS = (
+    "bench_monitor_quick_loop.json",
+    "bench_monitor_quick_loop_2.json",
+    "bench_monitor_quick_loop_3.json",
+)
+#: The faust monitor's runs with the same script (the "before" of the loop).
+MONITOR_FAUST_RUNS = (
+    "bench_monitor_quick_batch.json",
+    "bench_monitor_quick_batch_2.json",
+    "bench_monitor_quick_batch_3.json",
+    "bench_monitor_quick_batch_4.json",
+)
+
+
+def monitor_loop_summary() -> list[str]:
+    """Medians of the faust monitor's runs (batch record path) against the loop's."""
+    import statistics
+
+    def runs(names: tuple[str, ...]) -> list[dict[str, Any]]:
+        return [load(n) for n in names if (RESULTS / n).is_file()]
+
+    before, after = runs(MONITOR_FAUST_RUNS), runs(MONITOR_LOOP_RUNS)
+    if not before or not after:
+        return []
+
+    def fig(ds: list[dict[str, Any]], key: str, phase: str) -> list[float]:
+        return [d[phase][key] for d in ds if d.get(phase) and d[phase].get(key) is not None]
+
+    def line(ds: list[dict[str, Any]], key: str, phase: str, fmt: str) -> str:
+        xs = fig(ds, key, phase)
+        return f"{fmt.format(statistics.median(xs))} (runs {', '.join(fmt.format(x) for x in xs)})"
+
+    loads = [x for d in after for x in d["alone"]["loadavg_1m"]]
+    return [
+        "### Before and after the confluent-kafka loop",
+        "",
+        f"The faust monitor with the batch record path ({', '.join(f'`{n}`' for n in MONITOR_FAUST_RUNS)}) "
+        f"against the confluent-kafka monitor loop ({', '.join(f'`{n}`' for n in MONITOR_LOOP_RUNS if (RESULTS / n).is_file())}), "
+        "same script, medians:",
+        "",
+        *table(
+            ["", "faust monitor", "confluent-kafka loop"],
+            [
+                [
+                    "monitor alone, records/s",
+                    line(before, "monitor_records_per_s", "alone", "{:,.0f}"),
+                    line(after, "monitor_records_per_s", "alone", "{:,.0f}"),
+                ],
+                [
+                    "worker in the same run, events/s",
+                    line(before, "worker_events_per_s", "alone", "{:,.0f}"),
+                    line(after, "worker_events_per_s", "alone", "{:,.0f}"),
+                ],
+                [
+                    "live catch-up lag, s",
+                    line(before, "catch_up_lag_s", "live", "{:.1f}"),
+                    line(after, "catch_up_lag_s", "live", "{:.1f}"),
+                ],
+            ],
+        ),
+        "",
+        f"The loop's runs had a 1-minute load average of {min(loads):.1f}-{max(loads):.1f} "
+        "(other engineers' tests and benchmarks on the 2 cores); the faust runs 1.3-2.5.",
+        "",
+    ]
+
+
+#: What each floor mode of ``bench_monitor.py --floor`` runs.
+FLOOR_MODES = {
+    "count": "faust app, counts records only",
+    "count-tuned": "faust app, counts only; stream buffer 32768, fetch 8 MiB",
+    "changelog": "faust app, counts + one changelog record per record",
+    "changelog-lz4": "as changelog, producer compression lz4",
+    "ck-count": "confluent-kafka loop, counts only",
+    "ck-core": "confluent-kafka loop + MonitorCore (no changelog)",
+    "ck-changelog": "confluent-kafka loop + MonitorCore + changelog producer",
+}
+
+
+def monitor_floors() -> list[str]:
+    """bench_monitor.py --floor: the record path without the monitor's work (same topics)."""
+    rows = []
+    for name in MONITOR_BATCH_RUNS:
+        if not (RESULTS / name).is_file():
+            continue
+        d = load(name)
+        a = d["alone"]
+        mm = a.get("monitor_metrics", {})
+        sent = sum(v for k, v in mm.items() if k.startswith("segstream_monitor_changelog_rec"))
+        skipped = sum(v for k, v in mm.items() if k.startswith("segstream_monitor_changelog_ski"))
+        inputs = a["events"] + a["outcomes"]
+        cl = (
+            f" ({sent / inputs:.2f} changelog records per input record; "
+            f"{n0(skipped)} keys created and deleted within one batch, not written)"
+            if sent
+            else ""
+        )
+        rows.append(
+            [
+                f"`benchmarks/results/{name}`",
+                f"`segstream monitor`{cl}",
+                n0(a["monitor_records_per_s"]),
+                "polled",
+                f"{a['loadavg_1m'][0]:.1f}-{a['loadavg_1m'][1]:.1f}",
+            ]
+        )
+        for mode, f in a.get("faust_floor", {}).items():
+            own = "seconds_polled" in f  # the app's own first/last batch clock
+            rows.append(
+                [
+                    f"`benchmarks/results/{name}`",
+                    f"`{mode}`: {FLOOR_MODES.get(mode, mode)}",
+                    n0(f["records_per_s"]),
+                    "own clock" if own else f"polled ({f['seconds']:.2f} s)",
+                    f"{f['loadavg_1m'][0]:.1f}-{f['loadavg_1m'][1]:.1f}",
+                ]
+            )
+    core = []
+    for name in ("monitor_core_before.json", "monitor_core_after.json"):
+        if (RESULTS / name).is_file():
+            d = load(name)
+            env = d["environment"]
+            runs = ", ".join(n0(r["records_per_s"]) for r in d["runs"])
+            core.append(
+                [
+                    f"`benchmarks/results/{name}`",
+                    d["label"],
+                    n0(d["median_records_per_s"]),
+                    runs,
+                    f"{env['loadavg_start'][0]:.1f}-{env['loadavg_end'][0]:.1f}",
+                ]
+            )
+    if not rows and not core:
+        return []
+    core_part = (
+        [
+            "`MonitorCore` alone, no broker (`benchmarks/profile_monitor_core.py`: 20,000 "
+            "synthetic predictions and their outcomes as JSON bytes, 6 partitions, batches of "
+            "1,000 per partition, tables as dicts that track changed keys):",
+            "",
+            *table(["result file", "code", "median records/s", "runs", "load avg"], core),
+            "",
+        ]
+        if core
+        else []
+    )
+    return [
+        "### Where the monitor's time goes: floors on the same topics",
+        "",
+        "`bench_monitor.py --floor MODE` times other consumers, each in its own consumer "
+        "group, on the alone phase's preloaded topics exactly as it times the monitor "
+        "(`benchmarks/faust_floor_app.py`, `benchmarks/confluent_floor_app.py`). The faust "
+        "app that only counts records is the ceiling of any monitor built on faust agents; "
+        "the confluent-kafka rows are what a consumer loop like the worker's gives with the "
+        "same `MonitorCore` (without the recovery, ticks and rebalance handling a real "
+        "service needs). Timing: *polled* = records counted after the first poll of "
+        "`/metrics` over the time to the last (every 0.25 s: a consumer that finishes in "
+        "about a second is not timed by it, e.g. `ck-count` in `bench_monitor_quick_ck_floor"
+        ".json`); *own clock* = the app's first and last batch times. "
+        "`bench_monitor_quick_floor.json` ran the monitor under py-spy and with unit tests "
+        "on the machine: its figures are not throughput results.",
+        "",
+        *table(["result file", "consumer", "records/s", "timing", "load avg"], rows),
+        "",
+        *core_part,
+    ]
+
+
 def monitor_throughput() -> list[str]:
     """bench_monitor.py: the monitor alone, and live behind one worker (issue 21)."""
     names = [
@@ -957,6 +1170,9 @@ def monitor_throughput() -> list[str]:
             "bench_monitor_quick.json",
             "bench_monitor_quick_sampled.json",
             "bench_monitor_full.json",
+            *MONITOR_BATCH_RUNS,
+            *MONITOR_LOOP_RUNS,
+            "bench_monitor_quick_loop_sampled.json",
         )
         if (RESULTS / n).is_file()
     ]
@@ -972,10 +1188,12 @@ def monitor_throughput() -> list[str]:
                 d.get("label") or "-",
                 f"{d.get('join_sample_rate', 1.0):g}",
                 n0(d["flights"]),
-                n0(a["worker_events_per_s"]),
+                n0(a["worker_events_per_s"]) if a["worker_events_per_s"] is not None else "-",
                 n0(a["monitor_records_per_s"]),
                 n0(a["monitor_events_per_s"]),
-                f"{a['monitor_to_worker_events_ratio']:.3f}",
+                f"{a['monitor_to_worker_events_ratio']:.3f}"
+                if a["monitor_to_worker_events_ratio"] is not None
+                else "-",
                 f"{lv['catch_up_lag_s']:.1f} s" if lv else "-",
                 f"{n0(lv['backlog_max_predictions'])} / {n0(lv['backlog_median_predictions'])}"
                 if lv and lv["backlog_max_predictions"] is not None
@@ -1012,6 +1230,8 @@ def monitor_throughput() -> list[str]:
             rows,
         ),
         "",
+        *monitor_loop_summary(),
+        *monitor_floors(),
     ]
 
 

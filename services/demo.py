@@ -266,9 +266,6 @@ def run_demo(
             os.environ,
             SEGSTREAM_BROKER__BOOTSTRAP=broker.bootstrap,
             SEGSTREAM_CONFIG=config_path,
-            # the embedded Tansu broker: faust's read_committed consumer receives no worker
-            # output there (docs/guide/monitor.md)
-            SEGSTREAM_MONITOR__ISOLATION_LEVEL="read_uncommitted",
         )
         t = settings.topics
         b = settings.broker.model_copy(update={"bootstrap": broker.bootstrap})

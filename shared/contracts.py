@@ -454,6 +454,15 @@ class StatsRecord(Struct):
         Annotated[int, Meta(gt=0)] | None,
         Meta(description="Slice length in seconds; null: unsliced or untimed."),
     ]
+    unknown_key_nodes: Annotated[
+        dict[str, Annotated[int, Meta(ge=0)]],
+        Meta(
+            description=(
+                "Per key of unknown_keys: the tree node whose model served most of its events "
+                "(the nearest known ancestor segment the routing fell back to)."
+            )
+        ),
+    ] = {}
 
 
 # ----------------------------------------------------------------------------- alerts
@@ -514,6 +523,15 @@ class Alert(Struct, kw_only=True):
                 "new_segment: earliest event time of the key (of the first stats record "
                 "naming it); count is the key's events since then within "
                 "monitor.new_segment_lookback_s."
+            )
+        ),
+    ] = UNSET
+    serving_segment: Annotated[
+        int | UnsetType,
+        Meta(
+            description=(
+                "new_segment: the tree node (an ancestor segment of the partition tree) whose "
+                "model serves the key: the nearest known ancestor it falls back to."
             )
         ),
     ] = UNSET

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -74,47 +73,6 @@ def client_config(broker: BrokerSettings, **extra: Any) -> dict[str, Any]:
     conf.update(broker.client)
     conf.update({k.replace("_", "."): v for k, v in extra.items()})
     return conf
-
-
-def aiokafka_ssl_context(security: BrokerSecuritySettings) -> ssl.SSLContext | None:
-    """The TLS context of an aiokafka (faust) client for ``broker.security``; None without TLS.
-
-    Built with aiokafka's own :func:`aiokafka.helpers.create_ssl_context` (server certificate
-    and host name verified; client certificate loaded for mutual TLS).
-
-    Raises
-    ------
-    ConfigError
-        A TLS file is missing, or the key does not open with ``ssl_key_password``.
-    """
-    if not security.tls:
-        return None
-    from aiokafka.helpers import create_ssl_context
-
-    ca = (
-        _readable_file("ssl_ca_file", security.ssl_ca_file)
-        if security.ssl_ca_file is not None
-        else None
-    )
-    cert = (
-        _readable_file("ssl_cert_file", security.ssl_cert_file)
-        if security.ssl_cert_file is not None
-        else None
-    )
-    key = (
-        _readable_file("ssl_key_file", security.ssl_key_file)
-        if security.ssl_key_file is not None
-        else None
-    )
-    try:
-        return create_ssl_context(
-            cafile=ca, certfile=cert, keyfile=key, password=_reveal(security.ssl_key_password)
-        )
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(
-            f"broker.security: cannot load the TLS files (ssl_ca_file={ca}, "
-            f"ssl_cert_file={cert}, ssl_key_file={key}): {exc}"
-        ) from None
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

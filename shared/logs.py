@@ -70,9 +70,6 @@ def configure_logging(level: str | int = "INFO", stream: Any = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())
     for noisy in (
-        "aiokafka",
-        "faust",
-        "mode",
         "urllib3",
         "botocore",
         "s3fs",

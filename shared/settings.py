@@ -705,7 +705,8 @@ class MonitorSettings(_Section):
 
     app_id: str = Field(
         default="segstream-monitor",
-        description="faust app id: consumer group and prefix of its changelog topics.",
+        description="Consumer group of the monitor and prefix of its internal topics "
+        "(<app_id>-state-changelog, <app_id>-perf-partials).",
     )
     window_s: int = Field(
         default=86_400,
@@ -748,13 +749,13 @@ class MonitorSettings(_Section):
     batch_max: int = Field(
         default=1000,
         ge=1,
-        description="Records an agent takes at once; table changes are written to the "
-        "changelog once per key per batch.",
+        description="Records the monitor consumes at once (one micro-batch); changed state "
+        "entries are written to the changelog once per entry and batch.",
     )
     session_timeout_s: float = Field(
         default=6.0,
         gt=0,
-        description="faust consumer-group session timeout (s); heartbeat = 1/10 of it. 2 joins "
+        description="Consumer-group session timeout (s); heartbeat = 1/10 of it. 2 joins "
         "fast on Tansu; Apache Kafka's minimum is 6 by default.",
     )
     drift_warning: float = Field(default=0.1, gt=0, description="Default PSI warning level.")
@@ -786,13 +787,14 @@ class MonitorSettings(_Section):
         default=50,
         ge=1,
         description="Events of a key combination unseen in training, counted since first seen "
-        "within new_segment_lookback_s, that raise one new_segment alert (per key and bundle).",
+        "(see new_segment_lookback_s), that raise one new_segment alert (per key and bundle).",
     )
     new_segment_lookback_s: int = Field(
         default=2_592_000,
         ge=1,
-        description="Event-time span (s, rounded up to whole window_s) over which an unknown "
-        "key's events are counted; a key unseen this long is forgotten.",
+        description="Idle expiry of an unknown key (s of event time, rounded up to whole "
+        "window_s): its count runs from its first sighting and is forgotten once the key has "
+        "not been seen this long.",
     )
     new_segment_max_keys: int = Field(
         default=10_000,
@@ -846,11 +848,6 @@ class MonitorSettings(_Section):
         description="Isolation level of the monitor's consumer: read_committed counts only "
         "records of committed worker transactions (exactly_once workers).",
     )
-    recovery_probe: bool = Field(
-        default=True,
-        description="Correct the changelog high watermarks by a fetch before table recovery "
-        "(Tansu lists them too low).",
-    )
     metrics_host: str = Field(default="0.0.0.0", description="Bind address of /metrics.")
     metrics_port: int = Field(
         default=9101, ge=0, le=65535, description="Port of /metrics and /healthz; 0 = any."
@@ -858,11 +855,6 @@ class MonitorSettings(_Section):
     bundle_cache_dir: str = Field(
         default=".cache/segstream/monitor-bundles",
         description="Local cache of bundles fetched for their drift reference.",
-    )
-    data_dir: str = Field(
-        default=".cache/segstream/monitor",
-        description="faust's data directory (<data_dir>/<app_id>-data; the tables live in "
-        "memory and their changelog topics, so it stays empty).",
     )
 
     @model_validator(mode="after")

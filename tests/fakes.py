@@ -130,6 +130,9 @@ class FakeScorer:
             "pattern_proba": np.full(n, 0.75),
             "imputed": np.isnan(dist) | np.isnan(hour),
             "unknown_key": unknown,
+            # the node whose model served: the carrier's leaf (node seg + 1), the root (0)
+            # for an unseen carrier (fallback level 1)
+            "model_node": np.where(unseen, 0, seg + 1).astype(np.int32),
             "contributions": np.column_stack([intercept, c_dist, c_hour])
             if n
             else np.empty((0, 3)),

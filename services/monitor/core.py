@@ -189,6 +189,11 @@ class PendingBound:
         if evicted:
             self._on_evict(evicted)
 
+    def reset(self) -> None:
+        """Rebuild the heaps from the table on next use (entries restored or dropped)."""
+        self._heaps = None
+        self._sizes = {}
+
     def pop(self, eid: str) -> Any:
         """Remove ``eid``'s entry (None when absent) and return it."""
         self._load()
@@ -428,6 +433,7 @@ class MonitorCore:
             seen_ms=seen_ms,
             partition=partition,
             offset=offset,
+            nodes=dict(rec.unknown_key_nodes),
         )
         for a in alerts:
             if self.observer is not None:
@@ -517,32 +523,99 @@ class MonitorCore:
         ref = self.reference_for(str(bundle))
         return ref is not None and str(segment) in ref[1].segment_mae
 
-    def _join(
-        self,
-        event_id: str,
-        pred: list[Any],
-        out: list[Any],
-        partition: int,
-        source: str,
-        offset: int,
+    def _join_batch(
+        self, source: str, recs: list[tuple[str, list[Any], int, int]], now_s: float
     ) -> None:
-        w = window_start(pred[1], self.win_ms)
-        closed = self._perf_closed(partition)
-        if closed is not None and w < closed:
-            self.counters.joined("late")
-        else:
-            key = f"{w}|{partition}"
-            cur = self.t["perf"].get(key)
-            if cur is not None and offset <= cur["applied"].get(source, -1):
-                self.counters.joined("duplicate")
+        """Join a micro-batch of in-range, sampled records of ``source`` (``"predictions"``
+        or ``"outcomes"``): ``(event id, pending entry, partition, offset)`` in arrival order.
+
+        A hash join on the event id against the other stream's pending table: one lookup per
+        record; the records that find their partner are grouped by (window, partition) and
+        added with array sums (:func:`.performance.add_pairs`), one state write per window
+        and batch; the others become pending entries. The result equals applying the records
+        one by one (a repeated event id after its join in the same batch waits again, as it
+        would have).
+        """
+        if not recs:
+            return
+        own_clock, t_idx = (
+            (self.pred_clocks, 1) if source == "predictions" else (self.out_clocks, 3)
+        )
+        newest: dict[int, int] = {}
+        for _eid, entry, partition, _off in recs:
+            t = entry[t_idx]
+            if t >= newest.get(partition, t):
+                newest[partition] = t
+        for partition, t in newest.items():  # = observing every record (the clock is a max)
+            own_clock.observe(partition, t, now_s)
+        other = self.t["pending_o" if source == "predictions" else "pending_p"]
+        bound = self.pending_p if source == "predictions" else self.pending_o
+        joined: set[str] = set()
+        pairs: list[tuple[str, list[Any], list[Any], int, int]] = []
+        again: list[tuple[str, list[Any]]] = []
+        for eid, entry, partition, offset in recs:
+            if eid in joined:  # joined earlier in this batch: waits again after the join
+                again.append((eid, entry))
+                continue
+            match = other.get(eid)
+            if match is None:
+                bound.add(eid, entry)
             else:
-                st = cur or {**perf_mod.empty_state(), "applied": {}}
-                new = perf_mod.add_pair(st, pred, out, self._tracked(pred[6], pred[5]))
-                new["applied"] = {**st["applied"], source: offset}
-                self.t["perf"][key] = new  # before the deletes: a replay finds `applied`
-                self.counters.joined("joined_nan" if out[2] is None else "joined")
-        self.pending_p.pop(event_id)
-        self.pending_o.pop(event_id)
+                joined.add(eid)
+                if source == "predictions":
+                    pairs.append((eid, entry, match, partition, offset))
+                else:
+                    pairs.append((eid, match, entry, partition, offset))
+        if pairs:
+            self._apply_pairs(source, pairs)
+        for eid, entry in again:
+            bound.add(eid, entry)
+
+    def _apply_pairs(
+        self, source: str, pairs: list[tuple[str, list[Any], list[Any], int, int]]
+    ) -> None:
+        """Add joined ``(event id, prediction, outcome, partition, offset)`` pairs to their
+        windows' performance states (one write per window) and delete their pending
+        entries."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        win = self.win_ms
+        for i, pair in enumerate(pairs):
+            groups.setdefault(((pair[1][1] // win) * win, pair[3]), []).append(i)
+        perf = self.t["perf"]
+        for (w, partition), idx in groups.items():
+            closed = self._perf_closed(partition)
+            if closed is not None and w < closed:
+                self.counters.joined("late", len(idx))
+                continue
+            key = f"{w}|{partition}"
+            cur = perf.get(key)
+            applied = cur["applied"].get(source, -1) if cur is not None else -1
+            keep: list[int] = []
+            for i in idx:  # a re-delivered record: its offset was applied already
+                offset = pairs[i][4]
+                if offset <= applied:
+                    continue
+                keep.append(i)
+                applied = offset
+            if len(keep) < len(idx):
+                self.counters.joined("duplicate", len(idx) - len(keep))
+            if not keep:
+                continue
+            st = cur or {**perf_mod.empty_state(), "applied": {}}
+            preds = [pairs[i][1] for i in keep]
+            outs = [pairs[i][2] for i in keep]
+            tracked = [self._tracked(q[6], q[5]) for q in preds]
+            new = perf_mod.add_pairs(st, preds, outs, tracked)
+            new["applied"] = {**st["applied"], source: applied}
+            perf[key] = new  # before the deletes: a replay finds `applied`
+            n_nan = sum(1 for o in outs if o[2] is None)
+            if len(keep) - n_nan:
+                self.counters.joined("joined", len(keep) - n_nan)
+            if n_nan:
+                self.counters.joined("joined_nan", n_nan)
+        for eid, *_ in pairs:
+            self.pending_p.pop(eid)
+            self.pending_o.pop(eid)
 
     def on_prediction(self, raw: Any, partition: int, offset: int, now_s: float) -> None:
         """Apply one prediction record: its JSON value (bytes) or the record already decoded
@@ -592,20 +665,16 @@ class MonitorCore:
         flags = self._judge_times("predictions", [(g[2], g[1][1]) for g in good])
         n = {"ok": 0, "out_of_range": 0, "unsampled": 0}
         rate = self.s.join_sample_rate
-        for (eid, entry, partition, offset), in_range in zip(good, flags, strict=True):
+        joinable: list[tuple[str, list[Any], int, int]] = []
+        for g, in_range in zip(good, flags, strict=True):
             if not in_range:
                 n["out_of_range"] += 1
-                continue
-            if not perf_mod.in_sample(eid, rate):
+            elif not perf_mod.in_sample(g[0], rate):
                 n["unsampled"] += 1
-                continue
-            n["ok"] += 1
-            self.pred_clocks.observe(partition, entry[1], now_s)
-            out = self.t["pending_o"].get(eid)
-            if out is not None:
-                self._join(eid, entry, out, partition, "predictions", offset)
             else:
-                self.pending_p.add(eid, entry)
+                joinable.append(g)
+        n["ok"] = len(joinable)
+        self._join_batch("predictions", joinable, now_s)
         for result, k in n.items():
             if k:
                 self.counters.record("predictions", result, k)
@@ -628,21 +697,18 @@ class MonitorCore:
         n = {"ok": 0, "out_of_range": 0, "unsampled": 0}
         rate = self.s.join_sample_rate
         ahead_ms = self.s.max_future_s * S
-        for (eid, entry, partition, offset), in_range in zip(good, flags, strict=True):
+        joinable: list[tuple[str, list[Any], int, int]] = []
+        for g, in_range in zip(good, flags, strict=True):
+            entry = g[1]
             # event time near its partition's watermark, outcome time not before it
             if not in_range or not entry[1] <= entry[3] <= entry[1] + ahead_ms:
                 n["out_of_range"] += 1
-                continue
-            if not perf_mod.in_sample(eid, rate):
+            elif not perf_mod.in_sample(g[0], rate):
                 n["unsampled"] += 1
-                continue
-            n["ok"] += 1
-            self.out_clocks.observe(partition, entry[3], now_s)
-            pred = self.t["pending_p"].get(eid)
-            if pred is not None:
-                self._join(eid, pred, entry, partition, "outcomes", offset)
             else:
-                self.pending_o.add(eid, entry)
+                joinable.append(g)
+        n["ok"] = len(joinable)
+        self._join_batch("outcomes", joinable, now_s)
         for result, k in n.items():
             if k:
                 self.counters.record("outcomes", result, k)
@@ -755,6 +821,60 @@ class MonitorCore:
             self.t["meta"]["perf_closed"] = w + self.win_ms
             self.counters.closed("performance")
         return alerts
+
+    # ------------------------------------------------------------------ partitions
+    def save_clocks(self, partition: int, *, drift: bool = False) -> None:
+        """Write ``partition``'s prediction and outcome clocks (and, with ``drift``, the drift
+        watermark's sources: the stats partition's) to the ``meta`` table when they moved, so
+        that they are in the changelog with the state they belong to. Call with the tables'
+        writes owned by ``partition``."""
+        meta = self.t["meta"]
+        for name, clock in (("pred", self.pred_clocks), ("out", self.out_clocks)):
+            t = clock.source_max(partition)
+            key = f"clock|{name}|{partition}"
+            if t is not None and meta.get(key) != t:
+                meta[key] = t
+        if drift:
+            sources = self.watermark.sources()
+            if sources and meta.get("clock|drift") != sources:
+                meta["clock|drift"] = sources
+
+    def restore_partitions(self, partitions: list[int], now_s: float) -> None:
+        """After the tables of ``partitions`` were restored from the changelog: re-read their
+        clocks (as if their sources reported now) and rebuild the indexes over the tables."""
+        meta = self.t["meta"]
+        for p in partitions:
+            for name, clock in (("pred", self.pred_clocks), ("out", self.out_clocks)):
+                t = meta.get(f"clock|{name}|{p}")
+                if isinstance(t, int):
+                    clock.observe(p, t, now_s)
+        sources = meta.get("clock|drift")
+        if isinstance(sources, dict):
+            for src, t in sources.items():
+                if isinstance(t, int):
+                    self.watermark.observe(src, t, now_s)
+        self._reset_indexes()
+
+    def forget_partitions(self, partitions: list[int], *, drift: bool) -> None:
+        """``partitions`` were revoked (their table entries are dropped by the caller): forget
+        their clocks and indexes; with ``drift`` (a stats partition among them) the drift
+        watermark too (its next owner restores it)."""
+        for p in partitions:
+            self.pred_clocks.forget(p)
+            self.out_clocks.forget(p)
+            for d in (self._expired_at, self._drift_checked, self._progress_sent, self._first_tick):
+                d.pop(p, None)
+            for key in [k for k in self._sanity if k[1] == p]:
+                del self._sanity[key]
+        if drift:
+            self.watermark = Watermark(self.s.source_idle_s, self.partitions)
+        self._reset_indexes()
+
+    def _reset_indexes(self) -> None:
+        self.pending_p.reset()
+        self.pending_o.reset()
+        self.newkeys.reset()
+        self._drift_checked.clear()
 
     def _scan(self, name: str) -> Any:
         """Items of a table for reading: a faust table's store directly (its ``items()`` goes

@@ -41,6 +41,8 @@ WINDOW_KINDS = ("drift", "new_segment", "performance")
 #: tracked, when ``monitor.pending_max`` / ``monitor.new_segment_max_keys`` is reached.
 OVERFLOW_STATES = ("pending_predictions", "pending_outcomes", "new_keys")
 MONITOR_ALERT_TYPES = ("drift", "new_segment", "performance")
+#: The monitor's state tables (:mod:`.state`; changelog topic ``<app_id>-state-changelog``).
+STATE_TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta", "perfmerge")
 
 
 @dataclasses.dataclass
@@ -62,6 +64,11 @@ class MonitorMetrics:
     features: frozenset[str]
     bundle_reload_failures: Counter
     state_overflow: Counter
+    changelog_records: Counter
+    changelog_skipped: Counter
+    restored_records: Counter
+    restored_records_malformed: Counter
+    restore_seconds: Gauge
 
     @classmethod
     def create(
@@ -164,9 +171,40 @@ class MonitorMetrics:
                 ["state"],
                 registry=registry,
             ),
+            changelog_records=Counter(
+                f"{ns}_changelog_records",
+                "Changelog records sent (one per changed key per micro-batch), by table.",
+                ["table"],
+                registry=registry,
+            ),
+            changelog_skipped=Counter(
+                f"{ns}_changelog_skipped",
+                "Keys created and deleted within one micro-batch (a pending join entry "
+                "joined in its own batch): no changelog record needed, by table.",
+                ["table"],
+                registry=registry,
+            ),
+            restored_records=Counter(
+                f"{ns}_restored_records",
+                "State changelog records read back on partition assignments.",
+                registry=registry,
+            ),
+            restored_records_malformed=Counter(
+                f"{ns}_restored_records_malformed",
+                "State changelog records skipped on restore (undecodable or wrong shape).",
+                registry=registry,
+            ),
+            restore_seconds=Gauge(
+                f"{ns}_restore_seconds",
+                "Duration of the last state restore (partition assignment).",
+                registry=registry,
+            ),
         )
         for st in OVERFLOW_STATES:
             m.state_overflow.labels(state=st)
+        for tb in STATE_TABLES:
+            m.changelog_records.labels(table=tb)
+            m.changelog_skipped.labels(table=tb)
         for r in RELOAD_FAILURE_REASONS:
             m.bundle_reload_failures.labels(reason=r)
         for t in MONITOR_ALERT_TYPES:

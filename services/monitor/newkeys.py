@@ -1,18 +1,22 @@
 """New segments: key combinations unseen in training, counted since first seen (pure; no Kafka).
 
 The workers' stats records name the unknown key combinations of each batch with their counts
-(``unknown_keys``; :mod:`segstream.services.worker.stats`). :class:`NewKeyCounter` keeps **one
-table entry per (bundle, key)** (``"<bundle_id>|<key>"``), never one value per window, with
-the key's event counts in buckets of ``bucket_ms`` (the drift window) over the last
-``lookback_ms`` of event time::
+(``unknown_keys``; :mod:`segstream.services.worker.stats`) and, per key, the tree node whose
+model served its events (``unknown_key_nodes``: the nearest known ancestor segment, see
+:meth:`segstream.shared.scoring.Scorer.unknown_key_nodes`). :class:`NewKeyCounter` keeps **one
+table entry per (bundle, key)** (``"<bundle_id>|<key>"``), never one value per window::
 
-    {"p": partition, "first": first seen (epoch ms), "last": last bucket start (epoch ms),
-     "buckets": [[bucket start ms, count], ...], "applied": stats offset, "alerted": bool}
+    {"p": partition, "first": first seen (epoch ms), "last": start of the window of the last
+     sighting (epoch ms), "count": events since first seen, "node": serving node or null,
+     "applied": stats offset, "alerted": bool}
 
-A key raises **one** ``new_segment`` alert per bundle when its count within the lookback
-(since first seen, once it has been seen for less than the lookback) reaches the threshold.
-The entry is forgotten once the drift watermark is ``lookback_ms`` past its last bucket; a key
-that comes back after that is new again.
+**Rule (idle expiry).** A key's count runs from its first sighting; it raises **one**
+``new_segment`` alert per bundle when the count reaches the threshold. Its entry is forgotten
+once the key has not been seen for ``lookback_ms`` of event time (the drift watermark passes
+the end of the window of its last sighting + ``lookback_ms``); a key that comes back after
+that is new again. So a route flown regularly accumulates however slowly (three flights a
+week reach 50 in four months), while a key seen once and never again costs one entry for
+``lookback_ms`` only.
 
 Bounds: at most ``max_keys`` entries per table partition; the events of keys that do not fit
 are counted (``overflow``), never stored. The work per stats record is proportional to the
@@ -41,10 +45,10 @@ class NewKeyCounter:
     threshold : int
         Events within the lookback that make a key a new segment.
     lookback_ms : int
-        Event-time span (ms) over which a key's events are counted.
+        Idle expiry (ms of event time): an entry is forgotten once its key has not been seen
+        for this long.
     bucket_ms : int
-        Bucket length (ms) of the counts (the drift window); ``lookback_ms`` is rounded up to
-        whole buckets.
+        The drift window (ms): sightings are dated by the start of their window.
     max_keys : int
         Entries per table partition; keys beyond it are counted by ``on_overflow(n_events)``.
     scan : callable
@@ -97,6 +101,7 @@ class NewKeyCounter:
         seen_ms: int,
         partition: int,
         offset: int,
+        nodes: dict[str, int] | None = None,
     ) -> list[Alert]:
         """Apply one stats record's unknown keys.
 
@@ -108,12 +113,15 @@ class NewKeyCounter:
             Events of unknown keys the record does not name (counted as overflow).
         bundle_id : str
         bucket_time_ms : int
-            Event time (epoch ms) of the record's slice: its bucket.
+            Event time (epoch ms) of the record's slice: its window.
         seen_ms : int
             Earliest event time of the record (a new key's first-seen time).
         partition, offset : int
             Where the record came from; an entry already holding this offset is not changed
             again (a re-delivered record).
+        nodes : dict of str to int, optional
+            Per key: the tree node whose model served its events (the nearest known ancestor
+            segment); the alert carries it as ``serving_segment``.
 
         Returns
         -------
@@ -123,7 +131,7 @@ class NewKeyCounter:
         if other:
             self._on_overflow(int(other))
         b = window_start(bucket_time_ms, self.bucket_ms)
-        oldest = b - self.lookback_ms  # buckets starting at or before this are outside
+        nodes = nodes or {}
         alerts: list[Alert] = []
         overflow = 0
         for k, c in unknown.items():
@@ -138,27 +146,30 @@ class NewKeyCounter:
                     "p": partition,
                     "first": seen_ms,
                     "last": b,
-                    "buckets": [],
+                    "count": 0,
+                    "node": None,
                     "applied": -1,
                     "alerted": False,
                 }
             elif offset <= cur["applied"]:
                 continue
-            buckets = {int(s): int(n) for s, n in cur["buckets"] if int(s) > oldest}
-            buckets[b] = buckets.get(b, 0) + int(c)
-            total = sum(buckets.values())
+            total = int(cur["count"]) + int(c)
             first = min(int(cur["first"]), seen_ms)
+            node = nodes.get(k, cur.get("node"))
             new = {
                 "p": cur["p"],
                 "first": first,
                 "last": max(int(cur["last"]), b),
-                "buckets": sorted([s, n] for s, n in buckets.items()),
+                "count": total,
+                "node": int(node) if node is not None else None,
                 "applied": offset,
                 "alerted": bool(cur["alerted"]),
             }
             if total >= self.threshold and not new["alerted"]:
                 new["alerted"] = True
-                start = max(first, b + self.bucket_ms - self.lookback_ms)
+                extra: dict[str, Any] = {}
+                if new["node"] is not None:
+                    extra["serving_segment"] = new["node"]
                 alerts.append(
                     alert_record(
                         type_="new_segment",
@@ -170,10 +181,11 @@ class NewKeyCounter:
                         statistic="count",
                         value=float(total),
                         threshold=float(self.threshold),
-                        window_start=iso_ms(start),
+                        window_start=iso_ms(first),
                         window_end=iso_ms(b + self.bucket_ms),
                         count=total,
                         first_seen=iso_ms(first),
+                        **extra,
                     )
                 )
             self.table[ek] = new
@@ -182,7 +194,8 @@ class NewKeyCounter:
         return alerts
 
     def expire(self, partition: int, watermark_ms: int | None) -> int:
-        """Forget the keys of ``partition`` not seen for ``lookback_ms`` before the watermark.
+        """Forget the keys of ``partition`` not seen for ``lookback_ms`` before the watermark
+        (counted from the end of the window of their last sighting).
 
         Returns the number of entries removed.
         """
@@ -195,3 +208,7 @@ class NewKeyCounter:
         if gone:
             self._grow(partition, -len(gone))
         return len(gone)
+
+    def reset(self) -> None:
+        """Recount the entries per partition on next use (after a restore or a revoke)."""
+        self._sizes = None

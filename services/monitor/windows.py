@@ -90,6 +90,15 @@ class Watermark:
         if event_time_ms is not None:
             self._max[source] = max(self._max.get(source, event_time_ms), event_time_ms)
 
+    def forget(self, source: Hashable) -> None:
+        """Drop ``source`` (its partition was revoked: another instance reads it now)."""
+        self._max.pop(source, None)
+        self._seen.pop(source, None)
+
+    def sources(self) -> dict[str, int]:
+        """Largest event time per source (keys as strings: JSON-ready)."""
+        return {str(k): v for k, v in self._max.items()}
+
     @property
     def first_seen(self) -> float | None:
         """Wall-clock time (s) of the first report of any source, or None."""

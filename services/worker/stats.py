@@ -152,6 +152,14 @@ def batch_stats(
         unknown = Counter(v for v in unknown_col.tolist() if v is not None)
     named = _named_keys(unknown, max_unknown_keys, max_unknown_key_chars)
     other = sum(unknown.values()) - sum(named.values())
+    node_col = scores.get("model_node")
+    pairs: Counter[tuple[str, int]] = Counter()
+    if unknown_col is not None and node_col is not None and m:
+        pairs = Counter(
+            (k, n)
+            for k, n in zip(unknown_col.tolist(), np.asarray(node_col).tolist(), strict=True)
+            if k is not None
+        )
     times = columns.get(time_field)
     tmin = tmax = None
     if times is not None and len(times):
@@ -202,6 +210,7 @@ def batch_stats(
         "fallback_levels": fallback,
         "unknown_keys": named,
         "unknown_keys_other": int(other),
+        "unknown_key_nodes": _serving_nodes(pairs, named, max_unknown_key_chars),
         "segments": segments,
         "partition_time_max": part_max,
         "imputed": imputed,
@@ -452,6 +461,7 @@ _CONTINUATION_ZEROS: dict[str, Any] = {
     "prediction": None,
     "fallback_levels": {},
     "unknown_keys_other": 0,
+    "unknown_key_nodes": {},
     "imputed": 0,
     **{sec: {} for sec in _SPLIT_SECTIONS},
 }
@@ -524,6 +534,24 @@ def bounded_key(key: str, max_chars: int) -> str:
         return key
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return key[: max(max_chars - 17, 0)] + "\u2026" + digest
+
+
+def _serving_nodes(
+    pairs: Counter[tuple[str, int]] | None, named: Mapping[str, int], max_chars: int | None
+) -> dict[str, int]:
+    """Per named unknown key: the tree node whose model served most of its events (the
+    nearest known ancestor segment of the key: the routing falls back to it), from
+    ``(key, model node) -> events``. Keys are named as in ``unknown_keys``."""
+    if not pairs or not named:
+        return {}
+    best: dict[str, tuple[int, int]] = {}
+    for (k, node), c in pairs.items():
+        if node is None or int(node) < 0:
+            continue
+        name = bounded_key(k, max_chars) if max_chars is not None else k
+        if name in named and (name not in best or (c, -node) > (best[name][0], -best[name][1])):
+            best[name] = (c, int(node))
+    return {k: n for k, (_c, n) in best.items()}
 
 
 def _named_keys(unknown: Counter[str], most: int, max_chars: int | None) -> dict[str, int]:
@@ -811,6 +839,8 @@ class _SliceCounts:
     levels: list[list[int]]  # (S, max fallback level + 1)
     imputed: list[int]
     unknown: list[Counter[str] | None]
+    #: per slice: (unknown key, serving model node) -> events (:func:`_serving_nodes`)
+    unknown_nodes: list[Counter[tuple[str, int]] | None]
     time_min: list[str | None]
     time_max: list[str | None]
     starts: list[str | None]
@@ -908,17 +938,22 @@ def _slice_counts(
 
     # unknown keys: few rows carry one; count (slice, key) pairs in Python over those only
     unknown: list[Counter[str] | None] = [None] * S
+    unknown_nodes: list[Counter[tuple[str, int]] | None] = [None] * S
     unknown_col = scores.get("unknown_key")
     if unknown_col is not None:
         uk = np.asarray(unknown_col, dtype=object)
         # elementwise "is not None" (the bool loop compares identity first: ~2x faster
         # than ``uk != None``)
         has = np.flatnonzero(~np.equal(uk, None, dtype=bool))
-        for s_i, key in zip(slot[has].tolist(), uk[has].tolist(), strict=True):
+        node_col = scores.get("model_node")
+        nodes = np.asarray(node_col)[has].tolist() if node_col is not None else [-1] * len(has)
+        for s_i, key, node in zip(slot[has].tolist(), uk[has].tolist(), nodes, strict=True):
             counter = unknown[s_i]
             if counter is None:
                 counter = unknown[s_i] = Counter()
+                unknown_nodes[s_i] = Counter()
             counter[key] += 1
+            unknown_nodes[s_i][(key, node)] += 1  # type: ignore[index]  # set with counter
 
     # event-time range and per-partition maxima per slice, formatted in one call
     lo = np.full(S, _I64_MAX)
@@ -964,6 +999,7 @@ def _slice_counts(
         levels=level_counts.tolist(),
         imputed=imputed.tolist(),
         unknown=unknown,
+        unknown_nodes=unknown_nodes,
         time_min=iso[:S],
         time_max=iso[S : 2 * S],
         starts=iso[2 * S : 3 * S],
@@ -1035,6 +1071,7 @@ def _records(
         first = s_i == 0
         uk = c.unknown[s_i]
         named = _named_keys(uk, max_unknown_keys, max_unknown_key_chars) if uk is not None else {}
+        nodes = _serving_nodes(c.unknown_nodes[s_i], named, max_unknown_key_chars)
         sliced = bool(slice_s) and slot not in _UNSLICED
         out.append(
             {
@@ -1058,6 +1095,7 @@ def _records(
                 "unknown_keys_other": (sum(uk.values()) - sum(named.values()))
                 if uk is not None
                 else 0,
+                "unknown_key_nodes": nodes,
                 "segments": segments,
                 "partition_time_max": c.partition_time_max[s_i],
                 "imputed": c.imputed[s_i],

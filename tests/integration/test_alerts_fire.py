@@ -110,7 +110,6 @@ def stack(kafka, tmp_path) -> Iterator[tuple[Procs, str, dict[str, Path], dict[s
         "app_id": f"{prefix}-monitor",
         "metrics_host": "127.0.0.1",
         "bundle_cache_dir": str(tmp_path / "monitor-cache"),
-        "data_dir": str(tmp_path / "monitor-data"),
         "session_timeout_s": 2.0,
     }
     config = tmp_path / "segstream.yaml"

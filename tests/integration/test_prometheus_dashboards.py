@@ -195,7 +195,6 @@ def _write_config(
             "metrics_port": monitor_port,
             "metrics_host": "127.0.0.1",
             "bundle_cache_dir": str(tmp / "monitor-cache"),
-            "data_dir": str(tmp / "monitor-data"),
             "session_timeout_s": 2.0,
             "idle_close_s": 3.0,
             "source_idle_s": 5.0,

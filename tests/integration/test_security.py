@@ -94,7 +94,6 @@ def secured_settings(bootstrap: str, security: dict[str, Any], prefix: str, tmp:
             "session_timeout_s": 2.0,
             "tick_s": 0.5,
             "bundle_cache_dir": str(tmp / "mcache"),
-            "data_dir": str(tmp / "mdata"),
         }
     )
     sim = s.simulator.model_copy(update={"rate": 5000.0})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -63,8 +64,10 @@ def stats(
     batch: int = 0,
     reference: DriftReference | None = None,
     c: str | None = None,
+    nodes: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Stats records (one per day slice) for events at ``t_ms`` with feature ``x``."""
+    """Stats records (one per day slice) for events at ``t_ms`` with feature ``x``
+    (``nodes``: the serving model node per event)."""
     t = np.asarray(t_ms, dtype="datetime64[ms]").astype("datetime64[ns]")
     n = len(t)
     alt = np.arange(n) % 2 == 0
@@ -87,6 +90,8 @@ def stats(
         "imputed": np.zeros(n, bool),
         "segment": np.zeros(n, np.int32),
     }
+    if nodes is not None:
+        scores["model_node"] = np.asarray(nodes, np.int32)
     return batch_stats_slices(
         cols,
         scores,
@@ -206,24 +211,58 @@ def test_new_segment_counts_since_first_seen_across_days_and_alerts_once() -> No
     # more events of the key: no second alert; another key below the threshold: none
     assert _new(feed(c, stats(day(4, 60), NORMAL, unknown=[k] * 60), 50)) == []
     assert _new(feed(c, stats(day(4, 49, hour=13), NORMAL, unknown=["o"] * 49), 60)) == []
-    assert c.t["newkeys"][f"{B1}|o"]["buckets"] == [[T0 + 4 * DAY, 49]]
+    assert c.t["newkeys"][f"{B1}|o"]["count"] == 49
     # the same key under another bundle is a new segment of that bundle
     b2 = _new(feed(c, stats(day(5, 50), NORMAL, bundle=B2, unknown=[k] * 50), 70))
     assert [(x.segment, x.bundle_id) for x in b2] == [(k, B2)]
 
 
-def test_new_segment_counts_only_within_the_lookback() -> None:
+def test_new_segment_alert_names_the_ancestor_segment_serving_the_key() -> None:
+    """The worker's stats name, per unknown key, the model node that served most of its
+    events (the nearest known ancestor the routing fell back to); the alert carries it."""
+    c = core(new_segment_threshold=30)
+    k = "origin=LGA,carrier=MQ,dest=STL"
+    recs = stats(day(0, 40), NORMAL, unknown=[k] * 30 + [None] * 10, nodes=[3] * 20 + [7] * 20)
+    assert recs[0]["unknown_key_nodes"] == {k: 3}  # 20 of its 30 events served by node 3
+    (a,) = _new(feed(c, recs))
+    assert a.serving_segment == 3 and a.segment == k
+    # records of workers from before the field: no serving_segment, still counted
+    old = stats(day(0, 40, hour=13), NORMAL, unknown=["o"] * 40)
+    del old[0]["unknown_key_nodes"]
+    (b,) = _new(feed(c, old, 5))
+    assert b.segment == "o" and b.serving_segment is msgspec.UNSET
+
+
+def test_a_regular_key_accumulates_however_slowly_idle_expiry() -> None:
+    """The rule (idle expiry): a key's count runs from its first sighting while it keeps being
+    seen within the lookback, however long it takes to reach the threshold; the 14 routes of
+    the real replay need 38-64 days for 50 flights."""
     c = core(new_segment_threshold=50, new_segment_lookback_s=3 * 86_400)
     k = "k"
     out = []
-    for d in range(8):  # 15 a day, days 0-7, at most 3 days (45) inside the lookback
-        out += _new(feed(c, stats(day(d, 15), NORMAL, unknown=[k] * 15), d * 10))
-    assert out == []
-    assert sum(n for _s, n in c.t["newkeys"][f"{B1}|k"]["buckets"]) <= 45
-    # 20 more on day 7: 45 + 20 within the last 3 days (days 5-7)
-    (a,) = _new(feed(c, stats(day(7, 20, hour=14), NORMAL, unknown=[k] * 20), 100))
-    assert a.count == 65 and a.window_start == "2013-09-06T00:00:00.000Z"
-    assert a.window_end == "2013-09-09T00:00:00.000Z"
+    for d in range(0, 20, 2):  # 5 every other day: 50 on day 18, far beyond the lookback
+        out += _new(feed(c, stats(day(d, 5), NORMAL, unknown=[k] * 5), d * 10))
+        for q in range(1, 3):  # the watermark moves on in between
+            feed(c, stats(day(d + q, 5), NORMAL), d * 10 + q)
+            c.on_tick(0, float(d * 10 + q))
+    (a,) = out
+    assert a.count == 50 and a.first_seen == "2013-09-01T12:00:00.000Z"
+    assert a.window_start == a.first_seen and a.window_end == "2013-09-20T00:00:00.000Z"
+
+
+def test_a_key_idle_for_the_lookback_is_forgotten_and_counts_from_zero_again() -> None:
+    c = core(new_segment_threshold=50, new_segment_lookback_s=3 * 86_400)
+    assert _new(feed(c, stats(day(0, 40), NORMAL, unknown=["k"] * 40))) == []
+    off = 1
+    for d in range(1, 6):  # not seen for days 1-5: gone once the watermark is 3 days past
+        feed(c, stats(day(d, 10), NORMAL), off)
+        c.on_tick(0, 10.0 * off)  # expiry runs at most every 5 s (wall clock)
+        off += 1
+    assert f"{B1}|k" not in c.t["newkeys"]
+    # back on day 6 with 40 more: 40 since its new first sighting, below 50: no alert
+    assert _new(feed(c, stats(day(6, 40), NORMAL, unknown=["k"] * 40), off)) == []
+    assert c.t["newkeys"][f"{B1}|k"]["count"] == 40
+    assert c.t["newkeys"][f"{B1}|k"]["first"] == T0 + 6 * DAY + 12 * 3_600_000
 
 
 def test_new_segment_redelivered_record_is_not_counted_twice() -> None:
@@ -231,7 +270,7 @@ def test_new_segment_redelivered_record_is_not_counted_twice() -> None:
     recs = stats(day(0, 30), NORMAL, unknown=["k"] * 30)
     feed(c, recs, 5)
     feed(c, recs, 5)  # the same offset again (re-delivery after a restart)
-    assert c.t["newkeys"][f"{B1}|k"]["buckets"] == [[T0, 30]]
+    assert c.t["newkeys"][f"{B1}|k"]["count"] == 30
 
 
 def test_new_keys_are_bounded_and_overflow_is_counted() -> None:

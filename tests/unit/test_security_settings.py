@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segstream.shared.errors import ConfigError
-from segstream.shared.kafka import aiokafka_ssl_context, client_config, security_config
+from segstream.shared.kafka import client_config, security_config
 from segstream.shared.settings import MASK, is_secret_key, load_settings, redact_secrets
 from tests.security_helpers import make_pki
 
@@ -74,8 +74,6 @@ def test_sasl_ssl_reaches_librdkafka_with_the_secret_revealed_only_there(pki):
         "ssl.key.password": pki.client_key_password,
     }
     assert PASSWORD not in repr(s) and PASSWORD not in str(s.broker)
-    ctx = aiokafka_ssl_context(s.broker.security)
-    assert ctx is not None and ctx.check_hostname
 
 
 def test_every_worker_client_gets_the_security_settings(pki):
@@ -101,26 +99,19 @@ def test_every_worker_client_gets_the_security_settings(pki):
         )
 
 
-def test_monitor_faust_credentials(pki):
-    import faust
-
-    from segstream.services.monitor.app import faust_credentials
+def test_every_monitor_client_gets_the_security_settings(pki):
+    """The monitor's consumer, producer (alerts, partials, changelog) and restore reader."""
+    from segstream.services.monitor.loop import consumer_config, producer_config
 
     s = load_settings(CONFIG, sasl_ssl(pki))
-    c = faust_credentials(s.broker)
-    assert isinstance(c, faust.SASLCredentials)
-    assert (c.username, c.password, c.mechanism.value, c.protocol.value) == (
-        "alice",
-        PASSWORD,
-        "SCRAM-SHA-256",
-        "SASL_SSL",
-    )
-    assert PASSWORD not in repr(c)
-    s = load_settings(
-        CONFIG, {"broker": {"security": {"protocol": "SSL", "ssl_ca_file": str(pki.ca)}}}
-    )
-    assert isinstance(faust_credentials(s.broker), faust.SSLCredentials)
-    assert faust_credentials(load_settings(CONFIG).broker) is None
+    for conf in (consumer_config(s), producer_config(s)):
+        assert (conf["security.protocol"], conf["sasl.password"], conf["ssl.ca.location"]) == (
+            "SASL_SSL",
+            PASSWORD,
+            str(pki.ca),
+        )
+    # the restore reader is built from the consumer's config (loop.read_changelog)
+    assert consumer_config(s)["isolation.level"] == "read_committed"
 
 
 def test_environment_overrides_every_field(tmp_path, monkeypatch, pki):

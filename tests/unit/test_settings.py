@@ -171,15 +171,3 @@ def test_worker_output_producer_compresses_as_configured() -> None:
     assert producer_config(s, transactional_id=None)["compression.type"] == "none"
     with pytest.raises(ConfigError, match=r"worker\.producer_compression"):
         load_settings(CONFIG, {"worker": {"producer_compression": "brotli"}})
-
-
-def test_monitor_faust_data_dir_is_under_monitor_data_dir(tmp_path) -> None:
-    """faust's data directory follows monitor.data_dir, not the working directory."""
-    from prometheus_client import CollectorRegistry
-
-    from segstream.services.monitor.app import MonitorService
-
-    s = load_settings(CONFIG, {"monitor": {"app_id": "m1", "data_dir": str(tmp_path / "d")}})
-    svc = MonitorService(s, CollectorRegistry(), reference_for=lambda bundle_id: None)
-    assert svc.app.conf.datadir == tmp_path / "d" / "m1-data"
-    assert (tmp_path / "d").is_dir()  # faust itself creates only the last level
