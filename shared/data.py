@@ -470,7 +470,9 @@ def open_parquet_dataset(
             partition_base_dir=base,
         )
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{_name_in(exc, files)}: not a readable Parquet file: {_first(exc)}") from None
+        raise DataError(
+            f"{_name_in(exc, files)}: not a readable Parquet file: {_first(exc)}"
+        ) from None
     frags = list(dset.get_fragments())
     keys: set[str] = set()
     for frag in frags:
@@ -543,9 +545,7 @@ def dataset_parts(
 ) -> list[DatasetPart]:
     """The files of a Parquet data set, checked (see :func:`open_parquet_dataset`)."""
     return list(
-        open_parquet_dataset(
-            url, schema, columns=columns, storage_options=storage_options
-        ).parts
+        open_parquet_dataset(url, schema, columns=columns, storage_options=storage_options).parts
     )
 
 
@@ -611,9 +611,7 @@ def iter_part_batches(
             if rb.num_rows == 0:
                 continue
             df = rb.to_pandas()
-            out = coerce_to_schema(
-                df, schema, timezone, source=part.path, columns=want, sort=False
-            )
+            out = coerce_to_schema(df, schema, timezone, source=part.path, columns=want, sort=False)
             if start is not None or end is not None:
                 out = time_slice(out, t, start, end)
                 if len(out) == 0:

@@ -107,8 +107,15 @@ def test_batches_are_bounded_projected_and_time_filtered(tmp_path):
     whole = write_hive(tmp_path / "d", row_group_size=64)
     data = open_parquet_dataset(tmp_path / "d", schema(), columns=["x", "y"])
     batches = list(
-        iter_batches(data, schema(), TZ, columns=["x", "y"], start="2024-02-03", end="2024-02-20",
-                     batch_rows=37)
+        iter_batches(
+            data,
+            schema(),
+            TZ,
+            columns=["x", "y"],
+            start="2024-02-03",
+            end="2024-02-20",
+            batch_rows=37,
+        )
     )
     assert batches and all(0 < len(b) <= 37 for b in batches)
     got = pd.concat(batches)
@@ -220,7 +227,7 @@ def test_storage_options_from_secret_settings_never_in_dumps():
                     "s3_key": "AKIAEXAMPLE",
                     "s3_secret": "Sup3rS3cret",
                 },
-            }
+            },
         }
     )
     opts = storage_options(s)
