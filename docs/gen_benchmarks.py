@@ -133,6 +133,51 @@ def _training_time(d: dict) -> str:
     )
 
 
+def training_scale() -> list[str]:
+    names = sorted(p.name for p in RESULTS.glob("bench_training_scale_*.json"))
+    if not names:
+        return []
+    out = [
+        "## Training at scale (`bench_training_scale.py`)",
+        "",
+        "Flights repeated 1x and 10x (full: 100x) with jittered delays and weather, one Parquet "
+        "file per copy. `memory`: today's `segstream train --data DIR` end to end. Passes: "
+        "each mergeable statistic of `training/passes.py` over the January–August rows of the "
+        "10x directory (time pushdown), through the chunked engine (this process) and the dask "
+        "engine (2-worker `LocalCluster`, processes). Peak memory is the summed resident memory "
+        "of the child's whole process tree (Dask workers included), sampled every 0.1 s. "
+        "Every run is listed; see [training at scale](guide/scale.md).",
+        "",
+    ]
+    rows = []
+    for name in names:
+        d = load(name)
+        env = d["environment"]
+        load_s = f"{env['load_avg_start'][0]:.1f} / {env['load_avg_end'][0]:.1f}"
+        for k, m in d["memory_engine"].items():
+            rows.append([f"`{name}`", f"memory, {k}", f"{n0(d['sizes'][k]['rows'])}",
+                         f"{m['wall_s']:.0f}", n0(m["rows_per_s"]), f"{m['peak_rss_gb']:.2f}",
+                         load_s])
+        for key, m in d["passes"].items():
+            eng, k = key.split("_")
+            rows.append([f"`{name}`", f"{eng} passes ({len(m['per_pass']) - 1}), {k}",
+                         f"{n0(d['sizes'][k]['rows'])}", f"{m['wall_s']:.0f}",
+                         f"median pass {m['pass_seconds_median']:.1f} s",
+                         f"{m['peak_rss_gb']:.2f}", load_s])
+    out += table(["source", "engine, size", "rows", "wall (s)", "rows/s", "peak RSS (GB)",
+                  "load avg start / end"], rows)
+    d = load(names[-1])
+    per = []
+    for key, m in d["passes"].items():
+        for stat, v in m["per_pass"].items():
+            if isinstance(v, dict):
+                per.append([key.replace("_", ", "), stat, f"{v['seconds']:.1f}",
+                            n0(v["rows_per_s"])])
+    out += ["", f"Per pass, last run (`{names[-1]}`):", "",
+            *table(["engine, size", "statistic", "seconds", "rows/s"], per), ""]
+    return out
+
+
 def profiles() -> list[str]:
     name = "bench_profiles_quick.json"
     d = load(name)
@@ -1060,6 +1105,7 @@ def render() -> str:
     ]
     for section in (
         training,
+        training_scale,
         profiles,
         forest,
         partitioner,
