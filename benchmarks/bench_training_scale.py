@@ -15,6 +15,7 @@ engines will run (one pass per statistic here; a training makes several).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -62,8 +63,11 @@ def write_copies(df: pd.DataFrame, root: Path, copies: int, seed: int = 0) -> in
         c["event_id"] = c["event_id"] + f"-{k}"
         d = root / f"copy={k}"
         d.mkdir(exist_ok=True)
-        pq.write_table(pa.Table.from_pandas(c, preserve_index=False), d / "part-0.parquet",
-                       row_group_size=131_072)
+        pq.write_table(
+            pa.Table.from_pandas(c, preserve_index=False),
+            d / "part-0.parquet",
+            row_group_size=131_072,
+        )
         n += len(c)
     return n
 
@@ -93,10 +97,8 @@ class TreePeak:
                 break
             rss = 0
             for p in procs:
-                try:
+                with contextlib.suppress(psutil.Error):
                     rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, rss)
             self._stop.wait(self.interval)
 
@@ -119,8 +121,11 @@ def run_child(cmd: list[str], log: Path) -> dict[str, Any]:
     if rc != 0:
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"{cmd[:4]} failed ({rc}):\n{tail}")
-    return {"wall_s": round(wall, 2), "peak_rss_bytes": peak.peak,
-            "peak_rss_gb": round(peak.peak / 1e9, 3)}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_bytes": peak.peak,
+        "peak_rss_gb": round(peak.peak / 1e9, 3),
+    }
 
 
 # --------------------------------------------------------------------------- passes (child)
@@ -155,8 +160,12 @@ def child_passes(data: str, engine_name: str, config: str, out: str) -> None:
     cols = sorted({"origin", "carrier", "dest", "arr_delay", *feats, *split})
     parts = dataset_parts(data, schema, columns=cols)
     reader = functools.partial(
-        iter_part_batches, schema=schema, timezone=s.dataset.timezone, columns=cols,
-        start=None, end=s.training.train_end,
+        iter_part_batches,
+        schema=schema,
+        timezone=s.dataset.timezone,
+        columns=cols,
+        start=None,
+        end=s.training.train_end,
     )
     group = functools.partial(route_group, n=N_GROUPS)
     node = functools.partial(route_group, n=N_NODES)
@@ -169,8 +178,11 @@ def child_passes(data: str, engine_name: str, config: str, out: str) -> None:
 
     def run(name: str, stat: Any) -> Any:
         r = eng.run(parts, stat, reader, desc=name)
-        res[name] = {"seconds": round(r.seconds, 2), "rows": r.rows,
-                     "rows_per_s": round(r.rows / r.seconds)}
+        res[name] = {
+            "seconds": round(r.seconds, 2),
+            "rows": r.rows,
+            "rows_per_s": round(r.rows / r.seconds),
+        }
         print(name, res[name], flush=True)
         return stat.finalize(r.state)
 
@@ -187,13 +199,16 @@ def child_passes(data: str, engine_name: str, config: str, out: str) -> None:
         run("node_histograms", ps.NodeHistograms(split, edges, N_NODES, node, tgt))
         ols = run("ols_suffstats", ps.OLSSuffStats(feats, "arr_delay", group, N_GROUPS))
         coef = np.zeros((N_GROUPS, 1 + len(feats)))
-        run("glm_irls_pass", ps.GLMIRLSStats(feats, "arr_delay", group, coef,
-                                             family="gaussian"))
-        run("outcome_histograms",
-            ps.OutcomeHistograms("arr_delay", np.linspace(-60, 240, 61), group, N_GROUPS))
+        run("glm_irls_pass", ps.GLMIRLSStats(feats, "arr_delay", group, coef, family="gaussian"))
+        run(
+            "outcome_histograms",
+            ps.OutcomeHistograms("arr_delay", np.linspace(-60, 240, 61), group, N_GROUPS),
+        )
         run("residual_quantiles", ps.ResidualQuantiles("arr_delay", dep_delay, group))
-        run("evaluation_sums", ps.EvaluationSums("arr_delay", "dep_delay", group=group,
-                                                 n_groups=N_GROUPS))
+        run(
+            "evaluation_sums",
+            ps.EvaluationSums("arr_delay", "dep_delay", group=group, n_groups=N_GROUPS),
+        )
         res["ols_groups_fitted"] = int(np.isfinite(ols["coef"][:, 0]).sum())
     finally:
         if isinstance(eng, DaskEngine):
@@ -211,16 +226,21 @@ def main() -> int:
     mode.add_argument("--full", action="store_true")
     ap.add_argument("--config", default=str(REPO / "config" / "flights.yaml"))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--child-passes", nargs=3, metavar=("DATA", "ENGINE", "OUT"),
-                    help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child-passes", nargs=3, metavar=("DATA", "ENGINE", "OUT"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
     if args.child_passes:
-        child_passes(args.child_passes[0], args.child_passes[1], args.config,
-                     args.child_passes[2])
+        child_passes(args.child_passes[0], args.child_passes[1], args.config, args.child_passes[2])
         return 0
     full = bool(args.full)
-    out = Path(args.out or REPO / "benchmarks" / "results" /
-               f"bench_training_scale_{'full' if full else 'quick'}.json")
+    out = Path(
+        args.out
+        or REPO
+        / "benchmarks"
+        / "results"
+        / f"bench_training_scale_{'full' if full else 'quick'}.json"
+    )
     env = {**environment(), "load_avg_start": list(os.getloadavg())}
 
     from segstream.shared.data import load_dataset
@@ -248,13 +268,28 @@ def main() -> int:
             t0 = time.perf_counter()
             rows = write_copies(flights, d, k)
             nbytes = sum(f.stat().st_size for f in d.rglob("*.parquet"))
-            result["sizes"][f"{k}x"] = {"rows": rows, "files": k, "parquet_bytes": nbytes,
-                                        "write_s": round(time.perf_counter() - t0, 1)}
+            result["sizes"][f"{k}x"] = {
+                "rows": rows,
+                "files": k,
+                "parquet_bytes": nbytes,
+                "write_s": round(time.perf_counter() - t0, 1),
+            }
             print(f"{k}x: {rows:,} rows, {nbytes / 1e6:.0f} MB parquet", flush=True)
             if k <= 10:
-                cmd = [segstream, "train", "--config", args.config, "--data", str(d),
-                       "--no-publish", "--quiet", "--work-dir", str(Path(tmp) / f"w{k}"),
-                       "--report-dir", str(Path(tmp) / f"r{k}")]
+                cmd = [
+                    segstream,
+                    "train",
+                    "--config",
+                    args.config,
+                    "--data",
+                    str(d),
+                    "--no-publish",
+                    "--quiet",
+                    "--work-dir",
+                    str(Path(tmp) / f"w{k}"),
+                    "--report-dir",
+                    str(Path(tmp) / f"r{k}"),
+                ]
                 m = run_child(cmd, Path(tmp) / f"train{k}.log")
                 m["rows_per_s"] = round(rows / m["wall_s"])
                 result["memory_engine"][f"{k}x"] = m
@@ -264,16 +299,26 @@ def main() -> int:
                     if k == 100 and eng == "dask":
                         continue
                     o = Path(tmp) / f"passes_{eng}_{k}.json"
-                    cmd = [py, __file__, "--config", args.config, "--child-passes", str(d),
-                           eng, str(o)]
+                    cmd = [
+                        py,
+                        __file__,
+                        "--config",
+                        args.config,
+                        "--child-passes",
+                        str(d),
+                        eng,
+                        str(o),
+                    ]
                     m = run_child(cmd, Path(tmp) / f"passes_{eng}_{k}.log")
                     m["per_pass"] = json.loads(o.read_text())
                     secs = [v["seconds"] for v in m["per_pass"].values() if isinstance(v, dict)]
                     m["passes_total_s"] = round(sum(secs), 2)
                     m["pass_seconds_median"] = round(statistics.median(secs), 2)
                     result["passes"][f"{eng}_{k}x"] = m
-                    print(f"passes {eng} {k}x: peak {m['peak_rss_gb']} GB, "
-                          f"{m['passes_total_s']} s", flush=True)
+                    print(
+                        f"passes {eng} {k}x: peak {m['peak_rss_gb']} GB, {m['passes_total_s']} s",
+                        flush=True,
+                    )
             for f in d.rglob("*.parquet"):
                 if k == 100:
                     f.unlink()

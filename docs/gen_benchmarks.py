@@ -155,26 +155,57 @@ def training_scale() -> list[str]:
         env = d["environment"]
         load_s = f"{env['load_avg_start'][0]:.1f} / {env['load_avg_end'][0]:.1f}"
         for k, m in d["memory_engine"].items():
-            rows.append([f"`{name}`", f"memory, {k}", f"{n0(d['sizes'][k]['rows'])}",
-                         f"{m['wall_s']:.0f}", n0(m["rows_per_s"]), f"{m['peak_rss_gb']:.2f}",
-                         load_s])
+            rows.append(
+                [
+                    f"`{name}`",
+                    f"memory, {k}",
+                    f"{n0(d['sizes'][k]['rows'])}",
+                    f"{m['wall_s']:.0f}",
+                    n0(m["rows_per_s"]),
+                    f"{m['peak_rss_gb']:.2f}",
+                    load_s,
+                ]
+            )
         for key, m in d["passes"].items():
             eng, k = key.split("_")
-            rows.append([f"`{name}`", f"{eng} passes ({len(m['per_pass']) - 1}), {k}",
-                         f"{n0(d['sizes'][k]['rows'])}", f"{m['wall_s']:.0f}",
-                         f"median pass {m['pass_seconds_median']:.1f} s",
-                         f"{m['peak_rss_gb']:.2f}", load_s])
-    out += table(["source", "engine, size", "rows", "wall (s)", "rows/s", "peak RSS (GB)",
-                  "load avg start / end"], rows)
+            rows.append(
+                [
+                    f"`{name}`",
+                    f"{eng} passes ({len(m['per_pass']) - 1}), {k}",
+                    f"{n0(d['sizes'][k]['rows'])}",
+                    f"{m['wall_s']:.0f}",
+                    f"median pass {m['pass_seconds_median']:.1f} s",
+                    f"{m['peak_rss_gb']:.2f}",
+                    load_s,
+                ]
+            )
+    out += table(
+        [
+            "source",
+            "engine, size",
+            "rows",
+            "wall (s)",
+            "rows/s",
+            "peak RSS (GB)",
+            "load avg start / end",
+        ],
+        rows,
+    )
     d = load(names[-1])
     per = []
     for key, m in d["passes"].items():
         for stat, v in m["per_pass"].items():
             if isinstance(v, dict):
-                per.append([key.replace("_", ", "), stat, f"{v['seconds']:.1f}",
-                            n0(v["rows_per_s"])])
-    out += ["", f"Per pass, last run (`{names[-1]}`):", "",
-            *table(["engine, size", "statistic", "seconds", "rows/s"], per), ""]
+                per.append(
+                    [key.replace("_", ", "), stat, f"{v['seconds']:.1f}", n0(v["rows_per_s"])]
+                )
+    out += [
+        "",
+        f"Per pass, last run (`{names[-1]}`):",
+        "",
+        *table(["engine, size", "statistic", "seconds", "rows/s"], per),
+        "",
+    ]
     return out
 
 

@@ -259,8 +259,6 @@ class DaskEngine:
                 rows += fut.result()  # re-raises a task's exception (a DataError names its file)
                 bar.update(1)
                 bar.set_postfix(rows=f"{rows:,}")
-        root = tree_merge(
-            futs, lambda a, b: client.submit(_merge_pair, stat, a, b, pure=False)
-        )
+        root = tree_merge(futs, lambda a, b: client.submit(_merge_pair, stat, a, b, pure=False))
         st, n = root.result()
         return PassResult(st, n, len(parts), time.perf_counter() - t0)

@@ -4,6 +4,8 @@ one-line errors naming the file and column for hostile input."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -54,7 +56,7 @@ def frame(n: int, month: int, seed: int = 0) -> pd.DataFrame:
 
 def split(df: pd.DataFrame, k: int) -> list[pd.DataFrame]:
     cuts = np.linspace(0, len(df), k + 1).astype(int)
-    return [df.iloc[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    return [df.iloc[a:b] for a, b in itertools.pairwise(cuts)]
 
 
 def write_hive(root, months=(1, 2, 3), n=500, files_per_month=2, row_group_size=None):
