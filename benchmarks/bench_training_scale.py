@@ -19,6 +19,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -84,6 +85,7 @@ class TreePeak:
         self.proc = psutil.Process(pid)
         self.interval = interval
         self.peak = 0
+        self.samples: list[tuple[float, int]] = []  # (unix time, summed RSS bytes)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -100,6 +102,7 @@ class TreePeak:
                 with contextlib.suppress(psutil.Error):
                     rss += p.memory_info().rss
             self.peak = max(self.peak, rss)
+            self.samples.append((time.time(), rss))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> TreePeak:
@@ -121,11 +124,31 @@ def run_child(cmd: list[str], log: Path) -> dict[str, Any]:
     if rc != 0:
         tail = log.read_text()[-3000:]
         raise RuntimeError(f"{cmd[:4]} failed ({rc}):\n{tail}")
-    return {
+    out: dict[str, Any] = {
         "wall_s": round(wall, 2),
         "peak_rss_bytes": peak.peak,
         "peak_rss_gb": round(peak.peak / 1e9, 3),
     }
+    steps = step_peaks(log.read_text(), peak.samples)
+    if steps:
+        out["step_peak_rss_gb"] = steps
+    return out
+
+
+_STEP = re.compile(r'ts=(\S+) .*msg="step (\w+) done in ([0-9.]+) s"')
+
+
+def step_peaks(log: str, samples: list[tuple[float, int]]) -> dict[str, float]:
+    """Peak RSS (GB) of the process tree during each training step, from the pipeline's
+    ``step NAME done in S s`` log lines (their timestamps end the step)."""
+    out: dict[str, float] = {}
+    for ts, name, secs in _STEP.findall(log):
+        end = pd.Timestamp(ts).timestamp()
+        start = end - float(secs)
+        inside = [r for t, r in samples if start - 0.1 <= t <= end + 0.1]
+        if inside:
+            out[name] = round(max(inside) / 1e9, 3)
+    return out
 
 
 # --------------------------------------------------------------------------- passes (child)
@@ -226,6 +249,12 @@ def main() -> int:
     mode.add_argument("--full", action="store_true")
     ap.add_argument("--config", default=str(REPO / "config" / "flights.yaml"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sizes", type=int, nargs="+", help="copies (default 1 10; --full 1 10 100)")
+    ap.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only the memory engine (e.g. to compare a loader change); no passes",
+    )
     ap.add_argument(
         "--child-passes", nargs=3, metavar=("DATA", "ENGINE", "OUT"), help=argparse.SUPPRESS
     )
@@ -250,7 +279,7 @@ def main() -> int:
     flights = load_dataset(settings)
     base_cols = [c for c in flights.columns if c not in ("outcome_missing",)]
     flights = flights[base_cols]
-    sizes = [1, 10, 100] if full else [1, 10]
+    sizes = args.sizes or ([1, 10, 100] if full else [1, 10])
     result: dict[str, Any] = {
         "benchmark": "training_scale",
         "mode": "full" if full else "quick",
@@ -294,7 +323,7 @@ def main() -> int:
                 m["rows_per_s"] = round(rows / m["wall_s"])
                 result["memory_engine"][f"{k}x"] = m
                 print(f"memory engine {k}x: {m}", flush=True)
-            if k >= 10:
+            if k >= 10 and not args.memory_only:
                 for eng in ("chunked", "dask"):
                     if k == 100 and eng == "dask":
                         continue
