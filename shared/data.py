@@ -173,12 +173,14 @@ def coerce_to_schema(
     *,
     columns: Sequence[str] | None = None,
     sort: bool = True,
+    copy: bool = True,
 ) -> pd.DataFrame:
-    """Return a copy of ``df`` with the schema's columns in their declared types.
+    """Return ``df`` with the schema's columns in their declared types.
 
     Extra columns are kept. Adds ``outcome_missing`` (when the target is coerced) and (if
     absent) ``outcome_time`` = NaT. ``columns``: coerce only these schema columns (the time
-    field must be among them); ``sort``: sort by time (stable).
+    field must be among them); ``sort``: sort by time (stable); ``copy=False``: convert the
+    columns of ``df`` in place (for a caller that owns the frame: saves a copy of it).
 
     Raises
     ------
@@ -193,7 +195,7 @@ def coerce_to_schema(
     missing = [f.name for f in fields if f.name not in df.columns]
     if missing:
         raise SchemaError(f"{source}: missing column(s) {missing} declared in the schema")
-    out = df.copy()
+    out = df.copy() if copy else df
     for f in fields:
         col = out[f.name]
         try:
@@ -201,6 +203,11 @@ def coerce_to_schema(
                 out[f.name] = _to_datetime(col, timezone)
             elif f.type in ("float", "int", "bool"):
                 out[f.name] = pd.to_numeric(col, errors="raise").astype(np.float64)
+            elif col.dtype == object and pd.api.types.infer_dtype(col, skipna=True) in (
+                "string",
+                "empty",
+            ):  # already str (Parquet strings): only the missing values become NaN
+                out[f.name] = col.where(col.notna(), np.nan)
             else:
                 out[f.name] = (
                     col.astype(object)
@@ -611,7 +618,9 @@ def iter_part_batches(
             if rb.num_rows == 0:
                 continue
             df = rb.to_pandas()
-            out = coerce_to_schema(df, schema, timezone, source=part.path, columns=want, sort=False)
+            out = coerce_to_schema(
+                df, schema, timezone, source=part.path, columns=want, sort=False, copy=False
+            )
             if start is not None or end is not None:
                 out = time_slice(out, t, start, end)
                 if len(out) == 0:
@@ -712,6 +721,10 @@ def load_parquet(
             tables.append(part.fragment.to_table(schema=data.dataset.schema))
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{part.path}: cannot read: {_first(exc)}") from None
-    df = pa.concat_tables(tables).to_pandas()
+    table = pa.concat_tables(tables)
+    del tables
+    # the Arrow buffers are released column by column as pandas takes them over
+    df = table.to_pandas(self_destruct=True, split_blocks=True)
+    del table
     src = data.parts[0].path if len(data.parts) == 1 else f"{url} ({len(data.parts)} files)"
-    return coerce_to_schema(df, schema, timezone, source=src)
+    return coerce_to_schema(df, schema, timezone, source=src, copy=False)
