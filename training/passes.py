@@ -49,6 +49,7 @@ __all__ = [
     "BinEdges",
     "EvaluationSums",
     "GLMIRLSStats",
+    "Joint",
     "KLLSketch",
     "MomentStats",
     "NodeHistograms",
@@ -78,6 +79,31 @@ def fold(stat: Statistic[S], chunks: Any) -> S:
     for c in chunks:
         st = stat.update(st, c)
     return st
+
+
+class Joint:
+    """Several statistics in one pass over the rows (the data are read once): the state is
+    the tuple of their states, merged and finalised member by member.
+
+    Parameters
+    ----------
+    stats : sequence of Statistic
+    """
+
+    def __init__(self, stats: Sequence[Any]) -> None:
+        self.stats = stats
+
+    def init(self) -> tuple[Any, ...]:
+        return tuple(s.init() for s in self.stats)
+
+    def update(self, state: tuple[Any, ...], chunk: pd.DataFrame) -> tuple[Any, ...]:
+        return tuple(s.update(x, chunk) for s, x in zip(self.stats, state, strict=True))
+
+    def merge(self, a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(s.merge(x, y) for s, x, y in zip(self.stats, a, b, strict=True))
+
+    def finalize(self, state: tuple[Any, ...]) -> tuple[Any, ...]:
+        return tuple(s.finalize(x) for s, x in zip(self.stats, state, strict=True))
 
 
 def _rows_of(spec: Rows, chunk: pd.DataFrame) -> np.ndarray:

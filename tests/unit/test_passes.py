@@ -18,6 +18,7 @@ from segstream.training.passes import (
     BinEdges,
     EvaluationSums,
     GLMIRLSStats,
+    Joint,
     MomentStats,
     NodeHistograms,
     OLSSuffStats,
@@ -274,3 +275,15 @@ def test_evaluation_sums():
     np.testing.assert_allclose(tot["coverage"][0], cov, rtol=1e-12)
     d3 = df[ok & (df["g"] == 3)]
     np.testing.assert_allclose(got["mae"][3], (d3["y"] - d3["pred"]).abs().mean(), rtol=1e-12)
+
+
+def test_joint_pass_equals_its_members():
+    df = data(n=1500, seed=16)
+    edges = np.linspace(-10, 20, 7)
+    members = [OutcomeHistograms("y", edges, "g", 7), EvaluationSums("y", "pred")]
+    joint = Joint(members)
+    got = joint.finalize(chunked(joint, df, 17))
+    np.testing.assert_array_equal(got[0], members[0].finalize(fold(members[0], [df])))
+    ref = members[1].finalize(fold(members[1], [df]))
+    for k in ref:
+        np.testing.assert_allclose(got[1][k], ref[k], rtol=1e-12)
