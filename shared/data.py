@@ -476,7 +476,7 @@ def open_parquet_dataset(
             partitioning="hive" if base else None,
             partition_base_dir=base,
         )
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise DataError(
             f"{_name_in(exc, files)}: not a readable Parquet file: {_first(exc)}"
         ) from None
@@ -489,7 +489,7 @@ def open_parquet_dataset(
     for frag in frags:
         try:
             phys = frag.physical_schema
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{frag.path}: not a readable Parquet file: {_first(exc)}") from None
         if schema is not None:
             _check_file_schema(frag.path, phys, part_cols, schema, columns)
@@ -626,7 +626,7 @@ def iter_part_batches(
                 if len(out) == 0:
                     continue
             yield out
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{part.path}: cannot read: {_first(exc)}") from None
 
 
@@ -719,7 +719,7 @@ def load_parquet(
     for part in data.parts:
         try:
             tables.append(part.fragment.to_table(schema=data.dataset.schema))
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{part.path}: cannot read: {_first(exc)}") from None
     table = pa.concat_tables(tables)
     del tables

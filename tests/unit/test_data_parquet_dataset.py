@@ -240,3 +240,17 @@ def test_storage_options_from_secret_settings_never_in_dumps():
     }
     assert "Sup3rS3cret" not in repr(s) and "Sup3rS3cret" not in str(s.model_dump())
     assert storage_options(base) == {}
+
+
+def test_files_disagreeing_on_the_time_type_name_the_file(tmp_path):
+    a = frame(40, 1)
+    b = frame(40, 2)
+    b["t"] = b["t"].astype(str)  # the second file stores times as strings
+    a.to_parquet(tmp_path / "a.parquet")
+    b.to_parquet(tmp_path / "b.parquet")
+    data = open_parquet_dataset(tmp_path, schema())
+    # the data set's schema (first file) has a timestamp: the pushed-down filter cannot apply
+    # to the second file's strings, which is a one-line error naming that file
+    with pytest.raises(DataError) as e:
+        list(iter_batches(data, schema(), TZ, start="2024-01-15"))
+    assert "b.parquet: cannot read" in str(e.value) and "\n" not in str(e.value)
