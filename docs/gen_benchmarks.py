@@ -186,6 +186,7 @@ def training_scale() -> list[str]:
         ["source", "engine, size", "rows", "wall (s)", "rows/s", "peak RSS (GB)", "load avg"],
         rows,
     )
+    out += ["", "Sources: " + ", ".join(f"`benchmarks/results/{n}`" for n in names) + "."]
     with_passes = [n for n in names if load(n)["passes"]]
     if with_passes:
         d = load(with_passes[-1])
