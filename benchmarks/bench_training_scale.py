@@ -250,6 +250,7 @@ def main() -> int:
     ap.add_argument("--config", default=str(REPO / "config" / "flights.yaml"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--sizes", type=int, nargs="+", help="copies (default 1 10; --full 1 10 100)")
+    ap.add_argument("--passes-only", action="store_true", help="only the passes (no memory engine)")
     ap.add_argument(
         "--memory-only",
         action="store_true",
@@ -304,7 +305,7 @@ def main() -> int:
                 "write_s": round(time.perf_counter() - t0, 1),
             }
             print(f"{k}x: {rows:,} rows, {nbytes / 1e6:.0f} MB parquet", flush=True)
-            if k <= 10:
+            if k <= 10 and not args.passes_only:
                 cmd = [
                     segstream,
                     "train",
