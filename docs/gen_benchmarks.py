@@ -180,6 +180,90 @@ def _training_time(d: dict) -> str:
     )
 
 
+def training_scale() -> list[str]:
+    names = sorted(p.name for p in RESULTS.glob("bench_training_scale_*.json"))
+    if not names:
+        return []
+    out = [
+        "## Training at scale (`bench_training_scale.py`)",
+        "",
+        "Flights repeated 1x and 10x (full: 100x) with jittered delays and weather, one Parquet "
+        "file per copy. `memory`: today's `segstream train --data DIR` end to end. Passes: "
+        "each mergeable statistic of `training/passes.py` over the January–August rows of the "
+        "10x directory (time pushdown), through the chunked engine (this process) and the dask "
+        "engine (2-worker `LocalCluster`, processes), after a warm-up on two files. Peak memory "
+        "is the summed resident memory of the child's whole process tree (Dask workers "
+        "included), sampled every 0.1 s. Every run is listed; see "
+        "[training at scale](guide/scale.md).",
+        "",
+    ]
+    rows = []
+    for name in names:
+        d = load(name)
+        env = d["environment"]
+        load_s = f"{env['load_avg_start'][0]:.1f} / {env['load_avg_end'][0]:.1f}"
+        for k, m in d["memory_engine"].items():
+            rows.append(
+                [
+                    f"`{name}`",
+                    f"memory (train end to end), {k}",
+                    n0(d["sizes"][k]["rows"]),
+                    f"{m['wall_s']:.0f}",
+                    n0(m["rows_per_s"]),
+                    f"{m['peak_rss_gb']:.2f}",
+                    load_s,
+                ]
+            )
+        for key, m in d["passes"].items():
+            eng, k = key.split("_")
+            per = [v for v in m["per_pass"].values() if isinstance(v, dict)]
+            rows.append(
+                [
+                    f"`{name}`",
+                    f"{eng}: {len(per)} passes, {k}",
+                    f"{n0(per[0]['rows'])} per pass",
+                    f"{m['wall_s']:.0f} (passes {m['passes_total_s']:.0f}; the rest: start-up, "
+                    "warm-up)",
+                    f"median pass {m['pass_seconds_median']:.1f} s",
+                    f"{m['peak_rss_gb']:.2f}",
+                    load_s,
+                ]
+            )
+    out += table(
+        ["source", "engine, size", "rows", "wall (s)", "rows/s", "peak RSS (GB)", "load avg"],
+        rows,
+    )
+    out += ["", "Sources: " + ", ".join(f"`benchmarks/results/{n}`" for n in names) + "."]
+    with_passes = [n for n in names if load(n)["passes"]]
+    if with_passes:
+        d = load(with_passes[-1])
+        per_rows = []
+        for key, m in d["passes"].items():
+            for stat, v in m["per_pass"].items():
+                if isinstance(v, dict):
+                    per_rows.append(
+                        [key.replace("_", ", "), stat, f"{v['seconds']:.1f}", n0(v["rows_per_s"])]
+                    )
+        out += [
+            "",
+            f"Per pass (`{with_passes[-1]}`). A pass's time is mostly reading and coercing the "
+            "record batches, so much of the spread between passes is the machine's load:",
+            "",
+            *table(["engine, size", "statistic", "seconds", "rows/s"], per_rows),
+        ]
+    for name in names:
+        for k, m in load(name)["memory_engine"].items():
+            sp = m.get("step_peak_rss_gb")
+            if sp:
+                out += [
+                    "",
+                    f"Peak resident memory (GB) per step of the memory engine at {k} (`{name}`):",
+                    "",
+                    *table(list(sp), [[f"{v:.2f}" for v in sp.values()]]),
+                ]
+    return [*out, ""]
+
+
 def profiles() -> list[str]:
     name = "bench_profiles_quick.json"
     d = load(name)
@@ -1329,6 +1413,7 @@ def render() -> str:
     for section in (
         training,
         training_flights_late,
+        training_scale,
         profiles,
         forest,
         partitioner,

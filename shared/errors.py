@@ -49,6 +49,14 @@ class BrokerError(SegstreamError, RuntimeError):
     """
 
 
+class SchedulerError(SegstreamError, ConnectionError):
+    """A Dask scheduler (``--dask-scheduler``) cannot be reached.
+
+    The message names the address. Check that the scheduler runs and listens there (``dask
+    scheduler`` prints its address), or leave the address out to start a local cluster.
+    """
+
+
 class BundleIntegrityError(SegstreamError):
     """A model bundle failed verification (hash mismatch, missing or extra file, bad format).
 

