@@ -149,9 +149,7 @@ def load_file(
         A schema column is missing or cannot be converted (the message names it).
     """
     if is_parquet_dataset(path):
-        return load_parquet(
-            path, schema, timezone, target_from, storage_options=storage_options
-        )
+        return load_parquet(path, schema, timezone, target_from, storage_options=storage_options)
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file not found: {p}")
