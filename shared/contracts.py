@@ -257,13 +257,24 @@ def outcome_struct(
 
 
 # ----------------------------------------------------------------------------- predictions
-class Prediction(Struct, gc=False):
+#: Target families of a bundle (``training.regression.family``).
+Family = Literal["gaussian", "binomial", "poisson"]
+
+
+class Prediction(Struct, gc=False, omit_defaults=True):
     """A prediction record (topic ``topics.predictions``, key: the event id).
 
     One per scored event, written by the worker
     (:func:`segstream.services.worker.records.encode_predictions`). Non-finite numbers are
     written as null. Consumers keep one record per ``event_id`` (an at-least-once redelivery
     or a duplicated event scores the same id again).
+
+    The bundle's target family decides how to read the numbers: ``gaussian`` (no ``family``
+    field) a point prediction in target units with a split-conformal interval and the
+    outcome pattern; ``binomial`` the probability of the outcome 1 (``prediction`` and
+    ``probability``), its ``label`` by the bundle's ``threshold``, no interval (null) and no
+    pattern (-1, null); ``poisson`` the expected count, with the central Poisson interval of
+    mass ``interval_mass`` and no pattern.
     """
 
     event_id: str
@@ -279,23 +290,59 @@ class Prediction(Struct, gc=False):
             ),
         ),
     ]
-    prediction: Annotated[float | None, Meta(description="Point prediction, target units.")]
+    prediction: Annotated[
+        float | None,
+        Meta(
+            description=(
+                "Point prediction, target units (binomial: P(outcome = 1); poisson: the "
+                "expected count)."
+            )
+        ),
+    ]
     interval: Annotated[
         tuple[float | None, float | None],
         Meta(
-            description=("[low, high] prediction interval of mass interval_mass; null: unbounded.")
+            description=(
+                "[low, high] prediction interval of mass interval_mass; null: unbounded "
+                "(binomial: both null)."
+            )
         ),
     ]
     interval_mass: float
-    pattern: Annotated[int, Meta(description="Most probable outcome pattern of the event.")]
+    pattern: Annotated[
+        int,
+        Meta(description="Most probable outcome pattern of the event (-1: none, not gaussian)."),
+    ]
     pattern_proba: float | None
     event_time: Annotated[str | None, Meta(description="The event's time, as it was sent.")]
     scored_at: UtcTime
+    family: Annotated[Family, Meta(description="The bundle's target family; absent: gaussian.")] = (
+        "gaussian"
+    )
+    probability: Annotated[
+        float | None | UnsetType,
+        Meta(description="binomial: P(outcome = 1), the same as prediction."),
+    ] = UNSET
+    label: Annotated[
+        Annotated[int, Meta(ge=-1, le=1)] | UnsetType,
+        Meta(description="binomial: the class by the threshold, 1 or 0 (-1: no probability)."),
+    ] = UNSET
+    threshold: Annotated[
+        float | None | UnsetType,
+        Meta(
+            description=(
+                "binomial: the bundle's probability threshold of label (chosen on the "
+                "validation slice or set in the configuration)."
+            )
+        ),
+    ] = UNSET
     contributions: Annotated[
         dict[str, float | None] | UnsetType,
         Meta(
             description=(
-                "Per-feature contributions to the prediction (with worker.include_contributions)."
+                "Per-feature contributions to the prediction (with "
+                "worker.include_contributions); binomial and poisson: to the linear "
+                "predictor (log-odds, log of the expected count)."
             )
         ),
     ] = UNSET
