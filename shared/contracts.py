@@ -320,7 +320,7 @@ class Prediction(Struct, gc=False, omit_defaults=True):
         "gaussian"
     )
     probability: Annotated[
-        float | None | UnsetType,
+        float | UnsetType | None,
         Meta(description="binomial: P(outcome = 1), the same as prediction."),
     ] = UNSET
     label: Annotated[
@@ -328,7 +328,7 @@ class Prediction(Struct, gc=False, omit_defaults=True):
         Meta(description="binomial: the class by the threshold, 1 or 0 (-1: no probability)."),
     ] = UNSET
     threshold: Annotated[
-        float | None | UnsetType,
+        float | UnsetType | None,
         Meta(
             description=(
                 "binomial: the bundle's probability threshold of label (chosen on the "
