@@ -19,6 +19,13 @@ the id and the file table and refuses a bundle with a modified, missing or extra
 edited identity field or a newer format version. Loading never executes code: JSON, ``.npy``
 arrays without pickles and XGBoost's own model format only.
 
+``family`` (``gaussian``, ``binomial`` or ``poisson``: which outcome the segment models
+predict) and ``threshold`` (the binomial decision threshold) are identity fields from format 3
+on. A ``gaussian`` bundle leaves both out of its manifest and is written as format 2, byte for
+byte as before they existed, so its id and its signature do not change and an older reader
+still loads it; a ``binomial`` or ``poisson`` bundle is format 3, which an older reader refuses
+with "upgrade segstream" instead of misreading it as a linear model.
+
 A bundle may carry ``manifest.sig``, an Ed25519 signature of the whole manifest but its
 ``bundle_id`` (:meth:`Manifest.body_json`, annotations included;
 :mod:`segstream.shared.signing`); it is not part of the content address and not in the file
@@ -43,7 +50,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -56,8 +63,16 @@ logger = logging.getLogger(__name__)
 
 #: Version of the on-disk format written by this code. Bundles with a higher version are refused.
 #: 1: the id hashes every manifest field but ``bundle_id``; 2: the id leaves out the
-#: :data:`ANNOTATION_FIELDS` (both are read).
-FORMAT_VERSION = 2
+#: :data:`ANNOTATION_FIELDS`; 3: the manifest may carry ``family`` and ``threshold`` (written
+#: for ``binomial`` and ``poisson`` bundles only; ``gaussian`` ones are still written as 2).
+#: All three are read.
+FORMAT_VERSION = 3
+#: The format a ``gaussian`` bundle is written in (no ``family`` in its manifest).
+GAUSSIAN_FORMAT_VERSION = 2
+#: Outcome families of the segment models (``training.regression.family``).
+FAMILIES = ("gaussian", "binomial", "poisson")
+#: Identity fields left out of the manifest when they hold these defaults (format 2 bundles).
+_OMITTED_DEFAULTS: dict[str, Any] = {"family": "gaussian", "threshold": None}
 #: Manifest fields outside the content address from format 2 on: when the run happened, how
 #: long its steps took and what it measured. Nothing that is served reads them.
 ANNOTATION_FIELDS = ("created_at", "timings", "metrics")
@@ -135,7 +150,14 @@ class ComponentEntry(BaseModel):
 
 
 class Manifest(BaseModel):
-    """The typed bundle manifest (``manifest.json``; DESIGN.md contract)."""
+    """The typed bundle manifest (``manifest.json``; DESIGN.md contract).
+
+    ``family`` is the outcome family of the segment models (``"gaussian"``: linear models of
+    a continuous outcome; ``"binomial"``: logistic models of a 0/1 outcome; ``"poisson"``:
+    log-linear models of a count); ``threshold`` is the binomial decision threshold in (0, 1)
+    (None for the other families). Both are left out of the JSON when they hold their
+    defaults (``gaussian``, None), see the module docstring.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -143,6 +165,8 @@ class Manifest(BaseModel):
     bundle_id: str = ""
     model: str
     created_at: dt.datetime
+    family: Literal["gaussian", "binomial", "poisson"] = "gaussian"
+    threshold: float | None = None
     config: dict[str, Any] = Field(default_factory=dict)
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     data: dict[str, Any] = Field(default_factory=dict)
@@ -151,10 +175,19 @@ class Manifest(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     files: dict[str, FileEntry] = Field(default_factory=dict)
 
+    def to_doc(self) -> dict[str, Any]:
+        """The manifest as JSON-ready data, ``family``/``threshold`` left out when they hold
+        their defaults (so a ``gaussian`` manifest reads exactly as before they existed)."""
+        d = self.model_dump(mode="json", by_alias=True)
+        for key, default in _OMITTED_DEFAULTS.items():
+            if d.get(key) == default:
+                d.pop(key, None)
+        return d
+
     def body_json(self) -> bytes:
         """Canonical JSON of the manifest without ``bundle_id``: what a signature covers
         (:mod:`segstream.shared.signing`), annotations included."""
-        d = self.model_dump(mode="json", by_alias=True)
+        d = self.to_doc()
         d.pop("bundle_id", None)
         return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
 
@@ -166,7 +199,7 @@ class Manifest(BaseModel):
         """
         if self.format_version < 2:
             return self.body_json()
-        d = self.model_dump(mode="json", by_alias=True)
+        d = self.to_doc()
         for key in ("bundle_id", *ANNOTATION_FIELDS):
             d.pop(key, None)
         return orjson.dumps(d, option=orjson.OPT_SORT_KEYS)
@@ -225,22 +258,39 @@ def write_bundle(
     metrics: dict[str, Any] | None = None,
     timings: dict[str, float] | None = None,
     created_at: dt.datetime | None = None,
+    family: str = "gaussian",
+    threshold: float | None = None,
 ) -> Path:
     """Write a bundle into ``root/<bundle_id>/`` and return that directory.
 
     Writing the same content twice (annotations aside: ``created_at``, ``timings``,
     ``metrics``) is a no-op that returns the existing directory, whose annotations are kept.
 
+    Parameters
+    ----------
+    family : {"gaussian", "binomial", "poisson"}
+        Outcome family of the segment models; ``gaussian`` bundles are written as format
+        :data:`GAUSSIAN_FORMAT_VERSION`, the others as :data:`FORMAT_VERSION`.
+    threshold : float in (0, 1), optional
+        Binomial decision threshold; required for ``binomial``, None for the others.
+
     Raises
     ------
+    ValueError
+        An unknown ``family``, or a ``threshold`` that does not fit it.
     BundleIntegrityError
         When a directory with the same id exists but does not verify.
     """
+    problem = _family_problem(family, threshold)
+    if problem:
+        raise ValueError(problem)
     files, entries = build_bundle_files(components)
     manifest = Manifest(
-        format_version=FORMAT_VERSION,
+        format_version=FORMAT_VERSION if family != "gaussian" else GAUSSIAN_FORMAT_VERSION,
         model=model,
         created_at=created_at or dt.datetime.now(dt.UTC),
+        family=family,  # type: ignore[arg-type]  # checked by _family_problem above
+        threshold=threshold,
         config=config or {},
         schema=schema or {},
         data=data or {},
@@ -263,9 +313,22 @@ def write_bundle(
     return out
 
 
+def _family_problem(family: object, threshold: object) -> str | None:
+    """Why ``family``/``threshold`` cannot go together in a manifest, or None."""
+    if family not in FAMILIES:
+        return f"family {family!r} is not one of {list(FAMILIES)}"
+    if family == "binomial":
+        ok = isinstance(threshold, float | int) and 0.0 < float(threshold) < 1.0
+        if not ok:
+            return f"family 'binomial' needs a threshold in (0, 1), got {threshold!r}"
+    elif threshold is not None:
+        return f"threshold {threshold!r} given for family {family!r} (binomial only)"
+    return None
+
+
 def manifest_bytes(manifest: Manifest) -> bytes:
     return orjson.dumps(
-        manifest.model_dump(mode="json", by_alias=True),
+        manifest.to_doc(),
         option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS,
     )
 
@@ -310,6 +373,15 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
         ) from None
     if manifest.format_version < 1:
         raise BundleIntegrityError(f"{where}: invalid format_version {manifest.format_version}")
+    fields_set = manifest.model_fields_set & set(_OMITTED_DEFAULTS)
+    if fields_set and manifest.format_version < 3:
+        raise BundleIntegrityError(
+            f"{where}/{MANIFEST}: invalid manifest at '{sorted(fields_set)[0]}': "
+            f"not part of format_version {manifest.format_version}"
+        )
+    problem = _family_problem(manifest.family, manifest.threshold)
+    if problem:
+        raise BundleIntegrityError(f"{where}/{MANIFEST}: invalid manifest at 'family': {problem}")
     if not is_bundle_id(manifest.bundle_id):
         raise BundleIntegrityError(
             f"{where}/{MANIFEST}: invalid manifest at 'bundle_id': "

@@ -9,6 +9,7 @@ import pytest
 
 from segstream.shared.bundle import (
     FORMAT_VERSION,
+    GAUSSIAN_FORMAT_VERSION,
     MANIFEST,
     load_components,
     verify_bundle_dir,
@@ -51,7 +52,7 @@ def test_round_trip_and_content_address(tmp_path):
     d = make(tmp_path)
     loaded = load_components(d)
     assert loaded.manifest.bundle_id == d.name and len(d.name) == 64
-    assert loaded.manifest.format_version == FORMAT_VERSION
+    assert loaded.manifest.format_version == GAUSSIAN_FORMAT_VERSION  # no family: format 2
     np.testing.assert_array_equal(loaded["alpha"].arrays["a"], components()["alpha"].arrays["a"])
     assert loaded["alpha"].arrays["ids"].dtype == np.int32
     assert loaded["beta"].blobs["classifier.ubj"] == b"\x00\x01binary"
