@@ -505,6 +505,8 @@ class StreamWorker:
                 interval_mass=scorer.interval_mass,
                 scored_at=utc_now_iso(),
                 contribution_names=self.contribution_names,
+                family=scorer.family,
+                threshold=scorer.threshold,
             )
         else:
             ids, preds = [], []
