@@ -538,8 +538,8 @@ class Alert(Struct, kw_only=True):
         str,
         Meta(
             description=(
-                "psi, count, mae_ratio, interval_coverage, bundle_verification, bundle_reload, "
-                "failed_share."
+                "psi, count, mae_ratio, interval_coverage, log_loss_ratio, brier_ratio, "
+                "auroc_drop, deviance_ratio, bundle_verification, bundle_reload, failed_share."
             )
         ),
     ]
@@ -572,6 +572,28 @@ class Alert(Struct, kw_only=True):
     baseline_mae: Annotated[
         float | UnsetType, Meta(description="performance: the bundles' test MAE.")
     ] = UNSET
+    observed: Annotated[
+        float | UnsetType,
+        Meta(
+            description=(
+                "performance (log_loss_ratio, brier_ratio, auroc_drop, deviance_ratio): the "
+                "window's log loss, Brier score, AUROC or mean Poisson deviance."
+            )
+        ),
+    ] = UNSET
+    baseline: Annotated[
+        float | UnsetType,
+        Meta(description="performance: the bundles' test figure of the same statistic."),
+    ] = UNSET
+    error_bound: Annotated[
+        float | UnsetType,
+        Meta(
+            description=(
+                "performance (auroc_drop): bound of the binned AUROC's error (probabilities "
+                "in 1000 bins; pairs in one bin count as ties)."
+            )
+        ),
+    ] = UNSET
     band: Annotated[
         tuple[float, float] | UnsetType,
         Meta(description="performance (interval_coverage): the accepted coverage band."),
@@ -580,8 +602,9 @@ class Alert(Struct, kw_only=True):
         tuple[float, float] | UnsetType,
         Meta(
             description=(
-                "performance: 95 % confidence interval of the value (mae_ratio: normal "
-                "approximation of the MAE over the test MAE; interval_coverage: Wilson score)."
+                "performance: 95 % confidence interval of the value (ratios: normal "
+                "approximation of the window's mean over the test figure; interval_coverage: "
+                "Wilson score; auroc_drop: Hanley-McNeil standard error)."
             )
         ),
     ] = UNSET

@@ -749,6 +749,40 @@ class MonitorSettings(_Section):
         le=1,
         description="Alert when interval coverage leaves interval mass ± this.",
     )
+    log_loss_ratio_warning: float = Field(
+        default=1.15,
+        gt=0,
+        description="Binomial models: window log loss / test log loss at or above: warning.",
+    )
+    log_loss_ratio_critical: float = Field(
+        default=1.3, gt=0, description="Binomial models: window log loss / test log loss: critical."
+    )
+    brier_ratio_warning: float = Field(
+        default=1.15,
+        gt=0,
+        description="Binomial models: window Brier score / test Brier score at or above: warning.",
+    )
+    brier_ratio_critical: float = Field(
+        default=1.3, gt=0, description="Binomial models: window Brier / test Brier: critical."
+    )
+    auroc_drop_warning: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Binomial models: test AUROC minus window AUROC at or above: warning.",
+    )
+    auroc_drop_critical: float = Field(
+        default=0.1, gt=0, le=1, description="Binomial models: AUROC drop at or above: critical."
+    )
+    deviance_ratio_warning: float = Field(
+        default=1.5,
+        gt=0,
+        description="Poisson models: window mean deviance / test mean deviance at or above: "
+        "warning.",
+    )
+    deviance_ratio_critical: float = Field(
+        default=2.0, gt=0, description="Poisson models: window / test mean deviance: critical."
+    )
     isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
         default="read_committed",
         description="Isolation level of the monitor's consumer: read_committed counts only "

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from segstream.services.monitor.performance import window_statistics
 from segstream.shared.alerts import SEVERITIES, Alert
 from segstream.shared.store import RELOAD_FAILURE_REASONS
 
@@ -41,6 +42,16 @@ WINDOW_KINDS = ("drift", "new_segment", "performance")
 #: tracked, when ``monitor.pending_max`` / ``monitor.new_segment_max_keys`` is reached.
 OVERFLOW_STATES = ("pending_predictions", "pending_outcomes", "new_keys")
 MONITOR_ALERT_TYPES = ("drift", "new_segment", "performance")
+#: Window statistics of binomial and Poisson models (``statistic`` label of
+#: ``segstream_monitor_window_statistic`` and ``_test_statistic``).
+FAMILY_STATISTIC_NAMES = ("log_loss", "brier", "auroc", "auroc_error_bound", "deviance", "mae")
+#: The finding that carries each statistic's test figure.
+_FINDING_OF = {
+    "log_loss_ratio": "log_loss",
+    "brier_ratio": "brier",
+    "auroc_drop": "auroc",
+    "deviance_ratio": "deviance",
+}
 
 
 @dataclasses.dataclass
@@ -62,6 +73,8 @@ class MonitorMetrics:
     features: frozenset[str]
     bundle_reload_failures: Counter
     state_overflow: Counter
+    window_statistic: Gauge
+    test_statistic: Gauge
 
     @classmethod
     def create(
@@ -164,6 +177,21 @@ class MonitorMetrics:
                 ["state"],
                 registry=registry,
             ),
+            window_statistic=Gauge(
+                f"{ns}_window_statistic",
+                "Binomial and Poisson models, last closed performance window, whole model: "
+                "log_loss, brier, auroc (binned), auroc_error_bound (bound of the binning's "
+                "error), deviance (mean unit Poisson deviance), mae.",
+                ["statistic"],
+                registry=registry,
+            ),
+            test_statistic=Gauge(
+                f"{ns}_test_statistic",
+                "The serving bundles' test figure of the same statistic (log_loss, brier, "
+                "auroc, deviance), weighted by the window's outcomes per bundle.",
+                ["statistic"],
+                registry=registry,
+            ),
         )
         for st in OVERFLOW_STATES:
             m.state_overflow.labels(state=st)
@@ -202,6 +230,10 @@ class MonitorMetrics:
                 self.window_mae_ratio.set(f.value)
             elif f.statistic == "interval_coverage":
                 self.window_coverage.set(f.value)
+            elif f.statistic in _FINDING_OF and f.baseline is not None:
+                self.test_statistic.labels(statistic=_FINDING_OF[f.statistic]).set(f.baseline)
+        for name, value in window_statistics(state).items():
+            self.window_statistic.labels(statistic=name).set(value)
 
     def record(self, source: str, result: str, n: int = 1) -> None:
         self.records.labels(source=source, result=result).inc(n)

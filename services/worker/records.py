@@ -639,7 +639,20 @@ def _encode_structs(
     records = []
     for row in zip(*cols, strict=True):
         e, s, f, p, lo, hi, pt, pp, et = row[:9]
-        head = (e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et, scored_at)
+        head: tuple[Any, ...] = (
+            e,
+            model,
+            bundle_id,
+            s,
+            f,
+            p,
+            (lo, hi),
+            interval_mass,
+            pt,
+            pp,
+            et,
+            scored_at,
+        )
         rest = row[9:]
         if family == "binomial":  # probability, label, [contributions]
             head += ("binomial", rest[0], rest[1], threshold)
