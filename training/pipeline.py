@@ -4,6 +4,15 @@ load → split by time → partition → fit every node's linear model (with fal
 profiles and pattern classifier → conformal intervals → drift reference → evaluate against a
 global linear model and a global XGBoost regressor → bundle → store → model-update event →
 HTML report.
+
+With ``training.regression.family`` ``binomial`` or ``poisson`` the segment models are GLMs
+(logistic / log-linear, :func:`~segstream.training.groupby_regression.fit_groups` with
+``family``; ``shrinkage: auto`` picks the strength on the validation slice), the binomial
+decision threshold is chosen on the validation slice, the outcome profiles and conformal
+intervals are skipped (they describe a continuous outcome; a classifier is judged by its
+calibration instead: reliability tables, overall and per segment), and the baselines are a
+global GLM (the same engine, one group) and a global XGBoost classifier (``binary:logistic``)
+or count model (``count:poisson``).
 """
 
 from __future__ import annotations
@@ -31,11 +40,17 @@ from segstream.shared.drift import DriftReference, numeric_reference, window_psi
 from segstream.shared.errors import DataError, SchemaError
 from segstream.shared.settings import SchemaSettings, Settings
 from segstream.training.evaluation import (
+    choose_threshold,
+    classification_metrics,
     conformal_offsets,
+    expected_calibration_error,
     fallback_shares,
     interval_metrics,
+    per_segment_calibration,
     per_segment_mae,
     point_metrics,
+    poisson_metrics,
+    reliability_table,
 )
 
 logger = logging.getLogger(__name__)
@@ -195,6 +210,45 @@ def node_rows(ancestors: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, 
     return rows[keep], nodes[keep].astype(np.int64)
 
 
+def serving_nodes(
+    models: Any, node_parent: np.ndarray, min_stat: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which node's model serves each node: ``(model_node (n_nodes,) int32, model_index
+    (n_nodes,) int32)`` (the row of that model in ``models.groups``).
+
+    A node serves predictions with a converged fit on at least ``min_stat`` usable rows of
+    its own: status "ok", or "pooled" with that many rows, i.e. a predictor direction the
+    node cannot identify (e.g. distance, constant within a route) is taken from the parent by
+    the shrinkage while the rest is fitted on the node's rows. Thinner nodes, and GLM nodes
+    whose fit does not exist (``one_class``, ``too_few_events``, ``separation``), fall back to
+    their nearest such ancestor (the root last).
+
+    Raises
+    ------
+    DataError
+        The root (``__dataset__``) model could not be fitted.
+    """
+    gid = np.asarray(models.groups, np.int64)
+    st0 = np.asarray(models.status)[:, 0]
+    n_used = np.asarray(models.n_used)
+    n_used = n_used[:, 0] if n_used.ndim > 1 else n_used
+    good = (
+        ((st0 == 0) | ((st0 == 4) & (n_used >= min_stat)))
+        & (np.asarray(models.n_rows) >= min_stat)
+        & np.all(np.isfinite(models.coef[:, 0, :1]), axis=1)
+    )
+    usable = np.zeros(len(node_parent), bool)
+    usable[gid[good]] = True
+    if not usable[0]:
+        raise DataError(
+            "the root (__dataset__) model could not be fitted: "
+            f"fewer than {min_stat} rows with a finite target"
+        )
+    mnode = model_nodes(node_parent, usable)
+    index_of = {int(g): i for i, g in enumerate(gid)}
+    return mnode, np.array([index_of[int(m)] for m in mnode], np.int32)
+
+
 def model_nodes(parent: np.ndarray, usable: np.ndarray) -> np.ndarray:
     """Nearest ancestor-or-self of every node with a usable model (root must be usable)."""
     out = np.empty(len(parent), np.int32)
@@ -238,9 +292,12 @@ def train(
     try:
         with steps("load"):
             if data_path:
-                df = load_file(data_path, schema, settings.dataset.timezone)
+                df = load_file(
+                    data_path, schema, settings.dataset.timezone, settings.dataset.target_from
+                )
             else:
                 df = load_dataset(settings)
+            df = prepare_target(df, settings)
         with steps("split"):
             train_df, val_df, test_df = split_by_time(df, schema, tr.train_end, tr.validation_end)
             fit_df = train_df[train_df[target].notna()].reset_index(drop=True)
@@ -255,58 +312,47 @@ def train(
             part.fit(fit_df[part_cols])
             seg = part.segments_
 
-        with steps("segment_models"):
-            rows, nodes = node_rows(part.ancestors_, seg)
-            X = fit_df[lin_feats].to_numpy(np.float64)
-            y = fit_df[target].to_numpy(np.float64)
-            rp = tr.regression
-            n_nodes = len(part.node_parent_)
-            models = fit_groups(
-                nodes,
-                X[rows],
-                y[rows],
-                method=rp.method,
-                min_rows=rp.min_stat,
-                min_stat=rp.min_stat,
-                sign=dict(rp.signs) or None,
-                parent=part.node_parent_,
-                shrinkage="eb" if rp.shrinkage == "auto" else rp.shrinkage,
-                feature_names=lin_feats,
-                target_names=[target],
-            )
-            gid = np.asarray(models.groups, np.int64)
-            # A node serves predictions with a converged fit on at least min_stat usable rows of
-            # its own: status "ok", or "pooled" with that many rows, i.e. a predictor direction
-            # the node cannot identify (e.g. distance, constant within a route) is taken from the
-            # parent by the shrinkage while the rest is fitted on the node's rows. Thinner
-            # nodes fall back to their nearest such ancestor (the root last).
-            st0 = np.asarray(models.status)[:, 0]
-            n_used = np.asarray(models.n_used)
-            n_used = n_used[:, 0] if n_used.ndim > 1 else n_used
-            good = (
-                ((st0 == 0) | ((st0 == 4) & (n_used >= rp.min_stat)))
-                & (np.asarray(models.n_rows) >= rp.min_stat)
-                & np.all(np.isfinite(models.coef[:, 0, :1]), axis=1)
-            )
-            usable = np.zeros(n_nodes, bool)
-            usable[gid[good]] = True
-            if not usable[0]:
-                raise DataError(
-                    "the root (__dataset__) model could not be fitted: "
-                    f"fewer than {rp.min_stat} rows with a finite target"
+        rp = tr.regression
+        family = rp.family
+        threshold: float | None = None
+        rows, nodes = node_rows(part.ancestors_, seg)
+        X = fit_df[lin_feats].to_numpy(np.float64)
+        y = fit_df[target].to_numpy(np.float64)
+        if family == "gaussian":
+            with steps("segment_models"):
+                models = fit_groups(
+                    nodes,
+                    X[rows],
+                    y[rows],
+                    method=rp.method,
+                    min_rows=rp.min_stat,
+                    min_stat=rp.min_stat,
+                    sign=dict(rp.signs) or None,
+                    parent=part.node_parent_,
+                    shrinkage="eb" if rp.shrinkage == "auto" else rp.shrinkage,
+                    feature_names=lin_feats,
+                    target_names=[target],
                 )
-            mnode = model_nodes(part.node_parent_, usable)
-            index_of = {int(g): i for i, g in enumerate(gid)}
-            model_index = np.array([index_of[int(m)] for m in mnode], np.int32)
-            global_models = fit_groups(
-                np.zeros(len(y), np.int64),
-                X,
-                y,
-                method=rp.method,
-                sign=dict(rp.signs) or None,
-                feature_names=lin_feats,
-                target_names=[target],
+                mnode, model_index = serving_nodes(models, part.node_parent_, rp.min_stat)
+                global_models = fit_groups(
+                    np.zeros(len(y), np.int64),
+                    X,
+                    y,
+                    method=rp.method,
+                    sign=dict(rp.signs) or None,
+                    feature_names=lin_feats,
+                    target_names=[target],
+                )
+        else:
+            with steps("segment_models"):
+                glm = fit_glm_models(settings, part, part_cols, lin_feats, fit_df, val_fit)
+            models, mnode, model_index, global_models = (
+                glm.models,
+                glm.mnode,
+                glm.model_index,
+                glm.global_models,
             )
+            threshold = glm.threshold
 
         def predict_partitioned(frame: pd.DataFrame) -> dict[str, np.ndarray]:
             r = part.route(frame[part_cols])
@@ -323,48 +369,61 @@ def train(
                 "level": lvl,
             }
 
+        pp = tr.profiles
+        keys = list(pp.keys) or schema.categorical_features
+        profiles: Any = None
+        pfeats = list(pp.features) or schema.features
         with steps("profiles"):
-            pp = tr.profiles
-            keys = list(pp.keys) or schema.categorical_features
-            pfeats = list(pp.features) or schema.features
             _check_columns(df, keys + pfeats, "training.profiles")
-            profiles = OutcomeProfiles(
-                profile_keys=tuple(keys),
-                features=tuple(pfeats),
-                categorical_features=tuple(f for f in pfeats if f in schema.categorical_features)
-                or None,
-                target=target,
-                k_range=(pp.k_min, pp.k_max),
-                hdr_masses=tuple(pp.masses),
-                interval_mass=tr.interval_mass,
-                time_column=schema.time_field,
-                n_estimators=pp.n_estimators,
-                max_depth=pp.max_depth,
-                max_classifier_rows=pp.max_classifier_rows,
-                random_state=tr.seed,
-            )
-            profiles.fit(
-                fit_df, fit_df[target].to_numpy(), eval_set=(val_fit, val_fit[target].to_numpy())
-            )
+            if family == "gaussian":  # binomial/poisson: no outcome profiles (module docstring)
+                profiles = OutcomeProfiles(
+                    profile_keys=tuple(keys),
+                    features=tuple(pfeats),
+                    categorical_features=tuple(
+                        f for f in pfeats if f in schema.categorical_features
+                    )
+                    or None,
+                    target=target,
+                    k_range=(pp.k_min, pp.k_max),
+                    hdr_masses=tuple(pp.masses),
+                    interval_mass=tr.interval_mass,
+                    time_column=schema.time_field,
+                    n_estimators=pp.n_estimators,
+                    max_depth=pp.max_depth,
+                    max_classifier_rows=pp.max_classifier_rows,
+                    random_state=tr.seed,
+                )
+                profiles.fit(
+                    fit_df,
+                    fit_df[target].to_numpy(),
+                    eval_set=(val_fit, val_fit[target].to_numpy()),
+                )
 
-        with steps("intervals"):
-            # Split-conformal offsets per serving node from the residuals of January through
-            # the validation slice: September alone is a calm month whose residuals under-cover
-            # later months; training residuals are in-sample, but every serving node has at
-            # least min_stat rows for a handful of parameters, so their optimism is small.
-            pt = predict_partitioned(fit_df)
-            pv = predict_partitioned(val_fit)
-            resid = np.r_[
-                fit_df[target].to_numpy(np.float64) - pt["prediction"],
-                val_fit[target].to_numpy(np.float64) - pv["prediction"],
-            ]
-            lo, hi, _src = conformal_offsets(
-                resid,
-                np.r_[pt["model_node"], pv["model_node"]],
-                part.node_parent_,
-                tr.interval_mass,
-                min_rows=100,
-            )
+        if family != "gaussian":
+            # No conformal offsets: the binomial model has no interval, the Poisson interval
+            # comes from the Poisson distribution at scoring (shared.scoring.poisson_interval).
+            with steps("intervals"):
+                pt = predict_partitioned(fit_df)
+                lo = hi = np.full(len(part.node_parent_), np.nan)
+        else:
+            with steps("intervals"):
+                # Split-conformal offsets per serving node from the residuals of January through
+                # the validation slice: September alone is a calm month whose residuals under-cover
+                # later months; training residuals are in-sample, but every serving node has at
+                # least min_stat rows for a handful of parameters, so their optimism is small.
+                pt = predict_partitioned(fit_df)
+                pv = predict_partitioned(val_fit)
+                resid = np.r_[
+                    fit_df[target].to_numpy(np.float64) - pt["prediction"],
+                    val_fit[target].to_numpy(np.float64) - pv["prediction"],
+                ]
+                lo, hi, _src = conformal_offsets(
+                    resid,
+                    np.r_[pt["model_node"], pv["model_node"]],
+                    part.node_parent_,
+                    tr.interval_mass,
+                    min_rows=100,
+                )
 
         with steps("drift_reference"):
             p_train = pt["prediction"]
@@ -416,27 +475,33 @@ def train(
             )
 
         with steps("baselines"):
-            xgb_model = _fit_xgb_baseline(fit_df, val_fit, schema, tr.seed)
+            xgb_model = _fit_xgb_baseline(fit_df, val_fit, schema, tr.seed, family)
 
         with steps("evaluate"):
             pt_test = predict_partitioned(test_fit)
-            metrics = _evaluate(
-                settings,
-                part,
-                part_cols,
-                pt_test,
-                lo,
-                hi,
-                mnode,
-                global_models,
-                lin_feats,
-                xgb_model,
-                profiles,
-                evaluate_profiles,
-                test_df,
-                test_fit,
-                seg,
-            )
+            if family != "gaussian":
+                metrics = _evaluate_glm(
+                    settings, part, part_cols, pt_test, mnode, global_models, lin_feats,
+                    xgb_model, test_df, test_fit, glm,
+                )  # fmt: skip
+            else:
+                metrics = _evaluate(
+                    settings,
+                    part,
+                    part_cols,
+                    pt_test,
+                    lo,
+                    hi,
+                    mnode,
+                    global_models,
+                    lin_feats,
+                    xgb_model,
+                    profiles,
+                    evaluate_profiles,
+                    test_df,
+                    test_fit,
+                    seg,
+                )
 
         with steps("bundle"):
             components = _components(
@@ -453,6 +518,9 @@ def train(
                 keys,
                 fit_df,
             )
+            if family != "gaussian":
+                # the GLMs under their own kind (shared.scoring.REQUIRED_GLM_COMPONENTS)
+                components["segment_glms"] = components.pop("segment_models")
             tf = schema.time_field
             data_info = {
                 "rows": len(df),
@@ -488,6 +556,8 @@ def train(
                 data=data_info,
                 metrics=metrics,
                 timings=dict(steps.timings),
+                family=family,
+                threshold=threshold,
             )
             manifest = load_components(bundle_dir).manifest
             if signing_key is not None:
@@ -502,8 +572,7 @@ def train(
             test_scores={
                 "event_id": test_fit[schema.id_field].to_numpy(object),
                 "prediction": pt_test["prediction"],
-                "interval_low": pt_test["prediction"] + lo[pt_test["model_node"]],
-                "interval_high": pt_test["prediction"] + hi[pt_test["model_node"]],
+                **_test_intervals(pt_test, lo, hi, family, tr.interval_mass),
             },
         )
         with steps("publish"):
@@ -532,30 +601,50 @@ def train(
             from segstream.training.report import write_report
 
             out = Path(report_dir) if report_dir else bundle_dir.parent / "reports"
-            result.report_path = write_report(
-                out,
-                manifest,
-                part=part,
-                fit_df=fit_df,
-                part_cols=part_cols,
-                models=models,
-                profiles=profiles,
-                ref=ref,
-                settings=settings,
-            )
+            if family != "gaussian":
+                from segstream.training.report import write_glm_report
+
+                result.report_path = write_glm_report(
+                    out, manifest, part=part, models=models, ref=ref, settings=settings
+                )
+            else:
+                result.report_path = write_report(
+                    out,
+                    manifest,
+                    part=part,
+                    fit_df=fit_df,
+                    part_cols=part_cols,
+                    models=models,
+                    profiles=profiles,
+                    ref=ref,
+                    settings=settings,
+                )
     finally:
         steps.close()
     return result
 
 
 def _fit_xgb_baseline(
-    fit_df: pd.DataFrame, val_fit: pd.DataFrame, schema: SchemaSettings, seed: int
+    fit_df: pd.DataFrame,
+    val_fit: pd.DataFrame,
+    schema: SchemaSettings,
+    seed: int,
+    family: str = "gaussian",
 ) -> Any:
-    """Global XGBoost regressor on all features, early-stopped on the validation slice."""
+    """Global XGBoost model on all features, early-stopped on the validation slice: a
+    regressor (gaussian), a classifier (``binary:logistic``, binomial) or a count model
+    (``count:poisson``, poisson)."""
     import xgboost as xgb
 
     Xt, Xv = _xgb_frame(fit_df, schema), _xgb_frame(val_fit, schema, like=fit_df)
-    model = xgb.XGBRegressor(
+    cls: Any = xgb.XGBClassifier if family == "binomial" else xgb.XGBRegressor
+    extra: dict[str, Any] = {}
+    if family == "binomial":
+        extra = {"objective": "binary:logistic", "eval_metric": "logloss"}
+    elif family == "poisson":
+        extra = {"objective": "count:poisson", "eval_metric": "poisson-nloglik"}
+    model = cls(
+        **extra,
         n_estimators=300,
         max_depth=6,
         learning_rate=0.15,
@@ -667,13 +756,14 @@ def _components(
             "known_keys": [list(k) for k in known],
         },
     )
-    return {
+    out = {
         "partitioner": part.export(),
         "segment_models": models.export(),
-        "profiles": profiles.export(),
+        "profiles": profiles.export() if profiles is not None else None,
         "scoring": scoring,
         "drift_reference": ExportedComponent("drift_reference", {}, ref.to_meta()),
     }
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool:
@@ -718,3 +808,290 @@ def _send_model_update(settings: Settings, manifest: Manifest, uri: str) -> bool
             f"{errors[0] if errors else 'timeout'}"
         )
     return True
+
+
+# --------------------------------------------------------------------------- binomial / poisson
+#: Shrinkage strengths (pseudo-rows) tried for ``shrinkage: auto`` with a GLM family.
+GLM_SHRINKAGE_GRID = (0.0, 30.0, 300.0, 3000.0)
+
+
+def prepare_target(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Check (and for a binomial target with ``labels``, map) the target for the family.
+
+    gaussian: unchanged. binomial: with ``training.regression.labels = [negative, positive]``
+    those two values become 0 and 1; without, the values must be 0/1 already. poisson:
+    counts >= 0. Missing values stay missing (events without an outcome).
+
+    Raises
+    ------
+    DataError
+        One line naming the target column and the values found.
+    """
+    rp = settings.training.regression
+    if rp.family == "gaussian":
+        return df
+    target = settings.event_schema.target
+    y = df[target].to_numpy(np.float64)
+    known = ~np.isnan(y)
+    if rp.family == "binomial":
+        neg, pos = rp.labels if rp.labels is not None else (0.0, 1.0)
+        bad = known & (y != neg) & (y != pos)
+        if bad.any():
+            vals = np.unique(y[bad])
+            found = np.unique(y[known])
+            raise DataError(
+                f"target '{target}' of family binomial must take the values {neg:g} and "
+                f"{pos:g}"
+                + (" (training.regression.labels)" if rp.labels is not None else "")
+                + f"; found {_show_values(found)} ({int(bad.sum())} row(s) with "
+                f"{_show_values(vals)})"
+            )
+        if rp.labels is not None:
+            df = df.copy()
+            df[target] = np.where(known, (y == pos).astype(np.float64), np.nan)
+        return df
+    bad = known & ~((y >= 0) & np.isfinite(y))
+    if bad.any():
+        raise DataError(
+            f"target '{target}' of family poisson must be a count >= 0; found "
+            f"{_show_values(np.unique(y[bad]))} in {int(bad.sum())} row(s)"
+        )
+    return df
+
+
+def _show_values(v: np.ndarray, k: int = 6) -> str:
+    shown = ", ".join(f"{x:g}" for x in v[:k].tolist())
+    return f"[{shown}{', ...' if v.size > k else ''}]"
+
+
+@dataclass
+class GlmFit:
+    """The GLM step's result: per-node models and which serves each node, the one-group
+    global GLM, the chosen shrinkage and (binomial) threshold with how they were chosen."""
+
+    models: Any
+    mnode: np.ndarray
+    model_index: np.ndarray
+    global_models: Any
+    shrinkage: float
+    shrinkage_search: dict[str, float]
+    threshold: float | None
+    threshold_criterion: str | None
+    validation: dict[str, Any]
+
+
+def _glm_loss(family: str, y: np.ndarray, mu: np.ndarray) -> float:
+    """Mean validation deviance / 2 (binomial: log loss; poisson: mean Poisson deviance)."""
+    if family == "binomial":
+        return classification_metrics(y, mu)["log_loss"]
+    return poisson_metrics(y, mu)["deviance"]
+
+
+def fit_glm_models(
+    settings: Settings,
+    part: Any,
+    part_cols: list[str],
+    lin_feats: list[str],
+    fit_df: pd.DataFrame,
+    val_fit: pd.DataFrame,
+) -> GlmFit:
+    """Fit every node's GLM (binomial or poisson) with fallback; choose the shrinkage
+    (``auto``: the strength of :data:`GLM_SHRINKAGE_GRID` with the lowest validation loss:
+    log loss, binomial, or mean Poisson deviance) and the binomial threshold on the
+    validation slice.
+
+    Raises
+    ------
+    DataError
+        The root model could not be fitted.
+    """
+    from segstream.training.groupby_regression import fit_groups
+
+    rp = settings.training.regression
+    family = rp.family
+    target = settings.event_schema.target
+    rows, nodes = node_rows(part.ancestors_, part.segments_)
+    X = fit_df[lin_feats].to_numpy(np.float64)
+    y = fit_df[target].to_numpy(np.float64)
+    route_v = part.route(val_fit[part_cols])
+    Xv = val_fit[lin_feats].to_numpy(np.float64)
+    yv = val_fit[target].to_numpy(np.float64)
+    grid = GLM_SHRINKAGE_GRID if rp.shrinkage == "auto" else (float(rp.shrinkage),)
+    best: tuple[float, float, Any, np.ndarray, np.ndarray] | None = None
+    search: dict[str, float] = {}
+    for lam in grid:
+        models = fit_groups(
+            nodes,
+            X[rows],
+            y[rows],
+            family=family,
+            min_rows=rp.min_stat,
+            min_stat=rp.min_stat,
+            min_events=rp.min_events,
+            sign=dict(rp.signs) or None,
+            parent=part.node_parent_,
+            shrinkage=lam,
+            feature_names=lin_feats,
+            target_names=[target],
+        )
+        mnode, model_index = serving_nodes(models, part.node_parent_, rp.min_stat)
+        loss = _glm_loss(family, yv, models.predict(mnode[route_v.node], Xv))
+        search[f"{lam:g}"] = loss
+        logger.info("GLM shrinkage %g: validation loss %.5f", lam, loss)
+        if best is None or loss < best[1]:
+            best = (lam, loss, models, mnode, model_index)
+    assert best is not None
+    lam, _, models, mnode, model_index = best
+    global_models = fit_groups(
+        np.zeros(len(y), np.int64),
+        X,
+        y,
+        family=family,
+        min_events=rp.min_events,
+        sign=dict(rp.signs) or None,
+        feature_names=lin_feats,
+        target_names=[target],
+    )
+    pv = models.predict(mnode[route_v.node], Xv)
+    threshold: float | None = None
+    criterion: str | None = None
+    if family == "binomial":
+        if isinstance(rp.threshold, str):
+            criterion = rp.threshold
+            threshold = choose_threshold(yv, pv, criterion)
+        else:
+            threshold = float(rp.threshold)
+    validation: dict[str, Any] = (
+        classification_metrics(yv, pv) if family == "binomial" else poisson_metrics(yv, pv)
+    )
+    return GlmFit(
+        models, mnode, model_index, global_models, lam, search, threshold, criterion, validation
+    )
+
+
+def _label_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    """Confusion-matrix figures of ``label = proba >= threshold``."""
+    ok = np.isfinite(y) & np.isfinite(proba)
+    yk = y[ok] > 0.5
+    lab = proba[ok] >= threshold
+    tp = float(np.sum(lab & yk))
+    fp = float(np.sum(lab & ~yk))
+    fn = float(np.sum(~lab & yk))
+    tn = float(np.sum(~lab & ~yk))
+    return {
+        "threshold": threshold,
+        "accuracy": (tp + tn) / max(tp + fp + fn + tn, 1.0),
+        "precision": tp / (tp + fp) if tp + fp else float("nan"),
+        "recall": tp / (tp + fn) if tp + fn else float("nan"),
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
+        "positive_share": (tp + fp) / max(tp + fp + fn + tn, 1.0),
+    }
+
+
+def _evaluate_glm(
+    settings: Settings,
+    part: Any,
+    part_cols: list[str],
+    p: dict[str, np.ndarray],
+    mnode: np.ndarray,
+    global_models: Any,
+    lin_feats: list[str],
+    xgb_model: Any,
+    test_df: pd.DataFrame,
+    test_fit: pd.DataFrame,
+    glm: GlmFit,
+) -> dict[str, Any]:
+    """Test-slice metrics of a binomial/poisson bundle (see docs/guide/classification.md).
+
+    ``metrics["test"]["partitioned"]`` holds the served model's figures the monitor compares
+    live windows with: binomial ``log_loss``, ``brier``, ``auroc``; poisson ``deviance``,
+    ``mae``.
+    """
+    schema = settings.event_schema
+    family = settings.training.regression.family
+    y = test_fit[schema.target].to_numpy(np.float64)
+    Xt = test_fit[lin_feats].to_numpy(np.float64)
+    g_pred = global_models.predict(np.zeros(len(Xt), np.int64), Xt)
+    xf = _xgb_frame(test_fit, schema, like=test_fit)
+    all_route = part.route(test_df[part_cols])
+    all_levels = (
+        part.node_depth_[part.segment_node_[all_route.segment]]
+        - part.node_depth_[mnode[all_route.node]]
+    )
+    test: dict[str, Any] = {}
+    pred = p["prediction"]
+    if family == "binomial":
+        x_pred = xgb_model.predict_proba(xf)[:, 1]
+        preds = {"partitioned": pred, "global_logistic": g_pred, "global_xgboost": x_pred}
+        for name, v in preds.items():
+            table = reliability_table(y, v, 10)
+            test[name] = {**classification_metrics(y, v), "ece": expected_calibration_error(table)}
+            test[f"reliability_{name}"] = table
+        assert glm.threshold is not None
+        test["labels"] = _label_metrics(y, pred, glm.threshold)
+        test["segment_calibration"] = per_segment_calibration(y, pred, p["segment"], top=10)
+        pl, gl, xl = (test[k]["log_loss"] for k in preds)
+        test["log_loss_gain_vs_global_logistic"] = float(1 - pl / gl)
+        test["log_loss_gain_vs_global_xgboost"] = float(1 - pl / xl)
+    else:
+        x_pred = xgb_model.predict(xf)
+        preds = {"partitioned": pred, "global_poisson": g_pred, "global_xgboost": x_pred}
+        for name, v in preds.items():
+            test[name] = poisson_metrics(y, v)
+        from segstream.shared.scoring import poisson_interval
+
+        low, high = poisson_interval(pred, settings.training.interval_mass)
+        test["interval"] = {
+            "mass": settings.training.interval_mass,
+            **interval_metrics(y, low, high),
+        }
+        test["segment_mae"] = per_segment_mae(y, pred, p["segment"], top=10)
+        pd_, gd, xd = (test[k]["deviance"] for k in preds)
+        test["deviance_gain_vs_global_poisson"] = float(1 - pd_ / gd)
+        test["deviance_gain_vs_global_xgboost"] = float(1 - pd_ / xd)
+    test.update(
+        {
+            "fallback_share": fallback_shares(all_levels),
+            "imputed_share": float(all_route.imputed.mean()),
+            "unknown_share": float(all_route.unknown.mean()),
+            "rows": len(test_df),
+            "rows_with_outcome": len(test_fit),
+        }
+    )
+    st = np.asarray(glm.models.status)[:, 0]
+    from segstream.training.groupby_regression import STATUS_CODES
+
+    return {
+        "family": family,
+        "test": test,
+        "validation": glm.validation,
+        "threshold": glm.threshold,
+        "threshold_criterion": glm.threshold_criterion,
+        "shrinkage": glm.shrinkage,
+        "shrinkage_search": glm.shrinkage_search,
+        "node_status": {k: int(np.sum(st == v)) for k, v in STATUS_CODES.items()},
+        "segments": int(part.n_segments_),
+        "nodes": len(part.node_parent_),
+        "patterns": None,
+    }
+
+
+def _test_intervals(
+    p: dict[str, np.ndarray], lo: np.ndarray, hi: np.ndarray, family: str, mass: float
+) -> dict[str, np.ndarray]:
+    """The intervals a loaded bundle must reproduce on the test rows."""
+    pred = p["prediction"]
+    if family == "binomial":
+        return {
+            "interval_low": np.full_like(pred, np.nan),
+            "interval_high": np.full_like(pred, np.nan),
+        }
+    if family == "poisson":
+        from segstream.shared.scoring import poisson_interval
+
+        low, high = poisson_interval(pred, mass)
+        return {"interval_low": low, "interval_high": high}
+    return {
+        "interval_low": pred + lo[p["model_node"]],
+        "interval_high": pred + hi[p["model_node"]],
+    }
