@@ -135,7 +135,7 @@ def warm_up_kernels(settings: Settings, *, rows: int = 6_000) -> dict[str, float
 
     schema = settings.event_schema
     tr = settings.training
-    family = str(getattr(tr.regression, "family", "gaussian"))
+    family = tr.regression.family
     with tempfile.TemporaryDirectory(prefix="segstream-warmup-") as tmp:
         data = Path(tmp) / "events.parquet"
         synthetic_events(schema, rows, family=family).to_parquet(data)
