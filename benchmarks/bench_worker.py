@@ -189,6 +189,9 @@ def make_settings(bootstrap: str, tmp: Path, bundle_dir: Path, guarantee: str, *
         stats_enabled=True,
         **worker,
     )
+    # serve the bundle's own model name (flights_late for the binomial bundle)
+    model = orjson.loads((bundle_dir / "manifest.json").read_bytes())["model"]
+    s = s.model_copy(update={"model": model})
     t = s.topics
     ensure_topics(
         s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.model_updates], t.partitions
