@@ -8,7 +8,8 @@ report; ``--full`` trains 5 times instead of 3. JIT compilation is excluded from
 time: a warm-up training on two weeks of data runs first and is reported separately
 (``jit_warmup_s``). The training times are medians over the repeats (every run is in the JSON,
 ``*_runs``), per step too; the quality metrics are those of the last run and the JSON says
-whether every run gave the same test MAE.
+whether every run gave the same test MAE (binomial/poisson configs, e.g.
+``--config config/flights_late.yaml``: the same test log loss / Poisson deviance).
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ def main() -> int:
             totals.append(round(total_s, 2))
             without_report.append(round(total_s - r.timings.get("report", 0.0), 2))
             step_runs.append(dict(r.timings))
-            maes.append(r.manifest.metrics["test"]["partitioned"]["mae"])
+            part = r.manifest.metrics["test"]["partitioned"]
+            maes.append(part.get("mae", part.get("log_loss")))
             print(f"training run {i + 1}/{repeats}: {total_s:.1f} s", flush=True)
     timings = {k: round(statistics.median(t[k] for t in step_runs), 3) for k in step_runs[0]}
     test = r.manifest.metrics["test"]
@@ -138,24 +140,50 @@ def main() -> int:
         "metrics_test": test,
         "segments": r.manifest.metrics.get("segments"),
         "patterns": r.manifest.metrics.get("patterns"),
-        "summary": {
-            "train_seconds_median": round(statistics.median(totals), 2),
-            "mae_partitioned": test["partitioned"]["mae"],
-            "mae_global_linear": test["global_linear"]["mae"],
-            "mae_global_xgboost": test["global_xgboost"]["mae"],
-            "mae_gain_vs_global_linear": test["mae_gain_vs_global_linear"],
-            "mae_gain_vs_global_xgboost": test["mae_gain_vs_global_xgboost"],
-            "interval_coverage": test["interval"]["coverage"],
-            "interval_mass": test["interval"]["mass"],
-            "classifier_accuracy": test["classifier"].get("accuracy"),
-            "classifier_auroc": test["classifier"].get("auroc_weighted_ovr"),
-        },
+        "family": r.manifest.family,
+        "summary": _summary(r.manifest, test, totals),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result["summary"], indent=2))
     return 0
+
+
+def _summary(manifest, test: dict, totals: list[float]) -> dict:
+    if manifest.family == "binomial":
+        return {
+            "train_seconds_median": round(statistics.median(totals), 2),
+            **{
+                f"{k}_{m}": test[m][k]
+                for m in ("partitioned", "global_logistic", "global_xgboost")
+                for k in ("log_loss", "brier", "auroc")
+            },
+            "log_loss_gain_vs_global_logistic": test["log_loss_gain_vs_global_logistic"],
+            "log_loss_gain_vs_global_xgboost": test["log_loss_gain_vs_global_xgboost"],
+            "threshold": manifest.threshold,
+        }
+    if manifest.family == "poisson":
+        return {
+            "train_seconds_median": round(statistics.median(totals), 2),
+            **{
+                f"{k}_{m}": test[m][k]
+                for m in ("partitioned", "global_poisson", "global_xgboost")
+                for k in ("deviance", "mae")
+            },
+        }
+    return {
+        "train_seconds_median": round(statistics.median(totals), 2),
+        "mae_partitioned": test["partitioned"]["mae"],
+        "mae_global_linear": test["global_linear"]["mae"],
+        "mae_global_xgboost": test["global_xgboost"]["mae"],
+        "mae_gain_vs_global_linear": test["mae_gain_vs_global_linear"],
+        "mae_gain_vs_global_xgboost": test["mae_gain_vs_global_xgboost"],
+        "interval_coverage": test["interval"]["coverage"],
+        "interval_mass": test["interval"]["mass"],
+        "classifier_accuracy": test["classifier"].get("accuracy"),
+        "classifier_auroc": test["classifier"].get("auroc_weighted_ovr"),
+    }
 
 
 if __name__ == "__main__":

@@ -11,23 +11,26 @@ import yaml
 #: Per key: intercept and slope of x1 on the link scale; the slope's sign flips between keys,
 #: so one global model cannot fit them.
 KEYS = {"a": (-1.0, 2.0), "b": (0.5, -2.0), "c": (-2.0, 0.0), "d": (1.0, 1.0)}
+#: A key whose outcomes are all 0: its GLM does not exist (status one_class), it falls back.
+ONE_CLASS_KEY = "e"
 
 
 def synthetic_frame(family: str, n: int = 12_000, seed: int = 0) -> pd.DataFrame:
-    """``n`` events over 120 days: key ``grp`` (a-d), features ``x1``, ``x2`` (noise), and a
-    target ``y`` drawn from the key's GLM (binomial 0/1 or Poisson count); 2 % without an
-    outcome."""
+    """``n`` events over 120 days: key ``grp`` (a-d, and ``e`` whose outcomes are all 0),
+    features ``x1``, ``x2`` (noise), and a target ``y`` drawn from the key's GLM (binomial 0/1
+    or Poisson count); 2 % without an outcome."""
     rng = np.random.default_rng(seed)
-    grp = rng.choice(np.array(list(KEYS)), n)
+    grp = rng.choice(np.array([*KEYS, ONE_CLASS_KEY]), n, p=[0.22] * 4 + [0.12])
     x1 = rng.normal(size=n)
     x2 = rng.normal(size=n)
-    b0 = np.array([KEYS[g][0] for g in grp])
-    b1 = np.array([KEYS[g][1] for g in grp])
+    b0 = np.array([KEYS.get(g, (0.0, 0.0))[0] for g in grp])
+    b1 = np.array([KEYS.get(g, (0.0, 0.0))[1] for g in grp])
     eta = b0 + b1 * x1
     if family == "binomial":
         y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
     else:
         y = rng.poisson(np.exp(0.5 * eta)).astype(float)
+    y[grp == ONE_CLASS_KEY] = 0.0
     y[rng.random(n) < 0.02] = np.nan
     t0 = pd.Timestamp("2024-01-01", tz="UTC")
     times = t0 + pd.to_timedelta(np.sort(rng.uniform(0, 120 * 86400, n)), unit="s")

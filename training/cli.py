@@ -68,13 +68,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(f"published={r.uri} (stored already: LATEST unchanged)")
     if r.report_path:
         print(f"report={r.report_path}")
-    print(
-        f"test MAE partitioned={t['partitioned']['mae']:.2f} "
-        f"global_linear={t['global_linear']['mae']:.2f} "
-        f"global_xgboost={t['global_xgboost']['mae']:.2f}; "
-        f"interval coverage={t['interval']['coverage']:.3f} at mass {t['interval']['mass']}; "
-        f"train time {sum(r.timings.values()):.1f} s"
-    )
+    family = r.manifest.family
+    if family == "binomial":
+        figures = (
+            f"test log loss partitioned={t['partitioned']['log_loss']:.4f} "
+            f"global_logistic={t['global_logistic']['log_loss']:.4f} "
+            f"global_xgboost={t['global_xgboost']['log_loss']:.4f}; "
+            f"AUROC partitioned={t['partitioned']['auroc']:.4f}; "
+            f"threshold={r.manifest.threshold:.4f}"
+        )
+    elif family == "poisson":
+        figures = (
+            f"test mean Poisson deviance partitioned={t['partitioned']['deviance']:.4f} "
+            f"global_poisson={t['global_poisson']['deviance']:.4f} "
+            f"global_xgboost={t['global_xgboost']['deviance']:.4f}; "
+            f"MAE partitioned={t['partitioned']['mae']:.3f}"
+        )
+    else:
+        figures = (
+            f"test MAE partitioned={t['partitioned']['mae']:.2f} "
+            f"global_linear={t['global_linear']['mae']:.2f} "
+            f"global_xgboost={t['global_xgboost']['mae']:.2f}; "
+            f"interval coverage={t['interval']['coverage']:.3f} at mass {t['interval']['mass']}"
+        )
+    print(f"{figures}; train time {sum(r.timings.values()):.1f} s")
     return 0
 
 
@@ -213,11 +230,35 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 def metrics_table(metrics: dict[str, Any]) -> list[str]:
     """The manifest's test metrics as aligned text rows."""
     t = metrics.get("test", {})
-    out = [f"{'model (test slice)':<28} {'MAE':>8} {'RMSE':>8} {'R2':>7} {'rows':>8}"]
-    for k in ("partitioned", "global_linear", "global_xgboost"):
-        if k in t:
-            r = t[k]
-            out.append(f"{k:<28} {r['mae']:>8.2f} {r['rmse']:>8.2f} {r['r2']:>7.3f} {r['n']:>8}")
+    family = metrics.get("family", "gaussian")
+    if family == "binomial":
+        out = [f"{'model (test slice)':<28} {'log loss':>9} {'Brier':>8} {'AUROC':>7} {'rows':>8}"]
+        for k in ("partitioned", "global_logistic", "global_xgboost"):
+            if k in t:
+                r = t[k]
+                out.append(
+                    f"{k:<28} {r['log_loss']:>9.4f} {r['brier']:>8.4f} {r['auroc']:>7.4f} "
+                    f"{r['n']:>8}"
+                )
+        if metrics.get("threshold") is not None:
+            out.append(
+                f"threshold {metrics['threshold']:.4f} "
+                f"({metrics.get('threshold_criterion') or 'configured'})"
+            )
+    elif family == "poisson":
+        out = [f"{'model (test slice)':<28} {'deviance':>9} {'MAE':>8} {'rows':>8}"]
+        for k in ("partitioned", "global_poisson", "global_xgboost"):
+            if k in t:
+                r = t[k]
+                out.append(f"{k:<28} {r['deviance']:>9.4f} {r['mae']:>8.3f} {r['n']:>8}")
+    else:
+        out = [f"{'model (test slice)':<28} {'MAE':>8} {'RMSE':>8} {'R2':>7} {'rows':>8}"]
+        for k in ("partitioned", "global_linear", "global_xgboost"):
+            if k in t:
+                r = t[k]
+                out.append(
+                    f"{k:<28} {r['mae']:>8.2f} {r['rmse']:>8.2f} {r['r2']:>7.3f} {r['n']:>8}"
+                )
     if "interval" in t:
         iv = t["interval"]
         out.append(

@@ -1,4 +1,10 @@
-"""``segstream explain``: one event's segment path, contributions, patterns and interval."""
+"""``segstream explain``: one event's segment path, contributions, patterns and interval.
+
+For a binomial or Poisson bundle the contributions are on the link scale (log-odds / log
+count; they sum to the linear predictor) and the explanation adds the probability and its
+label (binomial) or the expected count and its Poisson interval; there are no outcome
+patterns.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,9 @@ class Explanation:
     pattern_proba: list[float]
     imputed: bool
     unknown_key: str | None
+    family: str = "gaussian"
+    threshold: float | None = None
+    label: int = -1
 
     def lines(self) -> list[str]:
         out = [
@@ -40,13 +49,25 @@ class Explanation:
         ]
         if self.unknown_key:
             out.append(f"never seen in training: {self.unknown_key}")
-        out.append("contributions (sum = prediction):")
+        scale = {"binomial": "log-odds", "poisson": "log expected count"}.get(self.family)
+        total = "prediction" if scale is None else scale
+        out.append(f"contributions ({'' if scale is None else scale + '; '}sum = {total}):")
         for k, v in self.contributions.items():
             out.append(f"  {k:<18} {v:+10.3f}")
-        out.append(f"  {'= prediction':<18} {self.prediction:+10.3f}")
+        out.append(f"  {'= ' + total:<18} {sum(self.contributions.values()):+10.3f}")
+        if self.family == "binomial":
+            out.append(
+                f"probability {self.prediction:.4f} -> label {self.label} "
+                f"(threshold {self.threshold:.4f})"
+            )
+            return out
+        if self.family == "poisson":
+            out.append(f"expected count {self.prediction:.3f}")
         out.append(
             f"interval ({self.interval_mass:.0%}): [{self.interval[0]:.1f}, {self.interval[1]:.1f}]"
         )
+        if not self.pattern_proba:
+            return out
         order = np.argsort(self.pattern_proba)[::-1]
         out.append(
             "pattern probabilities: "
@@ -90,7 +111,12 @@ def explain_event(bundle: Any, event: dict[str, Any]) -> Explanation:
     """Score one event and collect its explanation."""
     cols = event_columns(bundle, event)
     s = bundle.score(cols)
-    prof = bundle.profiles.score(cols)
+    family = getattr(bundle, "family", "gaussian")
+    proba = (
+        [float(p) for p in bundle.profiles.score(cols).proba[0]]
+        if bundle.profiles is not None
+        else []
+    )
     seg = int(s["segment"][0])
     anc = [int(a) for a in bundle.router.ancestors[seg] if a >= 0]
     contrib = s["contributions"][0]
@@ -106,9 +132,12 @@ def explain_event(bundle: Any, event: dict[str, Any]) -> Explanation:
         prediction=float(s["prediction"][0]),
         interval=(float(s["interval_low"][0]), float(s["interval_high"][0])),
         interval_mass=bundle.interval_mass,
-        pattern_proba=[float(p) for p in prof.proba[0]],
+        pattern_proba=proba,
         imputed=bool(s["imputed"][0]),
         unknown_key=s["unknown_key"][0],
+        family=family,
+        threshold=getattr(bundle, "threshold", None),
+        label=int(s["label"][0]) if "label" in s else -1,
     )
 
 
@@ -118,6 +147,8 @@ def plot_event(bundle: Any, ex: Explanation, path: str | Path, top: int = 3) -> 
     from segstream.training.plotting import pyplot
 
     plt = pyplot()
+    if bundle.profiles is None:
+        return _plot_contributions(ex, path)
     prof = bundle.profiles
     edges = prof.edges
     finite = np.isfinite(edges)
@@ -147,6 +178,31 @@ def plot_event(bundle: Any, ex: Explanation, path: str | Path, top: int = 3) -> 
     ax.set_ylabel("density")
     ax.set_title(f"event {ex.event_id}: segment {ex.segment}")
     ax.legend(fontsize=7)
+    out = Path(path)
+    fig.savefig(out, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _plot_contributions(ex: Explanation, path: str | Path) -> Path:
+    """Binomial/Poisson bundles: the link-scale contributions as bars, the probability or
+    expected count in the title."""
+    from segstream.training.plotting import pyplot
+
+    plt = pyplot()
+    names = list(ex.contributions)
+    vals = [ex.contributions[n] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.35 * len(names)))
+    ax.barh(names, vals, color=["#2b6cb0" if v >= 0 else "#c53030" for v in vals])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.invert_yaxis()
+    if ex.family == "binomial":
+        ax.set_xlabel("contribution to the log-odds")
+        title = f"P = {ex.prediction:.3f}, label {ex.label}"
+    else:
+        ax.set_xlabel("contribution to the log expected count")
+        title = f"expected count {ex.prediction:.2f}"
+    ax.set_title(f"event {ex.event_id}: segment {ex.segment}; {title}")
     out = Path(path)
     fig.savefig(out, dpi=90, bbox_inches="tight")
     plt.close(fig)
