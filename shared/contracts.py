@@ -693,9 +693,13 @@ def json_schema(t: Any) -> dict[str, Any]:
     return {"$schema": _DIALECT, **_plain(msgspec.json.schema(t))}
 
 
-def json_schemas(examples: Sequence[str] = ("flights",)) -> dict[str, dict[str, Any]]:
+def json_schemas(
+    examples: Sequence[str] = ("flights", "flights_late"),
+) -> dict[str, dict[str, Any]]:
     """Every contract's JSON Schema by file name: the fixed records, and the event and
-    outcome of each packaged example configuration (``flights-event``, ``flights-outcome``).
+    outcome of each packaged example configuration (``flights-event``, ``flights-outcome``,
+    ``flights_late-event``, ``flights_late-outcome``: the late-flight classifier, whose outcome
+    is the 0/1 ``late``).
     """
     import yaml
 
@@ -705,7 +709,7 @@ def json_schemas(examples: Sequence[str] = ("flights",)) -> dict[str, dict[str, 
     for ex in examples:
         # The file's schema section only: environment overrides must not change the output.
         schema = SchemaSettings.model_validate(yaml.safe_load(example_text(ex))["schema"])
-        title = ex.capitalize()
+        title = "".join(w.capitalize() for w in ex.split("_"))
         out[f"{ex}-event"] = json_schema(event_struct(schema, name=f"{title}Event"))
         out[f"{ex}-outcome"] = json_schema(
             outcome_struct(
@@ -715,7 +719,7 @@ def json_schemas(examples: Sequence[str] = ("flights",)) -> dict[str, dict[str, 
     return out
 
 
-def schema_texts(examples: Sequence[str] = ("flights",)) -> dict[str, str]:
+def schema_texts(examples: Sequence[str] = ("flights", "flights_late")) -> dict[str, str]:
     """:func:`json_schemas` as file texts (``<name>.json`` → JSON, 2-space indent)."""
     return {
         f"{name}.json": json.dumps(s, indent=2, ensure_ascii=False) + "\n"

@@ -77,7 +77,11 @@ def test_committed_schemas_equal_the_generated_ones() -> None:
         "model-update.json",
         "flights-event.json",
         "flights-outcome.json",
+        "flights_late-event.json",
+        "flights_late-outcome.json",
     } == set(texts)
+    late = contracts.json_schemas()["flights_late-outcome"]["$defs"]["FlightsLateOutcome"]
+    assert set(late["required"]) == {"event_id", "late", "event_time", "outcome_time"}
 
 
 def test_schema_check_fails_on_a_changed_or_unknown_file(tmp_path: Path, capsys) -> None:
