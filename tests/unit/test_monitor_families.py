@@ -396,3 +396,35 @@ def test_a_degraded_classifier_alerts_through_the_core_with_its_test_figures() -
     assert g("segstream_monitor_window_statistic", {"statistic": "auroc"}) == pytest.approx(
         auc.observed, abs=1e-6
     )
+
+
+def test_demo_summary_reads_the_monitor_view_of_a_classifier() -> None:
+    """``segstream demo``'s summary: the last closed window's statistics beside the test
+    figures, scraped from a monitor's /metrics."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from segstream.services.demo import monitor_view
+    from segstream.shared.broker import free_port
+
+    registry = CollectorRegistry()
+    m = MonitorMetrics.create(registry, ["x"])
+    p, y = classifier_data(1000, 3)
+    st = state_of(p, y, "binomial")
+    base = binomial_base(p, y)
+    kw = {"ratio_warning": 1.5, "ratio_critical": 2.0, "min_count": 200, "coverage_band": 0.1}
+    m.on_performance(performance_findings(st, {B1: base}, **kw), st, T0)
+    m.closed("performance")
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        view = monitor_view(port)
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert view["outcomes"] == 1000 and view["windows_closed"]["performance"] == 1
+    assert view["window"]["log_loss"] == pytest.approx(log_loss(y, p), abs=1e-6)
+    assert view["test"] == pytest.approx(
+        {"log_loss": base.log_loss, "brier": base.brier, "auroc": base.auroc}, abs=1e-6
+    )
+    assert set(view["window"]) == {"log_loss", "brier", "auroc", "auroc_error_bound"}
+    assert monitor_view(None) == {}
