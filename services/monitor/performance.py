@@ -285,6 +285,33 @@ def add_family_pair(
     return s
 
 
+def add_family_pairs(
+    state: Mapping[str, Any], preds: Iterable[list[Any]], outs: Iterable[list[Any]]
+) -> tuple[dict[str, Any], list[bool]]:
+    """The family part of adding a batch of joined pairs (for a batch form of
+    :func:`add_pair`): the binomial/Poisson sums of the pairs whose prediction names a family
+    (:func:`add_family_pair`, in order), and per pair whether the common sums take it (False
+    for an outcome that is not of its prediction's family; None outcomes are True: they are
+    the caller's ``n_nan``).
+
+    Returns
+    -------
+    (dict, list of bool)
+        A new state (only the family sub-states changed) and the flags.
+    """
+    s = dict(state)
+    keep: list[bool] = []
+    for pred, out in zip(preds, outs, strict=True):
+        y = out[2]
+        if y is None or len(pred) <= 8:
+            keep.append(True)
+            continue
+        fam = pred[8]
+        s[fam] = add_family_pair(s.get(fam), fam, pred[2], y)
+        keep.append(valid_outcome(fam, y))
+    return s, keep
+
+
 def merge_family(family: str, states: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
     """Sum of several windows' (partitions') sums of ``family``; None entries are skipped.
     The counts and histograms add exactly, the float sums up to rounding."""

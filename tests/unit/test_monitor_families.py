@@ -32,6 +32,7 @@ from segstream.services.monitor.performance import (
     AUROC_BINS,
     Baseline,
     FamilyLimits,
+    add_family_pairs,
     add_pair,
     auroc_ci,
     auroc_from_histogram,
@@ -195,6 +196,23 @@ def test_partial_states_merge_into_the_state_of_one_instance(family: str, parts:
     # merging is also what the merging owner does with states read back from JSON
     again = merge([orjson.loads(orjson.dumps(s)) for s in partial])
     assert again[family] == merged[family]
+
+
+def test_batch_family_sums_equal_one_pair_at_a_time() -> None:
+    """add_family_pairs (the hook for a batch join) gives the family sums of add_pair pair by
+    pair, and flags the pairs the common sums must leave out."""
+    p, y = classifier_data(500, 4)
+    yy: list[float | None] = y.tolist()
+    yy[3], yy[7] = None, 0.5  # no outcome; not a 0/1 outcome
+    preds = [entry(v, "binomial") for v in p.tolist()]
+    preds[10] = preds[10][:8]  # a gaussian entry in the batch (a hot reload mid-window)
+    outs = [out(v) for v in yy]
+    one = empty_state()
+    for e, o in zip(preds, outs, strict=True):
+        one = add_pair(one, e, o)
+    batch, keep = add_family_pairs(empty_state(), preds, outs)
+    assert batch["binomial"] == one["binomial"]
+    assert keep.count(False) == 1 and not keep[7] and keep[3] and keep[10]
 
 
 # ------------------------------------------------------------------------------ findings
