@@ -461,7 +461,13 @@ class RegressionSettings(_Section):
                 f"{list(THRESHOLD_CRITERIA)}, got {self.threshold!r}"
             )
         if self.family != "binomial":
-            given = sorted({"threshold", "labels"} & self.model_fields_set)
+            # a dumped configuration (worker subprocesses, write_config) carries the defaults:
+            # only a value other than the default is a binomial option given by mistake
+            given = sorted(
+                k
+                for k in {"threshold", "labels"} & self.model_fields_set
+                if getattr(self, k) != type(self).model_fields[k].default
+            )
             if given:
                 raise ValueError(
                     f"training.regression.{given[0]} applies to family 'binomial' only "
@@ -472,7 +478,7 @@ class RegressionSettings(_Section):
                 f"training.regression.labels needs two distinct values [negative, positive], "
                 f"got {list(self.labels)}"
             )
-        if self.family == "gaussian" and "min_events" in self.model_fields_set:
+        if self.family == "gaussian" and self.min_events is not None:
             raise ValueError(
                 "training.regression.min_events applies to families 'binomial' and 'poisson'"
             )

@@ -183,3 +183,14 @@ def test_monitor_faust_data_dir_is_under_monitor_data_dir(tmp_path) -> None:
     svc = MonitorService(s, CollectorRegistry(), reference_for=lambda bundle_id: None)
     assert svc.app.conf.datadir == tmp_path / "d" / "m1-data"
     assert (tmp_path / "d").is_dir()  # faust itself creates only the last level
+
+
+@pytest.mark.parametrize("example", ["flights", "flights_late"])
+def test_dumped_settings_validate_again(example: str) -> None:
+    """Worker subprocesses get their settings as a dumped YAML (write_config): every default
+    is written out, and the dump must load as the same settings."""
+    from segstream.shared.settings import Settings
+
+    s = load_settings(example)
+    again = Settings.model_validate(s.model_dump(mode="json", by_alias=True))
+    assert again == s
