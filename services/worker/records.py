@@ -345,8 +345,13 @@ def _encode_columnar(
     arrays += [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY) for a in numeric[:base]]
     # The time array's element count is checked by the kernel (ValueError below).
     arrays.append(event_time_json if event_time_json is not None else _ENCODER.encode(times))
-    # then the family's columns (binomial: probability, label), after scored_at
-    arrays += [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY) for a in numeric[base:]]
+    # then the family's columns (binomial: probability, label), after scored_at; a binomial
+    # bundle's probability is its prediction array itself: its JSON is reused, not redone
+    for a in numeric[base:]:
+        same = [i for i, b in enumerate(numeric[:base]) if b is a]
+        arrays.append(
+            arrays[1 + same[0]] if same else orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY)
+        )
 
     def const(v: Any) -> bytes:
         return orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY)
