@@ -109,6 +109,52 @@ def training() -> list[str]:
     return out
 
 
+def training_flights_late() -> list[str]:
+    """The binomial example: per-segment logistic models on late flights."""
+    name = "bench_training_flights_late.json"
+    if not (RESULTS / name).exists():
+        return []
+    d = load(name)
+    m = d["metrics_test"]
+    t = d["data"]["slices"]["test"]
+    out = [
+        "## Training on late flights (`bench_training.py --config config/flights_late.yaml`)",
+        "",
+        "The binomial example ([classification and counts](guide/classification.md)): "
+        "`late = arr_delay >= 15`, one logistic model per segment, same split "
+        f"({n0(t['with_outcome'])} test flights with an outcome, "
+        f"{pct(m['partitioned']['positive_rate'])} late); {d['environment']['cpu_count']} "
+        f"cores, 1-minute load average {d['environment']['load_avg_1m']:.1f}. "
+        f"{d['segments']} segments. {src(name)}",
+        "",
+    ]
+    rows = []
+    for key, label in (
+        ("partitioned", "**partitioned** (segment logistic models, shrunk)"),
+        ("global_logistic", "global logistic (one group)"),
+        ("global_xgboost", "global XGBoost classifier"),
+    ):
+        r = m[key]
+        rows.append(
+            [label, f"{r['log_loss']:.4f}", f"{r['brier']:.4f}", f"{r['auroc']:.4f}",
+             f"{r['ece']:.4f}"]
+        )  # fmt: skip
+    out += table(["model (test, Oct–Dec)", "log loss", "Brier", "AUROC", "ECE"], rows)
+    lab = m["labels"]
+    out += [
+        "",
+        f"- Log-loss gain of the partitioned model: {pct(m['log_loss_gain_vs_global_logistic'])} "
+        f"vs the global logistic model, {pct(m['log_loss_gain_vs_global_xgboost'])} vs the "
+        "global XGBoost classifier.",
+        f"- Threshold {lab['threshold']:.3f} (F1 on September): precision "
+        f"{lab['precision']:.3f}, recall {lab['recall']:.3f}, F1 {lab['f1']:.3f} on the test "
+        "slice.",
+        _training_time(d),
+        "",
+    ]
+    return out
+
+
 def _training_time(d: dict) -> str:
     steps = ", ".join(f"{k} {v:.1f}" for k, v in d["timings"].items())
     runs = d.get("train_seconds_total_runs")
@@ -1136,6 +1182,7 @@ def render() -> str:
     ]
     for section in (
         training,
+        training_flights_late,
         profiles,
         forest,
         partitioner,
