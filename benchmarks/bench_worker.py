@@ -30,6 +30,13 @@ Usage::
 
 Without ``--bundle`` the fake scorer bundle of ``tests/fakes.py`` is used (labelled as such;
 no per-message baselines then).
+
+``--baseline-bundle`` measures a second bundle in the same run (the in-process and the two
+worker throughput phases, each right after the same phase of ``--bundle``, on a fresh broker)
+and reports ``--bundle``'s figures over its: e.g. a binomial bundle (``config/flights_late.yaml``)
+against the regression bundle (``config/flights.yaml``), the issue-18 target being a ratio of
+at least 0.85. The per-message baselines read Gaussian bundles only (they re-implement the
+regression scorer) and are skipped for a binomial or Poisson ``--bundle``.
 """
 
 from __future__ import annotations
@@ -182,6 +189,9 @@ def make_settings(bootstrap: str, tmp: Path, bundle_dir: Path, guarantee: str, *
         stats_enabled=True,
         **worker,
     )
+    # serve the bundle's own model name (flights_late for the binomial bundle)
+    model = orjson.loads((bundle_dir / "manifest.json").read_bytes())["model"]
+    s = s.model_copy(update={"model": model})
     t = s.topics
     ensure_topics(
         s.broker, [t.events, t.predictions, t.dlq, t.stats, t.alerts, t.model_updates], t.partitions
@@ -514,6 +524,8 @@ def in_process(scorer: Any, records: list[tuple[bytes, bytes]], batch: int) -> d
                     bundle_id=scorer.bundle_id,
                     interval_mass=scorer.interval_mass,
                     scored_at="x",
+                    family=getattr(scorer, "family", "gaussian"),
+                    threshold=getattr(scorer, "threshold", None),
                 )
 
     run(values[:batch])  # warm-up (JIT, caches)
@@ -810,12 +822,33 @@ def quix_throughput(
 
 
 # --------------------------------------------------------------------------- main
+def load_for_bench(bundle_dir: Path) -> tuple[Any, str | None, str]:
+    """``(scorer, loader, label)`` of a bundle directory: the fake scorer's loader for a fake
+    bundle (``tests/fakes.py``), None (the worker's default) for a trained one."""
+    manifest = orjson.loads((bundle_dir / "manifest.json").read_bytes())
+    if "fake" in manifest.get("components", {}):
+        from tests.fakes import load_fake_bundle
+
+        return load_fake_bundle(bundle_dir), FAKE_LOADER, "fake scorer (tests/fakes.py)"
+    from segstream.shared.scoring import load_bundle
+
+    family = manifest.get("family", "gaussian")
+    label = f"trained bundle {manifest['bundle_id'][:12]} ({family})"
+    return load_bundle(bundle_dir), None, label
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small run (default)")
     mode.add_argument("--full", action="store_true", help="full run")
     ap.add_argument("--bundle", type=Path, help="bundle directory (default: the fake scorer)")
+    ap.add_argument(
+        "--baseline-bundle",
+        type=Path,
+        help="a second bundle measured in the same run (in-process and worker throughput), "
+        "e.g. the regression bundle beside a binomial --bundle",
+    )
     ap.add_argument("--out", type=Path, help="write the JSON result here")
     ap.add_argument(
         "--quix-python",
@@ -831,26 +864,19 @@ def main(argv: list[str] | None = None) -> int:
 
     schema = load_settings(REPO / "config" / "flights.yaml").event_schema
     if args.bundle is None:
-        from tests.fakes import load_fake_bundle, write_fake_bundle
+        from tests.fakes import write_fake_bundle
 
         bundle_dir = write_fake_bundle(tmp / "bundle", schema)
-        loader: str | None = FAKE_LOADER
-        scorer = load_fake_bundle(bundle_dir)
-        bundle_label = "fake scorer (tests/fakes.py): linear in 2 features, not a trained model"
     else:
         bundle_dir = args.bundle.resolve()
-        manifest = orjson.loads((bundle_dir / "manifest.json").read_bytes())
-        if "fake" in manifest.get("components", {}):
-            from tests.fakes import load_fake_bundle as load
-
-            loader = FAKE_LOADER
-            bundle_label = "fake scorer (tests/fakes.py)"
-        else:
-            from segstream.shared.scoring import load_bundle as load  # type: ignore[attr-defined]
-
-            loader = None
-            bundle_label = f"trained bundle {manifest['bundle_id'][:12]}"
-        scorer = load(bundle_dir)
+    scorer, loader, bundle_label = load_for_bench(bundle_dir)
+    if args.bundle is None:
+        bundle_label = "fake scorer (tests/fakes.py): linear in 2 features, not a trained model"
+    base: tuple[Path, Any, str | None, str] | None = None
+    if args.baseline_bundle is not None:
+        base_dir = args.baseline_bundle.resolve()
+        base = (base_dir, *load_for_bench(base_dir))
+    family = getattr(scorer, "family", "gaussian")
     print(f"encoding {n} events ...", file=sys.stderr)
     records = event_values(n)
     result: dict[str, Any] = {
@@ -858,12 +884,28 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "full" if full else "quick",
         "bundle": bundle_label,
         "bundle_id": scorer.bundle_id,
+        "family": family,
         "environment": environment(),
     }
+    if base is not None:
+        result["baseline_bundle"] = {
+            "bundle": base[3],
+            "bundle_id": base[1].bundle_id,
+            "family": getattr(base[1], "family", "gaussian"),
+        }
     print("in-process ...", file=sys.stderr)
     result["in_process"] = in_process(scorer, records, WorkerSettings().batch_size)
+    if base is not None:
+        print("in-process, baseline bundle ...", file=sys.stderr)
+        result["baseline_bundle"]["in_process"] = in_process(
+            base[1], records, WorkerSettings().batch_size
+        )
     n_base = 20_000 if full else 5_000  # per-message baselines: events per run
-    if loader is None:
+    if family != "gaussian":  # the per-message scorer re-implements the regression bundle
+        loader_for_baselines: str | None = "not gaussian"
+    else:
+        loader_for_baselines = loader
+    if loader_for_baselines is None:
         print("per-message scorer in process ...", file=sys.stderr)
         result["per_message_in_process"] = per_message_in_process(
             bundle_dir, scorer, records, n_base
@@ -878,6 +920,12 @@ def main(argv: list[str] | None = None) -> int:
             result[f"worker_{g}"] = worker_throughput(
                 broker.bootstrap, tmp, bundle_dir, loader, records, g, 300
             )
+        if base is not None:
+            print(f"worker {g}, baseline bundle ...", file=sys.stderr)
+            with EmbeddedBroker() as broker:
+                result["baseline_bundle"][f"worker_{g}"] = worker_throughput(
+                    broker.bootstrap, tmp, base[0], base[2], records, g, 300
+                )
     alo = result["worker_at_least_once"]["events_per_s"] or 1000.0
     rate = alo / 2
     print(f"latency at {rate:,.0f} events/s ...", file=sys.stderr)
@@ -888,8 +936,12 @@ def main(argv: list[str] | None = None) -> int:
             broker.bootstrap, tmp, bundle_dir, loader, lat_records, rate, lat_seconds, broker.pid
         )
     quix_py = args.quix_python or os.environ.get("SEGSTREAM_QUIX_PYTHON")
-    if loader is not None:  # the per-message scorer reads trained bundles only
-        why = "the per-message baselines need a trained bundle (--bundle)"
+    if loader_for_baselines is not None:  # the per-message scorer reads trained bundles only
+        why = (
+            "the per-message baselines need a trained bundle (--bundle)"
+            if family == "gaussian"
+            else f"the per-message scorer reads gaussian bundles only (this one: {family})"
+        )
         result["faust_baseline"] = {"skipped": why}
         result["quix_baseline"] = {"skipped": why}
     else:
@@ -942,6 +994,22 @@ def main(argv: list[str] | None = None) -> int:
             "p99_latency_s_at_half_load": 0.25,
         },
     }
+    if base is not None:
+        bb = result["baseline_bundle"]
+
+        def ratio(a: float | None, b: float | None) -> float | None:
+            return a / b if a and b else None
+
+        result["summary"]["vs_baseline_bundle"] = {
+            "definition": "--bundle's events/s over --baseline-bundle's, same run and events",
+            "in_process": ratio(
+                result["in_process"]["events_per_s_decode_score_encode"],
+                bb["in_process"]["events_per_s_decode_score_encode"],
+            ),
+            "at_least_once": ratio(alo, bb["worker_at_least_once"]["events_per_s"]),
+            "exactly_once": ratio(eo, bb["worker_exactly_once"]["events_per_s"]),
+            "target_at_least": 0.85,
+        }
     result["environment"]["load_average_at_end"] = list(os.getloadavg())
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2).decode()
     print(text)

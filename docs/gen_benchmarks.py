@@ -754,7 +754,12 @@ def worker() -> list[str]:
         "",
     ]
     files = sorted(p.name for p in RESULTS.glob("bench_worker_*.json"))
-    files = [f for f in files if load(f).get("benchmark") == "bench_worker"]
+    # runs of a binomial/Poisson bundle against a regression bundle: their own section
+    files = [
+        f
+        for f in files
+        if load(f).get("benchmark") == "bench_worker" and "baseline_bundle" not in load(f)
+    ]
     out += worker_runs(files)
     for name in files:
         d = load(name)
@@ -839,6 +844,77 @@ def worker() -> list[str]:
                 "",
             ]
     return out
+
+
+def worker_families() -> list[str]:
+    """bench_worker runs with --baseline-bundle: a binomial/Poisson bundle against the
+    regression bundle in the same run (issue 18: within 15 %)."""
+    import statistics
+
+    files = sorted(p.name for p in RESULTS.glob("bench_worker_*.json"))
+    files = [
+        f
+        for f in files
+        if load(f).get("benchmark") == "bench_worker" and "baseline_bundle" in load(f)
+    ]
+    if not files:
+        return []
+    rows = []
+    ratios: dict[str, list[float]] = {"in_process": [], "at_least_once": [], "exactly_once": []}
+    for name in files:
+        d = load(name)
+        b = d["baseline_bundle"]
+        v = d["summary"]["vs_baseline_bundle"]
+        for k in ratios:
+            if v.get(k) is not None:
+                ratios[k].append(v[k])
+        env = d["environment"]
+        rows.append(
+            [
+                f"`benchmarks/results/{name}`",
+                f"{d['family']} vs {b['family']}",
+                f"{n0(d['in_process']['events_per_s_decode_score_encode'])} / "
+                f"{n0(b['in_process']['events_per_s_decode_score_encode'])}",
+                f"{n0(d['worker_at_least_once']['events_per_s'])} / "
+                f"{n0(b['worker_at_least_once']['events_per_s'])}",
+                f"{n0(d['worker_exactly_once']['events_per_s'])} / "
+                f"{n0(b['worker_exactly_once']['events_per_s'])}",
+                " / ".join(
+                    f"{v[k]:.3f}" if v.get(k) is not None else "–"
+                    for k in ("in_process", "at_least_once", "exactly_once")
+                ),
+                loadavg(env, "load_average_at_start", "load_average_at_end"),
+            ]
+        )
+    med = " / ".join(
+        f"**{statistics.median(r):.3f}**" if r else "–"
+        for r in (ratios["in_process"], ratios["at_least_once"], ratios["exactly_once"])
+    )
+    rows.append([f"median of {len(files)} run(s)", "", "", "", "", med, ""])
+    d0 = load(files[0])
+    return [
+        "## Stream worker per target family (`bench_worker.py --baseline-bundle`)",
+        "",
+        f"The worker on a binomial bundle ({d0['bundle']}, `config/flights_late.yaml`) and on "
+        f"the regression bundle ({d0['baseline_bundle']['bundle']}, `config/flights.yaml`) in "
+        "the same run, on the same events: each phase of the second bundle right after the "
+        "same phase of the first, on a fresh embedded broker. Events/s, binomial / regression; "
+        "ratios binomial over regression (issue 18: at least 0.85). Every run:",
+        "",
+        *table(
+            [
+                "run",
+                "bundles",
+                "in process",
+                "at-least-once",
+                "exactly-once",
+                "ratios (in process / ALO / EO)",
+                "load average",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def forest() -> list[str]:
@@ -1420,6 +1496,7 @@ def render() -> str:
         groupby,
         groupby_glm,
         worker,
+        worker_families,
         fetch,
         event_time,
         startup,

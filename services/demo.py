@@ -210,6 +210,34 @@ def worker_view(ports: list[int]) -> dict[str, Any]:
     return {"lag": lag, "p50": histogram_quantile(b, 0.5), "p99": histogram_quantile(b, 0.99)}
 
 
+def monitor_view(port: int | None) -> dict[str, Any]:
+    """The monitor's view of the last closed performance window: outcomes, MAE and, for a
+    binomial or Poisson model, its statistics beside the bundle's test figures
+    (``{"window": {"log_loss": ..., "auroc": ...}, "test": {...}}``); empty without a
+    monitor or before one answers."""
+    if port is None:
+        return {}
+    m = scrape(port)
+    out: dict[str, Any] = {}
+    for name, key in (
+        ("segstream_monitor_window_outcomes", "outcomes"),
+        ("segstream_monitor_window_mae", "mae"),
+    ):
+        if m.get(name):
+            out[key] = m[name][0][1]
+    for name, key in (
+        ("segstream_monitor_window_statistic", "window"),
+        ("segstream_monitor_test_statistic", "test"),
+    ):
+        stats = {lab["statistic"]: round(v, 6) for lab, v in m.get(name, [])}
+        if stats:
+            out[key] = stats
+    closed = {lab["kind"]: v for lab, v in m.get("segstream_monitor_windows_closed_total", [])}
+    if closed:
+        out["windows_closed"] = closed
+    return out
+
+
 def view_settled(ports: list[int]) -> bool:
     """True when every worker reports zero consumer lag."""
     return worker_view(ports)["lag"] == 0
@@ -288,6 +316,8 @@ def run_demo(
         sim: Child | None = None
         replay_s = 0.0
         prometheus_url: str | None = None
+        monitor_port: int | None = None
+        performance: dict[str, Any] = {}
         try:
             store = ArtifactStore(settings.store)
             bundle_id = store.latest(settings.model)
@@ -326,7 +356,6 @@ def run_demo(
                 )
                 if not _wait_ready(port, w, 60.0):
                     raise RuntimeError(f"worker-{i + 1} did not become ready; see {w.log_path}")
-            monitor_port = None
             if _has_module("segstream.services.monitor.cli"):
                 monitor_port = free_port()
                 children.start(
@@ -393,6 +422,7 @@ def run_demo(
                 time.sleep(0.5)
             time.sleep(1.0)  # the counter's last fetch
             view = worker_view(ports) or view
+            performance = monitor_view(monitor_port)
         finally:
             children.stop_all()
             counter.stop()
@@ -423,6 +453,7 @@ def run_demo(
             "predictions_per_s": round(c[t.predictions] / replay_s, 1) if replay_s else 0.0,
             "latency_p50_s": view.get("p50"),
             "latency_p99_s": view.get("p99"),
+            "performance": performance,
             "simulator": sim_summary,
             "prometheus": prometheus_url,
             "notes": notes,

@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 _START = dt.datetime(2020, 1, 1)
 
 
-def synthetic_events(schema: SchemaSettings, n: int = 6_000, seed: int = 0) -> pd.DataFrame:
+def synthetic_events(
+    schema: SchemaSettings, n: int = 6_000, seed: int = 0, *, family: str = "gaussian"
+) -> pd.DataFrame:
     """Events with every field of ``schema``, random but shaped like real data.
 
     Parameters
@@ -42,14 +44,23 @@ def synthetic_events(schema: SchemaSettings, n: int = 6_000, seed: int = 0) -> p
         Number of rows.
     seed : int
         Seed of the random generator.
+    family : {"gaussian", "binomial", "poisson"}
+        The target's kind: ``eta`` = a linear function of the numeric features plus noise
+        (gaussian), a 0/1 outcome with ``P(1) = expit(eta)`` (binomial) or a count with mean
+        ``exp(eta / 2)`` (poisson).
 
     Returns
     -------
     pandas.DataFrame
         ``n`` rows: unique string ids, event times spread over 90 days from 2020-01-01 (naive,
         read in the configured time zone), numeric fields ~ N(0, 1) (ints in 0..6, bools 0/1),
-        categorical fields with four levels, and a target that depends linearly on the numeric
-        features plus noise (so every segment model has something to fit).
+        categorical fields with four levels, and a target that depends on the numeric features
+        as ``family`` says (so every segment model has something to fit).
+
+    Raises
+    ------
+    ValueError
+        An unknown ``family``.
     """
     rng = np.random.default_rng(seed)
     cols: dict[str, Any] = {}
@@ -70,8 +81,30 @@ def synthetic_events(schema: SchemaSettings, n: int = 6_000, seed: int = 0) -> p
             cols[f.name] = rng.normal(size=n)
         if f.role == "numeric" and f.type in ("float", "int", "bool"):
             numeric = numeric + 0.5 * np.asarray(cols[f.name], dtype=np.float64)
-    cols[schema.target] = numeric + rng.normal(size=n)
+    eta = numeric + rng.normal(size=n)
+    if family == "gaussian":
+        cols[schema.target] = eta
+    elif family == "binomial":
+        cols[schema.target] = (rng.random(n) < 1.0 / (1.0 + np.exp(-eta))).astype(np.float64)
+    elif family == "poisson":
+        cols[schema.target] = rng.poisson(np.exp(np.clip(eta, -10, 10) / 2)).astype(np.float64)
+    else:
+        raise ValueError(f"synthetic_events: unknown family {family!r}")
     return pd.DataFrame(cols)
+
+
+def warm_up_family_scoring() -> None:
+    """Compile (or load from numba's cache) the scoring kernels of the binomial and Poisson
+    bundles that a Gaussian bundle does not run: the Poisson interval
+    (:func:`segstream.shared.scoring.poisson_interval`) on a float64 batch, and the
+    logistic function. The worker's warm-up of a loaded bundle
+    (:func:`segstream.services.worker.reload.warm_up`) runs its own family's path anyway;
+    this covers the families a deployment was not configured with."""
+    from segstream.shared.scoring import logistic, poisson_interval
+
+    mu = np.array([0.0, 0.4, 3.5, 250.0, np.nan])
+    poisson_interval(mu, 0.8)
+    logistic(mu)
 
 
 def warm_up_kernels(settings: Settings, *, rows: int = 6_000) -> dict[str, float]:
@@ -102,9 +135,10 @@ def warm_up_kernels(settings: Settings, *, rows: int = 6_000) -> dict[str, float
 
     schema = settings.event_schema
     tr = settings.training
+    family = tr.regression.family
     with tempfile.TemporaryDirectory(prefix="segstream-warmup-") as tmp:
         data = Path(tmp) / "events.parquet"
-        synthetic_events(schema, rows).to_parquet(data)
+        synthetic_events(schema, rows, family=family).to_parquet(data)
         small = settings.model_copy(
             update={
                 "dataset": settings.dataset.model_copy(
@@ -147,6 +181,7 @@ def warm_up_kernels(settings: Settings, *, rows: int = 6_000) -> dict[str, float
         )
         t1 = time.perf_counter()
         warm_up(load_bundle(result.bundle_dir))
+        warm_up_family_scoring()  # the other families' scoring kernels
         # the worker's event-time guard compiles its kernel when the worker starts
         EventTimeGuard(settings.monitor)
         t2 = time.perf_counter()

@@ -257,13 +257,24 @@ def outcome_struct(
 
 
 # ----------------------------------------------------------------------------- predictions
-class Prediction(Struct, gc=False):
+#: Target families of a bundle (``training.regression.family``).
+Family = Literal["gaussian", "binomial", "poisson"]
+
+
+class Prediction(Struct, gc=False, omit_defaults=True):
     """A prediction record (topic ``topics.predictions``, key: the event id).
 
     One per scored event, written by the worker
     (:func:`segstream.services.worker.records.encode_predictions`). Non-finite numbers are
     written as null. Consumers keep one record per ``event_id`` (an at-least-once redelivery
     or a duplicated event scores the same id again).
+
+    The bundle's target family decides how to read the numbers: ``gaussian`` (no ``family``
+    field) a point prediction in target units with a split-conformal interval and the
+    outcome pattern; ``binomial`` the probability of the outcome 1 (``prediction`` and
+    ``probability``), its ``label`` by the bundle's ``threshold``, no interval (null) and no
+    pattern (-1, null); ``poisson`` the expected count, with the central Poisson interval of
+    mass ``interval_mass`` and no pattern.
     """
 
     event_id: str
@@ -279,23 +290,59 @@ class Prediction(Struct, gc=False):
             ),
         ),
     ]
-    prediction: Annotated[float | None, Meta(description="Point prediction, target units.")]
+    prediction: Annotated[
+        float | None,
+        Meta(
+            description=(
+                "Point prediction, target units (binomial: P(outcome = 1); poisson: the "
+                "expected count)."
+            )
+        ),
+    ]
     interval: Annotated[
         tuple[float | None, float | None],
         Meta(
-            description=("[low, high] prediction interval of mass interval_mass; null: unbounded.")
+            description=(
+                "[low, high] prediction interval of mass interval_mass; null: unbounded "
+                "(binomial: both null)."
+            )
         ),
     ]
     interval_mass: float
-    pattern: Annotated[int, Meta(description="Most probable outcome pattern of the event.")]
+    pattern: Annotated[
+        int,
+        Meta(description="Most probable outcome pattern of the event (-1: none, not gaussian)."),
+    ]
     pattern_proba: float | None
     event_time: Annotated[str | None, Meta(description="The event's time, as it was sent.")]
     scored_at: UtcTime
+    family: Annotated[Family, Meta(description="The bundle's target family; absent: gaussian.")] = (
+        "gaussian"
+    )
+    probability: Annotated[
+        float | UnsetType | None,
+        Meta(description="binomial: P(outcome = 1), the same as prediction."),
+    ] = UNSET
+    label: Annotated[
+        Annotated[int, Meta(ge=-1, le=1)] | UnsetType,
+        Meta(description="binomial: the class by the threshold, 1 or 0 (-1: no probability)."),
+    ] = UNSET
+    threshold: Annotated[
+        float | UnsetType | None,
+        Meta(
+            description=(
+                "binomial: the bundle's probability threshold of label (chosen on the "
+                "validation slice or set in the configuration)."
+            )
+        ),
+    ] = UNSET
     contributions: Annotated[
         dict[str, float | None] | UnsetType,
         Meta(
             description=(
-                "Per-feature contributions to the prediction (with worker.include_contributions)."
+                "Per-feature contributions to the prediction (with "
+                "worker.include_contributions); binomial and poisson: to the linear "
+                "predictor (log-odds, log of the expected count)."
             )
         ),
     ] = UNSET
@@ -500,8 +547,8 @@ class Alert(Struct, kw_only=True):
         str,
         Meta(
             description=(
-                "psi, count, mae_ratio, interval_coverage, bundle_verification, bundle_reload, "
-                "failed_share."
+                "psi, count, mae_ratio, interval_coverage, log_loss_ratio, brier_ratio, "
+                "auroc_drop, deviance_ratio, bundle_verification, bundle_reload, failed_share."
             )
         ),
     ]
@@ -543,6 +590,28 @@ class Alert(Struct, kw_only=True):
     baseline_mae: Annotated[
         float | UnsetType, Meta(description="performance: the bundles' test MAE.")
     ] = UNSET
+    observed: Annotated[
+        float | UnsetType,
+        Meta(
+            description=(
+                "performance (log_loss_ratio, brier_ratio, auroc_drop, deviance_ratio): the "
+                "window's log loss, Brier score, AUROC or mean Poisson deviance."
+            )
+        ),
+    ] = UNSET
+    baseline: Annotated[
+        float | UnsetType,
+        Meta(description="performance: the bundles' test figure of the same statistic."),
+    ] = UNSET
+    error_bound: Annotated[
+        float | UnsetType,
+        Meta(
+            description=(
+                "performance (auroc_drop): bound of the binned AUROC's error (probabilities "
+                "in 1000 bins; pairs in one bin count as ties)."
+            )
+        ),
+    ] = UNSET
     band: Annotated[
         tuple[float, float] | UnsetType,
         Meta(description="performance (interval_coverage): the accepted coverage band."),
@@ -551,8 +620,9 @@ class Alert(Struct, kw_only=True):
         tuple[float, float] | UnsetType,
         Meta(
             description=(
-                "performance: 95 % confidence interval of the value (mae_ratio: normal "
-                "approximation of the MAE over the test MAE; interval_coverage: Wilson score)."
+                "performance: 95 % confidence interval of the value (ratios: normal "
+                "approximation of the window's mean over the test figure; interval_coverage: "
+                "Wilson score; auroc_drop: Hanley-McNeil standard error)."
             )
         ),
     ] = UNSET
@@ -641,9 +711,13 @@ def json_schema(t: Any) -> dict[str, Any]:
     return {"$schema": _DIALECT, **_plain(msgspec.json.schema(t))}
 
 
-def json_schemas(examples: Sequence[str] = ("flights",)) -> dict[str, dict[str, Any]]:
+def json_schemas(
+    examples: Sequence[str] = ("flights", "flights_late"),
+) -> dict[str, dict[str, Any]]:
     """Every contract's JSON Schema by file name: the fixed records, and the event and
-    outcome of each packaged example configuration (``flights-event``, ``flights-outcome``).
+    outcome of each packaged example configuration (``flights-event``, ``flights-outcome``,
+    ``flights_late-event``, ``flights_late-outcome``: the late-flight classifier, whose outcome
+    is the 0/1 ``late``).
     """
     import yaml
 
@@ -653,7 +727,7 @@ def json_schemas(examples: Sequence[str] = ("flights",)) -> dict[str, dict[str, 
     for ex in examples:
         # The file's schema section only: environment overrides must not change the output.
         schema = SchemaSettings.model_validate(yaml.safe_load(example_text(ex))["schema"])
-        title = ex.capitalize()
+        title = "".join(w.capitalize() for w in ex.split("_"))
         out[f"{ex}-event"] = json_schema(event_struct(schema, name=f"{title}Event"))
         out[f"{ex}-outcome"] = json_schema(
             outcome_struct(
@@ -663,7 +737,7 @@ def json_schemas(examples: Sequence[str] = ("flights",)) -> dict[str, dict[str, 
     return out
 
 
-def schema_texts(examples: Sequence[str] = ("flights",)) -> dict[str, str]:
+def schema_texts(examples: Sequence[str] = ("flights", "flights_late")) -> dict[str, str]:
     """:func:`json_schemas` as file texts (``<name>.json`` → JSON, 2-space indent)."""
     return {
         f"{name}.json": json.dumps(s, indent=2, ensure_ascii=False) + "\n"

@@ -474,7 +474,13 @@ class RegressionSettings(_Section):
                 f"{list(THRESHOLD_CRITERIA)}, got {self.threshold!r}"
             )
         if self.family != "binomial":
-            given = sorted({"threshold", "labels"} & self.model_fields_set)
+            # a dumped configuration (worker subprocesses, write_config) carries the defaults:
+            # only a value other than the default is a binomial option given by mistake
+            given = sorted(
+                k
+                for k in {"threshold", "labels"} & self.model_fields_set
+                if getattr(self, k) != type(self).model_fields[k].default
+            )
             if given:
                 raise ValueError(
                     f"training.regression.{given[0]} applies to family 'binomial' only "
@@ -485,7 +491,7 @@ class RegressionSettings(_Section):
                 f"training.regression.labels needs two distinct values [negative, positive], "
                 f"got {list(self.labels)}"
             )
-        if self.family == "gaussian" and "min_events" in self.model_fields_set:
+        if self.family == "gaussian" and self.min_events is not None:
             raise ValueError(
                 "training.regression.min_events applies to families 'binomial' and 'poisson'"
             )
@@ -855,6 +861,40 @@ class MonitorSettings(_Section):
         ge=0,
         le=1,
         description="Alert when interval coverage leaves interval mass ± this.",
+    )
+    log_loss_ratio_warning: float = Field(
+        default=1.15,
+        gt=0,
+        description="Binomial models: window log loss / test log loss at or above: warning.",
+    )
+    log_loss_ratio_critical: float = Field(
+        default=1.3, gt=0, description="Binomial models: window log loss / test log loss: critical."
+    )
+    brier_ratio_warning: float = Field(
+        default=1.15,
+        gt=0,
+        description="Binomial models: window Brier score / test Brier score at or above: warning.",
+    )
+    brier_ratio_critical: float = Field(
+        default=1.3, gt=0, description="Binomial models: window Brier / test Brier: critical."
+    )
+    auroc_drop_warning: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Binomial models: test AUROC minus window AUROC at or above: warning.",
+    )
+    auroc_drop_critical: float = Field(
+        default=0.1, gt=0, le=1, description="Binomial models: AUROC drop at or above: critical."
+    )
+    deviance_ratio_warning: float = Field(
+        default=1.5,
+        gt=0,
+        description="Poisson models: window mean deviance / test mean deviance at or above: "
+        "warning.",
+    )
+    deviance_ratio_critical: float = Field(
+        default=2.0, gt=0, description="Poisson models: window / test mean deviance: critical."
     )
     isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
         default="read_committed",

@@ -2,7 +2,11 @@
 
 The fake predicts ``coef_distance * distance + coef_hour * sched_dep_hour + offset[carrier]``;
 its segment is the carrier's index (unseen carrier: segment 0 at fallback level 1), its pattern
-``int(sched_dep_hour) // 6``, its interval ``prediction ± half_width``. A route (``origin|dest``)
+``int(sched_dep_hour) // 6``, its interval ``prediction ± half_width``. With ``family``
+``"binomial"`` that linear value ``eta`` becomes a probability ``expit(eta / 10)`` (the
+prediction, with ``label = probability >= threshold``, no interval and no pattern); with
+``"poisson"`` an expected count ``exp(eta / 50)`` with the interval ``[floor(mu / 2),
+ceil(2 mu)]`` — the shapes of ``Bundle.score`` per family, not its numbers. A route (``origin|dest``)
 not in ``known_routes`` is an unknown key. :func:`write_fake_bundle` writes it with
 :func:`segstream.shared.bundle.write_bundle` (component kind ``"fake"`` plus a ``drift_reference``), so
 hot reload and tamper tests go through the real store and verification; :func:`load_fake_bundle`
@@ -63,8 +67,12 @@ class FakeScorer:
         drift_reference: DriftReference,
         poison_prefix: str | None = None,
         fail_all: bool = False,
+        family: str = "gaussian",
+        threshold: float | None = None,
     ) -> None:
         self.bundle_id = bundle_id
+        self.family = family
+        self.threshold = threshold
         self.model = model
         self.schema = schema
         self.coef_distance = coef_distance
@@ -120,7 +128,7 @@ class FakeScorer:
         )
         known = self.routes.get_indexer(pd.Index(route, dtype=object)) >= 0
         unknown = np.where(known, None, route).astype(object)
-        return {
+        out = {
             "segment": seg,
             "fallback_level": unseen.astype(np.int8),
             "prediction": pred,
@@ -128,6 +136,22 @@ class FakeScorer:
             "interval_high": pred + self.half_width,
             "pattern": (np.nan_to_num(hour) // 6).astype(np.int32),
             "pattern_proba": np.full(n, 0.75),
+            "probability": np.full(n, np.nan),
+            "label": np.full(n, -1, np.int8),
+        }
+        if self.family == "binomial":
+            p = 1.0 / (1.0 + np.exp(-pred / 10.0))
+            out |= {"prediction": p, "probability": p, "interval_low": np.full(n, np.nan)}
+            out |= {"interval_high": np.full(n, np.nan), "pattern": np.full(n, -1, np.int32)}
+            out |= {"pattern_proba": np.full(n, np.nan)}
+            out["label"] = (p >= self.threshold).astype(np.int8)
+        elif self.family == "poisson":
+            mu = np.exp(pred / 50.0)
+            out |= {"prediction": mu, "interval_low": np.floor(mu / 2)}
+            out |= {"interval_high": np.ceil(2 * mu), "pattern": np.full(n, -1, np.int32)}
+            out |= {"pattern_proba": np.full(n, np.nan)}
+        return {
+            **out,
             "imputed": np.isnan(dist) | np.isnan(hour),
             "unknown_key": unknown,
             # the node whose model served: the carrier's leaf (node seg + 1), the root (0)
@@ -168,11 +192,14 @@ def write_fake_bundle(
     schema_override: dict[str, Any] | None = None,
     poison_prefix: str | None = None,
     fail_all: bool = False,
+    family: str = "gaussian",
+    threshold: float | None = None,
 ) -> Path:
     """Write a fake bundle into ``root/<bundle_id>`` and return its directory.
 
     ``tag`` changes the content (and so the bundle id) without changing the behaviour;
-    ``poison_prefix`` and ``fail_all`` make its scorer raise (see :class:`FakeScorer`).
+    ``poison_prefix`` and ``fail_all`` make its scorer raise (see :class:`FakeScorer`);
+    ``family`` and ``threshold`` go into the manifest as a trained bundle's do.
     """
     offsets = np.linspace(-5.0, 5.0, len(carriers))
     meta: dict[str, Any] = {
@@ -196,6 +223,8 @@ def write_fake_bundle(
         components={"fake": comp, "drift_reference": drift},
         schema=schema_override or schema.model_dump(mode="json"),
         created_at=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+        family=family,
+        threshold=threshold,
     )
 
 
@@ -218,6 +247,8 @@ def load_fake_bundle(path: str | Path) -> FakeScorer:
         drift_reference=DriftReference.from_meta(loaded["drift_reference"].meta),
         poison_prefix=comp.meta.get("poison_prefix"),
         fail_all=bool(comp.meta.get("fail_all")),
+        family=m.family,
+        threshold=m.threshold,
     )
 
 

@@ -49,6 +49,13 @@ class PanelQuery:
     def needs_process_metrics(self) -> bool:
         return "process_" in self.expr
 
+    @property
+    def needs_classifier(self) -> bool:
+        """The query has data only while a binomial bundle is served (and judged)."""
+        return "segstream_monitor_window_statistic" in self.expr or (
+            "segstream_monitor_test_statistic" in self.expr
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class RuleExpr:

@@ -927,6 +927,7 @@ class MonitorCore:
             ratio_critical=self.s.mae_ratio_critical,
             min_count=self.s.performance_min_count,
             coverage_band=self.s.coverage_band,
+            limits=perf_mod.FamilyLimits.from_settings(self.s),
         )
         if self.observer is not None:
             self.observer.on_performance(findings, state, w)
@@ -943,6 +944,10 @@ class MonitorCore:
                 extra["band"] = (round(f.band[0], 4), round(f.band[1], 4))
             if f.ci is not None:
                 extra["ci"] = (round(f.ci[0], 6), round(f.ci[1], 6))
+            if f.observed is not None and f.baseline is not None:  # binomial, poisson checks
+                extra.update(observed=round(f.observed, 6), baseline=round(f.baseline, 6))
+            if f.error_bound is not None:
+                extra["error_bound"] = round(f.error_bound, 6)
             if self.s.join_sample_rate < 1.0:
                 extra["sample_rate"] = self.s.join_sample_rate
             value = round(f.value, 6) if math.isfinite(f.value) else None

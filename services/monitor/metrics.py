@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from segstream.services.monitor.performance import window_statistics
 from segstream.shared.alerts import SEVERITIES, Alert
 from segstream.shared.store import RELOAD_FAILURE_REASONS
 
@@ -43,6 +44,16 @@ OVERFLOW_STATES = ("pending_predictions", "pending_outcomes", "new_keys")
 MONITOR_ALERT_TYPES = ("drift", "new_segment", "performance")
 #: The monitor's state tables (:mod:`.state`; changelog topic ``<app_id>-state-changelog``).
 STATE_TABLES = ("drift", "newkeys", "pending_p", "pending_o", "perf", "meta", "perfmerge")
+#: Window statistics of binomial and Poisson models (``statistic`` label of
+#: ``segstream_monitor_window_statistic`` and ``_test_statistic``).
+FAMILY_STATISTIC_NAMES = ("log_loss", "brier", "auroc", "auroc_error_bound", "deviance", "mae")
+#: The finding that carries each statistic's test figure.
+_FINDING_OF = {
+    "log_loss_ratio": "log_loss",
+    "brier_ratio": "brier",
+    "auroc_drop": "auroc",
+    "deviance_ratio": "deviance",
+}
 
 
 @dataclasses.dataclass
@@ -69,6 +80,8 @@ class MonitorMetrics:
     restored_records: Counter
     restored_records_malformed: Counter
     restore_seconds: Gauge
+    window_statistic: Gauge
+    test_statistic: Gauge
 
     @classmethod
     def create(
@@ -199,6 +212,21 @@ class MonitorMetrics:
                 "Duration of the last state restore (partition assignment).",
                 registry=registry,
             ),
+            window_statistic=Gauge(
+                f"{ns}_window_statistic",
+                "Binomial and Poisson models, last closed performance window, whole model: "
+                "log_loss, brier, auroc (binned), auroc_error_bound (bound of the binning's "
+                "error), deviance (mean unit Poisson deviance), mae.",
+                ["statistic"],
+                registry=registry,
+            ),
+            test_statistic=Gauge(
+                f"{ns}_test_statistic",
+                "The serving bundles' test figure of the same statistic (log_loss, brier, "
+                "auroc, deviance), weighted by the window's outcomes per bundle.",
+                ["statistic"],
+                registry=registry,
+            ),
         )
         for st in OVERFLOW_STATES:
             m.state_overflow.labels(state=st)
@@ -240,6 +268,10 @@ class MonitorMetrics:
                 self.window_mae_ratio.set(f.value)
             elif f.statistic == "interval_coverage":
                 self.window_coverage.set(f.value)
+            elif f.statistic in _FINDING_OF and f.baseline is not None:
+                self.test_statistic.labels(statistic=_FINDING_OF[f.statistic]).set(f.baseline)
+        for name, value in window_statistics(state).items():
+            self.window_statistic.labels(statistic=name).set(value)
 
     def record(self, source: str, result: str, n: int = 1) -> None:
         self.records.labels(source=source, result=result).inc(n)

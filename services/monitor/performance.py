@@ -10,8 +10,16 @@ joined into the performance state of the window of the event's time::
      "mass_sum": sum of the interval masses, "bundles": {bundle_id: n},
      "segments": {segment: [n, sum_abs]}}
 
+Predictions of a binomial or Poisson bundle (the record's ``family``) add a sub-state under
+their family's name with the sums of that family's statistics (see :func:`add_family_pair`):
+
+    binomial: {"n", "n_pos", "n_invalid", "log_loss", "log_loss_sq", "brier", "brier_sq",
+               "hist": {bin: [negatives, positives]}}
+    poisson:  {"n", "n_invalid", "deviance", "deviance_sq"}
+
 States of different partitions add up (:func:`merge`). A closed window is compared with the
-test-time figures of the bundles that scored it (:func:`performance_findings`).
+test-time figures of the bundles that scored it (:func:`performance_findings`), with the
+statistics of its family (:data:`FAMILY_STATISTICS`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from segstream.services.monitor.windows import parse_time_ms
 from segstream.shared.contracts import Prediction, outcome_struct
 
 # pending prediction: [partition, event_time_ms, prediction, low, high, segment, bundle_id, mass]
+#                     + [family] when the bundle is binomial or poisson
 # pending outcome:    [partition, event_time_ms, y or None, outcome_time_ms]
 
 #: Decodes a prediction record (JSON bytes or a decoded object) into a
@@ -72,7 +81,7 @@ def pending_prediction(rec: Prediction, partition: int) -> tuple[str, list[Any]]
     if pred is None:
         raise MalformedRecord("prediction: prediction missing or not finite")
     lo, hi = rec.interval
-    return rec.event_id, [
+    entry = [
         partition,
         t,
         pred,
@@ -82,6 +91,13 @@ def pending_prediction(rec: Prediction, partition: int) -> tuple[str, list[Any]]
         rec.bundle_id,
         _finite(rec.interval_mass),
     ]
+    if rec.family != "gaussian":
+        if rec.family == "binomial" and not 0.0 <= pred <= 1.0:
+            raise MalformedRecord(f"prediction: binomial probability {pred} outside [0, 1]")
+        if rec.family == "poisson" and pred < 0.0:
+            raise MalformedRecord(f"prediction: poisson expected count {pred} below 0")
+        entry.append(rec.family)
+    return rec.event_id, entry
 
 
 def pending_outcome(rec: Any, partition: int) -> tuple[str, list[Any]]:
@@ -128,6 +144,11 @@ def add_pair(
     if y is None:
         s["n_nan"] = state["n_nan"] + 1
         return s
+    if len(pred) > 8:  # a binomial or poisson prediction: its family's sums
+        fam = pred[8]
+        s[fam] = add_family_pair(state.get(fam), fam, pred[2], y)
+        if not valid_outcome(fam, y):
+            return s
     p, lo, hi, seg, bid, mass = pred[2], pred[3], pred[4], pred[5], pred[6], pred[7]
     err = abs(y - p)
     s["n"] = state["n"] + 1
@@ -195,6 +216,16 @@ def add_pairs(
     k = len(preds)
     if len(outs) != k or len(tracked) != k:
         raise ValueError(f"add_pairs: {k} predictions, {len(outs)} outcomes, {len(tracked)} flags")
+    if k == 0:
+        return dict(state)
+    # binomial/Poisson predictions: their family's sums first; an outcome that is not of its
+    # prediction's family is counted there (n_invalid) and left out of the common sums
+    state, keep = add_family_pairs(state, preds, outs)
+    if not all(keep):
+        preds = [q for q, ok in zip(preds, keep, strict=True) if ok]
+        outs = [o for o, ok in zip(outs, keep, strict=True) if ok]
+        tracked = [t for t, ok in zip(tracked, keep, strict=True) if ok]
+        k = len(preds)
     s = dict(state)
     if k == 0:
         return s
@@ -249,17 +280,282 @@ def merge(states: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         for s, (n, e) in st["segments"].items():
             n0, e0 = out["segments"].get(s, (0, 0.0))
             out["segments"][s] = [n0 + n, e0 + e]
+        for fam in GLM_FAMILIES:
+            if st.get(fam) is not None:
+                out[fam] = merge_family(fam, [out.get(fam), st[fam]])
     return out
+
+
+# ------------------------------------------------------------------ binomial and poisson sums
+#: Families with their own sums in a performance state (the Gaussian sums are the common ones).
+GLM_FAMILIES = ("binomial", "poisson")
+#: Bins of the per-window probability histograms, by class, that give the AUROC: bin ``b``
+#: holds probabilities in ``[b / AUROC_BINS, (b + 1) / AUROC_BINS)`` (1.0 in the last).
+AUROC_BINS = 1000
+#: Probabilities are clipped to ``[eps, 1 - eps]`` in the log loss (scikit-learn's
+#: ``log_loss`` clips to the float64 machine epsilon as well).
+LOG_LOSS_EPS = 2.220446049250313e-16  # numpy.finfo(numpy.float64).eps
+
+
+def valid_outcome(family: str, y: float) -> bool:
+    """Whether ``y`` is an outcome of ``family``: 0 or 1 (binomial), a count >= 0
+    (poisson), any finite number (gaussian)."""
+    if family == "binomial":
+        return y in (0.0, 1.0)
+    if family == "poisson":
+        return y >= 0.0 and float(y).is_integer()
+    return math.isfinite(y)
+
+
+def empty_family_state(family: str) -> dict[str, Any]:
+    """The sums of ``family`` (``binomial`` or ``poisson``) of a window with no pair."""
+    if family == "binomial":
+        return {
+            "n": 0,
+            "n_pos": 0,
+            "n_invalid": 0,
+            "log_loss": 0.0,
+            "log_loss_sq": 0.0,
+            "brier": 0.0,
+            "brier_sq": 0.0,
+            "hist": {},
+        }
+    if family == "poisson":
+        return {"n": 0, "n_invalid": 0, "deviance": 0.0, "deviance_sq": 0.0}
+    raise ValueError(f"no family sums for family {family!r}")
+
+
+def _log_loss(p: float, y: float) -> float:
+    q = min(max(p, LOG_LOSS_EPS), 1.0 - LOG_LOSS_EPS)
+    return -math.log(q) if y == 1.0 else -math.log1p(-q)
+
+
+def poisson_deviance(mu: float, y: float) -> float:
+    """Unit Poisson deviance ``2 (y log(y / mu) - (y - mu))`` (``2 mu`` for ``y = 0``;
+    ``inf`` when ``mu = 0 < y``), as scikit-learn's ``mean_poisson_deviance`` per row.
+
+    >>> poisson_deviance(2.0, 0.0), round(poisson_deviance(2.0, 3.0), 6)
+    (4.0, 0.432791)
+    """
+    if y == 0.0:
+        return 2.0 * mu
+    if mu <= 0.0:
+        return math.inf
+    return 2.0 * (y * math.log(y / mu) - (y - mu))
+
+
+def add_family_pair(
+    state: Mapping[str, Any] | None, family: str, prediction: float, y: float
+) -> dict[str, Any]:
+    """Add one joined pair to a window's binomial or Poisson sums (a new dict).
+
+    Parameters
+    ----------
+    state : mapping or None
+        The family's sums so far (None: :func:`empty_family_state`).
+    family : {"binomial", "poisson"}
+    prediction : float
+        binomial: the probability of 1, in [0, 1]; poisson: the expected count, >= 0.
+    y : float
+        The outcome; one that is not of the family (:func:`valid_outcome`) is only counted
+        (``n_invalid``).
+
+    Returns
+    -------
+    dict
+        binomial: ``n``, ``n_pos`` (outcomes 1), ``log_loss`` and ``brier`` with the sums of
+        their squares (for confidence intervals) and ``hist``: {bin index (str):
+        [outcomes 0, outcomes 1]} over :data:`AUROC_BINS` probability bins; poisson: ``n``,
+        ``deviance`` and ``deviance_sq`` (:func:`poisson_deviance`).
+    """
+    s = dict(state) if state is not None else empty_family_state(family)
+    if not valid_outcome(family, y):
+        s["n_invalid"] = s["n_invalid"] + 1
+        return s
+    s["n"] = s["n"] + 1
+    if family == "binomial":
+        ll = _log_loss(prediction, y)
+        br = (prediction - y) ** 2
+        s["n_pos"] = s["n_pos"] + int(y == 1.0)
+        s["log_loss"] = s["log_loss"] + ll
+        s["log_loss_sq"] = s["log_loss_sq"] + ll * ll
+        s["brier"] = s["brier"] + br
+        s["brier_sq"] = s["brier_sq"] + br * br
+        b = str(min(int(prediction * AUROC_BINS), AUROC_BINS - 1))
+        hist = dict(s["hist"])
+        neg, pos = hist.get(b, (0, 0))
+        hist[b] = [neg + int(y == 0.0), pos + int(y == 1.0)]
+        s["hist"] = hist
+    else:
+        d = poisson_deviance(prediction, y)
+        s["deviance"] = s["deviance"] + d
+        s["deviance_sq"] = s["deviance_sq"] + d * d
+    return s
+
+
+def add_family_pairs(
+    state: Mapping[str, Any], preds: Iterable[list[Any]], outs: Iterable[list[Any]]
+) -> tuple[dict[str, Any], list[bool]]:
+    """The family part of adding a batch of joined pairs (for a batch form of
+    :func:`add_pair`): the binomial/Poisson sums of the pairs whose prediction names a family
+    (:func:`add_family_pair`, in order), and per pair whether the common sums take it (False
+    for an outcome that is not of its prediction's family; None outcomes are True: they are
+    the caller's ``n_nan``).
+
+    Returns
+    -------
+    (dict, list of bool)
+        A new state (only the family sub-states changed) and the flags.
+    """
+    s = dict(state)
+    keep: list[bool] = []
+    for pred, out in zip(preds, outs, strict=True):
+        y = out[2]
+        if y is None or len(pred) <= 8:
+            keep.append(True)
+            continue
+        fam = pred[8]
+        s[fam] = add_family_pair(s.get(fam), fam, pred[2], y)
+        keep.append(valid_outcome(fam, y))
+    return s, keep
+
+
+def merge_family(family: str, states: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """Sum of several windows' (partitions') sums of ``family``; None entries are skipped.
+    The counts and histograms add exactly, the float sums up to rounding."""
+    out = empty_family_state(family)
+    for st in states:
+        if st is None:
+            continue
+        for k, v in st.items():
+            if k == "hist":
+                for b, (neg, pos) in v.items():
+                    n0, p0 = out["hist"].get(b, (0, 0))
+                    out["hist"][b] = [n0 + neg, p0 + pos]
+            else:
+                out[k] += v
+    return out
+
+
+def auroc_from_histogram(hist: Mapping[str, Any]) -> tuple[float, float] | None:
+    """AUROC of binned probabilities and the bound of its error, from a window's histogram.
+
+    The AUROC is the probability that a random outcome-1 event has a higher probability
+    than a random outcome-0 event, ties counting one half (Mann-Whitney U / (P N)). Pairs in
+    different bins are ordered exactly by their bins; pairs in one bin are counted as ties,
+    whatever their probabilities' order: each such pair is off by at most one half. Hence
+
+    ``|AUROC(binned) - AUROC(exact)| <= 0.5 * sum_b P_b N_b / (P N)``
+
+    (``P_b``, ``N_b``: outcomes 1 and 0 in bin ``b``), the second value returned. With
+    :data:`AUROC_BINS` = 1000 bins of width 0.001 it is typically below 0.003 (on random
+    data the error itself is far smaller: same-bin pairs err both ways).
+
+    Parameters
+    ----------
+    hist : mapping of str to (int, int)
+        ``{bin index: [outcomes 0, outcomes 1]}`` (:func:`add_family_pair`).
+
+    Returns
+    -------
+    (auroc, error_bound) or None
+        None when either class is absent.
+
+    References
+    ----------
+    D. J. Hand and R. J. Till (2001), "A simple generalisation of the area under the ROC
+    curve for multiple class classification problems", Machine Learning 45 (the AUROC as
+    the Mann-Whitney statistic).
+
+    Examples
+    --------
+    >>> auroc_from_histogram({"100": [3, 0], "500": [1, 1], "900": [0, 3]})
+    (0.96875, 0.03125)
+    """
+    bins = sorted((int(b), int(c[0]), int(c[1])) for b, c in hist.items())
+    n_neg = sum(c[1] for c in bins)
+    n_pos = sum(c[2] for c in bins)
+    if n_neg == 0 or n_pos == 0:
+        return None
+    below = 0  # outcome-0 events in lower bins
+    wins = 0.0
+    ties = 0
+    for _, neg, pos in bins:
+        wins += pos * (below + 0.5 * neg)
+        ties += pos * neg
+        below += neg
+    pairs = n_pos * n_neg
+    return wins / pairs, 0.5 * ties / pairs
+
+
+def auroc_ci(auroc: float, n_pos: int, n_neg: int) -> tuple[float, float] | None:
+    """95 % confidence interval of an AUROC by Hanley and McNeil's standard error.
+
+    References
+    ----------
+    J. A. Hanley and B. J. McNeil (1982), "The meaning and use of the area under a receiver
+    operating characteristic (ROC) curve", Radiology 143(1).
+
+    Examples
+    --------
+    >>> lo, hi = auroc_ci(0.8, 100, 400)
+    >>> round(lo, 4), round(hi, 4)
+    (0.7453, 0.8547)
+    """
+    if n_pos < 1 or n_neg < 1:
+        return None
+    a = auroc
+    q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+    var = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (n_pos * n_neg)
+    half = Z95 * math.sqrt(max(var, 0.0))
+    return (max(0.0, a - half), min(1.0, a + half))
+
+
+def window_statistics(state: Mapping[str, Any]) -> dict[str, float]:
+    """The family statistics of a window state (for metrics and findings): binomial
+    ``log_loss``, ``brier``, ``auroc`` and ``auroc_error_bound``; poisson ``deviance``
+    (mean unit deviance) and ``mae``. Statistics without data are left out."""
+    out: dict[str, float] = {}
+    b = state.get("binomial")
+    if b is not None and b["n"]:
+        out["log_loss"] = b["log_loss"] / b["n"]
+        out["brier"] = b["brier"] / b["n"]
+        auc = auroc_from_histogram(b["hist"])
+        if auc is not None:
+            out["auroc"], out["auroc_error_bound"] = auc
+    p = state.get("poisson")
+    if p is not None and p["n"]:
+        out["deviance"] = p["deviance"] / p["n"]
+        if state["n"]:
+            out["mae"] = state["sum_abs"] / state["n"]
+    return out
+
+
+def window_family(state: Mapping[str, Any]) -> str:
+    """The family of a window's predictions: the GLM family with the most pairs, else
+    ``gaussian``."""
+    best, n = "gaussian", 0
+    for fam in GLM_FAMILIES:
+        st = state.get(fam)
+        if st is not None and st["n"] + st["n_invalid"] > n:
+            best, n = fam, st["n"] + st["n_invalid"]
+    return best
 
 
 @dataclasses.dataclass(frozen=True)
 class Baseline:
-    """Test-time figures of one bundle (``manifest.metrics["test"]``)."""
+    """Test-time figures of one bundle (``manifest.metrics["test"]``): the partitioned
+    model's MAE, interval coverage and mass, per-segment MAE; binomial bundles' log loss,
+    Brier score and AUROC, Poisson bundles' mean deviance (``test.partitioned``)."""
 
     mae: float | None
     coverage: float | None
     mass: float | None
     segment_mae: Mapping[str, float]
+    log_loss: float | None = None
+    brier: float | None = None
+    auroc: float | None = None
+    deviance: float | None = None
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> Baseline:
@@ -281,11 +577,24 @@ class Baseline:
                 for k, v in seg.items()
                 if v is not None and (not isinstance(v, dict) or v.get("mae") is not None)
             }
+        part = test.get("partitioned") or {}
+
+        def fig(*keys: str) -> float | None:
+            for k in keys:
+                v = part.get(k)
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    return float(v)
+            return None
+
         return cls(
             float(mae) if mae is not None else None,
             float(iv["coverage"]) if iv.get("coverage") is not None else None,
             float(iv["mass"]) if iv.get("mass") is not None else None,
             seg,
+            log_loss=fig("log_loss"),
+            brier=fig("brier"),
+            auroc=fig("auroc", "roc_auc"),
+            deviance=fig("deviance", "mean_deviance", "poisson_deviance"),
         )
 
 
@@ -303,16 +612,152 @@ class PerformanceFinding:
     baseline_mae: float | None = None
     band: tuple[float, float] | None = None
     ci: tuple[float, float] | None = None
+    #: the window's statistic and the bundles' test figure it is compared with (log loss,
+    #: Brier score, AUROC, mean Poisson deviance)
+    observed: float | None = None
+    baseline: float | None = None
+    #: auroc_drop: bound of the binned AUROC's error (:func:`auroc_from_histogram`)
+    error_bound: float | None = None
 
 
-#: Performance statistics judged per model family (the hook for classifiers and counts).
-#: Only the regression set exists: a window's MAE against the test MAE and its interval
-#: coverage. A family without an entry here is not judged (no findings); the GLM work adds
-#: e.g. ``"binomial": ("log_loss_ratio", "brier", "calibration")`` with its own sums in
-#: :func:`add_pair` and checks in :func:`performance_findings`.
+#: Performance statistics judged per model family. gaussian: the window's MAE over the test
+#: MAE and the interval coverage; binomial: the window's log loss and Brier score over the
+#: test figures and the AUROC's drop below the test AUROC; poisson: MAE and mean deviance over
+#: the test figures (a discrete Poisson interval covers at least its mass, so its coverage is
+#: not judged against a band). A family without an entry is not judged (no findings).
 FAMILY_STATISTICS: dict[str, tuple[str, ...]] = {
     "gaussian": ("mae_ratio", "interval_coverage"),
+    "binomial": ("log_loss_ratio", "brier_ratio", "auroc_drop"),
+    "poisson": ("mae_ratio", "deviance_ratio"),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyLimits:
+    """(warning, critical) levels of the binomial and Poisson checks (``monitor.*``
+    settings of the same names: :meth:`from_settings`)."""
+
+    log_loss_ratio: tuple[float, float]
+    brier_ratio: tuple[float, float]
+    auroc_drop: tuple[float, float]
+    deviance_ratio: tuple[float, float]
+
+    @classmethod
+    def from_settings(cls, s: Any = None) -> FamilyLimits:
+        """From a :class:`~segstream.shared.settings.MonitorSettings` (None: its defaults)."""
+        if s is None:
+            from segstream.shared.settings import MonitorSettings
+
+            s = MonitorSettings()
+        return cls(
+            (s.log_loss_ratio_warning, s.log_loss_ratio_critical),
+            (s.brier_ratio_warning, s.brier_ratio_critical),
+            (s.auroc_drop_warning, s.auroc_drop_critical),
+            (s.deviance_ratio_warning, s.deviance_ratio_critical),
+        )
+
+
+def _weighted_baseline(
+    state: Mapping[str, Any], baselines: Mapping[str, Baseline], attr: str
+) -> float | None:
+    """The bundles' test figure ``attr`` weighted by the window's outcomes per bundle
+    (bundles without it left out), or None."""
+    w_sum, w_val = 0, 0.0
+    for b, c in state["bundles"].items():
+        base = baselines.get(b)
+        v = getattr(base, attr) if base is not None else None
+        if v is not None and math.isfinite(v):
+            w_sum += c
+            w_val += c * v
+    return w_val / w_sum if w_sum else None
+
+
+def _severity(value: float, limits: tuple[float, float]) -> tuple[str | None, float | None]:
+    if value >= limits[1]:
+        return "critical", limits[1]
+    if value >= limits[0]:
+        return "warning", limits[0]
+    return None, None
+
+
+def family_findings(
+    state: Mapping[str, Any],
+    baselines: Mapping[str, Baseline],
+    *,
+    min_count: int,
+    limits: FamilyLimits,
+) -> list[PerformanceFinding]:
+    """The binomial and Poisson checks of a closed window (whole model).
+
+    binomial: ``log_loss_ratio`` and ``brier_ratio`` (the window's mean over the test
+    figure; 95 % interval by the normal approximation of the mean, :func:`mean_ci`, over the
+    same figure) and ``auroc_drop`` (test AUROC minus the window's binned AUROC; its interval
+    from Hanley and McNeil's standard error, :func:`auroc_ci`; ``error_bound`` the binning's,
+    :func:`auroc_from_histogram`). poisson: ``deviance_ratio`` (mean unit deviance over the
+    test figure). Each needs ``min_count`` valid outcomes of the family and a test figure.
+    """
+    out: list[PerformanceFinding] = []
+
+    def ratio(stat: str, mean: float, sq: float, n: int, base: float | None) -> None:
+        if base is None or base <= 0:
+            return
+        r = mean / base
+        sev, thr = _severity(r, getattr(limits, stat))
+        ci = mean_ci(mean, sq, n)
+        ci_r = (ci[0] / base, ci[1] / base) if ci is not None else None
+        out.append(
+            PerformanceFinding(stat, None, r, n, sev, thr, ci=ci_r, observed=mean, baseline=base)
+        )
+
+    b = state.get("binomial")
+    if b is not None and b["n"] >= min_count and b["n"] > 0:
+        n = b["n"]
+        ratio(
+            "log_loss_ratio",
+            b["log_loss"] / n,
+            b["log_loss_sq"],
+            n,
+            _weighted_baseline(state, baselines, "log_loss"),
+        )
+        ratio(
+            "brier_ratio",
+            b["brier"] / n,
+            b["brier_sq"],
+            n,
+            _weighted_baseline(state, baselines, "brier"),
+        )
+        auc = auroc_from_histogram(b["hist"])
+        base_auc = _weighted_baseline(state, baselines, "auroc")
+        if auc is not None and base_auc is not None:
+            a, bound = auc
+            drop = base_auc - a
+            sev, thr = _severity(drop, limits.auroc_drop)
+            ci = auroc_ci(a, b["n_pos"], n - b["n_pos"])
+            out.append(
+                PerformanceFinding(
+                    "auroc_drop",
+                    None,
+                    drop,
+                    n,
+                    sev,
+                    thr,
+                    ci=(base_auc - ci[1], base_auc - ci[0]) if ci is not None else None,
+                    observed=a,
+                    baseline=base_auc,
+                    error_bound=bound,
+                )
+            )
+    p = state.get("poisson")
+    if p is not None and p["n"] >= min_count and p["n"] > 0:
+        n = p["n"]
+        ratio(
+            "deviance_ratio",
+            p["deviance"] / n,
+            p["deviance_sq"],
+            n,
+            _weighted_baseline(state, baselines, "deviance"),
+        )
+    return out
 
 
 def performance_findings(
@@ -323,16 +768,19 @@ def performance_findings(
     ratio_critical: float,
     min_count: int,
     coverage_band: float,
-    family: str = "gaussian",
+    family: str | None = None,
+    limits: FamilyLimits | None = None,
 ) -> list[PerformanceFinding]:
-    """MAE ratio and interval coverage of a closed window against the bundles' test figures.
+    """A closed window's statistics against the bundles' test figures: MAE ratio and
+    interval coverage; for binomial and Poisson windows :func:`family_findings`.
 
     The baseline MAE of a window scored by several bundles is their test MAEs weighted by the
     window's outcomes per bundle; bundles without figures are left out of the weights. The
     coverage band is the nominal interval mass ± ``coverage_band``.
 
-    ``family`` selects the statistics (:data:`FAMILY_STATISTICS`); a family without an
-    entry gives no findings.
+    ``family`` selects the statistics (:data:`FAMILY_STATISTICS`; None: the window's own,
+    :func:`window_family`); a family without an entry gives no findings. ``limits``: the
+    binomial and Poisson levels (None: the settings' defaults).
 
     Returns
     -------
@@ -342,9 +790,15 @@ def performance_findings(
     """
     out: list[PerformanceFinding] = []
     n = state["n"]
-    judged = FAMILY_STATISTICS.get(family, ())
+    judged = FAMILY_STATISTICS.get(family or window_family(state), ())
     if n < min_count or n == 0 or not judged:
         return out
+    out += family_findings(
+        state,
+        baselines,
+        min_count=min_count,
+        limits=limits if limits is not None else FamilyLimits.from_settings(),
+    )
     w_sum, w_mae = 0, 0.0
     for b, c in state["bundles"].items():
         base = baselines.get(b)

@@ -302,7 +302,9 @@ class StreamWorker:
         self.contribution_names = (
             list(scorer.contribution_names) if self.w.include_contributions else None
         )
-        self.metrics.bundle_info.info({"bundle_id": scorer.bundle_id, "model": scorer.model})
+        self.metrics.bundle_info.info(
+            {"bundle_id": scorer.bundle_id, "model": scorer.model, "family": scorer.family}
+        )
         logger.info("scoring with bundle %s", scorer.bundle_id[:12])
 
     def _maybe_swap(self) -> None:
@@ -505,6 +507,8 @@ class StreamWorker:
                 interval_mass=scorer.interval_mass,
                 scored_at=utc_now_iso(),
                 contribution_names=self.contribution_names,
+                family=scorer.family,
+                threshold=scorer.threshold,
             )
         else:
             ids, preds = [], []

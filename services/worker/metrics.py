@@ -234,7 +234,11 @@ class WorkerMetrics:
             bundle_reloads=Counter(
                 f"{ns}_bundle_reloads", "Bundle loads by result.", ["result"], registry=registry
             ),
-            bundle_info=Info(f"{ns}_bundle", "The bundle in use.", registry=registry),
+            bundle_info=Info(
+                f"{ns}_bundle",
+                "The bundle in use (its target family: gaussian, binomial, poisson).",
+                registry=registry,
+            ),
             producer_queue=Gauge(
                 f"{ns}_producer_queue_messages",
                 "Messages in the producer queue.",

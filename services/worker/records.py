@@ -6,7 +6,14 @@ Prediction record (DESIGN.md contract), JSON, keyed by ``event_id``::
 
     {"event_id", "model", "bundle_id", "segment", "fallback_level", "prediction",
      "interval": [low, high], "interval_mass", "pattern", "pattern_proba",
-     "event_time", "scored_at", ["contributions": {name: value}]}
+     "event_time", "scored_at", [family fields], ["contributions": {name: value}]}
+
+The family fields follow ``scored_at`` for the bundles that are not Gaussian (a Gaussian
+record has none, so its bytes are those of the regression contract): a binomial bundle's
+records add ``"family": "binomial", "probability", "label", "threshold"`` (``prediction`` is
+the probability too, the interval null); a Poisson bundle's add ``"family": "poisson"``
+(``prediction`` is the expected count, ``interval`` the central Poisson interval of mass
+``interval_mass``). See :data:`FAMILIES`.
 
 ``event_time`` is echoed as the event sent it; ``scored_at`` is one ISO 8601 UTC time per
 batch. Non-finite floats are written as ``null`` (orjson's behaviour).
@@ -73,6 +80,31 @@ _NUMERIC_COLUMNS = (
     "pattern_proba",
 )
 
+#: Target families of a bundle (``Scorer.family``), and the score columns each adds to a
+#: record after ``scored_at`` (binomial: ``probability`` float64, ``label`` int8).
+FAMILIES = ("gaussian", "binomial", "poisson")
+_FAMILY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "gaussian": (),
+    "binomial": ("probability", "label"),
+    "poisson": (),
+}
+
+
+def _family_tail(family: str, threshold: float | None) -> tuple[bytes, list[bytes]]:
+    """The bytes after ``scored_at``'s value: ``(head, pieces)`` where ``head`` follows the
+    value, then each family column's element follows ``pieces[i]``. The closing ``}`` is
+    the caller's."""
+    if family == "gaussian":
+        return b"", []
+    if family == "binomial":
+        return b',"family":"binomial","probability":', [
+            b',"label":',
+            b',"threshold":' + orjson.dumps(threshold, option=orjson.OPT_SERIALIZE_NUMPY),
+        ]
+    if family == "poisson":
+        return b',"family":"poisson"', []
+    raise ValueError(f"encode_predictions: family must be one of {FAMILIES}, got {family!r}")
+
 
 def encode_predictions(
     event_ids: Sequence[Any],
@@ -85,6 +117,8 @@ def encode_predictions(
     scored_at: str,
     contribution_names: Sequence[str] | None = None,
     event_time_json: bytes | None = None,
+    family: str = "gaussian",
+    threshold: float | None = None,
 ) -> list[bytes]:
     """One JSON prediction record per scored event.
 
@@ -123,6 +157,14 @@ def encode_predictions(
         The time values as one JSON array of n strings or nulls (the decoder's
         :attr:`~segstream.services.worker.decode.DecodedBatch.event_time_json`); used instead of
         ``event_time_text``, its elements are copied into the records as they are.
+    family : {"gaussian", "binomial", "poisson"}
+        The bundle's target family (:attr:`~segstream.shared.scoring.Scorer.family`). Not
+        Gaussian: the records gain ``family`` after ``scored_at``; binomial also
+        ``probability`` and ``label`` from ``scores["probability"]`` (n,) float64 and
+        ``scores["label"]`` (n,) int8, and ``threshold``.
+    threshold : float or None
+        Binomial: the probability threshold of ``label`` (the bundle's
+        :attr:`~segstream.shared.scoring.Scorer.threshold`), the same in every record.
 
     Returns
     -------
@@ -137,6 +179,10 @@ def encode_predictions(
         A column's length differs from ``len(event_ids)``.
     TypeError, UnicodeEncodeError
         A value has no JSON encoding (an unsupported type, a str with a lone surrogate).
+    ValueError
+        An unknown ``family``.
+    KeyError
+        A binomial batch without ``probability`` or ``label``.
 
     Examples
     --------
@@ -159,9 +205,23 @@ def encode_predictions(
      "pattern_proba":0.75,
      "event_time":null,
      "scored_at":"2024-01-01T00:00:00.000Z"}
+
+    A binomial bundle's record (``prediction`` is the probability):
+
+    >>> scores |= {"prediction": np.array([0.25]), "interval_low": np.array([np.nan]),
+    ...            "interval_high": np.array([np.nan]), "pattern": np.array([-1], np.int32),
+    ...            "pattern_proba": np.array([np.nan]), "probability": np.array([0.25]),
+    ...            "label": np.array([1], np.int8)}
+    >>> rec = encode_predictions(["e1"], scores, [None], model="m", bundle_id="b",
+    ...                          interval_mass=0.8, scored_at="2024-01-01T00:00:00.000Z",
+    ...                          family="binomial", threshold=0.2)[0]
+    >>> print(rec.decode().split(',"scored_at":')[1])
+    "2024-01-01T00:00:00.000Z","family":"binomial","probability":0.25,"label":1,"threshold":0.2}
     """
+    head, tail = _family_tail(family, threshold)  # ValueError for an unknown family
+    extra = _FAMILY_COLUMNS[family]
     if contribution_names is None and _LITTLE_ENDIAN:
-        numeric = [_numeric_for_orjson(scores[k]) for k in _NUMERIC_COLUMNS]
+        numeric = [_numeric_for_orjson(scores[k]) for k in (*_NUMERIC_COLUMNS, *extra)]
         if all(a is not None for a in numeric):
             return _encode_columnar(
                 event_ids,
@@ -172,6 +232,8 @@ def encode_predictions(
                 interval_mass=interval_mass,
                 scored_at=scored_at,
                 event_time_json=event_time_json,
+                family_head=head,
+                family_pieces=tail,
             )
     if event_time_json is not None:
         event_time_text = msgspec.json.decode(event_time_json)
@@ -186,6 +248,8 @@ def encode_predictions(
         interval_mass=interval_mass,
         scored_at=scored_at,
         contribution_names=contribution_names,
+        family=family,
+        threshold=threshold,
     )
 
 
@@ -256,10 +320,14 @@ def _encode_columnar(
     interval_mass: float,
     scored_at: str,
     event_time_json: bytes | None = None,
+    family_head: bytes = b"",
+    family_pieces: Sequence[bytes] = (),
 ) -> list[bytes]:
     ids = _text_list(event_ids)
     n = len(ids)
-    checked: list[tuple[str, Any]] = list(zip(_NUMERIC_COLUMNS, numeric, strict=True))
+    # numeric: the regression columns, then the family's (one per family piece but the last)
+    names = (*_NUMERIC_COLUMNS, *("probability", "label")[: len(numeric) - len(_NUMERIC_COLUMNS)])
+    checked: list[tuple[str, Any]] = list(zip(names, numeric, strict=True))
     if event_time_json is None:
         if event_time_text is None:
             raise TypeError("encode_predictions: event_time_text or event_time_json is needed")
@@ -272,10 +340,18 @@ def _encode_columnar(
         return []
     # The arrays in record order, and the template pieces around them (constants encoded
     # by orjson, so that a record is byte for byte orjson.dumps of the contract's dict).
+    base = len(_NUMERIC_COLUMNS)
     arrays = [_ENCODER.encode(ids)]
-    arrays += [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY) for a in numeric]
+    arrays += [orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY) for a in numeric[:base]]
     # The time array's element count is checked by the kernel (ValueError below).
     arrays.append(event_time_json if event_time_json is not None else _ENCODER.encode(times))
+    # then the family's columns (binomial: probability, label), after scored_at; a binomial
+    # bundle's probability is its prediction array itself: its JSON is reused, not redone
+    for a in numeric[base:]:
+        same = [i for i, b in enumerate(numeric[:base]) if b is a]
+        arrays.append(
+            arrays[1 + same[0]] if same else orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY)
+        )
 
     def const(v: Any) -> bytes:
         return orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -290,8 +366,10 @@ def _encode_columnar(
         b'],"interval_mass":' + const(interval_mass) + b',"pattern":',
         b',"pattern_proba":',
         b',"event_time":',
-        b',"scored_at":' + const(scored_at) + b"}\n",
+        b',"scored_at":' + const(scored_at) + family_head,
+        *family_pieces,
     ]
+    pieces[-1] += b"}\n"
     src = np.frombuffer(b"".join(arrays), dtype=np.uint8)
     src_off = np.cumsum([0] + [len(a) for a in arrays], dtype=np.int64)
     tmpl = np.frombuffer(b"".join(pieces), dtype=np.uint8)
@@ -537,10 +615,12 @@ def _encode_structs(
     interval_mass: float,
     scored_at: str,
     contribution_names: Sequence[str] | None,
+    family: str = "gaussian",
+    threshold: float | None = None,
 ) -> list[bytes]:
     """:func:`encode_predictions` with one msgspec Struct per record (contributions, or
     score columns of dtypes the columnar path does not take)."""
-    cols = (
+    cols: list[Any] = [
         event_ids,
         scores["segment"].tolist(),
         scores["fallback_level"].tolist(),
@@ -550,39 +630,41 @@ def _encode_structs(
         scores["pattern"].tolist(),
         scores["pattern_proba"].tolist(),
         event_time_text,
-    )
+    ]
+    cols += [np.asarray(scores[k]).tolist() for k in _FAMILY_COLUMNS[family]]
+    if contribution_names is not None:
+        names = list(contribution_names)
+        contrib = np.asarray(scores["contributions"], dtype=np.float64).tolist()
+        cols.append([dict(zip(names, c, strict=True)) for c in contrib])
+    struct = _STRUCTS[(family, contribution_names is not None)]
     # msgspec Structs encode the same JSON as orjson on dicts (field order, NaN -> null;
     # floats of magnitude >= 1e16 spelled 1e16 where orjson writes 1e+16); all of them in
     # one call as JSON lines (a record never holds a raw newline: JSON escapes it in
     # strings), split into records.
-    if contribution_names is None:
-        records = [
-            _Prediction(
-                e, model, bundle_id, s, f, p, (lo, hi), interval_mass, pt, pp, et, scored_at
-            )
-            for e, s, f, p, lo, hi, pt, pp, et in zip(*cols, strict=True)
-        ]
-    else:
-        names = list(contribution_names)
-        contrib = np.asarray(scores["contributions"], dtype=np.float64).tolist()
-        records = [
-            _PredictionWithContributions(
-                e,
-                model,
-                bundle_id,
-                s,
-                f,
-                p,
-                (lo, hi),
-                interval_mass,
-                pt,
-                pp,
-                et,
-                scored_at,
-                dict(zip(names, c, strict=True)),
-            )
-            for e, s, f, p, lo, hi, pt, pp, et, c in zip(*cols, contrib, strict=True)
-        ]
+    records = []
+    for row in zip(*cols, strict=True):
+        e, s, f, p, lo, hi, pt, pp, et = row[:9]
+        head: tuple[Any, ...] = (
+            e,
+            model,
+            bundle_id,
+            s,
+            f,
+            p,
+            (lo, hi),
+            interval_mass,
+            pt,
+            pp,
+            et,
+            scored_at,
+        )
+        rest = row[9:]
+        if family == "binomial":  # probability, label, [contributions]
+            head += ("binomial", rest[0], rest[1], threshold)
+            rest = rest[2:]
+        elif family == "poisson":
+            head += ("poisson",)
+        records.append(struct(*head, *rest))
     if not records:
         return []
     out = _ENCODER.encode_lines(records).split(b"\n")
@@ -604,10 +686,24 @@ _PREDICTION_FIELDS: list[tuple[str, Any]] = [
     ("event_time", Any),
     ("scored_at", str),
 ]
-_Prediction = msgspec.defstruct("Prediction", _PREDICTION_FIELDS, gc=False)  # scalars only
-_PredictionWithContributions = msgspec.defstruct(
-    "PredictionWithContributions", [*_PREDICTION_FIELDS, ("contributions", dict)]
-)
+#: The fields each family adds after ``scored_at`` (see :func:`_family_tail`).
+_FAMILY_FIELDS: dict[str, list[tuple[str, Any]]] = {
+    "gaussian": [],
+    "binomial": [("family", str), ("probability", float), ("label", int), ("threshold", Any)],
+    "poisson": [("family", str)],
+}
+#: Record Structs by (family, with contributions); scalars only without (gc=False).
+_STRUCTS = {
+    (fam, with_c): msgspec.defstruct(
+        f"Prediction{fam.capitalize()}{'WithContributions' if with_c else ''}",
+        [*_PREDICTION_FIELDS, *extra, *([("contributions", dict)] if with_c else [])],
+        gc=with_c,
+    )
+    for fam, extra in _FAMILY_FIELDS.items()
+    for with_c in (False, True)
+}
+_Prediction = _STRUCTS[("gaussian", False)]
+_PredictionWithContributions = _STRUCTS[("gaussian", True)]
 _ENCODER = msgspec.json.Encoder()
 
 

@@ -77,7 +77,11 @@ def test_committed_schemas_equal_the_generated_ones() -> None:
         "model-update.json",
         "flights-event.json",
         "flights-outcome.json",
+        "flights_late-event.json",
+        "flights_late-outcome.json",
     } == set(texts)
+    late = contracts.json_schemas()["flights_late-outcome"]["$defs"]["FlightsLateOutcome"]
+    assert set(late["required"]) == {"event_id", "late", "event_time", "outcome_time"}
 
 
 def test_schema_check_fails_on_a_changed_or_unknown_file(tmp_path: Path, capsys) -> None:
@@ -102,7 +106,9 @@ def test_schemas_state_required_fields_and_types() -> None:
     assert set(stats["required"]) == set(StatsRecord.__struct_fields__) - {"unknown_key_nodes"}
     assert stats["properties"]["bundle_id"]["pattern"] == "^[0-9a-f]{64}$"
     pred = s["prediction"]["$defs"]["Prediction"]
-    assert set(pred["required"]) == set(Prediction.__struct_fields__) - {"contributions"}
+    optional = {"contributions", "family", "probability", "label", "threshold"}
+    assert set(pred["required"]) == set(Prediction.__struct_fields__) - optional
+    assert pred["properties"]["family"]["default"] == "gaussian"
     event = s["flights-event"]["$defs"]["FlightsEvent"]
     assert "arr_delay" not in event["properties"]  # the target is not part of an event
     assert set(event["required"]) == {
@@ -267,6 +273,111 @@ def test_worker_prediction_records_decode_strictly(contributions: bool) -> None:
     decoded = [decode_strict(r, Prediction) for r in recs]
     assert decoded[0].event_time is None and decoded[0].prediction is None  # NaN -> null
     assert decoded[0].interval[1] is None  # +inf -> null
+
+
+def _family_scores(n: int, family: str, seed: int) -> dict[str, np.ndarray]:
+    """Scores as a binomial or Poisson bundle returns them (``Bundle.score``'s contract)."""
+    rng = np.random.default_rng(seed)
+    s = _scores(n, seed)
+    s["pattern"] = np.full(n, -1, np.int32)
+    s["pattern_proba"] = np.full(n, np.nan)
+    if family == "binomial":
+        p = rng.random(n)
+        p[::9] = np.nan
+        s["prediction"] = s["probability"] = p
+        s["label"] = np.where(np.isnan(p), -1, p >= 0.3).astype(np.int8)
+        s["interval_low"] = s["interval_high"] = np.full(n, np.nan)
+    else:
+        mu = rng.gamma(2.0, 2.0, n)
+        s["prediction"] = mu
+        s["interval_low"], s["interval_high"] = np.floor(mu / 3), np.ceil(mu * 2)
+        s["probability"] = np.full(n, np.nan)
+        s["label"] = np.full(n, -1, np.int8)
+    return s
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+@pytest.mark.parametrize("contributions", [False, True])
+def test_family_prediction_records_decode_strictly(family: str, contributions: bool) -> None:
+    """Binomial records carry family, probability, label and threshold; Poisson records
+    the family; both decode into the contract with nothing lost, on both encoder paths."""
+    from segstream.services.worker.records import encode_predictions
+
+    n = 45
+    scores = _family_scores(n, family, 1)
+    recs = encode_predictions(
+        [f"e{i}" for i in range(n)],
+        scores,
+        [None if i % 7 == 0 else "2013-09-01T05:16:00-04:00" for i in range(n)],
+        model="flights_late",
+        bundle_id=BID,
+        interval_mass=0.8,
+        scored_at="2024-01-01T00:00:00.000Z",
+        contribution_names=["intercept", "dep_delay"] if contributions else None,
+        family=family,
+        threshold=0.3 if family == "binomial" else None,
+    )
+    for i, raw in enumerate(recs):
+        rec = decode_strict(raw, Prediction)
+        assert as_json(rec) == orjson.loads(raw)
+        assert rec.family == family
+        assert rec.pattern == -1 and rec.pattern_proba is None
+        if family == "binomial":
+            p = scores["probability"][i]
+            assert rec.probability == rec.prediction == (None if np.isnan(p) else p)
+            assert rec.label == scores["label"][i] and rec.threshold == 0.3
+            assert rec.interval == (None, None)
+        else:
+            assert rec.prediction == scores["prediction"][i]
+            assert rec.interval == (scores["interval_low"][i], scores["interval_high"][i])
+            for absent in ("probability", "label", "threshold"):
+                assert getattr(rec, absent) is msgspec.UNSET
+                assert f'"{absent}"'.encode() not in raw
+    # a gaussian record has no family field and decodes as gaussian
+    plain = encode_predictions(
+        ["e"],
+        _scores(1, 0),
+        [None],
+        model="m",
+        bundle_id=BID,
+        interval_mass=0.8,
+        scored_at="2024-01-01T00:00:00.000Z",
+    )[0]
+    assert b'"family"' not in plain
+    assert decode_strict(plain, Prediction).family == "gaussian"
+
+
+def test_a_prediction_of_an_unknown_family_or_label_is_rejected() -> None:
+    from segstream.services.worker.records import encode_predictions
+
+    good = orjson.loads(
+        encode_predictions(
+            ["e"],
+            _family_scores(1, "binomial", 2) | {"probability": np.array([0.5])},
+            [None],
+            model="m",
+            bundle_id=BID,
+            interval_mass=0.8,
+            scored_at="t",
+            family="binomial",
+            threshold=0.5,
+        )[0]
+    )
+    decode_strict(orjson.dumps(good), Prediction)
+    for bad in (good | {"family": "gamma"}, good | {"label": 2}, good | {"probability": "0.5"}):
+        with pytest.raises(msgspec.ValidationError):
+            decode_strict(orjson.dumps(bad), Prediction)
+    with pytest.raises(ValueError, match="family"):
+        encode_predictions(
+            ["e"],
+            _scores(1, 0),
+            [None],
+            model="m",
+            bundle_id=BID,
+            interval_mass=0.8,
+            scored_at="t",
+            family="gamma",
+        )
 
 
 def test_a_prediction_missing_a_field_is_rejected() -> None:

@@ -45,6 +45,47 @@ def test_add_pairs_equals_add_pair_one_by_one_bit_for_bit(seed: int) -> None:
     assert one["n"] + one["n_nan"] == 400
 
 
+def family_pairs(rng: random.Random, k: int) -> tuple[list[Any], list[Any], list[bool]]:
+    """Binomial and Poisson predictions (the family is the entry's 9th element) with
+    outcomes of the family, outside it (0.5 for binomial, -1 and 2.5 for Poisson), and null."""
+    preds, outs, tracked = [], [], []
+    for i in range(k):
+        fam = rng.choice(["binomial", "poisson"])
+        mu = rng.random() if fam == "binomial" else rng.uniform(0.1, 9.0)
+        bundle = rng.choice(["a" * 64, "b" * 64])
+        preds.append([0, i, mu, None, None, rng.randrange(4), bundle, None, fam])
+        if rng.random() < 0.1:
+            y = None
+        elif rng.random() < 0.15:
+            y = 0.5 if fam == "binomial" else rng.choice([-1.0, 2.5])
+        else:
+            y = float(rng.randrange(2) if fam == "binomial" else rng.randrange(12))
+        outs.append([0, i, y, i])
+        tracked.append(rng.random() < 0.5)
+    return preds, outs, tracked
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_add_pairs_keeps_the_family_sums_of_add_pair(seed: int) -> None:
+    """A batch with binomial/Poisson pairs: the family sub-states (counts, histograms, sums,
+    n_invalid) and the common sums equal add_pair's one pair at a time; an outcome that is
+    not of its family stays out of the common sums."""
+    rng = random.Random(seed)
+    preds, outs, tracked = family_pairs(rng, 300)
+    one = {**empty_state(), "sum_sq": 0.0}
+    for p, o, t in zip(preds, outs, tracked, strict=True):
+        one = add_pair(one, p, o, t)
+    batched = {**empty_state(), "sum_sq": 0.0}
+    i = 0
+    while i < len(preds):
+        j = min(len(preds), i + rng.randrange(1, 70))
+        batched = add_pairs(batched, preds[i:j], outs[i:j], tracked[i:j])
+        i = j
+    assert batched == one  # floats compared exactly: both fold left to right
+    invalid = sum(st["n_invalid"] for fam in ("binomial", "poisson") if (st := one.get(fam)))
+    assert invalid > 0 and one["n"] + one["n_nan"] + invalid == 300
+
+
 def test_add_pairs_of_only_null_outcomes_and_of_nothing() -> None:
     p = [0, 0, 1.0, 0.0, 2.0, 1, "a" * 64, 0.8]
     st = add_pairs(empty_state(), [p, p], [[0, 0, None, 0], [0, 0, None, 0]], [True, True])

@@ -375,6 +375,9 @@ def test_dashboards_cover_the_operations_issue() -> None:
         'type="new_segment"',
         "window_mae",
         "window_interval_coverage",
+        'segstream_monitor_window_statistic{statistic="log_loss"}',
+        'segstream_monitor_window_statistic{statistic="brier"}',
+        'segstream_monitor_window_statistic{statistic="auroc"}',
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
     ):

@@ -171,3 +171,14 @@ def test_worker_output_producer_compresses_as_configured() -> None:
     assert producer_config(s, transactional_id=None)["compression.type"] == "none"
     with pytest.raises(ConfigError, match=r"worker\.producer_compression"):
         load_settings(CONFIG, {"worker": {"producer_compression": "brotli"}})
+
+
+@pytest.mark.parametrize("example", ["flights", "flights_late"])
+def test_dumped_settings_validate_again(example: str) -> None:
+    """Worker subprocesses get their settings as a dumped YAML (write_config): every default
+    is written out, and the dump must load as the same settings."""
+    from segstream.shared.settings import Settings
+
+    s = load_settings(example)
+    again = Settings.model_validate(s.model_dump(mode="json", by_alias=True))
+    assert again == s

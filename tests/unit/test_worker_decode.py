@@ -558,6 +558,36 @@ def test_prediction_records_contributions_path_unchanged() -> None:
     )
 
 
+@pytest.mark.parametrize("family", ["gaussian", "binomial", "poisson"])
+@pytest.mark.parametrize("n", [1, 1000])
+def test_family_prediction_records_equal_one_orjson_dump_each(family: str, n: int) -> None:
+    """The family fields follow ``scored_at`` (binomial: family, probability, label,
+    threshold; Poisson: family; Gaussian: none): each record is ``orjson.dumps`` of the
+    contract's dict, and the per-record path writes the same bytes."""
+    rng = np.random.default_rng(n)
+    p = rng.random(n)
+    p[::13] = np.nan
+    scores = _scores(p, rng.integers(0, 50, n).astype(np.int32))
+    scores["probability"] = p
+    scores["label"] = np.where(np.isnan(p), -1, p >= 0.25).astype(np.int8)
+    ids = [f"e{i}" for i in range(n)]
+    times = [None if i % 5 == 0 else "2013-09-01T05:16:00Z" for i in range(n)]
+    thr = 0.25 if family == "binomial" else None
+    got = encode_predictions(ids, scores, times, family=family, threshold=thr, **CONSTS)
+    want = _contracts(ids, scores, times, **CONSTS)
+    for i, w in enumerate(want):
+        if family == "binomial":
+            w |= {"family": family, "probability": scores["probability"].tolist()[i]}
+            w |= {"label": int(scores["label"][i]), "threshold": thr}
+        elif family == "poisson":
+            w["family"] = family
+    assert got == [orjson.dumps(w) for w in want]
+    structs = _encode_structs(
+        ids, scores, times, contribution_names=None, family=family, threshold=thr, **CONSTS
+    )
+    assert structs == got
+
+
 def test_prediction_records_lengths_must_match() -> None:
     scores = _scores(np.zeros(3), np.zeros(3, np.int32))
     with pytest.raises(ValueError, match="event_time_text"):

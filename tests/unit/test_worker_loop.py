@@ -411,3 +411,38 @@ def test_a_full_producer_queue_is_waited_out_and_no_record_is_lost_or_doubled(se
     ids = [orjson.loads(v)["event_id"] for v in producer.delivered]
     assert sorted(ids) == sorted(m.key().decode() for m in a + b)  # each once
     assert {0: 107, 1: 43}.items() <= {k: v for c in consumer.commits for k, v in c.items()}.items()
+
+
+@pytest.mark.parametrize(("family", "threshold"), [("binomial", 0.4), ("poisson", None)])
+def test_records_of_a_binomial_or_poisson_bundle_carry_its_family_fields(
+    setup, tmp_path, family, threshold
+) -> None:
+    """The loop writes the scorer's family fields: binomial probability, label and the
+    bundle's threshold; Poisson the family with the expected count and its interval."""
+    s, _, a, b = setup
+    scorer = load_fake_bundle(
+        write_fake_bundle(tmp_path / family, s.event_schema, family=family, threshold=threshold)
+    )
+    assert (scorer.family, scorer.threshold) == (family, threshold)
+    consumer = FakeConsumer([a, b])
+    producer = FakeProducer(log=consumer.log)
+    _run(s, scorer, consumer, producer)
+    recs = {r["event_id"]: r for r in map(orjson.loads, producer.delivered)}
+    assert len(recs) == 10
+    from segstream.services.worker.decode import EventDecoder
+
+    batch = EventDecoder(scorer.schema, 1 << 16).decode([m.value() for m in a + b])
+    want = scorer.score(batch.columns)
+    ids = batch.columns[scorer.schema.id_field].tolist()
+    for i, eid in enumerate(ids):
+        rec = recs[eid]
+        assert rec["family"] == family
+        assert rec["prediction"] == want["prediction"][i]
+        assert rec["pattern"] == -1 and rec["pattern_proba"] is None
+        if family == "binomial":
+            assert rec["probability"] == rec["prediction"]
+            assert rec["label"] == int(want["label"][i]) == int(rec["probability"] >= threshold)
+            assert rec["threshold"] == threshold and rec["interval"] == [None, None]
+        else:
+            assert rec["interval"] == [want["interval_low"][i], want["interval_high"][i]]
+            assert "probability" not in rec and "label" not in rec
