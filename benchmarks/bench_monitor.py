@@ -188,6 +188,7 @@ class Worker:
 
 
 SAMPLE_RATE: float | None = None  # --sample-rate (monitor.join_sample_rate)
+BATCH_MAX: int | None = None  # --batch-max: monitor.batch_max (default: the setting's)
 PY_SPY: str | None = None  # --py-spy PATH: collapsed stacks of the alone phase's monitor
 FLOORS: list[str] = []  # --floor MODE: faust_floor_app.py modes run on the alone phase's topics
 
@@ -207,6 +208,8 @@ def settings_for(bootstrap: str, tmp: Path, tag: str) -> Settings:
         m["data_dir"] = str(tmp / tag / "mdata")
     if SAMPLE_RATE is not None:
         m["join_sample_rate"] = SAMPLE_RATE
+    if BATCH_MAX is not None:
+        m["batch_max"] = BATCH_MAX
     if faust_monitor and "isolation_level" in type(s.monitor).model_fields:
         # Tansu: faust's read_committed consumer receives no worker output (measured); the
         # confluent-kafka monitor reads with the default read_committed
@@ -402,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sample-rate", type=float, help="monitor.join_sample_rate (default: the setting's)"
     )
+    ap.add_argument("--batch-max", type=int, help="monitor.batch_max (default: the setting's)")
     ap.add_argument(
         "--py-spy",
         metavar="PATH",
@@ -426,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
-    global SAMPLE_RATE, PY_SPY, FLOORS
+    global SAMPLE_RATE, PY_SPY, FLOORS, BATCH_MAX
+    BATCH_MAX = args.batch_max
     FLOORS = args.floor
     SAMPLE_RATE = args.sample_rate
     PY_SPY = args.py_spy
@@ -459,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": name,
         "label": args.label,
         "join_sample_rate": args.sample_rate if args.sample_rate is not None else 1.0,
+        "batch_max": args.batch_max,
         "flights": n,
         "bundle": "tests/fakes.py fake bundle",
         "broker": broker,
