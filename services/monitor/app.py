@@ -189,8 +189,8 @@ def run_monitor(
     BrokerError
         The broker is not reachable.
     """
-    from segstream.shared.health import HealthServer
     from segstream.services.worker.app import tune_gc
+    from segstream.shared.health import HealthServer
     from segstream.shared.kafka import check_reachable
 
     if stop is None:
