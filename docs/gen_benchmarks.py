@@ -1123,6 +1123,20 @@ def monitor_speed_summary() -> list[str]:
             ],
         ),
         "",
+        *[
+            f"Scale-out in `benchmarks/results/{n}` (`--instances`, a fresh consumer group per "
+            f"count on the same {d['alone']['scale_out'][0]['partitions']}-partition topics, "
+            "rebalances inside the timing, no core of their own): "
+            + ", ".join(
+                f"{x['instances']} instance{'s' if x['instances'] > 1 else ''} "
+                f"**{x['records_per_s']:,.0f} records/s** combined"
+                for x in d["alone"]["scale_out"]
+            )
+            + "."
+            for n, d in zip(names, after, strict=True)
+            if d["alone"].get("scale_out")
+        ],
+        "",
     ]
 
 
