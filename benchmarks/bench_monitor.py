@@ -188,6 +188,8 @@ class Worker:
 
 
 SAMPLE_RATE: float | None = None  # --sample-rate (monitor.join_sample_rate)
+INSTANCES: list[int] = []  # --instances 1,2: monitors per fresh consumer group, after the alone
+BATCH_MAX: int | None = None  # --batch-max: monitor.batch_max (default: the setting's)
 PY_SPY: str | None = None  # --py-spy PATH: collapsed stacks of the alone phase's monitor
 FLOORS: list[str] = []  # --floor MODE: faust_floor_app.py modes run on the alone phase's topics
 
@@ -207,6 +209,8 @@ def settings_for(bootstrap: str, tmp: Path, tag: str) -> Settings:
         m["data_dir"] = str(tmp / tag / "mdata")
     if SAMPLE_RATE is not None:
         m["join_sample_rate"] = SAMPLE_RATE
+    if BATCH_MAX is not None:
+        m["batch_max"] = BATCH_MAX
     if faust_monitor and "isolation_level" in type(s.monitor).model_fields:
         # Tansu: faust's read_committed consumer receives no worker output (measured); the
         # confluent-kafka monitor reads with the default read_committed
@@ -282,6 +286,7 @@ def phase_alone(bootstrap: str, tmp: Path, df: Any, timeout_s: float) -> dict[st
         mon.stop()
     records = n_ev + n_out - c0
     floors = {mode: phase_floor(s, tmp, mode, n_ev, n_out, timeout_s) for mode in FLOORS}
+    scale = [phase_instances(s, tmp, k, n_ev, n_out, timeout_s) for k in INSTANCES]
     return {
         "events": n_ev,
         "outcomes": n_out,
@@ -297,6 +302,48 @@ def phase_alone(bootstrap: str, tmp: Path, df: Any, timeout_s: float) -> dict[st
         "monitor_metrics": {k: v for k, v in final.items() if "created" not in k and v},
         "loadavg_1m": [load0, os.getloadavg()[0]],
         **({"faust_floor": floors} if floors else {}),
+        **({"scale_out": scale} if scale else {}),
+    }
+
+
+def phase_instances(
+    s: Settings, tmp: Path, n: int, n_ev: int, n_out: int, timeout_s: float
+) -> dict[str, Any]:
+    """``n`` monitor processes in one fresh consumer group on the alone phase's preloaded
+    topics: combined records/s from the first counted prediction to the last record (the
+    group's rebalances as the instances join are inside that time)."""
+    app_id = f"{s.monitor.app_id}-x{n}-{uuid.uuid4().hex[:4]}"
+    sn = s.model_copy(update={"monitor": s.monitor.model_copy(update={"app_id": app_id})})
+    load0 = os.getloadavg()[0]
+    mons = [Monitor(sn, tmp, f"monitor-x{n}-{i}") for i in range(n)]
+    try:
+
+        def total() -> tuple[float, float]:
+            ms = [m.metrics() for m in mons]
+            return (
+                sum(counted(m, "predictions") for m in ms),
+                sum(counted(m, "outcomes") for m in ms),
+            )
+
+        wait_for(lambda: total()[0] > 0, timeout_s, f"{n} monitors idle")
+        t0 = time.monotonic()
+        c0 = sum(total())
+        wait_for(
+            lambda: (t := total())[0] >= n_ev and t[1] >= n_out,
+            timeout_s,
+            f"{n} monitors did not finish",
+        )
+        secs = time.monotonic() - t0
+    finally:
+        for m in mons:
+            m.stop()
+    records = n_ev + n_out - c0
+    return {
+        "instances": n,
+        "partitions": s.topics.partitions,
+        "seconds": round(secs, 3),
+        "records_per_s": round(records / secs, 1),
+        "loadavg_1m": [load0, os.getloadavg()[0]],
     }
 
 
@@ -403,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sample-rate", type=float, help="monitor.join_sample_rate (default: the setting's)"
     )
     ap.add_argument(
+        "--instances",
+        help="comma-separated instance counts (e.g. 1,2): after the alone phase, that many "
+        "monitors in one fresh consumer group on the same topics; combined records/s",
+    )
+    ap.add_argument("--batch-max", type=int, help="monitor.batch_max (default: the setting's)")
+    ap.add_argument(
         "--py-spy",
         metavar="PATH",
         help="run the alone phase's monitor under py-spy (collapsed stacks to PATH)",
@@ -426,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--timeout", type=float, default=1800)
     args = ap.parse_args(argv)
-    global SAMPLE_RATE, PY_SPY, FLOORS
+    global SAMPLE_RATE, PY_SPY, FLOORS, BATCH_MAX, INSTANCES
+    INSTANCES = [int(x) for x in args.instances.split(",")] if args.instances else []
+    BATCH_MAX = args.batch_max
     FLOORS = args.floor
     SAMPLE_RATE = args.sample_rate
     PY_SPY = args.py_spy
@@ -459,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": name,
         "label": args.label,
         "join_sample_rate": args.sample_rate if args.sample_rate is not None else 1.0,
+        "batch_max": args.batch_max,
         "flights": n,
         "bundle": "tests/fakes.py fake bundle",
         "broker": broker,

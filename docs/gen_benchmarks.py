@@ -1220,6 +1220,86 @@ def monitor_loop_summary() -> list[str]:
     ]
 
 
+#: bench_monitor runs after the monitor speed work (issue 21 item 4), in the order they ran.
+MONITOR_SPEED_RUNS = (
+    "bench_monitor_quick_speed.json",
+    "bench_monitor_quick_speed_2.json",
+    "bench_monitor_quick_speed_3.json",
+)
+
+
+def monitor_speed_summary() -> list[str]:
+    """The loop's runs before the speed work against the runs after it (medians, every run)."""
+    import statistics
+
+    before = [load(n) for n in MONITOR_LOOP_RUNS if (RESULTS / n).is_file()]
+    names = [n for n in MONITOR_SPEED_RUNS if (RESULTS / n).is_file()]
+    after = [load(n) for n in names]
+    if not before or not after:
+        return []
+
+    def line(ds: list[dict[str, Any]], key: str, phase: str, fmt: str) -> str:
+        xs = [d[phase][key] for d in ds if d.get(phase) and d[phase].get(key) is not None]
+        if not xs:
+            return "-"
+        return f"{fmt.format(statistics.median(xs))} (runs {', '.join(fmt.format(x) for x in xs)})"
+
+    def loads(ds: list[dict[str, Any]]) -> str:
+        xs = [x for d in ds for x in d["alone"]["loadavg_1m"]]
+        return f"{min(xs):.1f}-{max(xs):.1f}"
+
+    return [
+        "### Monitor speed: one monitor against one worker",
+        "",
+        f"The loop before ({', '.join(f'`{n}`' for n in MONITOR_LOOP_RUNS)}) and after the "
+        f"speed work ({', '.join(f'`benchmarks/results/{n}`' for n in names)}: event-time kernel compiled before "
+        "the first record, the worker's `tune_gc`, lz4 on the changelog producer), "
+        "`bench_monitor.py --quick`, join sample 1, medians:",
+        "",
+        *table(
+            ["", "loop before", "after"],
+            [
+                [
+                    "monitor alone, records/s",
+                    line(before, "monitor_records_per_s", "alone", "{:,.0f}"),
+                    line(after, "monitor_records_per_s", "alone", "{:,.0f}"),
+                ],
+                [
+                    "worker in the same run, events/s",
+                    line(before, "worker_events_per_s", "alone", "{:,.0f}"),
+                    line(after, "worker_events_per_s", "alone", "{:,.0f}"),
+                ],
+                [
+                    "monitor events/s over the worker's",
+                    line(before, "monitor_to_worker_events_ratio", "alone", "{:.2f}"),
+                    line(after, "monitor_to_worker_events_ratio", "alone", "{:.2f}"),
+                ],
+                [
+                    "live catch-up lag, s",
+                    line(before, "catch_up_lag_s", "live", "{:.1f}"),
+                    line(after, "catch_up_lag_s", "live", "{:.1f}"),
+                ],
+                ["1-minute load average (alone phase)", loads(before), loads(after)],
+            ],
+        ),
+        "",
+        *[
+            f"Scale-out in `benchmarks/results/{n}` (`--instances`, a fresh consumer group per "
+            f"count on the same {d['alone']['scale_out'][0]['partitions']}-partition topics, "
+            "rebalances inside the timing, no core of their own): "
+            + ", ".join(
+                f"{x['instances']} instance{'s' if x['instances'] > 1 else ''} "
+                f"**{x['records_per_s']:,.0f} records/s** combined"
+                for x in d["alone"]["scale_out"]
+            )
+            + "."
+            for n, d in zip(names, after, strict=True)
+            if d["alone"].get("scale_out")
+        ],
+        "",
+    ]
+
+
 #: What each floor mode of ``bench_monitor.py --floor`` runs.
 FLOOR_MODES = {
     "count": "faust app, counts records only",
@@ -1391,6 +1471,7 @@ def monitor_throughput() -> list[str]:
         ),
         "",
         *monitor_loop_summary(),
+        *monitor_speed_summary(),
         *monitor_floors(),
     ]
 

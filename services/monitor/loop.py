@@ -96,6 +96,8 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         "acks": "all",
         "enable.idempotence": True,
         "batch.num.messages": 10_000,
+        # the changelog is JSON with repeated keys: lz4 cuts the bytes the broker takes
+        "compression.type": "lz4",
     }
     conf.update(client_config(settings.broker))
     return conf
