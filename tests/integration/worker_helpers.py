@@ -42,12 +42,6 @@ def worker_settings(
 def write_config(settings: Settings, path: Path) -> Path:
     """Write settings as a YAML config file (for worker subprocesses)."""
     data = settings.model_dump(mode="json", by_alias=True)
-    reg = data.get("training", {}).get("regression", {})
-    if reg.get("family") != "binomial":  # binomial-only keys: rejected when given
-        reg.pop("threshold", None)
-        reg.pop("labels", None)
-    if reg.get("family") == "gaussian":
-        reg.pop("min_events", None)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
