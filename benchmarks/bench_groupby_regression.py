@@ -837,7 +837,7 @@ def run_glm(repeats: int, sm_groups: int, seed: int = 1):
         for label, nt in (("all_threads", n_threads), ("one_thread", 1)):
             numba.set_num_threads(nt)
             try:
-                med, times = timeit(call, repeats)
+                med, times, _ = timeit(call, repeats)
             finally:
                 numba.set_num_threads(n_threads)
             eng[label] = {
@@ -888,7 +888,7 @@ def run_glm(repeats: int, sm_groups: int, seed: int = 1):
             with np.errstate(all="ignore"):
                 npb["beta"] = numpy_batched_irls(Xb, yb, wb)
 
-        tn, tn_all = timeit(call_np, max(1, repeats // 2))
+        tn, tn_all, _ = timeit(call_np, max(1, repeats // 2))
         base["numpy_batched_irls"] = {
             "groups_timed": G,
             "seconds": tn,
