@@ -679,7 +679,7 @@ def groupby_glm() -> list[str]:
             *table(
                 [
                     "groups x rows",
-                    f"M rows/s ({env['numba_num_threads']} threads)",
+                    f"M rows/s ({env.get('numba_num_threads', env.get('numba_num_threads_all'))} threads)",
                     "M rows/s (1 thread)",
                     "vs statsmodels GLM loop* (all / 1 thread)",
                     "vs sklearn LogisticRegression loop* (all / 1 thread)",
