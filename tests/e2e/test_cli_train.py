@@ -102,6 +102,9 @@ def test_train_publish_list_inspect_promote_explain(setup, flights_df):
 def test_train_errors_are_one_line(setup, tmp_path):
     _tmp, cfg, _data = setup
     r = segstream("train", "--config", str(cfg), "--data", str(tmp_path / "nope.parquet"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "nope.parquet: no Parquet file matches" in r.stderr
+    r = segstream("train", "--config", str(cfg), "--data", str(tmp_path / "nope.csv"))
     assert r.returncode == 2 and "data file not found" in r.stderr and "Traceback" not in r.stderr
     r = segstream("bundle", "promote", "--config", str(cfg), "deadbeef")
     assert r.returncode == 2 and "not found" in r.stderr
