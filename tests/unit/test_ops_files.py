@@ -126,15 +126,15 @@ def test_compose_stop_grace_period_covers_the_drain() -> None:
     """The worker's shutdown (services/worker/app.py and committers.py): the open batch's
     transaction (send offsets, commit: worker.transaction_timeout_s each), the output
     producer's flush (10 s), the alert producer's (5 s) and the reload thread's join (5 s).
-    The monitor: mode's Service.shutdown_timeout (60 s)."""
-    from mode.services import Service
-
+    The monitor (services/monitor/loop.py): a flush inside the last micro-batch, the flush of
+    the revoke on close (FLUSH_TIMEOUT_S each) and the producer's last flush (5 s)."""
+    from segstream.services.monitor.loop import FLUSH_TIMEOUT_S
     from segstream.shared.settings import WorkerSettings
 
     s = compose()["services"]
     worker_drain = 2 * WorkerSettings().transaction_timeout_s + 10 + 5 + 5
     assert _seconds(s["worker"]["stop_grace_period"]) >= worker_drain
-    assert _seconds(s["monitor"]["stop_grace_period"]) >= Service.shutdown_timeout
+    assert _seconds(s["monitor"]["stop_grace_period"]) >= 2 * FLUSH_TIMEOUT_S + 5
     assert s["worker"]["init"] and s["monitor"]["init"]  # tini forwards SIGTERM
 
 
